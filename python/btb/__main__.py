@@ -1,0 +1,27 @@
+"""btb <example> <role> [--flag value]...: one entry point for every role (examples/README.md)."""
+import argparse
+import sys
+
+from . import chat
+from .events import Failure, emit
+
+EXAMPLES = {"chat": chat}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="btb", description="Beyond the Box roles")
+    examples = parser.add_subparsers(dest="example", required=True, metavar="example")
+    for name, module in EXAMPLES.items():
+        roles = examples.add_parser(name).add_subparsers(dest="role", required=True, metavar="role")
+        module.add_roles(roles)
+    args = parser.parse_args(argv)  # exits 2 on a bad command line, as the contract says
+    try:
+        args.run(args)
+    except Failure as failure:
+        emit("error", code=failure.code, reason=failure.reason)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

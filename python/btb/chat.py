@@ -1,0 +1,265 @@
+"""chat: a roster server over REQ/REP with a PUB broadcast channel (examples/chat/PROTOCOL.md)."""
+import argparse
+import signal
+import time
+from collections import Counter
+
+import zmq
+
+from .events import Deadline, Failure, emit, log
+
+MAX_HANDLE = 32  # bytes of UTF-8
+MAX_TEXT = 4096  # bytes of UTF-8
+MAX_MESSAGE = 2 * 1024 * 1024  # ZMQ_MAXMSGSIZE: bigger frames are dropped by libzmq itself
+
+
+def add_roles(roles):
+    server = roles.add_parser("server", help="keep the roster and relay posts")
+    add_endpoints(server, timeout=0)
+    server.add_argument("--heartbeat", type=at_least(1), default=100)
+    server.add_argument("--expiry", type=at_least(1), default=5000)
+    server.set_defaults(run=run_server)
+
+    client = roles.add_parser("client", help="join, post --count texts, receive everyone's posts")
+    add_endpoints(client, timeout=30000)
+    client.add_argument("--name", type=handle, required=True)
+    client.add_argument("--count", type=at_least(0), default=5)
+    client.add_argument("--clients", type=at_least(1), default=1)
+    client.add_argument("--keepalive", type=at_least(1), default=1000)
+    client.set_defaults(run=run_client)
+
+
+def add_endpoints(parser, timeout):
+    parser.add_argument("--requests", default="tcp://127.0.0.1:5555")
+    parser.add_argument("--broadcasts", default="tcp://127.0.0.1:5556")
+    parser.add_argument("--timeout", type=at_least(0), default=timeout)
+
+
+def at_least(minimum):
+    """An argparse type: an integer (milliseconds or a count) no smaller than `minimum`."""
+
+    def parse(value):
+        number = int(value)
+        if number < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}")
+        return number
+
+    return parse
+
+
+def handle(value):
+    if not 1 <= len(value.encode()) <= MAX_HANDLE:
+        raise argparse.ArgumentTypeError(f"a handle is 1 to {MAX_HANDLE} bytes of UTF-8")
+    return value
+
+
+def post_text(name, number):
+    return f"{name} #{number}: héllo wörld 🌍"
+
+
+# --- server ----------------------------------------------------------------------------------
+
+
+def check_request(frames):
+    """The first broken rule of a request, as (code, reason), or None when it is well formed."""
+    if len(frames) not in (1, 2):
+        return "frame-count", f"expected 1 or 2 frames, got {len(frames)}"
+    if not frames[0]:
+        return "empty-handle", "the handle frame is empty"
+    if len(frames[0]) > MAX_HANDLE:
+        return "handle-too-long", f"the handle has {len(frames[0])} bytes, at most {MAX_HANDLE}"
+    if len(frames) == 2 and not frames[1]:
+        return "empty-text", "the text frame is empty"
+    if len(frames) == 2 and len(frames[1]) > MAX_TEXT:
+        return "text-too-long", f"the text has {len(frames[1])} bytes, at most {MAX_TEXT}"
+    for frame in frames:
+        try:
+            frame.decode("utf-8")
+        except UnicodeDecodeError as error:
+            return "invalid-utf8", f"not UTF-8: {error.reason} at byte {error.start}"
+    return None
+
+
+class StopSignal:
+    """SIGTERM and SIGINT only raise a flag; the server loop looks at it after every poll."""
+
+    def __init__(self):
+        self.raised = False
+        signal.signal(signal.SIGTERM, self.raise_flag)
+        signal.signal(signal.SIGINT, self.raise_flag)
+
+    def raise_flag(self, *_):
+        self.raised = True
+
+
+def run_server(args):
+    stop = StopSignal()
+    deadline = Deadline(args.timeout)
+    context = zmq.Context()
+    # REP answers each request exactly once, in order: the library keeps the lockstep for us.
+    requests = context.socket(zmq.REP)
+    requests.linger = 0
+    requests.maxmsgsize = MAX_MESSAGE
+    # PUB sends every broadcast to every subscriber whose filter matches; it never blocks, and it
+    # drops for a subscriber that is not connected yet (slow joiner) or whose queue is full (HWM).
+    broadcasts = context.socket(zmq.PUB)
+    broadcasts.linger = 0
+    try:
+        requests.bind(args.requests)
+        broadcasts.bind(args.broadcasts)
+    except zmq.ZMQError as error:
+        raise Failure("bind", f"cannot bind: {error}") from error
+    emit(
+        "ready",
+        requests=requests.last_endpoint.decode(),
+        broadcasts=broadcasts.last_endpoint.decode(),
+    )
+
+    roster = {}  # handle (UTF-8 bytes, so sorting is by bytes) -> last seen, monotonic seconds
+    accepted = rejected = 0
+    next_beat = time.monotonic()
+
+    def broadcast_roster():
+        # Frame 0 is empty: no handle is, so subscribers know the server itself is speaking.
+        broadcasts.send_multipart([b""] + sorted(roster))
+
+    while not stop.raised:
+        if deadline.expired():
+            raise Failure("timeout", f"still serving after {args.timeout} ms")
+        wait_ms = max(0, int((next_beat - time.monotonic()) * 1000))
+        # Poll instead of a blocking recv: the heartbeat, the deadline and the stop flag all get
+        # their turn without a second thread.
+        if requests.poll(deadline.cap(wait_ms), zmq.POLLIN):
+            frames = requests.recv_multipart()
+            problem = check_request(frames)
+            if problem:
+                code, reason = problem
+                rejected += 1
+                requests.send_multipart([b"", code.encode()])
+                emit("error", code=code, reason=reason)
+                continue
+            handle_bytes = frames[0]
+            joined = handle_bytes not in roster
+            roster[handle_bytes] = time.monotonic()
+            if len(frames) == 2:
+                broadcasts.send_multipart(frames)  # [handle, text], exactly as posted
+                emit("posted", handle=handle_bytes.decode(), text=frames[1].decode())
+            accepted += 1
+            requests.send_multipart(sorted(roster))
+            if joined:
+                emit("joined", handle=handle_bytes.decode())
+                broadcast_roster()
+        now = time.monotonic()
+        if now >= next_beat:
+            for silent in [h for h, seen in roster.items() if now - seen > args.expiry / 1000]:
+                del roster[silent]
+                emit("expired", handle=silent.decode())
+            broadcast_roster()
+            next_beat = now + args.heartbeat / 1000
+
+    emit("done", requests=accepted, rejected=rejected)
+    context.destroy()
+
+
+# --- client ----------------------------------------------------------------------------------
+
+
+class Client:
+    def __init__(self, args):
+        self.args = args
+        self.me = args.name.encode()
+        self.deadline = Deadline(args.timeout)
+        context = zmq.Context()
+        # SUB first, so that its subscription starts travelling as early as possible.
+        self.sub = context.socket(zmq.SUB)
+        self.sub.linger = 0
+        self.sub.subscribe(b"")  # a prefix filter on frame 0; "" lets posts and rosters through
+        self.sub.connect(args.broadcasts)
+        # REQ enforces send, receive, send, receive...: one request in flight at a time.
+        self.req = context.socket(zmq.REQ)
+        self.req.linger = 0
+        self.req.connect(args.requests)
+        self.context = context
+        self.roster = []
+        self.received = Counter()
+        self.last_request = time.monotonic()
+
+    def request(self, frames):
+        """One lockstep round trip; returns the roster of the reply."""
+        self.req.send_multipart(frames)
+        left = self.deadline.remaining_ms()
+        if not self.req.poll(left, zmq.POLLIN):  # None: wait as long as it takes
+            raise Failure("no-reply", f"no reply from the server within {left} ms")
+        reply = self.req.recv_multipart()
+        self.last_request = time.monotonic()
+        if reply[0] == b"":
+            if len(reply) != 2:
+                raise Failure("malformed-reply", f"an error reply has 2 frames, got {len(reply)}")
+            raise Failure("rejected", f"the server rejected our request: {reply[1]!r}")
+        try:
+            roster = [frame.decode() for frame in reply]
+        except UnicodeDecodeError as error:
+            raise Failure("malformed-reply", f"roster is not UTF-8: {error}") from error
+        self.update_roster(roster)
+        return roster
+
+    def update_roster(self, roster):
+        if roster != self.roster:
+            self.roster = roster
+            emit("roster", handles=roster)
+
+    def on_broadcast(self, frames):
+        try:
+            texts = [frame.decode() for frame in frames]
+        except UnicodeDecodeError:
+            emit("error", code="malformed-broadcast", reason="a broadcast frame is not UTF-8")
+            return
+        if texts[0] == "":
+            self.update_roster(texts[1:])
+        elif len(texts) == 2:
+            self.received[texts[0]] += 1
+            emit("received", handle=texts[0], text=texts[1])
+        else:
+            emit("error", code="malformed-broadcast", reason=f"a post has 2 frames, got {len(texts)}")
+
+    def wait_for_broadcast(self):
+        """Handle one broadcast, or send a keep-alive when one is due, whichever comes first."""
+        if self.deadline.expired():
+            raise Failure("timeout", f"not done after {self.args.timeout} ms")
+        due = self.last_request + self.args.keepalive / 1000
+        wait_ms = max(0, int((due - time.monotonic()) * 1000))
+        if self.sub.poll(self.deadline.cap(wait_ms), zmq.POLLIN):
+            self.on_broadcast(self.sub.recv_multipart())
+        elif time.monotonic() >= due:
+            self.request([self.me])  # keep-alive: silent handles expire from the roster
+
+    def run(self):
+        args = self.args
+        # Slow joiner: until a first broadcast arrives, our subscription may not have reached the
+        # server and posts would be dropped for us. The server broadcasts at least every heartbeat.
+        while not self.sub.poll(self.deadline.cap(args.keepalive), zmq.POLLIN):
+            if self.deadline.expired():
+                raise Failure("timeout", "no broadcast from the server")
+        self.on_broadcast(self.sub.recv_multipart())
+        self.request([self.me])  # join
+        emit("ready", handle=args.name)
+
+        # Everyone listens before anyone talks: wait for --clients handles, all subscribed.
+        while len(self.roster) < args.clients:
+            self.wait_for_broadcast()
+        peers = list(self.roster)
+        log(f"{args.name}: {len(peers)} peers, posting {args.count} texts")
+
+        for number in range(1, args.count + 1):
+            text = post_text(args.name, number)
+            roster = self.request([self.me, text.encode()])
+            emit("sent", text=text, roster=roster)
+
+        while any(self.received[peer] < args.count for peer in peers):
+            self.wait_for_broadcast()
+        emit("done", sent=args.count, received=sum(self.received.values()))
+        self.context.destroy()
+
+
+def run_client(args):
+    Client(args).run()
