@@ -1,0 +1,37 @@
+"""Checkers: each example's module verifies the transcripts of one cell; this module holds the
+checks that the launch contract makes the same for every example."""
+import importlib
+
+
+def check(spec, transcripts):
+    """Every problem found in one cell's transcripts, as sentences; an empty list means pass."""
+    problems = []
+    for t in transcripts:
+        problems += contract_problems(t)
+    module = importlib.import_module(f"{__name__}.{spec.example}")
+    return problems + module.check(spec, transcripts)
+
+
+def contract_problems(t):
+    """What the launch contract requires of any role: JSON events only, exit 0 after `done`."""
+    problems = []
+    for event in t.events:
+        if event["event"] == "_not-an-event":
+            problems.append(f"{t.label}: stdout line is not a JSON event: {event['line'][:80]!r}")
+            break
+    if t.exit_code is None:
+        problems.append(f"{t.label}: did not exit by itself (killed)")
+    elif t.exit_code != 0:
+        why = t.last_error() or "no error event"
+        problems.append(f"{t.label}: exit code {t.exit_code} ({why})")
+    elif not t.events or t.events[-1]["event"] != "done":
+        problems.append(f"{t.label}: exit code 0 but its last event is not done")
+    errors = [e for e in t.events if e["event"] == "error"]
+    if errors and t.exit_code == 0:
+        first = errors[0]
+        problems.append(f"{t.label}: {len(errors)} error event(s), first {first.get('code')}: {first.get('reason')}")
+    return problems
+
+
+def events(t, name):
+    return [event for event in t.events if event["event"] == name]

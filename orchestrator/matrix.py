@@ -1,0 +1,103 @@
+"""Cells and grids: decides each cell's status (running it when it can run), in parallel."""
+import itertools
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+
+from . import ROOT
+from .runner import CellResult, aborting, run_cell
+
+STATUSES = ("pass", "fail", "timeout", "unsupported", "known-failure")
+
+
+def new_run_dir(example):
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    path = ROOT / "runs" / f"{example}-{stamp}"
+    path.mkdir(parents=True)
+    return path
+
+
+def assign(spec, chosen):
+    """Languages per role instance. `chosen[role]` is one language for every instance, or a list
+    with one language per instance (which also sets the number of instances)."""
+    counts, roles = {}, {}
+    for role in spec.roles:
+        langs = chosen[role.name]
+        if isinstance(langs, str):
+            langs = [langs]
+        if len(langs) > 1:
+            counts[role.name] = len(langs)
+        roles[role.name] = langs
+    spec = spec.with_instances(counts)
+    return spec, {role.name: (roles[role.name] * role.instances)[: role.instances] for role in spec.roles}
+
+
+def replay_command(spec, roles):
+    parts = [f"invoke run {spec.example}"]
+    for role, langs in roles.items():
+        uniform = len(set(langs)) == 1
+        for lang in ([langs[0]] if uniform else langs):
+            parts.append(f"--{role} {lang}")
+    return " ".join(parts)
+
+
+def evaluate(spec, chosen, registry, run_dir, on_event=None):
+    """One cell: unsupported, or run; a known failure is labelled as such either way."""
+    spec, roles = assign(spec, chosen)
+    langsets = {role: set(langs) for role, langs in roles.items()}
+    reason = registry.unsupported(spec.example, langsets)
+    if reason:
+        return CellResult(spec.example, roles, "unsupported", 0.0, reason)
+    result = run_cell(spec, roles, registry, run_dir, on_event)
+    known = registry.known_failure(spec.example, langsets)
+    if known and result.status == "pass":
+        result.known_failure_passed = known.reason
+        result.detail = f"listed as a known failure ({known.reason}) but passed: remove the entry"
+    elif known:
+        result.status = "known-failure"
+        result.detail = f"{known.reason} | this run: {result.detail}"
+    return result
+
+
+def run_matrix(spec, row_langs, column_langs, registry, parallel, on_done=None):
+    """Every combination of one language for the row role and one for the column role."""
+    row_role, column_role = spec.matrix
+    run_dir = new_run_dir(spec.example)
+    cells = [
+        {row_role: row, column_role: column, **_fixed(spec, row)}
+        for row, column in itertools.product(row_langs, column_langs)
+    ]
+    started = time.monotonic()
+    results = [None] * len(cells)
+
+    def one(index):
+        if aborting.is_set():
+            return
+        results[index] = evaluate(spec, cells[index], registry, run_dir)
+        if on_done:
+            on_done(results[index])
+
+    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+        list(pool.map(one, range(len(cells))))
+    return [r for r in results if r is not None], time.monotonic() - started, run_dir
+
+
+def _fixed(spec, row):
+    """Roles outside the grid's two dimensions run in the row's language."""
+    return {role.name: row for role in spec.roles if role.name not in spec.matrix}
+
+
+def counts(results):
+    return {status: sum(1 for r in results if r.status == status) for status in STATUSES}
+
+
+def failed(results):
+    return [r for r in results if r.status in ("fail", "timeout")]
+
+
+def relative(path):
+    try:
+        return str(Path(path).relative_to(ROOT))
+    except ValueError:
+        return str(path)

@@ -1,0 +1,153 @@
+"""The language registry (languages.yaml): build, launch, what each language implements, and the
+combinations known not to work."""
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import ROOT
+from .config import ConfigError, Fields, load_yaml
+
+REGISTRY_PATH = ROOT / "orchestrator" / "languages.yaml"
+
+
+@dataclass(frozen=True)
+class KnownFailure:
+    example: str
+    roles: dict
+    reason: str
+
+    def matches(self, example, assignment):
+        """`assignment` maps each role to the set of languages running it in one cell."""
+        return example == self.example and all(
+            lang in assignment.get(role, ()) for role, lang in self.roles.items()
+        )
+
+
+@dataclass
+class Language:
+    name: str
+    build: list
+    launch: list
+    env: dict
+    implements: dict  # example -> set of roles
+    known_failures: list = field(default_factory=list)
+
+    def command(self, example, role, flags):
+        """The argv of one role under the launch contract: <program> <example> <role> --flag value..."""
+        argv = [self.expand(part) for part in self.launch] + [example, role]
+        for name, value in flags.items():
+            argv += [f"--{name}", str(value)]
+        return argv
+
+    def environment(self):
+        env = dict(os.environ)
+        env.update({key: self.expand(value) for key, value in self.env.items()})
+        return env
+
+    def supports(self, example, role):
+        return role in self.implements.get(example, ())
+
+    @staticmethod
+    def expand(text):
+        return text.replace("{root}", str(ROOT)).replace("{python}", sys.executable)
+
+    def run_build(self, output=None):
+        """Run the build commands; raise BuildError with the tool's output when one fails."""
+        for step in self.build:
+            argv = [self.expand(part) for part in step]
+            done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
+            if output is not None:
+                output(done.stdout + done.stderr)
+            if done.returncode != 0:
+                raise BuildError(self.name, argv, done.stdout + done.stderr)
+
+
+class BuildError(Exception):
+    def __init__(self, language, argv, output):
+        super().__init__(f"building {language} failed: {' '.join(argv)}\n{output}")
+        self.language = language
+
+
+class Registry:
+    def __init__(self, languages, path=REGISTRY_PATH):
+        self.languages = languages
+        self.path = path
+
+    def __getitem__(self, name):
+        try:
+            return self.languages[name]
+        except KeyError:
+            raise KeyError(f"unknown language {name!r} (known: {', '.join(self.languages)})") from None
+
+    def __contains__(self, name):
+        return name in self.languages
+
+    def names(self):
+        return list(self.languages)
+
+    def unsupported(self, example, assignment):
+        """Why a cell cannot run (a language lacks a role), or None."""
+        for role, langs in assignment.items():
+            for lang in sorted(langs):
+                if not self[lang].supports(example, role):
+                    return f"{lang} does not implement {example} {role}"
+        return None
+
+    def known_failure(self, example, assignment):
+        for language in self.languages.values():
+            for known in language.known_failures:
+                if known.matches(example, assignment):
+                    return known
+        return None
+
+
+def load_registry(path=REGISTRY_PATH):
+    path = Path(path)
+    data = load_yaml(path)
+    languages = {}
+    for name, entry in data.items():
+        if not isinstance(entry, dict):
+            raise ConfigError(path, name, "must be a mapping")
+        fields = Fields(path, entry, name)
+        fields.only("build", "launch", "env", "implements", "known_failures")
+        build = fields.get("build", list, [])
+        for index, step in enumerate(build):
+            if not isinstance(step, list) or not step or not all(isinstance(p, str) for p in step):
+                raise ConfigError(path, f"{name}.build[{index}]", "must be a non-empty list of strings")
+        launch = fields.strings("launch", required=True)
+        if not launch:
+            raise fields.error("launch", "must not be empty")
+        env = fields.get("env", dict, {})
+        implements = {}
+        for example, roles in fields.get("implements", dict, required=True).items():
+            if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+                raise ConfigError(path, f"{name}.implements.{example}", "must be a list of role names")
+            implements[example] = set(roles)
+        known = []
+        for index, item in enumerate(fields.get("known_failures", list, [])):
+            where = f"{name}.known_failures[{index}]"
+            if not isinstance(item, dict):
+                raise ConfigError(path, where, "must be a mapping")
+            entry_fields = Fields(path, item, where)
+            entry_fields.only("example", "roles", "reason")
+            roles = entry_fields.get("roles", dict, required=True)
+            if not roles or not all(isinstance(v, str) for v in roles.values()):
+                raise entry_fields.error("roles", "must map role names to language names")
+            known.append(
+                KnownFailure(
+                    entry_fields.get("example", str, required=True),
+                    roles,
+                    entry_fields.get("reason", str, required=True),
+                )
+            )
+        languages[name] = Language(name, build, launch, env, implements, known)
+    if not languages:
+        raise ConfigError(path, "", "no languages")
+    for language in languages.values():
+        for known in language.known_failures:
+            for role, lang in known.roles.items():
+                if lang not in languages:
+                    raise ConfigError(path, f"{language.name}.known_failures", f"unknown language {lang!r}")
+    return Registry(languages, path)

@@ -1,0 +1,127 @@
+"""What a grid run prints and writes: the rich grid, failure details, JSON, JUnit and Markdown."""
+import json
+import xml.etree.ElementTree as ET
+from datetime import datetime, timezone
+
+from rich.table import Table
+
+from .matrix import counts, relative, replay_command
+
+STYLE = {"pass": "green", "fail": "bold red", "timeout": "yellow", "unsupported": "dim", "known-failure": "magenta"}
+
+
+def lookup(results, spec):
+    row_role, column_role = spec.matrix
+    return {(r.roles[row_role][0], r.roles[column_role][0]): r for r in results}
+
+
+def grid_table(spec, results, rows, columns):
+    row_role, column_role = spec.matrix
+    cells = lookup(results, spec)
+    table = Table(title=f"{spec.example}: {row_role} (rows) × {column_role} (columns)")
+    table.add_column(f"{row_role} \\ {column_role}", style="bold")
+    for column in columns:
+        table.add_column(column, justify="center")
+    for row in rows:
+        line = [row]
+        for column in columns:
+            result = cells.get((row, column))
+            if result is None:
+                line.append("[dim]-[/]")
+            elif result.status == "unsupported":
+                line.append(f"[{STYLE['unsupported']}]unsupported[/]")
+            else:
+                mark = "*" if result.known_failure_passed else ""
+                line.append(f"[{STYLE[result.status]}]{result.status}{mark} {result.seconds:.1f}s[/]")
+        table.add_row(*line)
+    return table
+
+
+def summary_line(results, wall_seconds):
+    tally = counts(results)
+    parts = [f"{tally['pass']}/{len(results)} pass"]
+    parts += [f"{n} {status}" for status, n in tally.items() if n and status != "pass"]
+    return ", ".join(parts) + f" in {wall_seconds:.1f} s wall time"
+
+
+def print_details(console, spec, results):
+    """For every cell that did not pass: the reason, the saved logs, and how to replay it."""
+    for result in results:
+        if result.status in ("pass", "unsupported") and not result.known_failure_passed:
+            continue
+        if result.status == "unsupported":
+            continue
+        style = STYLE.get(result.status, "")
+        title = ", ".join(f"{role} {'+'.join(dict.fromkeys(langs))}" for role, langs in result.roles.items())
+        console.print(f"[{style}]{result.status}[/]: {title}")
+        for problem in result.problems or [result.detail]:
+            console.print(f"    {problem}", markup=False, highlight=False)
+        if result.known_failure_passed:
+            console.print(f"    {result.detail}", markup=False)
+        for t in result.transcripts:
+            console.print(f"    log {t.label}: {relative(t.events_path)}  {relative(t.stderr_path)}", markup=False)
+        console.print(f"    replay: {replay_command(spec, result.roles)}", markup=False)
+
+
+def cell_json(spec, result):
+    roles = {role: langs[0] if len(set(langs)) == 1 else langs for role, langs in result.roles.items()}
+    return {
+        "roles": roles,
+        "status": result.status,
+        "seconds": result.seconds,
+        "detail": result.detail,
+        "problems": result.problems,
+        "replay": replay_command(spec, result.roles),
+        "logs": {t.label: {"events": relative(t.events_path), "stderr": relative(t.stderr_path)} for t in result.transcripts},
+    }
+
+
+def write_json(path, spec, results, wall_seconds, extra=None):
+    document = {
+        "example": spec.example,
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "wall_seconds": round(wall_seconds, 2),
+        "counts": counts(results),
+        "cells": [cell_json(spec, r) for r in results],
+        **(extra or {}),
+    }
+    with open(path, "w", encoding="utf-8") as stream:
+        json.dump(document, stream, ensure_ascii=False, indent=2)
+
+
+def write_junit(path, spec, results):
+    tally = counts(results)
+    suite = ET.Element(
+        "testsuite", name=spec.example, tests=str(len(results)),
+        failures=str(tally["fail"]), errors=str(tally["timeout"]),
+        skipped=str(tally["unsupported"] + tally["known-failure"]),
+    )
+    for result in results:
+        name = ", ".join(f"{role}={'+'.join(dict.fromkeys(langs))}" for role, langs in result.roles.items())
+        case = ET.SubElement(suite, "testcase", classname=spec.example, name=name, time=str(result.seconds))
+        if result.status == "fail":
+            ET.SubElement(case, "failure", message=result.detail).text = "\n".join(result.problems)
+        elif result.status == "timeout":
+            ET.SubElement(case, "error", message=result.detail).text = "\n".join(result.problems)
+        elif result.status in ("unsupported", "known-failure"):
+            ET.SubElement(case, "skipped", message=f"{result.status}: {result.detail}")
+    ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)
+
+
+def write_markdown(path, spec, results, rows, columns, wall_seconds):
+    row_role, column_role = spec.matrix
+    cells = lookup(results, spec)
+    lines = [
+        f"### {spec.example}: {row_role} (rows) × {column_role} (columns)", "",
+        "| " + " | ".join([f"{row_role} \\ {column_role}"] + list(columns)) + " |",
+        "|" + "---|" * (len(columns) + 1),
+    ]
+    for row in rows:
+        line = [f"**{row}**"]
+        for column in columns:
+            result = cells.get((row, column))
+            line.append("-" if result is None else f"{result.status} {result.seconds:.1f}s")
+        lines.append("| " + " | ".join(line) + " |")
+    lines += ["", summary_line(results, wall_seconds), ""]
+    with open(path, "w", encoding="utf-8") as stream:
+        stream.write("\n".join(lines))

@@ -1,0 +1,237 @@
+"""The local-process runner: starts every role of one cell under the launch contract, waits for
+readiness by events, enforces the cell's timeout, and never leaves a process behind."""
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import checks
+from .spec import render
+
+STOP_GRACE = 10  # seconds a role that serves until SIGTERM gets to report done and exit
+
+_live = set()  # every RoleProcess not yet reaped, so that Ctrl-C can kill them all
+_live_lock = threading.Lock()
+aborting = threading.Event()
+
+
+def kill_everything():
+    """Kill every process group this orchestrator started (Ctrl-C)."""
+    aborting.set()
+    with _live_lock:
+        for process in list(_live):
+            process.kill()
+
+
+@dataclass
+class RoleTranscript:
+    role: str
+    index: int
+    lang: str
+    flags: dict
+    argv: list
+    events: list = field(default_factory=list)
+    exit_code: int = None  # None: never started, or killed because the cell ran out of time
+    pid: int = None
+    events_path: Path = None
+    stderr_path: Path = None
+
+    @property
+    def label(self):
+        return f"{self.role} {self.index} ({self.lang})"
+
+    def last_error(self):
+        for event in reversed(self.events):
+            if event.get("event") == "error":
+                return f"{event.get('code')}: {event.get('reason')}"
+        return None
+
+
+class RoleProcess:
+    """One role instance: its process group, and a thread turning its stdout into events."""
+
+    def __init__(self, transcript, env, on_event):
+        self.t = transcript
+        self.on_event = on_event
+        self.changed = threading.Condition()
+        self.eof = False
+        transcript.stderr_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(transcript.stderr_path, "wb") as stderr:
+            # A new session makes the role the leader of its own process group: killing the group
+            # takes any child it started with it.
+            self.process = subprocess.Popen(
+                transcript.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                env=env,
+                start_new_session=True,
+            )
+        transcript.pid = self.process.pid
+        with _live_lock:
+            _live.add(self)
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        with open(self.t.events_path, "wb") as saved:
+            for raw in self.process.stdout:
+                saved.write(raw)
+                saved.flush()
+                try:
+                    event = json.loads(raw)
+                    if not isinstance(event, dict) or not isinstance(event.get("event"), str):
+                        raise ValueError
+                except ValueError:
+                    event = {"event": "_not-an-event", "line": raw.decode("utf-8", "replace").rstrip("\n")}
+                with self.changed:
+                    self.t.events.append(event)
+                    self.changed.notify_all()
+                if self.on_event:
+                    self.on_event(self.t, event)
+        with self.changed:
+            self.eof = True
+            self.changed.notify_all()
+
+    def wait_event(self, name, deadline):
+        """The first event called `name`; None if stdout closed or the deadline passed first."""
+        return self.wait_for(lambda event: event["event"] == name, deadline)
+
+    def wait_for(self, wanted, deadline, count=1):
+        """The `count`-th event for which `wanted(event)` holds, or None (stdout closed, deadline)."""
+        with self.changed:
+            while True:
+                found = [event for event in self.t.events if wanted(event)]
+                if len(found) >= count:
+                    return found[count - 1]
+                left = deadline - time.monotonic()
+                if self.eof or left <= 0 or aborting.is_set():
+                    return None
+                self.changed.wait(left)
+
+    def wait_exit(self, deadline):
+        try:
+            self.t.exit_code = self.process.wait(timeout=max(0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            return False
+        self.reader.join()  # the pipe closes with the process group: every event is in
+        return True
+
+    def terminate(self):
+        self._signal(signal.SIGTERM)
+
+    def kill(self):
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, number):
+        try:
+            os.killpg(self.process.pid, number)
+        except ProcessLookupError:
+            pass  # the whole group is gone already
+
+    def reap(self):
+        """Kill the group whatever state it is in, and wait for the leader."""
+        exited = self.process.poll()  # not None: it had exited by itself before we came
+        self.kill()
+        self.process.wait()
+        if self.t.exit_code is None and exited is not None:
+            self.t.exit_code = exited
+        self.reader.join(timeout=STOP_GRACE)
+        with _live_lock:
+            _live.discard(self)
+
+
+@dataclass
+class CellResult:
+    example: str
+    roles: dict  # role -> list of languages, one per instance
+    status: str  # pass, fail, timeout, unsupported, known-failure
+    seconds: float
+    detail: str
+    transcripts: list = field(default_factory=list)
+    problems: list = field(default_factory=list)
+    known_failure_passed: str = None
+
+
+def cell_id(roles):
+    return "__".join(f"{role}-{'+'.join(dict.fromkeys(langs))}" for role, langs in roles.items())
+
+
+def run_cell(spec, roles, registry, run_dir, on_event=None):
+    """Run one cell: `roles` maps each role of the spec to one language per instance."""
+    started = time.monotonic()
+    deadline = started + spec.cell_timeout
+    cell_dir = Path(run_dir) / cell_id(roles)
+    processes, ready, problems = [], {}, []
+    timed_out = False
+    try:
+        for role in spec.roles:
+            mine = []
+            for index, lang in enumerate(roles[role.name]):
+                context = spec.context(role, index, ready)
+                flags = {name: render(value, context) for name, value in role.flags.items()}
+                flags.setdefault("timeout", int(spec.cell_timeout * 1000))
+                language = registry[lang]
+                stem = f"{role.name}{index}-{lang}"
+                transcript = RoleTranscript(
+                    role.name, index, lang, flags, language.command(spec.example, role.name, flags),
+                    events_path=cell_dir / f"{stem}.jsonl", stderr_path=cell_dir / f"{stem}.stderr",
+                )
+                if aborting.is_set():
+                    raise _Stop("interrupted")
+                try:
+                    process = RoleProcess(transcript, language.environment(), on_event)
+                except OSError as error:
+                    problems.append(f"{transcript.label}: cannot start {transcript.argv[0]}: {error.strerror} (run `invoke build`)")
+                    raise _Stop() from error
+                processes.append((role, process))
+                mine.append(process)
+            for process in mine if role.wait_for else ():
+                event = process.wait_event(role.wait_for, deadline)
+                if event is None:
+                    if time.monotonic() >= deadline:
+                        timed_out = True
+                        problems.append(f"{process.t.label}: no {role.wait_for} event within {spec.cell_timeout} s")
+                    else:
+                        problems.append(f"{process.t.label}: exited before its {role.wait_for} event")
+                    raise _Stop()
+            if role.wait_for:
+                ready[role.name] = mine[0].wait_event(role.wait_for, deadline)
+
+        # Roles that finish by themselves first; then the ones that serve until told to stop.
+        for role, process in processes:
+            if role.stop == "exit" and not process.wait_exit(deadline):
+                timed_out = True
+        if not timed_out:
+            for role, process in processes:
+                if role.stop == "signal":
+                    process.terminate()
+            for role, process in processes:
+                if role.stop == "signal" and not process.wait_exit(min(deadline, time.monotonic() + STOP_GRACE)):
+                    problems.append(f"{process.t.label}: still running {STOP_GRACE} s after SIGTERM")
+    except _Stop as stop:
+        if stop.args:
+            problems.append(stop.args[0])
+    finally:
+        for _, process in processes:
+            process.reap()
+    if timed_out:
+        running = [p.t.label for _, p in processes if p.t.exit_code is None]
+        problems.insert(0, f"timeout after {spec.cell_timeout} s; still running: {', '.join(running)}")
+
+    transcripts = [process.t for _, process in processes]
+    problems += checks.check(spec, transcripts)
+    status = "timeout" if timed_out else ("fail" if problems else "pass")
+    return CellResult(
+        spec.example, roles, status, round(time.monotonic() - started, 2),
+        "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else ""),
+        transcripts, problems,
+    )
+
+
+class _Stop(Exception):
+    """Stop starting roles: the cell cannot go on (a role died early, or Ctrl-C)."""

@@ -1,0 +1,148 @@
+"""Example specs (examples/<name>/spec.yaml): roles, instance counts, flags, parameters, timeouts."""
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import ROOT
+from .config import ConfigError, Fields, load_yaml
+
+EXAMPLES_DIR = ROOT / "examples"
+PLACEHOLDER = re.compile(r"\{([A-Za-z_][\w.]*)\}")
+
+
+@dataclass
+class RoleSpec:
+    name: str
+    instances: int
+    flags: dict
+    names: list  # one per instance, available to flags as {name}
+    wait_for: str  # event every instance must report before the next role starts, or None
+    stop: str  # "exit": finishes by itself; "signal": SIGTERM once every "exit" role has exited
+
+
+@dataclass
+class Spec:
+    example: str
+    path: Path
+    description: str
+    parameters: dict
+    roles: list
+    matrix: list  # the roles that make the grid's rows and columns
+    cell_timeout: float  # seconds
+
+    def role(self, name):
+        for role in self.roles:
+            if role.name == name:
+                return role
+        raise KeyError(f"{self.example} has no role {name!r} (roles: {', '.join(self.role_names())})")
+
+    def role_names(self):
+        return [role.name for role in self.roles]
+
+    def with_instances(self, counts):
+        """A copy where some roles run a different number of instances (invoke run --client a --client b)."""
+        roles = []
+        for role in self.roles:
+            count = counts.get(role.name, role.instances)
+            if count > len(role.names) and role.names:
+                raise ValueError(f"{self.path}: roles.{role.name}.names: only {len(role.names)} names for {count} instances")
+            roles.append(RoleSpec(role.name, count, role.flags, role.names, role.wait_for, role.stop))
+        return Spec(self.example, self.path, self.description, self.parameters, roles, self.matrix, self.cell_timeout)
+
+    def context(self, role, index, ready):
+        """What a role instance's flag templates may refer to."""
+        values = dict(self.parameters)
+        values["instances"] = {r.name: r.instances for r in self.roles}
+        values["index"] = index
+        if role.names:
+            values["name"] = role.names[index]
+        values.update(ready)  # {"server": {the server's ready event}}
+        return values
+
+
+def render(template, context):
+    """Fill {dotted.names} in one flag value. A value that is a single placeholder keeps its type."""
+    if not isinstance(template, str):
+        return template
+
+    def lookup(path):
+        value = context
+        for part in path.split("."):
+            if not isinstance(value, dict) or part not in value:
+                raise KeyError(path)
+            value = value[part]
+        return value
+
+    whole = PLACEHOLDER.fullmatch(template)
+    if whole:
+        return lookup(whole.group(1))
+    return PLACEHOLDER.sub(lambda match: str(lookup(match.group(1))), template)
+
+
+def spec_path(example):
+    return EXAMPLES_DIR / example / "spec.yaml"
+
+
+def available_examples():
+    return sorted(path.parent.name for path in EXAMPLES_DIR.glob("*/spec.yaml"))
+
+
+def load_spec(example_or_path):
+    path = Path(example_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = spec_path(example_or_path)
+        if not path.exists():
+            raise ConfigError(path, "", f"no such example (examples: {', '.join(available_examples())})")
+    top = Fields(path, load_yaml(path))
+    top.only("example", "description", "parameters", "roles", "matrix", "timeouts")
+    example = top.get("example", str, required=True)
+    parameters = top.get("parameters", dict, {})
+    roles_data = top.get("roles", dict, required=True)
+    if not roles_data:
+        raise top.error("roles", "must name at least one role")
+
+    roles = []
+    known = set(parameters) | {"instances", "index"}
+    for name, data in roles_data.items():
+        if not isinstance(data, dict):
+            raise ConfigError(path, f"roles.{name}", "must be a mapping")
+        fields = Fields(path, data, f"roles.{name}")
+        fields.only("instances", "flags", "names", "wait_for", "stop")
+        instances = fields.get("instances", int, 1)
+        if instances < 1:
+            raise fields.error("instances", f"must be at least 1, not {instances}")
+        names = fields.strings("names", [])
+        if names and len(names) < instances:
+            raise fields.error("names", f"has {len(names)} names for {instances} instances")
+        flags = fields.get("flags", dict, {})
+        visible = known | ({"name"} if names else set())
+        for flag, value in flags.items():
+            if isinstance(value, (dict, list)) or value is None:
+                raise ConfigError(path, f"roles.{name}.flags.{flag}", "must be a string or a number")
+            for ref in PLACEHOLDER.findall(str(value)):
+                if ref.split(".")[0] not in visible:
+                    raise ConfigError(
+                        path,
+                        f"roles.{name}.flags.{flag}",
+                        f"{{{ref}}} names nothing known here (known: {', '.join(sorted(visible))})",
+                    )
+        stop = fields.get("stop", str, "exit")
+        if stop not in ("exit", "signal"):
+            raise fields.error("stop", f"must be 'exit' or 'signal', not {stop!r}")
+        wait_for = fields.get("wait_for", str)
+        roles.append(RoleSpec(name, instances, flags, names, wait_for, stop))
+        if wait_for:
+            known.add(name)  # later roles may use this role's ready event: {server.requests}
+
+    matrix = top.strings("matrix", required=True)
+    if len(matrix) != 2:
+        raise top.error("matrix", "must name two roles: the rows and the columns")
+    for role in matrix:
+        if role not in roles_data:
+            raise top.error("matrix", f"{role!r} is not a role of this example")
+    if not any(role.stop == "exit" for role in roles):
+        raise top.error("roles", "at least one role must finish by itself (stop: exit)")
+    timeouts = top.child("timeouts")
+    timeouts.only("cell")
+    cell_timeout = timeouts.positive("cell", 60)
+    return Spec(example, path, top.get("description", str, ""), parameters, roles, matrix, cell_timeout)
