@@ -1,0 +1,202 @@
+"""Each language's chat roles against test-made peers: bad input, expiry, rogue servers, the
+command line and the deadline. Every wait is bounded; no test sleeps."""
+import subprocess
+import time
+
+import pytest
+import zmq
+
+from orchestrator import LANGUAGES
+
+WAIT = 30  # seconds any single step may take, however loaded the machine
+
+
+def deadline():
+    return time.monotonic() + WAIT
+
+
+@pytest.fixture
+def context():
+    ctx = zmq.Context()
+    yield ctx
+    ctx.destroy(linger=0)
+
+
+def socket(context, kind, endpoint=None, bind=False):
+    sock = context.socket(kind)
+    sock.linger = 0
+    sock.rcvtimeo = WAIT * 1000
+    if kind == zmq.SUB:
+        sock.subscribe(b"")
+    if endpoint:
+        (sock.bind if bind else sock.connect)(endpoint)
+    return sock
+
+
+def start_server(start_role, lang, **flags):
+    server = start_role(lang, "chat", "server", requests="tcp://127.0.0.1:*", broadcasts="tcp://127.0.0.1:*", timeout=WAIT * 4 * 1000, **flags)
+    ready = server.wait_event("ready", deadline())
+    assert ready, f"{lang} server did not report ready: {server.t.events}"
+    return server, ready
+
+
+def stop(server):
+    server.terminate()
+    assert server.wait_exit(deadline()), "the server ignored SIGTERM"
+    assert server.t.exit_code == 0, server.t.events[-3:]
+    assert server.t.events[-1]["event"] == "done"
+    return server.t.events[-1]
+
+
+BAD_REQUESTS = [
+    ("frame-count", [b"alice", b"hi", b"extra"]),
+    ("empty-handle", [b""]),
+    ("empty-handle", [b"", b"hi"]),
+    ("handle-too-long", [b"h" * 33]),
+    ("empty-text", [b"alice", b""]),
+    ("text-too-long", [b"alice", b"x" * 1024 * 1024]),
+    ("invalid-utf8", [b"\xff"]),
+    ("invalid-utf8", [b"alice", b"\xc3\x28"]),
+    ("invalid-utf8", [b"alice", b"\xed\xa0\x80"]),  # an encoded surrogate
+    ("invalid-utf8", [b"alice", b"\xc0\xaf"]),  # an overlong "/"
+    ("invalid-utf8", [b"alice", b"caf\xc3"]),  # cut short
+]
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+def test_the_server_rejects_bad_input_and_keeps_serving(start_role, context, lang):
+    server, ready = start_server(start_role, lang)
+    for number, (code, frames) in enumerate(BAD_REQUESTS, start=1):
+        req = socket(context, zmq.REQ, ready["requests"])  # REQ is lockstep: a fresh one per try
+        req.send_multipart(frames)
+        assert req.recv_multipart() == [b"", code.encode()], f"request {frames!r:.60}"
+        req.close()
+        event = server.wait_for(lambda e: e["event"] == "error", deadline(), count=number)
+        assert event and event["code"] == code and event["reason"], event
+    # A 32-byte handle is still fine, and the server answers good requests as before.
+    req = socket(context, zmq.REQ, ready["requests"])
+    req.send_multipart([("ü" * 16).encode()])  # 32 bytes of UTF-8
+    assert req.recv_multipart() == [("ü" * 16).encode()]
+    req.send_multipart([b"alice", "héllo 🌍".encode()])
+    assert req.recv_multipart() == [b"alice", ("ü" * 16).encode()]
+    done = stop(server)
+    assert done["rejected"] == len(BAD_REQUESTS) and done["requests"] == 2
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+def test_rosters_are_sorted_by_utf8_bytes_and_silent_handles_expire(start_role, context, lang):
+    server, ready = start_server(start_role, lang, expiry=300, heartbeat=50)
+    sub = socket(context, zmq.SUB, ready["broadcasts"])
+    assert sub.recv_multipart()  # a heartbeat: our subscription is live
+    req = socket(context, zmq.REQ, ready["requests"])
+    # U+FF5E sorts after U+1F600 in UTF-16 code units but before it in UTF-8 bytes.
+    handles = ["😀", "～", "zed", "Zed", "ghost"]
+    for handle in handles:
+        req.send_multipart([handle.encode()])
+        req.recv_multipart()
+    expected = [h.encode() for h in sorted(handles, key=str.encode)]
+    assert expected[-2:] == ["～".encode(), "😀".encode()]
+    req.send_multipart([b"zed"])
+    assert req.recv_multipart() == expected
+    # Keep "zed" alive while the others fall silent; wait for a roster with zed alone.
+    end = deadline()
+    while time.monotonic() < end:
+        frames = sub.recv_multipart()
+        if frames[0] == b"" and frames[1:] == [b"zed"]:
+            break
+        req.send_multipart([b"zed"])
+        req.recv_multipart()
+    else:
+        pytest.fail("the silent handles never expired")
+    expired = {e["handle"] for e in server.t.events if e["event"] == "expired"}
+    assert expired == set(handles) - {"zed"}
+    stop(server)
+
+
+class RogueServer:
+    """A test-made chat server that says what the test wants, to see how a client copes."""
+
+    def __init__(self, context):
+        self.rep = socket(context, zmq.REP, "tcp://127.0.0.1:*", bind=True)
+        self.pub = socket(context, zmq.PUB, "tcp://127.0.0.1:*", bind=True)
+        self.flags = {
+            "requests": self.rep.last_endpoint.decode(),
+            "broadcasts": self.pub.last_endpoint.decode(),
+            "timeout": WAIT * 1000,
+        }
+
+    def next_request(self):
+        """Heartbeat (an empty roster) until a request arrives, as a real server would."""
+        end = deadline()
+        while time.monotonic() < end:
+            self.pub.send_multipart([b""])
+            if self.rep.poll(50):
+                return self.rep.recv_multipart()
+        pytest.fail("the client sent no request")
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+def test_a_client_reports_malformed_broadcasts_and_carries_on(start_role, context, lang):
+    rogue = RogueServer(context)
+    client = start_role(lang, "chat", "client", name="alice", count=1, clients=1, **rogue.flags)
+    assert rogue.next_request() == [b"alice"]
+    rogue.rep.send_multipart([b"alice"])
+    # The client saw a broadcast before it joined, so its subscription is live: nothing is lost.
+    rogue.pub.send_multipart([b"alice", b"two", b"many"])
+    rogue.pub.send_multipart([b"\xff\xfe", b"not utf-8"])
+    rogue.pub.send_multipart([b"alice", b"\xc3\x28"])
+    post = rogue.next_request()
+    assert post == [b"alice", "alice #1: héllo wörld 🌍".encode()]
+    rogue.rep.send_multipart([b"alice"])
+    rogue.pub.send_multipart(post)
+    assert client.wait_exit(deadline())
+    assert client.t.exit_code == 0, client.t.events
+    codes = [e["code"] for e in client.t.events if e["event"] == "error"]
+    assert codes == ["malformed-broadcast"] * 3
+    assert [e["text"] for e in client.t.events if e["event"] == "received"] == [post[1].decode()]
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+@pytest.mark.parametrize(
+    "reply, code",
+    [([b"", b"banned"], "rejected"), ([b"", b"a", b"b"], "malformed-reply"), ([b"\xff"], "malformed-reply")],
+)
+def test_a_client_fails_cleanly_on_a_bad_reply(start_role, context, lang, reply, code):
+    rogue = RogueServer(context)
+    client = start_role(lang, "chat", "client", name="alice", count=1, clients=1, **rogue.flags)
+    assert rogue.next_request() == [b"alice"]
+    rogue.rep.send_multipart(reply)
+    assert client.wait_exit(deadline())
+    assert client.t.exit_code == 1
+    assert client.t.events[-1]["event"] == "error" and client.t.events[-1]["code"] == code
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+def test_a_client_gives_up_at_its_deadline(start_role, context, lang):
+    rogue = RogueServer(context)  # bound, but it never publishes nor answers
+    rogue.flags["timeout"] = 500
+    client = start_role(lang, "chat", "client", name="alice", **rogue.flags)
+    assert client.wait_exit(deadline())
+    assert client.t.exit_code == 1
+    assert client.t.events[-1]["event"] == "error" and client.t.events[-1]["code"] == "timeout"
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["chat", "client", "--count", "3"],  # --name is required
+        ["chat", "client", "--name", "alice", "--count", "abc"],
+        ["chat", "client", "--name", "alice", "--colour", "red"],
+        ["chat", "client", "--name", "h" * 33],
+        ["chat", "server", "--heartbeat", "0"],
+        ["chat", "referee"],
+        ["karaoke", "server"],
+    ],
+)
+def test_a_bad_command_line_exits_2(built, lang, args):
+    language = built[lang]
+    argv = language.command(args[0], args[1], {}) + args[2:]
+    done = subprocess.run(argv, env=language.environment(), capture_output=True, timeout=WAIT, stdin=subprocess.DEVNULL)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stdout == b"", "no events on a bad command line"

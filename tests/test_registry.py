@@ -1,0 +1,68 @@
+"""The language registry: entries, launch commands, unsupported and known-failure cells."""
+import pytest
+import yaml
+
+from orchestrator import LANGUAGES, ROOT
+from orchestrator.config import ConfigError
+from orchestrator.registry import load_registry
+
+
+def test_all_six_languages_implement_both_chat_roles(registry):
+    assert registry.names() == list(LANGUAGES)
+    for name in LANGUAGES:
+        assert registry[name].supports("chat", "server")
+        assert registry[name].supports("chat", "client")
+        assert not registry[name].supports("chat", "referee")
+
+
+def test_launch_follows_the_contract(registry):
+    argv = registry["rust"].command("chat", "client", {"name": "alice", "count": 5})
+    assert argv == [str(ROOT / "rust/target/release/btb"), "chat", "client", "--name", "alice", "--count", "5"]
+    python = registry["python"]
+    assert python.command("chat", "server", {})[-4:] == ["-m", "btb", "chat", "server"]
+    assert python.environment()["PYTHONPATH"] == str(ROOT / "python")
+
+
+def test_unknown_language_is_a_clear_error(registry):
+    with pytest.raises(KeyError, match="unknown language 'cobol'"):
+        registry["cobol"]
+
+
+def write(tmp_path, data):
+    path = tmp_path / "languages.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+ENTRY = {"launch": ["/bin/true"], "implements": {"chat": ["server", "client"]}}
+
+
+def test_unsupported_and_known_failures(tmp_path):
+    data = {
+        "a": dict(ENTRY, known_failures=[{"example": "chat", "roles": {"server": "a", "client": "b"}, "reason": "a cannot hear b"}]),
+        "b": dict(ENTRY, implements={"chat": ["client"]}),
+    }
+    registry = load_registry(write(tmp_path, data))
+    assert registry.unsupported("chat", {"server": {"b"}, "client": {"a"}}) == "b does not implement chat server"
+    assert registry.unsupported("chat", {"server": {"a"}, "client": {"a", "b"}}) is None
+    assert registry.known_failure("chat", {"server": {"a"}, "client": {"a", "b"}}).reason == "a cannot hear b"
+    assert registry.known_failure("chat", {"server": {"a"}, "client": {"a"}}) is None
+    assert registry.known_failure("ticker", {"server": {"a"}, "client": {"b"}}) is None
+
+
+@pytest.mark.parametrize(
+    "data, field",
+    [
+        ({"a": {"implements": {"chat": ["server"]}}}, "a.launch"),
+        ({"a": dict(ENTRY, launch=[])}, "a.launch"),
+        ({"a": dict(ENTRY, implements={"chat": "server"})}, "a.implements.chat"),
+        ({"a": dict(ENTRY, build=["make"])}, "a.build[0]"),
+        ({"a": dict(ENTRY, colour="red")}, "a.colour"),
+        ({"a": dict(ENTRY, known_failures=[{"example": "chat", "roles": {"server": "a"}}])}, "a.known_failures[0].reason"),
+        ({"a": dict(ENTRY, known_failures=[{"example": "chat", "roles": {"server": "zz"}, "reason": "r"}])}, "a.known_failures"),
+    ],
+)
+def test_malformed_registry_names_the_field(tmp_path, data, field):
+    path = write(tmp_path, data)
+    with pytest.raises(ConfigError, match=f"^{path}: {field.replace('[', '.').replace(']', '.')}"):
+        load_registry(path)

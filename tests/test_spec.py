@@ -1,0 +1,100 @@
+"""Spec loading, and errors that name the file and the field."""
+import pytest
+import yaml
+
+from orchestrator.config import ConfigError
+from orchestrator.spec import load_spec, render
+
+GOOD = {
+    "example": "chat",
+    "parameters": {"messages": 2},
+    "roles": {
+        "server": {"wait_for": "ready", "stop": "signal", "flags": {"requests": "tcp://127.0.0.1:*"}},
+        "client": {"instances": 2, "names": ["a", "b"], "flags": {"requests": "{server.requests}", "name": "{name}", "count": "{messages}"}},
+    },
+    "matrix": ["server", "client"],
+    "timeouts": {"cell": 30},
+}
+
+
+def write(tmp_path, data):
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False) if not isinstance(data, str) else data)
+    return path
+
+
+def broken(**changes):
+    data = yaml.safe_load(yaml.safe_dump(GOOD, sort_keys=False))
+    for dotted, value in changes.items():
+        *parents, last = dotted.split("__")
+        target = data
+        for key in parents:
+            target = target[key]
+        if value is DELETE:
+            del target[last]
+        else:
+            target[last] = value
+    return data
+
+
+DELETE = object()
+
+
+def test_the_chat_spec_loads():
+    spec = load_spec("chat")
+    assert spec.role_names() == ["server", "client"]
+    assert spec.matrix == ["server", "client"]
+    assert spec.role("client").instances == 3
+    assert spec.role("server").stop == "signal"
+    assert spec.cell_timeout > 0
+
+
+def test_a_good_spec_renders_its_flags(tmp_path):
+    spec = load_spec(write(tmp_path, GOOD))
+    client = spec.role("client")
+    context = spec.context(client, 1, {"server": {"requests": "tcp://127.0.0.1:4000"}})
+    flags = {name: render(value, context) for name, value in client.flags.items()}
+    assert flags == {"requests": "tcp://127.0.0.1:4000", "name": "b", "count": 2}
+
+
+@pytest.mark.parametrize(
+    "data, field, words",
+    [
+        (broken(roles=DELETE), "roles", "is required"),
+        (broken(roles__client__instances="three"), "roles.client.instances", "must be a int"),
+        (broken(roles__client__instances=0), "roles.client.instances", "at least 1"),
+        (broken(roles__client__instances=3), "roles.client.names", "2 names for 3 instances"),
+        (broken(roles__client__colour="red"), "roles.client.colour", "unknown field"),
+        (broken(roles__client__flags__name="{nobody}"), "roles.client.flags.name", "{nobody} names nothing"),
+        (broken(roles__server__stop="later"), "roles.server.stop", "'exit' or 'signal'"),
+        (broken(matrix=["server"]), "matrix", "two roles"),
+        (broken(matrix=["server", "proxy"]), "matrix", "'proxy' is not a role"),
+        (broken(timeouts__cell=-1), "timeouts.cell", "positive"),
+        (broken(roles__client__flags__count=[1, 2]), "roles.client.flags.count", "string or a number"),
+        (broken(example=7), "example", "must be a str"),
+    ],
+)
+def test_malformed_specs_name_the_file_and_the_field(tmp_path, data, field, words):
+    path = write(tmp_path, data)
+    with pytest.raises(ConfigError) as raised:
+        load_spec(path)
+    message = str(raised.value)
+    assert message.startswith(f"{path}: {field}: "), message
+    assert words in message
+
+
+def test_a_flag_may_not_use_a_role_that_starts_later(tmp_path):
+    data = broken(roles__server__flags__peer="{client.requests}")
+    with pytest.raises(ConfigError, match="roles.server.flags.peer"):
+        load_spec(write(tmp_path, data))
+
+
+def test_yaml_syntax_errors_name_the_file(tmp_path):
+    path = write(tmp_path, "roles: [unclosed\n")
+    with pytest.raises(ConfigError, match=f"^{path}: not valid YAML"):
+        load_spec(path)
+
+
+def test_an_unknown_example_lists_the_known_ones():
+    with pytest.raises(ConfigError, match="no such example .*chat"):
+        load_spec("karaoke")
