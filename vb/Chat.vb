@@ -1,0 +1,342 @@
+' chat: a roster server over REQ/REP with a PUB broadcast channel (examples/chat/PROTOCOL.md).
+Imports System.CommandLine
+Imports System.Runtime.InteropServices
+Imports System.Threading
+Imports NetMQ
+Imports NetMQ.Sockets
+
+Public Module Chat
+    Public Const MaxHandle = 32  ' bytes of UTF-8
+    Public Const MaxText = 4096  ' bytes of UTF-8
+    Public Const MaxMessage = 2 * 1024 * 1024  ' MaxMsgSize: a bigger frame drops its sender, in NetMQ itself
+
+    Public Function Roles() As Command
+        Dim server As New Command("server", "keep the roster and relay posts")
+        AddEndpoints(server, timeout:=0)
+        server.Options.Add(AtLeast("--heartbeat", 1, defaultValue:=100))
+        server.Options.Add(AtLeast("--expiry", 1, defaultValue:=5000))
+        server.SetAction(AddressOf RunServer)
+
+        Dim client As New Command("client", "join, post --count texts, receive everyone's posts")
+        AddEndpoints(client, timeout:=30000)
+        client.Options.Add(HandleOption("--name"))
+        client.Options.Add(AtLeast("--count", 0, defaultValue:=5))
+        client.Options.Add(AtLeast("--clients", 1, defaultValue:=1))
+        client.Options.Add(AtLeast("--keepalive", 1, defaultValue:=1000))
+        client.SetAction(AddressOf RunClient)
+
+        Return New Command("chat", "client/server over REQ/REP plus PUB/SUB") From {server, client}
+    End Function
+
+    Private Sub AddEndpoints(command As Command, timeout As Integer)
+        command.Options.Add(New [Option](Of String)("--requests") With {.DefaultValueFactory = Function(r) "tcp://127.0.0.1:5555"})
+        command.Options.Add(New [Option](Of String)("--broadcasts") With {.DefaultValueFactory = Function(r) "tcp://127.0.0.1:5556"})
+        command.Options.Add(AtLeast("--timeout", 0, defaultValue:=timeout))
+    End Sub
+
+    ''' <summary>An integer option (milliseconds or a count) no smaller than `minimum`.</summary>
+    Private Function AtLeast(name As String, minimum As Integer, defaultValue As Integer) As [Option](Of Integer)
+        Return New [Option](Of Integer)(name) With {
+            .DefaultValueFactory = Function(r) defaultValue,
+            .CustomParser =
+                Function(result)
+                    Dim number As Integer
+                    If Not Integer.TryParse(result.Tokens.Single().Value, number) Then
+                        result.AddError($"{name} takes an integer, not '{result.Tokens.Single().Value}'")
+                    ElseIf number < minimum Then
+                        result.AddError($"{name} must be at least {minimum}")
+                    End If
+                    Return number
+                End Function}
+    End Function
+
+    Private Function HandleOption(name As String) As [Option](Of String)
+        Dim opt As New [Option](Of String)(name) With {.Required = True}
+        opt.Validators.Add(
+            Sub(result)
+                Dim length = Utf8.GetByteCount(If(result.GetValueOrDefault(Of String)(), ""))
+                If length < 1 OrElse length > MaxHandle Then result.AddError($"a handle is 1 to {MaxHandle} bytes of UTF-8")
+            End Sub)
+        Return opt
+    End Function
+
+    Public Function PostText(name As String, number As Integer) As String
+        Return $"{name} #{number}: héllo wörld 🌍"
+    End Function
+
+    ' --- server ---------------------------------------------------------------------------------
+
+    ''' <summary>The first broken rule of a request, as (code, reason), or Nothing when it is well formed.</summary>
+    Public Function CheckRequest(frames As List(Of Byte())) As (Code As String, Reason As String)?
+        If frames.Count <> 1 AndAlso frames.Count <> 2 Then
+            Return ("frame-count", $"expected 1 or 2 frames, got {frames.Count}")
+        End If
+        If frames(0).Length = 0 Then Return ("empty-handle", "the handle frame is empty")
+        If frames(0).Length > MaxHandle Then
+            Return ("handle-too-long", $"the handle has {frames(0).Length} bytes, at most {MaxHandle}")
+        End If
+        If frames.Count = 2 AndAlso frames(1).Length = 0 Then Return ("empty-text", "the text frame is empty")
+        If frames.Count = 2 AndAlso frames(1).Length > MaxText Then
+            Return ("text-too-long", $"the text has {frames(1).Length} bytes, at most {MaxText}")
+        End If
+        For Each frame In frames
+            Try
+                Utf8.GetString(frame)
+            Catch problem As Text.DecoderFallbackException
+                Return ("invalid-utf8", $"not UTF-8: invalid byte at {problem.Index}")
+            End Try
+        Next
+        Return Nothing
+    End Function
+
+    ''' <summary>SIGTERM and SIGINT only raise a flag; the server loop looks at it after every poll.</summary>
+    Private NotInheritable Class StopSignal
+        Implements IDisposable
+
+        Private _raised As Boolean
+        Private ReadOnly _registrations As PosixSignalRegistration()
+
+        Public Sub New()
+            _registrations = {PosixSignalRegistration.Create(PosixSignal.SIGTERM, AddressOf RaiseFlag),
+                              PosixSignalRegistration.Create(PosixSignal.SIGINT, AddressOf RaiseFlag)}
+        End Sub
+
+        Public ReadOnly Property Raised As Boolean
+            Get
+                Return Volatile.Read(_raised)
+            End Get
+        End Property
+
+        Private Sub RaiseFlag(context As PosixSignalContext)
+            context.Cancel = True  ' do not terminate: the loop stops by itself
+            Volatile.Write(_raised, True)
+        End Sub
+
+        Public Sub Dispose() Implements IDisposable.Dispose
+            For Each registration In _registrations
+                registration.Dispose()
+            Next
+        End Sub
+    End Class
+
+    Private Function RunServer(args As ParseResult) As Integer
+        Dim timeout = args.GetValue(Of Integer)("--timeout")
+        Dim heartbeat = args.GetValue(Of Integer)("--heartbeat")
+        Dim expiry = args.GetValue(Of Integer)("--expiry")
+        Using stopSignal As New StopSignal(),
+              requests As New ResponseSocket(),
+              broadcasts As New PublisherSocket()
+            Dim deadline As New Deadline(timeout)
+            ' REP answers each request exactly once, in order: the library keeps the lockstep for us.
+            requests.Options.Linger = TimeSpan.Zero
+            requests.Options.MaxMsgSize = MaxMessage
+            ' PUB sends every broadcast to every subscriber whose filter matches; it never blocks, and
+            ' it drops for a subscriber that is not connected yet (slow joiner) or whose queue is full (HWM).
+            broadcasts.Options.Linger = TimeSpan.Zero
+            Try
+                requests.Bind(args.GetValue(Of String)("--requests"))
+                broadcasts.Bind(args.GetValue(Of String)("--broadcasts"))
+            Catch problem As NetMQException  ' the address is in use, the transport is unknown...
+                Throw New Failure("bind", $"cannot bind: {problem.ErrorCode}")
+            Catch problem As ArgumentException  ' an endpoint NetMQ cannot even parse
+                Throw New Failure("bind", $"cannot bind: {problem.Message}")
+            End Try
+            Emit("ready", ("requests", requests.Options.LastEndpoint), ("broadcasts", broadcasts.Options.LastEndpoint))
+
+            ' handle -> last seen on the monotonic millisecond clock, kept sorted by UTF-8 bytes
+            Dim roster As New SortedDictionary(Of String, Long)(Utf8Order.Instance)
+            Dim accepted = 0, rejected = 0
+            Dim nextBeat = Environment.TickCount64
+            Dim frames As List(Of Byte()) = Nothing
+
+            Dim broadcastRoster =
+                Sub()
+                    ' Frame 0 is empty: no handle is, so subscribers know the server itself is speaking.
+                    broadcasts.SendMultipartBytes({Array.Empty(Of Byte)()}.Concat(roster.Keys.Select(AddressOf Utf8.GetBytes)))
+                End Sub
+
+            Do Until stopSignal.Raised
+                If deadline.Expired() Then Throw New Failure("timeout", $"still serving after {timeout} ms")
+                Dim waitMs = Math.Max(0, nextBeat - Environment.TickCount64)
+                ' Poll instead of a blocking receive: the heartbeat, the deadline and the stop flag all
+                ' get their turn without a second thread. A multipart message arrives whole or not at all.
+                If requests.TryReceiveMultipartBytes(deadline.Cap(waitMs), frames) Then
+                    Dim problem = CheckRequest(frames)
+                    If problem IsNot Nothing Then
+                        Dim code = problem.Value.Code
+                        rejected += 1
+                        requests.SendMultipartBytes(Array.Empty(Of Byte)(), Utf8.GetBytes(code))
+                        Emit("error", ("code", code), ("reason", problem.Value.Reason))
+                        Continue Do
+                    End If
+                    Dim handle = Utf8.GetString(frames(0))
+                    Dim joined = Not roster.ContainsKey(handle)
+                    roster(handle) = Environment.TickCount64
+                    If frames.Count = 2 Then
+                        broadcasts.SendMultipartBytes(frames)  ' [handle, text], exactly as posted
+                        Emit("posted", ("handle", handle), ("text", Utf8.GetString(frames(1))))
+                    End If
+                    accepted += 1
+                    requests.SendMultipartBytes(roster.Keys.Select(AddressOf Utf8.GetBytes))
+                    If joined Then
+                        Emit("joined", ("handle", handle))
+                        broadcastRoster()
+                    End If
+                End If
+                Dim now = Environment.TickCount64
+                If now >= nextBeat Then
+                    For Each silent In roster.Where(Function(entry) now - entry.Value > expiry).Select(Function(entry) entry.Key).ToList()
+                        roster.Remove(silent)
+                        Emit("expired", ("handle", silent))
+                    Next
+                    broadcastRoster()
+                    nextBeat = now + heartbeat
+                End If
+            Loop
+
+            Emit("done", ("requests", accepted), ("rejected", rejected))
+        End Using
+        Return 0
+    End Function
+
+    ' --- client ---------------------------------------------------------------------------------
+
+    Private NotInheritable Class Client
+        Implements IDisposable
+
+        Private ReadOnly _name As String
+        Private ReadOnly _handle As Byte()
+        Private ReadOnly _count, _clients, _keepalive, _timeout As Integer
+        Private ReadOnly _deadline As Deadline
+        Private ReadOnly _sub As SubscriberSocket
+        Private ReadOnly _req As RequestSocket
+        Private _roster As New List(Of String)
+        Private ReadOnly _received As New Dictionary(Of String, Integer)
+        Private _lastRequest As Long = Environment.TickCount64
+
+        Public Sub New(args As ParseResult)
+            _name = args.GetValue(Of String)("--name")
+            _handle = Utf8.GetBytes(_name)
+            _count = args.GetValue(Of Integer)("--count")
+            _clients = args.GetValue(Of Integer)("--clients")
+            _keepalive = args.GetValue(Of Integer)("--keepalive")
+            _timeout = args.GetValue(Of Integer)("--timeout")
+            _deadline = New Deadline(_timeout)
+            ' SUB first, so that its subscription starts travelling as early as possible.
+            _sub = New SubscriberSocket()
+            _sub.Options.Linger = TimeSpan.Zero
+            _sub.Subscribe("")  ' a prefix filter on frame 0; "" lets posts and rosters through
+            _sub.Connect(args.GetValue(Of String)("--broadcasts"))
+            ' REQ enforces send, receive, send, receive...: one request in flight at a time.
+            _req = New RequestSocket()
+            _req.Options.Linger = TimeSpan.Zero
+            _req.Connect(args.GetValue(Of String)("--requests"))
+        End Sub
+
+        ''' <summary>One lockstep round trip; returns the roster of the reply.</summary>
+        Private Function Request(ParamArray frames As Byte()()) As List(Of String)
+            _req.SendMultipartBytes(frames)
+            Dim left = _deadline.RemainingMs()
+            Dim wait = If(left Is Nothing, SendReceiveConstants.InfiniteTimeout, TimeSpan.FromMilliseconds(left.Value))
+            Dim reply As List(Of Byte()) = Nothing
+            If Not _req.TryReceiveMultipartBytes(wait, reply) Then
+                Throw New Failure("no-reply", $"no reply from the server within {left} ms")
+            End If
+            _lastRequest = Environment.TickCount64
+            If reply(0).Length = 0 Then
+                If reply.Count <> 2 Then
+                    Throw New Failure("malformed-reply", $"an error reply has 2 frames, got {reply.Count}")
+                End If
+                Throw New Failure("rejected", $"the server rejected our request: {Text.Encoding.UTF8.GetString(reply(1))}")
+            End If
+            Dim roster As List(Of String)
+            Try
+                roster = reply.Select(AddressOf Utf8.GetString).ToList()
+            Catch problem As Text.DecoderFallbackException
+                Throw New Failure("malformed-reply", $"roster is not UTF-8: {problem.Message}")
+            End Try
+            UpdateRoster(roster)
+            Return roster
+        End Function
+
+        Private Sub UpdateRoster(roster As List(Of String))
+            If Not roster.SequenceEqual(_roster) Then
+                _roster = roster
+                Emit("roster", ("handles", roster))
+            End If
+        End Sub
+
+        Private Sub OnBroadcast(frames As List(Of Byte()))
+            Dim texts As List(Of String)
+            Try
+                texts = frames.Select(AddressOf Utf8.GetString).ToList()
+            Catch problem As Text.DecoderFallbackException
+                Emit("error", ("code", "malformed-broadcast"), ("reason", "a broadcast frame is not UTF-8"))
+                Return
+            End Try
+            If texts(0) = "" Then
+                UpdateRoster(texts.Skip(1).ToList())
+            ElseIf texts.Count = 2 Then
+                _received(texts(0)) = _received.GetValueOrDefault(texts(0)) + 1
+                Emit("received", ("handle", texts(0)), ("text", texts(1)))
+            Else
+                Emit("error", ("code", "malformed-broadcast"), ("reason", $"a post has 2 frames, got {texts.Count}"))
+            End If
+        End Sub
+
+        ''' <summary>Handle one broadcast, or send a keep-alive when one is due, whichever comes first.</summary>
+        Private Sub WaitForBroadcast()
+            If _deadline.Expired() Then Throw New Failure("timeout", $"not done after {_timeout} ms")
+            Dim due = _lastRequest + _keepalive
+            Dim waitMs = Math.Max(0, due - Environment.TickCount64)
+            Dim frames As List(Of Byte()) = Nothing
+            If _sub.TryReceiveMultipartBytes(_deadline.Cap(waitMs), frames) Then
+                OnBroadcast(frames)
+            ElseIf Environment.TickCount64 >= due Then
+                Request(_handle)  ' keep-alive: silent handles expire from the roster
+            End If
+        End Sub
+
+        Public Sub Run()
+            ' Slow joiner: until a first broadcast arrives, our subscription may not have reached the
+            ' server and posts would be dropped for us. The server broadcasts at least every heartbeat.
+            Dim frames As List(Of Byte()) = Nothing
+            Do Until _sub.TryReceiveMultipartBytes(_deadline.Cap(_keepalive), frames)
+                If _deadline.Expired() Then Throw New Failure("timeout", "no broadcast from the server")
+            Loop
+            OnBroadcast(frames)
+            Request(_handle)  ' join
+            Emit("ready", ("handle", _name))
+
+            ' Everyone listens before anyone talks: wait for --clients handles, all subscribed.
+            Do While _roster.Count < _clients
+                WaitForBroadcast()
+            Loop
+            Dim peers = _roster.ToList()
+            Log($"{_name}: {peers.Count} peers, posting {_count} texts")
+
+            For number = 1 To _count
+                Dim text = PostText(_name, number)
+                Dim roster = Request(_handle, Utf8.GetBytes(text))
+                Emit("sent", ("text", text), ("roster", roster))
+            Next
+
+            Do While peers.Any(Function(peer) _received.GetValueOrDefault(peer) < _count)
+                WaitForBroadcast()
+            Loop
+            Emit("done", ("sent", _count), ("received", _received.Values.Sum()))
+        End Sub
+
+        Public Sub Dispose() Implements IDisposable.Dispose
+            _sub.Dispose()
+            _req.Dispose()
+        End Sub
+    End Class
+
+    Private Function RunClient(args As ParseResult) As Integer
+        Using client As New Client(args)
+            client.Run()
+        End Using
+        Return 0
+    End Function
+End Module
