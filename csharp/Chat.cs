@@ -1,0 +1,391 @@
+// chat: a roster server over REQ/REP with a PUB broadcast channel (examples/chat/PROTOCOL.md).
+using System.CommandLine;
+using System.Runtime.InteropServices;
+using System.Text;
+using NetMQ;
+using NetMQ.Sockets;
+
+static class Chat
+{
+    const int MaxHandle = 32; // bytes of UTF-8
+    const int MaxText = 4096; // bytes of UTF-8
+    const long MaxMessage = 2 * 1024 * 1024; // ZMQ_MAXMSGSIZE: bigger frames are dropped by NetMQ itself
+
+    // Throws on anything that is not UTF-8, encoded surrogates and overlong forms included.
+    static readonly UTF8Encoding Strict = new(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
+
+    // The roster is sorted by the UTF-8 bytes of the handles: .NET's UTF-16 order differs above U+FFFF.
+    static readonly Comparer<byte[]> ByBytes = Comparer<byte[]>.Create((a, b) => a.AsSpan().SequenceCompareTo(b));
+
+    record ServerArgs(string Requests, string Broadcasts, int Timeout, int Heartbeat, int Expiry);
+
+    record ClientArgs(string Requests, string Broadcasts, int Timeout, string Name, int Count, int Clients, int Keepalive);
+
+    public static Command Command() =>
+        new("chat", "client/server over REQ/REP plus PUB/SUB") { ServerCommand(), ClientCommand() };
+
+    static Command ServerCommand()
+    {
+        Option<string> requests = Endpoint("--requests", "tcp://127.0.0.1:5555");
+        Option<string> broadcasts = Endpoint("--broadcasts", "tcp://127.0.0.1:5556");
+        Option<int> timeout = AtLeast("--timeout", 0, 0);
+        Option<int> heartbeat = AtLeast("--heartbeat", 1, 100);
+        Option<int> expiry = AtLeast("--expiry", 1, 5000);
+        Command server = new("server", "keep the roster and relay posts")
+        {
+            requests, broadcasts, timeout, heartbeat, expiry,
+        };
+        server.SetAction(p => RunServer(new(
+            p.GetValue(requests)!, p.GetValue(broadcasts)!, p.GetValue(timeout),
+            p.GetValue(heartbeat), p.GetValue(expiry))));
+        return server;
+    }
+
+    static Command ClientCommand()
+    {
+        Option<string> requests = Endpoint("--requests", "tcp://127.0.0.1:5555");
+        Option<string> broadcasts = Endpoint("--broadcasts", "tcp://127.0.0.1:5556");
+        Option<int> timeout = AtLeast("--timeout", 0, 30000);
+        Option<string> name = Handle("--name");
+        Option<int> count = AtLeast("--count", 0, 5);
+        Option<int> clients = AtLeast("--clients", 1, 1);
+        Option<int> keepalive = AtLeast("--keepalive", 1, 1000);
+        Command client = new("client", "join, post --count texts, receive everyone's posts")
+        {
+            requests, broadcasts, timeout, name, count, clients, keepalive,
+        };
+        client.SetAction(p => RunClient(new(
+            p.GetValue(requests)!, p.GetValue(broadcasts)!, p.GetValue(timeout),
+            p.GetValue(name)!, p.GetValue(count), p.GetValue(clients), p.GetValue(keepalive))));
+        return client;
+    }
+
+    static Option<string> Endpoint(string flag, string fallback) => new(flag) { DefaultValueFactory = _ => fallback };
+
+    /// <summary>An integer option (milliseconds or a count) no smaller than <paramref name="minimum"/>.</summary>
+    static Option<int> AtLeast(string flag, int minimum, int fallback) => new(flag)
+    {
+        DefaultValueFactory = _ => fallback,
+        CustomParser = result =>
+        {
+            if (int.TryParse(result.Tokens.Single().Value, out int number) && number >= minimum) return number;
+            result.AddError($"{flag} takes an integer of at least {minimum}");
+            return fallback;
+        },
+    };
+
+    static Option<string> Handle(string flag) => new(flag)
+    {
+        Required = true,
+        CustomParser = result =>
+        {
+            string handle = result.Tokens.Single().Value;
+            if (Encoding.UTF8.GetByteCount(handle) is >= 1 and <= MaxHandle) return handle;
+            result.AddError($"a handle is 1 to {MaxHandle} bytes of UTF-8");
+            return handle;
+        },
+    };
+
+    static string PostText(string name, int number) => $"{name} #{number}: héllo wörld 🌍";
+
+    // --- server ----------------------------------------------------------------------------------
+
+    /// <summary>The first broken rule of a request, as (code, reason), or null when it is well formed.</summary>
+    static (string Code, string Reason)? CheckRequest(List<byte[]> frames)
+    {
+        if (frames.Count is not (1 or 2))
+            return ("frame-count", $"expected 1 or 2 frames, got {frames.Count}");
+        if (frames[0].Length == 0)
+            return ("empty-handle", "the handle frame is empty");
+        if (frames[0].Length > MaxHandle)
+            return ("handle-too-long", $"the handle has {frames[0].Length} bytes, at most {MaxHandle}");
+        if (frames.Count == 2 && frames[1].Length == 0)
+            return ("empty-text", "the text frame is empty");
+        if (frames.Count == 2 && frames[1].Length > MaxText)
+            return ("text-too-long", $"the text has {frames[1].Length} bytes, at most {MaxText}");
+        foreach (var frame in frames)
+        {
+            try
+            {
+                Strict.GetString(frame);
+            }
+            catch (DecoderFallbackException error)
+            {
+                return ("invalid-utf8", $"not UTF-8: {error.Message}");
+            }
+        }
+        return null;
+    }
+
+    /// <summary>SIGTERM and SIGINT only raise a flag; the server loop looks at it after every poll.</summary>
+    sealed class StopSignal : IDisposable
+    {
+        volatile bool raised;
+        readonly PosixSignalRegistration term, interrupt;
+
+        public StopSignal()
+        {
+            term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, RaiseFlag);
+            interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, RaiseFlag);
+        }
+
+        public bool Raised => raised;
+
+        void RaiseFlag(PosixSignalContext context)
+        {
+            context.Cancel = true; // do not let the runtime end the process: the loop stops by itself
+            raised = true;
+        }
+
+        public void Dispose()
+        {
+            term.Dispose();
+            interrupt.Dispose();
+        }
+    }
+
+    static void RunServer(ServerArgs args)
+    {
+        using var stop = new StopSignal();
+        var deadline = new Deadline(args.Timeout);
+        // REP answers each request exactly once, in order: the library keeps the lockstep for us.
+        using var requests = new ResponseSocket();
+        requests.Options.Linger = TimeSpan.Zero;
+        requests.Options.MaxMsgSize = MaxMessage;
+        // PUB sends every broadcast to every subscriber whose filter matches; it never blocks, and it
+        // drops for a subscriber that is not connected yet (slow joiner) or whose queue is full (HWM).
+        using var broadcasts = new PublisherSocket();
+        broadcasts.Options.Linger = TimeSpan.Zero;
+        try
+        {
+            requests.Bind(args.Requests);
+            broadcasts.Bind(args.Broadcasts);
+        }
+        catch (Exception error) // NetMQ throws various exception types for a bad endpoint
+        {
+            throw new Failure("bind", $"cannot bind: {error.Message}");
+        }
+        Events.Emit("ready", new
+        {
+            requests = requests.Options.LastEndpoint,
+            broadcasts = broadcasts.Options.LastEndpoint,
+        });
+
+        // handle (UTF-8 bytes, so the roster sorts by bytes) -> last seen, monotonic milliseconds
+        var roster = new SortedDictionary<byte[], long>(ByBytes);
+        int accepted = 0, rejected = 0;
+        long nextBeat = Environment.TickCount64;
+        var frames = new List<byte[]>();
+
+        void BroadcastRoster()
+        {
+            // Frame 0 is empty: no handle is, so subscribers know the server itself is speaking.
+            broadcasts.SendMultipartBytes(roster.Keys.Prepend([]));
+        }
+
+        while (!stop.Raised)
+        {
+            if (deadline.Expired)
+                throw new Failure("timeout", $"still serving after {args.Timeout} ms");
+            var wait = TimeSpan.FromMilliseconds(Math.Max(0, nextBeat - Environment.TickCount64));
+            // A receive with a timeout (a poll) instead of a blocking one: the heartbeat, the deadline
+            // and the stop flag all get their turn without a second thread.
+            if (requests.TryReceiveMultipartBytes(deadline.Cap(wait), ref frames))
+            {
+                if (CheckRequest(frames) is (string code, string reason))
+                {
+                    rejected++;
+                    requests.SendMultipartBytes([], Encoding.ASCII.GetBytes(code));
+                    Events.Emit("error", new { code, reason });
+                }
+                else
+                {
+                    byte[] handle = frames[0];
+                    bool joined = !roster.ContainsKey(handle);
+                    roster[handle] = Environment.TickCount64;
+                    if (frames.Count == 2)
+                    {
+                        broadcasts.SendMultipartBytes(frames); // [handle, text], exactly as posted
+                        Events.Emit("posted", new { handle = Strict.GetString(handle), text = Strict.GetString(frames[1]) });
+                    }
+                    accepted++;
+                    requests.SendMultipartBytes(roster.Keys);
+                    if (joined)
+                    {
+                        Events.Emit("joined", new { handle = Strict.GetString(handle) });
+                        BroadcastRoster();
+                    }
+                }
+            }
+            long now = Environment.TickCount64;
+            if (now >= nextBeat)
+            {
+                foreach (var silent in roster.Where(entry => now - entry.Value > args.Expiry).Select(entry => entry.Key).ToList())
+                {
+                    roster.Remove(silent);
+                    Events.Emit("expired", new { handle = Strict.GetString(silent) });
+                }
+                BroadcastRoster();
+                nextBeat = now + args.Heartbeat;
+            }
+        }
+
+        Events.Emit("done", new { requests = accepted, rejected });
+    }
+
+    // --- client ----------------------------------------------------------------------------------
+
+    static void RunClient(ClientArgs args)
+    {
+        using var client = new Client(args);
+        client.Run();
+    }
+
+    sealed class Client : IDisposable
+    {
+        readonly ClientArgs args;
+        readonly byte[] me;
+        readonly Deadline deadline;
+        readonly SubscriberSocket sub = new();
+        readonly RequestSocket req = new();
+        List<string> roster = [];
+        readonly Dictionary<string, int> received = [];
+        long lastRequest = Environment.TickCount64;
+        List<byte[]> frames = [];
+
+        public Client(ClientArgs args)
+        {
+            this.args = args;
+            me = Encoding.UTF8.GetBytes(args.Name);
+            deadline = new Deadline(args.Timeout);
+            try
+            {
+                // SUB first, so that its subscription starts travelling as early as possible.
+                sub.Options.Linger = TimeSpan.Zero;
+                sub.Subscribe(""); // a prefix filter on frame 0; "" lets posts and rosters through
+                sub.Connect(args.Broadcasts);
+                // REQ enforces send, receive, send, receive...: one request in flight at a time.
+                req.Options.Linger = TimeSpan.Zero;
+                req.Connect(args.Requests);
+            }
+            catch (Exception error) // NetMQ throws various exception types for a bad endpoint
+            {
+                throw new Failure("connect", $"cannot connect: {error.Message}");
+            }
+        }
+
+        public void Dispose()
+        {
+            sub.Dispose();
+            req.Dispose();
+        }
+
+        /// <summary>One lockstep round trip; returns the roster of the reply.</summary>
+        List<string> Request(params byte[][] request)
+        {
+            req.SendMultipartBytes(request);
+            var left = deadline.Remaining; // infinite when there is no --timeout
+            var reply = new List<byte[]>();
+            if (!req.TryReceiveMultipartBytes(left, ref reply))
+                throw new Failure("no-reply", $"no reply from the server within {left.TotalMilliseconds} ms");
+            lastRequest = Environment.TickCount64;
+            if (reply[0].Length == 0)
+            {
+                if (reply.Count != 2)
+                    throw new Failure("malformed-reply", $"an error reply has 2 frames, got {reply.Count}");
+                throw new Failure("rejected", $"the server rejected our request: {Encoding.UTF8.GetString(reply[1])}");
+            }
+            List<string> handles;
+            try
+            {
+                handles = reply.Select(Strict.GetString).ToList();
+            }
+            catch (DecoderFallbackException error)
+            {
+                throw new Failure("malformed-reply", $"roster is not UTF-8: {error.Message}");
+            }
+            UpdateRoster(handles);
+            return handles;
+        }
+
+        void UpdateRoster(List<string> handles)
+        {
+            if (!handles.SequenceEqual(roster))
+            {
+                roster = handles;
+                Events.Emit("roster", new { handles });
+            }
+        }
+
+        void OnBroadcast(List<byte[]> broadcast)
+        {
+            List<string> texts;
+            try
+            {
+                texts = broadcast.Select(Strict.GetString).ToList();
+            }
+            catch (DecoderFallbackException)
+            {
+                Events.Emit("error", new { code = "malformed-broadcast", reason = "a broadcast frame is not UTF-8" });
+                return;
+            }
+            if (texts[0] == "")
+            {
+                UpdateRoster(texts[1..]);
+            }
+            else if (texts.Count == 2)
+            {
+                received[texts[0]] = received.GetValueOrDefault(texts[0]) + 1;
+                Events.Emit("received", new { handle = texts[0], text = texts[1] });
+            }
+            else
+            {
+                Events.Emit("error", new { code = "malformed-broadcast", reason = $"a post has 2 frames, got {texts.Count}" });
+            }
+        }
+
+        /// <summary>Handle one broadcast, or send a keep-alive when one is due, whichever comes first.</summary>
+        void WaitForBroadcast()
+        {
+            if (deadline.Expired)
+                throw new Failure("timeout", $"not done after {args.Timeout} ms");
+            long due = lastRequest + args.Keepalive;
+            var wait = TimeSpan.FromMilliseconds(Math.Max(0, due - Environment.TickCount64));
+            if (sub.TryReceiveMultipartBytes(deadline.Cap(wait), ref frames))
+                OnBroadcast(frames);
+            else if (Environment.TickCount64 >= due)
+                Request(me); // keep-alive: silent handles expire from the roster
+        }
+
+        public void Run()
+        {
+            // Slow joiner: until a first broadcast arrives, our subscription may not have reached the
+            // server and posts would be dropped for us. The server broadcasts at least every heartbeat.
+            while (!sub.TryReceiveMultipartBytes(deadline.Cap(TimeSpan.FromMilliseconds(args.Keepalive)), ref frames))
+            {
+                if (deadline.Expired)
+                    throw new Failure("timeout", "no broadcast from the server");
+            }
+            OnBroadcast(frames);
+            Request(me); // join
+            Events.Emit("ready", new { handle = args.Name });
+
+            // Everyone listens before anyone talks: wait for --clients handles, all subscribed.
+            while (roster.Count < args.Clients)
+                WaitForBroadcast();
+            var peers = roster.ToList();
+            Events.Log($"{args.Name}: {peers.Count} peers, posting {args.Count} texts");
+
+            for (int number = 1; number <= args.Count; number++)
+            {
+                string text = PostText(args.Name, number);
+                var handles = Request(me, Encoding.UTF8.GetBytes(text));
+                Events.Emit("sent", new { text, roster = handles });
+            }
+
+            while (peers.Any(peer => received.GetValueOrDefault(peer) < args.Count))
+                WaitForBroadcast();
+            Events.Emit("done", new { sent = args.Count, received = received.Values.Sum() });
+        }
+    }
+}

@@ -1,0 +1,27 @@
+// btb <example> <role> [--flag value]...: one entry point for every role (examples/README.md).
+using System.CommandLine;
+using NetMQ;
+
+RootCommand root = new("Beyond the Box roles") { Chat.Command() };
+
+ParseResult parsed = root.Parse(args);
+if (parsed.Errors.Count > 0)
+{
+    // A bad command line exits 2, as the contract says (System.CommandLine's own default is 1).
+    foreach (var error in parsed.Errors) Console.Error.WriteLine($"btb: {error.Message}");
+    return 2;
+}
+try
+{
+    // No default exception handler: a Failure reaches the catch below.
+    return parsed.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
+}
+catch (Failure failure)
+{
+    Events.Emit("error", new { code = failure.Code, reason = failure.Reason });
+    return 1;
+}
+finally
+{
+    NetMQConfig.Cleanup(block: false); // stop NetMQ's I/O threads so the process exits at once
+}
