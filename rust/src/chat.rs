@@ -1,0 +1,361 @@
+//! chat: a roster server over REQ/REP with a PUB broadcast channel (examples/chat/PROTOCOL.md).
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{value_parser, Args, Subcommand};
+use serde_json::json;
+
+use crate::events::{emit, log, ms_until, readable, Deadline, Failure};
+
+const MAX_HANDLE: usize = 32; // bytes of UTF-8
+const MAX_TEXT: usize = 4096; // bytes of UTF-8
+const MAX_MESSAGE: i64 = 2 * 1024 * 1024; // ZMQ_MAXMSGSIZE: bigger frames are dropped by libzmq itself
+
+#[derive(Subcommand)]
+pub enum Role {
+    /// keep the roster and relay posts
+    Server(ServerArgs),
+    /// join, post --count texts, receive everyone's posts
+    Client(ClientArgs),
+}
+
+#[derive(Args)]
+pub struct Endpoints {
+    #[arg(long, default_value = "tcp://127.0.0.1:5555")]
+    requests: String,
+    #[arg(long, default_value = "tcp://127.0.0.1:5556")]
+    broadcasts: String,
+}
+
+#[derive(Args)]
+pub struct ServerArgs {
+    #[command(flatten)]
+    endpoints: Endpoints,
+    #[arg(long, default_value_t = 0)]
+    timeout: u32,
+    #[arg(long, default_value_t = 100, value_parser = value_parser!(u32).range(1..))]
+    heartbeat: u32,
+    #[arg(long, default_value_t = 5000, value_parser = value_parser!(u32).range(1..))]
+    expiry: u32,
+}
+
+#[derive(Args)]
+pub struct ClientArgs {
+    #[command(flatten)]
+    endpoints: Endpoints,
+    #[arg(long, default_value_t = 30000)]
+    timeout: u32,
+    #[arg(long, value_parser = handle)]
+    name: String,
+    #[arg(long, default_value_t = 5)]
+    count: u64,
+    #[arg(long, default_value_t = 1, value_parser = value_parser!(u64).range(1..))]
+    clients: u64,
+    #[arg(long, default_value_t = 1000, value_parser = value_parser!(u32).range(1..))]
+    keepalive: u32,
+}
+
+pub fn run(role: Role) -> Result<(), Failure> {
+    match role {
+        Role::Server(args) => run_server(args),
+        Role::Client(args) => Client::new(args)?.run(),
+    }
+}
+
+fn handle(value: &str) -> Result<String, String> {
+    if (1..=MAX_HANDLE).contains(&value.len()) {
+        Ok(value.to_string())
+    } else {
+        Err(format!("a handle is 1 to {} bytes of UTF-8", MAX_HANDLE))
+    }
+}
+
+fn post_text(name: &str, number: u64) -> String {
+    format!("{} #{}: héllo wörld 🌍", name, number)
+}
+
+// --- server ----------------------------------------------------------------------------------
+
+/// A well-formed request as (handle, text if a post), or its first broken rule as (code, reason).
+fn check_request(frames: &[Vec<u8>]) -> Result<(&str, Option<&str>), (&'static str, String)> {
+    let (handle, text) = match frames {
+        [handle] => (handle, None),
+        [handle, text] => (handle, Some(text)),
+        _ => {
+            let reason = format!("expected 1 or 2 frames, got {}", frames.len());
+            return Err(("frame-count", reason));
+        }
+    };
+    if handle.is_empty() {
+        return Err(("empty-handle", "the handle frame is empty".into()));
+    }
+    if handle.len() > MAX_HANDLE {
+        let reason = format!("the handle has {} bytes, at most {}", handle.len(), MAX_HANDLE);
+        return Err(("handle-too-long", reason));
+    }
+    if let Some(text) = text {
+        if text.is_empty() {
+            return Err(("empty-text", "the text frame is empty".into()));
+        }
+        if text.len() > MAX_TEXT {
+            let reason = format!("the text has {} bytes, at most {}", text.len(), MAX_TEXT);
+            return Err(("text-too-long", reason));
+        }
+    }
+    Ok((utf8(handle)?, text.map(|text| utf8(text)).transpose()?))
+}
+
+fn utf8(frame: &[u8]) -> Result<&str, (&'static str, String)> {
+    std::str::from_utf8(frame).map_err(|error| ("invalid-utf8", format!("not UTF-8: {}", error)))
+}
+
+/// SIGTERM and SIGINT only raise a flag (ctrlc runs the handler on a thread of its own);
+/// the server loop looks at it after every poll, so it notices within one heartbeat.
+fn stop_signal() -> Result<Arc<AtomicBool>, Failure> {
+    let raised = Arc::new(AtomicBool::new(false));
+    let flag = raised.clone();
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
+        .map_err(|error| Failure::new("signal", format!("cannot handle signals: {}", error)))?;
+    Ok(raised)
+}
+
+fn bind(socket: &zmq::Socket, endpoint: &str) -> Result<String, Failure> {
+    let cannot = |error: zmq::Error| Failure::new("bind", format!("cannot bind {}: {}", endpoint, error));
+    socket.bind(endpoint).map_err(cannot)?;
+    // ZMQ_LAST_ENDPOINT: the address actually bound, with the port a wildcard `*` chose.
+    match socket.get_last_endpoint().map_err(cannot)? {
+        Ok(bound) => Ok(bound),
+        Err(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
+    }
+}
+
+fn run_server(args: ServerArgs) -> Result<(), Failure> {
+    let stop = stop_signal()?;
+    let deadline = Deadline::new(args.timeout);
+    let context = zmq::Context::new();
+    // REP answers each request exactly once, in order: the library keeps the lockstep for us.
+    let requests = context.socket(zmq::REP)?;
+    requests.set_linger(0)?;
+    requests.set_maxmsgsize(MAX_MESSAGE)?;
+    // PUB sends every broadcast to every subscriber whose filter matches; it never blocks, and it
+    // drops for a subscriber that is not connected yet (slow joiner) or whose queue is full (HWM).
+    let broadcasts = context.socket(zmq::PUB)?;
+    broadcasts.set_linger(0)?;
+    let requests_bound = bind(&requests, &args.endpoints.requests)?;
+    let broadcasts_bound = bind(&broadcasts, &args.endpoints.broadcasts)?;
+    emit("ready", json!({ "requests": requests_bound, "broadcasts": broadcasts_bound }));
+
+    // handle (UTF-8 bytes, so the map's order is the bytes' order) -> last seen
+    let mut roster: BTreeMap<Vec<u8>, Instant> = BTreeMap::new();
+    let (mut accepted, mut rejected) = (0u64, 0u64);
+    let mut next_beat = Instant::now();
+
+    let broadcast_roster = |roster: &BTreeMap<Vec<u8>, Instant>| {
+        // Frame 0 is empty: no handle is, so subscribers know the server itself is speaking.
+        let frames = std::iter::once(&b""[..]).chain(roster.keys().map(Vec::as_slice));
+        broadcasts.send_multipart(frames, 0)
+    };
+
+    while !stop.load(Ordering::SeqCst) {
+        if deadline.expired() {
+            return Err(Failure::new("timeout", format!("still serving after {} ms", args.timeout)));
+        }
+        // Poll instead of a blocking recv: the heartbeat, the deadline and the stop flag all get
+        // their turn without a second thread.
+        if readable(&requests, deadline.cap(ms_until(next_beat)))? {
+            let frames = requests.recv_multipart(0)?; // every frame of one message, or none
+            match check_request(&frames) {
+                Err((code, reason)) => {
+                    rejected += 1;
+                    requests.send_multipart([&b""[..], code.as_bytes()], 0)?;
+                    emit("error", json!({ "code": code, "reason": reason }));
+                }
+                Ok((handle, text)) => {
+                    let joined = roster.insert(handle.as_bytes().to_vec(), Instant::now()).is_none();
+                    if let Some(text) = text {
+                        broadcasts.send_multipart(&frames, 0)?; // [handle, text], exactly as posted
+                        emit("posted", json!({ "handle": handle, "text": text }));
+                    }
+                    accepted += 1;
+                    requests.send_multipart(roster.keys(), 0)?;
+                    if joined {
+                        emit("joined", json!({ "handle": handle }));
+                        broadcast_roster(&roster)?;
+                    }
+                }
+            }
+        }
+        let now = Instant::now();
+        if now >= next_beat {
+            let expiry = Duration::from_millis(args.expiry.into());
+            roster.retain(|handle, seen| {
+                let alive = now.duration_since(*seen) <= expiry;
+                if !alive {
+                    emit("expired", json!({ "handle": String::from_utf8_lossy(handle) }));
+                }
+                alive
+            });
+            broadcast_roster(&roster)?;
+            next_beat = now + Duration::from_millis(args.heartbeat.into());
+        }
+    }
+
+    emit("done", json!({ "requests": accepted, "rejected": rejected }));
+    Ok(()) // dropping the sockets and then the context closes them; linger 0: nothing waits
+}
+
+// --- client ----------------------------------------------------------------------------------
+
+struct Client {
+    args: ClientArgs,
+    deadline: Deadline,
+    sub: zmq::Socket,
+    req: zmq::Socket,
+    roster: Vec<String>,
+    received: HashMap<String, u64>,
+    last_request: Instant,
+}
+
+impl Client {
+    fn new(args: ClientArgs) -> Result<Self, Failure> {
+        let deadline = Deadline::new(args.timeout);
+        let context = zmq::Context::new();
+        let cannot = |error: zmq::Error| Failure::new("connect", format!("cannot connect: {}", error));
+        // SUB first, so that its subscription starts travelling as early as possible.
+        let sub = context.socket(zmq::SUB)?;
+        sub.set_linger(0)?;
+        sub.set_subscribe(b"")?; // a prefix filter on frame 0; "" lets posts and rosters through
+        sub.connect(&args.endpoints.broadcasts).map_err(cannot)?;
+        // REQ enforces send, receive, send, receive...: one request in flight at a time.
+        let req = context.socket(zmq::REQ)?;
+        req.set_linger(0)?;
+        req.connect(&args.endpoints.requests).map_err(cannot)?;
+        Ok(Client {
+            args,
+            deadline,
+            sub,
+            req,
+            roster: Vec::new(),
+            received: HashMap::new(),
+            last_request: Instant::now(),
+        })
+    }
+
+    /// One lockstep round trip, `[handle]` (join, keep-alive) or `[handle, text]` (post);
+    /// returns the roster of the reply.
+    fn request(&mut self, text: Option<&str>) -> Result<Vec<String>, Failure> {
+        let mut frames = vec![self.args.name.as_bytes()];
+        frames.extend(text.map(str::as_bytes));
+        self.req.send_multipart(frames, 0)?;
+        let left = self.deadline.remaining_ms(); // -1: wait as long as it takes
+        while !readable(&self.req, self.deadline.remaining_ms())? {
+            if self.deadline.expired() {
+                let reason = format!("no reply from the server within {} ms", left);
+                return Err(Failure::new("no-reply", reason));
+            }
+        }
+        let reply = self.req.recv_multipart(0)?;
+        self.last_request = Instant::now();
+        match reply.as_slice() {
+            [empty, code] if empty.is_empty() => {
+                let code = String::from_utf8_lossy(code);
+                Err(Failure::new("rejected", format!("the server rejected our request: {}", code)))
+            }
+            [empty, ..] if empty.is_empty() => {
+                let reason = format!("an error reply has 2 frames, got {}", reply.len());
+                Err(Failure::new("malformed-reply", reason))
+            }
+            _ => {
+                let roster = decode(reply)
+                    .map_err(|error| Failure::new("malformed-reply", format!("roster is not UTF-8: {}", error)))?;
+                self.update_roster(&roster);
+                Ok(roster)
+            }
+        }
+    }
+
+    fn update_roster(&mut self, roster: &[String]) {
+        if roster != self.roster.as_slice() {
+            self.roster = roster.to_vec();
+            emit("roster", json!({ "handles": roster }));
+        }
+    }
+
+    fn on_broadcast(&mut self, frames: Vec<Vec<u8>>) {
+        let texts = match decode(frames) {
+            Ok(texts) => texts,
+            Err(_) => {
+                let reason = "a broadcast frame is not UTF-8";
+                return emit("error", json!({ "code": "malformed-broadcast", "reason": reason }));
+            }
+        };
+        match texts.as_slice() {
+            [server, roster @ ..] if server.is_empty() => self.update_roster(roster),
+            [handle, text] => {
+                *self.received.entry(handle.clone()).or_insert(0) += 1;
+                emit("received", json!({ "handle": handle, "text": text }));
+            }
+            _ => {
+                let reason = format!("a post has 2 frames, got {}", texts.len());
+                emit("error", json!({ "code": "malformed-broadcast", "reason": reason }));
+            }
+        }
+    }
+
+    /// Handle one broadcast, or send a keep-alive when one is due, whichever comes first.
+    fn wait_for_broadcast(&mut self) -> Result<(), Failure> {
+        if self.deadline.expired() {
+            return Err(Failure::new("timeout", format!("not done after {} ms", self.args.timeout)));
+        }
+        let due = self.last_request + Duration::from_millis(self.args.keepalive.into());
+        if readable(&self.sub, self.deadline.cap(ms_until(due)))? {
+            let frames = self.sub.recv_multipart(0)?;
+            self.on_broadcast(frames);
+        } else if Instant::now() >= due {
+            self.request(None)?; // keep-alive: silent handles expire from the roster
+        }
+        Ok(())
+    }
+
+    fn run(mut self) -> Result<(), Failure> {
+        // Slow joiner: until a first broadcast arrives, our subscription may not have reached the
+        // server and posts would be dropped for us. The server broadcasts at least every heartbeat.
+        while !readable(&self.sub, self.deadline.cap(self.args.keepalive.into()))? {
+            if self.deadline.expired() {
+                return Err(Failure::new("timeout", "no broadcast from the server"));
+            }
+        }
+        let frames = self.sub.recv_multipart(0)?;
+        self.on_broadcast(frames);
+        self.request(None)?; // join
+        emit("ready", json!({ "handle": self.args.name }));
+
+        // Everyone listens before anyone talks: wait for --clients handles, all subscribed.
+        while (self.roster.len() as u64) < self.args.clients {
+            self.wait_for_broadcast()?;
+        }
+        let peers = self.roster.clone();
+        log(&format!("{}: {} peers, posting {} texts", self.args.name, peers.len(), self.args.count));
+
+        for number in 1..=self.args.count {
+            let text = post_text(&self.args.name, number);
+            let roster = self.request(Some(&text))?;
+            emit("sent", json!({ "text": text, "roster": roster }));
+        }
+
+        let count = self.args.count;
+        while peers.iter().any(|peer| self.received.get(peer).map_or(0, |&n| n) < count) {
+            self.wait_for_broadcast()?;
+        }
+        let received: u64 = self.received.values().sum();
+        emit("done", json!({ "sent": count, "received": received }));
+        Ok(())
+    }
+}
+
+/// Every frame as a string, or the first one that is not UTF-8.
+fn decode(frames: Vec<Vec<u8>>) -> Result<Vec<String>, std::string::FromUtf8Error> {
+    frames.into_iter().map(String::from_utf8).collect()
+}

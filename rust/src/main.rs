@@ -1,0 +1,28 @@
+//! btb <example> <role> [--flag value]...: one entry point for every role (examples/README.md).
+mod chat;
+mod events;
+
+use clap::Parser;
+use serde_json::json;
+
+use events::emit;
+
+/// Beyond the Box roles
+#[derive(Parser)]
+#[command(name = "btb")]
+enum Example {
+    /// a roster server over REQ/REP with a PUB broadcast channel
+    #[command(subcommand)]
+    Chat(chat::Role),
+}
+
+fn main() {
+    // Exits 2 on a bad command line, as the contract says.
+    let result = match Example::parse() {
+        Example::Chat(role) => chat::run(role),
+    };
+    if let Err(failure) = result {
+        emit("error", json!({ "code": failure.code, "reason": failure.reason }));
+        std::process::exit(1);
+    }
+}
