@@ -1,0 +1,347 @@
+/// chat: a roster server over REQ/REP with a PUB broadcast channel (examples/chat/PROTOCOL.md).
+module Btb.Chat
+
+open System
+open System.Collections.Generic
+open System.Runtime.InteropServices
+open Argu
+open NetMQ
+open NetMQ.Sockets
+open Btb.Events
+
+let MaxHandle = 32 // bytes of UTF-8
+let MaxText = 4096 // bytes of UTF-8
+let MaxMessage = 2L * 1024L * 1024L // ZMQ_MAXMSGSIZE: bigger frames are dropped by NetMQ itself
+
+// --- command line ----------------------------------------------------------------------------
+
+type ServerArgs =
+    | Requests of endpoint: string
+    | Broadcasts of endpoint: string
+    | Timeout of ms: int
+    | Heartbeat of ms: int
+    | Expiry of ms: int
+
+    interface IArgParserTemplate with
+        member this.Usage =
+            match this with
+            | Requests _ -> "REP endpoint to bind (default tcp://127.0.0.1:5555)"
+            | Broadcasts _ -> "PUB endpoint to bind (default tcp://127.0.0.1:5556)"
+            | Timeout _ -> "longest run in ms, 0 for no limit (default 0)"
+            | Heartbeat _ -> "interval between roster broadcasts in ms (default 100)"
+            | Expiry _ -> "silence in ms after which a handle leaves the roster (default 5000)"
+
+type ClientArgs =
+    | Requests of endpoint: string
+    | Broadcasts of endpoint: string
+    | Timeout of ms: int
+    | [<Mandatory>] Name of handle: string
+    | Count of posts: int
+    | Clients of handles: int
+    | Keepalive of ms: int
+
+    interface IArgParserTemplate with
+        member this.Usage =
+            match this with
+            | Requests _ -> "REP endpoint to connect (default tcp://127.0.0.1:5555)"
+            | Broadcasts _ -> "PUB endpoint to connect (default tcp://127.0.0.1:5556)"
+            | Timeout _ -> "longest run in ms, 0 for no limit (default 30000)"
+            | Name _ -> "the client's handle (required)"
+            | Count _ -> "number of posts to send (default 5)"
+            | Clients _ -> "roster size to wait for before posting (default 1)"
+            | Keepalive _ -> "keep-alive interval in ms (default 1000)"
+
+[<RequireSubcommand>]
+type ChatArgs =
+    | [<CliPrefix(CliPrefix.None)>] Server of ParseResults<ServerArgs>
+    | [<CliPrefix(CliPrefix.None)>] Client of ParseResults<ClientArgs>
+
+    interface IArgParserTemplate with
+        member this.Usage =
+            match this with
+            | Server _ -> "keep the roster and relay posts"
+            | Client _ -> "join, post --count texts, receive everyone's posts"
+
+type ServerSettings =
+    { Requests: string; Broadcasts: string; Timeout: int; Heartbeat: int; Expiry: int }
+
+type ClientSettings =
+    { Requests: string; Broadcasts: string; Timeout: int
+      Name: string; Count: int; Clients: int; Keepalive: int }
+
+// Checks Argu runs on a flag's value (PostProcessResult): a failure is a bad command line.
+
+/// An integer (milliseconds or a count) no smaller than `minimum`.
+let atLeast minimum (number: int) =
+    if number < minimum then failwithf "must be at least %d" minimum
+    number
+
+let handle (value: string) =
+    if not (1 <= utf8.GetByteCount value && utf8.GetByteCount value <= MaxHandle) then
+        failwithf "a handle is 1 to %d bytes of UTF-8" MaxHandle
+    value
+
+let serverSettings (args: ParseResults<ServerArgs>) : ServerSettings =
+    { Requests = args.GetResult(ServerArgs.Requests, "tcp://127.0.0.1:5555")
+      Broadcasts = args.GetResult(ServerArgs.Broadcasts, "tcp://127.0.0.1:5556")
+      Timeout = args.TryPostProcessResult(ServerArgs.Timeout, atLeast 0) |> Option.defaultValue 0
+      Heartbeat = args.TryPostProcessResult(Heartbeat, atLeast 1) |> Option.defaultValue 100
+      Expiry = args.TryPostProcessResult(Expiry, atLeast 1) |> Option.defaultValue 5000 }
+
+let clientSettings (args: ParseResults<ClientArgs>) : ClientSettings =
+    { Requests = args.GetResult(ClientArgs.Requests, "tcp://127.0.0.1:5555")
+      Broadcasts = args.GetResult(ClientArgs.Broadcasts, "tcp://127.0.0.1:5556")
+      Timeout =
+        args.TryPostProcessResult(ClientArgs.Timeout, atLeast 0) |> Option.defaultValue 30000
+      Name = args.PostProcessResult(Name, handle)
+      Count = args.TryPostProcessResult(Count, atLeast 0) |> Option.defaultValue 5
+      Clients = args.TryPostProcessResult(Clients, atLeast 1) |> Option.defaultValue 1
+      Keepalive = args.TryPostProcessResult(Keepalive, atLeast 1) |> Option.defaultValue 1000 }
+
+let postText (name: string) (number: int) = $"{name} #{number}: héllo wörld 🌍"
+
+// --- shared helpers --------------------------------------------------------------------------
+
+/// Wait up to `ms` (None: as long as it takes) for a message to be ready on `socket`.
+let pollIn (socket: NetMQSocket) (ms: int64 option) =
+    let timeout = ms |> Option.map float |> Option.defaultValue -1.0 |> TimeSpan.FromMilliseconds
+    socket.Poll(PollEvents.PollIn, timeout).HasFlag(PollEvents.PollIn)
+
+/// Every frame of one message: ZeroMQ delivers all the frames of a message or none.
+let receive (socket: NetMQSocket) = socket.ReceiveMultipartBytes() |> List.ofSeq
+
+/// Bind or connect; a bad or busy endpoint is fatal (NetMQ throws several exception types).
+let endpoint verb (attach: string -> unit) (address: string) =
+    try attach address
+    with error ->
+        let why = match error with :? NetMQException as e -> string e.ErrorCode | e -> e.Message
+        raise (Failure(verb, $"cannot {verb} {address}: {why}"))
+
+let send (socket: NetMQSocket) (frames: byte[] list) = socket.SendMultipartBytes(frames)
+
+/// The texts of the frames, or None when one of them is not UTF-8.
+let tryDecode (frames: byte[] list) =
+    try Some(frames |> List.map utf8.GetString) with :? ArgumentException -> None
+
+/// Handles sort by their UTF-8 bytes: .NET compares UTF-16 code units, another order above U+FFFF.
+let byUtf8 (a: string) (b: string) = Seq.compareWith compare (utf8.GetBytes a) (utf8.GetBytes b)
+
+// --- server ----------------------------------------------------------------------------------
+
+/// The first broken rule of a request, as (code, reason), or None when it is well formed.
+let checkRequest (frames: byte[] list) =
+    let notUtf8 (frame: byte[]) =
+        try utf8.GetString frame |> ignore; None
+        with :? Text.DecoderFallbackException as error -> Some error
+    match frames with
+    | [] | _ :: _ :: _ :: _ -> Some("frame-count", $"expected 1 or 2 frames, got {frames.Length}")
+    | handle :: _ when handle.Length = 0 -> Some("empty-handle", "the handle frame is empty")
+    | handle :: _ when handle.Length > MaxHandle ->
+        Some("handle-too-long", $"the handle has {handle.Length} bytes, at most {MaxHandle}")
+    | [ _; text ] when text.Length = 0 -> Some("empty-text", "the text frame is empty")
+    | [ _; text ] when text.Length > MaxText ->
+        Some("text-too-long", $"the text has {text.Length} bytes, at most {MaxText}")
+    | _ ->
+        frames
+        |> List.tryPick notUtf8
+        |> Option.map (fun error -> "invalid-utf8", $"not UTF-8: invalid byte at {error.Index}")
+
+/// SIGTERM and SIGINT only raise a flag; the server loop looks at it after every poll.
+type StopSignal() =
+    [<VolatileField>]
+    let mutable raised = false
+    let raiseFlag (context: PosixSignalContext) =
+        context.Cancel <- true // keep running: the loop finishes the request in hand and stops
+        raised <- true
+    let registrations =
+        [ PosixSignalRegistration.Create(PosixSignal.SIGTERM, raiseFlag)
+          PosixSignalRegistration.Create(PosixSignal.SIGINT, raiseFlag) ]
+    member _.Raised = raised
+    interface IDisposable with
+        member _.Dispose() = registrations |> List.iter (fun r -> r.Dispose())
+
+let runServer (args: ServerSettings) =
+    use stop = new StopSignal()
+    let deadline = Deadline(args.Timeout)
+    // REP answers each request exactly once, in order: the library keeps the lockstep for us.
+    use requests = new ResponseSocket()
+    requests.Options.Linger <- TimeSpan.Zero
+    requests.Options.MaxMsgSize <- MaxMessage
+    // PUB sends every broadcast to every subscriber whose filter matches; it never blocks, and it
+    // drops for a subscriber that is not connected yet (slow joiner) or whose queue is full (HWM).
+    use broadcasts = new PublisherSocket()
+    broadcasts.Options.Linger <- TimeSpan.Zero
+    endpoint "bind" requests.Bind args.Requests
+    endpoint "bind" broadcasts.Bind args.Broadcasts
+    emit "ready" [ "requests", box requests.Options.LastEndpoint
+                   "broadcasts", box broadcasts.Options.LastEndpoint ]
+
+    let roster = Dictionary<string, int64>() // handle -> last seen, monotonic ms
+    let sortedRoster () = roster.Keys |> Seq.sortWith byUtf8 |> Seq.map utf8.GetBytes |> List.ofSeq
+    let mutable accepted = 0
+    let mutable rejected = 0
+    let mutable nextBeat = nowMs ()
+
+    // Frame 0 is empty: no handle is, so subscribers know the server itself is speaking.
+    let broadcastRoster () = send broadcasts ([||] :: sortedRoster ())
+
+    let serve (frames: byte[] list) =
+        match checkRequest frames with
+        | Some(code, reason) ->
+            rejected <- rejected + 1
+            send requests [ [||]; utf8.GetBytes(code: string) ]
+            emit "error" [ "code", box code; "reason", box reason ]
+        | None ->
+            let handle = utf8.GetString frames.Head
+            let joined = not (roster.ContainsKey handle)
+            roster[handle] <- nowMs ()
+            match frames with
+            | [ _; text ] ->
+                send broadcasts frames // [handle, text], exactly as posted
+                emit "posted" [ "handle", box handle; "text", box (utf8.GetString text) ]
+            | _ -> ()
+            accepted <- accepted + 1
+            send requests (sortedRoster ())
+            if joined then
+                emit "joined" [ "handle", box handle ]
+                broadcastRoster ()
+
+    let heartbeat now =
+        let silent = [ for KeyValue(h, seen) in roster do if now - seen > int64 args.Expiry then h ]
+        for handle in silent do
+            roster.Remove handle |> ignore
+            emit "expired" [ "handle", box handle ]
+        broadcastRoster ()
+        nextBeat <- now + int64 args.Heartbeat
+
+    while not stop.Raised do
+        if deadline.Expired then
+            raise (Failure("timeout", $"still serving after {args.Timeout} ms"))
+        let waitMs = max 0L (nextBeat - nowMs ())
+        // Poll instead of a blocking receive: the heartbeat, the deadline and the stop flag all get
+        // their turn without a second thread.
+        if pollIn requests (Some(deadline.Cap waitMs)) then
+            serve (receive requests)
+        let now = nowMs ()
+        if now >= nextBeat then heartbeat now
+
+    emit "done" [ "requests", box accepted; "rejected", box rejected ]
+
+// --- client ----------------------------------------------------------------------------------
+
+type ChatClient(args: ClientSettings) =
+    let me = utf8.GetBytes args.Name
+    let deadline = Deadline(args.Timeout)
+    // SUB first, so that its subscription starts travelling as early as possible.
+    let sub = new SubscriberSocket()
+    do
+        sub.Options.Linger <- TimeSpan.Zero
+        sub.Subscribe("") // a prefix filter on frame 0; "" lets posts and rosters through
+        endpoint "connect" sub.Connect args.Broadcasts
+    // REQ enforces send, receive, send, receive...: one request in flight at a time.
+    let req = new RequestSocket()
+    do
+        req.Options.Linger <- TimeSpan.Zero
+        endpoint "connect" req.Connect args.Requests
+    let mutable roster: string list = []
+    let received = Dictionary<string, int>()
+    let mutable lastRequest = nowMs ()
+
+    let receivedFrom peer =
+        match received.TryGetValue peer with
+        | true, n -> n
+        | _ -> 0
+
+    member _.UpdateRoster(handles: string list) =
+        if handles <> roster then
+            roster <- handles
+            emit "roster" [ "handles", box handles ]
+
+    /// One lockstep round trip; returns the roster of the reply.
+    member this.Request(frames: byte[] list) =
+        send req frames
+        let left = deadline.RemainingMs
+        if not (pollIn req left) then // None: wait as long as it takes
+            raise (Failure("no-reply", $"no reply from the server within {left.Value} ms"))
+        let reply = receive req
+        lastRequest <- nowMs ()
+        match reply with
+        | [ empty; code ] when empty.Length = 0 ->
+            let code = Text.Encoding.UTF8.GetString code // lenient: it is only shown to people
+            raise (Failure("rejected", $"the server rejected our request: {code}"))
+        | empty :: _ when empty.Length = 0 ->
+            raise (Failure("malformed-reply", $"an error reply has 2 frames, got {reply.Length}"))
+        | _ ->
+            match tryDecode reply with
+            | None -> raise (Failure("malformed-reply", "roster is not UTF-8"))
+            | Some handles ->
+                this.UpdateRoster handles
+                handles
+
+    member this.OnBroadcast(frames: byte[] list) =
+        match tryDecode frames with
+        | None ->
+            let reason = "a broadcast frame is not UTF-8"
+            emit "error" [ "code", box "malformed-broadcast"; "reason", box reason ]
+        | Some("" :: handles) -> this.UpdateRoster handles
+        | Some [ handle; text ] ->
+            received[handle] <- receivedFrom handle + 1
+            emit "received" [ "handle", box handle; "text", box text ]
+        | Some texts ->
+            let reason = $"a post has 2 frames, got {texts.Length}"
+            emit "error" [ "code", box "malformed-broadcast"; "reason", box reason ]
+
+    /// Handle one broadcast, or send a keep-alive when one is due, whichever comes first.
+    member this.WaitForBroadcast() =
+        if deadline.Expired then
+            raise (Failure("timeout", $"not done after {args.Timeout} ms"))
+        let due = lastRequest + int64 args.Keepalive
+        let waitMs = max 0L (due - nowMs ())
+        if pollIn sub (Some(deadline.Cap waitMs)) then
+            this.OnBroadcast(receive sub)
+        elif nowMs () >= due then
+            this.Request [ me ] |> ignore // keep-alive: silent handles expire from the roster
+
+    member this.Run() =
+        // Slow joiner: until a first broadcast arrives, our subscription may not have reached the
+        // server and posts would be dropped for us. The server broadcasts at least every heartbeat.
+        while not (pollIn sub (Some(deadline.Cap(int64 args.Keepalive)))) do
+            if deadline.Expired then
+                raise (Failure("timeout", "no broadcast from the server"))
+        this.OnBroadcast(receive sub)
+        this.Request [ me ] |> ignore // join
+        emit "ready" [ "handle", box args.Name ]
+
+        // Everyone listens before anyone talks: wait for --clients handles, all subscribed.
+        while roster.Length < args.Clients do
+            this.WaitForBroadcast()
+        let peers = roster
+        log $"{args.Name}: {peers.Length} peers, posting {args.Count} texts"
+
+        for number in 1 .. args.Count do
+            let text = postText args.Name number
+            let replyRoster = this.Request [ me; utf8.GetBytes text ]
+            emit "sent" [ "text", box text; "roster", box replyRoster ]
+
+        while peers |> List.exists (fun peer -> receivedFrom peer < args.Count) do
+            this.WaitForBroadcast()
+        emit "done" [ "sent", box args.Count; "received", box (Seq.sum received.Values) ]
+
+    interface IDisposable with
+        member _.Dispose() =
+            sub.Dispose()
+            req.Dispose()
+
+let runClient (args: ClientSettings) =
+    use client = new ChatClient(args)
+    client.Run()
+
+/// Validate the command line of a chat role (Argu raises on a bad value) and return its run.
+let role (args: ParseResults<ChatArgs>) : unit -> unit =
+    match args.GetSubCommand() with
+    | Server server ->
+        let settings = serverSettings server
+        fun () -> runServer settings
+    | Client client ->
+        let settings = clientSettings client
+        fun () -> runClient settings

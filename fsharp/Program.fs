@@ -1,0 +1,44 @@
+/// btb <example> <role> [--flag value]...: one entry point for every role (examples/README.md).
+module Btb.Program
+
+open Argu
+open NetMQ
+open Btb.Events
+
+[<RequireSubcommand>]
+type BtbArgs =
+    | [<CliPrefix(CliPrefix.None)>] Chat of ParseResults<Chat.ChatArgs>
+
+    interface IArgParserTemplate with
+        member this.Usage =
+            match this with
+            | Chat _ -> "client/server over REQ/REP plus PUB/SUB"
+
+/// The role chosen on the command line, its flags checked; Argu raises on a bad command line.
+let parse argv =
+    let results = ArgumentParser.Create<BtbArgs>(programName = "btb").ParseCommandLine argv
+    match results.GetSubCommand() with
+    | Chat chat -> Chat.role chat
+
+let run role =
+    try
+        try
+            role ()
+            0
+        with Failure(code, reason) ->
+            emit "error" [ "code", box code; "reason", box reason ]
+            1
+    finally
+        NetMQConfig.Cleanup(false) // do not wait for NetMQ's background threads
+
+[<EntryPoint>]
+let main argv =
+    try
+        run (parse argv)
+    with :? ArguParseException as error ->
+        if error.ErrorCode = ErrorCode.HelpText then
+            printfn "%s" error.Message
+            0
+        else
+            eprintfn "%s" error.Message
+            2 // the contract's exit code for a bad command line
