@@ -200,3 +200,20 @@ def test_a_bad_command_line_exits_2(built, lang, args):
     done = subprocess.run(argv, env=language.environment(), capture_output=True, timeout=WAIT, stdin=subprocess.DEVNULL)
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert done.stdout == b"", "no events on a bad command line"
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+def test_a_server_that_cannot_bind_says_so(start_role, context, lang):
+    taken = socket(context, zmq.REP, "tcp://127.0.0.1:*", bind=True)
+    server = start_role(lang, "chat", "server", requests=taken.last_endpoint.decode(), broadcasts="tcp://127.0.0.1:*", timeout=WAIT * 1000)
+    assert server.wait_exit(deadline())
+    assert server.t.exit_code == 1
+    assert server.t.events[-1]["event"] == "error" and server.t.events[-1]["code"] == "bind"
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+def test_a_client_with_a_bad_endpoint_says_so(start_role, lang):
+    client = start_role(lang, "chat", "client", name="alice", requests="tcp://127.0.0.1:5555", broadcasts="bogus://nowhere", timeout=WAIT * 1000)
+    assert client.wait_exit(deadline())
+    assert client.t.exit_code == 1
+    assert client.t.events[-1]["event"] == "error" and client.t.events[-1]["code"] == "connect"

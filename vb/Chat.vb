@@ -167,20 +167,20 @@ Public Module Chat
                         rejected += 1
                         requests.SendMultipartBytes(Array.Empty(Of Byte)(), Utf8.GetBytes(code))
                         Emit("error", ("code", code), ("reason", problem.Value.Reason))
-                        Continue Do
-                    End If
-                    Dim handle = Utf8.GetString(frames(0))
-                    Dim joined = Not roster.ContainsKey(handle)
-                    roster(handle) = Environment.TickCount64
-                    If frames.Count = 2 Then
-                        broadcasts.SendMultipartBytes(frames)  ' [handle, text], exactly as posted
-                        Emit("posted", ("handle", handle), ("text", Utf8.GetString(frames(1))))
-                    End If
-                    accepted += 1
-                    requests.SendMultipartBytes(roster.Keys.Select(AddressOf Utf8.GetBytes))
-                    If joined Then
-                        Emit("joined", ("handle", handle))
-                        broadcastRoster()
+                    Else
+                        Dim handle = Utf8.GetString(frames(0))
+                        Dim joined = Not roster.ContainsKey(handle)
+                        roster(handle) = Environment.TickCount64
+                        If frames.Count = 2 Then
+                            broadcasts.SendMultipartBytes(frames)  ' [handle, text], exactly as posted
+                            Emit("posted", ("handle", handle), ("text", Utf8.GetString(frames(1))))
+                        End If
+                        accepted += 1
+                        requests.SendMultipartBytes(roster.Keys.Select(AddressOf Utf8.GetBytes))
+                        If joined Then
+                            Emit("joined", ("handle", handle))
+                            broadcastRoster()
+                        End If
                     End If
                 End If
                 Dim now = Environment.TickCount64
@@ -226,11 +226,15 @@ Public Module Chat
             _sub = New SubscriberSocket()
             _sub.Options.Linger = TimeSpan.Zero
             _sub.Subscribe("")  ' a prefix filter on frame 0; "" lets posts and rosters through
-            _sub.Connect(args.GetValue(Of String)("--broadcasts"))
             ' REQ enforces send, receive, send, receive...: one request in flight at a time.
             _req = New RequestSocket()
             _req.Options.Linger = TimeSpan.Zero
-            _req.Connect(args.GetValue(Of String)("--requests"))
+            Try
+                _sub.Connect(args.GetValue(Of String)("--broadcasts"))
+                _req.Connect(args.GetValue(Of String)("--requests"))
+            Catch problem As Exception  ' NetMQ throws several exception types for a bad endpoint
+                Throw New Failure("connect", $"cannot connect: {problem.Message}")
+            End Try
         End Sub
 
         ''' <summary>One lockstep round trip; returns the roster of the reply.</summary>

@@ -137,18 +137,18 @@ def run_server(args):
                 rejected += 1
                 requests.send_multipart([b"", code.encode()])
                 emit("error", code=code, reason=reason)
-                continue
-            handle_bytes = frames[0]
-            joined = handle_bytes not in roster
-            roster[handle_bytes] = time.monotonic()
-            if len(frames) == 2:
-                broadcasts.send_multipart(frames)  # [handle, text], exactly as posted
-                emit("posted", handle=handle_bytes.decode(), text=frames[1].decode())
-            accepted += 1
-            requests.send_multipart(sorted(roster))
-            if joined:
-                emit("joined", handle=handle_bytes.decode())
-                broadcast_roster()
+            else:
+                handle_bytes = frames[0]
+                joined = handle_bytes not in roster
+                roster[handle_bytes] = time.monotonic()
+                if len(frames) == 2:
+                    broadcasts.send_multipart(frames)  # [handle, text], exactly as posted
+                    emit("posted", handle=handle_bytes.decode(), text=frames[1].decode())
+                accepted += 1
+                requests.send_multipart(sorted(roster))
+                if joined:
+                    emit("joined", handle=handle_bytes.decode())
+                    broadcast_roster()
         now = time.monotonic()
         if now >= next_beat:
             for silent in [h for h, seen in roster.items() if now - seen > args.expiry / 1000]:
@@ -174,11 +174,14 @@ class Client:
         self.sub = context.socket(zmq.SUB)
         self.sub.linger = 0
         self.sub.subscribe(b"")  # a prefix filter on frame 0; "" lets posts and rosters through
-        self.sub.connect(args.broadcasts)
         # REQ enforces send, receive, send, receive...: one request in flight at a time.
         self.req = context.socket(zmq.REQ)
         self.req.linger = 0
-        self.req.connect(args.requests)
+        try:
+            self.sub.connect(args.broadcasts)
+            self.req.connect(args.requests)
+        except zmq.ZMQError as error:
+            raise Failure("connect", f"cannot connect: {error}") from error
         self.context = context
         self.roster = []
         self.received = Counter()
