@@ -1,0 +1,461 @@
+/* chat: a roster server over REQ/REP with a PUB broadcast channel (examples/chat/PROTOCOL.md). */
+#include "chat.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+#include <zmq.h>
+
+#include "common.h"
+
+enum {
+    MAX_HANDLE = 32, /* bytes of UTF-8 */
+    MAX_TEXT = 4096, /* bytes of UTF-8 */
+    REASON_SIZE = 128,
+};
+static const int64_t MAX_MESSAGE = 2 * 1024 * 1024; /* ZMQ_MAXMSGSIZE: bigger frames never reach us */
+
+/* --- handles -------------------------------------------------------------------------------- */
+
+/* Handles sorted by their UTF-8 bytes, each with a number: for the server the time it last heard
+   from the handle, for the client the posts it received from it. */
+typedef struct {
+    size_t size;
+    char bytes[MAX_HANDLE];
+    int64_t value;
+} entry_t;
+
+typedef struct {
+    entry_t *entry;
+    size_t count, room;
+} handles_t;
+
+/* Unsigned bytes (memcmp compares them as unsigned char), a shorter prefix first. */
+static int compare(const char *a, size_t a_size, const char *b, size_t b_size)
+{
+    int order = memcmp(a, b, a_size < b_size ? a_size : b_size);
+    return order ? order : (a_size > b_size) - (a_size < b_size);
+}
+
+/* The entry of `handle` (1 to MAX_HANDLE bytes), added in order with value 0 if it is new. */
+static entry_t *handles_get(handles_t *handles, const char *handle, size_t size, bool *added)
+{
+    size_t i = 0;
+    int order = 1;
+    while (i < handles->count &&
+           (order = compare(handles->entry[i].bytes, handles->entry[i].size, handle, size)) < 0)
+        i++;
+    bool found = i < handles->count && order == 0;
+    if (added)
+        *added = !found;
+    if (found)
+        return &handles->entry[i];
+    if (handles->count == handles->room) {
+        handles->room = handles->room ? 2 * handles->room : 8;
+        handles->entry = realloc(handles->entry, handles->room * sizeof *handles->entry);
+        if (!handles->entry)
+            fail("memory", "out of memory");
+    }
+    entry_t *entry = &handles->entry[i];
+    memmove(entry + 1, entry, (handles->count - i) * sizeof *entry);
+    handles->count++;
+    *entry = (entry_t){.size = size};
+    memcpy(entry->bytes, handle, size);
+    return entry;
+}
+
+static void handles_remove(handles_t *handles, size_t i)
+{
+    handles->count--;
+    memmove(&handles->entry[i], &handles->entry[i + 1], (handles->count - i) * sizeof *handles->entry);
+}
+
+/* --- server --------------------------------------------------------------------------------- */
+
+typedef struct {
+    const char *requests, *broadcasts;
+    int timeout, heartbeat, expiry;
+} server_args;
+
+typedef struct {
+    void *requests, *broadcasts;
+    handles_t roster; /* value: when the handle was last heard from, in ms */
+    int accepted, rejected;
+} server_t;
+
+PRINTF_LIKE(3, 4) static const char *problem(char *reason, const char *code, const char *format, ...)
+{
+    va_list args;
+    va_start(args, format);
+    vsnprintf(reason, REASON_SIZE, format, args);
+    va_end(args);
+    return code;
+}
+
+/* The first broken rule of a request as its error code, with a `reason`; NULL when well formed. */
+static const char *check_request(const frames_t *request, char *reason)
+{
+    size_t bad_at;
+    if (request->count != 1 && request->count != 2)
+        return problem(reason, "frame-count", "expected 1 or 2 frames, got %zu", request->count);
+    if (frame_size(request, 0) == 0)
+        return problem(reason, "empty-handle", "the handle frame is empty");
+    if (frame_size(request, 0) > MAX_HANDLE)
+        return problem(reason, "handle-too-long", "the handle has %zu bytes, at most %d",
+                       frame_size(request, 0), MAX_HANDLE);
+    if (request->count == 2 && frame_size(request, 1) == 0)
+        return problem(reason, "empty-text", "the text frame is empty");
+    if (request->count == 2 && frame_size(request, 1) > MAX_TEXT)
+        return problem(reason, "text-too-long", "the text has %zu bytes, at most %d",
+                       frame_size(request, 1), MAX_TEXT);
+    for (size_t i = 0; i < request->count; i++)
+        if (!utf8_valid(frame_data(request, i), frame_size(request, i), &bad_at))
+            return problem(reason, "invalid-utf8", "frame %zu is not UTF-8 at byte %zu", i, bad_at);
+    return NULL;
+}
+
+/* The live handles as one message, each handle a frame. A broadcast starts with an empty frame:
+   no handle is empty, so subscribers know the server itself is speaking. */
+static void send_roster(void *socket, const handles_t *roster, bool broadcast)
+{
+    if (broadcast)
+        send_frame(socket, "", 0, roster->count > 0);
+    for (size_t i = 0; i < roster->count; i++)
+        send_frame(socket, roster->entry[i].bytes, roster->entry[i].size, i + 1 < roster->count);
+}
+
+static void serve(server_t *server)
+{
+    frames_t request;
+    char reason[REASON_SIZE];
+    frames_recv(server->requests, &request);
+    const char *code = check_request(&request, reason);
+    if (code) {
+        server->rejected++;
+        send_frame(server->requests, "", 0, true);
+        send_frame(server->requests, code, strlen(code), false);
+        emit_error(code, "%s", reason);
+        frames_close(&request);
+        return;
+    }
+    const char *handle = frame_data(&request, 0);
+    size_t size = frame_size(&request, 0);
+    bool joined;
+    handles_get(&server->roster, handle, size, &joined)->value = now_ms();
+    if (request.count == 2) {
+        const char *text = frame_data(&request, 1);
+        size_t text_size = frame_size(&request, 1);
+        send_frame(server->broadcasts, handle, size, true); /* [handle, text], exactly as posted */
+        send_frame(server->broadcasts, text, text_size, false);
+        emit("posted", "{s:s%, s:s%}", "handle", handle, size, "text", text, text_size);
+    }
+    server->accepted++;
+    send_roster(server->requests, &server->roster, false);
+    if (joined) {
+        emit("joined", "{s:s%}", "handle", handle, size);
+        send_roster(server->broadcasts, &server->roster, true);
+    }
+    frames_close(&request);
+}
+
+static void heartbeat(server_t *server, int64_t now, int expiry)
+{
+    handles_t *roster = &server->roster;
+    for (size_t i = 0; i < roster->count;) {
+        if (now - roster->entry[i].value > expiry) {
+            emit("expired", "{s:s%}", "handle", roster->entry[i].bytes, roster->entry[i].size);
+            handles_remove(roster, i);
+        } else {
+            i++;
+        }
+    }
+    send_roster(server->broadcasts, roster, true);
+}
+
+int chat_server(int argc, char **argv)
+{
+    server_args args = {
+        .requests = "tcp://127.0.0.1:5555",
+        .broadcasts = "tcp://127.0.0.1:5556",
+        .timeout = 0,
+        .heartbeat = 100,
+        .expiry = 5000,
+    };
+    const flag_t flags[] = {
+        TEXT_FLAG("requests", args.requests),
+        TEXT_FLAG("broadcasts", args.broadcasts),
+        NUMBER_FLAG("timeout", args.timeout, 0),
+        NUMBER_FLAG("heartbeat", args.heartbeat, 1),
+        NUMBER_FLAG("expiry", args.expiry, 1),
+    };
+    if (!parse_flags(argc, argv, flags, sizeof flags / sizeof flags[0]))
+        return 2;
+
+    stop_on_signals();
+    deadline_t deadline = deadline_start(args.timeout);
+    void *context = zmq_ctx_new();
+    server_t server = {0};
+    int linger = 0; /* at close, drop what is still queued instead of waiting to send it */
+    int64_t max_message = MAX_MESSAGE;
+    /* REP answers each request exactly once, in order: the library keeps the lockstep for us.
+       A frame above ZMQ_MAXMSGSIZE is dropped by libzmq together with the sender's connection,
+       so no peer can make the server allocate without bound. */
+    server.requests = zmq_socket(context, ZMQ_REP);
+    zmq_setsockopt(server.requests, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(server.requests, ZMQ_MAXMSGSIZE, &max_message, sizeof max_message);
+    /* PUB sends every broadcast to every subscriber whose filter matches; it never blocks, and it
+       drops for a subscriber that is not connected yet (slow joiner) or whose queue is full (HWM). */
+    server.broadcasts = zmq_socket(context, ZMQ_PUB);
+    zmq_setsockopt(server.broadcasts, ZMQ_LINGER, &linger, sizeof linger);
+    if (zmq_bind(server.requests, args.requests) < 0 || zmq_bind(server.broadcasts, args.broadcasts) < 0)
+        fail("bind", "cannot bind: %s", zmq_strerror(errno));
+    char requests[ENDPOINT_SIZE], broadcasts[ENDPOINT_SIZE];
+    last_endpoint(server.requests, requests);
+    last_endpoint(server.broadcasts, broadcasts);
+    emit("ready", "{s:s, s:s}", "requests", requests, "broadcasts", broadcasts);
+
+    int64_t next_beat = now_ms();
+    while (!stop_requested()) {
+        if (deadline_expired(&deadline))
+            fail("timeout", "still serving after %d ms", args.timeout);
+        int64_t wait = next_beat - now_ms();
+        /* Poll instead of a blocking recv: the heartbeat, the deadline and the stop flag all get
+           their turn without a second thread. */
+        if (poll_in(server.requests, deadline_cap(&deadline, wait > 0 ? (long)wait : 0)))
+            serve(&server);
+        int64_t now = now_ms();
+        if (now >= next_beat) {
+            heartbeat(&server, now, args.expiry);
+            next_beat = now + args.heartbeat;
+        }
+    }
+
+    emit("done", "{s:i, s:i}", "requests", server.accepted, "rejected", server.rejected);
+    free(server.roster.entry);
+    zmq_close(server.requests);
+    zmq_close(server.broadcasts);
+    zmq_ctx_term(context);
+    return 0;
+}
+
+/* --- client --------------------------------------------------------------------------------- */
+
+typedef struct {
+    const char *requests, *broadcasts, *name;
+    int timeout, count, clients, keepalive;
+} client_args;
+
+typedef struct {
+    client_args args;
+    deadline_t deadline;
+    void *sub, *req;
+    json_t *roster;     /* the last roster seen, as reported: a JSON array of handles */
+    handles_t received; /* value: the posts received from the handle */
+    int received_total;
+    int64_t last_request;
+} client_t;
+
+/* Frames `first`... of a message as a JSON array of handles, or NULL if one is not a handle. */
+static json_t *roster_of(const frames_t *message, size_t first)
+{
+    json_t *roster = json_array();
+    for (size_t i = first; i < message->count; i++) {
+        size_t size = frame_size(message, i);
+        if (size == 0 || size > MAX_HANDLE || !utf8_valid(frame_data(message, i), size, NULL)) {
+            json_decref(roster);
+            return NULL;
+        }
+        json_array_append_new(roster, json_stringn(frame_data(message, i), size));
+    }
+    return roster;
+}
+
+/* Takes `roster` over and reports it when it differs from the last one seen. */
+static void update_roster(client_t *client, json_t *roster)
+{
+    if (json_equal(roster, client->roster)) {
+        json_decref(roster);
+        return;
+    }
+    json_decref(client->roster);
+    client->roster = roster;
+    emit("roster", "{s:O}", "handles", roster);
+}
+
+/* One lockstep round trip, [handle] or [handle, text]; returns the roster of the reply. */
+static json_t *request(client_t *client, const char *text)
+{
+    const char *me = client->args.name;
+    send_frame(client->req, me, strlen(me), text != NULL);
+    if (text)
+        send_frame(client->req, text, strlen(text), false);
+    while (!poll_in(client->req, deadline_remaining(&client->deadline))) /* -1: no limit */
+        if (deadline_expired(&client->deadline))
+            fail("no-reply", "no reply from the server within --timeout %d ms", client->args.timeout);
+    frames_t reply;
+    frames_recv(client->req, &reply);
+    client->last_request = now_ms();
+    if (frame_size(&reply, 0) == 0) {
+        if (reply.count != 2)
+            fail("malformed-reply", "an error reply has 2 frames, got %zu", reply.count);
+        const char *code = frame_data(&reply, 1);
+        size_t size = frame_size(&reply, 1);
+        if (size > 64 || !utf8_valid(code, size, NULL))
+            fail("rejected", "the server rejected our request with a code that is not text");
+        fail("rejected", "the server rejected our request: %.*s", (int)size, code);
+    }
+    json_t *roster = roster_of(&reply, 0);
+    frames_close(&reply);
+    if (!roster)
+        fail("malformed-reply", "a roster frame is not a handle (1 to %d bytes of UTF-8)", MAX_HANDLE);
+    update_roster(client, roster);
+    return client->roster;
+}
+
+static void on_broadcast(client_t *client, const frames_t *broadcast)
+{
+    for (size_t i = 0; i < broadcast->count; i++) {
+        if (!utf8_valid(frame_data(broadcast, i), frame_size(broadcast, i), NULL)) {
+            emit_error("malformed-broadcast", "a broadcast frame is not UTF-8");
+            return;
+        }
+    }
+    const char *handle = frame_data(broadcast, 0);
+    size_t size = frame_size(broadcast, 0);
+    if (size == 0) { /* from the server itself: the roster */
+        json_t *roster = roster_of(broadcast, 1);
+        if (roster)
+            update_roster(client, roster);
+        else
+            emit_error("malformed-broadcast", "a roster frame is not a handle");
+    } else if (broadcast->count != 2) {
+        emit_error("malformed-broadcast", "a post has 2 frames, got %zu", broadcast->count);
+    } else if (size > MAX_HANDLE) {
+        emit_error("malformed-broadcast", "a post's handle has %zu bytes, at most %d", size, MAX_HANDLE);
+    } else {
+        handles_get(&client->received, handle, size, NULL)->value++;
+        client->received_total++;
+        emit("received", "{s:s%, s:s%}", "handle", handle, size,
+             "text", frame_data(broadcast, 1), frame_size(broadcast, 1));
+    }
+}
+
+static void receive_broadcast(client_t *client)
+{
+    frames_t broadcast;
+    frames_recv(client->sub, &broadcast);
+    on_broadcast(client, &broadcast);
+    frames_close(&broadcast);
+}
+
+/* Handles one broadcast, or sends a keep-alive when one is due, whichever comes first. */
+static void wait_for_broadcast(client_t *client)
+{
+    if (deadline_expired(&client->deadline))
+        fail("timeout", "not done after %d ms", client->args.timeout);
+    int64_t due = client->last_request + client->args.keepalive;
+    int64_t wait = due - now_ms();
+    if (poll_in(client->sub, deadline_cap(&client->deadline, wait > 0 ? (long)wait : 0)))
+        receive_broadcast(client);
+    else if (now_ms() >= due)
+        request(client, NULL); /* keep-alive: silent handles expire from the roster */
+}
+
+static bool heard_from_all(client_t *client, json_t *peers)
+{
+    size_t i;
+    json_t *peer;
+    json_array_foreach(peers, i, peer) {
+        const char *handle = json_string_value(peer);
+        if (handles_get(&client->received, handle, json_string_length(peer), NULL)->value < client->args.count)
+            return false;
+    }
+    return true;
+}
+
+int chat_client(int argc, char **argv)
+{
+    client_t client = {.args = {
+        .requests = "tcp://127.0.0.1:5555",
+        .broadcasts = "tcp://127.0.0.1:5556",
+        .timeout = 30000,
+        .name = NULL,
+        .count = 5,
+        .clients = 1,
+        .keepalive = 1000,
+    }};
+    client_args *args = &client.args;
+    const flag_t flags[] = {
+        TEXT_FLAG("requests", args->requests),
+        TEXT_FLAG("broadcasts", args->broadcasts),
+        NUMBER_FLAG("timeout", args->timeout, 0),
+        TEXT_FLAG("name", args->name),
+        NUMBER_FLAG("count", args->count, 0),
+        NUMBER_FLAG("clients", args->clients, 1),
+        NUMBER_FLAG("keepalive", args->keepalive, 1),
+    };
+    if (!parse_flags(argc, argv, flags, sizeof flags / sizeof flags[0]))
+        return 2;
+    if (!args->name) {
+        log_line("%s: --name is required", argv[0]);
+        return 2;
+    }
+    size_t name_size = strlen(args->name);
+    if (name_size < 1 || name_size > MAX_HANDLE || !utf8_valid(args->name, name_size, NULL)) {
+        log_line("%s: --name: a handle is 1 to %d bytes of UTF-8", argv[0], MAX_HANDLE);
+        return 2;
+    }
+
+    client.deadline = deadline_start(args->timeout);
+    void *context = zmq_ctx_new();
+    int linger = 0; /* at close, drop what is still queued instead of waiting to send it */
+    /* SUB first, so that its subscription starts travelling as early as possible. */
+    client.sub = zmq_socket(context, ZMQ_SUB);
+    zmq_setsockopt(client.sub, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(client.sub, ZMQ_SUBSCRIBE, "", 0); /* a prefix filter on frame 0; "" passes all */
+    if (zmq_connect(client.sub, args->broadcasts) < 0)
+        fail("connect", "cannot connect to %s: %s", args->broadcasts, zmq_strerror(errno));
+    /* REQ enforces send, receive, send, receive...: one request in flight at a time. */
+    client.req = zmq_socket(context, ZMQ_REQ);
+    zmq_setsockopt(client.req, ZMQ_LINGER, &linger, sizeof linger);
+    if (zmq_connect(client.req, args->requests) < 0)
+        fail("connect", "cannot connect to %s: %s", args->requests, zmq_strerror(errno));
+    client.roster = json_array();
+    client.last_request = now_ms();
+
+    /* Slow joiner: until a first broadcast arrives, our subscription may not have reached the
+       server and posts would be dropped for us. The server broadcasts at least every heartbeat. */
+    while (!poll_in(client.sub, deadline_cap(&client.deadline, args->keepalive)))
+        if (deadline_expired(&client.deadline))
+            fail("timeout", "no broadcast from the server");
+    receive_broadcast(&client);
+    request(&client, NULL); /* join */
+    emit("ready", "{s:s}", "handle", args->name);
+
+    /* Everyone listens before anyone talks: wait for --clients handles, all subscribed. */
+    while (json_array_size(client.roster) < (size_t)args->clients)
+        wait_for_broadcast(&client);
+    json_t *peers = json_incref(client.roster); /* a roster is replaced, never changed */
+    log_line("%s: %zu peers, posting %d texts", args->name, json_array_size(peers), args->count);
+
+    for (int number = 1; number <= args->count; number++) {
+        char text[128];
+        snprintf(text, sizeof text, u8"%s #%d: héllo wörld 🌍", args->name, number);
+        json_t *roster = request(&client, text);
+        emit("sent", "{s:s, s:O}", "text", text, "roster", roster);
+    }
+
+    while (!heard_from_all(&client, peers))
+        wait_for_broadcast(&client);
+    emit("done", "{s:i, s:i}", "sent", args->count, "received", client.received_total);
+    json_decref(peers);
+    json_decref(client.roster);
+    free(client.received.entry);
+    zmq_close(client.sub);
+    zmq_close(client.req);
+    zmq_ctx_term(context);
+    return 0;
+}

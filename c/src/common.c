@@ -1,0 +1,266 @@
+#include "common.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include <jansson.h>
+
+/* --- events and logs ------------------------------------------------------------------------ */
+
+void emit(const char *event, const char *fields, ...)
+{
+    json_error_t error;
+    va_list args;
+    va_start(args, fields);
+    json_t *values = json_vpack_ex(&error, 0, fields, args);
+    va_end(args);
+    if (!values) { /* a bug, not a peer: every string was checked for UTF-8 before */
+        log_line("cannot report %s: %s", event, error.text);
+        abort();
+    }
+    json_t *line = json_pack("{s:s}", "event", event);
+    json_object_update(line, values);
+    json_dumpf(line, stdout, 0); /* UTF-8 as is, no \u escapes needed */
+    fputc('\n', stdout);
+    fflush(stdout);
+    json_decref(values);
+    json_decref(line);
+}
+
+static void emit_verror(const char *code, const char *reason, va_list args)
+{
+    char text[512];
+    vsnprintf(text, sizeof text, reason, args);
+    emit("error", "{s:s, s:s}", "code", code, "reason", text);
+}
+
+void emit_error(const char *code, const char *reason, ...)
+{
+    va_list args;
+    va_start(args, reason);
+    emit_verror(code, reason, args);
+    va_end(args);
+}
+
+void fail(const char *code, const char *reason, ...)
+{
+    va_list args;
+    va_start(args, reason);
+    emit_verror(code, reason, args);
+    va_end(args);
+    exit(1); /* every socket has linger 0: nothing waits for unsent messages */
+}
+
+void log_line(const char *message, ...)
+{
+    va_list args;
+    va_start(args, message);
+    vfprintf(stderr, message, args);
+    va_end(args);
+    fputc('\n', stderr);
+}
+
+/* --- time ----------------------------------------------------------------------------------- */
+
+int64_t now_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+deadline_t deadline_start(int timeout_ms)
+{
+    return (deadline_t){timeout_ms > 0 ? now_ms() + timeout_ms : 0};
+}
+
+long deadline_remaining(const deadline_t *d)
+{
+    if (!d->end)
+        return -1;
+    int64_t left = d->end - now_ms();
+    return left > 0 ? (long)left : 0;
+}
+
+bool deadline_expired(const deadline_t *d)
+{
+    return d->end && now_ms() >= d->end;
+}
+
+long deadline_cap(const deadline_t *d, long ms)
+{
+    long left = deadline_remaining(d);
+    return left < 0 || ms < left ? ms : left;
+}
+
+/* --- UTF-8 ---------------------------------------------------------------------------------- */
+
+bool utf8_valid(const void *bytes, size_t size, size_t *bad_at)
+{
+    const unsigned char *s = bytes;
+    size_t i = 0;
+    while (i < size) {
+        unsigned char lead = s[i];
+        size_t length;
+        unsigned char low = 0x80, high = 0xBF; /* the range of the second byte */
+        if (lead < 0x80) {
+            i++;
+            continue;
+        } else if (lead >= 0xC2 && lead <= 0xDF) { /* C0, C1: overlong */
+            length = 2;
+        } else if (lead >= 0xE0 && lead <= 0xEF) {
+            length = 3;
+            if (lead == 0xE0) low = 0xA0;  /* overlong */
+            if (lead == 0xED) high = 0x9F; /* surrogates D800-DFFF */
+        } else if (lead >= 0xF0 && lead <= 0xF4) {
+            length = 4;
+            if (lead == 0xF0) low = 0x90;  /* overlong */
+            if (lead == 0xF4) high = 0x8F; /* above U+10FFFF */
+        } else {
+            break; /* a continuation byte, C0, C1 or F5-FF */
+        }
+        if (size - i < length || s[i + 1] < low || s[i + 1] > high)
+            break;
+        size_t k = 2;
+        while (k < length && (s[i + k] & 0xC0) == 0x80)
+            k++;
+        if (k < length)
+            break;
+        i += length;
+    }
+    if (bad_at)
+        *bad_at = i;
+    return i == size;
+}
+
+/* --- stop flag ------------------------------------------------------------------------------ */
+
+static volatile sig_atomic_t stop_flag = 0;
+
+static void raise_stop_flag(int signal_number)
+{
+    (void)signal_number;
+    stop_flag = 1;
+}
+
+void stop_on_signals(void)
+{
+    /* No SA_RESTART: a signal interrupts zmq_poll (EINTR), so the flag is seen at once. */
+    struct sigaction action = {.sa_handler = raise_stop_flag};
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGTERM, &action, NULL);
+    sigaction(SIGINT, &action, NULL);
+}
+
+bool stop_requested(void)
+{
+    return stop_flag;
+}
+
+/* --- command line --------------------------------------------------------------------------- */
+
+enum { MAX_FLAGS = 16, FIRST_FLAG = 256 };
+
+static bool parse_number(const char *program, const flag_t *flag, const char *text)
+{
+    char *end;
+    errno = 0;
+    long value = strtol(text, &end, 10);
+    if (errno || end == text || *end || value < INT_MIN || value > INT_MAX) {
+        log_line("%s: --%s: '%s' is not an integer", program, flag->name, text);
+        return false;
+    }
+    if (value < flag->minimum) {
+        log_line("%s: --%s: must be at least %d", program, flag->name, flag->minimum);
+        return false;
+    }
+    *flag->number = (int)value;
+    return true;
+}
+
+bool parse_flags(int argc, char **argv, const flag_t *flags, size_t count)
+{
+    struct option options[MAX_FLAGS + 1] = {{0}};
+    for (size_t i = 0; i < count && i < MAX_FLAGS; i++)
+        options[i] = (struct option){flags[i].name, required_argument, NULL, FIRST_FLAG + (int)i};
+    int found;
+    while ((found = getopt_long(argc, argv, "", options, NULL)) != -1) {
+        if (found < FIRST_FLAG)
+            return false; /* getopt_long has printed why */
+        const flag_t *flag = &flags[found - FIRST_FLAG];
+        if (flag->text)
+            *flag->text = optarg;
+        else if (!parse_number(argv[0], flag, optarg))
+            return false;
+    }
+    if (optind < argc) {
+        log_line("%s: unexpected argument '%s'", argv[0], argv[optind]);
+        return false;
+    }
+    return true;
+}
+
+/* --- frames --------------------------------------------------------------------------------- */
+
+void frames_recv(void *socket, frames_t *message)
+{
+    size_t room = 4;
+    message->frame = malloc(room * sizeof *message->frame);
+    message->count = 0;
+    /* A multipart message arrives whole or not at all; ZMQ_RCVMORE (zmq_msg_more) says that
+       another frame of it follows. */
+    bool more = true;
+    while (more) {
+        if (message->count == room) /* only the pointers move: a zmq_msg_t must stay put */
+            message->frame = realloc(message->frame, (room *= 2) * sizeof *message->frame);
+        zmq_msg_t *frame = message->frame ? malloc(sizeof *frame) : NULL;
+        if (!frame)
+            fail("memory", "out of memory");
+        zmq_msg_init(frame);
+        message->frame[message->count++] = frame;
+        while (zmq_msg_recv(frame, socket, 0) < 0)
+            if (errno != EINTR)
+                fail("recv", "zmq_msg_recv: %s", zmq_strerror(errno));
+        more = zmq_msg_more(frame);
+    }
+}
+
+void frames_close(frames_t *message)
+{
+    for (size_t i = 0; i < message->count; i++) {
+        zmq_msg_close(message->frame[i]);
+        free(message->frame[i]);
+    }
+    free(message->frame);
+    message->frame = NULL;
+    message->count = 0;
+}
+
+void send_frame(void *socket, const void *data, size_t size, bool more)
+{
+    while (zmq_send(socket, data, size, more ? ZMQ_SNDMORE : 0) < 0)
+        if (errno != EINTR)
+            fail("send", "zmq_send: %s", zmq_strerror(errno));
+}
+
+void last_endpoint(void *socket, char endpoint[ENDPOINT_SIZE])
+{
+    size_t size = ENDPOINT_SIZE;
+    if (zmq_getsockopt(socket, ZMQ_LAST_ENDPOINT, endpoint, &size) < 0)
+        fail("endpoint", "ZMQ_LAST_ENDPOINT: %s", zmq_strerror(errno));
+}
+
+bool poll_in(void *socket, long timeout_ms)
+{
+    zmq_pollitem_t item = {.socket = socket, .events = ZMQ_POLLIN};
+    int ready = zmq_poll(&item, 1, timeout_ms);
+    if (ready < 0 && errno != EINTR) /* EINTR: a signal; the caller checks its flags and loops */
+        fail("poll", "zmq_poll: %s", zmq_strerror(errno));
+    return ready > 0;
+}

@@ -1,0 +1,30 @@
+/* btb <example> <role> [--flag value]...: one entry point for every role (examples/README.md). */
+#include <stdio.h>
+#include <string.h>
+
+#include "chat.h"
+
+static const struct {
+    const char *example, *role;
+    int (*run)(int argc, char **argv); /* argv[0] names the role; returns the exit code */
+} ROLES[] = {
+    {"chat", "server", chat_server},
+    {"chat", "client", chat_client},
+};
+enum { ROLE_COUNT = sizeof ROLES / sizeof ROLES[0] };
+
+int main(int argc, char **argv)
+{
+    for (size_t i = 0; argc >= 3 && i < ROLE_COUNT; i++)
+        if (!strcmp(argv[1], ROLES[i].example) && !strcmp(argv[2], ROLES[i].role)) {
+            char program[64]; /* names the role in the parser's messages */
+            snprintf(program, sizeof program, "btb %s %s", ROLES[i].example, ROLES[i].role);
+            argv[2] = program;
+            return ROLES[i].run(argc - 2, argv + 2);
+        }
+    fputs("usage: btb <example> <role> [--flag value]...\nroles:", stderr);
+    for (size_t i = 0; i < ROLE_COUNT; i++)
+        fprintf(stderr, " '%s %s'", ROLES[i].example, ROLES[i].role);
+    fputc('\n', stderr);
+    return 2; /* the command line was wrong */
+}
