@@ -13,7 +13,8 @@ from orchestrator.report import grid_table, print_details, summary_line, write_j
 from orchestrator.runner import kill_everything
 from orchestrator.spec import load_spec
 
-console = Console()
+# Piped output (CI logs, files) gets room for the 6-column grid instead of rich's default of 80.
+console = Console(width=None if sys.stdout.isatty() else 120)
 # invoke declares flags statically: one per role name of every example (keep the task signatures
 # of `run` and `matrix` in step with this tuple).
 ROLES = ("server", "client")

@@ -44,23 +44,25 @@ def summary_line(results, wall_seconds):
     return ", ".join(parts) + f" in {wall_seconds:.1f} s wall time"
 
 
-def print_details(console, spec, results):
-    """For every cell that did not pass: the reason, the saved logs, and how to replay it."""
+def print_details(console, spec, results, limit=12):
+    """For every cell that did not pass: the reasons, the saved logs, and how to replay it."""
     for result in results:
         if result.status in ("pass", "unsupported") and not result.known_failure_passed:
-            continue
-        if result.status == "unsupported":
             continue
         style = STYLE.get(result.status, "")
         title = ", ".join(f"{role} {'+'.join(dict.fromkeys(langs))}" for role, langs in result.roles.items())
         console.print(f"[{style}]{result.status}[/]: {title}")
-        for problem in result.problems or [result.detail]:
+        problems = result.problems or [result.detail]
+        for problem in problems[:limit]:
             console.print(f"    {problem}", markup=False, highlight=False)
+        if len(problems) > limit:
+            console.print(f"    ... and {len(problems) - limit} more (all of them with --json)")
         if result.known_failure_passed:
             console.print(f"    {result.detail}", markup=False)
         for t in result.transcripts:
-            console.print(f"    log {t.label}: {relative(t.events_path)}  {relative(t.stderr_path)}", markup=False)
-        console.print(f"    replay: {replay_command(spec, result.roles)}", markup=False)
+            console.print(f"    {t.label} events: {relative(t.events_path)}", markup=False, highlight=False)
+            console.print(f"    {t.label} stderr: {relative(t.stderr_path)}", markup=False, highlight=False)
+        console.print(f"    replay: {replay_command(spec, result.roles)}", markup=False, highlight=False)
 
 
 def cell_json(spec, result):
