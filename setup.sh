@@ -29,8 +29,8 @@ command -v dotnet >/dev/null || { echo "setup.sh: the .NET SDK (dotnet) must be 
 say "Python environment in .venv"
 [ -x .venv/bin/python ] || python3 -m venv .venv
 # Offline machines carry a wheelhouse beside the checkout; with internet, pip uses PyPI as usual.
-if [ -d ../shared/wheels ] && [ -z "${PIP_FIND_LINKS:-}" ]; then
-  export PIP_FIND_LINKS="$PWD/../shared/wheels" PIP_NO_INDEX=1
+if [ -d ../shared/wheels ]; then
+  export PIP_FIND_LINKS="$(cd ../shared/wheels && pwd)${PIP_FIND_LINKS:+ $PIP_FIND_LINKS}" PIP_NO_INDEX=1
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
 
