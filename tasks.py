@@ -9,7 +9,7 @@ from orchestrator import LANGUAGES
 from orchestrator.config import ConfigError
 from orchestrator.matrix import evaluate, failed, new_run_dir, run_matrix
 from orchestrator.registry import BuildError, load_registry
-from orchestrator.report import grid_table, print_details, summary_line, write_json, write_junit, write_markdown
+from orchestrator.report import grid_tables, print_details, roles_text, summary_line, write_json, write_junit, write_markdown
 from orchestrator.runner import kill_everything
 from orchestrator.spec import load_spec
 
@@ -17,7 +17,7 @@ from orchestrator.spec import load_spec
 console = Console(width=None if sys.stdout.isatty() else 120)
 # invoke declares flags statically: one per role name of every example (keep the task signatures
 # of `run` and `matrix` in step with this tuple).
-ROLES = ("server", "client")
+ROLES = ("server", "client", "publisher", "proxy", "subscriber")
 
 
 def _load(example):
@@ -28,7 +28,8 @@ def _load(example):
 
 
 def _languages(text, registry, what):
-    langs = [lang.strip() for lang in text.split(",") if lang.strip()] if text else registry.names()
+    all_of_them = not text or text.strip() == "all"
+    langs = registry.names() if all_of_them else [lang.strip() for lang in text.split(",") if lang.strip()]
     unknown = [lang for lang in langs if lang not in registry]
     if unknown:
         raise Exit(f"error: {what}: unknown language {unknown[0]!r} (known: {', '.join(registry.names())})", code=2)
@@ -52,26 +53,33 @@ def build(c, lang=None):
     console.print("built: " + ", ".join(_languages(lang, registry, "--lang")))
 
 
+def _check_roles(spec, given):
+    extra = [role for role, langs in given.items() if langs and role not in spec.role_names()]
+    if extra:
+        raise Exit(f"error: {spec.example} has no role {extra[0]!r} (roles: {', '.join(spec.role_names())})", code=2)
+
+
 @task(
     iterable=list(ROLES),
     help={
-        "example": "the example to run (chat)",
+        "example": "the example to run (chat, ticker)",
         **{role: f"language of the {role}; repeat to run one instance per language" for role in ROLES},
         "no-build": "skip building the languages first",
         "quiet": "do not print the live transcript",
     },
 )
-def run(c, example, server=None, client=None, no_build=False, quiet=False):
+def run(c, example, server=None, client=None, publisher=None, proxy=None, subscriber=None, no_build=False, quiet=False):
     """Run one cell and show its live transcript, then the verdict."""
-    roles = {"server": server, "client": client}
+    given = {"server": server, "client": client, "publisher": publisher, "proxy": proxy, "subscriber": subscriber}
     spec, registry = _load(example)
+    _check_roles(spec, given)
     chosen = {}
-    for role in spec.role_names():
-        langs = roles.get(role) or ["python"]
-        chosen[role] = _languages(",".join(langs), registry, f"--{role}")
-    extra = [role for role, langs in roles.items() if langs and role not in spec.role_names()]
-    if extra:
-        raise Exit(f"error: {example} has no role {extra[0]!r} (roles: {', '.join(spec.role_names())})", code=2)
+    for role in spec.roles:
+        langs = given.get(role.name)
+        if langs:
+            chosen[role.name] = _languages(",".join(langs), registry, f"--{role.name}")
+        elif not role.optional:
+            chosen[role.name] = ["python"]
     if not no_build:
         _build(registry, [lang for langs in chosen.values() for lang in langs])
 
@@ -94,45 +102,30 @@ def run(c, example, server=None, client=None, no_build=False, quiet=False):
 
 @task(
     help={
-        "example": "the example whose grid to run (chat)",
-        **{role: f"comma-separated {role} languages; default: all" for role in ROLES},
+        "example": "the example whose grid to run (chat, ticker)",
+        **{role: f"comma-separated {role} languages, or all (the default for the grid's roles)" for role in ROLES},
         "parallel": "cells run at once (default 3)",
         "json": "write the results as JSON to this path",
         "junit": "write JUnit XML to this path",
-        "markdown": "write the grid as Markdown to this path",
+        "markdown": "write the grids as Markdown to this path",
         "no-build": "skip building the languages first",
     },
 )
-def matrix(c, example, server=None, client=None, parallel=3, json=None, junit=None, markdown=None, no_build=False):
-    """Run every combination of one language per role and print the compatibility grid."""
-    roles = {"server": server, "client": client}
+def matrix(c, example, server=None, client=None, publisher=None, proxy=None, subscriber=None, parallel=3, json=None, junit=None, markdown=None, no_build=False):
+    """Run every combination of one language per role and print the compatibility grids."""
+    given = {"server": server, "client": client, "publisher": publisher, "proxy": proxy, "subscriber": subscriber}
     spec, registry = _load(example)
-    row_role, column_role = spec.matrix
-    extra = [role for role, langs in roles.items() if langs and role not in spec.matrix]
-    if extra:
-        raise Exit(f"error: the {example} grid has no dimension {extra[0]!r} (it is {row_role} × {column_role})", code=2)
-    rows = _languages(roles.get(row_role), registry, f"--{row_role}")
-    columns = _languages(roles.get(column_role), registry, f"--{column_role}")
+    _check_roles(spec, given)
+    dimensions = {role: _languages(given.get(role), registry, f"--{role}") for role in spec.matrix}
+    for role in spec.optional_roles():  # an optional role joins the grid when it is asked for
+        if given.get(role):
+            dimensions[role] = _languages(given[role], registry, f"--{role}")
     if not no_build:
-        _build(registry, rows + columns)
+        _build(registry, [lang for langs in dimensions.values() for lang in langs])
+    results, wall, run_dir = _run_grid(spec, registry, dimensions, int(parallel))
 
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=True,
-    ) as progress:
-        bar = progress.add_task(f"{example} grid", total=len(rows) * len(columns))
-
-        def done(result):
-            progress.advance(bar)
-            if result.status in ("fail", "timeout"):
-                progress.console.print(f"[red]{result.status}[/]: {result.roles} {result.detail}", markup=True, highlight=False)
-
-        try:
-            results, wall, run_dir = run_matrix(spec, rows, columns, registry, int(parallel), on_done=done)
-        except KeyboardInterrupt:
-            raise Exit("interrupted: every role process was killed", code=130)
-
-    console.print(grid_table(spec, results, rows, columns))
+    for table in grid_tables(spec, results, dimensions):
+        console.print(table)
     console.print(summary_line(results, wall) + f"; logs in runs/{run_dir.name}")
     print_details(console, spec, results)
     if json:
@@ -140,9 +133,30 @@ def matrix(c, example, server=None, client=None, parallel=3, json=None, junit=No
     if junit:
         write_junit(junit, spec, results)
     if markdown:
-        write_markdown(markdown, spec, results, rows, columns, wall)
+        write_markdown(markdown, spec, results, dimensions, wall)
     if failed(results):
         raise Exit(code=1)
+
+
+def _run_grid(spec, registry, dimensions, parallel, extra_cells=()):
+    total = 1
+    for langs in dimensions.values():
+        total *= len(langs)
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=True,
+    ) as progress:
+        bar = progress.add_task(f"{spec.example} grid", total=total + len(extra_cells))
+
+        def done(result):
+            progress.advance(bar)
+            if result.status in ("fail", "timeout"):
+                progress.console.print(f"[red]{result.status}[/]: {roles_text(result.roles)}: {result.detail}", markup=True, highlight=False)
+
+        try:
+            return run_matrix(spec, dimensions, registry, parallel, on_done=done, extra_cells=extra_cells)
+        except KeyboardInterrupt:
+            raise Exit("interrupted: every role process was killed", code=130)
 
 
 @task(help={"k": "only tests matching this pytest expression", "fast": "skip the full grids"})

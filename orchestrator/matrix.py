@@ -6,7 +6,7 @@ from datetime import datetime
 from pathlib import Path
 
 from . import ROOT
-from .runner import CellResult, aborting, run_cell
+from .runner import CellResult, aborting, kill_everything, run_cell
 
 STATUSES = ("pass", "fail", "timeout", "unsupported", "known-failure")
 
@@ -19,18 +19,13 @@ def new_run_dir(example):
 
 
 def assign(spec, chosen):
-    """Languages per role instance. `chosen[role]` is one language for every instance, or a list
-    with one language per instance (which also sets the number of instances)."""
-    counts, roles = {}, {}
-    for role in spec.roles:
-        langs = chosen[role.name]
-        if isinstance(langs, str):
-            langs = [langs]
-        if len(langs) > 1:
-            counts[role.name] = len(langs)
-        roles[role.name] = langs
-    spec = spec.with_instances(counts)
-    return spec, {role.name: (roles[role.name] * role.instances)[: role.instances] for role in spec.roles}
+    """The cell's spec and its languages per role instance. `chosen[role]` is one language for
+    every instance, or a list with one language per instance (which also sets the number of
+    instances). Optional roles that `chosen` leaves out are left out of the cell."""
+    chosen = {role: [langs] if isinstance(langs, str) else list(langs) for role, langs in chosen.items()}
+    counts = {role: len(langs) for role, langs in chosen.items() if len(langs) > 1}
+    spec = spec.for_cell(counts, set(chosen))
+    return spec, {role.name: (chosen[role.name] * role.instances)[: role.instances] for role in spec.roles}
 
 
 def replay_command(spec, roles):
@@ -60,14 +55,13 @@ def evaluate(spec, chosen, registry, run_dir, on_event=None):
     return result
 
 
-def run_matrix(spec, row_langs, column_langs, registry, parallel, on_done=None):
-    """Every combination of one language for the row role and one for the column role."""
-    row_role, column_role = spec.matrix
+def run_matrix(spec, dimensions, registry, parallel, on_done=None, extra_cells=()):
+    """Every combination of one language per dimension (role -> languages, rows first, then
+    columns, then any further dimension), plus `extra_cells` (role -> language or list)."""
     run_dir = new_run_dir(spec.example)
-    cells = [
-        {row_role: row, column_role: column, **_fixed(spec, row)}
-        for row, column in itertools.product(row_langs, column_langs)
-    ]
+    cells = [dict(zip(dimensions, combination)) for combination in itertools.product(*dimensions.values())]
+    extra_cells = list(extra_cells)
+    cells += extra_cells
     started = time.monotonic()
     results = [None] * len(cells)
 
@@ -75,17 +69,20 @@ def run_matrix(spec, row_langs, column_langs, registry, parallel, on_done=None):
         if aborting.is_set():
             return
         results[index] = evaluate(spec, cells[index], registry, run_dir)
+        results[index].extra = index >= len(cells) - len(extra_cells)
         if on_done:
             on_done(results[index])
 
-    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-        list(pool.map(one, range(len(cells))))
+    pool = ThreadPoolExecutor(max_workers=max(1, parallel))
+    try:
+        for future in [pool.submit(one, index) for index in range(len(cells))]:
+            future.result()
+    except KeyboardInterrupt:
+        kill_everything()  # the running cells end at once; the queued ones never start
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     return [r for r in results if r is not None], time.monotonic() - started, run_dir
-
-
-def _fixed(spec, row):
-    """Roles outside the grid's two dimensions run in the row's language."""
-    return {role.name: row for role in spec.roles if role.name not in spec.matrix}
 
 
 def counts(results):

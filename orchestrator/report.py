@@ -1,4 +1,5 @@
 """What a grid run prints and writes: the rich grid, failure details, JSON, JUnit and Markdown."""
+import itertools
 import json
 import xml.etree.ElementTree as ET
 from datetime import datetime, timezone
@@ -10,31 +11,57 @@ from .matrix import counts, relative, replay_command
 STYLE = {"pass": "green", "fail": "bold red", "timeout": "yellow", "unsupported": "dim", "known-failure": "magenta"}
 
 
-def lookup(results, spec):
-    row_role, column_role = spec.matrix
-    return {(r.roles[row_role][0], r.roles[column_role][0]): r for r in results}
+def slices(dimensions, results):
+    """(title, rows, columns, cells) per table: the first two dimensions are a table's rows and
+    columns; every combination of the further ones (a proxy, a sink) gets a table of its own."""
+    row_role, column_role, *further = dimensions
+    grid = [r for r in results if not r.extra]
+    for fixed in itertools.product(*(dimensions[role] for role in further)):
+        where = dict(zip(further, fixed))
+        cells = {
+            (r.roles[row_role][0], r.roles[column_role][0]): r
+            for r in grid
+            if all(r.roles.get(role, [None])[0] == lang for role, lang in where.items())
+        }
+        title = f"{row_role} (rows) × {column_role} (columns)"
+        if where:
+            title += ", " + ", ".join(f"{role} {lang}" for role, lang in where.items())
+        yield title, dimensions[row_role], dimensions[column_role], cells
 
 
-def grid_table(spec, results, rows, columns):
-    row_role, column_role = spec.matrix
-    cells = lookup(results, spec)
-    table = Table(title=f"{spec.example}: {row_role} (rows) × {column_role} (columns)")
-    table.add_column(f"{row_role} \\ {column_role}", style="bold")
-    for column in columns:
-        table.add_column(column, justify="center")
-    for row in rows:
-        line = [row]
+def label(result):
+    if result.status == "unsupported":
+        return "unsupported"
+    mark = "*" if result.known_failure_passed else ""
+    return f"{result.status}{mark} {result.seconds:.1f}s"
+
+
+def grid_tables(spec, results, dimensions):
+    row_role, column_role = list(dimensions)[:2]
+    for title, rows, columns, cells in slices(dimensions, results):
+        table = Table(title=f"{spec.example}: {title}")
+        table.add_column(f"{row_role} \\ {column_role}", style="bold")
         for column in columns:
-            result = cells.get((row, column))
-            if result is None:
-                line.append("[dim]-[/]")
-            elif result.status == "unsupported":
-                line.append(f"[{STYLE['unsupported']}]unsupported[/]")
-            else:
-                mark = "*" if result.known_failure_passed else ""
-                line.append(f"[{STYLE[result.status]}]{result.status}{mark} {result.seconds:.1f}s[/]")
-        table.add_row(*line)
-    return table
+            table.add_column(column, justify="center")
+        for row in rows:
+            line = [row]
+            for column in columns:
+                result = cells.get((row, column))
+                line.append("[dim]-[/]" if result is None else f"[{STYLE[result.status]}]{label(result)}[/]")
+            table.add_row(*line)
+        yield table
+    extras = [r for r in results if r.extra]
+    if extras:
+        table = Table(title=f"{spec.example}: further cells")
+        table.add_column("roles", style="bold")
+        table.add_column("status", justify="center")
+        for result in extras:
+            table.add_row(roles_text(result.roles), f"[{STYLE[result.status]}]{label(result)}[/]")
+        yield table
+
+
+def roles_text(roles):
+    return ", ".join(f"{role} {'+'.join(langs) if len(set(langs)) > 1 else langs[0]}" for role, langs in roles.items())
 
 
 def summary_line(results, wall_seconds):
@@ -50,8 +77,7 @@ def print_details(console, spec, results, limit=12):
         if result.status in ("pass", "unsupported") and not result.known_failure_passed:
             continue
         style = STYLE.get(result.status, "")
-        title = ", ".join(f"{role} {'+'.join(dict.fromkeys(langs))}" for role, langs in result.roles.items())
-        console.print(f"[{style}]{result.status}[/]: {title}")
+        console.print(f"[{style}]{result.status}[/]: {roles_text(result.roles)}")
         problems = result.problems or [result.detail]
         for problem in problems[:limit]:
             console.print(f"    {problem}", markup=False, highlight=False)
@@ -99,7 +125,7 @@ def write_junit(path, spec, results):
         skipped=str(tally["unsupported"] + tally["known-failure"]),
     )
     for result in results:
-        name = ", ".join(f"{role}={'+'.join(dict.fromkeys(langs))}" for role, langs in result.roles.items())
+        name = roles_text(result.roles)
         case = ET.SubElement(suite, "testcase", classname=spec.example, name=name, time=str(result.seconds))
         if result.status == "fail":
             ET.SubElement(case, "failure", message=result.detail).text = "\n".join(result.problems)
@@ -110,20 +136,24 @@ def write_junit(path, spec, results):
     ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)
 
 
-def write_markdown(path, spec, results, rows, columns, wall_seconds):
-    row_role, column_role = spec.matrix
-    cells = lookup(results, spec)
-    lines = [
-        f"### {spec.example}: {row_role} (rows) × {column_role} (columns)", "",
-        "| " + " | ".join([f"{row_role} \\ {column_role}"] + list(columns)) + " |",
-        "|" + "---|" * (len(columns) + 1),
-    ]
-    for row in rows:
-        line = [f"**{row}**"]
-        for column in columns:
-            result = cells.get((row, column))
-            line.append("-" if result is None else f"{result.status} {result.seconds:.1f}s")
-        lines.append("| " + " | ".join(line) + " |")
-    lines += ["", summary_line(results, wall_seconds), ""]
+def write_markdown(path, spec, results, dimensions, wall_seconds):
+    lines = []
+    row_role, column_role = list(dimensions)[:2]
+    for title, rows, columns, cells in slices(dimensions, results):
+        lines += [
+            f"### {spec.example}: {title}", "",
+            "| " + " | ".join([f"{row_role} \\ {column_role}"] + list(columns)) + " |",
+            "|" + "---|" * (len(columns) + 1),
+        ]
+        for row in rows:
+            line = [f"**{row}**"] + [label(cells[(row, c)]) if (row, c) in cells else "-" for c in columns]
+            lines.append("| " + " | ".join(line) + " |")
+        lines.append("")
+    extras = [r for r in results if r.extra]
+    if extras:
+        lines += [f"### {spec.example}: further cells", "", "| roles | status |", "|---|---|"]
+        lines += [f"| {roles_text(r.roles)} | {label(r)} |" for r in extras]
+        lines.append("")
+    lines += [summary_line(results, wall_seconds), ""]
     with open(path, "w", encoding="utf-8") as stream:
         stream.write("\n".join(lines))

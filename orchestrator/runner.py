@@ -155,6 +155,7 @@ class CellResult:
     transcripts: list = field(default_factory=list)
     problems: list = field(default_factory=list)
     known_failure_passed: str = None
+    extra: bool = False  # a cell outside the grid's combinations (a mixed pool)
 
 
 def cell_id(roles):

@@ -7,7 +7,7 @@ from . import ROOT
 from .config import ConfigError, Fields, load_yaml
 
 EXAMPLES_DIR = ROOT / "examples"
-PLACEHOLDER = re.compile(r"\{([A-Za-z_][\w.]*)\}")
+PLACEHOLDER = re.compile(r"\{([A-Za-z_][\w.|]*)\}")
 
 
 @dataclass
@@ -15,9 +15,10 @@ class RoleSpec:
     name: str
     instances: int
     flags: dict
-    names: list  # one per instance, available to flags as {name}
+    each: list  # one mapping per instance, whose keys flags may use: {name}, {symbols}...
     wait_for: str  # event every instance must report before the next role starts, or None
     stop: str  # "exit": finishes by itself; "signal": SIGTERM once every "exit" role has exited
+    optional: bool  # a cell may leave it out (the ticker's proxy)
 
 
 @dataclass
@@ -27,7 +28,7 @@ class Spec:
     description: str
     parameters: dict
     roles: list
-    matrix: list  # the roles that make the grid's rows and columns
+    matrix: list  # the roles that always make the grid's dimensions; optional roles may join them
     cell_timeout: float  # seconds
 
     def role(self, name):
@@ -39,39 +40,51 @@ class Spec:
     def role_names(self):
         return [role.name for role in self.roles]
 
-    def with_instances(self, counts):
-        """A copy where some roles run a different number of instances (invoke run --client a --client b)."""
+    def for_cell(self, counts, present):
+        """A copy for one cell: some roles run another number of instances (invoke run --client a
+        --client b), and optional roles not in `present` are left out."""
         roles = []
         for role in self.roles:
+            if role.optional and role.name not in present:
+                continue
             count = counts.get(role.name, role.instances)
-            if count > len(role.names) and role.names:
-                raise ValueError(f"{self.path}: roles.{role.name}.names: only {len(role.names)} names for {count} instances")
-            roles.append(RoleSpec(role.name, count, role.flags, role.names, role.wait_for, role.stop))
+            if role.each and count > len(role.each):
+                raise ValueError(f"{self.path}: roles.{role.name}.each describes {len(role.each)} instances, not {count}")
+            roles.append(RoleSpec(role.name, count, role.flags, role.each, role.wait_for, role.stop, role.optional))
         return Spec(self.example, self.path, self.description, self.parameters, roles, self.matrix, self.cell_timeout)
+
+    def optional_roles(self):
+        return [role.name for role in self.roles if role.optional]
 
     def context(self, role, index, ready):
         """What a role instance's flag templates may refer to."""
         values = dict(self.parameters)
         values["instances"] = {r.name: r.instances for r in self.roles}
         values["index"] = index
-        if role.names:
-            values["name"] = role.names[index]
+        if role.each:
+            values.update(role.each[index])
         values.update(ready)  # {"server": {the server's ready event}}
         return values
 
 
+MISSING = object()
+
+
 def render(template, context):
-    """Fill {dotted.names} in one flag value. A value that is a single placeholder keeps its type."""
+    """Fill {dotted.names} in one flag value; {a.b|c.d} takes the first that exists (the proxy's
+    endpoint when a cell has a proxy, the publisher's otherwise). A value that is a single
+    placeholder keeps its type."""
     if not isinstance(template, str):
         return template
 
-    def lookup(path):
-        value = context
-        for part in path.split("."):
-            if not isinstance(value, dict) or part not in value:
-                raise KeyError(path)
-            value = value[part]
-        return value
+    def lookup(alternatives):
+        for path in alternatives.split("|"):
+            value = context
+            for part in path.split("."):
+                value = value.get(part, MISSING) if isinstance(value, dict) else MISSING
+            if value is not MISSING:
+                return value
+        raise KeyError(alternatives)
 
     whole = PLACEHOLDER.fullmatch(template)
     if whole:
@@ -107,20 +120,26 @@ def load_spec(example_or_path):
         if not isinstance(data, dict):
             raise ConfigError(path, f"roles.{name}", "must be a mapping")
         fields = Fields(path, data, f"roles.{name}")
-        fields.only("instances", "flags", "names", "wait_for", "stop")
+        fields.only("instances", "flags", "each", "wait_for", "stop", "optional")
         instances = fields.get("instances", int, 1)
         if instances < 1:
             raise fields.error("instances", f"must be at least 1, not {instances}")
-        names = fields.strings("names", [])
-        if names and len(names) < instances:
-            raise fields.error("names", f"has {len(names)} names for {instances} instances")
+        each = fields.get("each", list, [])
+        if not all(isinstance(item, dict) and item for item in each):
+            raise fields.error("each", "must be a list of mappings, one per instance")
+        if each and len(each) < instances:
+            raise fields.error("each", f"describes {len(each)} instances, not {instances}")
+        keys = set(each[0]) if each else set()
+        for index, item in enumerate(each):
+            if set(item) != keys:
+                raise ConfigError(path, f"roles.{name}.each[{index}]", f"must have the keys {sorted(keys)}")
         flags = fields.get("flags", dict, {})
-        visible = known | ({"name"} if names else set())
+        visible = known | keys
         for flag, value in flags.items():
             if isinstance(value, (dict, list)) or value is None:
                 raise ConfigError(path, f"roles.{name}.flags.{flag}", "must be a string or a number")
             for ref in PLACEHOLDER.findall(str(value)):
-                if ref.split(".")[0] not in visible:
+                if not any(alternative.split(".")[0] in visible for alternative in ref.split("|")):
                     raise ConfigError(
                         path,
                         f"roles.{name}.flags.{flag}",
@@ -130,16 +149,19 @@ def load_spec(example_or_path):
         if stop not in ("exit", "signal"):
             raise fields.error("stop", f"must be 'exit' or 'signal', not {stop!r}")
         wait_for = fields.get("wait_for", str)
-        roles.append(RoleSpec(name, instances, flags, names, wait_for, stop))
+        roles.append(RoleSpec(name, instances, flags, each, wait_for, stop, fields.get("optional", bool, False)))
         if wait_for:
             known.add(name)  # later roles may use this role's ready event: {server.requests}
 
     matrix = top.strings("matrix", required=True)
-    if len(matrix) != 2:
-        raise top.error("matrix", "must name two roles: the rows and the columns")
+    if len(matrix) < 2:
+        raise top.error("matrix", "must name at least two roles: the rows and the columns")
     for role in matrix:
         if role not in roles_data:
             raise top.error("matrix", f"{role!r} is not a role of this example")
+    for role in roles:
+        if (role.name in matrix) == role.optional:
+            raise top.error("matrix", f"must name every role that is not optional, and no optional one ({role.name!r})")
     if not any(role.stop == "exit" for role in roles):
         raise top.error("roles", "at least one role must finish by itself (stop: exit)")
     timeouts = top.child("timeouts")

@@ -11,7 +11,7 @@ def test_the_full_chat_grid_passes(built):
     for lang in LANGUAGES:
         built[lang]  # build before the clock starts
     spec = load_spec("chat")
-    results, wall, run_dir = run_matrix(spec, LANGUAGES, LANGUAGES, built.registry, parallel=3)
+    results, wall, run_dir = run_matrix(spec, {"server": LANGUAGES, "client": LANGUAGES}, built.registry, parallel=3)
     assert len(results) == 36
     failures = [f"{r.roles}: {r.status}: {r.detail}" for r in results if r.status != "pass"]
     assert not failures, f"{len(failures)} of 36 cells did not pass (logs in {run_dir}):\n" + "\n".join(failures)

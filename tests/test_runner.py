@@ -32,7 +32,7 @@ def setup(tmp_path, timeout):
         "example": "chat",
         "roles": {
             "server": {"wait_for": "ready", "stop": "signal", "flags": {"requests": "tcp://127.0.0.1:*"}},
-            "client": {"instances": 2, "names": ["a", "b"], "flags": {"name": "{name}", "count": 1}},
+            "client": {"instances": 2, "each": [{"name": "a"}, {"name": "b"}], "flags": {"name": "{name}", "count": 1}},
         },
         "matrix": ["server", "client"],
         "timeouts": {"cell": timeout},

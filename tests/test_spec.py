@@ -10,7 +10,7 @@ GOOD = {
     "parameters": {"messages": 2},
     "roles": {
         "server": {"wait_for": "ready", "stop": "signal", "flags": {"requests": "tcp://127.0.0.1:*"}},
-        "client": {"instances": 2, "names": ["a", "b"], "flags": {"requests": "{server.requests}", "name": "{name}", "count": "{messages}"}},
+        "client": {"instances": 2, "each": [{"name": "a"}, {"name": "b"}], "flags": {"requests": "{server.requests}", "name": "{name}", "count": "{messages}"}},
     },
     "matrix": ["server", "client"],
     "timeouts": {"cell": 30},
@@ -63,7 +63,10 @@ def test_a_good_spec_renders_its_flags(tmp_path):
         (broken(roles=DELETE), "roles", "is required"),
         (broken(roles__client__instances="three"), "roles.client.instances", "must be a int"),
         (broken(roles__client__instances=0), "roles.client.instances", "at least 1"),
-        (broken(roles__client__instances=3), "roles.client.names", "2 names for 3 instances"),
+        (broken(roles__client__instances=3), "roles.client.each", "describes 2 instances, not 3"),
+        (broken(roles__client__each=[{"name": "a"}, {"nick": "b"}]), "roles.client.each[1]", "must have the keys ['name']"),
+        (broken(roles__client__each=["a", "b"]), "roles.client.each", "list of mappings"),
+        (broken(roles__server__optional=True), "matrix", "every role that is not optional"),
         (broken(roles__client__colour="red"), "roles.client.colour", "unknown field"),
         (broken(roles__client__flags__name="{nobody}"), "roles.client.flags.name", "{nobody} names nothing"),
         (broken(roles__server__stop="later"), "roles.server.stop", "'exit' or 'signal'"),
@@ -98,3 +101,24 @@ def test_yaml_syntax_errors_name_the_file(tmp_path):
 def test_an_unknown_example_lists_the_known_ones():
     with pytest.raises(ConfigError, match="no such example .*chat"):
         load_spec("karaoke")
+
+
+def test_optional_roles_and_alternatives(tmp_path):
+    data = broken()
+    data["roles"] = {
+        "publisher": {"wait_for": "ready", "stop": "signal", "flags": {"ticks": "tcp://127.0.0.1:*"}},
+        "proxy": {"optional": True, "wait_for": "ready", "stop": "signal", "flags": {"upstream": "{publisher.ticks}"}},
+        "subscriber": {"flags": {"ticks": "{proxy.downstream|publisher.ticks}"}},
+    }
+    data["matrix"] = ["publisher", "subscriber"]
+    spec = load_spec(write(tmp_path, data))
+    assert spec.optional_roles() == ["proxy"]
+    direct = spec.for_cell({}, {"publisher", "subscriber"})
+    assert direct.role_names() == ["publisher", "subscriber"]
+    subscriber = direct.role("subscriber")
+    ready = {"publisher": {"ticks": "tcp://127.0.0.1:1"}}
+    assert render(subscriber.flags["ticks"], direct.context(subscriber, 0, ready)) == "tcp://127.0.0.1:1"
+    ready["proxy"] = {"downstream": "tcp://127.0.0.1:2"}
+    proxied = spec.for_cell({}, {"publisher", "proxy", "subscriber"})
+    assert proxied.role_names() == ["publisher", "proxy", "subscriber"]
+    assert render(subscriber.flags["ticks"], proxied.context(subscriber, 0, ready)) == "tcp://127.0.0.1:2"

@@ -2,10 +2,10 @@
 import argparse
 import sys
 
-from . import chat
-from .events import Failure, emit
+from . import chat, ticker
+from .contract import Failure, Usage, emit
 
-EXAMPLES = {"chat": chat}
+EXAMPLES = {"chat": chat, "ticker": ticker}
 
 
 def main(argv=None):
@@ -17,6 +17,8 @@ def main(argv=None):
     args = parser.parse_args(argv)  # exits 2 on a bad command line, as the contract says
     try:
         args.run(args)
+    except Usage as usage:
+        parser.error(str(usage))  # exits 2
     except Failure as failure:
         emit("error", code=failure.code, reason=failure.reason)
         return 1

@@ -1,14 +1,12 @@
 """chat: a roster server over REQ/REP with a PUB broadcast channel (examples/chat/PROTOCOL.md)."""
-import argparse
-import signal
 import time
 from collections import Counter
 
 import zmq
 
-from .events import Deadline, Failure, emit, log
+from .contract import Deadline, Failure, StopSignal, at_least, emit, log, name
 
-MAX_HANDLE = 32  # bytes of UTF-8
+MAX_HANDLE = 32  # bytes of UTF-8 (the contract's MAX_NAME)
 MAX_TEXT = 4096  # bytes of UTF-8
 MAX_MESSAGE = 2 * 1024 * 1024  # ZMQ_MAXMSGSIZE: bigger frames are dropped by libzmq itself
 
@@ -22,7 +20,7 @@ def add_roles(roles):
 
     client = roles.add_parser("client", help="join, post --count texts, receive everyone's posts")
     add_endpoints(client, timeout=30000)
-    client.add_argument("--name", type=handle, required=True)
+    client.add_argument("--name", type=name, required=True)
     client.add_argument("--count", type=at_least(0), default=5)
     client.add_argument("--clients", type=at_least(1), default=1)
     client.add_argument("--keepalive", type=at_least(1), default=1000)
@@ -33,24 +31,6 @@ def add_endpoints(parser, timeout):
     parser.add_argument("--requests", default="tcp://127.0.0.1:5555")
     parser.add_argument("--broadcasts", default="tcp://127.0.0.1:5556")
     parser.add_argument("--timeout", type=at_least(0), default=timeout)
-
-
-def at_least(minimum):
-    """An argparse type: an integer (milliseconds or a count) no smaller than `minimum`."""
-
-    def parse(value):
-        number = int(value)
-        if number < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}")
-        return number
-
-    return parse
-
-
-def handle(value):
-    if not 1 <= len(value.encode()) <= MAX_HANDLE:
-        raise argparse.ArgumentTypeError(f"a handle is 1 to {MAX_HANDLE} bytes of UTF-8")
-    return value
 
 
 def post_text(name, number):
@@ -78,18 +58,6 @@ def check_request(frames):
         except UnicodeDecodeError as error:
             return "invalid-utf8", f"not UTF-8: {error.reason} at byte {error.start}"
     return None
-
-
-class StopSignal:
-    """SIGTERM and SIGINT only raise a flag; the server loop looks at it after every poll."""
-
-    def __init__(self):
-        self.raised = False
-        signal.signal(signal.SIGTERM, self.raise_flag)
-        signal.signal(signal.SIGINT, self.raise_flag)
-
-    def raise_flag(self, *_):
-        self.raised = True
 
 
 def run_server(args):

@@ -1,0 +1,82 @@
+"""The launch contract (examples/README.md) in Python: JSON Lines events on stdout, logs on stderr,
+the --timeout deadline, fatal failures, and the flag types and stop signal every example uses."""
+import argparse
+import json
+import signal
+import sys
+import time
+
+
+def emit(event, **fields):
+    """Write one event as one JSON line and flush it at once, so the orchestrator sees it live."""
+    print(json.dumps({"event": event, **fields}, ensure_ascii=False), flush=True)
+
+
+def log(message):
+    print(message, file=sys.stderr, flush=True)
+
+
+class Failure(Exception):
+    """A fatal error: reported as an `error` event, then the role exits 1."""
+
+    def __init__(self, code, reason):
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class Deadline:
+    """The role's --timeout: milliseconds left, or None when there is no limit (0)."""
+
+    def __init__(self, timeout_ms):
+        self.end = time.monotonic() + timeout_ms / 1000 if timeout_ms > 0 else None
+
+    def remaining_ms(self):
+        if self.end is None:
+            return None
+        return max(0, int((self.end - time.monotonic()) * 1000))
+
+    def expired(self):
+        return self.end is not None and time.monotonic() >= self.end
+
+    def cap(self, ms):
+        """A poll timeout of at most `ms` that never runs past the deadline."""
+        left = self.remaining_ms()
+        return ms if left is None else min(ms, left)
+
+
+class Usage(Exception):
+    """A bad combination of flags that the parser alone cannot see: exit 2, like a parser error."""
+
+
+def at_least(minimum):
+    """An argparse type: an integer (milliseconds or a count) no smaller than `minimum`."""
+
+    def parse(value):
+        number = int(value)
+        if number < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}")
+        return number
+
+    return parse
+
+
+MAX_NAME = 32  # bytes of UTF-8: chat handles, subscriber names
+
+
+def name(value):
+    if not 1 <= len(value.encode()) <= MAX_NAME:
+        raise argparse.ArgumentTypeError(f"a name is 1 to {MAX_NAME} bytes of UTF-8")
+    return value
+
+
+class StopSignal:
+    """SIGTERM and SIGINT only raise a flag; the server loop looks at it after every poll."""
+
+    def __init__(self):
+        self.raised = False
+        signal.signal(signal.SIGTERM, self.raise_flag)
+        signal.signal(signal.SIGINT, self.raise_flag)
+
+    def raise_flag(self, *_):
+        self.raised = True

@@ -1,0 +1,276 @@
+"""ticker: data distribution over PUB/SUB with an XSUB/XPUB proxy (examples/ticker/PROTOCOL.md)."""
+import argparse
+import signal
+import struct
+import time
+
+import zmq
+
+from .contract import Deadline, Failure, StopSignal, Usage, at_least, emit, name
+
+MASK = (1 << 64) - 1  # arithmetic modulo 2**64, as the protocol says
+GOLDEN = 0x9E3779B97F4A7C15
+
+
+def add_roles(roles):
+    publisher = roles.add_parser("publisher", help="publish ticks once the subscribers are there")
+    publisher.add_argument("--ticks", default="tcp://127.0.0.1:5557")
+    publisher.add_argument("--symbols", type=symbols, default="AAPL,GOOG,GOOGL,MSFT,IBM")
+    publisher.add_argument("--seed", type=seed, default=1)
+    publisher.add_argument("--subscribers", type=at_least(1), default=1)
+    publisher.add_argument("--interval", type=at_least(1), default=2)
+    publisher.add_argument("--timeout", type=at_least(0), default=0)
+    publisher.set_defaults(run=run_publisher)
+
+    proxy = roles.add_parser("proxy", help="forward ticks downstream and subscriptions upstream")
+    proxy.add_argument("--upstream", default="tcp://127.0.0.1:5557")
+    proxy.add_argument("--downstream", default="tcp://127.0.0.1:5558")
+    proxy.add_argument("--timeout", type=at_least(0), default=0)
+    proxy.set_defaults(run=run_proxy)
+
+    subscriber = roles.add_parser("subscriber", help="receive and check the ticks of some symbols")
+    subscriber.add_argument("--ticks", default="tcp://127.0.0.1:5557")
+    subscriber.add_argument("--name", type=name, required=True)
+    subscriber.add_argument("--symbols", type=symbols, required=True)
+    subscriber.add_argument("--count", type=at_least(1), default=20)
+    subscriber.add_argument("--seed", type=seed, default=1)
+    subscriber.add_argument("--switch", type=switch, default=None)
+    subscriber.add_argument("--switch-after", type=at_least(1), default=10)
+    subscriber.add_argument("--timeout", type=at_least(0), default=30000)
+    subscriber.set_defaults(run=run_subscriber)
+
+    encode = roles.add_parser("encode", help="print the frames of one tick (the test vectors)")
+    encode.add_argument("--seed", type=seed, required=True)
+    encode.add_argument("--symbol", type=symbol, required=True)
+    encode.add_argument("--sequence", type=seed, required=True)
+    encode.add_argument("--timestamp", type=int, required=True)
+    encode.set_defaults(run=run_encode)
+
+
+def symbol(value):
+    if not (1 <= len(value) <= 8 and value.isascii() and value.isalpha() and value.isupper()):
+        raise argparse.ArgumentTypeError("a symbol is 1 to 8 letters A-Z")
+    return value
+
+
+def symbols(value):
+    return [symbol(part) for part in value.split(",")]
+
+
+def seed(value):
+    number = int(value)
+    if not 0 <= number <= MASK:
+        raise argparse.ArgumentTypeError("must be an unsigned 64-bit integer")
+    return number
+
+
+def switch(value):
+    old, _, new = value.partition(":")
+    return symbol(old), symbol(new)
+
+
+# --- the tick: prices anyone can recompute ---------------------------------------------------
+
+
+def fnv1a64(data):
+    h = 0xCBF29CE484222325
+    for byte in data:
+        h = ((h ^ byte) * 0x100000001B3) & MASK
+    return h
+
+
+def splitmix64(x):
+    z = (x + GOLDEN) & MASK
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK
+    return z ^ (z >> 31)
+
+
+def cents(seed_value, name, sequence):
+    return 1000 + splitmix64(seed_value ^ fnv1a64(name.encode()) ^ ((sequence * GOLDEN) & MASK)) % 99001
+
+
+def topic(name):
+    """Frame 0: the symbol and a NUL, so that subscribing to GOOG does not also match GOOGL."""
+    return name.encode() + b"\0"
+
+
+def tick_frames(seed_value, name, sequence, timestamp):
+    # ">" is big-endian (network order): Q unsigned 64-bit, q signed 64-bit, d IEEE binary64.
+    price = cents(seed_value, name, sequence) / 100
+    return [topic(name), struct.pack(">Q", sequence), struct.pack(">q", timestamp), struct.pack(">d", price)]
+
+
+def run_encode(args):
+    frames = tick_frames(args.seed, args.symbol, args.sequence, args.timestamp)
+    emit("encoded", frames=[frame.hex() for frame in frames], cents=cents(args.seed, args.symbol, args.sequence))
+    emit("done")
+
+
+# --- publisher -------------------------------------------------------------------------------
+
+
+def run_publisher(args):
+    stop = StopSignal()
+    deadline = Deadline(args.timeout)
+    context = zmq.Context()
+    # XPUB is a PUB that also hands us the subscriptions coming from downstream.
+    ticks = context.socket(zmq.XPUB)
+    ticks.linger = 0
+    try:
+        ticks.bind(args.ticks)
+    except zmq.ZMQError as error:
+        raise Failure("bind", f"cannot bind: {error}") from error
+    emit("ready", ticks=ticks.last_endpoint.decode())
+
+    subscribers = set()
+    sequence = 0  # every symbol gets one tick per round, so they share the round number
+    next_round = None  # publishing starts once every subscriber is there
+    while not stop.raised:
+        if deadline.expired():
+            raise Failure("timeout", f"still publishing after {args.timeout} ms")
+        wait_ms = 100 if next_round is None else max(0, int((next_round - time.monotonic()) * 1000))
+        if ticks.poll(deadline.cap(wait_ms), zmq.POLLIN):
+            on_subscription(ticks.recv(), subscribers)
+            if next_round is None and len(subscribers) >= args.subscribers:
+                emit("started", subscribers=len(subscribers))
+                next_round = time.monotonic()
+        if next_round is not None and time.monotonic() >= next_round:
+            sequence += 1
+            now_ms = int(time.time() * 1000)
+            for name in args.symbols:
+                ticks.send_multipart(tick_frames(args.seed, name, sequence, now_ms))
+            next_round += args.interval / 1000
+    emit("done", rounds=sequence, ticks=sequence * len(args.symbols))
+    context.destroy()
+
+
+def on_subscription(message, subscribers):
+    """A subscription message: 1 (subscribe) or 0 (unsubscribe), then the topic."""
+    if len(message) < 2 or message[0] not in (0, 1):
+        emit("error", code="malformed-subscription", reason=f"not a subscription: {message[:40]!r}")
+        return
+    on, topic_bytes = message[0] == 1, message[1:]
+    if topic_bytes.startswith(b"@"):
+        name = topic_bytes[1:].decode("utf-8", "replace")
+        if on:
+            subscribers.add(name)
+            emit("joined", subscriber=name)
+    elif topic_bytes.endswith(b"\0") and topic_bytes[:-1].isalpha():
+        emit("subscribed" if on else "unsubscribed", symbol=topic_bytes[:-1].decode())
+    else:
+        emit("error", code="malformed-subscription", reason=f"unknown topic {topic_bytes[:40]!r}")
+
+
+# --- proxy -----------------------------------------------------------------------------------
+
+
+class Interrupted(Exception):
+    """Raised by a signal handler: the only way out of the library's proxy loop."""
+
+
+def run_proxy(args):
+    context = zmq.Context()
+    upstream = context.socket(zmq.XSUB)  # faces the publisher: receives ticks, sends subscriptions
+    downstream = context.socket(zmq.XPUB)  # faces subscribers: sends ticks, receives subscriptions
+    for sock in (upstream, downstream):
+        sock.linger = 0
+    try:
+        downstream.bind(args.downstream)
+        upstream.connect(args.upstream)
+    except zmq.ZMQError as error:
+        raise Failure("bind", f"cannot bind or connect: {error}") from error
+    emit("ready", downstream=downstream.last_endpoint.decode())
+
+    def interrupt(number, _frame):
+        raise Interrupted(number)
+
+    for number in (signal.SIGTERM, signal.SIGINT, signal.SIGALRM):
+        signal.signal(number, interrupt)
+    if args.timeout:
+        signal.setitimer(signal.ITIMER_REAL, args.timeout / 1000)  # --timeout, as SIGALRM
+    try:
+        # The library's own loop moves every message both ways, until a signal interrupts it.
+        zmq.proxy(upstream, downstream)
+    except Interrupted as why:
+        if why.args[0] == signal.SIGALRM:
+            raise Failure("timeout", f"still proxying after {args.timeout} ms") from None
+    emit("done")
+    context.destroy()
+
+
+# --- subscriber ------------------------------------------------------------------------------
+
+
+def check_tick(frames, subscribed, seed_value):
+    """The tick's (symbol, sequence, timestamp, price), or (code, reason) for a bad one."""
+    if len(frames) != 4:
+        return "malformed-tick", f"expected 4 frames, got {len(frames)}"
+    name_bytes = frames[0]
+    if not (2 <= len(name_bytes) <= 9 and name_bytes.endswith(b"\0") and name_bytes[:-1].isalpha() and name_bytes[:-1].isupper()):
+        return "malformed-tick", f"frame 0 is not a symbol and a NUL: {name_bytes[:12]!r}"
+    if any(len(frame) != 8 for frame in frames[1:]):
+        return "malformed-tick", f"frames 1-3 have {[len(f) for f in frames[1:]]} bytes, not 8 each"
+    name = name_bytes[:-1].decode()
+    if name not in subscribed:
+        return "unexpected-symbol", f"{name} is not subscribed"
+    (sequence,) = struct.unpack(">Q", frames[1])
+    (timestamp,) = struct.unpack(">q", frames[2])
+    expected = tick_frames(seed_value, name, sequence, timestamp)[3]
+    if frames[3] != expected:
+        return "wrong-price", f"{name} #{sequence}: price bytes {frames[3].hex()}, expected {expected.hex()}"
+    (price,) = struct.unpack(">d", frames[3])
+    return name, sequence, timestamp, price
+
+
+def run_subscriber(args):
+    if args.switch and (args.switch[0] not in args.symbols or args.switch[1] in args.symbols):
+        raise Usage("--switch OLD:NEW needs OLD among --symbols and NEW not")
+    deadline = Deadline(args.timeout)
+    context = zmq.Context()
+    sub = context.socket(zmq.SUB)
+    sub.linger = 0
+    try:
+        sub.connect(args.ticks)
+    except zmq.ZMQError as error:
+        raise Failure("connect", f"cannot connect: {error}") from error
+    subscribed = list(args.symbols)
+    for name in subscribed:
+        sub.subscribe(topic(name))
+    # Last, our own topic: the publisher waits for it, and by then our symbols are in place.
+    sub.subscribe(b"@" + args.name.encode())
+    emit("ready", name=args.name, symbols=subscribed)
+
+    received = {name: 0 for name in subscribed}
+    old, new = args.switch or (None, None)
+    switched = old is None
+    total = malformed = 0
+    while not (switched and all(received[name] >= args.count for name in subscribed)):
+        if not sub.poll(deadline.cap(1000), zmq.POLLIN):
+            if deadline.expired():
+                missing = {name: n for name, n in received.items() if n < args.count}
+                raise Failure("timeout", f"not done after {args.timeout} ms; ticks so far: {missing}")
+            continue
+        checked = check_tick(sub.recv_multipart(), subscribed, args.seed)
+        if len(checked) == 2:
+            malformed += 1
+            emit("error", code=checked[0], reason=checked[1])
+            continue
+        name, sequence, timestamp, price = checked
+        total += 1
+        received[name] += 1
+        emit("tick", symbol=name, sequence=sequence, timestamp=timestamp, price=price)
+        if name == old and received[old] == args.switch_after:
+            # The SUB socket filters by its current subscriptions as it delivers: no tick of OLD
+            # comes after this, even one already queued.
+            sub.unsubscribe(topic(old))
+            subscribed.remove(old)
+            emit("unsubscribed", symbol=old)
+            sub.subscribe(topic(new))
+            subscribed.append(new)
+            received.setdefault(new, 0)
+            emit("subscribed", symbol=new)
+            switched = True
+    emit("done", ticks=total, malformed=malformed)
+    context.destroy()
+
