@@ -10,14 +10,14 @@ from orchestrator.config import ConfigError
 from orchestrator.matrix import evaluate, failed, new_run_dir, run_matrix
 from orchestrator.registry import BuildError, load_registry
 from orchestrator.report import grid_tables, print_details, roles_text, summary_line, write_json, write_junit, write_markdown
-from orchestrator.runner import kill_everything
+from orchestrator.runner import Fault, kill_everything
 from orchestrator.spec import load_spec
 
 # Piped output (CI logs, files) gets room for the 6-column grid instead of rich's default of 80.
 console = Console(width=None if sys.stdout.isatty() else 120)
 # invoke declares flags statically: one per role name of every example (keep the task signatures
 # of `run` and `matrix` in step with this tuple).
-ROLES = ("server", "client", "publisher", "proxy", "subscriber")
+ROLES = ("server", "client", "publisher", "proxy", "subscriber", "source", "worker", "sink")
 
 
 def _load(example):
@@ -62,16 +62,25 @@ def _check_roles(spec, given):
 @task(
     iterable=list(ROLES),
     help={
-        "example": "the example to run (chat, ticker)",
+        "example": "the example to run (chat, ticker, valuation)",
         **{role: f"language of the {role}; repeat to run one instance per language" for role in ROLES},
         "no-build": "skip building the languages first",
         "quiet": "do not print the live transcript",
+        "kill-worker-after": "valuation: SIGKILL worker 0 once it has priced this many orders",
     },
 )
-def run(c, example, server=None, client=None, publisher=None, proxy=None, subscriber=None, no_build=False, quiet=False):
+def run(c, example, server=None, client=None, publisher=None, proxy=None, subscriber=None, source=None, worker=None, sink=None,
+        no_build=False, quiet=False, kill_worker_after=None):
     """Run one cell and show its live transcript, then the verdict."""
-    given = {"server": server, "client": client, "publisher": publisher, "proxy": proxy, "subscriber": subscriber}
+    given = {"server": server, "client": client, "publisher": publisher, "proxy": proxy, "subscriber": subscriber,
+             "source": source, "worker": worker, "sink": sink}
     spec, registry = _load(example)
+    fault = None
+    if kill_worker_after:
+        if "worker" not in spec.role_names():
+            raise Exit(f"error: {example} has no workers to kill", code=2)
+        fault = Fault("worker", "priced", int(kill_worker_after))
+        spec = spec.with_parameters(rate=spec.parameters.get("fault_rate", 0))
     _check_roles(spec, given)
     chosen = {}
     for role in spec.roles:
@@ -90,7 +99,7 @@ def run(c, example, server=None, client=None, publisher=None, proxy=None, subscr
             console.print(f"[dim]{transcript.role}{transcript.index}[/] [bold]{transcript.lang:>6}[/] [{style}]{event['event']}[/] {fields}", markup=True, highlight=False)
 
     try:
-        result = evaluate(spec, chosen, registry, new_run_dir(example), on_event=show)
+        result = evaluate(spec, chosen, registry, new_run_dir(example), on_event=show, fault=fault)
     except KeyboardInterrupt:
         kill_everything()
         raise Exit("interrupted", code=130)
@@ -102,7 +111,7 @@ def run(c, example, server=None, client=None, publisher=None, proxy=None, subscr
 
 @task(
     help={
-        "example": "the example whose grid to run (chat, ticker)",
+        "example": "the example whose grid to run (chat, ticker, valuation)",
         **{role: f"comma-separated {role} languages, or all (the default for the grid's roles)" for role in ROLES},
         "parallel": "cells run at once (default 3)",
         "json": "write the results as JSON to this path",
@@ -111,9 +120,11 @@ def run(c, example, server=None, client=None, publisher=None, proxy=None, subscr
         "no-build": "skip building the languages first",
     },
 )
-def matrix(c, example, server=None, client=None, publisher=None, proxy=None, subscriber=None, parallel=3, json=None, junit=None, markdown=None, no_build=False):
+def matrix(c, example, server=None, client=None, publisher=None, proxy=None, subscriber=None, source=None, worker=None, sink=None,
+           parallel=3, json=None, junit=None, markdown=None, no_build=False):
     """Run every combination of one language per role and print the compatibility grids."""
-    given = {"server": server, "client": client, "publisher": publisher, "proxy": proxy, "subscriber": subscriber}
+    given = {"server": server, "client": client, "publisher": publisher, "proxy": proxy, "subscriber": subscriber,
+             "source": source, "worker": worker, "sink": sink}
     spec, registry = _load(example)
     _check_roles(spec, given)
     dimensions = {role: _languages(given.get(role), registry, f"--{role}") for role in spec.matrix}
@@ -122,7 +133,7 @@ def matrix(c, example, server=None, client=None, publisher=None, proxy=None, sub
             dimensions[role] = _languages(given[role], registry, f"--{role}")
     if not no_build:
         _build(registry, [lang for langs in dimensions.values() for lang in langs])
-    results, wall, run_dir = _run_grid(spec, registry, dimensions, int(parallel))
+    results, wall, run_dir = _run_grid(spec, registry, dimensions, int(parallel), extra_cells(spec, dimensions))
 
     for table in grid_tables(spec, results, dimensions):
         console.print(table)
@@ -136,6 +147,13 @@ def matrix(c, example, server=None, client=None, publisher=None, proxy=None, sub
         write_markdown(markdown, spec, results, dimensions, wall)
     if failed(results):
         raise Exit(code=1)
+
+
+def extra_cells(spec, dimensions):
+    """valuation: one "mixed pool" cell per sink language, one worker of each worker language."""
+    if spec.example != "valuation":
+        return []
+    return [{"source": sink, "worker": list(dimensions["worker"]), "sink": sink} for sink in dimensions["sink"]]
 
 
 def _run_grid(spec, registry, dimensions, parallel, extra_cells=()):

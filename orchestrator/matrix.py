@@ -37,14 +37,14 @@ def replay_command(spec, roles):
     return " ".join(parts)
 
 
-def evaluate(spec, chosen, registry, run_dir, on_event=None):
+def evaluate(spec, chosen, registry, run_dir, on_event=None, fault=None):
     """One cell: unsupported, or run; a known failure is labelled as such either way."""
     spec, roles = assign(spec, chosen)
     langsets = {role: set(langs) for role, langs in roles.items()}
     reason = registry.unsupported(spec.example, langsets)
     if reason:
         return CellResult(spec.example, roles, "unsupported", 0.0, reason)
-    result = run_cell(spec, roles, registry, run_dir, on_event)
+    result = run_cell(spec, roles, registry, run_dir, on_event, fault)
     known = registry.known_failure(spec.example, langsets)
     if known and result.status == "pass":
         result.known_failure_passed = known.reason

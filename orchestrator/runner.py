@@ -27,6 +27,13 @@ def kill_everything():
             process.kill()
 
 
+def _kill_group(pid, number=signal.SIGKILL):
+    try:
+        os.killpg(pid, number)
+    except ProcessLookupError:
+        pass  # the whole group is gone already
+
+
 @dataclass
 class RoleTranscript:
     role: str
@@ -37,6 +44,9 @@ class RoleTranscript:
     events: list = field(default_factory=list)
     exit_code: int = None  # None: never started, or killed because the cell ran out of time
     pid: int = None
+    started_at: float = None  # wall clock (time.time()), for checks on timestamps
+    ended_at: float = None
+    killed: str = None  # why the orchestrator killed it on purpose (a fault it injected)
     events_path: Path = None
     stderr_path: Path = None
 
@@ -72,6 +82,7 @@ class RoleProcess:
                 start_new_session=True,
             )
         transcript.pid = self.process.pid
+        transcript.started_at = time.time()
         with _live_lock:
             _live.add(self)
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -128,21 +139,31 @@ class RoleProcess:
         self._signal(signal.SIGKILL)
 
     def _signal(self, number):
-        try:
-            os.killpg(self.process.pid, number)
-        except ProcessLookupError:
-            pass  # the whole group is gone already
+        _kill_group(self.process.pid, number)
 
     def reap(self):
         """Kill the group whatever state it is in, and wait for the leader."""
         exited = self.process.poll()  # not None: it had exited by itself before we came
         self.kill()
         self.process.wait()
+        self.t.ended_at = time.time()
         if self.t.exit_code is None and exited is not None:
             self.t.exit_code = exited
         self.reader.join(timeout=STOP_GRACE)
         with _live_lock:
             _live.discard(self)
+
+
+@dataclass(frozen=True)
+class Fault:
+    """Kill instance 0 of `role` with SIGKILL as soon as it has reported `count` `event`s."""
+
+    role: str
+    event: str
+    count: int
+
+    def describe(self):
+        return f"killed with SIGKILL after its {self.count}th {self.event} event"
 
 
 @dataclass
@@ -162,9 +183,20 @@ def cell_id(roles):
     return "__".join(f"{role}-{'+'.join(dict.fromkeys(langs))}" for role, langs in roles.items())
 
 
-def run_cell(spec, roles, registry, run_dir, on_event=None):
+def run_cell(spec, roles, registry, run_dir, on_event=None, fault=None):
     """Run one cell: `roles` maps each role of the spec to one language per instance."""
     started = time.monotonic()
+    seen = []  # the fault's events so far
+
+    def watch(transcript, event):
+        if fault and transcript.role == fault.role and transcript.index == 0 and event["event"] == fault.event:
+            seen.append(event)
+            if len(seen) == fault.count:
+                transcript.killed = fault.describe()
+                _kill_group(transcript.pid)
+        if on_event:
+            on_event(transcript, event)
+
     deadline = started + spec.cell_timeout
     cell_dir = Path(run_dir) / cell_id(roles)
     processes, ready, problems = [], {}, []
@@ -173,7 +205,7 @@ def run_cell(spec, roles, registry, run_dir, on_event=None):
         for role in spec.roles:
             mine = []
             for index, lang in enumerate(roles[role.name]):
-                context = spec.context(role, index, ready)
+                context = spec.context(role, index, ready, lang)
                 flags = {name: render(value, context) for name, value in role.flags.items()}
                 flags.setdefault("timeout", int(spec.cell_timeout * 1000))
                 language = registry[lang]
@@ -185,7 +217,7 @@ def run_cell(spec, roles, registry, run_dir, on_event=None):
                 if aborting.is_set():
                     raise _Stop("interrupted")
                 try:
-                    process = RoleProcess(transcript, language.environment(), on_event)
+                    process = RoleProcess(transcript, language.environment(), watch)
                 except OSError as error:
                     problems.append(f"{transcript.label}: cannot start {transcript.argv[0]}: {error.strerror} (run `invoke build`)")
                     raise _Stop() from error
@@ -207,6 +239,8 @@ def run_cell(spec, roles, registry, run_dir, on_event=None):
         for role, process in processes:
             if role.stop == "exit" and not process.wait_exit(deadline):
                 timed_out = True
+        if fault and len(seen) < fault.count:
+            problems.append(f"the fault never struck: {fault.role} 0 reported {len(seen)} {fault.event} events, not {fault.count}")
         if not timed_out:
             for role, process in processes:
                 if role.stop == "signal":

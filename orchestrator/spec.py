@@ -40,6 +40,9 @@ class Spec:
     def role_names(self):
         return [role.name for role in self.roles]
 
+    def with_parameters(self, **changes):
+        return Spec(self.example, self.path, self.description, {**self.parameters, **changes}, self.roles, self.matrix, self.cell_timeout)
+
     def for_cell(self, counts, present):
         """A copy for one cell: some roles run another number of instances (invoke run --client a
         --client b), and optional roles not in `present` are left out."""
@@ -56,11 +59,12 @@ class Spec:
     def optional_roles(self):
         return [role.name for role in self.roles if role.optional]
 
-    def context(self, role, index, ready):
+    def context(self, role, index, ready, lang=None):
         """What a role instance's flag templates may refer to."""
         values = dict(self.parameters)
         values["instances"] = {r.name: r.instances for r in self.roles}
         values["index"] = index
+        values["lang"] = lang
         if role.each:
             values.update(role.each[index])
         values.update(ready)  # {"server": {the server's ready event}}
@@ -115,7 +119,7 @@ def load_spec(example_or_path):
         raise top.error("roles", "must name at least one role")
 
     roles = []
-    known = set(parameters) | {"instances", "index"}
+    known = set(parameters) | {"instances", "index", "lang"}
     for name, data in roles_data.items():
         if not isinstance(data, dict):
             raise ConfigError(path, f"roles.{name}", "must be a mapping")

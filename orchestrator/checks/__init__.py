@@ -19,6 +19,10 @@ def contract_problems(t):
         if event["event"] == "_not-an-event":
             problems.append(f"{t.label}: stdout line is not a JSON event: {event['line'][:80]!r}")
             break
+    if t.killed:  # a fault the orchestrator injected: it must not have finished first
+        if any(event["event"] == "done" for event in t.events):
+            problems.append(f"{t.label}: finished before the fault struck ({t.killed})")
+        return problems
     if t.exit_code is None:
         problems.append(f"{t.label}: did not exit by itself (killed)")
     elif t.exit_code != 0:

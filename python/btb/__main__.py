@@ -2,10 +2,10 @@
 import argparse
 import sys
 
-from . import chat, ticker
+from . import chat, ticker, valuation
 from .contract import Failure, Usage, emit
 
-EXAMPLES = {"chat": chat, "ticker": ticker}
+EXAMPLES = {"chat": chat, "ticker": ticker, "valuation": valuation}
 
 
 def main(argv=None):

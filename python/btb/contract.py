@@ -6,6 +6,8 @@ import signal
 import sys
 import time
 
+import zmq
+
 
 def emit(event, **fields):
     """Write one event as one JSON line and flush it at once, so the orchestrator sees it live."""
@@ -80,3 +82,12 @@ class StopSignal:
 
     def raise_flag(self, *_):
         self.raised = True
+
+
+def send_when_room(socket, frames, deadline, what):
+    """Send on a PUSH socket, which blocks while no peer is connected or every queue is full
+    (the high-water mark): wait for room with a poll, never past the deadline."""
+    while not socket.poll(deadline.cap(1000), zmq.POLLOUT):
+        if deadline.expired():
+            raise Failure("timeout", f"no room to send {what}")
+    socket.send_multipart(frames)

@@ -1,0 +1,286 @@
+"""valuation: a PUSH/PULL pipeline with a control channel (examples/valuation/PROTOCOL.md)."""
+import argparse
+import struct
+import time
+
+import zmq
+
+from .contract import Deadline, Failure, StopSignal, at_least, emit, name, send_when_room
+from .ticker import GOLDEN, MASK, seed, splitmix64
+
+SYMBOLS = ["AAPL", "GOOG", "GOOGL", "MSFT", "IBM"]
+RESEND_BATCH = 1000  # ids per resend message
+
+
+def add_roles(roles):
+    sink = roles.add_parser("sink", help="collect results, re-dispatch lost orders")
+    sink.add_argument("--results", default="tcp://127.0.0.1:5560")
+    sink.add_argument("--control", default="tcp://127.0.0.1:5561")
+    sink.add_argument("--workers", type=at_least(1), default=1)
+    sink.add_argument("--count", type=at_least(1), default=100)
+    sink.add_argument("--quiet", type=at_least(1), default=1000)
+    sink.add_argument("--heartbeat", type=at_least(1), default=100)
+    sink.add_argument("--timeout", type=at_least(0), default=0)
+    sink.set_defaults(run=run_sink)
+
+    source = roles.add_parser("source", help="hand out the batch, re-send what the sink misses")
+    source.add_argument("--orders", default="tcp://127.0.0.1:5562")
+    source.add_argument("--control", default="tcp://127.0.0.1:5561")
+    source.add_argument("--count", type=at_least(1), default=100)
+    source.add_argument("--seed", type=seed, default=1)
+    source.add_argument("--timeout", type=at_least(0), default=30000)
+    source.set_defaults(run=run_source)
+
+    worker = roles.add_parser("worker", help="price orders until the batch is finished")
+    worker.add_argument("--orders", default="tcp://127.0.0.1:5562")
+    worker.add_argument("--results", default="tcp://127.0.0.1:5560")
+    worker.add_argument("--control", default="tcp://127.0.0.1:5561")
+    worker.add_argument("--name", type=name, required=True)
+    worker.add_argument("--rate", type=at_least(0), default=0)
+    worker.add_argument("--timeout", type=at_least(0), default=30000)
+    worker.set_defaults(run=run_worker)
+
+    encode = roles.add_parser("encode", help="print the frames of one order (the test vectors)")
+    encode.add_argument("--seed", type=seed, required=True)
+    encode.add_argument("--id", type=seed, required=True)
+    encode.set_defaults(run=run_encode)
+
+
+# --- orders: a generator anyone can recompute -------------------------------------------------
+
+
+def order(seed_value, order_id):
+    """(symbol, side, quantity, cents) of order `order_id`."""
+    z1 = splitmix64(seed_value ^ ((order_id * GOLDEN) & MASK))
+    z2 = splitmix64(z1)
+    z3 = splitmix64(z2)
+    return SYMBOLS[z1 % 5], "B" if z2 % 2 == 0 else "S", 1 + (z2 >> 1) % 1000, 100 + z3 % 100000
+
+
+def order_frames(seed_value, order_id):
+    symbol, side, quantity, cents = order(seed_value, order_id)
+    # ">" is big-endian: Q unsigned 64-bit, I unsigned 32-bit, q signed 64-bit.
+    return [struct.pack(">Q", order_id), symbol.encode(), side.encode(), struct.pack(">I", quantity), struct.pack(">q", cents)]
+
+
+def value(side, quantity, cents):
+    return quantity * cents * (1 if side == "B" else -1)
+
+
+def run_encode(args):
+    frames = order_frames(args.seed, args.id)
+    _, side, quantity, cents = order(args.seed, args.id)
+    emit("encoded", frames=[frame.hex() for frame in frames], value=value(side, quantity, cents))
+    emit("done")
+
+
+# --- sink ------------------------------------------------------------------------------------
+
+
+def check_result(frames, count):
+    """(worker, id, value) of a result, or (code, reason)."""
+    if len(frames) != 4 or frames[0] != b"result" or len(frames[2]) != 8 or len(frames[3]) != 8:
+        return "malformed-result", f"not [result, name, id, value]: {[len(f) for f in frames]} bytes"
+    try:
+        worker = frames[1].decode()
+    except UnicodeDecodeError:
+        return "malformed-result", "the worker name is not UTF-8"
+    if not 1 <= len(frames[1]) <= 32:
+        return "malformed-result", f"a worker name of {len(frames[1])} bytes"
+    (order_id,) = struct.unpack(">Q", frames[2])
+    if not 1 <= order_id <= count:
+        return "unknown-id", f"id {order_id} is not in 1..{count}"
+    (amount,) = struct.unpack(">q", frames[3])
+    return worker, order_id, amount
+
+
+def run_sink(args):
+    stop = StopSignal()
+    deadline = Deadline(args.timeout)
+    context = zmq.Context()
+    results = context.socket(zmq.PULL)  # fair-queues readiness and results from every worker
+    control = context.socket(zmq.PUB)
+    for sock in (results, control):
+        sock.linger = 0
+    try:
+        results.bind(args.results)
+        control.bind(args.control)
+    except zmq.ZMQError as error:
+        raise Failure("bind", f"cannot bind: {error}") from error
+    emit("ready", results=results.last_endpoint.decode(), control=control.last_endpoint.decode())
+
+    state = b"waiting"
+    ready, values, priced, resent = set(), {}, {}, set()
+    next_beat = quiet_since = time.monotonic()
+
+    def set_state(new):
+        nonlocal state
+        state = new
+        control.send(state)  # at once; the heartbeat repeats it for late joiners
+
+    while not stop.raised:
+        if deadline.expired():
+            raise Failure("timeout", f"still running after {args.timeout} ms with {len(values)} results")
+        wait_ms = max(0, int((next_beat - time.monotonic()) * 1000))
+        if results.poll(deadline.cap(wait_ms), zmq.POLLIN):
+            frames = results.recv_multipart()
+            if frames[0] == b"ready" and len(frames) == 2:
+                worker = frames[1].decode("utf-8", "replace")
+                if worker not in ready:
+                    ready.add(worker)
+                    emit("worker", name=worker)
+                if state == b"waiting" and len(ready) >= args.workers:
+                    set_state(b"go")
+                    emit("started", workers=len(ready))
+                    quiet_since = time.monotonic()
+            else:
+                checked = check_result(frames, args.count)
+                if len(checked) == 2:
+                    emit("error", code=checked[0], reason=checked[1])
+                else:
+                    worker, order_id, amount = checked
+                    if order_id in values and order_id in resent:
+                        emit("late-duplicate", id=order_id, worker=worker)  # we asked for it twice
+                    elif order_id in values:
+                        emit("error", code="duplicate", reason=f"a second result for order {order_id}, from {worker}")
+                    else:
+                        values[order_id] = amount
+                        priced[worker] = priced.get(worker, 0) + 1
+                        quiet_since = time.monotonic()
+                        emit("result", id=order_id, worker=worker)
+                        if len(values) == args.count:
+                            set_state(b"finished")
+                            emit("complete", total=sum(values.values()), workers=priced, resent=sorted(resent))
+        now = time.monotonic()
+        if state == b"go" and now - quiet_since >= args.quiet / 1000:
+            # PUSH dropped what was queued for a worker that died: ask the source again.
+            missing = [i for i in range(1, args.count + 1) if i not in values]
+            for start in range(0, len(missing), RESEND_BATCH):
+                batch = missing[start:start + RESEND_BATCH]
+                control.send_multipart([b"resend"] + [struct.pack(">Q", i) for i in batch])
+            resent.update(missing)
+            emit("resend", ids=missing)
+            quiet_since = now
+        if now >= next_beat:
+            control.send(state)  # level-triggered: a late subscriber learns the state anyway
+            next_beat = now + args.heartbeat / 1000
+    emit("done", orders=len(values), total=sum(values.values()))
+    context.destroy()
+
+
+# --- source ----------------------------------------------------------------------------------
+
+
+def run_source(args):
+    deadline = Deadline(args.timeout)
+    context = zmq.Context()
+    orders = context.socket(zmq.PUSH)  # deals orders round-robin to the connected workers
+    control = context.socket(zmq.SUB)
+    for sock in (orders, control):
+        sock.linger = 0
+    control.subscribe(b"")
+    try:
+        orders.bind(args.orders)
+        control.connect(args.control)
+    except zmq.ZMQError as error:
+        raise Failure("bind", f"cannot bind or connect: {error}") from error
+    emit("ready", orders=orders.last_endpoint.decode())
+
+    def next_control():
+        if not control.poll(deadline.cap(1000), zmq.POLLIN):
+            if deadline.expired():
+                raise Failure("timeout", f"not finished after {args.timeout} ms")
+            return None
+        return control.recv_multipart()
+
+    def send(order_id):
+        send_when_room(orders, order_frames(args.seed, order_id), deadline, f"order {order_id}")
+
+    while (message := next_control()) != [b"go"]:
+        pass
+    for order_id in range(1, args.count + 1):
+        send(order_id)
+    emit("sent", orders=args.count)
+    sent = args.count
+    while (message := next_control()) != [b"finished"]:
+        if message and message[0] == b"resend":
+            ids = [struct.unpack(">Q", frame)[0] for frame in message[1:] if len(frame) == 8]
+            for order_id in ids:
+                if 1 <= order_id <= args.count:
+                    send(order_id)
+            sent += len(ids)
+            emit("resent", ids=ids)
+    emit("done", sent=sent)
+    context.destroy()
+
+
+# --- worker ----------------------------------------------------------------------------------
+
+
+def check_order(frames):
+    """(id, side, quantity, cents) of an order, or (code, reason)."""
+    sizes = [len(frame) for frame in frames]
+    if len(frames) != 5 or sizes[0] != 8 or not 1 <= sizes[1] <= 8 or sizes[2] != 1 or sizes[3] != 4 or sizes[4] != 8:
+        return "malformed-order", f"frame sizes {sizes}, expected [8, 1-8, 1, 4, 8]"
+    if not (frames[1].isalpha() and frames[1].isupper()) or frames[2] not in (b"B", b"S"):
+        return "malformed-order", f"symbol {frames[1]!r} or side {frames[2]!r}"
+    (order_id,) = struct.unpack(">Q", frames[0])
+    (quantity,) = struct.unpack(">I", frames[3])
+    (cents,) = struct.unpack(">q", frames[4])
+    return order_id, frames[2].decode(), quantity, cents
+
+
+def run_worker(args):
+    deadline = Deadline(args.timeout)
+    context = zmq.Context()
+    orders = context.socket(zmq.PULL)
+    results = context.socket(zmq.PUSH)
+    control = context.socket(zmq.SUB)
+    for sock in (orders, results, control):
+        sock.linger = 0
+    control.subscribe(b"")
+    try:  # PULL first: it should be connected long before the source deals the batch
+        orders.connect(args.orders)
+        results.connect(args.results)
+        control.connect(args.control)
+    except zmq.ZMQError as error:
+        raise Failure("connect", f"cannot connect: {error}") from error
+
+    # Slow joiner: once one control message has arrived, no later one can be missed.
+    while not control.poll(deadline.cap(1000), zmq.POLLIN):
+        if deadline.expired():
+            raise Failure("timeout", "no control message from the sink")
+    finished = control.recv_multipart() == [b"finished"]
+    send_when_room(results, [b"ready", args.name.encode()], deadline, "ready")
+    emit("ready", name=args.name)
+
+    poller = zmq.Poller()  # one wait for both sockets: no busy loop
+    poller.register(orders, zmq.POLLIN)
+    poller.register(control, zmq.POLLIN)
+    count = 0
+    next_order = time.monotonic()
+    while not finished:
+        if deadline.expired():
+            raise Failure("timeout", f"not finished after {args.timeout} ms")
+        throttled = args.rate and time.monotonic() < next_order
+        if throttled:  # --rate: until the next order is due, listen to the control channel only
+            ready = dict(poller.poll(deadline.cap(max(1, int((next_order - time.monotonic()) * 1000)))))
+            ready.pop(orders, None)
+        else:
+            ready = dict(poller.poll(deadline.cap(1000)))
+        if control in ready:
+            finished = control.recv_multipart() == [b"finished"]  # states and resends; only this matters here
+        if orders in ready:
+            checked = check_order(orders.recv_multipart())
+            if len(checked) == 2:
+                emit("error", code=checked[0], reason=checked[1])
+                continue
+            order_id, side, quantity, cents = checked
+            result = [b"result", args.name.encode(), struct.pack(">Q", order_id), struct.pack(">q", value(side, quantity, cents))]
+            send_when_room(results, result, deadline, f"the result of order {order_id}")
+            count += 1
+            emit("priced", id=order_id)
+            if args.rate:
+                next_order = time.monotonic() + 1 / args.rate
+    emit("done", priced=count)
+    context.destroy()

@@ -1,0 +1,41 @@
+"""The integration tests: every grid, every language against every other, through the orchestrator."""
+import pytest
+
+from orchestrator import LANGUAGES
+from orchestrator.matrix import evaluate, new_run_dir, run_matrix
+from orchestrator.spec import load_spec
+
+PARALLEL = 3
+
+
+def run_grid(built, example, dimensions):
+    for lang in LANGUAGES:
+        built[lang]  # build before the clock starts
+    spec = load_spec(example)
+    results, _, run_dir = run_matrix(spec, dimensions, built.registry, parallel=PARALLEL)
+    expected = 1
+    for langs in dimensions.values():
+        expected *= len(langs)
+    assert len(results) == expected
+    failures = [f"{r.roles}: {r.status}: {r.detail}" for r in results if r.status != "pass"]
+    assert not failures, f"{len(failures)} of {expected} cells did not pass (logs in {run_dir}):\n" + "\n".join(failures)
+    return results
+
+
+def events_of(result, role, name):
+    return [[e for e in t.events if e["event"] == name] for t in result.transcripts if t.role == role]
+
+
+@pytest.mark.grid
+def test_the_full_chat_grid_passes(built):
+    results = run_grid(built, "chat", {"server": LANGUAGES, "client": LANGUAGES})
+    for result in results:  # every cell really ran: three clients that each saw the 15 posts
+        assert [len(received) for received in events_of(result, "client", "received")] == [15, 15, 15]
+
+
+@pytest.mark.grid
+def test_one_chat_cell_can_mix_every_client_language(built):
+    result = evaluate(load_spec("chat"), {"server": "c", "client": list(LANGUAGES)}, built.registry, new_run_dir("chat"))
+    assert result.status == "pass", result.problems
+    assert [t.lang for t in result.transcripts if t.role == "client"] == list(LANGUAGES)
+    assert [len(received) for received in events_of(result, "client", "received")] == [6 * 5] * 6
