@@ -43,7 +43,7 @@ def add_roles(roles):
     encode.add_argument("--seed", type=seed, required=True)
     encode.add_argument("--symbol", type=symbol, required=True)
     encode.add_argument("--sequence", type=seed, required=True)
-    encode.add_argument("--timestamp", type=int, required=True)
+    encode.add_argument("--timestamp", type=timestamp, required=True)
     encode.set_defaults(run=run_encode)
 
 
@@ -61,6 +61,13 @@ def seed(value):
     number = int(value)
     if not 0 <= number <= MASK:
         raise argparse.ArgumentTypeError("must be an unsigned 64-bit integer")
+    return number
+
+
+def timestamp(value):
+    number = int(value)
+    if not -(1 << 63) <= number < (1 << 63):
+        raise argparse.ArgumentTypeError("must be a signed 64-bit integer")
     return number
 
 
@@ -93,6 +100,11 @@ def cents(seed_value, name, sequence):
 def topic(name):
     """Frame 0: the symbol and a NUL, so that subscribing to GOOG does not also match GOOGL."""
     return name.encode() + b"\0"
+
+
+def is_topic(data):
+    """1 to 8 letters A-Z, then the NUL."""
+    return 2 <= len(data) <= 9 and data.endswith(b"\0") and data[:-1].isalpha() and data[:-1].isupper()
 
 
 def tick_frames(seed_value, name, sequence, timestamp):
@@ -156,7 +168,7 @@ def on_subscription(message, subscribers):
         if on:
             subscribers.add(name)
             emit("joined", subscriber=name)
-    elif topic_bytes.endswith(b"\0") and topic_bytes[:-1].isalpha():
+    elif is_topic(topic_bytes):
         emit("subscribed" if on else "unsubscribed", symbol=topic_bytes[:-1].decode())
     else:
         emit("error", code="malformed-subscription", reason=f"unknown topic {topic_bytes[:40]!r}")
@@ -177,9 +189,12 @@ def run_proxy(args):
         sock.linger = 0
     try:
         downstream.bind(args.downstream)
+    except zmq.ZMQError as error:
+        raise Failure("bind", f"cannot bind: {error}") from error
+    try:
         upstream.connect(args.upstream)
     except zmq.ZMQError as error:
-        raise Failure("bind", f"cannot bind or connect: {error}") from error
+        raise Failure("connect", f"cannot connect: {error}") from error
     emit("ready", downstream=downstream.last_endpoint.decode())
 
     def interrupt(number, _frame):
@@ -207,7 +222,7 @@ def check_tick(frames, subscribed, seed_value):
     if len(frames) != 4:
         return "malformed-tick", f"expected 4 frames, got {len(frames)}"
     name_bytes = frames[0]
-    if not (2 <= len(name_bytes) <= 9 and name_bytes.endswith(b"\0") and name_bytes[:-1].isalpha() and name_bytes[:-1].isupper()):
+    if not is_topic(name_bytes):
         return "malformed-tick", f"frame 0 is not a symbol and a NUL: {name_bytes[:12]!r}"
     if any(len(frame) != 8 for frame in frames[1:]):
         return "malformed-tick", f"frames 1-3 have {[len(f) for f in frames[1:]]} bytes, not 8 each"

@@ -181,9 +181,12 @@ def run_source(args):
     control.subscribe(b"")
     try:
         orders.bind(args.orders)
+    except zmq.ZMQError as error:
+        raise Failure("bind", f"cannot bind: {error}") from error
+    try:
         control.connect(args.control)
     except zmq.ZMQError as error:
-        raise Failure("bind", f"cannot bind or connect: {error}") from error
+        raise Failure("connect", f"cannot connect: {error}") from error
     emit("ready", orders=orders.last_endpoint.decode())
 
     def next_control():

@@ -1,15 +1,14 @@
 //! chat: a roster server over REQ/REP with a PUB broadcast channel (examples/chat/PROTOCOL.md).
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use clap::{value_parser, Args, Subcommand};
 use serde_json::json;
 
-use crate::events::{emit, log, ms_until, readable, Deadline, Failure};
+use crate::events::{bind, connect, emit, log, ms_until, name, readable, stop_signal, Deadline, Failure, MAX_NAME};
 
-const MAX_HANDLE: usize = 32; // bytes of UTF-8
+const MAX_HANDLE: usize = MAX_NAME; // bytes of UTF-8
 const MAX_TEXT: usize = 4096; // bytes of UTF-8
 const MAX_MESSAGE: i64 = 2 * 1024 * 1024; // ZMQ_MAXMSGSIZE: bigger frames are dropped by libzmq itself
 
@@ -47,7 +46,7 @@ pub struct ClientArgs {
     endpoints: Endpoints,
     #[arg(long, default_value_t = 30000)]
     timeout: u32,
-    #[arg(long, value_parser = handle)]
+    #[arg(long, value_parser = name)]
     name: String,
     #[arg(long, default_value_t = 5)]
     count: u64,
@@ -61,14 +60,6 @@ pub fn run(role: Role) -> Result<(), Failure> {
     match role {
         Role::Server(args) => run_server(args),
         Role::Client(args) => Client::new(args)?.run(),
-    }
-}
-
-fn handle(value: &str) -> Result<String, String> {
-    if (1..=MAX_HANDLE).contains(&value.len()) {
-        Ok(value.to_string())
-    } else {
-        Err(format!("a handle is 1 to {} bytes of UTF-8", MAX_HANDLE))
     }
 }
 
@@ -109,26 +100,6 @@ fn check_request(frames: &[Vec<u8>]) -> Result<(&str, Option<&str>), (&'static s
 
 fn utf8(frame: &[u8]) -> Result<&str, (&'static str, String)> {
     std::str::from_utf8(frame).map_err(|error| ("invalid-utf8", format!("not UTF-8: {}", error)))
-}
-
-/// SIGTERM and SIGINT only raise a flag (ctrlc runs the handler on a thread of its own);
-/// the server loop looks at it after every poll, so it notices within one heartbeat.
-fn stop_signal() -> Result<Arc<AtomicBool>, Failure> {
-    let raised = Arc::new(AtomicBool::new(false));
-    let flag = raised.clone();
-    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
-        .map_err(|error| Failure::new("signal", format!("cannot handle signals: {}", error)))?;
-    Ok(raised)
-}
-
-fn bind(socket: &zmq::Socket, endpoint: &str) -> Result<String, Failure> {
-    let cannot = |error: zmq::Error| Failure::new("bind", format!("cannot bind {}: {}", endpoint, error));
-    socket.bind(endpoint).map_err(cannot)?;
-    // ZMQ_LAST_ENDPOINT: the address actually bound, with the port a wildcard `*` chose.
-    match socket.get_last_endpoint().map_err(cannot)? {
-        Ok(bound) => Ok(bound),
-        Err(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
-    }
 }
 
 fn run_server(args: ServerArgs) -> Result<(), Failure> {
@@ -222,16 +193,15 @@ impl Client {
     fn new(args: ClientArgs) -> Result<Self, Failure> {
         let deadline = Deadline::new(args.timeout);
         let context = zmq::Context::new();
-        let cannot = |error: zmq::Error| Failure::new("connect", format!("cannot connect: {}", error));
         // SUB first, so that its subscription starts travelling as early as possible.
         let sub = context.socket(zmq::SUB)?;
         sub.set_linger(0)?;
         sub.set_subscribe(b"")?; // a prefix filter on frame 0; "" lets posts and rosters through
-        sub.connect(&args.endpoints.broadcasts).map_err(cannot)?;
+        connect(&sub, &args.endpoints.broadcasts)?;
         // REQ enforces send, receive, send, receive...: one request in flight at a time.
         let req = context.socket(zmq::REQ)?;
         req.set_linger(0)?;
-        req.connect(&args.endpoints.requests).map_err(cannot)?;
+        connect(&req, &args.endpoints.requests)?;
         Ok(Client {
             args,
             deadline,

@@ -1,6 +1,9 @@
-//! The launch contract's reporting half (JSON Lines events on stdout, logs on stderr), and the
-//! deadline, failure and polling helpers every example shares.
+//! The launch contract (examples/README.md) in Rust: JSON Lines events on stdout, logs on stderr,
+//! the --timeout deadline, fatal failures, and the flag, stop signal, socket and polling helpers
+//! every example shares.
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -42,6 +45,51 @@ impl From<zmq::Error> for Failure {
     fn from(error: zmq::Error) -> Self {
         Failure::new("zmq", error.to_string())
     }
+}
+
+/// A bad combination of flags that the parser alone cannot see: exit 2 with the message on stderr
+/// and nothing on stdout, like any other bad command line.
+pub fn usage(message: &str) -> ! {
+    clap::Error::raw(clap::error::ErrorKind::ArgumentConflict, format!("{}\n", message)).exit()
+}
+
+pub const MAX_NAME: usize = 32; // bytes of UTF-8: chat handles, subscriber names
+
+/// A clap value parser: a name of 1 to MAX_NAME bytes of UTF-8.
+pub fn name(value: &str) -> Result<String, String> {
+    if (1..=MAX_NAME).contains(&value.len()) {
+        Ok(value.to_string())
+    } else {
+        Err(format!("a name is 1 to {} bytes of UTF-8", MAX_NAME))
+    }
+}
+
+/// SIGTERM and SIGINT only raise a flag (ctrlc runs the handler on a thread of its own);
+/// the serving loop looks at it after every poll, so it notices within one poll interval.
+pub fn stop_signal() -> Result<Arc<AtomicBool>, Failure> {
+    let raised = Arc::new(AtomicBool::new(false));
+    let flag = raised.clone();
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
+        .map_err(|error| Failure::new("signal", format!("cannot handle signals: {}", error)))?;
+    Ok(raised)
+}
+
+/// Bind `socket` and return the endpoint actually bound.
+pub fn bind(socket: &zmq::Socket, endpoint: &str) -> Result<String, Failure> {
+    let cannot = |error: zmq::Error| Failure::new("bind", format!("cannot bind {}: {}", endpoint, error));
+    socket.bind(endpoint).map_err(cannot)?;
+    // ZMQ_LAST_ENDPOINT: the address actually bound, with the port a wildcard `*` chose.
+    match socket.get_last_endpoint().map_err(cannot)? {
+        Ok(bound) => Ok(bound),
+        Err(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
+    }
+}
+
+/// Connect `socket`. ZeroMQ connects in the background, so this fails only on a bad endpoint.
+pub fn connect(socket: &zmq::Socket, endpoint: &str) -> Result<(), Failure> {
+    socket
+        .connect(endpoint)
+        .map_err(|error| Failure::new("connect", format!("cannot connect {}: {}", endpoint, error)))
 }
 
 /// Milliseconds from now until `when` (0 if past), rounded up so a poll never wakes just early.

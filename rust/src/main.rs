@@ -1,6 +1,7 @@
 //! btb <example> <role> [--flag value]...: one entry point for every role (examples/README.md).
 mod chat;
 mod events;
+mod ticker;
 
 use clap::Parser;
 use serde_json::json;
@@ -14,12 +15,16 @@ enum Example {
     /// a roster server over REQ/REP with a PUB broadcast channel
     #[command(subcommand)]
     Chat(chat::Role),
+    /// data distribution over PUB/SUB, with an XSUB/XPUB proxy
+    #[command(subcommand)]
+    Ticker(ticker::Role),
 }
 
 fn main() {
     // Exits 2 on a bad command line, as the contract says.
     let result = match Example::parse() {
         Example::Chat(role) => chat::run(role),
+        Example::Ticker(role) => ticker::run(role),
     };
     if let Err(failure) = result {
         emit("error", json!({ "code": failure.code, "reason": failure.reason }));

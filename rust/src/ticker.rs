@@ -1,0 +1,434 @@
+//! ticker: data distribution over PUB/SUB with an XSUB/XPUB proxy (examples/ticker/PROTOCOL.md).
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::{value_parser, Args, Subcommand};
+use serde_json::json;
+
+use crate::events::{bind, connect, emit, ms_until, name, readable, stop_signal, usage, Deadline, Failure};
+
+const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+
+#[derive(Subcommand)]
+pub enum Role {
+    /// publish ticks once the subscribers are there
+    Publisher(PublisherArgs),
+    /// forward ticks downstream and subscriptions upstream
+    Proxy(ProxyArgs),
+    /// receive and check the ticks of some symbols
+    Subscriber(SubscriberArgs),
+    /// print the frames of one tick (the test vectors)
+    Encode(EncodeArgs),
+}
+
+#[derive(Args)]
+pub struct PublisherArgs {
+    #[arg(long, default_value = "tcp://127.0.0.1:5557")]
+    ticks: String,
+    #[arg(long, value_parser = symbol, value_delimiter = ',', default_value = "AAPL,GOOG,GOOGL,MSFT,IBM")]
+    symbols: Vec<String>,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long, default_value_t = 1, value_parser = value_parser!(u64).range(1..))]
+    subscribers: u64,
+    #[arg(long, default_value_t = 2, value_parser = value_parser!(u32).range(1..))]
+    interval: u32,
+    #[arg(long, default_value_t = 0)]
+    timeout: u32,
+}
+
+#[derive(Args)]
+pub struct ProxyArgs {
+    #[arg(long, default_value = "tcp://127.0.0.1:5557")]
+    upstream: String,
+    #[arg(long, default_value = "tcp://127.0.0.1:5558")]
+    downstream: String,
+    #[arg(long, default_value_t = 0)]
+    timeout: u32,
+}
+
+#[derive(Args)]
+pub struct SubscriberArgs {
+    #[arg(long, default_value = "tcp://127.0.0.1:5557")]
+    ticks: String,
+    #[arg(long, value_parser = name)]
+    name: String,
+    #[arg(long, value_parser = symbol, value_delimiter = ',', required = true)]
+    symbols: Vec<String>,
+    #[arg(long, default_value_t = 20, value_parser = value_parser!(u64).range(1..))]
+    count: u64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long, value_parser = switch)]
+    switch: Option<Switch>,
+    #[arg(long, default_value_t = 10, value_parser = value_parser!(u64).range(1..))]
+    switch_after: u64,
+    #[arg(long, default_value_t = 30000)]
+    timeout: u32,
+}
+
+#[derive(Args)]
+pub struct EncodeArgs {
+    #[arg(long)]
+    seed: u64,
+    #[arg(long, value_parser = symbol)]
+    symbol: String,
+    #[arg(long)]
+    sequence: u64,
+    #[arg(long, allow_negative_numbers = true)]
+    timestamp: i64,
+}
+
+pub fn run(role: Role) -> Result<(), Failure> {
+    match role {
+        Role::Publisher(args) => run_publisher(args),
+        Role::Proxy(args) => run_proxy(args),
+        Role::Subscriber(args) => run_subscriber(args),
+        Role::Encode(args) => run_encode(args),
+    }
+}
+
+/// 1 to 8 letters A-Z.
+fn is_symbol(bytes: &[u8]) -> bool {
+    (1..=8).contains(&bytes.len()) && bytes.iter().all(u8::is_ascii_uppercase)
+}
+
+fn symbol(value: &str) -> Result<String, String> {
+    if is_symbol(value.as_bytes()) {
+        Ok(value.to_string())
+    } else {
+        Err("a symbol is 1 to 8 letters A-Z".into())
+    }
+}
+
+/// --switch OLD:NEW
+#[derive(Clone)]
+pub struct Switch {
+    old: String,
+    new: String,
+}
+
+fn switch(value: &str) -> Result<Switch, String> {
+    let (old, new) = value.split_once(':').ok_or("expected OLD:NEW")?;
+    Ok(Switch { old: symbol(old)?, new: symbol(new)? })
+}
+
+// --- the tick: prices anyone can recompute ---------------------------------------------------
+
+fn fnv1a64(data: &[u8]) -> u64 {
+    data.iter()
+        .fold(0xCBF2_9CE4_8422_2325, |h, &byte| (h ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01B3))
+}
+
+fn splitmix64(x: u64) -> u64 {
+    let z = x.wrapping_add(GOLDEN);
+    let z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    let z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn cents(seed: u64, symbol: &str, sequence: u64) -> u64 {
+    1000 + splitmix64(seed ^ fnv1a64(symbol.as_bytes()) ^ sequence.wrapping_mul(GOLDEN)) % 99001
+}
+
+/// One IEEE division of an integer that binary64 holds exactly: the same bits in every language.
+fn price(seed: u64, symbol: &str, sequence: u64) -> f64 {
+    cents(seed, symbol, sequence) as f64 / 100.0
+}
+
+/// Frame 0: the symbol and a NUL, so that subscribing to GOOG does not also match GOOGL.
+fn topic(symbol: &str) -> Vec<u8> {
+    [symbol.as_bytes(), b"\0"].concat()
+}
+
+/// The symbol of a topic frame (a symbol, then a NUL), or None.
+fn symbol_of(topic: &[u8]) -> Option<&str> {
+    match topic.strip_suffix(b"\0") {
+        Some(symbol) if is_symbol(symbol) => std::str::from_utf8(symbol).ok(),
+        _ => None,
+    }
+}
+
+fn tick_frames(seed: u64, symbol: &str, sequence: u64, timestamp: i64) -> [Vec<u8>; 4] {
+    // to_be_bytes: big-endian, network order, for the integers and for the IEEE double alike.
+    [
+        topic(symbol),
+        sequence.to_be_bytes().to_vec(),
+        timestamp.to_be_bytes().to_vec(),
+        price(seed, symbol, sequence).to_be_bytes().to_vec(),
+    ]
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{:02x}", byte)).collect()
+}
+
+fn run_encode(args: EncodeArgs) -> Result<(), Failure> {
+    let frames = tick_frames(args.seed, &args.symbol, args.sequence, args.timestamp);
+    let frames: Vec<String> = frames.iter().map(|frame| hex(frame)).collect();
+    let cents = cents(args.seed, &args.symbol, args.sequence);
+    emit("encoded", json!({ "frames": frames, "cents": cents }));
+    emit("done", json!({}));
+    Ok(())
+}
+
+// --- publisher -------------------------------------------------------------------------------
+
+fn run_publisher(args: PublisherArgs) -> Result<(), Failure> {
+    let stop = stop_signal()?;
+    let deadline = Deadline::new(args.timeout);
+    let context = zmq::Context::new();
+    // XPUB is a PUB that also hands us the subscriptions coming from downstream.
+    let ticks = context.socket(zmq::XPUB)?;
+    ticks.set_linger(0)?;
+    let bound = bind(&ticks, &args.ticks)?;
+    emit("ready", json!({ "ticks": bound }));
+
+    let mut subscribers = HashSet::new();
+    let mut sequence = 0u64; // every symbol gets one tick per round, so they share the round number
+    let mut next_round: Option<Instant> = None; // publishing starts once every subscriber is there
+    let interval = Duration::from_millis(args.interval.into());
+    while !stop.load(Ordering::SeqCst) {
+        if deadline.expired() {
+            return Err(Failure::new("timeout", format!("still publishing after {} ms", args.timeout)));
+        }
+        // The poll is the only wait: for a subscription, or until the next round is due.
+        let wait_ms = next_round.map_or(100, ms_until);
+        if readable(&ticks, deadline.cap(wait_ms))? {
+            on_subscription(&ticks.recv_bytes(0)?, &mut subscribers);
+            // Slow joiner: a tick sent before a subscriber's subscriptions arrive is dropped for
+            // it, so nothing is published until every subscriber has announced its @name.
+            if next_round.is_none() && subscribers.len() as u64 >= args.subscribers {
+                emit("started", json!({ "subscribers": subscribers.len() }));
+                next_round = Some(Instant::now());
+            }
+        }
+        if let Some(due) = next_round {
+            if Instant::now() >= due {
+                sequence += 1;
+                let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |t| t.as_millis() as i64);
+                for symbol in &args.symbols {
+                    // XPUB never blocks on send: a subscriber whose queue is full (HWM) loses ticks.
+                    ticks.send_multipart(tick_frames(args.seed, symbol, sequence, now_ms), 0)?;
+                }
+                next_round = Some(due + interval);
+            }
+        }
+    }
+    emit("done", json!({ "rounds": sequence, "ticks": sequence * args.symbols.len() as u64 }));
+    Ok(()) // linger 0: the ticks still queued are dropped, nobody is owed them
+}
+
+/// A subscription message: 1 (subscribe) or 0 (unsubscribe), then the topic.
+fn on_subscription(message: &[u8], subscribers: &mut HashSet<String>) {
+    let (on, topic) = match message {
+        [flag @ (0 | 1), topic @ ..] if !topic.is_empty() => (*flag == 1, topic),
+        _ => {
+            let reason = format!("not a subscription: {}", message[..message.len().min(40)].escape_ascii());
+            return emit("error", json!({ "code": "malformed-subscription", "reason": reason }));
+        }
+    };
+    if let Some(name) = topic.strip_prefix(b"@") {
+        // Each subscriber's own topic, subscribed after its symbols: once it is here, so are they.
+        let name = String::from_utf8_lossy(name).into_owned();
+        if on {
+            emit("joined", json!({ "subscriber": name }));
+            subscribers.insert(name);
+        }
+    } else if let Some(symbol) = symbol_of(topic) {
+        emit(if on { "subscribed" } else { "unsubscribed" }, json!({ "symbol": symbol }));
+    } else {
+        let reason = format!("unknown topic {}", topic[..topic.len().min(40)].escape_ascii());
+        emit("error", json!({ "code": "malformed-subscription", "reason": reason }));
+    }
+}
+
+// --- proxy -----------------------------------------------------------------------------------
+
+/// The signal that interrupted the proxy, 0 until one does. A signal handler may do little more
+/// than store a number; the main thread reads it once the proxy has returned.
+static INTERRUPTED_BY: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn interrupt(number: libc::c_int) {
+    INTERRUPTED_BY.store(number, Ordering::SeqCst);
+}
+
+/// Run `interrupt` on this signal, without SA_RESTART: the call it interrupts returns EINTR.
+/// (Not ctrlc here: its handler runs later, on a thread of its own, so it cannot tell the
+/// proxy's EINTR which signal it was.)
+fn on_signal(number: libc::c_int) -> Result<(), Failure> {
+    let handler = interrupt as extern "C" fn(libc::c_int);
+    // SAFETY: a zeroed sigaction is "no flags, empty mask"; the handler only stores an atomic.
+    let result = unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = handler as libc::sighandler_t;
+        libc::sigaction(number, &action, std::ptr::null_mut())
+    };
+    match result {
+        0 => Ok(()),
+        _ => Err(Failure::new("signal", format!("cannot handle signal {}", number))),
+    }
+}
+
+extern "C" {
+    // POSIX setitimer(2), which the libc crate of Debian 12 (0.2.139) does not bind for Linux.
+    fn setitimer(which: libc::c_int, new: *const libc::itimerval, old: *mut libc::itimerval) -> libc::c_int;
+}
+
+/// --timeout as a timer signal: SIGALRM in `timeout_ms` milliseconds.
+fn alarm_in(timeout_ms: u32) {
+    let timer = libc::itimerval {
+        it_interval: libc::timeval { tv_sec: 0, tv_usec: 0 }, // once
+        it_value: libc::timeval {
+            tv_sec: (timeout_ms / 1000).into(),
+            tv_usec: (timeout_ms % 1000 * 1000).into(),
+        },
+    };
+    // SAFETY: a valid timer, and no old value asked for.
+    unsafe { setitimer(libc::ITIMER_REAL, &timer, std::ptr::null_mut()) };
+}
+
+fn run_proxy(args: ProxyArgs) -> Result<(), Failure> {
+    // Before `ready`: from then on the orchestrator may stop us at any moment.
+    for number in [libc::SIGTERM, libc::SIGINT, libc::SIGALRM] {
+        on_signal(number)?;
+    }
+    let context = zmq::Context::new();
+    let upstream = context.socket(zmq::XSUB)?; // faces the publisher: receives ticks, sends subscriptions
+    let downstream = context.socket(zmq::XPUB)?; // faces subscribers: sends ticks, receives subscriptions
+    for socket in [&upstream, &downstream] {
+        socket.set_linger(0)?;
+    }
+    let bound = bind(&downstream, &args.downstream)?;
+    connect(&upstream, &args.upstream)?;
+    emit("ready", json!({ "downstream": bound }));
+
+    if args.timeout > 0 {
+        alarm_in(args.timeout);
+    }
+    // The library's own loop moves every message both ways: ticks from XSUB to XPUB,
+    // subscriptions from XPUB to XSUB. It returns only on an error: EINTR when a signal comes
+    // (libzmq's own threads block every signal, so the signals land in this thread).
+    while INTERRUPTED_BY.load(Ordering::SeqCst) == 0 {
+        match zmq::proxy(&upstream, &downstream) {
+            Err(zmq::Error::EINTR) | Ok(()) => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    if INTERRUPTED_BY.load(Ordering::SeqCst) == libc::SIGALRM {
+        return Err(Failure::new("timeout", format!("still proxying after {} ms", args.timeout)));
+    }
+    emit("done", json!({}));
+    Ok(())
+}
+
+// --- subscriber ------------------------------------------------------------------------------
+
+struct Tick<'a> {
+    symbol: &'a str,
+    sequence: u64,
+    timestamp: i64,
+    price: f64,
+}
+
+type Rejected = (&'static str, String); // (code, reason)
+
+/// A good tick, or its first broken rule.
+fn check_tick<'a>(frames: &'a [Vec<u8>], subscribed: &[String], seed: u64) -> Result<Tick<'a>, Rejected> {
+    let (topic, sequence, timestamp, price_bytes) = match frames {
+        [frame0, frame1, frame2, frame3] => (frame0, frame1, frame2, frame3),
+        _ => return Err(("malformed-tick", format!("expected 4 frames, got {}", frames.len()))),
+    };
+    let symbol = match symbol_of(topic) {
+        Some(symbol) => symbol,
+        None => {
+            let shown = topic[..topic.len().min(12)].escape_ascii();
+            return Err(("malformed-tick", format!("frame 0 is not a symbol and a NUL: {}", shown)));
+        }
+    };
+    let eight = |frame: &Vec<u8>| <[u8; 8]>::try_from(frame.as_slice()).ok();
+    let (sequence, timestamp, price_bytes) = match (eight(sequence), eight(timestamp), eight(price_bytes)) {
+        (Some(sequence), Some(timestamp), Some(price)) => (sequence, timestamp, price),
+        _ => {
+            let sizes: Vec<usize> = frames[1..].iter().map(Vec::len).collect();
+            return Err(("malformed-tick", format!("frames 1-3 have {:?} bytes, not 8 each", sizes)));
+        }
+    };
+    if !subscribed.iter().any(|name| name == symbol) {
+        return Err(("unexpected-symbol", format!("{} is not subscribed", symbol)));
+    }
+    let sequence = u64::from_be_bytes(sequence);
+    let expected = price(seed, symbol, sequence).to_be_bytes();
+    if price_bytes != expected {
+        let (sent, expected) = (hex(&price_bytes), hex(&expected));
+        let reason = format!("{} #{}: price bytes {}, expected {}", symbol, sequence, sent, expected);
+        return Err(("wrong-price", reason));
+    }
+    let timestamp = i64::from_be_bytes(timestamp);
+    Ok(Tick { symbol, sequence, timestamp, price: f64::from_be_bytes(price_bytes) })
+}
+
+fn run_subscriber(args: SubscriberArgs) -> Result<(), Failure> {
+    if let Some(Switch { old, new }) = &args.switch {
+        if !args.symbols.contains(old) || args.symbols.contains(new) {
+            usage("--switch OLD:NEW needs OLD among --symbols and NEW not");
+        }
+    }
+    let deadline = Deadline::new(args.timeout);
+    let context = zmq::Context::new();
+    let sub = context.socket(zmq::SUB)?;
+    sub.set_linger(0)?;
+    connect(&sub, &args.ticks)?;
+    // A subscription is a prefix match on frame 0: "GOOG\0" matches GOOG's ticks, not GOOGL's.
+    let mut subscribed = args.symbols.clone();
+    for symbol in &subscribed {
+        sub.set_subscribe(&topic(symbol))?;
+    }
+    // Last, our own topic: the publisher waits for it, and by then our symbols are in place.
+    sub.set_subscribe(format!("@{}", args.name).as_bytes())?;
+    emit("ready", json!({ "name": args.name, "symbols": subscribed }));
+
+    let mut received: BTreeMap<String, u64> = subscribed.iter().map(|symbol| (symbol.clone(), 0)).collect();
+    let mut switched = args.switch.is_none();
+    let (mut total, mut malformed) = (0u64, 0u64);
+    while !(switched && subscribed.iter().all(|symbol| received[symbol] >= args.count)) {
+        if !readable(&sub, deadline.cap(1000))? {
+            if deadline.expired() {
+                let missing: BTreeMap<_, _> = received.iter().filter(|(_, n)| **n < args.count).collect();
+                let reason = format!("not done after {} ms; ticks so far: {}", args.timeout, json!(missing));
+                return Err(Failure::new("timeout", reason));
+            }
+            continue;
+        }
+        let frames = sub.recv_multipart(0)?; // every frame of one tick, or none
+        let Tick { symbol, sequence, timestamp, price } = match check_tick(&frames, &subscribed, args.seed) {
+            Ok(tick) => tick,
+            Err((code, reason)) => {
+                malformed += 1;
+                emit("error", json!({ "code": code, "reason": reason }));
+                continue;
+            }
+        };
+        total += 1;
+        *received.entry(symbol.to_string()).or_insert(0) += 1;
+        emit("tick", json!({ "symbol": symbol, "sequence": sequence, "timestamp": timestamp, "price": price }));
+        if let Some(Switch { old, new }) = &args.switch {
+            if symbol == old && received[old] == args.switch_after {
+                // The SUB socket filters by its current subscriptions as it delivers: no tick of
+                // OLD comes after this, even one already queued.
+                sub.set_unsubscribe(&topic(old))?;
+                subscribed.retain(|symbol| symbol != old);
+                emit("unsubscribed", json!({ "symbol": old }));
+                // NEW's first ticks may be missed while this subscription travels upstream.
+                sub.set_subscribe(&topic(new))?;
+                subscribed.push(new.clone());
+                received.entry(new.clone()).or_insert(0);
+                emit("subscribed", json!({ "symbol": new }));
+                switched = true;
+            }
+        }
+    }
+    emit("done", json!({ "ticks": total, "malformed": malformed }));
+    Ok(())
+}
