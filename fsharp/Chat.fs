@@ -3,13 +3,12 @@ module Btb.Chat
 
 open System
 open System.Collections.Generic
-open System.Runtime.InteropServices
 open Argu
 open NetMQ
 open NetMQ.Sockets
 open Btb.Events
 
-let MaxHandle = 32 // bytes of UTF-8
+let MaxHandle = MaxName // bytes of UTF-8 (the contract's MaxName)
 let MaxText = 4096 // bytes of UTF-8
 let MaxMessage = 2L * 1024L * 1024L // ZMQ_MAXMSGSIZE: bigger frames are dropped by NetMQ itself
 
@@ -69,18 +68,6 @@ type ClientSettings =
     { Requests: string; Broadcasts: string; Timeout: int
       Name: string; Count: int; Clients: int; Keepalive: int }
 
-// Checks Argu runs on a flag's value (PostProcessResult): a failure is a bad command line.
-
-/// An integer (milliseconds or a count) no smaller than `minimum`.
-let atLeast minimum (number: int) =
-    if number < minimum then failwithf "must be at least %d" minimum
-    number
-
-let handle (value: string) =
-    if not (1 <= utf8.GetByteCount value && utf8.GetByteCount value <= MaxHandle) then
-        failwithf "a handle is 1 to %d bytes of UTF-8" MaxHandle
-    value
-
 let serverSettings (args: ParseResults<ServerArgs>) : ServerSettings =
     { Requests = args.GetResult(ServerArgs.Requests, "tcp://127.0.0.1:5555")
       Broadcasts = args.GetResult(ServerArgs.Broadcasts, "tcp://127.0.0.1:5556")
@@ -93,7 +80,7 @@ let clientSettings (args: ParseResults<ClientArgs>) : ClientSettings =
       Broadcasts = args.GetResult(ClientArgs.Broadcasts, "tcp://127.0.0.1:5556")
       Timeout =
         args.TryPostProcessResult(ClientArgs.Timeout, atLeast 0) |> Option.defaultValue 30000
-      Name = args.PostProcessResult(Name, handle)
+      Name = args.PostProcessResult(Name, name)
       Count = args.TryPostProcessResult(Count, atLeast 0) |> Option.defaultValue 5
       Clients = args.TryPostProcessResult(Clients, atLeast 1) |> Option.defaultValue 1
       Keepalive = args.TryPostProcessResult(Keepalive, atLeast 1) |> Option.defaultValue 1000 }
@@ -101,23 +88,6 @@ let clientSettings (args: ParseResults<ClientArgs>) : ClientSettings =
 let postText (name: string) (number: int) = $"{name} #{number}: héllo wörld 🌍"
 
 // --- shared helpers --------------------------------------------------------------------------
-
-/// Wait up to `ms` (None: as long as it takes) for a message to be ready on `socket`.
-let pollIn (socket: NetMQSocket) (ms: int64 option) =
-    let timeout = ms |> Option.map float |> Option.defaultValue -1.0 |> TimeSpan.FromMilliseconds
-    socket.Poll(PollEvents.PollIn, timeout).HasFlag(PollEvents.PollIn)
-
-/// Every frame of one message: ZeroMQ delivers all the frames of a message or none.
-let receive (socket: NetMQSocket) = socket.ReceiveMultipartBytes() |> List.ofSeq
-
-/// Bind or connect; a bad or busy endpoint is fatal (NetMQ throws several exception types).
-let endpoint verb (attach: string -> unit) (address: string) =
-    try attach address
-    with error ->
-        let why = match error with :? NetMQException as e -> string e.ErrorCode | e -> e.Message
-        raise (Failure(verb, $"cannot {verb} {address}: {why}"))
-
-let send (socket: NetMQSocket) (frames: byte[] list) = socket.SendMultipartBytes(frames)
 
 /// The texts of the frames, or None when one of them is not UTF-8.
 let tryDecode (frames: byte[] list) =
@@ -145,20 +115,6 @@ let checkRequest (frames: byte[] list) =
         frames
         |> List.tryPick notUtf8
         |> Option.map (fun error -> "invalid-utf8", $"not UTF-8: invalid byte at {error.Index}")
-
-/// SIGTERM and SIGINT only raise a flag; the server loop looks at it after every poll.
-type StopSignal() =
-    [<VolatileField>]
-    let mutable raised = false
-    let raiseFlag (context: PosixSignalContext) =
-        context.Cancel <- true // keep running: the loop finishes the request in hand and stops
-        raised <- true
-    let registrations =
-        [ PosixSignalRegistration.Create(PosixSignal.SIGTERM, raiseFlag)
-          PosixSignalRegistration.Create(PosixSignal.SIGINT, raiseFlag) ]
-    member _.Raised = raised
-    interface IDisposable with
-        member _.Dispose() = registrations |> List.iter (fun r -> r.Dispose())
 
 let runServer (args: ServerSettings) =
     use stop = new StopSignal()

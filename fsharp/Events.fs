@@ -1,12 +1,17 @@
-/// The launch contract's reporting half: JSON Lines events on stdout, logs on stderr.
+/// The launch contract (examples/README.md) in F#: JSON Lines events on stdout, logs on stderr, the
+/// --timeout deadline, fatal failures, the stop signal, the flag checks and the socket helpers
+/// every example uses.
 module Btb.Events
 
 open System
 open System.Diagnostics
 open System.IO
+open System.Runtime.InteropServices
 open System.Text
 open System.Text.Encodings.Web
 open System.Text.Json
+open System.Threading
+open NetMQ
 
 /// Strict UTF-8: no byte order mark, and invalid bytes throw instead of becoming U+FFFD.
 let utf8 = UTF8Encoding(false, true)
@@ -41,3 +46,58 @@ type Deadline(timeoutMs: int) =
         match this.RemainingMs with
         | Some left -> min ms left
         | None -> ms
+
+/// SIGTERM and SIGINT only raise a flag; a server loop looks at it after every poll, and a role
+/// with nothing to poll (the proxy) waits for it.
+type StopSignal() =
+    let raised = new ManualResetEventSlim(false)
+    let raiseFlag (context: PosixSignalContext) =
+        context.Cancel <- true // keep running: the role finishes what it is doing and stops
+        raised.Set()
+    let registrations =
+        [ PosixSignalRegistration.Create(PosixSignal.SIGTERM, raiseFlag)
+          PosixSignalRegistration.Create(PosixSignal.SIGINT, raiseFlag) ]
+    member _.Raised = raised.IsSet
+    /// Block until the signal comes (true) or `ms` have passed (false); None: as long as it takes.
+    member _.Wait(ms: int64 option) =
+        match ms with
+        | Some ms -> raised.Wait(TimeSpan.FromMilliseconds(float ms))
+        | None -> raised.Wait(Timeout.Infinite)
+    interface IDisposable with
+        member _.Dispose() =
+            registrations |> List.iter (fun r -> r.Dispose())
+            raised.Dispose()
+
+// --- flag checks: Argu runs them on a flag's value (PostProcessResult); a failure is a bad
+// command line ----------------------------------------------------------------------------------
+
+/// An integer (milliseconds or a count) no smaller than `minimum`.
+let atLeast minimum (number: int) =
+    if number < minimum then failwithf "must be at least %d" minimum
+    number
+
+let MaxName = 32 // bytes of UTF-8: chat handles, subscriber names
+
+let name (value: string) =
+    if not (1 <= utf8.GetByteCount value && utf8.GetByteCount value <= MaxName) then
+        failwithf "a name is 1 to %d bytes of UTF-8" MaxName
+    value
+
+// --- sockets -----------------------------------------------------------------------------------
+
+/// Wait up to `ms` (None: as long as it takes) for a message to be ready on `socket`.
+let pollIn (socket: NetMQSocket) (ms: int64 option) =
+    let timeout = ms |> Option.map float |> Option.defaultValue -1.0 |> TimeSpan.FromMilliseconds
+    socket.Poll(PollEvents.PollIn, timeout).HasFlag(PollEvents.PollIn)
+
+/// Every frame of one message: ZeroMQ delivers all the frames of a message or none.
+let receive (socket: NetMQSocket) = socket.ReceiveMultipartBytes() |> List.ofSeq
+
+let send (socket: NetMQSocket) (frames: byte[] list) = socket.SendMultipartBytes(frames)
+
+/// Bind or connect; a bad or busy endpoint is fatal (NetMQ throws several exception types).
+let endpoint verb (attach: string -> unit) (address: string) =
+    try attach address
+    with error ->
+        let why = match error with :? NetMQException as e -> string e.ErrorCode | e -> e.Message
+        raise (Failure(verb, $"cannot {verb} {address}: {why}"))

@@ -8,17 +8,20 @@ open Btb.Events
 [<RequireSubcommand>]
 type BtbArgs =
     | [<CliPrefix(CliPrefix.None)>] Chat of ParseResults<Chat.ChatArgs>
+    | [<CliPrefix(CliPrefix.None)>] Ticker of ParseResults<Ticker.TickerArgs>
 
     interface IArgParserTemplate with
         member this.Usage =
             match this with
             | Chat _ -> "client/server over REQ/REP plus PUB/SUB"
+            | Ticker _ -> "data distribution over PUB/SUB, with an XSUB/XPUB proxy"
 
 /// The role chosen on the command line, its flags checked; Argu raises on a bad command line.
 let parse argv =
     let results = ArgumentParser.Create<BtbArgs>(programName = "btb").ParseCommandLine argv
     match results.GetSubCommand() with
     | Chat chat -> Chat.role chat
+    | Ticker ticker -> Ticker.role ticker
 
 let run role =
     try

@@ -4,6 +4,7 @@ import argparse
 import json
 import signal
 import sys
+import threading
 import time
 
 import zmq
@@ -73,15 +74,23 @@ def name(value):
 
 
 class StopSignal:
-    """SIGTERM and SIGINT only raise a flag; the server loop looks at it after every poll."""
+    """SIGTERM and SIGINT only raise a flag; the role looks at it after every poll, or waits for it."""
 
     def __init__(self):
-        self.raised = False
+        self.event = threading.Event()
         signal.signal(signal.SIGTERM, self.raise_flag)
         signal.signal(signal.SIGINT, self.raise_flag)
 
     def raise_flag(self, *_):
-        self.raised = True
+        self.event.set()
+
+    @property
+    def raised(self):
+        return self.event.is_set()
+
+    def wait(self, timeout_ms):
+        """True once raised; False if `timeout_ms` (None: no limit) passed first."""
+        return self.event.wait(None if timeout_ms is None else timeout_ms / 1000)
 
 
 def send_when_room(socket, frames, deadline, what):

@@ -1,7 +1,7 @@
 """ticker: data distribution over PUB/SUB with an XSUB/XPUB proxy (examples/ticker/PROTOCOL.md)."""
 import argparse
-import signal
 import struct
+import threading
 import time
 
 import zmq
@@ -177,15 +177,16 @@ def on_subscription(message, subscribers):
 # --- proxy -----------------------------------------------------------------------------------
 
 
-class Interrupted(Exception):
-    """Raised by a signal handler: the only way out of the library's proxy loop."""
-
-
 def run_proxy(args):
+    stop = StopSignal()
+    deadline = Deadline(args.timeout)
     context = zmq.Context()
     upstream = context.socket(zmq.XSUB)  # faces the publisher: receives ticks, sends subscriptions
     downstream = context.socket(zmq.XPUB)  # faces subscribers: sends ticks, receives subscriptions
-    for sock in (upstream, downstream):
+    # The proxy's own control channel: a PAIR of sockets over inproc, which never leaves the
+    # process; the context itself carries the messages.
+    control, steer = context.socket(zmq.PAIR), context.socket(zmq.PAIR)
+    for sock in (upstream, downstream, control, steer):
         sock.linger = 0
     try:
         downstream.bind(args.downstream)
@@ -195,21 +196,20 @@ def run_proxy(args):
         upstream.connect(args.upstream)
     except zmq.ZMQError as error:
         raise Failure("connect", f"cannot connect: {error}") from error
+    control.bind("inproc://proxy-control")
+    steer.connect("inproc://proxy-control")
+
+    # The library's own loop moves every message both ways, in a thread of its own, until it
+    # reads TERMINATE on its control socket. Sockets are not thread-safe: from here on only that
+    # thread touches upstream, downstream and control.
+    proxy = threading.Thread(target=zmq.proxy_steerable, args=(upstream, downstream, None, control))
+    proxy.start()
     emit("ready", downstream=downstream.last_endpoint.decode())
-
-    def interrupt(number, _frame):
-        raise Interrupted(number)
-
-    for number in (signal.SIGTERM, signal.SIGINT, signal.SIGALRM):
-        signal.signal(number, interrupt)
-    if args.timeout:
-        signal.setitimer(signal.ITIMER_REAL, args.timeout / 1000)  # --timeout, as SIGALRM
-    try:
-        # The library's own loop moves every message both ways, until a signal interrupts it.
-        zmq.proxy(upstream, downstream)
-    except Interrupted as why:
-        if why.args[0] == signal.SIGALRM:
-            raise Failure("timeout", f"still proxying after {args.timeout} ms") from None
+    stopped = stop.wait(deadline.remaining_ms())
+    steer.send(b"TERMINATE")
+    proxy.join()
+    if not stopped:
+        raise Failure("timeout", f"still proxying after {args.timeout} ms")
     emit("done")
     context.destroy()
 

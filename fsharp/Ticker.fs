@@ -1,0 +1,380 @@
+/// ticker: data distribution over PUB/SUB with an XSUB/XPUB proxy (examples/ticker/PROTOCOL.md).
+module Btb.Ticker
+
+open System
+open System.Buffers.Binary
+open System.Collections.Generic
+open System.Text
+open Argu
+open NetMQ
+open NetMQ.Sockets
+open Btb.Events
+
+// Arithmetic modulo 2^64, as the protocol says: F#'s uint64 `+` and `*` wrap (Checked is not open).
+let Golden = 0x9E3779B97F4A7C15UL
+
+// --- command line ----------------------------------------------------------------------------
+
+type PublisherArgs =
+    | Ticks of endpoint: string
+    | Symbols of list: string
+    | Seed of seed: uint64
+    | Subscribers of count: int
+    | Interval of ms: int
+    | Timeout of ms: int
+
+    interface IArgParserTemplate with
+        member this.Usage =
+            match this with
+            | Ticks _ -> "XPUB endpoint to bind (default tcp://127.0.0.1:5557)"
+            | Symbols _ -> "comma-separated symbols to publish, in round order (default AAPL,GOOG,GOOGL,MSFT,IBM)"
+            | Seed _ -> "price seed, unsigned 64-bit (default 1)"
+            | Subscribers _ -> "@name topics to wait for before publishing (default 1)"
+            | Interval _ -> "time between rounds in ms (default 2)"
+            | Timeout _ -> "longest run in ms, 0 for no limit (default 0)"
+
+type ProxyArgs =
+    | Upstream of endpoint: string
+    | Downstream of endpoint: string
+    | Timeout of ms: int
+
+    interface IArgParserTemplate with
+        member this.Usage =
+            match this with
+            | Upstream _ -> "the publisher's endpoint, for XSUB to connect (default tcp://127.0.0.1:5557)"
+            | Downstream _ -> "XPUB endpoint to bind (default tcp://127.0.0.1:5558)"
+            | Timeout _ -> "longest run in ms, 0 for no limit (default 0)"
+
+type SubscriberArgs =
+    | Ticks of endpoint: string
+    | [<Mandatory>] Name of name: string
+    | [<Mandatory>] Symbols of list: string
+    | Count of ticks: int
+    | Seed of seed: uint64
+    | Switch of old_new: string
+    | Switch_After of ticks: int
+    | Timeout of ms: int
+
+    interface IArgParserTemplate with
+        member this.Usage =
+            match this with
+            | Ticks _ -> "the endpoint to connect (default tcp://127.0.0.1:5557)"
+            | Name _ -> "1 to 32 bytes; the @name topic (required)"
+            | Symbols _ -> "comma-separated symbols to subscribe to (required)"
+            | Count _ -> "ticks per symbol to receive (default 20)"
+            | Seed _ -> "the publisher's seed, to check prices (default 1)"
+            | Switch _ -> "OLD:NEW, change one subscription while running (default none)"
+            | Switch_After _ -> "ticks of OLD before switching (default 10)"
+            | Timeout _ -> "longest run in ms, 0 for no limit (default 30000)"
+
+type EncodeArgs =
+    | [<Mandatory>] Seed of seed: uint64
+    | [<Mandatory>] Symbol of symbol: string
+    | [<Mandatory>] Sequence of sequence: uint64
+    | [<Mandatory>] Timestamp of ms: int64
+
+    interface IArgParserTemplate with
+        member this.Usage =
+            match this with
+            | Seed _ -> "price seed, unsigned 64-bit"
+            | Symbol _ -> "1 to 8 letters A-Z"
+            | Sequence _ -> "sequence number, unsigned 64-bit"
+            | Timestamp _ -> "milliseconds since the Unix epoch, signed 64-bit"
+
+[<RequireSubcommand>]
+type TickerArgs =
+    | [<CliPrefix(CliPrefix.None)>] Publisher of ParseResults<PublisherArgs>
+    | [<CliPrefix(CliPrefix.None)>] Proxy of ParseResults<ProxyArgs>
+    | [<CliPrefix(CliPrefix.None)>] Subscriber of ParseResults<SubscriberArgs>
+    | [<CliPrefix(CliPrefix.None)>] Encode of ParseResults<EncodeArgs>
+
+    interface IArgParserTemplate with
+        member this.Usage =
+            match this with
+            | Publisher _ -> "publish ticks once the subscribers are there"
+            | Proxy _ -> "forward ticks downstream and subscriptions upstream"
+            | Subscriber _ -> "receive and check the ticks of some symbols"
+            | Encode _ -> "print the frames of one tick (the test vectors)"
+
+type PublisherSettings =
+    { Ticks: string; Symbols: string list; Seed: uint64
+      Subscribers: int; Interval: int; Timeout: int }
+
+type ProxySettings = { Upstream: string; Downstream: string; Timeout: int }
+
+type SubscriberSettings =
+    { Ticks: string; Name: string; Symbols: string list; Count: int; Seed: uint64
+      Switch: (string * string) option; SwitchAfter: int; Timeout: int }
+
+type EncodeSettings = { Seed: uint64; Symbol: string; Sequence: uint64; Timestamp: int64 }
+
+// Checks Argu runs on a flag's value (PostProcessResult): a failure is a bad command line.
+
+let isSymbol (value: string) =
+    1 <= value.Length && value.Length <= 8 && value |> Seq.forall (fun c -> 'A' <= c && c <= 'Z')
+
+let symbol (value: string) =
+    if not (isSymbol value) then failwith "a symbol is 1 to 8 letters A-Z"
+    value
+
+let symbols (value: string) = value.Split ',' |> Seq.map symbol |> List.ofSeq
+
+let switch (value: string) =
+    match value.Split(':', 2) with
+    | [| old; next |] -> symbol old, symbol next
+    | _ -> failwith "expected OLD:NEW"
+
+let publisherSettings (args: ParseResults<PublisherArgs>) : PublisherSettings =
+    { Ticks = args.GetResult(PublisherArgs.Ticks, "tcp://127.0.0.1:5557")
+      Symbols =
+        args.TryPostProcessResult(PublisherArgs.Symbols, symbols)
+        |> Option.defaultWith (fun () -> symbols "AAPL,GOOG,GOOGL,MSFT,IBM")
+      Seed = args.GetResult(PublisherArgs.Seed, 1UL)
+      Subscribers = args.TryPostProcessResult(Subscribers, atLeast 1) |> Option.defaultValue 1
+      Interval = args.TryPostProcessResult(Interval, atLeast 1) |> Option.defaultValue 2
+      Timeout = args.TryPostProcessResult(PublisherArgs.Timeout, atLeast 0) |> Option.defaultValue 0 }
+
+let proxySettings (args: ParseResults<ProxyArgs>) : ProxySettings =
+    { Upstream = args.GetResult(Upstream, "tcp://127.0.0.1:5557")
+      Downstream = args.GetResult(Downstream, "tcp://127.0.0.1:5558")
+      Timeout = args.TryPostProcessResult(ProxyArgs.Timeout, atLeast 0) |> Option.defaultValue 0 }
+
+let subscriberSettings (args: ParseResults<SubscriberArgs>) : SubscriberSettings =
+    let settings =
+        { Ticks = args.GetResult(SubscriberArgs.Ticks, "tcp://127.0.0.1:5557")
+          Name = args.PostProcessResult(SubscriberArgs.Name, name)
+          Symbols = args.PostProcessResult(SubscriberArgs.Symbols, symbols)
+          Count = args.TryPostProcessResult(Count, atLeast 1) |> Option.defaultValue 20
+          Seed = args.GetResult(SubscriberArgs.Seed, 1UL)
+          Switch = args.TryPostProcessResult(Switch, switch)
+          SwitchAfter = args.TryPostProcessResult(Switch_After, atLeast 1) |> Option.defaultValue 10
+          Timeout =
+            args.TryPostProcessResult(SubscriberArgs.Timeout, atLeast 0) |> Option.defaultValue 30000 }
+    match settings.Switch with
+    | Some(old, next) when not (List.contains old settings.Symbols) || List.contains next settings.Symbols ->
+        args.Raise("--switch OLD:NEW needs OLD among --symbols and NEW not") // exit 2, like Argu's own
+    | _ -> settings
+
+let encodeSettings (args: ParseResults<EncodeArgs>) : EncodeSettings =
+    { Seed = args.GetResult EncodeArgs.Seed
+      Symbol = args.PostProcessResult(Symbol, symbol)
+      Sequence = args.GetResult Sequence
+      Timestamp = args.GetResult Timestamp }
+
+// --- the tick: prices anyone can recompute ---------------------------------------------------
+
+let fnv1a64 (data: byte[]) =
+    data |> Array.fold (fun h b -> (h ^^^ uint64 b) * 0x100000001B3UL) 0xCBF29CE484222325UL
+
+let splitmix64 (x: uint64) =
+    let z = x + Golden
+    let z = (z ^^^ (z >>> 30)) * 0xBF58476D1CE4E5B9UL
+    let z = (z ^^^ (z >>> 27)) * 0x94D049BB133111EBUL
+    z ^^^ (z >>> 31)
+
+let cents seed (symbol: string) (sequence: uint64) =
+    1000UL + splitmix64 (seed ^^^ fnv1a64 (Encoding.ASCII.GetBytes symbol) ^^^ (sequence * Golden)) % 99001UL
+
+/// Lowercase hex, for the encoded frames and for bad bytes in an error's reason.
+let hex (bytes: byte[]) = Convert.ToHexStringLower bytes
+
+/// Frame 0: the symbol and a NUL, so that subscribing to GOOG does not also match GOOGL.
+let topic (symbol: string) = Array.append (Encoding.ASCII.GetBytes symbol) [| 0uy |]
+
+/// An 8-byte frame, written big-endian (network order) whatever the machine's own byte order.
+let frame8 (write: byte[] -> unit) =
+    let frame = Array.zeroCreate 8
+    write frame
+    frame
+
+let tickFrames seed symbol (sequence: uint64) (timestamp: int64) =
+    let price = float (cents seed symbol sequence) / 100.0 // exact conversion, one IEEE division
+    [ topic symbol
+      frame8 (fun f -> BinaryPrimitives.WriteUInt64BigEndian(f, sequence))
+      frame8 (fun f -> BinaryPrimitives.WriteInt64BigEndian(f, timestamp))
+      frame8 (fun f -> BinaryPrimitives.WriteDoubleBigEndian(f, price)) ]
+
+let runEncode (args: EncodeSettings) =
+    let frames = tickFrames args.Seed args.Symbol args.Sequence args.Timestamp
+    emit "encoded" [ "frames", box (frames |> List.map hex)
+                     "cents", box (cents args.Seed args.Symbol args.Sequence) ]
+    emit "done" []
+
+// --- publisher -------------------------------------------------------------------------------
+
+/// A subscription message: 1 (subscribe) or 0 (unsubscribe), then the topic.
+let onSubscription (message: byte[]) (subscribers: HashSet<string>) =
+    let malformed reason = emit "error" [ "code", box "malformed-subscription"; "reason", box reason ]
+    if message.Length < 2 || message[0] > 1uy then
+        malformed $"not a subscription: {hex message[.. 39]}"
+    else
+        let on, topicBytes = message[0] = 1uy, message[1..]
+        let text = Encoding.ASCII.GetString topicBytes // lenient: only A-Z matters below
+        if topicBytes[0] = byte '@' then
+            if on then
+                let who = Encoding.UTF8.GetString topicBytes[1..] // lenient: it is only reported
+                subscribers.Add who |> ignore
+                emit "joined" [ "subscriber", box who ]
+        elif text.EndsWith '\000' && isSymbol text[.. text.Length - 2] then
+            emit (if on then "subscribed" else "unsubscribed") [ "symbol", box text[.. text.Length - 2] ]
+        else
+            malformed $"unknown topic {hex topicBytes[.. 39]}"
+
+let runPublisher (args: PublisherSettings) =
+    use stop = new StopSignal()
+    let deadline = Deadline(args.Timeout)
+    // XPUB is a PUB that also hands us the subscriptions coming from downstream.
+    use ticks = new XPublisherSocket()
+    // Linger 0 on every ticker socket: ticks are a stream, and nobody is owed the ones still queued.
+    ticks.Options.Linger <- TimeSpan.Zero
+    endpoint "bind" ticks.Bind args.Ticks
+    emit "ready" [ "ticks", box ticks.Options.LastEndpoint ]
+
+    let subscribers = HashSet<string>()
+    let mutable sequence = 0UL // every symbol gets one tick per round, so they share the round number
+    let mutable nextRound = None // monotonic ms; publishing starts once every subscriber is there
+    while not stop.Raised do
+        if deadline.Expired then
+            raise (Failure("timeout", $"still publishing after {args.Timeout} ms"))
+        let waitMs = nextRound |> Option.map (fun due -> max 0L (due - nowMs ())) |> Option.defaultValue 100L
+        // The wait between rounds is this poll: subscriptions are served meanwhile.
+        if pollIn ticks (Some(deadline.Cap waitMs)) then
+            onSubscription (ticks.ReceiveFrameBytes()) subscribers
+            // Slow joiner: a subscriber sends its @name last, so its symbols are in place by now.
+            if nextRound.IsNone && subscribers.Count >= args.Subscribers then
+                emit "started" [ "subscribers", box subscribers.Count ]
+                nextRound <- Some(nowMs ())
+        match nextRound with
+        | Some due when nowMs () >= due ->
+            sequence <- sequence + 1UL
+            let now = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds()
+            // PUB never blocks: a subscriber whose queue is full (the HWM) loses ticks instead.
+            for symbol in args.Symbols do
+                send ticks (tickFrames args.Seed symbol sequence now)
+            nextRound <- Some(due + int64 args.Interval)
+        | _ -> ()
+    emit "done" [ "rounds", box sequence; "ticks", box (sequence * uint64 args.Symbols.Length) ]
+
+// --- proxy -----------------------------------------------------------------------------------
+
+let runProxy (args: ProxySettings) =
+    use stop = new StopSignal()
+    let deadline = Deadline(args.Timeout)
+    use upstream = new XSubscriberSocket() // faces the publisher: receives ticks, sends subscriptions
+    use downstream = new XPublisherSocket() // faces subscribers: sends ticks, receives subscriptions
+    upstream.Options.Linger <- TimeSpan.Zero
+    downstream.Options.Linger <- TimeSpan.Zero
+    endpoint "bind" downstream.Bind args.Downstream
+    endpoint "connect" upstream.Connect args.Upstream
+    emit "ready" [ "downstream", box downstream.Options.LastEndpoint ]
+
+    // The library's own proxy moves every message both ways: ticks from XSUB to XPUB, subscriptions
+    // from XPUB to XSUB. It runs on a poller's thread, so that this one can wait for SIGTERM/SIGINT
+    // or the deadline and then stop it (NetMQ cannot stop a proxy that has not started yet).
+    use poller = new NetMQPoller()
+    poller.Add upstream
+    poller.Add downstream
+    let proxy = NetMQ.Proxy(upstream, downstream, null, poller)
+    proxy.Start() // with a poller of ours, this only hands it the sockets
+    poller.RunAsync()
+    let signalled = stop.Wait deadline.RemainingMs
+    poller.Stop()
+    proxy.Stop()
+    if not signalled then
+        raise (Failure("timeout", $"still proxying after {args.Timeout} ms"))
+    emit "done" []
+
+// --- subscriber ------------------------------------------------------------------------------
+
+/// The tick's (symbol, sequence, timestamp, price), or Error (code, reason) for a bad one.
+let checkTick (frames: byte[] list) (subscribed: string list) seed =
+    match frames with
+    | [ symbolBytes; sequenceBytes; timestampBytes; priceBytes ] ->
+        let symbol = Encoding.ASCII.GetString symbolBytes // lenient: checked just below
+        if not (symbol.EndsWith '\000' && isSymbol symbol[.. symbol.Length - 2]) then
+            Error("malformed-tick", $"frame 0 is not a symbol and a NUL: {hex symbolBytes[.. 11]}")
+        elif frames.Tail |> List.exists (fun frame -> frame.Length <> 8) then
+            let sizes = frames.Tail |> List.map (fun frame -> frame.Length)
+            Error("malformed-tick", $"frames 1-3 have %A{sizes} bytes, not 8 each")
+        else
+            let symbol = symbol[.. symbol.Length - 2]
+            if not (List.contains symbol subscribed) then
+                Error("unexpected-symbol", $"{symbol} is not subscribed")
+            else
+                let sequence = BinaryPrimitives.ReadUInt64BigEndian sequenceBytes
+                let timestamp = BinaryPrimitives.ReadInt64BigEndian timestampBytes
+                let expected = (tickFrames seed symbol sequence timestamp)[3]
+                if priceBytes <> expected then
+                    let reason = $"{symbol} #{sequence}: price bytes {hex priceBytes}, expected {hex expected}"
+                    Error("wrong-price", reason)
+                else
+                    Ok(symbol, sequence, timestamp, BinaryPrimitives.ReadDoubleBigEndian priceBytes)
+    | _ -> Error("malformed-tick", $"expected 4 frames, got {frames.Length}")
+
+let runSubscriber (args: SubscriberSettings) =
+    let deadline = Deadline(args.Timeout)
+    use sub = new SubscriberSocket()
+    sub.Options.Linger <- TimeSpan.Zero
+    endpoint "connect" sub.Connect args.Ticks
+    // Subscriptions are prefix matches on frame 0: GOOG\0 is not a prefix of GOOGL\0.
+    let mutable subscribed = args.Symbols
+    for symbol in subscribed do
+        sub.Subscribe(topic symbol)
+    // Last, our own topic: the publisher waits for it, and by then our symbols are in place.
+    sub.Subscribe(utf8.GetBytes("@" + args.Name))
+    emit "ready" [ "name", box args.Name; "symbols", box subscribed ]
+
+    let received = Dictionary<string, int>()
+    for symbol in subscribed do
+        received[symbol] <- 0
+    let mutable switched = args.Switch.IsNone
+    let mutable total = 0
+    let mutable malformed = 0
+    let isDone () = switched && subscribed |> List.forall (fun symbol -> received[symbol] >= args.Count)
+    while not (isDone ()) do
+        if not (pollIn sub (Some(deadline.Cap 1000L))) then
+            if deadline.Expired then
+                let missing = [ for KeyValue(symbol, n) in received do if n < args.Count then $"{symbol}: {n}" ]
+                let missing = String.Join(", ", missing)
+                raise (Failure("timeout", $"not done after {args.Timeout} ms; ticks so far: {missing}"))
+        else
+            match checkTick (receive sub) subscribed args.Seed with
+            | Error(code, reason) ->
+                malformed <- malformed + 1
+                emit "error" [ "code", box code; "reason", box reason ]
+            | Ok(symbol, sequence, timestamp, price) ->
+                total <- total + 1
+                received[symbol] <- received[symbol] + 1
+                emit "tick" [ "symbol", box symbol; "sequence", box sequence
+                              "timestamp", box timestamp; "price", box price ]
+                match args.Switch with
+                | Some(old, next) when symbol = old && received[old] = args.SwitchAfter ->
+                    // The SUB socket filters by its current subscriptions as it delivers: no tick
+                    // of OLD comes after this, even one already queued.
+                    sub.Unsubscribe(topic old)
+                    subscribed <- subscribed |> List.filter ((<>) old)
+                    emit "unsubscribed" [ "symbol", box old ]
+                    // NEW's first ticks may be missed while this subscription travels upstream.
+                    sub.Subscribe(topic next)
+                    subscribed <- subscribed @ [ next ]
+                    received.TryAdd(next, 0) |> ignore
+                    emit "subscribed" [ "symbol", box next ]
+                    switched <- true
+                | _ -> ()
+    emit "done" [ "ticks", box total; "malformed", box malformed ]
+
+/// Validate the command line of a ticker role (Argu raises on a bad value) and return its run.
+let role (args: ParseResults<TickerArgs>) : unit -> unit =
+    match args.GetSubCommand() with
+    | Publisher publisher ->
+        let settings = publisherSettings publisher
+        fun () -> runPublisher settings
+    | Proxy proxy ->
+        let settings = proxySettings proxy
+        fun () -> runProxy settings
+    | Subscriber subscriber ->
+        let settings = subscriberSettings subscriber
+        fun () -> runSubscriber settings
+    | Encode encode ->
+        let settings = encodeSettings encode
+        fun () -> runEncode settings
