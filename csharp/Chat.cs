@@ -1,13 +1,12 @@
 // chat: a roster server over REQ/REP with a PUB broadcast channel (examples/chat/PROTOCOL.md).
 using System.CommandLine;
-using System.Runtime.InteropServices;
 using System.Text;
 using NetMQ;
 using NetMQ.Sockets;
 
 static class Chat
 {
-    const int MaxHandle = 32; // bytes of UTF-8
+    const int MaxHandle = Flags.MaxName; // bytes of UTF-8, as for every name flag
     const int MaxText = 4096; // bytes of UTF-8
     const long MaxMessage = 2 * 1024 * 1024; // ZMQ_MAXMSGSIZE: bigger frames are dropped by NetMQ itself
 
@@ -26,11 +25,11 @@ static class Chat
 
     static Command ServerCommand()
     {
-        Option<string> requests = Endpoint("--requests", "tcp://127.0.0.1:5555");
-        Option<string> broadcasts = Endpoint("--broadcasts", "tcp://127.0.0.1:5556");
-        Option<int> timeout = AtLeast("--timeout", 0, 0);
-        Option<int> heartbeat = AtLeast("--heartbeat", 1, 100);
-        Option<int> expiry = AtLeast("--expiry", 1, 5000);
+        Option<string> requests = Flags.Endpoint("--requests", "tcp://127.0.0.1:5555");
+        Option<string> broadcasts = Flags.Endpoint("--broadcasts", "tcp://127.0.0.1:5556");
+        Option<int> timeout = Flags.AtLeast("--timeout", 0, 0);
+        Option<int> heartbeat = Flags.AtLeast("--heartbeat", 1, 100);
+        Option<int> expiry = Flags.AtLeast("--expiry", 1, 5000);
         Command server = new("server", "keep the roster and relay posts")
         {
             requests, broadcasts, timeout, heartbeat, expiry,
@@ -43,13 +42,13 @@ static class Chat
 
     static Command ClientCommand()
     {
-        Option<string> requests = Endpoint("--requests", "tcp://127.0.0.1:5555");
-        Option<string> broadcasts = Endpoint("--broadcasts", "tcp://127.0.0.1:5556");
-        Option<int> timeout = AtLeast("--timeout", 0, 30000);
-        Option<string> name = Handle("--name");
-        Option<int> count = AtLeast("--count", 0, 5);
-        Option<int> clients = AtLeast("--clients", 1, 1);
-        Option<int> keepalive = AtLeast("--keepalive", 1, 1000);
+        Option<string> requests = Flags.Endpoint("--requests", "tcp://127.0.0.1:5555");
+        Option<string> broadcasts = Flags.Endpoint("--broadcasts", "tcp://127.0.0.1:5556");
+        Option<int> timeout = Flags.AtLeast("--timeout", 0, 30000);
+        Option<string> name = Flags.Name("--name");
+        Option<int> count = Flags.AtLeast("--count", 0, 5);
+        Option<int> clients = Flags.AtLeast("--clients", 1, 1);
+        Option<int> keepalive = Flags.AtLeast("--keepalive", 1, 1000);
         Command client = new("client", "join, post --count texts, receive everyone's posts")
         {
             requests, broadcasts, timeout, name, count, clients, keepalive,
@@ -59,32 +58,6 @@ static class Chat
             p.GetValue(name)!, p.GetValue(count), p.GetValue(clients), p.GetValue(keepalive))));
         return client;
     }
-
-    static Option<string> Endpoint(string flag, string fallback) => new(flag) { DefaultValueFactory = _ => fallback };
-
-    /// <summary>An integer option (milliseconds or a count) no smaller than <paramref name="minimum"/>.</summary>
-    static Option<int> AtLeast(string flag, int minimum, int fallback) => new(flag)
-    {
-        DefaultValueFactory = _ => fallback,
-        CustomParser = result =>
-        {
-            if (int.TryParse(result.Tokens.Single().Value, out int number) && number >= minimum) return number;
-            result.AddError($"{flag} takes an integer of at least {minimum}");
-            return fallback;
-        },
-    };
-
-    static Option<string> Handle(string flag) => new(flag)
-    {
-        Required = true,
-        CustomParser = result =>
-        {
-            string handle = result.Tokens.Single().Value;
-            if (Encoding.UTF8.GetByteCount(handle) is >= 1 and <= MaxHandle) return handle;
-            result.AddError($"a handle is 1 to {MaxHandle} bytes of UTF-8");
-            return handle;
-        },
-    };
 
     static string PostText(string name, int number) => $"{name} #{number}: héllo wörld 🌍";
 
@@ -115,33 +88,6 @@ static class Chat
             }
         }
         return null;
-    }
-
-    /// <summary>SIGTERM and SIGINT only raise a flag; the server loop looks at it after every poll.</summary>
-    sealed class StopSignal : IDisposable
-    {
-        volatile bool raised;
-        readonly PosixSignalRegistration term, interrupt;
-
-        public StopSignal()
-        {
-            term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, RaiseFlag);
-            interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, RaiseFlag);
-        }
-
-        public bool Raised => raised;
-
-        void RaiseFlag(PosixSignalContext context)
-        {
-            context.Cancel = true; // do not let the runtime end the process: the loop stops by itself
-            raised = true;
-        }
-
-        public void Dispose()
-        {
-            term.Dispose();
-            interrupt.Dispose();
-        }
     }
 
     static void RunServer(ServerArgs args)

@@ -1,4 +1,7 @@
-// The launch contract's reporting half: JSON Lines events on stdout, logs on stderr.
+// The launch contract (examples/README.md) in C#: JSON Lines events on stdout, logs on stderr, the
+// --timeout deadline, fatal failures, the stop signal, and the flag types every example uses.
+using System.CommandLine;
+using System.Runtime.InteropServices;
 using System.Text;
 using System.Text.Encodings.Web;
 using System.Text.Json;
@@ -29,6 +32,9 @@ sealed class Failure(string code, string reason) : Exception(reason)
     public string Reason => Message;
 }
 
+/// <summary>A bad combination of flags that the parser alone cannot see: exit 2, like a parser error.</summary>
+sealed class Usage(string message) : Exception(message);
+
 /// <summary>The role's --timeout: the time left, or no limit when it is 0.</summary>
 sealed class Deadline(int timeoutMs)
 {
@@ -48,4 +54,64 @@ sealed class Deadline(int timeoutMs)
         TimeSpan left = Remaining;
         return wait < left ? wait : left;
     }
+}
+
+/// <summary>SIGTERM and SIGINT only raise a flag; a server loop looks at it after every poll.</summary>
+sealed class StopSignal : IDisposable
+{
+    volatile bool raised;
+    readonly PosixSignalRegistration term, interrupt;
+
+    public StopSignal()
+    {
+        term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, RaiseFlag);
+        interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, RaiseFlag);
+    }
+
+    public bool Raised => raised;
+
+    void RaiseFlag(PosixSignalContext context)
+    {
+        context.Cancel = true; // do not let the runtime end the process: the loop stops by itself
+        raised = true;
+    }
+
+    public void Dispose()
+    {
+        term.Dispose();
+        interrupt.Dispose();
+    }
+}
+
+/// <summary>The flag types every example uses (System.CommandLine options with a value each).</summary>
+static class Flags
+{
+    public const int MaxName = 32; // bytes of UTF-8: chat handles, subscriber names
+
+    public static Option<string> Endpoint(string flag, string fallback) => new(flag) { DefaultValueFactory = _ => fallback };
+
+    /// <summary>An integer option (milliseconds or a count) no smaller than <paramref name="minimum"/>.</summary>
+    public static Option<int> AtLeast(string flag, int minimum, int fallback) => new(flag)
+    {
+        DefaultValueFactory = _ => fallback,
+        CustomParser = result =>
+        {
+            if (int.TryParse(result.Tokens.Single().Value, out int number) && number >= minimum) return number;
+            result.AddError($"{flag} takes an integer of at least {minimum}");
+            return fallback;
+        },
+    };
+
+    /// <summary>A required name of 1 to <see cref="MaxName"/> bytes of UTF-8.</summary>
+    public static Option<string> Name(string flag) => new(flag)
+    {
+        Required = true,
+        CustomParser = result =>
+        {
+            string name = result.Tokens.Single().Value;
+            if (Encoding.UTF8.GetByteCount(name) is >= 1 and <= MaxName) return name;
+            result.AddError($"{flag} takes 1 to {MaxName} bytes of UTF-8");
+            return name;
+        },
+    };
 }

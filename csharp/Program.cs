@@ -2,7 +2,7 @@
 using System.CommandLine;
 using NetMQ;
 
-RootCommand root = new("Beyond the Box roles") { Chat.Command() };
+RootCommand root = new("Beyond the Box roles") { Chat.Command(), Ticker.Command() };
 
 ParseResult parsed = root.Parse(args);
 if (parsed.Errors.Count > 0)
@@ -15,6 +15,11 @@ try
 {
     // No default exception handler: a Failure reaches the catch below.
     return parsed.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
+}
+catch (Usage usage)
+{
+    Console.Error.WriteLine($"btb: {usage.Message}");
+    return 2;
 }
 catch (Failure failure)
 {

@@ -1,0 +1,419 @@
+// ticker: data distribution over PUB/SUB with an XSUB/XPUB proxy (examples/ticker/PROTOCOL.md).
+using System.Buffers.Binary;
+using System.CommandLine;
+using System.Diagnostics;
+using System.Diagnostics.CodeAnalysis;
+using System.Globalization;
+using System.Text;
+using NetMQ;
+using NetMQ.Sockets;
+
+static class Ticker
+{
+    // All the price arithmetic is on ulong, modulo 2^64: C# wraps unless a checked context says otherwise.
+    const ulong Golden = 0x9E3779B97F4A7C15UL;
+
+    record PublisherArgs(string Ticks, List<string> Symbols, ulong Seed, int Subscribers, int Interval, int Timeout);
+
+    record ProxyArgs(string Upstream, string Downstream, int Timeout);
+
+    record SubscriberArgs(
+        string Ticks, string Name, List<string> Symbols, int Count, ulong Seed,
+        (string Old, string New)? Switch, int SwitchAfter, int Timeout);
+
+    record EncodeArgs(ulong Seed, string Symbol, ulong Sequence, long Timestamp);
+
+    /// <summary>A tick that passed every check.</summary>
+    readonly record struct Tick(string Symbol, ulong Sequence, long Timestamp, double Price);
+
+    public static Command Command() => new("ticker", "data distribution over PUB/SUB with an XSUB/XPUB proxy")
+    {
+        PublisherCommand(), ProxyCommand(), SubscriberCommand(), EncodeCommand(),
+    };
+
+    static Command PublisherCommand()
+    {
+        Option<string> ticks = Flags.Endpoint("--ticks", "tcp://127.0.0.1:5557");
+        Option<List<string>> symbols = Typed<List<string>>(
+            "--symbols", SymbolRule, TryParseSymbols, () => ["AAPL", "GOOG", "GOOGL", "MSFT", "IBM"]);
+        Option<ulong> seed = Typed<ulong>("--seed", UInt64Rule, TryParseUInt64, () => 1);
+        Option<int> subscribers = Flags.AtLeast("--subscribers", 1, 1);
+        Option<int> interval = Flags.AtLeast("--interval", 1, 2);
+        Option<int> timeout = Flags.AtLeast("--timeout", 0, 0);
+        Command publisher = new("publisher", "publish ticks once the subscribers are there")
+        {
+            ticks, symbols, seed, subscribers, interval, timeout,
+        };
+        publisher.SetAction(p => RunPublisher(new(
+            p.GetValue(ticks)!, p.GetValue(symbols)!, p.GetValue(seed), p.GetValue(subscribers),
+            p.GetValue(interval), p.GetValue(timeout))));
+        return publisher;
+    }
+
+    static Command ProxyCommand()
+    {
+        Option<string> upstream = Flags.Endpoint("--upstream", "tcp://127.0.0.1:5557");
+        Option<string> downstream = Flags.Endpoint("--downstream", "tcp://127.0.0.1:5558");
+        Option<int> timeout = Flags.AtLeast("--timeout", 0, 0);
+        Command proxy = new("proxy", "forward ticks downstream and subscriptions upstream") { upstream, downstream, timeout };
+        proxy.SetAction(p => RunProxy(new(p.GetValue(upstream)!, p.GetValue(downstream)!, p.GetValue(timeout))));
+        return proxy;
+    }
+
+    static Command SubscriberCommand()
+    {
+        Option<string> ticks = Flags.Endpoint("--ticks", "tcp://127.0.0.1:5557");
+        Option<string> name = Flags.Name("--name");
+        Option<List<string>> symbols = Typed<List<string>>("--symbols", SymbolRule, TryParseSymbols);
+        Option<int> count = Flags.AtLeast("--count", 1, 20);
+        Option<ulong> seed = Typed<ulong>("--seed", UInt64Rule, TryParseUInt64, () => 1);
+        Option<(string Old, string New)?> change = Typed<(string Old, string New)?>(
+            "--switch", $"takes OLD:NEW, where {SymbolRule}", TryParseSwitch, () => null);
+        Option<int> switchAfter = Flags.AtLeast("--switch-after", 1, 10);
+        Option<int> timeout = Flags.AtLeast("--timeout", 0, 30000);
+        Command subscriber = new("subscriber", "receive and check the ticks of some symbols")
+        {
+            ticks, name, symbols, count, seed, change, switchAfter, timeout,
+        };
+        subscriber.SetAction(p => RunSubscriber(new(
+            p.GetValue(ticks)!, p.GetValue(name)!, p.GetValue(symbols)!, p.GetValue(count), p.GetValue(seed),
+            p.GetValue(change), p.GetValue(switchAfter), p.GetValue(timeout))));
+        return subscriber;
+    }
+
+    static Command EncodeCommand()
+    {
+        Option<ulong> seed = Typed<ulong>("--seed", UInt64Rule, TryParseUInt64);
+        Option<string> symbol = Typed<string>("--symbol", SymbolRule, TryParseSymbol);
+        Option<ulong> sequence = Typed<ulong>("--sequence", UInt64Rule, TryParseUInt64);
+        Option<long> timestamp = Typed<long>("--timestamp", "takes a signed 64-bit integer", TryParseInt64);
+        Command encode = new("encode", "print the frames of one tick (the test vectors)") { seed, symbol, sequence, timestamp };
+        encode.SetAction(p => RunEncode(new(
+            p.GetValue(seed), p.GetValue(symbol)!, p.GetValue(sequence), p.GetValue(timestamp))));
+        return encode;
+    }
+
+    // --- flag types ------------------------------------------------------------------------------
+
+    const string SymbolRule = "a symbol is 1 to 8 letters A-Z";
+    const string UInt64Rule = "takes an unsigned 64-bit integer";
+
+    delegate bool Parser<T>(string text, [MaybeNullWhen(false)] out T value);
+
+    /// <summary>An option whose value <paramref name="parse"/> checks; required unless it has a
+    /// <paramref name="fallback"/>.</summary>
+    static Option<T> Typed<T>(string flag, string rule, Parser<T> parse, Func<T>? fallback = null) => new(flag)
+    {
+        Required = fallback is null,
+        DefaultValueFactory = fallback is null ? null : _ => fallback(),
+        CustomParser = result =>
+        {
+            if (parse(result.Tokens.Single().Value, out T? value)) return value;
+            result.AddError($"{flag}: {rule}");
+            return default;
+        },
+    };
+
+    static bool IsSymbol(string text) => text.Length is >= 1 and <= 8 && text.All(char.IsAsciiLetterUpper);
+
+    static bool TryParseSymbol(string text, out string symbol)
+    {
+        symbol = text;
+        return IsSymbol(text);
+    }
+
+    static bool TryParseSymbols(string text, out List<string> symbols)
+    {
+        symbols = [.. text.Split(',')];
+        return symbols.All(IsSymbol);
+    }
+
+    static bool TryParseUInt64(string text, out ulong number) =>
+        ulong.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out number);
+
+    static bool TryParseInt64(string text, out long number) =>
+        long.TryParse(text, NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out number);
+
+    static bool TryParseSwitch(string text, out (string Old, string New)? change)
+    {
+        string[] parts = text.Split(':', 2);
+        change = parts.Length == 2 ? (parts[0], parts[1]) : null;
+        return change is var (old, @new) && IsSymbol(old) && IsSymbol(@new);
+    }
+
+    // --- the tick: prices anyone can recompute ---------------------------------------------------
+
+    static ulong Fnv1a64(ReadOnlySpan<byte> data)
+    {
+        ulong h = 0xCBF29CE484222325UL;
+        foreach (byte b in data)
+            h = (h ^ b) * 0x100000001B3UL;
+        return h;
+    }
+
+    static ulong SplitMix64(ulong x)
+    {
+        ulong z = x + Golden;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
+        return z ^ (z >> 31);
+    }
+
+    static ulong Cents(ulong seed, string symbol, ulong sequence) =>
+        1000 + SplitMix64(seed ^ Fnv1a64(Encoding.ASCII.GetBytes(symbol)) ^ (sequence * Golden)) % 99001;
+
+    /// <summary>Frame 0: the symbol and a NUL, so that subscribing to GOOG does not also match GOOGL.</summary>
+    static byte[] Topic(string symbol) => Encoding.ASCII.GetBytes(symbol + "\0");
+
+    /// <summary>Whether these bytes are a <see cref="Topic"/>: 1 to 8 letters A-Z, then a NUL.</summary>
+    static bool IsTopic(ReadOnlySpan<byte> bytes) =>
+        bytes.Length is >= 2 and <= 9 && bytes[^1] == 0 && !bytes[..^1].ContainsAnyExceptInRange((byte)'A', (byte)'Z');
+
+    static byte[][] TickFrames(ulong seed, string symbol, ulong sequence, long timestamp)
+    {
+        // One IEEE division of an integer that converts exactly (it is below 2^53).
+        double price = Cents(seed, symbol, sequence) / 100.0;
+        byte[][] frames = [Topic(symbol), new byte[8], new byte[8], new byte[8]];
+        // Big-endian (network order), whatever the machine's own byte order.
+        BinaryPrimitives.WriteUInt64BigEndian(frames[1], sequence);
+        BinaryPrimitives.WriteInt64BigEndian(frames[2], timestamp);
+        BinaryPrimitives.WriteDoubleBigEndian(frames[3], price);
+        return frames;
+    }
+
+    static void RunEncode(EncodeArgs args)
+    {
+        byte[][] frames = TickFrames(args.Seed, args.Symbol, args.Sequence, args.Timestamp);
+        Events.Emit("encoded", new
+        {
+            frames = frames.Select(Convert.ToHexStringLower).ToArray(),
+            cents = Cents(args.Seed, args.Symbol, args.Sequence),
+        });
+        Events.Emit("done");
+    }
+
+    /// <summary>The first bytes of a frame in hex, for error reasons.</summary>
+    static string Show(byte[] frame, int most = 40) => Convert.ToHexStringLower(frame, 0, Math.Min(most, frame.Length));
+
+    // --- publisher -------------------------------------------------------------------------------
+
+    static void RunPublisher(PublisherArgs args)
+    {
+        using var stop = new StopSignal();
+        var deadline = new Deadline(args.Timeout);
+        // XPUB is a PUB that also hands us the subscriptions coming from downstream.
+        using var ticks = new XPublisherSocket();
+        ticks.Options.Linger = TimeSpan.Zero; // ticks are a stream: none is owed to anyone once we stop
+        try
+        {
+            ticks.Bind(args.Ticks);
+        }
+        catch (Exception error) // NetMQ throws various exception types for a bad endpoint
+        {
+            throw new Failure("bind", $"cannot bind: {error.Message}");
+        }
+        Events.Emit("ready", new { ticks = ticks.Options.LastEndpoint });
+
+        var subscribers = new HashSet<string>();
+        ulong sequence = 0; // every symbol gets one tick per round, so they share the round number
+        var clock = Stopwatch.StartNew(); // rounds are paced to the millisecond: a fine-grained clock
+        TimeSpan? nextRound = null; // publishing starts once every subscriber is there
+        while (!stop.Raised)
+        {
+            if (deadline.Expired)
+                throw new Failure("timeout", $"still publishing after {args.Timeout} ms");
+            TimeSpan wait = nextRound is TimeSpan due
+                ? TimeSpan.FromMilliseconds(Math.Max(0, Math.Ceiling((due - clock.Elapsed).TotalMilliseconds)))
+                : TimeSpan.FromMilliseconds(100);
+            // Waiting for a subscription is also the wait between rounds: a poll, never a sleep.
+            if (ticks.TryReceiveFrameBytes(deadline.Cap(wait), out byte[]? message))
+            {
+                OnSubscription(message, subscribers);
+                // Slow joiner: a tick sent before a subscription arrives is dropped for that subscriber.
+                // Each one subscribes to its symbols before its @name, so once every @name is here,
+                // every symbol subscription is too.
+                if (nextRound is null && subscribers.Count >= args.Subscribers)
+                {
+                    Events.Emit("started", new { subscribers = subscribers.Count });
+                    nextRound = clock.Elapsed;
+                }
+            }
+            if (nextRound is TimeSpan next && clock.Elapsed >= next)
+            {
+                sequence++;
+                long nowMs = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
+                // XPUB, like PUB, sends each tick only to the subscribers whose prefix matches frame 0,
+                // and drops it for one whose queue is full (the high-water mark) instead of blocking.
+                foreach (string symbol in args.Symbols)
+                    ticks.SendMultipartBytes(TickFrames(args.Seed, symbol, sequence, nowMs));
+                nextRound = next + TimeSpan.FromMilliseconds(args.Interval);
+            }
+        }
+        Events.Emit("done", new { rounds = sequence, ticks = sequence * (ulong)args.Symbols.Count });
+    }
+
+    /// <summary>A subscription message: 1 (subscribe) or 0 (unsubscribe), then the topic.</summary>
+    static void OnSubscription(byte[] message, HashSet<string> subscribers)
+    {
+        if (message.Length < 2 || message[0] is not (0 or 1))
+        {
+            Events.Emit("error", new { code = "malformed-subscription", reason = $"not a subscription: {Show(message)}" });
+            return;
+        }
+        bool on = message[0] == 1;
+        ReadOnlySpan<byte> topic = message.AsSpan(1);
+        // XPUB passes on the first subscribe to a topic and the unsubscribe of its last subscriber only.
+        if (topic[0] == (byte)'@')
+        {
+            string name = Encoding.UTF8.GetString(topic[1..]); // a bad byte becomes U+FFFD
+            if (on)
+            {
+                subscribers.Add(name);
+                Events.Emit("joined", new { subscriber = name });
+            }
+        }
+        else if (IsTopic(topic))
+        {
+            Events.Emit(on ? "subscribed" : "unsubscribed", new { symbol = Encoding.ASCII.GetString(topic[..^1]) });
+        }
+        else
+        {
+            Events.Emit("error", new { code = "malformed-subscription", reason = $"unknown topic {Show(message[1..])}" });
+        }
+    }
+
+    // --- proxy -----------------------------------------------------------------------------------
+
+    static void RunProxy(ProxyArgs args)
+    {
+        using var stop = new StopSignal();
+        var deadline = new Deadline(args.Timeout);
+        using var upstream = new XSubscriberSocket(); // faces the publisher: receives ticks, sends subscriptions
+        using var downstream = new XPublisherSocket(); // faces subscribers: sends ticks, receives subscriptions
+        upstream.Options.Linger = TimeSpan.Zero;
+        downstream.Options.Linger = TimeSpan.Zero;
+        try
+        {
+            downstream.Bind(args.Downstream);
+            upstream.Connect(args.Upstream);
+        }
+        catch (Exception error) // NetMQ throws various exception types for a bad endpoint
+        {
+            throw new Failure("bind", $"cannot bind or connect: {error.Message}");
+        }
+        Events.Emit("ready", new { downstream = downstream.Options.LastEndpoint });
+
+        // The library's proxy moves every message both ways: ticks down, subscriptions up. It runs on
+        // a poller of ours (Start only hooks the two sockets to it), so that a timer of the same loop
+        // can look at the stop flag and the deadline: everything happens on this one thread.
+        using var poller = new NetMQPoller { upstream, downstream };
+        new Proxy(upstream, downstream, poller: poller).Start();
+        var check = new NetMQTimer(TimeSpan.FromMilliseconds(100));
+        check.Elapsed += (_, _) =>
+        {
+            if (stop.Raised || deadline.Expired)
+                poller.Stop(); // from the poller's own thread: it stops once this round is over
+        };
+        poller.Add(check);
+        poller.Run(); // until stopped
+        if (!stop.Raised)
+            throw new Failure("timeout", $"still proxying after {args.Timeout} ms");
+        Events.Emit("done");
+    }
+
+    // --- subscriber ------------------------------------------------------------------------------
+
+    /// <summary>The first broken rule of a tick, as (code, reason), or null and the tick when it is good.</summary>
+    static (string Code, string Reason)? CheckTick(List<byte[]> frames, List<string> subscribed, ulong seed, out Tick tick)
+    {
+        tick = default;
+        if (frames.Count != 4)
+            return ("malformed-tick", $"expected 4 frames, got {frames.Count}");
+        byte[] symbolBytes = frames[0];
+        if (!IsTopic(symbolBytes))
+            return ("malformed-tick", $"frame 0 is not a symbol and a NUL: {Show(symbolBytes, 12)}");
+        if (frames.Skip(1).Any(frame => frame.Length != 8))
+        {
+            string sizes = string.Join(", ", frames.Skip(1).Select(frame => frame.Length));
+            return ("malformed-tick", $"frames 1-3 have [{sizes}] bytes, not 8 each");
+        }
+        string symbol = Encoding.ASCII.GetString(symbolBytes, 0, symbolBytes.Length - 1);
+        if (!subscribed.Contains(symbol))
+            return ("unexpected-symbol", $"{symbol} is not subscribed");
+        ulong sequence = BinaryPrimitives.ReadUInt64BigEndian(frames[1]);
+        long timestamp = BinaryPrimitives.ReadInt64BigEndian(frames[2]);
+        byte[] expected = TickFrames(seed, symbol, sequence, timestamp)[3];
+        if (!frames[3].AsSpan().SequenceEqual(expected))
+            return ("wrong-price", $"{symbol} #{sequence}: price bytes {Show(frames[3])}, expected {Show(expected)}");
+        tick = new(symbol, sequence, timestamp, BinaryPrimitives.ReadDoubleBigEndian(frames[3]));
+        return null;
+    }
+
+    static void RunSubscriber(SubscriberArgs args)
+    {
+        string? old = args.Switch?.Old, @new = args.Switch?.New;
+        if (old is not null && (!args.Symbols.Contains(old) || args.Symbols.Contains(@new!)))
+            throw new Usage("--switch OLD:NEW needs OLD among --symbols and NEW not");
+        var deadline = new Deadline(args.Timeout);
+        using var sub = new SubscriberSocket();
+        sub.Options.Linger = TimeSpan.Zero;
+        try
+        {
+            sub.Connect(args.Ticks);
+        }
+        catch (Exception error) // NetMQ throws various exception types for a bad endpoint
+        {
+            throw new Failure("connect", $"cannot connect: {error.Message}");
+        }
+        var subscribed = new List<string>(args.Symbols);
+        foreach (string symbol in subscribed)
+            sub.Subscribe(Topic(symbol)); // a prefix match on frame 0: the NUL keeps GOOGL out of GOOG
+        // Last, our own topic: the publisher waits for it, and by then our symbols are in place.
+        sub.Subscribe(Encoding.UTF8.GetBytes("@" + args.Name));
+        Events.Emit("ready", new { name = args.Name, symbols = subscribed });
+
+        var received = new Dictionary<string, int>();
+        foreach (string symbol in subscribed)
+            received[symbol] = 0;
+        bool switched = old is null;
+        int total = 0, malformed = 0;
+        var frames = new List<byte[]>();
+        while (!(switched && subscribed.All(symbol => received[symbol] >= args.Count)))
+        {
+            if (deadline.Expired)
+            {
+                var missing = received.Where(entry => entry.Value < args.Count).Select(entry => $"{entry.Key}: {entry.Value}");
+                throw new Failure("timeout", $"not done after {args.Timeout} ms; ticks so far: {string.Join(", ", missing)}");
+            }
+            if (!sub.TryReceiveMultipartBytes(deadline.Cap(TimeSpan.FromSeconds(1)), ref frames))
+                continue;
+            if (CheckTick(frames, subscribed, args.Seed, out Tick tick) is (string code, string reason))
+            {
+                malformed++;
+                Events.Emit("error", new { code, reason });
+                continue;
+            }
+            total++;
+            received[tick.Symbol]++;
+            Events.Emit("tick", new
+            {
+                symbol = tick.Symbol, sequence = tick.Sequence, timestamp = tick.Timestamp, price = tick.Price,
+            });
+            if (tick.Symbol == old && received[old] == args.SwitchAfter)
+            {
+                // The SUB socket filters by its current subscriptions as it delivers: no tick of OLD
+                // comes after this, even one already queued. NEW's first ticks may be missed while the
+                // subscription travels upstream.
+                sub.Unsubscribe(Topic(old));
+                subscribed.Remove(old);
+                Events.Emit("unsubscribed", new { symbol = old });
+                sub.Subscribe(Topic(@new!));
+                subscribed.Add(@new!);
+                received.TryAdd(@new!, 0);
+                Events.Emit("subscribed", new { symbol = @new });
+                switched = true;
+            }
+        }
+        Events.Emit("done", new { ticks = total, malformed });
+    }
+}
