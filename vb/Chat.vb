@@ -1,12 +1,10 @@
 ' chat: a roster server over REQ/REP with a PUB broadcast channel (examples/chat/PROTOCOL.md).
 Imports System.CommandLine
-Imports System.Runtime.InteropServices
-Imports System.Threading
 Imports NetMQ
 Imports NetMQ.Sockets
 
 Public Module Chat
-    Public Const MaxHandle = 32  ' bytes of UTF-8
+    Public Const MaxHandle = MaxName  ' bytes of UTF-8
     Public Const MaxText = 4096  ' bytes of UTF-8
     Public Const MaxMessage = 2 * 1024 * 1024  ' MaxMsgSize: a bigger frame drops its sender, in NetMQ itself
 
@@ -19,7 +17,7 @@ Public Module Chat
 
         Dim client As New Command("client", "join, post --count texts, receive everyone's posts")
         AddEndpoints(client, timeout:=30000)
-        client.Options.Add(HandleOption("--name"))
+        client.Options.Add(NameOption("--name"))
         client.Options.Add(AtLeast("--count", 0, defaultValue:=5))
         client.Options.Add(AtLeast("--clients", 1, defaultValue:=1))
         client.Options.Add(AtLeast("--keepalive", 1, defaultValue:=1000))
@@ -29,36 +27,10 @@ Public Module Chat
     End Function
 
     Private Sub AddEndpoints(command As Command, timeout As Integer)
-        command.Options.Add(New [Option](Of String)("--requests") With {.DefaultValueFactory = Function(r) "tcp://127.0.0.1:5555"})
-        command.Options.Add(New [Option](Of String)("--broadcasts") With {.DefaultValueFactory = Function(r) "tcp://127.0.0.1:5556"})
+        command.Options.Add(Endpoint("--requests", "tcp://127.0.0.1:5555"))
+        command.Options.Add(Endpoint("--broadcasts", "tcp://127.0.0.1:5556"))
         command.Options.Add(AtLeast("--timeout", 0, defaultValue:=timeout))
     End Sub
-
-    ''' <summary>An integer option (milliseconds or a count) no smaller than `minimum`.</summary>
-    Private Function AtLeast(name As String, minimum As Integer, defaultValue As Integer) As [Option](Of Integer)
-        Return New [Option](Of Integer)(name) With {
-            .DefaultValueFactory = Function(r) defaultValue,
-            .CustomParser =
-                Function(result)
-                    Dim number As Integer
-                    If Not Integer.TryParse(result.Tokens.Single().Value, number) Then
-                        result.AddError($"{name} takes an integer, not '{result.Tokens.Single().Value}'")
-                    ElseIf number < minimum Then
-                        result.AddError($"{name} must be at least {minimum}")
-                    End If
-                    Return number
-                End Function}
-    End Function
-
-    Private Function HandleOption(name As String) As [Option](Of String)
-        Dim opt As New [Option](Of String)(name) With {.Required = True}
-        opt.Validators.Add(
-            Sub(result)
-                Dim length = Utf8.GetByteCount(If(result.GetValueOrDefault(Of String)(), ""))
-                If length < 1 OrElse length > MaxHandle Then result.AddError($"a handle is 1 to {MaxHandle} bytes of UTF-8")
-            End Sub)
-        Return opt
-    End Function
 
     Public Function PostText(name As String, number As Integer) As String
         Return $"{name} #{number}: héllo wörld 🌍"
@@ -88,36 +60,6 @@ Public Module Chat
         Next
         Return Nothing
     End Function
-
-    ''' <summary>SIGTERM and SIGINT only raise a flag; the server loop looks at it after every poll.</summary>
-    Private NotInheritable Class StopSignal
-        Implements IDisposable
-
-        Private _raised As Boolean
-        Private ReadOnly _registrations As PosixSignalRegistration()
-
-        Public Sub New()
-            _registrations = {PosixSignalRegistration.Create(PosixSignal.SIGTERM, AddressOf RaiseFlag),
-                              PosixSignalRegistration.Create(PosixSignal.SIGINT, AddressOf RaiseFlag)}
-        End Sub
-
-        Public ReadOnly Property Raised As Boolean
-            Get
-                Return Volatile.Read(_raised)
-            End Get
-        End Property
-
-        Private Sub RaiseFlag(context As PosixSignalContext)
-            context.Cancel = True  ' do not terminate: the loop stops by itself
-            Volatile.Write(_raised, True)
-        End Sub
-
-        Public Sub Dispose() Implements IDisposable.Dispose
-            For Each registration In _registrations
-                registration.Dispose()
-            Next
-        End Sub
-    End Class
 
     Private Function RunServer(args As ParseResult) As Integer
         Dim timeout = args.GetValue(Of Integer)("--timeout")

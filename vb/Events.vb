@@ -1,8 +1,12 @@
-' The launch contract's reporting half: JSON Lines events on stdout, logs on stderr.
+' The launch contract (examples/README.md) in VB: JSON Lines events on stdout, logs on stderr, the
+' --timeout deadline, fatal failures, the stop signal, and the flag types every example uses.
+Imports System.CommandLine
 Imports System.IO
+Imports System.Runtime.InteropServices
 Imports System.Text
 Imports System.Text.Encodings.Web
 Imports System.Text.Json
+Imports System.Threading
 
 Public Module Events
     ''' <summary>Strict UTF-8: no BOM, and invalid bytes throw instead of becoming U+FFFD.</summary>
@@ -41,6 +45,15 @@ Public Class Failure
         MyBase.New(reason)
         Me.Code = code
         Me.Reason = reason
+    End Sub
+End Class
+
+''' <summary>A bad combination of flags that the parser alone cannot see: exit 2, like a parse error.</summary>
+Public Class Usage
+    Inherits Exception
+
+    Public Sub New(message As String)
+        MyBase.New(message)
     End Sub
 End Class
 
@@ -85,3 +98,75 @@ Public Class Utf8Order
         Return a.Length.CompareTo(b.Length)
     End Function
 End Class
+
+''' <summary>
+''' SIGTERM and SIGINT only raise a flag, and call `onStop` if given; a server loop looks at the flag
+''' after every poll.
+''' </summary>
+Public NotInheritable Class StopSignal
+    Implements IDisposable
+
+    Private _raised As Boolean
+    Private ReadOnly _onStop As Action
+    Private ReadOnly _registrations As PosixSignalRegistration()
+
+    Public Sub New(Optional onStop As Action = Nothing)
+        _onStop = onStop
+        _registrations = {PosixSignalRegistration.Create(PosixSignal.SIGTERM, AddressOf RaiseFlag),
+                          PosixSignalRegistration.Create(PosixSignal.SIGINT, AddressOf RaiseFlag)}
+    End Sub
+
+    Public ReadOnly Property Raised As Boolean
+        Get
+            Return Volatile.Read(_raised)
+        End Get
+    End Property
+
+    Private Sub RaiseFlag(context As PosixSignalContext)
+        context.Cancel = True  ' do not terminate: the role stops by itself
+        Volatile.Write(_raised, True)
+        _onStop?.Invoke()
+    End Sub
+
+    Public Sub Dispose() Implements IDisposable.Dispose
+        For Each registration In _registrations
+            registration.Dispose()
+        Next
+    End Sub
+End Class
+
+''' <summary>The flag types every example uses (System.CommandLine options with one value each).</summary>
+Public Module Flags
+    Public Const MaxName = 32  ' bytes of UTF-8: chat handles, subscriber names
+
+    Public Function Endpoint(name As String, defaultValue As String) As [Option](Of String)
+        Return New [Option](Of String)(name) With {.DefaultValueFactory = Function(r) defaultValue}
+    End Function
+
+    ''' <summary>An integer option (milliseconds or a count) no smaller than `minimum`.</summary>
+    Public Function AtLeast(name As String, minimum As Integer, defaultValue As Integer) As [Option](Of Integer)
+        Return New [Option](Of Integer)(name) With {
+            .DefaultValueFactory = Function(r) defaultValue,
+            .CustomParser =
+                Function(result)
+                    Dim number As Integer
+                    If Not Integer.TryParse(result.Tokens.Single().Value, number) Then
+                        result.AddError($"{name} takes an integer, not '{result.Tokens.Single().Value}'")
+                    ElseIf number < minimum Then
+                        result.AddError($"{name} must be at least {minimum}")
+                    End If
+                    Return number
+                End Function}
+    End Function
+
+    ''' <summary>A required name of 1 to MaxName bytes of UTF-8.</summary>
+    Public Function NameOption(name As String) As [Option](Of String)
+        Dim opt As New [Option](Of String)(name) With {.Required = True}
+        opt.Validators.Add(
+            Sub(result)
+                Dim length = Utf8.GetByteCount(If(result.GetValueOrDefault(Of String)(), ""))
+                If length < 1 OrElse length > MaxName Then result.AddError($"{name} takes 1 to {MaxName} bytes of UTF-8")
+            End Sub)
+        Return opt
+    End Function
+End Module

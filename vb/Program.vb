@@ -5,7 +5,8 @@ Imports NetMQ
 Public Module Program
     Public Function Main(argv As String()) As Integer
         Dim root As New RootCommand("Beyond the Box roles") From {
-            Chat.Roles()
+            Chat.Roles(),
+            Ticker.Roles()
         }
         ' No @file response files: a handle may well start with "@".
         Dim args = root.Parse(argv, New ParserConfiguration With {.ResponseFileTokenReplacer = Nothing})
@@ -17,6 +18,9 @@ Public Module Program
         End If
         Try
             Return args.Invoke(New InvocationConfiguration With {.EnableDefaultExceptionHandler = False})
+        Catch problem As Usage
+            Console.Error.WriteLine($"btb: {problem.Message}")
+            Return 2
         Catch failure As Failure
             Emit("error", ("code", failure.Code), ("reason", failure.Reason))
             Return 1

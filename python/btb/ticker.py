@@ -261,10 +261,10 @@ def run_subscriber(args):
     switched = old is None
     total = malformed = 0
     while not (switched and all(received[name] >= args.count for name in subscribed)):
+        if deadline.expired():
+            missing = {name: n for name, n in received.items() if n < args.count}
+            raise Failure("timeout", f"not done after {args.timeout} ms; ticks so far: {missing}")
         if not sub.poll(deadline.cap(1000), zmq.POLLIN):
-            if deadline.expired():
-                missing = {name: n for name, n in received.items() if n < args.count}
-                raise Failure("timeout", f"not done after {args.timeout} ms; ticks so far: {missing}")
             continue
         checked = check_tick(sub.recv_multipart(), subscribed, args.seed)
         if len(checked) == 2:
