@@ -2,8 +2,6 @@
 #include "chat.h"
 
 #include <errno.h>
-#include <stdarg.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include <jansson.h>
@@ -12,66 +10,10 @@
 #include "common.h"
 
 enum {
-    MAX_HANDLE = 32, /* bytes of UTF-8 */
-    MAX_TEXT = 4096, /* bytes of UTF-8 */
-    REASON_SIZE = 128,
+    MAX_HANDLE = MAX_NAME, /* bytes of UTF-8 */
+    MAX_TEXT = 4096,       /* bytes of UTF-8 */
 };
 static const int64_t MAX_MESSAGE = 2 * 1024 * 1024; /* ZMQ_MAXMSGSIZE: bigger frames never reach us */
-
-/* --- handles -------------------------------------------------------------------------------- */
-
-/* Handles sorted by their UTF-8 bytes, each with a number: for the server the time it last heard
-   from the handle, for the client the posts it received from it. */
-typedef struct {
-    size_t size;
-    char bytes[MAX_HANDLE];
-    int64_t value;
-} entry_t;
-
-typedef struct {
-    entry_t *entry;
-    size_t count, room;
-} handles_t;
-
-/* Unsigned bytes (memcmp compares them as unsigned char), a shorter prefix first. */
-static int compare(const char *a, size_t a_size, const char *b, size_t b_size)
-{
-    int order = memcmp(a, b, a_size < b_size ? a_size : b_size);
-    return order ? order : (a_size > b_size) - (a_size < b_size);
-}
-
-/* The entry of `handle` (1 to MAX_HANDLE bytes), added in order with value 0 if it is new. */
-static entry_t *handles_get(handles_t *handles, const char *handle, size_t size, bool *added)
-{
-    size_t i = 0;
-    int order = 1;
-    while (i < handles->count &&
-           (order = compare(handles->entry[i].bytes, handles->entry[i].size, handle, size)) < 0)
-        i++;
-    bool found = i < handles->count && order == 0;
-    if (added)
-        *added = !found;
-    if (found)
-        return &handles->entry[i];
-    if (handles->count == handles->room) {
-        handles->room = handles->room ? 2 * handles->room : 8;
-        handles->entry = realloc(handles->entry, handles->room * sizeof *handles->entry);
-        if (!handles->entry)
-            fail("memory", "out of memory");
-    }
-    entry_t *entry = &handles->entry[i];
-    memmove(entry + 1, entry, (handles->count - i) * sizeof *entry);
-    handles->count++;
-    *entry = (entry_t){.size = size};
-    memcpy(entry->bytes, handle, size);
-    return entry;
-}
-
-static void handles_remove(handles_t *handles, size_t i)
-{
-    handles->count--;
-    memmove(&handles->entry[i], &handles->entry[i + 1], (handles->count - i) * sizeof *handles->entry);
-}
 
 /* --- server --------------------------------------------------------------------------------- */
 
@@ -82,18 +24,9 @@ typedef struct {
 
 typedef struct {
     void *requests, *broadcasts;
-    handles_t roster; /* value: when the handle was last heard from, in ms */
+    names_t roster; /* value: when the handle was last heard from, in ms */
     int accepted, rejected;
 } server_t;
-
-PRINTF_LIKE(3, 4) static const char *problem(char *reason, const char *code, const char *format, ...)
-{
-    va_list args;
-    va_start(args, format);
-    vsnprintf(reason, REASON_SIZE, format, args);
-    va_end(args);
-    return code;
-}
 
 /* The first broken rule of a request as its error code, with a `reason`; NULL when well formed. */
 static const char *check_request(const frames_t *request, char *reason)
@@ -119,7 +52,7 @@ static const char *check_request(const frames_t *request, char *reason)
 
 /* The live handles as one message, each handle a frame. A broadcast starts with an empty frame:
    no handle is empty, so subscribers know the server itself is speaking. */
-static void send_roster(void *socket, const handles_t *roster, bool broadcast)
+static void send_roster(void *socket, const names_t *roster, bool broadcast)
 {
     if (broadcast)
         send_frame(socket, "", 0, roster->count > 0);
@@ -144,7 +77,7 @@ static void serve(server_t *server)
     const char *handle = frame_data(&request, 0);
     size_t size = frame_size(&request, 0);
     bool joined;
-    handles_get(&server->roster, handle, size, &joined)->value = now_ms();
+    names_get(&server->roster, handle, size, &joined)->value = now_ms();
     if (request.count == 2) {
         const char *text = frame_data(&request, 1);
         size_t text_size = frame_size(&request, 1);
@@ -163,11 +96,11 @@ static void serve(server_t *server)
 
 static void heartbeat(server_t *server, int64_t now, int expiry)
 {
-    handles_t *roster = &server->roster;
+    names_t *roster = &server->roster;
     for (size_t i = 0; i < roster->count;) {
         if (now - roster->entry[i].value > expiry) {
             emit("expired", "{s:s%}", "handle", roster->entry[i].bytes, roster->entry[i].size);
-            handles_remove(roster, i);
+            names_remove(roster, i);
         } else {
             i++;
         }
@@ -234,7 +167,7 @@ int chat_server(int argc, char **argv)
     }
 
     emit("done", "{s:i, s:i}", "requests", server.accepted, "rejected", server.rejected);
-    free(server.roster.entry);
+    names_free(&server.roster);
     zmq_close(server.requests);
     zmq_close(server.broadcasts);
     zmq_ctx_term(context);
@@ -253,7 +186,7 @@ typedef struct {
     deadline_t deadline;
     void *sub, *req;
     json_t *roster;     /* the last roster seen, as reported: a JSON array of handles */
-    handles_t received; /* value: the posts received from the handle */
+    names_t received;   /* value: the posts received from the handle */
     int received_total;
     int64_t last_request;
 } client_t;
@@ -264,7 +197,7 @@ static json_t *roster_of(const frames_t *message, size_t first)
     json_t *roster = json_array();
     for (size_t i = first; i < message->count; i++) {
         size_t size = frame_size(message, i);
-        if (size == 0 || size > MAX_HANDLE || !utf8_valid(frame_data(message, i), size, NULL)) {
+        if (!is_name(frame_data(message, i), size)) {
             json_decref(roster);
             return NULL;
         }
@@ -336,7 +269,7 @@ static void on_broadcast(client_t *client, const frames_t *broadcast)
     } else if (size > MAX_HANDLE) {
         emit_error("malformed-broadcast", "a post's handle has %zu bytes, at most %d", size, MAX_HANDLE);
     } else {
-        handles_get(&client->received, handle, size, NULL)->value++;
+        names_get(&client->received, handle, size, NULL)->value++;
         client->received_total++;
         emit("received", "{s:s%, s:s%}", "handle", handle, size,
              "text", frame_data(broadcast, 1), frame_size(broadcast, 1));
@@ -370,7 +303,7 @@ static bool heard_from_all(client_t *client, json_t *peers)
     json_t *peer;
     json_array_foreach(peers, i, peer) {
         const char *handle = json_string_value(peer);
-        if (handles_get(&client->received, handle, json_string_length(peer), NULL)->value < client->args.count)
+        if (names_get(&client->received, handle, json_string_length(peer), NULL)->value < client->args.count)
             return false;
     }
     return true;
@@ -392,22 +325,13 @@ int chat_client(int argc, char **argv)
         TEXT_FLAG("requests", args->requests),
         TEXT_FLAG("broadcasts", args->broadcasts),
         NUMBER_FLAG("timeout", args->timeout, 0),
-        TEXT_FLAG("name", args->name),
+        REQUIRED_FLAG("name", parse_name, args->name),
         NUMBER_FLAG("count", args->count, 0),
         NUMBER_FLAG("clients", args->clients, 1),
         NUMBER_FLAG("keepalive", args->keepalive, 1),
     };
     if (!parse_flags(argc, argv, flags, sizeof flags / sizeof flags[0]))
         return 2;
-    if (!args->name) {
-        log_line("%s: --name is required", argv[0]);
-        return 2;
-    }
-    size_t name_size = strlen(args->name);
-    if (name_size < 1 || name_size > MAX_HANDLE || !utf8_valid(args->name, name_size, NULL)) {
-        log_line("%s: --name: a handle is 1 to %d bytes of UTF-8", argv[0], MAX_HANDLE);
-        return 2;
-    }
 
     client.deadline = deadline_start(args->timeout);
     void *context = zmq_ctx_new();
@@ -453,7 +377,7 @@ int chat_client(int argc, char **argv)
     emit("done", "{s:i, s:i}", "sent", args->count, "received", client.received_total);
     json_decref(peers);
     json_decref(client.roster);
-    free(client.received.entry);
+    names_free(&client.received);
     zmq_close(client.sub);
     zmq_close(client.req);
     zmq_ctx_term(context);

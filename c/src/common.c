@@ -1,5 +1,6 @@
 #include "common.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
@@ -7,11 +8,29 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include <jansson.h>
 
 /* --- events and logs ------------------------------------------------------------------------ */
+
+/* The digits a real needs to print as Python prints it: the fewest that read back as the same
+   double (jansson's default, 17, prints 978.52 as 978.51999999999998), and at least its digits
+   before the point (else %g would write 10.0 as 1e+01). */
+static int real_digits(double x)
+{
+    int digits = 1;
+    for (double whole = x < 0 ? -x : x; whole >= 10 && digits < 17; whole /= 10)
+        digits++;
+    char text[32];
+    for (; digits < 17; digits++) {
+        snprintf(text, sizeof text, "%.*g", digits, x);
+        if (strtod(text, NULL) == x)
+            break;
+    }
+    return digits;
+}
 
 void emit(const char *event, const char *fields, ...)
 {
@@ -26,7 +45,14 @@ void emit(const char *event, const char *fields, ...)
     }
     json_t *line = json_pack("{s:s}", "event", event);
     json_object_update(line, values);
-    json_dumpf(line, stdout, 0); /* UTF-8 as is, no \u escapes needed */
+    int digits = 1; /* enough for every real among the fields */
+    const char *key;
+    json_t *value;
+    json_object_foreach(values, key, value) {
+        int needed = json_is_real(value) ? real_digits(json_real_value(value)) : 1;
+        digits = needed > digits ? needed : digits;
+    }
+    json_dumpf(line, stdout, JSON_REAL_PRECISION(digits)); /* UTF-8 as is, no \u escapes needed */
     fputc('\n', stdout);
     fflush(stdout);
     json_decref(values);
@@ -55,6 +81,15 @@ void fail(const char *code, const char *reason, ...)
     emit_verror(code, reason, args);
     va_end(args);
     exit(1); /* every socket has linger 0: nothing waits for unsent messages */
+}
+
+const char *problem(char reason[REASON_SIZE], const char *code, const char *format, ...)
+{
+    va_list args;
+    va_start(args, format);
+    vsnprintf(reason, REASON_SIZE, format, args);
+    va_end(args);
+    return code;
 }
 
 void log_line(const char *message, ...)
@@ -187,6 +222,7 @@ static bool parse_number(const char *program, const flag_t *flag, const char *te
 bool parse_flags(int argc, char **argv, const flag_t *flags, size_t count)
 {
     struct option options[MAX_FLAGS + 1] = {{0}};
+    bool given[MAX_FLAGS] = {false};
     for (size_t i = 0; i < count && i < MAX_FLAGS; i++)
         options[i] = (struct option){flags[i].name, required_argument, NULL, FIRST_FLAG + (int)i};
     int found;
@@ -194,16 +230,114 @@ bool parse_flags(int argc, char **argv, const flag_t *flags, size_t count)
         if (found < FIRST_FLAG)
             return false; /* getopt_long has printed why */
         const flag_t *flag = &flags[found - FIRST_FLAG];
-        if (flag->text)
+        given[found - FIRST_FLAG] = true;
+        if (flag->text) {
             *flag->text = optarg;
-        else if (!parse_number(argv[0], flag, optarg))
-            return false;
+        } else if (flag->number) {
+            if (!parse_number(argv[0], flag, optarg))
+                return false;
+        } else {
+            const char *why = flag->parse(optarg, flag->value);
+            if (why) {
+                log_line("%s: --%s: '%s': %s", argv[0], flag->name, optarg, why);
+                return false;
+            }
+        }
     }
     if (optind < argc) {
         log_line("%s: unexpected argument '%s'", argv[0], argv[optind]);
         return false;
     }
+    for (size_t i = 0; i < count && i < MAX_FLAGS; i++)
+        if (flags[i].required && !given[i]) {
+            log_line("%s: --%s is required", argv[0], flags[i].name);
+            return false;
+        }
     return true;
+}
+
+/* Base 10 only, and strictly: strtoull and strtoll skip spaces and take a sign (strtoull even
+   negates "-1" into 2^64-1), so the text must start with a digit, or '-' then a digit for a
+   signed one, and end with the number. */
+const char *parse_u64(const char *text, void *value)
+{
+    char *end;
+    errno = 0;
+    unsigned long long number = strtoull(text, &end, 10);
+    if (!isdigit((unsigned char)text[0]) || *end || errno)
+        return "must be an unsigned 64-bit integer";
+    *(uint64_t *)value = number;
+    return NULL;
+}
+
+const char *parse_i64(const char *text, void *value)
+{
+    char *end;
+    errno = 0;
+    long long number = strtoll(text, &end, 10);
+    if (!isdigit((unsigned char)text[text[0] == '-']) || *end || errno)
+        return "must be a signed 64-bit integer";
+    *(int64_t *)value = number;
+    return NULL;
+}
+
+/* --- names ---------------------------------------------------------------------------------- */
+
+bool is_name(const void *bytes, size_t size)
+{
+    return size >= 1 && size <= MAX_NAME && utf8_valid(bytes, size, NULL);
+}
+
+const char *parse_name(const char *text, void *value)
+{
+    if (!is_name(text, strlen(text)))
+        return "a name is 1 to 32 bytes of UTF-8";
+    *(const char **)value = text;
+    return NULL;
+}
+
+/* Unsigned bytes (memcmp compares them as unsigned char), a shorter prefix first. */
+static int compare(const char *a, size_t a_size, const char *b, size_t b_size)
+{
+    int order = memcmp(a, b, a_size < b_size ? a_size : b_size);
+    return order ? order : (a_size > b_size) - (a_size < b_size);
+}
+
+name_entry_t *names_get(names_t *names, const char *name, size_t size, bool *added)
+{
+    size_t i = 0;
+    int order = 1;
+    while (i < names->count && (order = compare(names->entry[i].bytes, names->entry[i].size, name, size)) < 0)
+        i++;
+    bool found = i < names->count && order == 0;
+    if (added)
+        *added = !found;
+    if (found)
+        return &names->entry[i];
+    if (names->count == names->room) {
+        names->room = names->room ? 2 * names->room : 8;
+        names->entry = realloc(names->entry, names->room * sizeof *names->entry);
+        if (!names->entry)
+            fail("memory", "out of memory");
+    }
+    name_entry_t *entry = &names->entry[i];
+    memmove(entry + 1, entry, (names->count - i) * sizeof *entry);
+    names->count++;
+    *entry = (name_entry_t){.size = size};
+    memcpy(entry->bytes, name, size);
+    return entry;
+}
+
+void names_remove(names_t *names, size_t i)
+{
+    names->count--;
+    memmove(&names->entry[i], &names->entry[i + 1], (names->count - i) * sizeof *names->entry);
+}
+
+void names_free(names_t *names)
+{
+    free(names->entry);
+    *names = (names_t){0};
 }
 
 /* --- frames --------------------------------------------------------------------------------- */

@@ -1,5 +1,5 @@
 /* The launch contract's shared half (examples/README.md): JSON Lines events on stdout, logs on
-   stderr, the --timeout deadline, the stop flag, flag parsing and multipart frames. */
+   stderr, the --timeout deadline, the stop flag, flag parsing, names and multipart frames. */
 #ifndef BTB_COMMON_H
 #define BTB_COMMON_H
 
@@ -12,13 +12,18 @@
 #define PRINTF_LIKE(f, a) __attribute__((format(printf, f, a)))
 
 /* One event as one JSON line, flushed at once. `fields` is a jansson pack format for the
-   object of the event's fields, e.g. emit("joined", "{s:s}", "handle", name). */
+   object of the event's fields, e.g. emit("joined", "{s:s}", "handle", name). A real prints
+   with the fewest digits that read back as the same double, as Python prints it (978.52). */
 void emit(const char *event, const char *fields, ...);
 /* An `error` event; the role goes on. */
 void emit_error(const char *code, const char *reason, ...) PRINTF_LIKE(2, 3);
 /* A fatal error: an `error` event, then exit 1. */
 _Noreturn void fail(const char *code, const char *reason, ...) PRINTF_LIKE(2, 3);
 void log_line(const char *message, ...) PRINTF_LIKE(1, 2);
+/* What a check found wrong with a peer's message: writes the `reason` and returns the `code`,
+   for an emit_error(code, "%s", reason) by the caller. */
+enum { REASON_SIZE = 128 };
+const char *problem(char reason[REASON_SIZE], const char *code, const char *format, ...) PRINTF_LIKE(3, 4);
 
 /* Monotonic milliseconds, and the role's --timeout (0: no limit). */
 int64_t now_ms(void);
@@ -38,17 +43,50 @@ bool utf8_valid(const void *bytes, size_t size, size_t *bad_at);
 void stop_on_signals(void);
 bool stop_requested(void);
 
-/* Long options, each followed by its value: a string, or an integer no smaller than `minimum`.
+/* Long options, each followed by its value: a string, an integer no smaller than `minimum`, or
+   a value of another type that a parser reads (like argparse's `type=`): `parse` stores it in
+   `value` and returns NULL, or returns why the text is not one. A required flag must be given.
    On a bad command line: a message on stderr and false (the role exits 2). */
+typedef const char *flag_parser(const char *text, void *value);
 typedef struct {
     const char *name;
     const char **text; /* set for a string flag */
     int *number;       /* set for an integer flag */
     int minimum;
+    flag_parser *parse; /* set for a parsed flag */
+    void *value;
+    bool required;
 } flag_t;
-#define TEXT_FLAG(name, variable) {name, &(variable), NULL, 0}
-#define NUMBER_FLAG(name, variable, minimum) {name, NULL, &(variable), minimum}
+#define TEXT_FLAG(flag, variable) {.name = flag, .text = &(variable)}
+#define NUMBER_FLAG(flag, variable, least) {.name = flag, .number = &(variable), .minimum = least}
+#define PARSED_FLAG(flag, parser, variable) {.name = flag, .parse = parser, .value = &(variable)}
+#define REQUIRED_FLAG(flag, parser, variable) \
+    {.name = flag, .parse = parser, .value = &(variable), .required = true}
 bool parse_flags(int argc, char **argv, const flag_t *flags, size_t count);
+/* Parsers of 64-bit integers, in base 10: unsigned (into a uint64_t), signed (an int64_t). */
+flag_parser parse_u64, parse_i64;
+
+/* --- names: chat handles, ticker subscribers ---------------------------------------------- */
+
+enum { MAX_NAME = 32 }; /* bytes of UTF-8 */
+bool is_name(const void *bytes, size_t size);
+flag_parser parse_name; /* into a const char * */
+
+/* A set of names sorted by their UTF-8 bytes, each with a number its owner uses: for the chat
+   server the time it last heard from the handle, for the chat client the posts received. */
+typedef struct {
+    size_t size;
+    char bytes[MAX_NAME];
+    int64_t value;
+} name_entry_t;
+typedef struct {
+    name_entry_t *entry;
+    size_t count, room;
+} names_t;
+/* The entry of `name` (1 to MAX_NAME bytes), added in order with value 0 if it is new. */
+name_entry_t *names_get(names_t *names, const char *name, size_t size, bool *added);
+void names_remove(names_t *names, size_t i);
+void names_free(names_t *names);
 
 /* One multipart message, every frame of it received. */
 typedef struct {

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "chat.h"
+#include "ticker.h"
 
 static const struct {
     const char *example, *role;
@@ -10,6 +11,10 @@ static const struct {
 } ROLES[] = {
     {"chat", "server", chat_server},
     {"chat", "client", chat_client},
+    {"ticker", "publisher", ticker_publisher},
+    {"ticker", "proxy", ticker_proxy},
+    {"ticker", "subscriber", ticker_subscriber},
+    {"ticker", "encode", ticker_encode},
 };
 enum { ROLE_COUNT = sizeof ROLES / sizeof ROLES[0] };
 

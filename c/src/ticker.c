@@ -1,0 +1,562 @@
+/* ticker: data distribution over PUB/SUB with an XSUB/XPUB proxy (examples/ticker/PROTOCOL.md). */
+#include "ticker.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include <jansson.h>
+#include <zmq.h>
+
+#include "common.h"
+
+enum {
+    MAX_SYMBOL = 8,   /* letters A-Z */
+    MAX_SYMBOLS = 32, /* in one --symbols list */
+};
+/* Every integer of the price is a uint64_t: C's unsigned arithmetic wraps modulo 2^64, as the
+   protocol says. */
+static const uint64_t GOLDEN = 0x9E3779B97F4A7C15;
+
+/* A symbol as a C string. Its terminating NUL is the topic's NUL (see topic_size). */
+typedef char symbol_t[MAX_SYMBOL + 1];
+typedef struct {
+    size_t count;
+    symbol_t name[MAX_SYMBOLS];
+} symbols_t;
+
+/* --- flags ---------------------------------------------------------------------------------- */
+
+static bool is_symbol(const char *text, size_t size)
+{
+    if (size < 1 || size > MAX_SYMBOL)
+        return false;
+    for (size_t i = 0; i < size; i++)
+        if (text[i] < 'A' || text[i] > 'Z')
+            return false;
+    return true;
+}
+
+/* The index of `name` in `symbols`, or -1. */
+static int index_of(const symbols_t *symbols, const char *name)
+{
+    for (size_t i = 0; i < symbols->count; i++)
+        if (!strcmp(symbols->name[i], name))
+            return (int)i;
+    return -1;
+}
+
+/* Flag parsers (common.h): a symbol_t; a symbols_t from a comma-separated list. */
+static const char *symbol(const char *text, void *value)
+{
+    if (!is_symbol(text, strlen(text)))
+        return "a symbol is 1 to 8 letters A-Z";
+    strcpy(value, text);
+    return NULL;
+}
+
+static const char *symbols(const char *text, void *value)
+{
+    symbols_t *list = value;
+    list->count = 0;
+    for (const char *part = text;; part += strcspn(part, ",") + 1) {
+        size_t size = strcspn(part, ",");
+        if (!is_symbol(part, size))
+            return "a symbol is 1 to 8 letters A-Z";
+        if (list->count == MAX_SYMBOLS)
+            return "at most 32 symbols";
+        memcpy(list->name[list->count], part, size);
+        list->name[list->count][size] = '\0';
+        if (index_of(list, list->name[list->count]) >= 0)
+            return "a symbol appears twice";
+        list->count++;
+        if (!part[size])
+            return NULL;
+    }
+}
+
+/* --switch OLD:NEW */
+typedef struct {
+    symbol_t old, new; /* old[0] is NUL when there is no switch */
+} switch_t;
+
+static const char *switch_symbols(const char *text, void *value)
+{
+    switch_t *change = value;
+    size_t size = strcspn(text, ":");
+    if (!text[size] || !is_symbol(text, size) || !is_symbol(text + size + 1, strlen(text + size + 1)))
+        return "expected OLD:NEW, two symbols of 1 to 8 letters A-Z";
+    memcpy(change->old, text, size);
+    change->old[size] = '\0';
+    strcpy(change->new, text + size + 1);
+    return NULL;
+}
+
+/* --- the tick: prices anyone can recompute -------------------------------------------------- */
+
+static uint64_t fnv1a64(const char *data)
+{
+    uint64_t h = 0xCBF29CE484222325;
+    for (const unsigned char *byte = (const unsigned char *)data; *byte; byte++)
+        h = (h ^ *byte) * 0x100000001B3;
+    return h;
+}
+
+static uint64_t splitmix64(uint64_t x)
+{
+    uint64_t z = x + GOLDEN;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EB;
+    return z ^ (z >> 31);
+}
+
+static uint64_t cents(uint64_t seed, const char *name, uint64_t sequence)
+{
+    return 1000 + splitmix64(seed ^ fnv1a64(name) ^ (sequence * GOLDEN)) % 99001;
+}
+
+/* Frame 0: the symbol and a NUL, so that subscribing to GOOG does not also match GOOGL (a SUB
+   filter is a prefix match). In C that NUL is the string's own terminator: the topic is the
+   string with it, strlen + 1 bytes. */
+static size_t topic_size(const char *name)
+{
+    return strlen(name) + 1;
+}
+
+/* Big-endian (network order): the most significant byte first, whatever the machine's order. */
+static void put_be64(unsigned char bytes[8], uint64_t value)
+{
+    for (int i = 7; i >= 0; i--, value >>= 8)
+        bytes[i] = (unsigned char)value;
+}
+
+static uint64_t get_be64(const void *data)
+{
+    const unsigned char *bytes = data;
+    uint64_t value = 0;
+    for (int i = 0; i < 8; i++)
+        value = value << 8 | bytes[i];
+    return value;
+}
+
+/* Frames 1-3 of a tick; frame 0 is the topic of `name`. */
+typedef struct {
+    const char *name;
+    unsigned char sequence[8], timestamp[8], price[8];
+} tick_t;
+
+static tick_t tick_frames(uint64_t seed, const char *name, uint64_t sequence, int64_t timestamp)
+{
+    tick_t tick = {.name = name};
+    double price = (double)cents(seed, name, sequence) / 100.0; /* exact conversion, one division */
+    uint64_t bits;
+    memcpy(&bits, &price, sizeof bits); /* the double's IEEE 754 bits, sent like an integer */
+    put_be64(tick.sequence, sequence);
+    put_be64(tick.timestamp, (uint64_t)timestamp); /* two's complement: -1 is ff...ff */
+    put_be64(tick.price, bits);
+    return tick;
+}
+
+static void send_tick(void *socket, const tick_t *tick)
+{
+    send_frame(socket, tick->name, topic_size(tick->name), true);
+    send_frame(socket, tick->sequence, 8, true);
+    send_frame(socket, tick->timestamp, 8, true);
+    send_frame(socket, tick->price, 8, false);
+}
+
+/* Lowercase hex of the first `size` bytes (at most 16); `text` has room for 33 characters. */
+enum { HEX_SIZE = 2 * 16 + 1 };
+static const char *hex(const void *data, size_t size, char text[HEX_SIZE])
+{
+    const unsigned char *bytes = data;
+    size = size < 16 ? size : 16;
+    for (size_t i = 0; i < size; i++)
+        snprintf(text + 2 * i, 3, "%02x", bytes[i]);
+    text[2 * size] = '\0';
+    return text;
+}
+
+int ticker_encode(int argc, char **argv)
+{
+    uint64_t seed, sequence;
+    symbol_t name;
+    int64_t timestamp;
+    const flag_t flags[] = {
+        REQUIRED_FLAG("seed", parse_u64, seed),
+        REQUIRED_FLAG("symbol", symbol, name),
+        REQUIRED_FLAG("sequence", parse_u64, sequence),
+        REQUIRED_FLAG("timestamp", parse_i64, timestamp),
+    };
+    if (!parse_flags(argc, argv, flags, sizeof flags / sizeof flags[0]))
+        return 2;
+
+    tick_t tick = tick_frames(seed, name, sequence, timestamp);
+    char text[4][HEX_SIZE];
+    emit("encoded", "{s:[s,s,s,s], s:I}", "frames", hex(tick.name, topic_size(name), text[0]),
+         hex(tick.sequence, 8, text[1]), hex(tick.timestamp, 8, text[2]), hex(tick.price, 8, text[3]),
+         "cents", (json_int_t)cents(seed, name, sequence));
+    emit("done", "{}");
+    return 0;
+}
+
+/* --- publisher ------------------------------------------------------------------------------ */
+
+typedef struct {
+    const char *ticks;
+    symbols_t symbols;
+    uint64_t seed;
+    int subscribers, interval, timeout;
+} publisher_args;
+
+/* Milliseconds since the Unix epoch, the publisher's clock: the timestamp of a tick. */
+static int64_t epoch_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+/* A subscription message: 1 (subscribe) or 0 (unsubscribe), then the topic. XPUB passes on one
+   subscribe per topic, and one unsubscribe when the topic's last subscriber leaves. */
+static void on_subscription(const frames_t *message, names_t *subscribers)
+{
+    char text[HEX_SIZE];
+    const char *data = frame_data(message, 0);
+    size_t size = frame_size(message, 0);
+    if (message->count != 1 || size < 2 || (data[0] != 0 && data[0] != 1)) {
+        emit_error("malformed-subscription", "not a subscription: %zu frame(s), the first %s", message->count,
+                   size ? hex(data, size, text) : "empty");
+        return;
+    }
+    bool on = data[0] == 1;
+    const char *topic = data + 1;
+    size_t length = size - 1;
+    if (topic[0] == '@' && is_name(topic + 1, length - 1)) {
+        if (on) {
+            names_get(subscribers, topic + 1, length - 1, NULL);
+            emit("joined", "{s:s%}", "subscriber", topic + 1, length - 1);
+        }
+    } else if (topic[length - 1] == '\0' && is_symbol(topic, length - 1)) {
+        emit(on ? "subscribed" : "unsubscribed", "{s:s%}", "symbol", topic, length - 1);
+    } else {
+        emit_error("malformed-subscription", "unknown topic %s", hex(topic, length, text));
+    }
+}
+
+int ticker_publisher(int argc, char **argv)
+{
+    publisher_args args = {.ticks = "tcp://127.0.0.1:5557", .seed = 1, .subscribers = 1, .interval = 2};
+    symbols("AAPL,GOOG,GOOGL,MSFT,IBM", &args.symbols); /* the default, parsed like the flag */
+    const flag_t flags[] = {
+        TEXT_FLAG("ticks", args.ticks),
+        PARSED_FLAG("symbols", symbols, args.symbols),
+        PARSED_FLAG("seed", parse_u64, args.seed),
+        NUMBER_FLAG("subscribers", args.subscribers, 1),
+        NUMBER_FLAG("interval", args.interval, 1),
+        NUMBER_FLAG("timeout", args.timeout, 0),
+    };
+    if (!parse_flags(argc, argv, flags, sizeof flags / sizeof flags[0]))
+        return 2;
+
+    stop_on_signals();
+    deadline_t deadline = deadline_start(args.timeout);
+    void *context = zmq_ctx_new();
+    /* XPUB is a PUB that also hands us the subscriptions coming from downstream. Like PUB it
+       never blocks: a subscriber whose queue is full (the HWM, 1000 messages) loses ticks. */
+    void *ticks = zmq_socket(context, ZMQ_XPUB);
+    int linger = 0; /* ticks are a stream: at close, drop what is still queued */
+    zmq_setsockopt(ticks, ZMQ_LINGER, &linger, sizeof linger);
+    if (zmq_bind(ticks, args.ticks) < 0)
+        fail("bind", "cannot bind: %s", zmq_strerror(errno));
+    char endpoint[ENDPOINT_SIZE];
+    last_endpoint(ticks, endpoint);
+    emit("ready", "{s:s}", "ticks", endpoint);
+
+    names_t subscribers = {0};
+    uint64_t sequence = 0; /* every symbol gets one tick per round, so they share the round number */
+    bool started = false;  /* publishing starts once every subscriber is there */
+    int64_t next_round = 0;
+    while (!stop_requested()) {
+        if (deadline_expired(&deadline))
+            fail("timeout", "still publishing after %d ms", args.timeout);
+        int64_t wait = started ? next_round - now_ms() : 100;
+        /* The wait between rounds is this poll: subscriptions are served while we wait. */
+        if (poll_in(ticks, deadline_cap(&deadline, wait > 0 ? (long)wait : 0))) {
+            frames_t message;
+            frames_recv(ticks, &message);
+            on_subscription(&message, &subscribers);
+            frames_close(&message);
+            /* Slow joiner: a tick sent before a subscriber's subscriptions arrive is dropped for
+               it. Each subscriber sends its `@name` after its symbols, so once every `@name` is
+               here, every symbol is too. */
+            if (!started && subscribers.count >= (size_t)args.subscribers) {
+                emit("started", "{s:i}", "subscribers", (int)subscribers.count);
+                started = true;
+                next_round = now_ms();
+            }
+        }
+        if (started && now_ms() >= next_round) {
+            sequence++;
+            int64_t timestamp = epoch_ms();
+            for (size_t i = 0; i < args.symbols.count; i++) {
+                tick_t tick = tick_frames(args.seed, args.symbols.name[i], sequence, timestamp);
+                send_tick(ticks, &tick);
+            }
+            next_round += args.interval;
+        }
+    }
+
+    emit("done", "{s:I, s:I}", "rounds", (json_int_t)sequence, "ticks",
+         (json_int_t)(sequence * args.symbols.count));
+    names_free(&subscribers);
+    zmq_close(ticks);
+    zmq_ctx_term(context);
+    return 0;
+}
+
+/* --- proxy ---------------------------------------------------------------------------------- */
+
+typedef struct {
+    const char *upstream, *downstream;
+    int timeout;
+} proxy_args;
+
+/* zmq_proxy returns only when its context shuts down, so a second thread does that: it waits for
+   SIGTERM or SIGINT (blocked in every thread, so that only sigwait takes them) or the --timeout.
+   A signal handler alone would race: zmq_proxy returns on EINTR only if the signal lands while
+   it polls, and one that lands while it forwards a tick is lost. */
+typedef struct {
+    void *context;
+    sigset_t signals;
+    int timeout;    /* ms, 0: none */
+    bool timed_out; /* read after pthread_join */
+} stopper_t;
+
+static void *stop_proxy(void *argument)
+{
+    stopper_t *stopper = argument;
+    struct timespec timeout = {stopper->timeout / 1000, stopper->timeout % 1000 * 1000000L};
+    if (stopper->timeout)
+        stopper->timed_out = sigtimedwait(&stopper->signals, NULL, &timeout) < 0; /* EAGAIN */
+    else
+        sigwaitinfo(&stopper->signals, NULL);
+    zmq_ctx_shutdown(stopper->context); /* a blocking call on its sockets returns -1, ETERM */
+    return NULL;
+}
+
+int ticker_proxy(int argc, char **argv)
+{
+    proxy_args args = {.upstream = "tcp://127.0.0.1:5557", .downstream = "tcp://127.0.0.1:5558"};
+    const flag_t flags[] = {
+        TEXT_FLAG("upstream", args.upstream),
+        TEXT_FLAG("downstream", args.downstream),
+        NUMBER_FLAG("timeout", args.timeout, 0),
+    };
+    if (!parse_flags(argc, argv, flags, sizeof flags / sizeof flags[0]))
+        return 2;
+
+    stopper_t stopper = {.timeout = args.timeout};
+    sigemptyset(&stopper.signals);
+    sigaddset(&stopper.signals, SIGTERM);
+    sigaddset(&stopper.signals, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &stopper.signals, NULL); /* before libzmq starts its threads */
+    stopper.context = zmq_ctx_new();
+    void *upstream = zmq_socket(stopper.context, ZMQ_XSUB);   /* faces the publisher: receives ticks, sends subscriptions */
+    void *downstream = zmq_socket(stopper.context, ZMQ_XPUB); /* faces subscribers: sends ticks, receives subscriptions */
+    int linger = 0; /* ticks are a stream: at close, drop what is still queued */
+    zmq_setsockopt(upstream, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(downstream, ZMQ_LINGER, &linger, sizeof linger);
+    if (zmq_bind(downstream, args.downstream) < 0 || zmq_connect(upstream, args.upstream) < 0)
+        fail("bind", "cannot bind or connect: %s", zmq_strerror(errno));
+    char endpoint[ENDPOINT_SIZE];
+    last_endpoint(downstream, endpoint);
+    emit("ready", "{s:s}", "downstream", endpoint);
+
+    pthread_t thread;
+    pthread_create(&thread, NULL, stop_proxy, &stopper);
+    /* The library's own loop moves every message both ways: ticks down, subscriptions up. */
+    if (zmq_proxy(upstream, downstream, NULL) < 0 && errno != ETERM)
+        fail("proxy", "zmq_proxy: %s", zmq_strerror(errno));
+    pthread_join(thread, NULL);
+    if (stopper.timed_out)
+        fail("timeout", "still proxying after %d ms", args.timeout);
+
+    emit("done", "{}");
+    zmq_close(upstream);
+    zmq_close(downstream);
+    zmq_ctx_term(stopper.context);
+    return 0;
+}
+
+/* --- subscriber ----------------------------------------------------------------------------- */
+
+typedef struct {
+    const char *ticks, *name;
+    symbols_t symbols;
+    uint64_t seed;
+    switch_t change; /* --switch */
+    int count, switch_after, timeout;
+} subscriber_args;
+
+/* A good tick, as reported. */
+typedef struct {
+    const char *name; /* in frame 0 */
+    int index;        /* among the subscribed symbols */
+    uint64_t sequence;
+    int64_t timestamp;
+    double price;
+} checked_t;
+
+/* Checks a tick before anything else: its code and `reason` if it is bad, else NULL and `tick`. */
+static const char *check_tick(const frames_t *frames, const symbols_t *subscribed, uint64_t seed,
+                              checked_t *tick, char reason[REASON_SIZE])
+{
+    char text[HEX_SIZE], expected_text[HEX_SIZE];
+    if (frames->count != 4)
+        return problem(reason, "malformed-tick", "expected 4 frames, got %zu", frames->count);
+    const char *name = frame_data(frames, 0);
+    size_t size = frame_size(frames, 0);
+    if (size < 2 || size > MAX_SYMBOL + 1 || name[size - 1] != '\0' || !is_symbol(name, size - 1))
+        return problem(reason, "malformed-tick", "frame 0 is not a symbol and a NUL: %s",
+                       hex(name, size, text));
+    if (frame_size(frames, 1) != 8 || frame_size(frames, 2) != 8 || frame_size(frames, 3) != 8)
+        return problem(reason, "malformed-tick", "frames 1-3 have [%zu, %zu, %zu] bytes, not 8 each",
+                       frame_size(frames, 1), frame_size(frames, 2), frame_size(frames, 3));
+    /* From here on, frame 0 is a C string: the symbol and its NUL. */
+    tick->name = name;
+    tick->index = index_of(subscribed, name);
+    if (tick->index < 0)
+        return problem(reason, "unexpected-symbol", "%s is not subscribed", name);
+    tick->sequence = get_be64(frame_data(frames, 1));
+    tick->timestamp = (int64_t)get_be64(frame_data(frames, 2));
+    tick_t expected = tick_frames(seed, name, tick->sequence, tick->timestamp);
+    if (memcmp(frame_data(frames, 3), expected.price, 8))
+        return problem(reason, "wrong-price", "%s #%llu: price bytes %s, expected %s", name,
+                       (unsigned long long)tick->sequence, hex(frame_data(frames, 3), 8, text),
+                       hex(expected.price, 8, expected_text));
+    if (tick->sequence > INT64_MAX) /* jansson's integers are signed 64-bit */
+        return problem(reason, "malformed-tick", "%s #%llu: a sequence above 2^63-1 cannot be reported",
+                       name, (unsigned long long)tick->sequence);
+    uint64_t bits = get_be64(frame_data(frames, 3));
+    memcpy(&tick->price, &bits, sizeof bits);
+    return NULL;
+}
+
+/* A SUB socket filters on frame 0 by prefix, against the topics it is subscribed to. */
+static void subscribe(void *socket, const char *name, bool on)
+{
+    zmq_setsockopt(socket, on ? ZMQ_SUBSCRIBE : ZMQ_UNSUBSCRIBE, name, topic_size(name));
+}
+
+static bool received_all(const int received[], size_t count, int wanted)
+{
+    for (size_t i = 0; i < count; i++)
+        if (received[i] < wanted)
+            return false;
+    return true;
+}
+
+int ticker_subscriber(int argc, char **argv)
+{
+    subscriber_args args = {
+        .ticks = "tcp://127.0.0.1:5557",
+        .seed = 1,
+        .count = 20,
+        .switch_after = 10,
+        .timeout = 30000,
+    };
+    const flag_t flags[] = {
+        TEXT_FLAG("ticks", args.ticks),
+        REQUIRED_FLAG("name", parse_name, args.name),
+        REQUIRED_FLAG("symbols", symbols, args.symbols),
+        NUMBER_FLAG("count", args.count, 1),
+        PARSED_FLAG("seed", parse_u64, args.seed),
+        PARSED_FLAG("switch", switch_symbols, args.change),
+        NUMBER_FLAG("switch-after", args.switch_after, 1),
+        NUMBER_FLAG("timeout", args.timeout, 0),
+    };
+    if (!parse_flags(argc, argv, flags, sizeof flags / sizeof flags[0]))
+        return 2;
+    const char *old = args.change.old, *new = args.change.new;
+    if (*old && (index_of(&args.symbols, old) < 0 || index_of(&args.symbols, new) >= 0)) {
+        log_line("%s: --switch OLD:NEW needs OLD among --symbols and NEW not", argv[0]);
+        return 2;
+    }
+
+    deadline_t deadline = deadline_start(args.timeout);
+    void *context = zmq_ctx_new();
+    /* SUB receives only what matches its subscriptions; it never sends anything but them. */
+    void *sub = zmq_socket(context, ZMQ_SUB);
+    int linger = 0; /* ticks are a stream: nothing is owed to anyone at close */
+    zmq_setsockopt(sub, ZMQ_LINGER, &linger, sizeof linger);
+    if (zmq_connect(sub, args.ticks) < 0)
+        fail("connect", "cannot connect: %s", zmq_strerror(errno));
+    symbols_t subscribed = args.symbols;
+    json_t *listed = json_array();
+    for (size_t i = 0; i < subscribed.count; i++) {
+        subscribe(sub, subscribed.name[i], true);
+        json_array_append_new(listed, json_string(subscribed.name[i]));
+    }
+    /* Last, our own topic, never published: the publisher waits for it, and since subscriptions
+       from one socket arrive in order, our symbols are in place by then. */
+    char me[1 + MAX_NAME];
+    size_t me_size = 1 + strlen(args.name);
+    me[0] = '@';
+    memcpy(me + 1, args.name, me_size - 1);
+    zmq_setsockopt(sub, ZMQ_SUBSCRIBE, me, me_size);
+    emit("ready", "{s:s, s:o}", "name", args.name, "symbols", listed);
+
+    int received[MAX_SYMBOLS] = {0}; /* ticks of each subscribed symbol */
+    bool switched = !*old;
+    int total = 0, malformed = 0;
+    while (!(switched && received_all(received, subscribed.count, args.count))) {
+        if (!poll_in(sub, deadline_cap(&deadline, 1000))) {
+            if (deadline_expired(&deadline)) {
+                char missing[256] = "";
+                for (size_t i = 0, used = 0; i < subscribed.count && used < sizeof missing; i++)
+                    if (received[i] < args.count)
+                        used += snprintf(missing + used, sizeof missing - used, "%s%s: %d",
+                                         used ? ", " : "", subscribed.name[i], received[i]);
+                fail("timeout", "not done after %d ms; ticks so far: %s", args.timeout, missing);
+            }
+            continue;
+        }
+        frames_t message;
+        frames_recv(sub, &message);
+        checked_t tick = {0};
+        char reason[REASON_SIZE];
+        const char *code = check_tick(&message, &subscribed, args.seed, &tick, reason);
+        if (code) {
+            malformed++;
+            emit_error(code, "%s", reason);
+            frames_close(&message);
+            continue;
+        }
+        total++;
+        received[tick.index]++;
+        emit("tick", "{s:s, s:I, s:I, s:f}", "symbol", tick.name, "sequence", (json_int_t)tick.sequence,
+             "timestamp", (json_int_t)tick.timestamp, "price", tick.price);
+        if (!switched && !strcmp(tick.name, old) && received[tick.index] == args.switch_after) {
+            /* A SUB socket filters what it delivers against its current subscriptions: no tick
+               of OLD comes after this, even one already queued. NEW's first ticks may be missed
+               while the subscription travels upstream. */
+            subscribe(sub, old, false);
+            emit("unsubscribed", "{s:s}", "symbol", old);
+            subscribe(sub, new, true);
+            strcpy(subscribed.name[tick.index], new); /* NEW takes OLD's place, counted from 0 */
+            received[tick.index] = 0;
+            emit("subscribed", "{s:s}", "symbol", new);
+            switched = true;
+        }
+        frames_close(&message);
+    }
+
+    emit("done", "{s:i, s:i}", "ticks", total, "malformed", malformed);
+    zmq_close(sub);
+    zmq_ctx_term(context);
+    return 0;
+}
