@@ -140,3 +140,44 @@ pub fn readable(socket: &zmq::Socket, timeout_ms: i64) -> Result<bool, Failure> 
         Err(error) => Err(error.into()),
     }
 }
+
+/// Poll several sockets at once, for at most `timeout_ms` (-1: no limit); each item then says
+/// whether its socket is ready (`is_readable`, `is_writable`). One wait for all of them: a role
+/// that listens on two sockets needs neither a thread per socket nor a busy loop.
+/// A signal interrupts zmq_poll (EINTR): no item is marked ready, and the caller looks again.
+pub fn poll(items: &mut [zmq::PollItem], timeout_ms: i64) -> Result<(), Failure> {
+    match zmq::poll(items, timeout_ms) {
+        Ok(_) | Err(zmq::Error::EINTR) => Ok(()),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Send one message on a socket that may have no room for it: a PUSH with no peer connected yet,
+/// or with every peer's queue at its high-water mark, would block in a plain send. Instead, wait
+/// for room with a poll (POLLOUT), never past the deadline; `what` names the message for the
+/// `timeout` error. (Once the first frame is accepted, ZeroMQ takes the rest of the message.)
+pub fn send_when_room<F: AsRef<[u8]>>(
+    socket: &zmq::Socket,
+    frames: &[F],
+    deadline: &Deadline,
+    what: &str,
+) -> Result<(), Failure> {
+    loop {
+        let room = match socket.poll(zmq::POLLOUT, deadline.cap(1000)) {
+            Ok(ready) => ready > 0,
+            Err(zmq::Error::EINTR) => false,
+            Err(error) => return Err(error.into()),
+        };
+        if room {
+            // DONTWAIT: should the room be gone again, EAGAIN sends us back to the poll.
+            match socket.send_multipart(frames.iter().map(AsRef::as_ref), zmq::DONTWAIT) {
+                Ok(()) => return Ok(()),
+                Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        if deadline.expired() {
+            return Err(Failure::new("timeout", format!("no room to send {}", what)));
+        }
+    }
+}

@@ -2,6 +2,7 @@
 mod chat;
 mod events;
 mod ticker;
+mod valuation;
 
 use clap::Parser;
 use serde_json::json;
@@ -18,6 +19,9 @@ enum Example {
     /// data distribution over PUB/SUB, with an XSUB/XPUB proxy
     #[command(subcommand)]
     Ticker(ticker::Role),
+    /// a PUSH/PULL pipeline with a control channel
+    #[command(subcommand)]
+    Valuation(valuation::Role),
 }
 
 fn main() {
@@ -25,6 +29,7 @@ fn main() {
     let result = match Example::parse() {
         Example::Chat(role) => chat::run(role),
         Example::Ticker(role) => ticker::run(role),
+        Example::Valuation(role) => valuation::run(role),
     };
     if let Err(failure) = result {
         emit("error", json!({ "code": failure.code, "reason": failure.reason }));

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::events::{bind, connect, emit, ms_until, name, readable, stop_signal, usage, Deadline, Failure};
 
-const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+pub const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
 
 #[derive(Subcommand)]
 pub enum Role {
@@ -90,7 +90,7 @@ pub fn run(role: Role) -> Result<(), Failure> {
 }
 
 /// 1 to 8 letters A-Z.
-fn is_symbol(bytes: &[u8]) -> bool {
+pub fn is_symbol(bytes: &[u8]) -> bool {
     (1..=8).contains(&bytes.len()) && bytes.iter().all(u8::is_ascii_uppercase)
 }
 
@@ -121,7 +121,8 @@ fn fnv1a64(data: &[u8]) -> u64 {
         .fold(0xCBF2_9CE4_8422_2325, |h, &byte| (h ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01B3))
 }
 
-fn splitmix64(x: u64) -> u64 {
+/// Shared with valuation, whose orders come from the same generator.
+pub fn splitmix64(x: u64) -> u64 {
     let z = x.wrapping_add(GOLDEN);
     let z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     let z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -160,7 +161,7 @@ fn tick_frames(seed: u64, symbol: &str, sequence: u64, timestamp: i64) -> [Vec<u
     ]
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{:02x}", byte)).collect()
 }
 

@@ -1,0 +1,451 @@
+//! valuation: a PUSH/PULL pipeline with a control channel (examples/valuation/PROTOCOL.md).
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use clap::{value_parser, Args, Subcommand};
+use serde_json::{json, Value};
+
+use crate::events::{
+    bind, connect, emit, ms_until, name, poll, readable, send_when_room, stop_signal, Deadline, Failure, MAX_NAME,
+};
+use crate::ticker::{hex, is_symbol, splitmix64, GOLDEN};
+
+const SYMBOLS: [&str; 5] = ["AAPL", "GOOG", "GOOGL", "MSFT", "IBM"];
+const RESEND_BATCH: usize = 1000; // ids per resend message
+
+#[derive(Subcommand)]
+pub enum Role {
+    /// collect results, re-dispatch lost orders
+    Sink(SinkArgs),
+    /// hand out the batch, re-send what the sink misses
+    Source(SourceArgs),
+    /// price orders until the batch is finished
+    Worker(WorkerArgs),
+    /// print the frames of one order (the test vectors)
+    Encode(EncodeArgs),
+}
+
+#[derive(Args)]
+pub struct SinkArgs {
+    #[arg(long, default_value = "tcp://127.0.0.1:5560")]
+    results: String,
+    #[arg(long, default_value = "tcp://127.0.0.1:5561")]
+    control: String,
+    #[arg(long, default_value_t = 1, value_parser = value_parser!(u64).range(1..))]
+    workers: u64,
+    #[arg(long, default_value_t = 100, value_parser = value_parser!(u64).range(1..))]
+    count: u64,
+    #[arg(long, default_value_t = 1000, value_parser = value_parser!(u32).range(1..))]
+    quiet: u32,
+    #[arg(long, default_value_t = 100, value_parser = value_parser!(u32).range(1..))]
+    heartbeat: u32,
+    #[arg(long, default_value_t = 0)]
+    timeout: u32,
+}
+
+#[derive(Args)]
+pub struct SourceArgs {
+    #[arg(long, default_value = "tcp://127.0.0.1:5562")]
+    orders: String,
+    #[arg(long, default_value = "tcp://127.0.0.1:5561")]
+    control: String,
+    #[arg(long, default_value_t = 100, value_parser = value_parser!(u64).range(1..))]
+    count: u64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long, default_value_t = 30000)]
+    timeout: u32,
+}
+
+#[derive(Args)]
+pub struct WorkerArgs {
+    #[arg(long, default_value = "tcp://127.0.0.1:5562")]
+    orders: String,
+    #[arg(long, default_value = "tcp://127.0.0.1:5560")]
+    results: String,
+    #[arg(long, default_value = "tcp://127.0.0.1:5561")]
+    control: String,
+    #[arg(long, value_parser = name)]
+    name: String,
+    #[arg(long, default_value_t = 0)]
+    rate: u32,
+    #[arg(long, default_value_t = 30000)]
+    timeout: u32,
+}
+
+#[derive(Args)]
+pub struct EncodeArgs {
+    #[arg(long)]
+    seed: u64,
+    #[arg(long)]
+    id: u64,
+}
+
+pub fn run(role: Role) -> Result<(), Failure> {
+    match role {
+        Role::Sink(args) => run_sink(args),
+        Role::Source(args) => run_source(args),
+        Role::Worker(args) => run_worker(args),
+        Role::Encode(args) => run_encode(args),
+    }
+}
+
+type Rejected = (&'static str, String); // (code, reason)
+
+/// A control message that is the one-frame state `state`.
+fn is_state(message: &[Vec<u8>], state: &[u8]) -> bool {
+    matches!(message, [only] if only.as_slice() == state)
+}
+
+/// The 8 bytes of a 64-bit frame, or None if it has another size.
+fn eight(frame: &[u8]) -> Option<[u8; 8]> {
+    <[u8; 8]>::try_from(frame).ok()
+}
+
+// --- orders: a generator anyone can recompute -------------------------------------------------
+
+struct Order {
+    symbol: &'static str,
+    side: u8, // b'B' or b'S'
+    quantity: u32,
+    cents: i64,
+}
+
+/// Order `id` of the batch of `seed`, with unsigned 64-bit arithmetic modulo 2^64.
+fn order(seed: u64, id: u64) -> Order {
+    let z1 = splitmix64(seed ^ id.wrapping_mul(GOLDEN));
+    let z2 = splitmix64(z1);
+    let z3 = splitmix64(z2);
+    Order {
+        symbol: SYMBOLS[(z1 % 5) as usize],
+        side: if z2 % 2 == 0 { b'B' } else { b'S' },
+        quantity: 1 + ((z2 >> 1) % 1000) as u32,
+        cents: 100 + (z3 % 100_000) as i64,
+    }
+}
+
+fn order_frames(seed: u64, id: u64) -> [Vec<u8>; 5] {
+    let Order { symbol, side, quantity, cents } = order(seed, id);
+    // to_be_bytes: big-endian, network order; u64 id, u32 quantity, i64 cents.
+    [
+        id.to_be_bytes().to_vec(),
+        symbol.as_bytes().to_vec(),
+        vec![side],
+        quantity.to_be_bytes().to_vec(),
+        cents.to_be_bytes().to_vec(),
+    ]
+}
+
+/// quantity × cents, negated for a sell; None when that does not fit in signed 64 bits, which
+/// no generated order comes near (at most 1000 × 100099) but a rogue source could send.
+fn value(side: u8, quantity: u32, cents: i64) -> Option<i64> {
+    let amount = i64::from(quantity).checked_mul(cents)?;
+    if side == b'B' {
+        Some(amount)
+    } else {
+        amount.checked_neg()
+    }
+}
+
+fn run_encode(args: EncodeArgs) -> Result<(), Failure> {
+    let frames: Vec<String> = order_frames(args.seed, args.id).iter().map(|frame| hex(frame)).collect();
+    let Order { side, quantity, cents, .. } = order(args.seed, args.id);
+    let value = value(side, quantity, cents).expect("a generated order's value fits in 64 bits");
+    emit("encoded", json!({ "frames": frames, "value": value }));
+    emit("done", json!({}));
+    Ok(())
+}
+
+// --- sink ------------------------------------------------------------------------------------
+
+/// (worker, id, value) of a well-formed result, or its first broken rule.
+fn check_result(frames: &[Vec<u8>], count: u64) -> Result<(&str, u64, i64), Rejected> {
+    let fields = match frames {
+        [kind, worker, id, amount] if kind.as_slice() == b"result" => match (eight(id), eight(amount)) {
+            (Some(id), Some(amount)) => Some((worker, id, amount)),
+            _ => None,
+        },
+        _ => None,
+    };
+    let (worker, id, amount) = match fields {
+        Some(fields) => fields,
+        None => {
+            let sizes: Vec<usize> = frames.iter().map(Vec::len).collect();
+            return Err(("malformed-result", format!("not [result, name, id, value]: {:?} bytes", sizes)));
+        }
+    };
+    let worker = std::str::from_utf8(worker).map_err(|_| ("malformed-result", "the worker name is not UTF-8".into()))?;
+    if !(1..=MAX_NAME).contains(&worker.len()) {
+        return Err(("malformed-result", format!("a worker name of {} bytes", worker.len())));
+    }
+    let id = u64::from_be_bytes(id);
+    if !(1..=count).contains(&id) {
+        return Err(("unknown-id", format!("id {} is not in 1..{}", id, count)));
+    }
+    Ok((worker, id, i64::from_be_bytes(amount)))
+}
+
+/// A total in cents as a JSON number. Good results add up to far less than 2^63 cents; only
+/// values a rogue worker made up could pass 64 bits, and then the total is shown as a float.
+fn cents_json(total: i128) -> Value {
+    match (i64::try_from(total), u64::try_from(total)) {
+        (Ok(total), _) => json!(total),
+        (_, Ok(total)) => json!(total),
+        _ => json!(total as f64),
+    }
+}
+
+fn run_sink(args: SinkArgs) -> Result<(), Failure> {
+    let stop = stop_signal()?;
+    let deadline = Deadline::new(args.timeout);
+    let context = zmq::Context::new();
+    // PULL fair-queues readiness and results from every worker: no one worker can starve the rest.
+    let results = context.socket(zmq::PULL)?;
+    // PUB sends the control channel to every subscriber; it never blocks, and drops for a
+    // subscriber not connected yet (the slow joiner), hence a state repeated every heartbeat.
+    let control = context.socket(zmq::PUB)?;
+    for socket in [&results, &control] {
+        socket.set_linger(0)?; // see PROTOCOL.md: nobody leaves while anything it sent is still needed
+    }
+    let results_bound = bind(&results, &args.results)?;
+    let control_bound = bind(&control, &args.control)?;
+    emit("ready", json!({ "results": results_bound, "control": control_bound }));
+
+    let mut state: &[u8] = b"waiting";
+    let mut ready: BTreeSet<String> = BTreeSet::new(); // names of the workers that said ready
+    let mut values: HashMap<u64, i64> = HashMap::new(); // id -> value counted
+    let mut total: i128 = 0; // the sum of `values`: no i64 values can overflow it
+    let mut priced: BTreeMap<String, u64> = BTreeMap::new(); // worker -> results counted
+    let mut resent: BTreeSet<u64> = BTreeSet::new(); // every id ever re-dispatched
+    let mut next_beat = Instant::now();
+    let mut quiet_since = Instant::now();
+    let quiet = Duration::from_millis(args.quiet.into());
+
+    while !stop.load(Ordering::SeqCst) {
+        if deadline.expired() {
+            let reason = format!("still running after {} ms with {} results", args.timeout, values.len());
+            return Err(Failure::new("timeout", reason));
+        }
+        // The poll is the only wait: for a message, or until the next heartbeat is due.
+        if readable(&results, deadline.cap(ms_until(next_beat)))? {
+            let frames = results.recv_multipart(0)?; // every frame of one message, or none
+            if frames.len() == 2 && frames[0] == b"ready" {
+                let worker = String::from_utf8_lossy(&frames[1]).into_owned();
+                if !ready.contains(&worker) {
+                    emit("worker", json!({ "name": worker }));
+                    ready.insert(worker);
+                }
+                if state == b"waiting" && ready.len() as u64 >= args.workers {
+                    // At once, not at the next heartbeat. Every worker heard a control message
+                    // before it said ready, so its SUB is connected and cannot miss this one.
+                    state = b"go";
+                    control.send(state, 0)?;
+                    emit("started", json!({ "workers": ready.len() }));
+                    quiet_since = Instant::now();
+                }
+            } else {
+                match check_result(&frames, args.count) {
+                    Err((code, reason)) => emit("error", json!({ "code": code, "reason": reason })),
+                    Ok((worker, id, _)) if values.contains_key(&id) && resent.contains(&id) => {
+                        // We asked for it twice: the first worker was slow, not dead.
+                        emit("late-duplicate", json!({ "id": id, "worker": worker }));
+                    }
+                    Ok((worker, id, _)) if values.contains_key(&id) => {
+                        let reason = format!("a second result for order {}, from {}", id, worker);
+                        emit("error", json!({ "code": "duplicate", "reason": reason }));
+                    }
+                    Ok((worker, id, amount)) => {
+                        values.insert(id, amount);
+                        total += i128::from(amount);
+                        *priced.entry(worker.to_string()).or_insert(0) += 1;
+                        quiet_since = Instant::now();
+                        emit("result", json!({ "id": id, "worker": worker }));
+                        if values.len() as u64 == args.count {
+                            state = b"finished";
+                            control.send(state, 0)?; // at once; the heartbeat repeats it
+                            let resent: Vec<u64> = resent.iter().copied().collect(); // ascending
+                            let complete = json!({ "total": cents_json(total), "workers": priced, "resent": resent });
+                            emit("complete", complete);
+                        }
+                    }
+                }
+            }
+        }
+        let now = Instant::now();
+        if state == b"go" && now.duration_since(quiet_since) >= quiet {
+            // Nothing is acknowledged in PUSH/PULL: orders queued for a worker that died are gone
+            // without a trace. Only the sink can see what is missing, so it asks the source again.
+            let missing: Vec<u64> = (1..=args.count).filter(|id| !values.contains_key(id)).collect();
+            for batch in missing.chunks(RESEND_BATCH) {
+                let ids = batch.iter().map(|id| id.to_be_bytes().to_vec());
+                control.send_multipart(std::iter::once(b"resend".to_vec()).chain(ids), 0)?;
+            }
+            resent.extend(&missing);
+            emit("resend", json!({ "ids": missing }));
+            quiet_since = now;
+        }
+        if now >= next_beat {
+            // Level-triggered: the state is repeated, so a late subscriber learns it anyway.
+            control.send(state, 0)?;
+            next_beat = now + Duration::from_millis(args.heartbeat.into());
+        }
+    }
+    emit("done", json!({ "orders": values.len(), "total": cents_json(total) }));
+    Ok(()) // dropping the sockets and then the context closes them; linger 0: nothing waits
+}
+
+// --- source ----------------------------------------------------------------------------------
+
+fn run_source(args: SourceArgs) -> Result<(), Failure> {
+    let deadline = Deadline::new(args.timeout);
+    let context = zmq::Context::new();
+    // PUSH deals each order to one connected worker, round-robin. With no worker connected, or
+    // every worker's queue full (the high-water mark), a send has to wait: see send_when_room.
+    let orders = context.socket(zmq::PUSH)?;
+    let control = context.socket(zmq::SUB)?;
+    for socket in [&orders, &control] {
+        socket.set_linger(0)?; // we leave only on `finished`: nothing we sent is still needed
+    }
+    control.set_subscribe(b"")?; // every control message: states and resends
+    let bound = bind(&orders, &args.orders)?;
+    connect(&control, &args.control)?;
+    emit("ready", json!({ "orders": bound }));
+
+    // The next control message, or None when a second passed without one.
+    let next_control = || -> Result<Option<Vec<Vec<u8>>>, Failure> {
+        if !readable(&control, deadline.cap(1000))? {
+            if deadline.expired() {
+                return Err(Failure::new("timeout", format!("not finished after {} ms", args.timeout)));
+            }
+            return Ok(None);
+        }
+        Ok(Some(control.recv_multipart(0)?))
+    };
+    let send = |id: u64| send_when_room(&orders, &order_frames(args.seed, id), &deadline, &format!("order {}", id));
+
+    // The state is repeated every heartbeat: however late our SUB connected, `go` comes.
+    while !matches!(next_control()?, Some(message) if is_state(&message, b"go")) {}
+    for id in 1..=args.count {
+        send(id)?;
+    }
+    emit("sent", json!({ "orders": args.count }));
+    let mut sent = args.count;
+    loop {
+        let message = match next_control()? {
+            Some(message) => message,
+            None => continue,
+        };
+        if is_state(&message, b"finished") {
+            break;
+        }
+        if message[0] == b"resend" {
+            let ids: Vec<u64> = message[1..].iter().filter_map(|frame| eight(frame)).map(u64::from_be_bytes).collect();
+            for &id in &ids {
+                if (1..=args.count).contains(&id) {
+                    send(id)?; // the same bytes again: the generator recomputes them
+                }
+            }
+            sent += ids.len() as u64;
+            emit("resent", json!({ "ids": ids }));
+        }
+    }
+    emit("done", json!({ "sent": sent }));
+    Ok(())
+}
+
+// --- worker ----------------------------------------------------------------------------------
+
+/// (id, value) of a well-formed order, or its first broken rule.
+fn check_order(frames: &[Vec<u8>]) -> Result<(u64, i64), Rejected> {
+    let sizes: Vec<usize> = frames.iter().map(Vec::len).collect();
+    let (id, symbol, side, quantity, cents) = match frames {
+        [id, symbol, side, quantity, cents] if (1..=8).contains(&symbol.len()) && side.len() == 1 => {
+            match (eight(id), <[u8; 4]>::try_from(quantity.as_slice()).ok(), eight(cents)) {
+                (Some(id), Some(quantity), Some(cents)) => (id, symbol, side[0], quantity, cents),
+                _ => return Err(("malformed-order", format!("frame sizes {:?}, expected [8, 1-8, 1, 4, 8]", sizes))),
+            }
+        }
+        _ => return Err(("malformed-order", format!("frame sizes {:?}, expected [8, 1-8, 1, 4, 8]", sizes))),
+    };
+    if !is_symbol(symbol) || !(side == b'B' || side == b'S') {
+        let reason = format!("symbol {} or side {}", symbol.escape_ascii(), [side].escape_ascii());
+        return Err(("malformed-order", reason));
+    }
+    let (id, quantity, cents) = (u64::from_be_bytes(id), u32::from_be_bytes(quantity), i64::from_be_bytes(cents));
+    match value(side, quantity, cents) {
+        Some(value) => Ok((id, value)),
+        None => Err(("malformed-order", format!("{} × {} cents does not fit in 64 bits", quantity, cents))),
+    }
+}
+
+fn run_worker(args: WorkerArgs) -> Result<(), Failure> {
+    let deadline = Deadline::new(args.timeout);
+    let context = zmq::Context::new();
+    // PULL takes orders from the source; PUSH hands readiness and results to the sink.
+    let orders = context.socket(zmq::PULL)?;
+    let results = context.socket(zmq::PUSH)?;
+    let control = context.socket(zmq::SUB)?;
+    for socket in [&orders, &results, &control] {
+        // We leave only on `finished`, once the sink has every result. If we die instead, the
+        // orders queued for us are lost, whatever the linger: the sink has them re-sent.
+        socket.set_linger(0)?;
+    }
+    control.set_subscribe(b"")?;
+    // PULL first: it should be connected long before the source deals the batch.
+    connect(&orders, &args.orders)?;
+    connect(&results, &args.results)?;
+    connect(&control, &args.control)?;
+
+    // Slow joiner: once one control message has arrived, our subscription is live and no later
+    // one can be missed.
+    while !readable(&control, deadline.cap(1000))? {
+        if deadline.expired() {
+            return Err(Failure::new("timeout", "no control message from the sink"));
+        }
+    }
+    let mut finished = is_state(&control.recv_multipart(0)?, b"finished");
+    send_when_room(&results, &[&b"ready"[..], args.name.as_bytes()], &deadline, "ready")?;
+    emit("ready", json!({ "name": args.name }));
+
+    let pause = (args.rate > 0).then(|| Duration::from_secs(1) / args.rate); // --rate: between orders
+    let mut priced = 0u64;
+    let mut next_order = Instant::now();
+    while !finished {
+        if deadline.expired() {
+            return Err(Failure::new("timeout", format!("not finished after {} ms", args.timeout)));
+        }
+        let (control_ready, order_ready) = if pause.is_some() && Instant::now() < next_order {
+            // Throttled: until the next order is due, listen to the control channel only. Orders
+            // wait in our queue meanwhile (and, once it is full, in the source's queue for us).
+            (readable(&control, deadline.cap(ms_until(next_order).max(1)))?, false)
+        } else {
+            // One poll for both sockets: whichever has a message first wakes us, no busy loop.
+            let mut items = [orders.as_poll_item(zmq::POLLIN), control.as_poll_item(zmq::POLLIN)];
+            poll(&mut items, deadline.cap(1000))?;
+            (items[1].is_readable(), items[0].is_readable())
+        };
+        if control_ready {
+            // States and resends; only `finished` matters to a worker.
+            finished = is_state(&control.recv_multipart(0)?, b"finished");
+        }
+        if order_ready {
+            let (id, value) = match check_order(&orders.recv_multipart(0)?) {
+                Ok(order) => order,
+                Err((code, reason)) => {
+                    emit("error", json!({ "code": code, "reason": reason }));
+                    continue; // dropped
+                }
+            };
+            let result = [&b"result"[..], args.name.as_bytes(), &id.to_be_bytes(), &value.to_be_bytes()];
+            send_when_room(&results, &result, &deadline, &format!("the result of order {}", id))?;
+            priced += 1;
+            emit("priced", json!({ "id": id }));
+            if let Some(pause) = pause {
+                next_order = Instant::now() + pause;
+            }
+        }
+    }
+    emit("done", json!({ "priced": priced }));
+    Ok(())
+}
