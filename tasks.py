@@ -7,7 +7,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from orchestrator import LANGUAGES
 from orchestrator.config import ConfigError
-from orchestrator.matrix import evaluate, failed, new_run_dir, run_matrix
+from orchestrator.matrix import evaluate, failed, mixed_cells, new_run_dir, run_matrix
 from orchestrator.registry import BuildError, load_registry
 from orchestrator.report import grid_tables, print_details, roles_text, summary_line, write_json, write_junit, write_markdown
 from orchestrator.runner import Fault, kill_everything
@@ -133,7 +133,7 @@ def matrix(c, example, server=None, client=None, publisher=None, proxy=None, sub
             dimensions[role] = _languages(given[role], registry, f"--{role}")
     if not no_build:
         _build(registry, [lang for langs in dimensions.values() for lang in langs])
-    results, wall, run_dir = _run_grid(spec, registry, dimensions, int(parallel), extra_cells(spec, dimensions))
+    results, wall, run_dir = _run_grid(spec, registry, dimensions, int(parallel), mixed_cells(spec, dimensions))
 
     for table in grid_tables(spec, results, dimensions):
         console.print(table)
@@ -147,13 +147,6 @@ def matrix(c, example, server=None, client=None, publisher=None, proxy=None, sub
         write_markdown(markdown, spec, results, dimensions, wall)
     if failed(results):
         raise Exit(code=1)
-
-
-def extra_cells(spec, dimensions):
-    """valuation: one "mixed pool" cell per sink language, one worker of each worker language."""
-    if spec.example != "valuation":
-        return []
-    return [{"source": sink, "worker": list(dimensions["worker"]), "sink": sink} for sink in dimensions["sink"]]
 
 
 def _run_grid(spec, registry, dimensions, parallel, extra_cells=()):

@@ -85,6 +85,15 @@ def run_matrix(spec, dimensions, registry, parallel, on_done=None, extra_cells=(
     return [r for r in results if r is not None], time.monotonic() - started, run_dir
 
 
+def mixed_cells(spec, dimensions):
+    """The spec's extra cells: for each language of `per`, one cell whose `role` runs one instance
+    in every language of its dimension (valuation: a pool of six workers per sink language)."""
+    if not spec.mixed:
+        return []
+    role, per = spec.mixed["role"], spec.mixed["per"]
+    return [{r: list(dimensions[r]) if r == role else lang for r in dimensions} for lang in dimensions[per]]
+
+
 def counts(results):
     return {status: sum(1 for r in results if r.status == status) for status in STATUSES}
 

@@ -30,6 +30,7 @@ class Spec:
     roles: list
     matrix: list  # the roles that always make the grid's dimensions; optional roles may join them
     cell_timeout: float  # seconds
+    mixed: dict = None  # {"role": R, "per": P}: one more cell per language of P, R in every language
 
     def role(self, name):
         for role in self.roles:
@@ -41,7 +42,7 @@ class Spec:
         return [role.name for role in self.roles]
 
     def with_parameters(self, **changes):
-        return Spec(self.example, self.path, self.description, {**self.parameters, **changes}, self.roles, self.matrix, self.cell_timeout)
+        return Spec(self.example, self.path, self.description, {**self.parameters, **changes}, self.roles, self.matrix, self.cell_timeout, self.mixed)
 
     def for_cell(self, counts, present):
         """A copy for one cell: some roles run another number of instances (invoke run --client a
@@ -54,7 +55,7 @@ class Spec:
             if role.each and count > len(role.each):
                 raise ValueError(f"{self.path}: roles.{role.name}.each describes {len(role.each)} instances, not {count}")
             roles.append(RoleSpec(role.name, count, role.flags, role.each, role.wait_for, role.stop, role.optional))
-        return Spec(self.example, self.path, self.description, self.parameters, roles, self.matrix, self.cell_timeout)
+        return Spec(self.example, self.path, self.description, self.parameters, roles, self.matrix, self.cell_timeout, self.mixed)
 
     def optional_roles(self):
         return [role.name for role in self.roles if role.optional]
@@ -111,7 +112,7 @@ def load_spec(example_or_path):
         if not path.exists():
             raise ConfigError(path, "", f"no such example (examples: {', '.join(available_examples())})")
     top = Fields(path, load_yaml(path))
-    top.only("example", "description", "parameters", "roles", "matrix", "timeouts")
+    top.only("example", "description", "parameters", "roles", "matrix", "timeouts", "mixed")
     example = top.get("example", str, required=True)
     parameters = top.get("parameters", dict, {})
     roles_data = top.get("roles", dict, required=True)
@@ -171,4 +172,12 @@ def load_spec(example_or_path):
     timeouts = top.child("timeouts")
     timeouts.only("cell")
     cell_timeout = timeouts.positive("cell", 60)
-    return Spec(example, path, top.get("description", str, ""), parameters, roles, matrix, cell_timeout)
+    mixed = None
+    if "mixed" in top.data:
+        fields = top.child("mixed")
+        fields.only("role", "per")
+        mixed = {key: fields.get(key, str, required=True) for key in ("role", "per")}
+        for key, role in mixed.items():
+            if role not in matrix:
+                raise fields.error(key, f"{role!r} is not a dimension of the grid")
+    return Spec(example, path, top.get("description", str, ""), parameters, roles, matrix, cell_timeout, mixed)

@@ -6,7 +6,7 @@ import time
 
 import zmq
 
-from .contract import Deadline, Failure, StopSignal, Usage, at_least, emit, name
+from .contract import MAX_NAME, Deadline, Failure, StopSignal, Usage, at_least, emit, name
 
 MASK = (1 << 64) - 1  # arithmetic modulo 2**64, as the protocol says
 GOLDEN = 0x9E3779B97F4A7C15
@@ -102,6 +102,13 @@ def topic(name):
     return name.encode() + b"\0"
 
 
+def is_name(data):
+    try:
+        return 1 <= len(data) <= MAX_NAME and bool(data.decode())
+    except UnicodeDecodeError:
+        return False
+
+
 def is_topic(data):
     """1 to 8 letters A-Z, then the NUL."""
     return 2 <= len(data) <= 9 and data.endswith(b"\0") and data[:-1].isalpha() and data[:-1].isupper()
@@ -163,8 +170,8 @@ def on_subscription(message, subscribers):
         emit("error", code="malformed-subscription", reason=f"not a subscription: {message[:40]!r}")
         return
     on, topic_bytes = message[0] == 1, message[1:]
-    if topic_bytes.startswith(b"@"):
-        name = topic_bytes[1:].decode("utf-8", "replace")
+    if topic_bytes.startswith(b"@") and is_name(topic_bytes[1:]):
+        name = topic_bytes[1:].decode()
         if on:
             subscribers.add(name)
             emit("joined", subscriber=name)

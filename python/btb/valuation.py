@@ -230,6 +230,8 @@ def check_order(frames):
     (order_id,) = struct.unpack(">Q", frames[0])
     (quantity,) = struct.unpack(">I", frames[3])
     (cents,) = struct.unpack(">q", frames[4])
+    if not (1 <= quantity <= 1000 and 100 <= cents <= 100099):  # so no value can overflow
+        return "malformed-order", f"quantity {quantity} or price {cents} cents out of range"
     return order_id, frames[2].decode(), quantity, cents
 
 
@@ -257,20 +259,21 @@ def run_worker(args):
     send_when_room(results, [b"ready", args.name.encode()], deadline, "ready")
     emit("ready", name=args.name)
 
-    poller = zmq.Poller()  # one wait for both sockets: no busy loop
-    poller.register(orders, zmq.POLLIN)
-    poller.register(control, zmq.POLLIN)
+    both = zmq.Poller()  # one wait for both sockets: no busy loop
+    both.register(orders, zmq.POLLIN)
+    both.register(control, zmq.POLLIN)
+    control_only = zmq.Poller()
+    control_only.register(control, zmq.POLLIN)
     count = 0
     next_order = time.monotonic()
     while not finished:
         if deadline.expired():
             raise Failure("timeout", f"not finished after {args.timeout} ms")
-        throttled = args.rate and time.monotonic() < next_order
-        if throttled:  # --rate: until the next order is due, listen to the control channel only
-            ready = dict(poller.poll(deadline.cap(max(1, int((next_order - time.monotonic()) * 1000)))))
-            ready.pop(orders, None)
+        wait_ms = int((next_order - time.monotonic()) * 1000)
+        if args.rate and wait_ms > 0:  # --rate: until the next order is due, listen to control only
+            ready = dict(control_only.poll(deadline.cap(wait_ms)))
         else:
-            ready = dict(poller.poll(deadline.cap(1000)))
+            ready = dict(both.poll(deadline.cap(1000)))
         if control in ready:
             finished = control.recv_multipart() == [b"finished"]  # states and resends; only this matters here
         if orders in ready:

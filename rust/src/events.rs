@@ -3,7 +3,7 @@
 //! every example shares.
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -74,6 +74,16 @@ pub fn stop_signal() -> Result<Arc<AtomicBool>, Failure> {
     Ok(raised)
 }
 
+/// SIGTERM and SIGINT as a channel, for a role that has nothing to poll while it waits for them.
+pub fn stop_channel() -> Result<mpsc::Receiver<()>, Failure> {
+    let (raise, raised) = mpsc::channel();
+    ctrlc::set_handler(move || {
+        let _ = raise.send(());
+    })
+    .map_err(|error| Failure::new("signal", format!("cannot handle signals: {}", error)))?;
+    Ok(raised)
+}
+
 /// Bind `socket` and return the endpoint actually bound.
 pub fn bind(socket: &zmq::Socket, endpoint: &str) -> Result<String, Failure> {
     let cannot = |error: zmq::Error| Failure::new("bind", format!("cannot bind {}: {}", endpoint, error));
@@ -116,6 +126,11 @@ impl Deadline {
     /// Milliseconds left, or -1 when there is no limit (0).
     pub fn remaining_ms(&self) -> i64 {
         self.end.map_or(-1, ms_until)
+    }
+
+    /// The time left, or None when there is no limit.
+    pub fn remaining(&self) -> Option<Duration> {
+        self.end.map(|end| end.saturating_duration_since(Instant::now()))
     }
 
     pub fn expired(&self) -> bool {

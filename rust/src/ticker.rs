@@ -1,12 +1,13 @@
 //! ticker: data distribution over PUB/SUB with an XSUB/XPUB proxy (examples/ticker/PROTOCOL.md).
 use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::Ordering;
+use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{value_parser, Args, Subcommand};
 use serde_json::json;
 
-use crate::events::{bind, connect, emit, ms_until, name, readable, stop_signal, usage, Deadline, Failure};
+use crate::events::{bind, connect, emit, ms_until, name, readable, stop_channel, stop_signal, usage, Deadline, Failure};
 
 pub const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
 
@@ -247,77 +248,39 @@ fn on_subscription(message: &[u8], subscribers: &mut HashSet<String>) {
 
 // --- proxy -----------------------------------------------------------------------------------
 
-/// The signal that interrupted the proxy, 0 until one does. A signal handler may do little more
-/// than store a number; the main thread reads it once the proxy has returned.
-static INTERRUPTED_BY: AtomicI32 = AtomicI32::new(0);
-
-extern "C" fn interrupt(number: libc::c_int) {
-    INTERRUPTED_BY.store(number, Ordering::SeqCst);
-}
-
-/// Run `interrupt` on this signal, without SA_RESTART: the call it interrupts returns EINTR.
-/// (Not ctrlc here: its handler runs later, on a thread of its own, so it cannot tell the
-/// proxy's EINTR which signal it was.)
-fn on_signal(number: libc::c_int) -> Result<(), Failure> {
-    let handler = interrupt as extern "C" fn(libc::c_int);
-    // SAFETY: a zeroed sigaction is "no flags, empty mask"; the handler only stores an atomic.
-    let result = unsafe {
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = handler as libc::sighandler_t;
-        libc::sigaction(number, &action, std::ptr::null_mut())
-    };
-    match result {
-        0 => Ok(()),
-        _ => Err(Failure::new("signal", format!("cannot handle signal {}", number))),
-    }
-}
-
-extern "C" {
-    // POSIX setitimer(2), which the libc crate of Debian 12 (0.2.139) does not bind for Linux.
-    fn setitimer(which: libc::c_int, new: *const libc::itimerval, old: *mut libc::itimerval) -> libc::c_int;
-}
-
-/// --timeout as a timer signal: SIGALRM in `timeout_ms` milliseconds.
-fn alarm_in(timeout_ms: u32) {
-    let timer = libc::itimerval {
-        it_interval: libc::timeval { tv_sec: 0, tv_usec: 0 }, // once
-        it_value: libc::timeval {
-            tv_sec: (timeout_ms / 1000).into(),
-            tv_usec: (timeout_ms % 1000 * 1000).into(),
-        },
-    };
-    // SAFETY: a valid timer, and no old value asked for.
-    unsafe { setitimer(libc::ITIMER_REAL, &timer, std::ptr::null_mut()) };
-}
-
 fn run_proxy(args: ProxyArgs) -> Result<(), Failure> {
-    // Before `ready`: from then on the orchestrator may stop us at any moment.
-    for number in [libc::SIGTERM, libc::SIGINT, libc::SIGALRM] {
-        on_signal(number)?;
-    }
+    let stop = stop_channel()?; // before `ready`: from then on we may be stopped at any moment
+    let deadline = Deadline::new(args.timeout);
     let context = zmq::Context::new();
-    let upstream = context.socket(zmq::XSUB)?; // faces the publisher: receives ticks, sends subscriptions
-    let downstream = context.socket(zmq::XPUB)?; // faces subscribers: sends ticks, receives subscriptions
-    for socket in [&upstream, &downstream] {
+    let mut upstream = context.socket(zmq::XSUB)?; // faces the publisher: receives ticks, sends subscriptions
+    let mut downstream = context.socket(zmq::XPUB)?; // faces subscribers: sends ticks, receives subscriptions
+    // The proxy's own control channel: a PAIR of sockets over inproc, which never leaves the
+    // process; the context itself carries the messages.
+    let mut control = context.socket(zmq::PAIR)?;
+    let steer = context.socket(zmq::PAIR)?;
+    for socket in [&upstream, &downstream, &control, &steer] {
         socket.set_linger(0)?;
     }
     let bound = bind(&downstream, &args.downstream)?;
     connect(&upstream, &args.upstream)?;
-    emit("ready", json!({ "downstream": bound }));
+    control.bind("inproc://proxy-control")?;
+    steer.connect("inproc://proxy-control")?;
 
-    if args.timeout > 0 {
-        alarm_in(args.timeout);
+    // The library's own loop moves every message both ways (ticks from XSUB to XPUB,
+    // subscriptions from XPUB to XSUB) in a thread of its own, until it reads TERMINATE on its
+    // control socket. The sockets move into that thread: a socket is not thread-safe.
+    let proxy = thread::spawn(move || zmq::proxy_steerable(&mut upstream, &mut downstream, &mut control));
+    emit("ready", json!({ "downstream": bound }));
+    let stopped = match deadline.remaining() {
+        Some(left) => stop.recv_timeout(left).is_ok(),
+        None => stop.recv().is_ok(),
+    };
+    steer.send("TERMINATE", 0)?;
+    match proxy.join() {
+        Ok(result) => result?,
+        Err(_) => return Err(Failure::new("proxy", "the proxy thread panicked")),
     }
-    // The library's own loop moves every message both ways: ticks from XSUB to XPUB,
-    // subscriptions from XPUB to XSUB. It returns only on an error: EINTR when a signal comes
-    // (libzmq's own threads block every signal, so the signals land in this thread).
-    while INTERRUPTED_BY.load(Ordering::SeqCst) == 0 {
-        match zmq::proxy(&upstream, &downstream) {
-            Err(zmq::Error::EINTR) | Ok(()) => {}
-            Err(error) => return Err(error.into()),
-        }
-    }
-    if INTERRUPTED_BY.load(Ordering::SeqCst) == libc::SIGALRM {
+    if !stopped {
         return Err(Failure::new("timeout", format!("still proxying after {} ms", args.timeout)));
     }
     emit("done", json!({}));

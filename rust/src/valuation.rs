@@ -139,19 +139,19 @@ fn order_frames(seed: u64, id: u64) -> [Vec<u8>; 5] {
 
 /// quantity × cents, negated for a sell; None when that does not fit in signed 64 bits, which
 /// no generated order comes near (at most 1000 × 100099) but a rogue source could send.
-fn value(side: u8, quantity: u32, cents: i64) -> Option<i64> {
-    let amount = i64::from(quantity).checked_mul(cents)?;
+fn value(side: u8, quantity: u32, cents: i64) -> i64 {
+    let amount = i64::from(quantity) * cents;
     if side == b'B' {
-        Some(amount)
+        amount
     } else {
-        amount.checked_neg()
+        -amount
     }
 }
 
 fn run_encode(args: EncodeArgs) -> Result<(), Failure> {
     let frames: Vec<String> = order_frames(args.seed, args.id).iter().map(|frame| hex(frame)).collect();
     let Order { side, quantity, cents, .. } = order(args.seed, args.id);
-    let value = value(side, quantity, cents).expect("a generated order's value fits in 64 bits");
+    let value = value(side, quantity, cents);
     emit("encoded", json!({ "frames": frames, "value": value }));
     emit("done", json!({}));
     Ok(())
@@ -373,10 +373,11 @@ fn check_order(frames: &[Vec<u8>]) -> Result<(u64, i64), Rejected> {
         return Err(("malformed-order", reason));
     }
     let (id, quantity, cents) = (u64::from_be_bytes(id), u32::from_be_bytes(quantity), i64::from_be_bytes(cents));
-    match value(side, quantity, cents) {
-        Some(value) => Ok((id, value)),
-        None => Err(("malformed-order", format!("{} × {} cents does not fit in 64 bits", quantity, cents))),
+    if !(1..=1000).contains(&quantity) || !(100..=100_099).contains(&cents) {
+        // Within the table's ranges, no value can overflow.
+        return Err(("malformed-order", format!("quantity {} or price {} cents out of range", quantity, cents)));
     }
+    Ok((id, value(side, quantity, cents)))
 }
 
 fn run_worker(args: WorkerArgs) -> Result<(), Failure> {
