@@ -1,5 +1,7 @@
-"""The local-process runner: starts every role of one cell under the launch contract, waits for
-readiness by events, enforces the cell's timeout, and never leaves a process behind."""
+"""The runner: starts every role of one cell under the launch contract, waits for readiness by
+events, enforces the cell's timeout, and never leaves a process behind. Where a role runs is the
+launcher's business: a local process group (LocalLauncher, here) or a container
+(orchestrator/containers.py); the cell's logic, transcripts and checks are the same."""
 import json
 import os
 import signal
@@ -14,13 +16,13 @@ from .spec import render
 
 STOP_GRACE = 10  # seconds a role that serves until SIGTERM gets to report done and exit
 
-_live = set()  # every RoleProcess not yet reaped, so that Ctrl-C can kill them all
+_live = set()  # every running role not yet reaped, so that Ctrl-C can kill them all
 _live_lock = threading.Lock()
 aborting = threading.Event()
 
 
 def kill_everything():
-    """Kill every process group this orchestrator started (Ctrl-C)."""
+    """Kill every role this orchestrator started (Ctrl-C)."""
     aborting.set()
     with _live_lock:
         for process in list(_live):
@@ -49,6 +51,8 @@ class RoleTranscript:
     killed: str = None  # why the orchestrator killed it on purpose (a fault it injected)
     events_path: Path = None
     stderr_path: Path = None
+    where: str = None  # the container, for roles that run in one
+    handle: object = field(default=None, repr=False, compare=False)  # the running Role
 
     @property
     def label(self):
@@ -61,36 +65,26 @@ class RoleTranscript:
         return None
 
 
-class RoleProcess:
-    """One role instance: its process group, and a thread turning its stdout into events."""
+class Role:
+    """One running role instance: a thread turns its stdout into events as they come."""
 
-    def __init__(self, transcript, env, on_event):
+    def __init__(self, transcript, on_event):
         self.t = transcript
         self.on_event = on_event
         self.changed = threading.Condition()
         self.eof = False
-        transcript.stderr_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(transcript.stderr_path, "wb") as stderr:
-            # A new session makes the role the leader of its own process group: killing the group
-            # takes any child it started with it.
-            self.process = subprocess.Popen(
-                transcript.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                env=env,
-                start_new_session=True,
-            )
-        transcript.pid = self.process.pid
+        transcript.handle = self
         transcript.started_at = time.time()
+
+    def _start_reading(self, lines):
         with _live_lock:
             _live.add(self)
-        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader = threading.Thread(target=self._read, args=(lines,), daemon=True)
         self.reader.start()
 
-    def _read(self):
+    def _read(self, lines):
         with open(self.t.events_path, "wb") as saved:
-            for raw in self.process.stdout:
+            for raw in lines:
                 saved.write(raw)
                 saved.flush()
                 try:
@@ -124,6 +118,31 @@ class RoleProcess:
                     return None
                 self.changed.wait(left)
 
+    def _forget(self):
+        with _live_lock:
+            _live.discard(self)
+
+
+class RoleProcess(Role):
+    """A role as a local process, the leader of its own process group."""
+
+    def __init__(self, transcript, env, on_event):
+        super().__init__(transcript, on_event)
+        transcript.stderr_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(transcript.stderr_path, "wb") as stderr:
+            # A new session makes the role the leader of its own process group: killing the group
+            # takes any child it started with it.
+            self.process = subprocess.Popen(
+                transcript.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                env=env,
+                start_new_session=True,
+            )
+        transcript.pid = self.process.pid
+        self._start_reading(self.process.stdout)
+
     def wait_exit(self, deadline):
         try:
             self.t.exit_code = self.process.wait(timeout=max(0, deadline - time.monotonic()))
@@ -150,8 +169,35 @@ class RoleProcess:
         if self.t.exit_code is None and exited is not None:
             self.t.exit_code = exited
         self.reader.join(timeout=STOP_GRACE)
-        with _live_lock:
-            _live.discard(self)
+        self._forget()
+
+
+class LocalLauncher:
+    """Roles as local processes: the default runner."""
+
+    name = "process"
+
+    def command(self, language, example, role, flags):
+        return language.command(example, role, flags)
+
+    def adapt(self, flags):
+        return flags
+
+    def start(self, transcript, language, on_event):
+        try:
+            return RoleProcess(transcript, language.environment(), on_event)
+        except OSError as error:
+            raise CannotStart(f"{transcript.label}: cannot start {transcript.argv[0]}: {error.strerror} (run `invoke build`)") from error
+
+    def published(self, role, index, event):
+        return event
+
+    def close(self):
+        pass
+
+
+class CannotStart(Exception):
+    """A role could not even be started; the message says why and what to do."""
 
 
 @dataclass(frozen=True)
@@ -183,8 +229,9 @@ def cell_id(roles):
     return "__".join(f"{role}-{'+'.join(dict.fromkeys(langs))}" for role, langs in roles.items())
 
 
-def run_cell(spec, roles, registry, run_dir, on_event=None, fault=None):
+def run_cell(spec, roles, registry, run_dir, on_event=None, fault=None, launcher=None):
     """Run one cell: `roles` maps each role of the spec to one language per instance."""
+    launcher = launcher or LocalLauncher()
     started = time.monotonic()
     seen = []  # the fault's events so far
 
@@ -193,7 +240,7 @@ def run_cell(spec, roles, registry, run_dir, on_event=None, fault=None):
             seen.append(event)
             if len(seen) == fault.count:
                 transcript.killed = fault.describe()
-                _kill_group(transcript.pid)
+                transcript.handle.kill()
         if on_event:
             on_event(transcript, event)
 
@@ -206,20 +253,20 @@ def run_cell(spec, roles, registry, run_dir, on_event=None, fault=None):
             mine = []
             for index, lang in enumerate(roles[role.name]):
                 context = spec.context(role, index, ready, lang)
-                flags = {name: render(value, context) for name, value in role.flags.items()}
+                flags = launcher.adapt({name: render(value, context) for name, value in role.flags.items()})
                 flags.setdefault("timeout", int(spec.cell_timeout * 1000))
                 language = registry[lang]
                 stem = f"{role.name}{index}-{lang}"
                 transcript = RoleTranscript(
-                    role.name, index, lang, flags, language.command(spec.example, role.name, flags),
+                    role.name, index, lang, flags, launcher.command(language, spec.example, role.name, flags),
                     events_path=cell_dir / f"{stem}.jsonl", stderr_path=cell_dir / f"{stem}.stderr",
                 )
                 if aborting.is_set():
                     raise _Stop("interrupted")
                 try:
-                    process = RoleProcess(transcript, language.environment(), watch)
-                except OSError as error:
-                    problems.append(f"{transcript.label}: cannot start {transcript.argv[0]}: {error.strerror} (run `invoke build`)")
+                    process = launcher.start(transcript, language, watch)
+                except CannotStart as error:
+                    problems.append(str(error))
                     raise _Stop() from error
                 processes.append((role, process))
                 mine.append(process)
@@ -233,7 +280,7 @@ def run_cell(spec, roles, registry, run_dir, on_event=None, fault=None):
                         problems.append(f"{process.t.label}: exited before its {role.wait_for} event")
                     raise _Stop()
             if role.wait_for:
-                ready[role.name] = mine[0].wait_event(role.wait_for, deadline)
+                ready[role.name] = launcher.published(role.name, 0, mine[0].wait_event(role.wait_for, deadline))
 
         # Roles that finish by themselves first; then the ones that serve until told to stop.
         for role, process in processes:
@@ -254,6 +301,7 @@ def run_cell(spec, roles, registry, run_dir, on_event=None, fault=None):
     finally:
         for _, process in processes:
             process.reap()
+        launcher.close()
     if timed_out:
         running = [p.t.label for _, p in processes if p.t.exit_code is None]
         problems.insert(0, f"timeout after {spec.cell_timeout} s; still running: {', '.join(running)}")

@@ -1,5 +1,6 @@
 """The process runner: timeouts, whole-process-group cleanup, Ctrl-C, unsupported cells."""
 import os
+import select
 import sys
 import threading
 from pathlib import Path
@@ -14,12 +15,17 @@ from orchestrator.spec import load_spec
 FIXTURE = Path(__file__).parent / "fixtures" / "stuck_role.py"
 
 
-def alive(pid):
+def gone(pid, within=10):
+    """True once process `pid` has terminated (a zombie counts): SIGKILL takes effect a moment
+    after it is sent, so wait for it on a pidfd, which turns readable when the process exits."""
     try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is dead already
-    except FileNotFoundError:
-        return False
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([fd], [], [], within)[0])
+    finally:
+        os.close(fd)
 
 
 def setup(tmp_path, timeout):
@@ -51,7 +57,7 @@ def test_a_timeout_kills_every_process_group(tmp_path):
     children = [pid for pid in seen if pid]
     assert len(children) == 3  # one child per role process
     for pid in children + [t.pid for t in result.transcripts]:
-        assert not alive(pid), f"child {pid} outlived its cell"
+        assert gone(pid), f"process {pid} outlived its cell"
     # Every role's stdout and stderr were saved.
     for t in result.transcripts:
         assert t.events_path.exists() and t.stderr_path.exists()
@@ -79,7 +85,7 @@ def test_ctrl_c_kills_everything_at_once(tmp_path):
         runner.aborting.clear()
     assert outcome["result"].status != "pass"
     for pid in children + [t.pid for t in outcome["result"].transcripts]:
-        assert not alive(pid)
+        assert gone(pid), f"process {pid} outlived its cell"
 
 
 def test_a_role_a_language_lacks_is_unsupported_not_failed(tmp_path):
