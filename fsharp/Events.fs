@@ -101,3 +101,22 @@ let endpoint verb (attach: string -> unit) (address: string) =
     with error ->
         let why = match error with :? NetMQException as e -> string e.ErrorCode | e -> e.Message
         raise (Failure(verb, $"cannot {verb} {address}: {why}"))
+
+/// Poll several sockets at once, as zmq_poll does: wait up to `ms` for a message on any of them and
+/// return the ones that have one. NetMQSelector is the one-shot poll under socket.Poll and
+/// NetMQPoller; unlike NetMQPoller it leaves the loop to us, so that the program keeps the same shape
+/// in every language. One wait for all: no busy loop.
+let pollInAny (sockets: NetMQSocket list) (ms: int64) =
+    let items = [| for socket in sockets -> NetMQSelector.Item(socket, PollEvents.PollIn) |]
+    NetMQSelector().Select(items, items.Length, ms) |> ignore
+    [ for item in items do if item.ResultEvent.HasFlag PollEvents.PollIn then item.Socket ]
+
+/// Send on a PUSH socket, which blocks while no peer is connected or every queue is full (the
+/// high-water mark): wait for room, a second at a time, never past the deadline. Only the first frame
+/// can wait; once it is queued, ZeroMQ takes the whole message.
+let sendWhenRoom (socket: NetMQSocket) (deadline: Deadline) (what: string) (frames: byte[] list) =
+    let tryFor (ms: int64) =
+        socket.TrySendMultipartBytes(TimeSpan.FromMilliseconds(float ms), frames :> seq<byte[]>)
+    while not (tryFor (deadline.Cap 1000L)) do
+        if deadline.Expired then
+            raise (Failure("timeout", $"no room to send {what}"))

@@ -9,12 +9,14 @@ open Btb.Events
 type BtbArgs =
     | [<CliPrefix(CliPrefix.None)>] Chat of ParseResults<Chat.ChatArgs>
     | [<CliPrefix(CliPrefix.None)>] Ticker of ParseResults<Ticker.TickerArgs>
+    | [<CliPrefix(CliPrefix.None)>] Valuation of ParseResults<Valuation.ValuationArgs>
 
     interface IArgParserTemplate with
         member this.Usage =
             match this with
             | Chat _ -> "client/server over REQ/REP plus PUB/SUB"
             | Ticker _ -> "data distribution over PUB/SUB, with an XSUB/XPUB proxy"
+            | Valuation _ -> "a PUSH/PULL pipeline with a control channel"
 
 /// The role chosen on the command line, its flags checked; Argu raises on a bad command line.
 let parse argv =
@@ -22,6 +24,7 @@ let parse argv =
     match results.GetSubCommand() with
     | Chat chat -> Chat.role chat
     | Ticker ticker -> Ticker.role ticker
+    | Valuation valuation -> Valuation.role valuation
 
 let run role =
     try

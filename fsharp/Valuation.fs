@@ -1,0 +1,408 @@
+/// valuation: a PUSH/PULL pipeline with a control channel (examples/valuation/PROTOCOL.md).
+module Btb.Valuation
+
+open System
+open System.Buffers.Binary
+open System.Collections.Generic
+open System.Text
+open Argu
+open NetMQ
+open NetMQ.Sockets
+open Btb.Events
+
+let Symbols = [| "AAPL"; "GOOG"; "GOOGL"; "MSFT"; "IBM" |]
+let ResendBatch = 1000 // ids per resend message
+
+// --- command line ----------------------------------------------------------------------------
+
+type SinkArgs =
+    | Results of endpoint: string
+    | Control of endpoint: string
+    | Workers of count: int
+    | Count of orders: int
+    | Quiet of ms: int
+    | Heartbeat of ms: int
+    | Timeout of ms: int
+
+    interface IArgParserTemplate with
+        member this.Usage =
+            match this with
+            | Results _ -> "PULL endpoint to bind (default tcp://127.0.0.1:5560)"
+            | Control _ -> "PUB endpoint to bind (default tcp://127.0.0.1:5561)"
+            | Workers _ -> "ready workers to wait for (default 1)"
+            | Count _ -> "orders in the batch (default 100)"
+            | Quiet _ -> "silence in ms before missing ids are re-dispatched (default 1000)"
+            | Heartbeat _ -> "interval between state messages in ms (default 100)"
+            | Timeout _ -> "longest run in ms, 0 for no limit (default 0)"
+
+type SourceArgs =
+    | Orders of endpoint: string
+    | Control of endpoint: string
+    | Count of orders: int
+    | Seed of seed: uint64
+    | Timeout of ms: int
+
+    interface IArgParserTemplate with
+        member this.Usage =
+            match this with
+            | Orders _ -> "PUSH endpoint to bind (default tcp://127.0.0.1:5562)"
+            | Control _ -> "the sink's PUB endpoint (default tcp://127.0.0.1:5561)"
+            | Count _ -> "orders in the batch (default 100)"
+            | Seed _ -> "order seed, unsigned 64-bit (default 1)"
+            | Timeout _ -> "longest run in ms, 0 for no limit (default 30000)"
+
+type WorkerArgs =
+    | Orders of endpoint: string
+    | Results of endpoint: string
+    | Control of endpoint: string
+    | [<Mandatory>] Name of name: string
+    | Rate of per_second: int
+    | Timeout of ms: int
+
+    interface IArgParserTemplate with
+        member this.Usage =
+            match this with
+            | Orders _ -> "the source's PUSH endpoint (default tcp://127.0.0.1:5562)"
+            | Results _ -> "the sink's PULL endpoint (default tcp://127.0.0.1:5560)"
+            | Control _ -> "the sink's PUB endpoint (default tcp://127.0.0.1:5561)"
+            | Name _ -> "1 to 32 bytes of UTF-8 (required)"
+            | Rate _ -> "orders a second at most, 0 for no limit (default 0)"
+            | Timeout _ -> "longest run in ms, 0 for no limit (default 30000)"
+
+type EncodeArgs =
+    | [<Mandatory>] Seed of seed: uint64
+    | [<Mandatory>] Id of id: uint64
+
+    interface IArgParserTemplate with
+        member this.Usage =
+            match this with
+            | Seed _ -> "order seed, unsigned 64-bit"
+            | Id _ -> "order id, unsigned 64-bit"
+
+[<RequireSubcommand>]
+type ValuationArgs =
+    | [<CliPrefix(CliPrefix.None)>] Sink of ParseResults<SinkArgs>
+    | [<CliPrefix(CliPrefix.None)>] Source of ParseResults<SourceArgs>
+    | [<CliPrefix(CliPrefix.None)>] Worker of ParseResults<WorkerArgs>
+    | [<CliPrefix(CliPrefix.None)>] Encode of ParseResults<EncodeArgs>
+
+    interface IArgParserTemplate with
+        member this.Usage =
+            match this with
+            | Sink _ -> "collect results, re-dispatch lost orders"
+            | Source _ -> "hand out the batch, re-send what the sink misses"
+            | Worker _ -> "price orders until the batch is finished"
+            | Encode _ -> "print the frames of one order (the test vectors)"
+
+type SinkSettings =
+    { Results: string; Control: string; Workers: int; Count: int
+      Quiet: int; Heartbeat: int; Timeout: int }
+
+type SourceSettings = { Orders: string; Control: string; Count: int; Seed: uint64; Timeout: int }
+
+type WorkerSettings =
+    { Orders: string; Results: string; Control: string; Name: string; Rate: int; Timeout: int }
+
+type EncodeSettings = { Seed: uint64; Id: uint64 }
+
+let sinkSettings (args: ParseResults<SinkArgs>) : SinkSettings =
+    { Results = args.GetResult(SinkArgs.Results, "tcp://127.0.0.1:5560")
+      Control = args.GetResult(SinkArgs.Control, "tcp://127.0.0.1:5561")
+      Workers = args.TryPostProcessResult(Workers, atLeast 1) |> Option.defaultValue 1
+      Count = args.TryPostProcessResult(SinkArgs.Count, atLeast 1) |> Option.defaultValue 100
+      Quiet = args.TryPostProcessResult(Quiet, atLeast 1) |> Option.defaultValue 1000
+      Heartbeat = args.TryPostProcessResult(Heartbeat, atLeast 1) |> Option.defaultValue 100
+      Timeout = args.TryPostProcessResult(SinkArgs.Timeout, atLeast 0) |> Option.defaultValue 0 }
+
+let sourceSettings (args: ParseResults<SourceArgs>) : SourceSettings =
+    { Orders = args.GetResult(SourceArgs.Orders, "tcp://127.0.0.1:5562")
+      Control = args.GetResult(SourceArgs.Control, "tcp://127.0.0.1:5561")
+      Count = args.TryPostProcessResult(SourceArgs.Count, atLeast 1) |> Option.defaultValue 100
+      Seed = args.GetResult(SourceArgs.Seed, 1UL) // Argu reads an unsigned 64-bit: 0 to 2^64-1
+      Timeout =
+        args.TryPostProcessResult(SourceArgs.Timeout, atLeast 0) |> Option.defaultValue 30000 }
+
+let workerSettings (args: ParseResults<WorkerArgs>) : WorkerSettings =
+    { Orders = args.GetResult(WorkerArgs.Orders, "tcp://127.0.0.1:5562")
+      Results = args.GetResult(WorkerArgs.Results, "tcp://127.0.0.1:5560")
+      Control = args.GetResult(WorkerArgs.Control, "tcp://127.0.0.1:5561")
+      Name = args.PostProcessResult(Name, name)
+      Rate = args.TryPostProcessResult(Rate, atLeast 0) |> Option.defaultValue 0
+      Timeout =
+        args.TryPostProcessResult(WorkerArgs.Timeout, atLeast 0) |> Option.defaultValue 30000 }
+
+let encodeSettings (args: ParseResults<EncodeArgs>) : EncodeSettings =
+    { Seed = args.GetResult EncodeArgs.Seed; Id = args.GetResult Id }
+
+// --- orders: a generator anyone can recompute -------------------------------------------------
+
+/// (symbol, side, quantity, cents) of order `id`, with the ticker's splitmix64 (uint64 wraps: mod 2^64).
+let order seed (id: uint64) =
+    let z1 = Ticker.splitmix64 (seed ^^^ (id * Ticker.Golden))
+    let z2 = Ticker.splitmix64 z1
+    let z3 = Ticker.splitmix64 z2
+    Symbols[int (z1 % 5UL)],
+    (if z2 % 2UL = 0UL then "B" else "S"),
+    1u + uint32 ((z2 >>> 1) % 1000UL),
+    100L + int64 (z3 % 100000UL)
+
+// Big-endian (network order) frames, whatever the machine's own byte order.
+let u64Frame (number: uint64) = Ticker.frame8 (fun f -> BinaryPrimitives.WriteUInt64BigEndian(f, number))
+let i64Frame (number: int64) = Ticker.frame8 (fun f -> BinaryPrimitives.WriteInt64BigEndian(f, number))
+
+let u32Frame (number: uint32) =
+    let frame: byte[] = Array.zeroCreate 4
+    BinaryPrimitives.WriteUInt32BigEndian(frame, number)
+    frame
+
+let orderFrames seed id =
+    let symbol, side, quantity, cents = order seed id
+    [ u64Frame id; Encoding.ASCII.GetBytes(symbol: string); Encoding.ASCII.GetBytes(side: string)
+      u32Frame quantity; i64Frame cents ]
+
+/// Signed 64-bit cents, negated for a sell. The worker checks the ranges first: no overflow.
+let value side (quantity: uint32) (cents: int64) = int64 quantity * cents * (if side = "B" then 1L else -1L)
+
+let runEncode (args: EncodeSettings) =
+    let frames = orderFrames args.Seed args.Id
+    let _, side, quantity, cents = order args.Seed args.Id
+    emit "encoded" [ "frames", box (frames |> List.map Ticker.hex); "value", box (value side quantity cents) ]
+    emit "done" []
+
+let sizes (frames: byte[] list) = "[" + String.Join(", ", frames |> List.map (fun f -> f.Length)) + "]"
+
+let reportError (code: string, reason: string) = emit "error" [ "code", box code; "reason", box reason ]
+
+// --- sink ------------------------------------------------------------------------------------
+
+/// (worker, id, value) of a result, or Error (code, reason).
+let checkResult (frames: byte[] list) (count: int) =
+    match frames with
+    | [ kind; nameBytes; idBytes; amountBytes ] when
+        kind = "result"B && idBytes.Length = 8 && amountBytes.Length = 8 ->
+        match (try Some(utf8.GetString nameBytes) with :? ArgumentException -> None) with
+        | None -> Error("malformed-result", "the worker name is not UTF-8")
+        | Some _ when nameBytes.Length < 1 || nameBytes.Length > MaxName ->
+            Error("malformed-result", $"a worker name of {nameBytes.Length} bytes")
+        | Some worker ->
+            let id = BinaryPrimitives.ReadUInt64BigEndian idBytes
+            if id < 1UL || id > uint64 count then
+                Error("unknown-id", $"id {id} is not in 1..{count}")
+            else
+                Ok(worker, id, BinaryPrimitives.ReadInt64BigEndian amountBytes)
+    | _ -> Error("malformed-result", $"not [result, name, id, value]: {sizes frames} bytes")
+
+let runSink (args: SinkSettings) =
+    use stop = new StopSignal()
+    let deadline = Deadline(args.Timeout)
+    use results = new PullSocket() // fair-queues readiness and results from every worker
+    // PUB never blocks: a subscriber that is not there yet simply misses a message, which is why
+    // the state is repeated every heartbeat.
+    use control = new PublisherSocket()
+    // Linger 0: the sink leaves only when told to, and nobody is owed what it still has queued.
+    results.Options.Linger <- TimeSpan.Zero
+    control.Options.Linger <- TimeSpan.Zero
+    endpoint "bind" results.Bind args.Results
+    endpoint "bind" control.Bind args.Control
+    emit "ready" [ "results", box results.Options.LastEndpoint; "control", box control.Options.LastEndpoint ]
+
+    let mutable state = "waiting"B
+    let ready = HashSet<string>()
+    let values = Dictionary<uint64, int64>() // id -> value of its first result
+    let priced = Dictionary<string, int>() // worker -> orders counted
+    let resent = HashSet<uint64>() // every id ever re-dispatched
+    let mutable nextBeat = nowMs ()
+    let mutable quietSince = nowMs ()
+    let total () = Seq.sum values.Values
+
+    let setState next =
+        state <- next
+        send control [ state ] // at once; the heartbeat repeats it for late joiners
+
+    let onReady (worker: string) =
+        if ready.Add worker then
+            emit "worker" [ "name", box worker ]
+        if state = "waiting"B && ready.Count >= args.Workers then
+            // Each worker heard the control channel before it said ready: none can miss `go`.
+            setState "go"B
+            emit "started" [ "workers", box ready.Count ]
+            quietSince <- nowMs ()
+
+    let onResult (frames: byte[] list) =
+        match checkResult frames args.Count with
+        | Error failure -> reportError failure
+        | Ok(worker, id, amount) ->
+            if values.ContainsKey id && resent.Contains id then
+                emit "late-duplicate" [ "id", box id; "worker", box worker ] // we asked for it twice
+            elif values.ContainsKey id then
+                reportError ("duplicate", $"a second result for order {id}, from {worker}")
+            else
+                values[id] <- amount
+                priced[worker] <- (match priced.TryGetValue worker with | true, n -> n + 1 | _ -> 1)
+                quietSince <- nowMs ()
+                emit "result" [ "id", box id; "worker", box worker ]
+                if values.Count = args.Count then
+                    setState "finished"B
+                    emit "complete" [ "total", box (total ()); "workers", box priced
+                                      "resent", box (resent |> Seq.sort |> List.ofSeq) ]
+
+    while not stop.Raised do
+        if deadline.Expired then
+            raise (Failure("timeout", $"still running after {args.Timeout} ms with {values.Count} results"))
+        let waitMs = max 0L (nextBeat - nowMs ())
+        // The wait until the next heartbeat is this poll: results are served meanwhile.
+        if pollIn results (Some(deadline.Cap waitMs)) then
+            match receive results with
+            | [ kind; worker ] when kind = "ready"B ->
+                onReady (Encoding.UTF8.GetString worker) // lenient: it is only reported and counted
+            | frames -> onResult frames
+        let now = nowMs ()
+        if state = "go"B && now - quietSince >= int64 args.Quiet then
+            // PUSH dropped what was queued for a worker that died, and nothing tells us: the sink
+            // only sees silence. Ask the source again for every id still missing.
+            let missing = [ for id in 1UL .. uint64 args.Count do if not (values.ContainsKey id) then id ]
+            for batch in List.chunkBySize ResendBatch missing do
+                send control ("resend"B :: List.map u64Frame batch)
+            resent.UnionWith missing
+            emit "resend" [ "ids", box missing ]
+            quietSince <- now
+        if now >= nextBeat then
+            send control [ state ] // level-triggered: a late subscriber learns the state anyway
+            nextBeat <- now + int64 args.Heartbeat
+    emit "done" [ "orders", box values.Count; "total", box (total ()) ]
+
+// --- source ----------------------------------------------------------------------------------
+
+let runSource (args: SourceSettings) =
+    let deadline = Deadline(args.Timeout)
+    use orders = new PushSocket() // deals orders round-robin to the workers connected at the time
+    use control = new SubscriberSocket()
+    // Linger 0: the source leaves only on `finished`, when every order it sent has been priced.
+    orders.Options.Linger <- TimeSpan.Zero
+    control.Options.Linger <- TimeSpan.Zero
+    control.Subscribe("") // every control message: states and resends
+    endpoint "bind" orders.Bind args.Orders
+    endpoint "connect" control.Connect args.Control
+    emit "ready" [ "orders", box orders.Options.LastEndpoint ]
+
+    /// The next control message, or None after a second of silence.
+    let nextControl () =
+        if not (pollIn control (Some(deadline.Cap 1000L))) then
+            if deadline.Expired then
+                raise (Failure("timeout", $"not finished after {args.Timeout} ms"))
+            None
+        else
+            Some(receive control)
+
+    // Send the same bytes every time: an order is a function of the seed and its id.
+    let sendOrder id = sendWhenRoom orders deadline $"order {id}" (orderFrames args.Seed id)
+
+    // The state is repeated every heartbeat, so `go` comes however late our SUB connected.
+    while nextControl () <> Some [ "go"B ] do
+        ()
+    for id in 1UL .. uint64 args.Count do
+        sendOrder id
+    emit "sent" [ "orders", box args.Count ]
+    let mutable sent = args.Count
+    let mutable finished = false
+    while not finished do
+        match nextControl () with
+        | Some [ state ] when state = "finished"B -> finished <- true
+        | Some(kind :: frames) when kind = "resend"B ->
+            let ids =
+                [ for frame in frames do if frame.Length = 8 then BinaryPrimitives.ReadUInt64BigEndian frame ]
+            for id in ids do
+                if 1UL <= id && id <= uint64 args.Count then
+                    sendOrder id
+            sent <- sent + ids.Length
+            emit "resent" [ "ids", box ids ]
+        | _ -> () // another state, or a heartbeat of silence
+    emit "done" [ "sent", box sent ]
+
+// --- worker ----------------------------------------------------------------------------------
+
+/// (id, side, quantity, cents) of an order, or Error (code, reason).
+let checkOrder (frames: byte[] list) =
+    match frames with
+    | [ idBytes; symbol; side; quantityBytes; centsBytes ] when
+        idBytes.Length = 8 && 1 <= symbol.Length && symbol.Length <= 8 && side.Length = 1
+        && quantityBytes.Length = 4 && centsBytes.Length = 8 ->
+        // ASCII decoding turns any byte above 127 into '?', which is no letter A-Z either.
+        let quantity = BinaryPrimitives.ReadUInt32BigEndian quantityBytes
+        let cents = BinaryPrimitives.ReadInt64BigEndian centsBytes
+        if not (Ticker.isSymbol (Encoding.ASCII.GetString symbol)) || (side <> "B"B && side <> "S"B) then
+            Error("malformed-order", $"symbol {Ticker.hex symbol} or side {Ticker.hex side} (hex)")
+        elif quantity < 1u || quantity > 1000u || cents < 100L || cents > 100099L then // no overflow
+            Error("malformed-order", $"quantity {quantity} or price {cents} cents out of range")
+        else
+            Ok(BinaryPrimitives.ReadUInt64BigEndian idBytes, Encoding.ASCII.GetString side, quantity, cents)
+    | _ -> Error("malformed-order", $"frame sizes {sizes frames}, expected [8, 1-8, 1, 4, 8]")
+
+let runWorker (args: WorkerSettings) =
+    let deadline = Deadline(args.Timeout)
+    let me = utf8.GetBytes args.Name
+    use orders = new PullSocket() // takes orders from the source (from every source, fairly)
+    use results = new PushSocket() // one peer, the sink: PUSH waits while it is not there
+    use control = new SubscriberSocket()
+    // Linger 0: the worker leaves only on `finished`, when the sink has every result it needs.
+    for socket in [ orders :> NetMQSocket; results; control ] do
+        socket.Options.Linger <- TimeSpan.Zero
+    control.Subscribe("")
+    // PULL first: it should be connected long before the source deals the batch round-robin.
+    endpoint "connect" orders.Connect args.Orders
+    endpoint "connect" results.Connect args.Results
+    endpoint "connect" control.Connect args.Control
+
+    // Slow joiner: once one control message has arrived, our subscription is live and no later
+    // one can be missed.
+    while not (pollIn control (Some(deadline.Cap 1000L))) do
+        if deadline.Expired then
+            raise (Failure("timeout", "no control message from the sink"))
+    let mutable finished = receive control = [ "finished"B ]
+    sendWhenRoom results deadline "ready" [ "ready"B; me ]
+    emit "ready" [ "name", box args.Name ]
+
+    let mutable count = 0
+    let mutable nextOrder = float (nowMs ()) // monotonic ms; only --rate moves it
+    while not finished do
+        if deadline.Expired then
+            raise (Failure("timeout", $"not finished after {args.Timeout} ms"))
+        let waitMs = int64 (nextOrder - float (nowMs ()))
+        let ready =
+            if args.Rate > 0 && waitMs > 0L then
+                // --rate: until the next order is due, listen to the control channel only. Orders
+                // wait in our PULL queue (or in the source's PUSH queue for us) meanwhile.
+                if pollIn control (Some(deadline.Cap waitMs)) then [ control :> NetMQSocket ] else []
+            else
+                // One wait for both sockets: an order or a control message, whichever comes first.
+                pollInAny [ orders; control ] (deadline.Cap 1000L)
+        let isReady (socket: NetMQSocket) = List.contains socket ready
+        if isReady control then
+            finished <- receive control = [ "finished"B ] // states and resends; only this matters here
+        if isReady orders then
+            match checkOrder (receive orders) with
+            | Error failure -> reportError failure
+            | Ok(id, side, quantity, cents) ->
+                let result = [ "result"B; me; u64Frame id; i64Frame (value side quantity cents) ]
+                sendWhenRoom results deadline $"the result of order {id}" result
+                count <- count + 1
+                emit "priced" [ "id", box id ]
+                if args.Rate > 0 then
+                    nextOrder <- float (nowMs ()) + 1000.0 / float args.Rate
+    emit "done" [ "priced", box count ]
+
+/// Validate the command line of a valuation role (Argu raises on a bad value) and return its run.
+let role (args: ParseResults<ValuationArgs>) : unit -> unit =
+    match args.GetSubCommand() with
+    | Sink sink ->
+        let settings = sinkSettings sink
+        fun () -> runSink settings
+    | Source source ->
+        let settings = sourceSettings source
+        fun () -> runSource settings
+    | Worker worker ->
+        let settings = workerSettings worker
+        fun () -> runWorker settings
+    | Encode encode ->
+        let settings = encodeSettings encode
+        fun () -> runEncode settings
