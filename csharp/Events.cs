@@ -1,11 +1,15 @@
 // The launch contract (examples/README.md) in C#: JSON Lines events on stdout, logs on stderr, the
-// --timeout deadline, fatal failures, the stop signal, and the flag types every example uses.
+// --timeout deadline, fatal failures, the stop signal, and the flag types every example uses; and
+// what several examples share: splitmix64 and sending on a PUSH socket when it has room.
 using System.CommandLine;
+using System.Diagnostics.CodeAnalysis;
+using System.Globalization;
 using System.Runtime.InteropServices;
 using System.Text;
 using System.Text.Encodings.Web;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using NetMQ;
 
 static class Events
 {
@@ -102,6 +106,30 @@ static class Flags
         },
     };
 
+    public delegate bool Parser<T>(string text, [MaybeNullWhen(false)] out T value);
+
+    /// <summary>An option whose value <paramref name="parse"/> checks; required unless it has a
+    /// <paramref name="fallback"/>.</summary>
+    public static Option<T> Typed<T>(string flag, string rule, Parser<T> parse, Func<T>? fallback = null) => new(flag)
+    {
+        Required = fallback is null,
+        DefaultValueFactory = fallback is null ? null : _ => fallback(),
+        CustomParser = result =>
+        {
+            if (parse(result.Tokens.Single().Value, out T? value)) return value;
+            result.AddError($"{flag}: {rule}");
+            return default;
+        },
+    };
+
+    /// <summary>An unsigned 64-bit integer (a seed, a sequence number, an order id); required unless it
+    /// has a <paramref name="fallback"/>.</summary>
+    public static Option<ulong> UInt64(string flag, ulong? fallback = null) =>
+        Typed<ulong>(flag, "takes an unsigned 64-bit integer", TryParseUInt64, fallback is ulong value ? () => value : null);
+
+    static bool TryParseUInt64(string text, out ulong number) =>
+        ulong.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out number);
+
     /// <summary>A required name of 1 to <see cref="MaxName"/> bytes of UTF-8.</summary>
     public static Option<string> Name(string flag) => new(flag)
     {
@@ -114,4 +142,35 @@ static class Flags
             return name;
         },
     };
+}
+
+/// <summary>splitmix64: the counter-based generator behind the ticker's prices and the valuation's
+/// orders, so that every language recomputes the same numbers (examples/ticker/PROTOCOL.md).</summary>
+static class Prng
+{
+    // All the arithmetic is on ulong, modulo 2^64: C# wraps unless a checked context says otherwise.
+    public const ulong Golden = 0x9E3779B97F4A7C15UL;
+
+    public static ulong SplitMix64(ulong x)
+    {
+        ulong z = x + Golden;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
+        return z ^ (z >> 31);
+    }
+}
+
+static class Sockets
+{
+    /// <summary>Send on a PUSH socket, which cannot send while no peer is connected or every peer's
+    /// queue is full (the high-water mark): wait for room, a second at a time, never past the deadline.
+    /// TrySend with a timeout is the wait; it blocks in the library, it does not spin.</summary>
+    public static void SendWhenRoom(this NetMQSocket socket, byte[][] frames, Deadline deadline, string what)
+    {
+        while (!socket.TrySendMultipartBytes(deadline.Cap(TimeSpan.FromSeconds(1)), frames))
+        {
+            if (deadline.Expired)
+                throw new Failure("timeout", $"no room to send {what}");
+        }
+    }
 }

@@ -2,7 +2,6 @@
 using System.Buffers.Binary;
 using System.CommandLine;
 using System.Diagnostics;
-using System.Diagnostics.CodeAnalysis;
 using System.Globalization;
 using System.Text;
 using NetMQ;
@@ -10,9 +9,6 @@ using NetMQ.Sockets;
 
 static class Ticker
 {
-    // All the price arithmetic is on ulong, modulo 2^64: C# wraps unless a checked context says otherwise.
-    const ulong Golden = 0x9E3779B97F4A7C15UL;
-
     record PublisherArgs(string Ticks, List<string> Symbols, ulong Seed, int Subscribers, int Interval, int Timeout);
 
     record ProxyArgs(string Upstream, string Downstream, int Timeout);
@@ -34,9 +30,9 @@ static class Ticker
     static Command PublisherCommand()
     {
         Option<string> ticks = Flags.Endpoint("--ticks", "tcp://127.0.0.1:5557");
-        Option<List<string>> symbols = Typed<List<string>>(
+        Option<List<string>> symbols = Flags.Typed<List<string>>(
             "--symbols", SymbolRule, TryParseSymbols, () => ["AAPL", "GOOG", "GOOGL", "MSFT", "IBM"]);
-        Option<ulong> seed = Typed<ulong>("--seed", UInt64Rule, TryParseUInt64, () => 1);
+        Option<ulong> seed = Flags.UInt64("--seed", 1);
         Option<int> subscribers = Flags.AtLeast("--subscribers", 1, 1);
         Option<int> interval = Flags.AtLeast("--interval", 1, 2);
         Option<int> timeout = Flags.AtLeast("--timeout", 0, 0);
@@ -64,10 +60,10 @@ static class Ticker
     {
         Option<string> ticks = Flags.Endpoint("--ticks", "tcp://127.0.0.1:5557");
         Option<string> name = Flags.Name("--name");
-        Option<List<string>> symbols = Typed<List<string>>("--symbols", SymbolRule, TryParseSymbols);
+        Option<List<string>> symbols = Flags.Typed<List<string>>("--symbols", SymbolRule, TryParseSymbols);
         Option<int> count = Flags.AtLeast("--count", 1, 20);
-        Option<ulong> seed = Typed<ulong>("--seed", UInt64Rule, TryParseUInt64, () => 1);
-        Option<(string Old, string New)?> change = Typed<(string Old, string New)?>(
+        Option<ulong> seed = Flags.UInt64("--seed", 1);
+        Option<(string Old, string New)?> change = Flags.Typed<(string Old, string New)?>(
             "--switch", $"takes OLD:NEW, where {SymbolRule}", TryParseSwitch, () => null);
         Option<int> switchAfter = Flags.AtLeast("--switch-after", 1, 10);
         Option<int> timeout = Flags.AtLeast("--timeout", 0, 30000);
@@ -83,10 +79,10 @@ static class Ticker
 
     static Command EncodeCommand()
     {
-        Option<ulong> seed = Typed<ulong>("--seed", UInt64Rule, TryParseUInt64);
-        Option<string> symbol = Typed<string>("--symbol", SymbolRule, TryParseSymbol);
-        Option<ulong> sequence = Typed<ulong>("--sequence", UInt64Rule, TryParseUInt64);
-        Option<long> timestamp = Typed<long>("--timestamp", "takes a signed 64-bit integer", TryParseInt64);
+        Option<ulong> seed = Flags.UInt64("--seed");
+        Option<string> symbol = Flags.Typed<string>("--symbol", SymbolRule, TryParseSymbol);
+        Option<ulong> sequence = Flags.UInt64("--sequence");
+        Option<long> timestamp = Flags.Typed<long>("--timestamp", "takes a signed 64-bit integer", TryParseInt64);
         Command encode = new("encode", "print the frames of one tick (the test vectors)") { seed, symbol, sequence, timestamp };
         encode.SetAction(p => RunEncode(new(
             p.GetValue(seed), p.GetValue(symbol)!, p.GetValue(sequence), p.GetValue(timestamp))));
@@ -96,23 +92,6 @@ static class Ticker
     // --- flag types ------------------------------------------------------------------------------
 
     const string SymbolRule = "a symbol is 1 to 8 letters A-Z";
-    const string UInt64Rule = "takes an unsigned 64-bit integer";
-
-    delegate bool Parser<T>(string text, [MaybeNullWhen(false)] out T value);
-
-    /// <summary>An option whose value <paramref name="parse"/> checks; required unless it has a
-    /// <paramref name="fallback"/>.</summary>
-    static Option<T> Typed<T>(string flag, string rule, Parser<T> parse, Func<T>? fallback = null) => new(flag)
-    {
-        Required = fallback is null,
-        DefaultValueFactory = fallback is null ? null : _ => fallback(),
-        CustomParser = result =>
-        {
-            if (parse(result.Tokens.Single().Value, out T? value)) return value;
-            result.AddError($"{flag}: {rule}");
-            return default;
-        },
-    };
 
     static bool IsSymbol(string text) => text.Length is >= 1 and <= 8 && text.All(char.IsAsciiLetterUpper);
 
@@ -127,9 +106,6 @@ static class Ticker
         symbols = [.. text.Split(',')];
         return symbols.All(IsSymbol);
     }
-
-    static bool TryParseUInt64(string text, out ulong number) =>
-        ulong.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out number);
 
     static bool TryParseInt64(string text, out long number) =>
         long.TryParse(text, NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out number);
@@ -151,16 +127,8 @@ static class Ticker
         return h;
     }
 
-    static ulong SplitMix64(ulong x)
-    {
-        ulong z = x + Golden;
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
-        return z ^ (z >> 31);
-    }
-
     static ulong Cents(ulong seed, string symbol, ulong sequence) =>
-        1000 + SplitMix64(seed ^ Fnv1a64(Encoding.ASCII.GetBytes(symbol)) ^ (sequence * Golden)) % 99001;
+        1000 + Prng.SplitMix64(seed ^ Fnv1a64(Encoding.ASCII.GetBytes(symbol)) ^ (sequence * Prng.Golden)) % 99001;
 
     /// <summary>Frame 0: the symbol and a NUL, so that subscribing to GOOG does not also match GOOGL.</summary>
     static byte[] Topic(string symbol) => Encoding.ASCII.GetBytes(symbol + "\0");

@@ -33,13 +33,11 @@ class Language:
     env: dict
     implements: dict  # example -> set of roles
     known_failures: list = field(default_factory=list)
+    docker: dict = None  # dockerfile, packages, stage: how to build its container image
 
     def command(self, example, role, flags):
         """The argv of one role under the launch contract: <program> <example> <role> --flag value..."""
-        argv = [self.expand(part) for part in self.launch] + [example, role]
-        for name, value in flags.items():
-            argv += [f"--{name}", str(value)]
-        return argv
+        return [self.expand(part) for part in self.launch] + contract_args(example, role, flags)
 
     def environment(self):
         env = dict(os.environ)
@@ -50,8 +48,11 @@ class Language:
         return role in self.implements.get(example, ())
 
     @staticmethod
-    def expand(text):
-        return text.replace("{root}", str(ROOT)).replace("{python}", sys.executable)
+    def expand(text, **more):
+        text = text.replace("{root}", str(ROOT)).replace("{python}", sys.executable)
+        for name, value in more.items():
+            text = text.replace("{" + name + "}", str(value))
+        return text
 
     def run_build(self, output=None):
         """Run the build commands; raise BuildError with the tool's output when one fails."""
@@ -62,6 +63,14 @@ class Language:
                 output(done.stdout + done.stderr)
             if done.returncode != 0:
                 raise BuildError(self.name, argv, done.stdout + done.stderr)
+
+
+def contract_args(example, role, flags):
+    """<example> <role> --flag value...: what follows the program in the launch contract."""
+    args = [example, role]
+    for name, value in flags.items():
+        args += [f"--{name}", str(value)]
+    return args
 
 
 class BuildError(Exception):
@@ -111,7 +120,7 @@ def load_registry(path=REGISTRY_PATH):
         if not isinstance(entry, dict):
             raise ConfigError(path, name, "must be a mapping")
         fields = Fields(path, entry, name)
-        fields.only("build", "launch", "env", "implements", "known_failures")
+        fields.only("build", "launch", "env", "implements", "known_failures", "docker")
         build = fields.get("build", list, [])
         for index, step in enumerate(build):
             if not isinstance(step, list) or not step or not all(isinstance(p, str) for p in step):
@@ -142,7 +151,19 @@ def load_registry(path=REGISTRY_PATH):
                     entry_fields.get("reason", str, required=True),
                 )
             )
-        languages[name] = Language(name, build, launch, env, implements, known)
+        docker = None
+        if "docker" in entry:
+            image = fields.child("docker")
+            image.only("dockerfile", "packages", "stage")
+            docker = {
+                "dockerfile": image.get("dockerfile", str, required=True),
+                "packages": image.strings("packages", []),
+                "stage": image.get("stage", list, required=True),
+            }
+            for index, step in enumerate(docker["stage"]):
+                if not isinstance(step, list) or not step or not all(isinstance(p, str) for p in step):
+                    raise ConfigError(path, f"{name}.docker.stage[{index}]", "must be a non-empty list of strings")
+        languages[name] = Language(name, build, launch, env, implements, known, docker)
     if not languages:
         raise ConfigError(path, "", "no languages")
     for language in languages.values():

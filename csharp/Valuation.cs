@@ -1,0 +1,465 @@
+// valuation: a PUSH/PULL pipeline with a control channel (examples/valuation/PROTOCOL.md).
+using System.Buffers.Binary;
+using System.CommandLine;
+using System.Diagnostics;
+using System.Text;
+using NetMQ;
+using NetMQ.Sockets;
+
+static class Valuation
+{
+    static readonly string[] Symbols = ["AAPL", "GOOG", "GOOGL", "MSFT", "IBM"];
+    const int ResendBatch = 1000; // ids per resend message
+
+    // The control channel's messages, and the first frames of the messages to the sink.
+    static readonly byte[] Waiting = "waiting"u8.ToArray(), Go = "go"u8.ToArray(), Finished = "finished"u8.ToArray();
+    static readonly byte[] Resend = "resend"u8.ToArray(), Ready = "ready"u8.ToArray(), Result = "result"u8.ToArray();
+
+    // Throws on anything that is not UTF-8, encoded surrogates and overlong forms included.
+    static readonly UTF8Encoding Strict = new(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
+
+    record SinkArgs(string Results, string Control, int Workers, int Count, int Quiet, int Heartbeat, int Timeout);
+
+    record SourceArgs(string Orders, string Control, int Count, ulong Seed, int Timeout);
+
+    record WorkerArgs(string Orders, string Results, string Control, string Name, int Rate, int Timeout);
+
+    record EncodeArgs(ulong Seed, ulong Id);
+
+    /// <summary>One order, as the generator makes it or as a worker reads it off the wire.</summary>
+    readonly record struct Order(ulong Id, string Symbol, char Side, uint Quantity, long Cents)
+    {
+        /// <summary>Quantity times price, negated for a sell: exact in 64 bits within the protocol's ranges,
+        /// which the generator keeps and a worker checks.</summary>
+        public long Value => Quantity * Cents * (Side == 'B' ? 1 : -1);
+    }
+
+    /// <summary>A result that passed every check.</summary>
+    readonly record struct Priced(string Worker, ulong Id, long Value);
+
+    public static Command Command() => new("valuation", "a PUSH/PULL pipeline with a control channel")
+    {
+        SinkCommand(), SourceCommand(), WorkerCommand(), EncodeCommand(),
+    };
+
+    static Command SinkCommand()
+    {
+        Option<string> results = Flags.Endpoint("--results", "tcp://127.0.0.1:5560");
+        Option<string> control = Flags.Endpoint("--control", "tcp://127.0.0.1:5561");
+        Option<int> workers = Flags.AtLeast("--workers", 1, 1);
+        Option<int> count = Flags.AtLeast("--count", 1, 100);
+        Option<int> quiet = Flags.AtLeast("--quiet", 1, 1000);
+        Option<int> heartbeat = Flags.AtLeast("--heartbeat", 1, 100);
+        Option<int> timeout = Flags.AtLeast("--timeout", 0, 0);
+        Command sink = new("sink", "collect results, re-dispatch lost orders")
+        {
+            results, control, workers, count, quiet, heartbeat, timeout,
+        };
+        sink.SetAction(p => RunSink(new(
+            p.GetValue(results)!, p.GetValue(control)!, p.GetValue(workers), p.GetValue(count),
+            p.GetValue(quiet), p.GetValue(heartbeat), p.GetValue(timeout))));
+        return sink;
+    }
+
+    static Command SourceCommand()
+    {
+        Option<string> orders = Flags.Endpoint("--orders", "tcp://127.0.0.1:5562");
+        Option<string> control = Flags.Endpoint("--control", "tcp://127.0.0.1:5561");
+        Option<int> count = Flags.AtLeast("--count", 1, 100);
+        Option<ulong> seed = Flags.UInt64("--seed", 1);
+        Option<int> timeout = Flags.AtLeast("--timeout", 0, 30000);
+        Command source = new("source", "hand out the batch, re-send what the sink misses") { orders, control, count, seed, timeout };
+        source.SetAction(p => RunSource(new(
+            p.GetValue(orders)!, p.GetValue(control)!, p.GetValue(count), p.GetValue(seed), p.GetValue(timeout))));
+        return source;
+    }
+
+    static Command WorkerCommand()
+    {
+        Option<string> orders = Flags.Endpoint("--orders", "tcp://127.0.0.1:5562");
+        Option<string> results = Flags.Endpoint("--results", "tcp://127.0.0.1:5560");
+        Option<string> control = Flags.Endpoint("--control", "tcp://127.0.0.1:5561");
+        Option<string> name = Flags.Name("--name");
+        Option<int> rate = Flags.AtLeast("--rate", 0, 0);
+        Option<int> timeout = Flags.AtLeast("--timeout", 0, 30000);
+        Command worker = new("worker", "price orders until the batch is finished") { orders, results, control, name, rate, timeout };
+        worker.SetAction(p => RunWorker(new(
+            p.GetValue(orders)!, p.GetValue(results)!, p.GetValue(control)!, p.GetValue(name)!,
+            p.GetValue(rate), p.GetValue(timeout))));
+        return worker;
+    }
+
+    static Command EncodeCommand()
+    {
+        Option<ulong> seed = Flags.UInt64("--seed");
+        Option<ulong> id = Flags.UInt64("--id");
+        Command encode = new("encode", "print the frames of one order (the test vectors)") { seed, id };
+        encode.SetAction(p => RunEncode(new(p.GetValue(seed), p.GetValue(id))));
+        return encode;
+    }
+
+    // --- orders: a generator anyone can recompute ------------------------------------------------
+
+    static Order Generate(ulong seed, ulong id)
+    {
+        ulong z1 = Prng.SplitMix64(seed ^ (id * Prng.Golden)); // ulong arithmetic wraps: modulo 2^64
+        ulong z2 = Prng.SplitMix64(z1);
+        ulong z3 = Prng.SplitMix64(z2);
+        return new(id, Symbols[z1 % 5], z2 % 2 == 0 ? 'B' : 'S', (uint)(1 + (z2 >> 1) % 1000), (long)(100 + z3 % 100000));
+    }
+
+    static byte[] U64(ulong number)
+    {
+        var frame = new byte[8];
+        BinaryPrimitives.WriteUInt64BigEndian(frame, number);
+        return frame;
+    }
+
+    static byte[] I64(long number)
+    {
+        var frame = new byte[8];
+        BinaryPrimitives.WriteInt64BigEndian(frame, number);
+        return frame;
+    }
+
+    static byte[][] OrderFrames(Order order)
+    {
+        // Big-endian (network order), whatever the machine's own byte order.
+        var quantity = new byte[4];
+        BinaryPrimitives.WriteUInt32BigEndian(quantity, order.Quantity);
+        return [U64(order.Id), Encoding.ASCII.GetBytes(order.Symbol), [(byte)order.Side], quantity, I64(order.Cents)];
+    }
+
+    static void RunEncode(EncodeArgs args)
+    {
+        Order order = Generate(args.Seed, args.Id);
+        Events.Emit("encoded", new { frames = OrderFrames(order).Select(Convert.ToHexStringLower).ToArray(), value = order.Value });
+        Events.Emit("done");
+    }
+
+    /// <summary>Whether a control message is this one state (one frame).</summary>
+    static bool IsState(List<byte[]>? message, byte[] state) => message is [var only] && only.AsSpan().SequenceEqual(state);
+
+    static string Sizes(List<byte[]> frames) => $"[{string.Join(", ", frames.Select(frame => frame.Length))}]";
+
+    /// <summary>Milliseconds from now until <paramref name="due"/>, rounded up (a poll timeout), never negative.</summary>
+    static TimeSpan Until(TimeSpan due, Stopwatch clock) =>
+        TimeSpan.FromMilliseconds(Math.Max(0, Math.Ceiling((due - clock.Elapsed).TotalMilliseconds)));
+
+    // --- sink ------------------------------------------------------------------------------------
+
+    /// <summary>The first broken rule of a result, as (code, reason), or null and the result when it is good.</summary>
+    static (string Code, string Reason)? CheckResult(List<byte[]> frames, int count, out Priced result)
+    {
+        result = default;
+        if (frames.Count != 4 || !frames[0].AsSpan().SequenceEqual(Result) || frames[2].Length != 8 || frames[3].Length != 8)
+            return ("malformed-result", $"not [result, name, id, value]: {Sizes(frames)} bytes");
+        string worker;
+        try
+        {
+            worker = Strict.GetString(frames[1]);
+        }
+        catch (DecoderFallbackException)
+        {
+            return ("malformed-result", "the worker name is not UTF-8");
+        }
+        if (frames[1].Length is < 1 or > Flags.MaxName)
+            return ("malformed-result", $"a worker name of {frames[1].Length} bytes");
+        ulong id = BinaryPrimitives.ReadUInt64BigEndian(frames[2]);
+        if (id < 1 || id > (ulong)count)
+            return ("unknown-id", $"id {id} is not in 1..{count}");
+        result = new(worker, id, BinaryPrimitives.ReadInt64BigEndian(frames[3]));
+        return null;
+    }
+
+    static void RunSink(SinkArgs args)
+    {
+        using var stop = new StopSignal();
+        var deadline = new Deadline(args.Timeout);
+        // PULL fair-queues: it takes readiness and results from every connected worker in turn.
+        using var results = new PullSocket();
+        // PUB sends every control message to every subscriber connected at that moment; one that is
+        // not connected yet misses it (the slow joiner), hence the heartbeat below.
+        using var control = new PublisherSocket();
+        // Linger 0: we leave only when told to, and by then nothing we sent is still needed.
+        results.Options.Linger = TimeSpan.Zero;
+        control.Options.Linger = TimeSpan.Zero;
+        try
+        {
+            results.Bind(args.Results);
+            control.Bind(args.Control);
+        }
+        catch (Exception error) // NetMQ throws various exception types for a bad endpoint
+        {
+            throw new Failure("bind", $"cannot bind: {error.Message}");
+        }
+        Events.Emit("ready", new { results = results.Options.LastEndpoint, control = control.Options.LastEndpoint });
+
+        byte[] state = Waiting;
+        var ready = new HashSet<string>();
+        var values = new Dictionary<ulong, long>(); // id -> value in cents: one counted result per id
+        var priced = new Dictionary<string, int>(); // worker -> results counted
+        var resent = new SortedSet<ulong>(); // every id ever re-dispatched
+        // A rogue worker could send values whose sum leaves 64 bits: 128 keep it exact (and never throw).
+        Int128 Total() => values.Values.Aggregate(Int128.Zero, (sum, value) => sum + value);
+        var clock = Stopwatch.StartNew();
+        TimeSpan nextBeat = clock.Elapsed, quietSince = clock.Elapsed;
+        TimeSpan quiet = TimeSpan.FromMilliseconds(args.Quiet), heartbeat = TimeSpan.FromMilliseconds(args.Heartbeat);
+        var frames = new List<byte[]>();
+
+        void SetState(byte[] next)
+        {
+            state = next;
+            control.SendFrame(state); // at once; the heartbeat repeats it for late joiners
+        }
+
+        while (!stop.Raised)
+        {
+            if (deadline.Expired)
+                throw new Failure("timeout", $"still running after {args.Timeout} ms with {values.Count} results");
+            // A receive with a timeout (a poll) up to the next heartbeat: the heartbeat, the quiet
+            // period, the deadline and the stop flag all get their turn on this one thread.
+            if (results.TryReceiveMultipartBytes(deadline.Cap(Until(nextBeat, clock)), ref frames))
+            {
+                if (frames.Count == 2 && frames[0].AsSpan().SequenceEqual(Ready))
+                {
+                    string worker = Encoding.UTF8.GetString(frames[1]); // a bad byte becomes U+FFFD
+                    if (ready.Add(worker))
+                        Events.Emit("worker", new { name = worker });
+                    // Each worker saw a control message before saying ready, so its SUB is live: it
+                    // cannot miss the `go` that follows.
+                    if (state == Waiting && ready.Count >= args.Workers)
+                    {
+                        SetState(Go);
+                        Events.Emit("started", new { workers = ready.Count });
+                        quietSince = clock.Elapsed;
+                    }
+                }
+                else if (CheckResult(frames, args.Count, out Priced result) is (string code, string reason))
+                {
+                    Events.Emit("error", new { code, reason });
+                }
+                else if (values.ContainsKey(result.Id) && resent.Contains(result.Id))
+                {
+                    // We asked for this order twice: the first worker was slow, not dead.
+                    Events.Emit("late-duplicate", new { id = result.Id, worker = result.Worker });
+                }
+                else if (values.ContainsKey(result.Id))
+                {
+                    Events.Emit("error", new { code = "duplicate", reason = $"a second result for order {result.Id}, from {result.Worker}" });
+                }
+                else
+                {
+                    values[result.Id] = result.Value;
+                    priced[result.Worker] = priced.GetValueOrDefault(result.Worker) + 1;
+                    quietSince = clock.Elapsed;
+                    Events.Emit("result", new { id = result.Id, worker = result.Worker });
+                    if (values.Count == args.Count)
+                    {
+                        SetState(Finished);
+                        Events.Emit("complete", new { total = Total(), workers = priced, resent });
+                    }
+                }
+            }
+            TimeSpan now = clock.Elapsed;
+            if (state == Go && now - quietSince >= quiet)
+            {
+                // Nothing acknowledges a PUSH: what was queued for a worker that died is gone, silently.
+                // Only the sink can tell what is missing; it asks the source again, on the control channel.
+                var missing = Enumerable.Range(1, args.Count).Select(id => (ulong)id).Where(id => !values.ContainsKey(id)).ToList();
+                foreach (ulong[] batch in missing.Chunk(ResendBatch))
+                    control.SendMultipartBytes(batch.Select(U64).Prepend(Resend));
+                resent.UnionWith(missing);
+                Events.Emit("resend", new { ids = missing });
+                quietSince = now;
+            }
+            if (now >= nextBeat)
+            {
+                control.SendFrame(state); // level-triggered: a late subscriber learns the state anyway
+                nextBeat = now + heartbeat;
+            }
+        }
+        Events.Emit("done", new { orders = values.Count, total = Total() });
+    }
+
+    // --- source ----------------------------------------------------------------------------------
+
+    static void RunSource(SourceArgs args)
+    {
+        var deadline = new Deadline(args.Timeout);
+        // PUSH deals the orders round-robin to the workers connected when they are sent.
+        using var orders = new PushSocket();
+        using var control = new SubscriberSocket();
+        // Linger 0: we leave only on `finished`, once the sink has every result.
+        orders.Options.Linger = TimeSpan.Zero;
+        control.Options.Linger = TimeSpan.Zero;
+        control.SubscribeToAnyTopic(); // the prefix "": every control message
+        try
+        {
+            orders.Bind(args.Orders);
+        }
+        catch (Exception error) // NetMQ throws various exception types for a bad endpoint
+        {
+            throw new Failure("bind", $"cannot bind: {error.Message}");
+        }
+        try
+        {
+            control.Connect(args.Control);
+        }
+        catch (Exception error)
+        {
+            throw new Failure("connect", $"cannot connect: {error.Message}");
+        }
+        Events.Emit("ready", new { orders = orders.Options.LastEndpoint });
+
+        // The next control message, or null after a second without one.
+        List<byte[]>? NextControl()
+        {
+            var message = new List<byte[]>();
+            if (control.TryReceiveMultipartBytes(deadline.Cap(TimeSpan.FromSeconds(1)), ref message))
+                return message;
+            if (deadline.Expired)
+                throw new Failure("timeout", $"not finished after {args.Timeout} ms");
+            return null;
+        }
+
+        void Send(ulong id) => orders.SendWhenRoom(OrderFrames(Generate(args.Seed, id)), deadline, $"order {id}");
+
+        // The sink repeats its state every heartbeat: however late our SUB connected, `go` comes.
+        while (!IsState(NextControl(), Go))
+        {
+        }
+        for (ulong id = 1; id <= (ulong)args.Count; id++)
+            Send(id);
+        Events.Emit("sent", new { orders = args.Count });
+        long sent = args.Count;
+        List<byte[]>? message;
+        while (!IsState(message = NextControl(), Finished))
+        {
+            if (message is [var head, .. var rest] && head.AsSpan().SequenceEqual(Resend))
+            {
+                var ids = rest.Where(frame => frame.Length == 8).Select(frame => BinaryPrimitives.ReadUInt64BigEndian(frame)).ToList();
+                foreach (ulong id in ids)
+                {
+                    if (id >= 1 && id <= (ulong)args.Count)
+                        Send(id); // the same bytes as the first time: the generator is a pure function
+                }
+                sent += ids.Count;
+                Events.Emit("resent", new { ids });
+            }
+        }
+        Events.Emit("done", new { sent });
+    }
+
+    // --- worker ----------------------------------------------------------------------------------
+
+    /// <summary>The first broken rule of an order, as (code, reason), or null and the order when it is good.</summary>
+    static (string Code, string Reason)? CheckOrder(List<byte[]> frames, out Order order)
+    {
+        order = default;
+        if (frames is not [{ Length: 8 }, { Length: >= 1 and <= 8 }, { Length: 1 }, { Length: 4 }, { Length: 8 }])
+            return ("malformed-order", $"frame sizes {Sizes(frames)}, expected [8, 1-8, 1, 4, 8]");
+        if (frames[1].AsSpan().ContainsAnyExceptInRange((byte)'A', (byte)'Z') || frames[2][0] is not ((byte)'B' or (byte)'S'))
+        {
+            // Non-ASCII bytes show as '?': the reason is for people.
+            return ("malformed-order", $"symbol \"{Encoding.ASCII.GetString(frames[1])}\" or side \"{Encoding.ASCII.GetString(frames[2])}\"");
+        }
+        uint quantity = BinaryPrimitives.ReadUInt32BigEndian(frames[3]);
+        long cents = BinaryPrimitives.ReadInt64BigEndian(frames[4]);
+        if (quantity is < 1 or > 1000 || cents is < 100 or > 100099) // so that no value can overflow
+            return ("malformed-order", $"quantity {quantity} or price {cents} cents out of range");
+        order = new(
+            BinaryPrimitives.ReadUInt64BigEndian(frames[0]), Encoding.ASCII.GetString(frames[1]), (char)frames[2][0],
+            quantity, cents);
+        return null;
+    }
+
+    static void RunWorker(WorkerArgs args)
+    {
+        var deadline = new Deadline(args.Timeout);
+        using var orders = new PullSocket();
+        using var results = new PushSocket();
+        using var control = new SubscriberSocket();
+        // Linger 0: we leave only on `finished`, once the sink has every result, ours included.
+        orders.Options.Linger = TimeSpan.Zero;
+        results.Options.Linger = TimeSpan.Zero;
+        control.Options.Linger = TimeSpan.Zero;
+        control.SubscribeToAnyTopic();
+        try
+        {
+            // PULL first: it should be connected long before the source deals the batch, or PUSH's
+            // round-robin would leave us out of it.
+            orders.Connect(args.Orders);
+            results.Connect(args.Results);
+            control.Connect(args.Control);
+        }
+        catch (Exception error) // NetMQ throws various exception types for a bad endpoint
+        {
+            throw new Failure("connect", $"cannot connect: {error.Message}");
+        }
+
+        // Slow joiner: once one control message has arrived, our SUB is live and no later one can be
+        // missed. The sink repeats its state every heartbeat, so one comes.
+        var first = new List<byte[]>();
+        while (!control.TryReceiveMultipartBytes(deadline.Cap(TimeSpan.FromSeconds(1)), ref first))
+        {
+            if (deadline.Expired)
+                throw new Failure("timeout", "no control message from the sink");
+        }
+        byte[] name = Encoding.UTF8.GetBytes(args.Name);
+        results.SendWhenRoom([Ready, name], deadline, "ready");
+        Events.Emit("ready", new { name = args.Name });
+
+        int count = 0;
+        if (!IsState(first, Finished))
+        {
+            // One wait for both sockets, no busy loop: the poller runs on this thread and calls the
+            // handler of whichever socket has a message, or of a timer that is due.
+            using var poller = new NetMQPoller { orders, control };
+            control.ReceiveReady += (_, e) =>
+            {
+                // States and resends come here; only `finished` matters to a worker.
+                if (IsState(e.Socket.ReceiveMultipartBytes(), Finished))
+                    poller.Stop(); // from the poller's own thread: it stops once this round is over
+            };
+
+            // --rate: after each order, take the PULL out of the poll set until the next one is due.
+            // Meanwhile the SUB alone is polled, so `finished` is still heard, and the orders wait
+            // in the PULL's queue. NetMQ's timers count whole milliseconds; rounding up keeps to
+            // at most R a second.
+            var resume = new NetMQTimer(args.Rate > 0 ? (int)Math.Ceiling(1000.0 / args.Rate) : 1) { Enable = false };
+            resume.Elapsed += (_, _) =>
+            {
+                resume.Enable = false;
+                poller.Add(orders);
+            };
+            poller.Add(resume);
+
+            orders.ReceiveReady += (_, e) =>
+            {
+                if (CheckOrder(e.Socket.ReceiveMultipartBytes(), out Order order) is (string code, string reason))
+                {
+                    Events.Emit("error", new { code, reason });
+                    return;
+                }
+                results.SendWhenRoom([Result, name, U64(order.Id), I64(order.Value)], deadline, $"the result of order {order.Id}");
+                count++;
+                Events.Emit("priced", new { id = order.Id });
+                if (args.Rate > 0)
+                {
+                    poller.Remove(orders);
+                    resume.EnableAndReset();
+                }
+            };
+
+            if (args.Timeout > 0)
+            {
+                var expiry = new NetMQTimer(deadline.Remaining);
+                expiry.Elapsed += (_, _) => throw new Failure("timeout", $"not finished after {args.Timeout} ms");
+                poller.Add(expiry);
+            }
+            poller.Run(); // until `finished` stops it; a Failure thrown by a handler ends it too
+        }
+        Events.Emit("done", new { priced = count });
+    }
+}
