@@ -32,6 +32,28 @@ static int real_digits(double x)
     return digits;
 }
 
+/* The digits that every real in `value`, however deep in arrays and objects, needs. */
+static int digits_needed(json_t *value)
+{
+    int digits = json_is_real(value) ? real_digits(json_real_value(value)) : 1;
+    size_t index;
+    const char *key;
+    json_t *item;
+    if (json_is_array(value)) {
+        json_array_foreach(value, index, item) {
+            int needed = digits_needed(item);
+            digits = needed > digits ? needed : digits;
+        }
+    }
+    if (json_is_object(value)) {
+        json_object_foreach(value, key, item) {
+            int needed = digits_needed(item);
+            digits = needed > digits ? needed : digits;
+        }
+    }
+    return digits;
+}
+
 void emit(const char *event, const char *fields, ...)
 {
     json_error_t error;
@@ -45,13 +67,7 @@ void emit(const char *event, const char *fields, ...)
     }
     json_t *line = json_pack("{s:s}", "event", event);
     json_object_update(line, values);
-    int digits = 1; /* enough for every real among the fields */
-    const char *key;
-    json_t *value;
-    json_object_foreach(values, key, value) {
-        int needed = json_is_real(value) ? real_digits(json_real_value(value)) : 1;
-        digits = needed > digits ? needed : digits;
-    }
+    int digits = digits_needed(values); /* enough for every real among the fields */
     json_dumpf(line, stdout, JSON_REAL_PRECISION(digits)); /* UTF-8 as is, no \u escapes needed */
     fputc('\n', stdout);
     fflush(stdout);
@@ -108,6 +124,13 @@ int64_t now_ms(void)
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+int64_t now_us(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000 + t.tv_nsec / 1000;
 }
 
 deadline_t deadline_start(int timeout_ms)
@@ -281,6 +304,66 @@ const char *parse_i64(const char *text, void *value)
     return NULL;
 }
 
+/* --- integers ------------------------------------------------------------------------------ */
+
+uint64_t splitmix64(uint64_t x)
+{
+    uint64_t z = x + GOLDEN;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EB;
+    return z ^ (z >> 31);
+}
+
+void put_be64(unsigned char bytes[8], uint64_t value)
+{
+    for (int i = 7; i >= 0; i--, value >>= 8)
+        bytes[i] = (unsigned char)value;
+}
+
+uint64_t get_be64(const void *data)
+{
+    const unsigned char *bytes = data;
+    uint64_t value = 0;
+    for (int i = 0; i < 8; i++)
+        value = value << 8 | bytes[i];
+    return value;
+}
+
+void put_be32(unsigned char bytes[4], uint32_t value)
+{
+    for (int i = 3; i >= 0; i--, value >>= 8)
+        bytes[i] = (unsigned char)value;
+}
+
+uint32_t get_be32(const void *data)
+{
+    const unsigned char *bytes = data;
+    uint32_t value = 0;
+    for (int i = 0; i < 4; i++)
+        value = value << 8 | bytes[i];
+    return value;
+}
+
+const char *hex(const void *data, size_t size, char text[HEX_SIZE])
+{
+    const unsigned char *bytes = data;
+    size = size < 16 ? size : 16;
+    for (size_t i = 0; i < size; i++)
+        snprintf(text + 2 * i, 3, "%02x", bytes[i]);
+    text[2 * size] = '\0';
+    return text;
+}
+
+bool is_symbol(const char *text, size_t size)
+{
+    if (size < 1 || size > MAX_SYMBOL)
+        return false;
+    for (size_t i = 0; i < size; i++)
+        if (text[i] < 'A' || text[i] > 'Z')
+            return false;
+    return true;
+}
+
 /* --- names ---------------------------------------------------------------------------------- */
 
 bool is_name(const void *bytes, size_t size)
@@ -397,4 +480,27 @@ bool poll_in(void *socket, long timeout_ms)
     if (ready < 0 && errno != EINTR) /* EINTR: a signal; the caller checks its flags and loops */
         fail("poll", "zmq_poll: %s", zmq_strerror(errno));
     return ready > 0;
+}
+
+void send_when_room(void *socket, const part_t *parts, size_t count, const deadline_t *deadline,
+                    const char *what)
+{
+    for (;;) {
+        zmq_pollitem_t item = {.socket = socket, .events = ZMQ_POLLOUT};
+        int ready = zmq_poll(&item, 1, deadline_cap(deadline, 1000));
+        if (ready < 0 && errno != EINTR)
+            fail("poll", "zmq_poll: %s", zmq_strerror(errno));
+        /* ZMQ_DONTWAIT: the room the poll saw may be gone by now (the peer left); then we wait
+           again instead of blocking past the deadline. The high-water mark counts whole messages,
+           so once the first frame is accepted, the rest of the message is too. */
+        int flags = ZMQ_DONTWAIT | (count > 1 ? ZMQ_SNDMORE : 0);
+        if (ready > 0 && zmq_send(socket, parts[0].data, parts[0].size, flags) >= 0)
+            break;
+        if (ready > 0 && errno != EAGAIN && errno != EINTR)
+            fail("send", "zmq_send: %s", zmq_strerror(errno));
+        if (deadline_expired(deadline))
+            fail("timeout", "no room to send %s", what);
+    }
+    for (size_t i = 1; i < count; i++)
+        send_frame(socket, parts[i].data, parts[i].size, i + 1 < count);
 }

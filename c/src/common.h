@@ -1,5 +1,6 @@
 /* The launch contract's shared half (examples/README.md): JSON Lines events on stdout, logs on
-   stderr, the --timeout deadline, the stop flag, flag parsing, names and multipart frames. */
+   stderr, the --timeout deadline, the stop flag, flag parsing, names and multipart frames; and
+   what several examples compute alike: splitmix64, network byte order, symbols. */
 #ifndef BTB_COMMON_H
 #define BTB_COMMON_H
 
@@ -27,6 +28,7 @@ const char *problem(char reason[REASON_SIZE], const char *code, const char *form
 
 /* Monotonic milliseconds, and the role's --timeout (0: no limit). */
 int64_t now_ms(void);
+int64_t now_us(void); /* microseconds, for intervals finer than a millisecond */
 typedef struct {
     int64_t end; /* 0: no limit */
 } deadline_t;
@@ -66,6 +68,24 @@ bool parse_flags(int argc, char **argv, const flag_t *flags, size_t count);
 /* Parsers of 64-bit integers, in base 10: unsigned (into a uint64_t), signed (an int64_t). */
 flag_parser parse_u64, parse_i64;
 
+/* --- integers: a generator anyone can recompute, and network order ------------------------ */
+
+/* Every integer of a generator is a uint64_t: C's unsigned arithmetic wraps modulo 2^64, as the
+   protocols say (ticker prices, valuation orders). */
+#define GOLDEN UINT64_C(0x9E3779B97F4A7C15)
+uint64_t splitmix64(uint64_t x);
+/* Big-endian (network order): the most significant byte first, whatever the machine's order. */
+void put_be64(unsigned char bytes[8], uint64_t value);
+uint64_t get_be64(const void *data);
+void put_be32(unsigned char bytes[4], uint32_t value);
+uint32_t get_be32(const void *data);
+/* Lowercase hex of the first `size` bytes (at most 16); `text` has room for 33 characters. */
+enum { HEX_SIZE = 2 * 16 + 1 };
+const char *hex(const void *data, size_t size, char text[HEX_SIZE]);
+/* A ticker symbol, a valuation order's symbol: 1 to 8 letters A-Z. */
+enum { MAX_SYMBOL = 8 };
+bool is_symbol(const char *text, size_t size);
+
 /* --- names: chat handles, ticker subscribers ---------------------------------------------- */
 
 enum { MAX_NAME = 32 }; /* bytes of UTF-8 */
@@ -104,5 +124,14 @@ enum { ENDPOINT_SIZE = 256 };
 void last_endpoint(void *socket, char endpoint[ENDPOINT_SIZE]);
 /* Waits up to timeout_ms (-1: no limit) for a message on `socket`; false if none came. */
 bool poll_in(void *socket, long timeout_ms);
+/* Sends one multipart message on a socket that can block, like PUSH while no peer is connected
+   or every peer's queue is full (the high-water mark): it waits for room with a poll (ZMQ_POLLOUT),
+   never past the deadline, else fails with `timeout`, naming `what`. */
+typedef struct {
+    const void *data;
+    size_t size;
+} part_t;
+void send_when_room(void *socket, const part_t *parts, size_t count, const deadline_t *deadline,
+                    const char *what);
 
 #endif

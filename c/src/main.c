@@ -4,6 +4,7 @@
 
 #include "chat.h"
 #include "ticker.h"
+#include "valuation.h"
 
 static const struct {
     const char *example, *role;
@@ -15,6 +16,10 @@ static const struct {
     {"ticker", "proxy", ticker_proxy},
     {"ticker", "subscriber", ticker_subscriber},
     {"ticker", "encode", ticker_encode},
+    {"valuation", "sink", valuation_sink},
+    {"valuation", "source", valuation_source},
+    {"valuation", "worker", valuation_worker},
+    {"valuation", "encode", valuation_encode},
 };
 enum { ROLE_COUNT = sizeof ROLES / sizeof ROLES[0] };
 

@@ -13,13 +13,9 @@
 
 #include "common.h"
 
-enum {
-    MAX_SYMBOL = 8,   /* letters A-Z */
-    MAX_SYMBOLS = 32, /* in one --symbols list */
-};
-/* Every integer of the price is a uint64_t: C's unsigned arithmetic wraps modulo 2^64, as the
-   protocol says. */
-static const uint64_t GOLDEN = 0x9E3779B97F4A7C15;
+enum { MAX_SYMBOLS = 32 }; /* in one --symbols list */
+/* Every integer of the price is a uint64_t (GOLDEN, splitmix64: common.h): C's unsigned
+   arithmetic wraps modulo 2^64, as the protocol says. */
 
 /* A symbol as a C string. Its terminating NUL is the topic's NUL (see topic_size). */
 typedef char symbol_t[MAX_SYMBOL + 1];
@@ -29,16 +25,6 @@ typedef struct {
 } symbols_t;
 
 /* --- flags ---------------------------------------------------------------------------------- */
-
-static bool is_symbol(const char *text, size_t size)
-{
-    if (size < 1 || size > MAX_SYMBOL)
-        return false;
-    for (size_t i = 0; i < size; i++)
-        if (text[i] < 'A' || text[i] > 'Z')
-            return false;
-    return true;
-}
 
 /* The index of `name` in `symbols`, or -1. */
 static int index_of(const symbols_t *symbols, const char *name)
@@ -105,14 +91,6 @@ static uint64_t fnv1a64(const char *data)
     return h;
 }
 
-static uint64_t splitmix64(uint64_t x)
-{
-    uint64_t z = x + GOLDEN;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EB;
-    return z ^ (z >> 31);
-}
-
 static uint64_t cents(uint64_t seed, const char *name, uint64_t sequence)
 {
     return 1000 + splitmix64(seed ^ fnv1a64(name) ^ (sequence * GOLDEN)) % 99001;
@@ -124,22 +102,6 @@ static uint64_t cents(uint64_t seed, const char *name, uint64_t sequence)
 static size_t topic_size(const char *name)
 {
     return strlen(name) + 1;
-}
-
-/* Big-endian (network order): the most significant byte first, whatever the machine's order. */
-static void put_be64(unsigned char bytes[8], uint64_t value)
-{
-    for (int i = 7; i >= 0; i--, value >>= 8)
-        bytes[i] = (unsigned char)value;
-}
-
-static uint64_t get_be64(const void *data)
-{
-    const unsigned char *bytes = data;
-    uint64_t value = 0;
-    for (int i = 0; i < 8; i++)
-        value = value << 8 | bytes[i];
-    return value;
 }
 
 /* Frames 1-3 of a tick; frame 0 is the topic of `name`. */
@@ -166,18 +128,6 @@ static void send_tick(void *socket, const tick_t *tick)
     send_frame(socket, tick->sequence, 8, true);
     send_frame(socket, tick->timestamp, 8, true);
     send_frame(socket, tick->price, 8, false);
-}
-
-/* Lowercase hex of the first `size` bytes (at most 16); `text` has room for 33 characters. */
-enum { HEX_SIZE = 2 * 16 + 1 };
-static const char *hex(const void *data, size_t size, char text[HEX_SIZE])
-{
-    const unsigned char *bytes = data;
-    size = size < 16 ? size : 16;
-    for (size_t i = 0; i < size; i++)
-        snprintf(text + 2 * i, 3, "%02x", bytes[i]);
-    text[2 * size] = '\0';
-    return text;
 }
 
 int ticker_encode(int argc, char **argv)
@@ -325,27 +275,40 @@ typedef struct {
     int timeout;
 } proxy_args;
 
-/* zmq_proxy returns only when its context shuts down, so a second thread does that: it waits for
-   SIGTERM or SIGINT (blocked in every thread, so that only sigwait takes them) or the --timeout.
-   A signal handler alone would race: zmq_proxy returns on EINTR only if the signal lands while
-   it polls, and one that lands while it forwards a tick is lost. */
-typedef struct {
-    void *context;
-    sigset_t signals;
-    int timeout;    /* ms, 0: none */
-    bool timed_out; /* read after pthread_join */
-} stopper_t;
+/* The proxy's own control channel: a PAIR of sockets over inproc://, which never leaves the
+   process (the context itself carries the messages). */
+static const char PROXY_CONTROL[] = "inproc://proxy-control";
 
-static void *stop_proxy(void *argument)
+/* The sockets the proxy thread owns, and how its loop ended. */
+typedef struct {
+    void *upstream, *downstream, *control;
+    int result, error; /* zmq_proxy_steerable's return value and errno; read after pthread_join */
+} proxy_t;
+
+static void *run_steerable_proxy(void *argument)
 {
-    stopper_t *stopper = argument;
-    struct timespec timeout = {stopper->timeout / 1000, stopper->timeout % 1000 * 1000000L};
-    if (stopper->timeout)
-        stopper->timed_out = sigtimedwait(&stopper->signals, NULL, &timeout) < 0; /* EAGAIN */
-    else
-        sigwaitinfo(&stopper->signals, NULL);
-    zmq_ctx_shutdown(stopper->context); /* a blocking call on its sockets returns -1, ETERM */
+    proxy_t *proxy = argument;
+    /* The library's own loop moves every message both ways (ticks down, subscriptions up) until
+       it reads TERMINATE on its control socket. */
+    proxy->result = zmq_proxy_steerable(proxy->upstream, proxy->downstream, NULL, proxy->control);
+    proxy->error = errno;
     return NULL;
+}
+
+/* Waits for SIGTERM or SIGINT, or until the deadline; true if a signal came first. The signals
+   are blocked in every thread, so they stay pending until this takes them: none can be lost. */
+static bool wait_for_signal(const sigset_t *signals, const deadline_t *deadline)
+{
+    for (;;) {
+        long left = deadline_remaining(deadline); /* -1: no limit */
+        struct timespec timeout = {left / 1000, left % 1000 * 1000000L};
+        int taken = left < 0 ? sigwaitinfo(signals, NULL) : sigtimedwait(signals, NULL, &timeout);
+        if (taken >= 0)
+            return true;
+        if (errno == EAGAIN) /* sigtimedwait: the timeout passed */
+            return false;
+        /* EINTR: another signal's handler ran; wait again for what is left */
+    }
 }
 
 int ticker_proxy(int argc, char **argv)
@@ -359,36 +322,54 @@ int ticker_proxy(int argc, char **argv)
     if (!parse_flags(argc, argv, flags, sizeof flags / sizeof flags[0]))
         return 2;
 
-    stopper_t stopper = {.timeout = args.timeout};
-    sigemptyset(&stopper.signals);
-    sigaddset(&stopper.signals, SIGTERM);
-    sigaddset(&stopper.signals, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &stopper.signals, NULL); /* before libzmq starts its threads */
-    stopper.context = zmq_ctx_new();
-    void *upstream = zmq_socket(stopper.context, ZMQ_XSUB);   /* faces the publisher: receives ticks, sends subscriptions */
-    void *downstream = zmq_socket(stopper.context, ZMQ_XPUB); /* faces subscribers: sends ticks, receives subscriptions */
+    /* The built-in proxy is a loop that a signal handler cannot stop: a signal that lands while
+       it moves a message interrupts nothing. So SIGTERM and SIGINT are blocked, before libzmq
+       starts its threads (they inherit the mask), and the main thread waits for them itself. */
+    sigset_t signals;
+    sigemptyset(&signals);
+    sigaddset(&signals, SIGTERM);
+    sigaddset(&signals, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &signals, NULL);
+    deadline_t deadline = deadline_start(args.timeout);
+    void *context = zmq_ctx_new();
+    proxy_t proxy = {
+        .upstream = zmq_socket(context, ZMQ_XSUB),   /* faces the publisher: receives ticks, sends subscriptions */
+        .downstream = zmq_socket(context, ZMQ_XPUB), /* faces subscribers: sends ticks, receives subscriptions */
+        .control = zmq_socket(context, ZMQ_PAIR),    /* the proxy's end of its control channel */
+    };
+    void *steer = zmq_socket(context, ZMQ_PAIR); /* our end */
     int linger = 0; /* ticks are a stream: at close, drop what is still queued */
-    zmq_setsockopt(upstream, ZMQ_LINGER, &linger, sizeof linger);
-    zmq_setsockopt(downstream, ZMQ_LINGER, &linger, sizeof linger);
-    if (zmq_bind(downstream, args.downstream) < 0 || zmq_connect(upstream, args.upstream) < 0)
-        fail("bind", "cannot bind or connect: %s", zmq_strerror(errno));
-    char endpoint[ENDPOINT_SIZE];
-    last_endpoint(downstream, endpoint);
-    emit("ready", "{s:s}", "downstream", endpoint);
+    void *sockets[] = {proxy.upstream, proxy.downstream, proxy.control, steer};
+    for (size_t i = 0; i < sizeof sockets / sizeof sockets[0]; i++)
+        zmq_setsockopt(sockets[i], ZMQ_LINGER, &linger, sizeof linger);
+    if (zmq_bind(proxy.downstream, args.downstream) < 0)
+        fail("bind", "cannot bind: %s", zmq_strerror(errno));
+    if (zmq_connect(proxy.upstream, args.upstream) < 0)
+        fail("connect", "cannot connect: %s", zmq_strerror(errno));
+    if (zmq_bind(proxy.control, PROXY_CONTROL) < 0 || zmq_connect(steer, PROXY_CONTROL) < 0)
+        fail("bind", "cannot set up %s: %s", PROXY_CONTROL, zmq_strerror(errno));
 
+    /* Sockets are not thread-safe: from pthread_create on (the full memory barrier libzmq asks
+       for when a socket moves to another thread) only the proxy thread touches upstream,
+       downstream and control. This thread keeps `steer`. */
+    char endpoint[ENDPOINT_SIZE];
+    last_endpoint(proxy.downstream, endpoint);
     pthread_t thread;
-    pthread_create(&thread, NULL, stop_proxy, &stopper);
-    /* The library's own loop moves every message both ways: ticks down, subscriptions up. */
-    if (zmq_proxy(upstream, downstream, NULL) < 0 && errno != ETERM)
-        fail("proxy", "zmq_proxy: %s", zmq_strerror(errno));
+    if (pthread_create(&thread, NULL, run_steerable_proxy, &proxy))
+        fail("thread", "cannot start the proxy thread");
+    emit("ready", "{s:s}", "downstream", endpoint);
+    bool stopped = wait_for_signal(&signals, &deadline);
+    send_frame(steer, "TERMINATE", strlen("TERMINATE"), false);
     pthread_join(thread, NULL);
-    if (stopper.timed_out)
+    if (proxy.result < 0)
+        fail("proxy", "zmq_proxy_steerable: %s", zmq_strerror(proxy.error));
+    if (!stopped)
         fail("timeout", "still proxying after %d ms", args.timeout);
 
     emit("done", "{}");
-    zmq_close(upstream);
-    zmq_close(downstream);
-    zmq_ctx_term(stopper.context);
+    for (size_t i = 0; i < sizeof sockets / sizeof sockets[0]; i++)
+        zmq_close(sockets[i]);
+    zmq_ctx_term(context);
     return 0;
 }
 

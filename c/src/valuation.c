@@ -1,0 +1,626 @@
+/* valuation: a PUSH/PULL pipeline with a control channel (examples/valuation/PROTOCOL.md). */
+#include "valuation.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+#include <zmq.h>
+
+#include "common.h"
+
+static const char *const SYMBOLS[] = {"AAPL", "GOOG", "GOOGL", "MSFT", "IBM"};
+enum {
+    RESEND_BATCH = 1000, /* ids per resend message */
+    MAX_QUANTITY = 1000,
+    MIN_CENTS = 100,
+    MAX_CENTS = 100099,
+};
+
+/* The control channel's states, as sent: one frame of text. */
+typedef enum { WAITING, GO, FINISHED } state_t;
+static const char *const STATES[] = {"waiting", "go", "finished"};
+
+/* Frame i of a message is exactly `text`. */
+static bool frame_is(const frames_t *message, size_t i, const char *text)
+{
+    return i < message->count && frame_size(message, i) == strlen(text) &&
+           !memcmp(frame_data(message, i), text, strlen(text));
+}
+
+/* A control message that is the one-frame state `state`. */
+static bool is_state(const frames_t *message, state_t state)
+{
+    return message->count == 1 && frame_is(message, 0, STATES[state]);
+}
+
+/* The sizes of a message's frames, "[6, 1, 8]", for a reason; the first 8 frames at most. */
+static const char *frame_sizes(const frames_t *message, char text[64])
+{
+    size_t used = snprintf(text, 64, "[");
+    for (size_t i = 0; i < message->count && i < 8; i++)
+        used += snprintf(text + used, 64 - used, "%s%zu", i ? ", " : "", frame_size(message, i));
+    snprintf(text + used, 64 - used, "%s]", message->count > 8 ? ", ..." : "");
+    return text;
+}
+
+/* An id as a JSON number. jansson's integers are signed 64-bit; only an id a rogue peer made up
+   can be larger, and then it is shown as a real. */
+static json_t *json_id(uint64_t id)
+{
+    return id <= INT64_MAX ? json_integer((json_int_t)id) : json_real((double)id);
+}
+
+/* --- orders: a generator anyone can recompute ----------------------------------------------- */
+
+typedef struct {
+    const char *symbol;
+    char side; /* 'B' (buy) or 'S' (sell) */
+    uint32_t quantity;
+    int64_t cents;
+} order_t;
+
+/* Order `id` of the batch of `seed`: uint64_t arithmetic, modulo 2^64 (splitmix64: common.h). */
+static order_t order(uint64_t seed, uint64_t id)
+{
+    uint64_t z1 = splitmix64(seed ^ (id * GOLDEN));
+    uint64_t z2 = splitmix64(z1);
+    uint64_t z3 = splitmix64(z2);
+    return (order_t){
+        .symbol = SYMBOLS[z1 % 5],
+        .side = z2 % 2 == 0 ? 'B' : 'S',
+        .quantity = 1 + (uint32_t)((z2 >> 1) % MAX_QUANTITY),
+        .cents = MIN_CENTS + (int64_t)(z3 % 100000),
+    };
+}
+
+/* quantity × cents, negated for a sell. Exact: at most 1000 × 100099, which every order has
+   (the worker checks the ranges of an order it receives). */
+static int64_t value(char side, uint32_t quantity, int64_t cents)
+{
+    return (side == 'B' ? 1 : -1) * (int64_t)quantity * cents;
+}
+
+/* The five frames of an order, big-endian (network order): u64 id, u32 quantity, i64 cents. */
+typedef struct {
+    unsigned char id[8];
+    const char *symbol;
+    char side;
+    unsigned char quantity[4], cents[8];
+} order_frames_t;
+
+static order_frames_t order_frames(uint64_t seed, uint64_t id)
+{
+    order_t o = order(seed, id);
+    order_frames_t frames = {.symbol = o.symbol, .side = o.side};
+    put_be64(frames.id, id);
+    put_be32(frames.quantity, o.quantity);
+    put_be64(frames.cents, (uint64_t)o.cents); /* two's complement, had it a sign */
+    return frames;
+}
+
+int valuation_encode(int argc, char **argv)
+{
+    uint64_t seed, id;
+    const flag_t flags[] = {
+        REQUIRED_FLAG("seed", parse_u64, seed),
+        REQUIRED_FLAG("id", parse_u64, id),
+    };
+    if (!parse_flags(argc, argv, flags, sizeof flags / sizeof flags[0]))
+        return 2;
+
+    order_frames_t frames = order_frames(seed, id);
+    order_t o = order(seed, id);
+    char text[5][HEX_SIZE];
+    emit("encoded", "{s:[s,s,s,s,s], s:I}", "frames", hex(frames.id, 8, text[0]),
+         hex(frames.symbol, strlen(frames.symbol), text[1]), hex(&frames.side, 1, text[2]),
+         hex(frames.quantity, 4, text[3]), hex(frames.cents, 8, text[4]), "value",
+         (json_int_t)value(o.side, o.quantity, o.cents));
+    emit("done", "{}");
+    return 0;
+}
+
+/* --- sink ----------------------------------------------------------------------------------- */
+
+typedef struct {
+    const char *results, *control;
+    int workers, count, quiet, heartbeat, timeout;
+} sink_args;
+
+/* Good results add up to far less than 2^63 cents (at most 2^31 results of at most 10^8 cents);
+   only values a rogue worker made up could pass 64 bits, so the sum has 128 (a GCC and Clang
+   extension), and such a total is shown as a real. */
+__extension__ typedef __int128 total_t;
+
+static json_t *json_total(total_t total)
+{
+    return total >= INT64_MIN && total <= INT64_MAX ? json_integer((json_int_t)total) : json_real((double)total);
+}
+
+typedef struct {
+    sink_args args;
+    void *results, *control;
+    state_t state;
+    names_t ready;  /* the workers that said ready */
+    names_t priced; /* value: the results counted from that worker */
+    bool *have;     /* have[id]: a result for order id is counted, 1 <= id <= count */
+    bool *resent;   /* resent[id]: order id was re-dispatched */
+    int counted;
+    total_t total;
+    int64_t quiet_since; /* ms: the last new result, or `go` */
+} sink_t;
+
+/* A result, checked: its fields point into the message. */
+typedef struct {
+    const char *worker;
+    size_t worker_size;
+    uint64_t id;
+    int64_t value;
+} result_t;
+
+/* The first broken rule of a result as its error code, with a `reason`; NULL when it is good. */
+static const char *check_result(const frames_t *message, int count, result_t *result, char reason[REASON_SIZE])
+{
+    char sizes[64];
+    if (message->count != 4 || !frame_is(message, 0, "result") || frame_size(message, 2) != 8 ||
+        frame_size(message, 3) != 8)
+        return problem(reason, "malformed-result", "not [result, name, id, value]: %s bytes",
+                       frame_sizes(message, sizes));
+    result->worker = frame_data(message, 1);
+    result->worker_size = frame_size(message, 1);
+    if (!utf8_valid(result->worker, result->worker_size, NULL))
+        return problem(reason, "malformed-result", "the worker name is not UTF-8");
+    if (!is_name(result->worker, result->worker_size))
+        return problem(reason, "malformed-result", "a worker name of %zu bytes", result->worker_size);
+    result->id = get_be64(frame_data(message, 2));
+    if (result->id < 1 || result->id > (uint64_t)count)
+        return problem(reason, "unknown-id", "id %llu is not in 1..%d", (unsigned long long)result->id, count);
+    result->value = (int64_t)get_be64(frame_data(message, 3));
+    return NULL;
+}
+
+/* PUB never blocks: with no subscriber, or one whose queue is full, the message is dropped. */
+static void set_state(sink_t *sink, state_t state)
+{
+    sink->state = state;
+    send_frame(sink->control, STATES[state], strlen(STATES[state]), false); /* at once */
+}
+
+static void on_ready(sink_t *sink, const frames_t *message)
+{
+    const char *name = frame_data(message, 1);
+    size_t size = frame_size(message, 1);
+    if (!is_name(name, size)) {
+        emit_error("malformed-result", "a ready with a name of %zu bytes, or not UTF-8", size);
+        return;
+    }
+    bool added;
+    names_get(&sink->ready, name, size, &added);
+    if (added)
+        emit("worker", "{s:s%}", "name", name, size);
+    if (sink->state == WAITING && sink->ready.count >= (size_t)sink->args.workers) {
+        /* Every worker heard a control message before it said ready, so its SUB is connected
+           and cannot miss this one. */
+        set_state(sink, GO);
+        emit("started", "{s:i}", "workers", (int)sink->ready.count);
+        sink->quiet_since = now_ms();
+    }
+}
+
+static void on_result(sink_t *sink, const frames_t *message)
+{
+    result_t result = {0};
+    char reason[REASON_SIZE];
+    const char *code = check_result(message, sink->args.count, &result, reason);
+    if (code) {
+        emit_error(code, "%s", reason); /* not counted */
+        return;
+    }
+    json_int_t id = (json_int_t)result.id; /* at most --count */
+    if (sink->have[id] && sink->resent[id]) {
+        /* We asked for it twice: the first worker was slow, not dead. */
+        emit("late-duplicate", "{s:I, s:s%}", "id", id, "worker", result.worker, result.worker_size);
+        return;
+    }
+    if (sink->have[id]) {
+        emit_error("duplicate", "a second result for order %lld, from %.*s", (long long)id,
+                   (int)result.worker_size, result.worker);
+        return;
+    }
+    sink->have[id] = true;
+    sink->counted++;
+    sink->total += result.value;
+    names_get(&sink->priced, result.worker, result.worker_size, NULL)->value++;
+    sink->quiet_since = now_ms();
+    emit("result", "{s:I, s:s%}", "id", id, "worker", result.worker, result.worker_size);
+    if (sink->counted == sink->args.count) {
+        set_state(sink, FINISHED); /* the heartbeat repeats it */
+        json_t *workers = json_object(), *resent = json_array();
+        for (size_t i = 0; i < sink->priced.count; i++)
+            json_object_setn_new(workers, sink->priced.entry[i].bytes, sink->priced.entry[i].size,
+                                 json_integer(sink->priced.entry[i].value));
+        for (int i = 1; i <= sink->args.count; i++) /* ascending */
+            if (sink->resent[i])
+                json_array_append_new(resent, json_integer(i));
+        emit("complete", "{s:o, s:o, s:o}", "total", json_total(sink->total), "workers", workers, "resent",
+             resent);
+    }
+}
+
+/* Nothing is acknowledged in PUSH/PULL: orders queued for a worker that died are gone without a
+   trace. Only the sink can see what is missing, so it asks the source again, on the control
+   channel: every missing id, ascending, RESEND_BATCH ids a message. */
+static void resend_missing(sink_t *sink)
+{
+    int *missing = malloc((size_t)sink->args.count * sizeof *missing), found = 0;
+    if (!missing)
+        fail("memory", "out of memory");
+    json_t *ids = json_array();
+    for (int id = 1; id <= sink->args.count; id++)
+        if (!sink->have[id]) {
+            missing[found++] = id;
+            sink->resent[id] = true;
+            json_array_append_new(ids, json_integer(id));
+        }
+    for (int start = 0; start < found; start += RESEND_BATCH) {
+        int end = found - start > RESEND_BATCH ? start + RESEND_BATCH : found;
+        send_frame(sink->control, "resend", strlen("resend"), true);
+        for (int i = start; i < end; i++) {
+            unsigned char frame[8];
+            put_be64(frame, (uint64_t)missing[i]);
+            send_frame(sink->control, frame, 8, i + 1 < end); /* ZMQ_SNDMORE but for the last */
+        }
+    }
+    free(missing);
+    emit("resend", "{s:o}", "ids", ids);
+}
+
+int valuation_sink(int argc, char **argv)
+{
+    sink_t sink = {
+        .args = {
+            .results = "tcp://127.0.0.1:5560",
+            .control = "tcp://127.0.0.1:5561",
+            .workers = 1,
+            .count = 100,
+            .quiet = 1000,
+            .heartbeat = 100,
+        },
+        .state = WAITING,
+    };
+    sink_args *args = &sink.args;
+    const flag_t flags[] = {
+        TEXT_FLAG("results", args->results),
+        TEXT_FLAG("control", args->control),
+        NUMBER_FLAG("workers", args->workers, 1),
+        NUMBER_FLAG("count", args->count, 1),
+        NUMBER_FLAG("quiet", args->quiet, 1),
+        NUMBER_FLAG("heartbeat", args->heartbeat, 1),
+        NUMBER_FLAG("timeout", args->timeout, 0),
+    };
+    if (!parse_flags(argc, argv, flags, sizeof flags / sizeof flags[0]))
+        return 2;
+
+    stop_on_signals();
+    deadline_t deadline = deadline_start(args->timeout);
+    sink.have = calloc((size_t)args->count + 1, sizeof *sink.have);
+    sink.resent = calloc((size_t)args->count + 1, sizeof *sink.resent);
+    if (!sink.have || !sink.resent)
+        fail("memory", "out of memory for %d orders", args->count);
+    void *context = zmq_ctx_new();
+    /* PULL fair-queues readiness and results from every worker: no one worker can starve the
+       rest. PUB sends the control channel to every subscriber connected at the time. */
+    sink.results = zmq_socket(context, ZMQ_PULL);
+    sink.control = zmq_socket(context, ZMQ_PUB);
+    int linger = 0; /* PROTOCOL.md: no role leaves while anything it sent is still needed */
+    zmq_setsockopt(sink.results, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(sink.control, ZMQ_LINGER, &linger, sizeof linger);
+    if (zmq_bind(sink.results, args->results) < 0 || zmq_bind(sink.control, args->control) < 0)
+        fail("bind", "cannot bind: %s", zmq_strerror(errno));
+    char results_at[ENDPOINT_SIZE], control_at[ENDPOINT_SIZE];
+    last_endpoint(sink.results, results_at);
+    last_endpoint(sink.control, control_at);
+    emit("ready", "{s:s, s:s}", "results", results_at, "control", control_at);
+
+    int64_t next_beat = now_ms();
+    sink.quiet_since = next_beat;
+    while (!stop_requested()) {
+        if (deadline_expired(&deadline))
+            fail("timeout", "still running after %d ms with %d results", args->timeout, sink.counted);
+        /* The poll is the only wait: for a message, or until the next heartbeat is due. */
+        int64_t wait = next_beat - now_ms();
+        if (poll_in(sink.results, deadline_cap(&deadline, wait > 0 ? (long)wait : 0))) {
+            frames_t message;
+            frames_recv(sink.results, &message); /* every frame of one message, or none */
+            if (message.count == 2 && frame_is(&message, 0, "ready"))
+                on_ready(&sink, &message);
+            else
+                on_result(&sink, &message);
+            frames_close(&message);
+        }
+        int64_t now = now_ms();
+        if (sink.state == GO && now - sink.quiet_since >= args->quiet) {
+            resend_missing(&sink);
+            sink.quiet_since = now;
+        }
+        if (now >= next_beat) {
+            /* Level-triggered: the state is repeated, so a subscriber that joined late (the slow
+               joiner) learns it within a heartbeat instead of missing the change. */
+            send_frame(sink.control, STATES[sink.state], strlen(STATES[sink.state]), false);
+            next_beat = now + args->heartbeat;
+        }
+    }
+
+    emit("done", "{s:i, s:o}", "orders", sink.counted, "total", json_total(sink.total));
+    names_free(&sink.ready);
+    names_free(&sink.priced);
+    free(sink.have);
+    free(sink.resent);
+    zmq_close(sink.results);
+    zmq_close(sink.control);
+    zmq_ctx_term(context);
+    return 0;
+}
+
+/* --- source --------------------------------------------------------------------------------- */
+
+typedef struct {
+    const char *orders, *control;
+    int count, timeout;
+    uint64_t seed;
+} source_args;
+
+typedef struct {
+    source_args args;
+    void *orders, *control;
+    deadline_t deadline;
+} source_t;
+
+/* The next control message, or false when a second passed without one. */
+static bool next_control(source_t *source, frames_t *message)
+{
+    if (!poll_in(source->control, deadline_cap(&source->deadline, 1000))) {
+        if (deadline_expired(&source->deadline))
+            fail("timeout", "not finished after %d ms", source->args.timeout);
+        return false;
+    }
+    frames_recv(source->control, message);
+    return true;
+}
+
+/* Order `id`, the same bytes every time: the generator recomputes them. */
+static void send_order(source_t *source, uint64_t id)
+{
+    order_frames_t frames = order_frames(source->args.seed, id);
+    const part_t parts[] = {
+        {frames.id, 8}, {frames.symbol, strlen(frames.symbol)}, {&frames.side, 1}, {frames.quantity, 4},
+        {frames.cents, 8},
+    };
+    char what[32];
+    snprintf(what, sizeof what, "order %llu", (unsigned long long)id);
+    send_when_room(source->orders, parts, 5, &source->deadline, what);
+}
+
+int valuation_source(int argc, char **argv)
+{
+    source_t source = {
+        .args = {
+            .orders = "tcp://127.0.0.1:5562",
+            .control = "tcp://127.0.0.1:5561",
+            .count = 100,
+            .seed = 1,
+            .timeout = 30000,
+        },
+    };
+    source_args *args = &source.args;
+    const flag_t flags[] = {
+        TEXT_FLAG("orders", args->orders),
+        TEXT_FLAG("control", args->control),
+        NUMBER_FLAG("count", args->count, 1),
+        PARSED_FLAG("seed", parse_u64, args->seed),
+        NUMBER_FLAG("timeout", args->timeout, 0),
+    };
+    if (!parse_flags(argc, argv, flags, sizeof flags / sizeof flags[0]))
+        return 2;
+
+    source.deadline = deadline_start(args->timeout);
+    void *context = zmq_ctx_new();
+    /* PUSH deals each order to one connected worker, round-robin. With no worker connected, or
+       every worker's queue full (the high-water mark), a send has to wait: send_when_room. */
+    source.orders = zmq_socket(context, ZMQ_PUSH);
+    source.control = zmq_socket(context, ZMQ_SUB);
+    int linger = 0; /* we leave only on `finished`: nothing we sent is still needed */
+    zmq_setsockopt(source.orders, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(source.control, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(source.control, ZMQ_SUBSCRIBE, "", 0); /* every control message */
+    if (zmq_bind(source.orders, args->orders) < 0)
+        fail("bind", "cannot bind: %s", zmq_strerror(errno));
+    if (zmq_connect(source.control, args->control) < 0)
+        fail("connect", "cannot connect: %s", zmq_strerror(errno));
+    char endpoint[ENDPOINT_SIZE];
+    last_endpoint(source.orders, endpoint);
+    emit("ready", "{s:s}", "orders", endpoint);
+
+    /* The state is repeated every heartbeat: however late our SUB connected, `go` comes. */
+    for (bool go = false; !go;) {
+        frames_t message;
+        if (next_control(&source, &message)) {
+            go = is_state(&message, GO);
+            frames_close(&message);
+        }
+    }
+    for (int id = 1; id <= args->count; id++)
+        send_order(&source, (uint64_t)id);
+    emit("sent", "{s:i}", "orders", args->count);
+
+    int64_t sent = args->count;
+    for (bool finished = false; !finished;) {
+        frames_t message;
+        if (!next_control(&source, &message))
+            continue;
+        finished = is_state(&message, FINISHED);
+        if (frame_is(&message, 0, "resend")) {
+            json_t *ids = json_array();
+            for (size_t i = 1; i < message.count; i++) {
+                if (frame_size(&message, i) != 8)
+                    continue;
+                uint64_t id = get_be64(frame_data(&message, i));
+                if (id >= 1 && id <= (uint64_t)args->count)
+                    send_order(&source, id);
+                json_array_append_new(ids, json_id(id));
+                sent++;
+            }
+            emit("resent", "{s:o}", "ids", ids);
+        }
+        frames_close(&message);
+    }
+
+    emit("done", "{s:I}", "sent", (json_int_t)sent);
+    zmq_close(source.orders);
+    zmq_close(source.control);
+    zmq_ctx_term(context);
+    return 0;
+}
+
+/* --- worker --------------------------------------------------------------------------------- */
+
+typedef struct {
+    const char *orders, *results, *control, *name;
+    int rate, timeout;
+} worker_args;
+
+/* The first broken rule of an order as its error code, with a `reason`; NULL when it is good,
+   with its id and its value. */
+static const char *check_order(const frames_t *message, uint64_t *id, int64_t *amount, char reason[REASON_SIZE])
+{
+    char sizes[64], symbol[HEX_SIZE], side[HEX_SIZE];
+    if (message->count != 5 || frame_size(message, 0) != 8 || frame_size(message, 1) < 1 ||
+        frame_size(message, 1) > MAX_SYMBOL || frame_size(message, 2) != 1 || frame_size(message, 3) != 4 ||
+        frame_size(message, 4) != 8)
+        return problem(reason, "malformed-order", "frame sizes %s, expected [8, 1-8, 1, 4, 8]",
+                       frame_sizes(message, sizes));
+    char side_letter = frame_data(message, 2)[0];
+    if (!is_symbol(frame_data(message, 1), frame_size(message, 1)) || (side_letter != 'B' && side_letter != 'S'))
+        return problem(reason, "malformed-order", "symbol %s or side %s (hex): not A-Z, or not B or S",
+                       hex(frame_data(message, 1), frame_size(message, 1), symbol),
+                       hex(frame_data(message, 2), 1, side));
+    uint32_t quantity = get_be32(frame_data(message, 3));
+    int64_t cents = (int64_t)get_be64(frame_data(message, 4));
+    /* The ranges keep the value exact: a rogue order can never overflow it. */
+    if (quantity < 1 || quantity > MAX_QUANTITY || cents < MIN_CENTS || cents > MAX_CENTS)
+        return problem(reason, "malformed-order", "quantity %lu or price %lld cents out of range",
+                       (unsigned long)quantity, (long long)cents);
+    *id = get_be64(frame_data(message, 0));
+    *amount = value(side_letter, quantity, cents);
+    return NULL;
+}
+
+int valuation_worker(int argc, char **argv)
+{
+    worker_args args = {
+        .orders = "tcp://127.0.0.1:5562",
+        .results = "tcp://127.0.0.1:5560",
+        .control = "tcp://127.0.0.1:5561",
+        .timeout = 30000,
+    };
+    const flag_t flags[] = {
+        TEXT_FLAG("orders", args.orders),
+        TEXT_FLAG("results", args.results),
+        TEXT_FLAG("control", args.control),
+        REQUIRED_FLAG("name", parse_name, args.name),
+        NUMBER_FLAG("rate", args.rate, 0),
+        NUMBER_FLAG("timeout", args.timeout, 0),
+    };
+    if (!parse_flags(argc, argv, flags, sizeof flags / sizeof flags[0]))
+        return 2;
+
+    deadline_t deadline = deadline_start(args.timeout);
+    void *context = zmq_ctx_new();
+    /* PULL takes orders from the source; PUSH hands readiness and results to the sink. */
+    void *orders = zmq_socket(context, ZMQ_PULL);
+    void *results = zmq_socket(context, ZMQ_PUSH);
+    void *control = zmq_socket(context, ZMQ_SUB);
+    /* We leave only on `finished`, once the sink has every result. If we die instead, the orders
+       queued for us are lost, whatever the linger: the sink has them re-sent. */
+    int linger = 0;
+    void *sockets[] = {orders, results, control};
+    for (size_t i = 0; i < 3; i++)
+        zmq_setsockopt(sockets[i], ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(control, ZMQ_SUBSCRIBE, "", 0);
+    /* PULL first: it should be connected long before the source deals the batch. */
+    if (zmq_connect(orders, args.orders) < 0 || zmq_connect(results, args.results) < 0 ||
+        zmq_connect(control, args.control) < 0)
+        fail("connect", "cannot connect: %s", zmq_strerror(errno));
+
+    /* Slow joiner: once one control message has arrived, our subscription is live and no later
+       one can be missed. */
+    while (!poll_in(control, deadline_cap(&deadline, 1000)))
+        if (deadline_expired(&deadline))
+            fail("timeout", "no control message from the sink");
+    frames_t message;
+    frames_recv(control, &message);
+    bool finished = is_state(&message, FINISHED);
+    frames_close(&message);
+    const part_t ready[] = {{"ready", strlen("ready")}, {args.name, strlen(args.name)}};
+    send_when_room(results, ready, 2, &deadline, "ready");
+    emit("ready", "{s:s}", "name", args.name);
+
+    int priced = 0;
+    int64_t next_order = now_us(); /* --rate: when the next order may be taken */
+    while (!finished) {
+        if (deadline_expired(&deadline))
+            fail("timeout", "not finished after %d ms", args.timeout);
+        /* One poll for both sockets: whichever has a message first wakes us, no busy loop. */
+        zmq_pollitem_t items[] = {
+            {.socket = orders, .events = ZMQ_POLLIN},
+            {.socket = control, .events = ZMQ_POLLIN},
+        };
+        long wait = (long)((next_order - now_us()) / 1000); /* ms until the next order is due */
+        /* --rate: until the next order is due, listen to the control channel only (the second
+           item). Orders wait in our queue meanwhile (and, once it is full, in the source's queue
+           for us). */
+        bool throttled = args.rate > 0 && wait > 0;
+        int polled = throttled ? zmq_poll(&items[1], 1, deadline_cap(&deadline, wait))
+                               : zmq_poll(items, 2, deadline_cap(&deadline, 1000));
+        if (polled < 0 && errno != EINTR)
+            fail("poll", "zmq_poll: %s", zmq_strerror(errno));
+        if (items[1].revents & ZMQ_POLLIN) {
+            frames_recv(control, &message);
+            finished = is_state(&message, FINISHED); /* states and resends; only this matters here */
+            frames_close(&message);
+        }
+        if (!(items[0].revents & ZMQ_POLLIN))
+            continue;
+        frames_recv(orders, &message);
+        uint64_t id = 0;
+        int64_t amount = 0;
+        char reason[REASON_SIZE];
+        const char *code = check_order(&message, &id, &amount, reason);
+        frames_close(&message);
+        if (code) {
+            emit_error(code, "%s", reason); /* dropped */
+            continue;
+        }
+        unsigned char id_frame[8], value_frame[8];
+        put_be64(id_frame, id);
+        put_be64(value_frame, (uint64_t)amount);
+        const part_t result[] = {
+            {"result", strlen("result")}, {args.name, strlen(args.name)}, {id_frame, 8}, {value_frame, 8},
+        };
+        char what[48];
+        snprintf(what, sizeof what, "the result of order %llu", (unsigned long long)id);
+        send_when_room(results, result, 4, &deadline, what);
+        priced++;
+        emit("priced", "{s:o}", "id", json_id(id));
+        if (args.rate > 0)
+            next_order = now_us() + 1000000 / args.rate;
+    }
+
+    emit("done", "{s:i}", "priced", priced);
+    zmq_close(orders);
+    zmq_close(results);
+    zmq_close(control);
+    zmq_ctx_term(context);
+    return 0;
+}
