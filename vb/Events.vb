@@ -1,5 +1,6 @@
 ' The launch contract (examples/README.md) in VB: JSON Lines events on stdout, logs on stderr, the
-' --timeout deadline, fatal failures, the stop signal, and the flag types every example uses.
+' --timeout deadline, fatal failures, the stop signal, the flag types every example uses, and
+' sending on a socket that may have no room.
 Imports System.CommandLine
 Imports System.IO
 Imports System.Runtime.InteropServices
@@ -7,6 +8,7 @@ Imports System.Text
 Imports System.Text.Encodings.Web
 Imports System.Text.Json
 Imports System.Threading
+Imports NetMQ
 
 Public Module Events
     ''' <summary>Strict UTF-8: no BOM, and invalid bytes throw instead of becoming U+FFFD.</summary>
@@ -31,6 +33,22 @@ Public Module Events
 
     Public Sub Log(message As String)
         Console.Error.WriteLine(message)
+    End Sub
+
+    ''' <summary>Bytes for people to read: printable ASCII as it is, anything else as \xNN.</summary>
+    Public Function Shown(bytes As IEnumerable(Of Byte), limit As Integer) As String
+        Return String.Concat(bytes.Take(limit).Select(Function(b) If(b >= 32 AndAlso b < 127, ChrW(b).ToString(), $"\x{b:x2}")))
+    End Function
+
+    ''' <summary>
+    ''' Send on a PUSH socket, which blocks while no peer is connected or every peer's queue is full
+    ''' (the high-water mark): wait for room, a second at a time, never past the deadline. A multipart
+    ''' message goes out whole or not at all: once its first frame is queued, so are the others.
+    ''' </summary>
+    Public Sub SendWhenRoom(socket As IOutgoingSocket, frames As Byte()(), deadline As Deadline, what As String)
+        Do Until socket.TrySendMultipartBytes(deadline.Cap(1000), frames)
+            If deadline.Expired() Then Throw New Failure("timeout", $"no room to send {what}")
+        Loop
     End Sub
 End Module
 
@@ -157,6 +175,25 @@ Public Module Flags
                     End If
                     Return number
                 End Function}
+    End Function
+
+    ''' <summary>An unsigned 64-bit integer (seeds, sequences, ids); required unless there is a default.</summary>
+    Public Function UInt64Option(name As String, Optional defaultValue As ULong? = Nothing) As [Option](Of ULong)
+        Dim opt As New [Option](Of ULong)(name) With {
+            .CustomParser =
+                Function(result)
+                    Dim number As ULong
+                    If Not ULong.TryParse(result.Tokens.Single().Value, number) Then
+                        result.AddError($"{name} must be an unsigned 64-bit integer, not '{result.Tokens.Single().Value}'")
+                    End If
+                    Return number
+                End Function}
+        If defaultValue Is Nothing Then
+            opt.Required = True
+        Else
+            opt.DefaultValueFactory = Function(result) defaultValue.Value
+        End If
+        Return opt
     End Function
 
     ''' <summary>A required name of 1 to MaxName bytes of UTF-8.</summary>

@@ -6,7 +6,8 @@ Public Module Program
     Public Function Main(argv As String()) As Integer
         Dim root As New RootCommand("Beyond the Box roles") From {
             Chat.Roles(),
-            Ticker.Roles()
+            Ticker.Roles(),
+            Valuation.Roles()
         }
         ' No @file response files: a handle may well start with "@".
         Dim args = root.Parse(argv, New ParserConfiguration With {.ResponseFileTokenReplacer = Nothing})

@@ -9,7 +9,7 @@ Imports NetMQ.Sockets
 
 Public Module Ticker
     ' Arithmetic modulo 2^64, as the protocol says: btb.vbproj turns VB's overflow checks off.
-    Private Const Golden As ULong = &H9E3779B97F4A7C15UL
+    Public Const Golden As ULong = &H9E3779B97F4A7C15UL  ' the valuation orders use it too
 
     Public Function Roles() As Command
         Dim publisher As New Command("publisher", "publish ticks once the subscribers are there") From {
@@ -81,30 +81,6 @@ Public Module Ticker
                 End Function}
     End Function
 
-    ''' <summary>An unsigned 64-bit integer (seeds, sequences); required unless there is a default.</summary>
-    Private Function UInt64Option(name As String, Optional defaultValue As ULong? = Nothing) As [Option](Of ULong)
-        Dim opt As New [Option](Of ULong)(name) With {
-            .CustomParser =
-                Function(result)
-                    Dim number As ULong
-                    If Not ULong.TryParse(result.Tokens.Single().Value, number) Then
-                        result.AddError($"{name} must be an unsigned 64-bit integer, not '{result.Tokens.Single().Value}'")
-                    End If
-                    Return number
-                End Function}
-        If defaultValue Is Nothing Then
-            opt.Required = True
-        Else
-            opt.DefaultValueFactory = Function(result) defaultValue.Value
-        End If
-        Return opt
-    End Function
-
-    ''' <summary>Bytes for people to read: printable ASCII as it is, anything else as \xNN.</summary>
-    Private Function Shown(bytes As IEnumerable(Of Byte), limit As Integer) As String
-        Return String.Concat(bytes.Take(limit).Select(Function(b) If(b >= 32 AndAlso b < 127, ChrW(b).ToString(), $"\x{b:x2}")))
-    End Function
-
     ' --- the tick: prices anyone can recompute ---------------------------------------------------
 
     Public Function Fnv1a64(data As Byte()) As ULong
@@ -129,6 +105,23 @@ Public Module Ticker
     ''' <summary>Frame 0: the symbol and a NUL, so that subscribing to GOOG does not also match GOOGL.</summary>
     Public Function Topic(symbol As String) As Byte()
         Return Encoding.ASCII.GetBytes(symbol & vbNullChar)
+    End Function
+
+    ''' <summary>A subscriber's name: 1 to MaxName bytes of UTF-8.</summary>
+    Public Function IsName(data As Byte()) As Boolean
+        If data.Length < 1 OrElse data.Length > MaxName Then Return False
+        Try
+            Utf8.GetString(data)  ' strict: invalid bytes throw
+            Return True
+        Catch problem As DecoderFallbackException
+            Return False
+        End Try
+    End Function
+
+    ''' <summary>1 to 8 letters A-Z, then the NUL.</summary>
+    Public Function IsTopic(data As Byte()) As Boolean
+        Return data.Length >= 2 AndAlso data.Length <= 9 AndAlso data.Last() = 0 AndAlso
+               data.Take(data.Length - 1).All(Function(b) b >= AscW("A"c) AndAlso b <= AscW("Z"c))
     End Function
 
     Public Function TickFrames(seed As ULong, symbol As String, sequence As ULong, timestamp As Long) As Byte()()
@@ -211,15 +204,14 @@ Public Module Ticker
         End If
         ' XPUB passes on one subscribe per topic, and one unsubscribe when its last subscriber leaves.
         Dim isOn = message(0) = 1, topicBytes = message.Skip(1).ToArray()
-        Dim letters = topicBytes.Take(topicBytes.Length - 1)
-        If topicBytes(0) = AscW("@"c) Then
-            Dim name = Encoding.UTF8.GetString(topicBytes, 1, topicBytes.Length - 1)  ' bad bytes become U+FFFD
+        If topicBytes(0) = AscW("@"c) AndAlso IsName(topicBytes.Skip(1).ToArray()) Then
+            Dim name = Utf8.GetString(topicBytes, 1, topicBytes.Length - 1)
             If isOn Then
                 subscribers.Add(name)
                 Emit("joined", ("subscriber", name))
             End If
-        ElseIf topicBytes.Last() = 0 AndAlso letters.Any() AndAlso letters.All(Function(b) Char.IsAsciiLetter(ChrW(b))) Then
-            Emit(If(isOn, "subscribed", "unsubscribed"), ("symbol", Encoding.ASCII.GetString(letters.ToArray())))
+        ElseIf IsTopic(topicBytes) Then  ' a symbol: A-Z only, so "ibm" or "GOOGLEPLEX" are errors, as is a bad @name
+            Emit(If(isOn, "subscribed", "unsubscribed"), ("symbol", Encoding.ASCII.GetString(topicBytes, 0, topicBytes.Length - 1)))
         Else
             Emit("error", ("code", "malformed-subscription"), ("reason", $"unknown topic {Shown(topicBytes, 40)}"))
         End If
@@ -285,8 +277,7 @@ Public Module Ticker
                               ByRef tick As Tick) As (Code As String, Reason As String)?
         If frames.Count <> 4 Then Return ("malformed-tick", $"expected 4 frames, got {frames.Count}")
         Dim nameBytes = frames(0)
-        If nameBytes.Length < 2 OrElse nameBytes.Length > 9 OrElse nameBytes.Last() <> 0 OrElse
-           Not nameBytes.Take(nameBytes.Length - 1).All(Function(b) b >= AscW("A"c) AndAlso b <= AscW("Z"c)) Then
+        If Not IsTopic(nameBytes) Then
             Return ("malformed-tick", $"frame 0 is not a symbol and a NUL: {Shown(nameBytes, 12)}")
         End If
         If frames.Skip(1).Any(Function(frame) frame.Length <> 8) Then

@@ -1,0 +1,404 @@
+' valuation: a PUSH/PULL pipeline with a control channel (examples/valuation/PROTOCOL.md).
+Imports System.Buffers.Binary
+Imports System.CommandLine
+Imports System.Text
+Imports NetMQ
+Imports NetMQ.Sockets
+
+Public Module Valuation
+    Private ReadOnly Symbols As String() = {"AAPL", "GOOG", "GOOGL", "MSFT", "IBM"}
+    Private Const ResendBatch = 1000  ' ids per resend message
+
+    Public Function Roles() As Command
+        Dim sink As New Command("sink", "collect results, re-dispatch lost orders") From {
+            Endpoint("--results", "tcp://127.0.0.1:5560"),
+            Endpoint("--control", "tcp://127.0.0.1:5561"),
+            AtLeast("--workers", 1, defaultValue:=1),
+            AtLeast("--count", 1, defaultValue:=100),
+            AtLeast("--quiet", 1, defaultValue:=1000),
+            AtLeast("--heartbeat", 1, defaultValue:=100),
+            AtLeast("--timeout", 0, defaultValue:=0)}
+        sink.SetAction(AddressOf RunSink)
+
+        Dim source As New Command("source", "hand out the batch, re-send what the sink misses") From {
+            Endpoint("--orders", "tcp://127.0.0.1:5562"),
+            Endpoint("--control", "tcp://127.0.0.1:5561"),
+            AtLeast("--count", 1, defaultValue:=100),
+            UInt64Option("--seed", 1),
+            AtLeast("--timeout", 0, defaultValue:=30000)}
+        source.SetAction(AddressOf RunSource)
+
+        Dim worker As New Command("worker", "price orders until the batch is finished") From {
+            Endpoint("--orders", "tcp://127.0.0.1:5562"),
+            Endpoint("--results", "tcp://127.0.0.1:5560"),
+            Endpoint("--control", "tcp://127.0.0.1:5561"),
+            NameOption("--name"),
+            AtLeast("--rate", 0, defaultValue:=0),
+            AtLeast("--timeout", 0, defaultValue:=30000)}
+        worker.SetAction(AddressOf RunWorker)
+
+        Dim encode As New Command("encode", "print the frames of one order (the test vectors)") From {
+            UInt64Option("--seed"),
+            UInt64Option("--id")}
+        encode.SetAction(AddressOf RunEncode)
+
+        Return New Command("valuation", "a PUSH/PULL pipeline with a PUB/SUB control channel") From {
+            sink, source, worker, encode}
+    End Function
+
+    ''' <summary>True when `frames` is the one-frame message `word` (a state: waiting, go, finished).</summary>
+    Private Function IsOnly(frames As List(Of Byte()), word As String) As Boolean
+        Return frames.Count = 1 AndAlso frames(0).AsSpan().SequenceEqual(Encoding.ASCII.GetBytes(word))
+    End Function
+
+    Private Function Word(frame As Byte(), text As String) As Boolean
+        Return frame.AsSpan().SequenceEqual(Encoding.ASCII.GetBytes(text))
+    End Function
+
+    Private Function BigEndianUInt64(value As ULong) As Byte()
+        Dim frame = New Byte(7) {}
+        BinaryPrimitives.WriteUInt64BigEndian(frame, value)
+        Return frame
+    End Function
+
+    Private Function BigEndianInt64(value As Long) As Byte()
+        Dim frame = New Byte(7) {}
+        BinaryPrimitives.WriteInt64BigEndian(frame, value)
+        Return frame
+    End Function
+
+    ' --- orders: a generator anyone can recompute -------------------------------------------------
+
+    Public Structure Order
+        Public Symbol As String
+        Public Side As String  ' "B" or "S"
+        Public Quantity As UInteger
+        Public Cents As Long
+    End Structure
+
+    ''' <summary>Order `id` of the batch `seed`: three SplitMix64 steps (the ticker's), modulo 2^64.</summary>
+    Public Function MakeOrder(seed As ULong, id As ULong) As Order
+        Dim z1 = Ticker.SplitMix64(seed Xor (id * Ticker.Golden))
+        Dim z2 = Ticker.SplitMix64(z1)
+        Dim z3 = Ticker.SplitMix64(z2)
+        Return New Order With {
+            .Symbol = Symbols(CInt(z1 Mod 5UL)),
+            .Side = If(z2 Mod 2UL = 0UL, "B", "S"),
+            .Quantity = CUInt(1UL + (z2 >> 1) Mod 1000UL),
+            .Cents = CLng(100UL + z3 Mod 100000UL)}
+    End Function
+
+    Public Function OrderFrames(seed As ULong, id As ULong) As Byte()()
+        Dim o = MakeOrder(seed, id)
+        Dim quantity = New Byte(3) {}
+        ' Big-endian (network order): unsigned 64-bit, unsigned 32-bit, signed 64-bit.
+        BinaryPrimitives.WriteUInt32BigEndian(quantity, o.Quantity)
+        Return {BigEndianUInt64(id), Encoding.ASCII.GetBytes(o.Symbol), Encoding.ASCII.GetBytes(o.Side),
+                quantity, BigEndianInt64(o.Cents)}
+    End Function
+
+    ''' <summary>Quantity × cents, negated for a sell: exact in signed 64-bit within the order's ranges.</summary>
+    Public Function Value(side As String, quantity As UInteger, cents As Long) As Long
+        Return quantity * cents * If(side = "B", 1L, -1L)
+    End Function
+
+    Private Function RunEncode(args As ParseResult) As Integer
+        Dim seed = args.GetValue(Of ULong)("--seed")
+        Dim id = args.GetValue(Of ULong)("--id")
+        Dim o = MakeOrder(seed, id)
+        Emit("encoded", ("frames", OrderFrames(seed, id).Select(Function(frame) Convert.ToHexStringLower(frame)).ToList()),
+                        ("value", Value(o.Side, o.Quantity, o.Cents)))
+        Emit("done")
+        Return 0
+    End Function
+
+    ' --- sink ------------------------------------------------------------------------------------
+
+    Public Structure Result
+        Public Worker As String
+        Public Id As ULong
+        Public Amount As Long
+    End Structure
+
+    ''' <summary>The first broken rule of a result as (code, reason), or Nothing when it is good: then `result` holds it.</summary>
+    Public Function CheckResult(frames As List(Of Byte()), count As Integer, ByRef result As Result) As (Code As String, Reason As String)?
+        If frames.Count <> 4 OrElse Not Word(frames(0), "result") OrElse frames(2).Length <> 8 OrElse frames(3).Length <> 8 Then
+            Return ("malformed-result", $"not [result, name, id, value]: [{String.Join(", ", frames.Select(Function(f) f.Length))}] bytes")
+        End If
+        Dim worker As String
+        Try
+            worker = Utf8.GetString(frames(1))  ' strict: invalid bytes throw
+        Catch problem As DecoderFallbackException
+            Return ("malformed-result", "the worker name is not UTF-8")
+        End Try
+        If frames(1).Length < 1 OrElse frames(1).Length > MaxName Then
+            Return ("malformed-result", $"a worker name of {frames(1).Length} bytes")
+        End If
+        Dim id = BinaryPrimitives.ReadUInt64BigEndian(frames(2))
+        If id < 1UL OrElse id > CULng(count) Then Return ("unknown-id", $"id {id} is not in 1..{count}")
+        result = New Result With {.Worker = worker, .Id = id, .Amount = BinaryPrimitives.ReadInt64BigEndian(frames(3))}
+        Return Nothing
+    End Function
+
+    Private Function RunSink(args As ParseResult) As Integer
+        Dim wanted = args.GetValue(Of Integer)("--workers")
+        Dim count = args.GetValue(Of Integer)("--count")
+        Dim quiet = args.GetValue(Of Integer)("--quiet")
+        Dim heartbeat = args.GetValue(Of Integer)("--heartbeat")
+        Dim timeout = args.GetValue(Of Integer)("--timeout")
+        Using stopSignal As New StopSignal(),
+              results As New PullSocket(),  ' fair-queues readiness and results from every worker
+              control As New PublisherSocket()
+            Dim deadline As New Deadline(timeout)
+            ' Linger 0: the sink leaves only when told to, and nothing it sent is owed to anyone then.
+            results.Options.Linger = TimeSpan.Zero
+            control.Options.Linger = TimeSpan.Zero
+            Try
+                results.Bind(args.GetValue(Of String)("--results"))
+                control.Bind(args.GetValue(Of String)("--control"))
+            Catch problem As Exception When TypeOf problem Is NetMQException OrElse TypeOf problem Is ArgumentException
+                Throw New Failure("bind", $"cannot bind: {problem.Message}")
+            End Try
+            Emit("ready", ("results", results.Options.LastEndpoint), ("control", control.Options.LastEndpoint))
+
+            Dim state = "waiting"
+            Dim ready As New HashSet(Of String)
+            Dim values As New Dictionary(Of ULong, Long)  ' id -> value, for every id counted
+            Dim total = 0L  ' the sum of values, kept as we go (wrapping, never throwing, on a rogue value)
+            Dim priced As New Dictionary(Of String, Integer)  ' worker -> results counted
+            Dim resent As New SortedSet(Of ULong)  ' every id ever re-dispatched
+            Dim nextBeat = Environment.TickCount64, quietSince = Environment.TickCount64
+            Dim frames As List(Of Byte()) = Nothing
+
+            ' PUB never blocks: it drops a message for a subscriber that is not connected yet.
+            Dim setState =
+                Sub(newState As String)
+                    state = newState
+                    control.SendFrame(Encoding.ASCII.GetBytes(state))  ' at once; the heartbeat repeats it for late joiners
+                End Sub
+
+            Do Until stopSignal.Raised
+                If deadline.Expired() Then Throw New Failure("timeout", $"still running after {timeout} ms with {values.Count} results")
+                Dim waitMs = Math.Max(0, nextBeat - Environment.TickCount64)
+                ' The wait for a message is also the heartbeat timer: a poll with a timeout, no sleep.
+                If results.TryReceiveMultipartBytes(deadline.Cap(waitMs), frames) Then
+                    If frames.Count = 2 AndAlso Word(frames(0), "ready") Then
+                        Dim name = Encoding.UTF8.GetString(frames(1))  ' bad bytes become U+FFFD
+                        If ready.Add(name) Then Emit("worker", ("name", name))
+                        If state = "waiting" AndAlso ready.Count >= wanted Then
+                            ' Each worker heard a control message before saying ready: its SUB cannot miss this.
+                            setState("go")
+                            Emit("started", ("workers", ready.Count))
+                            quietSince = Environment.TickCount64
+                        End If
+                    Else
+                        Dim result As New Result()
+                        Dim problem = CheckResult(frames, count, result)
+                        If problem IsNot Nothing Then
+                            Emit("error", ("code", problem.Value.Code), ("reason", problem.Value.Reason))
+                        ElseIf values.ContainsKey(result.Id) AndAlso resent.Contains(result.Id) Then
+                            Emit("late-duplicate", ("id", result.Id), ("worker", result.Worker))  ' we asked for it twice
+                        ElseIf values.ContainsKey(result.Id) Then
+                            Emit("error", ("code", "duplicate"), ("reason", $"a second result for order {result.Id}, from {result.Worker}"))
+                        Else
+                            values(result.Id) = result.Amount
+                            total += result.Amount
+                            priced(result.Worker) = priced.GetValueOrDefault(result.Worker) + 1
+                            quietSince = Environment.TickCount64
+                            Emit("result", ("id", result.Id), ("worker", result.Worker))
+                            If values.Count = count Then
+                                setState("finished")
+                                Emit("complete", ("total", total), ("workers", priced), ("resent", resent.ToList()))
+                            End If
+                        End If
+                    End If
+                End If
+                Dim now = Environment.TickCount64
+                If state = "go" AndAlso now - quietSince >= quiet Then
+                    ' Nothing acknowledges a PUSH: what was queued for a worker that died is gone. Only
+                    ' the sink knows what is missing, so it asks the source, over the control channel.
+                    Dim missing = Enumerable.Range(1, count).Select(Function(i) CULng(i)).Where(Function(id) Not values.ContainsKey(id)).ToList()
+                    For start = 0 To missing.Count - 1 Step ResendBatch
+                        Dim batch = missing.Skip(start).Take(ResendBatch)
+                        control.SendMultipartBytes({Encoding.ASCII.GetBytes("resend")}.Concat(batch.Select(AddressOf BigEndianUInt64)))
+                    Next
+                    resent.UnionWith(missing)
+                    Emit("resend", ("ids", missing))
+                    quietSince = now
+                End If
+                If now >= nextBeat Then
+                    ' Level-triggered: the state again and again, so a late subscriber learns it anyway.
+                    control.SendFrame(Encoding.ASCII.GetBytes(state))
+                    nextBeat = now + heartbeat
+                End If
+            Loop
+            Emit("done", ("orders", values.Count), ("total", total))
+        End Using
+        Return 0
+    End Function
+
+    ' --- source ----------------------------------------------------------------------------------
+
+    Private Function RunSource(args As ParseResult) As Integer
+        Dim count = args.GetValue(Of Integer)("--count")
+        Dim seed = args.GetValue(Of ULong)("--seed")
+        Dim timeout = args.GetValue(Of Integer)("--timeout")
+        Dim deadline As New Deadline(timeout)
+        Using orders As New PushSocket(),  ' deals orders round-robin to the connected workers
+              control As New SubscriberSocket()
+            ' Linger 0: the source leaves only on `finished`, when no order it sent is needed any more.
+            orders.Options.Linger = TimeSpan.Zero
+            control.Options.Linger = TimeSpan.Zero
+            control.Subscribe("")  ' every control message: states and resends
+            Try
+                orders.Bind(args.GetValue(Of String)("--orders"))
+            Catch problem As Exception When TypeOf problem Is NetMQException OrElse TypeOf problem Is ArgumentException
+                Throw New Failure("bind", $"cannot bind: {problem.Message}")
+            End Try
+            Try
+                control.Connect(args.GetValue(Of String)("--control"))
+            Catch problem As Exception When TypeOf problem Is NetMQException OrElse TypeOf problem Is ArgumentException
+                Throw New Failure("connect", $"cannot connect: {problem.Message}")
+            End Try
+            Emit("ready", ("orders", orders.Options.LastEndpoint))
+
+            ' The next control message, or Nothing after a second without one.
+            Dim nextControl =
+                Function() As List(Of Byte())
+                    Dim message As List(Of Byte()) = Nothing
+                    If control.TryReceiveMultipartBytes(deadline.Cap(1000), message) Then Return message
+                    If deadline.Expired() Then Throw New Failure("timeout", $"not finished after {timeout} ms")
+                    Return Nothing
+                End Function
+            Dim send = Sub(id As ULong) SendWhenRoom(orders, OrderFrames(seed, id), deadline, $"order {id}")
+
+            ' The sink repeats its state every heartbeat: however late our SUB connected, `go` comes.
+            Do
+                Dim message = nextControl()
+                If message IsNot Nothing AndAlso IsOnly(message, "go") Then Exit Do
+            Loop
+            For id = 1UL To CULng(count)
+                send(id)
+            Next
+            Emit("sent", ("orders", count))
+            Dim sent = count
+            Do
+                Dim message = nextControl()
+                If message Is Nothing Then Continue Do
+                If IsOnly(message, "finished") Then Exit Do
+                If Word(message(0), "resend") Then
+                    Dim ids = message.Skip(1).Where(Function(frame) frame.Length = 8).Select(Function(frame) BinaryPrimitives.ReadUInt64BigEndian(frame)).ToList()
+                    For Each id In ids
+                        If id >= 1UL AndAlso id <= CULng(count) Then send(id)  ' the same bytes as the first time
+                    Next
+                    sent += ids.Count
+                    Emit("resent", ("ids", ids))
+                End If
+            Loop
+            Emit("done", ("sent", sent))
+        End Using
+        Return 0
+    End Function
+
+    ' --- worker ----------------------------------------------------------------------------------
+
+    ''' <summary>The first broken rule of an order as (code, reason), or Nothing when it is good: then `order` holds it.</summary>
+    Public Function CheckOrder(frames As List(Of Byte()), ByRef id As ULong, ByRef order As Order) As (Code As String, Reason As String)?
+        Dim sizes = frames.Select(Function(frame) frame.Length).ToList()
+        If frames.Count <> 5 OrElse sizes(0) <> 8 OrElse sizes(1) < 1 OrElse sizes(1) > 8 OrElse sizes(2) <> 1 OrElse sizes(3) <> 4 OrElse sizes(4) <> 8 Then
+            Return ("malformed-order", $"frame sizes [{String.Join(", ", sizes)}], expected [8, 1-8, 1, 4, 8]")
+        End If
+        If Not frames(1).All(Function(b) b >= AscW("A"c) AndAlso b <= AscW("Z"c)) OrElse Not (Word(frames(2), "B") OrElse Word(frames(2), "S")) Then
+            Return ("malformed-order", $"symbol '{Shown(frames(1), 8)}' or side '{Shown(frames(2), 1)}'")
+        End If
+        Dim quantity = BinaryPrimitives.ReadUInt32BigEndian(frames(3))
+        Dim cents = BinaryPrimitives.ReadInt64BigEndian(frames(4))
+        If quantity < 1UI OrElse quantity > 1000UI OrElse cents < 100L OrElse cents > 100099L Then  ' so no value can overflow
+            Return ("malformed-order", $"quantity {quantity} or price {cents} cents out of range")
+        End If
+        id = BinaryPrimitives.ReadUInt64BigEndian(frames(0))
+        order = New Order With {
+            .Symbol = Encoding.ASCII.GetString(frames(1)),
+            .Side = Encoding.ASCII.GetString(frames(2)),
+            .Quantity = quantity,
+            .Cents = cents}
+        Return Nothing
+    End Function
+
+    Private Function RunWorker(args As ParseResult) As Integer
+        Dim name = args.GetValue(Of String)("--name")
+        Dim rate = args.GetValue(Of Integer)("--rate")
+        Dim timeout = args.GetValue(Of Integer)("--timeout")
+        Dim deadline As New Deadline(timeout)
+        Using orders As New PullSocket(),  ' PULL fair-queues from all its peers; here, the one source
+              results As New PushSocket(),  ' to the sink, the only peer
+              control As New SubscriberSocket()
+            ' Linger 0: the worker leaves only on `finished`, when the sink has every result it needs.
+            orders.Options.Linger = TimeSpan.Zero
+            results.Options.Linger = TimeSpan.Zero
+            control.Options.Linger = TimeSpan.Zero
+            control.Subscribe("")
+            Try  ' PULL first: it should be connected long before the source deals the batch
+                orders.Connect(args.GetValue(Of String)("--orders"))
+                results.Connect(args.GetValue(Of String)("--results"))
+                control.Connect(args.GetValue(Of String)("--control"))
+            Catch problem As Exception When TypeOf problem Is NetMQException OrElse TypeOf problem Is ArgumentException
+                Throw New Failure("connect", $"cannot connect: {problem.Message}")
+            End Try
+
+            ' Slow joiner: once one control message has arrived, no later one can be missed.
+            Dim message As List(Of Byte()) = Nothing
+            Do Until control.TryReceiveMultipartBytes(deadline.Cap(1000), message)
+                If deadline.Expired() Then Throw New Failure("timeout", "no control message from the sink")
+            Loop
+            Dim finished = IsOnly(message, "finished")
+            SendWhenRoom(results, {Encoding.ASCII.GetBytes("ready"), Utf8.GetBytes(name)}, deadline, "ready")
+            Emit("ready", ("name", name))
+
+            ' One wait for both sockets, no busy loop: NetMQSelector is NetMQ's zmq_poll, so this is the
+            ' loop of Python's zmq.Poller. (NetMQPoller, used by the ticker's proxy, would instead call
+            ' a handler per ready socket.)
+            Dim selector As New NetMQSelector()
+            Dim ordersItem As New NetMQSelector.Item(orders, PollEvents.PollIn)
+            Dim controlItem As New NetMQSelector.Item(control, PollEvents.PollIn)
+            Dim both = {ordersItem, controlItem}
+            Dim count = 0
+            Dim nextOrder As Double = Environment.TickCount64  ' ms on the monotonic clock; 1000 / rate need not be whole
+            Do Until finished
+                If deadline.Expired() Then Throw New Failure("timeout", $"not finished after {timeout} ms")
+                ' Initialised on purpose: a VB local declared in a loop without one keeps its value
+                ' from the turn before, and a stale "ready" would block in a receive.
+                Dim controlReady = False, ordersReady = False
+                Dim waitMs = CLng(Math.Truncate(nextOrder - Environment.TickCount64))
+                If rate > 0 AndAlso waitMs > 0 Then
+                    ' --rate: until the next order is due, listen to the control channel only. Orders
+                    ' wait in our PULL queue, and behind it in the source's PUSH queue for us.
+                    controlReady = control.Poll(PollEvents.PollIn, deadline.Cap(waitMs)).HasFlag(PollEvents.PollIn)
+                Else
+                    selector.Select(both, both.Length, CLng(deadline.Cap(1000).TotalMilliseconds))
+                    ordersReady = ordersItem.ResultEvent.HasFlag(PollEvents.PollIn)
+                    controlReady = controlItem.ResultEvent.HasFlag(PollEvents.PollIn)
+                End If
+                If controlReady Then
+                    finished = IsOnly(control.ReceiveMultipartBytes(), "finished")  ' states and resends; only this matters here
+                End If
+                If ordersReady Then
+                    Dim id = 0UL, order As New Order()
+                    Dim problem = CheckOrder(orders.ReceiveMultipartBytes(), id, order)
+                    If problem IsNot Nothing Then
+                        Emit("error", ("code", problem.Value.Code), ("reason", problem.Value.Reason))
+                        Continue Do
+                    End If
+                    Dim result = {Encoding.ASCII.GetBytes("result"), Utf8.GetBytes(name), BigEndianUInt64(id),
+                                  BigEndianInt64(Value(order.Side, order.Quantity, order.Cents))}
+                    SendWhenRoom(results, result, deadline, $"the result of order {id}")
+                    count += 1
+                    Emit("priced", ("id", id))
+                    If rate > 0 Then nextOrder = Environment.TickCount64 + 1000.0 / rate
+                End If
+            Loop
+            Emit("done", ("priced", count))
+        End Using
+        Return 0
+    End Function
+End Module
