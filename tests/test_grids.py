@@ -2,7 +2,7 @@
 import pytest
 
 from orchestrator import LANGUAGES
-from orchestrator.matrix import evaluate, new_run_dir, run_matrix
+from orchestrator.matrix import evaluate, mixed_cells, new_run_dir, run_matrix
 from orchestrator.spec import load_spec
 
 PARALLEL = 3
@@ -39,3 +39,32 @@ def test_one_chat_cell_can_mix_every_client_language(built):
     assert result.status == "pass", result.problems
     assert [t.lang for t in result.transcripts if t.role == "client"] == list(LANGUAGES)
     assert [len(received) for received in events_of(result, "client", "received")] == [6 * 5] * 6
+
+
+@pytest.mark.grid
+def test_the_ticker_grid_passes(built):
+    results = run_grid(built, "ticker", {"publisher": LANGUAGES, "subscriber": LANGUAGES})
+    for result in results:  # each subscriber: 30 ticks of each of its two symbols, 10 of the one it dropped
+        assert all(len(ticks) >= 2 * 30 + 10 for ticks in events_of(result, "subscriber", "tick"))
+
+
+@pytest.mark.grid
+def test_the_ticker_grid_through_every_proxy_passes(built):
+    results = run_grid(built, "ticker", {"publisher": LANGUAGES, "subscriber": LANGUAGES, "proxy": LANGUAGES})
+    for result in results:
+        assert [t.role for t in result.transcripts] == ["publisher", "proxy", "subscriber", "subscriber"]
+
+
+@pytest.mark.grid
+def test_the_valuation_grid_and_its_mixed_pools_pass(built):
+    for lang in LANGUAGES:
+        built[lang]
+    spec = load_spec("valuation")
+    dimensions = {"source": LANGUAGES, "worker": LANGUAGES, "sink": LANGUAGES}
+    results, _, run_dir = run_matrix(spec, dimensions, built.registry, parallel=PARALLEL, extra_cells=mixed_cells(spec, dimensions))
+    assert len(results) == 216 + 6
+    failures = [f"{r.roles}: {r.status}: {r.detail}" for r in results if r.status != "pass"]
+    assert not failures, f"{len(failures)} of 222 cells did not pass (logs in {run_dir}):\n" + "\n".join(failures)
+    for result in results[216:]:  # a mixed pool: six workers, six languages, each priced some
+        [complete] = [e for t in result.transcripts if t.role == "sink" for e in t.events if e["event"] == "complete"]
+        assert len(complete["workers"]) == 6 and min(complete["workers"].values()) > 0
