@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # One command sets up a Debian 12 machine that has the .NET SDK: system packages, the Python
-# environment (.venv), the Rust and .NET dependencies, then builds all six languages.
+# environment (.venv), the Rust and .NET dependencies, then builds all six languages. (Starting a
+# Docker engine is `invoke docker.up`, for the container runner.)
 # Running it again is harmless: it skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")"
 say() { printf '\n== %s\n' "$*"; }
 
 # --- system packages ---------------------------------------------------------------------------
-packages=(build-essential pkg-config libzmq3-dev libczmq-dev libjansson-dev python3-venv)
+packages=(build-essential pkg-config libzmq3-dev libczmq-dev libjansson-dev python3-venv
+          docker.io debootstrap)  # the container runner: an engine, and an offline base image
 command -v cargo >/dev/null || packages+=(cargo)  # a toolchain from rustup is used when present
 missing=()
 for package in "${packages[@]}"; do

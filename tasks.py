@@ -1,11 +1,16 @@
 """invoke tasks: build, run one cell, run a grid, test. `invoke --list` shows them."""
+import os
+import shutil
+import subprocess
 import sys
+import time
+from contextlib import contextmanager
 
-from invoke import Exit, task
+from invoke import Collection, Exit, task
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from orchestrator import LANGUAGES
+from orchestrator import LANGUAGES, ROOT, containers
 from orchestrator.config import ConfigError
 from orchestrator.matrix import evaluate, failed, mixed_cells, new_run_dir, run_matrix
 from orchestrator.registry import BuildError, load_registry
@@ -67,10 +72,11 @@ def _check_roles(spec, given):
         "no-build": "skip building the languages first",
         "quiet": "do not print the live transcript",
         "kill-worker-after": "valuation: SIGKILL worker 0 once it has priced this many orders",
+        "runner": "process (default): local processes; docker: one container per role",
     },
 )
 def run(c, example, server=None, client=None, publisher=None, proxy=None, subscriber=None, source=None, worker=None, sink=None,
-        no_build=False, quiet=False, kill_worker_after=None):
+        no_build=False, quiet=False, kill_worker_after=None, runner="process"):
     """Run one cell and show its live transcript, then the verdict."""
     given = {"server": server, "client": client, "publisher": publisher, "proxy": proxy, "subscriber": subscriber,
              "source": source, "worker": worker, "sink": sink}
@@ -98,11 +104,12 @@ def run(c, example, server=None, client=None, publisher=None, proxy=None, subscr
             style = "red" if event["event"] in ("error", "_not-an-event") else "cyan"
             console.print(f"[dim]{transcript.role}{transcript.index}[/] [bold]{transcript.lang:>6}[/] [{style}]{event['event']}[/] {fields}", markup=True, highlight=False)
 
-    try:
-        result = evaluate(spec, chosen, registry, new_run_dir(example), on_event=show, fault=fault)
-    except KeyboardInterrupt:
-        kill_everything()
-        raise Exit("interrupted", code=130)
+    with _runner(runner, registry, [lang for langs in chosen.values() for lang in langs]) as launcher:
+        try:
+            result = evaluate(spec, chosen, registry, new_run_dir(example), on_event=show, fault=fault, launcher=launcher)
+        except KeyboardInterrupt:
+            kill_everything()
+            raise Exit("interrupted", code=130)
     print_details(console, spec, [result])
     console.print(f"verdict: [bold]{result.status}[/] in {result.seconds:.1f} s" + (f" ({result.detail})" if result.detail else ""))
     if result.status in ("fail", "timeout"):
@@ -118,10 +125,11 @@ def run(c, example, server=None, client=None, publisher=None, proxy=None, subscr
         "junit": "write JUnit XML to this path",
         "markdown": "write the grids as Markdown to this path",
         "no-build": "skip building the languages first",
+        "runner": "process (default): local processes; docker: one container per role",
     },
 )
 def matrix(c, example, server=None, client=None, publisher=None, proxy=None, subscriber=None, source=None, worker=None, sink=None,
-           parallel=3, json=None, junit=None, markdown=None, no_build=False):
+           parallel=3, json=None, junit=None, markdown=None, no_build=False, runner="process"):
     """Run every combination of one language per role and print the compatibility grids."""
     given = {"server": server, "client": client, "publisher": publisher, "proxy": proxy, "subscriber": subscriber,
              "source": source, "worker": worker, "sink": sink}
@@ -131,13 +139,15 @@ def matrix(c, example, server=None, client=None, publisher=None, proxy=None, sub
     for role in spec.optional_roles():  # an optional role joins the grid when it is asked for
         if given.get(role):
             dimensions[role] = _languages(given[role], registry, f"--{role}")
+    langs = [lang for langs in dimensions.values() for lang in langs]
     if not no_build:
-        _build(registry, [lang for langs in dimensions.values() for lang in langs])
-    results, wall, run_dir = _run_grid(spec, registry, dimensions, int(parallel), mixed_cells(spec, dimensions))
+        _build(registry, langs)
+    with _runner(runner, registry, langs) as launcher:
+        results, wall, run_dir = _run_grid(spec, registry, dimensions, int(parallel), mixed_cells(spec, dimensions), launcher)
 
     for table in grid_tables(spec, results, dimensions):
         console.print(table)
-    console.print(summary_line(results, wall) + f"; logs in runs/{run_dir.name}")
+    console.print(summary_line(results, wall) + f" ({runner} runner); logs in runs/{run_dir.name}")
     print_details(console, spec, results)
     if json:
         write_json(json, spec, results, wall)
@@ -149,7 +159,7 @@ def matrix(c, example, server=None, client=None, publisher=None, proxy=None, sub
         raise Exit(code=1)
 
 
-def _run_grid(spec, registry, dimensions, parallel, extra_cells=()):
+def _run_grid(spec, registry, dimensions, parallel, extra_cells=(), launcher=None):
     total = 1
     for langs in dimensions.values():
         total *= len(langs)
@@ -165,9 +175,111 @@ def _run_grid(spec, registry, dimensions, parallel, extra_cells=()):
                 progress.console.print(f"[red]{result.status}[/]: {roles_text(result.roles)}: {result.detail}", markup=True, highlight=False)
 
         try:
-            return run_matrix(spec, dimensions, registry, parallel, on_done=done, extra_cells=extra_cells)
+            return run_matrix(spec, dimensions, registry, parallel, on_done=done, extra_cells=extra_cells, launcher=launcher)
         except KeyboardInterrupt:
             raise Exit("interrupted: every role process was killed", code=130)
+
+
+@contextmanager
+def _runner(name, registry, langs):
+    """The launcher factory for `--runner`: None for local processes; for docker, the images are
+    built first (their build time reported apart), and every container and network of the run is
+    removed afterwards, whatever happened."""
+    if name == "process":
+        yield None
+        return
+    if name != "docker":
+        raise Exit(f"error: --runner is process or docker, not {name!r}", code=2)
+    engine = _engine()
+    images = _images(engine, registry, langs)
+    run_label = containers.new_run_label()
+    try:
+        yield lambda: containers.DockerLauncher(images, run_label)
+    finally:
+        containers.remove_labelled(engine, run_label)
+
+
+def _engine():
+    try:
+        return containers.client()
+    except containers.DockerUnavailable as error:
+        raise Exit(f"error: {error}", code=1) from error
+
+
+def _images(engine, registry, langs):
+    images, built, started = {}, [], time.monotonic()
+    for lang in dict.fromkeys(langs):
+        try:
+            images[lang], seconds = containers.ensure_image(engine, registry[lang], log=console.print)
+        except containers.DockerUnavailable as error:
+            raise Exit(f"error: {error}", code=1) from error
+        if seconds:
+            built.append(f"{lang} {seconds:.1f} s")
+    console.print(f"images ready in {time.monotonic() - started:.1f} s" + (f" (built: {', '.join(built)})" if built else " (all cached)"))
+    return images
+
+
+@task(help={"lang": "one language; default: all"})
+def docker_build(c, lang=None):
+    """Build (or find cached) the container image of every language: tag, size, build time."""
+    registry = load_registry()
+    langs = _languages(lang, registry, "--lang")
+    _build(registry, langs)
+    engine = _engine()
+    images = _images(engine, registry, langs)
+    for name, tag in images.items():
+        console.print(f"{name:>7}  {tag}  {containers.image_size(engine, tag) / 1e6:.0f} MB")
+
+
+@task(help={"force": "rebuild it even if it exists"})
+def docker_base(c, force=False):
+    """Build the Debian bookworm base image offline (debootstrap + import), for machines that
+    reach no image registry. Needs root and debootstrap."""
+    engine = _engine()
+    if not force and engine.images.list(name=containers.OFFLINE_BASE):
+        console.print(f"{containers.OFFLINE_BASE} exists (--force rebuilds it)")
+        return
+    if shutil.which("debootstrap") is None:
+        raise Exit("error: debootstrap is missing (apt-get install debootstrap)", code=1)
+    started = time.monotonic()
+    with console.status("debootstrap bookworm"):
+        containers.build_offline_base(engine, log=console.print)
+    console.print(f"{containers.OFFLINE_BASE} built in {time.monotonic() - started:.1f} s")
+
+
+@task
+def docker_up(c):
+    """Make sure a Docker engine answers: DOCKER_HOST's, or a local dockerd started here (docker.io
+    from Debian is installed when it is missing)."""
+    try:
+        containers.client()
+        console.print("a Docker engine answers")
+        return
+    except containers.DockerUnavailable:
+        if os.environ.get("DOCKER_HOST"):
+            raise Exit(f"error: DOCKER_HOST={os.environ['DOCKER_HOST']} does not answer", code=1)
+    if shutil.which("dockerd") is None:
+        c.run("apt-get install -y -q --no-install-recommends docker.io", hide="out")
+    log = ROOT / "runs" / "dockerd.log"
+    log.parent.mkdir(exist_ok=True)
+    with open(log, "ab") as output:
+        subprocess.Popen(["dockerd"], stdout=output, stderr=output, stdin=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while True:  # the daemon has no readiness signal but its API: ask it, for a minute at most
+        try:
+            containers.client()
+            break
+        except containers.DockerUnavailable:
+            if time.monotonic() > deadline:
+                raise Exit(f"error: dockerd did not answer within 60 s; see {log}", code=1)
+            time.sleep(0.5)
+    console.print(f"dockerd started (log: {log.relative_to(ROOT)})")
+
+
+@task
+def docker_clean(c):
+    """Remove every container and network the project created (by label)."""
+    console.print(f"removed {containers.remove_labelled(_engine())} containers and networks")
 
 
 @task(help={"k": "only tests matching this pytest expression", "fast": "skip the full grids"})
@@ -181,3 +293,11 @@ def test(c, k=None, fast=False):
     if fast:
         args += ["-m", "not grid"]
     c.run(" ".join(args), pty=False)
+
+
+docker = Collection("docker")
+docker.add_task(docker_up, "up")
+docker.add_task(docker_base, "base")
+docker.add_task(docker_build, "build")
+docker.add_task(docker_clean, "clean")
+ns = Collection(build, run, matrix, test, docker)

@@ -37,14 +37,14 @@ def replay_command(spec, roles):
     return " ".join(parts)
 
 
-def evaluate(spec, chosen, registry, run_dir, on_event=None, fault=None):
+def evaluate(spec, chosen, registry, run_dir, on_event=None, fault=None, launcher=None):
     """One cell: unsupported, or run; a known failure is labelled as such either way."""
     spec, roles = assign(spec, chosen)
     langsets = {role: set(langs) for role, langs in roles.items()}
     reason = registry.unsupported(spec.example, langsets)
     if reason:
         return CellResult(spec.example, roles, "unsupported", 0.0, reason)
-    result = run_cell(spec, roles, registry, run_dir, on_event, fault)
+    result = run_cell(spec, roles, registry, run_dir, on_event, fault, launcher() if launcher else None)
     known = registry.known_failure(spec.example, langsets)
     if known and result.status == "pass":
         result.known_failure_passed = known.reason
@@ -55,9 +55,10 @@ def evaluate(spec, chosen, registry, run_dir, on_event=None, fault=None):
     return result
 
 
-def run_matrix(spec, dimensions, registry, parallel, on_done=None, extra_cells=()):
+def run_matrix(spec, dimensions, registry, parallel, on_done=None, extra_cells=(), launcher=None):
     """Every combination of one language per dimension (role -> languages, rows first, then
-    columns, then any further dimension), plus `extra_cells` (role -> language or list)."""
+    columns, then any further dimension), plus `extra_cells` (role -> language or list).
+    `launcher` makes each cell's launcher (containers); by default roles are local processes."""
     run_dir = new_run_dir(spec.example)
     cells = [dict(zip(dimensions, combination)) for combination in itertools.product(*dimensions.values())]
     extra_cells = list(extra_cells)
@@ -68,7 +69,7 @@ def run_matrix(spec, dimensions, registry, parallel, on_done=None, extra_cells=(
     def one(index):
         if aborting.is_set():
             return
-        results[index] = evaluate(spec, cells[index], registry, run_dir)
+        results[index] = evaluate(spec, cells[index], registry, run_dir, launcher=launcher)
         results[index].extra = index >= len(cells) - len(extra_cells)
         if on_done:
             on_done(results[index])

@@ -1,0 +1,97 @@
+"""The container runner: a cell of every example in containers, the chat grid, and nothing left
+behind after a pass, a timeout or Ctrl-C. Needs a Docker engine (`invoke docker.up`) and a base
+image (`invoke docker.base` offline); CI provides both, elsewhere these tests skip without them."""
+import dataclasses
+import os
+import threading
+
+import pytest
+
+from orchestrator import LANGUAGES, containers, runner
+from orchestrator.matrix import evaluate, new_run_dir, run_matrix
+from orchestrator.runner import Fault
+from orchestrator.spec import load_spec
+
+pytestmark = pytest.mark.docker
+
+
+def unavailable(why):
+    if os.environ.get("CI"):
+        pytest.fail(f"CI starts a Docker engine and builds the base image first: {why}")
+    pytest.skip(why)
+
+
+@pytest.fixture(scope="session")
+def images(built):
+    try:
+        engine = containers.client()
+        containers.base_image(engine)
+        return engine, {lang: containers.ensure_image(engine, built[lang], log=lambda _: None)[0] for lang in LANGUAGES}
+    except containers.DockerUnavailable as error:
+        unavailable(str(error))
+
+
+@pytest.fixture
+def launcher(images):
+    """Each cell's launcher; the fixture sweeps its run's label afterwards, just in case."""
+    engine, tags = images
+    label = containers.new_run_label()
+    yield lambda: containers.DockerLauncher(tags, label)
+    containers.remove_labelled(engine, label)
+
+
+CELLS = [
+    ("chat", {"server": "rust", "client": ["vb", "python", "c"]}),
+    ("ticker", {"publisher": "c", "proxy": "csharp", "subscriber": ["python", "fsharp"]}),
+    ("valuation", {"source": "rust", "worker": ["vb", "c"], "sink": "python"}),
+]
+
+
+@pytest.mark.parametrize("example, chosen", CELLS, ids=[example for example, _ in CELLS])
+def test_a_cell_of_every_example_passes_in_containers(built, images, launcher, example, chosen):
+    result = evaluate(load_spec(example), chosen, built.registry, new_run_dir(example), launcher=launcher)
+    assert result.status == "pass", result.problems
+    assert all(t.where and t.where.startswith("btb-") for t in result.transcripts)
+    assert containers.leftovers(images[0]) == []
+
+
+def test_a_worker_container_killed_mid_batch_loses_nothing(built, images, launcher):
+    spec = load_spec("valuation")
+    spec = spec.with_parameters(rate=spec.parameters["fault_rate"])
+    result = evaluate(spec, {"source": "python", "worker": ["fsharp", "rust"], "sink": "csharp"}, built.registry,
+                      new_run_dir("valuation"), fault=Fault("worker", "priced", 20), launcher=launcher)
+    assert result.status == "pass", result.problems
+    [complete] = [e for t in result.transcripts if t.role == "sink" for e in t.events if e["event"] == "complete"]
+    assert complete["resent"]
+
+
+def test_nothing_outlives_a_timeout_or_ctrl_c(built, images, launcher):
+    engine = images[0]
+    hurried = dataclasses.replace(load_spec("chat"), cell_timeout=1.5)  # too short for containers
+    result = evaluate(hurried, {"server": "csharp", "client": "fsharp"}, built.registry, new_run_dir("chat"), launcher=launcher)
+    assert result.status in ("timeout", "fail"), result.status
+    assert containers.leftovers(engine) == []
+
+    started, outcome = threading.Event(), {}
+    cell = threading.Thread(target=lambda: outcome.setdefault("result", evaluate(
+        load_spec("chat"), {"server": "python", "client": "python"}, built.registry, new_run_dir("chat"),
+        on_event=lambda t, e: started.set(), launcher=launcher)))
+    cell.start()
+    try:
+        assert started.wait(60), "no container reported anything"
+        runner.kill_everything()
+        cell.join(60)
+        assert not cell.is_alive()
+    finally:
+        runner.aborting.clear()
+    assert outcome["result"].status != "pass"
+    assert containers.leftovers(engine) == []
+
+
+@pytest.mark.grid
+def test_the_chat_grid_passes_in_containers(built, images, launcher):
+    results, _, run_dir = run_matrix(load_spec("chat"), {"server": LANGUAGES, "client": LANGUAGES}, built.registry,
+                                     parallel=3, launcher=launcher)
+    failures = [f"{r.roles}: {r.status}: {r.detail}" for r in results if r.status != "pass"]
+    assert len(results) == 36 and not failures, f"logs in {run_dir}:\n" + "\n".join(failures)
+    assert containers.leftovers(images[0]) == []
