@@ -1,4 +1,5 @@
 """invoke tasks: build, run one cell, run a grid, test. `invoke --list` shows them."""
+import json as jsonlib
 import os
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from orchestrator import LANGUAGES, ROOT, containers
+from orchestrator import bench as benchmarks
 from orchestrator.config import ConfigError
 from orchestrator.matrix import evaluate, failed, mixed_cells, new_run_dir, run_matrix
 from orchestrator.registry import BuildError, load_registry
@@ -180,6 +182,70 @@ def _run_grid(spec, registry, dimensions, parallel, extra_cells=(), launcher=Non
             raise Exit("interrupted: every role process was killed", code=130)
 
 
+@task(
+    help={
+        "size": "comma-separated message sizes in bytes (default 64,1024)",
+        "count": "messages per throughput run (default 100000); latency runs make a tenth as many round trips; both are capped at 256 MiB of payload",
+        "repeat": "runs of every figure; the median is shown (default 3)",
+        "source": "comma-separated languages that send (throughput) and ping (latency); default all",
+        "sink": "comma-separated languages that receive (throughput) and echo (latency); default all",
+        "json": "write every figure as JSON to this path",
+        "markdown": "write the tables as Markdown to this path",
+        "plot": "write a PNG chart to this path",
+        "no-build": "skip building the languages first",
+    },
+)
+def bench(c, size="64,1024", count=100000, repeat=3, source=None, sink=None, json=None, markdown=None, plot=None, no_build=False):
+    """Throughput and latency of every language pair, next to C↔C and plain TCP (examples/perf)."""
+    registry = load_registry()
+    senders = _languages(source, registry, "--source")
+    receivers = _languages(sink, registry, "--sink")
+    try:
+        sizes = [int(part) for part in str(size).split(",")]
+        count, repeat = int(count), int(repeat)
+        if min(sizes) < 0 or count < 1 or repeat < 1:
+            raise ValueError
+    except ValueError:
+        raise Exit("error: --size takes sizes in bytes (0 or more), --count and --repeat positive numbers", code=2) from None
+    if not no_build:
+        _build(registry, list(dict.fromkeys(senders + receivers + ["c"])))
+    langs = list(dict.fromkeys(senders + receivers))
+    per_round = len(sizes) * (2 * len(senders) * len(receivers) + len(langs) + 2)
+    started = time.monotonic()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        bar = progress.add_task("bench", total=per_round * repeat)
+
+        def step(entry):
+            progress.update(bar, advance=1, description=f"{entry.kind} {entry.sender}→{entry.receiver} {entry.size} B")
+
+        try:
+            figures, run_dir = benchmarks.run_bench(registry, sizes, count, repeat, senders, receivers, progress=step)
+        except KeyboardInterrupt:
+            kill_everything()
+            raise Exit("interrupted: every role process was killed", code=130)
+    wall = time.monotonic() - started
+    for table in benchmarks.rich_tables(figures, sizes, senders, receivers):
+        console.print(table)
+    info = benchmarks.machine()
+    console.print(f"{len(figures)} figures × {repeat} runs in {wall:.0f} s on {info['cpu']} ({info['cores']} cores); logs in runs/{run_dir.name}")
+    command = "invoke bench " + " ".join(sys.argv[sys.argv.index("bench") + 1:]) if "bench" in sys.argv else "invoke bench"
+    if json:
+        with open(json, "w", encoding="utf-8") as stream:
+            jsonlib.dump({**benchmarks.as_json(figures, sizes, count, repeat), "wall_seconds": round(wall, 1), "command": command},
+                         stream, ensure_ascii=False, indent=2)
+    if markdown:
+        with open(markdown, "w", encoding="utf-8") as stream:
+            stream.write(benchmarks.markdown(figures, sizes, senders, receivers, info, command))
+    if plot:
+        benchmarks.plot(figures, sizes, senders, receivers, plot)
+    broken = [f for f in figures if f.failures]
+    for entry in broken:
+        console.print(f"[red]{entry.kind} {entry.sender}→{entry.receiver} {entry.size} B[/]: {len(entry.failures)} failed run(s): {entry.failures[0]}", highlight=False)
+    if any(not f.samples for f in figures):
+        raise Exit(code=1)
+
+
 @contextmanager
 def _runner(name, registry, langs):
     """The launcher factory for `--runner`: None for local processes; for docker, the images are
@@ -300,4 +366,4 @@ docker.add_task(docker_up, "up")
 docker.add_task(docker_base, "base")
 docker.add_task(docker_build, "build")
 docker.add_task(docker_clean, "clean")
-ns = Collection(build, run, matrix, test, docker)
+ns = Collection(build, run, matrix, bench, test, docker)

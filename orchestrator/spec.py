@@ -7,7 +7,7 @@ from . import ROOT
 from .config import ConfigError, Fields, load_yaml
 
 EXAMPLES_DIR = ROOT / "examples"
-PLACEHOLDER = re.compile(r"\{([A-Za-z_][\w.|]*)\}")
+PLACEHOLDER = re.compile(r"\{([A-Za-z_][\w.|-]*)\}")
 
 
 @dataclass

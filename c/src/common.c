@@ -133,6 +133,13 @@ int64_t now_us(void)
     return (int64_t)t.tv_sec * 1000000 + t.tv_nsec / 1000;
 }
 
+int64_t now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
 deadline_t deadline_start(int timeout_ms)
 {
     return (deadline_t){timeout_ms > 0 ? now_ms() + timeout_ms : 0};

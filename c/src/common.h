@@ -29,6 +29,7 @@ const char *problem(char reason[REASON_SIZE], const char *code, const char *form
 /* Monotonic milliseconds, and the role's --timeout (0: no limit). */
 int64_t now_ms(void);
 int64_t now_us(void); /* microseconds, for intervals finer than a millisecond */
+int64_t now_ns(void); /* nanoseconds, for the benchmarks' timings */
 typedef struct {
     int64_t end; /* 0: no limit */
 } deadline_t;

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "chat.h"
+#include "perf.h"
 #include "ticker.h"
 #include "valuation.h"
 
@@ -20,6 +21,15 @@ static const struct {
     {"valuation", "source", valuation_source},
     {"valuation", "worker", valuation_worker},
     {"valuation", "encode", valuation_encode},
+    {"perf", "thr-sink", perf_thr_sink},
+    {"perf", "thr-source", perf_thr_source},
+    {"perf", "lat-echo", perf_lat_echo},
+    {"perf", "lat-ping", perf_lat_ping},
+    {"perf", "inproc-thr", perf_inproc_thr},
+    {"perf", "tcp-sink", perf_tcp_sink},
+    {"perf", "tcp-source", perf_tcp_source},
+    {"perf", "tcp-echo", perf_tcp_echo},
+    {"perf", "tcp-ping", perf_tcp_ping},
 };
 enum { ROLE_COUNT = sizeof ROLES / sizeof ROLES[0] };
 

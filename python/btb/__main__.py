@@ -2,10 +2,10 @@
 import argparse
 import sys
 
-from . import chat, ticker, valuation
+from . import chat, perf, ticker, valuation
 from .contract import Failure, Usage, emit
 
-EXAMPLES = {"chat": chat, "ticker": ticker, "valuation": valuation}
+EXAMPLES = {"chat": chat, "ticker": ticker, "valuation": valuation, "perf": perf}
 
 
 def main(argv=None):

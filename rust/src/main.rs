@@ -1,6 +1,7 @@
 //! btb <example> <role> [--flag value]...: one entry point for every role (examples/README.md).
 mod chat;
 mod events;
+mod perf;
 mod ticker;
 mod valuation;
 
@@ -22,6 +23,9 @@ enum Example {
     /// a PUSH/PULL pipeline with a control channel
     #[command(subcommand)]
     Valuation(valuation::Role),
+    /// throughput and latency, as libzmq's perf tools measure them
+    #[command(subcommand)]
+    Perf(perf::Role),
 }
 
 fn main() {
@@ -30,6 +34,7 @@ fn main() {
         Example::Chat(role) => chat::run(role),
         Example::Ticker(role) => ticker::run(role),
         Example::Valuation(role) => valuation::run(role),
+        Example::Perf(role) => perf::run(role),
     };
     if let Err(failure) = result {
         emit("error", json!({ "code": failure.code, "reason": failure.reason }));
