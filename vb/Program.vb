@@ -7,7 +7,8 @@ Public Module Program
         Dim root As New RootCommand("Beyond the Box roles") From {
             Chat.Roles(),
             Ticker.Roles(),
-            Valuation.Roles()
+            Valuation.Roles(),
+            Perf.Roles()
         }
         ' No @file response files: a handle may well start with "@".
         Dim args = root.Parse(argv, New ParserConfiguration With {.ResponseFileTokenReplacer = Nothing})
