@@ -88,7 +88,8 @@ def run(c, example, server=None, client=None, publisher=None, proxy=None, subscr
         if "worker" not in spec.role_names():
             raise Exit(f"error: {example} has no workers to kill", code=2)
         fault = Fault("worker", "priced", int(kill_worker_after))
-        spec = spec.with_parameters(rate=spec.parameters.get("fault_rate", 0))
+        spec = spec.with_parameters(rate=spec.parameters.get("fault_rate", 0),
+                                    orders=spec.parameters.get("fault_orders", spec.parameters.get("orders")))
     _check_roles(spec, given)
     chosen = {}
     for role in spec.roles:
