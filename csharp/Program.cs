@@ -2,7 +2,7 @@
 using System.CommandLine;
 using NetMQ;
 
-RootCommand root = new("Beyond the Box roles") { Chat.Command(), Ticker.Command(), Valuation.Command() };
+RootCommand root = new("Beyond the Box roles") { Chat.Command(), Ticker.Command(), Valuation.Command(), Perf.Command() };
 
 ParseResult parsed = root.Parse(args);
 if (parsed.Errors.Count > 0)
