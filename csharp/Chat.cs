@@ -11,7 +11,6 @@ static class Chat
     const long MaxMessage = 2 * 1024 * 1024; // ZMQ_MAXMSGSIZE: bigger frames are dropped by NetMQ itself
 
     // Throws on anything that is not UTF-8, encoded surrogates and overlong forms included.
-    static readonly UTF8Encoding Strict = new(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
 
     // The roster is sorted by the UTF-8 bytes of the handles: .NET's UTF-16 order differs above U+FFFF.
     static readonly Comparer<byte[]> ByBytes = Comparer<byte[]>.Create((a, b) => a.AsSpan().SequenceCompareTo(b));
@@ -80,7 +79,7 @@ static class Chat
         {
             try
             {
-                Strict.GetString(frame);
+                Events.Strict.GetString(frame);
             }
             catch (DecoderFallbackException error)
             {
@@ -152,13 +151,13 @@ static class Chat
                     if (frames.Count == 2)
                     {
                         broadcasts.SendMultipartBytes(frames); // [handle, text], exactly as posted
-                        Events.Emit("posted", new { handle = Strict.GetString(handle), text = Strict.GetString(frames[1]) });
+                        Events.Emit("posted", new { handle = Events.Strict.GetString(handle), text = Events.Strict.GetString(frames[1]) });
                     }
                     accepted++;
                     requests.SendMultipartBytes(roster.Keys);
                     if (joined)
                     {
-                        Events.Emit("joined", new { handle = Strict.GetString(handle) });
+                        Events.Emit("joined", new { handle = Events.Strict.GetString(handle) });
                         BroadcastRoster();
                     }
                 }
@@ -169,7 +168,7 @@ static class Chat
                 foreach (var silent in roster.Where(entry => now - entry.Value > args.Expiry).Select(entry => entry.Key).ToList())
                 {
                     roster.Remove(silent);
-                    Events.Emit("expired", new { handle = Strict.GetString(silent) });
+                    Events.Emit("expired", new { handle = Events.Strict.GetString(silent) });
                 }
                 BroadcastRoster();
                 nextBeat = now + args.Heartbeat;
@@ -244,7 +243,7 @@ static class Chat
             List<string> handles;
             try
             {
-                handles = reply.Select(Strict.GetString).ToList();
+                handles = reply.Select(Events.Strict.GetString).ToList();
             }
             catch (DecoderFallbackException error)
             {
@@ -268,7 +267,7 @@ static class Chat
             List<string> texts;
             try
             {
-                texts = broadcast.Select(Strict.GetString).ToList();
+                texts = broadcast.Select(Events.Strict.GetString).ToList();
             }
             catch (DecoderFallbackException)
             {

@@ -13,6 +13,9 @@ using NetMQ;
 
 static class Events
 {
+    /// <summary>Strict UTF-8: no BOM, and invalid bytes (overlongs, surrogates...) throw instead of becoming U+FFFD.</summary>
+    public static readonly UTF8Encoding Strict = new(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
+
     static readonly Stream Stdout = Console.OpenStandardOutput();
     // Non-ASCII text is written as UTF-8, not \u-escaped, so people can read the transcripts.
     static readonly JsonSerializerOptions Json = new() { Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping };

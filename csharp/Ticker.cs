@@ -133,6 +133,22 @@ static class Ticker
     /// <summary>Frame 0: the symbol and a NUL, so that subscribing to GOOG does not also match GOOGL.</summary>
     static byte[] Topic(string symbol) => Encoding.ASCII.GetBytes(symbol + "\0");
 
+    /// <summary>1 to 32 bytes of valid UTF-8: a subscriber's name in its @name topic.</summary>
+    static bool IsName(ReadOnlySpan<byte> bytes, out string name)
+    {
+        name = "";
+        if (bytes.Length is < 1 or > Flags.MaxName) return false;
+        try
+        {
+            name = Events.Strict.GetString(bytes);
+            return true;
+        }
+        catch (DecoderFallbackException)
+        {
+            return false;
+        }
+    }
+
     /// <summary>Whether these bytes are a <see cref="Topic"/>: 1 to 8 letters A-Z, then a NUL.</summary>
     static bool IsTopic(ReadOnlySpan<byte> bytes) =>
         bytes.Length is >= 2 and <= 9 && bytes[^1] == 0 && !bytes[..^1].ContainsAnyExceptInRange((byte)'A', (byte)'Z');
@@ -231,9 +247,8 @@ static class Ticker
         bool on = message[0] == 1;
         ReadOnlySpan<byte> topic = message.AsSpan(1);
         // XPUB passes on the first subscribe to a topic and the unsubscribe of its last subscriber only.
-        if (topic[0] == (byte)'@')
+        if (topic[0] == (byte)'@' && IsName(topic[1..], out string name))
         {
-            string name = Encoding.UTF8.GetString(topic[1..]); // a bad byte becomes U+FFFD
             if (on)
             {
                 subscribers.Add(name);

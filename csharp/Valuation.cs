@@ -16,7 +16,6 @@ static class Valuation
     static readonly byte[] Resend = "resend"u8.ToArray(), Ready = "ready"u8.ToArray(), Result = "result"u8.ToArray();
 
     // Throws on anything that is not UTF-8, encoded surrogates and overlong forms included.
-    static readonly UTF8Encoding Strict = new(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
 
     record SinkArgs(string Results, string Control, int Workers, int Count, int Quiet, int Heartbeat, int Timeout);
 
@@ -157,7 +156,7 @@ static class Valuation
         string worker;
         try
         {
-            worker = Strict.GetString(frames[1]);
+            worker = Events.Strict.GetString(frames[1]);
         }
         catch (DecoderFallbackException)
         {

@@ -219,7 +219,7 @@ let HangUps = "inproc://perf-source-hang-ups"
 /// reset throws away whatever the sink has not read yet, in its kernel and in ours. With libzmq the
 /// close is graceful and the kernel delivers the rest after we exit. So, after the last send, the
 /// source waits for the sink to hang up (it does once it has all its messages), at most the
-/// linger; the monitor reports the disconnection.
+/// linger; the monitor reports the disconnection. The echo waits for the ping the same way.
 let watchHangUps (push: NetMQSocket) =
     push.Monitor(HangUps, SocketEvents.Disconnected)
     let events = new PairSocket()
@@ -245,19 +245,27 @@ let runThrSource (args: Settings) =
 let runLatEcho (args: Settings) =
     let deadline = Deadline(args.Timeout)
     let wait = waitOf args.Timeout
-    use rep = configure (new ResponseSocket()) TimeSpan.Zero
-    endpoint "bind" rep.Bind args.Endpoint
-    emit "ready" [ "endpoint", box rep.Options.LastEndpoint ]
-    let mutable msg = Msg()
-    msg.InitEmpty()
-    for finished in 0 .. args.Count - 1 do
-        check deadline finished
-        receive rep &msg args.Size wait
-        // REP: the reply goes back to whoever asked, and must go before the next receive. The
-        // message we got is the one we send: no copy (libzmq's local_lat does the same).
-        send rep &msg wait
-    msg.Close()
-    emit "done" []
+    do
+        // Linger as for a source: the last reply is still queued when the loop ends.
+        use rep = configure (new ResponseSocket()) (sourceLinger deadline)
+        use hangUps = watchHangUps rep
+        endpoint "bind" rep.Bind args.Endpoint
+        emit "ready" [ "endpoint", box rep.Options.LastEndpoint ]
+        let mutable msg = Msg()
+        msg.InitEmpty()
+        for finished in 0 .. args.Count - 1 do
+            check deadline finished
+            receive rep &msg args.Size wait
+            // REP: the reply goes back to whoever asked, and must go before the next receive. The
+            // message we got is the one we send: no copy (libzmq's local_lat does the same).
+            send rep &msg wait
+        msg.Close()
+        emit "done" []
+        // As the source does: wait for the ping to hang up before NetMQ resets the connection.
+        let mutable event: byte[] = null
+        hangUps.TryReceiveFrameBytes(sourceLinger deadline, &event) |> ignore
+        rep.Options.Linger <- sourceLinger deadline
+    deliverQueued ()
 
 let runLatPing (args: Settings) =
     let deadline = Deadline(args.Timeout)

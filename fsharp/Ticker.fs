@@ -211,10 +211,14 @@ let onSubscription (message: byte[]) (subscribers: HashSet<string>) =
         let on, topicBytes = message[0] = 1uy, message[1..]
         let text = Encoding.ASCII.GetString topicBytes // lenient: only A-Z matters below
         if topicBytes[0] = byte '@' then
-            if on then
-                let who = Encoding.UTF8.GetString topicBytes[1..] // lenient: it is only reported
-                subscribers.Add who |> ignore
-                emit "joined" [ "subscriber", box who ]
+            // A name is 1 to 32 bytes of valid UTF-8 (utf8 is strict: bad bytes throw).
+            let name = topicBytes[1..]
+            match (try Some(utf8.GetString name) with :? DecoderFallbackException -> None) with
+            | Some who when name.Length >= 1 && name.Length <= MaxName ->
+                if on then
+                    subscribers.Add who |> ignore
+                    emit "joined" [ "subscriber", box who ]
+            | _ -> malformed $"not a name: {hex name[.. 39]}"
         elif text.EndsWith '\000' && isSymbol text[.. text.Length - 2] then
             emit (if on then "subscribed" else "unsubscribed") [ "symbol", box text[.. text.Length - 2] ]
         else

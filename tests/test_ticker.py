@@ -155,3 +155,26 @@ def test_a_gap_is_reported():
 def test_the_ticker_checker_rejects(change, words):
     problems = problems_with(change)
     assert any(words in p for p in problems), problems
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+def test_the_publisher_reports_malformed_subscriptions(start_role, lang):
+    publisher = start_role(lang, "ticker", "publisher", ticks="tcp://127.0.0.1:*", subscribers=1, timeout=WAIT * 1000)
+    ready = publisher.wait_event("ready", time.monotonic() + WAIT)
+    context = zmq.Context()
+    try:
+        xsub = context.socket(zmq.XSUB)  # a rogue downstream: subscription messages by hand
+        xsub.linger = 0
+        xsub.connect(ready["ticks"])
+        bad = [b"\x01@", b"\x01@\xff\xfe", b"\x01@" + b"n" * 33, b"\x01goog\x00", b"\x01GOOG"]
+        for message in bad:
+            xsub.send(message)
+        xsub.send(b"\x01@ana")  # the one good subscriber: publishing starts
+        assert publisher.wait_event("started", time.monotonic() + WAIT), publisher.t.events
+        assert publisher.wait_for(lambda e: e["event"] == "error", time.monotonic() + WAIT, count=len(bad))
+        publisher.terminate()
+        assert publisher.wait_exit(time.monotonic() + WAIT) and publisher.t.exit_code == 0
+        assert [e["code"] for e in publisher.t.events if e["event"] == "error"] == ["malformed-subscription"] * len(bad)
+        assert [e["subscriber"] for e in publisher.t.events if e["event"] == "joined"] == ["ana"]
+    finally:
+        context.destroy(linger=0)

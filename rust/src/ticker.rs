@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use clap::{value_parser, Args, Subcommand};
 use serde_json::json;
 
-use crate::events::{bind, connect, emit, ms_until, name, readable, stop_channel, stop_signal, usage, Deadline, Failure};
+use crate::events::{bind, connect, emit, ms_until, name, readable, stop_channel, stop_signal, usage, Deadline, Failure, MAX_NAME};
 
 pub const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
 
@@ -231,12 +231,13 @@ fn on_subscription(message: &[u8], subscribers: &mut HashSet<String>) {
             return emit("error", json!({ "code": "malformed-subscription", "reason": reason }));
         }
     };
-    if let Some(name) = topic.strip_prefix(b"@") {
-        // Each subscriber's own topic, subscribed after its symbols: once it is here, so are they.
-        let name = String::from_utf8_lossy(name).into_owned();
+    // Each subscriber's own topic, subscribed after its symbols: once it is here, so are they.
+    // A name is 1 to 32 bytes of valid UTF-8.
+    let name = topic.strip_prefix(b"@").filter(|name| (1..=MAX_NAME).contains(&name.len()));
+    if let Some(Ok(name)) = name.map(std::str::from_utf8) {
         if on {
             emit("joined", json!({ "subscriber": name }));
-            subscribers.insert(name);
+            subscribers.insert(name.to_string());
         }
     } else if let Some(symbol) = symbol_of(topic) {
         emit(if on { "subscribed" } else { "unsubscribed" }, json!({ "symbol": symbol }));
