@@ -101,15 +101,8 @@ static class Chat
         // drops for a subscriber that is not connected yet (slow joiner) or whose queue is full (HWM).
         using var broadcasts = new PublisherSocket();
         broadcasts.Options.Linger = TimeSpan.Zero;
-        try
-        {
-            requests.Bind(args.Requests);
-            broadcasts.Bind(args.Broadcasts);
-        }
-        catch (Exception error) // NetMQ throws various exception types for a bad endpoint
-        {
-            throw new Failure("bind", $"cannot bind: {error.Message}");
-        }
+        Sockets.Bind(requests, args.Requests);
+        Sockets.Bind(broadcasts, args.Broadcasts);
         Events.Emit("ready", new
         {
             requests = requests.Options.LastEndpoint,
@@ -203,20 +196,13 @@ static class Chat
             this.args = args;
             me = Encoding.UTF8.GetBytes(args.Name);
             deadline = new Deadline(args.Timeout);
-            try
-            {
-                // SUB first, so that its subscription starts travelling as early as possible.
-                sub.Options.Linger = TimeSpan.Zero;
-                sub.Subscribe(""); // a prefix filter on frame 0; "" lets posts and rosters through
-                sub.Connect(args.Broadcasts);
-                // REQ enforces send, receive, send, receive...: one request in flight at a time.
-                req.Options.Linger = TimeSpan.Zero;
-                req.Connect(args.Requests);
-            }
-            catch (Exception error) // NetMQ throws various exception types for a bad endpoint
-            {
-                throw new Failure("connect", $"cannot connect: {error.Message}");
-            }
+            // SUB first, so that its subscription starts travelling as early as possible.
+            sub.Options.Linger = TimeSpan.Zero;
+            sub.Subscribe(""); // a prefix filter on frame 0; "" lets posts and rosters through
+            Sockets.Connect(sub, args.Broadcasts);
+            // REQ enforces send, receive, send, receive...: one request in flight at a time.
+            req.Options.Linger = TimeSpan.Zero;
+            Sockets.Connect(req, args.Requests);
         }
 
         public void Dispose()

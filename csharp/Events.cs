@@ -165,6 +165,20 @@ static class Prng
 
 static class Sockets
 {
+    // NetMQ throws various exception types for a bad endpoint or a port in use: each is the
+    // contract's `bind` or `connect` failure.
+    public static void Bind(NetMQSocket socket, string endpoint)
+    {
+        try { socket.Bind(endpoint); }
+        catch (Exception error) { throw new Failure("bind", $"cannot bind {endpoint}: {error.Message}"); }
+    }
+
+    public static void Connect(NetMQSocket socket, string endpoint)
+    {
+        try { socket.Connect(endpoint); }
+        catch (Exception error) { throw new Failure("connect", $"cannot connect to {endpoint}: {error.Message}"); }
+    }
+
     /// <summary>Send on a PUSH socket, which cannot send while no peer is connected or every peer's
     /// queue is full (the high-water mark): wait for room, a second at a time, never past the deadline.
     /// TrySend with a timeout is the wait; it blocks in the library, it does not spin.</summary>

@@ -188,14 +188,7 @@ static class Ticker
         // XPUB is a PUB that also hands us the subscriptions coming from downstream.
         using var ticks = new XPublisherSocket();
         ticks.Options.Linger = TimeSpan.Zero; // ticks are a stream: none is owed to anyone once we stop
-        try
-        {
-            ticks.Bind(args.Ticks);
-        }
-        catch (Exception error) // NetMQ throws various exception types for a bad endpoint
-        {
-            throw new Failure("bind", $"cannot bind: {error.Message}");
-        }
+        Sockets.Bind(ticks, args.Ticks);
         Events.Emit("ready", new { ticks = ticks.Options.LastEndpoint });
 
         var subscribers = new HashSet<string>();
@@ -275,15 +268,8 @@ static class Ticker
         using var downstream = new XPublisherSocket(); // faces subscribers: sends ticks, receives subscriptions
         upstream.Options.Linger = TimeSpan.Zero;
         downstream.Options.Linger = TimeSpan.Zero;
-        try
-        {
-            downstream.Bind(args.Downstream);
-            upstream.Connect(args.Upstream);
-        }
-        catch (Exception error) // NetMQ throws various exception types for a bad endpoint
-        {
-            throw new Failure("bind", $"cannot bind or connect: {error.Message}");
-        }
+        Sockets.Bind(downstream, args.Downstream);
+        Sockets.Connect(upstream, args.Upstream);
         Events.Emit("ready", new { downstream = downstream.Options.LastEndpoint });
 
         // The library's proxy moves every message both ways: ticks down, subscriptions up. It runs on
@@ -340,14 +326,7 @@ static class Ticker
         var deadline = new Deadline(args.Timeout);
         using var sub = new SubscriberSocket();
         sub.Options.Linger = TimeSpan.Zero;
-        try
-        {
-            sub.Connect(args.Ticks);
-        }
-        catch (Exception error) // NetMQ throws various exception types for a bad endpoint
-        {
-            throw new Failure("connect", $"cannot connect: {error.Message}");
-        }
+        Sockets.Connect(sub, args.Ticks);
         var subscribed = new List<string>(args.Symbols);
         foreach (string symbol in subscribed)
             sub.Subscribe(Topic(symbol)); // a prefix match on frame 0: the NUL keeps GOOGL out of GOOG

@@ -183,15 +183,8 @@ static class Valuation
         // Linger 0: we leave only when told to, and by then nothing we sent is still needed.
         results.Options.Linger = TimeSpan.Zero;
         control.Options.Linger = TimeSpan.Zero;
-        try
-        {
-            results.Bind(args.Results);
-            control.Bind(args.Control);
-        }
-        catch (Exception error) // NetMQ throws various exception types for a bad endpoint
-        {
-            throw new Failure("bind", $"cannot bind: {error.Message}");
-        }
+        Sockets.Bind(results, args.Results);
+        Sockets.Bind(control, args.Control);
         Events.Emit("ready", new { results = results.Options.LastEndpoint, control = control.Options.LastEndpoint });
 
         byte[] state = Waiting;
@@ -293,22 +286,8 @@ static class Valuation
         orders.Options.Linger = TimeSpan.Zero;
         control.Options.Linger = TimeSpan.Zero;
         control.SubscribeToAnyTopic(); // the prefix "": every control message
-        try
-        {
-            orders.Bind(args.Orders);
-        }
-        catch (Exception error) // NetMQ throws various exception types for a bad endpoint
-        {
-            throw new Failure("bind", $"cannot bind: {error.Message}");
-        }
-        try
-        {
-            control.Connect(args.Control);
-        }
-        catch (Exception error)
-        {
-            throw new Failure("connect", $"cannot connect: {error.Message}");
-        }
+        Sockets.Bind(orders, args.Orders);
+        Sockets.Connect(control, args.Control);
         Events.Emit("ready", new { orders = orders.Options.LastEndpoint });
 
         // The next control message, or null after a second without one.
@@ -384,18 +363,11 @@ static class Valuation
         results.Options.Linger = TimeSpan.Zero;
         control.Options.Linger = TimeSpan.Zero;
         control.SubscribeToAnyTopic();
-        try
-        {
-            // PULL first: it should be connected long before the source deals the batch, or PUSH's
-            // round-robin would leave us out of it.
-            orders.Connect(args.Orders);
-            results.Connect(args.Results);
-            control.Connect(args.Control);
-        }
-        catch (Exception error) // NetMQ throws various exception types for a bad endpoint
-        {
-            throw new Failure("connect", $"cannot connect: {error.Message}");
-        }
+        // PULL first: it should be connected long before the source deals the batch, or PUSH's
+        // round-robin would leave us out of it.
+        Sockets.Connect(orders, args.Orders);
+        Sockets.Connect(results, args.Results);
+        Sockets.Connect(control, args.Control);
 
         // Slow joiner: once one control message has arrived, our SUB is live and no later one can be
         // missed. The sink repeats its state every heartbeat, so one comes.

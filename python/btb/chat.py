@@ -4,7 +4,7 @@ from collections import Counter
 
 import zmq
 
-from .contract import Deadline, Failure, StopSignal, at_least, emit, log, name
+from .contract import Deadline, Failure, StopSignal, at_least, bind, connect, emit, log, name
 
 MAX_HANDLE = 32  # bytes of UTF-8 (the contract's MAX_NAME)
 MAX_TEXT = 4096  # bytes of UTF-8
@@ -72,16 +72,7 @@ def run_server(args):
     # drops for a subscriber that is not connected yet (slow joiner) or whose queue is full (HWM).
     broadcasts = context.socket(zmq.PUB)
     broadcasts.linger = 0
-    try:
-        requests.bind(args.requests)
-        broadcasts.bind(args.broadcasts)
-    except zmq.ZMQError as error:
-        raise Failure("bind", f"cannot bind: {error}") from error
-    emit(
-        "ready",
-        requests=requests.last_endpoint.decode(),
-        broadcasts=broadcasts.last_endpoint.decode(),
-    )
+    emit("ready", requests=bind(requests, args.requests), broadcasts=bind(broadcasts, args.broadcasts))
 
     roster = {}  # handle (UTF-8 bytes, so sorting is by bytes) -> last seen, monotonic seconds
     accepted = rejected = 0
@@ -145,11 +136,8 @@ class Client:
         # REQ enforces send, receive, send, receive...: one request in flight at a time.
         self.req = context.socket(zmq.REQ)
         self.req.linger = 0
-        try:
-            self.sub.connect(args.broadcasts)
-            self.req.connect(args.requests)
-        except zmq.ZMQError as error:
-            raise Failure("connect", f"cannot connect: {error}") from error
+        connect(self.sub, args.broadcasts)
+        connect(self.req, args.requests)
         self.context = context
         self.roster = []
         self.received = Counter()

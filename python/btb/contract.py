@@ -93,6 +93,24 @@ class StopSignal:
         return self.event.wait(None if timeout_ms is None else timeout_ms / 1000)
 
 
+def bind(socket, endpoint):
+    """Bind, or fail with code `bind`; returns the endpoint actually bound (ZMQ_LAST_ENDPOINT,
+    with the port the library chose for a wildcard `*`)."""
+    try:
+        socket.bind(endpoint)
+    except zmq.ZMQError as error:
+        raise Failure("bind", f"cannot bind {endpoint}: {error}") from error
+    return socket.last_endpoint.decode()
+
+
+def connect(socket, endpoint):
+    """Connect, or fail with code `connect` (a malformed endpoint; an absent peer is no error)."""
+    try:
+        socket.connect(endpoint)
+    except zmq.ZMQError as error:
+        raise Failure("connect", f"cannot connect to {endpoint}: {error}") from error
+
+
 def send_when_room(socket, frames, deadline, what):
     """Send on a PUSH socket, which blocks while no peer is connected or every queue is full
     (the high-water mark): wait for room with a poll, never past the deadline."""

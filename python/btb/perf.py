@@ -4,7 +4,7 @@ import time
 
 import zmq
 
-from .contract import Deadline, Failure, at_least, emit
+from .contract import Deadline, Failure, at_least, bind, connect, emit
 
 THROUGHPUT_COUNT, LATENCY_COUNT = 100000, 10000
 
@@ -26,16 +26,13 @@ def add_roles(roles):
         role.set_defaults(run=run)
 
 
-def socket(context, kind, endpoint, bind, timeout, linger=0):
+def socket(context, kind, endpoint, binds, timeout, linger=0):
     sock = context.socket(kind)
     sock.linger = linger
     # Every send and receive waits at most the role's --timeout (-1: no limit), without a poll
     # per message, which would cost as much as the message itself.
     sock.rcvtimeo = sock.sndtimeo = timeout or -1
-    try:
-        (sock.bind if bind else sock.connect)(endpoint)
-    except zmq.ZMQError as error:
-        raise Failure("bind" if bind else "connect", f"cannot {'bind' if bind else 'connect'}: {error}") from error
+    (bind if binds else connect)(sock, endpoint)
     return sock
 
 
@@ -92,7 +89,7 @@ def source(push, size, count, deadline):
 def run_thr_sink(args):
     deadline = Deadline(args.timeout)
     context = zmq.Context()
-    pull = socket(context, zmq.PULL, args.endpoint, bind=True, timeout=args.timeout)
+    pull = socket(context, zmq.PULL, args.endpoint, binds=True, timeout=args.timeout)
     emit("ready", endpoint=pull.last_endpoint.decode())
     emit("result", **sink(pull, args.size, args.count, deadline))
     emit("done")
@@ -103,7 +100,7 @@ def run_thr_source(args):
     deadline = Deadline(args.timeout)
     context = zmq.Context()
     # Linger: the last messages are still queued when send() returns; wait for them (bounded).
-    push = socket(context, zmq.PUSH, args.endpoint, bind=False, timeout=args.timeout, linger=args.timeout or -1)
+    push = socket(context, zmq.PUSH, args.endpoint, binds=False, timeout=args.timeout, linger=args.timeout or -1)
     emit("ready")
     source(push, args.size, args.count, deadline)
     emit("done")
@@ -114,7 +111,7 @@ def run_lat_echo(args):
     deadline = Deadline(args.timeout)
     context = zmq.Context()
     # Linger, as for a source: the last reply is still queued when the loop ends.
-    rep = socket(context, zmq.REP, args.endpoint, bind=True, timeout=args.timeout, linger=args.timeout or -1)
+    rep = socket(context, zmq.REP, args.endpoint, binds=True, timeout=args.timeout, linger=args.timeout or -1)
     emit("ready", endpoint=rep.last_endpoint.decode())
     for done in range(args.count):
         check(deadline, done)
@@ -126,7 +123,7 @@ def run_lat_echo(args):
 def run_lat_ping(args):
     deadline = Deadline(args.timeout)
     context = zmq.Context()
-    req = socket(context, zmq.REQ, args.endpoint, bind=False, timeout=args.timeout)
+    req = socket(context, zmq.REQ, args.endpoint, binds=False, timeout=args.timeout)
     emit("ready")
     message = bytes(args.size)
     started = time.perf_counter()
@@ -145,8 +142,8 @@ def run_inproc_thr(args):
     with no network stack at all."""
     deadline = Deadline(args.timeout)
     context = zmq.Context()
-    pull = socket(context, zmq.PULL, "inproc://perf", bind=True, timeout=args.timeout)  # inproc: bind first
-    push = socket(context, zmq.PUSH, "inproc://perf", bind=False, timeout=args.timeout, linger=args.timeout or -1)
+    pull = socket(context, zmq.PULL, "inproc://perf", binds=True, timeout=args.timeout)  # inproc: bind first
+    push = socket(context, zmq.PUSH, "inproc://perf", binds=False, timeout=args.timeout, linger=args.timeout or -1)
     emit("ready")
     failures = []
 

@@ -6,7 +6,7 @@ import time
 
 import zmq
 
-from .contract import MAX_NAME, Deadline, Failure, StopSignal, Usage, at_least, emit, name
+from .contract import MAX_NAME, Deadline, Failure, StopSignal, Usage, at_least, bind, connect, emit, name
 
 MASK = (1 << 64) - 1  # arithmetic modulo 2**64, as the protocol says
 GOLDEN = 0x9E3779B97F4A7C15
@@ -136,11 +136,7 @@ def run_publisher(args):
     # XPUB is a PUB that also hands us the subscriptions coming from downstream.
     ticks = context.socket(zmq.XPUB)
     ticks.linger = 0
-    try:
-        ticks.bind(args.ticks)
-    except zmq.ZMQError as error:
-        raise Failure("bind", f"cannot bind: {error}") from error
-    emit("ready", ticks=ticks.last_endpoint.decode())
+    emit("ready", ticks=bind(ticks, args.ticks))
 
     subscribers = set()
     sequence = 0  # every symbol gets one tick per round, so they share the round number
@@ -195,14 +191,8 @@ def run_proxy(args):
     control, steer = context.socket(zmq.PAIR), context.socket(zmq.PAIR)
     for sock in (upstream, downstream, control, steer):
         sock.linger = 0
-    try:
-        downstream.bind(args.downstream)
-    except zmq.ZMQError as error:
-        raise Failure("bind", f"cannot bind: {error}") from error
-    try:
-        upstream.connect(args.upstream)
-    except zmq.ZMQError as error:
-        raise Failure("connect", f"cannot connect: {error}") from error
+    bound = bind(downstream, args.downstream)
+    connect(upstream, args.upstream)
     control.bind("inproc://proxy-control")
     steer.connect("inproc://proxy-control")
 
@@ -211,7 +201,7 @@ def run_proxy(args):
     # thread touches upstream, downstream and control.
     proxy = threading.Thread(target=zmq.proxy_steerable, args=(upstream, downstream, None, control))
     proxy.start()
-    emit("ready", downstream=downstream.last_endpoint.decode())
+    emit("ready", downstream=bound)
     stopped = stop.wait(deadline.remaining_ms())
     steer.send(b"TERMINATE")
     proxy.join()
@@ -252,10 +242,7 @@ def run_subscriber(args):
     context = zmq.Context()
     sub = context.socket(zmq.SUB)
     sub.linger = 0
-    try:
-        sub.connect(args.ticks)
-    except zmq.ZMQError as error:
-        raise Failure("connect", f"cannot connect: {error}") from error
+    connect(sub, args.ticks)
     subscribed = list(args.symbols)
     for name in subscribed:
         sub.subscribe(topic(name))

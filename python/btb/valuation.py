@@ -5,7 +5,7 @@ import time
 
 import zmq
 
-from .contract import Deadline, Failure, StopSignal, at_least, emit, name, send_when_room
+from .contract import Deadline, Failure, StopSignal, at_least, bind, connect, emit, name, send_when_room
 from .ticker import GOLDEN, MASK, seed, splitmix64
 
 SYMBOLS = ["AAPL", "GOOG", "GOOGL", "MSFT", "IBM"]
@@ -102,12 +102,7 @@ def run_sink(args):
     control = context.socket(zmq.PUB)
     for sock in (results, control):
         sock.linger = 0
-    try:
-        results.bind(args.results)
-        control.bind(args.control)
-    except zmq.ZMQError as error:
-        raise Failure("bind", f"cannot bind: {error}") from error
-    emit("ready", results=results.last_endpoint.decode(), control=control.last_endpoint.decode())
+    emit("ready", results=bind(results, args.results), control=bind(control, args.control))
 
     state = b"waiting"
     ready, values, priced, resent = set(), {}, {}, set()
@@ -179,15 +174,9 @@ def run_source(args):
     for sock in (orders, control):
         sock.linger = 0
     control.subscribe(b"")
-    try:
-        orders.bind(args.orders)
-    except zmq.ZMQError as error:
-        raise Failure("bind", f"cannot bind: {error}") from error
-    try:
-        control.connect(args.control)
-    except zmq.ZMQError as error:
-        raise Failure("connect", f"cannot connect: {error}") from error
-    emit("ready", orders=orders.last_endpoint.decode())
+    bound = bind(orders, args.orders)
+    connect(control, args.control)
+    emit("ready", orders=bound)
 
     def next_control():
         if not control.poll(deadline.cap(1000), zmq.POLLIN):
@@ -244,12 +233,9 @@ def run_worker(args):
     for sock in (orders, results, control):
         sock.linger = 0
     control.subscribe(b"")
-    try:  # PULL first: it should be connected long before the source deals the batch
-        orders.connect(args.orders)
-        results.connect(args.results)
-        control.connect(args.control)
-    except zmq.ZMQError as error:
-        raise Failure("connect", f"cannot connect: {error}") from error
+    connect(orders, args.orders)  # PULL first: connected long before the source deals the batch
+    connect(results, args.results)
+    connect(control, args.control)
 
     # Slow joiner: once one control message has arrived, no later one can be missed.
     while not control.poll(deadline.cap(1000), zmq.POLLIN):
