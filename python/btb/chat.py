@@ -4,6 +4,7 @@ from collections import Counter
 
 import zmq
 
+from . import security
 from .contract import Deadline, Failure, StopSignal, at_least, bind, connect, emit, log, name
 
 MAX_HANDLE = 32  # bytes of UTF-8 (the contract's MAX_NAME)
@@ -16,6 +17,7 @@ def add_roles(roles):
     add_endpoints(server, timeout=0)
     server.add_argument("--heartbeat", type=at_least(1), default=100)
     server.add_argument("--expiry", type=at_least(1), default=5000)
+    security.add_flags(server, server=True)
     server.set_defaults(run=run_server)
 
     client = roles.add_parser("client", help="join, post --count texts, receive everyone's posts")
@@ -24,6 +26,7 @@ def add_roles(roles):
     client.add_argument("--count", type=at_least(0), default=5)
     client.add_argument("--clients", type=at_least(1), default=1)
     client.add_argument("--keepalive", type=at_least(1), default=1000)
+    security.add_flags(client, server=False)
     client.set_defaults(run=run_client)
 
 
@@ -72,7 +75,15 @@ def run_server(args):
     # drops for a subscriber that is not connected yet (slow joiner) or whose queue is full (HWM).
     broadcasts = context.socket(zmq.PUB)
     broadcasts.linger = 0
-    emit("ready", requests=bind(requests, args.requests), broadcasts=bind(broadcasts, args.broadcasts))
+    # Security options are read when a connection starts: set them before binding. The ZAP
+    # handler, if any, is bound first, so that no handshake happens without it.
+    zap, monitors = security.secure_server(args, context, {"requests": requests, "broadcasts": broadcasts})
+    emit("ready", requests=bind(requests, args.requests), broadcasts=bind(broadcasts, args.broadcasts),
+         security=args.security)
+    # One poller for everything the loop serves: requests, ZAP questions, handshake failures.
+    poller = zmq.Poller()
+    for socket in [requests] + ([zap.socket] if zap else []) + list(monitors.values()):
+        poller.register(socket, zmq.POLLIN)
 
     roster = {}  # handle (UTF-8 bytes, so sorting is by bytes) -> last seen, monotonic seconds
     accepted = rejected = 0
@@ -88,7 +99,14 @@ def run_server(args):
         wait_ms = max(0, int((next_beat - time.monotonic()) * 1000))
         # Poll instead of a blocking recv: the heartbeat, the deadline and the stop flag all get
         # their turn without a second thread.
-        if requests.poll(deadline.cap(wait_ms), zmq.POLLIN):
+        ready = dict(poller.poll(deadline.cap(wait_ms)))
+        if zap and zap.socket in ready:
+            zap.handle()
+        for name, monitor in monitors.items():
+            if monitor in ready:
+                failure, value = security.handshake_failure(monitor)
+                emit("handshake-failed", socket=name, failure=failure, value=value)
+        if requests in ready:
             frames = requests.recv_multipart()
             problem = check_request(frames)
             if problem:
@@ -136,6 +154,9 @@ class Client:
         # REQ enforces send, receive, send, receive...: one request in flight at a time.
         self.req = context.socket(zmq.REQ)
         self.req.linger = 0
+        security.secure_client(args, [self.sub, self.req])  # before connecting
+        # Under PLAIN or CURVE, watch the SUB socket's handshakes until the first broadcast.
+        self.monitor = None if args.security == "null" else security.watch(self.sub)
         connect(self.sub, args.broadcasts)
         connect(self.req, args.requests)
         self.context = context
@@ -192,16 +213,31 @@ class Client:
         elif time.monotonic() >= due:
             self.request([self.me])  # keep-alive: silent handles expire from the roster
 
+    def wait_for_first_broadcast(self):
+        poller = zmq.Poller()
+        poller.register(self.sub, zmq.POLLIN)
+        if self.monitor:
+            poller.register(self.monitor, zmq.POLLIN)
+        while True:
+            ready = dict(poller.poll(self.deadline.cap(self.args.keepalive)))
+            if self.sub in ready:
+                return
+            if self.monitor in ready:
+                # Wrong keys or a wrong password do not get better by reconnecting: give up.
+                failure, value = security.handshake_failure(self.monitor)
+                raise Failure("refused", f"the server refused the {self.args.security.upper()} handshake "
+                                         f"(handshake failure {failure}, value {value})")
+            if self.deadline.expired():
+                raise Failure("timeout", "no broadcast from the server")
+
     def run(self):
         args = self.args
         # Slow joiner: until a first broadcast arrives, our subscription may not have reached the
         # server and posts would be dropped for us. The server broadcasts at least every heartbeat.
-        while not self.sub.poll(self.deadline.cap(args.keepalive), zmq.POLLIN):
-            if self.deadline.expired():
-                raise Failure("timeout", "no broadcast from the server")
+        self.wait_for_first_broadcast()
         self.on_broadcast(self.sub.recv_multipart())
         self.request([self.me])  # join
-        emit("ready", handle=args.name)
+        emit("ready", handle=args.name, security=args.security)
 
         # Everyone listens before anyone talks: wait for --clients handles, all subscribed.
         while len(self.roster) < args.clients:
