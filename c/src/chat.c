@@ -2,6 +2,7 @@
 #include "chat.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <string.h>
 
 #include <jansson.h>
@@ -20,10 +21,13 @@ static const int64_t MAX_MESSAGE = 2 * 1024 * 1024; /* ZMQ_MAXMSGSIZE: bigger fr
 typedef struct {
     const char *requests, *broadcasts;
     int timeout, heartbeat, expiry;
+    security_t security;
 } server_args;
 
 typedef struct {
     void *requests, *broadcasts;
+    void *zap; /* the ZAP handler; NULL when the mechanism needs none */
+    void *requests_monitor, *broadcasts_monitor; /* handshake failures; NULL under null */
     names_t roster; /* value: when the handle was last heard from, in ms */
     int accepted, rejected;
 } server_t;
@@ -108,6 +112,16 @@ static void heartbeat(server_t *server, int64_t now, int expiry)
     send_roster(server->broadcasts, roster, true);
 }
 
+/* A peer whose handshake failed: reported, and serving goes on. */
+static void report_handshake(void *monitor, const char *socket)
+{
+    uint32_t value;
+    const char *failure = handshake_failure(monitor, &value);
+    if (failure)
+        emit("handshake-failed", "{s:s, s:s, s:I}", "socket", socket, "failure", failure, "value",
+             (json_int_t)value);
+}
+
 int chat_server(int argc, char **argv)
 {
     server_args args = {
@@ -123,14 +137,20 @@ int chat_server(int argc, char **argv)
         NUMBER_FLAG("timeout", args.timeout, 0),
         NUMBER_FLAG("heartbeat", args.heartbeat, 1),
         NUMBER_FLAG("expiry", args.expiry, 1),
+        SECURITY_FLAGS(args.security),
+        PARSED_FLAG("curve-clients", parse_curve_keys, args.security.curve_clients),
     };
-    if (!parse_flags(argc, argv, flags, sizeof flags / sizeof flags[0]))
+    if (!parse_flags(argc, argv, flags, sizeof flags / sizeof flags[0]) ||
+        !security_complete(argv[0], &args.security, true))
         return 2;
 
     stop_on_signals();
     deadline_t deadline = deadline_start(args.timeout);
     void *context = zmq_ctx_new();
     server_t server = {0};
+    bool secure = args.security.mechanism != SECURITY_NULL;
+    /* The ZAP handler first: libzmq asks it about the handshakes of the sockets bound after it. */
+    server.zap = zap_start(context, &args.security);
     int linger = 0; /* at close, drop what is still queued instead of waiting to send it */
     int64_t max_message = MAX_MESSAGE;
     /* REP answers each request exactly once, in order: the library keeps the lockstep for us.
@@ -143,12 +163,31 @@ int chat_server(int argc, char **argv)
        drops for a subscriber that is not connected yet (slow joiner) or whose queue is full (HWM). */
     server.broadcasts = zmq_socket(context, ZMQ_PUB);
     zmq_setsockopt(server.broadcasts, ZMQ_LINGER, &linger, sizeof linger);
+    /* Both are security servers with the same credentials, set before bind. Under plain or
+       curve, a monitor of each reports the peers whose handshake fails. */
+    secure_socket(server.requests, &args.security, true);
+    secure_socket(server.broadcasts, &args.security, true);
+    if (secure) {
+        server.requests_monitor = monitor_handshakes(context, server.requests, "requests");
+        server.broadcasts_monitor = monitor_handshakes(context, server.broadcasts, "broadcasts");
+    }
     if (zmq_bind(server.requests, args.requests) < 0 || zmq_bind(server.broadcasts, args.broadcasts) < 0)
         fail("bind", "cannot bind: %s", zmq_strerror(errno));
     char requests[ENDPOINT_SIZE], broadcasts[ENDPOINT_SIZE];
     last_endpoint(server.requests, requests);
     last_endpoint(server.broadcasts, broadcasts);
-    emit("ready", "{s:s, s:s}", "requests", requests, "broadcasts", broadcasts);
+    emit("ready", "{s:s, s:s, s:s}", "requests", requests, "broadcasts", broadcasts, "security",
+         MECHANISMS[args.security.mechanism]);
+
+    /* One poll for everything the server answers: requests, then under plain or curve the two
+       monitors, then the ZAP handler if there is one. */
+    zmq_pollitem_t items[] = {
+        {.socket = server.requests, .events = ZMQ_POLLIN},
+        {.socket = server.requests_monitor, .events = ZMQ_POLLIN},
+        {.socket = server.broadcasts_monitor, .events = ZMQ_POLLIN},
+        {.socket = server.zap, .events = ZMQ_POLLIN},
+    };
+    int polled = !secure ? 1 : server.zap ? 4 : 3;
 
     int64_t next_beat = now_ms();
     while (!stop_requested()) {
@@ -156,9 +195,16 @@ int chat_server(int argc, char **argv)
             fail("timeout", "still serving after %d ms", args.timeout);
         int64_t wait = next_beat - now_ms();
         /* Poll instead of a blocking recv: the heartbeat, the deadline and the stop flag all get
-           their turn without a second thread. */
-        if (poll_in(server.requests, deadline_cap(&deadline, wait > 0 ? (long)wait : 0)))
+           their turn without a second thread, and so do the ZAP handler and the monitors. */
+        poll_all(items, polled, deadline_cap(&deadline, wait > 0 ? (long)wait : 0));
+        if (items[0].revents & ZMQ_POLLIN)
             serve(&server);
+        if (items[1].revents & ZMQ_POLLIN)
+            report_handshake(server.requests_monitor, "requests");
+        if (items[2].revents & ZMQ_POLLIN)
+            report_handshake(server.broadcasts_monitor, "broadcasts");
+        if (items[3].revents & ZMQ_POLLIN)
+            zap_answer(server.zap, &args.security);
         int64_t now = now_ms();
         if (now >= next_beat) {
             heartbeat(&server, now, args.expiry);
@@ -170,6 +216,8 @@ int chat_server(int argc, char **argv)
     names_free(&server.roster);
     zmq_close(server.requests);
     zmq_close(server.broadcasts);
+    for (int i = 1; i < polled; i++) /* the monitors and the ZAP handler */
+        zmq_close(items[i].socket);
     zmq_ctx_term(context);
     return 0;
 }
@@ -179,6 +227,7 @@ int chat_server(int argc, char **argv)
 typedef struct {
     const char *requests, *broadcasts, *name;
     int timeout, count, clients, keepalive;
+    security_t security;
 } client_args;
 
 typedef struct {
@@ -329,8 +378,12 @@ int chat_client(int argc, char **argv)
         NUMBER_FLAG("count", args->count, 0),
         NUMBER_FLAG("clients", args->clients, 1),
         NUMBER_FLAG("keepalive", args->keepalive, 1),
+        SECURITY_FLAGS(args->security),
+        PARSED_FLAG("curve-public", parse_curve_key, args->security.curve_public),
+        PARSED_FLAG("curve-server", parse_curve_key, args->security.curve_server),
     };
-    if (!parse_flags(argc, argv, flags, sizeof flags / sizeof flags[0]))
+    if (!parse_flags(argc, argv, flags, sizeof flags / sizeof flags[0]) ||
+        !security_complete(argv[0], &args->security, false))
         return 2;
 
     client.deadline = deadline_start(args->timeout);
@@ -340,24 +393,46 @@ int chat_client(int argc, char **argv)
     client.sub = zmq_socket(context, ZMQ_SUB);
     zmq_setsockopt(client.sub, ZMQ_LINGER, &linger, sizeof linger);
     zmq_setsockopt(client.sub, ZMQ_SUBSCRIBE, "", 0); /* a prefix filter on frame 0; "" passes all */
+    /* Both sockets carry the client's credentials, set before connect. Under plain or curve, a
+       monitor of SUB tells a refused handshake from a server that is merely slow (step 2). */
+    secure_socket(client.sub, &args->security, false);
+    void *monitor = NULL;
+    if (args->security.mechanism != SECURITY_NULL)
+        monitor = monitor_handshakes(context, client.sub, "broadcasts");
     if (zmq_connect(client.sub, args->broadcasts) < 0)
         fail("connect", "cannot connect to %s: %s", args->broadcasts, zmq_strerror(errno));
     /* REQ enforces send, receive, send, receive...: one request in flight at a time. */
     client.req = zmq_socket(context, ZMQ_REQ);
     zmq_setsockopt(client.req, ZMQ_LINGER, &linger, sizeof linger);
+    secure_socket(client.req, &args->security, false);
     if (zmq_connect(client.req, args->requests) < 0)
         fail("connect", "cannot connect to %s: %s", args->requests, zmq_strerror(errno));
     client.roster = json_array();
     client.last_request = now_ms();
 
     /* Slow joiner: until a first broadcast arrives, our subscription may not have reached the
-       server and posts would be dropped for us. The server broadcasts at least every heartbeat. */
-    while (!poll_in(client.sub, deadline_cap(&client.deadline, args->keepalive)))
+       server and posts would be dropped for us. The server broadcasts at least every heartbeat.
+       Meanwhile the first handshake failure is fatal: libzmq would reconnect and try again, but
+       wrong keys or a wrong password will not get better, and a refused SUB means a refused REQ. */
+    zmq_pollitem_t items[] = {
+        {.socket = client.sub, .events = ZMQ_POLLIN},
+        {.socket = monitor, .events = ZMQ_POLLIN},
+    };
+    for (;;) {
+        poll_all(items, monitor ? 2 : 1, deadline_cap(&client.deadline, args->keepalive));
+        if (items[0].revents & ZMQ_POLLIN)
+            break; /* the handshake succeeded: the monitor is not polled any more */
+        uint32_t value;
+        const char *failure = items[1].revents & ZMQ_POLLIN ? handshake_failure(monitor, &value) : NULL;
+        if (failure)
+            fail("refused", "the server refused the %s handshake (handshake failure %s, value %" PRIu32 ")",
+                 ZMTP_MECHANISMS[args->security.mechanism], failure, value);
         if (deadline_expired(&client.deadline))
             fail("timeout", "no broadcast from the server");
+    }
     receive_broadcast(&client);
     request(&client, NULL); /* join */
-    emit("ready", "{s:s}", "handle", args->name);
+    emit("ready", "{s:s, s:s}", "handle", args->name, "security", MECHANISMS[args->security.mechanism]);
 
     /* Everyone listens before anyone talks: wait for --clients handles, all subscribed. */
     while (json_array_size(client.roster) < (size_t)args->clients)
@@ -380,6 +455,8 @@ int chat_client(int argc, char **argv)
     names_free(&client.received);
     zmq_close(client.sub);
     zmq_close(client.req);
+    if (monitor)
+        zmq_close(monitor);
     zmq_ctx_term(context);
     return 0;
 }

@@ -1,6 +1,7 @@
 /* The launch contract's shared half (examples/README.md): JSON Lines events on stdout, logs on
    stderr, the --timeout deadline, the stop flag, flag parsing, names and multipart frames; and
-   what several examples compute alike: splitmix64, network byte order, symbols. */
+   what several examples compute alike: splitmix64, network byte order, symbols; and security:
+   the mechanism flags, a ZAP handler and handshake monitors. */
 #ifndef BTB_COMMON_H
 #define BTB_COMMON_H
 
@@ -125,6 +126,9 @@ enum { ENDPOINT_SIZE = 256 };
 void last_endpoint(void *socket, char endpoint[ENDPOINT_SIZE]);
 /* Waits up to timeout_ms (-1: no limit) for a message on `socket`; false if none came. */
 bool poll_in(void *socket, long timeout_ms);
+/* The same for several sockets at once: how many have a message, their `revents` say which
+   (all 0 after a timeout or a signal). */
+int poll_all(zmq_pollitem_t *items, int count, long timeout_ms);
 /* Sends one multipart message on a socket that can block, like PUSH while no peer is connected
    or every peer's queue is full (the high-water mark): it waits for room with a poll (ZMQ_POLLOUT),
    never past the deadline, else fails with `timeout`, naming `what`. */
@@ -134,5 +138,45 @@ typedef struct {
 } part_t;
 void send_when_room(void *socket, const part_t *parts, size_t count, const deadline_t *deadline,
                     const char *what);
+
+/* --- security: mechanisms, keys and passwords (examples/README.md, "Security") -------------- */
+
+typedef enum { SECURITY_NULL, SECURITY_PLAIN, SECURITY_CURVE } mechanism_t;
+extern const char *const MECHANISMS[];      /* "null", "plain", "curve": the --security values */
+extern const char *const ZMTP_MECHANISMS[]; /* "NULL", "PLAIN", "CURVE": as ZMTP and ZAP name them */
+typedef struct {
+    mechanism_t mechanism;
+    const char *curve_secret, *curve_public, *curve_server; /* 40 characters of Z85 each */
+    const char *curve_clients; /* the admitted client keys, "key,key,...": NULL admits any */
+    const char *plain_user, *plain_password;
+} security_t;
+/* The flags every role of a secure example takes; the server adds --curve-clients
+   (parse_curve_keys), the client --curve-public and --curve-server (parse_curve_key). */
+#define SECURITY_FLAGS(security) \
+    PARSED_FLAG("security", parse_mechanism, (security).mechanism), \
+    PARSED_FLAG("curve-secret", parse_curve_key, (security).curve_secret), \
+    PARSED_FLAG("plain-user", parse_plain_user, (security).plain_user), \
+    PARSED_FLAG("plain-password", parse_plain_password, (security).plain_password)
+flag_parser parse_mechanism, parse_curve_key, parse_curve_keys, parse_plain_user, parse_plain_password;
+/* Whether the flags the chosen mechanism needs were all given; if not, a message on stderr (the
+   role exits 2). A server needs no --curve-public nor --curve-server. */
+bool security_complete(const char *program, const security_t *security, bool as_server);
+/* Sets the mechanism's options on `socket`: they are read when a connection starts, so this
+   comes before bind or connect. */
+void secure_socket(void *socket, const security_t *security, bool as_server);
+
+/* The ZAP handler (RFC 27) of a server, or NULL when its mechanism admits anyone without one
+   (null, and curve without --curve-clients). It binds inproc://zeromq.zap.01 in `context`, so it
+   must start before the secure sockets bind. */
+void *zap_start(void *context, const security_t *security);
+/* Answers the one ZAP request waiting on `handler`, reported as `authenticated` or `denied`. */
+void zap_answer(void *handler, const security_t *security);
+
+/* A monitor of `socket`'s handshake failures: the inproc PAIR that libzmq's events arrive on,
+   `name` telling the sockets apart. Started before the socket binds or connects. */
+void *monitor_handshakes(void *context, void *socket, const char *name);
+/* Reads one event of `monitor`: its failure ("no-detail", "protocol" or "auth") with the event's
+   value (an errno, a ZMQ_PROTOCOL_ERROR_* code or the ZAP status), or NULL for another event. */
+const char *handshake_failure(void *monitor, uint32_t *value);
 
 #endif
