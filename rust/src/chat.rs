@@ -6,7 +6,10 @@ use std::time::{Duration, Instant};
 use clap::{value_parser, Args, Subcommand};
 use serde_json::json;
 
-use crate::events::{bind, connect, emit, log, ms_until, name, readable, stop_signal, Deadline, Failure, MAX_NAME};
+use crate::events::{
+    bind, connect, emit, log, ms_until, name, plain_credential, readable, readable_each, stop_signal, z85_key,
+    Admit, Deadline, Failure, Mechanism, Monitor, Zap, MAX_NAME,
+};
 
 const MAX_HANDLE: usize = MAX_NAME; // bytes of UTF-8
 const MAX_TEXT: usize = 4096; // bytes of UTF-8
@@ -28,10 +31,30 @@ pub struct Endpoints {
     broadcasts: String,
 }
 
+/// --security and the credentials both roles take (examples/README.md, "Security"). A flag of
+/// the mechanism chosen is required; those of another mechanism are ignored.
+#[derive(Args)]
+pub struct Security {
+    #[arg(long, value_enum, default_value_t = Mechanism::Null)]
+    security: Mechanism,
+    // allow_hyphen_values: a Z85 key may begin with `-`
+    #[arg(long, value_parser = z85_key, allow_hyphen_values = true, required_if_eq("security", "curve"))]
+    curve_secret: Option<String>,
+    #[arg(long, value_parser = plain_credential, required_if_eq("security", "plain"))]
+    plain_user: Option<String>,
+    #[arg(long, value_parser = plain_credential, required_if_eq("security", "plain"))]
+    plain_password: Option<String>,
+}
+
 #[derive(Args)]
 pub struct ServerArgs {
     #[command(flatten)]
     endpoints: Endpoints,
+    #[command(flatten)]
+    security: Security,
+    /// the client public keys admitted under curve; absent: any client that knows our public key
+    #[arg(long, value_parser = z85_key, value_delimiter = ',', allow_hyphen_values = true)]
+    curve_clients: Vec<String>,
     #[arg(long, default_value_t = 0)]
     timeout: u32,
     #[arg(long, default_value_t = 100, value_parser = value_parser!(u32).range(1..))]
@@ -44,6 +67,13 @@ pub struct ServerArgs {
 pub struct ClientArgs {
     #[command(flatten)]
     endpoints: Endpoints,
+    #[command(flatten)]
+    security: Security,
+    #[arg(long, value_parser = z85_key, allow_hyphen_values = true, required_if_eq("security", "curve"))]
+    curve_public: Option<String>,
+    /// the server's public key, learnt out of band
+    #[arg(long, value_parser = z85_key, allow_hyphen_values = true, required_if_eq("security", "curve"))]
+    curve_server: Option<String>,
     #[arg(long, default_value_t = 30000)]
     timeout: u32,
     #[arg(long, value_parser = name)]
@@ -65,6 +95,12 @@ pub fn run(role: Role) -> Result<(), Failure> {
 
 fn post_text(name: &str, number: u64) -> String {
     format!("{} #{}: héllo wörld 🌍", name, number)
+}
+
+/// A CURVE key flag as a socket option value: its 40 characters of Z85, which libzmq decodes.
+/// (clap made the flag required under curve, where this is called.)
+fn key(flag: &Option<String>) -> &[u8] {
+    flag.as_deref().unwrap_or_default().as_bytes()
 }
 
 // --- server ----------------------------------------------------------------------------------
@@ -102,21 +138,64 @@ fn utf8(frame: &[u8]) -> Result<&str, (&'static str, String)> {
     std::str::from_utf8(frame).map_err(|error| ("invalid-utf8", format!("not UTF-8: {}", error)))
 }
 
+/// Make `socket` a security server of the chosen mechanism. Set before `bind`: the options are
+/// read as each connection starts.
+fn secure_server(socket: &zmq::Socket, security: &Security) -> Result<(), Failure> {
+    match security.security {
+        Mechanism::Null => {}
+        // The client sends a username and password, in the clear; our ZAP handler judges them.
+        Mechanism::Plain => socket.set_plain_server(true)?,
+        // Clients must know our public key; every frame is then encrypted.
+        Mechanism::Curve => {
+            socket.set_curve_server(true)?;
+            socket.set_curve_secretkey(key(&security.curve_secret))?;
+        }
+    }
+    Ok(())
+}
+
 fn run_server(args: ServerArgs) -> Result<(), Failure> {
     let stop = stop_signal()?;
     let deadline = Deadline::new(args.timeout);
     let context = zmq::Context::new();
+    let mechanism = args.security.security;
+    // ZAP, bound before our sockets: under plain always (libzmq's PLAIN server would otherwise
+    // admit any password), under curve when --curve-clients names who may connect.
+    let zap = match mechanism {
+        Mechanism::Plain => {
+            let user = args.security.plain_user.clone().unwrap_or_default();
+            let password = args.security.plain_password.clone().unwrap_or_default();
+            Some(Zap::bind(&context, Admit::Plain { user, password })?)
+        }
+        Mechanism::Curve if !args.curve_clients.is_empty() => {
+            Some(Zap::bind(&context, Admit::CurveKeys(args.curve_clients.clone()))?)
+        }
+        _ => None,
+    };
     // REP answers each request exactly once, in order: the library keeps the lockstep for us.
     let requests = context.socket(zmq::REP)?;
     requests.set_linger(0)?;
     requests.set_maxmsgsize(MAX_MESSAGE)?;
+    secure_server(&requests, &args.security)?;
     // PUB sends every broadcast to every subscriber whose filter matches; it never blocks, and it
     // drops for a subscriber that is not connected yet (slow joiner) or whose queue is full (HWM).
     let broadcasts = context.socket(zmq::PUB)?;
     broadcasts.set_linger(0)?;
+    secure_server(&broadcasts, &args.security)?;
+    // Under plain or curve, socket monitors tell us of every handshake that fails on either socket.
+    let monitors = match mechanism {
+        Mechanism::Null => vec![],
+        _ => vec![
+            Monitor::new(&context, &requests, "requests")?,
+            Monitor::new(&context, &broadcasts, "broadcasts")?,
+        ],
+    };
     let requests_bound = bind(&requests, &args.endpoints.requests)?;
     let broadcasts_bound = bind(&broadcasts, &args.endpoints.broadcasts)?;
-    emit("ready", json!({ "requests": requests_bound, "broadcasts": broadcasts_bound }));
+    emit(
+        "ready",
+        json!({ "requests": requests_bound, "broadcasts": broadcasts_bound, "security": mechanism.name() }),
+    );
 
     // handle (UTF-8 bytes, so the map's order is the bytes' order) -> last seen
     let mut roster: BTreeMap<Vec<u8>, Instant> = BTreeMap::new();
@@ -129,13 +208,20 @@ fn run_server(args: ServerArgs) -> Result<(), Failure> {
         broadcasts.send_multipart(frames, 0)
     };
 
+    // One poll for REP, the ZAP handler and the monitors: a handshake waiting for our ZAP answer
+    // gets it at once, and none of them needs a thread of its own.
+    let mut sockets = vec![&requests];
+    sockets.extend(zap.as_ref().map(|zap| &zap.socket));
+    sockets.extend(monitors.iter().map(|monitor| &monitor.socket));
+
     while !stop.load(Ordering::SeqCst) {
         if deadline.expired() {
             return Err(Failure::new("timeout", format!("still serving after {} ms", args.timeout)));
         }
         // Poll instead of a blocking recv: the heartbeat, the deadline and the stop flag all get
         // their turn without a second thread.
-        if readable(&requests, deadline.cap(ms_until(next_beat)))? {
+        let mut ready = readable_each(&sockets, deadline.cap(ms_until(next_beat)))?.into_iter();
+        if ready.next() == Some(true) {
             let frames = requests.recv_multipart(0)?; // every frame of one message, or none
             match check_request(&frames) {
                 Err((code, reason)) => {
@@ -155,6 +241,20 @@ fn run_server(args: ServerArgs) -> Result<(), Failure> {
                         emit("joined", json!({ "handle": handle }));
                         broadcast_roster(&roster)?;
                     }
+                }
+            }
+        }
+        if let Some(zap) = &zap {
+            if ready.next() == Some(true) {
+                zap.answer()?;
+            }
+        }
+        for monitor in &monitors {
+            if ready.next() == Some(true) {
+                if let Some((failure, value)) = monitor.handshake_failure()? {
+                    // A refused peer is its own problem: report it and go on serving the others.
+                    let fields = json!({ "socket": monitor.name, "failure": failure, "value": value });
+                    emit("handshake-failed", fields);
                 }
             }
         }
@@ -179,10 +279,31 @@ fn run_server(args: ServerArgs) -> Result<(), Failure> {
 
 // --- client ----------------------------------------------------------------------------------
 
+/// Give `socket` the client's credentials for the chosen mechanism. Set before `connect`: the
+/// options are read as each connection starts.
+fn secure_client(socket: &zmq::Socket, args: &ClientArgs) -> Result<(), Failure> {
+    match args.security.security {
+        Mechanism::Null => {}
+        Mechanism::Plain => {
+            socket.set_plain_username(args.security.plain_user.as_deref())?;
+            socket.set_plain_password(args.security.plain_password.as_deref())?;
+        }
+        // Our key pair, and the server's public key: without the right one the handshake fails.
+        Mechanism::Curve => {
+            socket.set_curve_serverkey(key(&args.curve_server))?;
+            socket.set_curve_publickey(key(&args.curve_public))?;
+            socket.set_curve_secretkey(key(&args.security.curve_secret))?;
+        }
+    }
+    Ok(())
+}
+
 struct Client {
     args: ClientArgs,
     deadline: Deadline,
     sub: zmq::Socket,
+    /// SUB's handshake failures, under plain or curve
+    monitor: Option<Monitor>,
     req: zmq::Socket,
     roster: Vec<String>,
     received: HashMap<String, u64>,
@@ -197,15 +318,23 @@ impl Client {
         let sub = context.socket(zmq::SUB)?;
         sub.set_linger(0)?;
         sub.set_subscribe(b"")?; // a prefix filter on frame 0; "" lets posts and rosters through
+        secure_client(&sub, &args)?;
+        // Under plain or curve, a monitor on SUB, attached before connect: its first handshake is seen.
+        let monitor = match args.security.security {
+            Mechanism::Null => None,
+            _ => Some(Monitor::new(&context, &sub, "broadcasts")?),
+        };
         connect(&sub, &args.endpoints.broadcasts)?;
         // REQ enforces send, receive, send, receive...: one request in flight at a time.
         let req = context.socket(zmq::REQ)?;
         req.set_linger(0)?;
+        secure_client(&req, &args)?;
         connect(&req, &args.endpoints.requests)?;
         Ok(Client {
             args,
             deadline,
             sub,
+            monitor,
             req,
             roster: Vec::new(),
             received: HashMap::new(),
@@ -289,18 +418,37 @@ impl Client {
         Ok(())
     }
 
-    fn run(mut self) -> Result<(), Failure> {
-        // Slow joiner: until a first broadcast arrives, our subscription may not have reached the
-        // server and posts would be dropped for us. The server broadcasts at least every heartbeat.
-        while !readable(&self.sub, self.deadline.cap(self.args.keepalive.into()))? {
+    /// Slow joiner: until a first broadcast arrives, our subscription may not have reached the
+    /// server and posts would be dropped for us. The server broadcasts at least every heartbeat.
+    /// Under plain or curve, SUB's monitor is polled too: the first handshake failure ends the
+    /// client, since the same keys or password will not do better on the next reconnect (and a
+    /// refused SUB means a refused REQ). Once a broadcast has arrived, the handshake succeeded.
+    fn wait_for_first_broadcast(&self) -> Result<(), Failure> {
+        let mut sockets = vec![&self.sub];
+        sockets.extend(self.monitor.as_ref().map(|monitor| &monitor.socket));
+        loop {
+            let ready = readable_each(&sockets, self.deadline.cap(self.args.keepalive.into()))?;
+            if ready[0] {
+                return Ok(());
+            }
+            if let (Some(monitor), Some(true)) = (&self.monitor, ready.get(1)) {
+                if let Some((failure, value)) = monitor.handshake_failure()? {
+                    let reason = format!("handshake failed on {}: {} (value {})", monitor.name, failure, value);
+                    return Err(Failure::new("refused", reason));
+                }
+            }
             if self.deadline.expired() {
                 return Err(Failure::new("timeout", "no broadcast from the server"));
             }
         }
+    }
+
+    fn run(mut self) -> Result<(), Failure> {
+        self.wait_for_first_broadcast()?;
         let frames = self.sub.recv_multipart(0)?;
         self.on_broadcast(frames);
         self.request(None)?; // join
-        emit("ready", json!({ "handle": self.args.name }));
+        emit("ready", json!({ "handle": self.args.name, "security": self.args.security.security.name() }));
 
         // Everyone listens before anyone talks: wait for --clients handles, all subscribed.
         while (self.roster.len() as u64) < self.args.clients {
