@@ -15,9 +15,10 @@ static class Chat
     // The roster is sorted by the UTF-8 bytes of the handles: .NET's UTF-16 order differs above U+FFFF.
     static readonly Comparer<byte[]> ByBytes = Comparer<byte[]>.Create((a, b) => a.AsSpan().SequenceCompareTo(b));
 
-    record ServerArgs(string Requests, string Broadcasts, int Timeout, int Heartbeat, int Expiry);
+    record ServerArgs(string Requests, string Broadcasts, int Timeout, int Heartbeat, int Expiry, Security Security);
 
-    record ClientArgs(string Requests, string Broadcasts, int Timeout, string Name, int Count, int Clients, int Keepalive);
+    record ClientArgs(string Requests, string Broadcasts, int Timeout, string Name, int Count, int Clients, int Keepalive,
+        Security Security);
 
     public static Command Command() =>
         new("chat", "client/server over REQ/REP plus PUB/SUB") { ServerCommand(), ClientCommand() };
@@ -33,9 +34,10 @@ static class Chat
         {
             requests, broadcasts, timeout, heartbeat, expiry,
         };
+        SecurityFlags security = new(server, server: true);
         server.SetAction(p => RunServer(new(
             p.GetValue(requests)!, p.GetValue(broadcasts)!, p.GetValue(timeout),
-            p.GetValue(heartbeat), p.GetValue(expiry))));
+            p.GetValue(heartbeat), p.GetValue(expiry), security.Read(p))));
         return server;
     }
 
@@ -52,13 +54,36 @@ static class Chat
         {
             requests, broadcasts, timeout, name, count, clients, keepalive,
         };
+        SecurityFlags security = new(client, server: false);
         client.SetAction(p => RunClient(new(
             p.GetValue(requests)!, p.GetValue(broadcasts)!, p.GetValue(timeout),
-            p.GetValue(name)!, p.GetValue(count), p.GetValue(clients), p.GetValue(keepalive))));
+            p.GetValue(name)!, p.GetValue(count), p.GetValue(clients), p.GetValue(keepalive), security.Read(p))));
         return client;
     }
 
     static string PostText(string name, int number) => $"{name} #{number}: héllo wörld 🌍";
+
+    // --- security (PROTOCOL.md, "Security") ----------------------------------------------------
+    // Both sockets of a role use the same mechanism. The options are read when a connection's
+    // handshake starts, so they are set before bind or connect. Under null there is nothing to set.
+
+    /// <summary>A CURVE server holds its own keypair (NetMQ derives the public half from the secret).
+    /// Any client that knows the server's public key gets in: NetMQ has no ZAP to narrow that down.</summary>
+    static void SecureServer(NetMQSocket socket, Security security)
+    {
+        if (security.Mechanism != "curve") return;
+        socket.Options.CurveServer = true;
+        socket.Options.CurveCertificate = NetMQCertificate.CreateFromSecretKey(security.CurveSecret!);
+    }
+
+    /// <summary>A CURVE client proves itself with its own keypair and trusts only the server whose
+    /// public key it was given: a server without the matching secret key fails the handshake.</summary>
+    static void SecureClient(NetMQSocket socket, Security security)
+    {
+        if (security.Mechanism != "curve") return;
+        socket.Options.CurveCertificate = new NetMQCertificate(security.CurveSecret!, security.CurvePublic!);
+        socket.Options.CurveServerCertificate = NetMQCertificate.FromPublicKey(security.CurveServer!);
+    }
 
     // --- server ----------------------------------------------------------------------------------
 
@@ -101,12 +126,15 @@ static class Chat
         // drops for a subscriber that is not connected yet (slow joiner) or whose queue is full (HWM).
         using var broadcasts = new PublisherSocket();
         broadcasts.Options.Linger = TimeSpan.Zero;
+        SecureServer(requests, args.Security);
+        SecureServer(broadcasts, args.Security);
         Sockets.Bind(requests, args.Requests);
         Sockets.Bind(broadcasts, args.Broadcasts);
         Events.Emit("ready", new
         {
             requests = requests.Options.LastEndpoint,
             broadcasts = broadcasts.Options.LastEndpoint,
+            security = args.Security.Mechanism,
         });
 
         // handle (UTF-8 bytes, so the roster sorts by bytes) -> last seen, monotonic milliseconds
@@ -199,9 +227,11 @@ static class Chat
             // SUB first, so that its subscription starts travelling as early as possible.
             sub.Options.Linger = TimeSpan.Zero;
             sub.Subscribe(""); // a prefix filter on frame 0; "" lets posts and rosters through
+            SecureClient(sub, args.Security);
             Sockets.Connect(sub, args.Broadcasts);
             // REQ enforces send, receive, send, receive...: one request in flight at a time.
             req.Options.Linger = TimeSpan.Zero;
+            SecureClient(req, args.Security);
             Sockets.Connect(req, args.Requests);
         }
 
@@ -292,6 +322,8 @@ static class Chat
         {
             // Slow joiner: until a first broadcast arrives, our subscription may not have reached the
             // server and posts would be dropped for us. The server broadcasts at least every heartbeat.
+            // A refused handshake looks the same: NetMQ's monitor has no handshake events, so a client
+            // with the wrong keys hears nothing and ends with `timeout` (libzmq's clients say `refused`).
             while (!sub.TryReceiveMultipartBytes(deadline.Cap(TimeSpan.FromMilliseconds(args.Keepalive)), ref frames))
             {
                 if (deadline.Expired)
@@ -299,7 +331,7 @@ static class Chat
             }
             OnBroadcast(frames);
             Request(me); // join
-            Events.Emit("ready", new { handle = args.Name });
+            Events.Emit("ready", new { handle = args.Name, security = args.Security.Mechanism });
 
             // Everyone listens before anyone talks: wait for --clients handles, all subscribed.
             while (roster.Count < args.Clients)

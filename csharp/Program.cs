@@ -4,7 +4,8 @@ using NetMQ;
 
 RootCommand root = new("Beyond the Box roles") { Chat.Command(), Ticker.Command(), Valuation.Command(), Perf.Command() };
 
-ParseResult parsed = root.Parse(args);
+// No @file response files: a handle or a Z85 key may well start with "@".
+ParseResult parsed = root.Parse(args, new ParserConfiguration { ResponseFileTokenReplacer = null });
 if (parsed.Errors.Count > 0)
 {
     // A bad command line exits 2, as the contract says (System.CommandLine's own default is 1).

@@ -20,6 +20,11 @@ type ServerArgs =
     | Timeout of ms: int
     | Heartbeat of ms: int
     | Expiry of ms: int
+    | Security of mechanism: string
+    | Curve_Secret of z85: string
+    | Curve_Clients of z85s: string
+    | Plain_User of name: string
+    | Plain_Password of password: string
 
     interface IArgParserTemplate with
         member this.Usage =
@@ -29,6 +34,11 @@ type ServerArgs =
             | Timeout _ -> "longest run in ms, 0 for no limit (default 0)"
             | Heartbeat _ -> "interval between roster broadcasts in ms (default 100)"
             | Expiry _ -> "silence in ms after which a handle leaves the roster (default 5000)"
+            | Security _ -> "null, plain or curve (default null)"
+            | Curve_Secret _ -> "the server's CURVE secret key"
+            | Curve_Clients _ -> "the client public keys admitted, comma-separated (not in NetMQ)"
+            | Plain_User _ -> "the PLAIN username (not in NetMQ)"
+            | Plain_Password _ -> "the PLAIN password (not in NetMQ)"
 
 type ClientArgs =
     | Requests of endpoint: string
@@ -38,6 +48,12 @@ type ClientArgs =
     | Count of posts: int
     | Clients of handles: int
     | Keepalive of ms: int
+    | Security of mechanism: string
+    | Curve_Secret of z85: string
+    | Curve_Public of z85: string
+    | Curve_Server of z85: string
+    | Plain_User of name: string
+    | Plain_Password of password: string
 
     interface IArgParserTemplate with
         member this.Usage =
@@ -49,6 +65,12 @@ type ClientArgs =
             | Count _ -> "number of posts to send (default 5)"
             | Clients _ -> "roster size to wait for before posting (default 1)"
             | Keepalive _ -> "keep-alive interval in ms (default 1000)"
+            | Security _ -> "null, plain or curve (default null)"
+            | Curve_Secret _ -> "the client's CURVE secret key"
+            | Curve_Public _ -> "the client's CURVE public key"
+            | Curve_Server _ -> "the server's CURVE public key"
+            | Plain_User _ -> "the PLAIN username (not in NetMQ)"
+            | Plain_Password _ -> "the PLAIN password (not in NetMQ)"
 
 [<RequireSubcommand>]
 type ChatArgs =
@@ -62,18 +84,46 @@ type ChatArgs =
             | Client _ -> "join, post --count texts, receive everyone's posts"
 
 type ServerSettings =
-    { Requests: string; Broadcasts: string; Timeout: int; Heartbeat: int; Expiry: int }
+    { Requests: string; Broadcasts: string; Timeout: int; Heartbeat: int; Expiry: int
+      Security: Security }
 
 type ClientSettings =
     { Requests: string; Broadcasts: string; Timeout: int
-      Name: string; Count: int; Clients: int; Keepalive: int }
+      Name: string; Count: int; Clients: int; Keepalive: int; Security: Security }
+
+let serverSecurity (args: ParseResults<ServerArgs>) : Security =
+    let chosen = args.TryPostProcessResult(ServerArgs.Security, mechanism) |> Option.defaultValue "null"
+    let secret = args.TryPostProcessResult(ServerArgs.Curve_Secret, curveKey)
+    let clients = args.TryPostProcessResult(Curve_Clients, curveKeys)
+    // NetMQ has no PLAIN, but the command line is the same in every language.
+    args.TryPostProcessResult(ServerArgs.Plain_User, credential) |> ignore
+    args.TryPostProcessResult(ServerArgs.Plain_Password, credential) |> ignore
+    netmqCan args chosen clients.IsSome
+    { Mechanism = chosen
+      CurveSecret = curveNeeds args chosen "--curve-secret" secret
+      CurvePublic = None
+      CurveServer = None }
+
+let clientSecurity (args: ParseResults<ClientArgs>) : Security =
+    let chosen = args.TryPostProcessResult(ClientArgs.Security, mechanism) |> Option.defaultValue "null"
+    let secret = args.TryPostProcessResult(ClientArgs.Curve_Secret, curveKey)
+    let ours = args.TryPostProcessResult(Curve_Public, curveKey)
+    let server = args.TryPostProcessResult(Curve_Server, curveKey)
+    args.TryPostProcessResult(ClientArgs.Plain_User, credential) |> ignore
+    args.TryPostProcessResult(ClientArgs.Plain_Password, credential) |> ignore
+    netmqCan args chosen false
+    { Mechanism = chosen
+      CurveSecret = curveNeeds args chosen "--curve-secret" secret
+      CurvePublic = curveNeeds args chosen "--curve-public" ours
+      CurveServer = curveNeeds args chosen "--curve-server" server }
 
 let serverSettings (args: ParseResults<ServerArgs>) : ServerSettings =
     { Requests = args.GetResult(ServerArgs.Requests, "tcp://127.0.0.1:5555")
       Broadcasts = args.GetResult(ServerArgs.Broadcasts, "tcp://127.0.0.1:5556")
       Timeout = args.TryPostProcessResult(ServerArgs.Timeout, atLeast 0) |> Option.defaultValue 0
       Heartbeat = args.TryPostProcessResult(Heartbeat, atLeast 1) |> Option.defaultValue 100
-      Expiry = args.TryPostProcessResult(Expiry, atLeast 1) |> Option.defaultValue 5000 }
+      Expiry = args.TryPostProcessResult(Expiry, atLeast 1) |> Option.defaultValue 5000
+      Security = serverSecurity args }
 
 let clientSettings (args: ParseResults<ClientArgs>) : ClientSettings =
     { Requests = args.GetResult(ClientArgs.Requests, "tcp://127.0.0.1:5555")
@@ -83,9 +133,29 @@ let clientSettings (args: ParseResults<ClientArgs>) : ClientSettings =
       Name = args.PostProcessResult(Name, name)
       Count = args.TryPostProcessResult(Count, atLeast 0) |> Option.defaultValue 5
       Clients = args.TryPostProcessResult(Clients, atLeast 1) |> Option.defaultValue 1
-      Keepalive = args.TryPostProcessResult(Keepalive, atLeast 1) |> Option.defaultValue 1000 }
+      Keepalive = args.TryPostProcessResult(Keepalive, atLeast 1) |> Option.defaultValue 1000
+      Security = clientSecurity args }
 
 let postText (name: string) (number: int) = $"{name} #{number}: héllo wörld 🌍"
+
+// --- security (PROTOCOL.md, "Security") -----------------------------------------------------
+// Both sockets of a role use the same mechanism. The options are read when a connection's
+// handshake starts, so they are set before bind or connect. Under null there is nothing to set.
+
+/// A CURVE server holds its own keypair (NetMQ derives the public half from the secret). Any client
+/// that knows the server's public key gets in: NetMQ has no ZAP to narrow that down.
+let secureServer (socket: NetMQSocket) (security: Security) =
+    if security.Mechanism = "curve" then
+        socket.Options.CurveServer <- true
+        socket.Options.CurveCertificate <- NetMQCertificate.CreateFromSecretKey(security.CurveSecret.Value)
+
+/// A CURVE client proves itself with its own keypair and trusts only the server whose public key
+/// it was given: a server without the matching secret key fails the handshake.
+let secureClient (socket: NetMQSocket) (security: Security) =
+    if security.Mechanism = "curve" then
+        socket.Options.CurveCertificate <-
+            NetMQCertificate(security.CurveSecret.Value, security.CurvePublic.Value)
+        socket.Options.CurveServerCertificate <- NetMQCertificate.FromPublicKey(security.CurveServer.Value)
 
 // --- shared helpers --------------------------------------------------------------------------
 
@@ -127,10 +197,13 @@ let runServer (args: ServerSettings) =
     // drops for a subscriber that is not connected yet (slow joiner) or whose queue is full (HWM).
     use broadcasts = new PublisherSocket()
     broadcasts.Options.Linger <- TimeSpan.Zero
+    secureServer requests args.Security
+    secureServer broadcasts args.Security
     endpoint "bind" requests.Bind args.Requests
     endpoint "bind" broadcasts.Bind args.Broadcasts
     emit "ready" [ "requests", box requests.Options.LastEndpoint
-                   "broadcasts", box broadcasts.Options.LastEndpoint ]
+                   "broadcasts", box broadcasts.Options.LastEndpoint
+                   "security", box args.Security.Mechanism ]
 
     let roster = Dictionary<string, int64>() // handle -> last seen, monotonic ms
     let sortedRoster () = roster.Keys |> Seq.sortWith byUtf8 |> Seq.map utf8.GetBytes |> List.ofSeq
@@ -193,11 +266,13 @@ type ChatClient(args: ClientSettings) =
     do
         sub.Options.Linger <- TimeSpan.Zero
         sub.Subscribe("") // a prefix filter on frame 0; "" lets posts and rosters through
+        secureClient sub args.Security
         endpoint "connect" sub.Connect args.Broadcasts
     // REQ enforces send, receive, send, receive...: one request in flight at a time.
     let req = new RequestSocket()
     do
         req.Options.Linger <- TimeSpan.Zero
+        secureClient req args.Security
         endpoint "connect" req.Connect args.Requests
     let mutable roster: string list = []
     let received = Dictionary<string, int>()
@@ -261,12 +336,14 @@ type ChatClient(args: ClientSettings) =
     member this.Run() =
         // Slow joiner: until a first broadcast arrives, our subscription may not have reached the
         // server and posts would be dropped for us. The server broadcasts at least every heartbeat.
+        // A refused handshake looks the same: NetMQ's monitor has no handshake events, so a client
+        // with the wrong keys hears nothing and ends with `timeout` (libzmq's clients say `refused`).
         while not (pollIn sub (Some(deadline.Cap(int64 args.Keepalive)))) do
             if deadline.Expired then
                 raise (Failure("timeout", "no broadcast from the server"))
         this.OnBroadcast(receive sub)
         this.Request [ me ] |> ignore // join
-        emit "ready" [ "handle", box args.Name ]
+        emit "ready" [ "handle", box args.Name; "security", box args.Security.Mechanism ]
 
         // Everyone listens before anyone talks: wait for --clients handles, all subscribed.
         while roster.Length < args.Clients do

@@ -1,6 +1,6 @@
 /// The launch contract (examples/README.md) in F#: JSON Lines events on stdout, logs on stderr, the
-/// --timeout deadline, fatal failures, the stop signal, the flag checks and the socket helpers
-/// every example uses.
+/// --timeout deadline, fatal failures, the stop signal, the flag checks (the security flags' too)
+/// and the socket helpers every example uses.
 module Btb.Events
 
 open System
@@ -11,6 +11,7 @@ open System.Text
 open System.Text.Encodings.Web
 open System.Text.Json
 open System.Threading
+open Argu
 open NetMQ
 
 /// Strict UTF-8: no byte order mark, and invalid bytes throw instead of becoming U+FFFD.
@@ -82,6 +83,56 @@ let name (value: string) =
     if not (1 <= utf8.GetByteCount value && utf8.GetByteCount value <= MaxName) then
         failwithf "a name is 1 to %d bytes of UTF-8" MaxName
     value
+
+// --- security flags (examples/README.md, "Security") -------------------------------------------
+
+/// The mechanism a role runs under, and its CURVE keys in Z85 (each checked) when it is `curve`.
+type Security =
+    { Mechanism: string; CurveSecret: string option; CurvePublic: string option; CurveServer: string option }
+
+/// `--security`: one of ZMTP 3's three mechanisms.
+let mechanism (value: string) =
+    match value with
+    | "null" | "plain" | "curve" -> value
+    | _ -> failwith "expected null, plain or curve"
+
+// The Z85 alphabet (RFC 32): 85 printable characters, never ',' nor a space or a quote.
+let private z85 = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#"
+
+/// Each group of 5 characters of Z85 is a number in base 85 that must fit in 4 bytes.
+let private fitsFourBytes (group: char[]) =
+    group |> Array.fold (fun value c -> value * 85UL + uint64 (z85.IndexOf c)) 0UL <= 0xFFFFFFFFUL
+
+/// A CURVE key is 40 characters of Z85 that encode 32 bytes.
+let curveKey (value: string) =
+    if value.Length <> 40 || not (value |> Seq.forall z85.Contains)
+       || not (value |> Seq.chunkBySize 5 |> Seq.forall fitsFourBytes) then
+        failwith "a CURVE key is 40 characters of Z85 that encode 32 bytes"
+    value
+
+/// Comma-separated CURVE keys (Z85 never uses ',').
+let curveKeys (value: string) = value.Split ',' |> Seq.map curveKey |> List.ofSeq
+
+/// A PLAIN username or password: 1 to 255 bytes of UTF-8 (ZMTP frames each with one length byte).
+let credential (value: string) =
+    if not (1 <= utf8.GetByteCount value && utf8.GetByteCount value <= 255) then
+        failwith "a PLAIN username or password is 1 to 255 bytes of UTF-8"
+    value
+
+/// What NetMQ cannot do is a bad command line (exit 2), never a silent downgrade to less security.
+let netmqCan (args: ParseResults<'T>) (mechanism: string) (curveClients: bool) =
+    if mechanism = "plain" then
+        args.Raise("--security plain: NetMQ 4.0.4.5 does not implement the PLAIN mechanism")
+    if mechanism = "curve" && curveClients then
+        args.Raise("--curve-clients: NetMQ 4.0.4.5 has no ZAP handler, so it cannot restrict client keys")
+
+/// Under `curve`, a key the role needs: missing, it is a bad command line (exit 2). Other
+/// mechanisms ignore it.
+let curveNeeds (args: ParseResults<'T>) (mechanism: string) (flag: string) (key: string option) =
+    match mechanism, key with
+    | "curve", None -> args.Raise($"--security curve needs {flag}")
+    | "curve", key -> key
+    | _ -> None
 
 // --- sockets -----------------------------------------------------------------------------------
 

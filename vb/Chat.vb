@@ -13,6 +13,7 @@ Public Module Chat
         AddEndpoints(server, timeout:=0)
         server.Options.Add(AtLeast("--heartbeat", 1, defaultValue:=100))
         server.Options.Add(AtLeast("--expiry", 1, defaultValue:=5000))
+        AddSecurity(server, server:=True)
         server.SetAction(AddressOf RunServer)
 
         Dim client As New Command("client", "join, post --count texts, receive everyone's posts")
@@ -21,6 +22,7 @@ Public Module Chat
         client.Options.Add(AtLeast("--count", 0, defaultValue:=5))
         client.Options.Add(AtLeast("--clients", 1, defaultValue:=1))
         client.Options.Add(AtLeast("--keepalive", 1, defaultValue:=1000))
+        AddSecurity(client, server:=False)
         client.SetAction(AddressOf RunClient)
 
         Return New Command("chat", "client/server over REQ/REP plus PUB/SUB") From {server, client}
@@ -35,6 +37,26 @@ Public Module Chat
     Public Function PostText(name As String, number As Integer) As String
         Return $"{name} #{number}: héllo wörld 🌍"
     End Function
+
+    ' --- security (PROTOCOL.md, "Security") ---------------------------------------------------
+    ' Both sockets of a role use the same mechanism. The options are read when a connection's
+    ' handshake starts, so they are set before bind or connect. Under null there is nothing to set.
+
+    ''' <summary>A CURVE server holds its own keypair (NetMQ derives the public half from the secret).
+    ''' Any client that knows the server's public key gets in: NetMQ has no ZAP to narrow that down.</summary>
+    Private Sub SecureServer(socket As NetMQSocket, security As Security)
+        If security.Mechanism <> "curve" Then Return
+        socket.Options.CurveServer = True
+        socket.Options.CurveCertificate = NetMQCertificate.CreateFromSecretKey(security.CurveSecret)
+    End Sub
+
+    ''' <summary>A CURVE client proves itself with its own keypair and trusts only the server whose
+    ''' public key it was given: a server without the matching secret key fails the handshake.</summary>
+    Private Sub SecureClient(socket As NetMQSocket, security As Security)
+        If security.Mechanism <> "curve" Then Return
+        socket.Options.CurveCertificate = New NetMQCertificate(security.CurveSecret, security.CurvePublic)
+        socket.Options.CurveServerCertificate = NetMQCertificate.FromPublicKey(security.CurveServer)
+    End Sub
 
     ' --- server ---------------------------------------------------------------------------------
 
@@ -65,6 +87,7 @@ Public Module Chat
         Dim timeout = args.GetValue(Of Integer)("--timeout")
         Dim heartbeat = args.GetValue(Of Integer)("--heartbeat")
         Dim expiry = args.GetValue(Of Integer)("--expiry")
+        Dim security = ReadSecurity(args, server:=True)
         Using stopSignal As New StopSignal(),
               requests As New ResponseSocket(),
               broadcasts As New PublisherSocket()
@@ -75,6 +98,8 @@ Public Module Chat
             ' PUB sends every broadcast to every subscriber whose filter matches; it never blocks, and
             ' it drops for a subscriber that is not connected yet (slow joiner) or whose queue is full (HWM).
             broadcasts.Options.Linger = TimeSpan.Zero
+            SecureServer(requests, security)
+            SecureServer(broadcasts, security)
             Try
                 requests.Bind(args.GetValue(Of String)("--requests"))
                 broadcasts.Bind(args.GetValue(Of String)("--broadcasts"))
@@ -83,7 +108,8 @@ Public Module Chat
             Catch problem As ArgumentException  ' an endpoint NetMQ cannot even parse
                 Throw New Failure("bind", $"cannot bind: {problem.Message}")
             End Try
-            Emit("ready", ("requests", requests.Options.LastEndpoint), ("broadcasts", broadcasts.Options.LastEndpoint))
+            Emit("ready", ("requests", requests.Options.LastEndpoint), ("broadcasts", broadcasts.Options.LastEndpoint),
+                 ("security", security.Mechanism))
 
             ' handle -> last seen on the monotonic millisecond clock, kept sorted by UTF-8 bytes
             Dim roster As New SortedDictionary(Of String, Long)(Utf8Order.Instance)
@@ -150,6 +176,7 @@ Public Module Chat
         Private ReadOnly _handle As Byte()
         Private ReadOnly _count, _clients, _keepalive, _timeout As Integer
         Private ReadOnly _deadline As Deadline
+        Private ReadOnly _security As Security
         Private ReadOnly _sub As SubscriberSocket
         Private ReadOnly _req As RequestSocket
         Private _roster As New List(Of String)
@@ -164,13 +191,16 @@ Public Module Chat
             _keepalive = args.GetValue(Of Integer)("--keepalive")
             _timeout = args.GetValue(Of Integer)("--timeout")
             _deadline = New Deadline(_timeout)
+            _security = ReadSecurity(args, server:=False)
             ' SUB first, so that its subscription starts travelling as early as possible.
             _sub = New SubscriberSocket()
             _sub.Options.Linger = TimeSpan.Zero
             _sub.Subscribe("")  ' a prefix filter on frame 0; "" lets posts and rosters through
+            SecureClient(_sub, _security)
             ' REQ enforces send, receive, send, receive...: one request in flight at a time.
             _req = New RequestSocket()
             _req.Options.Linger = TimeSpan.Zero
+            SecureClient(_req, _security)
             Try
                 _sub.Connect(args.GetValue(Of String)("--broadcasts"))
                 _req.Connect(args.GetValue(Of String)("--requests"))
@@ -246,13 +276,15 @@ Public Module Chat
         Public Sub Run()
             ' Slow joiner: until a first broadcast arrives, our subscription may not have reached the
             ' server and posts would be dropped for us. The server broadcasts at least every heartbeat.
+            ' A refused handshake looks the same: NetMQ's monitor has no handshake events, so a client
+            ' with the wrong keys hears nothing and ends with `timeout` (libzmq's clients say `refused`).
             Dim frames As List(Of Byte()) = Nothing
             Do Until _sub.TryReceiveMultipartBytes(_deadline.Cap(_keepalive), frames)
                 If _deadline.Expired() Then Throw New Failure("timeout", "no broadcast from the server")
             Loop
             OnBroadcast(frames)
             Request(_handle)  ' join
-            Emit("ready", ("handle", _name))
+            Emit("ready", ("handle", _name), ("security", _security.Mechanism))
 
             ' Everyone listens before anyone talks: wait for --clients handles, all subscribed.
             Do While _roster.Count < _clients

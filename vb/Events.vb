@@ -1,6 +1,6 @@
 ' The launch contract (examples/README.md) in VB: JSON Lines events on stdout, logs on stderr, the
-' --timeout deadline, fatal failures, the stop signal, the flag types every example uses, and
-' sending on a socket that may have no room.
+' --timeout deadline, fatal failures, the stop signal, the flag types every example uses, the
+' security flags, and sending on a socket that may have no room.
 Imports System.CommandLine
 Imports System.IO
 Imports System.Runtime.InteropServices
@@ -72,6 +72,21 @@ Public Class Usage
 
     Public Sub New(message As String)
         MyBase.New(message)
+    End Sub
+End Class
+
+''' <summary>The mechanism a role runs under and its CURVE keys (Z85, already checked) when it is curve.</summary>
+Public Class Security
+    Public ReadOnly Property Mechanism As String
+    Public ReadOnly Property CurveSecret As String
+    Public ReadOnly Property CurvePublic As String
+    Public ReadOnly Property CurveServer As String
+
+    Public Sub New(mechanism As String, curveSecret As String, curvePublic As String, curveServer As String)
+        Me.Mechanism = mechanism
+        Me.CurveSecret = curveSecret
+        Me.CurvePublic = curvePublic
+        Me.CurveServer = curveServer
     End Sub
 End Class
 
@@ -194,6 +209,88 @@ Public Module Flags
             opt.DefaultValueFactory = Function(result) defaultValue.Value
         End If
         Return opt
+    End Function
+
+    ' --- security flags (examples/README.md, "Security") ---------------------------------------
+
+    ' The Z85 alphabet (RFC 32): 85 printable characters, never ',' nor a space or a quote.
+    Private Const Z85 = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#"
+
+    ''' <summary>A CURVE key is 40 characters of Z85 that encode 32 bytes: each group of 5 characters
+    ''' is a number in base 85 that fits in 4 bytes.</summary>
+    Private Function IsCurveKey(text As String) As Boolean
+        Return text.Length = 40 AndAlso text.All(Function(c) Z85.Contains(c)) AndAlso
+            text.Chunk(5).All(Function(group) group.Aggregate(0UL, Function(value, c) value * 85UL + CULng(Z85.IndexOf(c))) <= UInteger.MaxValue)
+    End Function
+
+    Private Function CurveKey(name As String) As [Option](Of String)
+        Dim opt As New [Option](Of String)(name)
+        opt.Validators.Add(
+            Sub(result)
+                If Not IsCurveKey(result.GetValueOrDefault(Of String)()) Then result.AddError($"{name} takes a CURVE key: 40 characters of Z85 that encode 32 bytes")
+            End Sub)
+        Return opt
+    End Function
+
+    ''' <summary>A PLAIN username or password: 1 to 255 bytes of UTF-8 (ZMTP frames each with one length byte).</summary>
+    Private Function Credential(name As String) As [Option](Of String)
+        Dim opt As New [Option](Of String)(name)
+        opt.Validators.Add(
+            Sub(result)
+                Dim length = Utf8.GetByteCount(result.GetValueOrDefault(Of String)())
+                If length < 1 OrElse length > 255 Then result.AddError($"{name} takes 1 to 255 bytes of UTF-8")
+            End Sub)
+        Return opt
+    End Function
+
+    ''' <summary>Comma-separated CURVE keys (Z85 never uses ',').</summary>
+    Private Function CurveKeys(name As String) As [Option](Of String)
+        Dim opt As New [Option](Of String)(name)
+        opt.Validators.Add(
+            Sub(result)
+                If Not result.GetValueOrDefault(Of String)().Split(","c).All(AddressOf IsCurveKey) Then
+                    result.AddError($"{name} takes CURVE keys separated by ',': 40 characters of Z85 each")
+                End If
+            End Sub)
+        Return opt
+    End Function
+
+    ''' <summary>The security flags of a server or a client role: --security, the CURVE keys, and the
+    ''' PLAIN username and password, which NetMQ cannot use but the command line has in every language.</summary>
+    Public Sub AddSecurity(command As Command, server As Boolean)
+        Dim mechanism As New [Option](Of String)("--security") With {.DefaultValueFactory = Function(r) "null"}
+        mechanism.AcceptOnlyFromAmong("null", "plain", "curve")
+        command.Options.Add(mechanism)
+        command.Options.Add(CurveKey("--curve-secret"))
+        If server Then
+            command.Options.Add(CurveKeys("--curve-clients"))
+        Else
+            command.Options.Add(CurveKey("--curve-public"))
+            command.Options.Add(CurveKey("--curve-server"))
+        End If
+        command.Options.Add(Credential("--plain-user"))
+        command.Options.Add(Credential("--plain-password"))
+    End Sub
+
+    ''' <summary>
+    ''' The chosen mechanism and its keys. What is missing for it, or what NetMQ cannot do, is a
+    ''' Usage error (exit 2): never a silent downgrade to less security.
+    ''' </summary>
+    Public Function ReadSecurity(args As ParseResult, server As Boolean) As Security
+        Dim chosen = args.GetValue(Of String)("--security")
+        If chosen = "plain" Then Throw New Usage("--security plain: NetMQ 4.0.4.5 does not implement the PLAIN mechanism")
+        If server AndAlso chosen = "curve" AndAlso args.GetValue(Of String)("--curve-clients") IsNot Nothing Then
+            Throw New Usage("--curve-clients: NetMQ 4.0.4.5 has no ZAP handler, so it cannot restrict client keys")
+        End If
+        Dim required =
+            Function(name As String) As String
+                If chosen <> "curve" Then Return Nothing
+                Dim key = args.GetValue(Of String)(name)
+                If key Is Nothing Then Throw New Usage($"--security curve needs {name}")
+                Return key
+            End Function
+        If server Then Return New Security(chosen, required("--curve-secret"), Nothing, Nothing)
+        Return New Security(chosen, required("--curve-secret"), required("--curve-public"), required("--curve-server"))
     End Function
 
     ''' <summary>A required name of 1 to MaxName bytes of UTF-8.</summary>
