@@ -223,36 +223,30 @@ Public Module Flags
             text.Chunk(5).All(Function(group) group.Aggregate(0UL, Function(value, c) value * 85UL + CULng(Z85.IndexOf(c))) <= UInteger.MaxValue)
     End Function
 
-    Private Function CurveKey(name As String) As [Option](Of String)
+    ''' <summary>A string flag whose value must pass `valid`; otherwise `message` is the parser's error.</summary>
+    Private Function Checked(name As String, valid As Func(Of String, Boolean), message As String) As [Option](Of String)
         Dim opt As New [Option](Of String)(name)
         opt.Validators.Add(
             Sub(result)
-                If Not IsCurveKey(result.GetValueOrDefault(Of String)()) Then result.AddError($"{name} takes a CURVE key: 40 characters of Z85 that encode 32 bytes")
+                If Not valid(result.GetValueOrDefault(Of String)()) Then result.AddError($"{name} takes {message}")
             End Sub)
         Return opt
+    End Function
+
+    Private Function CurveKey(name As String) As [Option](Of String)
+        Return Checked(name, AddressOf IsCurveKey, "a CURVE key: 40 characters of Z85 that encode 32 bytes")
     End Function
 
     ''' <summary>A PLAIN username or password: 1 to 255 bytes of UTF-8 (ZMTP frames each with one length byte).</summary>
     Private Function Credential(name As String) As [Option](Of String)
-        Dim opt As New [Option](Of String)(name)
-        opt.Validators.Add(
-            Sub(result)
-                Dim length = Utf8.GetByteCount(result.GetValueOrDefault(Of String)())
-                If length < 1 OrElse length > 255 Then result.AddError($"{name} takes 1 to 255 bytes of UTF-8")
-            End Sub)
-        Return opt
+        Return Checked(name, Function(text) Utf8.GetByteCount(text) >= 1 AndAlso Utf8.GetByteCount(text) <= 255,
+                       "1 to 255 bytes of UTF-8")
     End Function
 
     ''' <summary>Comma-separated CURVE keys (Z85 never uses ',').</summary>
     Private Function CurveKeys(name As String) As [Option](Of String)
-        Dim opt As New [Option](Of String)(name)
-        opt.Validators.Add(
-            Sub(result)
-                If Not result.GetValueOrDefault(Of String)().Split(","c).All(AddressOf IsCurveKey) Then
-                    result.AddError($"{name} takes CURVE keys separated by ',': 40 characters of Z85 each")
-                End If
-            End Sub)
-        Return opt
+        Return Checked(name, Function(text) text.Split(","c).All(AddressOf IsCurveKey),
+                       "CURVE keys separated by ',': 40 characters of Z85 each")
     End Function
 
     ''' <summary>The security flags of a server or a client role: --security, the CURVE keys, and the
