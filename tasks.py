@@ -16,8 +16,9 @@ from orchestrator import bench as benchmarks
 from orchestrator.config import ConfigError
 from orchestrator.matrix import evaluate, failed, mixed_cells, new_run_dir, run_matrix
 from orchestrator.registry import BuildError, load_registry
-from orchestrator.report import grid_tables, print_details, roles_text, summary_line, write_json, write_junit, write_markdown
+from orchestrator.report import grid_tables, print_details, print_notes, roles_text, summary_line, write_json, write_junit, write_markdown
 from orchestrator.runner import Fault, kill_everything
+from orchestrator.security import INTRUDER, REFUSALS, refusals_of
 from orchestrator.spec import load_spec
 
 # Piped output (CI logs, files) gets room for the 6-column grid instead of rich's default of 80.
@@ -75,14 +76,20 @@ def _check_roles(spec, given):
         "quiet": "do not print the live transcript",
         "kill-worker-after": "valuation: SIGKILL worker 0 once it has priced this many orders",
         "runner": "process (default): local processes; docker: one container per role",
+        "security": "null (default), plain or curve: the ZMTP mechanism of every role (examples that allow it)",
+        "refusal": "add an intruder whose credentials are wrong: " + ", ".join(REFUSALS),
+        "intruder": "language of the intruder (default: the client's)",
     },
 )
 def run(c, example, server=None, client=None, publisher=None, proxy=None, subscriber=None, source=None, worker=None, sink=None,
-        no_build=False, quiet=False, kill_worker_after=None, runner="process"):
+        no_build=False, quiet=False, kill_worker_after=None, runner="process", security="null", refusal=None, intruder=None):
     """Run one cell and show its live transcript, then the verdict."""
     given = {"server": server, "client": client, "publisher": publisher, "proxy": proxy, "subscriber": subscriber,
              "source": source, "worker": worker, "sink": sink}
     spec, registry = _load(example)
+    spec = _secured(spec, security, refusal)
+    if intruder and not refusal:
+        raise Exit("error: --intruder needs --refusal", code=2)
     fault = None
     if kill_worker_after:
         if "worker" not in spec.role_names():
@@ -96,8 +103,10 @@ def run(c, example, server=None, client=None, publisher=None, proxy=None, subscr
         langs = given.get(role.name)
         if langs:
             chosen[role.name] = _languages(",".join(langs), registry, f"--{role.name}")
-        elif not role.optional:
+        elif not role.optional and role.name != INTRUDER:  # the intruder defaults to the client's language
             chosen[role.name] = ["python"]
+    if intruder:
+        chosen[INTRUDER] = _languages(intruder, registry, "--intruder")[:1]
     if not no_build:
         _build(registry, [lang for langs in chosen.values() for lang in langs])
 
@@ -114,6 +123,7 @@ def run(c, example, server=None, client=None, publisher=None, proxy=None, subscr
             kill_everything()
             raise Exit("interrupted", code=130)
     print_details(console, spec, [result])
+    print_notes(console, [result])
     console.print(f"verdict: [bold]{result.status}[/] in {result.seconds:.1f} s" + (f" ({result.detail})" if result.detail else ""))
     if result.status in ("fail", "timeout"):
         raise Exit(code=1)
@@ -129,14 +139,17 @@ def run(c, example, server=None, client=None, publisher=None, proxy=None, subscr
         "markdown": "write the grids as Markdown to this path",
         "no-build": "skip building the languages first",
         "runner": "process (default): local processes; docker: one container per role",
+        "security": "null (default), plain or curve: the ZMTP mechanism of every cell (examples that allow it)",
+        "refusals": "under plain or curve, also run the refusal grids (an intruder per cell); default on",
     },
 )
 def matrix(c, example, server=None, client=None, publisher=None, proxy=None, subscriber=None, source=None, worker=None, sink=None,
-           parallel=3, json=None, junit=None, markdown=None, no_build=False, runner="process"):
+           parallel=3, json=None, junit=None, markdown=None, no_build=False, runner="process", security="null", refusals=True):
     """Run every combination of one language per role and print the compatibility grids."""
     given = {"server": server, "client": client, "publisher": publisher, "proxy": proxy, "subscriber": subscriber,
              "source": source, "worker": worker, "sink": sink}
     spec, registry = _load(example)
+    variants = [_secured(spec, security)] + [_secured(spec, security, case) for case in (refusals_of(security) if refusals else [])]
     _check_roles(spec, given)
     dimensions = {role: _languages(given.get(role), registry, f"--{role}") for role in spec.matrix}
     for role in spec.optional_roles():  # an optional role joins the grid when it is asked for
@@ -145,21 +158,35 @@ def matrix(c, example, server=None, client=None, publisher=None, proxy=None, sub
     langs = [lang for langs in dimensions.values() for lang in langs]
     if not no_build:
         _build(registry, langs)
+    grids = []  # (spec, results, wall seconds, run folder): one grid, plus one per refusal case
     with _runner(runner, registry, langs) as launcher:
-        results, wall, run_dir = _run_grid(spec, registry, dimensions, int(parallel), mixed_cells(spec, dimensions), launcher)
+        for variant in variants:
+            extra = mixed_cells(variant, dimensions) if variant is variants[0] else []
+            grids.append((variant, *_run_grid(variant, registry, dimensions, int(parallel), extra, launcher)))
 
-    for table in grid_tables(spec, results, dimensions):
-        console.print(table)
-    console.print(summary_line(results, wall) + f" ({runner} runner); logs in runs/{run_dir.name}")
-    print_details(console, spec, results)
+    for variant, results, wall, run_dir in grids:
+        for table in grid_tables(variant, results, dimensions):
+            console.print(table)
+        console.print(f"{variant.title()}: " + summary_line(results, wall) + f" ({runner} runner); logs in runs/{run_dir.name}")
+        print_notes(console, results)
+        print_details(console, variant, results)
+    everything = [result for _, results, _, _ in grids for result in results]
+    wall = sum(grid[2] for grid in grids)
     if json:
-        write_json(json, spec, results, wall)
+        write_json(json, spec, [(variant, results) for variant, results, _, _ in grids], wall)
     if junit:
-        write_junit(junit, spec, results)
+        write_junit(junit, [(variant, results) for variant, results, _, _ in grids])
     if markdown:
-        write_markdown(markdown, spec, results, dimensions, wall)
-    if failed(results):
+        write_markdown(markdown, [(variant, results, w) for variant, results, w, _ in grids], dimensions)
+    if failed(everything):
         raise Exit(code=1)
+
+
+def _secured(spec, mechanism, refusal=None):
+    try:
+        return spec.with_security(mechanism, refusal)
+    except ValueError as error:
+        raise Exit(f"error: {error}", code=2) from error
 
 
 def _run_grid(spec, registry, dimensions, parallel, extra_cells=(), launcher=None):
@@ -170,7 +197,7 @@ def _run_grid(spec, registry, dimensions, parallel, extra_cells=(), launcher=Non
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=console, transient=True,
     ) as progress:
-        bar = progress.add_task(f"{spec.example} grid", total=total + len(extra_cells))
+        bar = progress.add_task(f"{spec.title()} grid", total=total + len(extra_cells))
 
         def done(result):
             progress.advance(bar)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from . import ROOT
 from .runner import CellResult, aborting, kill_everything, run_cell
+from .security import INTRUDER
 
 STATUSES = ("pass", "fail", "timeout", "unsupported", "known-failure")
 
@@ -23,6 +24,9 @@ def assign(spec, chosen):
     every instance, or a list with one language per instance (which also sets the number of
     instances). Optional roles that `chosen` leaves out are left out of the cell."""
     chosen = {role: [langs] if isinstance(langs, str) else list(langs) for role, langs in chosen.items()}
+    base = spec.intruder_of()
+    if base and INTRUDER not in chosen:
+        chosen[INTRUDER] = chosen[base][:1]  # a refusal cell's intruder speaks the column's language
     counts = {role: len(langs) for role, langs in chosen.items() if len(langs) > 1}
     spec = spec.for_cell(counts, set(chosen))
     return spec, {role.name: (chosen[role.name] * role.instances)[: role.instances] for role in spec.roles}
@@ -34,6 +38,10 @@ def replay_command(spec, roles):
         uniform = len(set(langs)) == 1
         for lang in ([langs[0]] if uniform else langs):
             parts.append(f"--{role} {lang}")
+    if spec.secure and spec.secure.mechanism != "null":
+        parts.append(f"--security {spec.secure.mechanism}")
+    if spec.secure and spec.secure.refusal:
+        parts.append(f"--refusal {spec.secure.refusal}")
     return " ".join(parts)
 
 
@@ -41,7 +49,12 @@ def evaluate(spec, chosen, registry, run_dir, on_event=None, fault=None, launche
     """One cell: unsupported, or run; a known failure is labelled as such either way."""
     spec, roles = assign(spec, chosen)
     langsets = {role: set(langs) for role, langs in roles.items()}
-    reason = registry.unsupported(spec.example, langsets)
+    playing = {role: langs for role, langs in langsets.items() if role != INTRUDER}
+    if INTRUDER in langsets:  # the intruder runs the program of the role it copies
+        playing.setdefault(spec.intruder_of(), set()).update(langsets[INTRUDER])
+    reason = registry.unsupported(spec.example, playing)
+    if not reason and spec.secure:
+        reason = spec.secure.unsupported(roles, registry)
     if reason:
         return CellResult(spec.example, roles, "unsupported", 0.0, reason)
     result = run_cell(spec, roles, registry, run_dir, on_event, fault, launcher() if launcher else None)

@@ -10,6 +10,8 @@ from . import ROOT
 from .config import ConfigError, Fields, load_yaml
 
 REGISTRY_PATH = ROOT / "orchestrator" / "languages.yaml"
+# What a language's ZeroMQ library may lack (examples/README.md, "Security").
+FEATURES = ("plain", "curve", "zap", "handshake-events")
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class Language:
     implements: dict  # example -> set of roles
     known_failures: list = field(default_factory=list)
     docker: dict = None  # dockerfile, packages, stage: how to build its container image
+    lacks: dict = field(default_factory=dict)  # library feature (plain, curve, zap...) -> why it is missing
 
     def command(self, example, role, flags):
         """The argv of one role under the launch contract: <program> <example> <role> --flag value..."""
@@ -120,7 +123,7 @@ def load_registry(path=REGISTRY_PATH):
         if not isinstance(entry, dict):
             raise ConfigError(path, name, "must be a mapping")
         fields = Fields(path, entry, name)
-        fields.only("build", "launch", "env", "implements", "known_failures", "docker")
+        fields.only("build", "launch", "env", "implements", "known_failures", "docker", "lacks")
         build = fields.get("build", list, [])
         for index, step in enumerate(build):
             if not isinstance(step, list) or not step or not all(isinstance(p, str) for p in step):
@@ -163,7 +166,13 @@ def load_registry(path=REGISTRY_PATH):
             for index, step in enumerate(docker["stage"]):
                 if not isinstance(step, list) or not step or not all(isinstance(p, str) for p in step):
                     raise ConfigError(path, f"{name}.docker.stage[{index}]", "must be a non-empty list of strings")
-        languages[name] = Language(name, build, launch, env, implements, known, docker)
+        lacks = fields.get("lacks", dict, {})
+        for feature, reason in lacks.items():
+            if feature not in FEATURES:
+                raise ConfigError(path, f"{name}.lacks.{feature}", f"unknown feature (features: {', '.join(FEATURES)})")
+            if not isinstance(reason, str) or not reason:
+                raise ConfigError(path, f"{name}.lacks.{feature}", "must give the reason as text")
+        languages[name] = Language(name, build, launch, env, implements, known, docker, lacks)
     if not languages:
         raise ConfigError(path, "", "no languages")
     for language in languages.values():

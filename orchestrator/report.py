@@ -39,7 +39,7 @@ def label(result):
 def grid_tables(spec, results, dimensions):
     row_role, column_role = list(dimensions)[:2]
     for title, rows, columns, cells in slices(dimensions, results):
-        table = Table(title=f"{spec.example}: {title}")
+        table = Table(title=f"{spec.title()}: {title}")
         table.add_column(f"{row_role} \\ {column_role}", style="bold")
         for column in columns:
             table.add_column(column, justify="center")
@@ -52,7 +52,7 @@ def grid_tables(spec, results, dimensions):
         yield table
     extras = [r for r in results if r.extra]
     if extras:
-        table = Table(title=f"{spec.example}: further cells")
+        table = Table(title=f"{spec.title()}: further cells")
         table.add_column("roles", style="bold")
         table.add_column("status", justify="center")
         for result in extras:
@@ -69,6 +69,21 @@ def summary_line(results, wall_seconds):
     parts = [f"{tally['pass']}/{len(results)} pass"]
     parts += [f"{n} {status}" for status, n in tally.items() if n and status != "pass"]
     return ", ".join(parts) + f" in {wall_seconds:.1f} s wall time"
+
+
+def print_notes(console, results):
+    """Why cells are unsupported, and what passing cells could not show: each reason once, with
+    the number of cells it applies to."""
+    cells = {}
+    for result in results:
+        if result.status == "pass" and result.detail:
+            for note in result.detail.split("; "):
+                cells.setdefault(("note", "passing cells"), {}).setdefault(note, []).append(result)
+        elif result.status == "unsupported":
+            cells.setdefault(("unsupported", "cells"), {}).setdefault(result.detail, []).append(result)
+    for (kind, what), notes in cells.items():
+        for note, where in notes.items():
+            console.print(f"{kind} ({len(where)} {what}): {note}", style="dim", markup=False, highlight=False)
 
 
 def print_details(console, spec, results, limit=12):
@@ -95,6 +110,8 @@ def cell_json(spec, result):
     roles = {role: langs[0] if len(set(langs)) == 1 else langs for role, langs in result.roles.items()}
     return {
         "roles": roles,
+        "security": spec.secure.mechanism if spec.secure else "null",
+        "refusal": spec.secure.refusal if spec.secure else None,
         "status": result.status,
         "seconds": result.seconds,
         "detail": result.detail,
@@ -104,29 +121,31 @@ def cell_json(spec, result):
     }
 
 
-def write_json(path, spec, results, wall_seconds, extra=None):
+def write_json(path, spec, grids, wall_seconds):
+    """`grids`: (spec of the grid, results), one per grid of the run (a refusal case is one)."""
     document = {
         "example": spec.example,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "wall_seconds": round(wall_seconds, 2),
-        "counts": counts(results),
-        "cells": [cell_json(spec, r) for r in results],
-        **(extra or {}),
+        "counts": counts([r for _, results in grids for r in results]),
+        "cells": [cell_json(variant, r) for variant, results in grids for r in results],
     }
     with open(path, "w", encoding="utf-8") as stream:
         json.dump(document, stream, ensure_ascii=False, indent=2)
 
 
-def write_junit(path, spec, results):
+def write_junit(path, grids):
+    """`grids`: (spec of the grid, results), one per grid of the run."""
+    results = [r for _, rs in grids for r in rs]
     tally = counts(results)
     suite = ET.Element(
-        "testsuite", name=spec.example, tests=str(len(results)),
+        "testsuite", name=grids[0][0].example, tests=str(len(results)),
         failures=str(tally["fail"]), errors=str(tally["timeout"]),
         skipped=str(tally["unsupported"] + tally["known-failure"]),
     )
-    for result in results:
+    for spec, result in ((spec, r) for spec, rs in grids for r in rs):
         name = roles_text(result.roles)
-        case = ET.SubElement(suite, "testcase", classname=spec.example, name=name, time=str(result.seconds))
+        case = ET.SubElement(suite, "testcase", classname=spec.title(), name=name, time=str(result.seconds))
         if result.status == "fail":
             ET.SubElement(case, "failure", message=result.detail).text = "\n".join(result.problems)
         elif result.status == "timeout":
@@ -136,12 +155,21 @@ def write_junit(path, spec, results):
     ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)
 
 
-def write_markdown(path, spec, results, dimensions, wall_seconds):
+def write_markdown(path, grids, dimensions):
+    """`grids`: (spec of the grid, results, wall seconds), one per grid of the run."""
+    lines = []
+    for spec, results, wall_seconds in grids:
+        lines += markdown_grid(spec, results, dimensions, wall_seconds)
+    with open(path, "w", encoding="utf-8") as stream:
+        stream.write("\n".join(lines))
+
+
+def markdown_grid(spec, results, dimensions, wall_seconds):
     lines = []
     row_role, column_role = list(dimensions)[:2]
     for title, rows, columns, cells in slices(dimensions, results):
         lines += [
-            f"### {spec.example}: {title}", "",
+            f"### {spec.title()}: {title}", "",
             "| " + " | ".join([f"{row_role} \\ {column_role}"] + list(columns)) + " |",
             "|" + "---|" * (len(columns) + 1),
         ]
@@ -151,9 +179,11 @@ def write_markdown(path, spec, results, dimensions, wall_seconds):
         lines.append("")
     extras = [r for r in results if r.extra]
     if extras:
-        lines += [f"### {spec.example}: further cells", "", "| roles | status |", "|---|---|"]
+        lines += [f"### {spec.title()}: further cells", "", "| roles | status |", "|---|---|"]
         lines += [f"| {roles_text(r.roles)} | {label(r)} |" for r in extras]
         lines.append("")
-    lines += [summary_line(results, wall_seconds), ""]
-    with open(path, "w", encoding="utf-8") as stream:
-        stream.write("\n".join(lines))
+    notes = sorted({note for r in results if r.status == "pass" and r.detail for note in r.detail.split("; ")})
+    unsupported = sorted({r.detail for r in results if r.status == "unsupported"})
+    lines += [f"* note: {note}" for note in notes] + [f"* unsupported: {reason}" for reason in unsupported]
+    lines += ["", summary_line(results, wall_seconds), ""]
+    return lines

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import checks
@@ -232,6 +232,8 @@ def cell_id(roles):
 def run_cell(spec, roles, registry, run_dir, on_event=None, fault=None, launcher=None):
     """Run one cell: `roles` maps each role of the spec to one language per instance."""
     launcher = launcher or LocalLauncher()
+    if spec.secure:  # fresh keys and passwords for every cell
+        spec = replace(spec, secure=spec.secure.for_cell(roles, registry))
     started = time.monotonic()
     seen = []  # the fault's events so far
 
@@ -255,10 +257,12 @@ def run_cell(spec, roles, registry, run_dir, on_event=None, fault=None, launcher
                 context = spec.context(role, index, ready, lang)
                 flags = launcher.adapt({name: render(value, context) for name, value in role.flags.items()})
                 flags.setdefault("timeout", int(spec.cell_timeout * 1000))
+                if spec.secure:
+                    flags.update(spec.secure.flags(role.name, index))
                 language = registry[lang]
                 stem = f"{role.name}{index}-{lang}"
                 transcript = RoleTranscript(
-                    role.name, index, lang, flags, launcher.command(language, spec.example, role.name, flags),
+                    role.name, index, lang, flags, launcher.command(language, spec.example, role.program_role, flags),
                     events_path=cell_dir / f"{stem}.jsonl", stderr_path=cell_dir / f"{stem}.stderr",
                 )
                 if aborting.is_set():
@@ -309,10 +313,10 @@ def run_cell(spec, roles, registry, run_dir, on_event=None, fault=None, launcher
     transcripts = [process.t for _, process in processes]
     problems += checks.check(spec, transcripts)
     status = "timeout" if timed_out else ("fail" if problems else "pass")
+    detail = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
     return CellResult(
         spec.example, roles, status, round(time.monotonic() - started, 2),
-        "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else ""),
-        transcripts, problems,
+        detail or "; ".join(checks.notes(spec, transcripts)), transcripts, problems,
     )
 
 

@@ -1,10 +1,11 @@
 """Example specs (examples/<name>/spec.yaml): roles, instance counts, flags, parameters, timeouts."""
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import ROOT
 from .config import ConfigError, Fields, load_yaml
+from .security import INTRUDER, MECHANISMS, REFUSALS, CellSecurity, SecuritySpec
 
 EXAMPLES_DIR = ROOT / "examples"
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][\w.|-]*)\}")
@@ -19,6 +20,11 @@ class RoleSpec:
     wait_for: str  # event every instance must report before the next role starts, or None
     stop: str  # "exit": finishes by itself; "signal": SIGTERM once every "exit" role has exited
     optional: bool  # a cell may leave it out (the ticker's proxy)
+    plays: str = None  # the role of the launch contract it runs, when not its own name (an intruder)
+
+    @property
+    def program_role(self):
+        return self.plays or self.name
 
 
 @dataclass
@@ -31,6 +37,34 @@ class Spec:
     matrix: list  # the roles that always make the grid's dimensions; optional roles may join them
     cell_timeout: float  # seconds
     mixed: dict = None  # {"role": R, "per": P}: one more cell per language of P, R in every language
+    security: SecuritySpec = None  # what `security:` allows; None: NULL only
+    secure: CellSecurity = None  # the mechanism (and refusal case) these cells run under
+
+    def title(self):
+        return self.example if not self.secure or (self.secure.mechanism == "null" and not self.secure.refusal) else f"{self.example}, {self.secure.label(self.security.intruder_role)}"
+
+    def with_security(self, mechanism, refusal=None):
+        """The spec of cells under `mechanism`; a refusal case adds the intruder role, a copy of
+        the spec's intruder role with its flags changed, started right after the server."""
+        allowed = self.security.mechanisms if self.security else ("null",)
+        if mechanism not in allowed:
+            raise ValueError(f"{self.example} runs under {', '.join(allowed)}, not {mechanism!r} (see its spec.yaml)")
+        if mechanism == "null" and not refusal:
+            return self
+        roles = list(self.roles)
+        if refusal:
+            if REFUSALS.get(refusal, (None,))[0] != mechanism:
+                cases = [case for case, (mech, _) in REFUSALS.items() if mech == mechanism]
+                raise ValueError(f"refusal cases under {mechanism}: {', '.join(cases) or 'none'}, not {refusal!r}")
+            base = self.role(self.security.intruder_role)
+            intruder = RoleSpec(INTRUDER, 1, {**base.flags, **self.security.intruder_flags}, [], None, "exit", False, base.name)
+            roles.insert(self.role_names().index(self.security.server) + 1, intruder)
+        secure = CellSecurity(mechanism, refusal, self.security.server)
+        return replace(self, roles=roles, secure=secure)
+
+    def intruder_of(self):
+        """The role whose language the intruder takes when none is given: the grid's column."""
+        return self.security.intruder_role if self.secure and self.secure.refusal else None
 
     def role(self, name):
         for role in self.roles:
@@ -42,7 +76,7 @@ class Spec:
         return [role.name for role in self.roles]
 
     def with_parameters(self, **changes):
-        return Spec(self.example, self.path, self.description, {**self.parameters, **changes}, self.roles, self.matrix, self.cell_timeout, self.mixed)
+        return replace(self, parameters={**self.parameters, **changes})
 
     def for_cell(self, counts, present):
         """A copy for one cell: some roles run another number of instances (invoke run --client a
@@ -54,8 +88,8 @@ class Spec:
             count = counts.get(role.name, role.instances)
             if role.each and count > len(role.each):
                 raise ValueError(f"{self.path}: roles.{role.name}.each describes {len(role.each)} instances, not {count}")
-            roles.append(RoleSpec(role.name, count, role.flags, role.each, role.wait_for, role.stop, role.optional))
-        return Spec(self.example, self.path, self.description, self.parameters, roles, self.matrix, self.cell_timeout, self.mixed)
+            roles.append(replace(role, instances=count))
+        return replace(self, roles=roles)
 
     def optional_roles(self):
         return [role.name for role in self.roles if role.optional]
@@ -112,7 +146,7 @@ def load_spec(example_or_path):
         if not path.exists():
             raise ConfigError(path, "", f"no such example (examples: {', '.join(available_examples())})")
     top = Fields(path, load_yaml(path))
-    top.only("example", "description", "parameters", "roles", "matrix", "timeouts", "mixed")
+    top.only("example", "description", "parameters", "roles", "matrix", "timeouts", "mixed", "security")
     example = top.get("example", str, required=True)
     parameters = top.get("parameters", dict, {})
     roles_data = top.get("roles", dict, required=True)
@@ -180,4 +214,25 @@ def load_spec(example_or_path):
         for key, role in mixed.items():
             if role not in matrix:
                 raise fields.error(key, f"{role!r} is not a dimension of the grid")
-    return Spec(example, path, top.get("description", str, ""), parameters, roles, matrix, cell_timeout, mixed)
+    security = load_security(top, roles) if "security" in top.data else None
+    return Spec(example, path, top.get("description", str, ""), parameters, roles, matrix, cell_timeout, mixed, security)
+
+
+def load_security(top, roles):
+    fields = top.child("security")
+    fields.only("mechanisms", "server", "intruder")
+    mechanisms = fields.get("mechanisms", list, required=True)
+    for mechanism in mechanisms:
+        if mechanism not in MECHANISMS:  # YAML reads a bare null as None: write "null"
+            raise fields.error("mechanisms", f"{mechanism!r} is not one of {', '.join(MECHANISMS)} (quote \"null\")")
+    names = [role.name for role in roles]
+    server = fields.get("server", str, required=True)
+    intruder = fields.child("intruder", required=True)
+    intruder.only("role", "flags")
+    intruder_role = intruder.get("role", str, required=True)
+    for key, name in (("server", server), ("intruder.role", intruder_role)):
+        if name not in names:
+            raise fields.error(key, f"{name!r} is not a role of this example")
+    if INTRUDER in names:
+        raise fields.error("intruder", f"the example already has a role called {INTRUDER!r}")
+    return SecuritySpec(tuple(mechanisms), server, intruder_role, intruder.get("flags", dict, {}))

@@ -55,6 +55,18 @@ def test_a_cell_of_every_example_passes_in_containers(built, images, launcher, e
     assert containers.leftovers(images[0]) == []
 
 
+@pytest.mark.parametrize("mechanism, refusal, chosen", [
+    ("curve", "unknown-client-key", {"server": "rust", "client": ["vb", "python", "c"]}),
+    ("plain", "wrong-password", {"server": "c", "client": ["python", "rust", "c"]}),
+])
+def test_security_and_refusals_work_across_container_networks(built, images, launcher, mechanism, refusal, chosen):
+    spec = load_spec("chat").with_security(mechanism, refusal)
+    result = evaluate(spec, chosen, built.registry, new_run_dir("chat"), launcher=launcher)
+    assert result.status == "pass", result.problems
+    [server] = [t for t in result.transcripts if t.role == "server"]
+    assert [e for e in server.events if e["event"] == "denied"]  # the intruder, turned away by ZAP
+
+
 def test_a_worker_container_killed_mid_batch_loses_nothing(built, images, launcher):
     spec = load_spec("valuation")
     spec = spec.with_parameters(rate=spec.parameters["fault_rate"])

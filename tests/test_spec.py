@@ -75,6 +75,9 @@ def test_a_good_spec_renders_its_flags(tmp_path):
         (broken(timeouts__cell=-1), "timeouts.cell", "positive"),
         (broken(roles__client__flags__count=[1, 2]), "roles.client.flags.count", "string or a number"),
         (broken(example=7), "example", "must be a str"),
+        (broken(security={"mechanisms": [None, "curve"], "server": "server", "intruder": {"role": "client"}}), "security.mechanisms", 'quote "null"'),
+        (broken(security={"mechanisms": ["curve"], "server": "hub", "intruder": {"role": "client"}}), "security.server", "'hub' is not a role"),
+        (broken(security={"mechanisms": ["curve"], "server": "server"}), "security.intruder", "is required"),
     ],
 )
 def test_malformed_specs_name_the_file_and_the_field(tmp_path, data, field, words):
