@@ -5,9 +5,11 @@ import json
 import socket
 import subprocess
 import threading
+import time
 from dataclasses import replace
 
 import pytest
+import zmq
 
 from orchestrator import LANGUAGES
 from orchestrator.checks import security as security_checks
@@ -16,6 +18,7 @@ from orchestrator.runner import LocalLauncher, RoleTranscript
 from orchestrator.security import INTRUDER, keypair
 from orchestrator.spec import load_spec
 
+from test_chat_roles import start_server, stop
 from test_grids import PARALLEL, events_of
 
 LIBZMQ = ["python", "c", "rust"]
@@ -324,3 +327,45 @@ def test_curve_hides_what_null_shows_on_the_wire(built, server):
         assert text.encode() not in secret_bytes, f"{text!r} is readable in the CURVE capture"
     for readable in ["héllo wörld".encode(), "🌍".encode()] + [handle.encode() for handle in handles]:
         assert readable not in secret_bytes, f"{readable!r} is readable in the CURVE capture"
+
+
+# --- peers that break the handshake ----------------------------------------------------------
+
+
+def greeting(mechanism):
+    """A ZMTP 3.0 greeting: signature, version, mechanism (20 bytes, NUL-padded), as-server, filler."""
+    return b"\xff" + bytes(8) + b"\x7f" + b"\x03\x00" + mechanism.ljust(20, b"\0") + bytes(32)
+
+
+ROGUE_BYTES = [
+    bytes(range(256)),  # no greeting at all
+    greeting(b"NULL") + b"\x04\x07\x05READY",  # another mechanism than the server's
+    greeting(b"CURVE") + b"\x04\x05\x05HELLO",  # a HELLO cut short
+    greeting(b"CURVE") + b"\x04\xc8\x05HELLO" + bytes(194),  # a HELLO of the right size, a box that does not open
+    greeting(b"CURVE") + b"\x06" + b"\x7f" * 8,  # a command that claims to be 9 EB long
+]
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+def test_a_curve_server_survives_peers_that_break_the_handshake(built, start_role, lang):
+    server_public, server_secret = keypair()
+    server, ready = start_server(start_role, lang, security="curve", **{"curve-secret": server_secret})
+    host, port = ready["requests"].removeprefix("tcp://").rsplit(":", 1)
+    for data in ROGUE_BYTES:
+        with socket.create_connection((host, int(port))) as rogue:
+            rogue.sendall(data)
+    context = zmq.Context()
+    try:
+        intruder = context.socket(zmq.REQ)  # a NULL client: its request must never be read
+        intruder.linger = 0
+        intruder.connect(ready["requests"])
+        intruder.send(b"nullclient")
+        public, secret = keypair()
+        client = start_role("python", "chat", "client", requests=ready["requests"], broadcasts=ready["broadcasts"],
+                            name="alice", count=2, security="curve",
+                            **{"curve-server": server_public, "curve-public": public, "curve-secret": secret})
+        assert client.wait_exit(time.monotonic() + 30) and client.t.exit_code == 0, client.t.events[-3:]
+    finally:
+        context.destroy(linger=0)
+    stop(server)
+    assert [e["handle"] for e in server.t.events if e["event"] == "joined"] == ["alice"]
