@@ -32,7 +32,7 @@ pub struct Endpoints {
 }
 
 /// --security and the credentials both roles take (examples/README.md, "Security"). A flag of
-/// the mechanism chosen is required; those of another mechanism are ignored.
+/// the mechanism chosen is required; those of another mechanism are not used (but still checked).
 #[derive(Args)]
 pub struct Security {
     #[arg(long, value_enum, default_value_t = Mechanism::Null)]
