@@ -136,7 +136,7 @@ class ZapHandler:
             key = z85.encode(credentials[0]).decode()
             if key in self.args.curve_clients:
                 return b"200", mechanism, key, "OK"
-            return b"400", mechanism, key, "this client key is not allowed"
+            return b"400", mechanism, key, "the key is not one of --curve-clients"
         if mechanism == "PLAIN" and len(credentials) == 2:
             user = credentials[0].decode("utf-8", "replace")
             if credentials == [self.args.plain_user.encode(), self.args.plain_password.encode()]:

@@ -288,7 +288,7 @@ impl Zap {
             (b"CURVE", [key]) if key.len() == 32 => {
                 let key = zmq::z85_encode(key).expect("32 bytes are whole 4-byte groups");
                 let admitted = matches!(&self.admit, Admit::CurveKeys(keys) if keys.contains(&key));
-                let verdict = if admitted { Ok(()) } else { Err("the key is not among --curve-clients".into()) };
+                let verdict = if admitted { Ok(()) } else { Err("the key is not one of --curve-clients".into()) };
                 (key, verdict)
             }
             // PLAIN: username and password, as the client sent them.
