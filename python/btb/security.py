@@ -134,12 +134,12 @@ class ZapHandler:
         mechanism, credentials = request[5].decode("ascii", "replace"), request[6:]
         if mechanism == "CURVE" and len(credentials) == 1 and len(credentials[0]) == 32:
             key = z85.encode(credentials[0]).decode()
-            if key in self.args.curve_clients:
+            if self.args.security == "curve" and key in self.args.curve_clients:
                 return b"200", mechanism, key, "OK"
             return b"400", mechanism, key, "the key is not one of --curve-clients"
         if mechanism == "PLAIN" and len(credentials) == 2:
             user = credentials[0].decode("utf-8", "replace")
-            if credentials == [self.args.plain_user.encode(), self.args.plain_password.encode()]:
+            if self.args.security == "plain" and credentials == [self.args.plain_user.encode(), self.args.plain_password.encode()]:
                 return b"200", mechanism, user, "OK"
             return b"400", mechanism, user, "wrong username or password"
         return b"400", mechanism, "", f"cannot read {mechanism} credentials"
