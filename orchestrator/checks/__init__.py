@@ -11,16 +11,21 @@ def check(spec, transcripts):
     for t in transcripts:
         if t.role != INTRUDER:  # an intruder is meant to fail: checks/security.py says how
             problems += contract_problems(t)
-    module = importlib.import_module(f"{__name__}.{spec.example}")
-    problems += module.check(spec, transcripts)
+    problems += checker(spec.example).check(spec, transcripts)
     if spec.secure:
-        problems += security.check(spec, transcripts)
+        problems += checker("security").check(spec, transcripts)
     return problems
 
 
 def notes(spec, transcripts):
     """What a passing cell could not show, and why; shown with the grid."""
-    return security.notes(spec, transcripts) if spec.secure else []
+    return checker("security").notes(spec, transcripts) if spec.secure else []
+
+
+def checker(name):
+    """The module of checks/ for an example, or for what security adds to any example. (Imported
+    when first needed: each of them uses `events` below.)"""
+    return importlib.import_module(f"{__name__}.{name}")
 
 
 def contract_problems(t):
@@ -50,6 +55,3 @@ def contract_problems(t):
 
 def events(t, name):
     return [event for event in t.events if event["event"] == name]
-
-
-from . import security  # noqa: E402  (it uses `events` above)
