@@ -41,7 +41,10 @@ class Spec:
     secure: CellSecurity = None  # the mechanism (and refusal case) these cells run under
 
     def title(self):
-        return self.example if not self.secure or (self.secure.mechanism == "null" and not self.secure.refusal) else f"{self.example}, {self.secure.label(self.security.intruder_role)}"
+        """The example's name, and the security of its cells when there is any."""
+        if not self.secure:
+            return self.example
+        return f"{self.example}, {self.secure.label(self.security.intruder_role)}"
 
     def with_security(self, mechanism, refusal=None):
         """The spec of cells under `mechanism`; a refusal case adds the intruder role, a copy of
