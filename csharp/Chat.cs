@@ -8,9 +8,11 @@ static class Chat
 {
     const int MaxHandle = Flags.MaxName; // bytes of UTF-8, as for every name flag
     const int MaxText = 4096; // bytes of UTF-8
-    const long MaxMessage = 2 * 1024 * 1024; // ZMQ_MAXMSGSIZE: bigger frames are dropped by NetMQ itself
-
-    // Throws on anything that is not UTF-8, encoded surrogates and overlong forms included.
+    // ZMQ_MAXMSGSIZE (NetMQ Options.MaxMsgSize) on all four sockets: NetMQ itself drops a bigger frame,
+    // and the sender's connection with it, so no peer makes us allocate without bound (subscriptions
+    // included). The largest legal frame is a 4096-byte text; twice that lets a text too long still
+    // reach our own `text-too-long` rule, and leaves room for CURVE's overhead on every frame.
+    const long MaxMessage = 8192;
 
     // The roster is sorted by the UTF-8 bytes of the handles: .NET's UTF-16 order differs above U+FFFF.
     static readonly Comparer<byte[]> ByBytes = Comparer<byte[]>.Create((a, b) => a.AsSpan().SequenceCompareTo(b));
@@ -126,6 +128,7 @@ static class Chat
         // drops for a subscriber that is not connected yet (slow joiner) or whose queue is full (HWM).
         using var broadcasts = new PublisherSocket();
         broadcasts.Options.Linger = TimeSpan.Zero;
+        broadcasts.Options.MaxMsgSize = MaxMessage; // PUB sends, but it still decodes subscriptions
         SecureServer(requests, args.Security);
         SecureServer(broadcasts, args.Security);
         Sockets.Bind(requests, args.Requests);
@@ -226,11 +229,13 @@ static class Chat
             deadline = new Deadline(args.Timeout);
             // SUB first, so that its subscription starts travelling as early as possible.
             sub.Options.Linger = TimeSpan.Zero;
+            sub.Options.MaxMsgSize = MaxMessage;
             sub.Subscribe(""); // a prefix filter on frame 0; "" lets posts and rosters through
             SecureClient(sub, args.Security);
             Sockets.Connect(sub, args.Broadcasts);
             // REQ enforces send, receive, send, receive...: one request in flight at a time.
             req.Options.Linger = TimeSpan.Zero;
+            req.Options.MaxMsgSize = MaxMessage;
             SecureClient(req, args.Security);
             Sockets.Connect(req, args.Requests);
         }

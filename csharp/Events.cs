@@ -1,7 +1,7 @@
 // The launch contract (examples/README.md) in C#: JSON Lines events on stdout, logs on stderr, the
 // --timeout deadline, fatal failures, the stop signal, the flag types every example uses and the
-// security flags; and what several examples share: splitmix64 and sending on a PUSH socket when it
-// has room.
+// security flags; and what several examples share: splitmix64, receiving what a poll reported and
+// sending on a PUSH socket when it has room.
 using System.CommandLine;
 using System.Diagnostics.CodeAnalysis;
 using System.Globalization;
@@ -275,6 +275,21 @@ static class Sockets
     {
         try { socket.Connect(endpoint); }
         catch (Exception error) { throw new Failure("connect", $"cannot connect to {endpoint}: {error.Message}"); }
+    }
+
+    /// <summary>Read what a poller's <c>ReceiveReady</c> reported, without waiting: the message, or null
+    /// if there was nothing after all.
+    ///
+    /// Ready is a hint, not a promise: REP silently drops a request it cannot route (a DEALER's
+    /// without the empty delimiter frame), and REQ a reply, <em>inside</em> the receive; a blocking
+    /// <c>ReceiveMultipartBytes()</c> would then wait for the next message, deaf to the heartbeat,
+    /// the deadline and the stop flag. So the wait is zero. (A <c>TryReceive...(timeout)</c> that is
+    /// itself the wait, the poll, is safe as it is.) The other frames of a message arrive together
+    /// with the first, so reading them cannot block.</summary>
+    public static List<byte[]>? ReceiveIfReady(this NetMQSocket socket)
+    {
+        var frames = new List<byte[]>();
+        return socket.TryReceiveMultipartBytes(TimeSpan.Zero, ref frames) ? frames : null;
     }
 
     /// <summary>Send on a PUSH socket, which cannot send while no peer is connected or every peer's

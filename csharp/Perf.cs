@@ -53,9 +53,14 @@ static class Perf
     static void PoolReceiveBuffers(int size) =>
         BufferPool.SetBufferManagerBufferPool(maxBufferPoolSize: 64L << 20, maxBufferSize: Math.Max(size, 1));
 
-    static T Open<T>(T socket, string endpoint, bool bind, TimeSpan linger) where T : NetMQSocket
+    static T Open<T>(T socket, Args args, bool bind, TimeSpan linger) where T : NetMQSocket
     {
+        string endpoint = args.Endpoint;
         socket.Options.Linger = linger;
+        // ZMQ_MAXMSGSIZE: NetMQ itself drops a bigger frame, and the sender's connection with it. At
+        // least 256 bytes: the handshake's READY command is held to the same limit. (Over inproc
+        // there is no decoder, and the limit changes nothing.)
+        socket.Options.MaxMsgSize = Math.Max(args.Size, 256);
         // High-water marks stay at NetMQ's defaults (1000 messages each way), as in libzmq's tools.
         try
         {
@@ -192,7 +197,7 @@ static class Perf
         var deadline = new Deadline(args.Timeout);
         PoolReceiveBuffers(args.Size);
         // PULL fair-queues from every connected PUSH; here there is one. Linger 0: it sends nothing.
-        using var pull = Open(new PullSocket(), args.Endpoint, bind: true, TimeSpan.Zero);
+        using var pull = Open(new PullSocket(), args, bind: true, TimeSpan.Zero);
         Events.Emit("ready", new { endpoint = pull.Options.LastEndpoint });
         double seconds = Sink(pull, args.Size, args.Count, Wait(args.Timeout), deadline);
         Events.Emit("result", Throughput(args.Size, args.Count, seconds));
@@ -206,7 +211,7 @@ static class Perf
         using (var hangUp = new HangUp(push))
         {
             // Linger: the last sends only queue their messages, which must not be dropped by closing.
-            Open(push, args.Endpoint, bind: false, Wait(args.Timeout));
+            Open(push, args, bind: false, Wait(args.Timeout));
             Events.Emit("ready");
             Source(push, args.Size, args.Count, Wait(args.Timeout), deadline);
             Events.Emit("done");
@@ -229,7 +234,7 @@ static class Perf
         using var rep = new ResponseSocket();
         using var hangUp = new HangUp(rep);
         // Linger 0: once the ping hangs up (below), it has every reply, and nothing else is owed.
-        Open(rep, args.Endpoint, bind: true, TimeSpan.Zero);
+        Open(rep, args, bind: true, TimeSpan.Zero);
         Events.Emit("ready", new { endpoint = rep.Options.LastEndpoint });
         var msg = new Msg();
         msg.InitEmpty();
@@ -250,7 +255,7 @@ static class Perf
         PoolReceiveBuffers(args.Size);
         TimeSpan wait = Wait(args.Timeout);
         // REQ: strictly one request, then its reply (lockstep), so each round trip is timed whole.
-        using var req = Open(new RequestSocket(), args.Endpoint, bind: false, TimeSpan.Zero);
+        using var req = Open(new RequestSocket(), args, bind: false, TimeSpan.Zero);
         Events.Emit("ready");
         byte[] zeros = new byte[args.Size];
         var request = new Msg();
@@ -282,8 +287,8 @@ static class Perf
         var deadline = new Deadline(args.Timeout);
         TimeSpan wait = Wait(args.Timeout);
         // inproc: the PULL binds before the PUSH connects to it.
-        using var pull = Open(new PullSocket(), Inproc, bind: true, TimeSpan.Zero);
-        using var push = Open(new PushSocket(), Inproc, bind: false, Wait(args.Timeout)); // linger as a source's
+        using var pull = Open(new PullSocket(), args, bind: true, TimeSpan.Zero);
+        using var push = Open(new PushSocket(), args, bind: false, Wait(args.Timeout)); // linger as a source's
         Events.Emit("ready");
         ExceptionDispatchInfo? failure = null;
         // A NetMQ socket is not thread-safe: from here on, the push socket is the sender thread's

@@ -9,6 +9,12 @@ using NetMQ.Sockets;
 
 static class Ticker
 {
+    // ZMQ_MAXMSGSIZE (NetMQ Options.MaxMsgSize) on every socket: NetMQ itself drops a bigger frame, and
+    // the sender's connection with it. The largest legal frames are a subscription (1, '@' and a
+    // 32-byte name: 34 bytes) and a tick's frame 0 (9 bytes). It bounds subscriptions too: one of
+    // 60 KB overflowed the stack in NetMQ's subscription trie.
+    const long MaxMessage = 256;
+
     record PublisherArgs(string Ticks, List<string> Symbols, ulong Seed, int Subscribers, int Interval, int Timeout);
 
     record ProxyArgs(string Upstream, string Downstream, int Timeout);
@@ -188,10 +194,12 @@ static class Ticker
         // XPUB is a PUB that also hands us the subscriptions coming from downstream.
         using var ticks = new XPublisherSocket();
         ticks.Options.Linger = TimeSpan.Zero; // ticks are a stream: none is owed to anyone once we stop
+        ticks.Options.MaxMsgSize = MaxMessage;
         Sockets.Bind(ticks, args.Ticks);
         Events.Emit("ready", new { ticks = ticks.Options.LastEndpoint });
 
-        var subscribers = new HashSet<string>();
+        var topics = new HashSet<string>(); // the topics we reported as subscribed, and not since unsubscribed
+        var subscribers = new HashSet<string>(); // every @name ever joined
         ulong sequence = 0; // every symbol gets one tick per round, so they share the round number
         var clock = Stopwatch.StartNew(); // rounds are paced to the millisecond: a fine-grained clock
         TimeSpan? nextRound = null; // publishing starts once every subscriber is there
@@ -203,9 +211,12 @@ static class Ticker
                 ? TimeSpan.FromMilliseconds(Math.Max(0, Math.Ceiling((due - clock.Elapsed).TotalMilliseconds)))
                 : TimeSpan.FromMilliseconds(100);
             // Waiting for a subscription is also the wait between rounds: a poll, never a sleep.
-            if (ticks.TryReceiveFrameBytes(deadline.Cap(wait), out byte[]? message))
+            // One frame at a time, whatever its "more" flag: NetMQ's XPUB applies only the first frame
+            // of a peer's multipart message to its filter and passes the others on unfiltered, so each
+            // frame is judged on its own.
+            if (ticks.TryReceiveFrameBytes(deadline.Cap(wait), out byte[]? frame))
             {
-                OnSubscription(message, subscribers);
+                OnSubscription(frame, topics, subscribers);
                 // Slow joiner: a tick sent before a subscription arrives is dropped for that subscriber.
                 // Each one subscribes to its symbols before its @name, so once every @name is here,
                 // every symbol subscription is too.
@@ -229,8 +240,10 @@ static class Ticker
         Events.Emit("done", new { rounds = sequence, ticks = sequence * (ulong)args.Symbols.Count });
     }
 
-    /// <summary>A subscription message: 1 (subscribe) or 0 (unsubscribe), then the topic.</summary>
-    static void OnSubscription(byte[] message, HashSet<string> subscribers)
+    /// <summary>A subscription message: 1 (subscribe) or 0 (unsubscribe), then the topic. XPUB passes on
+    /// the first subscribe to a topic and the unsubscribe of its last subscriber, but not for frames it
+    /// let through unfiltered: our own set of <paramref name="topics"/> reports each change once.</summary>
+    static void OnSubscription(byte[] message, HashSet<string> topics, HashSet<string> subscribers)
     {
         if (message.Length < 2 || message[0] is not (0 or 1))
         {
@@ -239,10 +252,13 @@ static class Ticker
         }
         bool on = message[0] == 1;
         ReadOnlySpan<byte> topic = message.AsSpan(1);
-        // XPUB passes on the first subscribe to a topic and the unsubscribe of its last subscriber only.
         if (topic[0] == (byte)'@' && IsName(topic[1..], out string name))
         {
-            if (on)
+            if (!on)
+            {
+                topics.Remove("@" + name); // silently; the name still counts among the subscribers
+            }
+            else if (topics.Add("@" + name))
             {
                 subscribers.Add(name);
                 Events.Emit("joined", new { subscriber = name });
@@ -250,7 +266,9 @@ static class Ticker
         }
         else if (IsTopic(topic))
         {
-            Events.Emit(on ? "subscribed" : "unsubscribed", new { symbol = Encoding.ASCII.GetString(topic[..^1]) });
+            string symbol = Encoding.ASCII.GetString(topic[..^1]); // A-Z: never mistaken for an @name
+            if (on ? topics.Add(symbol) : topics.Remove(symbol))
+                Events.Emit(on ? "subscribed" : "unsubscribed", new { symbol });
         }
         else
         {
@@ -268,6 +286,8 @@ static class Ticker
         using var downstream = new XPublisherSocket(); // faces subscribers: sends ticks, receives subscriptions
         upstream.Options.Linger = TimeSpan.Zero;
         downstream.Options.Linger = TimeSpan.Zero;
+        upstream.Options.MaxMsgSize = MaxMessage;
+        downstream.Options.MaxMsgSize = MaxMessage;
         Sockets.Bind(downstream, args.Downstream);
         Sockets.Connect(upstream, args.Upstream);
         Events.Emit("ready", new { downstream = downstream.Options.LastEndpoint });
@@ -326,6 +346,7 @@ static class Ticker
         var deadline = new Deadline(args.Timeout);
         using var sub = new SubscriberSocket();
         sub.Options.Linger = TimeSpan.Zero;
+        sub.Options.MaxMsgSize = MaxMessage;
         Sockets.Connect(sub, args.Ticks);
         var subscribed = new List<string>(args.Symbols);
         foreach (string symbol in subscribed)

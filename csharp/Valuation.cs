@@ -11,13 +11,16 @@ static class Valuation
     static readonly string[] Symbols = ["AAPL", "GOOG", "GOOGL", "MSFT", "IBM"];
     const int ResendBatch = 1000; // ids per resend message
 
+    // ZMQ_MAXMSGSIZE (NetMQ Options.MaxMsgSize) on every socket: NetMQ itself drops a bigger frame, and
+    // the sender's connection with it, so no peer makes a role allocate without bound (subscriptions
+    // included). The largest legal frames are a 32-byte worker name, `finished` and 8-byte ids.
+    const long MaxMessage = 256;
+
     // The control channel's messages, and the first frames of the messages to the sink.
     static readonly byte[] Waiting = "waiting"u8.ToArray(), Go = "go"u8.ToArray(), Finished = "finished"u8.ToArray();
     static readonly byte[] Resend = "resend"u8.ToArray(), Ready = "ready"u8.ToArray(), Result = "result"u8.ToArray();
 
-    // Throws on anything that is not UTF-8, encoded surrogates and overlong forms included.
-
-    record SinkArgs(string Results, string Control, int Workers, int Count, int Quiet, int Heartbeat, int Timeout);
+    record SinkArgs(string Results, string Control, int Workers, int Count, ulong Seed, int Quiet, int Heartbeat, int Timeout);
 
     record SourceArgs(string Orders, string Control, int Count, ulong Seed, int Timeout);
 
@@ -47,15 +50,16 @@ static class Valuation
         Option<string> control = Flags.Endpoint("--control", "tcp://127.0.0.1:5561");
         Option<int> workers = Flags.AtLeast("--workers", 1, 1);
         Option<int> count = Flags.AtLeast("--count", 1, 100);
+        Option<ulong> seed = Flags.UInt64("--seed", 1);
         Option<int> quiet = Flags.AtLeast("--quiet", 1, 1000);
         Option<int> heartbeat = Flags.AtLeast("--heartbeat", 1, 100);
         Option<int> timeout = Flags.AtLeast("--timeout", 0, 0);
         Command sink = new("sink", "collect results, re-dispatch lost orders")
         {
-            results, control, workers, count, quiet, heartbeat, timeout,
+            results, control, workers, count, seed, quiet, heartbeat, timeout,
         };
         sink.SetAction(p => RunSink(new(
-            p.GetValue(results)!, p.GetValue(control)!, p.GetValue(workers), p.GetValue(count),
+            p.GetValue(results)!, p.GetValue(control)!, p.GetValue(workers), p.GetValue(count), p.GetValue(seed),
             p.GetValue(quiet), p.GetValue(heartbeat), p.GetValue(timeout))));
         return sink;
     }
@@ -139,7 +143,9 @@ static class Valuation
     /// <summary>Whether a control message is this one state (one frame).</summary>
     static bool IsState(List<byte[]>? message, byte[] state) => message is [var only] && only.AsSpan().SequenceEqual(state);
 
-    static string Sizes(List<byte[]> frames) => $"[{string.Join(", ", frames.Select(frame => frame.Length))}]";
+    /// <summary>The sizes of a message's frames, for error reasons: the first 8 at most.</summary>
+    static string Sizes(List<byte[]> frames) =>
+        $"[{string.Join(", ", frames.Take(8).Select(frame => frame.Length))}{(frames.Count > 8 ? ", ..." : "")}]";
 
     /// <summary>Milliseconds from now until <paramref name="due"/>, rounded up (a poll timeout), never negative.</summary>
     static TimeSpan Until(TimeSpan due, Stopwatch clock) =>
@@ -147,27 +153,53 @@ static class Valuation
 
     // --- sink ------------------------------------------------------------------------------------
 
-    /// <summary>The first broken rule of a result, as (code, reason), or null and the result when it is good.</summary>
-    static (string Code, string Reason)? CheckResult(List<byte[]> frames, int count, out Priced result)
+    // The sink trusts nothing a worker says: not its name, not its figures.
+
+    /// <summary>What is wrong with a worker name (1 to 32 bytes of UTF-8), or null and the name. The
+    /// reason never echoes the peer's bytes.</summary>
+    static string? CheckName(byte[] frame, out string name)
     {
-        result = default;
-        if (frames.Count != 4 || !frames[0].AsSpan().SequenceEqual(Result) || frames[2].Length != 8 || frames[3].Length != 8)
-            return ("malformed-result", $"not [result, name, id, value]: {Sizes(frames)} bytes");
-        string worker;
+        name = "";
+        if (frame.Length is < 1 or > Flags.MaxName)
+            return $"a worker name of {frame.Length} bytes, not 1 to {Flags.MaxName}";
         try
         {
-            worker = Events.Strict.GetString(frames[1]);
+            name = Events.Strict.GetString(frame);
+            return null;
         }
         catch (DecoderFallbackException)
         {
-            return ("malformed-result", "the worker name is not UTF-8");
+            return "the worker name is not UTF-8";
         }
-        if (frames[1].Length is < 1 or > Flags.MaxName)
-            return ("malformed-result", $"a worker name of {frames[1].Length} bytes");
+    }
+
+    /// <summary>The broken rule of a `ready` (frame 0 is `ready`), as (code, reason), or null and the name.</summary>
+    static (string Code, string Reason)? CheckReady(List<byte[]> frames, out string name)
+    {
+        name = "";
+        if (frames.Count != 2)
+            return ("malformed-ready", $"a ready has 2 frames, not {frames.Count}");
+        return CheckName(frames[1], out name) is string reason ? ("malformed-ready", reason) : null;
+    }
+
+    /// <summary>The first broken rule of a result, as (code, reason), or null and the result when it is
+    /// good. Its value must be the one recomputed from the seed: then no sum of them can overflow.</summary>
+    static (string Code, string Reason)? CheckResult(List<byte[]> frames, int count, ulong seed, out Priced result)
+    {
+        result = default;
+        if (frames.Count != 4 || !frames[0].AsSpan().SequenceEqual(Result))
+            return ("malformed-result", $"not [result, name, id, value]: {Sizes(frames)} bytes");
+        if (CheckName(frames[1], out string worker) is string reason)
+            return ("malformed-result", reason);
+        if (frames[2].Length != 8 || frames[3].Length != 8)
+            return ("malformed-result", $"id and value have {frames[2].Length} and {frames[3].Length} bytes, not 8 each");
         ulong id = BinaryPrimitives.ReadUInt64BigEndian(frames[2]);
         if (id < 1 || id > (ulong)count)
             return ("unknown-id", $"id {id} is not in 1..{count}");
-        result = new(worker, id, BinaryPrimitives.ReadInt64BigEndian(frames[3]));
+        long value = BinaryPrimitives.ReadInt64BigEndian(frames[3]), expected = Generate(seed, id).Value;
+        if (value != expected)
+            return ("wrong-value", $"order {id} is worth {expected}, not {value}");
+        result = new(worker, id, value);
         return null;
     }
 
@@ -183,6 +215,8 @@ static class Valuation
         // Linger 0: we leave only when told to, and by then nothing we sent is still needed.
         results.Options.Linger = TimeSpan.Zero;
         control.Options.Linger = TimeSpan.Zero;
+        results.Options.MaxMsgSize = MaxMessage;
+        control.Options.MaxMsgSize = MaxMessage; // PUB sends, but it still decodes subscriptions
         Sockets.Bind(results, args.Results);
         Sockets.Bind(control, args.Control);
         Events.Emit("ready", new { results = results.Options.LastEndpoint, control = control.Options.LastEndpoint });
@@ -192,8 +226,9 @@ static class Valuation
         var values = new Dictionary<ulong, long>(); // id -> value in cents: one counted result per id
         var priced = new Dictionary<string, int>(); // worker -> results counted
         var resent = new SortedSet<ulong>(); // every id ever re-dispatched
-        // A rogue worker could send values whose sum leaves 64 bits: 128 keep it exact (and never throw).
-        Int128 Total() => values.Values.Aggregate(Int128.Zero, (sum, value) => sum + value);
+        // Every value was checked against the seed, so |value| <= 1000 x 100099: no sum of --count of
+        // them (at most 2^31 - 1) leaves 64 bits, and the total stays an exact integer.
+        long Total() => values.Values.Sum();
         var clock = Stopwatch.StartNew();
         TimeSpan nextBeat = clock.Elapsed, quietSince = clock.Elapsed;
         TimeSpan quiet = TimeSpan.FromMilliseconds(args.Quiet), heartbeat = TimeSpan.FromMilliseconds(args.Heartbeat);
@@ -213,21 +248,27 @@ static class Valuation
             // period, the deadline and the stop flag all get their turn on this one thread.
             if (results.TryReceiveMultipartBytes(deadline.Cap(Until(nextBeat, clock)), ref frames))
             {
-                if (frames.Count == 2 && frames[0].AsSpan().SequenceEqual(Ready))
+                if (frames[0].AsSpan().SequenceEqual(Ready))
                 {
-                    string worker = Encoding.UTF8.GetString(frames[1]); // a bad byte becomes U+FFFD
-                    if (ready.Add(worker))
-                        Events.Emit("worker", new { name = worker });
-                    // Each worker saw a control message before saying ready, so its SUB is live: it
-                    // cannot miss the `go` that follows.
-                    if (state == Waiting && ready.Count >= args.Workers)
+                    if (CheckReady(frames, out string worker) is (string code, string reason))
                     {
-                        SetState(Go);
-                        Events.Emit("started", new { workers = ready.Count });
-                        quietSince = clock.Elapsed;
+                        Events.Emit("error", new { code, reason }); // not a worker: it counts for nothing
+                    }
+                    else
+                    {
+                        if (ready.Add(worker))
+                            Events.Emit("worker", new { name = worker });
+                        // Each worker saw a control message before saying ready, so its SUB is live: it
+                        // cannot miss the `go` that follows.
+                        if (state == Waiting && ready.Count >= args.Workers)
+                        {
+                            SetState(Go);
+                            Events.Emit("started", new { workers = ready.Count });
+                            quietSince = clock.Elapsed;
+                        }
                     }
                 }
-                else if (CheckResult(frames, args.Count, out Priced result) is (string code, string reason))
+                else if (CheckResult(frames, args.Count, args.Seed, out Priced result) is (string code, string reason))
                 {
                     Events.Emit("error", new { code, reason });
                 }
@@ -285,6 +326,8 @@ static class Valuation
         // Linger 0: we leave only on `finished`, once the sink has every result.
         orders.Options.Linger = TimeSpan.Zero;
         control.Options.Linger = TimeSpan.Zero;
+        orders.Options.MaxMsgSize = MaxMessage; // PUSH sends, but it still decodes what the peer says
+        control.Options.MaxMsgSize = MaxMessage;
         control.SubscribeToAnyTopic(); // the prefix "": every control message
         Sockets.Bind(orders, args.Orders);
         Sockets.Connect(control, args.Control);
@@ -362,6 +405,9 @@ static class Valuation
         orders.Options.Linger = TimeSpan.Zero;
         results.Options.Linger = TimeSpan.Zero;
         control.Options.Linger = TimeSpan.Zero;
+        orders.Options.MaxMsgSize = MaxMessage;
+        results.Options.MaxMsgSize = MaxMessage; // PUSH sends, but it still decodes what the peer says
+        control.Options.MaxMsgSize = MaxMessage;
         control.SubscribeToAnyTopic();
         // PULL first: it should be connected long before the source deals the batch, or PUSH's
         // round-robin would leave us out of it.
@@ -389,8 +435,9 @@ static class Valuation
             using var poller = new NetMQPoller { orders, control };
             control.ReceiveReady += (_, e) =>
             {
-                // States and resends come here; only `finished` matters to a worker.
-                if (IsState(e.Socket.ReceiveMultipartBytes(), Finished))
+                // States and resends come here; only `finished` matters to a worker. Ready is a hint:
+                // read without waiting (Sockets.ReceiveIfReady).
+                if (IsState(e.Socket.ReceiveIfReady(), Finished))
                     poller.Stop(); // from the poller's own thread: it stops once this round is over
             };
 
@@ -408,7 +455,9 @@ static class Valuation
 
             orders.ReceiveReady += (_, e) =>
             {
-                if (CheckOrder(e.Socket.ReceiveMultipartBytes(), out Order order) is (string code, string reason))
+                if (e.Socket.ReceiveIfReady() is not { } frames)
+                    return; // nothing after all
+                if (CheckOrder(frames, out Order order) is (string code, string reason))
                 {
                     Events.Emit("error", new { code, reason });
                     return;

@@ -10,7 +10,11 @@ open Btb.Events
 
 let MaxHandle = MaxName // bytes of UTF-8 (the contract's MaxName)
 let MaxText = 4096 // bytes of UTF-8
-let MaxMessage = 2L * 1024L * 1024L // ZMQ_MAXMSGSIZE: bigger frames are dropped by NetMQ itself
+/// ZMQ_MAXMSGSIZE on all four sockets: NetMQ drops a bigger frame together with the sender's
+/// connection, and it bounds subscriptions too, so no peer can make a role allocate without bound.
+/// The largest legal frame is a 4096-byte text; the margin lets a too-long text still reach the
+/// server's own `text-too-long` rule, and leaves room for CURVE's per-frame overhead.
+let MaxMessage = 8192L
 
 // --- command line ----------------------------------------------------------------------------
 
@@ -197,6 +201,7 @@ let runServer (args: ServerSettings) =
     // drops for a subscriber that is not connected yet (slow joiner) or whose queue is full (HWM).
     use broadcasts = new PublisherSocket()
     broadcasts.Options.Linger <- TimeSpan.Zero
+    broadcasts.Options.MaxMsgSize <- MaxMessage // PUB still decodes what subscribers send
     secureServer requests args.Security
     secureServer broadcasts args.Security
     endpoint "bind" requests.Bind args.Requests
@@ -248,9 +253,9 @@ let runServer (args: ServerSettings) =
             raise (Failure("timeout", $"still serving after {args.Timeout} ms"))
         let waitMs = max 0L (nextBeat - nowMs ())
         // Poll instead of a blocking receive: the heartbeat, the deadline and the stop flag all get
-        // their turn without a second thread.
-        if pollIn requests (Some(deadline.Cap waitMs)) then
-            serve (receive requests)
+        // their turn without a second thread. Nothing after all (a malformed request that REP
+        // dropped) is just another turn of the loop.
+        receiveWithin requests (Some(deadline.Cap waitMs)) |> Option.iter serve
         let now = nowMs ()
         if now >= nextBeat then heartbeat now
 
@@ -265,6 +270,7 @@ type ChatClient(args: ClientSettings) =
     let sub = new SubscriberSocket()
     do
         sub.Options.Linger <- TimeSpan.Zero
+        sub.Options.MaxMsgSize <- MaxMessage
         sub.Subscribe("") // a prefix filter on frame 0; "" lets posts and rosters through
         secureClient sub args.Security
         endpoint "connect" sub.Connect args.Broadcasts
@@ -272,6 +278,7 @@ type ChatClient(args: ClientSettings) =
     let req = new RequestSocket()
     do
         req.Options.Linger <- TimeSpan.Zero
+        req.Options.MaxMsgSize <- MaxMessage
         secureClient req args.Security
         endpoint "connect" req.Connect args.Requests
     let mutable roster: string list = []
@@ -292,9 +299,11 @@ type ChatClient(args: ClientSettings) =
     member this.Request(frames: byte[] list) =
         send req frames
         let left = deadline.RemainingMs
-        if not (pollIn req left) then // None: wait as long as it takes
-            raise (Failure("no-reply", $"no reply from the server within {left.Value} ms"))
-        let reply = receive req
+        // REQ drops a reply it cannot match and waits on: so does this, until the deadline.
+        let reply =
+            match receiveBefore req deadline with
+            | Some reply -> reply
+            | None -> raise (Failure("no-reply", $"no reply from the server within {left.Value} ms"))
         lastRequest <- nowMs ()
         match reply with
         | [ empty; code ] when empty.Length = 0 ->
@@ -328,20 +337,20 @@ type ChatClient(args: ClientSettings) =
             raise (Failure("timeout", $"not done after {args.Timeout} ms"))
         let due = lastRequest + int64 args.Keepalive
         let waitMs = max 0L (due - nowMs ())
-        if pollIn sub (Some(deadline.Cap waitMs)) then
-            this.OnBroadcast(receive sub)
-        elif nowMs () >= due then
+        match receiveWithin sub (Some(deadline.Cap waitMs)) with
+        | Some frames -> this.OnBroadcast frames
+        | None when nowMs () >= due ->
             this.Request [ me ] |> ignore // keep-alive: silent handles expire from the roster
+        | None -> ()
 
     member this.Run() =
         // Slow joiner: until a first broadcast arrives, our subscription may not have reached the
         // server and posts would be dropped for us. The server broadcasts at least every heartbeat.
         // A refused handshake looks the same: NetMQ's monitor has no handshake events, so a client
         // with the wrong keys hears nothing and ends with `timeout` (libzmq's clients say `refused`).
-        while not (pollIn sub (Some(deadline.Cap(int64 args.Keepalive)))) do
-            if deadline.Expired then
-                raise (Failure("timeout", "no broadcast from the server"))
-        this.OnBroadcast(receive sub)
+        match receiveBefore sub deadline with
+        | Some frames -> this.OnBroadcast frames
+        | None -> raise (Failure("timeout", "no broadcast from the server"))
         this.Request [ me ] |> ignore // join
         emit "ready" [ "handle", box args.Name; "security", box args.Security.Mechanism ]
 

@@ -141,8 +141,30 @@ let pollIn (socket: NetMQSocket) (ms: int64 option) =
     let timeout = ms |> Option.map float |> Option.defaultValue -1.0 |> TimeSpan.FromMilliseconds
     socket.Poll(PollEvents.PollIn, timeout).HasFlag(PollEvents.PollIn)
 
-/// Every frame of one message: ZeroMQ delivers all the frames of a message or none.
-let receive (socket: NetMQSocket) = socket.ReceiveMultipartBytes() |> List.ofSeq
+/// Every frame of one message if one is there now, without waiting: None means "nothing after
+/// all". A poll's PollIn is a hint, not a promise: REP silently drops a request it cannot route (no
+/// empty delimiter frame) inside the receive, REQ a reply it cannot match, so a blocking receive
+/// after the poll could wait for the next message and stop the loop's heartbeat, deadline and stop
+/// flag. Once the first frame is in, so are the others: ZeroMQ delivers a message whole or not at all.
+let receiveIfReady (socket: NetMQSocket) =
+    let mutable frames: Collections.Generic.List<byte[]> = null
+    if socket.TryReceiveMultipartBytes(TimeSpan.Zero, &frames) then Some(List.ofSeq frames) else None
+
+/// One frame if one is there now, whatever its more flag (the ticker publisher reads its XPUB so).
+let receiveFrameIfReady (socket: NetMQSocket) =
+    let mutable frame: byte[] = null
+    if socket.TryReceiveFrameBytes(TimeSpan.Zero, &frame) then Some frame else None
+
+/// Wait up to `ms` (None: as long as it takes) for a message and take it: None when none came.
+let receiveWithin (socket: NetMQSocket) (ms: int64 option) =
+    if pollIn socket ms then receiveIfReady socket else None
+
+/// The next message on `socket`, or None once the deadline has passed (no deadline: wait for it).
+let receiveBefore (socket: NetMQSocket) (deadline: Deadline) =
+    let mutable message = None
+    while message.IsNone && not deadline.Expired do
+        message <- receiveWithin socket deadline.RemainingMs
+    message
 
 let send (socket: NetMQSocket) (frames: byte[] list) = socket.SendMultipartBytes(frames)
 

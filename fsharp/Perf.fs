@@ -120,10 +120,16 @@ let waitOf (timeoutMs: int) =
 /// to 1 MiB; a bigger message is allocated as before.
 let pooledBuffers () = BufferPool.SetBufferManagerBufferPool(64L * 1024L * 1024L, 1024 * 1024)
 
+/// The largest frame a socket takes (ZMQ_MAXMSGSIZE): NetMQ drops a bigger one together with the
+/// sender's connection, so no peer can make a role allocate without bound. At least 256 bytes: the
+/// same limit applies to the handshake's READY command.
+let maxMessage (size: int) = int64 (max size 256)
+
 /// Linger 0 (NetMQ's default too, set explicitly as the launch contract asks) on every socket but
-/// the source's, which passes its own.
-let configure (socket: NetMQSocket) (linger: TimeSpan) =
+/// the source's, which passes its own; and the largest frame, for messages of `size` bytes.
+let configure (socket: NetMQSocket) (linger: TimeSpan) (size: int) =
     socket.Options.Linger <- linger
+    socket.Options.MaxMsgSize <- maxMessage size
     // High-water marks stay at the default (1000 messages), as in libzmq's tools: PUSH blocks
     // when the sink's queue and its own are full, and that flow control is part of what we time.
     socket
@@ -193,7 +199,7 @@ let source (push: NetMQSocket) (size: int) (count: int) (deadline: Deadline) (wa
 let runThrSink (args: Settings) =
     let deadline = Deadline(args.Timeout)
     let wait = waitOf args.Timeout
-    use pull = configure (new PullSocket()) TimeSpan.Zero
+    use pull = configure (new PullSocket()) TimeSpan.Zero args.Size
     endpoint "bind" pull.Bind args.Endpoint
     emit "ready" [ "endpoint", box pull.Options.LastEndpoint ]
     emit "result" (sink pull args.Size args.Count deadline wait)
@@ -231,7 +237,7 @@ let runThrSource (args: Settings) =
     let deadline = Deadline(args.Timeout)
     let wait = waitOf args.Timeout
     do
-        use push = configure (new PushSocket()) (sourceLinger deadline)
+        use push = configure (new PushSocket()) (sourceLinger deadline) args.Size
         use hangUps = watchHangUps push
         endpoint "connect" push.Connect args.Endpoint
         emit "ready" []
@@ -247,7 +253,7 @@ let runLatEcho (args: Settings) =
     let wait = waitOf args.Timeout
     do
         // Linger as for a source: the last reply is still queued when the loop ends.
-        use rep = configure (new ResponseSocket()) (sourceLinger deadline)
+        use rep = configure (new ResponseSocket()) (sourceLinger deadline) args.Size
         use hangUps = watchHangUps rep
         endpoint "bind" rep.Bind args.Endpoint
         emit "ready" [ "endpoint", box rep.Options.LastEndpoint ]
@@ -270,7 +276,7 @@ let runLatEcho (args: Settings) =
 let runLatPing (args: Settings) =
     let deadline = Deadline(args.Timeout)
     let wait = waitOf args.Timeout
-    use req = configure (new RequestSocket()) TimeSpan.Zero
+    use req = configure (new RequestSocket()) TimeSpan.Zero args.Size
     endpoint "connect" req.Connect args.Endpoint
     emit "ready" []
     let payload: byte[] = Array.zeroCreate args.Size
@@ -296,8 +302,8 @@ let runInprocThr (args: Settings) =
     let deadline = Deadline(args.Timeout)
     let wait = waitOf args.Timeout
     let result =
-        use pull = configure (new PullSocket()) TimeSpan.Zero
-        use push = configure (new PushSocket()) (sourceLinger deadline)
+        use pull = configure (new PullSocket()) TimeSpan.Zero args.Size
+        use push = configure (new PushSocket()) (sourceLinger deadline) args.Size
         endpoint "bind" pull.Bind args.Endpoint // inproc: bind before the peer connects
         endpoint "connect" push.Connect args.Endpoint
         emit "ready" []

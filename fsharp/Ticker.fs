@@ -13,6 +13,11 @@ open Btb.Events
 // Arithmetic modulo 2^64, as the protocol says: F#'s uint64 `+` and `*` wrap (Checked is not open).
 let Golden = 0x9E3779B97F4A7C15UL
 
+/// ZMQ_MAXMSGSIZE on every ticker socket: NetMQ drops a bigger frame together with the sender's
+/// connection. The largest legal frames are a subscription, 1 + `@` + a 32-byte name = 34 bytes,
+/// and a tick's 9; a 60 KB subscription once overflowed the stack in NetMQ's subscription trie.
+let MaxMessage = 256L
+
 // --- command line ----------------------------------------------------------------------------
 
 type PublisherArgs =
@@ -202,8 +207,11 @@ let runEncode (args: EncodeSettings) =
 
 // --- publisher -------------------------------------------------------------------------------
 
-/// A subscription message: 1 (subscribe) or 0 (unsubscribe), then the topic.
-let onSubscription (message: byte[]) (subscribers: HashSet<string>) =
+/// One frame from the XPUB, judged on its own: 1 (subscribe) or 0 (unsubscribe), then the topic.
+/// `topics` holds the topics reported so far: a subscribe is reported only when its topic is new,
+/// an unsubscribe only when it is there (XPUB passes on one of each per topic, but a peer can send
+/// anything). `subscribers` holds every `@name` ever joined: they are what --subscribers counts.
+let onSubscription (message: byte[]) (topics: HashSet<string>) (subscribers: HashSet<string>) =
     let malformed reason = emit "error" [ "code", box "malformed-subscription"; "reason", box reason ]
     if message.Length < 2 || message[0] > 1uy then
         malformed $"not a subscription: {hex message[.. 39]}"
@@ -215,12 +223,18 @@ let onSubscription (message: byte[]) (subscribers: HashSet<string>) =
             let name = topicBytes[1..]
             match (try Some(utf8.GetString name) with :? DecoderFallbackException -> None) with
             | Some who when name.Length >= 1 && name.Length <= MaxName ->
-                if on then
+                if not on then
+                    topics.Remove("@" + who) |> ignore // a subscriber left: nothing to report
+                elif topics.Add("@" + who) then
                     subscribers.Add who |> ignore
                     emit "joined" [ "subscriber", box who ]
             | _ -> malformed $"not a name: {hex name[.. 39]}"
         elif text.EndsWith '\000' && isSymbol text[.. text.Length - 2] then
-            emit (if on then "subscribed" else "unsubscribed") [ "symbol", box text[.. text.Length - 2] ]
+            let symbol = text[.. text.Length - 2]
+            if on && topics.Add symbol then
+                emit "subscribed" [ "symbol", box symbol ]
+            elif not on && topics.Remove symbol then
+                emit "unsubscribed" [ "symbol", box symbol ]
         else
             malformed $"unknown topic {hex topicBytes[.. 39]}"
 
@@ -231,9 +245,11 @@ let runPublisher (args: PublisherSettings) =
     use ticks = new XPublisherSocket()
     // Linger 0 on every ticker socket: ticks are a stream, and nobody is owed the ones still queued.
     ticks.Options.Linger <- TimeSpan.Zero
+    ticks.Options.MaxMsgSize <- MaxMessage
     endpoint "bind" ticks.Bind args.Ticks
     emit "ready" [ "ticks", box ticks.Options.LastEndpoint ]
 
+    let topics = HashSet<string>()
     let subscribers = HashSet<string>()
     let mutable sequence = 0UL // every symbol gets one tick per round, so they share the round number
     let mutable nextRound = None // monotonic ms; publishing starts once every subscriber is there
@@ -241,13 +257,18 @@ let runPublisher (args: PublisherSettings) =
         if deadline.Expired then
             raise (Failure("timeout", $"still publishing after {args.Timeout} ms"))
         let waitMs = nextRound |> Option.map (fun due -> max 0L (due - nowMs ())) |> Option.defaultValue 100L
-        // The wait between rounds is this poll: subscriptions are served meanwhile.
+        // The wait between rounds is this poll: subscriptions are served meanwhile. One frame at a
+        // time, whatever its more flag: NetMQ's XPUB filters only a message's first frame and
+        // passes the others on as they came, so every frame is judged as a subscription of its own.
         if pollIn ticks (Some(deadline.Cap waitMs)) then
-            onSubscription (ticks.ReceiveFrameBytes()) subscribers
-            // Slow joiner: a subscriber sends its @name last, so its symbols are in place by now.
-            if nextRound.IsNone && subscribers.Count >= args.Subscribers then
-                emit "started" [ "subscribers", box subscribers.Count ]
-                nextRound <- Some(nowMs ())
+            match receiveFrameIfReady ticks with
+            | Some frame ->
+                onSubscription frame topics subscribers
+                // Slow joiner: a subscriber sends its @name last, so its symbols are in place by now.
+                if nextRound.IsNone && subscribers.Count >= args.Subscribers then
+                    emit "started" [ "subscribers", box subscribers.Count ]
+                    nextRound <- Some(nowMs ())
+            | None -> () // nothing after all
         match nextRound with
         | Some due when nowMs () >= due ->
             sequence <- sequence + 1UL
@@ -266,8 +287,9 @@ let runProxy (args: ProxySettings) =
     let deadline = Deadline(args.Timeout)
     use upstream = new XSubscriberSocket() // faces the publisher: receives ticks, sends subscriptions
     use downstream = new XPublisherSocket() // faces subscribers: sends ticks, receives subscriptions
-    upstream.Options.Linger <- TimeSpan.Zero
-    downstream.Options.Linger <- TimeSpan.Zero
+    for socket in [ upstream :> NetMQSocket; downstream ] do
+        socket.Options.Linger <- TimeSpan.Zero
+        socket.Options.MaxMsgSize <- MaxMessage
     endpoint "bind" downstream.Bind args.Downstream
     endpoint "connect" upstream.Connect args.Upstream
     emit "ready" [ "downstream", box downstream.Options.LastEndpoint ]
@@ -319,6 +341,7 @@ let runSubscriber (args: SubscriberSettings) =
     let deadline = Deadline(args.Timeout)
     use sub = new SubscriberSocket()
     sub.Options.Linger <- TimeSpan.Zero
+    sub.Options.MaxMsgSize <- MaxMessage
     endpoint "connect" sub.Connect args.Ticks
     // Subscriptions are prefix matches on frame 0: GOOG\0 is not a prefix of GOOGL\0.
     let mutable subscribed = args.Symbols
@@ -336,13 +359,14 @@ let runSubscriber (args: SubscriberSettings) =
     let mutable malformed = 0
     let isDone () = switched && subscribed |> List.forall (fun symbol -> received[symbol] >= args.Count)
     while not (isDone ()) do
-        if not (pollIn sub (Some(deadline.Cap 1000L))) then
+        match receiveWithin sub (Some(deadline.Cap 1000L)) with
+        | None ->
             if deadline.Expired then
                 let missing = [ for KeyValue(symbol, n) in received do if n < args.Count then $"{symbol}: {n}" ]
                 let missing = String.Join(", ", missing)
                 raise (Failure("timeout", $"not done after {args.Timeout} ms; ticks so far: {missing}"))
-        else
-            match checkTick (receive sub) subscribed args.Seed with
+        | Some frames ->
+            match checkTick frames subscribed args.Seed with
             | Error(code, reason) ->
                 malformed <- malformed + 1
                 emit "error" [ "code", box code; "reason", box reason ]

@@ -13,6 +13,11 @@ open Btb.Events
 let Symbols = [| "AAPL"; "GOOG"; "GOOGL"; "MSFT"; "IBM" |]
 let ResendBatch = 1000 // ids per resend message
 
+/// ZMQ_MAXMSGSIZE on every valuation socket: NetMQ drops a bigger frame together with the sender's
+/// connection, so no peer can make a role allocate without bound. The largest legal frames are a
+/// 32-byte worker name, `finished` and 8-byte ids and values; control messages are many small frames.
+let MaxMessage = 256L
+
 // --- command line ----------------------------------------------------------------------------
 
 type SinkArgs =
@@ -22,6 +27,7 @@ type SinkArgs =
     | Count of orders: int
     | Quiet of ms: int
     | Heartbeat of ms: int
+    | Seed of seed: uint64
     | Timeout of ms: int
 
     interface IArgParserTemplate with
@@ -33,6 +39,7 @@ type SinkArgs =
             | Count _ -> "orders in the batch (default 100)"
             | Quiet _ -> "silence in ms before missing ids are re-dispatched (default 1000)"
             | Heartbeat _ -> "interval between state messages in ms (default 100)"
+            | Seed _ -> "the source's order seed, to check values (default 1)"
             | Timeout _ -> "longest run in ms, 0 for no limit (default 0)"
 
 type SourceArgs =
@@ -96,7 +103,7 @@ type ValuationArgs =
 
 type SinkSettings =
     { Results: string; Control: string; Workers: int; Count: int
-      Quiet: int; Heartbeat: int; Timeout: int }
+      Quiet: int; Heartbeat: int; Seed: uint64; Timeout: int }
 
 type SourceSettings = { Orders: string; Control: string; Count: int; Seed: uint64; Timeout: int }
 
@@ -112,6 +119,7 @@ let sinkSettings (args: ParseResults<SinkArgs>) : SinkSettings =
       Count = args.TryPostProcessResult(SinkArgs.Count, atLeast 1) |> Option.defaultValue 100
       Quiet = args.TryPostProcessResult(Quiet, atLeast 1) |> Option.defaultValue 1000
       Heartbeat = args.TryPostProcessResult(Heartbeat, atLeast 1) |> Option.defaultValue 100
+      Seed = args.GetResult(SinkArgs.Seed, 1UL) // as the source's: unsigned 64-bit, 0 to 2^64-1
       Timeout = args.TryPostProcessResult(SinkArgs.Timeout, atLeast 0) |> Option.defaultValue 0 }
 
 let sourceSettings (args: ParseResults<SourceArgs>) : SourceSettings =
@@ -163,10 +171,14 @@ let orderFrames seed id =
 /// Signed 64-bit cents, negated for a sell. The worker checks the ranges first: no overflow.
 let value side (quantity: uint32) (cents: int64) = int64 quantity * cents * (if side = "B" then 1L else -1L)
 
+/// The value of order `id`, as a worker must price it: the sink recomputes it to check results.
+let orderValue seed id =
+    let _, side, quantity, cents = order seed id
+    value side quantity cents
+
 let runEncode (args: EncodeSettings) =
     let frames = orderFrames args.Seed args.Id
-    let _, side, quantity, cents = order args.Seed args.Id
-    emit "encoded" [ "frames", box (frames |> List.map Ticker.hex); "value", box (value side quantity cents) ]
+    emit "encoded" [ "frames", box (frames |> List.map Ticker.hex); "value", box (orderValue args.Seed args.Id) ]
     emit "done" []
 
 let sizes (frames: byte[] list) = "[" + String.Join(", ", frames |> List.map (fun f -> f.Length)) + "]"
@@ -175,21 +187,39 @@ let reportError (code: string, reason: string) = emit "error" [ "code", box code
 
 // --- sink ------------------------------------------------------------------------------------
 
-/// (worker, id, value) of a result, or Error (code, reason).
-let checkResult (frames: byte[] list) (count: int) =
+// The sink trusts nothing a worker says: what a peer sent is never echoed back in full.
+
+/// A worker name: 1 to 32 bytes of valid UTF-8, or Error with what is wrong with it.
+let workerName (nameBytes: byte[]) =
+    if nameBytes.Length < 1 || nameBytes.Length > MaxName then
+        Error $"a worker name of {nameBytes.Length} bytes, not 1 to {MaxName}"
+    else
+        try Ok(utf8.GetString nameBytes) with :? ArgumentException -> Error "the worker name is not UTF-8"
+
+/// The name of a `ready` [ready, name], or Error (code, reason).
+let checkReady (frames: byte[] list) =
+    match frames with
+    | [ _; nameBytes ] -> workerName nameBytes |> Result.mapError (fun why -> "malformed-ready", why)
+    | _ -> Error("malformed-ready", $"a ready has 2 frames, got {frames.Length}")
+
+/// (worker, id, value) of a result, or Error (code, reason): the first failing check wins. The
+/// value must be the one recomputed from the seed, so the total, a sum of checked values (each at
+/// most 1000 x 100099 cents either way), cannot overflow a signed 64-bit integer.
+let checkResult (frames: byte[] list) (count: int) (seed: uint64) =
     match frames with
     | [ kind; nameBytes; idBytes; amountBytes ] when
         kind = "result"B && idBytes.Length = 8 && amountBytes.Length = 8 ->
-        match (try Some(utf8.GetString nameBytes) with :? ArgumentException -> None) with
-        | None -> Error("malformed-result", "the worker name is not UTF-8")
-        | Some _ when nameBytes.Length < 1 || nameBytes.Length > MaxName ->
-            Error("malformed-result", $"a worker name of {nameBytes.Length} bytes")
-        | Some worker ->
+        match workerName nameBytes with
+        | Error why -> Error("malformed-result", why)
+        | Ok worker ->
             let id = BinaryPrimitives.ReadUInt64BigEndian idBytes
+            let amount = BinaryPrimitives.ReadInt64BigEndian amountBytes
             if id < 1UL || id > uint64 count then
                 Error("unknown-id", $"id {id} is not in 1..{count}")
+            elif amount <> orderValue seed id then
+                Error("wrong-value", $"order {id} from {worker}: value {amount}, expected {orderValue seed id}")
             else
-                Ok(worker, id, BinaryPrimitives.ReadInt64BigEndian amountBytes)
+                Ok(worker, id, amount)
     | _ -> Error("malformed-result", $"not [result, name, id, value]: {sizes frames} bytes")
 
 let runSink (args: SinkSettings) =
@@ -200,8 +230,9 @@ let runSink (args: SinkSettings) =
     // the state is repeated every heartbeat.
     use control = new PublisherSocket()
     // Linger 0: the sink leaves only when told to, and nobody is owed what it still has queued.
-    results.Options.Linger <- TimeSpan.Zero
-    control.Options.Linger <- TimeSpan.Zero
+    for socket in [ results :> NetMQSocket; control ] do
+        socket.Options.Linger <- TimeSpan.Zero
+        socket.Options.MaxMsgSize <- MaxMessage // PUB too: it still decodes what subscribers send
     endpoint "bind" results.Bind args.Results
     endpoint "bind" control.Bind args.Control
     emit "ready" [ "results", box results.Options.LastEndpoint; "control", box control.Options.LastEndpoint ]
@@ -229,7 +260,7 @@ let runSink (args: SinkSettings) =
             quietSince <- nowMs ()
 
     let onResult (frames: byte[] list) =
-        match checkResult frames args.Count with
+        match checkResult frames args.Count args.Seed with
         | Error failure -> reportError failure
         | Ok(worker, id, amount) ->
             if values.ContainsKey id && resent.Contains id then
@@ -251,11 +282,13 @@ let runSink (args: SinkSettings) =
             raise (Failure("timeout", $"still running after {args.Timeout} ms with {values.Count} results"))
         let waitMs = max 0L (nextBeat - nowMs ())
         // The wait until the next heartbeat is this poll: results are served meanwhile.
-        if pollIn results (Some(deadline.Cap waitMs)) then
-            match receive results with
-            | [ kind; worker ] when kind = "ready"B ->
-                onReady (Encoding.UTF8.GetString worker) // lenient: it is only reported and counted
-            | frames -> onResult frames
+        match receiveWithin results (Some(deadline.Cap waitMs)) with
+        | Some(kind :: _ as frames) when kind = "ready"B ->
+            match checkReady frames with
+            | Ok worker -> onReady worker
+            | Error failure -> reportError failure // not a worker: it does not count toward --workers
+        | Some frames -> onResult frames
+        | None -> ()
         let now = nowMs ()
         if state = "go"B && now - quietSince >= int64 args.Quiet then
             // PUSH dropped what was queued for a worker that died, and nothing tells us: the sink
@@ -278,8 +311,9 @@ let runSource (args: SourceSettings) =
     use orders = new PushSocket() // deals orders round-robin to the workers connected at the time
     use control = new SubscriberSocket()
     // Linger 0: the source leaves only on `finished`, when every order it sent has been priced.
-    orders.Options.Linger <- TimeSpan.Zero
-    control.Options.Linger <- TimeSpan.Zero
+    for socket in [ orders :> NetMQSocket; control ] do
+        socket.Options.Linger <- TimeSpan.Zero
+        socket.Options.MaxMsgSize <- MaxMessage
     control.Subscribe("") // every control message: states and resends
     endpoint "bind" orders.Bind args.Orders
     endpoint "connect" control.Connect args.Control
@@ -287,12 +321,9 @@ let runSource (args: SourceSettings) =
 
     /// The next control message, or None after a second of silence.
     let nextControl () =
-        if not (pollIn control (Some(deadline.Cap 1000L))) then
-            if deadline.Expired then
-                raise (Failure("timeout", $"not finished after {args.Timeout} ms"))
-            None
-        else
-            Some(receive control)
+        if deadline.Expired then
+            raise (Failure("timeout", $"not finished after {args.Timeout} ms"))
+        receiveWithin control (Some(deadline.Cap 1000L))
 
     // Send the same bytes every time: an order is a function of the seed and its id.
     let sendOrder id = sendWhenRoom orders deadline $"order {id}" (orderFrames args.Seed id)
@@ -347,6 +378,7 @@ let runWorker (args: WorkerSettings) =
     // Linger 0: the worker leaves only on `finished`, when the sink has every result it needs.
     for socket in [ orders :> NetMQSocket; results; control ] do
         socket.Options.Linger <- TimeSpan.Zero
+        socket.Options.MaxMsgSize <- MaxMessage
     control.Subscribe("")
     // PULL first: it should be connected long before the source deals the batch round-robin.
     endpoint "connect" orders.Connect args.Orders
@@ -355,10 +387,10 @@ let runWorker (args: WorkerSettings) =
 
     // Slow joiner: once one control message has arrived, our subscription is live and no later
     // one can be missed.
-    while not (pollIn control (Some(deadline.Cap 1000L))) do
-        if deadline.Expired then
-            raise (Failure("timeout", "no control message from the sink"))
-    let mutable finished = receive control = [ "finished"B ]
+    let mutable finished =
+        match receiveBefore control deadline with
+        | Some state -> state = [ "finished"B ]
+        | None -> raise (Failure("timeout", "no control message from the sink"))
     sendWhenRoom results deadline "ready" [ "ready"B; me ]
     emit "ready" [ "name", box args.Name ]
 
@@ -377,12 +409,16 @@ let runWorker (args: WorkerSettings) =
                 // One wait for both sockets: an order or a control message, whichever comes first.
                 pollInAny [ orders; control ] (deadline.Cap 1000L)
         let isReady (socket: NetMQSocket) = List.contains socket ready
+        // Each ready socket is read without waiting: a poll's PollIn is a hint, not a promise.
         if isReady control then
-            finished <- receive control = [ "finished"B ] // states and resends; only this matters here
+            match receiveIfReady control with // states and resends; only `finished` matters here
+            | Some state -> finished <- state = [ "finished"B ]
+            | None -> ()
         if isReady orders then
-            match checkOrder (receive orders) with
-            | Error failure -> reportError failure
-            | Ok(id, side, quantity, cents) ->
+            match receiveIfReady orders |> Option.map checkOrder with
+            | None -> ()
+            | Some(Error failure) -> reportError failure
+            | Some(Ok(id, side, quantity, cents)) ->
                 let result = [ "result"B; me; u64Frame id; i64Frame (value side quantity cents) ]
                 sendWhenRoom results deadline $"the result of order {id}" result
                 count <- count + 1

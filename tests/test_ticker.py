@@ -178,3 +178,33 @@ def test_the_publisher_reports_malformed_subscriptions(start_role, lang):
         assert [e["subscriber"] for e in publisher.t.events if e["event"] == "joined"] == ["ana"]
     finally:
         context.destroy(linger=0)
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+def test_the_publisher_judges_every_frame_and_reports_each_topic_once(start_role, lang):
+    """Multipart messages and repeated subscribes from a rogue downstream: every frame is one change
+    or one error, whatever its library passes on (PROTOCOL.md, Publisher step 2)."""
+    publisher = start_role(lang, "ticker", "publisher", ticks="tcp://127.0.0.1:*", subscribers=1, timeout=WAIT * 1000)
+    ready = publisher.wait_event("ready", time.monotonic() + WAIT)
+    context = zmq.Context()
+    try:
+        xsub = context.socket(zmq.XSUB)
+        xsub.linger = 0
+        xsub.connect(ready["ticks"])
+        xsub.send_multipart([b"junk1", b"junk2"])
+        xsub.send_multipart([b"\x01AAPL\0", b"\x01AAPL\0"])
+        xsub.send(b"\x01GOOG\0")
+        xsub.send(b"\x01GOOG\0")
+        xsub.send_multipart([b"\x01MSFT\0", b"\x01GOOG\0", b"zz"])
+        xsub.send_multipart([b"zz", b"\x01IBM\0"])
+        xsub.send(b"\x01@ana")
+        assert publisher.wait_event("started", time.monotonic() + WAIT), publisher.t.events
+        publisher.terminate()
+        assert publisher.wait_exit(time.monotonic() + WAIT) and publisher.t.exit_code == 0
+        seen = [(e["event"], e.get("symbol") or e.get("code") or e.get("subscriber")) for e in publisher.t.events
+                if e["event"] in ("subscribed", "unsubscribed", "joined", "error")]
+        assert seen[:8] == [("error", "malformed-subscription")] * 2 + [("subscribed", "AAPL"), ("subscribed", "GOOG"), ("subscribed", "MSFT")] \
+            + [("error", "malformed-subscription")] * 2 + [("subscribed", "IBM")]
+        assert seen[8:] == [("joined", "ana")], seen
+    finally:
+        context.destroy(linger=0)

@@ -98,9 +98,16 @@ def test_a_worker_drops_malformed_orders_and_carries_on(start_role, context, lan
     assert worker.t.events[-1] == {"event": "done", "priced": 1}
 
 
+SEED = 7
+
+
 @pytest.mark.parametrize("lang", LANGUAGES)
 def test_the_sink_rejects_malformed_results_and_counts_the_rest(start_role, context, lang):
-    sink = start_role(lang, "valuation", "sink", results="tcp://127.0.0.1:*", control="tcp://127.0.0.1:*", workers=1, count=2, timeout=WAIT * 1000)
+    """Every kind of wrong message of PROTOCOL.md's sink table, in order, then forged values: each is
+    reported with its code and never counted; the ids of the rejected results are asked for again
+    (resend), and the total is exact."""
+    sink = start_role(lang, "valuation", "sink", results="tcp://127.0.0.1:*", control="tcp://127.0.0.1:*", workers=1, count=3,
+                      seed=SEED, quiet=500, timeout=WAIT * 1000)
     ready = sink.wait_event("ready", time.monotonic() + WAIT)
     push = context.socket(zmq.PUSH)
     push.linger = 0
@@ -110,6 +117,9 @@ def test_the_sink_rejects_malformed_results_and_counts_the_rest(start_role, cont
     sub.rcvtimeo = WAIT * 1000
     sub.connect(ready["control"])
     assert sub.recv_multipart() == [b"waiting"]
+    bad_readies = [[b"ready", b""], [b"ready", b"\xff"], [b"ready", b"n" * 33], [b"ready"], [b"ready", b"w", b"x"]]
+    for frames in bad_readies:
+        push.send_multipart(frames)
     push.send_multipart([b"ready", b"w"])
     while sub.recv_multipart() != [b"go"]:
         pass
@@ -121,22 +131,33 @@ def test_the_sink_rejects_malformed_results_and_counts_the_rest(start_role, cont
         ("malformed-result", [b"result", b"w", b"\0" * 8]),
         ("malformed-result", [b"result", b"", b"\0" * 7 + b"\1", b"\0" * 8]),
         ("malformed-result", [b"result", b"\xff", b"\0" * 7 + b"\1", b"\0" * 8]),
-        ("unknown-id", result(3, 1)),
+        ("malformed-result", [b"resulT", b"w", b"\0" * 7 + b"\1", b"\0" * 8]),
+        ("unknown-id", result(4, 1)),
         ("unknown-id", result(0, 1)),
+        ("wrong-value", result(1, (1 << 63) - 1)),  # two forged values whose sum overflows 64 bits
+        ("wrong-value", result(2, 1)),
     ]
     for _, frames in bad:
         push.send_multipart(frames)
-    push.send_multipart(result(1, -5))
-    push.send_multipart(result(1, -5))
-    push.send_multipart(result(2, 12))
+    push.send_multipart(result(3, order_value(SEED, 3)))
+    push.send_multipart(result(3, order_value(SEED, 3)))
+    resend = sub.recv_multipart()
+    while resend[0] != b"resend":  # the quiet period: ids 1 and 2 are still missing
+        resend = sub.recv_multipart()
+    assert [struct.unpack(">Q", frame)[0] for frame in resend[1:]] == [1, 2]
+    push.send_multipart(result(1, order_value(SEED, 1)))
+    push.send_multipart(result(2, order_value(SEED, 2)))
     while sub.recv_multipart() != [b"finished"]:
         pass
     sink.terminate()
     assert sink.wait_exit(time.monotonic() + WAIT) and sink.t.exit_code == 0
     codes = [e["code"] for e in sink.t.events if e["event"] == "error"]
-    assert codes == [code for code, _ in bad] + ["duplicate"]
+    assert codes == ["malformed-ready"] * len(bad_readies) + [code for code, _ in bad] + ["duplicate"]
+    assert [e["name"] for e in sink.t.events if e["event"] == "worker"] == ["w"]
     [complete] = [e for e in sink.t.events if e["event"] == "complete"]
-    assert complete["total"] == 7 and complete["workers"] == {"w": 2} and complete["resent"] == []
+    total = sum(order_value(SEED, order_id) for order_id in (1, 2, 3))
+    assert complete["total"] == total and complete["workers"] == {"w": 3} and complete["resent"] == [1, 2]
+    assert sink.t.events[-1] == {"event": "done", "orders": 3, "total": total}
 
 
 @pytest.mark.grid

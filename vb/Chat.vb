@@ -6,7 +6,11 @@ Imports NetMQ.Sockets
 Public Module Chat
     Public Const MaxHandle = MaxName  ' bytes of UTF-8
     Public Const MaxText = 4096  ' bytes of UTF-8
-    Public Const MaxMessage = 2 * 1024 * 1024  ' MaxMsgSize: a bigger frame drops its sender, in NetMQ itself
+    ' MaxMsgSize on every socket: NetMQ drops a bigger frame together with the connection that sent
+    ' it, before we ever see it. The largest legal frame is a MaxText text; twice that lets a text a
+    ' little too long still reach our own `text-too-long` rule, and leaves room for CURVE's per-frame
+    ' overhead. It also bounds the subscriptions a PUB decodes.
+    Public Const MaxMessage = 8192  ' bytes
 
     Public Function Roles() As Command
         Dim server As New Command("server", "keep the roster and relay posts")
@@ -98,6 +102,7 @@ Public Module Chat
             ' PUB sends every broadcast to every subscriber whose filter matches; it never blocks, and
             ' it drops for a subscriber that is not connected yet (slow joiner) or whose queue is full (HWM).
             broadcasts.Options.Linger = TimeSpan.Zero
+            broadcasts.Options.MaxMsgSize = MaxMessage  ' send-only, but it still decodes subscriptions
             SecureServer(requests, security)
             SecureServer(broadcasts, security)
             Try
@@ -195,11 +200,13 @@ Public Module Chat
             ' SUB first, so that its subscription starts travelling as early as possible.
             _sub = New SubscriberSocket()
             _sub.Options.Linger = TimeSpan.Zero
+            _sub.Options.MaxMsgSize = MaxMessage
             _sub.Subscribe("")  ' a prefix filter on frame 0; "" lets posts and rosters through
             SecureClient(_sub, _security)
             ' REQ enforces send, receive, send, receive...: one request in flight at a time.
             _req = New RequestSocket()
             _req.Options.Linger = TimeSpan.Zero
+            _req.Options.MaxMsgSize = MaxMessage
             SecureClient(_req, _security)
             Try
                 _sub.Connect(args.GetValue(Of String)("--broadcasts"))

@@ -18,6 +18,8 @@ Public Module Perf
     Private Const InprocEndpoint = "inproc://perf"
     Private Const SourceMonitor = "inproc://perf-source-monitor"
     Private Const CheckEvery = 1000  ' messages between two looks at the deadline
+    ' MaxMsgSize is --size, but at least this: the limit applies to the handshake's READY command too.
+    Private Const MinMaxMessage = 256  ' bytes
 
     Public Function Roles() As Command
         Dim perf As New Command("perf", "throughput and latency, as libzmq's perf tools measure them")
@@ -60,9 +62,11 @@ Public Module Perf
 
     ' --- sockets and messages -------------------------------------------------------------------
 
-    ''' <summary>Set linger on `socket`, then bind or connect it; a failure is error `bind` or `connect`.</summary>
-    Private Sub Open(socket As NetMQSocket, endpoint As String, bind As Boolean, linger As TimeSpan)
+    ''' <summary>Set linger and the largest frame a peer may send (NetMQ drops a bigger one together with
+    ''' its connection) on `socket`, then bind or connect it; a failure is error `bind` or `connect`.</summary>
+    Private Sub Open(socket As NetMQSocket, endpoint As String, bind As Boolean, linger As TimeSpan, size As Integer)
         socket.Options.Linger = linger
+        socket.Options.MaxMsgSize = Math.Max(size, MinMaxMessage)
         Try
             If bind Then socket.Bind(endpoint) Else socket.Connect(endpoint)
         Catch problem As Exception When TypeOf problem Is NetMQException OrElse TypeOf problem Is ArgumentException
@@ -152,7 +156,7 @@ Public Module Perf
     Private Function RunThrSink(args As ParseResult) As Integer
         Dim s = Settings.From(args)
         Using pull As New PullSocket()  ' fair-queues from every connected PUSH; here, the one source
-            Open(pull, args.GetValue(Of String)("--endpoint"), bind:=True, linger:=TimeSpan.Zero)
+            Open(pull, args.GetValue(Of String)("--endpoint"), bind:=True, linger:=TimeSpan.Zero, size:=s.Size)
             Emit("ready", ("endpoint", pull.Options.LastEndpoint))
             EmitThroughput(s.Size, s.Count, Sink(pull, s))
             Emit("done")
@@ -169,7 +173,7 @@ Public Module Perf
             disconnects.Connect(SourceMonitor)
             ' The source's linger is what is left of --timeout (infinite without one): its last
             ' messages are still queued when its last send returns, and it must not drop them.
-            Open(push, args.GetValue(Of String)("--endpoint"), bind:=False, linger:=Remaining(s.Deadline))
+            Open(push, args.GetValue(Of String)("--endpoint"), bind:=False, linger:=Remaining(s.Deadline), size:=s.Size)
             Emit("ready")
             Source(push, s)
             Emit("done")
@@ -195,7 +199,7 @@ Public Module Perf
     Private Function RunLatEcho(args As ParseResult) As Integer
         Dim s = Settings.From(args)
         Using rep As New ResponseSocket()
-            Open(rep, args.GetValue(Of String)("--endpoint"), bind:=True, linger:=TimeSpan.Zero)
+            Open(rep, args.GetValue(Of String)("--endpoint"), bind:=True, linger:=TimeSpan.Zero, size:=s.Size)
             Emit("ready", ("endpoint", rep.Options.LastEndpoint))
             Dim msg As New Msg()
             msg.InitEmpty()
@@ -215,7 +219,7 @@ Public Module Perf
     Private Function RunLatPing(args As ParseResult) As Integer
         Dim s = Settings.From(args)
         Using req As New RequestSocket()
-            Open(req, args.GetValue(Of String)("--endpoint"), bind:=False, linger:=TimeSpan.Zero)
+            Open(req, args.GetValue(Of String)("--endpoint"), bind:=False, linger:=TimeSpan.Zero, size:=s.Size)
             Emit("ready")
             Dim payload = New Byte(s.Size - 1) {}
             Dim request As New Msg(), reply As New Msg()
@@ -246,8 +250,8 @@ Public Module Perf
     Private Function RunInprocThr(args As ParseResult) As Integer
         Dim s = Settings.From(args)
         Using pull As New PullSocket(), push As New PushSocket()
-            Open(pull, InprocEndpoint, bind:=True, linger:=TimeSpan.Zero)  ' inproc: the bind comes first
-            Open(push, InprocEndpoint, bind:=False, linger:=Remaining(s.Deadline))  ' a source's linger
+            Open(pull, InprocEndpoint, bind:=True, linger:=TimeSpan.Zero, size:=s.Size)  ' inproc: the bind comes first
+            Open(push, InprocEndpoint, bind:=False, linger:=Remaining(s.Deadline), size:=s.Size)  ' a source's linger
             Emit("ready")
             Dim failure As Exception = Nothing
             ' The push socket moves to the sender thread here (Start is a full memory barrier); this

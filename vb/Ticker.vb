@@ -10,6 +10,10 @@ Imports NetMQ.Sockets
 Public Module Ticker
     ' Arithmetic modulo 2^64, as the protocol says: btb.vbproj turns VB's overflow checks off.
     Public Const Golden As ULong = &H9E3779B97F4A7C15UL  ' the valuation orders use it too
+    ' MaxMsgSize on every socket: NetMQ drops a bigger frame together with the connection that sent
+    ' it. The largest legal frames are a subscription to "@" and a 32-byte name (34 bytes) and a
+    ' tick's 9-byte topic; a long subscription could otherwise overflow the stack in NetMQ's trie.
+    Public Const MaxMessage = 256  ' bytes
 
     Public Function Roles() As Command
         Dim publisher As New Command("publisher", "publish ticks once the subscribers are there") From {
@@ -157,6 +161,7 @@ Public Module Ticker
         Using stopSignal As New StopSignal(), ticks As New XPublisherSocket()
             Dim deadline As New Deadline(timeout)
             ticks.Options.Linger = TimeSpan.Zero  ' ticks are a stream: nobody is owed those still queued at exit
+            ticks.Options.MaxMsgSize = MaxMessage
             Try
                 ticks.Bind(args.GetValue(Of String)("--ticks"))
             Catch problem As Exception When TypeOf problem Is NetMQException OrElse TypeOf problem Is ArgumentException
@@ -164,16 +169,19 @@ Public Module Ticker
             End Try
             Emit("ready", ("ticks", ticks.Options.LastEndpoint))
 
-            Dim subscribers As New HashSet(Of String)
+            Dim subscribers As New HashSet(Of String)  ' every @name ever joined
+            Dim topics As New HashSet(Of String)  ' the topics we reported and that are still subscribed
             Dim sequence = 0UL  ' every symbol gets one tick per round, so they share the round number
             Dim nextRound As Long? = Nothing  ' on the monotonic millisecond clock, once every subscriber is there
             Dim message As Byte() = Nothing
             Do Until stopSignal.Raised
                 If deadline.Expired() Then Throw New Failure("timeout", $"still publishing after {timeout} ms")
                 Dim waitMs = If(nextRound Is Nothing, 100, Math.Max(0, nextRound.Value - Environment.TickCount64))
-                ' The wait between rounds is this poll: subscriptions get handled while we wait.
+                ' The wait between rounds is this poll: subscriptions get handled while we wait. One
+                ' frame at a time, whatever its more flag: NetMQ's XPUB filters only the first frame
+                ' of a message from a peer and passes the others on, so each frame is judged alone.
                 If ticks.TryReceiveFrameBytes(deadline.Cap(waitMs), message) Then
-                    OnSubscription(message, subscribers)
+                    OnSubscription(message, subscribers, topics)
                     ' Slow joiner: a tick sent before every subscriber's subscriptions arrived would be
                     ' dropped for the late ones. Each subscribes to its symbols before its @name.
                     If nextRound Is Nothing AndAlso subscribers.Count >= wanted Then
@@ -196,22 +204,31 @@ Public Module Ticker
         Return 0
     End Function
 
-    ''' <summary>A subscription message: 1 (subscribe) or 0 (unsubscribe), then the topic.</summary>
-    Private Sub OnSubscription(message As Byte(), subscribers As HashSet(Of String))
+    ''' <summary>
+    ''' A subscription frame: 1 (subscribe) or 0 (unsubscribe), then the topic. XPUB passes on one
+    ''' subscribe per topic, and one unsubscribe when its last subscriber leaves, but only for the first
+    ''' frame of a message: `topics` is our own record, so that a repeat is never reported twice.
+    ''' </summary>
+    Private Sub OnSubscription(message As Byte(), subscribers As HashSet(Of String), topics As HashSet(Of String))
         If message.Length < 2 OrElse message(0) > 1 Then
             Emit("error", ("code", "malformed-subscription"), ("reason", $"not a subscription: {Shown(message, 40)}"))
             Return
         End If
-        ' XPUB passes on one subscribe per topic, and one unsubscribe when its last subscriber leaves.
         Dim isOn = message(0) = 1, topicBytes = message.Skip(1).ToArray()
         If topicBytes(0) = AscW("@"c) AndAlso IsName(topicBytes.Skip(1).ToArray()) Then
             Dim name = Utf8.GetString(topicBytes, 1, topicBytes.Length - 1)
-            If isOn Then
+            If Not isOn Then
+                topics.Remove("@" & name)  ' a subscriber left: nothing to report, it still counts
+            ElseIf topics.Add("@" & name) Then
                 subscribers.Add(name)
                 Emit("joined", ("subscriber", name))
             End If
         ElseIf IsTopic(topicBytes) Then  ' a symbol: A-Z only, so "ibm" or "GOOGLEPLEX" are errors, as is a bad @name
-            Emit(If(isOn, "subscribed", "unsubscribed"), ("symbol", Encoding.ASCII.GetString(topicBytes, 0, topicBytes.Length - 1)))
+            Dim symbol = Encoding.ASCII.GetString(topicBytes, 0, topicBytes.Length - 1)
+            ' Add and Remove say whether the set changed: report only what is news.
+            If If(isOn, topics.Add(symbol), topics.Remove(symbol)) Then
+                Emit(If(isOn, "subscribed", "unsubscribed"), ("symbol", symbol))
+            End If
         Else
             Emit("error", ("code", "malformed-subscription"), ("reason", $"unknown topic {Shown(topicBytes, 40)}"))
         End If
@@ -234,6 +251,8 @@ Public Module Ticker
                   Sub() Task.Factory.StartNew(AddressOf poller.Stop, CancellationToken.None, TaskCreationOptions.None, poller))
             upstream.Options.Linger = TimeSpan.Zero
             downstream.Options.Linger = TimeSpan.Zero
+            upstream.Options.MaxMsgSize = MaxMessage  ' ticks from the publisher
+            downstream.Options.MaxMsgSize = MaxMessage  ' subscriptions from the subscribers
             Try
                 downstream.Bind(args.GetValue(Of String)("--downstream"))
                 upstream.Connect(args.GetValue(Of String)("--upstream"))
@@ -310,6 +329,7 @@ Public Module Ticker
         Dim deadline As New Deadline(timeout)
         Using ticks As New SubscriberSocket()
             ticks.Options.Linger = TimeSpan.Zero
+            ticks.Options.MaxMsgSize = MaxMessage
             Try
                 ticks.Connect(args.GetValue(Of String)("--ticks"))
             Catch problem As Exception When TypeOf problem Is NetMQException OrElse TypeOf problem Is ArgumentException

@@ -8,6 +8,10 @@ Imports NetMQ.Sockets
 Public Module Valuation
     Private ReadOnly Symbols As String() = {"AAPL", "GOOG", "GOOGL", "MSFT", "IBM"}
     Private Const ResendBatch = 1000  ' ids per resend message
+    ' MaxMsgSize on every socket: NetMQ drops a bigger frame together with the connection that sent
+    ' it, before we see it. The largest legal frames are a 32-byte worker name, `finished` and 8-byte
+    ' ids and prices; send-only sockets still decode what a peer sends them.
+    Private Const MaxMessage = 256  ' bytes
 
     Public Function Roles() As Command
         Dim sink As New Command("sink", "collect results, re-dispatch lost orders") From {
@@ -17,6 +21,7 @@ Public Module Valuation
             AtLeast("--count", 1, defaultValue:=100),
             AtLeast("--quiet", 1, defaultValue:=1000),
             AtLeast("--heartbeat", 1, defaultValue:=100),
+            UInt64Option("--seed", 1),
             AtLeast("--timeout", 0, defaultValue:=0)}
         sink.SetAction(AddressOf RunSink)
 
@@ -120,23 +125,43 @@ Public Module Valuation
         Public Amount As Long
     End Structure
 
-    ''' <summary>The first broken rule of a result as (code, reason), or Nothing when it is good: then `result` holds it.</summary>
-    Public Function CheckResult(frames As List(Of Byte()), count As Integer, ByRef result As Result) As (Code As String, Reason As String)?
+    ''' <summary>What is wrong with a worker name (1 to MaxName bytes of UTF-8), or Nothing when it is
+    ''' good: then `name` holds it. The reason never echoes the peer's bytes.</summary>
+    Private Function CheckName(frame As Byte(), ByRef name As String) As String
+        If frame.Length < 1 OrElse frame.Length > MaxName Then Return $"a worker name of {frame.Length} bytes, not 1 to {MaxName}"
+        Try
+            name = Utf8.GetString(frame)  ' strict: invalid bytes throw
+        Catch problem As DecoderFallbackException
+            Return "the worker name is not UTF-8"
+        End Try
+        Return Nothing
+    End Function
+
+    ''' <summary>What is wrong with a `ready` message, or Nothing when it is good: then `name` holds the worker's name.</summary>
+    Public Function CheckReady(frames As List(Of Byte()), ByRef name As String) As String
+        If frames.Count <> 2 Then Return $"a ready has 2 frames, got {frames.Count}"
+        Return CheckName(frames(1), name)
+    End Function
+
+    ''' <summary>
+    ''' The first broken rule of a result as (code, reason), or Nothing when it is good: then `result`
+    ''' holds it. Nothing a worker says is taken on trust: the value must be the one we compute
+    ''' ourselves from the seed and the id, so a rogue worker can neither skew nor overflow the total.
+    ''' </summary>
+    Public Function CheckResult(frames As List(Of Byte()), count As Integer, seed As ULong, ByRef result As Result) As (Code As String, Reason As String)?
         If frames.Count <> 4 OrElse Not Word(frames(0), "result") OrElse frames(2).Length <> 8 OrElse frames(3).Length <> 8 Then
             Return ("malformed-result", $"not [result, name, id, value]: [{String.Join(", ", frames.Select(Function(f) f.Length))}] bytes")
         End If
-        Dim worker As String
-        Try
-            worker = Utf8.GetString(frames(1))  ' strict: invalid bytes throw
-        Catch problem As DecoderFallbackException
-            Return ("malformed-result", "the worker name is not UTF-8")
-        End Try
-        If frames(1).Length < 1 OrElse frames(1).Length > MaxName Then
-            Return ("malformed-result", $"a worker name of {frames(1).Length} bytes")
-        End If
+        Dim worker As String = Nothing
+        Dim problem = CheckName(frames(1), worker)
+        If problem IsNot Nothing Then Return ("malformed-result", problem)
         Dim id = BinaryPrimitives.ReadUInt64BigEndian(frames(2))
         If id < 1UL OrElse id > CULng(count) Then Return ("unknown-id", $"id {id} is not in 1..{count}")
-        result = New Result With {.Worker = worker, .Id = id, .Amount = BinaryPrimitives.ReadInt64BigEndian(frames(3))}
+        Dim amount = BinaryPrimitives.ReadInt64BigEndian(frames(3))
+        Dim o = MakeOrder(seed, id)
+        Dim expected = Value(o.Side, o.Quantity, o.Cents)
+        If amount <> expected Then Return ("wrong-value", $"order {id} is worth {expected}, not {amount}")
+        result = New Result With {.Worker = worker, .Id = id, .Amount = amount}
         Return Nothing
     End Function
 
@@ -145,6 +170,7 @@ Public Module Valuation
         Dim count = args.GetValue(Of Integer)("--count")
         Dim quiet = args.GetValue(Of Integer)("--quiet")
         Dim heartbeat = args.GetValue(Of Integer)("--heartbeat")
+        Dim seed = args.GetValue(Of ULong)("--seed")
         Dim timeout = args.GetValue(Of Integer)("--timeout")
         Using stopSignal As New StopSignal(),
               results As New PullSocket(),  ' fair-queues readiness and results from every worker
@@ -153,6 +179,8 @@ Public Module Valuation
             ' Linger 0: the sink leaves only when told to, and nothing it sent is owed to anyone then.
             results.Options.Linger = TimeSpan.Zero
             control.Options.Linger = TimeSpan.Zero
+            results.Options.MaxMsgSize = MaxMessage
+            control.Options.MaxMsgSize = MaxMessage
             Try
                 results.Bind(args.GetValue(Of String)("--results"))
                 control.Bind(args.GetValue(Of String)("--control"))
@@ -164,7 +192,9 @@ Public Module Valuation
             Dim state = "waiting"
             Dim ready As New HashSet(Of String)
             Dim values As New Dictionary(Of ULong, Long)  ' id -> value, for every id counted
-            Dim total = 0L  ' the sum of values, kept as we go (wrapping, never throwing, on a rogue value)
+            ' The sum of checked values, kept as we go: each is at most 1000 × 100099 cents either way,
+            ' so no --count can overflow a signed 64-bit total, and it stays exact to the cent.
+            Dim total = 0L
             Dim priced As New Dictionary(Of String, Integer)  ' worker -> results counted
             Dim resent As New SortedSet(Of ULong)  ' every id ever re-dispatched
             Dim nextBeat = Environment.TickCount64, quietSince = Environment.TickCount64
@@ -182,18 +212,24 @@ Public Module Valuation
                 Dim waitMs = Math.Max(0, nextBeat - Environment.TickCount64)
                 ' The wait for a message is also the heartbeat timer: a poll with a timeout, no sleep.
                 If results.TryReceiveMultipartBytes(deadline.Cap(waitMs), frames) Then
-                    If frames.Count = 2 AndAlso Word(frames(0), "ready") Then
-                        Dim name = Encoding.UTF8.GetString(frames(1))  ' bad bytes become U+FFFD
-                        If ready.Add(name) Then Emit("worker", ("name", name))
-                        If state = "waiting" AndAlso ready.Count >= wanted Then
-                            ' Each worker heard a control message before saying ready: its SUB cannot miss this.
-                            setState("go")
-                            Emit("started", ("workers", ready.Count))
-                            quietSince = Environment.TickCount64
+                    If Word(frames(0), "ready") Then
+                        Dim name As String = Nothing
+                        Dim problem = CheckReady(frames, name)
+                        If problem IsNot Nothing Then
+                            ' Not a worker: it does not count toward --workers.
+                            Emit("error", ("code", "malformed-ready"), ("reason", problem))
+                        Else
+                            If ready.Add(name) Then Emit("worker", ("name", name))
+                            If state = "waiting" AndAlso ready.Count >= wanted Then
+                                ' Each worker heard a control message before saying ready: its SUB cannot miss this.
+                                setState("go")
+                                Emit("started", ("workers", ready.Count))
+                                quietSince = Environment.TickCount64
+                            End If
                         End If
                     Else
                         Dim result As New Result()
-                        Dim problem = CheckResult(frames, count, result)
+                        Dim problem = CheckResult(frames, count, seed, result)
                         If problem IsNot Nothing Then
                             Emit("error", ("code", problem.Value.Code), ("reason", problem.Value.Reason))
                         ElseIf values.ContainsKey(result.Id) AndAlso resent.Contains(result.Id) Then
@@ -249,6 +285,8 @@ Public Module Valuation
             ' Linger 0: the source leaves only on `finished`, when no order it sent is needed any more.
             orders.Options.Linger = TimeSpan.Zero
             control.Options.Linger = TimeSpan.Zero
+            orders.Options.MaxMsgSize = MaxMessage
+            control.Options.MaxMsgSize = MaxMessage
             control.Subscribe("")  ' every control message: states and resends
             Try
                 orders.Bind(args.GetValue(Of String)("--orders"))
@@ -337,6 +375,9 @@ Public Module Valuation
             orders.Options.Linger = TimeSpan.Zero
             results.Options.Linger = TimeSpan.Zero
             control.Options.Linger = TimeSpan.Zero
+            orders.Options.MaxMsgSize = MaxMessage
+            results.Options.MaxMsgSize = MaxMessage
+            control.Options.MaxMsgSize = MaxMessage
             control.Subscribe("")
             Try  ' PULL first: it should be connected long before the source deals the batch
                 orders.Connect(args.GetValue(Of String)("--orders"))
@@ -379,12 +420,14 @@ Public Module Valuation
                     ordersReady = ordersItem.ResultEvent.HasFlag(PollEvents.PollIn)
                     controlReady = controlItem.ResultEvent.HasFlag(PollEvents.PollIn)
                 End If
-                If controlReady Then
-                    finished = IsOnly(control.ReceiveMultipartBytes(), "finished")  ' states and resends; only this matters here
+                ' A poll's "ready" is a hint, not a promise: receive without waiting, and take nothing
+                ' as nothing. (A blocking receive here could wait past the deadline.)
+                If controlReady AndAlso control.TryReceiveMultipartBytes(TimeSpan.Zero, message) Then
+                    finished = IsOnly(message, "finished")  ' states and resends; only this matters here
                 End If
-                If ordersReady Then
+                If ordersReady AndAlso orders.TryReceiveMultipartBytes(TimeSpan.Zero, message) Then
                     Dim id = 0UL, order As New Order()
-                    Dim problem = CheckOrder(orders.ReceiveMultipartBytes(), id, order)
+                    Dim problem = CheckOrder(message, id, order)
                     If problem IsNot Nothing Then
                         Emit("error", ("code", problem.Value.Code), ("reason", problem.Value.Reason))
                         Continue Do

@@ -14,7 +14,12 @@ enum {
     MAX_HANDLE = MAX_NAME, /* bytes of UTF-8 */
     MAX_TEXT = 4096,       /* bytes of UTF-8 */
 };
-static const int64_t MAX_MESSAGE = 2 * 1024 * 1024; /* ZMQ_MAXMSGSIZE: bigger frames never reach us */
+/* ZMQ_MAXMSGSIZE on every socket: a frame above it never reaches us (libzmq drops it with the
+   sender's connection), so no peer can make a role allocate without bound, nor grow a PUB's
+   subscription trie. The largest legal frame is a text of MAX_TEXT bytes; twice that lets a text
+   that is too long still reach the server's own `text-too-long` rule, with room for CURVE's
+   per-frame overhead. */
+static const int64_t MAX_MESSAGE = 8192;
 
 /* --- server --------------------------------------------------------------------------------- */
 
@@ -68,7 +73,8 @@ static void serve(server_t *server)
 {
     frames_t request;
     char reason[REASON_SIZE];
-    frames_recv(server->requests, &request);
+    if (!recv_if_ready(server->requests, &request))
+        return; /* REP dropped what it polled (a request without its envelope): nothing to answer */
     const char *code = check_request(&request, reason);
     if (code) {
         server->rejected++;
@@ -152,17 +158,14 @@ int chat_server(int argc, char **argv)
     /* The ZAP handler first: libzmq asks it about the handshakes of the sockets bound after it. */
     server.zap = zap_start(context, &args.security);
     int linger = 0; /* at close, drop what is still queued instead of waiting to send it */
-    int64_t max_message = MAX_MESSAGE;
-    /* REP answers each request exactly once, in order: the library keeps the lockstep for us.
-       A frame above ZMQ_MAXMSGSIZE is dropped by libzmq together with the sender's connection,
-       so no peer can make the server allocate without bound. */
+    /* REP answers each request exactly once, in order: the library keeps the lockstep for us. */
     server.requests = zmq_socket(context, ZMQ_REP);
-    zmq_setsockopt(server.requests, ZMQ_LINGER, &linger, sizeof linger);
-    zmq_setsockopt(server.requests, ZMQ_MAXMSGSIZE, &max_message, sizeof max_message);
+    limit_socket(server.requests, linger, MAX_MESSAGE);
     /* PUB sends every broadcast to every subscriber whose filter matches; it never blocks, and it
-       drops for a subscriber that is not connected yet (slow joiner) or whose queue is full (HWM). */
+       drops for a subscriber that is not connected yet (slow joiner) or whose queue is full (HWM).
+       It receives the subscriptions, which MAX_MESSAGE bounds too. */
     server.broadcasts = zmq_socket(context, ZMQ_PUB);
-    zmq_setsockopt(server.broadcasts, ZMQ_LINGER, &linger, sizeof linger);
+    limit_socket(server.broadcasts, linger, MAX_MESSAGE);
     /* Both are security servers with the same credentials, set before bind. Under plain or
        curve, a monitor of each reports the peers whose handshake fails. */
     secure_socket(server.requests, &args.security, true);
@@ -274,18 +277,20 @@ static json_t *request(client_t *client, const char *text)
     send_frame(client->req, me, strlen(me), text != NULL);
     if (text)
         send_frame(client->req, text, strlen(text), false);
-    while (!poll_in(client->req, deadline_remaining(&client->deadline))) /* -1: no limit */
+    /* REQ drops a reply it cannot match to our request inside the receive: the poll's POLLIN is
+       a hint, and recv_if_ready sends us back to wait. */
+    frames_t reply;
+    while (!poll_in(client->req, deadline_remaining(&client->deadline)) /* -1: no limit */
+           || !recv_if_ready(client->req, &reply))
         if (deadline_expired(&client->deadline))
             fail("no-reply", "no reply from the server within --timeout %d ms", client->args.timeout);
-    frames_t reply;
-    frames_recv(client->req, &reply);
     client->last_request = now_ms();
     if (frame_size(&reply, 0) == 0) {
         if (reply.count != 2)
             fail("malformed-reply", "an error reply has 2 frames, got %zu", reply.count);
         const char *code = frame_data(&reply, 1);
         size_t size = frame_size(&reply, 1);
-        if (size > 64 || !utf8_valid(code, size, NULL))
+        if (size > 32 || !utf8_valid(code, size, NULL)) /* a reason quotes at most 32 bytes of a peer */
             fail("rejected", "the server rejected our request with a code that is not text");
         fail("rejected", "the server rejected our request: %.*s", (int)size, code);
     }
@@ -325,12 +330,15 @@ static void on_broadcast(client_t *client, const frames_t *broadcast)
     }
 }
 
-static void receive_broadcast(client_t *client)
+/* Handles the broadcast a poll saw; false if there was none after all. */
+static bool receive_broadcast(client_t *client)
 {
     frames_t broadcast;
-    frames_recv(client->sub, &broadcast);
+    if (!recv_if_ready(client->sub, &broadcast))
+        return false;
     on_broadcast(client, &broadcast);
     frames_close(&broadcast);
+    return true;
 }
 
 /* Handles one broadcast, or sends a keep-alive when one is due, whichever comes first. */
@@ -340,9 +348,10 @@ static void wait_for_broadcast(client_t *client)
         fail("timeout", "not done after %d ms", client->args.timeout);
     int64_t due = client->last_request + client->args.keepalive;
     int64_t wait = due - now_ms();
-    if (poll_in(client->sub, deadline_cap(&client->deadline, wait > 0 ? (long)wait : 0)))
-        receive_broadcast(client);
-    else if (now_ms() >= due)
+    if (poll_in(client->sub, deadline_cap(&client->deadline, wait > 0 ? (long)wait : 0)) &&
+        receive_broadcast(client))
+        return;
+    if (now_ms() >= due)
         request(client, NULL); /* keep-alive: silent handles expire from the roster */
 }
 
@@ -391,7 +400,7 @@ int chat_client(int argc, char **argv)
     int linger = 0; /* at close, drop what is still queued instead of waiting to send it */
     /* SUB first, so that its subscription starts travelling as early as possible. */
     client.sub = zmq_socket(context, ZMQ_SUB);
-    zmq_setsockopt(client.sub, ZMQ_LINGER, &linger, sizeof linger);
+    limit_socket(client.sub, linger, MAX_MESSAGE);
     zmq_setsockopt(client.sub, ZMQ_SUBSCRIBE, "", 0); /* a prefix filter on frame 0; "" passes all */
     /* Both sockets carry the client's credentials, set before connect. Under plain or curve, a
        monitor of SUB tells a refused handshake from a server that is merely slow (step 2). */
@@ -403,7 +412,7 @@ int chat_client(int argc, char **argv)
         fail("connect", "cannot connect to %s: %s", args->broadcasts, zmq_strerror(errno));
     /* REQ enforces send, receive, send, receive...: one request in flight at a time. */
     client.req = zmq_socket(context, ZMQ_REQ);
-    zmq_setsockopt(client.req, ZMQ_LINGER, &linger, sizeof linger);
+    limit_socket(client.req, linger, MAX_MESSAGE);
     secure_socket(client.req, &args->security, false);
     if (zmq_connect(client.req, args->requests) < 0)
         fail("connect", "cannot connect to %s: %s", args->requests, zmq_strerror(errno));
@@ -420,7 +429,7 @@ int chat_client(int argc, char **argv)
     };
     for (;;) {
         poll_all(items, monitor ? 2 : 1, deadline_cap(&client.deadline, args->keepalive));
-        if (items[0].revents & ZMQ_POLLIN)
+        if ((items[0].revents & ZMQ_POLLIN) && receive_broadcast(&client))
             break; /* the handshake succeeded: the monitor is not polled any more */
         uint32_t value;
         const char *failure = items[1].revents & ZMQ_POLLIN ? handshake_failure(monitor, &value) : NULL;
@@ -430,7 +439,6 @@ int chat_client(int argc, char **argv)
         if (deadline_expired(&client.deadline))
             fail("timeout", "no broadcast from the server");
     }
-    receive_broadcast(&client);
     request(&client, NULL); /* join */
     emit("ready", "{s:s, s:s}", "handle", args->name, "security", MECHANISMS[args->security.mechanism]);
 

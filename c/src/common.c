@@ -393,13 +393,20 @@ static int compare(const char *a, size_t a_size, const char *b, size_t b_size)
     return order ? order : (a_size > b_size) - (a_size < b_size);
 }
 
-name_entry_t *names_get(names_t *names, const char *name, size_t size, bool *added)
+bool names_find(const names_t *names, const char *name, size_t size, size_t *at)
 {
     size_t i = 0;
     int order = 1;
     while (i < names->count && (order = compare(names->entry[i].bytes, names->entry[i].size, name, size)) < 0)
         i++;
-    bool found = i < names->count && order == 0;
+    *at = i; /* where it is, or where it belongs */
+    return i < names->count && order == 0;
+}
+
+name_entry_t *names_get(names_t *names, const char *name, size_t size, bool *added)
+{
+    size_t i;
+    bool found = names_find(names, name, size, &i);
     if (added)
         *added = !found;
     if (found)
@@ -432,13 +439,23 @@ void names_free(names_t *names)
 
 /* --- frames --------------------------------------------------------------------------------- */
 
-void frames_recv(void *socket, frames_t *message)
+bool frame_if_ready(void *socket, zmq_msg_t *frame)
+{
+    if (zmq_msg_recv(frame, socket, ZMQ_DONTWAIT) >= 0)
+        return true;
+    if (errno != EAGAIN && errno != EINTR) /* EINTR: a signal; the caller checks its flags */
+        fail("recv", "zmq_msg_recv: %s", zmq_strerror(errno));
+    return false;
+}
+
+bool recv_if_ready(void *socket, frames_t *message)
 {
     size_t room = 4;
     message->frame = malloc(room * sizeof *message->frame);
     message->count = 0;
-    /* A multipart message arrives whole or not at all; ZMQ_RCVMORE (zmq_msg_more) says that
-       another frame of it follows. */
+    /* A multipart message arrives whole or not at all: once its first frame is here, so are the
+       others, and receiving them cannot block. ZMQ_RCVMORE (zmq_msg_more) says that another
+       frame of it follows. */
     bool more = true;
     while (more) {
         if (message->count == room) /* only the pointers move: a zmq_msg_t must stay put */
@@ -448,11 +465,19 @@ void frames_recv(void *socket, frames_t *message)
             fail("memory", "out of memory");
         zmq_msg_init(frame);
         message->frame[message->count++] = frame;
-        while (zmq_msg_recv(frame, socket, 0) < 0)
-            if (errno != EINTR)
-                fail("recv", "zmq_msg_recv: %s", zmq_strerror(errno));
+        if (message->count == 1) { /* the first frame: only if it is there */
+            if (!frame_if_ready(socket, frame)) {
+                frames_close(message);
+                return false;
+            }
+        } else { /* the rest: already here */
+            while (zmq_msg_recv(frame, socket, 0) < 0)
+                if (errno != EINTR)
+                    fail("recv", "zmq_msg_recv: %s", zmq_strerror(errno));
+        }
         more = zmq_msg_more(frame);
     }
+    return true;
 }
 
 void frames_close(frames_t *message)
@@ -471,6 +496,13 @@ void send_frame(void *socket, const void *data, size_t size, bool more)
     while (zmq_send(socket, data, size, more ? ZMQ_SNDMORE : 0) < 0)
         if (errno != EINTR)
             fail("send", "zmq_send: %s", zmq_strerror(errno));
+}
+
+void limit_socket(void *socket, int linger, int64_t max_message)
+{
+    if (zmq_setsockopt(socket, ZMQ_LINGER, &linger, sizeof linger) < 0 ||
+        zmq_setsockopt(socket, ZMQ_MAXMSGSIZE, &max_message, sizeof max_message) < 0)
+        fail("socket", "zmq_setsockopt: %s", zmq_strerror(errno));
 }
 
 void last_endpoint(void *socket, char endpoint[ENDPOINT_SIZE])
@@ -681,7 +713,8 @@ static bool key_listed(const char *keys, const char *key)
 void zap_answer(void *handler, const security_t *security)
 {
     frames_t request; /* version, request id, domain, address, routing id, mechanism, credentials */
-    frames_recv(handler, &request);
+    if (!recv_if_ready(handler, &request))
+        return;
     const char *mechanism = "", *reason = "not a ZAP 1.0 request";
     size_t mechanism_size = 0, identity_size = 0;
     char identity[MAX_PLAIN + 1] = ""; /* the Z85 key or the username */
@@ -745,11 +778,12 @@ void *monitor_handshakes(void *context, void *socket, const char *name)
 const char *handshake_failure(void *monitor, uint32_t *value)
 {
     frames_t event;
-    frames_recv(monitor, &event);
+    *value = 0;
+    if (!recv_if_ready(monitor, &event))
+        return NULL;
     /* Frame 0: the event (16 bits) then its value (32 bits), in the machine's byte order;
        frame 1: the endpoint. */
     uint16_t number = 0;
-    *value = 0;
     if (event.count == 2 && frame_size(&event, 0) == 6) {
         memcpy(&number, frame_data(&event, 0), sizeof number);
         memcpy(value, frame_data(&event, 0) + 2, sizeof *value);

@@ -107,6 +107,8 @@ typedef struct {
 } names_t;
 /* The entry of `name` (1 to MAX_NAME bytes), added in order with value 0 if it is new. */
 name_entry_t *names_get(names_t *names, const char *name, size_t size, bool *added);
+/* Whether `name` is in the set, and if so at which index (for names_remove). */
+bool names_find(const names_t *names, const char *name, size_t size, size_t *at);
 void names_remove(names_t *names, size_t i);
 void names_free(names_t *names);
 
@@ -115,12 +117,25 @@ typedef struct {
     zmq_msg_t **frame; /* each frame allocated once: libzmq forbids moving a zmq_msg_t */
     size_t count;
 } frames_t;
-void frames_recv(void *socket, frames_t *message);
+/* The message a poll said was waiting (ZMQ_POLLIN), or false if there is none after all. A poll's
+   POLLIN is a hint, not a promise: REP silently drops a request it cannot route (no empty
+   delimiter frame) inside the receive, and REQ a reply, and a blocking receive would then wait
+   for the next one: no heartbeat, no deadline, no stop. So the first frame is received with
+   ZMQ_DONTWAIT; EAGAIN (or a signal, EINTR) means "nothing", and the caller goes round its loop. */
+bool recv_if_ready(void *socket, frames_t *message);
+/* The same for one frame, whatever its ZMQ_RCVMORE says; `frame` is initialised by the caller. */
+bool frame_if_ready(void *socket, zmq_msg_t *frame);
 void frames_close(frames_t *message);
 static inline const char *frame_data(const frames_t *m, size_t i) { return zmq_msg_data(m->frame[i]); }
 static inline size_t frame_size(const frames_t *m, size_t i) { return zmq_msg_size(m->frame[i]); }
 /* One frame; `more` (ZMQ_SNDMORE) says another frame of the same message follows. */
 void send_frame(void *socket, const void *data, size_t size, bool more);
+/* What every socket of a role gets before it binds or connects: its linger (what happens at close
+   to messages still queued), and ZMQ_MAXMSGSIZE, the largest frame a peer may send it. libzmq
+   checks each frame's size as it decodes it and drops a bigger one together with the sender's
+   connection, before allocating it; subscriptions are frames too. Send-only sockets included: the
+   library still decodes what a peer sends them. (Inproc sockets need no limit: nothing decodes there.) */
+void limit_socket(void *socket, int linger, int64_t max_message);
 /* The endpoint a socket actually bound, with the port the library chose for a wildcard `*`. */
 enum { ENDPOINT_SIZE = 256 };
 void last_endpoint(void *socket, char endpoint[ENDPOINT_SIZE]);
@@ -169,14 +184,16 @@ void secure_socket(void *socket, const security_t *security, bool as_server);
    (null, and curve without --curve-clients). It binds inproc://zeromq.zap.01 in `context`, so it
    must start before the secure sockets bind. */
 void *zap_start(void *context, const security_t *security);
-/* Answers the one ZAP request waiting on `handler`, reported as `authenticated` or `denied`. */
+/* Answers the ZAP request waiting on `handler` (if any, after all: recv_if_ready), reported as
+   `authenticated` or `denied`. */
 void zap_answer(void *handler, const security_t *security);
 
 /* A monitor of `socket`'s handshake failures: the inproc PAIR that libzmq's events arrive on,
    `name` telling the sockets apart. Started before the socket binds or connects. */
 void *monitor_handshakes(void *context, void *socket, const char *name);
 /* Reads one event of `monitor`: its failure ("no-detail", "protocol" or "auth") with the event's
-   value (an errno, a ZMQ_PROTOCOL_ERROR_* code or the ZAP status), or NULL for another event. */
+   value (an errno, a ZMQ_PROTOCOL_ERROR_* code or the ZAP status), or NULL for another event or
+   none. */
 const char *handshake_failure(void *monitor, uint32_t *value);
 
 #endif

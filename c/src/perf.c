@@ -157,13 +157,23 @@ static bool sink(void *pull, int size, int count, const deadline_t *deadline, in
 
 /* --- sockets -------------------------------------------------------------------------------- */
 
+/* ZMQ_MAXMSGSIZE: a message is exactly --size bytes, and a frame above the limit never reaches
+   us (libzmq drops it with the sender's connection); at least 256, room for the handshake's READY
+   command, which the same limit bounds. */
+static int64_t max_message(int size)
+{
+    return size > 256 ? size : 256;
+}
+
 /* A socket bound or connected to `endpoint`, with every send and receive bounded by --timeout
-   (-1: no limit), set once here instead of a poll per message. */
-static void *open_socket(void *context, int type, const char *endpoint, bool bind, int timeout, int linger)
+   (-1: no limit), set once here instead of a poll per message, and no frame larger than `size`
+   allowed in (at least 256 bytes). */
+static void *open_socket(void *context, int type, const char *endpoint, bool bind, int timeout, int linger,
+                         int size)
 {
     void *socket = zmq_socket(context, type);
     int wait = timeout > 0 ? timeout : -1;
-    zmq_setsockopt(socket, ZMQ_LINGER, &linger, sizeof linger);
+    limit_socket(socket, linger, max_message(size));
     zmq_setsockopt(socket, ZMQ_RCVTIMEO, &wait, sizeof wait);
     zmq_setsockopt(socket, ZMQ_SNDTIMEO, &wait, sizeof wait);
     if (bind && zmq_bind(socket, endpoint) < 0)
@@ -201,7 +211,7 @@ int perf_thr_sink(int argc, char **argv)
     deadline_t deadline = deadline_start(args.timeout);
     void *context = zmq_ctx_new();
     /* PULL fair-queues from every connected PUSH; here there is one. */
-    void *pull = open_socket(context, ZMQ_PULL, args.endpoint, true, args.timeout, 0);
+    void *pull = open_socket(context, ZMQ_PULL, args.endpoint, true, args.timeout, 0, args.size);
     char endpoint[ENDPOINT_SIZE];
     last_endpoint(pull, endpoint);
     emit("ready", "{s:s}", "endpoint", endpoint);
@@ -226,7 +236,7 @@ int perf_thr_source(int argc, char **argv)
     void *message = zeros(args.size);
     void *context = zmq_ctx_new();
     /* PUSH: until it is connected to the sink, a send waits (up to ZMQ_SNDTIMEO). */
-    void *push = open_socket(context, ZMQ_PUSH, args.endpoint, false, args.timeout, 0);
+    void *push = open_socket(context, ZMQ_PUSH, args.endpoint, false, args.timeout, 0, args.size);
     emit("ready", "{}");
 
     failure_t failure;
@@ -247,7 +257,7 @@ int perf_lat_echo(int argc, char **argv)
         return 2;
     deadline_t deadline = deadline_start(args.timeout);
     void *context = zmq_ctx_new();
-    void *rep = open_socket(context, ZMQ_REP, args.endpoint, true, args.timeout, 0);
+    void *rep = open_socket(context, ZMQ_REP, args.endpoint, true, args.timeout, 0, args.size);
     char endpoint[ENDPOINT_SIZE];
     last_endpoint(rep, endpoint);
     emit("ready", "{s:s}", "endpoint", endpoint);
@@ -277,7 +287,7 @@ int perf_lat_ping(int argc, char **argv)
     deadline_t deadline = deadline_start(args.timeout);
     void *request = zeros(args.size);
     void *context = zmq_ctx_new();
-    void *req = open_socket(context, ZMQ_REQ, args.endpoint, false, args.timeout, 0);
+    void *req = open_socket(context, ZMQ_REQ, args.endpoint, false, args.timeout, 0, args.size);
     emit("ready", "{}");
 
     zmq_msg_t reply;
@@ -330,8 +340,8 @@ int perf_inproc_thr(int argc, char **argv)
        no I/O thread in the way: both sockets must come from this one context. The PULL binds
        first, so the endpoint exists when the PUSH connects. */
     void *context = zmq_ctx_new();
-    void *pull = open_socket(context, ZMQ_PULL, "inproc://perf", true, args.timeout, 0);
-    void *push = open_socket(context, ZMQ_PUSH, "inproc://perf", false, args.timeout, 0);
+    void *pull = open_socket(context, ZMQ_PULL, "inproc://perf", true, args.timeout, 0, args.size);
+    void *push = open_socket(context, ZMQ_PUSH, "inproc://perf", false, args.timeout, 0, args.size);
     emit("ready", "{}");
 
     /* A ZeroMQ socket is not thread-safe: from here on `push` belongs to the sender's thread

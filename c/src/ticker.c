@@ -14,6 +14,11 @@
 #include "common.h"
 
 enum { MAX_SYMBOLS = 32 }; /* in one --symbols list */
+/* ZMQ_MAXMSGSIZE on every socket: a frame above it never reaches us (libzmq drops it with the
+   sender's connection), and no subscription can grow an XPUB's subscription trie past it. The
+   largest legal frames are a subscription, 1 + `@` + a 32-byte name = 34 bytes, and a tick's
+   9-byte frames; 256 leaves room for the handshake's READY command, which the limit also bounds. */
+static const int64_t MAX_MESSAGE = 256;
 /* Every integer of the price is a uint64_t (GOLDEN, splitmix64: common.h): C's unsigned
    arithmetic wraps modulo 2^64, as the protocol says. */
 
@@ -170,28 +175,45 @@ static int64_t epoch_ms(void)
     return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
 }
 
-/* A subscription message: 1 (subscribe) or 0 (unsubscribe), then the topic. XPUB passes on one
-   subscribe per topic, and one unsubscribe when the topic's last subscriber leaves. */
-static void on_subscription(const frames_t *message, names_t *subscribers)
+/* What the publisher has reported: the symbol topics subscribed now, and every subscriber whose
+   `@name` ever arrived (value 1 while its topic is subscribed). Only a change is reported. */
+typedef struct {
+    names_t symbols, subscribers;
+} topics_t;
+
+/* A subscription frame: 1 (subscribe) or 0 (unsubscribe), then the topic. XPUB passes on one
+   subscribe per topic, and one unsubscribe when the topic's last subscriber leaves; we still
+   report a topic only when our own set changes, whatever a library lets through. */
+static void on_subscription(zmq_msg_t *frame, topics_t *topics)
 {
     char text[HEX_SIZE];
-    const char *data = frame_data(message, 0);
-    size_t size = frame_size(message, 0);
-    if (message->count != 1 || size < 2 || (data[0] != 0 && data[0] != 1)) {
-        emit_error("malformed-subscription", "not a subscription: %zu frame(s), the first %s", message->count,
-                   size ? hex(data, size, text) : "empty");
+    const char *data = zmq_msg_data(frame);
+    size_t size = zmq_msg_size(frame);
+    if (size < 2 || (data[0] != 0 && data[0] != 1)) {
+        emit_error("malformed-subscription", "not a subscription: %s", size ? hex(data, size, text) : "empty");
         return;
     }
     bool on = data[0] == 1;
     const char *topic = data + 1;
-    size_t length = size - 1;
+    size_t length = size - 1, at;
     if (topic[0] == '@' && is_name(topic + 1, length - 1)) {
+        const char *name = topic + 1;
         if (on) {
-            names_get(subscribers, topic + 1, length - 1, NULL);
-            emit("joined", "{s:s%}", "subscriber", topic + 1, length - 1);
+            name_entry_t *subscriber = names_get(&topics->subscribers, name, length - 1, NULL);
+            if (!subscriber->value)
+                emit("joined", "{s:s%}", "subscriber", name, length - 1);
+            subscriber->value = 1;
+        } else if (names_find(&topics->subscribers, name, length - 1, &at)) {
+            topics->subscribers.entry[at].value = 0; /* it left: not reported, and still counted */
         }
     } else if (topic[length - 1] == '\0' && is_symbol(topic, length - 1)) {
-        emit(on ? "subscribed" : "unsubscribed", "{s:s%}", "symbol", topic, length - 1);
+        bool changed = true;
+        if (on)
+            names_get(&topics->symbols, topic, length - 1, &changed);
+        else if ((changed = names_find(&topics->symbols, topic, length - 1, &at)))
+            names_remove(&topics->symbols, at);
+        if (changed)
+            emit(on ? "subscribed" : "unsubscribed", "{s:s%}", "symbol", topic, length - 1);
     } else {
         emit_error("malformed-subscription", "unknown topic %s", hex(topic, length, text));
     }
@@ -219,14 +241,15 @@ int ticker_publisher(int argc, char **argv)
        never blocks: a subscriber whose queue is full (the HWM, 1000 messages) loses ticks. */
     void *ticks = zmq_socket(context, ZMQ_XPUB);
     int linger = 0; /* ticks are a stream: at close, drop what is still queued */
-    zmq_setsockopt(ticks, ZMQ_LINGER, &linger, sizeof linger);
+    limit_socket(ticks, linger, MAX_MESSAGE);
     if (zmq_bind(ticks, args.ticks) < 0)
         fail("bind", "cannot bind: %s", zmq_strerror(errno));
     char endpoint[ENDPOINT_SIZE];
     last_endpoint(ticks, endpoint);
     emit("ready", "{s:s}", "ticks", endpoint);
 
-    names_t subscribers = {0};
+    topics_t topics = {0};
+    names_t *subscribers = &topics.subscribers; /* every `@name` ever joined */
     uint64_t sequence = 0; /* every symbol gets one tick per round, so they share the round number */
     bool started = false;  /* publishing starts once every subscriber is there */
     int64_t next_round = 0;
@@ -235,20 +258,23 @@ int ticker_publisher(int argc, char **argv)
             fail("timeout", "still publishing after %d ms", args.timeout);
         int64_t wait = started ? next_round - now_ms() : 100;
         /* The wait between rounds is this poll: subscriptions are served while we wait. */
-        if (poll_in(ticks, deadline_cap(&deadline, wait > 0 ? (long)wait : 0))) {
-            frames_t message;
-            frames_recv(ticks, &message);
-            on_subscription(&message, &subscribers);
-            frames_close(&message);
+        zmq_msg_t frame;
+        zmq_msg_init(&frame);
+        /* One frame at a time, whatever its ZMQ_RCVMORE: XPUB passes each subscription on as a
+           frame of its own, and a peer's other frames keep their "more" flag, so each frame is
+           judged alone. */
+        if (poll_in(ticks, deadline_cap(&deadline, wait > 0 ? (long)wait : 0)) && frame_if_ready(ticks, &frame)) {
+            on_subscription(&frame, &topics);
             /* Slow joiner: a tick sent before a subscriber's subscriptions arrive is dropped for
                it. Each subscriber sends its `@name` after its symbols, so once every `@name` is
                here, every symbol is too. */
-            if (!started && subscribers.count >= (size_t)args.subscribers) {
-                emit("started", "{s:i}", "subscribers", (int)subscribers.count);
+            if (!started && subscribers->count >= (size_t)args.subscribers) {
+                emit("started", "{s:i}", "subscribers", (int)subscribers->count);
                 started = true;
                 next_round = now_ms();
             }
         }
+        zmq_msg_close(&frame);
         if (started && now_ms() >= next_round) {
             sequence++;
             int64_t timestamp = epoch_ms();
@@ -262,7 +288,8 @@ int ticker_publisher(int argc, char **argv)
 
     emit("done", "{s:I, s:I}", "rounds", (json_int_t)sequence, "ticks",
          (json_int_t)(sequence * args.symbols.count));
-    names_free(&subscribers);
+    names_free(&topics.symbols);
+    names_free(subscribers);
     zmq_close(ticks);
     zmq_ctx_term(context);
     return 0;
@@ -340,8 +367,11 @@ int ticker_proxy(int argc, char **argv)
     void *steer = zmq_socket(context, ZMQ_PAIR); /* our end */
     int linger = 0; /* ticks are a stream: at close, drop what is still queued */
     void *sockets[] = {proxy.upstream, proxy.downstream, proxy.control, steer};
-    for (size_t i = 0; i < sizeof sockets / sizeof sockets[0]; i++)
-        zmq_setsockopt(sockets[i], ZMQ_LINGER, &linger, sizeof linger);
+    limit_socket(proxy.upstream, linger, MAX_MESSAGE);
+    limit_socket(proxy.downstream, linger, MAX_MESSAGE);
+    /* The control PAIRs are inproc: nothing decodes there, so only the linger. */
+    zmq_setsockopt(proxy.control, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(steer, ZMQ_LINGER, &linger, sizeof linger);
     if (zmq_bind(proxy.downstream, args.downstream) < 0)
         fail("bind", "cannot bind: %s", zmq_strerror(errno));
     if (zmq_connect(proxy.upstream, args.upstream) < 0)
@@ -473,7 +503,7 @@ int ticker_subscriber(int argc, char **argv)
     /* SUB receives only what matches its subscriptions; it never sends anything but them. */
     void *sub = zmq_socket(context, ZMQ_SUB);
     int linger = 0; /* ticks are a stream: nothing is owed to anyone at close */
-    zmq_setsockopt(sub, ZMQ_LINGER, &linger, sizeof linger);
+    limit_socket(sub, linger, MAX_MESSAGE);
     if (zmq_connect(sub, args.ticks) < 0)
         fail("connect", "cannot connect: %s", zmq_strerror(errno));
     symbols_t subscribed = args.symbols;
@@ -495,7 +525,8 @@ int ticker_subscriber(int argc, char **argv)
     bool switched = !*old;
     int total = 0, malformed = 0;
     while (!(switched && received_all(received, subscribed.count, args.count))) {
-        if (!poll_in(sub, deadline_cap(&deadline, 1000))) {
+        frames_t message;
+        if (!poll_in(sub, deadline_cap(&deadline, 1000)) || !recv_if_ready(sub, &message)) {
             if (deadline_expired(&deadline)) {
                 char missing[256] = "";
                 for (size_t i = 0, used = 0; i < subscribed.count && used < sizeof missing; i++)
@@ -506,8 +537,6 @@ int ticker_subscriber(int argc, char **argv)
             }
             continue;
         }
-        frames_t message;
-        frames_recv(sub, &message);
         checked_t tick = {0};
         char reason[REASON_SIZE];
         const char *code = check_tick(&message, &subscribed, args.seed, &tick, reason);

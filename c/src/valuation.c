@@ -17,6 +17,11 @@ enum {
     MIN_CENTS = 100,
     MAX_CENTS = 100099,
 };
+/* ZMQ_MAXMSGSIZE on every socket: a frame above it never reaches us (libzmq drops it with the
+   sender's connection), so no peer can make a role allocate without bound. The largest legal
+   frames are a 32-byte worker name, `finished` and the 8-byte ids and values; 256 leaves room for
+   the handshake's READY command, which the limit also bounds. */
+static const int64_t MAX_MESSAGE = 256;
 
 /* The control channel's states, as sent: one frame of text. */
 typedef enum { WAITING, GO, FINISHED } state_t;
@@ -126,17 +131,8 @@ int valuation_encode(int argc, char **argv)
 typedef struct {
     const char *results, *control;
     int workers, count, quiet, heartbeat, timeout;
+    uint64_t seed;
 } sink_args;
-
-/* Good results add up to far less than 2^63 cents (at most 2^31 results of at most 10^8 cents);
-   only values a rogue worker made up could pass 64 bits, so the sum has 128 (a GCC and Clang
-   extension), and such a total is shown as a real. */
-__extension__ typedef __int128 total_t;
-
-static json_t *json_total(total_t total)
-{
-    return total >= INT64_MIN && total <= INT64_MAX ? json_integer((json_int_t)total) : json_real((double)total);
-}
 
 typedef struct {
     sink_args args;
@@ -147,7 +143,10 @@ typedef struct {
     bool *have;     /* have[id]: a result for order id is counted, 1 <= id <= count */
     bool *resent;   /* resent[id]: order id was re-dispatched */
     int counted;
-    total_t total;
+    /* A sum of checked values only: each is at most 1000 × 100099 cents either way and --count
+       is an int, so |total| < 2^31 × 2^27 = 2^58: a signed 64-bit total is exact, and cannot
+       overflow. */
+    int64_t total;
     int64_t quiet_since; /* ms: the last new result, or `go` */
 } sink_t;
 
@@ -159,12 +158,13 @@ typedef struct {
     int64_t value;
 } result_t;
 
-/* The first broken rule of a result as its error code, with a `reason`; NULL when it is good. */
-static const char *check_result(const frames_t *message, int count, result_t *result, char reason[REASON_SIZE])
+/* The first broken rule of a result as its error code, with a `reason`; NULL when it is good.
+   Nothing a worker says is trusted: the value must be the one we recompute from --seed. */
+static const char *check_result(const frames_t *message, const sink_args *args, result_t *result,
+                                char reason[REASON_SIZE])
 {
     char sizes[64];
-    if (message->count != 4 || !frame_is(message, 0, "result") || frame_size(message, 2) != 8 ||
-        frame_size(message, 3) != 8)
+    if (message->count != 4 || !frame_is(message, 0, "result"))
         return problem(reason, "malformed-result", "not [result, name, id, value]: %s bytes",
                        frame_sizes(message, sizes));
     result->worker = frame_data(message, 1);
@@ -173,10 +173,19 @@ static const char *check_result(const frames_t *message, int count, result_t *re
         return problem(reason, "malformed-result", "the worker name is not UTF-8");
     if (!is_name(result->worker, result->worker_size))
         return problem(reason, "malformed-result", "a worker name of %zu bytes", result->worker_size);
+    if (frame_size(message, 2) != 8 || frame_size(message, 3) != 8)
+        return problem(reason, "malformed-result", "the id and the value have %zu and %zu bytes, not 8",
+                       frame_size(message, 2), frame_size(message, 3));
     result->id = get_be64(frame_data(message, 2));
-    if (result->id < 1 || result->id > (uint64_t)count)
-        return problem(reason, "unknown-id", "id %llu is not in 1..%d", (unsigned long long)result->id, count);
+    if (result->id < 1 || result->id > (uint64_t)args->count)
+        return problem(reason, "unknown-id", "id %llu is not in 1..%d", (unsigned long long)result->id,
+                       args->count);
     result->value = (int64_t)get_be64(frame_data(message, 3));
+    order_t o = order(args->seed, result->id);
+    int64_t expected = value(o.side, o.quantity, o.cents);
+    if (result->value != expected)
+        return problem(reason, "wrong-value", "order %llu is worth %lld cents, not %lld",
+                       (unsigned long long)result->id, (long long)expected, (long long)result->value);
     return NULL;
 }
 
@@ -187,12 +196,22 @@ static void set_state(sink_t *sink, state_t state)
     send_frame(sink->control, STATES[state], strlen(STATES[state]), false); /* at once */
 }
 
+/* A ready is exactly [ready, name], the name 1 to 32 bytes of UTF-8: anything else is not a
+   worker. The reason gives sizes, never the peer's bytes. */
 static void on_ready(sink_t *sink, const frames_t *message)
 {
+    if (message->count != 2) {
+        emit_error("malformed-ready", "a ready has 2 frames, got %zu", message->count);
+        return;
+    }
     const char *name = frame_data(message, 1);
     size_t size = frame_size(message, 1);
-    if (!is_name(name, size)) {
-        emit_error("malformed-result", "a ready with a name of %zu bytes, or not UTF-8", size);
+    if (size < 1 || size > MAX_NAME) {
+        emit_error("malformed-ready", "a ready's name has %zu bytes, not 1 to %d", size, MAX_NAME);
+        return;
+    }
+    if (!utf8_valid(name, size, NULL)) {
+        emit_error("malformed-ready", "a ready's name is not UTF-8");
         return;
     }
     bool added;
@@ -212,7 +231,7 @@ static void on_result(sink_t *sink, const frames_t *message)
 {
     result_t result = {0};
     char reason[REASON_SIZE];
-    const char *code = check_result(message, sink->args.count, &result, reason);
+    const char *code = check_result(message, &sink->args, &result, reason);
     if (code) {
         emit_error(code, "%s", reason); /* not counted */
         return;
@@ -243,7 +262,7 @@ static void on_result(sink_t *sink, const frames_t *message)
         for (int i = 1; i <= sink->args.count; i++) /* ascending */
             if (sink->resent[i])
                 json_array_append_new(resent, json_integer(i));
-        emit("complete", "{s:o, s:o, s:o}", "total", json_total(sink->total), "workers", workers, "resent",
+        emit("complete", "{s:I, s:o, s:o}", "total", (json_int_t)sink->total, "workers", workers, "resent",
              resent);
     }
 }
@@ -286,6 +305,7 @@ int valuation_sink(int argc, char **argv)
             .count = 100,
             .quiet = 1000,
             .heartbeat = 100,
+            .seed = 1,
         },
         .state = WAITING,
     };
@@ -297,6 +317,7 @@ int valuation_sink(int argc, char **argv)
         NUMBER_FLAG("count", args->count, 1),
         NUMBER_FLAG("quiet", args->quiet, 1),
         NUMBER_FLAG("heartbeat", args->heartbeat, 1),
+        PARSED_FLAG("seed", parse_u64, args->seed),
         NUMBER_FLAG("timeout", args->timeout, 0),
     };
     if (!parse_flags(argc, argv, flags, sizeof flags / sizeof flags[0]))
@@ -314,8 +335,8 @@ int valuation_sink(int argc, char **argv)
     sink.results = zmq_socket(context, ZMQ_PULL);
     sink.control = zmq_socket(context, ZMQ_PUB);
     int linger = 0; /* PROTOCOL.md: no role leaves while anything it sent is still needed */
-    zmq_setsockopt(sink.results, ZMQ_LINGER, &linger, sizeof linger);
-    zmq_setsockopt(sink.control, ZMQ_LINGER, &linger, sizeof linger);
+    limit_socket(sink.results, linger, MAX_MESSAGE);
+    limit_socket(sink.control, linger, MAX_MESSAGE);
     if (zmq_bind(sink.results, args->results) < 0 || zmq_bind(sink.control, args->control) < 0)
         fail("bind", "cannot bind: %s", zmq_strerror(errno));
     char results_at[ENDPOINT_SIZE], control_at[ENDPOINT_SIZE];
@@ -330,10 +351,10 @@ int valuation_sink(int argc, char **argv)
             fail("timeout", "still running after %d ms with %d results", args->timeout, sink.counted);
         /* The poll is the only wait: for a message, or until the next heartbeat is due. */
         int64_t wait = next_beat - now_ms();
-        if (poll_in(sink.results, deadline_cap(&deadline, wait > 0 ? (long)wait : 0))) {
-            frames_t message;
-            frames_recv(sink.results, &message); /* every frame of one message, or none */
-            if (message.count == 2 && frame_is(&message, 0, "ready"))
+        frames_t message; /* every frame of one message, or none */
+        if (poll_in(sink.results, deadline_cap(&deadline, wait > 0 ? (long)wait : 0)) &&
+            recv_if_ready(sink.results, &message)) {
+            if (frame_is(&message, 0, "ready"))
                 on_ready(&sink, &message);
             else
                 on_result(&sink, &message);
@@ -352,7 +373,7 @@ int valuation_sink(int argc, char **argv)
         }
     }
 
-    emit("done", "{s:i, s:o}", "orders", sink.counted, "total", json_total(sink.total));
+    emit("done", "{s:i, s:I}", "orders", sink.counted, "total", (json_int_t)sink.total);
     names_free(&sink.ready);
     names_free(&sink.priced);
     free(sink.have);
@@ -380,13 +401,11 @@ typedef struct {
 /* The next control message, or false when a second passed without one. */
 static bool next_control(source_t *source, frames_t *message)
 {
-    if (!poll_in(source->control, deadline_cap(&source->deadline, 1000))) {
-        if (deadline_expired(&source->deadline))
-            fail("timeout", "not finished after %d ms", source->args.timeout);
-        return false;
-    }
-    frames_recv(source->control, message);
-    return true;
+    if (poll_in(source->control, deadline_cap(&source->deadline, 1000)) && recv_if_ready(source->control, message))
+        return true;
+    if (deadline_expired(&source->deadline))
+        fail("timeout", "not finished after %d ms", source->args.timeout);
+    return false;
 }
 
 /* Order `id`, the same bytes every time: the generator recomputes them. */
@@ -431,8 +450,8 @@ int valuation_source(int argc, char **argv)
     source.orders = zmq_socket(context, ZMQ_PUSH);
     source.control = zmq_socket(context, ZMQ_SUB);
     int linger = 0; /* we leave only on `finished`: nothing we sent is still needed */
-    zmq_setsockopt(source.orders, ZMQ_LINGER, &linger, sizeof linger);
-    zmq_setsockopt(source.control, ZMQ_LINGER, &linger, sizeof linger);
+    limit_socket(source.orders, linger, MAX_MESSAGE);
+    limit_socket(source.control, linger, MAX_MESSAGE);
     zmq_setsockopt(source.control, ZMQ_SUBSCRIBE, "", 0); /* every control message */
     if (zmq_bind(source.orders, args->orders) < 0)
         fail("bind", "cannot bind: %s", zmq_strerror(errno));
@@ -546,7 +565,7 @@ int valuation_worker(int argc, char **argv)
     int linger = 0;
     void *sockets[] = {orders, results, control};
     for (size_t i = 0; i < 3; i++)
-        zmq_setsockopt(sockets[i], ZMQ_LINGER, &linger, sizeof linger);
+        limit_socket(sockets[i], linger, MAX_MESSAGE);
     zmq_setsockopt(control, ZMQ_SUBSCRIBE, "", 0);
     /* PULL first: it should be connected long before the source deals the batch. */
     if (zmq_connect(orders, args.orders) < 0 || zmq_connect(results, args.results) < 0 ||
@@ -555,11 +574,10 @@ int valuation_worker(int argc, char **argv)
 
     /* Slow joiner: once one control message has arrived, our subscription is live and no later
        one can be missed. */
-    while (!poll_in(control, deadline_cap(&deadline, 1000)))
+    frames_t message;
+    while (!poll_in(control, deadline_cap(&deadline, 1000)) || !recv_if_ready(control, &message))
         if (deadline_expired(&deadline))
             fail("timeout", "no control message from the sink");
-    frames_t message;
-    frames_recv(control, &message);
     bool finished = is_state(&message, FINISHED);
     frames_close(&message);
     const part_t ready[] = {{"ready", strlen("ready")}, {args.name, strlen(args.name)}};
@@ -585,14 +603,12 @@ int valuation_worker(int argc, char **argv)
                                : zmq_poll(items, 2, deadline_cap(&deadline, 1000));
         if (polled < 0 && errno != EINTR)
             fail("poll", "zmq_poll: %s", zmq_strerror(errno));
-        if (items[1].revents & ZMQ_POLLIN) {
-            frames_recv(control, &message);
+        if ((items[1].revents & ZMQ_POLLIN) && recv_if_ready(control, &message)) {
             finished = is_state(&message, FINISHED); /* states and resends; only this matters here */
             frames_close(&message);
         }
-        if (!(items[0].revents & ZMQ_POLLIN))
+        if (!(items[0].revents & ZMQ_POLLIN) || !recv_if_ready(orders, &message))
             continue;
-        frames_recv(orders, &message);
         uint64_t id = 0;
         int64_t amount = 0;
         char reason[REASON_SIZE];

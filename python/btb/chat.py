@@ -5,11 +5,15 @@ from collections import Counter
 import zmq
 
 from . import security
-from .contract import Deadline, Failure, StopSignal, at_least, bind, connect, emit, log, name
+from .contract import Deadline, Failure, StopSignal, at_least, bind, connect, emit, log, name, recv_if_ready
 
 MAX_HANDLE = 32  # bytes of UTF-8 (the contract's MAX_NAME)
 MAX_TEXT = 4096  # bytes of UTF-8
-MAX_MESSAGE = 2 * 1024 * 1024  # ZMQ_MAXMSGSIZE: bigger frames are dropped by libzmq itself
+# ZMQ_MAXMSGSIZE, on all four sockets: libzmq drops a bigger frame together with the sender's
+# connection, so no peer makes a role allocate without bound (a subscription is a frame too). The
+# largest legal frame is a 4096-byte text; the margin lets a text a little too long still reach
+# the server's own `text-too-long` rule, and leaves room for CURVE's per-frame overhead.
+MAX_MESSAGE = 8192
 
 
 def add_roles(roles):
@@ -75,6 +79,7 @@ def run_server(args):
     # drops for a subscriber that is not connected yet (slow joiner) or whose queue is full (HWM).
     broadcasts = context.socket(zmq.PUB)
     broadcasts.linger = 0
+    broadcasts.maxmsgsize = MAX_MESSAGE  # PUB sends, but still decodes what subscribers send it
     # Security options are read when a connection starts: set them before binding. The ZAP
     # handler, if any, is bound first, so that no handshake happens without it.
     zap, monitors = security.secure_server(args, context, {"requests": requests, "broadcasts": broadcasts})
@@ -103,11 +108,12 @@ def run_server(args):
         if zap and zap.socket in ready:
             zap.handle()
         for name, monitor in monitors.items():
-            if monitor in ready:
-                failure, value = security.handshake_failure(monitor)
-                emit("handshake-failed", socket=name, failure=failure, value=value)
-        if requests in ready:
-            frames = requests.recv_multipart()
+            failure = security.handshake_failure(monitor) if monitor in ready else None
+            if failure:
+                emit("handshake-failed", socket=name, failure=failure[0], value=failure[1])
+        # None: REP dropped something it could not answer (no request after all); loop again.
+        frames = recv_if_ready(requests) if requests in ready else None
+        if frames is not None:
             problem = check_request(frames)
             if problem:
                 code, reason = problem
@@ -150,10 +156,12 @@ class Client:
         # SUB first, so that its subscription starts travelling as early as possible.
         self.sub = context.socket(zmq.SUB)
         self.sub.linger = 0
+        self.sub.maxmsgsize = MAX_MESSAGE
         self.sub.subscribe(b"")  # a prefix filter on frame 0; "" lets posts and rosters through
         # REQ enforces send, receive, send, receive...: one request in flight at a time.
         self.req = context.socket(zmq.REQ)
         self.req.linger = 0
+        self.req.maxmsgsize = MAX_MESSAGE
         security.secure_client(args, [self.sub, self.req])  # before connecting
         # Under PLAIN or CURVE, watch the SUB socket's handshakes until the first broadcast.
         self.monitor = None if args.security == "null" else security.watch(self.sub)
@@ -167,10 +175,12 @@ class Client:
     def request(self, frames):
         """One lockstep round trip; returns the roster of the reply."""
         self.req.send_multipart(frames)
-        left = self.deadline.remaining_ms()
-        if not self.req.poll(left, zmq.POLLIN):  # None: wait as long as it takes
-            raise Failure("no-reply", f"no reply from the server within {left} ms")
-        reply = self.req.recv_multipart()
+        reply = None
+        while reply is None:  # REQ may drop a reply it cannot route inside the receive: wait on
+            left = self.deadline.remaining_ms()
+            if not self.req.poll(left, zmq.POLLIN):  # None: wait as long as it takes
+                raise Failure("no-reply", f"no reply from the server within {left} ms")
+            reply = recv_if_ready(self.req)
         self.last_request = time.monotonic()
         if reply[0] == b"":
             if len(reply) != 2:
@@ -208,25 +218,28 @@ class Client:
             raise Failure("timeout", f"not done after {self.args.timeout} ms")
         due = self.last_request + self.args.keepalive / 1000
         wait_ms = max(0, int((due - time.monotonic()) * 1000))
-        if self.sub.poll(self.deadline.cap(wait_ms), zmq.POLLIN):
-            self.on_broadcast(self.sub.recv_multipart())
+        frames = recv_if_ready(self.sub) if self.sub.poll(self.deadline.cap(wait_ms), zmq.POLLIN) else None
+        if frames is not None:
+            self.on_broadcast(frames)
         elif time.monotonic() >= due:
             self.request([self.me])  # keep-alive: silent handles expire from the roster
 
     def wait_for_first_broadcast(self):
+        """The first broadcast's frames."""
         poller = zmq.Poller()
         poller.register(self.sub, zmq.POLLIN)
         if self.monitor:
             poller.register(self.monitor, zmq.POLLIN)
         while True:
             ready = dict(poller.poll(self.deadline.cap(self.args.keepalive)))
-            if self.sub in ready:
-                return
-            if self.monitor in ready:
+            frames = recv_if_ready(self.sub) if self.sub in ready else None
+            if frames is not None:
+                return frames
+            failure = security.handshake_failure(self.monitor) if self.monitor in ready else None
+            if failure:
                 # Wrong keys or a wrong password do not get better by reconnecting: give up.
-                failure, value = security.handshake_failure(self.monitor)
                 raise Failure("refused", f"the server refused the {self.args.security.upper()} handshake "
-                                         f"(handshake failure {failure}, value {value})")
+                                         f"(handshake failure {failure[0]}, value {failure[1]})")
             if self.deadline.expired():
                 raise Failure("timeout", "no broadcast from the server")
 
@@ -234,8 +247,7 @@ class Client:
         args = self.args
         # Slow joiner: until a first broadcast arrives, our subscription may not have reached the
         # server and posts would be dropped for us. The server broadcasts at least every heartbeat.
-        self.wait_for_first_broadcast()
-        self.on_broadcast(self.sub.recv_multipart())
+        self.on_broadcast(self.wait_for_first_broadcast())
         self.request([self.me])  # join
         emit("ready", handle=args.name, security=args.security)
 

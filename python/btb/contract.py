@@ -74,7 +74,9 @@ def name(value):
 
 
 class StopSignal:
-    """SIGTERM and SIGINT only raise a flag; the role looks at it after every poll, or waits for it."""
+    """SIGTERM and SIGINT only raise a flag; the role looks at it after every poll, or waits for it.
+    A signal that interrupts a poll or a receive (EINTR) is no error: pyzmq runs this handler and
+    retries the call itself (a poll with the time it has left), so the loop sees the flag in time."""
 
     def __init__(self):
         self.event = threading.Event()
@@ -109,6 +111,21 @@ def connect(socket, endpoint):
         socket.connect(endpoint)
     except zmq.ZMQError as error:
         raise Failure("connect", f"cannot connect to {endpoint}: {error}") from error
+
+
+def recv_if_ready(socket, whole=True):
+    """Read what a poll reported, without waiting: the message (a list of frames), or with
+    `whole=False` its next frame alone; None if there was nothing after all.
+
+    POLLIN is a hint, not a promise. REP silently drops a request it cannot route (a DEALER's
+    without the empty delimiter frame), and REQ a reply, *inside* the receive; a blocking receive
+    would then wait for the next message, deaf to the heartbeat, the deadline and the stop flag.
+    So the first frame is read with NOBLOCK, and EAGAIN (zmq.Again) means "back to the loop". The
+    other frames of a message arrive together with the first, so reading them cannot block."""
+    try:
+        return socket.recv_multipart(zmq.NOBLOCK) if whole else socket.recv(zmq.NOBLOCK)
+    except zmq.Again:
+        return None
 
 
 def send_when_room(socket, frames, deadline, what):

@@ -7,6 +7,9 @@ import zmq
 from .contract import Deadline, Failure, at_least, bind, connect, emit
 
 THROUGHPUT_COUNT, LATENCY_COUNT = 100000, 10000
+# ZMQ_MAXMSGSIZE is max(--size, this): libzmq drops a bigger frame together with the sender's
+# connection, and the same limit applies to the handshake's READY command, which needs room.
+MIN_MAX_MESSAGE = 256
 
 
 def add_roles(roles):
@@ -26,9 +29,10 @@ def add_roles(roles):
         role.set_defaults(run=run)
 
 
-def socket(context, kind, endpoint, binds, timeout, linger=0):
+def socket(context, kind, endpoint, binds, timeout, size, linger=0):
     sock = context.socket(kind)
     sock.linger = linger
+    sock.maxmsgsize = max(size, MIN_MAX_MESSAGE)  # (inproc has no decoder: no effect there)
     # Every send and receive waits at most the role's --timeout (-1: no limit), without a poll
     # per message, which would cost as much as the message itself.
     sock.rcvtimeo = sock.sndtimeo = timeout or -1
@@ -89,7 +93,7 @@ def source(push, size, count, deadline):
 def run_thr_sink(args):
     deadline = Deadline(args.timeout)
     context = zmq.Context()
-    pull = socket(context, zmq.PULL, args.endpoint, binds=True, timeout=args.timeout)
+    pull = socket(context, zmq.PULL, args.endpoint, binds=True, timeout=args.timeout, size=args.size)
     emit("ready", endpoint=pull.last_endpoint.decode())
     emit("result", **sink(pull, args.size, args.count, deadline))
     emit("done")
@@ -100,7 +104,7 @@ def run_thr_source(args):
     deadline = Deadline(args.timeout)
     context = zmq.Context()
     # Linger: the last messages are still queued when send() returns; wait for them (bounded).
-    push = socket(context, zmq.PUSH, args.endpoint, binds=False, timeout=args.timeout, linger=args.timeout or -1)
+    push = socket(context, zmq.PUSH, args.endpoint, binds=False, timeout=args.timeout, size=args.size, linger=args.timeout or -1)
     emit("ready")
     source(push, args.size, args.count, deadline)
     emit("done")
@@ -111,7 +115,7 @@ def run_lat_echo(args):
     deadline = Deadline(args.timeout)
     context = zmq.Context()
     # Linger, as for a source: the last reply is still queued when the loop ends.
-    rep = socket(context, zmq.REP, args.endpoint, binds=True, timeout=args.timeout, linger=args.timeout or -1)
+    rep = socket(context, zmq.REP, args.endpoint, binds=True, timeout=args.timeout, size=args.size, linger=args.timeout or -1)
     emit("ready", endpoint=rep.last_endpoint.decode())
     for done in range(args.count):
         check(deadline, done)
@@ -123,7 +127,7 @@ def run_lat_echo(args):
 def run_lat_ping(args):
     deadline = Deadline(args.timeout)
     context = zmq.Context()
-    req = socket(context, zmq.REQ, args.endpoint, binds=False, timeout=args.timeout)
+    req = socket(context, zmq.REQ, args.endpoint, binds=False, timeout=args.timeout, size=args.size)
     emit("ready")
     message = bytes(args.size)
     started = time.perf_counter()
@@ -142,8 +146,8 @@ def run_inproc_thr(args):
     with no network stack at all."""
     deadline = Deadline(args.timeout)
     context = zmq.Context()
-    pull = socket(context, zmq.PULL, "inproc://perf", binds=True, timeout=args.timeout)  # inproc: bind first
-    push = socket(context, zmq.PUSH, "inproc://perf", binds=False, timeout=args.timeout, linger=args.timeout or -1)
+    pull = socket(context, zmq.PULL, "inproc://perf", binds=True, timeout=args.timeout, size=args.size)  # inproc: bind first
+    push = socket(context, zmq.PUSH, "inproc://perf", binds=False, timeout=args.timeout, size=args.size, linger=args.timeout or -1)
     emit("ready")
     failures = []
 

@@ -8,7 +8,7 @@ import zmq
 from zmq.utils import z85
 from zmq.utils.monitor import parse_monitor_message
 
-from .contract import Usage, emit
+from .contract import Usage, emit, recv_if_ready
 
 MECHANISMS = ("null", "plain", "curve")
 Z85_KEY = re.compile(r"[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}")  # 32 bytes in Z85 (RFC 32)
@@ -101,8 +101,11 @@ def watch(socket):
 
 
 def handshake_failure(monitor):
-    """Read one monitor message: (failure, value)."""
-    message = parse_monitor_message(monitor.recv_multipart())
+    """Read the monitor message a poll reported: (failure, value), or None if there was none."""
+    frames = recv_if_ready(monitor)
+    if frames is None:
+        return None
+    message = parse_monitor_message(frames)
     return HANDSHAKE_FAILURES[message["event"]], int(message["value"])
 
 
@@ -117,7 +120,10 @@ class ZapHandler:
         self.socket.bind(ZAP_ENDPOINT)  # before the secure sockets bind: no handshake goes unasked
 
     def handle(self):
-        request = self.socket.recv_multipart()
+        """Answer the request a poll reported, if there is one after all."""
+        request = recv_if_ready(self.socket)
+        if request is None:
+            return
         status, mechanism, identity, reason = self.decide(request)
         request_id = request[1] if len(request) > 1 else b""
         self.socket.send_multipart([b"1.0", request_id, status, reason.encode(), identity.encode(), b""])

@@ -6,10 +6,14 @@ import time
 
 import zmq
 
-from .contract import MAX_NAME, Deadline, Failure, StopSignal, Usage, at_least, bind, connect, emit, name
+from .contract import MAX_NAME, Deadline, Failure, StopSignal, Usage, at_least, bind, connect, emit, name, recv_if_ready
 
 MASK = (1 << 64) - 1  # arithmetic modulo 2**64, as the protocol says
 GOLDEN = 0x9E3779B97F4A7C15
+# ZMQ_MAXMSGSIZE, on every socket: libzmq drops a bigger frame together with the sender's
+# connection. The largest legal frames are a subscription, 1 + "@" + a 32-byte name = 34 bytes,
+# and a tick's 9-byte topic; a huge subscription would otherwise grow the XPUB's topic trie.
+MAX_MESSAGE = 256
 
 
 def add_roles(roles):
@@ -136,17 +140,21 @@ def run_publisher(args):
     # XPUB is a PUB that also hands us the subscriptions coming from downstream.
     ticks = context.socket(zmq.XPUB)
     ticks.linger = 0
+    ticks.maxmsgsize = MAX_MESSAGE
     emit("ready", ticks=bind(ticks, args.ticks))
 
-    subscribers = set()
+    topics = set()  # the topics reported as subscribed or joined and not unsubscribed since
+    subscribers = set()  # every @name ever joined
     sequence = 0  # every symbol gets one tick per round, so they share the round number
     next_round = None  # publishing starts once every subscriber is there
     while not stop.raised:
         if deadline.expired():
             raise Failure("timeout", f"still publishing after {args.timeout} ms")
         wait_ms = 100 if next_round is None else max(0, int((next_round - time.monotonic()) * 1000))
-        if ticks.poll(deadline.cap(wait_ms), zmq.POLLIN):
-            on_subscription(ticks.recv(), subscribers)
+        # One frame at a time, whatever its more flag: each is one subscription change on its own.
+        frame = recv_if_ready(ticks, whole=False) if ticks.poll(deadline.cap(wait_ms), zmq.POLLIN) else None
+        if frame is not None:
+            on_subscription(frame, topics, subscribers)
             if next_round is None and len(subscribers) >= args.subscribers:
                 emit("started", subscribers=len(subscribers))
                 next_round = time.monotonic()
@@ -160,21 +168,29 @@ def run_publisher(args):
     context.destroy()
 
 
-def on_subscription(message, subscribers):
-    """A subscription message: 1 (subscribe) or 0 (unsubscribe), then the topic."""
-    if len(message) < 2 or message[0] not in (0, 1):
-        emit("error", code="malformed-subscription", reason=f"not a subscription: {message[:40]!r}")
+def on_subscription(frame, topics, subscribers):
+    """A subscription frame: 1 (subscribe) or 0 (unsubscribe), then the topic. XPUB passes on one
+    subscribe per topic and one unsubscribe when its last subscriber leaves, but not every library
+    keeps to that for every frame of a multipart message; so the publisher keeps its own set,
+    `topics`, and reports a change only when it changes that set."""
+    if len(frame) < 2 or frame[0] not in (0, 1):
+        emit("error", code="malformed-subscription", reason=f"not a subscription: {frame[:40]!r}")
         return
-    on, topic_bytes = message[0] == 1, message[1:]
-    if topic_bytes.startswith(b"@") and is_name(topic_bytes[1:]):
-        name = topic_bytes[1:].decode()
-        if on:
-            subscribers.add(name)
-            emit("joined", subscriber=name)
-    elif is_topic(topic_bytes):
-        emit("subscribed" if on else "unsubscribed", symbol=topic_bytes[:-1].decode())
-    else:
+    on, topic_bytes = frame[0] == 1, frame[1:]
+    is_subscriber = topic_bytes.startswith(b"@") and is_name(topic_bytes[1:])
+    if not (is_subscriber or is_topic(topic_bytes)):
         emit("error", code="malformed-subscription", reason=f"unknown topic {topic_bytes[:40]!r}")
+    elif on and topic_bytes not in topics:
+        topics.add(topic_bytes)
+        if is_subscriber:
+            subscribers.add(topic_bytes[1:].decode())
+            emit("joined", subscriber=topic_bytes[1:].decode())
+        else:
+            emit("subscribed", symbol=topic_bytes[:-1].decode())
+    elif not on and topic_bytes in topics:
+        topics.remove(topic_bytes)
+        if not is_subscriber:  # a subscriber that leaves is still counted: nothing to report
+            emit("unsubscribed", symbol=topic_bytes[:-1].decode())
 
 
 # --- proxy -----------------------------------------------------------------------------------
@@ -191,6 +207,8 @@ def run_proxy(args):
     control, steer = context.socket(zmq.PAIR), context.socket(zmq.PAIR)
     for sock in (upstream, downstream, control, steer):
         sock.linger = 0
+    for sock in (upstream, downstream):  # not the inproc PAIRs: nothing is decoded there
+        sock.maxmsgsize = MAX_MESSAGE
     bound = bind(downstream, args.downstream)
     connect(upstream, args.upstream)
     control.bind("inproc://proxy-control")
@@ -242,6 +260,7 @@ def run_subscriber(args):
     context = zmq.Context()
     sub = context.socket(zmq.SUB)
     sub.linger = 0
+    sub.maxmsgsize = MAX_MESSAGE
     connect(sub, args.ticks)
     subscribed = list(args.symbols)
     for name in subscribed:
@@ -258,9 +277,10 @@ def run_subscriber(args):
         if deadline.expired():
             missing = {name: n for name, n in received.items() if n < args.count}
             raise Failure("timeout", f"not done after {args.timeout} ms; ticks so far: {missing}")
-        if not sub.poll(deadline.cap(1000), zmq.POLLIN):
+        frames = recv_if_ready(sub) if sub.poll(deadline.cap(1000), zmq.POLLIN) else None
+        if frames is None:
             continue
-        checked = check_tick(sub.recv_multipart(), subscribed, args.seed)
+        checked = check_tick(frames, subscribed, args.seed)
         if len(checked) == 2:
             malformed += 1
             emit("error", code=checked[0], reason=checked[1])

@@ -5,11 +5,14 @@ import time
 
 import zmq
 
-from .contract import Deadline, Failure, StopSignal, at_least, bind, connect, emit, name, send_when_room
+from .contract import MAX_NAME, Deadline, Failure, StopSignal, at_least, bind, connect, emit, name, recv_if_ready, send_when_room
 from .ticker import GOLDEN, MASK, seed, splitmix64
 
 SYMBOLS = ["AAPL", "GOOG", "GOOGL", "MSFT", "IBM"]
 RESEND_BATCH = 1000  # ids per resend message
+# ZMQ_MAXMSGSIZE, on every socket: libzmq drops a bigger frame together with the sender's
+# connection. The largest legal frames are a 32-byte worker name, `finished` and 8-byte ids.
+MAX_MESSAGE = 256
 
 
 def add_roles(roles):
@@ -20,6 +23,7 @@ def add_roles(roles):
     sink.add_argument("--count", type=at_least(1), default=100)
     sink.add_argument("--quiet", type=at_least(1), default=1000)
     sink.add_argument("--heartbeat", type=at_least(1), default=100)
+    sink.add_argument("--seed", type=seed, default=1)
     sink.add_argument("--timeout", type=at_least(0), default=0)
     sink.set_defaults(run=run_sink)
 
@@ -77,21 +81,43 @@ def run_encode(args):
 # --- sink ------------------------------------------------------------------------------------
 
 
-def check_result(frames, count):
-    """(worker, id, value) of a result, or (code, reason)."""
-    if len(frames) != 4 or frames[0] != b"result" or len(frames[2]) != 8 or len(frames[3]) != 8:
-        return "malformed-result", f"not [result, name, id, value]: {[len(f) for f in frames]} bytes"
+def name_problem(frame):
+    """Why a worker name is not 1 to 32 bytes of UTF-8, or None. Never more than 32 bytes of the
+    peer's frame go into the reason."""
+    if not 1 <= len(frame) <= MAX_NAME:
+        return f"a worker name of {len(frame)} bytes, not 1 to {MAX_NAME}"
     try:
-        worker = frames[1].decode()
+        frame.decode()
     except UnicodeDecodeError:
-        return "malformed-result", "the worker name is not UTF-8"
-    if not 1 <= len(frames[1]) <= 32:
-        return "malformed-result", f"a worker name of {len(frames[1])} bytes"
+        return f"the worker name {frame!r} is not UTF-8"
+    return None
+
+
+def check_ready(frames):
+    """The first broken rule of a ready, as (code, reason), or None when it is well formed."""
+    if len(frames) != 2:
+        return "malformed-ready", f"a ready has 2 frames, got {len(frames)}"
+    problem = name_problem(frames[1])
+    return ("malformed-ready", problem) if problem else None
+
+
+def check_result(frames, count, seed_value):
+    """(worker, id, value) of a result, or (code, reason). The sink trusts nothing a worker says:
+    the value must be the one it recomputes from the seed, so the total is a sum of known values,
+    each within ±1000 × 100099, and cannot overflow a signed 64-bit integer in any language."""
+    if len(frames) != 4 or frames[0] != b"result" or len(frames[2]) != 8 or len(frames[3]) != 8:
+        return "malformed-result", f"not [result, name, id, value]: {[len(f) for f in frames][:8]} bytes"
+    problem = name_problem(frames[1])
+    if problem:
+        return "malformed-result", problem
     (order_id,) = struct.unpack(">Q", frames[2])
     if not 1 <= order_id <= count:
         return "unknown-id", f"id {order_id} is not in 1..{count}"
     (amount,) = struct.unpack(">q", frames[3])
-    return worker, order_id, amount
+    _, side, quantity, cents = order(seed_value, order_id)
+    if amount != value(side, quantity, cents):
+        return "wrong-value", f"order {order_id} is worth {value(side, quantity, cents)}, not {amount}"
+    return frames[1].decode(), order_id, amount
 
 
 def run_sink(args):
@@ -102,6 +128,7 @@ def run_sink(args):
     control = context.socket(zmq.PUB)
     for sock in (results, control):
         sock.linger = 0
+        sock.maxmsgsize = MAX_MESSAGE  # PUB too: it still decodes what subscribers send it
     emit("ready", results=bind(results, args.results), control=bind(control, args.control))
 
     state = b"waiting"
@@ -117,35 +144,36 @@ def run_sink(args):
         if deadline.expired():
             raise Failure("timeout", f"still running after {args.timeout} ms with {len(values)} results")
         wait_ms = max(0, int((next_beat - time.monotonic()) * 1000))
-        if results.poll(deadline.cap(wait_ms), zmq.POLLIN):
-            frames = results.recv_multipart()
-            if frames[0] == b"ready" and len(frames) == 2:
-                worker = frames[1].decode("utf-8", "replace")
-                if worker not in ready:
-                    ready.add(worker)
-                    emit("worker", name=worker)
-                if state == b"waiting" and len(ready) >= args.workers:
-                    set_state(b"go")
-                    emit("started", workers=len(ready))
-                    quiet_since = time.monotonic()
+        frames = recv_if_ready(results) if results.poll(deadline.cap(wait_ms), zmq.POLLIN) else None
+        if frames is None:
+            pass  # no message (the poll timed out, or had nothing after all): on to the timers
+        elif frames[0] == b"ready" and (problem := check_ready(frames)):
+            emit("error", code=problem[0], reason=problem[1])  # not a worker: --workers waits on
+        elif frames[0] == b"ready":
+            worker = frames[1].decode()
+            if worker not in ready:
+                ready.add(worker)
+                emit("worker", name=worker)
+            if state == b"waiting" and len(ready) >= args.workers:
+                set_state(b"go")
+                emit("started", workers=len(ready))
+                quiet_since = time.monotonic()
+        elif len(checked := check_result(frames, args.count, args.seed)) == 2:
+            emit("error", code=checked[0], reason=checked[1])  # not counted: the id stays missing
+        else:
+            worker, order_id, amount = checked
+            if order_id in values and order_id in resent:
+                emit("late-duplicate", id=order_id, worker=worker)  # we asked for it twice
+            elif order_id in values:
+                emit("error", code="duplicate", reason=f"a second result for order {order_id}, from {worker}")
             else:
-                checked = check_result(frames, args.count)
-                if len(checked) == 2:
-                    emit("error", code=checked[0], reason=checked[1])
-                else:
-                    worker, order_id, amount = checked
-                    if order_id in values and order_id in resent:
-                        emit("late-duplicate", id=order_id, worker=worker)  # we asked for it twice
-                    elif order_id in values:
-                        emit("error", code="duplicate", reason=f"a second result for order {order_id}, from {worker}")
-                    else:
-                        values[order_id] = amount
-                        priced[worker] = priced.get(worker, 0) + 1
-                        quiet_since = time.monotonic()
-                        emit("result", id=order_id, worker=worker)
-                        if len(values) == args.count:
-                            set_state(b"finished")
-                            emit("complete", total=sum(values.values()), workers=priced, resent=sorted(resent))
+                values[order_id] = amount
+                priced[worker] = priced.get(worker, 0) + 1
+                quiet_since = time.monotonic()
+                emit("result", id=order_id, worker=worker)
+                if len(values) == args.count:
+                    set_state(b"finished")
+                    emit("complete", total=sum(values.values()), workers=priced, resent=sorted(resent))
         now = time.monotonic()
         if state == b"go" and now - quiet_since >= args.quiet / 1000:
             # PUSH dropped what was queued for a worker that died: ask the source again.
@@ -173,17 +201,19 @@ def run_source(args):
     control = context.socket(zmq.SUB)
     for sock in (orders, control):
         sock.linger = 0
+        sock.maxmsgsize = MAX_MESSAGE  # PUSH too: it still decodes what a peer sends it
     control.subscribe(b"")
     bound = bind(orders, args.orders)
     connect(control, args.control)
     emit("ready", orders=bound)
 
     def next_control():
-        if not control.poll(deadline.cap(1000), zmq.POLLIN):
-            if deadline.expired():
-                raise Failure("timeout", f"not finished after {args.timeout} ms")
-            return None
-        return control.recv_multipart()
+        """The next control message, or None after a second without one."""
+        if control.poll(deadline.cap(1000), zmq.POLLIN):
+            return recv_if_ready(control)
+        if deadline.expired():
+            raise Failure("timeout", f"not finished after {args.timeout} ms")
+        return None
 
     def send(order_id):
         send_when_room(orders, order_frames(args.seed, order_id), deadline, f"order {order_id}")
@@ -232,16 +262,19 @@ def run_worker(args):
     control = context.socket(zmq.SUB)
     for sock in (orders, results, control):
         sock.linger = 0
+        sock.maxmsgsize = MAX_MESSAGE
     control.subscribe(b"")
     connect(orders, args.orders)  # PULL first: connected long before the source deals the batch
     connect(results, args.results)
     connect(control, args.control)
 
     # Slow joiner: once one control message has arrived, no later one can be missed.
-    while not control.poll(deadline.cap(1000), zmq.POLLIN):
+    first = None
+    while first is None:
         if deadline.expired():
             raise Failure("timeout", "no control message from the sink")
-    finished = control.recv_multipart() == [b"finished"]
+        first = recv_if_ready(control) if control.poll(deadline.cap(1000), zmq.POLLIN) else None
+    finished = first == [b"finished"]
     send_when_room(results, [b"ready", args.name.encode()], deadline, "ready")
     emit("ready", name=args.name)
 
@@ -261,9 +294,10 @@ def run_worker(args):
         else:
             ready = dict(both.poll(deadline.cap(1000)))
         if control in ready:
-            finished = control.recv_multipart() == [b"finished"]  # states and resends; only this matters here
-        if orders in ready:
-            checked = check_order(orders.recv_multipart())
+            finished = recv_if_ready(control) == [b"finished"]  # states and resends; only this matters here
+        frames = recv_if_ready(orders) if orders in ready else None
+        if frames is not None:
+            checked = check_order(frames)
             if len(checked) == 2:
                 emit("error", code=checked[0], reason=checked[1])
                 continue

@@ -7,13 +7,17 @@ use clap::{value_parser, Args, Subcommand};
 use serde_json::json;
 
 use crate::events::{
-    bind, connect, emit, log, ms_until, name, plain_credential, readable, readable_each, stop_signal, z85_key,
-    Admit, Deadline, Failure, Mechanism, Monitor, Zap, MAX_NAME,
+    bind, connect, emit, log, ms_until, name, plain_credential, readable, readable_each, recv_if_ready, stop_signal,
+    z85_key, Admit, Deadline, Failure, Mechanism, Monitor, Zap, MAX_NAME,
 };
 
 const MAX_HANDLE: usize = MAX_NAME; // bytes of UTF-8
 const MAX_TEXT: usize = 4096; // bytes of UTF-8
-const MAX_MESSAGE: i64 = 2 * 1024 * 1024; // ZMQ_MAXMSGSIZE: bigger frames are dropped by libzmq itself
+/// ZMQ_MAXMSGSIZE on every socket: libzmq drops a bigger frame, and the connection of its sender,
+/// before we ever see it, so no peer can make us allocate without bound. The largest legal frame
+/// is a 4096-byte text; the margin lets a text that is too long still reach our own
+/// `text-too-long` rule, and leaves room for CURVE's per-frame overhead.
+const MAX_MESSAGE: i64 = 8192;
 
 #[derive(Subcommand)]
 pub enum Role {
@@ -181,6 +185,7 @@ fn run_server(args: ServerArgs) -> Result<(), Failure> {
     // drops for a subscriber that is not connected yet (slow joiner) or whose queue is full (HWM).
     let broadcasts = context.socket(zmq::PUB)?;
     broadcasts.set_linger(0)?;
+    broadcasts.set_maxmsgsize(MAX_MESSAGE)?; // subscriptions come in, and libzmq decodes them
     secure_server(&broadcasts, &args.security)?;
     // Under plain or curve, socket monitors tell us of every handshake that fails on either socket.
     let monitors = match mechanism {
@@ -221,8 +226,11 @@ fn run_server(args: ServerArgs) -> Result<(), Failure> {
         // Poll instead of a blocking recv: the heartbeat, the deadline and the stop flag all get
         // their turn without a second thread.
         let mut ready = readable_each(&sockets, deadline.cap(ms_until(next_beat)))?.into_iter();
-        if ready.next() == Some(true) {
-            let frames = requests.recv_multipart(0)?; // every frame of one message, or none
+        let request = match ready.next() {
+            Some(true) => recv_if_ready(&requests)?, // every frame of one message, or None after all
+            _ => None,
+        };
+        if let Some(frames) = request {
             match check_request(&frames) {
                 Err((code, reason)) => {
                     rejected += 1;
@@ -317,6 +325,7 @@ impl Client {
         // SUB first, so that its subscription starts travelling as early as possible.
         let sub = context.socket(zmq::SUB)?;
         sub.set_linger(0)?;
+        sub.set_maxmsgsize(MAX_MESSAGE)?;
         sub.set_subscribe(b"")?; // a prefix filter on frame 0; "" lets posts and rosters through
         secure_client(&sub, &args)?;
         // Under plain or curve, a monitor on SUB, attached before connect: its first handshake is seen.
@@ -328,6 +337,7 @@ impl Client {
         // REQ enforces send, receive, send, receive...: one request in flight at a time.
         let req = context.socket(zmq::REQ)?;
         req.set_linger(0)?;
+        req.set_maxmsgsize(MAX_MESSAGE)?;
         secure_client(&req, &args)?;
         connect(&req, &args.endpoints.requests)?;
         Ok(Client {
@@ -349,13 +359,18 @@ impl Client {
         frames.extend(text.map(str::as_bytes));
         self.req.send_multipart(frames, 0)?;
         let left = self.deadline.remaining_ms(); // -1: wait as long as it takes
-        while !readable(&self.req, self.deadline.remaining_ms())? {
+        let reply = loop {
+            // None: REQ dropped a reply it could not route, and the wait goes on.
+            if readable(&self.req, self.deadline.remaining_ms())? {
+                if let Some(reply) = recv_if_ready(&self.req)? {
+                    break reply;
+                }
+            }
             if self.deadline.expired() {
                 let reason = format!("no reply from the server within {} ms", left);
                 return Err(Failure::new("no-reply", reason));
             }
-        }
-        let reply = self.req.recv_multipart(0)?;
+        };
         self.last_request = Instant::now();
         match reply.as_slice() {
             [empty, code] if empty.is_empty() => {
@@ -410,8 +425,9 @@ impl Client {
         }
         let due = self.last_request + Duration::from_millis(self.args.keepalive.into());
         if readable(&self.sub, self.deadline.cap(ms_until(due)))? {
-            let frames = self.sub.recv_multipart(0)?;
-            self.on_broadcast(frames);
+            if let Some(frames) = recv_if_ready(&self.sub)? {
+                self.on_broadcast(frames);
+            }
         } else if Instant::now() >= due {
             self.request(None)?; // keep-alive: silent handles expire from the roster
         }
@@ -423,13 +439,15 @@ impl Client {
     /// Under plain or curve, SUB's monitor is polled too: the first handshake failure ends the
     /// client, since the same keys or password will not do better on the next reconnect (and a
     /// refused SUB means a refused REQ). Once a broadcast has arrived, the handshake succeeded.
-    fn wait_for_first_broadcast(&self) -> Result<(), Failure> {
+    fn wait_for_first_broadcast(&self) -> Result<Vec<Vec<u8>>, Failure> {
         let mut sockets = vec![&self.sub];
         sockets.extend(self.monitor.as_ref().map(|monitor| &monitor.socket));
         loop {
             let ready = readable_each(&sockets, self.deadline.cap(self.args.keepalive.into()))?;
             if ready[0] {
-                return Ok(());
+                if let Some(frames) = recv_if_ready(&self.sub)? {
+                    return Ok(frames);
+                }
             }
             if let (Some(monitor), Some(true)) = (&self.monitor, ready.get(1)) {
                 if let Some((failure, value)) = monitor.handshake_failure()? {
@@ -444,8 +462,7 @@ impl Client {
     }
 
     fn run(mut self) -> Result<(), Failure> {
-        self.wait_for_first_broadcast()?;
-        let frames = self.sub.recv_multipart(0)?;
+        let frames = self.wait_for_first_broadcast()?;
         self.on_broadcast(frames);
         self.request(None)?; // join
         emit("ready", json!({ "handle": self.args.name, "security": self.args.security.security.name() }));

@@ -228,6 +228,32 @@ pub fn readable_each(sockets: &[&zmq::Socket], timeout_ms: i64) -> Result<Vec<bo
     Ok(items.iter().map(zmq::PollItem::is_readable).collect())
 }
 
+/// Receive the message a poll said is waiting: every frame of it, or None when there is nothing
+/// after all. POLLIN is a hint, not a promise: a REP socket drops a malformed request (a DEALER's
+/// without the empty delimiter frame) inside the receive, a REQ a reply it cannot route, and a
+/// blocking receive would then wait for the next message, deaf to the stop flag, the deadline and
+/// the heartbeat. So the first frame is taken with DONTWAIT, and EAGAIN sends the caller back to
+/// its loop. The other frames of a message arrive together with the first, so reading them is safe.
+pub fn recv_if_ready(socket: &zmq::Socket) -> Result<Option<Vec<Vec<u8>>>, Failure> {
+    nothing_if_again(socket.recv_multipart(zmq::DONTWAIT))
+}
+
+/// As recv_if_ready, but one frame only, whatever its more flag (the ticker publisher judges every
+/// frame its XPUB hands over on its own).
+pub fn recv_frame_if_ready(socket: &zmq::Socket) -> Result<Option<Vec<u8>>, Failure> {
+    nothing_if_again(socket.recv_bytes(zmq::DONTWAIT))
+}
+
+/// EAGAIN (nothing waiting) and EINTR (a signal came first) are not errors: the caller's loop
+/// goes round, looks at the stop flag, and polls again.
+fn nothing_if_again<T>(received: zmq::Result<T>) -> Result<Option<T>, Failure> {
+    match received {
+        Ok(received) => Ok(Some(received)),
+        Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => Ok(None),
+        Err(error) => Err(error.into()),
+    }
+}
+
 /// Who a ZAP handler admits.
 pub enum Admit {
     /// CURVE clients whose public key (Z85) is one of these
@@ -256,7 +282,7 @@ impl Zap {
 
     /// Answer the waiting request `200` or `400`, and report it as `authenticated` or `denied`.
     pub fn answer(&self) -> Result<(), Failure> {
-        let request = self.socket.recv_multipart(0)?;
+        let Some(request) = recv_if_ready(&self.socket)? else { return Ok(()) };
         let frame = |i: usize| request.get(i).map_or(&[][..], Vec::as_slice);
         let (identity, verdict) = self.judge(&request);
         let (status, text, user_id) = match &verdict {
@@ -329,7 +355,7 @@ impl Monitor {
     /// Read the waiting event: the handshake failure (`no-detail`, `protocol` or `auth`) and its value.
     pub fn handshake_failure(&self) -> Result<Option<(&'static str, u32)>, Failure> {
         // Two frames: 6 bytes [u16 event, u32 value] in the machine's byte order, then the endpoint.
-        let frames = self.socket.recv_multipart(0)?;
+        let Some(frames) = recv_if_ready(&self.socket)? else { return Ok(None) };
         let head = match frames.first() {
             Some(head) if head.len() == 6 => head,
             _ => return Ok(None),

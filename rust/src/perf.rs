@@ -15,6 +15,10 @@ use crate::events::{bind, connect, emit, Deadline, Failure};
 const ENDPOINT: &str = "tcp://127.0.0.1:5570";
 const INPROC: &str = "inproc://perf";
 const CHECK_EVERY: u64 = 1000; // messages between two looks at the deadline
+/// ZMQ_MAXMSGSIZE is max(--size, this) on every socket: libzmq drops a bigger frame, and the
+/// connection of its sender. The floor leaves room for the handshake's READY command, which the
+/// same limit applies to.
+const MIN_MAX_MESSAGE: usize = 256;
 
 #[derive(Subcommand)]
 pub enum Role {
@@ -91,10 +95,17 @@ fn zmq_ms(timeout: u32) -> i32 {
 
 /// A socket whose every send and receive waits at most `timeout` (RCVTIMEO and SNDTIMEO, set once
 /// here): the blocking call itself is bounded, so the loop needs no poll per message, which would
-/// cost as much as the message itself.
-fn socket(context: &zmq::Context, kind: zmq::SocketType, timeout: u32, linger: i32) -> Result<zmq::Socket, Failure> {
+/// cost as much as the message itself. It takes no frame bigger than the messages of `size` bytes.
+fn socket(
+    context: &zmq::Context,
+    kind: zmq::SocketType,
+    size: usize,
+    timeout: u32,
+    linger: i32,
+) -> Result<zmq::Socket, Failure> {
     let socket = context.socket(kind)?;
     socket.set_linger(linger)?;
+    socket.set_maxmsgsize(i64::try_from(size.max(MIN_MAX_MESSAGE)).unwrap_or(i64::MAX))?;
     socket.set_rcvtimeo(zmq_ms(timeout))?;
     socket.set_sndtimeo(zmq_ms(timeout))?;
     Ok(socket)
@@ -185,7 +196,7 @@ fn source(push: &zmq::Socket, size: usize, count: u64, deadline: &Deadline) -> R
 fn run_thr_sink(args: ThroughputArgs) -> Result<(), Failure> {
     let deadline = Deadline::new(args.timeout);
     let context = zmq::Context::new();
-    let pull = socket(&context, zmq::PULL, args.timeout, 0)?;
+    let pull = socket(&context, zmq::PULL, args.size, args.timeout, 0)?;
     emit("ready", json!({ "endpoint": bind(&pull, &args.endpoint)? }));
     let result = sink(&pull, args.size, args.count, &deadline)?;
     emit("result", result);
@@ -198,7 +209,7 @@ fn run_thr_source(args: SourceArgs) -> Result<(), Failure> {
     let context = zmq::Context::new();
     // Linger: when the last send returns, up to a high-water mark of messages are still queued;
     // closing must deliver them rather than drop them, within the role's --timeout.
-    let push = socket(&context, zmq::PUSH, args.timeout, zmq_ms(args.timeout))?;
+    let push = socket(&context, zmq::PUSH, args.size, args.timeout, zmq_ms(args.timeout))?;
     connect(&push, &args.endpoint)?;
     emit("ready", json!({}));
     let sent = source(&push, args.size, args.count, &deadline);
@@ -227,7 +238,7 @@ fn run_lat_echo(args: EchoArgs) -> Result<(), Failure> {
     // Linger, as the source's: when the last send returns, the last reply is only queued, and with
     // linger 0 closing could drop it (it does, now and then, for 64 kB replies), leaving the ping
     // to time out. PROTOCOL.md says linger 0 here; see linger_at_close.
-    let rep = socket(&context, zmq::REP, args.timeout, zmq_ms(args.timeout))?;
+    let rep = socket(&context, zmq::REP, args.size, args.timeout, zmq_ms(args.timeout))?;
     emit("ready", json!({ "endpoint": bind(&rep, &args.endpoint)? }));
     let echoed = echo(&rep, args.size, args.count, &deadline);
     linger_at_close(&rep, &echoed, &deadline)?;
@@ -254,7 +265,7 @@ fn echo(rep: &zmq::Socket, size: usize, count: u64, deadline: &Deadline) -> Resu
 fn run_lat_ping(args: PingArgs) -> Result<(), Failure> {
     let deadline = Deadline::new(args.timeout);
     let context = zmq::Context::new();
-    let req = socket(&context, zmq::REQ, args.timeout, 0)?;
+    let req = socket(&context, zmq::REQ, args.size, args.timeout, 0)?;
     connect(&req, &args.endpoint)?;
     emit("ready", json!({}));
     let buffer = vec![0u8; args.size];
@@ -278,11 +289,11 @@ fn run_lat_ping(args: PingArgs) -> Result<(), Failure> {
 fn run_inproc_thr(args: InprocArgs) -> Result<(), Failure> {
     let deadline = Deadline::new(args.timeout);
     let context = zmq::Context::new();
-    let pull = socket(&context, zmq::PULL, args.timeout, 0)?;
+    let pull = socket(&context, zmq::PULL, args.size, args.timeout, 0)?;
     pull.bind(INPROC).map_err(|error| Failure::new("bind", format!("cannot bind {}: {}", INPROC, error)))?;
     // inproc endpoints live in their context: the PUSH must come from the same one. (Bound before
     // it is connected, which libzmq before 4.0 required.)
-    let push = socket(&context, zmq::PUSH, args.timeout, zmq_ms(args.timeout))?;
+    let push = socket(&context, zmq::PUSH, args.size, args.timeout, zmq_ms(args.timeout))?;
     connect(&push, INPROC)?;
     emit("ready", json!({}));
     let (size, count) = (args.size, args.count);

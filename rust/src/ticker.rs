@@ -7,9 +7,18 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use clap::{value_parser, Args, Subcommand};
 use serde_json::json;
 
-use crate::events::{bind, connect, emit, ms_until, name, readable, stop_channel, stop_signal, usage, Deadline, Failure, MAX_NAME};
+use crate::events::{
+    bind, connect, emit, ms_until, name, readable, recv_frame_if_ready, recv_if_ready, stop_channel, stop_signal, usage,
+    Deadline, Failure, MAX_NAME,
+};
 
 pub const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// ZMQ_MAXMSGSIZE on every socket: libzmq drops a bigger frame, and the connection of its sender,
+/// before we see it. It also bounds subscriptions, which a subscription trie stores byte by byte.
+/// The largest legal frames are a subscription (`\x01@` and a 32-byte name: 34 bytes) and the
+/// 9-byte frames of a tick.
+const MAX_MESSAGE: i64 = 256;
 
 #[derive(Subcommand)]
 pub enum Role {
@@ -184,10 +193,12 @@ fn run_publisher(args: PublisherArgs) -> Result<(), Failure> {
     // XPUB is a PUB that also hands us the subscriptions coming from downstream.
     let ticks = context.socket(zmq::XPUB)?;
     ticks.set_linger(0)?;
+    ticks.set_maxmsgsize(MAX_MESSAGE)?;
     let bound = bind(&ticks, &args.ticks)?;
     emit("ready", json!({ "ticks": bound }));
 
-    let mut subscribers = HashSet::new();
+    let mut topics = HashSet::new(); // the topics we have reported as subscribed (or joined)
+    let mut subscribers = HashSet::new(); // every @name that ever joined
     let mut sequence = 0u64; // every symbol gets one tick per round, so they share the round number
     let mut next_round: Option<Instant> = None; // publishing starts once every subscriber is there
     let interval = Duration::from_millis(args.interval.into());
@@ -198,7 +209,11 @@ fn run_publisher(args: PublisherArgs) -> Result<(), Failure> {
         // The poll is the only wait: for a subscription, or until the next round is due.
         let wait_ms = next_round.map_or(100, ms_until);
         if readable(&ticks, deadline.cap(wait_ms))? {
-            on_subscription(&ticks.recv_bytes(0)?, &mut subscribers);
+            // One frame at a time, whatever its more flag: libzmq's XPUB passes each subscription
+            // frame of a peer's message on as a message of its own, and each is judged on its own.
+            if let Some(frame) = recv_frame_if_ready(&ticks)? {
+                on_subscription(&frame, &mut topics, &mut subscribers);
+            }
             // Slow joiner: a tick sent before a subscriber's subscriptions arrive is dropped for
             // it, so nothing is published until every subscriber has announced its @name.
             if next_round.is_none() && subscribers.len() as u64 >= args.subscribers {
@@ -222,25 +237,31 @@ fn run_publisher(args: PublisherArgs) -> Result<(), Failure> {
     Ok(()) // linger 0: the ticks still queued are dropped, nobody is owed them
 }
 
-/// A subscription message: 1 (subscribe) or 0 (unsubscribe), then the topic.
-fn on_subscription(message: &[u8], subscribers: &mut HashSet<String>) {
-    let (on, topic) = match message {
+/// A subscription frame: 1 (subscribe) or 0 (unsubscribe), then the topic. XPUB passes on one
+/// subscribe per topic, but a peer can repeat one inside a message of several frames; so a change
+/// is reported only when it changes `topics`, the set of topics we have reported.
+fn on_subscription(frame: &[u8], topics: &mut HashSet<Vec<u8>>, subscribers: &mut HashSet<String>) {
+    let (on, topic) = match frame {
         [flag @ (0 | 1), topic @ ..] if !topic.is_empty() => (*flag == 1, topic),
         _ => {
-            let reason = format!("not a subscription: {}", message[..message.len().min(40)].escape_ascii());
+            let reason = format!("not a subscription: {}", frame[..frame.len().min(40)].escape_ascii());
             return emit("error", json!({ "code": "malformed-subscription", "reason": reason }));
         }
     };
+    // Subscribe: true if the topic is new to us; unsubscribe: true if we had it.
+    let mut changed = || if on { topics.insert(topic.to_vec()) } else { topics.remove(topic) };
     // Each subscriber's own topic, subscribed after its symbols: once it is here, so are they.
-    // A name is 1 to 32 bytes of valid UTF-8.
+    // A name is 1 to 32 bytes of valid UTF-8. Its unsubscribe is not reported.
     let name = topic.strip_prefix(b"@").filter(|name| (1..=MAX_NAME).contains(&name.len()));
     if let Some(Ok(name)) = name.map(std::str::from_utf8) {
-        if on {
+        if changed() && on {
             emit("joined", json!({ "subscriber": name }));
             subscribers.insert(name.to_string());
         }
     } else if let Some(symbol) = symbol_of(topic) {
-        emit(if on { "subscribed" } else { "unsubscribed" }, json!({ "symbol": symbol }));
+        if changed() {
+            emit(if on { "subscribed" } else { "unsubscribed" }, json!({ "symbol": symbol }));
+        }
     } else {
         let reason = format!("unknown topic {}", topic[..topic.len().min(40)].escape_ascii());
         emit("error", json!({ "code": "malformed-subscription", "reason": reason }));
@@ -261,6 +282,9 @@ fn run_proxy(args: ProxyArgs) -> Result<(), Failure> {
     let steer = context.socket(zmq::PAIR)?;
     for socket in [&upstream, &downstream, &control, &steer] {
         socket.set_linger(0)?;
+    }
+    for socket in [&upstream, &downstream] {
+        socket.set_maxmsgsize(MAX_MESSAGE)?; // not the PAIRs: inproc decodes nothing
     }
     let bound = bind(&downstream, &args.downstream)?;
     connect(&upstream, &args.upstream)?;
@@ -344,6 +368,7 @@ fn run_subscriber(args: SubscriberArgs) -> Result<(), Failure> {
     let context = zmq::Context::new();
     let sub = context.socket(zmq::SUB)?;
     sub.set_linger(0)?;
+    sub.set_maxmsgsize(MAX_MESSAGE)?;
     connect(&sub, &args.ticks)?;
     // A subscription is a prefix match on frame 0: "GOOG\0" matches GOOG's ticks, not GOOGL's.
     let mut subscribed = args.symbols.clone();
@@ -358,15 +383,16 @@ fn run_subscriber(args: SubscriberArgs) -> Result<(), Failure> {
     let mut switched = args.switch.is_none();
     let (mut total, mut malformed) = (0u64, 0u64);
     while !(switched && subscribed.iter().all(|symbol| received[symbol] >= args.count)) {
+        if deadline.expired() {
+            let missing: BTreeMap<_, _> = received.iter().filter(|(_, n)| **n < args.count).collect();
+            let reason = format!("not done after {} ms; ticks so far: {}", args.timeout, json!(missing));
+            return Err(Failure::new("timeout", reason));
+        }
         if !readable(&sub, deadline.cap(1000))? {
-            if deadline.expired() {
-                let missing: BTreeMap<_, _> = received.iter().filter(|(_, n)| **n < args.count).collect();
-                let reason = format!("not done after {} ms; ticks so far: {}", args.timeout, json!(missing));
-                return Err(Failure::new("timeout", reason));
-            }
             continue;
         }
-        let frames = sub.recv_multipart(0)?; // every frame of one tick, or none
+        // Every frame of one tick, or None: nothing after all.
+        let Some(frames) = recv_if_ready(&sub)? else { continue };
         let Tick { symbol, sequence, timestamp, price } = match check_tick(&frames, &subscribed, args.seed) {
             Ok(tick) => tick,
             Err((code, reason)) => {

@@ -4,15 +4,23 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use clap::{value_parser, Args, Subcommand};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::events::{
-    bind, connect, emit, ms_until, name, poll, readable, send_when_room, stop_signal, Deadline, Failure, MAX_NAME,
+    bind, connect, emit, ms_until, name, poll, readable, recv_if_ready, send_when_room, stop_signal, Deadline, Failure,
+    MAX_NAME,
 };
 use crate::ticker::{hex, is_symbol, splitmix64, GOLDEN};
 
 const SYMBOLS: [&str; 5] = ["AAPL", "GOOG", "GOOGL", "MSFT", "IBM"];
 const RESEND_BATCH: usize = 1000; // ids per resend message
+/// ZMQ_MAXMSGSIZE on every socket: libzmq drops a bigger frame, and the connection of its sender,
+/// before we see it, so no peer can make us allocate without bound. The largest legal frames are a
+/// 32-byte worker name, `finished` and the 8-byte ids, values and prices.
+const MAX_MESSAGE: i64 = 256;
+/// The largest |value| of an order: 1000 × 100099 cents. The sink only adds values it checked, so
+/// with --count at most i64::MAX / MAX_VALUE its total fits in a signed 64-bit integer.
+const MAX_VALUE: i64 = 1000 * 100_099;
 
 #[derive(Subcommand)]
 pub enum Role {
@@ -34,8 +42,11 @@ pub struct SinkArgs {
     control: String,
     #[arg(long, default_value_t = 1, value_parser = value_parser!(u64).range(1..))]
     workers: u64,
-    #[arg(long, default_value_t = 100, value_parser = value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 100, value_parser = value_parser!(u64).range(1..=(i64::MAX / MAX_VALUE) as u64))]
     count: u64,
+    /// the source's seed: every value is checked against the order recomputed from it
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
     #[arg(long, default_value_t = 1000, value_parser = value_parser!(u32).range(1..))]
     quiet: u32,
     #[arg(long, default_value_t = 100, value_parser = value_parser!(u32).range(1..))]
@@ -137,8 +148,8 @@ fn order_frames(seed: u64, id: u64) -> [Vec<u8>; 5] {
     ]
 }
 
-/// quantity × cents, negated for a sell; None when that does not fit in signed 64 bits, which
-/// no generated order comes near (at most 1000 × 100099) but a rogue source could send.
+/// quantity × cents, negated for a sell. The worker checks the ranges of an order before it prices
+/// it, so this never overflows (at most MAX_VALUE).
 fn value(side: u8, quantity: u32, cents: i64) -> i64 {
     let amount = i64::from(quantity) * cents;
     if side == b'B' {
@@ -159,41 +170,45 @@ fn run_encode(args: EncodeArgs) -> Result<(), Failure> {
 
 // --- sink ------------------------------------------------------------------------------------
 
-/// (worker, id, value) of a well-formed result, or its first broken rule.
-fn check_result(frames: &[Vec<u8>], count: u64) -> Result<(&str, u64, i64), Rejected> {
-    let fields = match frames {
-        [kind, worker, id, amount] if kind.as_slice() == b"result" => match (eight(id), eight(amount)) {
-            (Some(id), Some(amount)) => Some((worker, id, amount)),
-            _ => None,
-        },
-        _ => None,
-    };
-    let (worker, id, amount) = match fields {
-        Some(fields) => fields,
-        None => {
-            let sizes: Vec<usize> = frames.iter().map(Vec::len).collect();
-            return Err(("malformed-result", format!("not [result, name, id, value]: {:?} bytes", sizes)));
-        }
-    };
-    let worker = std::str::from_utf8(worker).map_err(|_| ("malformed-result", "the worker name is not UTF-8".into()))?;
-    if !(1..=MAX_NAME).contains(&worker.len()) {
-        return Err(("malformed-result", format!("a worker name of {} bytes", worker.len())));
+/// A worker name: 1 to 32 bytes of UTF-8, or the reason it is not one (which never echoes the
+/// bytes the peer sent).
+fn worker_name(frame: &[u8]) -> Result<&str, String> {
+    if !(1..=MAX_NAME).contains(&frame.len()) {
+        return Err(format!("a worker name of {} bytes, not 1 to {}", frame.len(), MAX_NAME));
     }
-    let id = u64::from_be_bytes(id);
+    std::str::from_utf8(frame).map_err(|_| "the worker name is not UTF-8".to_string())
+}
+
+/// The name of a well-formed `ready`: [ready, name], and nothing else.
+fn check_ready(frames: &[Vec<u8>]) -> Result<&str, Rejected> {
+    match frames {
+        [_, name] => worker_name(name).map_err(|reason| ("malformed-ready", reason)),
+        _ => Err(("malformed-ready", format!("a ready has 2 frames, got {}", frames.len()))),
+    }
+}
+
+/// (worker, id, value) of a result that is what the order of that id is worth, or its first broken
+/// rule. A worker is trusted with nothing: the value is recomputed from the seed and the id.
+fn check_result(frames: &[Vec<u8>], count: u64, seed: u64) -> Result<(&str, u64, i64), Rejected> {
+    let sizes = || frames.iter().map(Vec::len).collect::<Vec<usize>>();
+    let (worker, id, amount) = match frames {
+        [kind, worker, id, amount] if kind.as_slice() == b"result" => (worker, id, amount),
+        _ => return Err(("malformed-result", format!("not [result, name, id, value]: {:?} bytes", sizes()))),
+    };
+    let worker = worker_name(worker).map_err(|reason| ("malformed-result", reason))?;
+    let (id, amount) = match (eight(id), eight(amount)) {
+        (Some(id), Some(amount)) => (u64::from_be_bytes(id), i64::from_be_bytes(amount)),
+        _ => return Err(("malformed-result", format!("id and value are not 8 bytes each: {:?} bytes", sizes()))),
+    };
     if !(1..=count).contains(&id) {
         return Err(("unknown-id", format!("id {} is not in 1..{}", id, count)));
     }
-    Ok((worker, id, i64::from_be_bytes(amount)))
-}
-
-/// A total in cents as a JSON number. Good results add up to far less than 2^63 cents; only
-/// values a rogue worker made up could pass 64 bits, and then the total is shown as a float.
-fn cents_json(total: i128) -> Value {
-    match (i64::try_from(total), u64::try_from(total)) {
-        (Ok(total), _) => json!(total),
-        (_, Ok(total)) => json!(total),
-        _ => json!(total as f64),
+    let Order { side, quantity, cents, .. } = order(seed, id);
+    let expected = value(side, quantity, cents);
+    if amount != expected {
+        return Err(("wrong-value", format!("order {} from {}: value {}, expected {}", id, worker, amount, expected)));
     }
+    Ok((worker, id, amount))
 }
 
 fn run_sink(args: SinkArgs) -> Result<(), Failure> {
@@ -207,6 +222,7 @@ fn run_sink(args: SinkArgs) -> Result<(), Failure> {
     let control = context.socket(zmq::PUB)?;
     for socket in [&results, &control] {
         socket.set_linger(0)?; // see PROTOCOL.md: nobody leaves while anything it sent is still needed
+        socket.set_maxmsgsize(MAX_MESSAGE)?;
     }
     let results_bound = bind(&results, &args.results)?;
     let control_bound = bind(&control, &args.control)?;
@@ -215,7 +231,7 @@ fn run_sink(args: SinkArgs) -> Result<(), Failure> {
     let mut state: &[u8] = b"waiting";
     let mut ready: BTreeSet<String> = BTreeSet::new(); // names of the workers that said ready
     let mut values: HashMap<u64, i64> = HashMap::new(); // id -> value counted
-    let mut total: i128 = 0; // the sum of `values`: no i64 values can overflow it
+    let mut total: i64 = 0; // the sum of `values`, each checked: see MAX_VALUE
     let mut priced: BTreeMap<String, u64> = BTreeMap::new(); // worker -> results counted
     let mut resent: BTreeSet<u64> = BTreeSet::new(); // every id ever re-dispatched
     let mut next_beat = Instant::now();
@@ -228,13 +244,19 @@ fn run_sink(args: SinkArgs) -> Result<(), Failure> {
             return Err(Failure::new("timeout", reason));
         }
         // The poll is the only wait: for a message, or until the next heartbeat is due.
-        if readable(&results, deadline.cap(ms_until(next_beat)))? {
-            let frames = results.recv_multipart(0)?; // every frame of one message, or none
-            if frames.len() == 2 && frames[0] == b"ready" {
-                let worker = String::from_utf8_lossy(&frames[1]).into_owned();
-                if !ready.contains(&worker) {
-                    emit("worker", json!({ "name": worker }));
-                    ready.insert(worker);
+        let waiting = readable(&results, deadline.cap(ms_until(next_beat)))?;
+        // Every frame of one message, or None: nothing after all.
+        let message = if waiting { recv_if_ready(&results)? } else { None };
+        if let Some(frames) = message {
+            if frames[0] == b"ready" {
+                match check_ready(&frames) {
+                    // Not a worker: it does not count toward --workers.
+                    Err((code, reason)) => emit("error", json!({ "code": code, "reason": reason })),
+                    Ok(worker) if !ready.contains(worker) => {
+                        emit("worker", json!({ "name": worker }));
+                        ready.insert(worker.to_string());
+                    }
+                    Ok(_) => {}
                 }
                 if state == b"waiting" && ready.len() as u64 >= args.workers {
                     // At once, not at the next heartbeat. Every worker heard a control message
@@ -245,7 +267,8 @@ fn run_sink(args: SinkArgs) -> Result<(), Failure> {
                     quiet_since = Instant::now();
                 }
             } else {
-                match check_result(&frames, args.count) {
+                match check_result(&frames, args.count, args.seed) {
+                    // Not counted: the id stays missing, so the quiet-period resend asks for it again.
                     Err((code, reason)) => emit("error", json!({ "code": code, "reason": reason })),
                     Ok((worker, id, _)) if values.contains_key(&id) && resent.contains(&id) => {
                         // We asked for it twice: the first worker was slow, not dead.
@@ -257,7 +280,7 @@ fn run_sink(args: SinkArgs) -> Result<(), Failure> {
                     }
                     Ok((worker, id, amount)) => {
                         values.insert(id, amount);
-                        total += i128::from(amount);
+                        total += amount;
                         *priced.entry(worker.to_string()).or_insert(0) += 1;
                         quiet_since = Instant::now();
                         emit("result", json!({ "id": id, "worker": worker }));
@@ -265,7 +288,7 @@ fn run_sink(args: SinkArgs) -> Result<(), Failure> {
                             state = b"finished";
                             control.send(state, 0)?; // at once; the heartbeat repeats it
                             let resent: Vec<u64> = resent.iter().copied().collect(); // ascending
-                            let complete = json!({ "total": cents_json(total), "workers": priced, "resent": resent });
+                            let complete = json!({ "total": total, "workers": priced, "resent": resent });
                             emit("complete", complete);
                         }
                     }
@@ -291,7 +314,7 @@ fn run_sink(args: SinkArgs) -> Result<(), Failure> {
             next_beat = now + Duration::from_millis(args.heartbeat.into());
         }
     }
-    emit("done", json!({ "orders": values.len(), "total": cents_json(total) }));
+    emit("done", json!({ "orders": values.len(), "total": total }));
     Ok(()) // dropping the sockets and then the context closes them; linger 0: nothing waits
 }
 
@@ -306,6 +329,7 @@ fn run_source(args: SourceArgs) -> Result<(), Failure> {
     let control = context.socket(zmq::SUB)?;
     for socket in [&orders, &control] {
         socket.set_linger(0)?; // we leave only on `finished`: nothing we sent is still needed
+        socket.set_maxmsgsize(MAX_MESSAGE)?; // a PUSH sends only, but libzmq still decodes what comes in
     }
     control.set_subscribe(b"")?; // every control message: states and resends
     let bound = bind(&orders, &args.orders)?;
@@ -314,13 +338,13 @@ fn run_source(args: SourceArgs) -> Result<(), Failure> {
 
     // The next control message, or None when a second passed without one.
     let next_control = || -> Result<Option<Vec<Vec<u8>>>, Failure> {
+        if deadline.expired() {
+            return Err(Failure::new("timeout", format!("not finished after {} ms", args.timeout)));
+        }
         if !readable(&control, deadline.cap(1000))? {
-            if deadline.expired() {
-                return Err(Failure::new("timeout", format!("not finished after {} ms", args.timeout)));
-            }
             return Ok(None);
         }
-        Ok(Some(control.recv_multipart(0)?))
+        recv_if_ready(&control) // None: nothing after all
     };
     let send = |id: u64| send_when_room(&orders, &order_frames(args.seed, id), &deadline, &format!("order {}", id));
 
@@ -391,6 +415,7 @@ fn run_worker(args: WorkerArgs) -> Result<(), Failure> {
         // We leave only on `finished`, once the sink has every result. If we die instead, the
         // orders queued for us are lost, whatever the linger: the sink has them re-sent.
         socket.set_linger(0)?;
+        socket.set_maxmsgsize(MAX_MESSAGE)?;
     }
     control.set_subscribe(b"")?;
     // PULL first: it should be connected long before the source deals the batch.
@@ -400,12 +425,17 @@ fn run_worker(args: WorkerArgs) -> Result<(), Failure> {
 
     // Slow joiner: once one control message has arrived, our subscription is live and no later
     // one can be missed.
-    while !readable(&control, deadline.cap(1000))? {
+    let first = loop {
+        if readable(&control, deadline.cap(1000))? {
+            if let Some(message) = recv_if_ready(&control)? {
+                break message;
+            }
+        }
         if deadline.expired() {
             return Err(Failure::new("timeout", "no control message from the sink"));
         }
-    }
-    let mut finished = is_state(&control.recv_multipart(0)?, b"finished");
+    };
+    let mut finished = is_state(&first, b"finished");
     send_when_room(&results, &[&b"ready"[..], args.name.as_bytes()], &deadline, "ready")?;
     emit("ready", json!({ "name": args.name }));
 
@@ -428,10 +458,13 @@ fn run_worker(args: WorkerArgs) -> Result<(), Failure> {
         };
         if control_ready {
             // States and resends; only `finished` matters to a worker.
-            finished = is_state(&control.recv_multipart(0)?, b"finished");
+            if let Some(message) = recv_if_ready(&control)? {
+                finished = is_state(&message, b"finished");
+            }
         }
         if order_ready {
-            let (id, value) = match check_order(&orders.recv_multipart(0)?) {
+            let Some(order) = recv_if_ready(&orders)? else { continue }; // nothing after all
+            let (id, value) = match check_order(&order) {
                 Ok(order) => order,
                 Err((code, reason)) => {
                     emit("error", json!({ "code": code, "reason": reason }));
