@@ -13,10 +13,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from orchestrator import LANGUAGES, ROOT, containers
 from orchestrator import bench as benchmarks
+from orchestrator import fuzz as battery
 from orchestrator.config import ConfigError
 from orchestrator.matrix import evaluate, failed, mixed_cells, new_run_dir, run_matrix
 from orchestrator.registry import BuildError, load_registry
-from orchestrator.report import grid_tables, print_details, print_notes, roles_text, summary_line, write_json, write_junit, write_markdown
+from orchestrator.report import fuzz_details, fuzz_summary, fuzz_tables, write_fuzz_json, grid_tables, print_details, print_notes, roles_text, summary_line, write_json, write_junit, write_markdown
 from orchestrator.runner import Fault, kill_everything
 from orchestrator.security import INTRUDER, REFUSALS, refusals_of
 from orchestrator.spec import load_spec
@@ -313,6 +314,65 @@ def _images(engine, registry, langs):
     return images
 
 
+@task(
+    help={
+        "lang": "comma-separated languages, or all (default)",
+        "target": "comma-separated roles to attack: " + ", ".join(battery.TARGETS) + "; default all",
+        "attack": "comma-separated attacks: " + ", ".join(battery.attack_names()) + "; default all",
+        "parallel": "runs at once (default 3)",
+        "json": "write every run's outcome as JSON to this path",
+        "no-build": "skip building the languages first",
+    },
+)
+def fuzz(c, lang=None, target=None, attack=None, parallel=3, json=None, no_build=False):
+    """The hostile-peer battery: every role that binds, in every language, against every attack;
+    after each, the role must serve a correct peer, stay under a memory bound and stop with done."""
+    registry = load_registry()
+    langs = _languages(lang, registry, "--lang")
+    targets = _names(target, list(battery.TARGETS), "--target")
+    attacks = _names(attack, battery.attack_names(), "--attack")
+    if not no_build:
+        _build(registry, langs)
+    run_dir = new_run_dir("fuzz")
+    started = time.monotonic()
+    total = sum(1 for t in targets for a in attacks if a in battery.attacks_of(battery.TARGETS[t])) * len(langs)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        bar = progress.add_task("fuzz", total=total)
+
+        def done(outcome):
+            progress.advance(bar)
+            if outcome.status not in ("survived", "defect"):
+                progress.console.print(f"[red]{outcome.status}[/]: {outcome.target} {outcome.attack} {outcome.lang}: {outcome.detail}",
+                                       markup=True, highlight=False)
+
+        try:
+            outcomes = battery.run_battery(registry, targets, attacks, langs, run_dir, int(parallel), on_done=done)
+        except KeyboardInterrupt:
+            kill_everything()
+            raise Exit("interrupted: every role process was killed", code=130)
+    wall = time.monotonic() - started
+    for table in fuzz_tables(outcomes, targets, attacks, langs):
+        console.print(table)
+    console.print(fuzz_summary(outcomes, wall) + f"; logs in runs/{run_dir.name}")
+    for line in fuzz_details(outcomes, registry):
+        console.print(line, highlight=False)
+    if json:
+        write_fuzz_json(json, outcomes, wall)
+    if battery.failed(outcomes):
+        raise Exit(code=1)
+
+
+def _names(text, known, what):
+    if not text or text.strip() == "all":
+        return list(known)
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in known]
+    if unknown or not names:
+        raise Exit(f"error: {what}: unknown name {(unknown or [text])[0]!r} (known: {', '.join(known)})", code=2)
+    return names
+
+
 @task(help={"lang": "one language; default: all"})
 def docker_build(c, lang=None):
     """Build (or find cached) the container image of every language: tag, size, build time."""
@@ -394,4 +454,4 @@ docker.add_task(docker_up, "up")
 docker.add_task(docker_base, "base")
 docker.add_task(docker_build, "build")
 docker.add_task(docker_clean, "clean")
-ns = Collection(build, run, matrix, bench, test, docker)
+ns = Collection(build, run, matrix, bench, fuzz, test, docker)

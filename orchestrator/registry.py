@@ -27,6 +27,17 @@ class KnownFailure:
         )
 
 
+@dataclass(frozen=True)
+class Defect:
+    """A library defect a peer can trigger and the application cannot defend against: the
+    hostile-peer battery (orchestrator/fuzz.py) reports a cell it explains as `defect`."""
+    name: str
+    attacks: tuple  # the battery's attacks that trigger it
+    targets: tuple  # the roles it shows in (fuzz.TARGETS); empty: every role
+    reason: str
+    reproduction: str  # a folder of the repository with the minimal reproduction and its write-up
+
+
 @dataclass
 class Language:
     name: str
@@ -37,6 +48,11 @@ class Language:
     known_failures: list = field(default_factory=list)
     docker: dict = None  # dockerfile, packages, stage: how to build its container image
     lacks: dict = field(default_factory=dict)  # library feature (plain, curve, zap...) -> why it is missing
+    defects: list = field(default_factory=list)  # Defect: what a hostile peer can do to its library
+
+    def defect_for(self, target, attack):
+        return next((defect for defect in self.defects
+                     if attack in defect.attacks and (not defect.targets or target in defect.targets)), None)
 
     def command(self, example, role, flags):
         """The argv of one role under the launch contract: <program> <example> <role> --flag value..."""
@@ -123,7 +139,7 @@ def load_registry(path=REGISTRY_PATH):
         if not isinstance(entry, dict):
             raise ConfigError(path, name, "must be a mapping")
         fields = Fields(path, entry, name)
-        fields.only("build", "launch", "env", "implements", "known_failures", "docker", "lacks")
+        fields.only("build", "launch", "env", "implements", "known_failures", "docker", "lacks", "defects")
         build = fields.get("build", list, [])
         for index, step in enumerate(build):
             if not isinstance(step, list) or not step or not all(isinstance(p, str) for p in step):
@@ -172,7 +188,20 @@ def load_registry(path=REGISTRY_PATH):
                 raise ConfigError(path, f"{name}.lacks.{feature}", f"unknown feature (features: {', '.join(FEATURES)})")
             if not isinstance(reason, str) or not reason:
                 raise ConfigError(path, f"{name}.lacks.{feature}", "must give the reason as text")
-        languages[name] = Language(name, build, launch, env, implements, known, docker, lacks)
+        defects = []
+        for defect, item in fields.get("defects", dict, {}).items():
+            where = f"{name}.defects.{defect}"
+            if not isinstance(item, dict):
+                raise ConfigError(path, where, "must be a mapping")
+            entry_fields = Fields(path, item, where)
+            entry_fields.only("attacks", "targets", "reason", "reproduction")
+            reproduction = entry_fields.get("reproduction", str, required=True)
+            if not (ROOT / reproduction).exists():
+                raise entry_fields.error("reproduction", f"{reproduction} does not exist")
+            defects.append(Defect(defect, tuple(entry_fields.strings("attacks", required=True)),
+                                  tuple(entry_fields.strings("targets", [])),
+                                  entry_fields.get("reason", str, required=True), reproduction))
+        languages[name] = Language(name, build, launch, env, implements, known, docker, lacks, defects)
     if not languages:
         raise ConfigError(path, "", "no languages")
     for language in languages.values():

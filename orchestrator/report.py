@@ -187,3 +187,60 @@ def markdown_grid(spec, results, dimensions, wall_seconds):
     lines += [f"* note: {note}" for note in notes] + [f"* unsupported: {reason}" for reason in unsupported]
     lines += ["", summary_line(results, wall_seconds), ""]
     return lines
+
+
+# --- the hostile-peer battery (invoke fuzz) ---------------------------------------------------
+
+FUZZ_STYLE = {"survived": "green", "defect": "magenta"}
+
+
+def fuzz_tables(outcomes, targets, attacks, langs):
+    """One table per attacked role: attacks (rows) × languages (columns)."""
+    by_cell = {(o.target, o.attack, o.lang): o for o in outcomes}
+    for target in targets:
+        rows = [a for a in attacks if any((target, a, lang) in by_cell for lang in langs)]
+        table = Table(title=f"fuzz: {target}, attack (rows) × language (columns)")
+        table.add_column("attack", style="bold")
+        for lang in langs:
+            table.add_column(lang, justify="center")
+        for attack in rows:
+            line = [attack]
+            for lang in langs:
+                outcome = by_cell.get((target, attack, lang))
+                if outcome is None:
+                    line.append("[dim]-[/]")
+                else:
+                    text = outcome.status if outcome.status != "defect" else f"defect: {outcome.defect}"
+                    line.append(f"[{FUZZ_STYLE.get(outcome.status, 'bold red')}]{text}[/]")
+            table.add_row(*line)
+        yield table
+
+
+def fuzz_summary(outcomes, wall):
+    tally = {status: sum(o.status == status for o in outcomes) for status in dict.fromkeys(o.status for o in outcomes)}
+    return f"{len(outcomes)} runs in {wall:.1f} s wall time: " + ", ".join(f"{n} {status}" for status, n in tally.items())
+
+
+def fuzz_details(outcomes, registry):
+    """What every run that did not survive saw, how to replay it, and each recorded defect once."""
+    lines, shown = [], set()
+    for o in outcomes:
+        if o.status == "survived":
+            if o.detail:
+                lines.append(f"* note: {o.target} {o.attack} {o.lang}: {o.detail}")
+            continue
+        lines.append(f"* {o.status}: {o.target} {o.attack} {o.lang}: {o.detail}\n  replay: {o.replay()}\n"
+                     f"  logs: {o.logs['events']}, {o.logs['stderr']}")
+        if o.defect and o.defect not in shown:
+            shown.add(o.defect)
+            defect = registry[o.lang].defect_for(o.target, o.attack)
+            lines.append(f"* defect {defect.name}: {defect.reason} (reproduction and write-up: {defect.reproduction})")
+    return lines
+
+
+def write_fuzz_json(path, outcomes, wall):
+    from dataclasses import asdict
+
+    with open(path, "w", encoding="utf-8") as stream:
+        json.dump({"wall_seconds": round(wall, 1), "runs": [dict(asdict(o), seconds=round(o.seconds, 2), replay=o.replay()) for o in outcomes]},
+                  stream, ensure_ascii=False, indent=2)

@@ -1,0 +1,106 @@
+"""The hostile-peer battery (orchestrator/fuzz.py, `invoke fuzz`): its bytes, its rules, that it
+can fail, the recorded library defects, and the battery itself against every language."""
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from orchestrator import LANGUAGES, ROOT, fuzz, zmtp
+from orchestrator.checks.valuation import order_value
+from orchestrator.config import ConfigError
+from orchestrator.registry import Language, Registry, load_registry
+
+WAIT = 30
+
+
+def test_zmtp_bytes():
+    assert len(zmtp.greeting()) == 64 and zmtp.greeting()[:12] == b"\xff" + b"\0" * 8 + b"\x7f\x03\x00"
+    assert zmtp.greeting(mechanism=b"CURVE")[12:17] == b"CURVE"
+    assert zmtp.header(0, 5) == b"\x00\x05"
+    assert zmtp.header(zmtp.MORE, 300) == b"\x03" + (300).to_bytes(8, "big")
+    assert zmtp.message([b"", b"ab"]) == b"\x01\x00\x00\x02ab"
+    assert zmtp.command(b"PING") == b"\x04\x05\x04PING"
+    assert zmtp.ready("REQ") == b"\x04\x19\x05READY\x0bSocket-Type\x00\x00\x00\x03REQ"
+
+
+def test_the_reference_rules():
+    assert fuzz.chat_expected([b"a", b"b", b"c"]) == "frame-count"
+    assert fuzz.chat_expected([b"", b"\xff"]) == "empty-handle"
+    assert fuzz.chat_expected([b"a", b"\xff"]) == "invalid-utf8"
+    assert fuzz.chat_expected(["é".encode() * 16, b"x" * 4096]) is None
+    counted = set()
+    assert fuzz.sink_expected([b"ready", b"n" * 33], 7, 10, counted) == "malformed-ready"
+    good = [b"result", b"w", (4).to_bytes(8, "big"), order_value(7, 4).to_bytes(8, "big", signed=True)]
+    assert fuzz.sink_expected(good, 7, 10, counted) == "result"
+    assert fuzz.sink_expected(good, 7, 10, counted) == "duplicate"
+    forged = good[:3] + [(order_value(7, 4) + 1).to_bytes(8, "big", signed=True)]
+    assert fuzz.sink_expected(forged, 7, 10, set()) == "wrong-value"
+    assert fuzz.sink_expected(good[:2] + [(11).to_bytes(8, "big")] + good[3:], 7, 10, set()) == "unknown-id"
+
+
+def test_every_defect_names_its_reproduction(tmp_path):
+    registry = load_registry()
+    for name in registry.names():
+        for defect in registry[name].defects:
+            assert (ROOT / defect.reproduction / "README.md").exists() and (ROOT / defect.reproduction / "reproduce.py").exists()
+            assert set(defect.attacks) <= set(fuzz.attack_names()) and set(defect.targets) <= set(fuzz.TARGETS)
+    path = tmp_path / "languages.yaml"
+    path.write_text(json.dumps({"x": {"launch": ["/bin/true"], "implements": {}, "defects": {
+        "d": {"attacks": ["garbage"], "reason": "r", "reproduction": "tests/defects/nowhere"}}}}))
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_registry(path)
+
+
+def test_the_battery_finds_a_server_that_blocks_after_its_poll(tmp_path):
+    """A server that polls, then receives with a blocking call, wedges on a request without the
+    delimiter frame: the battery must say `hung`, and `survived` for an attack it does withstand."""
+    script = ROOT / "tests/fixtures/wedging_chat_server.py"
+    fragile = Language("fragile", [], [sys.executable, str(script)], {}, {"chat": {"server"}})
+    registry = Registry({"fragile": fragile})
+    outcomes = fuzz.run_battery(registry, ["chat-server"], ["greetings", "huge-declared"], ["fragile"], tmp_path, parallel=2)
+    status = {o.attack: (o.status, o.detail) for o in outcomes}
+    assert status == {"greetings": ("hung", "a correct subscriber got no broadcast (no heartbeat)"),
+                      "huge-declared": ("survived", "")}, status
+    assert fuzz.failed(outcomes)
+
+
+def _serve_chat(built, lang):
+    language = built[lang]
+    flags = {"requests": "tcp://127.0.0.1:*", "broadcasts": "tcp://127.0.0.1:*", "timeout": 120000}
+    server = subprocess.Popen(language.command("chat", "server", flags), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              env=language.environment(), text=True, start_new_session=True)
+    return server, json.loads(server.stdout.readline())["requests"].removeprefix("tcp://")
+
+
+@pytest.mark.parametrize("defect, lang, args", [
+    ("netmq-empty-command", "csharp", ["REQ"]),
+    ("rep-reply-lost-after-garbage", "c", ["10"]),
+    ("proxy-subscription-lost-after-flood", None, ["10"]),
+])
+def test_a_recorded_defect_still_shows(built, defect, lang, args):
+    """The reproductions are kept honest: the day a library release fixes a defect, this fails and
+    the `defects:` entry can go."""
+    server, endpoint = _serve_chat(built, lang) if lang else (None, None)
+    try:
+        done = subprocess.run([sys.executable, str(ROOT / "tests/defects" / defect / "reproduce.py"), *filter(None, [endpoint]), *args],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
+    finally:
+        if server:
+            server.kill()
+            server.wait()
+
+
+@pytest.mark.fuzz
+@pytest.mark.parametrize("lang", LANGUAGES)
+def test_every_role_that_binds_survives_the_battery(built, lang, tmp_path):
+    """The whole battery, one language at a time: every cell `survived`, or a recorded defect."""
+    registry = load_registry()
+    built[lang]
+    started = time.monotonic()
+    outcomes = fuzz.run_battery(registry, list(fuzz.TARGETS), fuzz.attack_names(), [lang], tmp_path, parallel=3)
+    assert len(outcomes) == sum(len(fuzz.attacks_of(t)) for t in fuzz.TARGETS.values())
+    broken = [f"{o.target} {o.attack}: {o.status}: {o.detail}" for o in fuzz.failed(outcomes)]
+    assert not broken, "\n".join(broken) + f"\n(logs in {tmp_path}, {time.monotonic() - started:.0f} s)"
