@@ -288,6 +288,9 @@ static class Ticker
         downstream.Options.Linger = TimeSpan.Zero;
         upstream.Options.MaxMsgSize = MaxMessage;
         downstream.Options.MaxMsgSize = MaxMessage;
+        // Subscriptions go upstream once per topic (XPUB passes on only the first): one dropped at the
+        // send high-water mark during a flood would be lost for good. No limit on XSUB's sends.
+        upstream.Options.SendHighWatermark = 0;
         Sockets.Bind(downstream, args.Downstream);
         Sockets.Connect(upstream, args.Upstream);
         Events.Emit("ready", new { downstream = downstream.Options.LastEndpoint });

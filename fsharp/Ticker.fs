@@ -290,6 +290,9 @@ let runProxy (args: ProxySettings) =
     for socket in [ upstream :> NetMQSocket; downstream ] do
         socket.Options.Linger <- TimeSpan.Zero
         socket.Options.MaxMsgSize <- MaxMessage
+    // Subscriptions go upstream once per topic (XPUB passes on only the first): one dropped at the
+    // send high-water mark during a flood would be lost for good. No limit on XSUB's sends.
+    upstream.Options.SendHighWatermark <- 0
     endpoint "bind" downstream.Bind args.Downstream
     endpoint "connect" upstream.Connect args.Upstream
     emit "ready" [ "downstream", box downstream.Options.LastEndpoint ]

@@ -253,6 +253,9 @@ Public Module Ticker
             downstream.Options.Linger = TimeSpan.Zero
             upstream.Options.MaxMsgSize = MaxMessage  ' ticks from the publisher
             downstream.Options.MaxMsgSize = MaxMessage  ' subscriptions from the subscribers
+            ' Subscriptions go upstream once per topic (XPUB passes on only the first): one dropped at the
+            ' send high-water mark during a flood would be lost for good. No limit on XSUB's sends.
+            upstream.Options.SendHighWatermark = 0
             Try
                 downstream.Bind(args.GetValue(Of String)("--downstream"))
                 upstream.Connect(args.GetValue(Of String)("--upstream"))

@@ -196,6 +196,17 @@ def on_subscription(frame, topics, subscribers):
 # --- proxy -----------------------------------------------------------------------------------
 
 
+def run_steerable_proxy(upstream, downstream, control):
+    """libzmq's proxy gives up (EAGAIN) when it finds a message unfinished: a subscriber can leave
+    one, since XPUB passes on the first frames of a multipart message and drops a last frame that
+    repeats a subscription (PROTOCOL.md, "Proxy"). The sockets are still good: start it again."""
+    while True:
+        try:
+            return zmq.proxy_steerable(upstream, downstream, None, control)
+        except zmq.Again:
+            emit("error", code="proxy-restarted", reason="the library's proxy found a message left unfinished by a peer")
+
+
 def run_proxy(args):
     stop = StopSignal()
     deadline = Deadline(args.timeout)
@@ -209,6 +220,9 @@ def run_proxy(args):
         sock.linger = 0
     for sock in (upstream, downstream):  # not the inproc PAIRs: nothing is decoded there
         sock.maxmsgsize = MAX_MESSAGE
+    # Subscriptions go upstream once per topic (XPUB passes on only the first): one dropped at the
+    # send high-water mark during a flood would be lost for good. No limit on XSUB's sends.
+    upstream.sndhwm = 0
     bound = bind(downstream, args.downstream)
     connect(upstream, args.upstream)
     control.bind("inproc://proxy-control")
@@ -217,7 +231,7 @@ def run_proxy(args):
     # The library's own loop moves every message both ways, in a thread of its own, until it
     # reads TERMINATE on its control socket. Sockets are not thread-safe: from here on only that
     # thread touches upstream, downstream and control.
-    proxy = threading.Thread(target=zmq.proxy_steerable, args=(upstream, downstream, None, control))
+    proxy = threading.Thread(target=run_steerable_proxy, args=(upstream, downstream, control))
     proxy.start()
     emit("ready", downstream=bound)
     stopped = stop.wait(deadline.remaining_ms())

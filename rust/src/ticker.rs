@@ -286,6 +286,9 @@ fn run_proxy(args: ProxyArgs) -> Result<(), Failure> {
     for socket in [&upstream, &downstream] {
         socket.set_maxmsgsize(MAX_MESSAGE)?; // not the PAIRs: inproc decodes nothing
     }
+    // Subscriptions go upstream once per topic (XPUB passes on only the first): one dropped at the
+    // send high-water mark during a flood would be lost for good. No limit on XSUB's sends.
+    upstream.set_sndhwm(0)?;
     let bound = bind(&downstream, &args.downstream)?;
     connect(&upstream, &args.upstream)?;
     control.bind("inproc://proxy-control")?;
@@ -294,7 +297,18 @@ fn run_proxy(args: ProxyArgs) -> Result<(), Failure> {
     // The library's own loop moves every message both ways (ticks from XSUB to XPUB,
     // subscriptions from XPUB to XSUB) in a thread of its own, until it reads TERMINATE on its
     // control socket. The sockets move into that thread: a socket is not thread-safe.
-    let proxy = thread::spawn(move || zmq::proxy_steerable(&mut upstream, &mut downstream, &mut control));
+    // It gives up (EAGAIN) when it finds a message unfinished: a subscriber can leave one, since
+    // XPUB passes on the first frames of a multipart message and drops a last frame that repeats a
+    // subscription (PROTOCOL.md, "Proxy"). The sockets are still good: start it again.
+    let proxy = thread::spawn(move || loop {
+        match zmq::proxy_steerable(&mut upstream, &mut downstream, &mut control) {
+            Err(zmq::Error::EAGAIN) => emit(
+                "error",
+                json!({ "code": "proxy-restarted", "reason": "the library's proxy found a message left unfinished by a peer" }),
+            ),
+            result => return result,
+        }
+    });
     emit("ready", json!({ "downstream": bound }));
     let stopped = match deadline.remaining() {
         Some(left) => stop.recv_timeout(left).is_ok(),
