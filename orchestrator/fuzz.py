@@ -32,6 +32,7 @@ from .runner import RoleProcess, RoleTranscript
 MEMORY_BOUND_MB = 512  # resident memory a role may hold after an attack (a .NET role starts near 90)
 START_SECONDS = 30  # for `ready`: a .NET role on a loaded two-core machine can take seconds
 PROBE_SECONDS = 5  # for each answer of the correct peer after the attack
+SETTLE_SECONDS = 20  # for a flooded target to take in the whole flood
 STOP_SECONDS = 10  # for `done` and exit 0 after SIGTERM
 SEED = 20261206  # every random choice of the battery derives from it: a rerun sends the same bytes
 
@@ -50,6 +51,10 @@ class Target:
     sockets: dict  # the flag of each bound endpoint -> (its socket type, a correct peer's socket type)
     max_frame: int  # the example's maximum message size (PROTOCOL.md)
     seed: int = 1
+    # A topic the target publishes that no probe uses: a flooding XSUB subscribes to it last, and
+    # hearing it proves the target has taken in everything the XSUB sent before (one connection
+    # keeps its order). PUB endpoints that broadcast everything use "".
+    marker: bytes = b""
 
     def endpoints(self, ready):
         """flag -> (host, port, socket type, peer type), from the `ready` event."""
@@ -67,10 +72,10 @@ TARGETS = {
         {"requests": ("REP", "REQ"), "broadcasts": ("PUB", "SUB")}, max_frame=8192),
     "ticker-publisher": Target(
         "ticker-publisher", "ticker", "publisher", {"ticks": ANY, "symbols": "AAPL,GOOG", "subscribers": 1, "interval": 10},
-        {"ticks": ("XPUB", "SUB")}, max_frame=256),
+        {"ticks": ("XPUB", "SUB")}, max_frame=256, marker=b"GOOG\0"),
     "ticker-proxy": Target(
         "ticker-proxy", "ticker", "proxy", {"downstream": ANY},
-        {"downstream": ("XPUB", "SUB")}, max_frame=256),
+        {"downstream": ("XPUB", "SUB")}, max_frame=256, marker=b"MARK\0"),
     "valuation-sink": Target(
         "valuation-sink", "valuation", "sink",
         {"results": ANY, "control": ANY, "workers": 1000, "count": 10, "quiet": 60000, "heartbeat": 100, "seed": 7},
@@ -79,8 +84,9 @@ TARGETS = {
 
 
 class Upstream:
-    """The ticker proxy's publisher: a PUB that sends one AAPL tick every 10 ms from its own
-    thread until stopped (a real publisher of some language would mix another target in)."""
+    """The ticker proxy's publisher: a PUB that sends an AAPL tick (for the probe) and a MARK tick
+    (for settling floods) every 10 ms from its own thread until stopped (a real publisher of some
+    language would mix another target in)."""
 
     def __init__(self, context):
         self.context, self.stopped = context, threading.Event()
@@ -95,7 +101,8 @@ class Upstream:
         sequence = 0
         while not self.stopped.wait(0.01):  # the pace of the ticks, not a synchronisation
             sequence += 1
-            pub.send_multipart([b"AAPL\0", struct.pack(">Q", sequence), struct.pack(">q", 0), struct.pack(">d", 1.0)])
+            for topic in (b"AAPL\0", b"MARK\0"):
+                pub.send_multipart([topic, struct.pack(">Q", sequence), struct.pack(">q", 0), struct.pack(">d", 1.0)])
         pub.close()
 
     def stop(self):
@@ -112,6 +119,15 @@ def _socket(context, kind, endpoint, **options):
     return sock
 
 
+def _heard(sock, topic, seconds):
+    """True once a message whose frame 0 starts with `topic` arrives within `seconds`."""
+    end = time.monotonic() + seconds
+    while sock.poll(max(0, int((end - time.monotonic()) * 1000))):
+        if sock.recv_multipart()[0].startswith(topic):
+            return True
+    return False
+
+
 def probe(target, ready, role, context, number):
     """A correct peer after the attack: None when it was served, else what went wrong."""
     endpoint = {flag: ready[flag] for flag in target.sockets}
@@ -123,7 +139,7 @@ def probe(target, ready, role, context, number):
             sockets += [sub, req]
             # The heartbeat first: a server wedged in a receive stops broadcasting, and a request
             # would unblock it.
-            if not sub.poll(PROBE_SECONDS * 1000):
+            if not _heard(sub, b"", PROBE_SECONDS):
                 return "a correct subscriber got no broadcast (no heartbeat)"
             handle = f"probe{number}".encode()
             req.send_multipart([handle])
@@ -133,25 +149,17 @@ def probe(target, ready, role, context, number):
             if handle not in reply or reply[0] == b"":
                 return f"a correct client's join got {reply!r:.80}"
         elif target.name in ("ticker-publisher", "ticker-proxy"):
-            # Subscriptions travel upstream through queues with a high-water mark like any message:
-            # one sent while a proxy still drains a flood can be dropped. A correct subscriber that
-            # hears nothing connects again once; two silent tries are a failure.
-            for attempt in range(2):
-                sub = _socket(context, zmq.SUB, endpoint[next(iter(target.sockets))])
-                sockets.append(sub)
-                sub.subscribe(b"AAPL\0")
-                sub.subscribe(f"@probe{number}-{attempt}".encode())  # starts a publisher waiting for one subscriber
-                end = time.monotonic() + PROBE_SECONDS
-                while sub.poll(max(0, int((end - time.monotonic()) * 1000))):
-                    frames = sub.recv_multipart()
-                    if frames[0] == b"AAPL\0" and len(frames) == 4:
-                        return None
-            return f"a correct subscriber got no AAPL tick in two tries of {PROBE_SECONDS} s"
+            sub = _socket(context, zmq.SUB, endpoint[next(iter(target.sockets))])
+            sockets.append(sub)
+            sub.subscribe(b"AAPL\0")
+            sub.subscribe(f"@probe{number}".encode())  # starts a publisher that waits for one subscriber
+            if not _heard(sub, b"AAPL\0", PROBE_SECONDS):
+                return "a correct subscriber got no AAPL tick"
         elif target.name == "valuation-sink":
             sub = _socket(context, zmq.SUB, endpoint["control"], subscribe=b"")
             push = _socket(context, zmq.PUSH, endpoint["results"])
             sockets += [sub, push]
-            if not sub.poll(PROBE_SECONDS * 1000):
+            if not _heard(sub, b"", PROBE_SECONDS):
                 return "a correct worker heard no state on the control channel"
             name = f"probe{number}"
             push.send_multipart([b"ready", name.encode()])
@@ -175,6 +183,7 @@ class Attack:
     rng: random.Random
     held: list = field(default_factory=list)  # connections kept open during the probe
     problems: list = field(default_factory=list)  # protocol answers that broke PROTOCOL.md
+    stalled: str = None  # the target did not take in a flood within SETTLE_SECONDS
 
     def each(self, kinds=None):
         for flag, (host, port, kind, peer) in self.endpoints.items():
@@ -338,21 +347,44 @@ def long_subscriptions(attack):
 
 
 def many_subscriptions(attack):
-    """Five thousand different subscriptions (then their cancellations) from one XSUB."""
+    """Twenty thousand different subscriptions (then their cancellations) from one XSUB."""
     for flag, *_ in attack.each({"PUB", "XPUB"}):
         xsub = _socket(attack.context, zmq.XSUB, attack.endpoint(flag), sndhwm=0)
-        topics = {"".join(attack.rng.choices(string.ascii_uppercase, k=8)).encode() + b"\0" for _ in range(5000)}
+        topics = dict.fromkeys("".join(attack.rng.choices(string.ascii_uppercase, k=8)).encode() + b"\0" for _ in range(20000))
         for topic in topics:
             xsub.send(b"\x01" + topic)
         for topic in topics:
             xsub.send(b"\x00" + topic)
-        _flush(xsub)
+        _settle(attack, xsub)
 
 
-def _flush(sock, seconds=2.0):
-    """Close a socket once what it queued has had time to leave (linger, bounded)."""
-    sock.linger = int(seconds * 1000)
-    sock.close()
+def unfinished(attack):
+    """A subscription, then (once the target has taken it in) a multipart message whose last frame
+    repeats it: XPUB passes the first frame on with MORE set and drops the last, so the message
+    never ends. libzmq's built-in proxy gave up on it (EAGAIN) and forwarded nothing more. The
+    XSUB stays connected while the correct peer is served, so nothing completes the message."""
+    for flag, *_ in attack.each({"PUB", "XPUB"}):
+        xsub = _socket(attack.context, zmq.XSUB, attack.endpoint(flag))
+        attack.held.append(xsub)
+        marker = attack.target.marker
+        if attack.target.name == "ticker-publisher":
+            xsub.send(b"\x01@unfinished")  # a publisher publishes once a subscriber has joined
+        xsub.send(b"\x01" + marker)
+        if not _heard(xsub, marker, SETTLE_SECONDS):
+            attack.stalled = f"the subscription to {marker!r} was not taken in within {SETTLE_SECONDS} s"
+            return
+        xsub.send_multipart([b"unfinished", b"\x01" + marker])
+
+
+def _settle(attack, xsub):
+    """Subscribe the flooding XSUB to the target's marker topic last, and wait for a message of it:
+    then the target has taken in the whole flood, and the probe comes after it, not during it."""
+    if attack.target.name == "ticker-publisher":
+        xsub.send(b"\x01@flood")  # a publisher publishes once a subscriber has joined
+    xsub.send(b"\x01" + attack.target.marker)
+    if not _heard(xsub, attack.target.marker, SETTLE_SECONDS):
+        attack.stalled = f"the flood was not taken in within {SETTLE_SECONDS} s (no {attack.target.marker!r} message after it)"
+    xsub.close()
 
 
 # -- the example's own messages: malformed, generated, flooding --
@@ -426,6 +458,17 @@ def chat_requests(attack):
             attack.problems.append(f"{frames!r:.80}: expected a roster with the handle, got {reply!r:.80}")
         elif want is not None and reply != [b"", b"", want.encode()]:
             attack.problems.append(f"{frames!r:.80}: expected error {want}, got {reply!r:.80}")
+
+
+def orphaned_request(attack):
+    """A request without the empty delimiter frame, from a peer that hangs up at once, before REP
+    reads it: libzmq's and NetMQ's REP then drop the reply to the next request (a recorded defect,
+    tests/defects/rep-reply-lost-after-orphaned-request)."""
+    peer = attack.peer(*attack.endpoints["requests"][:2])
+    if peer and peer.handshake("DEALER"):
+        peer.send(zmtp.message([b"no", b"delimiter"]))
+    if peer:
+        peer.close()
 
 
 def chat_flood(attack):
@@ -521,9 +564,11 @@ def _difference(got, wanted):
 def sink_flood(attack):
     """Twenty thousand results for unknown ids as fast as they go: reported, not counted."""
     push = _socket(attack.context, zmq.PUSH, attack.endpoint("results"), sndhwm=0)
+    before = sum(e["event"] == "error" for e in attack.role.t.events)
     for number in range(20000):
         push.send_multipart([b"result", b"flood", struct.pack(">Q", 1000 + number), struct.pack(">q", 0)])
-    _flush(push, 5)
+    if not attack.role.wait_for(lambda e: e["event"] == "error", time.monotonic() + SETTLE_SECONDS, count=before + 20000):
+        attack.stalled = f"the sink had not reported the 20000 results within {SETTLE_SECONDS} s"
 
 
 def subscriptions(attack):
@@ -535,16 +580,16 @@ def subscriptions(attack):
         xsub.send(frame)
     for group in (frames[:3], frames[3:7], [b"\x01AAPL\0", b"\x01AAPL\0"], [b"zz", b"\x01IBM\0"]):
         xsub.send_multipart(group)
-    _flush(xsub)
+    _settle(attack, xsub)
 
 
 def subscription_flood(attack):
-    """Ten thousand subscribe/cancel pairs for one topic, as fast as they go."""
+    """Fifty thousand subscribe/cancel pairs for one topic, as fast as they go."""
     xsub = _socket(attack.context, zmq.XSUB, attack.endpoint(next(iter(attack.target.sockets))), sndhwm=0)
-    for _ in range(10000):
+    for _ in range(50000):
         xsub.send(b"\x01FLOOD\0")
         xsub.send(b"\x00FLOOD\0")
-    _flush(xsub, 5)
+    _settle(attack, xsub)
 
 
 TRANSPORT = {
@@ -552,9 +597,9 @@ TRANSPORT = {
     "huge-declared": huge_declared, "oversize": oversize, "slowloris": slowloris, "half-open": half_open,
     "churn": churn, "wrong-type": wrong_type,
 }
-SUBSCRIPTIONS = {"long-subscriptions": long_subscriptions, "many-subscriptions": many_subscriptions}
+SUBSCRIPTIONS = {"long-subscriptions": long_subscriptions, "many-subscriptions": many_subscriptions, "unfinished": unfinished}
 PROTOCOL = {
-    "chat-server": {"requests": chat_requests, "flood": chat_flood},
+    "chat-server": {"requests": chat_requests, "orphaned-request": orphaned_request, "flood": chat_flood},
     "ticker-publisher": {"subscriptions": subscriptions, "flood": subscription_flood},
     "ticker-proxy": {"subscriptions": subscriptions, "flood": subscription_flood},
     "valuation-sink": {"messages": sink_messages, "flood": sink_flood},
@@ -633,8 +678,8 @@ def run_one(registry, target, attack_name, lang, run_dir, number=0):
             peer.close()
         if role.process.poll() is not None:
             outcome.status, outcome.detail = "crashed", f"exit {role.process.returncode}" + _last_words(transcript)
-        elif problem:
-            outcome.status, outcome.detail = "hung", problem
+        elif attack.stalled or problem:
+            outcome.status, outcome.detail = "hung", attack.stalled or problem
         elif outcome.rss_mb is not None and outcome.rss_mb > MEMORY_BOUND_MB:
             outcome.status, outcome.detail = "memory", f"{outcome.rss_mb:.0f} MB resident, over {MEMORY_BOUND_MB} MB"
         if outcome.status == "survived" or outcome.status in ("hung", "memory"):
