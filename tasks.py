@@ -17,7 +17,7 @@ from orchestrator import fuzz as battery
 from orchestrator.config import ConfigError
 from orchestrator.matrix import evaluate, failed, mixed_cells, new_run_dir, run_matrix
 from orchestrator.registry import BuildError, load_registry
-from orchestrator.report import fuzz_details, fuzz_summary, fuzz_tables, write_fuzz_json, grid_tables, print_details, print_notes, roles_text, summary_line, write_json, write_junit, write_markdown
+from orchestrator.report import fuzz_details, fuzz_summary, fuzz_tables, write_fuzz_json, write_fuzz_markdown, grid_tables, print_details, print_notes, roles_text, summary_line, write_json, write_junit, write_markdown
 from orchestrator.runner import Fault, kill_everything
 from orchestrator.security import INTRUDER, REFUSALS, refusals_of
 from orchestrator.spec import load_spec
@@ -321,10 +321,11 @@ def _images(engine, registry, langs):
         "attack": "comma-separated attacks: " + ", ".join(battery.attack_names()) + "; default all",
         "parallel": "runs at once (default 3)",
         "json": "write every run's outcome as JSON to this path",
+        "markdown": "write the tables as Markdown to this path",
         "no-build": "skip building the languages first",
     },
 )
-def fuzz(c, lang=None, target=None, attack=None, parallel=3, json=None, no_build=False):
+def fuzz(c, lang=None, target=None, attack=None, parallel=3, json=None, markdown=None, no_build=False):
     """The hostile-peer battery: every role that binds, in every language, against every attack;
     after each, the role must serve a correct peer, stay under a memory bound and stop with done."""
     registry = load_registry()
@@ -359,6 +360,8 @@ def fuzz(c, lang=None, target=None, attack=None, parallel=3, json=None, no_build
         console.print(line, highlight=False)
     if json:
         write_fuzz_json(json, outcomes, wall)
+    if markdown:
+        write_fuzz_markdown(markdown, outcomes, targets, attacks, langs, wall)
     if battery.failed(outcomes):
         raise Exit(code=1)
 

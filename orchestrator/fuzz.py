@@ -706,7 +706,7 @@ def run_one(registry, target, attack_name, lang, run_dir, number=0):
             outcome.status, outcome.defect = "defect", known.name
             outcome.detail = f"{known.name}: {outcome.detail}"
         elif known and outcome.status == "survived":
-            outcome.detail = f"the recorded defect {known.name} did not show: is it fixed?"
+            outcome.detail = f"the recorded defect {known.name} did not show in this run"
 
 
 def _last_words(transcript):

@@ -194,26 +194,40 @@ def markdown_grid(spec, results, dimensions, wall_seconds):
 FUZZ_STYLE = {"survived": "green", "defect": "magenta"}
 
 
-def fuzz_tables(outcomes, targets, attacks, langs):
-    """One table per attacked role: attacks (rows) × languages (columns)."""
+def fuzz_cells(outcomes, targets, attacks, langs):
+    """(target, [(attack, [outcome or None per language])]) for each attacked role."""
     by_cell = {(o.target, o.attack, o.lang): o for o in outcomes}
     for target in targets:
         rows = [a for a in attacks if any((target, a, lang) in by_cell for lang in langs)]
+        yield target, [(attack, [by_cell.get((target, attack, lang)) for lang in langs]) for attack in rows]
+
+
+def fuzz_label(outcome):
+    return "-" if outcome is None else outcome.status if outcome.status != "defect" else f"defect: {outcome.defect}"
+
+
+def fuzz_tables(outcomes, targets, attacks, langs):
+    """One table per attacked role: attacks (rows) × languages (columns)."""
+    for target, rows in fuzz_cells(outcomes, targets, attacks, langs):
         table = Table(title=f"fuzz: {target}, attack (rows) × language (columns)")
         table.add_column("attack", style="bold")
         for lang in langs:
             table.add_column(lang, justify="center")
-        for attack in rows:
-            line = [attack]
-            for lang in langs:
-                outcome = by_cell.get((target, attack, lang))
-                if outcome is None:
-                    line.append("[dim]-[/]")
-                else:
-                    text = outcome.status if outcome.status != "defect" else f"defect: {outcome.defect}"
-                    line.append(f"[{FUZZ_STYLE.get(outcome.status, 'bold red')}]{text}[/]")
-            table.add_row(*line)
+        for attack, cells in rows:
+            table.add_row(attack, *(f"[{FUZZ_STYLE.get(o.status if o else 'survived', 'bold red')}]{fuzz_label(o)}[/]" for o in cells))
         yield table
+
+
+def write_fuzz_markdown(path, outcomes, targets, attacks, langs, wall):
+    lines = []
+    for target, rows in fuzz_cells(outcomes, targets, attacks, langs):
+        lines += [f"#### {target}: attack (rows) × language (columns)", "",
+                  "| attack | " + " | ".join(langs) + " |", "|---|" + "---|" * len(langs)]
+        lines += [f"| {attack} | " + " | ".join(fuzz_label(o) for o in cells) + " |" for attack, cells in rows]
+        lines.append("")
+    lines.append(fuzz_summary(outcomes, wall))
+    with open(path, "w", encoding="utf-8") as stream:
+        stream.write("\n".join(lines) + "\n")
 
 
 def fuzz_summary(outcomes, wall):
