@@ -27,6 +27,9 @@ def assign(spec, chosen):
     base = spec.intruder_of()
     if base and INTRUDER not in chosen:
         chosen[INTRUDER] = chosen[base][:1]  # a refusal cell's intruder speaks the column's language
+    for role in spec.roles:  # the query's ticker publisher speaks the engine's language
+        if role.language_of and role.name not in chosen:
+            chosen[role.name] = chosen[role.language_of][:1]
     counts = {role: len(langs) for role, langs in chosen.items() if len(langs) > 1}
     spec = spec.for_cell(counts, set(chosen))
     return spec, {role.name: (chosen[role.name] * role.instances)[: role.instances] for role in spec.roles}
@@ -52,7 +55,7 @@ def evaluate(spec, chosen, registry, run_dir, on_event=None, fault=None, launche
     playing = {role: langs for role, langs in langsets.items() if role != INTRUDER}
     if INTRUDER in langsets:  # the intruder runs the program of the role it copies
         playing.setdefault(spec.intruder_of(), set()).update(langsets[INTRUDER])
-    reason = registry.unsupported(spec.example, playing)
+    reason = registry.unsupported(spec.programs(playing))
     if not reason and spec.secure:
         reason = spec.secure.unsupported(roles, registry)
     if reason:

@@ -115,9 +115,10 @@ class Registry:
     def names(self):
         return list(self.languages)
 
-    def unsupported(self, example, assignment):
-        """Why a cell cannot run (a language lacks a role), or None."""
-        for role, langs in assignment.items():
+    def unsupported(self, programs):
+        """Why a cell cannot run (a language lacks a role), or None; `programs` maps each
+        (example, role) of the launch contract that the cell runs to its languages."""
+        for (example, role), langs in programs.items():
             for lang in sorted(langs):
                 if not self[lang].supports(example, role):
                     return f"{lang} does not implement {example} {role}"

@@ -262,11 +262,14 @@ def run_cell(spec, roles, registry, run_dir, on_event=None, fault=None, launcher
                 language = registry[lang]
                 stem = f"{role.name}{index}-{lang}"
                 transcript = RoleTranscript(
-                    role.name, index, lang, flags, launcher.command(language, spec.example, role.program_role, flags),
+                    role.name, index, lang, flags,
+                    launcher.command(language, role.program_example(spec.example), role.program_role, flags),
                     events_path=cell_dir / f"{stem}.jsonl", stderr_path=cell_dir / f"{stem}.stderr",
                 )
                 if aborting.is_set():
                     raise _Stop("interrupted")
+                if role.start_after:  # a late joiner: wait for another role's progress first
+                    _wait_to_start(role, index, context, processes, deadline)
                 try:
                     process = launcher.start(transcript, language, watch)
                 except CannotStart as error:
@@ -318,6 +321,15 @@ def run_cell(spec, roles, registry, run_dir, on_event=None, fault=None, launcher
         spec.example, roles, status, round(time.monotonic() - started, 2),
         detail or "; ".join(checks.notes(spec, transcripts)), transcripts, problems,
     )
+
+
+def _wait_to_start(role, index, context, processes, deadline):
+    after = role.start_after
+    count = int(render(str(after["count"]), context))
+    leader = next(process for spec_role, process in processes if spec_role.name == after["role"])
+    if count > 0 and leader.wait_for(lambda event: event["event"] == after["event"], deadline, count) is None:
+        raise _Stop(f"{role.name} {index} was to start after {count} {after['event']} events of {leader.t.label}, "
+                    f"which reported {sum(1 for e in leader.t.events if e['event'] == after['event'])}")
 
 
 class _Stop(Exception):

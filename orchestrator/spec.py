@@ -21,10 +21,17 @@ class RoleSpec:
     stop: str  # "exit": finishes by itself; "signal": SIGTERM once every "exit" role has exited
     optional: bool  # a cell may leave it out (the ticker's proxy)
     plays: str = None  # the role of the launch contract it runs, when not its own name (an intruder)
+    program: tuple = None  # (example, role) of another example that it runs (query: ticker publisher)
+    language_of: str = None  # runs in the language of this other role, unless a cell says otherwise
+    start_after: dict = None  # {role, event, count}: start each instance once that role's instance 0
+    # has reported `count` such events (count may be a flag template: a late joiner)
 
     @property
     def program_role(self):
-        return self.plays or self.name
+        return self.program[1] if self.program else (self.plays or self.name)
+
+    def program_example(self, example):
+        return self.program[0] if self.program else example
 
 
 @dataclass
@@ -78,6 +85,14 @@ class Spec:
     def role_names(self):
         return [role.name for role in self.roles]
 
+    def programs(self, playing):
+        """{(example, role of the launch contract): languages} for {role of this spec: languages}."""
+        found = {}
+        for name, langs in playing.items():
+            role = self.role(name)
+            found.setdefault((role.program_example(self.example), role.program_role), set()).update(langs)
+        return found
+
     def with_parameters(self, **changes):
         return replace(self, parameters={**self.parameters, **changes})
 
@@ -103,8 +118,8 @@ class Spec:
         values["instances"] = {r.name: r.instances for r in self.roles}
         values["index"] = index
         values["lang"] = lang
-        if role.each:
-            values.update(role.each[index])
+        if role.each:  # an instance's own values may refer to parameters: {late}
+            values.update({key: render(value, values) for key, value in role.each[index].items()})
         values.update(ready)  # {"server": {the server's ready event}}
         return values
 
@@ -162,7 +177,7 @@ def load_spec(example_or_path):
         if not isinstance(data, dict):
             raise ConfigError(path, f"roles.{name}", "must be a mapping")
         fields = Fields(path, data, f"roles.{name}")
-        fields.only("instances", "flags", "each", "wait_for", "stop", "optional")
+        fields.only("instances", "flags", "each", "wait_for", "stop", "optional", "program", "language_of", "start_after")
         instances = fields.get("instances", int, 1)
         if instances < 1:
             raise fields.error("instances", f"must be at least 1, not {instances}")
@@ -191,7 +206,26 @@ def load_spec(example_or_path):
         if stop not in ("exit", "signal"):
             raise fields.error("stop", f"must be 'exit' or 'signal', not {stop!r}")
         wait_for = fields.get("wait_for", str)
-        roles.append(RoleSpec(name, instances, flags, each, wait_for, stop, fields.get("optional", bool, False)))
+        program = fields.get("program", str)
+        if program is not None and len(program.split()) != 2:
+            raise fields.error("program", f"must be 'EXAMPLE ROLE' (ticker publisher), not {program!r}")
+        language_of = fields.get("language_of", str)
+        if language_of is not None and language_of not in roles_data:
+            raise fields.error("language_of", f"{language_of!r} is not a role of this example")
+        start_after = None
+        if "start_after" in data:
+            after = fields.child("start_after")
+            after.only("role", "event", "count")
+            start_after = {key: after.get(key, str, required=True) for key in ("role", "event")}
+            start_after["count"] = after.data.get("count", 1)
+            if start_after["role"] not in known:
+                raise after.error("role", f"{start_after['role']!r} is not a role started before this one")
+            for ref in PLACEHOLDER.findall(str(start_after["count"])):
+                if ref.split(".")[0] not in visible:
+                    raise after.error("count", f"{{{ref}}} names nothing known here")
+        roles.append(RoleSpec(name, instances, flags, each, wait_for, stop, fields.get("optional", bool, False),
+                              program=tuple(program.split()) if program else None, language_of=language_of,
+                              start_after=start_after))
         if wait_for:
             known.add(name)  # later roles may use this role's ready event: {server.requests}
 
@@ -202,6 +236,10 @@ def load_spec(example_or_path):
         if role not in roles_data:
             raise top.error("matrix", f"{role!r} is not a role of this example")
     for role in roles:
+        if role.language_of:
+            if role.name in matrix or role.optional:
+                raise top.error("matrix", f"{role.name!r} takes the language of {role.language_of!r}: it is no dimension")
+            continue
         if (role.name in matrix) == role.optional:
             raise top.error("matrix", f"must name every role that is not optional, and no optional one ({role.name!r})")
     if not any(role.stop == "exit" for role in roles):

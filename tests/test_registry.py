@@ -43,8 +43,8 @@ def test_unsupported_and_known_failures(tmp_path):
         "b": dict(ENTRY, implements={"chat": ["client"]}),
     }
     registry = load_registry(write(tmp_path, data))
-    assert registry.unsupported("chat", {"server": {"b"}, "client": {"a"}}) == "b does not implement chat server"
-    assert registry.unsupported("chat", {"server": {"a"}, "client": {"a", "b"}}) is None
+    assert registry.unsupported({("chat", "server"): {"b"}, ("chat", "client"): {"a"}}) == "b does not implement chat server"
+    assert registry.unsupported({("chat", "server"): {"a"}, ("chat", "client"): {"a", "b"}}) is None
     assert registry.known_failure("chat", {"server": {"a"}, "client": {"a", "b"}}).reason == "a cannot hear b"
     assert registry.known_failure("chat", {"server": {"a"}, "client": {"a"}}) is None
     assert registry.known_failure("ticker", {"server": {"a"}, "client": {"b"}}) is None
