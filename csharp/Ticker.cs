@@ -97,17 +97,17 @@ static class Ticker
 
     // --- flag types ------------------------------------------------------------------------------
 
-    const string SymbolRule = "a symbol is 1 to 8 letters A-Z";
+    public const string SymbolRule = "a symbol is 1 to 8 letters A-Z";
 
     static bool IsSymbol(string text) => text.Length is >= 1 and <= 8 && text.All(char.IsAsciiLetterUpper);
 
-    static bool TryParseSymbol(string text, out string symbol)
+    public static bool TryParseSymbol(string text, out string symbol)
     {
         symbol = text;
         return IsSymbol(text);
     }
 
-    static bool TryParseSymbols(string text, out List<string> symbols)
+    public static bool TryParseSymbols(string text, out List<string> symbols)
     {
         symbols = [.. text.Split(',')];
         return symbols.All(IsSymbol);
@@ -137,7 +137,7 @@ static class Ticker
         1000 + Prng.SplitMix64(seed ^ Fnv1a64(Encoding.ASCII.GetBytes(symbol)) ^ (sequence * Prng.Golden)) % 99001;
 
     /// <summary>Frame 0: the symbol and a NUL, so that subscribing to GOOG does not also match GOOGL.</summary>
-    static byte[] Topic(string symbol) => Encoding.ASCII.GetBytes(symbol + "\0");
+    public static byte[] Topic(string symbol) => Encoding.ASCII.GetBytes(symbol + "\0");
 
     /// <summary>1 to 32 bytes of valid UTF-8: a subscriber's name in its @name topic.</summary>
     static bool IsName(ReadOnlySpan<byte> bytes, out string name)
@@ -156,7 +156,7 @@ static class Ticker
     }
 
     /// <summary>Whether these bytes are a <see cref="Topic"/>: 1 to 8 letters A-Z, then a NUL.</summary>
-    static bool IsTopic(ReadOnlySpan<byte> bytes) =>
+    public static bool IsTopic(ReadOnlySpan<byte> bytes) =>
         bytes.Length is >= 2 and <= 9 && bytes[^1] == 0 && !bytes[..^1].ContainsAnyExceptInRange((byte)'A', (byte)'Z');
 
     static byte[][] TickFrames(ulong seed, string symbol, ulong sequence, long timestamp)

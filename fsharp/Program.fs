@@ -10,6 +10,7 @@ type BtbArgs =
     | [<CliPrefix(CliPrefix.None)>] Chat of ParseResults<Chat.ChatArgs>
     | [<CliPrefix(CliPrefix.None)>] Ticker of ParseResults<Ticker.TickerArgs>
     | [<CliPrefix(CliPrefix.None)>] Valuation of ParseResults<Valuation.ValuationArgs>
+    | [<CliPrefix(CliPrefix.None)>] Query of ParseResults<Query.QueryArgs>
     | [<CliPrefix(CliPrefix.None)>] Perf of ParseResults<Perf.PerfArgs>
 
     interface IArgParserTemplate with
@@ -18,6 +19,7 @@ type BtbArgs =
             | Chat _ -> "client/server over REQ/REP plus PUB/SUB"
             | Ticker _ -> "data distribution over PUB/SUB, with an XSUB/XPUB proxy"
             | Valuation _ -> "a PUSH/PULL pipeline with a control channel"
+            | Query _ -> "a key-value engine over RFC 12/CHP: ROUTER/DEALER snapshots, PUB/SUB updates"
             | Perf _ -> "throughput and latency, as libzmq's perf tools measure them"
 
 /// The role chosen on the command line, its flags checked; Argu raises on a bad command line.
@@ -27,6 +29,7 @@ let parse argv =
     | Chat chat -> Chat.role chat
     | Ticker ticker -> Ticker.role ticker
     | Valuation valuation -> Valuation.role valuation
+    | Query query -> Query.role query
     | Perf perf -> Perf.role perf
 
 let run role =

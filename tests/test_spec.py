@@ -125,3 +125,32 @@ def test_optional_roles_and_alternatives(tmp_path):
     proxied = spec.for_cell({}, {"publisher", "proxy", "subscriber"})
     assert proxied.role_names() == ["publisher", "proxy", "subscriber"]
     assert render(subscriber.flags["ticks"], proxied.context(subscriber, 0, ready)) == "tcp://127.0.0.1:2"
+
+
+def test_the_query_spec_borrows_the_ticker_publisher_in_the_engine_language():
+    from orchestrator.matrix import assign
+
+    spec = load_spec("query")
+    publisher = spec.role("publisher")
+    assert (publisher.program_example("query"), publisher.program_role) == ("ticker", "publisher")
+    assert spec.programs({"publisher": {"c"}, "engine": {"c"}}) == {("ticker", "publisher"): {"c"}, ("query", "engine"): {"c"}}
+    _, roles = assign(spec, {"engine": "rust", "facade": "vb"})
+    assert roles == {"publisher": ["rust"], "engine": ["rust"], "facade": ["vb"] * 3}
+    _, roles = assign(spec, {"engine": "rust", "facade": "vb", "publisher": "c"})
+    assert roles["publisher"] == ["c"]
+    late = spec.role("facade")
+    assert [render(late.start_after["count"], spec.context(late, index, {})) for index in range(3)] == [0, 0, 400]
+
+
+@pytest.mark.parametrize(
+    "changes, words",
+    [
+        ({"roles__client__start_after": {"role": "nobody", "event": "ready"}}, "'nobody' is not a role started before this one"),
+        ({"roles__client__start_after": {"role": "server", "event": "ready", "count": "{nothing}"}}, "{nothing} names nothing known"),
+        ({"roles__client__language_of": "nobody"}, "'nobody' is not a role of this example"),
+        ({"roles__client__program": "ticker"}, "must be 'EXAMPLE ROLE'"),
+    ],
+)
+def test_late_joiners_and_borrowed_roles_are_checked(tmp_path, changes, words):
+    with pytest.raises(ConfigError, match=".*" + words.replace("{", "\\{").replace("}", "\\}").replace("(", "\\(")):
+        load_spec(write(tmp_path, broken(**changes)))

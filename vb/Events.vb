@@ -176,8 +176,9 @@ Public Module Flags
         Return New [Option](Of String)(name) With {.DefaultValueFactory = Function(r) defaultValue}
     End Function
 
-    ''' <summary>An integer option (milliseconds or a count) no smaller than `minimum`.</summary>
-    Public Function AtLeast(name As String, minimum As Integer, defaultValue As Integer) As [Option](Of Integer)
+    ''' <summary>An integer option (milliseconds or a count) no smaller than `minimum`, nor larger than `maximum`.</summary>
+    Public Function AtLeast(name As String, minimum As Integer, defaultValue As Integer,
+                            Optional maximum As Integer = Integer.MaxValue) As [Option](Of Integer)
         Return New [Option](Of Integer)(name) With {
             .DefaultValueFactory = Function(r) defaultValue,
             .CustomParser =
@@ -187,6 +188,8 @@ Public Module Flags
                         result.AddError($"{name} takes an integer, not '{result.Tokens.Single().Value}'")
                     ElseIf number < minimum Then
                         result.AddError($"{name} must be at least {minimum}")
+                    ElseIf number > maximum Then
+                        result.AddError($"{name} must be at most {maximum}")
                     End If
                     Return number
                 End Function}
@@ -287,9 +290,10 @@ Public Module Flags
         Return New Security(chosen, required("--curve-secret"), required("--curve-public"), required("--curve-server"))
     End Function
 
-    ''' <summary>A required name of 1 to MaxName bytes of UTF-8.</summary>
-    Public Function NameOption(name As String) As [Option](Of String)
-        Dim opt As New [Option](Of String)(name) With {.Required = True}
+    ''' <summary>A name of 1 to MaxName bytes of UTF-8; required unless there is a default.</summary>
+    Public Function NameOption(name As String, Optional defaultValue As String = Nothing) As [Option](Of String)
+        Dim opt As New [Option](Of String)(name) With {.Required = defaultValue Is Nothing}
+        If defaultValue IsNot Nothing Then opt.DefaultValueFactory = Function(result) defaultValue
         opt.Validators.Add(
             Sub(result)
                 Dim length = Utf8.GetByteCount(If(result.GetValueOrDefault(Of String)(), ""))

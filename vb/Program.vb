@@ -8,6 +8,7 @@ Public Module Program
             Chat.Roles(),
             Ticker.Roles(),
             Valuation.Roles(),
+            Query.Roles(),
             Perf.Roles()
         }
         ' No @file response files: a handle may well start with "@".

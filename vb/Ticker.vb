@@ -54,7 +54,7 @@ Public Module Ticker
     End Function
 
     ''' <summary>A symbol is 1 to 8 letters A-Z; anything else is a parse error.</summary>
-    Private Function CheckSymbol(text As String, result As ArgumentResult) As String
+    Public Function CheckSymbol(text As String, result As ArgumentResult) As String
         If text.Length < 1 OrElse text.Length > 8 OrElse Not text.All(Function(c) c >= "A"c AndAlso c <= "Z"c) Then
             result.AddError($"a symbol is 1 to 8 letters A-Z, not '{text}'")
         End If
@@ -62,7 +62,7 @@ Public Module Ticker
     End Function
 
     ''' <summary>Comma-separated symbols; required unless there is a default.</summary>
-    Private Function SymbolsOption(name As String, Optional defaultValue As String = Nothing) As [Option](Of String())
+    Public Function SymbolsOption(name As String, Optional defaultValue As String = Nothing) As [Option](Of String())
         Dim parse = Function(text As String, result As ArgumentResult) text.Split(","c).Select(Function(part) CheckSymbol(part, result)).ToArray()
         Dim opt As New [Option](Of String())(name) With {
             .Arity = ArgumentArity.ExactlyOne,

@@ -450,33 +450,44 @@ bool frame_if_ready(void *socket, zmq_msg_t *frame)
 
 bool recv_if_ready(void *socket, frames_t *message)
 {
+    return recv_at_most(socket, message, SIZE_MAX);
+}
+
+bool recv_at_most(void *socket, frames_t *message, size_t keep)
+{
     size_t room = 4;
     message->frame = malloc(room * sizeof *message->frame);
     message->count = 0;
+    zmq_msg_t dropped; /* each frame past the first `keep`, in turn */
+    zmq_msg_init(&dropped);
     /* A multipart message arrives whole or not at all: once its first frame is here, so are the
        others, and receiving them cannot block. ZMQ_RCVMORE (zmq_msg_more) says that another
        frame of it follows. */
-    bool more = true;
-    while (more) {
-        if (message->count == room) /* only the pointers move: a zmq_msg_t must stay put */
-            message->frame = realloc(message->frame, (room *= 2) * sizeof *message->frame);
-        zmq_msg_t *frame = message->frame ? malloc(sizeof *frame) : NULL;
-        if (!frame)
-            fail("memory", "out of memory");
-        zmq_msg_init(frame);
-        message->frame[message->count++] = frame;
-        if (message->count == 1) { /* the first frame: only if it is there */
+    for (bool first = true, more = true; more; first = false) {
+        zmq_msg_t *frame = &dropped;
+        if (message->count < keep) {
+            if (message->count == room) /* only the pointers move: a zmq_msg_t must stay put */
+                message->frame = realloc(message->frame, (room *= 2) * sizeof *message->frame);
+            frame = message->frame ? malloc(sizeof *frame) : NULL;
+            if (!frame)
+                fail("memory", "out of memory");
+            zmq_msg_init(frame);
+            message->frame[message->count++] = frame;
+        }
+        if (first) { /* the first frame: only if it is there */
             if (!frame_if_ready(socket, frame)) {
                 frames_close(message);
+                zmq_msg_close(&dropped);
                 return false;
             }
-        } else { /* the rest: already here */
+        } else { /* the rest: already here (a receive releases what `frame` held before) */
             while (zmq_msg_recv(frame, socket, 0) < 0)
                 if (errno != EINTR)
                     fail("recv", "zmq_msg_recv: %s", zmq_strerror(errno));
         }
         more = zmq_msg_more(frame);
     }
+    zmq_msg_close(&dropped);
     return true;
 }
 

@@ -123,6 +123,10 @@ typedef struct {
    for the next one: no heartbeat, no deadline, no stop. So the first frame is received with
    ZMQ_DONTWAIT; EAGAIN (or a signal, EINTR) means "nothing", and the caller goes round its loop. */
 bool recv_if_ready(void *socket, frames_t *message);
+/* The same, keeping at most `keep` frames (1 or more): the rest of the message is received and
+   dropped, so that a message of a million empty frames costs nothing. A message->count of `keep`
+   may therefore stand for more. */
+bool recv_at_most(void *socket, frames_t *message, size_t keep);
 /* The same for one frame, whatever its ZMQ_RCVMORE says; `frame` is initialised by the caller. */
 bool frame_if_ready(void *socket, zmq_msg_t *frame);
 void frames_close(frames_t *message);

@@ -4,6 +4,7 @@
 
 #include "chat.h"
 #include "perf.h"
+#include "query.h"
 #include "ticker.h"
 #include "valuation.h"
 
@@ -30,6 +31,9 @@ static const struct {
     {"perf", "tcp-source", perf_tcp_source},
     {"perf", "tcp-echo", perf_tcp_echo},
     {"perf", "tcp-ping", perf_tcp_ping},
+    {"query", "engine", query_engine},
+    {"query", "facade", query_facade},
+    {"query", "derive", query_derive},
 };
 enum { ROLE_COUNT = sizeof ROLES / sizeof ROLES[0] };
 

@@ -13,7 +13,6 @@
 
 #include "common.h"
 
-enum { MAX_SYMBOLS = 32 }; /* in one --symbols list */
 /* ZMQ_MAXMSGSIZE on every socket: a frame above it never reaches us (libzmq drops it with the
    sender's connection), and no subscription can grow an XPUB's subscription trie past it. The
    largest legal frames are a subscription, 1 + `@` + a 32-byte name = 34 bytes, and a tick's
@@ -22,17 +21,9 @@ static const int64_t MAX_MESSAGE = 256;
 /* Every integer of the price is a uint64_t (GOLDEN, splitmix64: common.h): C's unsigned
    arithmetic wraps modulo 2^64, as the protocol says. */
 
-/* A symbol as a C string. Its terminating NUL is the topic's NUL (see topic_size). */
-typedef char symbol_t[MAX_SYMBOL + 1];
-typedef struct {
-    size_t count;
-    symbol_t name[MAX_SYMBOLS];
-} symbols_t;
-
 /* --- flags ---------------------------------------------------------------------------------- */
 
-/* The index of `name` in `symbols`, or -1. */
-static int index_of(const symbols_t *symbols, const char *name)
+int symbol_index(const symbols_t *symbols, const char *name)
 {
     for (size_t i = 0; i < symbols->count; i++)
         if (!strcmp(symbols->name[i], name))
@@ -40,8 +31,7 @@ static int index_of(const symbols_t *symbols, const char *name)
     return -1;
 }
 
-/* Flag parsers (common.h): a symbol_t; a symbols_t from a comma-separated list. */
-static const char *symbol(const char *text, void *value)
+const char *parse_symbol(const char *text, void *value)
 {
     if (!is_symbol(text, strlen(text)))
         return "a symbol is 1 to 8 letters A-Z";
@@ -49,7 +39,7 @@ static const char *symbol(const char *text, void *value)
     return NULL;
 }
 
-static const char *symbols(const char *text, void *value)
+const char *parse_symbols(const char *text, void *value)
 {
     symbols_t *list = value;
     list->count = 0;
@@ -61,7 +51,7 @@ static const char *symbols(const char *text, void *value)
             return "at most 32 symbols";
         memcpy(list->name[list->count], part, size);
         list->name[list->count][size] = '\0';
-        if (index_of(list, list->name[list->count]) >= 0)
+        if (symbol_index(list, list->name[list->count]) >= 0)
             return "a symbol appears twice";
         list->count++;
         if (!part[size])
@@ -101,12 +91,15 @@ static uint64_t cents(uint64_t seed, const char *name, uint64_t sequence)
     return 1000 + splitmix64(seed ^ fnv1a64(name) ^ (sequence * GOLDEN)) % 99001;
 }
 
-/* Frame 0: the symbol and a NUL, so that subscribing to GOOG does not also match GOOGL (a SUB
-   filter is a prefix match). In C that NUL is the string's own terminator: the topic is the
-   string with it, strlen + 1 bytes. */
-static size_t topic_size(const char *name)
+/* A tick's topic (ticker.h): the symbol, then its NUL. */
+size_t topic_size(const char *name)
 {
     return strlen(name) + 1;
+}
+
+bool is_topic(const char *data, size_t size)
+{
+    return size >= 2 && data[size - 1] == '\0' && is_symbol(data, size - 1);
 }
 
 /* Frames 1-3 of a tick; frame 0 is the topic of `name`. */
@@ -142,7 +135,7 @@ int ticker_encode(int argc, char **argv)
     int64_t timestamp;
     const flag_t flags[] = {
         REQUIRED_FLAG("seed", parse_u64, seed),
-        REQUIRED_FLAG("symbol", symbol, name),
+        REQUIRED_FLAG("symbol", parse_symbol, name),
         REQUIRED_FLAG("sequence", parse_u64, sequence),
         REQUIRED_FLAG("timestamp", parse_i64, timestamp),
     };
@@ -222,10 +215,10 @@ static void on_subscription(zmq_msg_t *frame, topics_t *topics)
 int ticker_publisher(int argc, char **argv)
 {
     publisher_args args = {.ticks = "tcp://127.0.0.1:5557", .seed = 1, .subscribers = 1, .interval = 2};
-    symbols("AAPL,GOOG,GOOGL,MSFT,IBM", &args.symbols); /* the default, parsed like the flag */
+    parse_symbols("AAPL,GOOG,GOOGL,MSFT,IBM", &args.symbols); /* the default, parsed like the flag */
     const flag_t flags[] = {
         TEXT_FLAG("ticks", args.ticks),
-        PARSED_FLAG("symbols", symbols, args.symbols),
+        PARSED_FLAG("symbols", parse_symbols, args.symbols),
         PARSED_FLAG("seed", parse_u64, args.seed),
         NUMBER_FLAG("subscribers", args.subscribers, 1),
         NUMBER_FLAG("interval", args.interval, 1),
@@ -440,7 +433,7 @@ static const char *check_tick(const frames_t *frames, const symbols_t *subscribe
         return problem(reason, "malformed-tick", "expected 4 frames, got %zu", frames->count);
     const char *name = frame_data(frames, 0);
     size_t size = frame_size(frames, 0);
-    if (size < 2 || size > MAX_SYMBOL + 1 || name[size - 1] != '\0' || !is_symbol(name, size - 1))
+    if (!is_topic(name, size))
         return problem(reason, "malformed-tick", "frame 0 is not a symbol and a NUL: %s",
                        hex(name, size, text));
     if (frame_size(frames, 1) != 8 || frame_size(frames, 2) != 8 || frame_size(frames, 3) != 8)
@@ -448,7 +441,7 @@ static const char *check_tick(const frames_t *frames, const symbols_t *subscribe
                        frame_size(frames, 1), frame_size(frames, 2), frame_size(frames, 3));
     /* From here on, frame 0 is a C string: the symbol and its NUL. */
     tick->name = name;
-    tick->index = index_of(subscribed, name);
+    tick->index = symbol_index(subscribed, name);
     if (tick->index < 0)
         return problem(reason, "unexpected-symbol", "%s is not subscribed", name);
     tick->sequence = get_be64(frame_data(frames, 1));
@@ -492,7 +485,7 @@ int ticker_subscriber(int argc, char **argv)
     const flag_t flags[] = {
         TEXT_FLAG("ticks", args.ticks),
         REQUIRED_FLAG("name", parse_name, args.name),
-        REQUIRED_FLAG("symbols", symbols, args.symbols),
+        REQUIRED_FLAG("symbols", parse_symbols, args.symbols),
         NUMBER_FLAG("count", args.count, 1),
         PARSED_FLAG("seed", parse_u64, args.seed),
         PARSED_FLAG("switch", switch_symbols, args.change),
@@ -502,7 +495,7 @@ int ticker_subscriber(int argc, char **argv)
     if (!parse_flags(argc, argv, flags, sizeof flags / sizeof flags[0]))
         return 2;
     const char *old = args.change.old, *new = args.change.new;
-    if (*old && (index_of(&args.symbols, old) < 0 || index_of(&args.symbols, new) >= 0)) {
+    if (*old && (symbol_index(&args.symbols, old) < 0 || symbol_index(&args.symbols, new) >= 0)) {
         log_line("%s: --switch OLD:NEW needs OLD among --symbols and NEW not", argv[0]);
         return 2;
     }

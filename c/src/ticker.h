@@ -2,11 +2,35 @@
 #ifndef BTB_TICKER_H
 #define BTB_TICKER_H
 
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "common.h"
+
 /* `btb ticker publisher|proxy|subscriber|encode [--flag value]...`; argv[0] is the role.
    Returns the exit code. */
 int ticker_publisher(int argc, char **argv);
 int ticker_proxy(int argc, char **argv);
 int ticker_subscriber(int argc, char **argv);
 int ticker_encode(int argc, char **argv);
+
+/* What a subscriber of ticks needs (this example's subscriber, the query engine). */
+enum { MAX_SYMBOLS = 32 }; /* in one --symbols list */
+/* A symbol as a C string. Its terminating NUL is the topic's NUL (see topic_size). */
+typedef char symbol_t[MAX_SYMBOL + 1];
+typedef struct {
+    size_t count;
+    symbol_t name[MAX_SYMBOLS];
+} symbols_t;
+/* Flag parsers (common.h): a symbol_t; a symbols_t from a comma-separated list. */
+flag_parser parse_symbol, parse_symbols;
+/* The index of `name` in `symbols`, or -1. */
+int symbol_index(const symbols_t *symbols, const char *name);
+/* Frame 0 of a tick: the symbol and a NUL, so that subscribing to GOOG does not also match GOOGL
+   (a SUB filter is a prefix match). In C that NUL is the string's own terminator: the topic is
+   the string with it, strlen + 1 bytes. */
+size_t topic_size(const char *name);
+/* Whether `data` is a topic: 1 to 8 letters A-Z, then the NUL. */
+bool is_topic(const char *data, size_t size);
 
 #endif

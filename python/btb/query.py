@@ -12,13 +12,13 @@ import time
 import zmq
 
 from .contract import Deadline, Failure, StopSignal, at_least, bind, connect, emit, name, recv_if_ready
-from .ticker import is_topic, symbols, topic
+from .ticker import is_topic, symbol, symbols, topic
 
 # ZMQ_MAXMSGSIZE on every socket: the largest legal frame is a 256-byte value; between 257 and
 # 1024 bytes it reaches us and is reported, above that the library drops it with the connection.
 MAX_MESSAGE = 1024
 MAX_VALUE = 256
-MAX_FRAMES = 6  # a message's frames beyond these are read and dropped
+MAX_FRAMES = 7  # frames kept of a message (5, a routing id, and one to tell "more"); the rest are dropped
 KEY = re.compile(rb"(/[A-Za-z0-9._-]+)+")
 SUBTREE = re.compile(rb"(/[A-Za-z0-9._-]+)+/")
 PROPERTY = re.compile(rb"([A-Za-z0-9_-]{1,32})=([\x20-\x7e]*)\n")
@@ -52,7 +52,7 @@ def add_roles(roles):
     facade.set_defaults(run=run_facade)
 
     derive = roles.add_parser("derive", help="print the KVPUBs some ticks make (the test vectors)")
-    derive.add_argument("--symbol", required=True)
+    derive.add_argument("--symbol", type=symbol, required=True)
     derive.add_argument("--prices", type=price_list, required=True)
     derive.add_argument("--sequence", type=at_least(0), default=0)
     derive.set_defaults(run=run_derive)
@@ -66,8 +66,8 @@ def segment(value):
 
 def subtree_list(value):
     trees = [b"" if part == "all" else part.encode() for part in value.split(",")]
-    for tree in trees:
-        if tree and not (len(tree) <= 255 and SUBTREE.fullmatch(tree)):
+    for tree, part in zip(trees, value.split(",")):
+        if part != "all" and not (len(tree) <= 255 and SUBTREE.fullmatch(tree)):
             raise argparse.ArgumentTypeError(f"{tree.decode()!r} is not a subtree like /prices/ (or all)")
     if len(set(trees)) != len(trees):
         raise argparse.ArgumentTypeError("a subtree is listed twice")
@@ -132,7 +132,7 @@ def ttl_of(data):
 def check_kv(frames):
     """Why a KVSYNC, KVPUB or KVSET (5 frames) is malformed, or None."""
     if len(frames) != 5:
-        return f"expected 5 frames, got {len(frames) if len(frames) <= MAX_FRAMES else 'more than 6'}"
+        return f"expected 5 frames, got {len(frames)}{' or more' if len(frames) == MAX_FRAMES else ''}"
     key, sequence, uuid, props, value = frames
     if not is_key(key):
         return f"not a key: {key[:32]!r}"
@@ -151,9 +151,14 @@ def seq(number):
     return struct.pack(">Q", number)  # 8 bytes, big-endian (network order)
 
 
+def shape(frames):
+    """A message for a reason: its frame sizes, and at most 32 bytes of its first frame."""
+    return f"{[len(frame) for frame in frames[:MAX_FRAMES]]} bytes, beginning {frames[0][:32]!r}"
+
+
 def recv_message(socket):
-    """The next message, read frame by frame without waiting: at most MAX_FRAMES + 1 frames are
-    kept (the rest are read and dropped), so no message can make us allocate without bound.
+    """The next message, read frame by frame without waiting: at most MAX_FRAMES frames are kept
+    (the rest are read and dropped), so no message can make us allocate without bound.
     None if there was nothing after all (POLLIN is a hint)."""
     first = recv_if_ready(socket, whole=False)
     if first is None:
@@ -161,7 +166,7 @@ def recv_message(socket):
     frames = [first]
     while socket.rcvmore:  # the other frames of a message arrive with its first one
         frame = socket.recv()
-        if len(frames) <= MAX_FRAMES:
+        if len(frames) < MAX_FRAMES:
             frames.append(frame)
     return frames
 
@@ -237,8 +242,7 @@ class Engine:
 
     def on_icanhaz(self, frames):
         if len(frames) != 3 or frames[1] != ICANHAZ or not is_subtree(frames[2]):
-            shape = [frame[:32] for frame in frames[1:4]]
-            emit("error", code="malformed-icanhaz", reason=f"not [ICANHAZ?, subtree]: {shape!r}")
+            emit("error", code="malformed-icanhaz", reason=f"not [ICANHAZ?, subtree]: {shape(frames[1:] or [b''])}")
             return
         identity, subtree = frames[0], frames[2]
         keys = sorted(key for key in self.map if key.startswith(subtree))
@@ -286,7 +290,7 @@ class Engine:
     def on_tick(self, frames, symbols_wanted):
         # A tick as examples/ticker/PROTOCOL.md has it: [symbol NUL, sequence, timestamp, price].
         if len(frames) != 4 or not is_topic(frames[0]) or any(len(frame) != 8 for frame in frames[1:]):
-            emit("error", code="malformed-tick", reason=f"not a tick: {[frame[:32] for frame in frames[:6]]!r}")
+            emit("error", code="malformed-tick", reason=f"not a tick: {shape(frames)}")
             return
         symbol = frames[0][:-1].decode()
         cents = tick_cents(struct.unpack(">d", frames[3])[0])
@@ -320,6 +324,9 @@ def run_engine(args):
     # routed by the routing id we put in front. MANDATORY: fail instead of dropping in silence.
     snapshots = context.socket(zmq.ROUTER)
     snapshots.router_mandatory = 1
+    # Room for a whole snapshot per peer: the library learns that a peer has read its messages only
+    # in batches, so a loop of sends would find 1000 (the default high-water mark) "full" at once.
+    snapshots.sndhwm = args.max_keys + 1
     # XPUB, verbose: a PUB on the wire, that shows us every subscription (for HUGZ, above).
     updates = context.socket(zmq.XPUB)
     updates.xpub_verbose = 1
@@ -389,7 +396,7 @@ class Facade:
     def on_snapshot(self, frames):
         if frames[0] == KTHXBAI:
             if len(frames) != 5 or len(frames[1]) != 8 or not is_subtree(frames[4]):
-                emit("error", code="malformed-kthxbai", reason=f"not [KTHXBAI, sequence, -, -, subtree]: {[f[:32] for f in frames[:6]]!r}")
+                emit("error", code="malformed-kthxbai", reason=f"not [KTHXBAI, sequence, -, -, subtree]: {shape(frames)}")
             elif frames[4] not in self.waiting:
                 emit("error", code="unexpected-kthxbai", reason=f"no request waits for subtree {frames[4][:32]!r}")
             else:

@@ -2,6 +2,7 @@
 mod chat;
 mod events;
 mod perf;
+mod query;
 mod ticker;
 mod valuation;
 
@@ -23,6 +24,9 @@ enum Example {
     /// a PUSH/PULL pipeline with a control channel
     #[command(subcommand)]
     Valuation(valuation::Role),
+    /// a key-value engine over RFC 12/CHP: ROUTER snapshots, XPUB updates, SUB writes
+    #[command(subcommand)]
+    Query(query::Role),
     /// throughput and latency, as libzmq's perf tools measure them
     #[command(subcommand)]
     Perf(perf::Role),
@@ -34,6 +38,7 @@ fn main() {
         Example::Chat(role) => chat::run(role),
         Example::Ticker(role) => ticker::run(role),
         Example::Valuation(role) => valuation::run(role),
+        Example::Query(role) => query::run(role),
         Example::Perf(role) => perf::run(role),
     };
     if let Err(failure) = result {

@@ -104,7 +104,7 @@ pub fn is_symbol(bytes: &[u8]) -> bool {
     (1..=8).contains(&bytes.len()) && bytes.iter().all(u8::is_ascii_uppercase)
 }
 
-fn symbol(value: &str) -> Result<String, String> {
+pub fn symbol(value: &str) -> Result<String, String> {
     if is_symbol(value.as_bytes()) {
         Ok(value.to_string())
     } else {
@@ -149,12 +149,12 @@ fn price(seed: u64, symbol: &str, sequence: u64) -> f64 {
 }
 
 /// Frame 0: the symbol and a NUL, so that subscribing to GOOG does not also match GOOGL.
-fn topic(symbol: &str) -> Vec<u8> {
+pub fn topic(symbol: &str) -> Vec<u8> {
     [symbol.as_bytes(), b"\0"].concat()
 }
 
 /// The symbol of a topic frame (a symbol, then a NUL), or None.
-fn symbol_of(topic: &[u8]) -> Option<&str> {
+pub fn symbol_of(topic: &[u8]) -> Option<&str> {
     match topic.strip_suffix(b"\0") {
         Some(symbol) if is_symbol(symbol) => std::str::from_utf8(symbol).ok(),
         _ => None,

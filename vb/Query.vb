@@ -1,0 +1,661 @@
+' query: a key-value engine and its facades over RFC 12/CHP (examples/query/PROTOCOL.md).
+' The engine combines three patterns on three sockets: ROUTER answers snapshot requests, XPUB
+' publishes updates, SUB collects writes; a fourth socket, SUB, takes ticks from example 2's
+' publisher. A facade asks for snapshots on a DEALER, follows updates on a SUB and writes on an XPUB.
+Imports System.Buffers.Binary
+Imports System.CommandLine
+Imports System.CommandLine.Parsing
+Imports System.Text
+Imports System.Text.RegularExpressions
+Imports NetMQ
+Imports NetMQ.Sockets
+
+Public Module Query
+    ' MaxMsgSize on every socket: the largest legal frame is a 256-byte value; between 257 and 1024
+    ' bytes it reaches us and is reported, above that NetMQ drops it with the connection.
+    Private Const MaxMessage = 1024
+    Private Const MaxValue = 256
+    Private Const MaxFrames = 6  ' a message's frames beyond these are read and dropped
+    Private Const MaxQuote = 32  ' bytes of a peer's data that a reason may quote
+    ' Keys, subtrees and properties are bytes: matched as Latin-1 text, one character per byte.
+    Private ReadOnly KeyPattern As New Regex("\A(/[A-Za-z0-9._-]+)+\z")
+    Private ReadOnly SubtreePattern As New Regex("\A(/[A-Za-z0-9._-]+)+/\z")
+    Private ReadOnly PropertiesPattern As New Regex("\A(([A-Za-z0-9_-]{1,32})=([\x20-\x7e]*)\n)*\z")
+    Private ReadOnly NamePattern As New Regex("\A[A-Za-z0-9_-]{1,32}\z")
+    Private ReadOnly NoBytes As Byte() = Array.Empty(Of Byte)()
+    Private ReadOnly HugzWord As Byte() = Encoding.ASCII.GetBytes("HUGZ")
+    Private ReadOnly IcanhazWord As Byte() = Encoding.ASCII.GetBytes("ICANHAZ?")
+    Private ReadOnly KthxbaiWord As Byte() = Encoding.ASCII.GetBytes("KTHXBAI")
+
+    Public Function Roles() As Command
+        Dim engine As New Command("engine", "keep the map, serve snapshots, publish updates") From {
+            Endpoint("--snapshot", "tcp://127.0.0.1:5556"),
+            Endpoint("--updates", "tcp://127.0.0.1:5557"),
+            Endpoint("--collector", "tcp://127.0.0.1:5558"),
+            Endpoint("--ticks", ""),
+            NameOption("--name", "engine"),
+            SymbolsOption("--symbols", "AAPL,GOOG,GOOGL,MSFT,IBM"),
+            AtLeast("--hugz", 1, defaultValue:=1000),
+            AtLeast("--max-keys", 1, defaultValue:=10000),
+            AtLeast("--timeout", 0, defaultValue:=0)}
+        engine.SetAction(AddressOf RunEngine)
+
+        Dim facade As New Command("facade", "mirror some subtrees of the engine's map, and write to it") From {
+            Endpoint("--snapshot", "tcp://127.0.0.1:5556"),
+            Endpoint("--updates", "tcp://127.0.0.1:5557"),
+            Endpoint("--collector", "tcp://127.0.0.1:5558"),
+            SegmentOption("--name"),
+            SubtreesOption("--subtrees"),
+            AtLeast("--count", 1, defaultValue:=100),
+            AtLeast("--writes", 0, defaultValue:=0),
+            AtLeast("--ttl", 1, defaultValue:=1, maximum:=86400),
+            AtLeast("--timeout", 0, defaultValue:=30000)}
+        facade.SetAction(AddressOf RunFacade)
+
+        Dim derive As New Command("derive", "print the KVPUBs some ticks make (the test vectors)") From {
+            New [Option](Of String)("--symbol") With {.Required = True, .CustomParser = Function(r) CheckSymbol(r.Tokens.Single().Value, r)},
+            New [Option](Of Byte()())("--prices") With {.Required = True, .Arity = ArgumentArity.ExactlyOne, .CustomParser = AddressOf ParsePrices},
+            UInt64Option("--sequence", 0)}
+        derive.SetAction(AddressOf RunDerive)
+
+        Return New Command("query", "a key-value engine and its facades over RFC 12/CHP") From {engine, facade, derive}
+    End Function
+
+    ''' <summary>A facade's name is a key segment: 1 to 32 of A-Z a-z 0-9 _ -.</summary>
+    Private Function SegmentOption(name As String) As [Option](Of String)
+        Dim opt As New [Option](Of String)(name) With {.Required = True}
+        opt.Validators.Add(
+            Sub(result)
+                If Not NamePattern.IsMatch(If(result.GetValueOrDefault(Of String)(), "")) Then
+                    result.AddError($"{name} takes 1 to 32 of A-Z a-z 0-9 _ -")
+                End If
+            End Sub)
+        Return opt
+    End Function
+
+    ''' <summary>Comma-separated subtrees, none twice; `all` is the empty subtree, the whole map.</summary>
+    Private Function SubtreesOption(name As String) As [Option](Of String())
+        Return New [Option](Of String())(name) With {
+            .Required = True,
+            .Arity = ArgumentArity.ExactlyOne,
+            .CustomParser =
+                Function(result)
+                    Dim parts = result.Tokens.Single().Value.Split(","c)
+                    For Each part In parts.Where(Function(p) p <> "all" AndAlso (p = "" OrElse Not IsSubtree(p)))
+                        result.AddError($"'{part}' is not a subtree like /prices/ (or all)")
+                    Next
+                    Dim trees = parts.Select(Function(part) If(part = "all", "", part)).ToArray()
+                    If trees.Distinct().Count() <> trees.Length Then result.AddError("a subtree is listed twice")
+                    Return trees
+                End Function}
+    End Function
+
+    Private Function ParsePrices(result As ArgumentResult) As Byte()()
+        Try
+            Dim prices = result.Tokens.Single().Value.Split(","c).Select(Function(part) Convert.FromHexString(part)).ToArray()
+            If prices.All(Function(price) price.Length = 8) Then Return prices
+        Catch problem As FormatException
+        End Try
+        result.AddError("--prices takes 8-byte binary64 values in hex, separated by ','")
+        Return Nothing
+    End Function
+
+    ' --- the protocol's pieces -----------------------------------------------------------------
+
+    Private Function Latin1(data As Byte()) As String
+        Return Encoding.Latin1.GetString(data)
+    End Function
+
+    Private Function IsKey(data As Byte()) As Boolean
+        Return data.Length >= 2 AndAlso data.Length <= 255 AndAlso KeyPattern.IsMatch(Latin1(data))
+    End Function
+
+    Private Function IsSubtree(text As String) As Boolean
+        Return text = "" OrElse (text.Length <= 255 AndAlso SubtreePattern.IsMatch(text))
+    End Function
+
+    Private Function Matches(frame As Byte(), word As Byte()) As Boolean
+        Return frame.AsSpan().SequenceEqual(word)
+    End Function
+
+    Private Function HexOf(data As Byte()) As String
+        Return Convert.ToHexStringLower(data)
+    End Function
+
+    Private Sub Report(code As String, reason As String)
+        Emit("error", ("code", code), ("reason", reason))
+    End Sub
+
+    ''' <summary>A message's frames for people, quoting at most MaxQuote bytes of them in all.</summary>
+    Private Function Quote(frames As IEnumerable(Of Byte())) As String
+        Dim left = MaxQuote, parts As New List(Of String)
+        For Each frame In frames
+            parts.Add($"'{Shown(frame, left)}'")
+            left -= Math.Min(left, frame.Length)
+        Next
+        Return $"[{String.Join(", ", parts)}]"
+    End Function
+
+    ''' <summary>The `ttl` property in seconds, 0 for none, or Nothing when the properties are not
+    ''' `name=value\n` lines or hold a ttl that is not one decimal number of 1 to 86400.</summary>
+    Private Function TtlOf(data As Byte()) As Integer?
+        If data.Length > 255 Then Return Nothing
+        Dim found = PropertiesPattern.Match(Latin1(data))
+        If Not found.Success Then Return Nothing
+        Dim names = found.Groups(2).Captures, values = found.Groups(3).Captures
+        Dim ttls = Enumerable.Range(0, names.Count).Where(Function(i) names(i).Value = "ttl").Select(Function(i) values(i).Value).ToList()
+        If ttls.Count = 0 Then Return 0
+        If ttls.Count > 1 OrElse Not Regex.IsMatch(ttls(0), "\A[1-9][0-9]{0,4}\z") OrElse CInt(ttls(0)) > 86400 Then Return Nothing
+        Return CInt(ttls(0))
+    End Function
+
+    ''' <summary>Why a KVSYNC, KVPUB or KVSET (5 frames) is malformed, or Nothing.</summary>
+    Private Function CheckKv(frames As List(Of Byte())) As String
+        If frames.Count <> 5 Then Return $"expected 5 frames, got {If(frames.Count <= MaxFrames, CStr(frames.Count), "more than 6")}"
+        If Not IsKey(frames(0)) Then Return $"not a key: '{Shown(frames(0), MaxQuote)}'"
+        If frames(1).Length <> 8 Then Return $"a sequence of {frames(1).Length} bytes, not 8"
+        If frames(2).Length <> 0 AndAlso frames(2).Length <> 16 Then Return $"a UUID of {frames(2).Length} bytes, not 0 or 16"
+        If TtlOf(frames(3)) Is Nothing Then
+            Return $"properties that are not name=value lines with at most one ttl of 1 to 86400: '{Shown(frames(3), MaxQuote)}'"
+        End If
+        If frames(4).Length > MaxValue Then Return $"a value of {frames(4).Length} bytes, more than {MaxValue}"
+        Return Nothing
+    End Function
+
+    Private Function Seq(number As ULong) As Byte()
+        Dim frame = New Byte(7) {}
+        BinaryPrimitives.WriteUInt64BigEndian(frame, number)  ' 8 bytes, big-endian (network order)
+        Return frame
+    End Function
+
+    ''' <summary>
+    ''' The next message, read frame by frame without waiting: at most MaxFrames + 1 frames are kept
+    ''' (the rest are read and dropped), so no message can make us allocate without bound. Nothing if
+    ''' there was nothing after all: a poll's "ready" is a hint, not a promise.
+    ''' </summary>
+    Private Function ReceiveMessage(socket As NetMQSocket) As List(Of Byte())
+        Dim frame As Byte() = Nothing, more As Boolean
+        If Not socket.TryReceiveFrameBytes(TimeSpan.Zero, frame, more) Then Return Nothing
+        Dim frames As New List(Of Byte()) From {frame}
+        Do While more  ' the other frames of a message arrive with its first one
+            frame = socket.ReceiveFrameBytes(more)
+            If frames.Count <= MaxFrames Then frames.Add(frame)
+        Loop
+        Return frames
+    End Function
+
+    Private Function IsReady(item As NetMQSelector.Item) As Boolean
+        Return item.ResultEvent.HasFlag(PollEvents.PollIn)
+    End Function
+
+    ''' <summary>The next message of a socket the poll found ready, or Nothing.</summary>
+    Private Function ReceiveIfReady(item As NetMQSelector.Item) As List(Of Byte())
+        Return If(IsReady(item), ReceiveMessage(item.Socket), Nothing)
+    End Function
+
+    ''' <summary>Wait for one socket at most `timeout`, then receive without waiting; Nothing if nothing came.</summary>
+    Private Function ReceiveWithin(socket As NetMQSocket, timeout As TimeSpan) As List(Of Byte())
+        Return If(socket.Poll(PollEvents.PollIn, timeout).HasFlag(PollEvents.PollIn), ReceiveMessage(socket), Nothing)
+    End Function
+
+    ' --- the map fed by ticks ------------------------------------------------------------------
+
+    ''' <summary>floor(price × 100 + 0.5): two binary64 operations (.NET never fuses them into one
+    ''' FMA) and an exact floor; Nothing if the price cannot be cents.</summary>
+    Public Function TickCents(price As Double) As Long?
+        If Not Double.IsFinite(price) OrElse price < 0 OrElse price > 1000000000.0 Then Return Nothing
+        Return CLng(Math.Floor(price * 100.0 + 0.5))
+    End Function
+
+    Private Function DecimalText(cents As Long) As Byte()
+        Return Encoding.ASCII.GetBytes($"{cents \ 100}.{cents Mod 100:00}")
+    End Function
+
+    ''' <summary>The four derived keys of one tick and their new values; `stats` keeps, per symbol,
+    ''' the highest and lowest price in cents and the number of ticks.</summary>
+    Private Function Derived(stats As Dictionary(Of String, (High As Long, Low As Long, Count As Long)),
+                             symbol As String, cents As Long) As (Key As String, Value As Byte())()
+        Dim s As (High As Long, Low As Long, Count As Long) = Nothing
+        If Not stats.TryGetValue(symbol, s) Then s = (cents, cents, 0)
+        s = (Math.Max(s.High, cents), Math.Min(s.Low, cents), s.Count + 1)
+        stats(symbol) = s
+        Return {($"/prices/{symbol}", DecimalText(cents)),
+                ($"/stats/{symbol}/high", DecimalText(s.High)),
+                ($"/stats/{symbol}/low", DecimalText(s.Low)),
+                ($"/stats/{symbol}/ticks", Encoding.ASCII.GetBytes(s.Count.ToString()))}
+    End Function
+
+    Private Function RunDerive(args As ParseResult) As Integer
+        Dim symbol = args.GetValue(Of String)("--symbol")
+        Dim sequence = args.GetValue(Of ULong)("--sequence")
+        Dim values As New Dictionary(Of String, Byte())
+        Dim stats As New Dictionary(Of String, (High As Long, Low As Long, Count As Long))
+        For Each price In args.GetValue(Of Byte()())("--prices")
+            Dim cents = TickCents(BinaryPrimitives.ReadDoubleBigEndian(price))
+            If cents Is Nothing Then Throw New Failure("malformed-tick", $"price {HexOf(price)} cannot be cents")
+            For Each derivedKey In Derived(stats, symbol, cents.Value)
+                Dim current As Byte() = Nothing
+                If values.TryGetValue(derivedKey.Key, current) AndAlso Matches(current, derivedKey.Value) Then Continue For
+                values(derivedKey.Key) = derivedKey.Value  ' only what changes is an update
+                sequence += 1UL
+                Dim frames = {Utf8.GetBytes(derivedKey.Key), Seq(sequence), NoBytes, NoBytes, derivedKey.Value}
+                Emit("encoded", ("frames", frames.Select(AddressOf HexOf).ToList()))
+            Next
+        Next
+        Emit("done")
+        Return 0
+    End Function
+
+    ' --- engine --------------------------------------------------------------------------------
+
+    ''' <summary>The map (key -> value and sequence), its expiries and its sockets' replies.</summary>
+    Private NotInheritable Class Engine
+        Private ReadOnly _snapshots As RouterSocket
+        Private ReadOnly _updates As XPublisherSocket
+        Private ReadOnly _maxKeys As Integer
+        Public ReadOnly Map As New Dictionary(Of String, (Value As Byte(), Sequence As ULong))
+        Private ReadOnly _expiries As New Dictionary(Of String, Long)  ' key -> when, monotonic ms
+        Private ReadOnly _stats As New Dictionary(Of String, (High As Long, Low As Long, Count As Long))
+        Public Sequence As ULong
+        Public Served, Abandoned As Integer
+        Public LastPublish As Long = Environment.TickCount64
+
+        Public Sub New(snapshots As RouterSocket, updates As XPublisherSocket, maxKeys As Integer)
+            _snapshots = snapshots
+            _updates = updates
+            _maxKeys = maxKeys
+        End Sub
+
+        ''' <summary>One update: the next sequence, the map, the KVPUB to every subscriber, the event.</summary>
+        Private Sub Update(key As String, value As Byte(), cause As String, Optional uuid As Byte() = Nothing, Optional props As Byte() = Nothing)
+            Sequence += 1UL
+            If value.Length > 0 Then Map(key) = (value, Sequence) Else Map.Remove(key)
+            _expiries.Remove(key)
+            ' XPUB never blocks: a subscriber whose queue is full (the HWM) loses the update.
+            _updates.SendMultipartBytes(Utf8.GetBytes(key), Seq(Sequence), If(uuid, NoBytes), If(props, NoBytes), value)
+            LastPublish = Environment.TickCount64
+            Emit("update", ("sequence", Sequence), ("key", key), ("value", HexOf(value)), ("cause", cause))
+        End Sub
+
+        Public Sub Hugz()
+            _updates.SendMultipartBytes(HugzWord, Seq(0), NoBytes, NoBytes, NoBytes)
+            LastPublish = Environment.TickCount64
+        End Sub
+
+        Public Sub OnIcanhaz(frames As List(Of Byte()))
+            If frames.Count <> 3 OrElse Not Matches(frames(1), IcanhazWord) OrElse Not IsSubtree(Latin1(frames(2))) Then
+                Report("malformed-icanhaz", $"not [ICANHAZ?, subtree]: {Quote(frames.Skip(1).Take(3))}")
+                Return
+            End If
+            Dim identity = frames(0), subtree = Latin1(frames(2))
+            Dim keys = Map.Keys.Where(Function(key) key.StartsWith(subtree, StringComparison.Ordinal)).Order(StringComparer.Ordinal).ToList()
+            For sent = 0 To keys.Count - 1
+                Dim entry = Map(keys(sent))
+                Dim why = SendTo(identity, Utf8.GetBytes(keys(sent)), Seq(entry.Sequence), NoBytes, NoBytes, entry.Value)
+                If why IsNot Nothing Then
+                    Abandon(subtree, sent, why)
+                    Return
+                End If
+            Next
+            Dim highest = keys.Select(Function(key) Map(key).Sequence).DefaultIfEmpty(0UL).Max()
+            Dim failed = SendTo(identity, KthxbaiWord, Seq(highest), NoBytes, NoBytes, frames(2))
+            If failed IsNot Nothing Then
+                Abandon(subtree, keys.Count, failed)
+                Return
+            End If
+            Served += 1
+            Emit("snapshot", ("subtree", subtree), ("keys", keys.Count), ("sequence", highest), ("at", Sequence))
+        End Sub
+
+        ''' <summary>
+        ''' Send to one peer through ROUTER, without waiting: ROUTER takes the routing id in front off
+        ''' and picks that peer's queue by it. With ROUTER_MANDATORY that first frame fails when the peer
+        ''' is gone (NetMQ throws) or its queue is full (the try fails); Nothing when the message went out.
+        ''' </summary>
+        Private Function SendTo(identity As Byte(), ParamArray frames As Byte()()) As String
+            Try
+                If Not _snapshots.TrySendMultipartBytes(TimeSpan.Zero, {identity}.Concat(frames)) Then Return "full"
+            Catch problem As HostUnreachableException
+                Return "gone"
+            End Try
+            Return Nothing
+        End Function
+
+        Private Sub Abandon(subtree As String, sent As Integer, why As String)
+            Abandoned += 1
+            Emit("abandoned", ("subtree", subtree), ("keys", sent), ("why", why))
+        End Sub
+
+        Public Sub OnKvset(frames As List(Of Byte()))
+            Dim problem = CheckKv(frames)
+            If problem IsNot Nothing Then
+                Report("malformed-kvset", problem)
+                Return
+            End If
+            Dim key = Latin1(frames(0)), value = frames(4)
+            If value.Length > 0 AndAlso Not Map.ContainsKey(key) AndAlso Map.Count >= _maxKeys Then
+                Report("map-full", $"'{Shown(frames(0), MaxQuote)}' would be key {CLng(_maxKeys) + 1}")
+                Return
+            End If
+            Update(key, value, "kvset", frames(2), frames(3))
+            Dim ttl = TtlOf(frames(3)).Value
+            If ttl > 0 AndAlso value.Length > 0 Then _expiries(key) = Environment.TickCount64 + ttl * 1000L
+        End Sub
+
+        Public Sub OnTick(frames As List(Of Byte()), symbols As String())
+            ' A tick as examples/ticker/PROTOCOL.md has it: [symbol NUL, sequence, timestamp, price].
+            If frames.Count <> 4 OrElse Not IsTopic(frames(0)) OrElse frames.Skip(1).Any(Function(frame) frame.Length <> 8) Then
+                Report("malformed-tick", $"not a tick: {Quote(frames)}")
+                Return
+            End If
+            Dim symbol = Latin1(frames(0)).TrimEnd(ChrW(0))
+            Dim cents = TickCents(BinaryPrimitives.ReadDoubleBigEndian(frames(3)))
+            If Not symbols.Contains(symbol) OrElse cents Is Nothing Then
+                Report("malformed-tick", $"{symbol}: not subscribed, or price {HexOf(frames(3))} cannot be cents")
+                Return
+            End If
+            For Each derivedKey In Derived(_stats, symbol, cents.Value)
+                Dim current As (Value As Byte(), Sequence As ULong) = Nothing
+                If Not Map.TryGetValue(derivedKey.Key, current) OrElse Not Matches(current.Value, derivedKey.Value) Then
+                    Update(derivedKey.Key, derivedKey.Value, "tick")
+                End If
+            Next
+        End Sub
+
+        Public Sub OnSubscription(frame As Byte())
+            If frame.Length = 0 OrElse frame(0) > 1 Then
+                Report("malformed-subscription", $"not a subscription: '{Shown(frame, MaxQuote)}'")
+            ElseIf frame(0) = 1 AndAlso HugzWord.AsSpan().StartsWith(frame.AsSpan(1)) Then
+                Hugz()  ' a new subscriber learns at once that its subscriptions are in place
+            End If
+        End Sub
+
+        ''' <summary>Delete every key whose time has come, in order of expiry time, then key.</summary>
+        Public Sub Expire(now As Long)
+            Dim due = _expiries.Where(Function(entry) entry.Value <= now).
+                OrderBy(Function(entry) entry.Value).ThenBy(Function(entry) entry.Key, StringComparer.Ordinal).
+                Select(Function(entry) entry.Key).ToList()
+            For Each key In due
+                Update(key, NoBytes, "expired")
+            Next
+        End Sub
+
+        ''' <summary>Milliseconds to the next HUGZ or expiry.</summary>
+        Public Function NextTimer(hugzMs As Integer) As Long
+            Dim due = _expiries.Values.Append(LastPublish + hugzMs).Min()
+            Return Math.Max(0, due - Environment.TickCount64)
+        End Function
+    End Class
+
+    Private Function RunEngine(args As ParseResult) As Integer
+        Dim timeout = args.GetValue(Of Integer)("--timeout")
+        Dim hugz = args.GetValue(Of Integer)("--hugz")
+        Dim symbols = args.GetValue(Of String())("--symbols")
+        Dim ticksEndpoint = args.GetValue(Of String)("--ticks")
+        Dim deadline As New Deadline(timeout)
+        Using stopSignal As New StopSignal(),
+              snapshots As New RouterSocket(),
+              updates As New XPublisherSocket(),
+              collector As New SubscriberSocket(),  ' the facades' writes
+              ticks = If(ticksEndpoint = "", Nothing, New SubscriberSocket())
+            ' ROUTER: every request arrives with the routing id of its peer in front, and every reply is
+            ' routed by the routing id we put in front. MANDATORY: fail instead of dropping in silence.
+            snapshots.Options.RouterMandatory = True
+            ' Room for a whole snapshot per peer: the library learns that a peer has read its messages
+            ' only in batches, so a loop of sends would find 1000 (the default high-water mark) "full".
+            snapshots.Options.SendHighWatermark = Math.Min(args.GetValue(Of Integer)("--max-keys"), Integer.MaxValue - 1) + 1
+            ' XPUB, verbose: a PUB on the wire that shows us every subscription, repeated ones too (HUGZ).
+            updates.Options.XPubVerbose = True
+            collector.Subscribe("")  ' every write, whatever its key
+            Dim sockets = New NetMQSocket() {snapshots, updates, collector, ticks}.Where(Function(socket) socket IsNot Nothing).ToArray()
+            For Each socket In sockets
+                socket.Options.Linger = TimeSpan.Zero
+                socket.Options.MaxMsgSize = MaxMessage
+            Next
+            Try
+                snapshots.Bind(args.GetValue(Of String)("--snapshot"))
+                updates.Bind(args.GetValue(Of String)("--updates"))
+                collector.Bind(args.GetValue(Of String)("--collector"))
+            Catch problem As Exception  ' NetMQ throws several exception types for a bad endpoint
+                Throw New Failure("bind", $"cannot bind: {problem.Message}")
+            End Try
+            If ticks IsNot Nothing Then
+                Try
+                    ticks.Connect(ticksEndpoint)
+                Catch problem As Exception  ' NetMQ throws several exception types for a bad endpoint
+                    Throw New Failure("connect", $"cannot connect to {ticksEndpoint}: {problem.Message}")
+                End Try
+                For Each symbol In symbols  ' the symbols first, then the @name the publisher counts
+                    ticks.Subscribe(Topic(symbol))
+                Next
+                ticks.Subscribe(Utf8.GetBytes("@" & args.GetValue(Of String)("--name")))
+            End If
+            Emit("ready", ("snapshot", snapshots.Options.LastEndpoint), ("updates", updates.Options.LastEndpoint),
+                 ("collector", collector.Options.LastEndpoint))
+
+            Dim engine As New Engine(snapshots, updates, args.GetValue(Of Integer)("--max-keys"))
+            ' NetMQSelector is NetMQ's zmq_poll: one wait for every socket; its timeout serves the timers.
+            Dim selector As New NetMQSelector()
+            Dim items = sockets.Select(Function(socket) New NetMQSelector.Item(socket, PollEvents.PollIn)).ToArray()
+            Dim frames As List(Of Byte()), frame As Byte() = Nothing
+            Do Until stopSignal.Raised
+                If deadline.Expired() Then Throw New Failure("timeout", $"still serving after {timeout} ms")
+                selector.Select(items, items.Length, CLng(deadline.Cap(engine.NextTimer(hugz)).TotalMilliseconds))
+                ' One message from each socket that has one: a flood on one cannot starve the others.
+                frames = ReceiveIfReady(items(0))
+                If frames IsNot Nothing Then engine.OnIcanhaz(frames)
+                frames = ReceiveIfReady(items(2))
+                If frames IsNot Nothing Then engine.OnKvset(frames)
+                frames = If(ticks Is Nothing, Nothing, ReceiveIfReady(items(3)))
+                If frames IsNot Nothing Then engine.OnTick(frames, symbols)
+                ' Subscriptions one frame at a time, whatever its more flag: NetMQ's XPUB filters only
+                ' the first frame of a message from a peer and passes the others on.
+                If IsReady(items(1)) AndAlso updates.TryReceiveFrameBytes(TimeSpan.Zero, frame) Then engine.OnSubscription(frame)
+                Dim now = Environment.TickCount64
+                engine.Expire(now)
+                If now - engine.LastPublish >= hugz Then engine.Hugz()
+            Loop
+            Emit("done", ("sequence", engine.Sequence), ("keys", engine.Map.Count), ("snapshots", engine.Served), ("abandoned", engine.Abandoned))
+        End Using
+        Return 0
+    End Function
+
+    ' --- facade --------------------------------------------------------------------------------
+
+    ''' <summary>The facade's map and what it still waits for.</summary>
+    Private NotInheritable Class Facade
+        Public ReadOnly Map As New SortedDictionary(Of String, Byte())(StringComparer.Ordinal)
+        Public ReadOnly Waiting As List(Of String)  ' subtrees asked for, whose KTHXBAI is not in yet
+        Private ReadOnly _subtrees As String()
+        Private ReadOnly _count As Integer
+        Private ReadOnly _watermark As New Dictionary(Of String, ULong)  ' subtree -> its KTHXBAI's sequence
+        Private ReadOnly _syncedKeys As Dictionary(Of String, Integer)
+        Public First, Last As ULong  ' the first and the last KVPUB applied
+        Public Applied, Discarded As Integer
+        ' Our writes: /facades/NAME/N = NAME/N for N = 1 ... W; the even ones with a ttl.
+        Public ReadOnly Writes As New List(Of (Key As String, Value As Byte()))
+        Private ReadOnly _seesOwn As Boolean
+        Private ReadOnly _echoed As New HashSet(Of String), _expired As New HashSet(Of String)
+        Private _deleted As Boolean
+        Public DeleteSent As Boolean
+
+        Public Sub New(name As String, subtrees As String(), count As Integer, writeCount As Integer)
+            _subtrees = subtrees
+            _count = count
+            Waiting = subtrees.ToList()
+            _syncedKeys = subtrees.ToDictionary(Function(tree) tree, Function(tree) 0)
+            Dim prefix = $"/facades/{name}/"
+            _seesOwn = subtrees.Any(Function(tree) prefix.StartsWith(tree, StringComparison.Ordinal))
+            For n = 1 To writeCount
+                Writes.Add((prefix & n, Encoding.ASCII.GetBytes($"{name}/{n}")))
+            Next
+        End Sub
+
+        Public ReadOnly Property AllEchoed As Boolean
+            Get
+                Return _echoed.Count = Writes.Count
+            End Get
+        End Property
+
+        Private Function SubtreesOf(key As String) As List(Of String)
+            Return _subtrees.Where(Function(tree) key.StartsWith(tree, StringComparison.Ordinal)).ToList()
+        End Function
+
+        Private Sub [Set](key As String, value As Byte())
+            If value.Length > 0 Then Map(key) = value Else Map.Remove(key)
+        End Sub
+
+        Public Sub OnSnapshot(frames As List(Of Byte()))
+            If Matches(frames(0), KthxbaiWord) Then
+                If frames.Count <> 5 OrElse frames(1).Length <> 8 OrElse Not IsSubtree(Latin1(frames(4))) Then
+                    Report("malformed-kthxbai", $"not [KTHXBAI, sequence, -, -, subtree]: {Quote(frames)}")
+                ElseIf Not Waiting.Contains(Latin1(frames(4))) Then
+                    Report("unexpected-kthxbai", $"no request waits for subtree '{Shown(frames(4), MaxQuote)}'")
+                Else
+                    Dim tree = Latin1(frames(4))
+                    Waiting.Remove(tree)
+                    _watermark(tree) = BinaryPrimitives.ReadUInt64BigEndian(frames(1))
+                    Emit("synced", ("subtree", tree), ("sequence", _watermark(tree)), ("keys", _syncedKeys(tree)))
+                End If
+                Return
+            End If
+            Dim problem = CheckKv(frames)
+            If problem Is Nothing AndAlso Not Waiting.Any(Function(tree) Latin1(frames(0)).StartsWith(tree, StringComparison.Ordinal)) Then
+                problem = $"'{Shown(frames(0), MaxQuote)}' is in no subtree still being sent"
+            End If
+            If problem IsNot Nothing Then
+                Report("malformed-kvsync", problem)
+                Return
+            End If
+            Dim key = Latin1(frames(0))
+            For Each tree In Waiting.Where(Function(t) key.StartsWith(t, StringComparison.Ordinal))
+                _syncedKeys(tree) += 1
+            Next
+            [Set](key, frames(4))
+        End Sub
+
+        Public Sub OnUpdate(frames As List(Of Byte()))
+            If Matches(frames(0), HugzWord) Then Return  ' a keep-alive: the engine is there
+            Dim problem = CheckKv(frames)
+            Dim trees = If(problem Is Nothing, SubtreesOf(Latin1(frames(0))), New List(Of String))
+            If problem IsNot Nothing Then
+                Report("malformed-kvpub", problem)
+                Return
+            ElseIf trees.Count = 0 Then
+                Report("unexpected-key", $"'{Shown(frames(0), MaxQuote)}' is in none of our subtrees")
+                Return
+            End If
+            Dim key = Latin1(frames(0)), sequence = BinaryPrimitives.ReadUInt64BigEndian(frames(1)), value = frames(4)
+            ' The RFC's late-joiner rule: only what is newer than the snapshot, and than the last update.
+            If sequence <= trees.Max(Function(tree) _watermark(tree)) OrElse sequence <= Last Then
+                Discarded += 1
+                Return
+            End If
+            [Set](key, value)
+            If First = 0UL Then First = sequence
+            Last = sequence
+            Applied += 1
+            Dim mine = Writes.FindIndex(Function(write) write.Key = key)
+            If mine < 0 Then Return
+            If Matches(value, Writes(mine).Value) Then
+                _echoed.Add(key)
+            ElseIf value.Length = 0 AndAlso mine = 0 AndAlso DeleteSent Then
+                _deleted = True
+            ElseIf value.Length = 0 AndAlso _echoed.Contains(key) Then
+                _expired.Add(key)
+            End If
+        End Sub
+
+        Public Function Finished() As Boolean
+            If Waiting.Count > 0 OrElse Applied < _count Then Return False
+            If Last <= _watermark.Values.DefaultIfEmpty(0UL).Max() Then Return False
+            If _seesOwn AndAlso Writes.Count > 0 Then
+                Dim ttlKeys = Writes.Where(Function(write, i) i Mod 2 = 1).Select(Function(write) write.Key)  ' N even
+                Return AllEchoed AndAlso _deleted AndAlso ttlKeys.All(AddressOf _expired.Contains)
+            End If
+            Return True
+        End Function
+    End Class
+
+    Private Function RunFacade(args As ParseResult) As Integer
+        Dim name = args.GetValue(Of String)("--name")
+        Dim subtrees = args.GetValue(Of String())("--subtrees")
+        Dim writes = args.GetValue(Of Integer)("--writes")
+        Dim ttl = args.GetValue(Of Integer)("--ttl")
+        Dim timeout = args.GetValue(Of Integer)("--timeout")
+        Dim deadline As New Deadline(timeout)
+        Using updates As New SubscriberSocket(),
+              snapshot As New DealerSocket(),  ' requests go out and replies come in without envelopes, several at a time
+              collector = If(writes > 0, New XPublisherSocket(), Nothing)  ' a PUB that tells us when the collector's subscription arrived
+            For Each socket In New NetMQSocket() {updates, snapshot, collector}.Where(Function(s) s IsNot Nothing)
+                socket.Options.Linger = TimeSpan.Zero
+                socket.Options.MaxMsgSize = MaxMessage
+            Next
+            Try
+                If collector IsNot Nothing Then
+                    collector.Options.Linger = TimeSpan.FromMilliseconds(1000)  ' the last write (a delete) may still be queued when we exit
+                    collector.Connect(args.GetValue(Of String)("--collector"))
+                End If
+                updates.Connect(args.GetValue(Of String)("--updates"))
+                For Each tree In subtrees
+                    updates.Subscribe(Encoding.ASCII.GetBytes(tree))
+                Next
+                updates.Subscribe(HugzWord)  ' last: once a HUGZ arrives, every subscription before it is in place
+                snapshot.Connect(args.GetValue(Of String)("--snapshot"))
+            Catch problem As Exception  ' NetMQ throws several exception types for a bad endpoint
+                Throw New Failure("connect", $"cannot connect: {problem.Message}")
+            End Try
+            Emit("ready", ("name", name), ("subtrees", subtrees))
+
+            Dim facade As New Facade(name, subtrees, args.GetValue(Of Integer)("--count"), writes)
+            ' The slow joiner: wait for a HUGZ, dropping whatever comes before it (the snapshot covers it).
+            Do
+                Dim frames = ReceiveWithin(updates, deadline.Cap(100))
+                If frames IsNot Nothing AndAlso Matches(frames(0), HugzWord) Then Exit Do
+                If deadline.Expired() Then Throw New Failure("timeout", $"no HUGZ from the engine within {timeout} ms")
+            Loop
+
+            For Each tree In subtrees  ' all requests in flight at once on the one DEALER
+                snapshot.SendMultipartBytes(IcanhazWord, Encoding.ASCII.GetBytes(tree))
+            Next
+            Do While facade.Waiting.Count > 0  ' the SUB stays unread meanwhile: its updates wait, in order
+                Dim frames = ReceiveWithin(snapshot, deadline.Cap(100))
+                If frames IsNot Nothing Then facade.OnSnapshot(frames)
+                If deadline.Expired() Then Throw New Failure("timeout", $"subtrees [{String.Join(", ", facade.Waiting)}] never completed")
+            Loop
+
+            Dim selector As New NetMQSelector()
+            Dim items = New NetMQSocket() {updates, snapshot, collector}.Where(Function(s) s IsNot Nothing).
+                Select(Function(socket) New NetMQSelector.Item(socket, PollEvents.PollIn)).ToArray()
+            Dim collectorLive = False, frame As Byte() = Nothing
+            Do Until facade.Finished()
+                If deadline.Expired() Then Throw New Failure("timeout", $"applied {facade.Applied} updates, up to {facade.Last}, and was not done")
+                selector.Select(items, items.Length, CLng(deadline.Cap(100).TotalMilliseconds))
+                Dim frames = ReceiveIfReady(items(0))
+                If frames IsNot Nothing Then facade.OnUpdate(frames)
+                frames = ReceiveIfReady(items(1))
+                If frames IsNot Nothing Then Report("unexpected-snapshot", $"'{Shown(frames(0), MaxQuote)}' after every KTHXBAI")
+                ' The collector's subscription to everything ("", a frame 0x01): from now on it hears us.
+                If collector IsNot Nothing AndAlso IsReady(items(2)) AndAlso collector.TryReceiveFrameBytes(TimeSpan.Zero, frame) AndAlso
+                   Matches(frame, New Byte() {1}) AndAlso Not collectorLive Then
+                    collectorLive = True
+                    For n = 1 To writes
+                        Dim write = facade.Writes(n - 1), written = If(n Mod 2 = 0, ttl, 0)
+                        Dim props = If(written > 0, Encoding.ASCII.GetBytes($"ttl={written}" & vbLf), NoBytes)
+                        collector.SendMultipartBytes(Encoding.ASCII.GetBytes(write.Key), Seq(0), NoBytes, props, write.Value)
+                        Emit("wrote", ("key", write.Key), ("value", HexOf(write.Value)), ("ttl", written))
+                    Next
+                End If
+                If collectorLive AndAlso Not facade.DeleteSent AndAlso facade.AllEchoed Then
+                    Dim first = facade.Writes(0).Key
+                    collector.SendMultipartBytes(Encoding.ASCII.GetBytes(first), Seq(0), NoBytes, NoBytes, NoBytes)
+                    facade.DeleteSent = True
+                    Emit("wrote", ("key", first), ("value", ""), ("ttl", 0))
+                End If
+            Loop
+            Emit("done", ("sequence", facade.Last), ("first", facade.First), ("map", facade.Map.ToDictionary(Function(entry) entry.Key, Function(entry) HexOf(entry.Value))),
+                 ("applied", facade.Applied), ("discarded", facade.Discarded))
+        End Using
+        Return 0
+    End Function
+End Module
