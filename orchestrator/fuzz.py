@@ -13,10 +13,12 @@ in time.
 import itertools
 import os
 import random
+import re
 import string
 import struct
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +82,10 @@ TARGETS = {
         "valuation-sink", "valuation", "sink",
         {"results": ANY, "control": ANY, "workers": 1000, "count": 10, "quiet": 60000, "heartbeat": 100, "seed": 7},
         {"results": ("PULL", "PUSH"), "control": ("PUB", "SUB")}, max_frame=256, seed=7),
+    "query-engine": Target(  # no ticks: every update comes from the battery's own writes
+        "query-engine", "query", "engine", {"snapshot": ANY, "updates": ANY, "collector": ANY, "hugz": 100},
+        {"snapshot": ("ROUTER", "DEALER"), "updates": ("XPUB", "SUB"), "collector": ("SUB", "PUB")},
+        max_frame=1024, marker=b"HUGZ"),  # a subscription to HUGZ is answered by a HUGZ at once
 }
 
 
@@ -155,6 +161,15 @@ def probe(target, ready, role, context, number):
             sub.subscribe(f"@probe{number}".encode())  # starts a publisher that waits for one subscriber
             if not _heard(sub, b"AAPL\0", PROBE_SECONDS):
                 return "a correct subscriber got no AAPL tick"
+        elif target.name == "query-engine":
+            sub = _socket(context, zmq.SUB, endpoint["updates"], subscribe=b"HUGZ")
+            dealer = _socket(context, zmq.DEALER, endpoint["snapshot"])
+            sockets += [sub, dealer]
+            if not _heard(sub, b"HUGZ", PROBE_SECONDS):
+                return "a correct facade got no HUGZ for its subscription"
+            dealer.send_multipart([b"ICANHAZ?", b""])
+            if not _heard(dealer, b"KTHXBAI", PROBE_SECONDS):
+                return "a correct facade's ICANHAZ? got no KTHXBAI"
         elif target.name == "valuation-sink":
             sub = _socket(context, zmq.SUB, endpoint["control"], subscribe=b"")
             push = _socket(context, zmq.PUSH, endpoint["results"])
@@ -320,6 +335,8 @@ WRONG_TYPES = {  # socket types that must not be paired with each endpoint's (RF
     "PUB": ["PUB", "PUSH", "PULL", "REQ", "REP", "DEALER", "PAIR", "BOGUS"],
     "XPUB": ["PUB", "XPUB", "PUSH", "PULL", "REQ", "REP", "DEALER", "PAIR", "BOGUS"],
     "PULL": ["PULL", "PUB", "SUB", "REQ", "REP", "DEALER", "ROUTER", "PAIR", "BOGUS"],
+    "ROUTER": ["PUB", "SUB", "XPUB", "XSUB", "PUSH", "PULL", "REP", "PAIR", "BOGUS"],
+    "SUB": ["SUB", "XSUB", "PUSH", "PULL", "REQ", "REP", "DEALER", "ROUTER", "PAIR", "BOGUS"],
 }
 
 
@@ -592,6 +609,92 @@ def subscription_flood(attack):
     _settle(attack, xsub)
 
 
+KEY = re.compile(rb"(/[A-Za-z0-9._-]+)+")
+SUBTREE = re.compile(rb"((/[A-Za-z0-9._-]+)+/)?")
+PROPERTIES = re.compile(rb"([A-Za-z0-9_-]{1,32}=[\x20-\x7e]*\n)*")
+
+
+def kvset_expected(frames):
+    """The engine's answer to one KVSET (query PROTOCOL.md, engine step 2): an error code, or
+    'update'. The rules again, written here on their own."""
+    if len(frames) != 5:
+        return "malformed-kvset"
+    key, sequence, uuid, props, value = frames
+    ttls = [line[4:] for line in props.split(b"\n") if line.startswith(b"ttl=")]
+    if (not 2 <= len(key) <= 255 or not KEY.fullmatch(key) or len(sequence) != 8 or len(uuid) not in (0, 16)
+            or len(props) > 255 or not PROPERTIES.fullmatch(props) or len(ttls) > 1 or len(value) > 256):
+        return "malformed-kvset"
+    if ttls and not (re.fullmatch(rb"[1-9][0-9]{0,4}", ttls[0]) and int(ttls[0]) <= 86400):
+        return "malformed-kvset"
+    return "update"
+
+
+def icanhaz_expected(frames):
+    ok = len(frames) == 2 and frames[0] == b"ICANHAZ?" and len(frames[1]) <= 255 and SUBTREE.fullmatch(frames[1])
+    return "snapshot" if ok else "malformed-icanhaz"
+
+
+QUERY_FRAME = st.one_of(SMALL_FRAME, st.sampled_from([b"/a", b"/a/b", b"/a/", b"//", b"/" + b"k" * 254, b"/" + b"k" * 255,
+                                                      b"\0" * 8, b"\0" * 16, b"ttl=1\n", b"ttl=0\n", b"ttl=86401\n",
+                                                      b"a=b\nttl=2\n", b"v" * 256, b"v" * 257, b"ICANHAZ?"]))
+
+
+def query_messages(attack):
+    """Malformed and generated ICANHAZ? requests and KVSETs, each answer compared with PROTOCOL.md's
+    rules: the engine reports each broken one with its code, applies each good one, and answers
+    every good request with a KTHXBAI."""
+    requests = [[b"ICANHAZ?"], [b"ICANHAZ?", b"/a/", b"x"], [b"ICANHAZ", b""], [b"ICANHAZ?", b"/a"], [b"ICANHAZ?", b"/a/"]]
+    requests += _generated(st.one_of(st.lists(QUERY_FRAME, min_size=1, max_size=3),
+                                     st.tuples(st.just(b"ICANHAZ?"), QUERY_FRAME).map(list)), 80)
+    good = [b"/a/b", b"\0" * 8, b"", b"", b"v"]
+    writes = [good[:4], good + [b""], [b"/a//b"] + good[1:], good[:3] + [b"ttl=1\nttl=2\n"] + good[4:], good]
+    writes += _generated(st.one_of(st.lists(QUERY_FRAME, min_size=4, max_size=6),
+                                   st.tuples(st.just(b"/q/k"), QUERY_FRAME, QUERY_FRAME, QUERY_FRAME, QUERY_FRAME).map(list)), 150)
+    xpub = _socket(attack.context, zmq.XPUB, attack.endpoint("collector"), sndhwm=0)
+    if not _heard(xpub, b"\x01", PROBE_SECONDS):
+        attack.problems.append("the collector never subscribed")
+        return
+
+    def answer(event):  # an expiry (a write with a ttl, a second later) is no answer to anything
+        if event["event"] == "update":
+            return "update" if event.get("cause") == "kvset" else None
+        return event.get("code") if event["event"] == "error" else event["event"] if event["event"] == "snapshot" else None
+
+    role, before = attack.role, len(attack.role.t.events)
+    for frames in writes:
+        xpub.send_multipart(frames)
+    dealer = _socket(attack.context, zmq.DEALER, attack.endpoint("snapshot"))
+    for frames in requests:
+        dealer.send_multipart(frames)
+    wanted = Counter(kvset_expected(frames) for frames in writes) + Counter(icanhaz_expected(frames) for frames in requests)
+    already = sum(answer(e) is not None for e in role.t.events[:before])
+    role.wait_for(lambda e: answer(e) is not None, time.monotonic() + PROBE_SECONDS * 2, count=already + sum(wanted.values()))
+    got = Counter(answer(e) for e in role.t.events[before:] if answer(e) is not None)
+    if got != wanted:
+        attack.problems.append(f"answers {dict(got)}, expected {dict(wanted)}")
+
+
+def query_flood(attack):
+    """Five thousand ICANHAZ? pipelined from one DEALER, and twenty thousand KVSETs of one key, as fast
+    as they go: every request answered within ten seconds, every write applied."""
+    xpub = _socket(attack.context, zmq.XPUB, attack.endpoint("collector"), sndhwm=0)
+    if not _heard(xpub, b"\x01", PROBE_SECONDS):
+        attack.problems.append("the collector never subscribed")
+        return
+    dealer = _socket(attack.context, zmq.DEALER, attack.endpoint("snapshot"), sndhwm=0, rcvhwm=0)
+    for number in range(20000):
+        xpub.send_multipart([b"/flood/key", b"\0" * 8, b"", b"", str(number).encode()])
+    for _ in range(5000):
+        dealer.send_multipart([b"ICANHAZ?", b"/flood/"])
+    end, got = time.monotonic() + 10, 0
+    while got < 5000 and dealer.poll(max(0, int((end - time.monotonic()) * 1000))):
+        got += dealer.recv_multipart()[0] == b"KTHXBAI"
+    if got < 5000:
+        attack.problems.append(f"{got} KTHXBAI for 5000 pipelined ICANHAZ? within 10 s")
+    if not attack.role.wait_for(lambda e: e["event"] == "update", time.monotonic() + SETTLE_SECONDS, count=20000):
+        attack.stalled = f"the engine had not applied the 20000 writes within {SETTLE_SECONDS} s"
+
+
 TRANSPORT = {
     "garbage": garbage, "greetings": greetings, "bad-commands": bad_commands, "empty-command": empty_command,
     "huge-declared": huge_declared, "oversize": oversize, "slowloris": slowloris, "half-open": half_open,
@@ -603,6 +706,7 @@ PROTOCOL = {
     "ticker-publisher": {"subscriptions": subscriptions, "flood": subscription_flood},
     "ticker-proxy": {"subscriptions": subscriptions, "flood": subscription_flood},
     "valuation-sink": {"messages": sink_messages, "flood": sink_flood},
+    "query-engine": {"messages": query_messages, "flood": query_flood},
 }
 
 

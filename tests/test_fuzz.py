@@ -45,6 +45,14 @@ def test_the_reference_rules():
     forged = good[:3] + [(order_value(7, 4) + 1).to_bytes(8, "big", signed=True)]
     assert fuzz.sink_expected(forged, 7, 10, set()) == "wrong-value"
     assert fuzz.sink_expected(good[:2] + [(11).to_bytes(8, "big")] + good[3:], 7, 10, set()) == "unknown-id"
+    kvset = [b"/a/b", b"\0" * 8, b"", b"ttl=5\nx=\n", b"v"]
+    assert fuzz.kvset_expected(kvset) == "update"
+    assert fuzz.kvset_expected(kvset[:3] + [b"ttl=1\nttl=2\n", b"v"]) == "malformed-kvset"
+    assert fuzz.kvset_expected(kvset[:3] + [b"ttl=0\n", b"v"]) == "malformed-kvset"
+    assert fuzz.kvset_expected([b"/a/"] + kvset[1:]) == "malformed-kvset"
+    assert fuzz.kvset_expected(kvset[:4] + [b"v" * 257]) == "malformed-kvset"
+    assert fuzz.icanhaz_expected([b"ICANHAZ?", b""]) == fuzz.icanhaz_expected([b"ICANHAZ?", b"/a/b/"]) == "snapshot"
+    assert fuzz.icanhaz_expected([b"ICANHAZ?", b"/a"]) == fuzz.icanhaz_expected([b"ICANHAZ?"]) == "malformed-icanhaz"
 
 
 def test_every_defect_names_its_reproduction(tmp_path):
