@@ -68,3 +68,21 @@ def test_the_valuation_grid_and_its_mixed_pools_pass(built):
     for result in results[216:]:  # a mixed pool: six workers, six languages, each priced some
         [complete] = [e for t in result.transcripts if t.role == "sink" for e in t.events if e["event"] == "complete"]
         assert len(complete["workers"]) == 6 and min(complete["workers"].values()) > 0
+
+
+@pytest.mark.grid
+def test_the_query_grid_and_its_mixed_cells_pass(built):
+    for lang in LANGUAGES:
+        built[lang]
+    spec = load_spec("query")
+    dimensions = {"engine": LANGUAGES, "facade": LANGUAGES}
+    results, _, run_dir = run_matrix(spec, dimensions, built.registry, parallel=PARALLEL, extra_cells=mixed_cells(spec, dimensions))
+    assert len(results) == 36 + 6
+    failures = [f"{r.roles}: {r.status}: {r.detail}" for r in results if r.status != "pass"]
+    assert not failures, f"{len(failures)} of 42 cells did not pass (logs in {run_dir}):\n" + "\n".join(failures)
+    for result in results:  # the publisher speaks the engine's language; the late joiner got real state
+        assert result.roles["publisher"] == result.roles["engine"]
+        late = [t for t in result.transcripts if t.role == "facade" and t.index >= 2]
+        assert all(sum(e["keys"] for e in t.events if e["event"] == "synced") > 0 for t in late)
+    for result in results[36:]:
+        assert [t.lang for t in result.transcripts if t.role == "facade"] == list(LANGUAGES)
