@@ -460,7 +460,7 @@ static class Query
         snapshots.Options.RouterMandatory = true;
         // Room for a whole snapshot per peer: NetMQ learns that a peer has read its messages only in
         // batches, so a loop of sends would find 1000 (the default high-water mark) "full" at once.
-        snapshots.Options.SendHighWatermark = args.MaxKeys + 1;
+        snapshots.Options.SendHighWatermark = Math.Min(args.MaxKeys, int.MaxValue - 1) + 1;
         // XPUB, verbose: a PUB on the wire, that shows us every subscription (for HUGZ), repeats included.
         using var updates = new XPublisherSocket();
         updates.Options.XPubVerbose = true;

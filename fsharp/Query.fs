@@ -414,7 +414,7 @@ let runEngine (args: EngineSettings) =
     snapshots.Options.RouterMandatory <- true
     // Room for a whole snapshot per peer: the library learns that a peer has read its messages only
     // in batches, so a loop of sends would find 1000 (the default high-water mark) "full" at once.
-    snapshots.Options.SendHighWatermark <- args.MaxKeys + 1
+    snapshots.Options.SendHighWatermark <- min args.MaxKeys (Int32.MaxValue - 1) + 1
     // XPUB, verbose: a PUB on the wire that shows us every subscription, repeated ones included.
     use updates = new XPublisherSocket()
     updates.Options.XPubVerbose <- true

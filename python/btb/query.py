@@ -326,7 +326,7 @@ def run_engine(args):
     snapshots.router_mandatory = 1
     # Room for a whole snapshot per peer: the library learns that a peer has read its messages only
     # in batches, so a loop of sends would find 1000 (the default high-water mark) "full" at once.
-    snapshots.sndhwm = args.max_keys + 1
+    snapshots.sndhwm = min(args.max_keys, 2**31 - 2) + 1  # an int in the library
     # XPUB, verbose: a PUB on the wire, that shows us every subscription (for HUGZ, above).
     updates = context.socket(zmq.XPUB)
     updates.xpub_verbose = 1
