@@ -110,7 +110,7 @@ Public Module Chat
                 broadcasts.Bind(args.GetValue(Of String)("--broadcasts"))
             Catch problem As NetMQException  ' the address is in use, the transport is unknown...
                 Throw New Failure("bind", $"cannot bind: {problem.ErrorCode}")
-            Catch problem As ArgumentException  ' an endpoint NetMQ cannot even parse
+            Catch problem As Exception When TypeOf problem Is ArgumentException OrElse TypeOf problem Is FormatException  ' an endpoint NetMQ cannot even parse
                 Throw New Failure("bind", $"cannot bind: {problem.Message}")
             End Try
             Emit("ready", ("requests", requests.Options.LastEndpoint), ("broadcasts", broadcasts.Options.LastEndpoint),

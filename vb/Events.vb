@@ -168,6 +168,15 @@ Public NotInheritable Class StopSignal
     End Sub
 End Class
 
+''' <summary>What NetMQ throws for an endpoint it cannot bind or connect: the address is in use or
+''' the transport unknown (NetMQException), or it cannot even parse it (ArgumentException, or
+''' FormatException for a port that is not a number).</summary>
+Public Module Endpoints
+    Public Function IsEndpointProblem(problem As Exception) As Boolean
+        Return TypeOf problem Is NetMQException OrElse TypeOf problem Is ArgumentException OrElse TypeOf problem Is FormatException
+    End Function
+End Module
+
 ''' <summary>The flag types every example uses (System.CommandLine options with one value each).</summary>
 Public Module Flags
     Public Const MaxName = 32  ' bytes of UTF-8: chat handles, subscriber names

@@ -69,7 +69,7 @@ Public Module Perf
         socket.Options.MaxMsgSize = Math.Max(size, MinMaxMessage)
         Try
             If bind Then socket.Bind(endpoint) Else socket.Connect(endpoint)
-        Catch problem As Exception When TypeOf problem Is NetMQException OrElse TypeOf problem Is ArgumentException
+        Catch problem As Exception When IsEndpointProblem(problem)
             Throw New Failure(If(bind, "bind", "connect"), $"cannot {If(bind, "bind", "connect")} {endpoint}: {problem.Message}")
         End Try
     End Sub

@@ -416,13 +416,13 @@ Public Module Query
                 snapshots.Bind(args.GetValue(Of String)("--snapshot"))
                 updates.Bind(args.GetValue(Of String)("--updates"))
                 collector.Bind(args.GetValue(Of String)("--collector"))
-            Catch problem As Exception  ' NetMQ throws several exception types for a bad endpoint
+            Catch problem As Exception When IsEndpointProblem(problem)
                 Throw New Failure("bind", $"cannot bind: {problem.Message}")
             End Try
             If ticks IsNot Nothing Then
                 Try
                     ticks.Connect(ticksEndpoint)
-                Catch problem As Exception  ' NetMQ throws several exception types for a bad endpoint
+                Catch problem As Exception When IsEndpointProblem(problem)
                     Throw New Failure("connect", $"cannot connect to {ticksEndpoint}: {problem.Message}")
                 End Try
                 For Each symbol In symbols  ' the symbols first, then the @name the publisher counts
@@ -602,7 +602,7 @@ Public Module Query
                 Next
                 updates.Subscribe(HugzWord)  ' last: once a HUGZ arrives, every subscription before it is in place
                 snapshot.Connect(args.GetValue(Of String)("--snapshot"))
-            Catch problem As Exception  ' NetMQ throws several exception types for a bad endpoint
+            Catch problem As Exception When IsEndpointProblem(problem)
                 Throw New Failure("connect", $"cannot connect: {problem.Message}")
             End Try
             Emit("ready", ("name", name), ("subtrees", subtrees))

@@ -164,7 +164,7 @@ Public Module Ticker
             ticks.Options.MaxMsgSize = MaxMessage
             Try
                 ticks.Bind(args.GetValue(Of String)("--ticks"))
-            Catch problem As Exception When TypeOf problem Is NetMQException OrElse TypeOf problem Is ArgumentException
+            Catch problem As Exception When IsEndpointProblem(problem)
                 Throw New Failure("bind", $"cannot bind: {problem.Message}")
             End Try
             Emit("ready", ("ticks", ticks.Options.LastEndpoint))
@@ -259,7 +259,7 @@ Public Module Ticker
             Try
                 downstream.Bind(args.GetValue(Of String)("--downstream"))
                 upstream.Connect(args.GetValue(Of String)("--upstream"))
-            Catch problem As Exception When TypeOf problem Is NetMQException OrElse TypeOf problem Is ArgumentException
+            Catch problem As Exception When IsEndpointProblem(problem)
                 Throw New Failure("bind", $"cannot bind or connect: {problem.Message}")
             End Try
             Emit("ready", ("downstream", downstream.Options.LastEndpoint))
@@ -335,7 +335,7 @@ Public Module Ticker
             ticks.Options.MaxMsgSize = MaxMessage
             Try
                 ticks.Connect(args.GetValue(Of String)("--ticks"))
-            Catch problem As Exception When TypeOf problem Is NetMQException OrElse TypeOf problem Is ArgumentException
+            Catch problem As Exception When IsEndpointProblem(problem)
                 Throw New Failure("connect", $"cannot connect: {problem.Message}")
             End Try
             ' A subscription is a prefix match on frame 0: the topic's NUL keeps GOOG from matching GOOGL.

@@ -184,7 +184,7 @@ Public Module Valuation
             Try
                 results.Bind(args.GetValue(Of String)("--results"))
                 control.Bind(args.GetValue(Of String)("--control"))
-            Catch problem As Exception When TypeOf problem Is NetMQException OrElse TypeOf problem Is ArgumentException
+            Catch problem As Exception When IsEndpointProblem(problem)
                 Throw New Failure("bind", $"cannot bind: {problem.Message}")
             End Try
             Emit("ready", ("results", results.Options.LastEndpoint), ("control", control.Options.LastEndpoint))
@@ -290,12 +290,12 @@ Public Module Valuation
             control.Subscribe("")  ' every control message: states and resends
             Try
                 orders.Bind(args.GetValue(Of String)("--orders"))
-            Catch problem As Exception When TypeOf problem Is NetMQException OrElse TypeOf problem Is ArgumentException
+            Catch problem As Exception When IsEndpointProblem(problem)
                 Throw New Failure("bind", $"cannot bind: {problem.Message}")
             End Try
             Try
                 control.Connect(args.GetValue(Of String)("--control"))
-            Catch problem As Exception When TypeOf problem Is NetMQException OrElse TypeOf problem Is ArgumentException
+            Catch problem As Exception When IsEndpointProblem(problem)
                 Throw New Failure("connect", $"cannot connect: {problem.Message}")
             End Try
             Emit("ready", ("orders", orders.Options.LastEndpoint))
@@ -383,7 +383,7 @@ Public Module Valuation
                 orders.Connect(args.GetValue(Of String)("--orders"))
                 results.Connect(args.GetValue(Of String)("--results"))
                 control.Connect(args.GetValue(Of String)("--control"))
-            Catch problem As Exception When TypeOf problem Is NetMQException OrElse TypeOf problem Is ArgumentException
+            Catch problem As Exception When IsEndpointProblem(problem)
                 Throw New Failure("connect", $"cannot connect: {problem.Message}")
             End Try
 
