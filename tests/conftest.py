@@ -1,4 +1,5 @@
 import pytest
+import zmq
 
 from orchestrator.registry import load_registry
 
@@ -48,3 +49,11 @@ def start_role(built, tmp_path):
     yield start
     for process in started:
         process.reap()
+
+
+@pytest.fixture
+def context():
+    """A ZeroMQ context for a test's own sockets, destroyed without lingering."""
+    ctx = zmq.Context()
+    yield ctx
+    ctx.destroy(linger=0)

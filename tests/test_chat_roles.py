@@ -15,13 +15,6 @@ def deadline():
     return time.monotonic() + WAIT
 
 
-@pytest.fixture
-def context():
-    ctx = zmq.Context()
-    yield ctx
-    ctx.destroy(linger=0)
-
-
 def socket(context, kind, endpoint=None, bind=False):
     sock = context.socket(kind)
     sock.linger = 0

@@ -44,6 +44,7 @@ CELLS = [
     ("chat", {"server": "rust", "client": ["vb", "python", "c"]}),
     ("ticker", {"publisher": "c", "proxy": "csharp", "subscriber": ["python", "fsharp"]}),
     ("valuation", {"source": "rust", "worker": ["vb", "c"], "sink": "python"}),
+    ("query", {"engine": "csharp", "facade": ["python", "c", "fsharp"]}),  # the ticker publisher in C# too
 ]
 
 

@@ -74,13 +74,6 @@ def test_a_bad_command_line_exits_2(built, lang, args):
     assert done.stdout == b""
 
 
-@pytest.fixture
-def context():
-    ctx = zmq.Context()
-    yield ctx
-    ctx.destroy(linger=0)
-
-
 def socket(context, kind, endpoint, bind=False):
     sock = context.socket(kind)
     sock.linger = 0
@@ -240,6 +233,93 @@ def test_the_facade_reports_malformed_snapshots_and_updates_and_keeps_its_map_ri
     assert synced == [("/a/", 3, 1), ("/b/", 5, 2)]
     assert facade.t.events[-1] == {"event": "done", "sequence": 8, "first": 7, "map": {"/a/x": "39", "/b/y": "32"},
                                    "applied": 2, "discarded": 1}
+
+
+# --- interoperability with CHP peers written to the RFC alone --------------------------------
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+def test_a_client_written_to_the_rfc_alone_works_with_every_engine(start_role, context, lang):
+    """A CHP client that knows RFC 12 and nothing of PROTOCOL.md: no HUGZ handshake, a plain PUB for
+    its writes (it sends again until it sees the write come back), and the RFC's checks of every
+    command. Our choices must stay inside what the RFC allows."""
+    engine, ready = start_engine(start_role, lang, hugz=200)
+    xpub = writer(context, ready)  # some state first, in and out of the client's subtree
+    for key, value in ((b"/r/a", b"1"), (b"/other/x", b"2"), (b"/r/b", b"3")):
+        xpub.send_multipart([key, seq(0), b"", b"", value])
+    assert engine.wait_for(lambda e: e["event"] == "update", time.monotonic() + WAIT, count=3)
+
+    sub = socket(context, zmq.SUB, ready["updates"])  # the RFC: SUBSCRIBER to P + 1, then a snapshot
+    sub.subscribe(b"/r/")
+    sub.subscribe(b"HUGZ")
+    dealer = socket(context, zmq.DEALER, ready["snapshot"])
+    dealer.send_multipart([b"ICANHAZ?", b"/r/"])
+    snapshot = []
+    while (frames := dealer.recv_multipart())[0] != b"KTHXBAI":
+        snapshot.append(frames)
+    assert all(len(f) == 5 and len(f[1]) == 8 and f[2] == f[3] == b"" for f in snapshot)
+    assert sorted((f[0], f[4]) for f in snapshot) == [(b"/r/a", b"1"), (b"/r/b", b"3")]
+    assert frames == [b"KTHXBAI", max(f[1] for f in snapshot), b"", b"", b"/r/"]  # the highest KVSYNC's
+    last = struct.unpack(">Q", frames[1])[0]
+
+    pub = socket(context, zmq.PUB, ready["collector"])  # a PUB, as the RFC says: no way to know when it is heard
+    uuid = bytes(range(16))
+    kvset = [b"/r/c", seq(0), uuid, b"ttl=1\n", b"4"]
+    seen, hugz, end = [], 0, time.monotonic() + WAIT
+    while len(seen) < 2 and time.monotonic() < end:  # the write, then its expiry; HUGZ meanwhile
+        if not any(f[0] == b"/r/c" for f in seen):
+            pub.send_multipart(kvset)  # again until it comes back: the RFC client's only way
+        if not sub.poll(100):
+            continue
+        frames = sub.recv_multipart()
+        assert len(frames) == 5 and len(frames[1]) == 8, frames
+        if frames[0] == b"HUGZ":
+            hugz += 1
+            continue
+        number = struct.unpack(">Q", frames[1])[0]
+        if number <= last:
+            continue  # the RFC: discard what is not above the KTHXBAI or the last KVPUB
+        last = number
+        if frames[0] == b"/r/c" and frames[4] == b"4" and not seen:
+            assert frames[2:4] == [uuid, b"ttl=1\n"]  # the KVSET's UUID and properties, passed on
+            seen.append(frames)
+        elif frames[0] == b"/r/c" and frames[4] == b"" and seen:
+            seen.append(frames)  # deleted when the ttl ran out
+        assert engine.process.poll() is None
+    assert len(seen) == 2, f"saw {seen} of the write and its expiry"
+    stop(engine)
+    assert hugz >= 1  # at least one HUGZ while nothing else was published
+    assert not codes(engine)
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+def test_the_facade_works_with_a_server_like_the_guides_clonesrv(start_role, context, lang):
+    """A CHP server with the Guide's choices, which the RFC allows too: a plain PUB, HUGZ on a timer
+    whatever the subscriptions, KVSYNCs with a UUID and properties, and KTHXBAI carrying its current
+    sequence rather than the highest KVSYNC's."""
+    router, router_at = socket(context, zmq.ROUTER, None, bind=True)
+    pub, pub_at = socket(context, zmq.PUB, None, bind=True)
+    facade = start_role(lang, "query", "facade", snapshot=router_at, updates=pub_at, name="g", subtrees="/a/",
+                        count=3, timeout=WAIT * 1000)
+    current, published = 10, False
+    end = time.monotonic() + WAIT
+    while facade.process.poll() is None and time.monotonic() < end:
+        pub.send_multipart([b"HUGZ", seq(current), b"", b"", b""])  # every 100 ms: the server's pace
+        if not router.poll(100):
+            continue
+        peer, *request = router.recv_multipart()
+        assert request == [b"ICANHAZ?", b"/a/"]
+        router.send_multipart([peer, b"/a/x", seq(4), bytes(16), b"ttl=60\n", b"old"])
+        router.send_multipart([peer, b"/a/y", seq(7), b"", b"", b"kept"])
+        router.send_multipart([peer, b"KTHXBAI", seq(current), b"", b"", b"/a/"])
+        assert facade.wait_for(lambda e: e["event"] == "synced", time.monotonic() + WAIT)
+        for number, key, value in ((9, b"/a/x", b"stale"), (11, b"/a/x", b"new"), (12, b"/a/z", b"z"), (13, b"/a/y", b"")):
+            pub.send_multipart([key, seq(number), b"", b"", value])
+        published = True
+    assert published and facade.wait_exit(time.monotonic() + WAIT) and facade.t.exit_code == 0, facade.t.events[-3:]
+    assert not codes(facade)
+    assert facade.t.events[-1] == {"event": "done", "sequence": 13, "first": 11, "map": {"/a/x": "6e6577", "/a/z": "7a"},
+                                   "applied": 3, "discarded": 1}
 
 
 # --- the checker, against transcripts broken on purpose -------------------------------------

@@ -54,13 +54,6 @@ def test_a_bad_command_line_exits_2(built, lang, args):
     assert done.stdout == b""
 
 
-@pytest.fixture
-def context():
-    ctx = zmq.Context()
-    yield ctx
-    ctx.destroy(linger=0)
-
-
 def bound(context, kind):
     sock = context.socket(kind)
     sock.linger = 0
