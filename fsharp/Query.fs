@@ -440,7 +440,8 @@ let runEngine (args: EngineSettings) =
     while not stop.Raised do
         if deadline.Expired then
             raise (Failure("timeout", $"still serving after {args.Timeout} ms"))
-        let ready = pollInAny polled (deadline.Cap(engine.NextTimer args.Hugz))
+        // Up to the next timer, but a tenth of a second at most: a signal does not wake NetMQ's poll.
+        let ready = pollInAny polled (deadline.Cap(min (engine.NextTimer args.Hugz) 100L))
         let isReady (socket: NetMQSocket) = List.contains socket ready
         // One message from each socket that has one: a flood on one cannot starve the others.
         if isReady snapshots then receiveMessage snapshots |> Option.iter engine.OnIcanhaz

@@ -440,7 +440,8 @@ Public Module Query
             Dim frames As List(Of Byte()), frame As Byte() = Nothing
             Do Until stopSignal.Raised
                 If deadline.Expired() Then Throw New Failure("timeout", $"still serving after {timeout} ms")
-                selector.Select(items, items.Length, CLng(deadline.Cap(engine.NextTimer(hugz)).TotalMilliseconds))
+                ' Up to the next timer, but a tenth of a second at most: a signal does not wake NetMQ's poll.
+                selector.Select(items, items.Length, CLng(deadline.Cap(Math.Min(engine.NextTimer(hugz), 100)).TotalMilliseconds))
                 ' One message from each socket that has one: a flood on one cannot starve the others.
                 frames = ReceiveIfReady(items(0))
                 If frames IsNot Nothing Then engine.OnIcanhaz(frames)
