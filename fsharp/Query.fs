@@ -19,7 +19,7 @@ open Btb.Events
 /// 1024 bytes it reaches us and is reported, above that NetMQ drops it with the connection.
 let MaxMessage = 1024L
 let MaxValue = 256
-let MaxFrames = 6 // a message's frames beyond these (and a routing id) are read and dropped
+let MaxFrames = 7 // frames kept of a message (5, a routing id, one to tell "more"); the rest are dropped
 // The commands, in frame 0: none starts with /, so none can be mistaken for a key.
 let HUGZ, ICANHAZ, KTHXBAI = "HUGZ"B, "ICANHAZ?"B, "KTHXBAI"B
 
@@ -225,13 +225,13 @@ let checkKv (frames: byte[] list) =
             Ok { Key = text key; Sequence = BinaryPrimitives.ReadUInt64BigEndian sequence; Uuid = uuid
                  Properties = properties; Ttl = ttl.Value; Value = value }
     | _ ->
-        let count = if frames.Length <= MaxFrames then string frames.Length else "more than 6"
+        let count = string frames.Length + (if frames.Length = MaxFrames then " or more" else "")
         Error $"expected 5 frames, got {count}"
 
 /// 8 bytes, big-endian (network order).
 let seq8 (number: uint64) = Ticker.frame8 (fun f -> BinaryPrimitives.WriteUInt64BigEndian(f, number))
 
-/// The next message, read frame by frame without waiting: at most MaxFrames + 1 frames are kept
+/// The next message, read frame by frame without waiting: at most MaxFrames frames are kept
 /// (the rest are read and dropped), so no message can make us allocate without bound. None if
 /// there was nothing after all (a poll's PollIn is a hint, not a promise).
 let receiveMessage (socket: NetMQSocket) =
@@ -242,7 +242,7 @@ let receiveMessage (socket: NetMQSocket) =
         let frames = ResizeArray [ frame ]
         while more do // the other frames of a message arrive with its first one
             frame <- socket.ReceiveFrameBytes(&more)
-            if frames.Count <= MaxFrames then frames.Add frame
+            if frames.Count < MaxFrames then frames.Add frame
         Some(List.ofSeq frames)
 
 /// Wait up to `ms` for a message on one socket and take it: None when none came.

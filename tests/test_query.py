@@ -126,7 +126,7 @@ def test_the_engine_reports_malformed_requests_and_writes_and_keeps_serving(star
     good = [b"/t/a", seq(0), b"", b"", b"v"]
     bad_requests = [[b"ICANHAZ?"], [b"ICANHAZ?", b"/t/", b"x"], [b"ICANHAZ", b""], [b"ICANHAZ?", b"/t"], [b"ICANHAZ?", b"t/"],
                     [b"ICANHAZ?", b"/t//"]]
-    bad_writes = [good[:4], good + [b""], [b"nokey"] + good[1:], [b"/a//b"] + good[1:], [b"/a/"] + good[1:],
+    bad_writes = [good[:4], good + [b""], good + [b""] * 9, [b"nokey"] + good[1:], [b"/a//b"] + good[1:], [b"/a/"] + good[1:],
                   good[:1] + [b"\0" * 7] + good[2:], good[:1] + [b"\0" * 9] + good[2:], good[:2] + [b"\0" * 5] + good[3:],
                   good[:3] + [b"nonewline"] + good[4:], good[:3] + [b"ttl=0\n"] + good[4:], good[:3] + [b"ttl=abc\n"] + good[4:],
                   good[:3] + [b"ttl=1\nttl=2\n"] + good[4:], good[:3] + [b"t" * 40 + b"=1\n"] + good[4:], good[:4] + [b"v" * 257]]
@@ -143,6 +143,8 @@ def test_the_engine_reports_malformed_requests_and_writes_and_keeps_serving(star
     assert engine.wait_for(lambda e: e["event"] == "error", time.monotonic() + WAIT, count=expected.total())
     assert engine.wait_for(lambda e: e["event"] == "update", time.monotonic() + WAIT, count=4)
     assert codes(engine) == expected, engine.t.events
+    reasons = [e["reason"] for e in engine.t.events if e.get("code") == "malformed-kvset"]
+    assert any("7 or more" in reason for reason in reasons), reasons  # 14 frames: 7 kept, the rest dropped
 
     found, kthxbai = snapshot(dealer, b"/t/")  # and it serves a correct facade as if nothing happened
     assert found == {b"/t/a": (1, b"a"), b"/t/c": (3, b"c")}
@@ -362,6 +364,8 @@ def test_the_query_checker_passes_a_good_cell():
         (dict(applied=5), "above their watermarks (some twice)"),  # one applied twice
         (dict(applied=3), "(it missed some"),  # one skipped
         (dict(sequence=40), "done at sequence 40"),
+        (dict(first=None), "done gives first None"),
+        (dict(first=9), "done gives first 9"),
     ],
 )
 def test_the_query_checker_rejects_a_facade_that(broken, words):
@@ -392,8 +396,7 @@ def test_the_query_checker_replays_the_ticks_from_the_publishers_seed():
                 state[key] = value
                 updates.append((key, value, "tick"))
     publisher = RoleTranscript("publisher", 0, "python", {"seed": seed}, [], exit_code=0, events=[{"event": "done"}])
-    engine, facade = transcripts(updates)
-    facade.events = [{"event": "done", "sequence": 1, "first": 1, "map": {}, "applied": 0}]
+    engine, _ = transcripts(updates)
     assert not [p for p in check(load_spec("query"), [publisher, engine]) if "tick" in p]
     engine.events[len(updates) - 2]["value"] = "3939"
     assert any("tick 3 of AAPL made" in p for p in check(load_spec("query"), [publisher, engine]))

@@ -15,7 +15,7 @@ Public Module Query
     ' bytes it reaches us and is reported, above that NetMQ drops it with the connection.
     Private Const MaxMessage = 1024
     Private Const MaxValue = 256
-    Private Const MaxFrames = 6  ' a message's frames beyond these are read and dropped
+    Private Const MaxFrames = 7  ' frames kept of a message (5, a routing id, one to tell "more"); the rest are dropped
     Private Const MaxQuote = 32  ' bytes of a peer's data that a reason may quote
     ' Keys, subtrees and properties are bytes: matched as Latin-1 text, one character per byte.
     Private ReadOnly KeyPattern As New Regex("\A(/[A-Za-z0-9._-]+)+\z")
@@ -151,7 +151,7 @@ Public Module Query
 
     ''' <summary>Why a KVSYNC, KVPUB or KVSET (5 frames) is malformed, or Nothing.</summary>
     Private Function CheckKv(frames As List(Of Byte())) As String
-        If frames.Count <> 5 Then Return $"expected 5 frames, got {If(frames.Count <= MaxFrames, CStr(frames.Count), "more than 6")}"
+        If frames.Count <> 5 Then Return $"expected 5 frames, got {frames.Count}{If(frames.Count = MaxFrames, " or more", "")}"
         If Not IsKey(frames(0)) Then Return $"not a key: '{Shown(frames(0), MaxQuote)}'"
         If frames(1).Length <> 8 Then Return $"a sequence of {frames(1).Length} bytes, not 8"
         If frames(2).Length <> 0 AndAlso frames(2).Length <> 16 Then Return $"a UUID of {frames(2).Length} bytes, not 0 or 16"
@@ -169,7 +169,7 @@ Public Module Query
     End Function
 
     ''' <summary>
-    ''' The next message, read frame by frame without waiting: at most MaxFrames + 1 frames are kept
+    ''' The next message, read frame by frame without waiting: at most MaxFrames frames are kept
     ''' (the rest are read and dropped), so no message can make us allocate without bound. Nothing if
     ''' there was nothing after all: a poll's "ready" is a hint, not a promise.
     ''' </summary>
@@ -179,7 +179,7 @@ Public Module Query
         Dim frames As New List(Of Byte()) From {frame}
         Do While more  ' the other frames of a message arrive with its first one
             frame = socket.ReceiveFrameBytes(more)
-            If frames.Count <= MaxFrames Then frames.Add(frame)
+            If frames.Count < MaxFrames Then frames.Add(frame)
         Loop
         Return frames
     End Function

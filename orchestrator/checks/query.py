@@ -122,7 +122,9 @@ def check_facade(t, updates):
     if set(marks) != set(trees):
         return problems + [f"{t.label}: synced subtrees {sorted(marks)}, asked for {sorted(trees)}"]
     first = done.get("first")
-    owed = sum(1 for update in updates[:sequence] if within(update["key"]) and update["sequence"] >= (first or 0)
+    if not isinstance(first, int) or not 0 < first <= sequence:
+        return problems + [f"{t.label}: done gives first {first!r}: the first update it applied, from 1 to its sequence"]
+    owed = sum(1 for update in updates[:sequence] if within(update["key"]) and update["sequence"] >= first
                and update["sequence"] > max(marks[tree] for tree in trees if update["key"].startswith(tree)))
     applied = done.get("applied")
     if applied != owed:

@@ -20,7 +20,7 @@ use crate::ticker::{hex, symbol, symbol_of, topic};
 /// 1024 bytes it reaches us and is reported, above that the library drops it with the connection.
 const MAX_MESSAGE: i64 = 1024;
 const MAX_VALUE: usize = 256;
-const MAX_FRAMES: usize = 6; // a message's frames beyond these (and one more, to tell) are dropped
+const MAX_FRAMES: usize = 7; // frames kept of a message (5, a routing id, one to tell "more"); the rest are dropped
 const HUGZ: [&[u8]; 5] = [b"HUGZ", &[0; 8], b"", b"", b""];
 const ICANHAZ: &[u8] = b"ICANHAZ?";
 const KTHXBAI: &[u8] = b"KTHXBAI";
@@ -208,8 +208,8 @@ fn report(code: &str, reason: String) -> Result<(), Failure> {
 /// Why a KVSYNC, KVPUB or KVSET (5 frames) is malformed, or None.
 fn check_kv(frames: &[Vec<u8>]) -> Option<String> {
     let [key, sequence, uuid, props, value] = frames else {
-        let got = if frames.len() <= MAX_FRAMES { frames.len().to_string() } else { "more than 6".into() };
-        return Some(format!("expected 5 frames, got {}", got));
+        let more = if frames.len() == MAX_FRAMES { " or more" } else { "" };
+        return Some(format!("expected 5 frames, got {}{}", frames.len(), more));
     };
     if !is_key(key) {
         Some(format!("not a key: {}", quote(key)))
@@ -231,7 +231,7 @@ fn sequence_of(frame: &[u8]) -> u64 {
     u64::from_be_bytes(frame.try_into().expect("checked: 8 bytes"))
 }
 
-/// The next message, read frame by frame without waiting: at most MAX_FRAMES + 1 frames are kept
+/// The next message, read frame by frame without waiting: at most MAX_FRAMES frames are kept
 /// (the rest are read and dropped), so no message can make us allocate without bound. None if
 /// there was nothing after all (POLLIN is a hint).
 fn recv_message(socket: &zmq::Socket) -> Result<Option<Vec<Vec<u8>>>, Failure> {
@@ -240,7 +240,7 @@ fn recv_message(socket: &zmq::Socket) -> Result<Option<Vec<Vec<u8>>>, Failure> {
     while socket.get_rcvmore()? {
         // The other frames of a message arrive with its first one: this cannot block.
         match socket.recv_bytes(0) {
-            Ok(frame) if frames.len() <= MAX_FRAMES => frames.push(frame),
+            Ok(frame) if frames.len() < MAX_FRAMES => frames.push(frame),
             Ok(_) | Err(zmq::Error::EINTR) => {} // dropped; or a signal came first: read it again
             Err(error) => return Err(error.into()),
         }
