@@ -104,11 +104,19 @@ def run_matrix(spec, dimensions, registry, parallel, on_done=None, extra_cells=(
 
 def mixed_cells(spec, dimensions):
     """The spec's extra cells: for each language of `per`, one cell whose `role` runs one instance
-    in every language of its dimension (valuation: a pool of six workers per sink language)."""
-    if not spec.mixed:
-        return []
-    role, per = spec.mixed["role"], spec.mixed["per"]
-    return [{r: list(dimensions[r]) if r == role else lang for r in dimensions} for lang in dimensions[per]]
+    in every language of its dimension (valuation: a pool of six workers per sink language); then
+    its fixed `further` cells (desk: every service in another language), each one only when the
+    grid asked for all of its languages."""
+    cells = []
+    if spec.mixed:
+        role, per = spec.mixed["role"], spec.mixed["per"]
+        cells += [{r: list(dimensions[r]) if r == role else lang for r in dimensions} for lang in dimensions[per]]
+    asked = {lang for langs in dimensions.values() for lang in langs}
+    for cell in spec.further or []:
+        langs = {lang for value in cell.values() for lang in ([value] if isinstance(value, str) else value)}
+        if langs <= asked:
+            cells.append(dict(cell))
+    return cells
 
 
 def counts(results):

@@ -11,10 +11,14 @@ from .matrix import counts, relative, replay_command
 STYLE = {"pass": "green", "fail": "bold red", "timeout": "yellow", "unsupported": "dim", "known-failure": "magenta"}
 
 
-def slices(dimensions, results):
+def slices(dimensions, results, spec=None):
     """(title, rows, columns, cells) per table: the first two dimensions are a table's rows and
-    columns; every combination of the further ones (a proxy, a sink) gets a table of its own."""
+    columns; every combination of the further ones (a proxy, a sink) gets a table of its own. The
+    title names the roles that run in a dimension's language without being one (the desk's
+    services: publisher, engine and workers in the chat server's language)."""
     row_role, column_role, *further = dimensions
+    along = {dimension: [role.name for role in (spec.roles if spec else []) if role.language_of == dimension]
+             for dimension in (row_role, column_role)}
     grid = [r for r in results if not r.extra]
     for fixed in itertools.product(*(dimensions[role] for role in further)):
         where = dict(zip(further, fixed))
@@ -24,6 +28,9 @@ def slices(dimensions, results):
             if all(r.roles.get(role, [None])[0] == lang for role, lang in where.items())
         }
         title = f"{row_role} (rows) × {column_role} (columns)"
+        for dimension, names in along.items():
+            if names:
+                title += f"; {', '.join(names)} in the {dimension}'s language"
         if where:
             title += ", " + ", ".join(f"{role} {lang}" for role, lang in where.items())
         yield title, dimensions[row_role], dimensions[column_role], cells
@@ -38,7 +45,7 @@ def label(result):
 
 def grid_tables(spec, results, dimensions):
     row_role, column_role = list(dimensions)[:2]
-    for title, rows, columns, cells in slices(dimensions, results):
+    for title, rows, columns, cells in slices(dimensions, results, spec):
         table = Table(title=f"{spec.title()}: {title}")
         table.add_column(f"{row_role} \\ {column_role}", style="bold")
         for column in columns:
@@ -167,7 +174,7 @@ def write_markdown(path, grids, dimensions):
 def markdown_grid(spec, results, dimensions, wall_seconds):
     lines = []
     row_role, column_role = list(dimensions)[:2]
-    for title, rows, columns, cells in slices(dimensions, results):
+    for title, rows, columns, cells in slices(dimensions, results, spec):
         lines += [
             f"### {spec.title()}: {title}", "",
             "| " + " | ".join([f"{row_role} \\ {column_role}"] + list(columns)) + " |",

@@ -103,8 +103,10 @@ class Role:
             self.changed.notify_all()
 
     def wait_event(self, name, deadline):
-        """The first event called `name`; None if stdout closed or the deadline passed first."""
-        return self.wait_for(lambda event: event["event"] == name, deadline)
+        """The first event called `name` of the role itself; None if stdout closed or the deadline
+        passed first. An event with an `agent` field is one of the role's threads' (the desk's
+        agents report `ready` too), not the role's."""
+        return self.wait_for(lambda event: event["event"] == name and "agent" not in event, deadline)
 
     def wait_for(self, wanted, deadline, count=1):
         """The `count`-th event for which `wanted(event)` holds, or None (stdout closed, deadline)."""

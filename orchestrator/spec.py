@@ -8,7 +8,7 @@ from .config import ConfigError, Fields, load_yaml
 from .security import INTRUDER, MECHANISMS, REFUSALS, CellSecurity, SecuritySpec
 
 EXAMPLES_DIR = ROOT / "examples"
-PLACEHOLDER = re.compile(r"\{([A-Za-z_][\w.|-]*)\}")
+PLACEHOLDER = re.compile(r"\{([A-Za-z_][\w.|-]*?)(?:\+(\d+))?\}")
 
 
 @dataclass
@@ -46,6 +46,8 @@ class Spec:
     mixed: dict = None  # {"role": R, "per": P}: one more cell per language of P, R in every language
     security: SecuritySpec = None  # what `security:` allows; None: NULL only
     secure: CellSecurity = None  # the mechanism (and refusal case) these cells run under
+    further: list = None  # fixed extra cells, role -> language or list (desk: every service in another language)
+    left_out: tuple = ()  # optional roles this cell leaves out: {instances.ROLE} is 0 for them
 
     def title(self):
         """The example's name, and the security of its cells when there is any."""
@@ -99,15 +101,16 @@ class Spec:
     def for_cell(self, counts, present):
         """A copy for one cell: some roles run another number of instances (invoke run --client a
         --client b), and optional roles not in `present` are left out."""
-        roles = []
+        roles, left_out = [], []
         for role in self.roles:
             if role.optional and role.name not in present:
+                left_out.append(role.name)
                 continue
             count = counts.get(role.name, role.instances)
             if role.each and count > len(role.each):
                 raise ValueError(f"{self.path}: roles.{role.name}.each describes {len(role.each)} instances, not {count}")
             roles.append(replace(role, instances=count))
-        return replace(self, roles=roles)
+        return replace(self, roles=roles, left_out=tuple(left_out))
 
     def optional_roles(self):
         return [role.name for role in self.roles if role.optional]
@@ -115,7 +118,7 @@ class Spec:
     def context(self, role, index, ready, lang=None):
         """What a role instance's flag templates may refer to."""
         values = dict(self.parameters)
-        values["instances"] = {r.name: r.instances for r in self.roles}
+        values["instances"] = {**{name: 0 for name in self.left_out}, **{r.name: r.instances for r in self.roles}}
         values["index"] = index
         values["lang"] = lang
         if role.each:  # an instance's own values may refer to parameters: {late}
@@ -129,7 +132,8 @@ MISSING = object()
 
 def render(template, context):
     """Fill {dotted.names} in one flag value; {a.b|c.d} takes the first that exists (the proxy's
-    endpoint when a cell has a proxy, the publisher's otherwise). A value that is a single
+    endpoint when a cell has a proxy, the publisher's otherwise); {a.b+1} adds a number to an
+    integer (the desk and its chat clients: one more than the clients). A value that is a single
     placeholder keeps its type."""
     if not isinstance(template, str):
         return template
@@ -143,10 +147,18 @@ def render(template, context):
                 return value
         raise KeyError(alternatives)
 
+    def value(match):
+        found = lookup(match.group(1))
+        if match.group(2) is None:
+            return found
+        if not isinstance(found, int):
+            raise KeyError(f"{match.group(1)} is {found!r}, not a number to add {match.group(2)} to")
+        return found + int(match.group(2))
+
     whole = PLACEHOLDER.fullmatch(template)
     if whole:
-        return lookup(whole.group(1))
-    return PLACEHOLDER.sub(lambda match: str(lookup(match.group(1))), template)
+        return value(whole)
+    return PLACEHOLDER.sub(lambda match: str(value(match)), template)
 
 
 def spec_path(example):
@@ -164,7 +176,7 @@ def load_spec(example_or_path):
         if not path.exists():
             raise ConfigError(path, "", f"no such example (examples: {', '.join(available_examples())})")
     top = Fields(path, load_yaml(path))
-    top.only("example", "description", "parameters", "roles", "matrix", "timeouts", "mixed", "security")
+    top.only("example", "description", "parameters", "roles", "matrix", "timeouts", "mixed", "further", "security")
     example = top.get("example", str, required=True)
     parameters = top.get("parameters", dict, {})
     roles_data = top.get("roles", dict, required=True)
@@ -195,7 +207,7 @@ def load_spec(example_or_path):
         for flag, value in flags.items():
             if isinstance(value, (dict, list)) or value is None:
                 raise ConfigError(path, f"roles.{name}.flags.{flag}", "must be a string or a number")
-            for ref in PLACEHOLDER.findall(str(value)):
+            for ref, _ in PLACEHOLDER.findall(str(value)):
                 if not any(alternative.split(".")[0] in visible for alternative in ref.split("|")):
                     raise ConfigError(
                         path,
@@ -220,7 +232,7 @@ def load_spec(example_or_path):
             start_after["count"] = after.data.get("count", 1)
             if start_after["role"] not in known:
                 raise after.error("role", f"{start_after['role']!r} is not a role started before this one")
-            for ref in PLACEHOLDER.findall(str(start_after["count"])):
+            for ref, _ in PLACEHOLDER.findall(str(start_after["count"])):
                 if ref.split(".")[0] not in visible:
                     raise after.error("count", f"{{{ref}}} names nothing known here")
         roles.append(RoleSpec(name, instances, flags, each, wait_for, stop, fields.get("optional", bool, False),
@@ -255,8 +267,22 @@ def load_spec(example_or_path):
         for key, role in mixed.items():
             if role not in matrix:
                 raise fields.error(key, f"{role!r} is not a dimension of the grid")
+    further = top.get("further", list, [])
+    for index, cell in enumerate(further):
+        where = f"further[{index}]"
+        if not isinstance(cell, dict) or not cell:
+            raise ConfigError(path, where, "must map roles to a language, or to a list of one per instance")
+        for role, langs in cell.items():
+            if role not in roles_data:
+                raise ConfigError(path, f"{where}.{role}", "is not a role of this example")
+            if not (isinstance(langs, str) or (isinstance(langs, list) and langs and all(isinstance(x, str) for x in langs))):
+                raise ConfigError(path, f"{where}.{role}", "must be a language or a list of languages")
+        lacking = [name for name in matrix if name not in cell]
+        if lacking:
+            raise ConfigError(path, where, f"must give every dimension of the grid a language ({', '.join(lacking)})")
     security = load_security(top, roles) if "security" in top.data else None
-    return Spec(example, path, top.get("description", str, ""), parameters, roles, matrix, cell_timeout, mixed, security)
+    return Spec(example, path, top.get("description", str, ""), parameters, roles, matrix, cell_timeout, mixed, security,
+                further=further)
 
 
 def load_security(top, roles):

@@ -1,4 +1,6 @@
 """Spec loading, and errors that name the file and the field."""
+import re
+
 import pytest
 import yaml
 
@@ -154,3 +156,23 @@ def test_the_query_spec_borrows_the_ticker_publisher_in_the_engine_language():
 def test_late_joiners_and_borrowed_roles_are_checked(tmp_path, changes, words):
     with pytest.raises(ConfigError, match=".*" + words.replace("{", "\\{").replace("}", "\\}").replace("(", "\\(")):
         load_spec(write(tmp_path, broken(**changes)))
+
+
+@pytest.mark.parametrize(
+    "changes, words",
+    [
+        ({"further": [{"server": "c"}]}, "must give every dimension of the grid a language (client)"),
+        ({"further": [{"server": "c", "client": "c", "nobody": "c"}]}, "is not a role of this example"),
+        ({"further": [{"server": "c", "client": [1]}]}, "must be a language or a list of languages"),
+        ({"roles__client__flags__count": "{nothing+1}"}, "{nothing} names nothing known"),
+    ],
+)
+def test_further_cells_and_sums_are_checked(tmp_path, changes, words):
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        load_spec(write(tmp_path, broken(**changes)))
+
+
+def test_a_sum_needs_a_number():
+    assert render("{a+2}", {"a": 3}) == 5 and render("n={a+2}", {"a": 3}) == "n=5"
+    with pytest.raises(KeyError, match="not a number"):
+        render("{a+2}", {"a": "x"})
