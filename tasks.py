@@ -26,7 +26,7 @@ from orchestrator.spec import load_spec
 console = Console(width=None if sys.stdout.isatty() else 120)
 # invoke declares flags statically: one per role name of every example (keep the task signatures
 # of `run` and `matrix` in step with this tuple).
-ROLES = ("server", "client", "publisher", "proxy", "subscriber", "source", "worker", "sink", "engine", "facade")
+ROLES = ("server", "client", "publisher", "proxy", "subscriber", "source", "worker", "sink", "engine", "facade", "desk")
 
 
 def _load(example):
@@ -71,11 +71,11 @@ def _check_roles(spec, given):
 @task(
     iterable=list(ROLES),
     help={
-        "example": "the example to run (chat, ticker, valuation, query)",
+        "example": "the example to run (chat, ticker, valuation, query, desk)",
         **{role: f"language of the {role}; repeat to run one instance per language" for role in ROLES},
         "no-build": "skip building the languages first",
         "quiet": "do not print the live transcript",
-        "kill-worker-after": "valuation: SIGKILL worker 0 once it has priced this many orders",
+        "kill-worker-after": "valuation, desk: SIGKILL worker 0 once it has priced this many orders",
         "runner": "process (default): local processes; docker: one container per role",
         "security": "null (default), plain or curve: the ZMTP mechanism of every role (examples that allow it)",
         "refusal": "add an intruder whose credentials are wrong: " + ", ".join(REFUSALS),
@@ -83,10 +83,10 @@ def _check_roles(spec, given):
     },
 )
 def run(c, example, server=None, client=None, publisher=None, proxy=None, subscriber=None, source=None, worker=None, sink=None,
-        engine=None, facade=None, no_build=False, quiet=False, kill_worker_after=None, runner="process", security="null", refusal=None, intruder=None):
+        engine=None, facade=None, desk=None, no_build=False, quiet=False, kill_worker_after=None, runner="process", security="null", refusal=None, intruder=None):
     """Run one cell and show its live transcript, then the verdict."""
     given = {"server": server, "client": client, "publisher": publisher, "proxy": proxy, "subscriber": subscriber,
-             "source": source, "worker": worker, "sink": sink, "engine": engine, "facade": facade}
+             "source": source, "worker": worker, "sink": sink, "engine": engine, "facade": facade, "desk": desk}
     spec, registry = _load(example)
     spec = _secured(spec, security, refusal)
     if intruder and not refusal:
@@ -132,7 +132,7 @@ def run(c, example, server=None, client=None, publisher=None, proxy=None, subscr
 
 @task(
     help={
-        "example": "the example whose grid to run (chat, ticker, valuation, query)",
+        "example": "the example whose grid to run (chat, ticker, valuation, query, desk)",
         **{role: f"comma-separated {role} languages, or all (the default for the grid's roles)" for role in ROLES},
         "parallel": "cells run at once (default 3)",
         "json": "write the results as JSON to this path",
@@ -145,10 +145,10 @@ def run(c, example, server=None, client=None, publisher=None, proxy=None, subscr
     },
 )
 def matrix(c, example, server=None, client=None, publisher=None, proxy=None, subscriber=None, source=None, worker=None, sink=None,
-           engine=None, facade=None, parallel=3, json=None, junit=None, markdown=None, no_build=False, runner="process", security="null", refusals=True):
+           engine=None, facade=None, desk=None, parallel=3, json=None, junit=None, markdown=None, no_build=False, runner="process", security="null", refusals=True):
     """Run every combination of one language per role and print the compatibility grids."""
     given = {"server": server, "client": client, "publisher": publisher, "proxy": proxy, "subscriber": subscriber,
-             "source": source, "worker": worker, "sink": sink, "engine": engine, "facade": facade}
+             "source": source, "worker": worker, "sink": sink, "engine": engine, "facade": facade, "desk": desk}
     spec, registry = _load(example)
     variants = [_secured(spec, security)] + [_secured(spec, security, case) for case in (refusals_of(security) if refusals else [])]
     _check_roles(spec, given)

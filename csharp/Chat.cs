@@ -7,12 +7,12 @@ using NetMQ.Sockets;
 static class Chat
 {
     const int MaxHandle = Flags.MaxName; // bytes of UTF-8, as for every name flag
-    const int MaxText = 4096; // bytes of UTF-8
+    internal const int MaxText = 4096; // bytes of UTF-8
     // ZMQ_MAXMSGSIZE (NetMQ Options.MaxMsgSize) on all four sockets: NetMQ itself drops a bigger frame,
     // and the sender's connection with it, so no peer makes us allocate without bound (subscriptions
     // included). The largest legal frame is a 4096-byte text; twice that lets a text too long still
     // reach our own `text-too-long` rule, and leaves room for CURVE's overhead on every frame.
-    const long MaxMessage = 8192;
+    internal const long MaxMessage = 8192;
 
     // The roster is sorted by the UTF-8 bytes of the handles: .NET's UTF-16 order differs above U+FFFF.
     static readonly Comparer<byte[]> ByBytes = Comparer<byte[]>.Create((a, b) => a.AsSpan().SequenceCompareTo(b));
@@ -63,7 +63,7 @@ static class Chat
         return client;
     }
 
-    static string PostText(string name, int number) => $"{name} #{number}: héllo wörld 🌍";
+    internal static string PostText(string name, int number) => $"{name} #{number}: héllo wörld 🌍";
 
     // --- security (PROTOCOL.md, "Security") ----------------------------------------------------
     // Both sockets of a role use the same mechanism. The options are read when a connection's
@@ -204,6 +204,48 @@ static class Chat
 
     // --- client ----------------------------------------------------------------------------------
 
+    /// <summary>The roster in a reply to one of our requests. An error reply, or one that breaks the reply
+    /// table, is fatal: a <see cref="Failure"/>.</summary>
+    internal static List<string> ReadReply(List<byte[]> reply)
+    {
+        if (reply[0].Length == 0)
+        {
+            if (reply.Count != 2)
+                throw new Failure("malformed-reply", $"an error reply has 2 frames, got {reply.Count}");
+            // A reason quotes at most 32 bytes of what a peer sent.
+            throw new Failure("rejected", $"the server rejected our request: {Encoding.UTF8.GetString(reply[1], 0, Math.Min(32, reply[1].Length))}");
+        }
+        try
+        {
+            return reply.Select(Events.Strict.GetString).ToList();
+        }
+        catch (DecoderFallbackException error)
+        {
+            throw new Failure("malformed-reply", $"roster is not UTF-8: {error.Message}");
+        }
+    }
+
+    /// <summary>What a broadcast is: a roster (frame 0 empty), a post by a handle, or malformed (the reason).</summary>
+    internal readonly record struct Broadcast(List<string>? Roster, string Handle, string Text, string? Problem);
+
+    internal static Broadcast ReadBroadcast(List<byte[]> broadcast)
+    {
+        List<string> texts;
+        try
+        {
+            texts = broadcast.Select(Events.Strict.GetString).ToList();
+        }
+        catch (DecoderFallbackException)
+        {
+            return new(null, "", "", "a broadcast frame is not UTF-8");
+        }
+        if (texts[0] == "")
+            return new(texts[1..], "", "", null);
+        if (texts.Count == 2)
+            return new(null, texts[0], texts[1], null);
+        return new(null, "", "", $"a post has 2 frames, got {texts.Count}");
+    }
+
     static void RunClient(ClientArgs args)
     {
         using var client = new Client(args);
@@ -255,21 +297,7 @@ static class Chat
             if (!req.TryReceiveMultipartBytes(left, ref reply))
                 throw new Failure("no-reply", $"no reply from the server within {left.TotalMilliseconds} ms");
             lastRequest = Environment.TickCount64;
-            if (reply[0].Length == 0)
-            {
-                if (reply.Count != 2)
-                    throw new Failure("malformed-reply", $"an error reply has 2 frames, got {reply.Count}");
-                throw new Failure("rejected", $"the server rejected our request: {Encoding.UTF8.GetString(reply[1])}");
-            }
-            List<string> handles;
-            try
-            {
-                handles = reply.Select(Events.Strict.GetString).ToList();
-            }
-            catch (DecoderFallbackException error)
-            {
-                throw new Failure("malformed-reply", $"roster is not UTF-8: {error.Message}");
-            }
+            List<string> handles = ReadReply(reply);
             UpdateRoster(handles);
             return handles;
         }
@@ -283,30 +311,21 @@ static class Chat
             }
         }
 
-        void OnBroadcast(List<byte[]> broadcast)
+        void OnBroadcast(List<byte[]> frames)
         {
-            List<string> texts;
-            try
+            Broadcast broadcast = ReadBroadcast(frames);
+            if (broadcast.Problem is string reason)
             {
-                texts = broadcast.Select(Events.Strict.GetString).ToList();
+                Events.Emit("error", new { code = "malformed-broadcast", reason });
             }
-            catch (DecoderFallbackException)
+            else if (broadcast.Roster is { } handles)
             {
-                Events.Emit("error", new { code = "malformed-broadcast", reason = "a broadcast frame is not UTF-8" });
-                return;
-            }
-            if (texts[0] == "")
-            {
-                UpdateRoster(texts[1..]);
-            }
-            else if (texts.Count == 2)
-            {
-                received[texts[0]] = received.GetValueOrDefault(texts[0]) + 1;
-                Events.Emit("received", new { handle = texts[0], text = texts[1] });
+                UpdateRoster(handles);
             }
             else
             {
-                Events.Emit("error", new { code = "malformed-broadcast", reason = $"a post has 2 frames, got {texts.Count}" });
+                received[broadcast.Handle] = received.GetValueOrDefault(broadcast.Handle) + 1;
+                Events.Emit("received", new { handle = broadcast.Handle, text = broadcast.Text });
             }
         }
 

@@ -22,16 +22,32 @@ static class Events
     static readonly JsonSerializerOptions Json = new() { Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
 
     /// <summary>Write one event as one JSON line and flush it at once, so the orchestrator sees it live.</summary>
-    public static void Emit(string name, object? fields = null)
+    public static void Emit(string name, object? fields = null) => Write(Line(name, fields));
+
+    /// <summary>One event as a JSON object in UTF-8, without the newline: <c>event</c> first, then the
+    /// desk agent's name when there is one (Desk.cs), then the fields.</summary>
+    public static byte[] Line(string name, object? fields, string? agent = null)
     {
         JsonObject line = JsonSerializer.SerializeToNode(fields ?? new { }, Json)!.AsObject();
         line.Insert(0, "event", name);
-        Stdout.Write(Encoding.UTF8.GetBytes(line.ToJsonString(Json) + "\n"));
+        if (agent is not null)
+            line.Insert(1, "agent", agent);
+        return Encoding.UTF8.GetBytes(line.ToJsonString(Json));
+    }
+
+    /// <summary>Write a <see cref="Line"/> and its newline in one write, and flush.</summary>
+    public static void Write(byte[] line)
+    {
+        Stdout.Write([.. line, (byte)'\n']);
         Stdout.Flush();
     }
 
     public static void Log(string message) => Console.Error.WriteLine(message);
 }
+
+/// <summary>Where shared code reports an event: <see cref="Events.Emit"/> in a role, which owns stdout;
+/// the agent's pipe in the desk (Desk.cs), whose main thread alone writes to stdout.</summary>
+delegate void Report(string name, object? fields = null);
 
 /// <summary>A fatal error: reported as an `error` event, then the role exits 1.</summary>
 sealed class Failure(string code, string reason) : Exception(reason)

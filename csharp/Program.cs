@@ -2,7 +2,7 @@
 using System.CommandLine;
 using NetMQ;
 
-RootCommand root = new("Beyond the Box roles") { Chat.Command(), Ticker.Command(), Valuation.Command(), Query.Command(), Perf.Command() };
+RootCommand root = new("Beyond the Box roles") { Chat.Command(), Ticker.Command(), Valuation.Command(), Query.Command(), Desk.Command(), Perf.Command() };
 
 // No @file response files: a handle or a Z85 key may well start with "@".
 ParseResult parsed = root.Parse(args, new ParserConfiguration { ResponseFileTokenReplacer = null });

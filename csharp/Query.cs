@@ -16,8 +16,8 @@ static class Query
     // ZMQ_MAXMSGSIZE (NetMQ Options.MaxMsgSize) on every socket: the largest legal frame is a 256-byte
     // value; between 257 and 1024 bytes it reaches us and is reported, above that NetMQ drops it
     // together with the sender's connection.
-    const long MaxMessage = 1024;
-    const int MaxValue = 256;
+    internal const long MaxMessage = 1024;
+    internal const int MaxValue = 256;
     const int MaxFrames = 7; // frames kept of a message (5, a routing id, and one to tell "more"); the rest are dropped
 
     // \A and \z, not ^ and $: in .NET, $ also matches before a final "\n".
@@ -30,7 +30,7 @@ static class Query
     // The longest poll: a role looks at its stop flag and its deadline at least this often.
     static readonly TimeSpan Tenth = TimeSpan.FromMilliseconds(100);
 
-    static readonly byte[] Icanhaz = "ICANHAZ?"u8.ToArray(), Kthxbai = "KTHXBAI"u8.ToArray(), Hugz = "HUGZ"u8.ToArray();
+    internal static readonly byte[] Icanhaz = "ICANHAZ?"u8.ToArray(), Kthxbai = "KTHXBAI"u8.ToArray(), Hugz = "HUGZ"u8.ToArray();
 
     record EngineArgs(
         string Snapshot, string Updates, string Collector, string Ticks, string Name, List<string> Symbols,
@@ -110,7 +110,7 @@ static class Query
         return Encoding.UTF8.GetByteCount(text) is >= 1 and <= Flags.MaxName;
     }
 
-    static bool TryParseSegment(string text, out string name)
+    internal static bool TryParseSegment(string text, out string name)
     {
         name = text;
         return Segment.IsMatch(text);
@@ -118,7 +118,7 @@ static class Query
 
     /// <summary>Comma-separated subtrees, each once; <c>all</c> is the empty subtree, the whole map (an
     /// empty item is an error).</summary>
-    static bool TryParseSubtrees(string text, out List<string> trees)
+    internal static bool TryParseSubtrees(string text, out List<string> trees)
     {
         string[] parts = text.Split(',');
         trees = [.. parts.Select(part => part == "all" ? "" : part)];
@@ -143,7 +143,7 @@ static class Query
     // --- the protocol's pieces -------------------------------------------------------------------
 
     // Latin-1 turns each byte into one character: a byte above 0x7F can never match a pattern.
-    static bool IsKey(byte[] data) => data.Length is >= 2 and <= 255 && Key.IsMatch(Encoding.Latin1.GetString(data));
+    internal static bool IsKey(byte[] data) => data.Length is >= 2 and <= 255 && Key.IsMatch(Encoding.Latin1.GetString(data));
 
     static bool IsSubtree(byte[] data) =>
         data.Length == 0 || (data.Length <= 255 && Subtree.IsMatch(Encoding.Latin1.GetString(data)));
@@ -185,7 +185,7 @@ static class Query
 
     /// <summary>At most 32 bytes of what a peer sent, for an error's reason: printable ASCII as it is,
     /// any other byte as \xNN.</summary>
-    static string Quote(byte[] data) =>
+    internal static string Quote(byte[] data) =>
         "\"" + string.Concat(data.Take(32).Select(b => b is >= 0x20 and < 0x7f and not (byte)'"' and not (byte)'\\'
             ? $"{(char)b}" : $"\\x{b:x2}")) + "\"";
 
@@ -200,18 +200,22 @@ static class Query
         return frame;
     }
 
-    static bool Is(byte[] frame, byte[] command) => frame.AsSpan().SequenceEqual(command);
+    /// <summary>A KVSET: key, sequence (8 zero bytes: no meaning), empty UUID, the ttl property if any, value.</summary>
+    internal static byte[][] KvsetFrames(string key, byte[] value, int ttl) =>
+        [Bytes(key), Seq(0), [], ttl > 0 ? Bytes($"ttl={ttl}\n") : [], value];
+
+    internal static bool Is(byte[] frame, byte[] command) => frame.AsSpan().SequenceEqual(command);
 
     // Keys and subtrees are checked ASCII before they become strings; compare them ordinally, always.
-    static string Text(byte[] data) => Encoding.ASCII.GetString(data);
+    internal static string Text(byte[] data) => Encoding.ASCII.GetString(data);
 
-    static byte[] Bytes(string text) => Encoding.ASCII.GetBytes(text);
+    internal static byte[] Bytes(string text) => Encoding.ASCII.GetBytes(text);
 
     /// <summary>The next message, read frame by frame: at most <see cref="MaxFrames"/> frames are kept
     /// (the rest are read and dropped), so no message can make us allocate without bound. The first frame
     /// waits at most <paramref name="wait"/>: zero after a poll (ready is a hint, see
     /// Sockets.ReceiveIfReady), or a timeout that is itself the poll. Null if nothing came.</summary>
-    static List<byte[]>? ReceiveMessage(NetMQSocket socket, TimeSpan wait)
+    internal static List<byte[]>? ReceiveMessage(NetMQSocket socket, TimeSpan wait)
     {
         if (!socket.TryReceiveFrameBytes(wait, out byte[]? first, out bool more))
             return null;
@@ -225,16 +229,17 @@ static class Query
         return frames;
     }
 
-    /// <summary>zmq_poll: wait until some of the sockets have a message, or for the timeout; those that do.
-    /// NetMQSelector is NetMQ's poll (NetMQPoller, built on it, calls handlers instead): with it the
-    /// loop is the same as in the other languages.</summary>
-    static HashSet<NetMQSocket> Poll(NetMQSelector.Item[] items, TimeSpan timeout)
+    /// <summary>zmq_poll: wait until some of the sockets have a message (or room to send one, for an item
+    /// that asks for PollOut), or for the timeout; those that do. NetMQSelector is NetMQ's poll
+    /// (NetMQPoller, built on it, calls handlers instead): with it the loop is the same as in the other
+    /// languages. A negative timeout waits without limit.</summary>
+    internal static HashSet<NetMQSocket> Poll(NetMQSelector.Item[] items, TimeSpan timeout)
     {
         new NetMQSelector().Select(items, items.Length, (long)Math.Ceiling(timeout.TotalMilliseconds));
-        return [.. items.Where(item => item.ResultEvent.HasIn()).Select(item => item.Socket!)];
+        return [.. items.Where(item => item.ResultEvent != PollEvents.None).Select(item => item.Socket!)];
     }
 
-    static NetMQSelector.Item[] PollIn(IEnumerable<NetMQSocket?> sockets) =>
+    internal static NetMQSelector.Item[] PollIn(IEnumerable<NetMQSocket?> sockets) =>
         [.. sockets.OfType<NetMQSocket>().Select(socket => new NetMQSelector.Item(socket, PollEvents.PollIn))];
 
     // --- the map fed by ticks --------------------------------------------------------------------
@@ -515,10 +520,12 @@ static class Query
 
     // --- facade ----------------------------------------------------------------------------------
 
-    /// <summary>The facade's map and what it still waits for.</summary>
-    sealed class Facade
+    /// <summary>The facade's map and what it still waits for; the desk's query agent (Desk.cs) keeps one too.</summary>
+    internal sealed class Facade
     {
-        readonly FacadeArgs args;
+        readonly List<string> subtrees;
+        readonly int count;
+        readonly Report report;
         public readonly Dictionary<string, byte[]> Map = [];
         public readonly List<string> Waiting; // subtrees asked for, whose KTHXBAI is not in yet
         readonly Dictionary<string, ulong> watermark = []; // subtree -> its KTHXBAI's sequence
@@ -534,17 +541,21 @@ static class Query
         bool deleted;
         public bool DeleteSent;
 
-        public Facade(FacadeArgs args)
+        /// <summary>A facade of <paramref name="subtrees"/>, done after <paramref name="count"/> KVPUBs and
+        /// <paramref name="writes"/> writes of its own (0: none), that reports through <paramref name="report"/>.</summary>
+        public Facade(string name, List<string> subtrees, int count, int writes, Report report)
         {
-            this.args = args;
-            Waiting = [.. args.Subtrees];
-            syncedKeys = args.Subtrees.ToDictionary(tree => tree, _ => 0);
-            string prefix = $"/facades/{args.Name}/";
-            seesOwn = args.Subtrees.Any(tree => prefix.StartsWith(tree, StringComparison.Ordinal));
-            Writes = [.. Enumerable.Range(1, args.Writes).Select(n => (prefix + n, Bytes($"{args.Name}/{n}")))];
+            this.subtrees = subtrees;
+            this.count = count;
+            this.report = report;
+            Waiting = [.. subtrees];
+            syncedKeys = subtrees.ToDictionary(tree => tree, _ => 0);
+            string prefix = $"/facades/{name}/";
+            seesOwn = subtrees.Any(tree => prefix.StartsWith(tree, StringComparison.Ordinal));
+            Writes = [.. Enumerable.Range(1, writes).Select(n => (prefix + n, Bytes($"{name}/{n}")))];
         }
 
-        List<string> SubtreesOf(string key) => [.. args.Subtrees.Where(tree => key.StartsWith(tree, StringComparison.Ordinal))];
+        public List<string> SubtreesOf(string key) => [.. subtrees.Where(tree => key.StartsWith(tree, StringComparison.Ordinal))];
 
         public void OnSnapshot(List<byte[]> frames)
         {
@@ -552,11 +563,11 @@ static class Query
             {
                 if (frames.Count != 5 || frames[1].Length != 8 || !IsSubtree(frames[4]))
                 {
-                    Events.Emit("error", new { code = "malformed-kthxbai", reason = $"not [KTHXBAI, sequence, -, -, subtree]: {Shape(frames)}" });
+                    report("error", new { code = "malformed-kthxbai", reason = $"not [KTHXBAI, sequence, -, -, subtree]: {Shape(frames)}" });
                 }
                 else if (!Waiting.Contains(Text(frames[4])))
                 {
-                    Events.Emit("error", new { code = "unexpected-kthxbai", reason = $"no request waits for subtree {Quote(frames[4])}" });
+                    report("error", new { code = "unexpected-kthxbai", reason = $"no request waits for subtree {Quote(frames[4])}" });
                 }
                 else
                 {
@@ -564,7 +575,7 @@ static class Query
                     string tree = Text(frames[4]);
                     Waiting.Remove(tree);
                     watermark[tree] = BinaryPrimitives.ReadUInt64BigEndian(frames[1]);
-                    Events.Emit("synced", new { subtree = tree, sequence = watermark[tree], keys = syncedKeys[tree] });
+                    report("synced", new { subtree = tree, sequence = watermark[tree], keys = syncedKeys[tree] });
                 }
                 return;
             }
@@ -573,7 +584,7 @@ static class Query
                 problem = $"{Quote(frames[0])} is in no subtree still being sent";
             if (problem is not null)
             {
-                Events.Emit("error", new { code = "malformed-kvsync", reason = problem });
+                report("error", new { code = "malformed-kvsync", reason = problem });
                 return;
             }
             string key = Text(frames[0]);
@@ -590,20 +601,21 @@ static class Query
                 Map.Remove(key);
         }
 
-        public void OnUpdate(List<byte[]> frames)
+        /// <summary>A message from the SUB: true when it was a KVPUB, and applied.</summary>
+        public bool OnUpdate(List<byte[]> frames)
         {
             if (Is(frames[0], Hugz))
-                return; // a keep-alive: the engine is there
+                return false; // a keep-alive: the engine is there
             string? problem = CheckKv(frames);
             List<string> trees = problem is null ? SubtreesOf(Text(frames[0])) : [];
             if (problem is not null || trees.Count == 0)
             {
-                Events.Emit("error", new
+                report("error", new
                 {
                     code = problem is null ? "unexpected-key" : "malformed-kvpub",
                     reason = problem ?? $"{Quote(frames[0])} is in none of our subtrees",
                 });
-                return;
+                return false;
             }
             string key = Text(frames[0]);
             ulong sequence = BinaryPrimitives.ReadUInt64BigEndian(frames[1]);
@@ -612,7 +624,7 @@ static class Query
             if (sequence <= trees.Max(tree => watermark[tree]) || sequence <= Last)
             {
                 Discarded++;
-                return;
+                return false;
             }
             Set(key, value);
             if (First == 0)
@@ -631,11 +643,21 @@ static class Query
                 else if (Echoed.Contains(key))
                     expired.Add(key);
             }
+            return true;
         }
+
+        /// <summary>The fields of the facade's `done` (and of the desk's query agent's `stopped`).</summary>
+        public object Summary() => new
+        {
+            sequence = Last, first = First,
+            map = Map.OrderBy(entry => entry.Key, StringComparer.Ordinal)
+                .ToDictionary(entry => entry.Key, entry => Convert.ToHexStringLower(entry.Value)),
+            applied = Applied, discarded = Discarded,
+        };
 
         public bool Finished()
         {
-            if (Waiting.Count > 0 || Applied < args.Count)
+            if (Waiting.Count > 0 || Applied < count)
                 return false;
             if (Last <= watermark.Values.DefaultIfEmpty().Max())
                 return false;
@@ -674,7 +696,7 @@ static class Query
         Sockets.Connect(snapshot, args.Snapshot);
         Events.Emit("ready", new { name = args.Name, subtrees = args.Subtrees });
 
-        var facade = new Facade(args);
+        var facade = new Facade(args.Name, args.Subtrees, args.Count, args.Writes, Events.Emit);
         // The slow joiner: wait for a HUGZ, dropping whatever comes before it (the snapshot covers it).
         while (!(ReceiveMessage(updates, deadline.Cap(Tenth)) is [var first, ..] && Is(first, Hugz)))
         {
@@ -711,25 +733,19 @@ static class Query
                 {
                     var (key, value) = facade.Writes[n - 1];
                     int ttl = n % 2 == 0 ? args.Ttl : 0;
-                    collector.SendMultipartBytes(Bytes(key), Seq(0), [], ttl > 0 ? Bytes($"ttl={ttl}\n") : [], value);
+                    collector.SendMultipartBytes(KvsetFrames(key, value, ttl));
                     Events.Emit("wrote", new { key, value = Convert.ToHexStringLower(value), ttl });
                 }
             }
             if (collectorLive && !facade.DeleteSent && facade.Echoed.Count == facade.Writes.Count)
             {
                 string first = facade.Writes[0].Key;
-                collector!.SendMultipartBytes(Bytes(first), Seq(0), [], [], []);
+                collector!.SendMultipartBytes(KvsetFrames(first, [], 0));
                 facade.DeleteSent = true;
                 Events.Emit("wrote", new { key = first, value = "", ttl = 0 });
             }
         }
-        Events.Emit("done", new
-        {
-            sequence = facade.Last, first = facade.First,
-            map = facade.Map.OrderBy(entry => entry.Key, StringComparer.Ordinal)
-                .ToDictionary(entry => entry.Key, entry => Convert.ToHexStringLower(entry.Value)),
-            applied = facade.Applied, discarded = facade.Discarded,
-        });
+        Events.Emit("done", facade.Summary());
         // NetMQ lingers in its own threads, and the usual exit (Program.cs) does not wait for them: close
         // the sockets and wait, so that a write still queued on the collector XPUB leaves (1 s at most).
         foreach (NetMQSocket socket in sockets.OfType<NetMQSocket>())

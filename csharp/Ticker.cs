@@ -13,7 +13,7 @@ static class Ticker
     // the sender's connection with it. The largest legal frames are a subscription (1, '@' and a
     // 32-byte name: 34 bytes) and a tick's frame 0 (9 bytes). It bounds subscriptions too: one of
     // 60 KB overflowed the stack in NetMQ's subscription trie.
-    const long MaxMessage = 256;
+    internal const long MaxMessage = 256;
 
     record PublisherArgs(string Ticks, List<string> Symbols, ulong Seed, int Subscribers, int Interval, int Timeout);
 
@@ -26,7 +26,7 @@ static class Ticker
     record EncodeArgs(ulong Seed, string Symbol, ulong Sequence, long Timestamp);
 
     /// <summary>A tick that passed every check.</summary>
-    readonly record struct Tick(string Symbol, ulong Sequence, long Timestamp, double Price);
+    internal readonly record struct Tick(string Symbol, ulong Sequence, long Timestamp, double Price);
 
     public static Command Command() => new("ticker", "data distribution over PUB/SUB with an XSUB/XPUB proxy")
     {
@@ -99,7 +99,7 @@ static class Ticker
 
     public const string SymbolRule = "a symbol is 1 to 8 letters A-Z";
 
-    static bool IsSymbol(string text) => text.Length is >= 1 and <= 8 && text.All(char.IsAsciiLetterUpper);
+    internal static bool IsSymbol(string text) => text.Length is >= 1 and <= 8 && text.All(char.IsAsciiLetterUpper);
 
     public static bool TryParseSymbol(string text, out string symbol)
     {
@@ -316,7 +316,7 @@ static class Ticker
     // --- subscriber ------------------------------------------------------------------------------
 
     /// <summary>The first broken rule of a tick, as (code, reason), or null and the tick when it is good.</summary>
-    static (string Code, string Reason)? CheckTick(List<byte[]> frames, List<string> subscribed, ulong seed, out Tick tick)
+    internal static (string Code, string Reason)? CheckTick(List<byte[]> frames, List<string> subscribed, ulong seed, out Tick tick)
     {
         tick = default;
         if (frames.Count != 4)

@@ -14,11 +14,11 @@ static class Valuation
     // ZMQ_MAXMSGSIZE (NetMQ Options.MaxMsgSize) on every socket: NetMQ itself drops a bigger frame, and
     // the sender's connection with it, so no peer makes a role allocate without bound (subscriptions
     // included). The largest legal frames are a 32-byte worker name, `finished` and 8-byte ids.
-    const long MaxMessage = 256;
+    internal const long MaxMessage = 256;
 
     // The control channel's messages, and the first frames of the messages to the sink.
-    static readonly byte[] Waiting = "waiting"u8.ToArray(), Go = "go"u8.ToArray(), Finished = "finished"u8.ToArray();
-    static readonly byte[] Resend = "resend"u8.ToArray(), Ready = "ready"u8.ToArray(), Result = "result"u8.ToArray();
+    internal static readonly byte[] Waiting = "waiting"u8.ToArray(), Go = "go"u8.ToArray(), Finished = "finished"u8.ToArray();
+    internal static readonly byte[] Resend = "resend"u8.ToArray(), Ready = "ready"u8.ToArray(), Result = "result"u8.ToArray();
 
     record SinkArgs(string Results, string Control, int Workers, int Count, ulong Seed, int Quiet, int Heartbeat, int Timeout);
 
@@ -29,7 +29,7 @@ static class Valuation
     record EncodeArgs(ulong Seed, ulong Id);
 
     /// <summary>One order, as the generator makes it or as a worker reads it off the wire.</summary>
-    readonly record struct Order(ulong Id, string Symbol, char Side, uint Quantity, long Cents)
+    internal readonly record struct Order(ulong Id, string Symbol, char Side, uint Quantity, long Cents)
     {
         /// <summary>Quantity times price, negated for a sell: exact in 64 bits within the protocol's ranges,
         /// which the generator keeps and a worker checks.</summary>
@@ -37,7 +37,7 @@ static class Valuation
     }
 
     /// <summary>A result that passed every check.</summary>
-    readonly record struct Priced(string Worker, ulong Id, long Value);
+    internal readonly record struct Priced(string Worker, ulong Id, long Value);
 
     public static Command Command() => new("valuation", "a PUSH/PULL pipeline with a control channel")
     {
@@ -103,7 +103,7 @@ static class Valuation
 
     // --- orders: a generator anyone can recompute ------------------------------------------------
 
-    static Order Generate(ulong seed, ulong id)
+    internal static Order Generate(ulong seed, ulong id)
     {
         ulong z1 = Prng.SplitMix64(seed ^ (id * Prng.Golden)); // ulong arithmetic wraps: modulo 2^64
         ulong z2 = Prng.SplitMix64(z1);
@@ -118,14 +118,14 @@ static class Valuation
         return frame;
     }
 
-    static byte[] I64(long number)
+    internal static byte[] I64(long number)
     {
         var frame = new byte[8];
         BinaryPrimitives.WriteInt64BigEndian(frame, number);
         return frame;
     }
 
-    static byte[][] OrderFrames(Order order)
+    internal static byte[][] OrderFrames(Order order)
     {
         // Big-endian (network order), whatever the machine's own byte order.
         var quantity = new byte[4];
@@ -148,7 +148,7 @@ static class Valuation
         $"[{string.Join(", ", frames.Take(8).Select(frame => frame.Length))}{(frames.Count > 8 ? ", ..." : "")}]";
 
     /// <summary>Milliseconds from now until <paramref name="due"/>, rounded up (a poll timeout), never negative.</summary>
-    static TimeSpan Until(TimeSpan due, Stopwatch clock) =>
+    internal static TimeSpan Until(TimeSpan due, Stopwatch clock) =>
         TimeSpan.FromMilliseconds(Math.Max(0, Math.Ceiling((due - clock.Elapsed).TotalMilliseconds)));
 
     // --- sink ------------------------------------------------------------------------------------
@@ -203,6 +203,69 @@ static class Valuation
         return null;
     }
 
+    /// <summary>A message whose frame 0 is `ready`: true when it is a good one, and then its worker is in
+    /// <paramref name="ready"/> (reported as `worker` the first time).</summary>
+    internal static bool OnReady(List<byte[]> frames, HashSet<string> ready, Report report)
+    {
+        if (CheckReady(frames, out string worker) is (string code, string reason))
+        {
+            report("error", new { code, reason }); // not a worker: it counts for nothing
+            return false;
+        }
+        if (ready.Add(worker))
+            report("worker", new { name = worker });
+        return true;
+    }
+
+    /// <summary>The sink's books for one batch of orders 1 to <paramref name="count"/>: every result checked,
+    /// counted once per id, and the ids still missing.</summary>
+    internal sealed class Books(int count, ulong seed, Report report)
+    {
+        readonly Dictionary<ulong, long> values = []; // id -> value in cents: one counted result per id
+        public Dictionary<string, int> Workers { get; } = []; // worker -> results counted
+        public SortedSet<ulong> Resent { get; } = []; // every id ever re-dispatched
+        public int Counted => values.Count;
+        public bool Complete => values.Count == count;
+        // Every value was checked against the seed, so |value| <= 1000 x 100099: no sum of --count of
+        // them (at most 2^31 - 1) leaves 64 bits, and the total stays an exact integer.
+        public long Total => values.Values.Sum();
+
+        /// <summary>Check a result (any message to the sink but a ready) and count it: true when it was
+        /// counted, a first result for its id.</summary>
+        public bool OnResult(List<byte[]> frames)
+        {
+            if (CheckResult(frames, count, seed, out Priced result) is (string code, string reason))
+            {
+                report("error", new { code, reason });
+            }
+            else if (values.ContainsKey(result.Id) && Resent.Contains(result.Id))
+            {
+                // We asked for this order twice: the first worker was slow, not dead.
+                report("late-duplicate", new { id = result.Id, worker = result.Worker });
+            }
+            else if (values.ContainsKey(result.Id))
+            {
+                report("error", new { code = "duplicate", reason = $"a second result for order {result.Id}, from {result.Worker}" });
+            }
+            else
+            {
+                values[result.Id] = result.Value;
+                Workers[result.Worker] = Workers.GetValueOrDefault(result.Worker) + 1;
+                report("result", new { id = result.Id, worker = result.Worker });
+                return true;
+            }
+            return false;
+        }
+
+        /// <summary>Every id still missing, ascending; each is recorded as re-dispatched.</summary>
+        public List<ulong> Redispatch()
+        {
+            var missing = Enumerable.Range(1, count).Select(id => (ulong)id).Where(id => !values.ContainsKey(id)).ToList();
+            Resent.UnionWith(missing);
+            return missing;
+        }
+    }
+
     static void RunSink(SinkArgs args)
     {
         using var stop = new StopSignal();
@@ -223,12 +286,7 @@ static class Valuation
 
         byte[] state = Waiting;
         var ready = new HashSet<string>();
-        var values = new Dictionary<ulong, long>(); // id -> value in cents: one counted result per id
-        var priced = new Dictionary<string, int>(); // worker -> results counted
-        var resent = new SortedSet<ulong>(); // every id ever re-dispatched
-        // Every value was checked against the seed, so |value| <= 1000 x 100099: no sum of --count of
-        // them (at most 2^31 - 1) leaves 64 bits, and the total stays an exact integer.
-        long Total() => values.Values.Sum();
+        var books = new Books(args.Count, args.Seed, Events.Emit);
         var clock = Stopwatch.StartNew();
         TimeSpan nextBeat = clock.Elapsed, quietSince = clock.Elapsed;
         TimeSpan quiet = TimeSpan.FromMilliseconds(args.Quiet), heartbeat = TimeSpan.FromMilliseconds(args.Heartbeat);
@@ -243,54 +301,29 @@ static class Valuation
         while (!stop.Raised)
         {
             if (deadline.Expired)
-                throw new Failure("timeout", $"still running after {args.Timeout} ms with {values.Count} results");
+                throw new Failure("timeout", $"still running after {args.Timeout} ms with {books.Counted} results");
             // A receive with a timeout (a poll) up to the next heartbeat: the heartbeat, the quiet
             // period, the deadline and the stop flag all get their turn on this one thread.
             if (results.TryReceiveMultipartBytes(deadline.Cap(Until(nextBeat, clock)), ref frames))
             {
                 if (frames[0].AsSpan().SequenceEqual(Ready))
                 {
-                    if (CheckReady(frames, out string worker) is (string code, string reason))
+                    // Each worker saw a control message before saying ready, so its SUB is live: it
+                    // cannot miss the `go` that follows.
+                    if (OnReady(frames, ready, Events.Emit) && state == Waiting && ready.Count >= args.Workers)
                     {
-                        Events.Emit("error", new { code, reason }); // not a worker: it counts for nothing
-                    }
-                    else
-                    {
-                        if (ready.Add(worker))
-                            Events.Emit("worker", new { name = worker });
-                        // Each worker saw a control message before saying ready, so its SUB is live: it
-                        // cannot miss the `go` that follows.
-                        if (state == Waiting && ready.Count >= args.Workers)
-                        {
-                            SetState(Go);
-                            Events.Emit("started", new { workers = ready.Count });
-                            quietSince = clock.Elapsed;
-                        }
+                        SetState(Go);
+                        Events.Emit("started", new { workers = ready.Count });
+                        quietSince = clock.Elapsed;
                     }
                 }
-                else if (CheckResult(frames, args.Count, args.Seed, out Priced result) is (string code, string reason))
+                else if (books.OnResult(frames))
                 {
-                    Events.Emit("error", new { code, reason });
-                }
-                else if (values.ContainsKey(result.Id) && resent.Contains(result.Id))
-                {
-                    // We asked for this order twice: the first worker was slow, not dead.
-                    Events.Emit("late-duplicate", new { id = result.Id, worker = result.Worker });
-                }
-                else if (values.ContainsKey(result.Id))
-                {
-                    Events.Emit("error", new { code = "duplicate", reason = $"a second result for order {result.Id}, from {result.Worker}" });
-                }
-                else
-                {
-                    values[result.Id] = result.Value;
-                    priced[result.Worker] = priced.GetValueOrDefault(result.Worker) + 1;
                     quietSince = clock.Elapsed;
-                    Events.Emit("result", new { id = result.Id, worker = result.Worker });
-                    if (values.Count == args.Count)
+                    if (books.Complete)
                     {
                         SetState(Finished);
-                        Events.Emit("complete", new { total = Total(), workers = priced, resent });
+                        Events.Emit("complete", new { total = books.Total, workers = books.Workers, resent = books.Resent });
                     }
                 }
             }
@@ -299,10 +332,9 @@ static class Valuation
             {
                 // Nothing acknowledges a PUSH: what was queued for a worker that died is gone, silently.
                 // Only the sink can tell what is missing; it asks the source again, on the control channel.
-                var missing = Enumerable.Range(1, args.Count).Select(id => (ulong)id).Where(id => !values.ContainsKey(id)).ToList();
+                var missing = books.Redispatch();
                 foreach (ulong[] batch in missing.Chunk(ResendBatch))
                     control.SendMultipartBytes(batch.Select(U64).Prepend(Resend));
-                resent.UnionWith(missing);
                 Events.Emit("resend", new { ids = missing });
                 quietSince = now;
             }
@@ -312,7 +344,7 @@ static class Valuation
                 nextBeat = now + heartbeat;
             }
         }
-        Events.Emit("done", new { orders = values.Count, total = Total() });
+        Events.Emit("done", new { orders = books.Counted, total = books.Total });
     }
 
     // --- source ----------------------------------------------------------------------------------

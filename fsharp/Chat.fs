@@ -170,6 +170,34 @@ let tryDecode (frames: byte[] list) =
 /// Handles sort by their UTF-8 bytes: .NET compares UTF-16 code units, another order above U+FFFF.
 let byUtf8 (a: string) (b: string) = Seq.compareWith compare (utf8.GetBytes a) (utf8.GetBytes b)
 
+/// A broadcast, read: a roster (frame 0 empty: the server speaking), a post, or what is wrong with it.
+type Broadcast =
+    | Roster of handles: string list
+    | Post of handle: string * text: string
+    | Malformed of reason: string
+
+let readBroadcast (frames: byte[] list) =
+    match tryDecode frames with
+    | None -> Malformed "a broadcast frame is not UTF-8"
+    | Some("" :: handles) -> Roster handles
+    | Some [ handle; text ] -> Post(handle, text)
+    | Some texts -> Malformed $"a post has 2 frames, got {texts.Length}"
+
+/// The roster of a reply, or Error (code, reason) for an error reply or a broken one: both fatal
+/// for a client.
+let checkReply (reply: byte[] list) =
+    match reply with
+    | [ empty; code ] when empty.Length = 0 ->
+        // Lenient: it is only shown to people; at most 32 bytes of it, as every reason quotes a peer.
+        let code = Text.Encoding.UTF8.GetString(code, 0, min code.Length 32)
+        Error("rejected", $"the server rejected our request: {code}")
+    | empty :: _ when empty.Length = 0 ->
+        Error("malformed-reply", $"an error reply has 2 frames, got {reply.Length}")
+    | _ ->
+        match tryDecode reply with
+        | None -> Error("malformed-reply", "roster is not UTF-8")
+        | Some handles -> Ok handles
+
 // --- server ----------------------------------------------------------------------------------
 
 /// The first broken rule of a request, as (code, reason), or None when it is well formed.
@@ -305,31 +333,19 @@ type ChatClient(args: ClientSettings) =
             | Some reply -> reply
             | None -> raise (Failure("no-reply", $"no reply from the server within {left.Value} ms"))
         lastRequest <- nowMs ()
-        match reply with
-        | [ empty; code ] when empty.Length = 0 ->
-            let code = Text.Encoding.UTF8.GetString code // lenient: it is only shown to people
-            raise (Failure("rejected", $"the server rejected our request: {code}"))
-        | empty :: _ when empty.Length = 0 ->
-            raise (Failure("malformed-reply", $"an error reply has 2 frames, got {reply.Length}"))
-        | _ ->
-            match tryDecode reply with
-            | None -> raise (Failure("malformed-reply", "roster is not UTF-8"))
-            | Some handles ->
-                this.UpdateRoster handles
-                handles
+        match checkReply reply with
+        | Error(code, reason) -> raise (Failure(code, reason))
+        | Ok handles ->
+            this.UpdateRoster handles
+            handles
 
     member this.OnBroadcast(frames: byte[] list) =
-        match tryDecode frames with
-        | None ->
-            let reason = "a broadcast frame is not UTF-8"
-            emit "error" [ "code", box "malformed-broadcast"; "reason", box reason ]
-        | Some("" :: handles) -> this.UpdateRoster handles
-        | Some [ handle; text ] ->
+        match readBroadcast frames with
+        | Roster handles -> this.UpdateRoster handles
+        | Post(handle, text) ->
             received[handle] <- receivedFrom handle + 1
             emit "received" [ "handle", box handle; "text", box text ]
-        | Some texts ->
-            let reason = $"a post has 2 frames, got {texts.Length}"
-            emit "error" [ "code", box "malformed-broadcast"; "reason", box reason ]
+        | Malformed reason -> emit "error" [ "code", box "malformed-broadcast"; "reason", box reason ]
 
     /// Handle one broadcast, or send a keep-alive when one is due, whichever comes first.
     member this.WaitForBroadcast() =

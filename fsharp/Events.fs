@@ -20,9 +20,16 @@ let utf8 = UTF8Encoding(false, true)
 let private out = new StreamWriter(Console.OpenStandardOutput(), utf8, AutoFlush = true)
 let private json = JsonSerializerOptions(Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping)
 
-/// Write one event as one JSON line and flush it at once, so the orchestrator sees it live.
-let emit (event: string) (fields: (string * obj) list) =
-    out.WriteLine(JsonSerializer.Serialize(dict (("event", box event) :: fields), json))
+/// One event as one JSON object, on one line: what `emit` writes, and what a desk agent sends up
+/// its pipe for the main thread to write.
+let eventJson (event: string) (fields: (string * obj) list) =
+    JsonSerializer.Serialize(dict (("event", box event) :: fields), json)
+
+/// Write one line to stdout and flush it at once, so the orchestrator sees it live.
+let writeLine (line: string) = out.WriteLine line
+
+/// Write one event as one JSON line.
+let emit (event: string) (fields: (string * obj) list) = writeLine (eventJson event fields)
 
 let log (message: string) = eprintfn "%s" message
 

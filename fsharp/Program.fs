@@ -12,6 +12,7 @@ type BtbArgs =
     | [<CliPrefix(CliPrefix.None)>] Valuation of ParseResults<Valuation.ValuationArgs>
     | [<CliPrefix(CliPrefix.None)>] Query of ParseResults<Query.QueryArgs>
     | [<CliPrefix(CliPrefix.None)>] Perf of ParseResults<Perf.PerfArgs>
+    | [<CliPrefix(CliPrefix.None)>] Desk of ParseResults<Desk.DeskArgs>
 
     interface IArgParserTemplate with
         member this.Usage =
@@ -21,6 +22,7 @@ type BtbArgs =
             | Valuation _ -> "a PUSH/PULL pipeline with a control channel"
             | Query _ -> "a key-value engine over RFC 12/CHP: ROUTER/DEALER snapshots, PUB/SUB updates"
             | Perf _ -> "throughput and latency, as libzmq's perf tools measure them"
+            | Desk _ -> "a trading desk: one process, agent threads, inproc PAIR pipes"
 
 /// The role chosen on the command line, its flags checked; Argu raises on a bad command line.
 let parse argv =
@@ -31,6 +33,7 @@ let parse argv =
     | Valuation valuation -> Valuation.role valuation
     | Query query -> Query.role query
     | Perf perf -> Perf.role perf
+    | Desk desk -> Desk.role desk
 
 let run role =
     try

@@ -458,8 +458,16 @@ let runEngine (args: EngineSettings) =
 
 // --- facade ----------------------------------------------------------------------------------
 
-/// The facade's map and what it still waits for.
-type Facade(args: FacadeSettings) =
+/// A KVSET of the facade's (sequence 8 zero bytes, empty UUID): the engine gives it a sequence.
+let kvset (key: string) (properties: byte[]) (value: byte[]) = [ bytesOf key; seq8 0UL; [||]; properties; value ]
+
+/// A HUGZ: the engine's keep-alive on the updates.
+let isHugz (frames: byte[] list) = not frames.IsEmpty && frames.Head = HUGZ
+
+/// The facade's map and what it still waits for; `emit` reports its events (the desk's query agent
+/// sends them up its pipe instead of writing them).
+type Facade(args: FacadeSettings, emit: string -> (string * obj) list -> unit) =
+    let report (code: string) (reason: string) = emit "error" [ "code", box code; "reason", box reason ]
     let map = Dictionary<string, byte[]>()
     let waiting = ResizeArray<string>(args.Subtrees) // subtrees asked for, whose KTHXBAI is not in yet
     let watermark = Dictionary<string, uint64>() // subtree -> its KTHXBAI's sequence
@@ -517,19 +525,22 @@ type Facade(args: FacadeSettings) =
                     if startsWith tree kv.Key then syncedKeys[tree] <- syncedKeys[tree] + 1
                 set kv.Key kv.Value
 
+    /// Apply a KVPUB if it is new: Some KVPUB when it was applied.
     member _.OnUpdate(frames: byte[] list) =
-        if frames.Head <> HUGZ then // a HUGZ is a keep-alive: the engine is there
+        if isHugz frames then None // a HUGZ is a keep-alive: the engine is there
+        else
             match checkKv frames with
-            | Error why -> report "malformed-kvpub" why
+            | Error why -> report "malformed-kvpub" why; None
             | Ok kv ->
                 match args.Subtrees |> List.filter (fun tree -> startsWith tree kv.Key) with
-                | [] -> report "unexpected-key" $"{quote frames.Head} is in none of our subtrees"
+                | [] -> report "unexpected-key" $"{quote frames.Head} is in none of our subtrees"; None
                 | trees ->
                     // The RFC's late-joiner rule: only what is newer than the snapshot, and than the
                     // last update.
                     let newest = List.max [ for tree in trees -> watermark[tree] ]
                     if kv.Sequence <= newest || kv.Sequence <= last then
                         discarded <- discarded + 1
+                        None
                     else
                         set kv.Key kv.Value
                         if first = 0UL then first <- kv.Sequence
@@ -541,6 +552,7 @@ type Facade(args: FacadeSettings) =
                             if kv.Key = firstWrite && deleteSent then deleted <- true
                             elif echoed.Contains kv.Key then expired.Add kv.Key |> ignore
                         | _ -> ()
+                        Some kv
 
     member _.Finished =
         if waiting.Count > 0 || applied < args.Count then false
@@ -570,12 +582,12 @@ let runFacade (args: FacadeSettings) =
         endpoint "connect" snapshot.Connect args.Snapshot
         emit "ready" [ "name", box args.Name; "subtrees", box args.Subtrees ]
 
-        let facade = Facade(args)
+        let facade = Facade(args, emit)
         // The slow joiner: wait for a HUGZ, dropping whatever comes before it (the snapshot covers it).
         let mutable hugged = false
         while not hugged do
             match nextMessage updates (deadline.Cap 100L) with
-            | Some(first :: _) when first = HUGZ -> hugged <- true
+            | Some frames when isHugz frames -> hugged <- true
             | _ -> ()
             if not hugged && deadline.Expired then
                 raise (Failure("timeout", $"no HUGZ from {args.Updates} within {args.Timeout} ms"))
@@ -595,7 +607,7 @@ let runFacade (args: FacadeSettings) =
                 raise (Failure("timeout", reason))
             let ready = pollInAny polled (deadline.Cap 100L)
             let isReady (socket: NetMQSocket) = List.contains socket ready
-            if isReady updates then receiveMessage updates |> Option.iter facade.OnUpdate
+            if isReady updates then receiveMessage updates |> Option.iter (facade.OnUpdate >> ignore)
             if isReady snapshot then
                 match receiveMessage snapshot with
                 | Some frames -> report "unexpected-snapshot" $"{quote frames.Head} after every KTHXBAI"
@@ -606,11 +618,11 @@ let runFacade (args: FacadeSettings) =
                     collectorLive <- true
                     for key, value, ttl in facade.Writes do
                         let properties = if ttl > 0 then bytesOf $"ttl={ttl}\n" else [||]
-                        send collector [ bytesOf key; seq8 0UL; [||]; properties; value ]
+                        send collector (kvset key properties value)
                         emit "wrote" [ "key", box key; "value", box (Ticker.hex value); "ttl", box ttl ]
                 | _ -> ()
             if collectorLive && not facade.DeleteSent && facade.AllEchoed then
-                send collector [ bytesOf facade.FirstWrite; seq8 0UL; [||]; [||]; [||] ]
+                send collector (kvset facade.FirstWrite [||] [||])
                 facade.DeleteSent <- true
                 emit "wrote" [ "key", box facade.FirstWrite; "value", box ""; "ttl", box 0 ]
         let map = SortedDictionary<string, string>(StringComparer.Ordinal)

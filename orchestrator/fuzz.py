@@ -82,6 +82,13 @@ TARGETS = {
         "valuation-sink", "valuation", "sink",
         {"results": ANY, "control": ANY, "workers": 1000, "count": 10, "quiet": 60000, "heartbeat": 100, "seed": 7},
         {"results": ("PULL", "PUSH"), "control": ("PUB", "SUB")}, max_frame=256, seed=7),
+    "desk-valuation": Target(  # the desk binds only its valuation agent's sockets; its other agents
+        # connect to a port where nothing listens, and the trade waits for workers that never come
+        "desk-valuation", "desk", "trader",
+        {"name": "fuzzed", **dict.fromkeys(("chat-requests", "chat-broadcasts", "ticks", "snapshot", "updates", "collector"),
+                                           "tcp://127.0.0.1:9"),
+         "orders": ANY, "results": ANY, "control": ANY, "trade": 10, "workers": 1000, "quiet": 60000, "heartbeat": 100, "seed": 7},
+        {"results": ("PULL", "PUSH"), "control": ("PUB", "SUB"), "orders": ("PUSH", "PULL")}, max_frame=256, seed=7),
     "query-engine": Target(  # no ticks: every update comes from the battery's own writes
         "query-engine", "query", "engine", {"snapshot": ANY, "updates": ANY, "collector": ANY, "hugz": 100},
         {"snapshot": ("ROUTER", "DEALER"), "updates": ("XPUB", "SUB"), "collector": ("SUB", "PUB")},
@@ -170,7 +177,7 @@ def probe(target, ready, role, context, number):
             dealer.send_multipart([b"ICANHAZ?", b""])
             if not _heard(dealer, b"KTHXBAI", PROBE_SECONDS):
                 return "a correct facade's ICANHAZ? got no KTHXBAI"
-        elif target.name == "valuation-sink":
+        elif target.name in ("valuation-sink", "desk-valuation"):
             sub = _socket(context, zmq.SUB, endpoint["control"], subscribe=b"")
             push = _socket(context, zmq.PUSH, endpoint["results"])
             sockets += [sub, push]
@@ -335,6 +342,7 @@ WRONG_TYPES = {  # socket types that must not be paired with each endpoint's (RF
     "PUB": ["PUB", "PUSH", "PULL", "REQ", "REP", "DEALER", "PAIR", "BOGUS"],
     "XPUB": ["PUB", "XPUB", "PUSH", "PULL", "REQ", "REP", "DEALER", "PAIR", "BOGUS"],
     "PULL": ["PULL", "PUB", "SUB", "REQ", "REP", "DEALER", "ROUTER", "PAIR", "BOGUS"],
+    "PUSH": ["PUSH", "PUB", "SUB", "REQ", "REP", "DEALER", "ROUTER", "PAIR", "BOGUS"],
     "ROUTER": ["PUB", "SUB", "XPUB", "XSUB", "PUSH", "PULL", "REP", "PAIR", "BOGUS"],
     "SUB": ["SUB", "XSUB", "PUSH", "PULL", "REQ", "REP", "DEALER", "ROUTER", "PAIR", "BOGUS"],
 }
@@ -535,7 +543,7 @@ def sink_messages(attack):
     """Forged and malformed readies and results (hand-made, then generated), each answer compared
     with PROTOCOL.md's rules: a forged value is `wrong-value`, never part of the total."""
     target = attack.target
-    seed, count = target.seed, int(target.flags["count"])
+    seed, count = target.seed, int(target.flags.get("count") or target.flags["trade"])  # a sink's batch, a desk's trade
 
     def result(order_id, value, name=b"w"):
         return [b"result", name, struct.pack(">Q", order_id), struct.pack(">q", value)]
@@ -706,6 +714,7 @@ PROTOCOL = {
     "ticker-publisher": {"subscriptions": subscriptions, "flood": subscription_flood},
     "ticker-proxy": {"subscriptions": subscriptions, "flood": subscription_flood},
     "valuation-sink": {"messages": sink_messages, "flood": sink_flood},
+    "desk-valuation": {"messages": sink_messages, "flood": sink_flood},  # the same rules: the desk's agent is a sink
     "query-engine": {"messages": query_messages, "flood": query_flood},
 }
 

@@ -45,6 +45,8 @@ CELLS = [
     ("ticker", {"publisher": "c", "proxy": "csharp", "subscriber": ["python", "fsharp"]}),
     ("valuation", {"source": "rust", "worker": ["vb", "c"], "sink": "python"}),
     ("query", {"engine": "csharp", "facade": ["python", "c", "fsharp"]}),  # the ticker publisher in C# too
+    # the desk's further cell: every service in another language, two more traders
+    ("desk", load_spec("desk").further[0]),
 ]
 
 

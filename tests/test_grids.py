@@ -86,3 +86,23 @@ def test_the_query_grid_and_its_mixed_cells_pass(built):
         assert all(sum(e["keys"] for e in t.events if e["event"] == "synced") > 0 for t in late)
     for result in results[36:]:
         assert [t.lang for t in result.transcripts if t.role == "facade"] == list(LANGUAGES)
+
+
+@pytest.mark.grid
+def test_the_desk_grid_and_its_further_cell_pass(built):
+    for lang in LANGUAGES:
+        built[lang]
+    spec = load_spec("desk")
+    dimensions = {"desk": LANGUAGES, "server": LANGUAGES}
+    results, _, run_dir = run_matrix(spec, dimensions, built.registry, parallel=PARALLEL, extra_cells=mixed_cells(spec, dimensions))
+    assert len(results) == 36 + 1
+    failures = [f"{r.roles}: {r.status}: {r.detail}" for r in results if r.status != "pass"]
+    assert not failures, f"{len(failures)} of 37 cells did not pass (logs in {run_dir}):\n" + "\n".join(failures)
+    for result in results:  # every service in the column's language; every agent did its part
+        assert result.roles["publisher"] == result.roles["engine"] == result.roles["server"] or result.extra
+        [desk] = [t for t in result.transcripts if t.role == "desk"]
+        assert {e["agent"] for e in desk.events if e["event"] == "stopped"} == {"chat", "ticker", "valuation", "query"}
+    further = results[36]
+    assert len({lang for langs in further.roles.values() for lang in langs}) == 6
+    chatters = [t for t in further.transcripts if t.role == "client"]
+    assert [len([e for e in t.events if e["event"] == "received"]) for t in chatters] == [3 * 5, 3 * 5]

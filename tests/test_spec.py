@@ -158,6 +158,22 @@ def test_late_joiners_and_borrowed_roles_are_checked(tmp_path, changes, words):
         load_spec(write(tmp_path, broken(**changes)))
 
 
+def test_the_desk_spec_counts_its_chat_participants_and_names_a_further_cell():
+    """{instances.client+1}: the desk and its optional chat clients; 0 clients when left out."""
+    from orchestrator.matrix import assign, mixed_cells
+
+    spec = load_spec("desk")
+    alone, roles = assign(spec, {"desk": "c", "server": "rust"})
+    assert roles == {"server": ["rust"], "publisher": ["rust"], "engine": ["rust"], "desk": ["c"], "worker": ["rust"] * 2}
+    desk = alone.role("desk")
+    assert render(desk.flags["chat-clients"], alone.context(desk, 0, {})) == 1
+    [further] = mixed_cells(spec, {"desk": ["python", "c", "rust", "csharp", "fsharp", "vb"], "server": ["python", "c"]})
+    crowded, roles = assign(spec, further)
+    assert roles["client"] == ["python", "rust"] and len({lang for langs in roles.values() for lang in langs}) == 6
+    assert render(desk.flags["chat-clients"], crowded.context(desk, 0, {})) == 3
+    assert mixed_cells(spec, {"desk": ["c"], "server": ["c"]}) == []  # a grid without its languages skips it
+
+
 @pytest.mark.parametrize(
     "changes, words",
     [

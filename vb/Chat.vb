@@ -174,6 +174,48 @@ Public Module Chat
 
     ' --- client ---------------------------------------------------------------------------------
 
+    ''' <summary>
+    ''' The roster of a reply, in `roster`, or why the reply ends the client: the server rejected our
+    ''' request (`rejected`) or broke the reply table (`malformed-reply`). The desk's chat agent uses it too.
+    ''' </summary>
+    Public Function CheckReply(reply As List(Of Byte()), ByRef roster As List(Of String)) As (Code As String, Reason As String)?
+        If reply(0).Length = 0 Then
+            If reply.Count <> 2 Then Return ("malformed-reply", $"an error reply has 2 frames, got {reply.Count}")
+            Return ("rejected", $"the server rejected our request: {Shown(reply(1), 32)}")
+        End If
+        Try
+            roster = reply.Select(AddressOf Utf8.GetString).ToList()
+        Catch problem As Text.DecoderFallbackException
+            Return ("malformed-reply", $"roster is not UTF-8: {problem.Message}")
+        End Try
+        Return Nothing
+    End Function
+
+    ''' <summary>A broadcast: a roster (frame 0 empty, then the handles), or a post [handle, text].</summary>
+    Public Structure Broadcast
+        Public Roster As List(Of String)  ' Nothing for a post
+        Public Handle As String
+        Public Text As String
+    End Structure
+
+    ''' <summary>Why a broadcast is malformed, or Nothing when it is good: then `broadcast` holds it.</summary>
+    Public Function CheckBroadcast(frames As List(Of Byte()), ByRef broadcast As Broadcast) As String
+        Dim texts As List(Of String)
+        Try
+            texts = frames.Select(AddressOf Utf8.GetString).ToList()
+        Catch problem As Text.DecoderFallbackException
+            Return "a broadcast frame is not UTF-8"
+        End Try
+        If texts(0) = "" Then
+            broadcast = New Broadcast With {.Roster = texts.Skip(1).ToList()}
+        ElseIf texts.Count = 2 Then
+            broadcast = New Broadcast With {.Handle = texts(0), .Text = texts(1)}
+        Else
+            Return $"a post has 2 frames, got {texts.Count}"
+        End If
+        Return Nothing
+    End Function
+
     Private NotInheritable Class Client
         Implements IDisposable
 
@@ -226,18 +268,9 @@ Public Module Chat
                 Throw New Failure("no-reply", $"no reply from the server within {left} ms")
             End If
             _lastRequest = Environment.TickCount64
-            If reply(0).Length = 0 Then
-                If reply.Count <> 2 Then
-                    Throw New Failure("malformed-reply", $"an error reply has 2 frames, got {reply.Count}")
-                End If
-                Throw New Failure("rejected", $"the server rejected our request: {Text.Encoding.UTF8.GetString(reply(1))}")
-            End If
-            Dim roster As List(Of String)
-            Try
-                roster = reply.Select(AddressOf Utf8.GetString).ToList()
-            Catch problem As Text.DecoderFallbackException
-                Throw New Failure("malformed-reply", $"roster is not UTF-8: {problem.Message}")
-            End Try
+            Dim roster As List(Of String) = Nothing
+            Dim problem = CheckReply(reply, roster)
+            If problem IsNot Nothing Then Throw New Failure(problem.Value.Code, problem.Value.Reason)
             UpdateRoster(roster)
             Return roster
         End Function
@@ -250,20 +283,15 @@ Public Module Chat
         End Sub
 
         Private Sub OnBroadcast(frames As List(Of Byte()))
-            Dim texts As List(Of String)
-            Try
-                texts = frames.Select(AddressOf Utf8.GetString).ToList()
-            Catch problem As Text.DecoderFallbackException
-                Emit("error", ("code", "malformed-broadcast"), ("reason", "a broadcast frame is not UTF-8"))
-                Return
-            End Try
-            If texts(0) = "" Then
-                UpdateRoster(texts.Skip(1).ToList())
-            ElseIf texts.Count = 2 Then
-                _received(texts(0)) = _received.GetValueOrDefault(texts(0)) + 1
-                Emit("received", ("handle", texts(0)), ("text", texts(1)))
+            Dim broadcast As New Broadcast()
+            Dim problem = CheckBroadcast(frames, broadcast)
+            If problem IsNot Nothing Then
+                Emit("error", ("code", "malformed-broadcast"), ("reason", problem))
+            ElseIf broadcast.Roster IsNot Nothing Then
+                UpdateRoster(broadcast.Roster)
             Else
-                Emit("error", ("code", "malformed-broadcast"), ("reason", $"a post has 2 frames, got {texts.Count}"))
+                _received(broadcast.Handle) = _received.GetValueOrDefault(broadcast.Handle) + 1
+                Emit("received", ("handle", broadcast.Handle), ("text", broadcast.Text))
             End If
         End Sub
 

@@ -10,6 +10,9 @@ Imports System.Text.Json
 Imports System.Threading
 Imports NetMQ
 
+''' <summary>Where a role's code reports an event: Emit (stdout), or a desk agent's pipe.</summary>
+Public Delegate Sub Emitter(name As String, fields As (Key As String, Value As Object)())
+
 Public Module Events
     ''' <summary>Strict UTF-8: no BOM, and invalid bytes throw instead of becoming U+FFFD.</summary>
     Public ReadOnly Utf8 As New UTF8Encoding(False, True)
@@ -20,12 +23,22 @@ Public Module Events
 
     ''' <summary>Write one event as one JSON line and flush it at once, so the orchestrator sees it live.</summary>
     Public Sub Emit(name As String, ParamArray fields As (Key As String, Value As Object)())
+        WriteEventLine(EventJson(name, fields))
+    End Sub
+
+    ''' <summary>One event as one JSON object: UTF-8, no newline.</summary>
+    Public Function EventJson(name As String, fields As IEnumerable(Of (Key As String, Value As Object))) As Byte()
         Dim line As New Dictionary(Of String, Object) From {{"event", name}}
         For Each field In fields
             line(field.Key) = field.Value
         Next
+        Return JsonSerializer.SerializeToUtf8Bytes(line, JsonOptions)
+    End Function
+
+    ''' <summary>Write an event already encoded as JSON (a desk agent's, from its pipe) as one line.</summary>
+    Public Sub WriteEventLine(json As Byte())
         SyncLock Stdout
-            Stdout.Write(JsonSerializer.SerializeToUtf8Bytes(line, JsonOptions))
+            Stdout.Write(json)
             Stdout.WriteByte(AscW(vbLf))
             Stdout.Flush()
         End SyncLock

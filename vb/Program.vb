@@ -9,6 +9,7 @@ Public Module Program
             Ticker.Roles(),
             Valuation.Roles(),
             Query.Roles(),
+            Desk.Roles(),
             Perf.Roles()
         }
         ' No @file response files: a handle may well start with "@".

@@ -13,7 +13,7 @@ Imports NetMQ.Sockets
 Public Module Query
     ' MaxMsgSize on every socket: the largest legal frame is a 256-byte value; between 257 and 1024
     ' bytes it reaches us and is reported, above that NetMQ drops it with the connection.
-    Private Const MaxMessage = 1024
+    Friend Const MaxMessage = 1024
     Private Const MaxValue = 256
     Private Const MaxFrames = 7  ' frames kept of a message (5, a routing id, one to tell "more"); the rest are dropped
     Private Const MaxQuote = 32  ' bytes of a peer's data that a reason may quote
@@ -62,7 +62,7 @@ Public Module Query
     End Function
 
     ''' <summary>A facade's name is a key segment: 1 to 32 of A-Z a-z 0-9 _ -.</summary>
-    Private Function SegmentOption(name As String) As [Option](Of String)
+    Friend Function SegmentOption(name As String) As [Option](Of String)
         Dim opt As New [Option](Of String)(name) With {.Required = True}
         opt.Validators.Add(
             Sub(result)
@@ -73,21 +73,25 @@ Public Module Query
         Return opt
     End Function
 
-    ''' <summary>Comma-separated subtrees, none twice; `all` is the empty subtree, the whole map.</summary>
-    Private Function SubtreesOption(name As String) As [Option](Of String())
-        Return New [Option](Of String())(name) With {
-            .Required = True,
+    ''' <summary>Comma-separated subtrees, none twice; `all` is the empty subtree, the whole map.
+    ''' Required unless there is a default (the desk's).</summary>
+    Friend Function SubtreesOption(name As String, Optional defaultValue As String = Nothing) As [Option](Of String())
+        Dim parse =
+            Function(text As String, result As ArgumentResult) As String()
+                Dim parts = text.Split(","c)
+                For Each part In parts.Where(Function(p) p <> "all" AndAlso (p = "" OrElse Not IsSubtree(p)))
+                    result.AddError($"'{part}' is not a subtree like /prices/ (or all)")
+                Next
+                Dim trees = parts.Select(Function(part) If(part = "all", "", part)).ToArray()
+                If trees.Distinct().Count() <> trees.Length Then result.AddError("a subtree is listed twice")
+                Return trees
+            End Function
+        Dim opt As New [Option](Of String())(name) With {
+            .Required = defaultValue Is Nothing,
             .Arity = ArgumentArity.ExactlyOne,
-            .CustomParser =
-                Function(result)
-                    Dim parts = result.Tokens.Single().Value.Split(","c)
-                    For Each part In parts.Where(Function(p) p <> "all" AndAlso (p = "" OrElse Not IsSubtree(p)))
-                        result.AddError($"'{part}' is not a subtree like /prices/ (or all)")
-                    Next
-                    Dim trees = parts.Select(Function(part) If(part = "all", "", part)).ToArray()
-                    If trees.Distinct().Count() <> trees.Length Then result.AddError("a subtree is listed twice")
-                    Return trees
-                End Function}
+            .CustomParser = Function(result) parse(result.Tokens.Single().Value, result)}
+        If defaultValue IsNot Nothing Then opt.DefaultValueFactory = Function(result) parse(defaultValue, result)
+        Return opt
     End Function
 
     Private Function ParsePrices(result As ArgumentResult) As Byte()()
@@ -102,11 +106,11 @@ Public Module Query
 
     ' --- the protocol's pieces -----------------------------------------------------------------
 
-    Private Function Latin1(data As Byte()) As String
+    Friend Function Latin1(data As Byte()) As String
         Return Encoding.Latin1.GetString(data)
     End Function
 
-    Private Function IsKey(data As Byte()) As Boolean
+    Friend Function IsKey(data As Byte()) As Boolean
         Return data.Length >= 2 AndAlso data.Length <= 255 AndAlso KeyPattern.IsMatch(Latin1(data))
     End Function
 
@@ -118,7 +122,7 @@ Public Module Query
         Return frame.AsSpan().SequenceEqual(word)
     End Function
 
-    Private Function HexOf(data As Byte()) As String
+    Friend Function HexOf(data As Byte()) As String
         Return Convert.ToHexStringLower(data)
     End Function
 
@@ -173,7 +177,7 @@ Public Module Query
     ''' (the rest are read and dropped), so no message can make us allocate without bound. Nothing if
     ''' there was nothing after all: a poll's "ready" is a hint, not a promise.
     ''' </summary>
-    Private Function ReceiveMessage(socket As NetMQSocket) As List(Of Byte())
+    Friend Function ReceiveMessage(socket As NetMQSocket) As List(Of Byte())
         Dim frame As Byte() = Nothing, more As Boolean
         If Not socket.TryReceiveFrameBytes(TimeSpan.Zero, frame, more) Then Return Nothing
         Dim frames As New List(Of Byte()) From {frame}
@@ -184,7 +188,7 @@ Public Module Query
         Return frames
     End Function
 
-    Private Function IsReady(item As NetMQSelector.Item) As Boolean
+    Friend Function IsReady(item As NetMQSelector.Item) As Boolean
         Return item.ResultEvent.HasFlag(PollEvents.PollIn)
     End Function
 
@@ -462,9 +466,42 @@ Public Module Query
     End Function
 
     ' --- facade --------------------------------------------------------------------------------
+    ' The pieces below are the facade's steps; the desk's query agent (Desk.vb) takes them too.
 
-    ''' <summary>The facade's map and what it still waits for.</summary>
-    Private NotInheritable Class Facade
+    ''' <summary>Subscribe to every subtree, then to HUGZ: last, so that once a HUGZ arrives every
+    ''' subscription before it is in place at the engine (subscriptions travel in order).</summary>
+    Friend Sub SubscribeUpdates(updates As SubscriberSocket, subtrees As String())
+        For Each tree In subtrees
+            updates.Subscribe(Encoding.ASCII.GetBytes(tree))
+        Next
+        updates.Subscribe(HugzWord)
+    End Sub
+
+    Friend Function IsHugz(frames As List(Of Byte())) As Boolean
+        Return Matches(frames(0), HugzWord)
+    End Function
+
+    ''' <summary>Every subtree's snapshot request at once, all in flight on the one DEALER.</summary>
+    Friend Sub AskSnapshots(snapshot As DealerSocket, subtrees As String())
+        For Each tree In subtrees
+            snapshot.SendMultipartBytes(IcanhazWord, Encoding.ASCII.GetBytes(tree))
+        Next
+    End Sub
+
+    ''' <summary>The collector's subscription to everything ("", a frame 0x01) seen on our XPUB: from now on it hears us.</summary>
+    Friend Function IsSubscribeAll(frame As Byte()) As Boolean
+        Return Matches(frame, New Byte() {1})
+    End Function
+
+    ''' <summary>A KVSET: the key, sequence 0 (the engine numbers it), no UUID, a ttl property or none, the value (empty: delete).</summary>
+    Friend Function KvsetFrames(key As String, value As Byte(), ttl As Integer) As Byte()()
+        Dim props = If(ttl > 0, Encoding.ASCII.GetBytes($"ttl={ttl}" & vbLf), NoBytes)
+        Return {Encoding.ASCII.GetBytes(key), Seq(0), NoBytes, props, value}
+    End Function
+
+    ''' <summary>The facade's map and what it still waits for. It reports through `emit`: Emit for the
+    ''' facade role, the pipe for the desk's query agent.</summary>
+    Friend NotInheritable Class Facade
         Public ReadOnly Map As New SortedDictionary(Of String, Byte())(StringComparer.Ordinal)
         Public ReadOnly Waiting As List(Of String)  ' subtrees asked for, whose KTHXBAI is not in yet
         Private ReadOnly _subtrees As String()
@@ -479,8 +516,10 @@ Public Module Query
         Private ReadOnly _echoed As New HashSet(Of String), _expired As New HashSet(Of String)
         Private _deleted As Boolean
         Public DeleteSent As Boolean
+        Private ReadOnly _emit As Emitter
 
-        Public Sub New(name As String, subtrees As String(), count As Integer, writeCount As Integer)
+        Public Sub New(name As String, subtrees As String(), count As Integer, writeCount As Integer, emit As Emitter)
+            _emit = emit
             _subtrees = subtrees
             _count = count
             Waiting = subtrees.ToList()
@@ -498,7 +537,15 @@ Public Module Query
             End Get
         End Property
 
-        Private Function SubtreesOf(key As String) As List(Of String)
+        Private Sub Tell(name As String, ParamArray fields As (Key As String, Value As Object)())
+            _emit(name, fields)
+        End Sub
+
+        Private Sub Report(code As String, reason As String)
+            Tell("error", ("code", code), ("reason", reason))
+        End Sub
+
+        Public Function SubtreesOf(key As String) As List(Of String)
             Return _subtrees.Where(Function(tree) key.StartsWith(tree, StringComparison.Ordinal)).ToList()
         End Function
 
@@ -516,7 +563,7 @@ Public Module Query
                     Dim tree = Latin1(frames(4))
                     Waiting.Remove(tree)
                     _watermark(tree) = BinaryPrimitives.ReadUInt64BigEndian(frames(1))
-                    Emit("synced", ("subtree", tree), ("sequence", _watermark(tree)), ("keys", _syncedKeys(tree)))
+                    Tell("synced", ("subtree", tree), ("sequence", _watermark(tree)), ("keys", _syncedKeys(tree)))
                 End If
                 Return
             End If
@@ -535,29 +582,30 @@ Public Module Query
             [Set](key, frames(4))
         End Sub
 
-        Public Sub OnUpdate(frames As List(Of Byte()))
-            If Matches(frames(0), HugzWord) Then Return  ' a keep-alive: the engine is there
+        ''' <summary>Apply a KVPUB if it is good and new; True when it was applied.</summary>
+        Public Function OnUpdate(frames As List(Of Byte())) As Boolean
+            If Matches(frames(0), HugzWord) Then Return False  ' a keep-alive: the engine is there
             Dim problem = CheckKv(frames)
             Dim trees = If(problem Is Nothing, SubtreesOf(Latin1(frames(0))), New List(Of String))
             If problem IsNot Nothing Then
                 Report("malformed-kvpub", problem)
-                Return
+                Return False
             ElseIf trees.Count = 0 Then
                 Report("unexpected-key", $"'{Shown(frames(0), MaxQuote)}' is in none of our subtrees")
-                Return
+                Return False
             End If
             Dim key = Latin1(frames(0)), sequence = BinaryPrimitives.ReadUInt64BigEndian(frames(1)), value = frames(4)
             ' The RFC's late-joiner rule: only what is newer than the snapshot, and than the last update.
             If sequence <= trees.Max(Function(tree) _watermark(tree)) OrElse sequence <= Last Then
                 Discarded += 1
-                Return
+                Return False
             End If
             [Set](key, value)
             If First = 0UL Then First = sequence
             Last = sequence
             Applied += 1
             Dim mine = Writes.FindIndex(Function(write) write.Key = key)
-            If mine < 0 Then Return
+            If mine < 0 Then Return True
             If Matches(value, Writes(mine).Value) Then
                 _echoed.Add(key)
             ElseIf value.Length = 0 AndAlso mine = 0 AndAlso DeleteSent Then
@@ -565,7 +613,8 @@ Public Module Query
             ElseIf value.Length = 0 AndAlso _echoed.Contains(key) Then
                 _expired.Add(key)
             End If
-        End Sub
+            Return True
+        End Function
 
         Public Function Finished() As Boolean
             If Waiting.Count > 0 OrElse Applied < _count Then Return False
@@ -598,27 +647,22 @@ Public Module Query
                     collector.Connect(args.GetValue(Of String)("--collector"))
                 End If
                 updates.Connect(args.GetValue(Of String)("--updates"))
-                For Each tree In subtrees
-                    updates.Subscribe(Encoding.ASCII.GetBytes(tree))
-                Next
-                updates.Subscribe(HugzWord)  ' last: once a HUGZ arrives, every subscription before it is in place
+                SubscribeUpdates(updates, subtrees)
                 snapshot.Connect(args.GetValue(Of String)("--snapshot"))
             Catch problem As Exception When IsEndpointProblem(problem)
                 Throw New Failure("connect", $"cannot connect: {problem.Message}")
             End Try
             Emit("ready", ("name", name), ("subtrees", subtrees))
 
-            Dim facade As New Facade(name, subtrees, args.GetValue(Of Integer)("--count"), writes)
+            Dim facade As New Facade(name, subtrees, args.GetValue(Of Integer)("--count"), writes, AddressOf Emit)
             ' The slow joiner: wait for a HUGZ, dropping whatever comes before it (the snapshot covers it).
             Do
                 Dim frames = ReceiveWithin(updates, deadline.Cap(100))
-                If frames IsNot Nothing AndAlso Matches(frames(0), HugzWord) Then Exit Do
+                If frames IsNot Nothing AndAlso IsHugz(frames) Then Exit Do
                 If deadline.Expired() Then Throw New Failure("timeout", $"no HUGZ from the engine within {timeout} ms")
             Loop
 
-            For Each tree In subtrees  ' all requests in flight at once on the one DEALER
-                snapshot.SendMultipartBytes(IcanhazWord, Encoding.ASCII.GetBytes(tree))
-            Next
+            AskSnapshots(snapshot, subtrees)
             Do While facade.Waiting.Count > 0  ' the SUB stays unread meanwhile: its updates wait, in order
                 Dim frames = ReceiveWithin(snapshot, deadline.Cap(100))
                 If frames IsNot Nothing Then facade.OnSnapshot(frames)
@@ -636,20 +680,18 @@ Public Module Query
                 If frames IsNot Nothing Then facade.OnUpdate(frames)
                 frames = ReceiveIfReady(items(1))
                 If frames IsNot Nothing Then Report("unexpected-snapshot", $"'{Shown(frames(0), MaxQuote)}' after every KTHXBAI")
-                ' The collector's subscription to everything ("", a frame 0x01): from now on it hears us.
                 If collector IsNot Nothing AndAlso IsReady(items(2)) AndAlso collector.TryReceiveFrameBytes(TimeSpan.Zero, frame) AndAlso
-                   Matches(frame, New Byte() {1}) AndAlso Not collectorLive Then
+                   IsSubscribeAll(frame) AndAlso Not collectorLive Then
                     collectorLive = True
                     For n = 1 To writes
                         Dim write = facade.Writes(n - 1), written = If(n Mod 2 = 0, ttl, 0)
-                        Dim props = If(written > 0, Encoding.ASCII.GetBytes($"ttl={written}" & vbLf), NoBytes)
-                        collector.SendMultipartBytes(Encoding.ASCII.GetBytes(write.Key), Seq(0), NoBytes, props, write.Value)
+                        collector.SendMultipartBytes(KvsetFrames(write.Key, write.Value, written))
                         Emit("wrote", ("key", write.Key), ("value", HexOf(write.Value)), ("ttl", written))
                     Next
                 End If
                 If collectorLive AndAlso Not facade.DeleteSent AndAlso facade.AllEchoed Then
                     Dim first = facade.Writes(0).Key
-                    collector.SendMultipartBytes(Encoding.ASCII.GetBytes(first), Seq(0), NoBytes, NoBytes, NoBytes)
+                    collector.SendMultipartBytes(KvsetFrames(first, NoBytes, 0))
                     facade.DeleteSent = True
                     Emit("wrote", ("key", first), ("value", ""), ("ttl", 0))
                 End If

@@ -11,7 +11,7 @@ Public Module Valuation
     ' MaxMsgSize on every socket: NetMQ drops a bigger frame together with the connection that sent
     ' it, before we see it. The largest legal frames are a 32-byte worker name, `finished` and 8-byte
     ' ids and prices; send-only sockets still decode what a peer sends them.
-    Private Const MaxMessage = 256  ' bytes
+    Friend Const MaxMessage = 256  ' bytes
 
     Public Function Roles() As Command
         Dim sink As New Command("sink", "collect results, re-dispatch lost orders") From {
@@ -56,17 +56,17 @@ Public Module Valuation
         Return frames.Count = 1 AndAlso frames(0).AsSpan().SequenceEqual(Encoding.ASCII.GetBytes(word))
     End Function
 
-    Private Function Word(frame As Byte(), text As String) As Boolean
+    Friend Function Word(frame As Byte(), text As String) As Boolean
         Return frame.AsSpan().SequenceEqual(Encoding.ASCII.GetBytes(text))
     End Function
 
-    Private Function BigEndianUInt64(value As ULong) As Byte()
+    Friend Function BigEndianUInt64(value As ULong) As Byte()
         Dim frame = New Byte(7) {}
         BinaryPrimitives.WriteUInt64BigEndian(frame, value)
         Return frame
     End Function
 
-    Private Function BigEndianInt64(value As Long) As Byte()
+    Friend Function BigEndianInt64(value As Long) As Byte()
         Dim frame = New Byte(7) {}
         BinaryPrimitives.WriteInt64BigEndian(frame, value)
         Return frame

@@ -11,15 +11,15 @@
 #include "common.h"
 
 enum {
-    MAX_HANDLE = MAX_NAME, /* bytes of UTF-8 */
-    MAX_TEXT = 4096,       /* bytes of UTF-8 */
+    MAX_HANDLE = MAX_NAME,  /* bytes of UTF-8 */
+    MAX_TEXT = CHAT_MAX_TEXT, /* bytes of UTF-8 */
 };
 /* ZMQ_MAXMSGSIZE on every socket: a frame above it never reaches us (libzmq drops it with the
    sender's connection), so no peer can make a role allocate without bound, nor grow a PUB's
    subscription trie. The largest legal frame is a text of MAX_TEXT bytes; twice that lets a text
    that is too long still reach the server's own `text-too-long` rule, with room for CURVE's
    per-frame overhead. */
-static const int64_t MAX_MESSAGE = 8192;
+static const int64_t MAX_MESSAGE = CHAT_MAX_MESSAGE;
 
 /* --- server --------------------------------------------------------------------------------- */
 
@@ -227,22 +227,6 @@ int chat_server(int argc, char **argv)
 
 /* --- client --------------------------------------------------------------------------------- */
 
-typedef struct {
-    const char *requests, *broadcasts, *name;
-    int timeout, count, clients, keepalive;
-    security_t security;
-} client_args;
-
-typedef struct {
-    client_args args;
-    deadline_t deadline;
-    void *sub, *req;
-    json_t *roster;     /* the last roster seen, as reported: a JSON array of handles */
-    names_t received;   /* value: the posts received from the handle */
-    int received_total;
-    int64_t last_request;
-} client_t;
-
 /* Frames `first`... of a message as a JSON array of handles, or NULL if one is not a handle. */
 static json_t *roster_of(const frames_t *message, size_t first)
 {
@@ -270,6 +254,26 @@ static void update_roster(client_t *client, json_t *roster)
     emit("roster", "{s:O}", "handles", roster);
 }
 
+const char *client_on_reply(client_t *client, const frames_t *reply, char reason[REASON_SIZE])
+{
+    client->last_request = now_ms();
+    if (frame_size(reply, 0) == 0) {
+        if (reply->count != 2)
+            return problem(reason, "malformed-reply", "an error reply has 2 frames, got %zu", reply->count);
+        const char *code = frame_data(reply, 1);
+        size_t size = frame_size(reply, 1);
+        if (size > 32 || !utf8_valid(code, size, NULL)) /* a reason quotes at most 32 bytes of a peer */
+            return problem(reason, "rejected", "the server rejected our request with a code that is not text");
+        return problem(reason, "rejected", "the server rejected our request: %.*s", (int)size, code);
+    }
+    json_t *roster = roster_of(reply, 0);
+    if (!roster)
+        return problem(reason, "malformed-reply", "a roster frame is not a handle (1 to %d bytes of UTF-8)",
+                       MAX_HANDLE);
+    update_roster(client, roster);
+    return NULL;
+}
+
 /* One lockstep round trip, [handle] or [handle, text]; returns the roster of the reply. */
 static json_t *request(client_t *client, const char *text)
 {
@@ -284,25 +288,15 @@ static json_t *request(client_t *client, const char *text)
            || !recv_if_ready(client->req, &reply))
         if (deadline_expired(&client->deadline))
             fail("no-reply", "no reply from the server within --timeout %d ms", client->args.timeout);
-    client->last_request = now_ms();
-    if (frame_size(&reply, 0) == 0) {
-        if (reply.count != 2)
-            fail("malformed-reply", "an error reply has 2 frames, got %zu", reply.count);
-        const char *code = frame_data(&reply, 1);
-        size_t size = frame_size(&reply, 1);
-        if (size > 32 || !utf8_valid(code, size, NULL)) /* a reason quotes at most 32 bytes of a peer */
-            fail("rejected", "the server rejected our request with a code that is not text");
-        fail("rejected", "the server rejected our request: %.*s", (int)size, code);
-    }
-    json_t *roster = roster_of(&reply, 0);
+    char reason[REASON_SIZE];
+    const char *code = client_on_reply(client, &reply, reason);
     frames_close(&reply);
-    if (!roster)
-        fail("malformed-reply", "a roster frame is not a handle (1 to %d bytes of UTF-8)", MAX_HANDLE);
-    update_roster(client, roster);
+    if (code)
+        fail(code, "%s", reason);
     return client->roster;
 }
 
-static void on_broadcast(client_t *client, const frames_t *broadcast)
+void client_on_broadcast(client_t *client, const frames_t *broadcast)
 {
     for (size_t i = 0; i < broadcast->count; i++) {
         if (!utf8_valid(frame_data(broadcast, i), frame_size(broadcast, i), NULL)) {
@@ -336,7 +330,7 @@ static bool receive_broadcast(client_t *client)
     frames_t broadcast;
     if (!recv_if_ready(client->sub, &broadcast))
         return false;
-    on_broadcast(client, &broadcast);
+    client_on_broadcast(client, &broadcast);
     frames_close(&broadcast);
     return true;
 }
@@ -450,7 +444,7 @@ int chat_client(int argc, char **argv)
 
     for (int number = 1; number <= args->count; number++) {
         char text[128];
-        snprintf(text, sizeof text, u8"%s #%d: héllo wörld 🌍", args->name, number);
+        snprintf(text, sizeof text, CHAT_POST_FORMAT, args->name, number);
         json_t *roster = request(&client, text);
         emit("sent", "{s:s, s:O}", "text", text, "roster", roster);
     }

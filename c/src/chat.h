@@ -2,8 +2,42 @@
 #ifndef BTB_CHAT_H
 #define BTB_CHAT_H
 
+#include "common.h"
+
 /* `btb chat server|client [--flag value]...`; argv[0] is the role. Returns the exit code. */
 int chat_server(int argc, char **argv);
 int chat_client(int argc, char **argv);
+
+/* What another client of the chat server needs (the desk's chat agent). */
+enum {
+    CHAT_MAX_TEXT = 4096,    /* bytes of UTF-8 in a post */
+    CHAT_MAX_MESSAGE = 8192, /* ZMQ_MAXMSGSIZE of every chat socket (chat.c says why) */
+};
+/* Post number N of a participant: printf(CHAT_POST_FORMAT, name, N). */
+#define CHAT_POST_FORMAT u8"%s #%d: héllo wörld 🌍"
+
+typedef struct {
+    const char *requests, *broadcasts, *name;
+    int timeout, count, clients, keepalive;
+    security_t security;
+} client_args;
+
+typedef struct {
+    client_args args;
+    deadline_t deadline;
+    void *sub, *req;
+    json_t *roster;     /* the last roster seen, as reported: a JSON array of handles */
+    names_t received;   /* value: the posts received from the handle */
+    int received_total;
+    int64_t last_request;
+} client_t;
+
+/* A reply to the client's request: its roster is taken in (reported as `roster` if it changed)
+   and NULL returned, or the code of what makes it fatal (`rejected`, `malformed-reply`) with a
+   `reason`. */
+const char *client_on_reply(client_t *client, const frames_t *reply, char reason[REASON_SIZE]);
+/* A broadcast: a roster, or a post (`received`); anything else is reported as
+   `malformed-broadcast` and ignored. */
+void client_on_broadcast(client_t *client, const frames_t *broadcast);
 
 #endif

@@ -54,6 +54,22 @@ static int digits_needed(json_t *value)
     return digits;
 }
 
+/* The calling thread's reporter, if it installed one: _Thread_local gives each thread its own. */
+static _Thread_local event_reporter *thread_reporter;
+static _Thread_local void *thread_reporter_state;
+
+void report_events_to(event_reporter *reporter, void *state)
+{
+    thread_reporter = reporter;
+    thread_reporter_state = state;
+}
+
+char *event_text(const json_t *line)
+{
+    int digits = digits_needed((json_t *)line); /* enough for every real among the fields */
+    return json_dumps(line, JSON_REAL_PRECISION(digits)); /* UTF-8 as is, no \u escapes needed */
+}
+
 void emit(const char *event, const char *fields, ...)
 {
     json_error_t error;
@@ -67,10 +83,17 @@ void emit(const char *event, const char *fields, ...)
     }
     json_t *line = json_pack("{s:s}", "event", event);
     json_object_update(line, values);
-    int digits = digits_needed(values); /* enough for every real among the fields */
-    json_dumpf(line, stdout, JSON_REAL_PRECISION(digits)); /* UTF-8 as is, no \u escapes needed */
-    fputc('\n', stdout);
-    fflush(stdout);
+    if (thread_reporter) {
+        thread_reporter(event, line, thread_reporter_state);
+    } else {
+        char *text = event_text(line);
+        if (!text)
+            fail("memory", "out of memory");
+        fputs(text, stdout);
+        fputc('\n', stdout);
+        fflush(stdout);
+        free(text);
+    }
     json_decref(values);
     json_decref(line);
 }
@@ -106,6 +129,21 @@ const char *problem(char reason[REASON_SIZE], const char *code, const char *form
     vsnprintf(reason, REASON_SIZE, format, args);
     va_end(args);
     return code;
+}
+
+const char *quote(const void *data, size_t size, char text[QUOTE_SIZE])
+{
+    const unsigned char *bytes = data;
+    size_t used = 0;
+    text[used++] = '\'';
+    for (size_t i = 0; i < size && i < MAX_QUOTE; i++)
+        if (bytes[i] >= 0x20 && bytes[i] <= 0x7e && bytes[i] != '\\' && bytes[i] != '\'')
+            text[used++] = (char)bytes[i];
+        else
+            used += (size_t)snprintf(text + used, 5, "\\x%02x", bytes[i]);
+    text[used++] = '\'';
+    text[used] = '\0';
+    return text;
 }
 
 void log_line(const char *message, ...)
@@ -230,7 +268,7 @@ bool stop_requested(void)
 
 /* --- command line --------------------------------------------------------------------------- */
 
-enum { MAX_FLAGS = 16, FIRST_FLAG = 256 };
+enum { MAX_FLAGS = 32, FIRST_FLAG = 256 };
 
 static bool parse_number(const char *program, const flag_t *flag, const char *text)
 {
@@ -540,6 +578,22 @@ int poll_all(zmq_pollitem_t *items, int count, long timeout_ms)
     return ready > 0 ? ready : 0;
 }
 
+bool send_if_room(void *socket, const part_t *parts, size_t count)
+{
+    /* ZMQ_DONTWAIT: the room a poll saw may be gone by now (the peer left); then nothing is sent
+       and the caller waits again instead of blocking. The high-water mark counts whole messages,
+       so once the first frame is accepted, the rest of the message is too. */
+    int flags = ZMQ_DONTWAIT | (count > 1 ? ZMQ_SNDMORE : 0);
+    if (zmq_send(socket, parts[0].data, parts[0].size, flags) < 0) {
+        if (errno != EAGAIN && errno != EINTR)
+            fail("send", "zmq_send: %s", zmq_strerror(errno));
+        return false;
+    }
+    for (size_t i = 1; i < count; i++)
+        send_frame(socket, parts[i].data, parts[i].size, i + 1 < count);
+    return true;
+}
+
 void send_when_room(void *socket, const part_t *parts, size_t count, const deadline_t *deadline,
                     const char *what)
 {
@@ -548,19 +602,11 @@ void send_when_room(void *socket, const part_t *parts, size_t count, const deadl
         int ready = zmq_poll(&item, 1, deadline_cap(deadline, 1000));
         if (ready < 0 && errno != EINTR)
             fail("poll", "zmq_poll: %s", zmq_strerror(errno));
-        /* ZMQ_DONTWAIT: the room the poll saw may be gone by now (the peer left); then we wait
-           again instead of blocking past the deadline. The high-water mark counts whole messages,
-           so once the first frame is accepted, the rest of the message is too. */
-        int flags = ZMQ_DONTWAIT | (count > 1 ? ZMQ_SNDMORE : 0);
-        if (ready > 0 && zmq_send(socket, parts[0].data, parts[0].size, flags) >= 0)
-            break;
-        if (ready > 0 && errno != EAGAIN && errno != EINTR)
-            fail("send", "zmq_send: %s", zmq_strerror(errno));
+        if (ready > 0 && send_if_room(socket, parts, count))
+            return;
         if (deadline_expired(deadline))
             fail("timeout", "no room to send %s", what);
     }
-    for (size_t i = 1; i < count; i++)
-        send_frame(socket, parts[i].data, parts[i].size, i + 1 < count);
 }
 
 /* --- security ------------------------------------------------------------------------------- */
@@ -704,9 +750,9 @@ void *zap_start(void *context, const security_t *security)
     return handler;
 }
 
-static bool frame_is(const frames_t *m, size_t i, const char *text)
+bool frame_is(const frames_t *m, size_t i, const char *text)
 {
-    return frame_size(m, i) == strlen(text) && !memcmp(frame_data(m, i), text, frame_size(m, i));
+    return i < m->count && frame_size(m, i) == strlen(text) && !memcmp(frame_data(m, i), text, frame_size(m, i));
 }
 
 /* Whether `key` (Z85) is one of --curve-clients: keys of 40 characters, each but the last followed

@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <jansson.h>
 #include <zmq.h>
 
 #define PRINTF_LIKE(f, a) __attribute__((format(printf, f, a)))
@@ -17,6 +18,14 @@
    object of the event's fields, e.g. emit("joined", "{s:s}", "handle", name). A real prints
    with the fewest digits that read back as the same double, as Python prints it (978.52). */
 void emit(const char *event, const char *fields, ...);
+/* Where emit() sends the events of the calling thread: stdout, unless the thread installs a
+   reporter (the desk's agent threads, which hand their events to the main thread instead). The
+   reporter gets the event's name and its whole object ("event" included), which it may change
+   but does not own. Per thread: each thread has its own, and none is shared. */
+typedef void event_reporter(const char *event, json_t *line, void *state);
+void report_events_to(event_reporter *reporter, void *state);
+/* An event object as emit() writes it, without the newline; the caller frees it. */
+char *event_text(const json_t *line);
 /* An `error` event; the role goes on. */
 void emit_error(const char *code, const char *reason, ...) PRINTF_LIKE(2, 3);
 /* A fatal error: an `error` event, then exit 1. */
@@ -26,6 +35,10 @@ void log_line(const char *message, ...) PRINTF_LIKE(1, 2);
    for an emit_error(code, "%s", reason) by the caller. */
 enum { REASON_SIZE = 128 };
 const char *problem(char reason[REASON_SIZE], const char *code, const char *format, ...) PRINTF_LIKE(3, 4);
+/* At most MAX_QUOTE bytes of what a peer sent, for a reason: in quotes, printable ASCII as is and
+   any other byte as \xNN, so that the reason is UTF-8 whatever the peer sent. */
+enum { MAX_QUOTE = 32, QUOTE_SIZE = 4 * MAX_QUOTE + 3 };
+const char *quote(const void *data, size_t size, char text[QUOTE_SIZE]);
 
 /* Monotonic milliseconds, and the role's --timeout (0: no limit). */
 int64_t now_ms(void);
@@ -132,6 +145,8 @@ bool frame_if_ready(void *socket, zmq_msg_t *frame);
 void frames_close(frames_t *message);
 static inline const char *frame_data(const frames_t *m, size_t i) { return zmq_msg_data(m->frame[i]); }
 static inline size_t frame_size(const frames_t *m, size_t i) { return zmq_msg_size(m->frame[i]); }
+/* Whether the message has a frame i, and it is exactly `text`. */
+bool frame_is(const frames_t *message, size_t i, const char *text);
 /* One frame; `more` (ZMQ_SNDMORE) says another frame of the same message follows. */
 void send_frame(void *socket, const void *data, size_t size, bool more);
 /* What every socket of a role gets before it binds or connects: its linger (what happens at close
@@ -155,6 +170,9 @@ typedef struct {
     const void *data;
     size_t size;
 } part_t;
+/* Sends the message if there is room for it now (ZMQ_DONTWAIT), else sends nothing and returns
+   false: for a loop that polls for ZMQ_POLLOUT among its other sockets instead of waiting. */
+bool send_if_room(void *socket, const part_t *parts, size_t count);
 void send_when_room(void *socket, const part_t *parts, size_t count, const deadline_t *deadline,
                     const char *what);
 

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "chat.h"
+#include "desk.h"
 #include "perf.h"
 #include "query.h"
 #include "ticker.h"
@@ -34,6 +35,7 @@ static const struct {
     {"query", "engine", query_engine},
     {"query", "facade", query_facade},
     {"query", "derive", query_derive},
+    {"desk", "trader", desk_trader},
 };
 enum { ROLE_COUNT = sizeof ROLES / sizeof ROLES[0] };
 

@@ -21,12 +21,11 @@
 
 /* ZMQ_MAXMSGSIZE on every socket: the largest legal frame is a 256-byte value; between 257 and
    1024 bytes it reaches us and is reported, above that the library drops it with the connection. */
-static const int64_t MAX_MESSAGE = 1024;
+static const int64_t MAX_MESSAGE = QUERY_MAX_MESSAGE;
 enum {
-    MAX_KEY = 255, /* bytes of a key, a subtree, the properties */
-    MAX_VALUE = 256,
-    MAX_FRAMES = 7, /* frames kept of a message (5, a routing id, one to tell "more"); the rest are dropped */
-    MAX_QUOTE = 32, /* bytes of a peer's data in a reason */
+    MAX_KEY = QUERY_MAX_KEY, /* bytes of a key, a subtree, the properties */
+    MAX_VALUE = QUERY_MAX_VALUE,
+    MAX_FRAMES = QUERY_MAX_FRAMES, /* frames kept of a message (5, a routing id, one to tell "more"); the rest are dropped */
     MAX_TTL = 86400,
 };
 static const char NAME_CHARS[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-";
@@ -52,7 +51,7 @@ static bool is_path(const char *data, size_t size, bool subtree)
     return true;
 }
 
-static bool is_key(const char *data, size_t size)
+bool is_key(const char *data, size_t size)
 {
     return is_path(data, size, false);
 }
@@ -63,7 +62,7 @@ static bool is_subtree(const char *data, size_t size)
 }
 
 /* A key is in a subtree when the subtree is a prefix of it (the empty subtree holds every key). */
-static bool in_subtree(const char *key, size_t size, const char *subtree, size_t subtree_size)
+bool in_subtree(const char *key, size_t size, const char *subtree, size_t subtree_size)
 {
     return subtree_size <= size && !memcmp(key, subtree, subtree_size);
 }
@@ -110,24 +109,6 @@ static long ttl_of(const char *data, size_t size)
     return ttl;
 }
 
-/* At most MAX_QUOTE bytes of what a peer sent, for a reason: in quotes, printable ASCII as is and
-   any other byte as \xNN, so that the reason is UTF-8 whatever the peer sent. */
-enum { QUOTE_SIZE = 4 * MAX_QUOTE + 3 };
-static const char *quote(const void *data, size_t size, char text[QUOTE_SIZE])
-{
-    const unsigned char *bytes = data;
-    size_t used = 0;
-    text[used++] = '\'';
-    for (size_t i = 0; i < size && i < MAX_QUOTE; i++)
-        if (bytes[i] >= 0x20 && bytes[i] <= 0x7e && bytes[i] != '\\' && bytes[i] != '\'')
-            text[used++] = (char)bytes[i];
-        else
-            used += (size_t)snprintf(text + used, 5, "\\x%02x", bytes[i]);
-    text[used++] = '\'';
-    text[used] = '\0';
-    return text;
-}
-
 /* A message for a reason, from frame `first` on: its frame sizes, and at most MAX_QUOTE bytes of
    that frame. */
 enum { SHAPE_SIZE = 8 * MAX_FRAMES + QUOTE_SIZE + 32 };
@@ -142,12 +123,6 @@ static const char *shape(const frames_t *message, size_t first, char text[SHAPE_
         quote(frame_data(message, first), frame_size(message, first), quoted);
     snprintf(text + used, SHAPE_SIZE - used, "] bytes, beginning %s", quoted);
     return text;
-}
-
-static bool frame_is(const frames_t *message, size_t i, const char *text)
-{
-    return i < message->count && frame_size(message, i) == strlen(text) &&
-           !memcmp(frame_data(message, i), text, strlen(text));
 }
 
 /* Why a KVSYNC, KVPUB or KVSET (5 frames) is malformed, written in `why`; NULL if it is not. */
@@ -175,7 +150,7 @@ static const char *check_kv(const frames_t *message, char why[WHY_SIZE])
 }
 
 /* Every byte in lowercase hex, as events show values (common.h's hex stops at 16 bytes). */
-static json_t *json_hex(const void *data, size_t size)
+json_t *json_hex(const void *data, size_t size)
 {
     char text[2 * MAX_VALUE + 1] = "";
     for (size_t i = 0; i < size; i++)
@@ -185,7 +160,7 @@ static json_t *json_hex(const void *data, size_t size)
 
 /* A sequence as a JSON number. jansson's integers are signed 64-bit: one that a peer made up
    above 2^63 - 1 is shown as a real. */
-static json_t *json_u64(uint64_t number)
+json_t *json_u64(uint64_t number)
 {
     return number <= INT64_MAX ? json_integer((json_int_t)number) : json_real((double)number);
 }
@@ -210,17 +185,6 @@ static void connect_to(void *socket, const char *endpoint)
 }
 
 /* --- the map: keys in order, so that the keys of a subtree are side by side ------------------- */
-
-typedef struct {
-    size_t key_size, value_size;
-    char key[MAX_KEY], value[MAX_VALUE];
-    uint64_t sequence; /* of the update that last set it (the engine's map) */
-    int64_t expires;   /* now_ms() when its ttl runs out; 0: never */
-} entry_t;
-typedef struct {
-    entry_t **entry; /* sorted by key bytes */
-    size_t count, room;
-} map_t;
 
 static int compare(const char *a, size_t a_size, const char *b, size_t b_size)
 {
@@ -711,24 +675,6 @@ int query_engine(int argc, char **argv)
 
 /* --- facade --------------------------------------------------------------------------------- */
 
-typedef struct {
-    const char *bytes; /* in the --subtrees text; the empty subtree (`all`) is the whole map */
-    size_t size;
-    bool waiting;       /* asked for, and its KTHXBAI not in yet */
-    uint64_t watermark; /* its KTHXBAI's sequence */
-    int keys;           /* its KVSYNCs */
-} subtree_t;
-typedef struct {
-    subtree_t *tree;
-    size_t count;
-} subtrees_t;
-
-typedef struct {
-    const char *snapshot, *updates, *collector, *name;
-    subtrees_t subtrees;
-    int count, writes, ttl, timeout;
-} facade_args;
-
 static const char *parse_segment(const char *text, void *value)
 {
     size_t size = strlen(text);
@@ -738,7 +684,7 @@ static const char *parse_segment(const char *text, void *value)
     return NULL;
 }
 
-static const char *parse_subtrees(const char *text, void *value)
+const char *parse_subtrees(const char *text, void *value)
 {
     subtrees_t *list = value;
     list->count = 0;
@@ -767,25 +713,6 @@ static const char *parse_ttl(const char *text, void *value)
     return NULL;
 }
 
-/* Write N (1 to --writes): the key /facades/NAME/N and the value NAME/N, and what came back. */
-typedef struct {
-    char key[64], value[48];
-    bool echoed, expired; /* came back as a KVPUB; deleted since by the engine (a ttl) */
-} write_t;
-
-/* The facade's map and what it still waits for. */
-typedef struct {
-    facade_args args;
-    map_t map;
-    size_t waiting;       /* subtrees whose KTHXBAI is not in yet */
-    uint64_t first, last; /* the first and the last KVPUB applied */
-    int applied, discarded;
-    bool sees_own;   /* whether its subtrees hold its own keys */
-    write_t *writes; /* [1] to [--writes] */
-    int echoes;
-    bool delete_sent, deleted;
-} facade_t;
-
 /* The write of `key`, or NULL. */
 static write_t *write_of(facade_t *facade, const char *key, size_t size)
 {
@@ -806,7 +733,7 @@ static subtree_t *waiting_for(facade_t *facade, const char *subtree, size_t size
 }
 
 /* A reply on the DEALER while the snapshots come in: a KVSYNC, or a KTHXBAI. */
-static void on_snapshot(facade_t *facade, const frames_t *message)
+void facade_on_snapshot(facade_t *facade, const frames_t *message)
 {
     char why[WHY_SIZE], text[SHAPE_SIZE];
     subtrees_t *trees = &facade->args.subtrees;
@@ -849,7 +776,7 @@ static void on_snapshot(facade_t *facade, const frames_t *message)
 }
 
 /* A message on the SUB once every snapshot is in: a HUGZ, or a KVPUB. */
-static void on_update(facade_t *facade, const frames_t *message)
+void facade_on_update(facade_t *facade, const frames_t *message)
 {
     if (frame_is(message, 0, "HUGZ"))
         return; /* a keep-alive: the engine is there */
@@ -910,16 +837,63 @@ static bool finished(const facade_t *facade)
     return facade->echoes == facade->args.writes && facade->deleted;
 }
 
-/* A KVSET: [key, a sequence of no meaning, no UUID, properties, value]. */
-static void write_key(void *collector, const char *key, const char *value, int ttl)
+void facade_write(void *collector, const char *key, size_t key_size, const char *value, size_t value_size, int ttl)
 {
     char properties[32] = "";
     if (ttl)
         snprintf(properties, sizeof properties, "ttl=%d\n", ttl);
-    const part_t kvset[] = {{key, strlen(key)}, {ZERO, 8}, {"", 0}, {properties, strlen(properties)},
-                            {value, strlen(value)}};
+    const part_t kvset[] = {{key, key_size}, {ZERO, 8}, {"", 0}, {properties, strlen(properties)},
+                            {value, value_size}};
     send_parts(collector, kvset, 5); /* XPUB never blocks */
-    emit("wrote", "{s:s, s:o, s:i}", "key", key, "value", json_hex(value, strlen(value)), "ttl", ttl);
+    emit("wrote", "{s:s%, s:o, s:i}", "key", key, key_size, "value", json_hex(value, value_size), "ttl", ttl);
+}
+
+static void write_key(void *collector, const char *key, const char *value, int ttl)
+{
+    facade_write(collector, key, strlen(key), value, strlen(value), ttl);
+}
+
+json_t *facade_subscribe(void *updates, const subtrees_t *trees)
+{
+    json_t *listed = json_array();
+    for (size_t i = 0; i < trees->count; i++) {
+        zmq_setsockopt(updates, ZMQ_SUBSCRIBE, trees->tree[i].bytes, trees->tree[i].size);
+        json_array_append_new(listed, json_stringn(trees->tree[i].bytes, trees->tree[i].size));
+    }
+    /* Last: once a HUGZ arrives, every subscription before it is in place (one connection keeps
+       them in order). */
+    zmq_setsockopt(updates, ZMQ_SUBSCRIBE, "HUGZ", 4);
+    return listed;
+}
+
+void facade_request_snapshots(facade_t *facade, void *snapshot)
+{
+    subtrees_t *trees = &facade->args.subtrees;
+    for (size_t i = 0; i < trees->count; i++) { /* all requests in flight at once on the one DEALER */
+        const part_t icanhaz[] = {{"ICANHAZ?", 8}, {trees->tree[i].bytes, trees->tree[i].size}};
+        send_parts(snapshot, icanhaz, 2);
+        trees->tree[i].waiting = true;
+    }
+    facade->waiting = trees->count;
+}
+
+json_t *facade_summary(const facade_t *facade)
+{
+    json_t *map = json_object();
+    for (size_t i = 0; i < facade->map.count; i++) {
+        const entry_t *entry = facade->map.entry[i];
+        json_object_setn_new(map, entry->key, entry->key_size, json_hex(entry->value, entry->value_size));
+    }
+    return json_pack("{s:o, s:o, s:o, s:i, s:i}", "sequence", json_u64(facade->last), "first",
+                     json_u64(facade->first), "map", map, "applied", facade->applied, "discarded",
+                     facade->discarded);
+}
+
+void facade_free(facade_t *facade)
+{
+    map_free(&facade->map);
+    free(facade->writes);
+    free(facade->args.subtrees.tree);
 }
 
 int query_facade(int argc, char **argv)
@@ -975,14 +949,7 @@ int query_facade(int argc, char **argv)
         connect_to(collector, args->collector);
     }
     connect_to(updates, args->updates);
-    json_t *listed = json_array();
-    for (size_t i = 0; i < trees->count; i++) {
-        zmq_setsockopt(updates, ZMQ_SUBSCRIBE, trees->tree[i].bytes, trees->tree[i].size);
-        json_array_append_new(listed, json_stringn(trees->tree[i].bytes, trees->tree[i].size));
-    }
-    /* Last: once a HUGZ arrives, every subscription before it is in place (one connection keeps
-       them in order). */
-    zmq_setsockopt(updates, ZMQ_SUBSCRIBE, "HUGZ", 4);
+    json_t *listed = facade_subscribe(updates, trees);
     connect_to(snapshot, args->snapshot);
     emit("ready", "{s:s, s:o}", "name", args->name, "subtrees", listed);
 
@@ -997,16 +964,11 @@ int query_facade(int argc, char **argv)
             fail("timeout", "no HUGZ from the engine within %d ms", args->timeout);
     }
 
-    for (size_t i = 0; i < trees->count; i++) { /* all requests in flight at once on the one DEALER */
-        const part_t icanhaz[] = {{"ICANHAZ?", 8}, {trees->tree[i].bytes, trees->tree[i].size}};
-        send_parts(snapshot, icanhaz, 2);
-        trees->tree[i].waiting = true;
-    }
-    facade.waiting = trees->count;
+    facade_request_snapshots(&facade, snapshot);
     while (facade.waiting) { /* the SUB stays unread meanwhile: its updates wait, in order */
         frames_t message;
         if (poll_in(snapshot, deadline_cap(&deadline, 100)) && recv_at_most(snapshot, &message, MAX_FRAMES)) {
-            on_snapshot(&facade, &message);
+            facade_on_snapshot(&facade, &message);
             frames_close(&message);
         }
         if (deadline_expired(&deadline))
@@ -1027,7 +989,7 @@ int query_facade(int argc, char **argv)
         frames_t message;
         char text[QUOTE_SIZE];
         if ((items[0].revents & ZMQ_POLLIN) && recv_at_most(updates, &message, MAX_FRAMES)) {
-            on_update(&facade, &message);
+            facade_on_update(&facade, &message);
             frames_close(&message);
         }
         if ((items[1].revents & ZMQ_POLLIN) && recv_at_most(snapshot, &message, MAX_FRAMES)) {
@@ -1050,20 +1012,12 @@ int query_facade(int argc, char **argv)
         }
     }
 
-    json_t *map = json_object();
-    for (size_t i = 0; i < facade.map.count; i++) {
-        const entry_t *entry = facade.map.entry[i];
-        json_object_setn_new(map, entry->key, entry->key_size, json_hex(entry->value, entry->value_size));
-    }
-    emit("done", "{s:o, s:o, s:o, s:i, s:i}", "sequence", json_u64(facade.last), "first", json_u64(facade.first),
-         "map", map, "applied", facade.applied, "discarded", facade.discarded);
+    emit("done", "o", facade_summary(&facade));
     zmq_close(updates);
     zmq_close(snapshot);
     if (collector)
         zmq_close(collector);
     zmq_ctx_term(context); /* waits for the collector's linger, at most */
-    map_free(&facade.map);
-    free(facade.writes);
-    free(trees->tree);
+    facade_free(&facade);
     return 0;
 }

@@ -17,7 +17,7 @@
    sender's connection), and no subscription can grow an XPUB's subscription trie past it. The
    largest legal frames are a subscription, 1 + `@` + a 32-byte name = 34 bytes, and a tick's
    9-byte frames; 256 leaves room for the handshake's READY command, which the limit also bounds. */
-static const int64_t MAX_MESSAGE = 256;
+static const int64_t MAX_MESSAGE = TICKER_MAX_MESSAGE;
 /* Every integer of the price is a uint64_t (GOLDEN, splitmix64: common.h): C's unsigned
    arithmetic wraps modulo 2^64, as the protocol says. */
 
@@ -415,17 +415,7 @@ typedef struct {
     int count, switch_after, timeout;
 } subscriber_args;
 
-/* A good tick, as reported. */
-typedef struct {
-    const char *name; /* in frame 0 */
-    int index;        /* among the subscribed symbols */
-    uint64_t sequence;
-    int64_t timestamp;
-    double price;
-} checked_t;
-
-/* Checks a tick before anything else: its code and `reason` if it is bad, else NULL and `tick`. */
-static const char *check_tick(const frames_t *frames, const symbols_t *subscribed, uint64_t seed,
+const char *check_tick(const frames_t *frames, const symbols_t *subscribed, uint64_t seed,
                               checked_t *tick, char reason[REASON_SIZE])
 {
     char text[HEX_SIZE], expected_text[HEX_SIZE];
@@ -460,7 +450,7 @@ static const char *check_tick(const frames_t *frames, const symbols_t *subscribe
 }
 
 /* A SUB socket filters on frame 0 by prefix, against the topics it is subscribed to. */
-static void subscribe(void *socket, const char *name, bool on)
+void subscribe_symbol(void *socket, const char *name, bool on)
 {
     zmq_setsockopt(socket, on ? ZMQ_SUBSCRIBE : ZMQ_UNSUBSCRIBE, name, topic_size(name));
 }
@@ -511,7 +501,7 @@ int ticker_subscriber(int argc, char **argv)
     symbols_t subscribed = args.symbols;
     json_t *listed = json_array();
     for (size_t i = 0; i < subscribed.count; i++) {
-        subscribe(sub, subscribed.name[i], true);
+        subscribe_symbol(sub, subscribed.name[i], true);
         json_array_append_new(listed, json_string(subscribed.name[i]));
     }
     /* Last, our own topic, never published: the publisher waits for it, and since subscriptions
@@ -556,9 +546,9 @@ int ticker_subscriber(int argc, char **argv)
             /* A SUB socket filters what it delivers against its current subscriptions: no tick
                of OLD comes after this, even one already queued. NEW's first ticks may be missed
                while the subscription travels upstream. */
-            subscribe(sub, old, false);
+            subscribe_symbol(sub, old, false);
             emit("unsubscribed", "{s:s}", "symbol", old);
-            subscribe(sub, new, true);
+            subscribe_symbol(sub, new, true);
             strcpy(subscribed.name[tick.index], new); /* NEW takes OLD's place, counted from 0 */
             received[tick.index] = 0;
             emit("subscribed", "{s:s}", "symbol", new);

@@ -4,6 +4,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "common.h"
 
@@ -32,5 +33,22 @@ int symbol_index(const symbols_t *symbols, const char *name);
 size_t topic_size(const char *name);
 /* Whether `data` is a topic: 1 to 8 letters A-Z, then the NUL. */
 bool is_topic(const char *data, size_t size);
+
+/* What another subscriber of ticks needs (the desk's ticker agent). */
+enum { TICKER_MAX_MESSAGE = 256 }; /* ZMQ_MAXMSGSIZE of every ticker socket (ticker.c says why) */
+/* A good tick, as reported. */
+typedef struct {
+    const char *name; /* in frame 0 */
+    int index;        /* among the subscribed symbols */
+    uint64_t sequence;
+    int64_t timestamp;
+    double price;
+} checked_t;
+/* Checks a tick before anything else: its code and `reason` if it is bad (malformed-tick,
+   unexpected-symbol, wrong-price), else NULL and `tick`. */
+const char *check_tick(const frames_t *frames, const symbols_t *subscribed, uint64_t seed, checked_t *tick,
+                       char reason[REASON_SIZE]);
+/* Subscribes a SUB socket to a symbol's topic, or (`on` false) unsubscribes it. */
+void subscribe_symbol(void *socket, const char *name, bool on);
 
 #endif

@@ -21,18 +21,9 @@ enum {
    sender's connection), so no peer can make a role allocate without bound. The largest legal
    frames are a 32-byte worker name, `finished` and the 8-byte ids and values; 256 leaves room for
    the handshake's READY command, which the limit also bounds. */
-static const int64_t MAX_MESSAGE = 256;
+static const int64_t MAX_MESSAGE = VALUATION_MAX_MESSAGE;
 
-/* The control channel's states, as sent: one frame of text. */
-typedef enum { WAITING, GO, FINISHED } state_t;
-static const char *const STATES[] = {"waiting", "go", "finished"};
-
-/* Frame i of a message is exactly `text`. */
-static bool frame_is(const frames_t *message, size_t i, const char *text)
-{
-    return i < message->count && frame_size(message, i) == strlen(text) &&
-           !memcmp(frame_data(message, i), text, strlen(text));
-}
+const char *const STATES[] = {"waiting", "go", "finished"};
 
 /* A control message that is the one-frame state `state`. */
 static bool is_state(const frames_t *message, state_t state)
@@ -87,15 +78,7 @@ static int64_t value(char side, uint32_t quantity, int64_t cents)
     return (side == 'B' ? 1 : -1) * (int64_t)quantity * cents;
 }
 
-/* The five frames of an order, big-endian (network order): u64 id, u32 quantity, i64 cents. */
-typedef struct {
-    unsigned char id[8];
-    const char *symbol;
-    char side;
-    unsigned char quantity[4], cents[8];
-} order_frames_t;
-
-static order_frames_t order_frames(uint64_t seed, uint64_t id)
+order_frames_t order_frames(uint64_t seed, uint64_t id)
 {
     order_t o = order(seed, id);
     order_frames_t frames = {.symbol = o.symbol, .side = o.side};
@@ -103,6 +86,15 @@ static order_frames_t order_frames(uint64_t seed, uint64_t id)
     put_be32(frames.quantity, o.quantity);
     put_be64(frames.cents, (uint64_t)o.cents); /* two's complement, had it a sign */
     return frames;
+}
+
+void order_parts(const order_frames_t *frames, part_t parts[5])
+{
+    parts[0] = (part_t){frames->id, 8};
+    parts[1] = (part_t){frames->symbol, strlen(frames->symbol)};
+    parts[2] = (part_t){&frames->side, 1};
+    parts[3] = (part_t){frames->quantity, 4};
+    parts[4] = (part_t){frames->cents, 8};
 }
 
 int valuation_encode(int argc, char **argv)
@@ -127,28 +119,6 @@ int valuation_encode(int argc, char **argv)
 }
 
 /* --- sink ----------------------------------------------------------------------------------- */
-
-typedef struct {
-    const char *results, *control;
-    int workers, count, quiet, heartbeat, timeout;
-    uint64_t seed;
-} sink_args;
-
-typedef struct {
-    sink_args args;
-    void *results, *control;
-    state_t state;
-    names_t ready;  /* the workers that said ready */
-    names_t priced; /* value: the results counted from that worker */
-    bool *have;     /* have[id]: a result for order id is counted, 1 <= id <= count */
-    bool *resent;   /* resent[id]: order id was re-dispatched */
-    int counted;
-    /* A sum of checked values only: each is at most 1000 × 100099 cents either way and --count
-       is an int, so |total| < 2^31 × 2^27 = 2^58: a signed 64-bit total is exact, and cannot
-       overflow. */
-    int64_t total;
-    int64_t quiet_since; /* ms: the last new result, or `go` */
-} sink_t;
 
 /* A result, checked: its fields point into the message. */
 typedef struct {
@@ -190,7 +160,7 @@ static const char *check_result(const frames_t *message, const sink_args *args, 
 }
 
 /* PUB never blocks: with no subscriber, or one whose queue is full, the message is dropped. */
-static void set_state(sink_t *sink, state_t state)
+void sink_set_state(sink_t *sink, state_t state)
 {
     sink->state = state;
     send_frame(sink->control, STATES[state], strlen(STATES[state]), false); /* at once */
@@ -198,7 +168,7 @@ static void set_state(sink_t *sink, state_t state)
 
 /* A ready is exactly [ready, name], the name 1 to 32 bytes of UTF-8: anything else is not a
    worker. The reason gives sizes, never the peer's bytes. */
-static void on_ready(sink_t *sink, const frames_t *message)
+void sink_on_ready(sink_t *sink, const frames_t *message)
 {
     if (message->count != 2) {
         emit_error("malformed-ready", "a ready has 2 frames, got %zu", message->count);
@@ -218,16 +188,21 @@ static void on_ready(sink_t *sink, const frames_t *message)
     names_get(&sink->ready, name, size, &added);
     if (added)
         emit("worker", "{s:s%}", "name", name, size);
-    if (sink->state == WAITING && sink->ready.count >= (size_t)sink->args.workers) {
-        /* Every worker heard a control message before it said ready, so its SUB is connected
-           and cannot miss this one. */
-        set_state(sink, GO);
-        emit("started", "{s:i}", "workers", (int)sink->ready.count);
-        sink->quiet_since = now_ms();
-    }
 }
 
-static void on_result(sink_t *sink, const frames_t *message)
+bool sink_start_when_ready(sink_t *sink)
+{
+    if (sink->state != WAITING || sink->ready.count < (size_t)sink->args.workers)
+        return false;
+    /* Every worker heard a control message before it said ready, so its SUB is connected and
+       cannot miss this one. */
+    sink_set_state(sink, GO);
+    emit("started", "{s:i}", "workers", (int)sink->ready.count);
+    sink->quiet_since = now_ms();
+    return true;
+}
+
+void sink_on_result(sink_t *sink, const frames_t *message)
 {
     result_t result = {0};
     char reason[REASON_SIZE];
@@ -254,7 +229,7 @@ static void on_result(sink_t *sink, const frames_t *message)
     sink->quiet_since = now_ms();
     emit("result", "{s:I, s:s%}", "id", id, "worker", result.worker, result.worker_size);
     if (sink->counted == sink->args.count) {
-        set_state(sink, FINISHED); /* the heartbeat repeats it */
+        sink_set_state(sink, FINISHED); /* the heartbeat repeats it */
         json_t *workers = json_object(), *resent = json_array();
         for (size_t i = 0; i < sink->priced.count; i++)
             json_object_setn_new(workers, sink->priced.entry[i].bytes, sink->priced.entry[i].size,
@@ -270,18 +245,26 @@ static void on_result(sink_t *sink, const frames_t *message)
 /* Nothing is acknowledged in PUSH/PULL: orders queued for a worker that died are gone without a
    trace. Only the sink can see what is missing, so it asks the source again, on the control
    channel: every missing id, ascending, RESEND_BATCH ids a message. */
-static void resend_missing(sink_t *sink)
+int sink_missing(sink_t *sink, int *missing)
 {
-    int *missing = malloc((size_t)sink->args.count * sizeof *missing), found = 0;
-    if (!missing)
-        fail("memory", "out of memory");
-    json_t *ids = json_array();
+    int found = 0;
     for (int id = 1; id <= sink->args.count; id++)
         if (!sink->have[id]) {
             missing[found++] = id;
             sink->resent[id] = true;
-            json_array_append_new(ids, json_integer(id));
         }
+    return found;
+}
+
+static void resend_missing(sink_t *sink)
+{
+    int *missing = malloc((size_t)sink->args.count * sizeof *missing);
+    if (!missing)
+        fail("memory", "out of memory");
+    int found = sink_missing(sink, missing);
+    json_t *ids = json_array();
+    for (int i = 0; i < found; i++)
+        json_array_append_new(ids, json_integer(missing[i]));
     for (int start = 0; start < found; start += RESEND_BATCH) {
         int end = found - start > RESEND_BATCH ? start + RESEND_BATCH : found;
         send_frame(sink->control, "resend", strlen("resend"), true);
@@ -354,10 +337,12 @@ int valuation_sink(int argc, char **argv)
         frames_t message; /* every frame of one message, or none */
         if (poll_in(sink.results, deadline_cap(&deadline, wait > 0 ? (long)wait : 0)) &&
             recv_if_ready(sink.results, &message)) {
-            if (frame_is(&message, 0, "ready"))
-                on_ready(&sink, &message);
-            else
-                on_result(&sink, &message);
+            if (frame_is(&message, 0, "ready")) {
+                sink_on_ready(&sink, &message);
+                sink_start_when_ready(&sink);
+            } else {
+                sink_on_result(&sink, &message);
+            }
             frames_close(&message);
         }
         int64_t now = now_ms();
@@ -412,10 +397,8 @@ static bool next_control(source_t *source, frames_t *message)
 static void send_order(source_t *source, uint64_t id)
 {
     order_frames_t frames = order_frames(source->args.seed, id);
-    const part_t parts[] = {
-        {frames.id, 8}, {frames.symbol, strlen(frames.symbol)}, {&frames.side, 1}, {frames.quantity, 4},
-        {frames.cents, 8},
-    };
+    part_t parts[5];
+    order_parts(&frames, parts);
     char what[32];
     snprintf(what, sizeof what, "order %llu", (unsigned long long)id);
     send_when_room(source->orders, parts, 5, &source->deadline, what);

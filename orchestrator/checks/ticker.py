@@ -26,22 +26,30 @@ def price(seed, symbol, sequence):
     return struct.unpack(">d", struct.pack(">d", cents / 100))[0]
 
 
-def check(spec, transcripts):
-    problems = []
+def run_window(transcripts):
+    """The cell's run in milliseconds since the epoch, with a second of slack at each end: every
+    tick's timestamp must lie within it."""
     starts = [t.started_at for t in transcripts if t.started_at]
     ends = [t.ended_at for t in transcripts if t.ended_at]
-    window = (min(starts) * 1000 - 1000, max(ends) * 1000 + 1000) if starts and ends else None
+    return (min(starts) * 1000 - 1000, max(ends) * 1000 + 1000) if starts and ends else None
+
+
+def check(spec, transcripts):
+    problems = []
+    window = run_window(transcripts)
     for t in transcripts:
         if t.role == "subscriber":
             problems += check_subscriber(t, window)
     return problems
 
 
-def check_subscriber(t, window):
+def check_subscriber(t, window, subscribed=None):
+    """`subscribed`: the symbols it follows from the start (default: its --symbols); the desk's
+    ticker agent starts with none and reports a `subscribed` for each."""
     flags = t.flags
     seed, count, switch_after = int(flags["seed"]), int(flags["count"]), int(flags.get("switch-after", 0))
     old, _, new = str(flags.get("switch") or "").partition(":")
-    subscribed = set(str(flags["symbols"]).split(","))
+    subscribed = set(str(flags["symbols"]).split(",")) if subscribed is None else set(subscribed)
     received, last, gone = {}, {}, set()
     problems = []
     for event in t.events:

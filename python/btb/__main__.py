@@ -2,10 +2,10 @@
 import argparse
 import sys
 
-from . import chat, perf, query, ticker, valuation
+from . import chat, desk, perf, query, ticker, valuation
 from .contract import Failure, Usage, emit
 
-EXAMPLES = {"chat": chat, "ticker": ticker, "valuation": valuation, "query": query, "perf": perf}
+EXAMPLES = {"chat": chat, "ticker": ticker, "valuation": valuation, "query": query, "desk": desk, "perf": perf}
 
 
 def attach_values(argv):

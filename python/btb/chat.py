@@ -147,6 +147,32 @@ def run_server(args):
 # --- client ----------------------------------------------------------------------------------
 
 
+def reply_roster(reply):
+    """The roster in a reply, as a list of handles. An error reply (`rejected`) and a reply that
+    breaks the reply table (`malformed-reply`) are fatal to a client: they raise a Failure."""
+    if reply[0] == b"":
+        if len(reply) != 2:
+            raise Failure("malformed-reply", f"an error reply has 2 frames, got {len(reply)}")
+        raise Failure("rejected", f"the server rejected our request: {reply[1][:32]!r}")
+    try:
+        return [frame.decode() for frame in reply]
+    except UnicodeDecodeError as error:
+        raise Failure("malformed-reply", f"roster is not UTF-8: {error}") from error
+
+
+def read_broadcast(frames):
+    """A broadcast as ("roster", handles), ("post", (handle, text)) or ("malformed", reason)."""
+    try:
+        texts = [frame.decode() for frame in frames]
+    except UnicodeDecodeError:
+        return "malformed", "a broadcast frame is not UTF-8"
+    if texts[0] == "":
+        return "roster", texts[1:]
+    if len(texts) == 2:
+        return "post", (texts[0], texts[1])
+    return "malformed", f"a post has 2 frames, got {len(texts)}"
+
+
 class Client:
     def __init__(self, args):
         self.args = args
@@ -182,14 +208,7 @@ class Client:
                 raise Failure("no-reply", f"no reply from the server within {left} ms")
             reply = recv_if_ready(self.req)
         self.last_request = time.monotonic()
-        if reply[0] == b"":
-            if len(reply) != 2:
-                raise Failure("malformed-reply", f"an error reply has 2 frames, got {len(reply)}")
-            raise Failure("rejected", f"the server rejected our request: {reply[1]!r}")
-        try:
-            roster = [frame.decode() for frame in reply]
-        except UnicodeDecodeError as error:
-            raise Failure("malformed-reply", f"roster is not UTF-8: {error}") from error
+        roster = reply_roster(reply)
         self.update_roster(roster)
         return roster
 
@@ -199,18 +218,14 @@ class Client:
             emit("roster", handles=roster)
 
     def on_broadcast(self, frames):
-        try:
-            texts = [frame.decode() for frame in frames]
-        except UnicodeDecodeError:
-            emit("error", code="malformed-broadcast", reason="a broadcast frame is not UTF-8")
-            return
-        if texts[0] == "":
-            self.update_roster(texts[1:])
-        elif len(texts) == 2:
-            self.received[texts[0]] += 1
-            emit("received", handle=texts[0], text=texts[1])
+        kind, content = read_broadcast(frames)
+        if kind == "roster":
+            self.update_roster(content)
+        elif kind == "post":
+            self.received[content[0]] += 1
+            emit("received", handle=content[0], text=content[1])
         else:
-            emit("error", code="malformed-broadcast", reason=f"a post has 2 frames, got {len(texts)}")
+            emit("error", code="malformed-broadcast", reason=content)
 
     def wait_for_broadcast(self):
         """Handle one broadcast, or send a keep-alive when one is due, whichever comes first."""

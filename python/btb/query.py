@@ -60,7 +60,7 @@ def add_roles(roles):
 
 def segment(value):
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", value):
-        raise argparse.ArgumentTypeError("a facade name is 1 to 32 of A-Z a-z 0-9 _ -")
+        raise argparse.ArgumentTypeError("a name is 1 to 32 of A-Z a-z 0-9 _ - (a key segment)")
     return value
 
 
@@ -149,6 +149,11 @@ def check_kv(frames):
 
 def seq(number):
     return struct.pack(">Q", number)  # 8 bytes, big-endian (network order)
+
+
+def kvset(key, value, ttl=0):
+    """A client's write: sequence 0 (the engine numbers it), no UUID, a ttl property if any."""
+    return [key, seq(0), b"", f"ttl={ttl}\n".encode() if ttl else b"", value]
 
 
 def shape(frames):
@@ -374,42 +379,39 @@ def run_engine(args):
 # --- facade --------------------------------------------------------------------------------
 
 
-class Facade:
-    """The facade's map and what it still waits for."""
+class Mirror:
+    """A client's copy of some subtrees of the engine's map: the snapshots, the per-subtree
+    watermarks and the updates above them. Events go to `emit` (the desk's query agent sends them
+    up its pipe instead of printing them)."""
 
-    def __init__(self, args):
-        self.args = args
+    def __init__(self, subtrees, emit=emit):
+        self.subtrees, self.emit = subtrees, emit
         self.map = {}
-        self.waiting = list(args.subtrees)  # subtrees asked for, whose KTHXBAI is not in yet
+        self.waiting = list(subtrees)  # subtrees asked for, whose KTHXBAI is not in yet
         self.watermark = {}  # subtree -> its KTHXBAI's sequence
-        self.synced_keys = {tree: 0 for tree in args.subtrees}
+        self.synced_keys = {tree: 0 for tree in subtrees}
         self.first = self.last = self.applied = self.discarded = 0
-        prefix = f"/facades/{args.name}/".encode()
-        self.sees_own = any(prefix.startswith(tree) for tree in args.subtrees)
-        self.writes = {prefix + str(n).encode(): f"{args.name}/{n}".encode() for n in range(1, args.writes + 1)}
-        self.echoed, self.expired, self.deleted = set(), set(), False
-        self.delete_sent = False
 
     def subtrees_of(self, key):
-        return [tree for tree in self.args.subtrees if key.startswith(tree)]
+        return [tree for tree in self.subtrees if key.startswith(tree)]
 
     def on_snapshot(self, frames):
         if frames[0] == KTHXBAI:
             if len(frames) != 5 or len(frames[1]) != 8 or not is_subtree(frames[4]):
-                emit("error", code="malformed-kthxbai", reason=f"not [KTHXBAI, sequence, -, -, subtree]: {shape(frames)}")
+                self.emit("error", code="malformed-kthxbai", reason=f"not [KTHXBAI, sequence, -, -, subtree]: {shape(frames)}")
             elif frames[4] not in self.waiting:
-                emit("error", code="unexpected-kthxbai", reason=f"no request waits for subtree {frames[4][:32]!r}")
+                self.emit("error", code="unexpected-kthxbai", reason=f"no request waits for subtree {frames[4][:32]!r}")
             else:
                 tree = frames[4]
                 self.waiting.remove(tree)
                 self.watermark[tree] = struct.unpack(">Q", frames[1])[0]
-                emit("synced", subtree=tree.decode(), sequence=self.watermark[tree], keys=self.synced_keys[tree])
+                self.emit("synced", subtree=tree.decode(), sequence=self.watermark[tree], keys=self.synced_keys[tree])
             return
         problem = check_kv(frames)
         if not problem and not any(frames[0].startswith(tree) for tree in self.waiting):
             problem = f"{frames[0][:32]!r} is in no subtree still being sent"
         if problem:
-            emit("error", code="malformed-kvsync", reason=problem)
+            self.emit("error", code="malformed-kvsync", reason=problem)
             return
         key, value = frames[0], frames[4]
         for tree in self.waiting:
@@ -424,23 +426,50 @@ class Facade:
             self.map.pop(key, None)
 
     def on_update(self, frames):
+        """Apply a KVPUB; (key, sequence, value) when it was applied, None otherwise."""
         if frames[0] == b"HUGZ":
-            return  # a keep-alive: the engine is there
+            return None  # a keep-alive: the engine is there
         problem = check_kv(frames)
         trees = [] if problem else self.subtrees_of(frames[0])
         if problem or not trees:
             code = "malformed-kvpub" if problem else "unexpected-key"
-            emit("error", code=code, reason=problem or f"{frames[0][:32]!r} is in none of our subtrees")
-            return
+            self.emit("error", code=code, reason=problem or f"{frames[0][:32]!r} is in none of our subtrees")
+            return None
         key, sequence, value = frames[0], struct.unpack(">Q", frames[1])[0], frames[4]
         # The RFC's late-joiner rule: only what is newer than the snapshot, and than the last update.
         if sequence <= max(self.watermark[tree] for tree in trees) or sequence <= self.last:
             self.discarded += 1
-            return
+            return None
         self.set(key, value)
         self.first = self.first or sequence
         self.last = sequence
         self.applied += 1
+        return key, sequence, value
+
+    def summary(self):
+        """The counters and the map, as the facade's `done` (and the query agent's `stopped`) report them."""
+        return {"sequence": self.last, "first": self.first,
+                "map": {key.decode(): value.hex() for key, value in sorted(self.map.items())},
+                "applied": self.applied, "discarded": self.discarded}
+
+
+class Facade(Mirror):
+    """The facade's scenario on top of its mirror: its writes, and whether they all came back."""
+
+    def __init__(self, args):
+        super().__init__(args.subtrees)
+        self.args = args
+        prefix = f"/facades/{args.name}/".encode()
+        self.sees_own = any(prefix.startswith(tree) for tree in args.subtrees)
+        self.writes = {prefix + str(n).encode(): f"{args.name}/{n}".encode() for n in range(1, args.writes + 1)}
+        self.echoed, self.expired, self.deleted = set(), set(), False
+        self.delete_sent = False
+
+    def on_update(self, frames):
+        applied = super().on_update(frames)
+        if applied is None:
+            return None
+        key, _, value = applied
         if key in self.writes and value == self.writes[key]:
             self.echoed.add(key)
         elif key in self.writes and not value:
@@ -448,6 +477,7 @@ class Facade:
                 self.deleted = True
             elif key in self.echoed:
                 self.expired.add(key)
+        return applied
 
     def finished(self):
         if self.waiting or self.applied < self.args.count:
@@ -518,13 +548,12 @@ def run_facade(args):
                 collector_live = True
                 for n, (key, value) in enumerate(facade.writes.items(), 1):
                     ttl = args.ttl if n % 2 == 0 else 0
-                    collector.send_multipart([key, seq(0), b"", f"ttl={ttl}\n".encode() if ttl else b"", value])
+                    collector.send_multipart(kvset(key, value, ttl))
                     emit("wrote", key=key.decode(), value=value.hex(), ttl=ttl)
         if collector_live and not facade.delete_sent and len(facade.echoed) == len(facade.writes):
             first = next(iter(facade.writes))
-            collector.send_multipart([first, seq(0), b"", b"", b""])
+            collector.send_multipart(kvset(first, b""))
             facade.delete_sent = True
             emit("wrote", key=first.decode(), value="", ttl=0)
-    emit("done", sequence=facade.last, first=facade.first, map={key.decode(): value.hex() for key, value in sorted(facade.map.items())},
-         applied=facade.applied, discarded=facade.discarded)
+    emit("done", **facade.summary())
     context.destroy()

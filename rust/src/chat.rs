@@ -12,12 +12,12 @@ use crate::events::{
 };
 
 const MAX_HANDLE: usize = MAX_NAME; // bytes of UTF-8
-const MAX_TEXT: usize = 4096; // bytes of UTF-8
+pub const MAX_TEXT: usize = 4096; // bytes of UTF-8
 /// ZMQ_MAXMSGSIZE on every socket: libzmq drops a bigger frame, and the connection of its sender,
 /// before we ever see it, so no peer can make us allocate without bound. The largest legal frame
 /// is a 4096-byte text; the margin lets a text that is too long still reach our own
 /// `text-too-long` rule, and leaves room for CURVE's per-frame overhead.
-const MAX_MESSAGE: i64 = 8192;
+pub const MAX_MESSAGE: i64 = 8192;
 
 #[derive(Subcommand)]
 pub enum Role {
@@ -97,7 +97,7 @@ pub fn run(role: Role) -> Result<(), Failure> {
     }
 }
 
-fn post_text(name: &str, number: u64) -> String {
+pub fn post_text(name: &str, number: u64) -> String {
     format!("{} #{}: héllo wörld 🌍", name, number)
 }
 
@@ -372,22 +372,9 @@ impl Client {
             }
         };
         self.last_request = Instant::now();
-        match reply.as_slice() {
-            [empty, code] if empty.is_empty() => {
-                let code = String::from_utf8_lossy(code);
-                Err(Failure::new("rejected", format!("the server rejected our request: {}", code)))
-            }
-            [empty, ..] if empty.is_empty() => {
-                let reason = format!("an error reply has 2 frames, got {}", reply.len());
-                Err(Failure::new("malformed-reply", reason))
-            }
-            _ => {
-                let roster = decode(reply)
-                    .map_err(|error| Failure::new("malformed-reply", format!("roster is not UTF-8: {}", error)))?;
-                self.update_roster(&roster);
-                Ok(roster)
-            }
-        }
+        let roster = check_reply(reply)?;
+        self.update_roster(&roster);
+        Ok(roster)
     }
 
     fn update_roster(&mut self, roster: &[String]) {
@@ -398,23 +385,13 @@ impl Client {
     }
 
     fn on_broadcast(&mut self, frames: Vec<Vec<u8>>) {
-        let texts = match decode(frames) {
-            Ok(texts) => texts,
-            Err(_) => {
-                let reason = "a broadcast frame is not UTF-8";
-                return emit("error", json!({ "code": "malformed-broadcast", "reason": reason }));
-            }
-        };
-        match texts.as_slice() {
-            [server, roster @ ..] if server.is_empty() => self.update_roster(roster),
-            [handle, text] => {
+        match check_broadcast(frames) {
+            Ok(Broadcast::Roster(roster)) => self.update_roster(&roster),
+            Ok(Broadcast::Post { handle, text }) => {
                 *self.received.entry(handle.clone()).or_insert(0) += 1;
                 emit("received", json!({ "handle": handle, "text": text }));
             }
-            _ => {
-                let reason = format!("a post has 2 frames, got {}", texts.len());
-                emit("error", json!({ "code": "malformed-broadcast", "reason": reason }));
-            }
+            Err(reason) => emit("error", json!({ "code": "malformed-broadcast", "reason": reason })),
         }
     }
 
@@ -487,6 +464,41 @@ impl Client {
         let received: u64 = self.received.values().sum();
         emit("done", json!({ "sent": count, "received": received }));
         Ok(())
+    }
+}
+
+/// The roster of a reply, or the fatal error the reply is: an error reply to our own request
+/// (`rejected`), or one that breaks the reply table (`malformed-reply`).
+pub fn check_reply(reply: Vec<Vec<u8>>) -> Result<Vec<String>, Failure> {
+    match reply.as_slice() {
+        [empty, code] if empty.is_empty() => {
+            let code = String::from_utf8_lossy(&code[..code.len().min(32)]).into_owned();
+            Err(Failure::new("rejected", format!("the server rejected our request: {}", code)))
+        }
+        [empty, ..] if empty.is_empty() => {
+            let reason = format!("an error reply has 2 frames, got {}", reply.len());
+            Err(Failure::new("malformed-reply", reason))
+        }
+        _ => decode(reply).map_err(|error| Failure::new("malformed-reply", format!("roster is not UTF-8: {}", error))),
+    }
+}
+
+/// A broadcast: the server's roster, or a post.
+pub enum Broadcast {
+    Roster(Vec<String>),
+    Post { handle: String, text: String },
+}
+
+/// What a broadcast is, or why it is malformed (`malformed-broadcast`).
+pub fn check_broadcast(frames: Vec<Vec<u8>>) -> Result<Broadcast, String> {
+    let Ok(mut texts) = decode(frames) else { return Err("a broadcast frame is not UTF-8".into()) };
+    match texts.as_slice() {
+        [server, ..] if server.is_empty() => Ok(Broadcast::Roster(texts.split_off(1))),
+        [_, _] => {
+            let text = texts.pop().expect("two frames");
+            Ok(Broadcast::Post { handle: texts.pop().expect("two frames"), text })
+        }
+        _ => Err(format!("a post has 2 frames, got {}", texts.len())),
     }
 }
 

@@ -11,16 +11,25 @@ use serde_json::{json, Value};
 /// Write one event as one JSON line and flush it at once, so the orchestrator sees it live.
 /// `fields` is a JSON object (`json!({...})`); "event" is written first, then its fields.
 pub fn emit(event: &str, fields: Value) {
+    write_line(event_line(event, fields).as_bytes());
+}
+
+/// One event as one line of JSON, without the newline: "event" first, then its fields.
+pub fn event_line(event: &str, fields: Value) -> String {
     let head = json!({ "event": event }).to_string(); // {"event":"..."}
     let fields = fields.to_string(); // {...}
-    let line = if fields == "{}" {
+    if fields == "{}" {
         head
     } else {
         format!("{},{}", &head[..head.len() - 1], &fields[1..])
-    };
+    }
+}
+
+/// Write one line to stdout and flush it (a desk's main thread writes its agents' lines so).
+pub fn write_line(line: &[u8]) {
     let mut out = std::io::stdout().lock();
     // Nobody is left to tell if stdout is gone, so a failed write is not an error of the role.
-    let _ = writeln!(out, "{}", line).and_then(|_| out.flush());
+    let _ = out.write_all(line).and_then(|_| out.write_all(b"\n")).and_then(|_| out.flush());
 }
 
 pub fn log(message: &str) {

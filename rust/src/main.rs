@@ -1,5 +1,6 @@
 //! btb <example> <role> [--flag value]...: one entry point for every role (examples/README.md).
 mod chat;
+mod desk;
 mod events;
 mod perf;
 mod query;
@@ -30,6 +31,9 @@ enum Example {
     /// throughput and latency, as libzmq's perf tools measure them
     #[command(subcommand)]
     Perf(perf::Role),
+    /// a trading desk: one process, one thread per agent, inproc PAIR pipes
+    #[command(subcommand)]
+    Desk(desk::Role),
 }
 
 fn main() {
@@ -40,6 +44,7 @@ fn main() {
         Example::Valuation(role) => valuation::run(role),
         Example::Query(role) => query::run(role),
         Example::Perf(role) => perf::run(role),
+        Example::Desk(role) => desk::run(role),
     };
     if let Err(failure) = result {
         emit("error", json!({ "code": failure.code, "reason": failure.reason }));

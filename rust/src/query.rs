@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use clap::{value_parser, Args, Subcommand};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::events::{
     bind, connect, emit, ms_until, name, readable, readable_each, recv_frame_if_ready, send_when_room, stop_signal,
@@ -18,11 +18,11 @@ use crate::ticker::{hex, symbol, symbol_of, topic};
 
 /// ZMQ_MAXMSGSIZE on every socket: the largest legal frame is a 256-byte value; between 257 and
 /// 1024 bytes it reaches us and is reported, above that the library drops it with the connection.
-const MAX_MESSAGE: i64 = 1024;
-const MAX_VALUE: usize = 256;
+pub const MAX_MESSAGE: i64 = 1024;
+pub const MAX_VALUE: usize = 256;
 const MAX_FRAMES: usize = 7; // frames kept of a message (5, a routing id, one to tell "more"); the rest are dropped
 const HUGZ: [&[u8]; 5] = [b"HUGZ", &[0; 8], b"", b"", b""];
-const ICANHAZ: &[u8] = b"ICANHAZ?";
+pub const ICANHAZ: &[u8] = b"ICANHAZ?";
 const KTHXBAI: &[u8] = b"KTHXBAI";
 
 #[derive(Subcommand)]
@@ -101,7 +101,7 @@ pub fn run(role: Role) -> Result<(), Failure> {
 }
 
 /// 1 to 32 of A-Z a-z 0-9 _ -: a facade's name (a key segment), a property's name.
-fn is_word(data: &[u8]) -> bool {
+pub fn is_word(data: &[u8]) -> bool {
     (1..=32).contains(&data.len()) && data.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
 }
 
@@ -115,9 +115,9 @@ fn segment(value: &str) -> Result<String, String> {
 
 /// --subtrees: comma-separated subtrees, `all` being the empty one (the whole map); none twice.
 #[derive(Clone)]
-pub struct Subtrees(Vec<Vec<u8>>);
+pub struct Subtrees(pub Vec<Vec<u8>>);
 
-fn subtree_list(value: &str) -> Result<Subtrees, String> {
+pub fn subtree_list(value: &str) -> Result<Subtrees, String> {
     if let Some(bad) = value.split(',').find(|part| *part != "all" && !(is_subtree(part.as_bytes()) && !part.is_empty())) {
         return Err(format!("{:?} is not a subtree like /prices/ (or all)", bad));
     }
@@ -145,7 +145,7 @@ fn is_path(data: &[u8]) -> bool {
     matches!(data.split_first(), Some((b'/', rest)) if rest.split(|&c| c == b'/').all(segment))
 }
 
-fn is_key(data: &[u8]) -> bool {
+pub fn is_key(data: &[u8]) -> bool {
     (2..=255).contains(&data.len()) && is_path(data)
 }
 
@@ -184,17 +184,17 @@ fn ttl_of(data: &[u8]) -> Option<u64> {
 }
 
 /// A key or a subtree (checked: ASCII) for an event.
-fn text(data: &[u8]) -> String {
+pub fn text(data: &[u8]) -> String {
     String::from_utf8_lossy(data).into_owned()
 }
 
 /// At most 32 bytes of what a peer sent, for a reason.
-fn quote(data: &[u8]) -> String {
+pub fn quote(data: &[u8]) -> String {
     format!("\"{}\"", data[..data.len().min(32)].escape_ascii())
 }
 
 /// A message for a reason: its frame sizes, and at most 32 bytes of its first frame.
-fn quote_all(frames: &[Vec<u8>]) -> String {
+pub fn quote_all(frames: &[Vec<u8>]) -> String {
     let sizes: Vec<usize> = frames.iter().map(Vec::len).collect();
     format!("{:?} bytes, beginning {}", sizes, frames.first().map_or_else(|| quote(b""), |first| quote(first)))
 }
@@ -234,7 +234,7 @@ fn sequence_of(frame: &[u8]) -> u64 {
 /// The next message, read frame by frame without waiting: at most MAX_FRAMES frames are kept
 /// (the rest are read and dropped), so no message can make us allocate without bound. None if
 /// there was nothing after all (POLLIN is a hint).
-fn recv_message(socket: &zmq::Socket) -> Result<Option<Vec<Vec<u8>>>, Failure> {
+pub fn recv_message(socket: &zmq::Socket) -> Result<Option<Vec<Vec<u8>>>, Failure> {
     let Some(first) = recv_frame_if_ready(socket)? else { return Ok(None) };
     let mut frames = vec![first];
     while socket.get_rcvmore()? {
@@ -529,8 +529,9 @@ fn run_engine(args: EngineArgs) -> Result<(), Failure> {
 
 // --- facade ----------------------------------------------------------------------------------
 
-/// The facade's map and what it still waits for.
-struct Facade {
+/// The facade's map and what it still waits for. Its events go to `out`: `emit` in the facade
+/// role, the pipe in the desk's query agent.
+pub struct Facade {
     subtrees: Vec<Vec<u8>>,
     count: u64,
     map: BTreeMap<Vec<u8>, Vec<u8>>,
@@ -549,13 +550,18 @@ struct Facade {
     delete_sent: bool,
 }
 
+/// A bad message, reported and ignored: the facade goes on.
+fn reject(out: &mut dyn FnMut(&str, Value), code: &str, reason: String) {
+    out("error", json!({ "code": code, "reason": reason }));
+}
+
 impl Facade {
-    fn new(args: &FacadeArgs) -> Self {
-        let subtrees = args.subtrees.0.clone();
-        let prefix = format!("/facades/{}/", args.name);
-        let write = |n| (format!("{}{}", prefix, n).into_bytes(), format!("{}/{}", args.name, n).into_bytes());
+    /// A facade of `subtrees` named `name`, done after `count` KVPUBs and its `writes` writes.
+    pub fn new(subtrees: Vec<Vec<u8>>, name: &str, count: u64, writes: u32) -> Self {
+        let prefix = format!("/facades/{}/", name);
+        let write = |n| (format!("{}{}", prefix, n).into_bytes(), format!("{}/{}", name, n).into_bytes());
         Facade {
-            count: args.count,
+            count,
             map: BTreeMap::new(),
             waiting: subtrees.clone(),
             watermark: HashMap::new(),
@@ -565,7 +571,7 @@ impl Facade {
             applied: 0,
             discarded: 0,
             sees_own: subtrees.iter().any(|tree| prefix.as_bytes().starts_with(tree)),
-            writes: (1..=args.writes).map(write).collect(),
+            writes: (1..=writes).map(write).collect(),
             echoed: HashSet::new(),
             expired: HashSet::new(),
             deleted: false,
@@ -574,29 +580,42 @@ impl Facade {
         }
     }
 
-    fn on_snapshot(&mut self, frames: &[Vec<u8>]) -> Result<(), Failure> {
+    /// Every KTHXBAI is in: the snapshots are whole.
+    pub fn synced(&self) -> bool {
+        self.waiting.is_empty()
+    }
+
+    /// The last KVPUB applied (0: none yet).
+    pub fn last(&self) -> u64 {
+        self.last
+    }
+
+    pub fn on_snapshot(&mut self, frames: &[Vec<u8>], out: &mut dyn FnMut(&str, Value)) {
         if frames[0] == KTHXBAI {
             let shape = quote_all(frames);
             let (sequence, tree) = match frames {
                 [_, sequence, _, _, tree] if sequence.len() == 8 && is_subtree(tree) => (sequence_of(sequence), tree),
-                _ => return report("malformed-kthxbai", format!("not [KTHXBAI, sequence, -, -, subtree]: {}", shape)),
+                _ => {
+                    let reason = format!("not [KTHXBAI, sequence, -, -, subtree]: {}", shape);
+                    return reject(out, "malformed-kthxbai", reason);
+                }
             };
             // Matched by its subtree: nothing else in a reply says which request it answers.
             let Some(at) = self.waiting.iter().position(|waiting| waiting == tree) else {
-                return report("unexpected-kthxbai", format!("no request waits for subtree {}", quote(tree)));
+                return reject(out, "unexpected-kthxbai", format!("no request waits for subtree {}", quote(tree)));
             };
             self.waiting.remove(at);
             self.watermark.insert(tree.clone(), sequence);
             let keys = self.synced_keys[tree];
-            emit("synced", json!({ "subtree": text(tree), "sequence": sequence, "keys": keys }));
-            return Ok(());
+            out("synced", json!({ "subtree": text(tree), "sequence": sequence, "keys": keys }));
+            return;
         }
         let problem = check_kv(frames).or_else(|| {
             let sending = self.waiting.iter().any(|tree| frames[0].starts_with(tree));
             (!sending).then(|| format!("{} is in no subtree still being sent", quote(&frames[0])))
         });
         if let Some(problem) = problem {
-            return report("malformed-kvsync", problem);
+            return reject(out, "malformed-kvsync", problem);
         }
         for tree in &self.waiting {
             if frames[0].starts_with(tree) {
@@ -604,7 +623,6 @@ impl Facade {
             }
         }
         self.set(&frames[0], &frames[4]);
-        Ok(())
     }
 
     fn set(&mut self, key: &[u8], value: &[u8]) {
@@ -615,23 +633,26 @@ impl Facade {
         }
     }
 
-    fn on_update(&mut self, frames: &[Vec<u8>]) -> Result<(), Failure> {
+    /// A message from the SUB; true when it was a KVPUB and was applied.
+    pub fn on_update(&mut self, frames: &[Vec<u8>], out: &mut dyn FnMut(&str, Value)) -> bool {
         if frames[0] == b"HUGZ" {
-            return Ok(()); // a keep-alive: the engine is there
+            return false; // a keep-alive: the engine is there
         }
         if let Some(problem) = check_kv(frames) {
-            return report("malformed-kvpub", problem);
+            reject(out, "malformed-kvpub", problem);
+            return false;
         }
         let (key, sequence, value) = (&frames[0], sequence_of(&frames[1]), &frames[4]);
         let trees: Vec<&Vec<u8>> = self.subtrees.iter().filter(|tree| key.starts_with(tree)).collect();
         if trees.is_empty() {
-            return report("unexpected-key", format!("{} is in none of our subtrees", quote(key)));
+            reject(out, "unexpected-key", format!("{} is in none of our subtrees", quote(key)));
+            return false;
         }
         // The RFC's late-joiner rule: only what is newer than the snapshot, and than the last update.
         let watermark = trees.iter().map(|tree| self.watermark[*tree]).max().unwrap_or(0);
         if sequence <= watermark || sequence <= self.last {
             self.discarded += 1;
-            return Ok(());
+            return false;
         }
         self.set(key, value);
         if self.first == 0 {
@@ -648,7 +669,7 @@ impl Facade {
                 self.expired.insert(key.clone());
             }
         }
-        Ok(())
+        true
     }
 
     fn finished(&self) -> bool {
@@ -663,6 +684,14 @@ impl Facade {
             return self.echoed.len() == self.writes.len() && self.deleted && ttls_expired;
         }
         true
+    }
+
+    /// The fields of the facade's `done` (the query agent's `stopped`): the last KVPUB applied,
+    /// the first, the map (values in hex), how many were applied and discarded.
+    pub fn summary(&self) -> Value {
+        let map: serde_json::Map<_, _> = self.map.iter().map(|(key, value)| (text(key), json!(hex(value)))).collect();
+        json!({ "sequence": self.last, "first": self.first, "map": map, "applied": self.applied,
+                "discarded": self.discarded })
     }
 }
 
@@ -691,7 +720,7 @@ fn run_facade(args: FacadeArgs) -> Result<(), Failure> {
     let subtrees: Vec<_> = args.subtrees.0.iter().map(|tree| text(tree)).collect();
     emit("ready", json!({ "name": args.name, "subtrees": subtrees }));
 
-    let mut facade = Facade::new(&args);
+    let mut facade = Facade::new(args.subtrees.0.clone(), &args.name, args.count, args.writes);
     // The slow joiner: wait for a HUGZ, dropping whatever comes before it (the snapshot covers it).
     loop {
         if readable(&updates, deadline.cap(100))?
@@ -712,7 +741,7 @@ fn run_facade(args: FacadeArgs) -> Result<(), Failure> {
         // The SUB stays unread meanwhile: its updates wait in its queue, in order.
         if readable(&snapshot, deadline.cap(100))? {
             if let Some(frames) = recv_message(&snapshot)? {
-                facade.on_snapshot(&frames)?;
+                facade.on_snapshot(&frames, &mut emit);
             }
         }
         if deadline.expired() {
@@ -731,7 +760,7 @@ fn run_facade(args: FacadeArgs) -> Result<(), Failure> {
         let ready = readable_each(&sockets, deadline.cap(100))?;
         if ready[0] {
             if let Some(frames) = recv_message(&updates)? {
-                facade.on_update(&frames)?;
+                facade.on_update(&frames, &mut emit);
             }
         }
         if ready[1] {
@@ -759,8 +788,6 @@ fn run_facade(args: FacadeArgs) -> Result<(), Failure> {
             facade.delete_sent = true;
         }
     }
-    let map: serde_json::Map<_, _> = facade.map.iter().map(|(key, value)| (text(key), json!(hex(value)))).collect();
-    let (first, last, applied, discarded) = (facade.first, facade.last, facade.applied, facade.discarded);
-    emit("done", json!({ "sequence": last, "first": first, "map": map, "applied": applied, "discarded": discarded }));
+    emit("done", facade.summary());
     Ok(()) // the collector's linger (1000 ms) lets the last write leave as the context closes
 }

@@ -18,7 +18,7 @@ pub const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
 /// before we see it. It also bounds subscriptions, which a subscription trie stores byte by byte.
 /// The largest legal frames are a subscription (`\x01@` and a 32-byte name: 34 bytes) and the
 /// 9-byte frames of a tick.
-const MAX_MESSAGE: i64 = 256;
+pub const MAX_MESSAGE: i64 = 256;
 
 #[derive(Subcommand)]
 pub enum Role {
@@ -328,17 +328,17 @@ fn run_proxy(args: ProxyArgs) -> Result<(), Failure> {
 
 // --- subscriber ------------------------------------------------------------------------------
 
-struct Tick<'a> {
-    symbol: &'a str,
-    sequence: u64,
-    timestamp: i64,
-    price: f64,
+pub struct Tick<'a> {
+    pub symbol: &'a str,
+    pub sequence: u64,
+    pub timestamp: i64,
+    pub price: f64,
 }
 
-type Rejected = (&'static str, String); // (code, reason)
+pub type Rejected = (&'static str, String); // (code, reason)
 
 /// A good tick, or its first broken rule.
-fn check_tick<'a>(frames: &'a [Vec<u8>], subscribed: &[String], seed: u64) -> Result<Tick<'a>, Rejected> {
+pub fn check_tick<'a>(frames: &'a [Vec<u8>], subscribed: &[String], seed: u64) -> Result<Tick<'a>, Rejected> {
     let (topic, sequence, timestamp, price_bytes) = match frames {
         [frame0, frame1, frame2, frame3] => (frame0, frame1, frame2, frame3),
         _ => return Err(("malformed-tick", format!("expected 4 frames, got {}", frames.len()))),

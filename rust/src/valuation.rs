@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use clap::{value_parser, Args, Subcommand};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::events::{
     bind, connect, emit, ms_until, name, poll, readable, recv_if_ready, send_when_room, stop_signal, Deadline, Failure,
@@ -17,7 +17,7 @@ const RESEND_BATCH: usize = 1000; // ids per resend message
 /// ZMQ_MAXMSGSIZE on every socket: libzmq drops a bigger frame, and the connection of its sender,
 /// before we see it, so no peer can make us allocate without bound. The largest legal frames are a
 /// 32-byte worker name, `finished` and the 8-byte ids, values and prices.
-const MAX_MESSAGE: i64 = 256;
+pub const MAX_MESSAGE: i64 = 256;
 /// The largest |value| of an order: 1000 × 100099 cents. The sink only adds values it checked, so
 /// with --count at most i64::MAX / MAX_VALUE its total fits in a signed 64-bit integer.
 const MAX_VALUE: i64 = 1000 * 100_099;
@@ -136,7 +136,7 @@ fn order(seed: u64, id: u64) -> Order {
     }
 }
 
-fn order_frames(seed: u64, id: u64) -> [Vec<u8>; 5] {
+pub fn order_frames(seed: u64, id: u64) -> [Vec<u8>; 5] {
     let Order { symbol, side, quantity, cents } = order(seed, id);
     // to_be_bytes: big-endian, network order; u64 id, u32 quantity, i64 cents.
     [
@@ -211,6 +211,86 @@ fn check_result(frames: &[Vec<u8>], count: u64, seed: u64) -> Result<(&str, u64,
     Ok((worker, id, amount))
 }
 
+/// A `ready` as the sink takes it: a new worker name is reported as `worker` and remembered in
+/// `ready`; a malformed one is an `error` and not a worker (it does not count toward --workers).
+/// `out` reports an event: `emit` here, the pipe in the desk's valuation agent.
+pub fn on_ready(frames: &[Vec<u8>], ready: &mut BTreeSet<String>, out: &mut dyn FnMut(&str, Value)) {
+    match check_ready(frames) {
+        Err((code, reason)) => out("error", json!({ "code": code, "reason": reason })),
+        Ok(worker) if !ready.contains(worker) => {
+            out("worker", json!({ "name": worker }));
+            ready.insert(worker.to_string());
+        }
+        Ok(_) => {}
+    }
+}
+
+/// The sink's count of one batch of orders 1 to `count`: every result checked, each id counted once.
+pub struct Tally {
+    count: u64,
+    seed: u64,
+    values: HashMap<u64, i64>,      // id -> value counted
+    total: i64,                     // the sum of `values`, each checked: see MAX_VALUE
+    priced: BTreeMap<String, u64>,  // worker -> results counted
+    resent: BTreeSet<u64>,          // every id ever re-dispatched
+}
+
+impl Tally {
+    pub fn new(count: u64, seed: u64) -> Self {
+        let (values, priced, resent) = (HashMap::new(), BTreeMap::new(), BTreeSet::new());
+        Tally { count, seed, values, total: 0, priced, resent }
+    }
+
+    /// Check one result and report it (`result`, `late-duplicate` or `error`); true when it was
+    /// counted. A result that is not counted leaves its id missing: `resend` asks for it again.
+    pub fn on_result(&mut self, frames: &[Vec<u8>], out: &mut dyn FnMut(&str, Value)) -> bool {
+        match check_result(frames, self.count, self.seed) {
+            Err((code, reason)) => out("error", json!({ "code": code, "reason": reason })),
+            Ok((worker, id, _)) if self.values.contains_key(&id) && self.resent.contains(&id) => {
+                // We asked for it twice: the first worker was slow, not dead.
+                out("late-duplicate", json!({ "id": id, "worker": worker }));
+            }
+            Ok((worker, id, _)) if self.values.contains_key(&id) => {
+                let reason = format!("a second result for order {}, from {}", id, worker);
+                out("error", json!({ "code": "duplicate", "reason": reason }));
+            }
+            Ok((worker, id, amount)) => {
+                self.values.insert(id, amount);
+                self.total += amount;
+                *self.priced.entry(worker.to_string()).or_insert(0) += 1;
+                out("result", json!({ "id": id, "worker": worker }));
+                return true;
+            }
+        }
+        false
+    }
+
+    pub fn counted(&self) -> u64 {
+        self.values.len() as u64
+    }
+
+    pub fn total(&self) -> i64 {
+        self.total
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.counted() == self.count
+    }
+
+    /// The fields of `complete`: the total, the orders each worker priced, every id re-dispatched.
+    pub fn complete(&self) -> Value {
+        let resent: Vec<u64> = self.resent.iter().copied().collect(); // ascending
+        json!({ "total": self.total, "workers": self.priced, "resent": resent })
+    }
+
+    /// Every missing id, ascending; from now on each counts as re-dispatched.
+    pub fn resend(&mut self) -> Vec<u64> {
+        let missing: Vec<u64> = (1..=self.count).filter(|id| !self.values.contains_key(id)).collect();
+        self.resent.extend(&missing);
+        missing
+    }
+}
+
 fn run_sink(args: SinkArgs) -> Result<(), Failure> {
     let stop = stop_signal()?;
     let deadline = Deadline::new(args.timeout);
@@ -230,17 +310,14 @@ fn run_sink(args: SinkArgs) -> Result<(), Failure> {
 
     let mut state: &[u8] = b"waiting";
     let mut ready: BTreeSet<String> = BTreeSet::new(); // names of the workers that said ready
-    let mut values: HashMap<u64, i64> = HashMap::new(); // id -> value counted
-    let mut total: i64 = 0; // the sum of `values`, each checked: see MAX_VALUE
-    let mut priced: BTreeMap<String, u64> = BTreeMap::new(); // worker -> results counted
-    let mut resent: BTreeSet<u64> = BTreeSet::new(); // every id ever re-dispatched
+    let mut tally = Tally::new(args.count, args.seed);
     let mut next_beat = Instant::now();
     let mut quiet_since = Instant::now();
     let quiet = Duration::from_millis(args.quiet.into());
 
     while !stop.load(Ordering::SeqCst) {
         if deadline.expired() {
-            let reason = format!("still running after {} ms with {} results", args.timeout, values.len());
+            let reason = format!("still running after {} ms with {} results", args.timeout, tally.counted());
             return Err(Failure::new("timeout", reason));
         }
         // The poll is the only wait: for a message, or until the next heartbeat is due.
@@ -249,15 +326,7 @@ fn run_sink(args: SinkArgs) -> Result<(), Failure> {
         let message = if waiting { recv_if_ready(&results)? } else { None };
         if let Some(frames) = message {
             if frames[0] == b"ready" {
-                match check_ready(&frames) {
-                    // Not a worker: it does not count toward --workers.
-                    Err((code, reason)) => emit("error", json!({ "code": code, "reason": reason })),
-                    Ok(worker) if !ready.contains(worker) => {
-                        emit("worker", json!({ "name": worker }));
-                        ready.insert(worker.to_string());
-                    }
-                    Ok(_) => {}
-                }
+                on_ready(&frames, &mut ready, &mut emit);
                 if state == b"waiting" && ready.len() as u64 >= args.workers {
                     // At once, not at the next heartbeat. Every worker heard a control message
                     // before it said ready, so its SUB is connected and cannot miss this one.
@@ -266,32 +335,12 @@ fn run_sink(args: SinkArgs) -> Result<(), Failure> {
                     emit("started", json!({ "workers": ready.len() }));
                     quiet_since = Instant::now();
                 }
-            } else {
-                match check_result(&frames, args.count, args.seed) {
-                    // Not counted: the id stays missing, so the quiet-period resend asks for it again.
-                    Err((code, reason)) => emit("error", json!({ "code": code, "reason": reason })),
-                    Ok((worker, id, _)) if values.contains_key(&id) && resent.contains(&id) => {
-                        // We asked for it twice: the first worker was slow, not dead.
-                        emit("late-duplicate", json!({ "id": id, "worker": worker }));
-                    }
-                    Ok((worker, id, _)) if values.contains_key(&id) => {
-                        let reason = format!("a second result for order {}, from {}", id, worker);
-                        emit("error", json!({ "code": "duplicate", "reason": reason }));
-                    }
-                    Ok((worker, id, amount)) => {
-                        values.insert(id, amount);
-                        total += amount;
-                        *priced.entry(worker.to_string()).or_insert(0) += 1;
-                        quiet_since = Instant::now();
-                        emit("result", json!({ "id": id, "worker": worker }));
-                        if values.len() as u64 == args.count {
-                            state = b"finished";
-                            control.send(state, 0)?; // at once; the heartbeat repeats it
-                            let resent: Vec<u64> = resent.iter().copied().collect(); // ascending
-                            let complete = json!({ "total": total, "workers": priced, "resent": resent });
-                            emit("complete", complete);
-                        }
-                    }
+            } else if tally.on_result(&frames, &mut emit) {
+                quiet_since = Instant::now();
+                if tally.is_complete() {
+                    state = b"finished";
+                    control.send(state, 0)?; // at once; the heartbeat repeats it
+                    emit("complete", tally.complete());
                 }
             }
         }
@@ -299,12 +348,11 @@ fn run_sink(args: SinkArgs) -> Result<(), Failure> {
         if state == b"go" && now.duration_since(quiet_since) >= quiet {
             // Nothing is acknowledged in PUSH/PULL: orders queued for a worker that died are gone
             // without a trace. Only the sink can see what is missing, so it asks the source again.
-            let missing: Vec<u64> = (1..=args.count).filter(|id| !values.contains_key(id)).collect();
+            let missing = tally.resend();
             for batch in missing.chunks(RESEND_BATCH) {
                 let ids = batch.iter().map(|id| id.to_be_bytes().to_vec());
                 control.send_multipart(std::iter::once(b"resend".to_vec()).chain(ids), 0)?;
             }
-            resent.extend(&missing);
             emit("resend", json!({ "ids": missing }));
             quiet_since = now;
         }
@@ -314,7 +362,7 @@ fn run_sink(args: SinkArgs) -> Result<(), Failure> {
             next_beat = now + Duration::from_millis(args.heartbeat.into());
         }
     }
-    emit("done", json!({ "orders": values.len(), "total": total }));
+    emit("done", json!({ "orders": tally.counted(), "total": tally.total() }));
     Ok(()) // dropping the sockets and then the context closes them; linger 0: nothing waits
 }
 

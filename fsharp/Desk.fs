@@ -1,0 +1,785 @@
+/// desk: a trading desk, one process whose threads talk over inproc pipes (examples/desk/PROTOCOL.md).
+///
+/// Four agent threads each own the sockets of one earlier example and speak its protocol: chat,
+/// ticker, valuation (the source and the sink in one) and query. The main thread runs the scenario
+/// and is the only one that writes to stdout. The threads share nothing but NetMQ's one context:
+/// they talk through PAIR sockets over inproc://, the pipes. "Don't share state, share messages."
+module Btb.Desk
+
+open System
+open System.Buffers.Binary
+open System.Collections.Generic
+open System.Text
+open System.Text.RegularExpressions
+open System.Threading
+open Argu
+open NetMQ
+open NetMQ.Sockets
+open Btb.Events
+
+// --- command line ----------------------------------------------------------------------------
+
+type TraderArgs =
+    | [<Mandatory>] Name of name: string
+    | Chat_Requests of endpoint: string
+    | Chat_Broadcasts of endpoint: string
+    | Chat_Clients of handles: int
+    | Posts of count: int
+    | Ticks of endpoint: string
+    | Follow of list: string
+    | Forget of symbol: string
+    | Forget_After of ticks: int
+    | Tick_Count of ticks: int
+    | Seed of seed: uint64
+    | Orders of endpoint: string
+    | Results of endpoint: string
+    | Control of endpoint: string
+    | Trade of orders: int
+    | Workers of count: int
+    | Quiet of ms: int
+    | Heartbeat of ms: int
+    | Snapshot of endpoint: string
+    | Updates of endpoint: string
+    | Collector of endpoint: string
+    | Subtrees of list: string
+    | Timeout of ms: int
+
+    interface IArgParserTemplate with
+        member this.Usage =
+            match this with
+            | Name _ -> "1 to 32 of A-Z a-z 0-9 _ -: chat handle, @name, facade name (required)"
+            | Chat_Requests _ -> "the chat server's REP (default tcp://127.0.0.1:5555)"
+            | Chat_Broadcasts _ -> "the chat server's PUB (default tcp://127.0.0.1:5556)"
+            | Chat_Clients _ -> "roster size to wait for before posting (default 1)"
+            | Posts _ -> "chat posts, one per tick (default 5)"
+            | Ticks _ -> "the ticker publisher or proxy (default tcp://127.0.0.1:5557)"
+            | Follow _ -> "comma-separated symbols to follow (default AAPL,GOOG,MSFT)"
+            | Forget _ -> "one of --follow, forgotten during the run; empty: none (default empty)"
+            | Forget_After _ -> "ticks of --forget before it is forgotten (default 10)"
+            | Tick_Count _ -> "ticks of every symbol still followed (default 20)"
+            | Seed _ -> "the publisher's price seed and the trade's order seed (default 1)"
+            | Orders _ -> "PUSH endpoint to bind (default tcp://127.0.0.1:5562)"
+            | Results _ -> "PULL endpoint to bind (default tcp://127.0.0.1:5560)"
+            | Control _ -> "PUB endpoint to bind (default tcp://127.0.0.1:5561)"
+            | Trade _ -> "orders in the trade, 0 for none, at most 1000000 (default 100)"
+            | Workers _ -> "ready workers to wait for (default 1)"
+            | Quiet _ -> "silence in ms before missing orders are sent again (default 1000)"
+            | Heartbeat _ -> "interval between state messages in ms (default 100)"
+            | Snapshot _ -> "the query engine's ROUTER (default tcp://127.0.0.1:5566)"
+            | Updates _ -> "the query engine's XPUB (default tcp://127.0.0.1:5567)"
+            | Collector _ -> "the query engine's collector SUB (default tcp://127.0.0.1:5568)"
+            | Subtrees _ -> "the query agent's subtrees, holding /desks/NAME/ (default /prices/,/desks/)"
+            | Timeout _ -> "longest run in ms, 0 for no limit (default 60000)"
+
+[<RequireSubcommand>]
+type DeskArgs =
+    | [<CliPrefix(CliPrefix.None)>] Trader of ParseResults<TraderArgs>
+
+    interface IArgParserTemplate with
+        member this.Usage =
+            match this with
+            | Trader _ -> "chat, follow prices, value a trade and record it, on four agent threads"
+
+/// The flags, checked. Each agent gets this record when its thread starts: immutable, so a copy in
+/// all but name; everything after that comes as pipe messages.
+type TraderSettings =
+    { Name: string; ChatRequests: string; ChatBroadcasts: string; ChatClients: int; Posts: int
+      Ticks: string; Follow: string list; Forget: string; ForgetAfter: int; TickCount: int; Seed: uint64
+      Orders: string; Results: string; Control: string; Trade: int; Workers: int; Quiet: int
+      Heartbeat: int; Snapshot: string; Updates: string; Collector: string; Subtrees: string list
+      Timeout: int }
+
+let MaxTrade = 1000000
+let MaxWaiting = 100 // commands an agent queues (texts to post, writes) before it says "busy"
+
+let deskName (value: string) =
+    if not (Regex.IsMatch(value, @"\A[A-Za-z0-9_-]{1,32}\z")) then
+        failwith "a desk name is 1 to 32 of A-Z a-z 0-9 _ -"
+    value
+
+let tradeSize (orders: int) =
+    if orders < 0 || orders > MaxTrade then failwithf "a trade is 0 to %d orders" MaxTrade
+    orders
+
+let traderSettings (args: ParseResults<TraderArgs>) : TraderSettings =
+    let settings =
+        { Name = args.PostProcessResult(Name, deskName)
+          ChatRequests = args.GetResult(Chat_Requests, "tcp://127.0.0.1:5555")
+          ChatBroadcasts = args.GetResult(Chat_Broadcasts, "tcp://127.0.0.1:5556")
+          ChatClients = args.TryPostProcessResult(Chat_Clients, atLeast 1) |> Option.defaultValue 1
+          Posts = args.TryPostProcessResult(Posts, atLeast 0) |> Option.defaultValue 5
+          Ticks = args.GetResult(Ticks, "tcp://127.0.0.1:5557")
+          Follow =
+            args.TryPostProcessResult(Follow, Ticker.symbols)
+            |> Option.defaultWith (fun () -> Ticker.symbols "AAPL,GOOG,MSFT")
+            |> List.distinct
+          Forget = args.TryPostProcessResult(Forget, fun s -> if s = "" then s else Ticker.symbol s)
+                   |> Option.defaultValue ""
+          ForgetAfter = args.TryPostProcessResult(Forget_After, atLeast 1) |> Option.defaultValue 10
+          TickCount = args.TryPostProcessResult(Tick_Count, atLeast 1) |> Option.defaultValue 20
+          Seed = args.GetResult(Seed, 1UL) // Argu reads an unsigned 64-bit: 0 to 2^64-1
+          Orders = args.GetResult(Orders, "tcp://127.0.0.1:5562")
+          Results = args.GetResult(Results, "tcp://127.0.0.1:5560")
+          Control = args.GetResult(Control, "tcp://127.0.0.1:5561")
+          Trade = args.TryPostProcessResult(Trade, tradeSize) |> Option.defaultValue 100
+          Workers = args.TryPostProcessResult(Workers, atLeast 1) |> Option.defaultValue 1
+          Quiet = args.TryPostProcessResult(Quiet, atLeast 1) |> Option.defaultValue 1000
+          Heartbeat = args.TryPostProcessResult(Heartbeat, atLeast 1) |> Option.defaultValue 100
+          Snapshot = args.GetResult(Snapshot, "tcp://127.0.0.1:5566")
+          Updates = args.GetResult(Updates, "tcp://127.0.0.1:5567")
+          Collector = args.GetResult(Collector, "tcp://127.0.0.1:5568")
+          Subtrees =
+            args.TryPostProcessResult(Subtrees, Query.subtreeList)
+            |> Option.defaultWith (fun () -> Query.subtreeList "/prices/,/desks/")
+          Timeout = args.TryPostProcessResult(TraderArgs.Timeout, atLeast 0) |> Option.defaultValue 60000 }
+    let home = $"/desks/{settings.Name}/"
+    if settings.Forget <> "" && not (List.contains settings.Forget settings.Follow) then
+        args.Raise("--forget must be one of --follow, or empty") // exit 2, like Argu's own
+    if not (settings.Subtrees |> List.exists (fun tree -> Query.startsWith tree home)) then
+        args.Raise($"--subtrees must hold {home}: the desk writes its valuation there and reads it back")
+    settings
+
+// --- the pipes: PAIR sockets over inproc -----------------------------------------------------
+
+/// inproc:// endpoints live inside one context: only this process's threads can reach them.
+let pipeAddress (agent: string) = $"inproc://desk-{agent}"
+
+/// One end of a pipe. PAIR: exactly two ends known in advance; it never drops and never routes.
+/// Linger 0: an inproc send hands the message to the peer's queue itself, so nothing is left to
+/// flush at close. No maximum message size: nothing is decoded from bytes here, whole messages pass
+/// between threads of one program. The default high-water mark (1000): PAIR blocks there, never drops.
+let pipeEnd () =
+    let pipe = new PairSocket()
+    pipe.Options.Linger <- TimeSpan.Zero
+    pipe
+
+let ascii (text: string) = Encoding.ASCII.GetBytes text
+let STOP = "STOP"B
+let Forever = -1L // a poll without a timeout: a command or a message wakes it
+
+/// The agent's end of its pipe, made in the agent's thread: it connects to the end the main thread
+/// bound before starting the thread, so the connect always finds it.
+type Pipe(agent: string) =
+    let socket = pipeEnd ()
+    do socket.Connect(pipeAddress agent)
+
+    member _.Socket = socket
+
+    /// Report an event: frame 0 its name, frame 1 its JSON with "agent", then the values the main
+    /// thread acts on. The main thread is the only writer to stdout: it writes frame 1 as a line.
+    member _.Tell(event: string, fields: (string * obj) list, ?extras: byte[] list) =
+        let json = eventJson event (("agent", box agent) :: fields)
+        socket.SendMultipartBytes(ascii event :: utf8.GetBytes json :: defaultArg extras [])
+
+    /// The examples' `emit`, for the code an agent shares with its example's role.
+    member this.Emit (event: string) (fields: (string * obj) list) = this.Tell(event, fields)
+
+    member this.Error(code: string, reason: string) =
+        this.Tell("error", [ "code", box code; "reason", box reason ])
+
+    member this.BadCommand(reason: string) = this.Error("bad-command", reason)
+
+    member this.NotACommand(frames: byte[] list) =
+        this.BadCommand $"not a command of the {agent} agent: {Query.quoteFrames frames}"
+
+    /// The next command, if there is one after all (a poll's PollIn is a hint, not a promise).
+    member _.Command() = receiveIfReady socket
+
+    interface IDisposable with
+        member _.Dispose() = socket.Dispose()
+
+/// An agent's thread: connect its pipe, run its part (set up its sockets, report ready, serve until
+/// STOP), report stopped with the counters the part returns, by then with its sockets closed. A
+/// ZeroMQ socket is not thread-safe: an agent's sockets are made, used and closed in this thread only.
+let runAgent (agent: string) (part: Pipe -> (string * obj) list) () =
+    use pipe = new Pipe(agent)
+    let counters =
+        try
+            part pipe
+        with error -> // a bug, not a peer: still say stopped, so that the desk fails and exits
+            pipe.Error("crashed", error.Message)
+            []
+    pipe.Tell("stopped", counters)
+
+// --- chat agent: a chat client ---------------------------------------------------------------
+
+/// The chat agent's one request in flight: REQ is strict lockstep.
+type ChatRequest =
+    | Join
+    | KeepAlive
+    | Posting of text: string
+
+let Keepalive = 1000L // ms without a request before a keep-alive (the chat client's default)
+
+/// Report a roster when it differs from the last one; return it as the last one.
+let rosterSeen (pipe: Pipe) (last: string list) (handles: string list) =
+    if handles <> last then pipe.Tell("roster", [ "handles", box handles ])
+    handles
+
+let chatAgent (settings: TraderSettings) (pipe: Pipe) =
+    let me = utf8.GetBytes settings.Name
+    // SUB first, so that its subscription starts travelling as early as possible; then REQ.
+    use sub = new SubscriberSocket()
+    use req = new RequestSocket()
+    for socket in [ sub :> NetMQSocket; req ] do
+        socket.Options.Linger <- TimeSpan.Zero
+        socket.Options.MaxMsgSize <- Chat.MaxMessage
+    sub.Subscribe "" // posts and rosters
+    let waiting = Queue<string>() // POSTed texts, in order
+    let mutable roster: string list = []
+    let mutable heard = false // a first broadcast: our subscription is live (the slow joiner)
+    let mutable joined = false
+    let mutable everyone = false // a roster of --chat-clients: everyone listens before anyone talks
+    let mutable inFlight: ChatRequest option = None
+    let mutable lastRequest = nowMs ()
+    let mutable sent = 0
+    let mutable received = 0
+    let mutable running = true
+    try
+        endpoint "connect" sub.Connect settings.ChatBroadcasts
+        endpoint "connect" req.Connect settings.ChatRequests
+        pipe.Tell("ready", [ "handle", box settings.Name ])
+        while running do
+            // The next request, when REQ's lockstep allows one: join, then posts, then keep-alives.
+            let next =
+                if inFlight.IsSome || not heard then None
+                elif not joined then Some Join
+                elif everyone && waiting.Count > 0 then Some(Posting(waiting.Dequeue()))
+                elif nowMs () - lastRequest >= Keepalive then Some KeepAlive
+                else None
+            match next with
+            | Some(Posting text) -> send req [ me; utf8.GetBytes text ]
+            | Some _ -> send req [ me ]
+            | None -> ()
+            if next.IsSome then inFlight <- next
+            // The pipe is polled with the sockets: a STOP is seen however the chat is going. No
+            // timeout unless a keep-alive comes due: a command or a message wakes the poll.
+            let waitMs = if joined && inFlight.IsNone then max 0L (lastRequest + Keepalive - nowMs ()) else Forever
+            let ready = pollInAny [ pipe.Socket; sub; req ] waitMs
+            let isReady (socket: NetMQSocket) = List.contains socket ready
+            // Each ready socket is read without waiting: PollIn is a hint (REQ drops a reply it
+            // cannot match inside the receive).
+            if isReady pipe.Socket then
+                match pipe.Command() with
+                | Some [ stop ] when stop = STOP -> running <- false
+                | Some [ post; text ] when post = "POST"B ->
+                    match Chat.tryDecode [ text ] with
+                    | Some _ when text.Length > 0 && text.Length <= Chat.MaxText ->
+                        if waiting.Count < MaxWaiting then waiting.Enqueue(utf8.GetString text)
+                        else pipe.BadCommand "busy"
+                    | _ -> pipe.BadCommand $"a text is 1 to {Chat.MaxText} bytes of UTF-8, not {Query.quote text}"
+                | Some frames -> pipe.NotACommand frames
+                | None -> ()
+            if isReady sub then
+                match receiveIfReady sub with
+                | Some frames ->
+                    heard <- true
+                    match Chat.readBroadcast frames with
+                    | Chat.Roster handles ->
+                        roster <- rosterSeen pipe roster handles
+                        everyone <- everyone || roster.Length >= settings.ChatClients
+                    | Chat.Post(handle, text) ->
+                        received <- received + 1
+                        pipe.Tell("received", [ "handle", box handle; "text", box text ], [ utf8.GetBytes handle ])
+                    | Chat.Malformed reason -> pipe.Error("malformed-broadcast", reason)
+                | None -> ()
+            if isReady req then
+                match receiveIfReady req with
+                | Some reply ->
+                    match Chat.checkReply reply with
+                    | Error(code, reason) -> raise (Failure(code, reason)) // rejected, malformed-reply: fatal
+                    | Ok handles ->
+                        roster <- rosterSeen pipe roster handles
+                        everyone <- everyone || roster.Length >= settings.ChatClients
+                        match inFlight with
+                        | Some Join -> joined <- true
+                        | Some(Posting text) ->
+                            sent <- sent + 1
+                            pipe.Tell("sent", [ "text", box text; "roster", box handles ])
+                        | _ -> ()
+                        inFlight <- None
+                        lastRequest <- nowMs ()
+                | None -> ()
+    with Failure(code, reason) -> pipe.Error(code, reason) // then stopped, unasked: the desk fails
+    [ "sent", box sent; "received", box received ]
+
+// --- ticker agent: a ticker subscriber -------------------------------------------------------
+
+let tickerAgent (settings: TraderSettings) (pipe: Pipe) =
+    use sub = new SubscriberSocket()
+    sub.Options.Linger <- TimeSpan.Zero // ticks are a stream: nobody is owed the ones still queued
+    sub.Options.MaxMsgSize <- Ticker.MaxMessage
+    let mutable following: string list = []
+    let mutable ticks = 0
+    let mutable malformed = 0
+    let mutable running = true
+    try
+        endpoint "connect" sub.Connect settings.Ticks
+        // Our own topic at once: the publisher counts the desk by it. The symbols come as FOLLOWs.
+        sub.Subscribe(utf8.GetBytes("@" + settings.Name))
+        pipe.Tell("ready", [ "name", box settings.Name ])
+        while running do
+            let ready = pollInAny [ pipe.Socket; sub ] Forever
+            if List.contains (pipe.Socket :> NetMQSocket) ready then
+                match pipe.Command() with
+                | Some [ stop ] when stop = STOP -> running <- false
+                | Some [ verb; symbol ] when verb = "FOLLOW"B && Ticker.isSymbol (Encoding.ASCII.GetString symbol) ->
+                    let symbol = Encoding.ASCII.GetString symbol
+                    if not (List.contains symbol following) then
+                        // Its first ticks may be missed while the subscription travels upstream.
+                        sub.Subscribe(Ticker.topic symbol)
+                        following <- following @ [ symbol ]
+                        pipe.Tell("subscribed", [ "symbol", box symbol ])
+                | Some [ verb; symbol ] when verb = "FORGET"B && Ticker.isSymbol (Encoding.ASCII.GetString symbol) ->
+                    let symbol = Encoding.ASCII.GetString symbol
+                    if List.contains symbol following then
+                        // SUB filters what it delivers by its current subscriptions: no tick of the
+                        // symbol comes after this, even one already queued.
+                        sub.Unsubscribe(Ticker.topic symbol)
+                        following <- following |> List.filter ((<>) symbol)
+                        pipe.Tell("unsubscribed", [ "symbol", box symbol ])
+                | Some frames -> pipe.NotACommand frames
+                | None -> ()
+            if List.contains (sub :> NetMQSocket) ready then
+                match receiveIfReady sub |> Option.map (fun frames -> Ticker.checkTick frames following settings.Seed) with
+                | Some(Error(code, reason)) ->
+                    malformed <- malformed + 1
+                    pipe.Error(code, reason)
+                | Some(Ok(symbol, sequence, timestamp, price)) ->
+                    ticks <- ticks + 1
+                    let fields = [ "symbol", box symbol; "sequence", box sequence; "timestamp", box timestamp; "price", box price ]
+                    pipe.Tell("tick", fields, [ ascii symbol ])
+                | None -> ()
+    with Failure(code, reason) -> pipe.Error(code, reason)
+    [ "ticks", box ticks; "malformed", box malformed ]
+
+// --- valuation agent: the source and the sink in one thread ----------------------------------
+
+let WAITING, GO, FINISHED = "waiting"B, "go"B, "finished"B
+
+let valuationAgent (settings: TraderSettings) (pipe: Pipe) =
+    use orders = new PushSocket() // deals orders round-robin to the workers connected
+    use results = new PullSocket() // fair-queues readies and results from every worker
+    use control = new PublisherSocket() // the state, level-triggered: repeated every heartbeat
+    for socket in [ orders :> NetMQSocket; results; control ] do
+        socket.Options.Linger <- TimeSpan.Zero
+        socket.Options.MaxMsgSize <- Valuation.MaxMessage // PUB too: it still decodes what subscribers send
+    // The `finished` state must reach the workers even if the desk stops right after: they leave
+    // when they hear it. Closing the socket leaves it a second to go out.
+    control.Options.Linger <- TimeSpan.FromMilliseconds 1000.0
+    let ready = HashSet<string>() // workers ready for the next trade
+    let values = Dictionary<uint64, int64>() // id -> the value of its first result, this trade
+    let priced = Dictionary<string, int>() // worker -> results counted, this trade
+    let resent = HashSet<uint64>() // every id re-dispatched, this trade
+    let resending = Queue<uint64>() // ids to send again, in order
+    let mutable resendIds: uint64 list = []
+    let mutable count = 0UL // orders in the trade; 0 before the first VALUE
+    let mutable state = WAITING
+    let mutable nextId = 1UL // the next order to send the first time
+    let mutable total = 0L // of the last trade completed
+    let mutable quietSince = nowMs ()
+    let mutable nextBeat = nowMs () // publish the state at once
+    let mutable running = true
+    try
+        endpoint "bind" orders.Bind settings.Orders
+        endpoint "bind" results.Bind settings.Results
+        endpoint "bind" control.Bind settings.Control
+        let bound = [ orders.Options.LastEndpoint; results.Options.LastEndpoint; control.Options.LastEndpoint ]
+        let fields = List.zip [ "orders"; "results"; "control" ] (List.map box bound)
+        pipe.Tell("ready", fields, List.map ascii bound) // the main thread's own ready names them
+        while running do
+            // Orders that cannot go out yet wait here: the agent never blocks in a send.
+            let pending = (state = GO && nextId <= count) || resending.Count > 0
+            let now = nowMs ()
+            let quietDue = if state = GO && not pending then quietSince + int64 settings.Quiet else Int64.MaxValue
+            let waitMs = max 0L (min nextBeat quietDue - now)
+            // PollOut on PUSH while orders wait: room for one more wakes the poll.
+            let items =
+                [| NetMQSelector.Item(pipe.Socket, PollEvents.PollIn)
+                   NetMQSelector.Item(results, PollEvents.PollIn)
+                   if pending then NetMQSelector.Item(orders, PollEvents.PollOut) |]
+            NetMQSelector().Select(items, items.Length, waitMs) |> ignore
+            let isReady (socket: NetMQSocket) =
+                items |> Array.exists (fun item -> item.Socket = socket && item.ResultEvent <> PollEvents.None)
+            if isReady pipe.Socket then
+                match pipe.Command() with
+                | Some [ stop ] when stop = STOP -> running <- false
+                | Some [ verb; size ] when verb = "VALUE"B && size.Length = 8 ->
+                    let n = BinaryPrimitives.ReadUInt64BigEndian size
+                    if n < 1UL || n > uint64 MaxTrade then
+                        pipe.BadCommand $"a trade is 1 to {MaxTrade} orders, not {n}"
+                    elif count > 0UL && state <> FINISHED then
+                        pipe.BadCommand "busy"
+                    else // a new trade: its workers are those that say ready from now on, or said it since the last
+                        count <- n
+                        nextId <- 1UL
+                        values.Clear()
+                        priced.Clear()
+                        resent.Clear()
+                        resending.Clear()
+                        state <- WAITING
+                        send control [ state ] // at once; the heartbeat repeats it
+                | Some frames -> pipe.NotACommand frames
+                | None -> ()
+            if isReady results then
+                match receiveIfReady results with
+                | Some(kind :: _ as frames) when kind = "ready"B ->
+                    match Valuation.checkReady frames with
+                    | Ok worker -> if ready.Add worker then pipe.Tell("worker", [ "name", box worker ])
+                    | Error(code, reason) -> pipe.Error(code, reason) // not a worker: it does not count
+                | Some frames ->
+                    match Valuation.checkResult frames (int count) settings.Seed with
+                    | Error(code, reason) -> pipe.Error(code, reason)
+                    | Ok(worker, id, _) when values.ContainsKey id && resent.Contains id ->
+                        pipe.Tell("late-duplicate", [ "id", box id; "worker", box worker ]) // asked for twice
+                    | Ok(worker, id, _) when values.ContainsKey id ->
+                        pipe.Error("duplicate", $"a second result for order {id}, from {worker}")
+                    | Ok(worker, id, amount) ->
+                        values[id] <- amount
+                        priced[worker] <- (match priced.TryGetValue worker with | true, n -> n + 1 | _ -> 1)
+                        quietSince <- nowMs ()
+                        pipe.Tell("result", [ "id", box id; "worker", box worker ])
+                        if uint64 values.Count = count then
+                            state <- FINISHED // the workers leave when they hear it
+                            send control [ state ]
+                            total <- Seq.sum values.Values
+                            let fields = [ "total", box total; "workers", box priced
+                                           "resent", box (resent |> Seq.sort |> List.ofSeq) ]
+                            pipe.Tell("complete", fields, [ Valuation.i64Frame total ])
+                            ready.Clear() // the next trade waits for new readies
+                | None -> ()
+            // Each worker heard the control channel before it said ready: none can miss `go`.
+            if state = WAITING && count > 0UL && ready.Count >= settings.Workers then
+                state <- GO
+                send control [ state ]
+                pipe.Tell("started", [ "workers", box ready.Count ])
+                quietSince <- nowMs ()
+            // Send what waits while PUSH takes it without waiting (NetMQ: a send with a zero
+            // timeout); a thousand at most, so the pipe and the results get their turn.
+            let mutable room = true
+            let mutable burst = 0
+            while room && burst < 1000 && ((state = GO && nextId <= count) || resending.Count > 0) do
+                let first = state = GO && nextId <= count
+                let id = if first then nextId else resending.Peek()
+                // The same bytes every time: an order is a function of the seed and its id.
+                room <- orders.TrySendMultipartBytes(TimeSpan.Zero, Valuation.orderFrames settings.Seed id :> seq<byte[]>)
+                if room then
+                    burst <- burst + 1
+                    if first then
+                        nextId <- nextId + 1UL
+                        if nextId > count then pipe.Tell("sent", [ "orders", box count ])
+                    else
+                        resending.Dequeue() |> ignore
+                        if resending.Count = 0 then pipe.Tell("resent", [ "ids", box resendIds ])
+            let now = nowMs ()
+            if state = GO && not (nextId <= count || resending.Count > 0) && now - quietSince >= int64 settings.Quiet then
+                // PUSH dropped what was queued for a worker that died, and nothing says so: only
+                // silence. This thread is the source too: it sends every missing id again itself.
+                resendIds <- [ for id in 1UL .. count do if not (values.ContainsKey id) then id ]
+                resent.UnionWith resendIds
+                resendIds |> List.iter resending.Enqueue
+                pipe.Tell("resend", [ "ids", box resendIds ])
+                quietSince <- now
+            if now >= nextBeat then
+                send control [ state ] // level-triggered: a late subscriber learns the state anyway
+                nextBeat <- now + int64 settings.Heartbeat
+    with Failure(code, reason) -> pipe.Error(code, reason)
+    [ "orders", box values.Count; "total", box total ]
+
+// --- query agent: a CHP facade ---------------------------------------------------------------
+
+let queryAgent (settings: TraderSettings) (pipe: Pipe) =
+    // DEALER: several snapshot requests in flight, replies without envelopes.
+    use snapshot = new DealerSocket()
+    use updates = new SubscriberSocket()
+    // XPUB to the collector: a PUB that tells us when the collector's subscription has arrived.
+    use collector = new XPublisherSocket()
+    for socket in [ snapshot :> NetMQSocket; updates; collector ] do
+        socket.Options.Linger <- TimeSpan.Zero
+        socket.Options.MaxMsgSize <- Query.MaxMessage
+    collector.Options.Linger <- TimeSpan.FromMilliseconds 1000.0 // our last write may be queued at STOP
+    // The facade's map, its checks and its per-subtree watermarks; its own --writes are not used.
+    let facadeSettings: Query.FacadeSettings =
+        { Snapshot = settings.Snapshot; Updates = settings.Updates; Collector = settings.Collector
+          Name = settings.Name; Subtrees = settings.Subtrees; Count = 1; Writes = 0; Ttl = 1; Timeout = 0 }
+    let facade = new Query.Facade(facadeSettings, pipe.Emit)
+    let writes = Queue<string * byte[]>() // WRITEs waiting for the snapshots and the collector
+    let unread = ResizeArray<string * byte[]>() // written, not read back yet
+    let mutable hugged = false
+    let mutable collectorLive = false
+    let mutable running = true
+    try
+        endpoint "connect" collector.Connect settings.Collector
+        endpoint "connect" updates.Connect settings.Updates
+        for tree in settings.Subtrees do // a subscription is a prefix of frame 0: a subtree is one
+            updates.Subscribe(Query.bytesOf tree)
+        updates.Subscribe Query.HUGZ // last: once a HUGZ arrives, every subscription before it is in place
+        endpoint "connect" snapshot.Connect settings.Snapshot
+        pipe.Tell("ready", [ "name", box settings.Name; "subtrees", box settings.Subtrees ])
+        while running do
+            let synced = hugged && facade.Waiting.IsEmpty
+            if synced && collectorLive then
+                while writes.Count > 0 do
+                    let key, value = writes.Dequeue()
+                    send collector (Query.kvset key [||] value) // XPUB never blocks
+                    unread.Add((key, value))
+                    pipe.Tell("wrote", [ "key", box key; "value", box (Ticker.hex value); "ttl", box 0 ])
+            // Before the HUGZ, the SUB only; while the snapshots come, the DEALER only (the SUB's
+            // updates wait in its queue, in order); then both.
+            let polled =
+                [ pipe.Socket :> NetMQSocket; collector
+                  if not hugged || synced then updates
+                  if hugged then snapshot ]
+            let ready = pollInAny polled Forever
+            let isReady (socket: NetMQSocket) = List.contains socket ready
+            if isReady pipe.Socket then
+                match pipe.Command() with
+                | Some [ stop ] when stop = STOP -> running <- false
+                | Some [ verb; key; value ] when verb = "WRITE"B ->
+                    let key' = Query.text key
+                    if not (Query.isKey key' && settings.Subtrees |> List.exists (fun tree -> Query.startsWith tree key')) then
+                        pipe.BadCommand $"not a key in our subtrees: {Query.quote key}"
+                    elif value.Length < 1 || value.Length > Query.MaxValue then
+                        pipe.BadCommand $"a value of {value.Length} bytes, not 1 to {Query.MaxValue}"
+                    elif writes.Count >= MaxWaiting then pipe.BadCommand "busy"
+                    else writes.Enqueue((key', value))
+                | Some frames -> pipe.NotACommand frames
+                | None -> ()
+            if isReady collector then
+                match receiveFrameIfReady collector with
+                | Some [| 1uy |] -> collectorLive <- true // the collector's subscription to everything
+                | _ -> ()
+            if isReady updates then
+                match Query.receiveMessage updates with
+                | Some frames when not hugged ->
+                    // The slow joiner: drop what comes before a HUGZ (the snapshots cover it), then
+                    // ask for every subtree at once on the one DEALER.
+                    if Query.isHugz frames then
+                        hugged <- true
+                        for tree in settings.Subtrees do
+                            send snapshot [ Query.ICANHAZ; Query.bytesOf tree ]
+                | Some frames ->
+                    match facade.OnUpdate frames with
+                    | Some kv ->
+                        match Seq.tryFindIndex (fun (key, value) -> key = kv.Key && value = kv.Value) unread with
+                        | Some i ->
+                            unread.RemoveAt i
+                            let fields = [ "key", box kv.Key; "value", box (Ticker.hex kv.Value); "sequence", box kv.Sequence ]
+                            pipe.Tell("read-back", fields, [ Query.bytesOf kv.Key; kv.Value ])
+                        | None -> ()
+                    | None -> ()
+                | None -> ()
+            if isReady snapshot then
+                match Query.receiveMessage snapshot with
+                | Some frames when not synced -> facade.OnSnapshot frames
+                | Some frames -> pipe.Error("unexpected-snapshot", $"{Query.quote frames.Head} after every KTHXBAI")
+                | None -> ()
+    with Failure(code, reason) -> pipe.Error(code, reason)
+    let map = SortedDictionary<string, string>(StringComparer.Ordinal)
+    for KeyValue(key, value) in facade.Map do
+        map[key] <- Ticker.hex value
+    [ "sequence", box facade.Last; "first", box facade.First; "map", box map
+      "applied", box facade.Applied; "discarded", box facade.Discarded ]
+
+// --- the main thread -------------------------------------------------------------------------
+
+/// What the main thread counts, and the commands the agents' events call for. It reads only frame
+/// 0 and frames 2...: never the JSON.
+type Scenario(settings: TraderSettings) =
+    let ticks = Dictionary<string, int>()
+    let received = Dictionary<string, int>() // handle -> posts received
+    let bump (counts: Dictionary<string, int>) key =
+        counts[key] <- (match counts.TryGetValue key with | true, n -> n + 1 | _ -> 1)
+        counts[key]
+    let key = ascii $"/desks/{settings.Name}/valuation"
+    let mutable following = settings.Follow
+    let mutable posts = 0 // POSTs handed to the chat agent
+    let mutable sent = 0
+    let mutable written: byte[] option = None // the trade's total, as written
+    let mutable readBack = false
+    let mutable synced = 0
+
+    /// Start-up, step 4.
+    member _.Start =
+        [ for symbol in settings.Follow do
+              "ticker", [ "FOLLOW"B; ascii symbol ]
+          if settings.Trade > 0 then
+              "valuation", [ "VALUE"B; Valuation.u64Frame (uint64 settings.Trade) ] ]
+
+    /// The commands an event calls for, as (agent, frames).
+    member _.OnEvent(event: string, extras: byte[] list) =
+        match event, extras with
+        | "tick", [ symbol ] ->
+            let symbol = Encoding.ASCII.GetString symbol
+            let n = bump ticks symbol
+            [ // Prices drive the chat: one post per tick, until --posts.
+              if posts < settings.Posts then
+                  posts <- posts + 1
+                  "chat", [ "POST"B; utf8.GetBytes(Chat.postText settings.Name posts) ]
+              if symbol = settings.Forget && n >= settings.ForgetAfter && List.contains symbol following then
+                  following <- following |> List.filter ((<>) symbol)
+                  "ticker", [ "FORGET"B; ascii symbol ] ]
+        | "sent", _ -> sent <- sent + 1; []
+        | "received", [ handle ] -> bump received (utf8.GetString handle) |> ignore; []
+        | "complete", [ total ] -> // the valuation goes to the engine, and comes back
+            let value = ascii (string (BinaryPrimitives.ReadInt64BigEndian total))
+            written <- Some value
+            [ "query", [ "WRITE"B; key; value ] ]
+        | "synced", _ -> synced <- synced + 1; []
+        | "read-back", [ k; value ] ->
+            if k = key && Some value = written then readBack <- true
+            []
+        | _ -> []
+
+    member _.Done =
+        let ticksOf symbol = match ticks.TryGetValue symbol with | true, n -> n | _ -> 0
+        let ticker =
+            following |> List.forall (fun symbol -> ticksOf symbol >= settings.TickCount)
+            && not (List.contains settings.Forget following)
+        let everyone = received.Values |> Seq.filter (fun n -> n >= settings.Posts) |> Seq.length
+        let chat = settings.Posts = 0 || (sent >= settings.Posts && everyone >= settings.ChatClients)
+        let valuation = settings.Trade = 0 || written.IsSome
+        let query = synced >= settings.Subtrees.Length && (settings.Trade = 0 || readBack)
+        ticker && chat && valuation && query
+
+/// The main thread's end of an agent's pipe, and the agent's thread.
+type Agent = { Name: string; Pipe: PairSocket; Thread: Thread; mutable Stopped: bool }
+
+/// Why the desk stops.
+type Outcome =
+    | Running
+    | Complete
+    | Signalled
+    | TimedOut
+    | AgentFailed of agent: string
+
+let agentParts: (string * (TraderSettings -> Pipe -> (string * obj) list)) list =
+    [ "chat", chatAgent; "ticker", tickerAgent; "valuation", valuationAgent; "query", queryAgent ]
+
+/// Write an event's frame 1 to stdout, unchanged, and return its name and the frames after the JSON.
+let relay (frames: byte[] list) =
+    match frames with
+    | name :: json :: extras ->
+        writeLine (utf8.GetString json)
+        Encoding.ASCII.GetString name, extras
+    | _ -> "", [] // the desk trusts its pipes: its own agents send only these
+
+/// A command down an agent's pipe. Never blocking: the main thread sends few commands, so a pipe that
+/// is full belongs to an agent that no longer reads it.
+let command (agent: Agent) (frames: byte[] list) =
+    if not (agent.Pipe.TrySendMultipartBytes(TimeSpan.Zero, frames :> seq<byte[]>)) then
+        log $"desk: the {agent.Name} agent's pipe is full, a command is lost"
+
+let runTrader (settings: TraderSettings) =
+    // SIGTERM and SIGINT raise a flag on .NET's own signal thread; this thread looks at it at least
+    // every 100 ms. No agent ever sees a signal: they hear STOP.
+    use stop = new StopSignal()
+    let deadline = Deadline(settings.Timeout)
+    let scenario = Scenario(settings)
+    let agents = ResizeArray<Agent>()
+    let mutable outcome = Running
+    let mutable endpoints = []
+
+    // Start-up: one agent at a time, in order, each `ready` its own proof that its sockets exist.
+    for name, part in agentParts do
+        if outcome = Running then
+            // Bind before the agent connects: the inproc order that works with every library.
+            let pipe = pipeEnd ()
+            pipe.Bind(pipeAddress name)
+            // A background thread: an agent that never stops (agent-stuck) does not keep the process.
+            let thread = Thread(ThreadStart(runAgent name (part settings)), IsBackground = true, Name = $"desk-{name}")
+            thread.Start()
+            let agent = { Name = name; Pipe = pipe; Thread = thread; Stopped = false }
+            agents.Add agent
+            let mutable first = None
+            while first.IsNone && outcome = Running do
+                if stop.Raised then outcome <- Signalled
+                elif deadline.Expired then outcome <- TimedOut
+                else first <- receiveWithin pipe (Some(deadline.Cap 100L))
+            match first |> Option.map relay with
+            | Some("ready", extras) -> if name = "valuation" then endpoints <- extras
+            | Some(event, _) -> // an error, then stopped: its bind or connect failed
+                agent.Stopped <- (event = "stopped")
+                outcome <- AgentFailed name
+            | None -> ()
+
+    if outcome = Running then
+        match endpoints |> List.map Encoding.ASCII.GetString with
+        | [ orders; results; control ] ->
+            emit "ready" [ "name", box settings.Name; "orders", box orders; "results", box results
+                           "control", box control ]
+        | _ -> emit "ready" [ "name", box settings.Name ]
+        let byName name = agents |> Seq.find (fun agent -> agent.Name = name)
+        for name, frames in scenario.Start do
+            command (byName name) frames
+
+        // The loop: the four pipes polled together; each event written, then acted on.
+        while outcome = Running do
+            if stop.Raised then outcome <- Signalled
+            elif deadline.Expired then outcome <- TimedOut
+            else
+                // At most 100 ms: a signal does not wake NetMQ's poll.
+                let ready = pollInAny [ for agent in agents -> agent.Pipe :> NetMQSocket ] (deadline.Cap 100L)
+                for agent in agents do
+                    if List.contains (agent.Pipe :> NetMQSocket) ready then
+                        // A few messages per pipe and turn: a busy agent cannot starve the others.
+                        let mutable turn = 0
+                        while turn < 64 && outcome = Running do
+                            turn <- turn + 1
+                            match receiveIfReady agent.Pipe |> Option.map relay with
+                            | Some("stopped", _) ->
+                                agent.Stopped <- true
+                                outcome <- AgentFailed agent.Name // it stopped by itself
+                            | Some(event, extras) ->
+                                for name, frames in scenario.OnEvent(event, extras) do
+                                    command (byName name) frames
+                            | None -> turn <- Int32.MaxValue
+                if outcome = Running && scenario.Done then outcome <- Complete
+
+    // Shut-down: STOP to every agent at once (they are independent), then wait for their stopped,
+    // still writing what they said before it.
+    for agent in agents do
+        if not agent.Stopped then command agent [ STOP ]
+    let giveUp = nowMs () + 5000L
+    while agents |> Seq.exists (fun agent -> not agent.Stopped) && nowMs () < giveUp do
+        let waiting = [ for agent in agents do if not agent.Stopped then agent.Pipe :> NetMQSocket ]
+        let ready = pollInAny waiting (min 100L (max 0L (giveUp - nowMs ())))
+        for agent in agents do
+            if List.contains (agent.Pipe :> NetMQSocket) ready then
+                let mutable more = true
+                while more && not agent.Stopped do
+                    match receiveIfReady agent.Pipe |> Option.map relay with
+                    | Some("stopped", _) -> agent.Stopped <- true // nothing comes after it
+                    | Some _ -> ()
+                    | None -> more <- false
+
+    let stuck = [ for agent in agents do if not agent.Stopped then agent.Name ]
+    let failure =
+        match outcome with
+        | TimedOut -> Some("timeout", $"the scenario was not done after {settings.Timeout} ms")
+        | AgentFailed name -> Some("agent-failed", $"the {name} agent stopped by itself")
+        | _ -> None
+    if not stuck.IsEmpty then
+        // Terminating the context would wait for the stuck agent's sockets forever: exit without it.
+        failure |> Option.iter (fun (code, reason) -> emit "error" [ "code", box code; "reason", box reason ])
+        let names = String.Join(", ", stuck)
+        raise (Failure("agent-stuck", $"no stopped within 5000 ms of STOP from: {names}"))
+    for agent in agents do
+        agent.Thread.Join() // it has returned, or is about to: its pipe end closed after `stopped`
+    for agent in agents do
+        agent.Pipe.Dispose()
+    // Terminate the context: it returns once every socket of every thread is closed and its linger
+    // has run out (the valuation's `finished`, the query agent's last write).
+    NetMQConfig.Cleanup(true)
+    match failure with
+    | Some(code, reason) -> raise (Failure(code, reason))
+    | None ->
+        emit "done" [ "complete", box (outcome = Complete)
+                      "agents", box [ for agent in agents -> agent.Name ] ]
+
+/// Validate the command line of the desk (Argu raises on a bad value) and return its run.
+let role (args: ParseResults<DeskArgs>) : unit -> unit =
+    match args.GetSubCommand() with
+    | Trader trader ->
+        let settings = traderSettings trader
+        fun () -> runTrader settings

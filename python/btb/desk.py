@@ -1,0 +1,655 @@
+"""desk: a trading desk, one process whose threads talk over inproc pipes (examples/desk/PROTOCOL.md).
+
+One ZeroMQ context for the whole process; one thread per agent, each owning the sockets of one
+earlier example's client role; the main thread runs the scenario and is the only writer of stdout.
+Threads share no state: they talk only through PAIR sockets over `inproc://`, the pipes."""
+import argparse
+import copy
+import json
+import math
+import os
+import struct
+import sys
+import threading
+import time
+from collections import Counter, deque
+
+import zmq
+
+from . import chat, query, ticker, valuation
+from .contract import Deadline, Failure, StopSignal, Usage, at_least, bind, connect, emit, recv_if_ready
+
+KEEPALIVE = 1.0  # seconds without a request before the chat agent sends a keep-alive
+MAX_QUEUED = 100  # texts waiting to be posted, writes waiting to be read back; more is `bad-command`, "busy"
+MAX_TRADE = 1000000  # orders in one trade
+SEND_BATCH = 100  # orders sent per turn at most: results and the pipe get their turn between batches
+STOP_WAIT = 5000  # ms the main thread waits for every `stopped` after STOP
+
+
+# --- flags -----------------------------------------------------------------------------------
+
+
+def add_roles(roles):
+    trader = roles.add_parser("trader", help="chat, follow ticks, value a trade and store it, one thread each")
+    trader.add_argument("--name", type=query.segment, required=True)
+    trader.add_argument("--chat-requests", default="tcp://127.0.0.1:5555")
+    trader.add_argument("--chat-broadcasts", default="tcp://127.0.0.1:5556")
+    trader.add_argument("--chat-clients", type=at_least(1), default=1)
+    trader.add_argument("--posts", type=at_least(0), default=5)
+    trader.add_argument("--ticks", default="tcp://127.0.0.1:5557")
+    trader.add_argument("--follow", type=ticker.symbols, default="AAPL,GOOG,MSFT")
+    trader.add_argument("--forget", type=optional_symbol, default="")
+    trader.add_argument("--forget-after", type=at_least(1), default=10)
+    trader.add_argument("--tick-count", type=at_least(1), default=20)
+    trader.add_argument("--seed", type=ticker.seed, default=1)
+    trader.add_argument("--orders", default="tcp://127.0.0.1:5562")
+    trader.add_argument("--results", default="tcp://127.0.0.1:5560")
+    trader.add_argument("--control", default="tcp://127.0.0.1:5561")
+    trader.add_argument("--trade", type=trade_size, default=100)
+    trader.add_argument("--workers", type=at_least(1), default=1)
+    trader.add_argument("--quiet", type=at_least(1), default=1000)
+    trader.add_argument("--heartbeat", type=at_least(1), default=100)
+    trader.add_argument("--snapshot", default="tcp://127.0.0.1:5566")
+    trader.add_argument("--updates", default="tcp://127.0.0.1:5567")
+    trader.add_argument("--collector", default="tcp://127.0.0.1:5568")
+    trader.add_argument("--subtrees", type=query.subtree_list, default="/prices/,/desks/")
+    trader.add_argument("--timeout", type=at_least(0), default=60000)
+    trader.set_defaults(run=run_trader)
+
+
+def optional_symbol(value):
+    return ticker.symbol(value) if value else None
+
+
+def trade_size(value):
+    number = int(value)
+    if not 0 <= number <= MAX_TRADE:
+        raise argparse.ArgumentTypeError(f"a trade is 0 to {MAX_TRADE} orders")
+    return number
+
+
+def check_flags(args):
+    """What the parser cannot see alone: exit 2 before any thread starts."""
+    if args.forget is not None and args.forget not in args.follow:
+        raise Usage(f"--forget {args.forget} is not one of --follow")
+    own = f"/desks/{args.name}/".encode()
+    if not any(own.startswith(tree) for tree in args.subtrees):
+        raise Usage(f"--subtrees must hold {own.decode()}, where the desk writes its valuation")
+
+
+# --- the pipes -------------------------------------------------------------------------------
+
+
+def pipe_endpoint(name):
+    # inproc: no network, no bytes on a wire; the context hands whole messages from one thread's
+    # socket to another's. It exists only inside one context, so every thread shares this one.
+    return f"inproc://desk-{name}"
+
+
+class Agent:
+    """An agent's side of its thread: its end of the pipe, and the sockets it owns. A ZeroMQ socket
+    is not thread-safe: every socket made here is created, used and closed by this thread alone."""
+
+    def __init__(self, context, name):
+        self.context, self.name, self.sockets = context, name, []
+        # PAIR: exactly two ends, known in advance; it never drops and never routes. The main
+        # thread bound the other end before starting us (bind first, then connect).
+        self.pipe = context.socket(zmq.PAIR)
+        self.pipe.linger = 0  # a message sent over inproc is already in the peer's queue
+        self.pipe.connect(pipe_endpoint(name))
+
+    def socket(self, kind, max_message, linger=0):
+        """One of the agent's network sockets, with its example's size limit, set before bind or connect."""
+        sock = self.context.socket(kind)
+        sock.linger = linger
+        sock.maxmsgsize = max_message
+        self.sockets.append(sock)
+        return sock
+
+    def report(self, event, *frames, **fields):
+        """An event up the pipe: its name, the JSON line the main thread will print, and the values
+        it acts on. At the high-water mark (1000 messages) a PAIR send blocks: it never drops."""
+        line = json.dumps({"event": event, "agent": self.name, **fields}, ensure_ascii=False)
+        self.pipe.send_multipart([event.encode(), line.encode(), *frames])
+
+    def error(self, code, reason):
+        self.report("error", code=code, reason=reason)
+
+    def bad_command(self, command, reason=None):
+        self.error("bad-command", reason or f"{command[0][:32]!r} with {len(command) - 1} more frames "
+                                            f"is no command of the {self.name} agent")
+
+    def command(self):
+        """The next command from the main thread (a list of frames), or None; it never waits."""
+        return recv_if_ready(self.pipe)
+
+    def stop(self, **counters):
+        """Close every socket, then say `stopped`: by then nothing of ours is left but lingering
+        messages, which the context finishes sending before it terminates."""
+        for sock in self.sockets:
+            sock.close()
+        self.report("stopped", **counters)
+        self.pipe.close()
+
+
+def ms_until(moment):
+    """A poll timeout in milliseconds until a time.monotonic() moment (rounded up: no spinning)."""
+    return max(0, math.ceil((moment - time.monotonic()) * 1000))
+
+
+# --- the agents: each runs in its own thread -------------------------------------------------
+#
+# Each is an earlier example's client role turned into a loop that polls its sockets AND its
+# pipe, so that STOP is heard however busy or stuck its protocol is. Every receive after a poll
+# is non-blocking (recv_if_ready): POLLIN is a hint, not a promise. A Failure (a bind or connect
+# that fails, a fatal chat reply) ends the agent: it reports the error and stops without being
+# asked; bad input from a peer is only an `error` event, and the agent goes on.
+
+
+def chat_agent(context, args):
+    """The chat client: waits for a first broadcast, joins, keeps alive, and posts what POST queues."""
+    agent = Agent(context, "chat")
+    sent = received = 0
+    try:
+        sub = agent.socket(zmq.SUB, chat.MAX_MESSAGE)
+        sub.subscribe(b"")  # posts and rosters alike
+        req = agent.socket(zmq.REQ, chat.MAX_MESSAGE)  # strict lockstep: one request in flight
+        connect(sub, args.chat_broadcasts)  # SUB first: its subscription starts travelling at once
+        connect(req, args.chat_requests)
+        agent.report("ready", handle=args.name)
+
+        me = args.name.encode()
+        live = joined = crowded = False  # a broadcast came / our join was answered / --chat-clients seen
+        roster, texts = [], deque()  # the last roster reported; texts waiting to be posted
+        in_flight = None  # the request waiting for its reply
+        last_request = time.monotonic()
+        poller = zmq.Poller()
+        for sock in (agent.pipe, sub, req):
+            poller.register(sock, zmq.POLLIN)
+
+        def on_roster(handles):
+            nonlocal roster, crowded
+            if handles != roster:
+                roster = handles
+                agent.report("roster", handles=handles)
+            crowded = crowded or len(handles) >= args.chat_clients  # everyone listens before anyone talks
+
+        while True:
+            idle = joined and in_flight is None  # only then can a keep-alive fall due
+            ready = dict(poller.poll(ms_until(last_request + KEEPALIVE) if idle else None))
+            if agent.pipe in ready and (command := agent.command()) is not None:
+                if command == [b"STOP"]:
+                    break
+                if command[0] != b"POST" or len(command) != 2:
+                    agent.bad_command(command)
+                elif problem := chat.check_request([me, command[1]]):  # what the server would reject
+                    agent.bad_command(command, problem[1])
+                elif len(texts) >= MAX_QUEUED:
+                    agent.bad_command(command, "busy")
+                else:
+                    texts.append(command[1])
+            if sub in ready and (frames := recv_if_ready(sub)) is not None:
+                live = True  # the slow joiner: from the first broadcast on, no post can be missed
+                kind, content = chat.read_broadcast(frames)
+                if kind == "roster":
+                    on_roster(content)
+                elif kind == "post":
+                    received += 1
+                    agent.report("received", content[0].encode(), handle=content[0], text=content[1])
+                else:
+                    agent.error("malformed-broadcast", content)
+            if req in ready and (reply := recv_if_ready(req)) is not None:
+                handles = chat.reply_roster(reply)  # an error reply raises a Failure: fatal, as for the client
+                on_roster(handles)
+                if len(in_flight) == 2:
+                    sent += 1
+                    agent.report("sent", text=in_flight[1].decode(), roster=handles)
+                joined, in_flight, last_request = True, None, time.monotonic()
+            if live and in_flight is None:  # REQ allows the next request only after the reply
+                if not joined:
+                    in_flight = [me]  # join
+                elif texts and crowded:
+                    in_flight = [me, texts.popleft()]  # a post
+                elif time.monotonic() >= last_request + KEEPALIVE:
+                    in_flight = [me]  # keep-alive: silent handles expire from the roster
+                if in_flight:
+                    req.send_multipart(in_flight)  # connected, so queued at once: it does not block
+    except Failure as failure:
+        agent.error(failure.code, failure.reason)
+    finally:
+        agent.stop(sent=sent, received=received)
+
+
+def ticker_agent(context, args):
+    """The ticker subscriber: its symbols come and go with FOLLOW and FORGET; every tick is checked."""
+    agent = Agent(context, "ticker")
+    ticks = malformed = 0
+    try:
+        sub = agent.socket(zmq.SUB, ticker.MAX_MESSAGE)
+        connect(sub, args.ticks)
+        # Our own topic at once: the publisher counts the desk as a subscriber by it, and publishes
+        # once every subscriber is there. A followed symbol's first ticks may pass before its
+        # subscription has travelled upstream: ticks count from the first that arrives.
+        sub.subscribe(b"@" + args.name.encode())
+        agent.report("ready", name=args.name)
+
+        followed = set()
+        poller = zmq.Poller()
+        poller.register(agent.pipe, zmq.POLLIN)
+        poller.register(sub, zmq.POLLIN)
+        while True:
+            ready = dict(poller.poll())  # no timer to serve: STOP comes up the pipe
+            if agent.pipe in ready and (command := agent.command()) is not None:
+                if command == [b"STOP"]:
+                    break
+                if command[0] not in (b"FOLLOW", b"FORGET") or len(command) != 2:
+                    agent.bad_command(command)
+                elif not ticker.is_topic(command[1] + b"\0"):  # a topic is the symbol and a NUL
+                    agent.bad_command(command, f"{command[1][:32]!r} is not 1 to 8 letters A-Z")
+                elif command[0] == b"FOLLOW" and (symbol := command[1].decode()) not in followed:
+                    sub.subscribe(ticker.topic(symbol))
+                    followed.add(symbol)
+                    agent.report("subscribed", symbol=symbol)
+                elif command[0] == b"FORGET" and (symbol := command[1].decode()) in followed:
+                    # SUB filters what it delivers by its current subscriptions: no tick of the
+                    # symbol comes after this, even one already queued.
+                    sub.unsubscribe(ticker.topic(symbol))
+                    followed.remove(symbol)
+                    agent.report("unsubscribed", symbol=symbol)
+            if sub in ready and (frames := recv_if_ready(sub)) is not None:
+                checked = ticker.check_tick(frames, followed, args.seed)
+                if len(checked) == 2:
+                    malformed += 1
+                    agent.error(*checked)
+                else:
+                    symbol, sequence, timestamp, price = checked
+                    ticks += 1
+                    agent.report("tick", symbol.encode(), symbol=symbol, sequence=sequence, timestamp=timestamp,
+                                 price=price)
+    except Failure as failure:
+        agent.error(failure.code, failure.reason)
+    finally:
+        agent.stop(ticks=ticks, malformed=malformed)
+
+
+class Trade:
+    """One trade of orders 1 to N, in the valuation agent: what has gone out, what has come back."""
+
+    def __init__(self, count):
+        self.count = count
+        self.next_id = 1  # the first pass sends 1 to N in order
+        self.again, self.batch = deque(), []  # a resend: its ids still to go out, and all of them
+        self.values, self.priced, self.resent = {}, Counter(), set()
+        self.quiet_since = time.monotonic()
+
+    def next_order(self):
+        """The id to send next (the first pass, then the resend in progress), or None."""
+        if self.next_id <= self.count:
+            return self.next_id
+        return self.again[0] if self.again else None
+
+
+def valuation_agent(context, args):
+    """The valuation source and sink in one thread: it deals a trade's orders to the workers,
+    counts and checks their results, and sends again what a dead worker lost."""
+    agent = Agent(context, "valuation")
+    trade, total = None, 0  # the trade running or last run; the total of the last one complete
+    try:
+        orders = agent.socket(zmq.PUSH, valuation.MAX_MESSAGE)  # deals orders round-robin
+        results = agent.socket(zmq.PULL, valuation.MAX_MESSAGE)  # fair-queues readies and results
+        # Linger 1000 ms on the control PUB: a `finished` published just before the desk stops
+        # still reaches the workers, who leave when they hear it.
+        control = agent.socket(zmq.PUB, valuation.MAX_MESSAGE, linger=1000)
+        bound = {"orders": bind(orders, args.orders), "results": bind(results, args.results),
+                 "control": bind(control, args.control)}
+        # Frames 2-4: the bound endpoints, which the main thread reports in the desk's own ready.
+        agent.report("ready", *(endpoint.encode() for endpoint in bound.values()), **bound)
+
+        state, workers = b"waiting", set()
+        next_beat = time.monotonic()  # the state goes out at once, then every --heartbeat ms
+        poller = zmq.Poller()
+        poller.register(agent.pipe, zmq.POLLIN)
+        poller.register(results, zmq.POLLIN)
+
+        def set_state(new):
+            nonlocal state
+            state = new
+            control.send(state)  # at once; the heartbeat repeats it: level-triggered
+
+        while True:
+            # Poll the PUSH for room (POLLOUT) only while an order waits for it: it never blocks
+            # in a send, and results and the pipe are read meanwhile.
+            sending = trade is not None and state != b"waiting" and trade.next_order() is not None
+            poller.register(orders, zmq.POLLOUT if sending else 0)  # 0: not polled
+            quiet = state == b"go" and not trade.again  # the quiet timer runs (no resend going out)
+            timers = [next_beat] + ([trade.quiet_since + args.quiet / 1000] if quiet else [])
+            ready = dict(poller.poll(ms_until(min(timers))))
+            if agent.pipe in ready and (command := agent.command()) is not None:
+                if command == [b"STOP"]:
+                    break
+                count = struct.unpack(">Q", command[1])[0] if len(command) == 2 and len(command[1]) == 8 else 0
+                if command[0] != b"VALUE" or len(command) != 2:
+                    agent.bad_command(command)
+                elif not 1 <= count <= MAX_TRADE:
+                    agent.bad_command(command, f"a trade is 1 to {MAX_TRADE} orders, in 8 bytes big-endian")
+                elif trade is not None and (state != b"finished" or trade.again):
+                    agent.bad_command(command, "busy")
+                else:
+                    if state == b"finished":  # the previous workers have left: wait for new ones
+                        workers.clear()
+                        set_state(b"waiting")
+                    trade = Trade(count)
+            if results in ready and (frames := recv_if_ready(results)) is not None:
+                if frames[0] == b"ready":
+                    if problem := valuation.check_ready(frames):
+                        agent.error(*problem)  # not a worker: --workers waits on
+                    elif (name := frames[1].decode()) not in workers:
+                        workers.add(name)
+                        agent.report("worker", name=name)
+                elif len(checked := valuation.check_result(frames, trade.count if trade else 0, args.seed)) == 2:
+                    agent.error(*checked)  # not counted: the id stays missing
+                else:
+                    worker, order_id, amount = checked
+                    if order_id in trade.values and order_id in trade.resent:
+                        agent.report("late-duplicate", id=order_id, worker=worker)  # we sent it twice
+                    elif order_id in trade.values:
+                        agent.error("duplicate", f"a second result for order {order_id}, from {worker}")
+                    else:
+                        trade.values[order_id] = amount
+                        trade.priced[worker] += 1
+                        trade.quiet_since = time.monotonic()
+                        agent.report("result", id=order_id, worker=worker)
+                        if len(trade.values) == trade.count:
+                            set_state(b"finished")
+                            total = sum(trade.values.values())
+                            agent.report("complete", struct.pack(">q", total), total=total,
+                                         workers=dict(trade.priced), resent=sorted(trade.resent))
+            if state == b"waiting" and trade is not None and len(workers) >= args.workers:
+                set_state(b"go")  # every ready worker has seen a state already: none misses `go`
+                agent.report("started", workers=len(workers))
+                trade.quiet_since = time.monotonic()
+            if orders in ready:
+                for _ in range(SEND_BATCH):
+                    order_id = trade.next_order()
+                    if order_id is None:
+                        break
+                    try:
+                        orders.send_multipart(valuation.order_frames(args.seed, order_id), zmq.DONTWAIT)
+                    except zmq.Again:
+                        break  # the room the poll saw is gone: back to the poll
+                    if trade.next_id <= trade.count:  # the first pass
+                        trade.next_id += 1
+                        if trade.next_id > trade.count:
+                            agent.report("sent", orders=trade.count)
+                    else:
+                        trade.again.popleft()
+                        if not trade.again:
+                            agent.report("resent", ids=trade.batch)
+            now = time.monotonic()
+            if state == b"go" and not trade.again and now - trade.quiet_since >= args.quiet / 1000:
+                # PUSH dropped what was queued for a worker that died: send every id sent and not
+                # answered again. (No `resend` on the control channel: the source is this thread.)
+                missing = [i for i in range(1, trade.next_id) if i not in trade.values]
+                if missing:
+                    agent.report("resend", ids=missing)
+                    trade.again.extend(missing)
+                    trade.batch = missing
+                    trade.resent.update(missing)
+                trade.quiet_since = now
+            if now >= next_beat:
+                control.send(state)  # a worker that joins late learns the state within a heartbeat
+                next_beat = now + args.heartbeat / 1000
+    except Failure as failure:
+        agent.error(failure.code, failure.reason)
+    finally:
+        agent.stop(orders=len(trade.values) if trade else 0, total=total)
+
+
+def query_agent(context, args):
+    """The CHP facade: waits for a HUGZ, syncs every subtree, applies updates, and writes what
+    WRITE asks for, reporting when it comes back."""
+    agent = Agent(context, "query")
+    mirror = query.Mirror(args.subtrees, emit=agent.report)  # its events go up the pipe
+    try:
+        updates = agent.socket(zmq.SUB, query.MAX_MESSAGE)
+        snapshot = agent.socket(zmq.DEALER, query.MAX_MESSAGE)  # several requests in flight, no envelopes
+        # XPUB to the collector: a PUB that tells us when the collector's subscription has arrived.
+        # Linger 1000 ms: the last write may still be queued when the desk stops.
+        collector = agent.socket(zmq.XPUB, query.MAX_MESSAGE, linger=1000)
+        connect(collector, args.collector)
+        connect(updates, args.updates)
+        for tree in args.subtrees:
+            updates.subscribe(tree)
+        updates.subscribe(b"HUGZ")  # last: once a HUGZ arrives, every subscription before it is in place
+        connect(snapshot, args.snapshot)
+        agent.report("ready", name=args.name, subtrees=[tree.decode() for tree in args.subtrees])
+
+        hugged = collector_live = False
+        writes, unread = deque(), set()  # (key, value) to write; written and not read back yet
+        poller = zmq.Poller()
+        for sock in (agent.pipe, updates, collector):  # the DEALER once a HUGZ has come
+            poller.register(sock, zmq.POLLIN)
+        while True:
+            ready = dict(poller.poll())  # no timer to serve: STOP comes up the pipe
+            if agent.pipe in ready and (command := agent.command()) is not None:
+                if command == [b"STOP"]:
+                    break
+                if command[0] != b"WRITE" or len(command) != 3:
+                    agent.bad_command(command)
+                elif not (query.is_key(command[1]) and mirror.subtrees_of(command[1])):
+                    # A key outside our subtrees would never come back to be read.
+                    agent.bad_command(command, f"{command[1][:32]!r} is not a key in the agent's subtrees")
+                elif not 1 <= len(command[2]) <= query.MAX_VALUE:
+                    agent.bad_command(command, f"a value of {len(command[2])} bytes, not 1 to {query.MAX_VALUE}")
+                elif len(writes) + len(unread) >= MAX_QUEUED:
+                    agent.bad_command(command, "busy")
+                else:
+                    writes.append((command[1], command[2]))
+            if updates in ready and (frames := query.recv_message(updates)):
+                if hugged:
+                    key, sequence, value = mirror.on_update(frames) or (None, 0, None)  # None: not applied
+                    if (key, value) in unread:
+                        unread.remove((key, value))
+                        agent.report("read-back", key, value, key=key.decode(), value=value.hex(), sequence=sequence)
+                elif frames[0] == b"HUGZ":  # what came before it is dropped: the snapshots cover it
+                    hugged = True
+                    for tree in args.subtrees:  # every request in flight at once on the one DEALER
+                        snapshot.send_multipart([query.ICANHAZ, tree])
+                    poller.unregister(updates)  # its updates wait, in order, until every KTHXBAI
+                    poller.register(snapshot, zmq.POLLIN)
+            if snapshot in ready and (frames := query.recv_message(snapshot)):
+                if mirror.waiting:
+                    mirror.on_snapshot(frames)  # `synced` once a subtree's KTHXBAI is in
+                    if not mirror.waiting:
+                        poller.register(updates, zmq.POLLIN)
+                else:
+                    agent.error("unexpected-snapshot", f"{frames[0][:32]!r} after every KTHXBAI")
+            if collector in ready and (frame := recv_if_ready(collector, whole=False)) is not None:
+                collector_live = collector_live or frame == b"\x01"  # the collector's subscription to everything
+            while writes and collector_live and hugged and not mirror.waiting:
+                key, value = writes.popleft()
+                collector.send_multipart(query.kvset(key, value))  # XPUB never blocks
+                unread.add((key, value))
+                agent.report("wrote", key=key.decode(), value=value.hex(), ttl=0)
+    except Failure as failure:
+        agent.error(failure.code, failure.reason)
+    finally:
+        agent.stop(**mirror.summary())
+
+
+AGENTS = {"chat": chat_agent, "ticker": ticker_agent, "valuation": valuation_agent, "query": query_agent}
+
+
+# --- the main thread -------------------------------------------------------------------------
+
+
+class Desk:
+    """The main thread's side: one pipe end per agent, the scenario's progress, and stdout."""
+
+    def __init__(self, context, args):
+        self.context, self.args = context, args
+        self.pipes, self.threads, self.names = {}, {}, {}  # agent -> PAIR, agent -> Thread, PAIR -> agent
+        self.poller = zmq.Poller()
+        self.endpoints = {}  # the valuation agent's bound endpoints, for the desk's `ready`
+        self.stopping = False  # STOP has gone down the pipes
+        self.stopped = []  # the agents that said `stopped`, in that order
+        self.failed = None  # the first agent that stopped before it was told to
+        self.ticks, self.received = Counter(), Counter()  # symbol -> ticks; handle -> posts received
+        self.posted = self.sent = self.synced = 0
+        self.following = set(args.follow)
+        self.forgotten = args.forget is None
+        self.complete = self.read_back = args.trade == 0  # with no trade, nothing to wait for
+        self.valuation = (f"/desks/{args.name}/valuation".encode(), None)  # the key, and the total written
+
+    def start(self, name, deadline):
+        """Bind the agent's pipe, start its thread, and wait for its first event, which must be
+        `ready`: each agent's own proof that its sockets exist. None, or the Failure."""
+        pipe = self.context.socket(zmq.PAIR)
+        pipe.linger = 0
+        pipe.bind(pipe_endpoint(name))  # bind before the agent connects: what inproc always accepted
+        self.pipes[name], self.names[pipe] = pipe, name
+        self.poller.register(pipe, zmq.POLLIN)
+        # The agent gets its own copy of the flags: threads share nothing but the context. A daemon
+        # thread does not keep the process alive, should an agent never stop (agent-stuck).
+        thread = threading.Thread(target=AGENTS[name], args=(self.context, copy.deepcopy(self.args)),
+                                  name=f"desk-{name}", daemon=True)
+        self.threads[name] = thread
+        thread.start()
+        while not deadline.expired():
+            if pipe.poll(deadline.cap(100)) and (frames := recv_if_ready(pipe)) is not None:
+                self.on_event(name, frames)
+                return None if frames[0] == b"ready" else Failure("agent-failed", f"the {name} agent did not start")
+        return Failure("timeout", f"the {name} agent was not ready within {self.args.timeout} ms")
+
+    def command(self, name, *frames):
+        """A command down a pipe. Without waiting: an agent that stopped by itself has closed its
+        end, and a PAIR with no peer would block the send for ever."""
+        try:
+            self.pipes[name].send_multipart(list(frames), zmq.DONTWAIT)
+        except zmq.Again:
+            pass  # its `stopped` is in our queue: the loop will see it
+
+    def on_event(self, name, frames):
+        """Write the event's line (frame 1, unchanged), then act on frame 0 and frames 2..."""
+        sys.stdout.buffer.write(frames[1] + b"\n")  # the only writer of stdout: lines never interleave
+        sys.stdout.buffer.flush()
+        event, values, args = frames[0], frames[2:], self.args
+        if event == b"stopped":
+            self.stopped.append(name)
+            if not self.stopping and self.failed is None:
+                self.failed = name
+        elif self.stopping:
+            pass  # after STOP, events are written, no longer acted on
+        elif event == b"ready" and name == "valuation":
+            self.endpoints = dict(zip(("orders", "results", "control"), (value.decode() for value in values)))
+        elif event == b"tick":
+            symbol = values[0].decode()
+            self.ticks[symbol] += 1
+            if self.posted < args.posts:  # prices drive the chat
+                self.posted += 1
+                self.command("chat", b"POST", chat.post_text(args.name, self.posted).encode())
+            if symbol == args.forget and not self.forgotten and self.ticks[symbol] >= args.forget_after:
+                self.command("ticker", b"FORGET", values[0])
+                self.forgotten = True
+                self.following.discard(symbol)
+        elif event == b"sent" and name == "chat":  # the valuation agent's `sent` is its orders'
+            self.sent += 1
+        elif event == b"received":
+            self.received[values[0].decode()] += 1
+        elif event == b"complete":  # the valuation goes to the engine
+            total = str(struct.unpack(">q", values[0])[0]).encode()
+            self.valuation = (self.valuation[0], total)
+            self.complete = True
+            self.command("query", b"WRITE", *self.valuation)
+        elif event == b"synced":
+            self.synced += 1
+        elif event == b"read-back" and tuple(values) == self.valuation:
+            self.read_back = True
+
+    def done(self):
+        args = self.args
+        ticker_done = self.forgotten and all(self.ticks[symbol] >= args.tick_count for symbol in self.following)
+        talkers = sum(1 for count in self.received.values() if count >= args.posts)
+        chat_done = self.sent >= args.posts and (args.posts == 0 or talkers >= args.chat_clients)
+        query_done = self.synced == len(args.subtrees) and self.read_back
+        return ticker_done and chat_done and self.complete and query_done
+
+    def serve(self, stop, deadline):
+        """The loop, until the scenario is done or a signal comes (None), or it fails (the Failure)."""
+        while True:
+            if self.failed:
+                return Failure("agent-failed", f"the {self.failed} agent stopped by itself")
+            if self.done() or stop.raised:
+                return None
+            if deadline.expired():
+                return Failure("timeout", f"not done after {self.args.timeout} ms: {self.progress()}")
+            # At most 100 ms, the time the other languages take to notice a signal.
+            for pipe, _ in self.poller.poll(deadline.cap(100)):
+                if (frames := recv_if_ready(pipe)) is not None:  # one message per pipe: fair
+                    self.on_event(self.names[pipe], frames)
+
+    def progress(self):
+        return (f"ticks {dict(self.ticks)}, {self.sent} posts sent, received {dict(self.received)}, "
+                f"complete {self.complete}, {self.synced} subtrees synced, read back {self.read_back}")
+
+    def shut_down(self):
+        """STOP every agent at once (they are independent) and wait for their `stopped`, writing
+        what comes meanwhile. The agents that never said it: none, normally."""
+        self.stopping = True
+        told = set(self.stopped)
+        deadline = Deadline(STOP_WAIT)
+        while (running := [name for name in self.pipes if name not in self.stopped]) and not deadline.expired():
+            poller = zmq.Poller()
+            for name in running:
+                # STOP once the pipe takes it: an agent stopped by the deadline during its start-up
+                # may not have connected its end yet, and a PAIR without its peer takes nothing.
+                poller.register(self.pipes[name], zmq.POLLIN | (0 if name in told else zmq.POLLOUT))
+            for pipe, events in poller.poll(deadline.remaining_ms()):
+                name = self.names[pipe]
+                if events & zmq.POLLOUT and name not in told:
+                    self.command(name, b"STOP")
+                    told.add(name)
+                if events & zmq.POLLIN and (frames := recv_if_ready(pipe)) is not None:
+                    self.on_event(name, frames)
+        return running
+
+    def close(self):
+        for thread in self.threads.values():
+            thread.join()  # each has returned, or is about to: it closed its pipe end after `stopped`
+        for pipe in self.pipes.values():
+            pipe.close()
+
+
+def run_trader(args):
+    check_flags(args)
+    stop = StopSignal()  # Python runs signal handlers in the main thread only: agents never see one
+    deadline = Deadline(args.timeout)
+    context = zmq.Context()  # the process's one context: every thread's sockets, every inproc pipe
+    desk = Desk(context, args)
+    failure = None
+    for name in AGENTS:  # one at a time, in a fixed order: each waits for the previous one's ready
+        if failure := desk.start(name, deadline):
+            break
+    else:
+        emit("ready", name=args.name, **desk.endpoints)
+        for symbol in args.follow:
+            desk.command("ticker", b"FOLLOW", symbol.encode())
+        if args.trade:
+            desk.command("valuation", b"VALUE", struct.pack(">Q", args.trade))
+        failure = desk.serve(stop, deadline)
+    complete = desk.done()
+    stuck = desk.shut_down()
+    if stuck:
+        if failure:
+            emit("error", code=failure.code, reason=failure.reason)
+        emit("error", code="agent-stuck", reason=f"no stopped from {', '.join(stuck)} within {STOP_WAIT} ms of STOP")
+        # Leave without terminating the context, which would wait for the stuck agent's sockets
+        # for ever, and without Python's clean-up, which would try to.
+        os._exit(1)
+    desk.close()
+    # Returns once every socket of every thread is closed and its linger has run out: which is why
+    # the agents close theirs before they say `stopped`.
+    context.term()
+    if failure:
+        raise failure
+    emit("done", complete=complete, agents=[name for name in AGENTS if name in desk.stopped])
