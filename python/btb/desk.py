@@ -22,7 +22,7 @@ from .contract import Deadline, Failure, StopSignal, Usage, at_least, bind, conn
 KEEPALIVE = 1.0  # seconds without a request before the chat agent sends a keep-alive
 MAX_QUEUED = 100  # texts waiting to be posted, writes waiting to be read back; more is `bad-command`, "busy"
 MAX_TRADE = 1000000  # orders in one trade
-SEND_BATCH = 100  # orders sent per turn at most: results and the pipe get their turn between batches
+SEND_BATCH = 1000  # orders sent per turn at most (a high-water mark's worth): results and the pipe get their turn
 STOP_WAIT = 5000  # ms the main thread waits for every `stopped` after STOP
 
 
