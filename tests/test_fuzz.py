@@ -101,9 +101,16 @@ def test_a_recorded_defect_still_shows(built, defect, lang, args):
     `defects:` entry (or, for the proxy, the restart) can go."""
     server, endpoint = _serve_chat(built, lang) if lang else (None, None)
     try:
-        done = subprocess.run([sys.executable, str(ROOT / "tests/defects" / defect / "reproduce.py"), *filter(None, [endpoint]), *args],
-                              capture_output=True, text=True, timeout=60)
-        assert done.returncode == 0, done.stdout + done.stderr
+        # Up to three runs: the lost reply needs the orphan's hang-up to reach the server before REP
+        # reads its request, a race that a loaded CI machine once lost 5 rounds in a row.
+        outputs = []
+        for _ in range(3):
+            done = subprocess.run([sys.executable, str(ROOT / "tests/defects" / defect / "reproduce.py"), *filter(None, [endpoint]), *args],
+                                  capture_output=True, text=True, timeout=60)
+            outputs.append(done.stdout + done.stderr)
+            if done.returncode == 0:
+                break
+        assert done.returncode == 0, "\n".join(outputs)
     finally:
         if server:
             server.kill()
