@@ -74,10 +74,12 @@ def test_a_bad_command_line_exits_2(built, lang, args):
     assert done.stdout == b""
 
 
-def socket(context, kind, endpoint, bind=False):
+def socket(context, kind, endpoint, bind=False, **options):
     sock = context.socket(kind)
     sock.linger = 0
     sock.rcvtimeo = WAIT * 1000
+    for name, value in options.items():
+        setattr(sock, name, value)
     if bind:
         sock.bind("tcp://127.0.0.1:*")
         return sock, sock.last_endpoint.decode()
@@ -92,8 +94,10 @@ def start_engine(start_role, lang, **flags):
 
 
 def writer(context, ready):
-    """An XPUB to the engine's collector, like a facade's: it writes once the subscription is in."""
-    xpub = socket(context, zmq.XPUB, ready["collector"])
+    """An XPUB to the engine's collector, like a facade's: it writes once the subscription is in.
+    No high-water mark: a test's burst of writes must all arrive, however slow the engine reads (at
+    the default 1000, a loaded CI machine once dropped some of 1500 before a Python engine read them)."""
+    xpub = socket(context, zmq.XPUB, ready["collector"], sndhwm=0)
     assert xpub.recv() == b"\x01"
     return xpub
 
