@@ -188,10 +188,12 @@ def test_garbage_to_every_agent_is_reported_by_that_agent_and_the_desk_still_fin
     for index in range(2):
         start_role("python", "valuation", "worker", orders=ready["orders"], results=ready["results"],
                    control=ready["control"], name=f"w{index}", timeout=WAIT * 1000)
-    waited(desk, lambda e: e["event"] == "roster" and e.get("agent") == "chat")
+    waited(desk, lambda e: e["event"] == "roster" and e.get("agent") == "chat")  # after a broadcast came through
     broadcasts.inject([b"d1", b"three", b"frames"])
     broadcasts.inject([b"d1", b"\xff\xfe"])  # not UTF-8
-    waited(desk, lambda e: e["event"] == "subscribed" and e.get("symbol") == "AAPL")
+    # A real AAPL tick first: it proves the subscription has reached the tap's XPUB, which would
+    # drop what it has no subscriber for (the slow joiner, from the tap's side).
+    waited(desk, lambda e: e["event"] == "tick" and e.get("symbol") == "AAPL")
     prices.inject([b"AAPL\0", struct.pack(">Q", 1)])  # 2 frames, not 4
     prices.inject([b"AAPL\0", bytes(8), bytes(8), bytes(7)])  # a 7-byte price
     waited(desk, lambda e: e["event"] == "started" and e.get("agent") == "valuation")
@@ -200,7 +202,7 @@ def test_garbage_to_every_agent_is_reported_by_that_agent_and_the_desk_still_fin
     forger.connect(ready["results"])
     forger.send_multipart([b"result", b"forger", struct.pack(">Q", 1)])  # 3 frames
     forger.send_multipart([b"result", b"forger", struct.pack(">Q", 2), struct.pack(">q", 1)])  # a wrong value
-    waited(desk, lambda e: e["event"] == "synced" and e.get("agent") == "query")
+    waited(desk, lambda e: e["event"] == "synced" and e.get("agent") == "query")  # its HUGZ came through, after /prices/
     updates.inject([b"/prices/AAPL", struct.pack(">Q", 1 << 40)])  # 2 frames
     updates.inject([b"/prices/AAPL", b"\0" * 3, b"", b"", b"1.00"])  # a 3-byte sequence
     assert desk.wait_exit(time.monotonic() + WAIT) and desk.t.exit_code == 0, desk.t.events[-5:]
