@@ -1,4 +1,6 @@
 """The integration tests: every grid, every language against every other, through the orchestrator."""
+import math
+
 import pytest
 
 from orchestrator import LANGUAGES
@@ -8,14 +10,14 @@ from orchestrator.spec import load_spec
 PARALLEL = 3
 
 
-def run_grid(built, example, dimensions):
+def run_grid(built, example, dimensions, extra=False):
+    """Every cell of the grid, plus the spec's mixed and further cells with `extra`: all must pass."""
     for lang in LANGUAGES:
         built[lang]  # build before the clock starts
     spec = load_spec(example)
-    results, _, run_dir = run_matrix(spec, dimensions, built.registry, parallel=PARALLEL)
-    expected = 1
-    for langs in dimensions.values():
-        expected *= len(langs)
+    extra_cells = mixed_cells(spec, dimensions) if extra else []
+    results, _, run_dir = run_matrix(spec, dimensions, built.registry, parallel=PARALLEL, extra_cells=extra_cells)
+    expected = math.prod(len(langs) for langs in dimensions.values()) + len(extra_cells)
     assert len(results) == expected
     failures = [f"{r.roles}: {r.status}: {r.detail}" for r in results if r.status != "pass"]
     assert not failures, f"{len(failures)} of {expected} cells did not pass (logs in {run_dir}):\n" + "\n".join(failures)
@@ -57,14 +59,8 @@ def test_the_ticker_grid_through_every_proxy_passes(built):
 
 @pytest.mark.grid
 def test_the_valuation_grid_and_its_mixed_pools_pass(built):
-    for lang in LANGUAGES:
-        built[lang]
-    spec = load_spec("valuation")
-    dimensions = {"source": LANGUAGES, "worker": LANGUAGES, "sink": LANGUAGES}
-    results, _, run_dir = run_matrix(spec, dimensions, built.registry, parallel=PARALLEL, extra_cells=mixed_cells(spec, dimensions))
+    results = run_grid(built, "valuation", {"source": LANGUAGES, "worker": LANGUAGES, "sink": LANGUAGES}, extra=True)
     assert len(results) == 216 + 6
-    failures = [f"{r.roles}: {r.status}: {r.detail}" for r in results if r.status != "pass"]
-    assert not failures, f"{len(failures)} of 222 cells did not pass (logs in {run_dir}):\n" + "\n".join(failures)
     for result in results[216:]:  # a mixed pool: six workers, six languages, each priced some
         [complete] = [e for t in result.transcripts if t.role == "sink" for e in t.events if e["event"] == "complete"]
         assert len(complete["workers"]) == 6 and min(complete["workers"].values()) > 0
@@ -72,14 +68,8 @@ def test_the_valuation_grid_and_its_mixed_pools_pass(built):
 
 @pytest.mark.grid
 def test_the_query_grid_and_its_mixed_cells_pass(built):
-    for lang in LANGUAGES:
-        built[lang]
-    spec = load_spec("query")
-    dimensions = {"engine": LANGUAGES, "facade": LANGUAGES}
-    results, _, run_dir = run_matrix(spec, dimensions, built.registry, parallel=PARALLEL, extra_cells=mixed_cells(spec, dimensions))
+    results = run_grid(built, "query", {"engine": LANGUAGES, "facade": LANGUAGES}, extra=True)
     assert len(results) == 36 + 6
-    failures = [f"{r.roles}: {r.status}: {r.detail}" for r in results if r.status != "pass"]
-    assert not failures, f"{len(failures)} of 42 cells did not pass (logs in {run_dir}):\n" + "\n".join(failures)
     for result in results:  # the publisher speaks the engine's language; the late joiner got real state
         assert result.roles["publisher"] == result.roles["engine"]
         late = [t for t in result.transcripts if t.role == "facade" and t.index >= 2]
@@ -90,14 +80,8 @@ def test_the_query_grid_and_its_mixed_cells_pass(built):
 
 @pytest.mark.grid
 def test_the_desk_grid_and_its_further_cell_pass(built):
-    for lang in LANGUAGES:
-        built[lang]
-    spec = load_spec("desk")
-    dimensions = {"desk": LANGUAGES, "server": LANGUAGES}
-    results, _, run_dir = run_matrix(spec, dimensions, built.registry, parallel=PARALLEL, extra_cells=mixed_cells(spec, dimensions))
+    results = run_grid(built, "desk", {"desk": LANGUAGES, "server": LANGUAGES}, extra=True)
     assert len(results) == 36 + 1
-    failures = [f"{r.roles}: {r.status}: {r.detail}" for r in results if r.status != "pass"]
-    assert not failures, f"{len(failures)} of 37 cells did not pass (logs in {run_dir}):\n" + "\n".join(failures)
     for result in results:  # every service in the column's language; every agent did its part
         assert result.roles["publisher"] == result.roles["engine"] == result.roles["server"] or result.extra
         [desk] = [t for t in result.transcripts if t.role == "desk"]

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -264,6 +265,16 @@ void stop_on_signals(void)
 bool stop_requested(void)
 {
     return stop_flag;
+}
+
+sigset_t block_stop_signals(void)
+{
+    sigset_t signals;
+    sigemptyset(&signals);
+    sigaddset(&signals, SIGTERM);
+    sigaddset(&signals, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &signals, NULL);
+    return signals;
 }
 
 /* --- command line --------------------------------------------------------------------------- */

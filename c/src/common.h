@@ -5,6 +5,7 @@
 #ifndef BTB_COMMON_H
 #define BTB_COMMON_H
 
+#include <signal.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -59,6 +60,9 @@ bool utf8_valid(const void *bytes, size_t size, size_t *bad_at);
 /* SIGTERM and SIGINT only raise a flag; the role looks at it after every poll. */
 void stop_on_signals(void);
 bool stop_requested(void);
+/* Blocks SIGTERM and SIGINT in the calling thread, and in every thread it starts afterwards (they
+   inherit the mask, libzmq's I/O threads too); returns the set, to wait for or unblock later. */
+sigset_t block_stop_signals(void);
 
 /* Long options, each followed by its value: a string, an integer no smaller than `minimum`, or
    a value of another type that a parser reads (like argparse's `type=`): `parse` stores it in

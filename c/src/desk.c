@@ -1097,11 +1097,7 @@ int desk_trader(int argc, char **argv)
        libzmq starts its I/O thread, with the first socket): every thread inherits the mask. The
        handler only raises a flag; the main thread unblocks them for itself once the agents run. */
     stop_on_signals();
-    sigset_t signals;
-    sigemptyset(&signals);
-    sigaddset(&signals, SIGTERM);
-    sigaddset(&signals, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &signals, NULL);
+    sigset_t signals = block_stop_signals();
     deadline_t deadline = deadline_start(args.timeout);
     /* The process's one context: every agent makes its sockets from it, and the inproc pipes
        exist only inside it. */

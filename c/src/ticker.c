@@ -350,11 +350,7 @@ int ticker_proxy(int argc, char **argv)
     /* The built-in proxy is a loop that a signal handler cannot stop: a signal that lands while
        it moves a message interrupts nothing. So SIGTERM and SIGINT are blocked, before libzmq
        starts its threads (they inherit the mask), and the main thread waits for them itself. */
-    sigset_t signals;
-    sigemptyset(&signals);
-    sigaddset(&signals, SIGTERM);
-    sigaddset(&signals, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &signals, NULL);
+    sigset_t signals = block_stop_signals();
     deadline_t deadline = deadline_start(args.timeout);
     void *context = zmq_ctx_new();
     proxy_t proxy = {

@@ -417,11 +417,7 @@ def query_agent(context, args):
         # Linger 1000 ms: the last write may still be queued when the desk stops.
         collector = agent.socket(zmq.XPUB, query.MAX_MESSAGE, linger=1000)
         connect(collector, args.collector)
-        connect(updates, args.updates)
-        for tree in args.subtrees:
-            updates.subscribe(tree)
-        updates.subscribe(b"HUGZ")  # last: once a HUGZ arrives, every subscription before it is in place
-        connect(snapshot, args.snapshot)
+        query.connect_facade(updates, snapshot, args)  # subtrees, then HUGZ: see the HUGZ wait below
         agent.report("ready", name=args.name, subtrees=[tree.decode() for tree in args.subtrees])
 
         hugged = collector_live = False

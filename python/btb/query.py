@@ -490,6 +490,16 @@ class Facade(Mirror):
         return True
 
 
+def connect_facade(updates, snapshot, args):
+    """A facade's first steps (the desk's query agent's too): subscribe to every subtree, then to
+    HUGZ, and connect the SUB and the DEALER."""
+    connect(updates, args.updates)
+    for tree in args.subtrees:
+        updates.subscribe(tree)
+    updates.subscribe(b"HUGZ")  # last: once a HUGZ arrives, every subscription before it is in place
+    connect(snapshot, args.snapshot)
+
+
 def run_facade(args):
     deadline = Deadline(args.timeout)
     context = zmq.Context()
@@ -505,11 +515,7 @@ def run_facade(args):
     if collector is not None:
         collector.linger = 1000  # the last write (a delete) may still be queued when we exit
         connect(collector, args.collector)
-    connect(updates, args.updates)
-    for tree in args.subtrees:
-        updates.subscribe(tree)
-    updates.subscribe(b"HUGZ")  # last: once a HUGZ arrives, every subscription before it is in place
-    connect(snapshot, args.snapshot)
+    connect_facade(updates, snapshot, args)
     emit("ready", name=args.name, subtrees=[tree.decode() for tree in args.subtrees])
 
     facade = Facade(args)
