@@ -11,7 +11,7 @@ from .config import ConfigError, Fields, load_yaml
 
 REGISTRY_PATH = ROOT / "orchestrator" / "languages.yaml"
 # What a language's ZeroMQ library may lack (examples/README.md, "Security").
-FEATURES = ("plain", "curve", "zap", "handshake-events")
+FEATURES = ("plain", "curve", "zap", "handshake-events", "stream-close")
 
 
 @dataclass(frozen=True)

@@ -17,13 +17,15 @@ from collections import Counter, deque
 import zmq
 
 from . import chat, query, ticker, valuation
-from .contract import Deadline, Failure, StopSignal, Usage, at_least, bind, connect, emit, recv_if_ready
+from .contract import Deadline, Failure, StopSignal, Usage, at_least, bind, connect, recv_if_ready
+from .web import Web
 
 KEEPALIVE = 1.0  # seconds without a request before the chat agent sends a keep-alive
 MAX_QUEUED = 100  # texts waiting to be posted, writes waiting to be read back; more is `bad-command`, "busy"
 MAX_TRADE = 1000000  # orders in one trade
 SEND_BATCH = 1000  # orders sent per turn at most (a high-water mark's worth): results and the pipe get their turn
 STOP_WAIT = 5000  # ms the main thread waits for every `stopped` after STOP
+PROGRESS_EVERY = 0.1  # seconds between the page's `progress` lines at most
 
 
 # --- flags -----------------------------------------------------------------------------------
@@ -53,8 +55,15 @@ def add_roles(roles):
     trader.add_argument("--updates", default="tcp://127.0.0.1:5567")
     trader.add_argument("--collector", default="tcp://127.0.0.1:5568")
     trader.add_argument("--subtrees", type=query.subtree_list, default="/prices/,/desks/")
+    trader.add_argument("--http", type=page_endpoint, default="")
     trader.add_argument("--timeout", type=at_least(0), default=60000)
     trader.set_defaults(run=run_trader)
+
+
+def page_endpoint(value):
+    if value and not (value.startswith("tcp://") and len(value) > len("tcp://")):
+        raise argparse.ArgumentTypeError("the page is served over TCP: tcp://HOST:PORT, or empty for no page")
+    return value
 
 
 def optional_symbol(value):
@@ -444,6 +453,8 @@ def query_agent(context, args):
             if updates in ready and (frames := query.recv_message(updates)):
                 if hugged:
                     key, sequence, value = mirror.on_update(frames) or (None, 0, None)  # None: not applied
+                    if key is not None:  # the engine's keys the desk watches, for its page
+                        agent.report("applied", key, key=key.decode(), value=value.hex(), sequence=sequence)
                     if (key, value) in unread:
                         unread.remove((key, value))
                         agent.report("read-back", key, value, key=key.decode(), value=value.hex(), sequence=sequence)
@@ -482,8 +493,8 @@ AGENTS = {"chat": chat_agent, "ticker": ticker_agent, "valuation": valuation_age
 class Desk:
     """The main thread's side: one pipe end per agent, the scenario's progress, and stdout."""
 
-    def __init__(self, context, args):
-        self.context, self.args = context, args
+    def __init__(self, context, args, web):
+        self.context, self.args, self.web = context, args, web  # web: the page's STREAM socket, or None
         self.pipes, self.threads, self.names = {}, {}, {}  # agent -> PAIR, agent -> Thread, PAIR -> agent
         self.poller = zmq.Poller()
         self.endpoints = {}  # the valuation agent's bound endpoints, for the desk's `ready`
@@ -496,6 +507,10 @@ class Desk:
         self.forgotten = args.forget is None
         self.complete = self.read_back = args.trade == 0  # with no trade, nothing to wait for
         self.valuation = (f"/desks/{args.name}/valuation".encode(), None)  # the key, and the total written
+        self.finished = False  # the scenario has been done (a page may change it since: it stays done)
+        self.trading = args.trade > 0  # a VALUE went down and its `complete` has not come back
+        self.trade, self.results = args.trade, 0  # the trade's size, and its results so far
+        self.progress_at, self.progress_shown = 0.0, 0  # when the page last had a `progress`, and its count
 
     def start(self, name, deadline):
         """Bind the agent's pipe, start its thread, and wait for its first event, which must be
@@ -525,11 +540,29 @@ class Desk:
         except zmq.Again:
             pass  # its `stopped` is in our queue: the loop will see it
 
+    def write(self, line, key=None, page=True):
+        """One line to stdout, and to the page's event streams (`key`: the line replaces the last one
+        with that key in the page's replay)."""
+        sys.stdout.buffer.write(line + b"\n")  # the only writer of stdout: lines never interleave
+        sys.stdout.buffer.flush()
+        if self.web and page:
+            self.web.publish(line, key)
+
+    def emit(self, event, **fields):
+        self.write(json.dumps({"event": event, **fields}, ensure_ascii=False).encode())
+
     def on_event(self, name, frames):
         """Write the event's line (frame 1, unchanged), then act on frame 0 and frames 2..."""
-        sys.stdout.buffer.write(frames[1] + b"\n")  # the only writer of stdout: lines never interleave
-        sys.stdout.buffer.flush()
         event, values, args = frames[0], frames[2:], self.args
+        key = {b"tick": b"tick ", b"applied": b"applied "}.get(event)
+        # One `result` per order would flood a page: it gets their count in `progress` instead.
+        self.write(frames[1], key and key + values[0], page=event != b"result")
+        if event == b"result":
+            self.results += 1
+        elif event == b"started":
+            self.results = self.progress_shown = 0
+        elif event == b"complete":
+            self.show_progress(force=True)
         if event == b"stopped":
             self.stopped.append(name)
             if not self.stopping and self.failed is None:
@@ -555,12 +588,50 @@ class Desk:
         elif event == b"complete":  # the valuation goes to the engine
             total = str(struct.unpack(">q", values[0])[0]).encode()
             self.valuation = (self.valuation[0], total)
-            self.complete = True
+            self.complete, self.trading = True, False
             self.command("query", b"WRITE", *self.valuation)
         elif event == b"synced":
             self.synced += 1
         elif event == b"read-back" and tuple(values) == self.valuation:
             self.read_back = True
+
+    def show_progress(self, force=False):
+        """The page's `progress`: at most every 100 ms while the count changes, and before `complete`."""
+        if self.web and self.results != self.progress_shown and (force or time.monotonic() - self.progress_at >= PROGRESS_EVERY):
+            line = {"event": "progress", "agent": "valuation", "results": self.results, "orders": self.trade}
+            self.web.publish(json.dumps(line).encode(), b"progress")  # the page's only: not on stdout
+            self.progress_at, self.progress_shown = time.monotonic(), self.results
+
+    def on_command(self, target, body):
+        """A command from the page: checked, reported as `command`, handed to its agent. (status, reason)."""
+        if target in (b"/follow", b"/forget"):
+            try:
+                symbol = ticker.symbol(body.decode("ascii"))
+            except (UnicodeDecodeError, argparse.ArgumentTypeError):
+                return 400, "a symbol is 1 to 8 letters A-Z"
+            follow = target == b"/follow"
+            self.emit("command", command="FOLLOW" if follow else "FORGET", symbol=symbol)
+            self.command("ticker", b"FOLLOW" if follow else b"FORGET", body)
+            # The scenario waits for the symbols the page follows, and no longer for those it forgets.
+            (self.following.add if follow else self.following.discard)(symbol)
+        elif target == b"/chat":
+            try:
+                text = body.decode("utf-8")
+            except UnicodeDecodeError:
+                return 400, "the text is not UTF-8"
+            if not 1 <= len(body) <= chat.MAX_TEXT:
+                return 400, f"a text is 1 to {chat.MAX_TEXT} bytes"
+            self.emit("command", command="POST", text=text)
+            self.command("chat", b"POST", body)
+        else:  # /value
+            if not (body.isdigit() and 1 <= int(body) <= MAX_TRADE):
+                return 400, f"a trade is 1 to {MAX_TRADE} orders, in decimal digits"
+            if self.trading:
+                return 409, "a trade is running: wait for its total"
+            self.trade, self.trading = int(body), True
+            self.emit("command", command="VALUE", orders=self.trade)
+            self.command("valuation", b"VALUE", struct.pack(">Q", self.trade))
+        return 204, ""
 
     def done(self):
         args = self.args
@@ -571,18 +642,27 @@ class Desk:
         return ticker_done and chat_done and self.complete and query_done
 
     def serve(self, stop, deadline):
-        """The loop, until the scenario is done or a signal comes (None), or it fails (the Failure)."""
+        """The loop, until the scenario is done (without a page) or a signal comes (None), or it
+        fails (the Failure)."""
+        if self.web:
+            self.poller.register(self.web.socket, zmq.POLLIN)
         while True:
             if self.failed:
                 return Failure("agent-failed", f"the {self.failed} agent stopped by itself")
-            if self.done() or stop.raised:
+            self.finished = self.finished or self.done()
+            if (self.finished and not self.web) or stop.raised:  # a page is served until a signal
                 return None
             if deadline.expired():
                 return Failure("timeout", f"not done after {self.args.timeout} ms: {self.progress()}")
             # At most 100 ms, the time the other languages take to notice a signal.
-            for pipe, _ in self.poller.poll(deadline.cap(100)):
-                if (frames := recv_if_ready(pipe)) is not None:  # one message per pipe: fair
-                    self.on_event(self.names[pipe], frames)
+            for sock, _ in self.poller.poll(deadline.cap(100)):
+                if self.web and sock is self.web.socket:
+                    self.web.receive(self.on_command)
+                elif (frames := recv_if_ready(sock)) is not None:  # one message per pipe: fair
+                    self.on_event(self.names[sock], frames)
+            if self.web:
+                self.show_progress()
+                self.web.expire()
 
     def progress(self):
         return (f"ticks {dict(self.ticks)}, {self.sent} posts sent, received {dict(self.received)}, "
@@ -614,6 +694,9 @@ class Desk:
             thread.join()  # each has returned, or is about to: it closed its pipe end after `stopped`
         for pipe in self.pipes.values():
             pipe.close()
+        if self.web:
+            self.web.close()
+            self.web = None  # the last lines (done, an error) go to stdout only
 
 
 def run_trader(args):
@@ -621,24 +704,31 @@ def run_trader(args):
     stop = StopSignal()  # Python runs signal handlers in the main thread only: agents never see one
     deadline = Deadline(args.timeout)
     context = zmq.Context()  # the process's one context: every thread's sockets, every inproc pipe
-    desk = Desk(context, args)
+    try:
+        web = Web(context, args.http) if args.http else None  # before any thread: a failed bind stops here
+    except Failure:
+        context.destroy(linger=0)
+        raise
+    desk = Desk(context, args, web)
     failure = None
     for name in AGENTS:  # one at a time, in a fixed order: each waits for the previous one's ready
         if failure := desk.start(name, deadline):
             break
     else:
-        emit("ready", name=args.name, **desk.endpoints)
+        desk.emit("ready", name=args.name, **desk.endpoints, http=web.endpoint if web else "")
+        if web:
+            web.serving = True  # from now on, lines go to the replay's ring, not its start-up
         for symbol in args.follow:
             desk.command("ticker", b"FOLLOW", symbol.encode())
         if args.trade:
             desk.command("valuation", b"VALUE", struct.pack(">Q", args.trade))
         failure = desk.serve(stop, deadline)
-    complete = desk.done()
+    complete = desk.finished or desk.done()
     stuck = desk.shut_down()
     if stuck:
         if failure:
-            emit("error", code=failure.code, reason=failure.reason)
-        emit("error", code="agent-stuck", reason=f"no stopped from {', '.join(stuck)} within {STOP_WAIT} ms of STOP")
+            desk.emit("error", code=failure.code, reason=failure.reason)
+        desk.emit("error", code="agent-stuck", reason=f"no stopped from {', '.join(stuck)} within {STOP_WAIT} ms of STOP")
         # Leave without terminating the context, which would wait for the stuck agent's sockets
         # for ever, and without Python's clean-up, which would try to.
         os._exit(1)
@@ -648,4 +738,4 @@ def run_trader(args):
     context.term()
     if failure:
         raise failure
-    emit("done", complete=complete, agents=[name for name in AGENTS if name in desk.stopped])
+    desk.emit("done", complete=complete, agents=[name for name in AGENTS if name in desk.stopped])
