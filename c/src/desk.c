@@ -25,6 +25,7 @@
 #include "query.h"
 #include "ticker.h"
 #include "valuation.h"
+#include "web.h"
 
 /* --- flags ---------------------------------------------------------------------------------- */
 
@@ -35,11 +36,12 @@ enum {
     STOP_WAIT = 5000,    /* ms for every agent to acknowledge STOP */
     SEND_BATCH = 1000,   /* orders sent in one turn at most, so that the pipe and results get theirs */
     POLL_MAX = 100,      /* ms: the main thread's longest poll */
+    PROGRESS_EVERY = 100, /* ms at least between two of the page's `progress` */
 };
 
 typedef struct {
     const char *name, *chat_requests, *chat_broadcasts, *ticks, *forget, *orders, *results, *control,
-        *snapshot, *updates, *collector;
+        *snapshot, *updates, *collector, *http;
     int chat_clients, posts, forget_after, tick_count, trade, workers, quiet, heartbeat, timeout;
     symbols_t follow;
     subtrees_t subtrees;
@@ -54,6 +56,15 @@ static const char *parse_desk_name(const char *text, void *value)
     size_t size = strlen(text);
     if (size < 1 || size > MAX_NAME || strspn(text, NAME_CHARS) != size)
         return "a desk name is 1 to 32 of A-Z a-z 0-9 _ -";
+    *(const char **)value = text;
+    return NULL;
+}
+
+/* --http: empty (no page), or a tcp:// endpoint, whose port may be the wildcard `*`. */
+static const char *parse_http(const char *text, void *value)
+{
+    if (*text && (strncmp(text, "tcp://", 6) || !text[6]))
+        return "the page's endpoint is tcp://HOST:PORT (PORT may be *), or empty for no page";
     *(const char **)value = text;
     return NULL;
 }
@@ -144,6 +155,8 @@ static void report(const char *event, json_t *line, void *state)
     } else if (!strcmp(event, "complete")) {
         put_be64(total, (uint64_t)json_integer_value(json_object_get(line, "total")));
         parts[count++] = (part_t){total, 8};
+    } else if (!strcmp(event, "applied")) { /* the page's replay keeps each key's latest */
+        parts[count++] = field(line, "key");
     } else if (!strcmp(event, "read-back")) {
         part_t hex_value = field(line, "value");
         parts[count++] = field(line, "key");
@@ -729,8 +742,12 @@ static void on_updates(query_t *query, const frames_t *message)
     }
     int applied = query->facade.applied;
     facade_on_update(&query->facade, message); /* above the watermarks; malformed-kvpub, unexpected-key */
-    if (query->facade.applied > applied)
+    if (query->facade.applied > applied) { /* checked and applied: its frames are a KVPUB's */
+        emit("applied", "{s:s%, s:o, s:o}", "key", frame_data(message, 0), frame_size(message, 0), "value",
+             json_hex(frame_data(message, 4), frame_size(message, 4)), "sequence",
+             json_u64(get_be64(frame_data(message, 1))));
         read_back(query, message);
+    }
 }
 
 /* A message on the DEALER: KVSYNCs and KTHXBAIs (synced), then nothing more. */
@@ -822,13 +839,66 @@ typedef struct {
     int failed; /* the agent that stopped without being asked, or -1 */
     char endpoints[3][ENDPOINT_SIZE]; /* the valuation agent's orders, results, control */
     /* the scenario */
-    int ticks[MAX_SYMBOLS]; /* of each --follow symbol */
+    symbols_t watched;      /* the symbols it waits for: --follow, less those forgotten, plus the page's */
+    int ticks[MAX_SYMBOLS]; /* of each watched symbol */
     int tick_events, sent;
     names_t received; /* value: the posts received from the handle */
     size_t synced;
     bool forgotten, complete, read_back;
     char total[24]; /* the valuation written to the engine, in decimal */
+    bool finished;  /* the scenario has been done (with --http, the desk serves on) */
+    /* the page (--http) */
+    web_t *web;
+    bool serving;                  /* the loop runs: the page's socket is polled */
+    bool trading;                  /* a VALUE went (the scenario's or the page's), its complete not yet */
+    int orders, results, reported; /* the trade's size, its results so far, and in the last progress */
+    int64_t reported_at;
 } desk_t;
+
+/* Every line the desk writes goes out here: to stdout, and to the page's event streams (`key`:
+   the line a later one replaces in the page's replay, NULL for none). `result` lines are not
+   published: one per order, a million in a big trade; the page gets `progress` instead. */
+static void write_line(desk_t *desk, const char *line, size_t size, const char *key, bool publish)
+{
+    fwrite(line, 1, size, stdout);
+    fputc('\n', stdout);
+    fflush(stdout);
+    if (desk->web && publish)
+        web_publish(desk->web, line, size, key);
+}
+
+/* The main thread's own events (its emit()), through write_line as well. */
+static void report_line(const char *event, json_t *line, void *state)
+{
+    (void)event;
+    char *text = event_text(line);
+    if (!text) {
+        report_events_to(NULL, NULL);
+        fail("memory", "out of memory");
+    }
+    write_line(state, text, strlen(text), NULL, true);
+    free(text);
+}
+
+/* The trade's progress, to the page only: the results counted, at most every PROGRESS_EVERY ms
+   while the count changes, and (`now`) right before the trade's `complete`. */
+static void publish_progress(desk_t *desk, bool now)
+{
+    int64_t time = now_ms();
+    bool due = now || time - desk->reported_at >= PROGRESS_EVERY;
+    if (!desk->web || !desk->trading || desk->results == desk->reported || !due)
+        return;
+    json_t *line = json_pack("{s:s, s:s, s:i, s:i}", "event", "progress", "agent", "valuation", "results",
+                             desk->results, "orders", desk->orders);
+    char *text = event_text(line);
+    if (!text)
+        fail("memory", "out of memory");
+    web_publish(desk->web, text, strlen(text), "progress");
+    free(text);
+    json_decref(line);
+    desk->reported = desk->results;
+    desk->reported_at = time;
+}
 
 /* A command down a pipe. ZMQ_DONTWAIT: a live agent always has room (it reads its pipe every
    turn); one that has gone has no peer left, and a blocking send to it would wait forever. */
@@ -836,6 +906,33 @@ static void command(desk_t *desk, int which, const part_t *parts, size_t count)
 {
     if (!desk->running[which] || !send_if_room(desk->pipe[which], parts, count))
         log_line("desk: the %s agent is gone, a command is dropped", AGENT_NAMES[which]);
+}
+
+/* VALUE N to the valuation agent: a trade runs until its `complete`. */
+static void start_trade(desk_t *desk, int orders)
+{
+    unsigned char count[8];
+    put_be64(count, (uint64_t)orders);
+    command(desk, VALUATION, (part_t[]){{"VALUE", 5}, {count, 8}}, 2);
+    desk->trading = true;
+    desk->orders = orders;
+    desk->results = desk->reported = 0;
+}
+
+/* The symbols the scenario waits for: a FOLLOW adds one (its ticks count from 0), a FORGET (the
+   desk's own, or the page's) removes it. */
+static void watch(desk_t *desk, const char *symbol, bool follow)
+{
+    symbols_t *watched = &desk->watched;
+    int at = symbol_index(watched, symbol);
+    if (follow && at < 0 && watched->count < MAX_SYMBOLS) {
+        strcpy(watched->name[watched->count], symbol);
+        desk->ticks[watched->count++] = 0;
+    } else if (!follow && at >= 0) {
+        size_t after = --watched->count - (size_t)at;
+        memmove(&watched->name[at], &watched->name[at + 1], after * sizeof *watched->name);
+        memmove(&desk->ticks[at], &desk->ticks[at + 1], after * sizeof *desk->ticks);
+    }
 }
 
 static void valuation_key(const desk_t *desk, char key[64])
@@ -852,7 +949,7 @@ static void act(desk_t *desk, int which, const frames_t *event)
     if (which == TICKER && frame_is(event, 0, "tick") && event->count == 3 && frame_size(event, 2) <= MAX_SYMBOL) {
         symbol_t symbol = "";
         memcpy(symbol, frame_data(event, 2), frame_size(event, 2));
-        int at = symbol_index(&args->follow, symbol);
+        int at = symbol_index(&desk->watched, symbol);
         if (at >= 0)
             desk->ticks[at]++;
         if (desk->tick_events < args->posts) { /* prices drive the chat */
@@ -864,6 +961,7 @@ static void act(desk_t *desk, int which, const frames_t *event)
             desk->ticks[at] >= args->forget_after) {
             command(desk, TICKER, (part_t[]){{"FORGET", 6}, {symbol, strlen(symbol)}}, 2);
             desk->forgotten = true;
+            watch(desk, symbol, false);
         }
     } else if (which == CHAT && frame_is(event, 0, "sent")) {
         desk->sent++;
@@ -876,7 +974,10 @@ static void act(desk_t *desk, int which, const frames_t *event)
         valuation_key(desk, key);
         snprintf(desk->total, sizeof desk->total, "%lld", (long long)(int64_t)get_be64(frame_data(event, 2)));
         desk->complete = true;
+        desk->trading = false;
         command(desk, QUERY, (part_t[]){{"WRITE", 5}, {key, strlen(key)}, {desk->total, strlen(desk->total)}}, 3);
+    } else if (which == VALUATION && frame_is(event, 0, "result")) {
+        desk->results++;
     } else if (which == QUERY && frame_is(event, 0, "synced")) {
         desk->synced++;
     } else if (which == QUERY && frame_is(event, 0, "read-back") && event->count == 4 && desk->complete) {
@@ -889,9 +990,16 @@ static void act(desk_t *desk, int which, const frames_t *event)
 /* One event from an agent: frame 1 written to stdout as one line, unchanged, then acted on. */
 static void on_event(desk_t *desk, int which, const frames_t *event)
 {
-    fwrite(frame_data(event, 1), 1, frame_size(event, 1), stdout);
-    fputc('\n', stdout);
-    fflush(stdout);
+    /* The page's replay keeps the latest tick of each symbol, and applied of each key. */
+    char key[16 + QUERY_MAX_KEY] = "";
+    if (event->count == 3 && frame_size(event, 2) <= QUERY_MAX_KEY &&
+        ((which == TICKER && frame_is(event, 0, "tick")) || (which == QUERY && frame_is(event, 0, "applied"))))
+        snprintf(key, sizeof key, "%.*s %.*s", (int)frame_size(event, 0), frame_data(event, 0),
+                 (int)frame_size(event, 2), frame_data(event, 2));
+    bool result = which == VALUATION && frame_is(event, 0, "result");
+    if (which == VALUATION && frame_is(event, 0, "complete"))
+        publish_progress(desk, true); /* the last count, right before the complete */
+    write_line(desk, frame_data(event, 1), frame_size(event, 1), *key ? key : NULL, !result);
     if (frame_is(event, 0, "ready")) {
         desk->ready[which] = true;
         for (size_t i = 0; which == VALUATION && i < 3 && i + 2 < event->count; i++)
@@ -906,15 +1014,19 @@ static void on_event(desk_t *desk, int which, const frames_t *event)
     }
 }
 
-/* Reads one event from each pipe that has one, waiting up to timeout_ms. */
-static void read_pipes(desk_t *desk, long timeout_ms)
+/* Reads one event from each pipe that has one, waiting up to timeout_ms; while the desk serves its
+   page, the page's socket is polled too, and the result says whether it has a message. */
+static bool read_pipes(desk_t *desk, long timeout_ms)
 {
-    zmq_pollitem_t items[AGENTS];
+    zmq_pollitem_t items[AGENTS + 1];
     int count = 0;
     for (; count < AGENTS && desk->started[count]; count++)
         items[count] = (zmq_pollitem_t){.socket = desk->pipe[count], .events = ZMQ_POLLIN};
+    int pipes = count;
+    if (desk->serving)
+        items[count++] = (zmq_pollitem_t){.socket = web_socket(desk->web), .events = ZMQ_POLLIN};
     poll_all(items, count, timeout_ms); /* a signal (EINTR): nothing, and the caller looks at its flag */
-    for (int i = 0; i < count; i++) {
+    for (int i = 0; i < pipes; i++) {
         frames_t event; /* from our own agents: frames 0 and 1 at least */
         if ((items[i].revents & ZMQ_POLLIN) && recv_if_ready(desk->pipe[i], &event)) {
             if (event.count >= 2)
@@ -922,6 +1034,7 @@ static void read_pipes(desk_t *desk, long timeout_ms)
             frames_close(&event);
         }
     }
+    return count > pipes && (items[pipes].revents & ZMQ_POLLIN);
 }
 
 /* Start-up, step 2: for each agent in turn, bind its pipe, start its thread, wait for its
@@ -963,8 +1076,8 @@ static outcome_t start_agents(desk_t *desk, agent_t agents[AGENTS], void *contex
 static bool scenario_done(const desk_t *desk)
 {
     const desk_args *args = &desk->args;
-    for (size_t i = 0; i < args->follow.count; i++) /* every symbol still followed */
-        if (strcmp(args->follow.name[i], args->forget) && desk->ticks[i] < args->tick_count)
+    for (size_t i = 0; i < desk->watched.count; i++) /* every symbol still followed */
+        if (desk->ticks[i] < args->tick_count)
             return false;
     if (*args->forget && !desk->forgotten)
         return false;
@@ -978,20 +1091,69 @@ static bool scenario_done(const desk_t *desk)
     return desk->synced >= args->subtrees.count;
 }
 
-/* The loop: poll the four pipes, write and act on each event, until the scenario is done, a
-   signal, the deadline, or an agent that stopped by itself. */
+/* A command from the page (web.h): its body checked as the agent checks it, reported as `command`,
+   then handed to the agent, which reports what it does with it (subscribed, sent, started... or
+   its bad-command). The page's FOLLOW and FORGET change what the scenario waits for. */
+static int on_page_command(void *state, const char *target, const char *body, size_t size, char why[REASON_SIZE])
+{
+    desk_t *desk = state;
+    if (!strcmp(target, "/chat")) { /* the body is UTF-8 (web.c checked it) */
+        if (size < 1 || size > CHAT_MAX_TEXT)
+            return snprintf(why, REASON_SIZE, "a chat text is 1 to %d bytes of UTF-8", CHAT_MAX_TEXT), 400;
+        emit("command", "{s:s, s:s%}", "command", "POST", "text", body, size);
+        command(desk, CHAT, (part_t[]){{"POST", 4}, {body, size}}, 2);
+        return 204;
+    }
+    if (!strcmp(target, "/value")) {
+        int orders = 0;
+        size_t digits = 0;
+        for (; digits < size && digits < 8 && body[digits] >= '0' && body[digits] <= '9'; digits++)
+            orders = 10 * orders + (body[digits] - '0');
+        if (!size || digits < size || orders < 1 || orders > MAX_TRADE)
+            return snprintf(why, REASON_SIZE, "a trade is 1 to %d orders, in decimal digits", MAX_TRADE), 400;
+        if (desk->trading)
+            return snprintf(why, REASON_SIZE, "a trade runs: wait for its complete"), 409;
+        emit("command", "{s:s, s:i}", "command", "VALUE", "orders", orders);
+        start_trade(desk, orders);
+        return 204;
+    }
+    bool follow = !strcmp(target, "/follow"); /* else /forget */
+    if (!is_symbol(body, size))
+        return snprintf(why, REASON_SIZE, "a symbol is 1 to 8 letters A-Z"), 400;
+    const char *name = follow ? "FOLLOW" : "FORGET";
+    symbol_t symbol = "";
+    memcpy(symbol, body, size);
+    emit("command", "{s:s, s:s}", "command", name, "symbol", symbol);
+    command(desk, TICKER, (part_t[]){{name, 6}, {symbol, size}}, 2);
+    watch(desk, symbol, follow);
+    desk->forgotten |= !follow && !strcmp(symbol, desk->args.forget); /* the FORGET of --forget is sent */
+    return 204;
+}
+
+/* The loop: poll the four pipes (and the page's socket), write and act on each event, until the
+   scenario is done (with --http: never), a signal, the deadline, or an agent that stopped by
+   itself. */
 static outcome_t run(desk_t *desk, const deadline_t *deadline)
 {
+    desk->serving = desk->web != NULL;
     for (;;) {
         if (desk->failed >= 0)
             return FAILED;
-        if (scenario_done(desk))
+        desk->finished |= scenario_done(desk);
+        if (desk->finished && !desk->web) /* with --http, a page for a person serves on */
             return DONE;
         if (stop_requested())
             return SIGNALED;
         if (deadline_expired(deadline))
             return TIMED_OUT;
-        read_pipes(desk, deadline_cap(deadline, POLL_MAX));
+        bool browsers = read_pipes(desk, deadline_cap(deadline, POLL_MAX));
+        if (desk->serving) {
+            int64_t now = now_ms();
+            if (browsers)
+                web_receive(desk->web, now, on_page_command, desk);
+            publish_progress(desk, false);
+            web_expire(desk->web, now);
+        }
     }
 }
 
@@ -1024,11 +1186,10 @@ static int shut_down(desk_t *desk)
 /* What the scenario still lacks, for the reason of a timeout. */
 static void progress(const desk_t *desk, char text[256])
 {
-    const desk_args *args = &desk->args;
     size_t used = (size_t)snprintf(text, 256, "agents ready %d%d%d%d; ticks", desk->ready[0], desk->ready[1],
                                    desk->ready[2], desk->ready[3]);
-    for (size_t i = 0; i < args->follow.count && used < 200; i++)
-        used += (size_t)snprintf(text + used, 256 - used, " %s %d", args->follow.name[i], desk->ticks[i]);
+    for (size_t i = 0; i < desk->watched.count && used < 200; i++)
+        used += (size_t)snprintf(text + used, 256 - used, " %s %d", desk->watched.name[i], desk->ticks[i]);
     snprintf(text + used, 256 - used, "; posts sent %d, handles heard %zu; complete %d; synced %zu; read back %d",
              desk->sent, desk->received.count, desk->complete, desk->synced, desk->read_back);
 }
@@ -1055,6 +1216,7 @@ int desk_trader(int argc, char **argv)
         .snapshot = "tcp://127.0.0.1:5566",
         .updates = "tcp://127.0.0.1:5567",
         .collector = "tcp://127.0.0.1:5568",
+        .http = "",
         .timeout = 60000,
     };
     parse_symbols("AAPL,GOOG,MSFT", &args.follow); /* the defaults, parsed like the flags */
@@ -1083,6 +1245,7 @@ int desk_trader(int argc, char **argv)
         TEXT_FLAG("updates", args.updates),
         TEXT_FLAG("collector", args.collector),
         PARSED_FLAG("subtrees", parse_subtrees, args.subtrees),
+        PARSED_FLAG("http", parse_http, args.http),
         NUMBER_FLAG("timeout", args.timeout, 0),
     };
     /* 1. Every flag checked before any thread starts. */
@@ -1102,29 +1265,40 @@ int desk_trader(int argc, char **argv)
     /* The process's one context: every agent makes its sockets from it, and the inproc pipes
        exist only inside it. */
     void *context = zmq_ctx_new();
-    desk_t desk = {.args = args, .failed = -1};
+    desk_t desk = {.args = args, .failed = -1, .watched = args.follow};
     agent_t agents[AGENTS];
+    /* The page's STREAM socket, before any thread starts: a bind that fails fails the desk now. */
+    if (*args.http && !(desk.web = web_open(context, args.http)))
+        fail("bind", "cannot bind %s: %s", args.http, zmq_strerror(errno));
+    report_events_to(report_line, &desk); /* the main thread's own lines go to the page too */
 
     /* 2. The agents, one at a time. */
     outcome_t outcome = start_agents(&desk, agents, context, &deadline);
     /* 3. The signals, now the main thread's alone (one that came meanwhile is delivered now). */
     pthread_sigmask(SIG_UNBLOCK, &signals, NULL);
     if (outcome == RUNNING) {
-        emit("ready", "{s:s, s:s, s:s, s:s}", "name", args.name, "orders", desk.endpoints[0], "results",
-             desk.endpoints[1], "control", desk.endpoints[2]);
+        emit("ready", "{s:s, s:s, s:s, s:s, s:s}", "name", args.name, "orders", desk.endpoints[0], "results",
+             desk.endpoints[1], "control", desk.endpoints[2], "http", desk.web ? web_endpoint(desk.web) : "");
+        if (desk.web) /* the replay's start-up lines end with this ready */
+            web_serving(desk.web);
         /* 4. The scenario's first commands. */
         for (size_t i = 0; i < args.follow.count; i++)
             command(&desk, TICKER, (part_t[]){{"FOLLOW", 6}, {args.follow.name[i], strlen(args.follow.name[i])}}, 2);
-        unsigned char trade[8];
-        put_be64(trade, (uint64_t)args.trade);
         if (args.trade)
-            command(&desk, VALUATION, (part_t[]){{"VALUE", 5}, {trade, 8}}, 2);
+            start_trade(&desk, args.trade);
         outcome = run(&desk, &deadline);
     }
 
     char reason[256];
     progress(&desk, reason);
+    /* A signal that came before the scenario was done: false. A desk with a page stops only on a
+       signal: true once its scenario has been done, whatever the page did since. */
+    bool complete = outcome == DONE || (outcome == SIGNALED && desk.web && desk.finished);
     int stuck = shut_down(&desk);
+    if (desk.web) { /* linger 0: an open event stream has nothing worth waiting for */
+        web_close(desk.web);
+        desk.web = NULL; /* the last lines (an error, done) go to stdout only */
+    }
     if (outcome == TIMED_OUT)
         emit_error("timeout", "not done after %d ms: %s", args.timeout, reason);
     if (outcome == FAILED)
@@ -1147,6 +1321,6 @@ int desk_trader(int argc, char **argv)
     for (int i = 0; i < AGENTS; i++)
         if (desk.acknowledged[i])
             json_array_append_new(acknowledged, json_string(AGENT_NAMES[i]));
-    emit("done", "{s:b, s:o}", "complete", outcome == DONE, "agents", acknowledged);
+    emit("done", "{s:b, s:o}", "complete", complete, "agents", acknowledged);
     return 0;
 }
