@@ -17,6 +17,7 @@ use crate::events::{
     bind, connect, emit, event_line, log, ms_until, poll, readable, readable_each, recv_frame_if_ready, recv_if_ready,
     stop_signal, usage, write_line, Deadline, Failure,
 };
+use crate::web::{Answer, Web};
 use crate::query::{
     self, is_key, is_word, quote, quote_all, recv_message, subtree_list, text, Facade, Subtrees, ICANHAZ,
 };
@@ -83,6 +84,8 @@ pub struct TraderArgs {
     collector: String,
     #[arg(long, value_parser = subtree_list, default_value = "/prices/,/desks/")]
     subtrees: Subtrees,
+    #[arg(long, value_parser = http_endpoint, default_value = "")]
+    http: String,
     #[arg(long, default_value_t = 60000)]
     timeout: u32,
 }
@@ -102,6 +105,15 @@ fn symbol_or_none(value: &str) -> Result<String, String> {
         Ok(String::new())
     } else {
         symbol(value)
+    }
+}
+
+/// --http: a tcp:// endpoint (a wildcard port allowed), or empty for no page.
+fn http_endpoint(value: &str) -> Result<String, String> {
+    match value.strip_prefix("tcp://") {
+        _ if value.is_empty() => Ok(String::new()),
+        Some(address) if !address.is_empty() => Ok(value.to_string()),
+        _ => Err("the page is served over TCP: tcp://HOST:PORT, or empty for no page".into()),
     }
 }
 
@@ -704,10 +716,12 @@ impl QueryAgent {
                         }
                     } else if self.facade.on_update(&frames, &mut pipe.out()) {
                         let (key, value) = (&frames[0], &frames[4]);
+                        let sequence = self.facade.last();
+                        let fields = json!({ "key": text(key), "value": hex(value), "sequence": sequence });
+                        // Every update applied, for the page (an empty value: a delete).
+                        pipe.event("applied", fields.clone(), &[key]);
                         if let Some(at) = unread.iter().position(|(k, v)| k == key && v == value) {
                             unread.remove(at);
-                            let sequence = self.facade.last();
-                            let fields = json!({ "key": text(key), "value": hex(value), "sequence": sequence });
                             pipe.event("read-back", fields, &[key, value]);
                         }
                     }
@@ -776,77 +790,232 @@ impl Agent {
         }
     }
 
-    /// The next event on the pipe (after a poll), written to stdout as it is: [name, JSON, extras...].
-    fn event(&mut self) -> Result<Option<Vec<Vec<u8>>>, Failure> {
+    /// The next event on the pipe (after a poll), as it is: [name, JSON, extras...]. The desk
+    /// writes it (Desk::event).
+    fn receive(&mut self) -> Result<Option<Vec<Vec<u8>>>, Failure> {
         let Some(frames) = recv_if_ready(&self.pipe)? else { return Ok(None) };
         if frames.len() < 2 {
             return Ok(None); // the pipes are trusted, but nothing here indexes past the end
         }
-        write_line(&frames[1]); // the only thread that writes stdout: lines never interleave
         self.stopped |= frames[0] == b"stopped";
         Ok(Some(frames))
     }
+}
 
-    /// Start-up: the agent's first event is `ready` (its sockets exist), or `error` and `stopped`
-    /// when it could not set them up. Returns ready's frames 2..., or None if the agent stopped.
-    fn wait_ready(&mut self, deadline: &Deadline) -> Result<Option<Vec<Vec<u8>>>, Failure> {
-        loop {
-            if readable(&self.pipe, deadline.cap(100))? {
-                match self.event()? {
-                    Some(mut frames) if frames[0] == b"ready" => return Ok(Some(frames.split_off(2))),
-                    _ if self.stopped => return Ok(None),
-                    _ => {}
-                }
-            } else if self.thread.as_ref().is_some_and(JoinHandle::is_finished) {
-                self.stopped = true; // it could not even connect its pipe (logged): nothing to wait for
-                return Ok(None);
-            }
-            if deadline.expired() {
-                return Err(Failure::new("timeout", format!("the {} agent was not ready in time", self.name)));
-            }
-        }
+/// Every line the desk writes goes through here: to stdout (from the main thread only: lines never
+/// interleave) and, with --http, to the page (web.rs): its event streams and its replay, as the
+/// latest line of `key` or in order. `web` None: stdout only.
+fn say(web: Option<&mut Web>, line: &[u8], key: Option<&[u8]>) {
+    write_line(line);
+    if let Some(web) = web {
+        web.publish(line, key);
     }
 }
 
-/// The main thread: the agents and what the scenario has seen of them.
+/// A page's trade: N in decimal digits, 1 to MAX_TRADE.
+fn trade_size(body: &[u8]) -> Option<u64> {
+    if body.is_empty() || !body.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(body).ok()?.parse().ok().filter(|n| (1..=MAX_TRADE).contains(n))
+}
+
+const PROGRESS_EVERY: Duration = Duration::from_millis(100); // at most, while the results count changes
+
+/// The main thread: the agents, the page, and what the scenario has seen of them.
 struct Desk {
     args: TraderArgs,
     agents: Vec<Agent>,
+    web: Option<Web>,                 // the page, with --http
     ticks: HashMap<Vec<u8>, u64>,     // symbol -> ticks
+    followed: Vec<String>,            // the symbols the scenario waits for: --follow, FOLLOWs, FORGETs
     forgotten: bool,                  // --forget was forgotten
     posts: u64,                       // POSTs handed to the chat agent
     sent: u64,                        // posts the chat server accepted
     received: HashMap<Vec<u8>, u64>,  // handle -> posts received
+    trading: bool,                    // VALUE sent, its `complete` not seen yet: a page's VALUE is 409
+    orders: u64,                      // the trade's size
+    results: u64,                     // ...and its results so far
+    progress: (u64, Instant),         // the results count the page got last, and when
     total: Option<Vec<u8>>,           // the trade's total, as written to the engine
     read_back: bool,                  // ...and read back
     synced: usize,                    // subtrees synced
+    finished: bool,                   // the scenario has been done: with a page, it stays done
 }
 
 impl Desk {
+    fn new(args: &TraderArgs, web: Option<Web>) -> Desk {
+        Desk {
+            args: args.clone(),
+            agents: Vec::new(),
+            web,
+            ticks: HashMap::new(),
+            followed: args.follow.clone(),
+            forgotten: false,
+            posts: 0,
+            sent: 0,
+            received: HashMap::new(),
+            trading: false,
+            orders: 0,
+            results: 0,
+            progress: (0, Instant::now()),
+            finished: false,
+            total: None,
+            read_back: false,
+            synced: 0,
+        }
+    }
+
+    /// The next event of agent `index` (after a poll), written to stdout and to the page.
+    fn event(&mut self, index: usize) -> Result<Option<Vec<Vec<u8>>>, Failure> {
+        let Some(frames) = self.agents[index].receive()? else { return Ok(None) };
+        // The replay keeps the latest tick of each symbol and the latest update of each key.
+        let key = match (index, &frames[0][..], frames.get(2)) {
+            (TICKER, b"tick", Some(symbol)) => Some([&b"tick "[..], symbol].concat()),
+            (QUERY, b"applied", Some(key)) => Some([&b"applied "[..], key].concat()),
+            _ => None,
+        };
+        let result = index == VALUATION && frames[0] == b"result";
+        if index == VALUATION && frames[0] == b"complete" {
+            self.progress(true); // the trade's last count, right before its end
+        }
+        // A `result` is not for the page (one per order: a million in a big trade): `progress` is.
+        say(if result { None } else { self.web.as_mut() }, &frames[1], key.as_deref());
+        self.results += u64::from(result);
+        Ok(Some(frames))
+    }
+
+    /// Start-up: agent `index`'s first event is `ready` (its sockets exist), or `error` and
+    /// `stopped` when it could not set them up. Returns ready's frames 2..., or None if it stopped.
+    fn wait_ready(&mut self, index: usize, deadline: &Deadline) -> Result<Option<Vec<Vec<u8>>>, Failure> {
+        loop {
+            if readable(&self.agents[index].pipe, deadline.cap(100))? {
+                match self.event(index)? {
+                    Some(mut frames) if frames[0] == b"ready" => return Ok(Some(frames.split_off(2))),
+                    _ if self.agents[index].stopped => return Ok(None),
+                    _ => {}
+                }
+            } else if self.agents[index].thread.as_ref().is_some_and(JoinHandle::is_finished) {
+                self.agents[index].stopped = true; // it could not even connect its pipe (logged)
+                return Ok(None);
+            }
+            if deadline.expired() {
+                let name = self.agents[index].name;
+                return Err(Failure::new("timeout", format!("the {} agent was not ready in time", name)));
+            }
+        }
+    }
+
+    /// The scenario's loop; with a page, the desk serves on once it is done, until a signal.
+    /// Ok(whether the scenario was done).
     fn run(&mut self, stop: &AtomicBool, deadline: &Deadline) -> Result<bool, Failure> {
         loop {
             let missing = self.missing();
-            if missing.is_empty() {
+            self.finished |= missing.is_empty();
+            if self.finished && self.web.is_none() {
                 return Ok(true);
             }
             if stop.load(Ordering::SeqCst) {
-                return Ok(false); // SIGTERM or SIGINT: the same clean shut-down
+                return Ok(self.finished); // SIGTERM or SIGINT: the same clean shut-down
             }
             if deadline.expired() {
-                let reason = format!("not done after {} ms: {} still going", self.args.timeout, missing.join(", "));
+                let reason = if self.finished {
+                    format!("served the page for {} ms (the scenario was done)", self.args.timeout)
+                } else {
+                    format!("not done after {} ms: {} still going", self.args.timeout, missing.join(", "))
+                };
                 return Err(Failure::new("timeout", reason));
             }
-            // At most 100 ms: the stop flag is looked at as often. A signal ends the poll early (EINTR).
-            let pipes: Vec<&zmq::Socket> = self.agents.iter().map(|agent| &agent.pipe).collect();
-            let ready = readable_each(&pipes, deadline.cap(100))?;
-            for (index, _) in ready.into_iter().enumerate().filter(|(_, ready)| *ready) {
+            // At most 100 ms: the stop flag and the page's deadlines are looked at as often. A
+            // signal ends the poll early (EINTR).
+            let mut sockets: Vec<&zmq::Socket> = self.agents.iter().map(|agent| &agent.pipe).collect();
+            sockets.extend(self.web.as_ref().map(Web::socket));
+            let ready = readable_each(&sockets, deadline.cap(100))?;
+            for index in (0..self.agents.len()).filter(|&index| ready[index]) {
                 // What waits on this pipe, 100 events at most: no agent starves the others.
                 for _ in 0..100 {
-                    let Some(frames) = self.agents[index].event()? else { break };
+                    let Some(frames) = self.event(index)? else { break };
                     self.act(index, &frames)?;
                 }
             }
+            if ready.get(self.agents.len()) == Some(&true) {
+                self.serve_page()?;
+            }
+            if let Some(web) = self.web.as_mut() {
+                web.expire(Instant::now());
+            }
+            self.progress(false);
         }
+    }
+
+    /// Answer the page's connections (web.rs), with this desk's command handler.
+    fn serve_page(&mut self) -> Result<(), Failure> {
+        let Some(mut web) = self.web.take() else { return Ok(()) };
+        // The handler reports each command through the Web that calls it: it gets it as a parameter.
+        let served = web.receive(Instant::now(), &mut |web, target, body| self.on_command(web, target, body));
+        self.web = Some(web);
+        served
+    }
+
+    /// A command from the page, with its whole body: checked, reported as a `command` event, then
+    /// handed to its agent (204). Or 400 (a body that breaks its rule), 409 (a trade runs).
+    fn on_command(&mut self, web: &mut Web, target: &str, body: &[u8]) -> Answer {
+        let bad = |why: &str| Err((400, why.to_string()));
+        let report = |web: &mut Web, fields: Value| say(Some(web), event_line("command", fields).as_bytes(), None);
+        match target {
+            "/follow" | "/forget" => {
+                if !is_symbol(body) {
+                    return bad("a symbol is 1 to 8 letters A-Z");
+                }
+                let (command, symbol) = (if target == "/follow" { "FOLLOW" } else { "FORGET" }, text(body));
+                report(web, json!({ "command": command, "symbol": symbol }));
+                self.agents[TICKER].command(&[command.as_bytes(), body]);
+                // The scenario waits for the symbols followed now, as after its own FORGET.
+                self.followed.retain(|followed| *followed != symbol);
+                if command == "FOLLOW" {
+                    self.followed.push(symbol);
+                } else {
+                    self.forgotten |= symbol == self.args.forget;
+                }
+            }
+            "/chat" => {
+                let post = std::str::from_utf8(body).ok().filter(|_| (1..=chat::MAX_TEXT).contains(&body.len()));
+                let Some(post) = post else { return bad("a post is 1 to 4096 bytes of UTF-8") };
+                report(web, json!({ "command": "POST", "text": post }));
+                self.agents[CHAT].command(&[b"POST", body]);
+            }
+            "/value" => {
+                let Some(orders) = trade_size(body) else { return bad("a trade is 1 to 1000000 orders, in digits") };
+                if self.trading {
+                    return Err((409, "a trade runs: wait for its complete".to_string()));
+                }
+                report(web, json!({ "command": "VALUE", "orders": orders }));
+                self.value(orders);
+            }
+            _ => return Err((404, "no such command".to_string())),
+        }
+        Ok(())
+    }
+
+    /// VALUE a trade of `orders` (the scenario's or the page's): it runs until its `complete`.
+    fn value(&mut self, orders: u64) {
+        self.agents[VALUATION].command(&[b"VALUE", &orders.to_be_bytes()]);
+        self.trading = true;
+        self.orders = orders;
+        self.results = 0;
+    }
+
+    /// `progress`, to the page only (never stdout): the trade's results so far, at most every
+    /// PROGRESS_EVERY while the count changes, and (`now`) right before its `complete`.
+    fn progress(&mut self, now: bool) {
+        let Some(web) = self.web.as_mut() else { return };
+        let (count, at) = self.progress;
+        if !now && (self.results == count || at.elapsed() < PROGRESS_EVERY) {
+            return;
+        }
+        let fields = json!({ "agent": "valuation", "results": self.results, "orders": self.orders });
+        web.publish(event_line("progress", fields).as_bytes(), Some(b"progress"));
+        self.progress = (self.results, Instant::now());
     }
 
     /// Act on an event of agent `index`: its name in frame 0, what it carries in frames 2...
@@ -868,6 +1037,7 @@ impl Desk {
                 let forget = symbol.as_slice() == self.args.forget.as_bytes();
                 if forget && !self.forgotten && count >= self.args.forget_after {
                     self.agents[TICKER].command(&[b"FORGET", symbol]);
+                    self.followed.retain(|followed| *followed != self.args.forget);
                     self.forgotten = true;
                 }
             }
@@ -878,6 +1048,7 @@ impl Desk {
                 let total = i64::from_be_bytes(total[..].try_into().unwrap_or_default()).to_string().into_bytes();
                 self.agents[QUERY].command(&[b"WRITE", &desk_key(&self.args.name, "valuation"), &total]);
                 self.total = Some(total);
+                self.trading = false;
             }
             (QUERY, b"synced", _) => self.synced += 1,
             (QUERY, b"read-back", [key, value]) => {
@@ -892,8 +1063,8 @@ impl Desk {
     fn missing(&self) -> Vec<&'static str> {
         let args = &self.args;
         let ticks = |symbol: &String| self.ticks.get(symbol.as_bytes()).copied().unwrap_or(0);
-        let followed = args.follow.iter().filter(|symbol| !(self.forgotten && **symbol == args.forget));
-        let ticker = followed.map(ticks).all(|n| n >= args.tick_count) && (args.forget.is_empty() || self.forgotten);
+        let followed = self.followed.iter().map(ticks).all(|n| n >= args.tick_count);
+        let ticker = followed && (args.forget.is_empty() || self.forgotten);
         let talkers = self.received.values().filter(|&&n| n >= args.posts).count() as u64;
         let chat = args.posts == 0 || (self.sent >= args.posts && talkers >= args.chat_clients);
         let valuation = args.trade == 0 || self.total.is_some();
@@ -920,11 +1091,11 @@ impl Desk {
             poll(&mut items, ms_until(until))?;
             let readable: Vec<bool> = items.iter().map(zmq::PollItem::is_readable).collect();
             for (&index, readable) in running.iter().zip(readable) {
-                let agent = &mut self.agents[index];
-                while readable && !agent.stopped {
-                    if agent.event()?.is_none() {
+                while readable && !self.agents[index].stopped {
+                    if self.event(index)?.is_none() {
                         break;
                     }
+                    let agent = &mut self.agents[index];
                     agent.acknowledged = agent.stopped;
                 }
             }
@@ -960,45 +1131,35 @@ fn mask_stop_signals(how: libc::c_int) {
 }
 
 fn run_trader(args: TraderArgs) -> Result<(), Failure> {
-    // 1. Every flag checked (exit 2) before any thread starts. Signals blocked before any thread
-    //    starts (the handler's own thread, libzmq's I/O threads and the agents inherit the mask);
-    //    the handler only raises a flag, which the loop looks at.
+    // 1. Every flag checked (exit 2) before any thread starts. The process's one context; each
+    //    agent gets a clone of this handle, and makes its own sockets. With --http, the page's
+    //    STREAM socket is bound now: a failed bind is `error` `bind` and exit 1, before any thread.
+    //    Signals blocked before any thread of ours starts (the handler's own thread and the agents
+    //    inherit the mask; libzmq's I/O threads block every signal themselves); the handler only
+    //    raises a flag, which the loop looks at.
     check_flags(&args);
     let deadline = Deadline::new(args.timeout);
+    let context = zmq::Context::new();
+    let web = if args.http.is_empty() { None } else { Some(Web::new(&context, &args.http)?) };
     mask_stop_signals(libc::SIG_BLOCK);
     let stop = stop_signal()?;
-    // The process's one context; each agent gets a clone of this handle, and makes its own sockets.
-    let context = zmq::Context::new();
 
     // 2. One agent at a time: bind its pipe, start its thread, wait for its `ready`. Each ready
     //    line is then the agent's own proof that its sockets exist, in a fixed order.
     let bodies: [fn(zmq::Context, TraderArgs); 4] = [chat_agent, ticker_agent, valuation_agent, query_agent];
-    let mut desk = Desk {
-        args: args.clone(),
-        agents: Vec::new(),
-        ticks: HashMap::new(),
-        forgotten: false,
-        posts: 0,
-        sent: 0,
-        received: HashMap::new(),
-        total: None,
-        read_back: false,
-        synced: 0,
-    };
+    let mut desk = Desk::new(&args, web);
     let mut failure = None; // why the desk fails, once it has shut down
     let mut bound = Vec::new(); // the valuation agent's endpoints: orders, results, control
-    for (name, body) in AGENTS.into_iter().zip(bodies) {
-        let mut agent = match Agent::start(&context, name, body, &args) {
-            Ok(agent) => agent,
+    for (index, (name, body)) in AGENTS.into_iter().zip(bodies).enumerate() {
+        match Agent::start(&context, name, body, &args) {
+            Ok(agent) => desk.agents.push(agent),
             Err(error) => {
                 failure = Some(error);
                 break;
             }
-        };
-        let ready = agent.wait_ready(&deadline);
-        desk.agents.push(agent);
-        match ready {
-            Ok(Some(endpoints)) if name == "valuation" => bound = endpoints.iter().map(|frame| text(frame)).collect(),
+        }
+        match desk.wait_ready(index, &deadline) {
+            Ok(Some(endpoints)) if index == VALUATION => bound = endpoints.iter().map(|frame| text(frame)).collect(),
             Ok(Some(_)) => {}
             Ok(None) => {
                 failure = Some(Failure::new("agent-failed", format!("the {} agent stopped before it was ready", name)));
@@ -1016,14 +1177,19 @@ fn run_trader(args: TraderArgs) -> Result<(), Failure> {
     let mut complete = false;
     if failure.is_none() {
         bound.resize(3, String::new()); // the pipes are trusted, but nothing here indexes past the end
-        let fields = json!({ "name": args.name, "orders": bound[0], "results": bound[1], "control": bound[2] });
-        emit("ready", fields);
+        let http = desk.web.as_ref().map_or(String::new(), |web| web.endpoint.clone());
+        let fields =
+            json!({ "name": args.name, "orders": bound[0], "results": bound[1], "control": bound[2], "http": http });
+        say(desk.web.as_mut(), event_line("ready", fields).as_bytes(), None);
+        if let Some(web) = desk.web.as_mut() {
+            web.serving(); // the replay's start-up lines end with this ready
+        }
         // 4. The scenario's first commands, then its loop.
         for symbol in &args.follow {
             desk.agents[TICKER].command(&[b"FOLLOW", symbol.as_bytes()]);
         }
         if args.trade > 0 {
-            desk.agents[VALUATION].command(&[b"VALUE", &args.trade.to_be_bytes()]);
+            desk.value(args.trade);
         }
         match desk.run(&stop, &deadline) {
             Ok(done) => complete = done,
@@ -1041,8 +1207,12 @@ fn run_trader(args: TraderArgs) -> Result<(), Failure> {
         }
         return Err(stuck);
     }
-    // ...close our pipe ends, then terminate the context: with the last handle gone (every socket
+    // ...close the page's socket (linger 0: an open event stream has nothing worth waiting for)
+    // and our pipe ends, then terminate the context: with the last handle gone (every socket
     // holds one), zmq_ctx_term returns once the lingers of the agents' closed sockets have run out.
+    if let Some(web) = desk.web.take() {
+        web.close();
+    }
     let agents: Vec<&str> = desk.agents.iter().filter(|agent| agent.acknowledged).map(|agent| agent.name).collect();
     drop(desk);
     drop(context);

@@ -6,6 +6,7 @@ mod perf;
 mod query;
 mod ticker;
 mod valuation;
+mod web;
 
 use clap::Parser;
 use serde_json::json;
