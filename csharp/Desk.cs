@@ -25,7 +25,7 @@ static class Desk
 
     record TraderArgs(
         string Name, ChatConfig Chat, int Posts, TickerConfig Ticker, List<string> Follow, string Forget, int ForgetAfter,
-        int TickCount, ValuationConfig Valuation, int Trade, QueryConfig Query, int Timeout);
+        int TickCount, ValuationConfig Valuation, int Trade, QueryConfig Query, string Http, int Timeout);
 
     // --- flags -----------------------------------------------------------------------------------
 
@@ -58,11 +58,13 @@ static class Desk
         Option<List<string>> subtrees = Flags.Typed<List<string>>(
             "--subtrees", "takes distinct subtrees like /prices/ (or all), separated by ','", Query.TryParseSubtrees,
             () => ["/prices/", "/desks/"]);
+        Option<string> http = Flags.Typed<string>(
+            "--http", "takes a tcp:// endpoint (the port a number or *), or nothing", Web.TryParseEndpoint, () => "");
         Option<int> timeout = Flags.AtLeast("--timeout", 0, 60000);
         Command trader = new("trader", "run the desk's scenario with four agent threads")
         {
             name, chatRequests, chatBroadcasts, chatClients, posts, ticks, follow, forget, forgetAfter, tickCount, seed,
-            orders, results, control, trade, workers, quiet, heartbeat, snapshot, updates, collector, subtrees, timeout,
+            orders, results, control, trade, workers, quiet, heartbeat, snapshot, updates, collector, subtrees, http, timeout,
         };
         trader.SetAction(p =>
         {
@@ -76,7 +78,7 @@ static class Desk
                     p.GetValue(quiet), p.GetValue(heartbeat)),
                 p.GetValue(trade),
                 new(desk, p.GetValue(snapshot)!, p.GetValue(updates)!, p.GetValue(collector)!, p.GetValue(subtrees)!),
-                p.GetValue(timeout)));
+                p.GetValue(http)!, p.GetValue(timeout)));
         });
         return trader;
     }
@@ -166,6 +168,9 @@ static class Desk
         public void Dispose() => Socket.Dispose();
     }
 
+    /// <summary>A chat post's text, from the scenario or the page: 1 to 4096 bytes of UTF-8.</summary>
+    static bool IsPostText(byte[] text) => text.Length is >= 1 and <= Chat.MaxText && IsUtf8(text);
+
     static bool IsUtf8(byte[] data)
     {
         try
@@ -244,7 +249,7 @@ static class Desk
                 {
                     if (Is(command, "STOP", 1))
                         break;
-                    if (!Is(command, "POST", 2) || command[1].Length is < 1 or > Chat.MaxText || !IsUtf8(command[1]))
+                    if (!Is(command, "POST", 2) || !IsPostText(command[1]))
                         pipe.BadCommand(command, "not STOP, nor POST and 1 to 4096 bytes of UTF-8");
                     else if (texts.Count >= MaxQueued)
                         pipe.Report("error", new { code = "bad-command", reason = "busy" });
@@ -617,7 +622,12 @@ static class Desk
                 {
                     if (ready.Contains(updates) && Query.ReceiveMessage(updates, TimeSpan.Zero) is { } update && facade.OnUpdate(update))
                     {
-                        // Applied: is it one of our writes, come back from the engine?
+                        // Every KVPUB applied, for the page's view of the engine's keys; the key in frame 2,
+                        // for the replay, which keeps each key's latest.
+                        string applied = Query.Text(update[0]);
+                        pipe.Report("applied", new { key = applied, value = Convert.ToHexStringLower(update[4]), sequence = facade.Last },
+                            Query.Bytes(applied));
+                        // Is it one of our writes, come back from the engine?
                         int index = written.FindIndex(write => write.Key == Query.Text(update[0]) && Query.Is(update[4], write.Value));
                         if (index >= 0)
                         {
@@ -660,6 +670,7 @@ static class Desk
 
     static readonly TimeSpan Tenth = TimeSpan.FromMilliseconds(100); // .NET sees a signal's flag this often
     const int StopWait = 5000; // ms for every agent to acknowledge STOP
+    const int ProgressMs = 100; // the page's `progress` at most this often
 
     /// <summary>Send a command down a pipe, without waiting: an agent that has stopped by itself no longer
     /// reads its pipe, and a PAIR with no peer would block the send for good.</summary>
@@ -678,6 +689,8 @@ static class Desk
         // only raises a flag that the main thread looks at at least every 100 ms.
         using var stop = new StopSignal();
         var deadline = new Deadline(args.Timeout);
+        // With --http, the page's STREAM socket, bound before any thread starts (Web.cs).
+        Web? web = args.Http == "" ? null : new Web(args.Http);
         var agents = AgentNames.Select(name => new Agent(name)).ToArray();
         var (chat, ticker, valuation, query) = (agents[0], agents[1], agents[2], agents[3]);
         // Each agent's thread gets its configuration, copied (the records are immutable; the list is a copy).
@@ -698,17 +711,66 @@ static class Desk
 
         // What the scenario has seen, from frame 0 and frames 2... of the events (never the JSON).
         var ticks = args.Follow.Distinct().ToDictionary(symbol => symbol, _ => 0);
+        var followed = new HashSet<string>(args.Follow); // the symbols the ticker part waits for
         var received = new Dictionary<string, int>(); // handle -> posts
         int handed = 0, sent = 0, synced = 0;
         bool forgotten = false, completed = false, readBack = false;
+        bool finished = false; // the scenario was done (with the page, the desk serves on)
         string valuationKey = $"/desks/{args.Name}/valuation";
         byte[]? valuationValue = null;
+        bool trading = false; // a VALUE was sent and its `complete` has not come: the page's 409
+        int results = 0, orders = 0; // the trade's results counted so far, and its size
+        int shown = 0; // the results in the last `progress` (-1 after a VALUE: its first, 0 of N, is due)
+        long shownAt = 0; // when that was sent
+
+        // Every line the desk writes goes through here: to stdout and, with --http, to the page's event
+        // streams, under its replay key (the latest tick of a symbol, applied of a key).
+        void Write(byte[] line, string? key = null)
+        {
+            Events.Write(line);
+            web?.Publish(line, key);
+        }
+
+        void Emit(string name, object fields) => Write(Events.Line(name, fields));
+
+        // The valuation's `result` lines (one per order) go to stdout only; the page gets `progress`
+        // instead, at most every 100 ms while the count changes, and right before `complete`.
+        void Progress(bool now)
+        {
+            if (web is null || !(now || results != shown && Environment.TickCount64 >= shownAt + ProgressMs))
+                return;
+            web.Publish(Events.Line("progress", new { results, orders }, "valuation"), "progress");
+            (shown, shownAt) = (results, Environment.TickCount64);
+        }
+
+        void Value(int n)
+        {
+            var frame = new byte[8];
+            BinaryPrimitives.WriteUInt64BigEndian(frame, (ulong)n);
+            Send(valuation, Ascii("VALUE"), frame);
+            (trading, results, orders, shown) = (true, 0, n, -1);
+        }
 
         // One event: its line to stdout as it came, then what the scenario does with it.
         void OnEvent(Agent agent, List<byte[]> frames, bool acting)
         {
-            Events.Write(frames[1]);
             string name = Encoding.ASCII.GetString(frames[0]);
+            if ((agent.Name, name) == ("valuation", "result"))
+            {
+                results++;
+                Events.Write(frames[1]); // to stdout only: the page gets `progress`
+            }
+            else
+            {
+                if ((agent.Name, name) == ("valuation", "complete"))
+                    Progress(now: true);
+                Write(frames[1], (agent.Name, name) switch
+                {
+                    ("ticker", "tick") => $"tick {Encoding.ASCII.GetString(frames[2])}",
+                    ("query", "applied") => $"applied {Encoding.ASCII.GetString(frames[2])}",
+                    _ => null,
+                });
+            }
             if (name == "stopped")
             {
                 agent.Stopped = true;
@@ -733,6 +795,7 @@ static class Desk
                     {
                         Send(ticker, Ascii("FORGET"), Ascii(symbol));
                         forgotten = true;
+                        followed.Remove(symbol);
                     }
                     break;
                 case ("chat", "sent"): // the valuation agent's `sent` is about its orders
@@ -744,7 +807,7 @@ static class Desk
                     break;
                 case ("valuation", "complete"):
                     // The valuation goes to the engine: the total, in decimal ASCII.
-                    completed = true;
+                    (completed, trading) = (true, false);
                     valuationValue = Ascii(BinaryPrimitives.ReadInt64BigEndian(frames[2]).ToString(CultureInfo.InvariantCulture));
                     Send(query, Ascii("WRITE"), Ascii(valuationKey), valuationValue);
                     break;
@@ -758,31 +821,77 @@ static class Desk
             }
         }
 
+        // A page command (Web.cs): the body checked, reported as a `command` line, then handed to the
+        // agent, as the scenario's own commands are. 204, or 400 and why, or 409 while a trade runs.
+        (int, string) OnCommand(string target, byte[] body)
+        {
+            string text = Encoding.ASCII.GetString(body); // a symbol or a number: ASCII, or it fails its check
+            switch (target)
+            {
+                case "/follow" or "/forget":
+                    if (!Ticker.IsSymbol(text))
+                        return (400, $"not a symbol: {Ticker.SymbolRule}");
+                    string command = target == "/follow" ? "FOLLOW" : "FORGET";
+                    Emit("command", new { command, symbol = text });
+                    Send(ticker, Ascii(command), body);
+                    // The set of symbols the scenario waits for changes, as with the desk's own FORGET.
+                    if (command == "FOLLOW" && followed.Add(text))
+                        ticks.TryAdd(text, 0);
+                    else if (command == "FORGET" && followed.Remove(text))
+                        forgotten |= text == args.Forget;
+                    return (204, "");
+                case "/chat":
+                    if (!IsPostText(body))
+                        return (400, $"not a text of 1 to {Chat.MaxText} bytes of UTF-8");
+                    Emit("command", new { command = "POST", text = Encoding.UTF8.GetString(body) });
+                    Send(chat, Ascii("POST"), body);
+                    return (204, "");
+                default: // "/value"
+                    if (!TryParseTrade(text, out int n) || n < 1)
+                        return (400, $"not a number of orders, 1 to {MaxTrade} in decimal digits");
+                    if (trading)
+                        return (409, "a trade runs: wait for its complete");
+                    Emit("command", new { command = "VALUE", orders = n });
+                    Value(n);
+                    return (204, "");
+            }
+        }
+
         // One turn: poll the pipes of the running agents (at most a tenth of a second, never past the
-        // deadline) and handle what they sent; the signal flag and the deadline in between.
+        // deadline) and handle what they sent; the signal flag and the deadline in between. Once the desk
+        // serves its page, the STREAM socket too: its requests, its deadlines and the trade's progress.
         void Turn(bool acting)
         {
             if (stop.Raised)
                 outcome ??= "signal";
             else if (deadline.Expired)
-                Fail("timeout", $"not done after {args.Timeout} ms: ticks {string.Join(", ", ticks.Select(entry => $"{entry.Key} {entry.Value}"))}; "
+                Fail("timeout", finished ? $"served the page for {args.Timeout} ms; the scenario was done"
+                    : $"not done after {args.Timeout} ms: ticks {string.Join(", ", ticks.Select(entry => $"{entry.Key} {entry.Value}"))}; "
                     + $"{sent} posts sent; received {string.Join(", ", received.Select(entry => $"{entry.Key} {entry.Value}"))}; "
                     + $"complete {completed}; {synced} subtrees synced; read back {readBack}");
             if (outcome is not null)
                 return;
             var running = agents.Where(agent => agent.Thread is not null && !agent.Stopped).ToList();
-            var ready = Query.Poll(Query.PollIn(running.Select(agent => agent.Pipe)), deadline.Cap(Tenth));
+            Web? page = web is { Serving: true } ? web : null;
+            var ready = Query.Poll(Query.PollIn([.. running.Select(agent => agent.Pipe), page?.Socket]), deadline.Cap(Tenth));
             foreach (Agent agent in running.Where(agent => ready.Contains(agent.Pipe!)))
             {
                 if (agent.Pipe!.ReceiveIfReady() is { } frames)
                     OnEvent(agent, frames, acting);
             }
+            if (page is not null)
+            {
+                long now = Environment.TickCount64;
+                if (ready.Contains(page.Socket))
+                    page.Receive(now, OnCommand);
+                page.Expire(now);
+                Progress(now: false);
+            }
         }
 
         bool Done()
         {
-            bool tickerDone = (args.Forget == "" || forgotten)
-                && ticks.Where(entry => !(entry.Key == args.Forget && forgotten)).All(entry => entry.Value >= args.TickCount);
+            bool tickerDone = (args.Forget == "" || forgotten) && followed.All(symbol => ticks[symbol] >= args.TickCount);
             bool chatDone = sent >= args.Posts
                 && (args.Posts == 0 || received.Count(entry => entry.Value >= args.Posts) >= args.Chat.Clients);
             bool valuationDone = args.Trade == 0 || completed;
@@ -807,27 +916,30 @@ static class Desk
         if (outcome is null)
         {
             List<byte[]> endpoints = valuation.ReadyFrames;
-            Events.Emit("ready", new
+            Emit("ready", new
             {
                 name = args.Name, orders = Encoding.ASCII.GetString(endpoints[2]),
                 results = Encoding.ASCII.GetString(endpoints[3]), control = Encoding.ASCII.GetString(endpoints[4]),
+                http = web?.Endpoint ?? "",
             });
+            web?.Serve(); // the start-up lines end with our `ready`
             foreach (string symbol in args.Follow)
                 Send(ticker, Ascii("FOLLOW"), Ascii(symbol));
             if (args.Trade > 0)
-            {
-                var n = new byte[8];
-                BinaryPrimitives.WriteUInt64BigEndian(n, (ulong)args.Trade);
-                Send(valuation, Ascii("VALUE"), n);
-            }
+                Value(args.Trade);
         }
 
-        // The loop, until the scenario is done, a signal, the deadline or an agent that failed.
+        // The loop, until the scenario is done, a signal, the deadline or an agent that failed. With the
+        // page, the desk serves on after the scenario is done, until a signal, the deadline or a failure.
         while (outcome is null)
         {
             Turn(acting: true);
-            if (outcome is null && Done())
-                outcome = "complete";
+            if (outcome is null && !finished && Done())
+            {
+                finished = true;
+                if (web is null)
+                    outcome = "complete";
+            }
         }
 
         // Shut-down. 1: STOP to every agent at once (they are independent); 2: every `stopped`, within
@@ -850,13 +962,13 @@ static class Desk
             }
         }
         if (outcome is "timeout" or "agent-failed")
-            Events.Emit("error", new { code = outcome, reason });
+            Emit("error", new { code = outcome, reason });
         var stuck = started.Where(agent => !agent.Stopped).Select(agent => agent.Name).ToList();
         if (stuck.Count > 0)
         {
             // Terminating the context would wait for the sockets of a thread that never closes them (or
             // pull them from under it): exit at once instead.
-            Events.Emit("error", new { code = "agent-stuck", reason = $"no stopped within {StopWait} ms from: {string.Join(", ", stuck)}" });
+            Emit("error", new { code = "agent-stuck", reason = $"no stopped within {StopWait} ms from: {string.Join(", ", stuck)}" });
             Environment.Exit(1);
         }
         // 3: join the threads, then close our pipe ends.
@@ -865,15 +977,18 @@ static class Desk
             agent.Thread!.Join();
             agent.Pipe!.Dispose();
         }
+        // The page's socket after the agents (their last lines went to its streams), before the context.
+        web?.Dispose();
+        web = null;
         // 4: terminate the context: it returns once every socket of every thread is closed and its linger
         // has run out (the valuation's `finished`, the query agent's last write).
         NetMQConfig.Cleanup();
         if (outcome is "timeout" or "agent-failed")
             return 1;
         // 5: done.
-        Events.Emit("done", new
+        Emit("done", new
         {
-            complete = outcome == "complete",
+            complete = finished,
             agents = agents.Where(agent => agent.Told && agent.Stopped).Select(agent => agent.Name),
         });
         return 0;
