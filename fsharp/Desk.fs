@@ -42,6 +42,7 @@ type TraderArgs =
     | Updates of endpoint: string
     | Collector of endpoint: string
     | Subtrees of list: string
+    | Http of endpoint: string
     | Timeout of ms: int
 
     interface IArgParserTemplate with
@@ -69,6 +70,7 @@ type TraderArgs =
             | Updates _ -> "the query engine's XPUB (default tcp://127.0.0.1:5567)"
             | Collector _ -> "the query engine's collector SUB (default tcp://127.0.0.1:5568)"
             | Subtrees _ -> "the query agent's subtrees, holding /desks/NAME/ (default /prices/,/desks/)"
+            | Http _ -> "serve the desk's page on this tcp:// endpoint; empty: no page (default empty)"
             | Timeout _ -> "longest run in ms, 0 for no limit (default 60000)"
 
 [<RequireSubcommand>]
@@ -87,7 +89,7 @@ type TraderSettings =
       Ticks: string; Follow: string list; Forget: string; ForgetAfter: int; TickCount: int; Seed: uint64
       Orders: string; Results: string; Control: string; Trade: int; Workers: int; Quiet: int
       Heartbeat: int; Snapshot: string; Updates: string; Collector: string; Subtrees: string list
-      Timeout: int }
+      Http: string; Timeout: int }
 
 let MaxTrade = 1000000
 let MaxWaiting = 100 // commands an agent queues (texts to post, writes) before it says "busy"
@@ -100,6 +102,12 @@ let deskName (value: string) =
 let tradeSize (orders: int) =
     if orders < 0 || orders > MaxTrade then failwithf "a trade is 0 to %d orders" MaxTrade
     orders
+
+/// `--http`: empty (no page), or a tcp:// endpoint to bind, its port a number or * (any free one).
+let httpEndpoint (value: string) =
+    if value <> "" && not (Regex.IsMatch(value, @"\Atcp://.+:(\*|[0-9]+)\z")) then
+        failwith "the page's endpoint is tcp://HOST:PORT (PORT may be *), or empty for no page"
+    value
 
 let traderSettings (args: ParseResults<TraderArgs>) : TraderSettings =
     let settings =
@@ -131,6 +139,7 @@ let traderSettings (args: ParseResults<TraderArgs>) : TraderSettings =
           Subtrees =
             args.TryPostProcessResult(Subtrees, Query.subtreeList)
             |> Option.defaultWith (fun () -> Query.subtreeList "/prices/,/desks/")
+          Http = args.TryPostProcessResult(Http, httpEndpoint) |> Option.defaultValue ""
           Timeout = args.TryPostProcessResult(TraderArgs.Timeout, atLeast 0) |> Option.defaultValue 60000 }
     let home = $"/desks/{settings.Name}/"
     if settings.Forget <> "" && not (List.contains settings.Forget settings.Follow) then
@@ -561,10 +570,13 @@ let queryAgent (settings: TraderSettings) (pipe: Pipe) =
                 | Some frames ->
                     match facade.OnUpdate frames with
                     | Some kv ->
+                        // Every KVPUB applied, for the page (a delete's value is ""); the main thread
+                        // keeps each key's latest for the page's replay.
+                        let fields = [ "key", box kv.Key; "value", box (Ticker.hex kv.Value); "sequence", box kv.Sequence ]
+                        pipe.Tell("applied", fields, [ Query.bytesOf kv.Key ])
                         match Seq.tryFindIndex (fun (key, value) -> key = kv.Key && value = kv.Value) unread with
                         | Some i ->
                             unread.RemoveAt i
-                            let fields = [ "key", box kv.Key; "value", box (Ticker.hex kv.Value); "sequence", box kv.Sequence ]
                             pipe.Tell("read-back", fields, [ Query.bytesOf kv.Key; kv.Value ])
                         | None -> ()
                     | None -> ()
@@ -606,8 +618,9 @@ type Scenario(settings: TraderSettings) =
           if settings.Trade > 0 then
               "valuation", [ "VALUE"B; Valuation.u64Frame (uint64 settings.Trade) ] ]
 
-    /// The commands an event calls for, as (agent, frames).
-    member _.OnEvent(event: string, extras: byte[] list) =
+    /// The commands an event of `agent` calls for, as (agent, frames). The pipe matters: the
+    /// valuation agent's `sent` (its orders) is not the chat agent's.
+    member _.OnEvent(agent: string, event: string, extras: byte[] list) =
         match event, extras with
         | "tick", [ symbol ] ->
             let symbol = Encoding.ASCII.GetString symbol
@@ -619,7 +632,7 @@ type Scenario(settings: TraderSettings) =
               if symbol = settings.Forget && n >= settings.ForgetAfter && List.contains symbol following then
                   following <- following |> List.filter ((<>) symbol)
                   "ticker", [ "FORGET"B; ascii symbol ] ]
-        | "sent", _ -> sent <- sent + 1; []
+        | "sent", _ when agent = "chat" -> sent <- sent + 1; []
         | "received", [ handle ] -> bump received (utf8.GetString handle) |> ignore; []
         | "complete", [ total ] -> // the valuation goes to the engine, and comes back
             let value = ascii (string (BinaryPrimitives.ReadInt64BigEndian total))
@@ -630,6 +643,12 @@ type Scenario(settings: TraderSettings) =
             if k = key && Some value = written then readBack <- true
             []
         | _ -> []
+
+    /// The page's FOLLOW and FORGET change the symbols the ticker part waits for, as --forget does.
+    member _.Follow(symbol: string) =
+        if not (List.contains symbol following) then following <- following @ [ symbol ]
+
+    member _.Forget(symbol: string) = following <- following |> List.filter ((<>) symbol)
 
     member _.Done =
         let ticksOf symbol = match ticks.TryGetValue symbol with | true, n -> n | _ -> 0
@@ -656,12 +675,50 @@ type Outcome =
 let agentParts: (string * (TraderSettings -> Pipe -> (string * obj) list)) list =
     [ "chat", chatAgent; "ticker", tickerAgent; "valuation", valuationAgent; "query", queryAgent ]
 
-/// Write an event's frame 1 to stdout, unchanged, and return its name and the frames after the JSON.
-let relay (frames: byte[] list) =
+/// The trade the valuation agent is on, for the page: whether one runs (a second VALUE is 409), and
+/// its results counted into `progress` (one line per order would be a million in a big trade).
+type Trade() =
+    let mutable orders = 0UL
+    let mutable results = 0
+    let mutable shown = 0 // the count in the last progress line
+    let mutable shownAt = 0L
+    let mutable running = false
+
+    /// The desk sent VALUE: a trade runs until its complete.
+    member _.Start(size: uint64) =
+        orders <- size
+        results <- 0
+        shown <- 0
+        running <- true
+
+    member _.Running = running
+    member _.Result() = results <- results + 1
+    member _.Complete() = running <- false
+
+    /// A progress line when one is due: at most every 100 ms while the count changes; `last`, right
+    /// before the trade's complete, in any case.
+    member _.Progress(now: int64, last: bool) =
+        if last || (results <> shown && now - shownAt >= 100L) then
+            shown <- results
+            shownAt <- now
+            Some(eventJson "progress" [ "agent", box "valuation"; "results", box results; "orders", box orders ])
+        else None
+
+/// The key under which the page's replay keeps only an event's latest line: a symbol's tick, a
+/// key's applied. The main thread never parses the JSON: the key travels in frame 2.
+let replayKey (event: string) (extras: byte[] list) =
+    match event, extras with
+    | "tick", [ symbol ] -> Some("tick " + Encoding.ASCII.GetString symbol)
+    | "applied", [ key ] -> Some("applied " + utf8.GetString key)
+    | _ -> None
+
+/// Write an event's frame 1 with `say`, unchanged, and return its name and the frames after the JSON.
+let relay (say: string -> byte[] list -> string -> unit) (frames: byte[] list) =
     match frames with
     | name :: json :: extras ->
-        writeLine (utf8.GetString json)
-        Encoding.ASCII.GetString name, extras
+        let name = Encoding.ASCII.GetString name
+        say name extras (utf8.GetString json)
+        name, extras
     | _ -> "", [] // the desk trusts its pipes: its own agents send only these
 
 /// A command down an agent's pipe. Never blocking: the main thread sends few commands, so a pipe that
@@ -670,15 +727,40 @@ let command (agent: Agent) (frames: byte[] list) =
     if not (agent.Pipe.TrySendMultipartBytes(TimeSpan.Zero, frames :> seq<byte[]>)) then
         log $"desk: the {agent.Name} agent's pipe is full, a command is lost"
 
+/// A page's `POST /value` body: N in decimal digits, 1 to MaxTrade.
+let tradeOf (body: string) =
+    let digits = body.TrimStart '0'
+    if body <> "" && body |> Seq.forall Char.IsAsciiDigit && digits.Length <= 7 && digits <> ""
+       && int digits <= MaxTrade then Some(uint64 digits)
+    else None
+
 let runTrader (settings: TraderSettings) =
     // SIGTERM and SIGINT raise a flag on .NET's own signal thread; this thread looks at it at least
     // every 100 ms. No agent ever sees a signal: they hear STOP.
     use stop = new StopSignal()
     let deadline = Deadline(settings.Timeout)
+    // The page's socket, bound before any thread starts: a failed bind is `error` bind, exit 1.
+    let web = if settings.Http = "" then None else Some(new Web.Web(settings.Http))
     let scenario = Scenario(settings)
+    let trade = Trade()
     let agents = ResizeArray<Agent>()
     let mutable outcome = Running
+    let mutable complete = false // the scenario was done (with --http, the desk serves on)
     let mutable endpoints = []
+
+    let publish (key: string option) (line: string) = web |> Option.iter (fun web -> web.Publish(line, key))
+    /// Every line the desk writes goes through here: to stdout, and to the page's event streams.
+    /// A `result` is not sent to the page but counted into `progress`, which the page alone gets.
+    let say (event: string) (extras: byte[] list) (line: string) =
+        match event with
+        | "result" -> trade.Result()
+        | "complete" ->
+            trade.Progress(nowMs (), true) |> Option.iter (publish (Some "progress"))
+            trade.Complete()
+        | _ -> ()
+        writeLine line
+        if event <> "result" then publish (replayKey event extras) line
+    let sayEvent (event: string) (fields: (string * obj) list) = say event [] (eventJson event fields)
 
     // Start-up: one agent at a time, in order, each `ready` its own proof that its sockets exist.
     for name, part in agentParts do
@@ -696,7 +778,7 @@ let runTrader (settings: TraderSettings) =
                 if stop.Raised then outcome <- Signalled
                 elif deadline.Expired then outcome <- TimedOut
                 else first <- receiveWithin pipe (Some(deadline.Cap 100L))
-            match first |> Option.map relay with
+            match first |> Option.map (relay say) with
             | Some("ready", extras) -> if name = "valuation" then endpoints <- extras
             | Some(event, _) -> // an error, then stopped: its bind or connect failed
                 agent.Stopped <- (event = "stopped")
@@ -704,37 +786,82 @@ let runTrader (settings: TraderSettings) =
             | None -> ()
 
     if outcome = Running then
+        let http = web |> Option.map (fun web -> web.Endpoint) |> Option.defaultValue ""
         match endpoints |> List.map Encoding.ASCII.GetString with
         | [ orders; results; control ] ->
-            emit "ready" [ "name", box settings.Name; "orders", box orders; "results", box results
-                           "control", box control ]
-        | _ -> emit "ready" [ "name", box settings.Name ]
+            sayEvent "ready" [ "name", box settings.Name; "orders", box orders; "results", box results
+                               "control", box control; "http", box http ]
+        | _ -> sayEvent "ready" [ "name", box settings.Name; "http", box http ]
+        web |> Option.iter (fun web -> web.Serving()) // the start-up lines are all in the replay
         let byName name = agents |> Seq.find (fun agent -> agent.Name = name)
-        for name, frames in scenario.Start do
+        /// Every command goes down its pipe here; a VALUE starts a trade, the scenario's or the page's.
+        let order (name: string) (frames: byte[] list) =
+            match frames with
+            | [ verb; size ] when verb = "VALUE"B -> trade.Start(BinaryPrimitives.ReadUInt64BigEndian size)
+            | _ -> ()
             command (byName name) frames
+        for name, frames in scenario.Start do
+            order name frames
 
-        // The loop: the four pipes polled together; each event written, then acted on.
+        /// A page's POST, whole: its body checked, reported as a `command` event, then handed to its
+        /// agent (204); what the agent does with it comes on the event stream.
+        let onCommand (target: string) (body: string) : Web.Answer =
+            let hand (agent: string) (verb: string) (field: string * obj) (argument: byte[]) =
+                sayEvent "command" [ "command", box verb; field ]
+                order agent [ ascii verb; argument ]
+                204, ""
+            match target with
+            | "/follow" | "/forget" when not (Ticker.isSymbol body) -> 400, "a symbol is 1 to 8 of A-Z"
+            | "/follow" ->
+                scenario.Follow body
+                hand "ticker" "FOLLOW" ("symbol", box body) (ascii body)
+            | "/forget" ->
+                scenario.Forget body
+                hand "ticker" "FORGET" ("symbol", box body) (ascii body)
+            | "/chat" when utf8.GetByteCount body > Chat.MaxText || body = "" ->
+                400, $"a chat text is 1 to {Chat.MaxText} bytes of UTF-8"
+            | "/chat" -> hand "chat" "POST" ("text", box body) (utf8.GetBytes body)
+            | _ -> // "/value": the only other target Web hands over
+                match tradeOf body with
+                | None -> 400, $"a trade is 1 to {MaxTrade} orders, in decimal digits"
+                | Some _ when trade.Running -> 409, "a trade runs: wait for its complete"
+                | Some n -> hand "valuation" "VALUE" ("orders", box n) (Valuation.u64Frame n)
+
+        // The loop: the four pipes and the page's socket polled together; each event written, then
+        // acted on.
+        let page = [ for web in Option.toList web -> web.Socket :> NetMQSocket ]
         while outcome = Running do
             if stop.Raised then outcome <- Signalled
             elif deadline.Expired then outcome <- TimedOut
             else
-                // At most 100 ms: a signal does not wake NetMQ's poll.
-                let ready = pollInAny [ for agent in agents -> agent.Pipe :> NetMQSocket ] (deadline.Cap 100L)
+                // At most 100 ms: a signal does not wake NetMQ's poll, nor a page's deadline.
+                let ready = pollInAny ([ for agent in agents -> agent.Pipe :> NetMQSocket ] @ page) (deadline.Cap 100L)
                 for agent in agents do
                     if List.contains (agent.Pipe :> NetMQSocket) ready then
                         // A few messages per pipe and turn: a busy agent cannot starve the others.
                         let mutable turn = 0
                         while turn < 64 && outcome = Running do
                             turn <- turn + 1
-                            match receiveIfReady agent.Pipe |> Option.map relay with
+                            match receiveIfReady agent.Pipe |> Option.map (relay say) with
                             | Some("stopped", _) ->
                                 agent.Stopped <- true
                                 outcome <- AgentFailed agent.Name // it stopped by itself
                             | Some(event, extras) ->
-                                for name, frames in scenario.OnEvent(event, extras) do
-                                    command (byName name) frames
+                                for name, frames in scenario.OnEvent(agent.Name, event, extras) do
+                                    order name frames
                             | None -> turn <- Int32.MaxValue
-                if outcome = Running && scenario.Done then outcome <- Complete
+                let now = nowMs ()
+                match web with
+                | Some web ->
+                    if List.contains (web.Socket :> NetMQSocket) ready then
+                        web.Receive(now, onCommand)
+                    web.Expire now
+                    trade.Progress(now, false) |> Option.iter (publish (Some "progress"))
+                | None -> ()
+                if outcome = Running && scenario.Done then
+                    complete <- true
+                    // With --http the desk is a page for a person: it serves on until a signal.
+                    if web.IsNone then outcome <- Complete
 
     // Shut-down: STOP to every agent at once (they are independent), then wait for their stopped,
     // still writing what they said before it.
@@ -748,7 +875,7 @@ let runTrader (settings: TraderSettings) =
             if List.contains (agent.Pipe :> NetMQSocket) ready then
                 let mutable more = true
                 while more && not agent.Stopped do
-                    match receiveIfReady agent.Pipe |> Option.map relay with
+                    match receiveIfReady agent.Pipe |> Option.map (relay say) with
                     | Some("stopped", _) -> agent.Stopped <- true // nothing comes after it
                     | Some _ -> ()
                     | None -> more <- false
@@ -761,21 +888,23 @@ let runTrader (settings: TraderSettings) =
         | _ -> None
     if not stuck.IsEmpty then
         // Terminating the context would wait for the stuck agent's sockets forever: exit without it.
-        failure |> Option.iter (fun (code, reason) -> emit "error" [ "code", box code; "reason", box reason ])
+        failure |> Option.iter (fun (code, reason) -> sayEvent "error" [ "code", box code; "reason", box reason ])
         let names = String.Join(", ", stuck)
         raise (Failure("agent-stuck", $"no stopped within 5000 ms of STOP from: {names}"))
     for agent in agents do
         agent.Thread.Join() // it has returned, or is about to: its pipe end closed after `stopped`
     for agent in agents do
         agent.Pipe.Dispose()
+    // The page's socket last, linger 0: an open event stream has nothing worth waiting for.
+    web |> Option.iter (fun web -> web.Close())
     // Terminate the context: it returns once every socket of every thread is closed and its linger
     // has run out (the valuation's `finished`, the query agent's last write).
     NetMQConfig.Cleanup(true)
     match failure with
     | Some(code, reason) -> raise (Failure(code, reason))
     | None ->
-        emit "done" [ "complete", box (outcome = Complete)
-                      "agents", box [ for agent in agents -> agent.Name ] ]
+        sayEvent "done" [ "complete", box complete
+                          "agents", box [ for agent in agents -> agent.Name ] ]
 
 /// Validate the command line of the desk (Argu raises on a bad value) and return its run.
 let role (args: ParseResults<DeskArgs>) : unit -> unit =
