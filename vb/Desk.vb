@@ -8,6 +8,7 @@ Imports System.CommandLine
 Imports System.CommandLine.Parsing
 Imports System.Globalization
 Imports System.Text
+Imports System.Text.RegularExpressions
 Imports System.Threading
 Imports NetMQ
 Imports NetMQ.Sockets
@@ -19,6 +20,7 @@ Public Module Desk
     Private Const OrdersPerTurn = 1000  ' sends in one burst, so that results and the pipe get their turn
     Private Const StopWaitMs = 5000  ' for every agent's `stopped`, after STOP
     Private Const SignalCheckMs = 100  ' a signal only raises a flag: the main thread looks this often
+    Private Const ProgressMs = 100  ' the page's progress of a trade, at most this often
 
     ' --- flags ----------------------------------------------------------------------------------
 
@@ -46,6 +48,7 @@ Public Module Desk
             Endpoint("--updates", "tcp://127.0.0.1:5567"),
             Endpoint("--collector", "tcp://127.0.0.1:5568"),
             SubtreesOption("--subtrees", "/prices/,/desks/"),
+            HttpOption("--http"),
             AtLeast("--timeout", 0, defaultValue:=60000)}
         trader.SetAction(AddressOf RunTrader)
         Return New Command("desk", "multi-threading over inproc pipes, using examples 1-4") From {trader}
@@ -59,6 +62,22 @@ Public Module Desk
                 Function(result)
                     Dim text = result.Tokens.Single().Value
                     Return If(text = "", text, CheckSymbol(text, result))
+                End Function}
+    End Function
+
+    ''' <summary>The page's endpoint: tcp://HOST:PORT, the port a number or * (any free one); empty
+    ''' (the default): no page.</summary>
+    Private Function HttpOption(name As String) As [Option](Of String)
+        Return New [Option](Of String)(name) With {
+            .DefaultValueFactory = Function(result) "",
+            .CustomParser =
+                Function(result)
+                    Dim text = result.Tokens.Single().Value
+                    Dim found = Regex.Match(text, "\Atcp://[^\s/]+:(\*|[0-9]{1,5})\z")
+                    If text <> "" AndAlso Not (found.Success AndAlso (found.Groups(1).Value = "*" OrElse CInt(found.Groups(1).Value) <= 65535)) Then
+                        result.AddError($"{name} takes a tcp://HOST:PORT endpoint (PORT a number or *), not '{text}'")
+                    End If
+                    Return text
                 End Function}
     End Function
 
@@ -584,6 +603,8 @@ Public Module Desk
                         ' Applied when above the watermarks: then it may be one of our writes coming back.
                         If frames IsNot Nothing AndAlso facade.OnUpdate(frames) Then
                             Dim key = Latin1(frames(0)), value = frames(4)
+                            ' Every update applied, for the page: the key travels in frame 2.
+                            pipe.SendEvent("applied", {("key", CObj(key)), ("value", HexOf(value)), ("sequence", facade.Last)}, frames(0))
                             Dim mine = unread.FindIndex(Function(write) write.Key = key AndAlso write.Value.AsSpan().SequenceEqual(value))
                             If mine >= 0 Then
                                 unread.RemoveAt(mine)
@@ -628,20 +649,29 @@ Public Module Desk
         Private ReadOnly _stopped As New HashSet(Of String)  ' agents whose `stopped` has come
         Private _failed As String  ' the agent that stopped by itself
         Private _bound As String() = {"", "", ""}  ' the valuation agent's orders, results, control
+        Private ReadOnly _web As Web  ' the page, with --http; Nothing without
         ' The scenario (PROTOCOL.md, "The scenario is done when")
         Private ReadOnly _follow As String(), _forget As String, _posts, _tradeSize, _subtreeCount As Integer
+        Private ReadOnly _following As List(Of String)  ' the symbols whose ticks it waits for: --follow, less what was forgotten
         Private ReadOnly _ticks As New Dictionary(Of String, Integer)  ' symbol -> ticks
         Private ReadOnly _received As New Dictionary(Of String, Integer)  ' handle -> posts received
         Private _forgotten As Boolean, _given, _sent, _synced As Integer
         Private _written As String  ' the total written to /desks/NAME/valuation; Nothing before `complete`
         Private _readBack As Boolean
+        ' The trade, for the page: 409 while one runs, and its progress instead of its results
+        Private _trading As Boolean  ' VALUE sent, its `complete` not seen yet
+        Private _finished As Boolean  ' the scenario has been done: with the page, it stays done
+        Private _orders, _results, _resultsShown As Integer  ' the trade's size, its results, and as last published
+        Private _shownAt As Long  ' when the progress was last published
 
-        Public Sub New(args As ParseResult, stopSignal As StopSignal, deadline As Deadline)
+        Public Sub New(args As ParseResult, stopSignal As StopSignal, deadline As Deadline, web As Web)
             _args = args
+            _web = web
             _name = args.GetValue(Of String)("--name")
             _stopSignal = stopSignal
             _deadline = deadline
             _follow = args.GetValue(Of String())("--follow").Distinct().ToArray()
+            _following = _follow.ToList()
             _forget = args.GetValue(Of String)("--forget")
             _posts = args.GetValue(Of Integer)("--posts")
             _tradeSize = args.GetValue(Of Integer)("--trade")
@@ -669,13 +699,99 @@ Public Module Desk
             End If
         End Sub
 
-        ''' <summary>The next event of an agent, without waiting; its frame 1 is written to stdout as it is.</summary>
+        ''' <summary>
+        ''' Every line the desk writes goes through here: to stdout, and to the page's event streams
+        ''' (Web.Publish), which keep it for the replay under `key` when it has one. The main thread is
+        ''' the only writer of stdout: lines never interleave.
+        ''' </summary>
+        Private Sub Say(line As Byte(), Optional key As String = Nothing, Optional toPage As Boolean = True)
+            WriteEventLine(line)
+            If toPage Then _web?.Publish(line, key)
+        End Sub
+
+        ''' <summary>One of the desk's own events (no "agent").</summary>
+        Private Sub Report(name As String, ParamArray fields As (Key As String, Value As Object)())
+            Say(EventJson(name, fields))
+        End Sub
+
+        ''' <summary>The next event of an agent, without waiting; its frame 1 is written as it is.</summary>
         Private Function NextEvent(index As Integer) As List(Of Byte())
             Dim frames As List(Of Byte()) = Nothing
             If Not _pipes(index).TryReceiveMultipartBytes(TimeSpan.Zero, frames) Then Return Nothing
-            WriteEventLine(frames(1))  ' the only writer of stdout: lines never interleave
-            If Word(frames(0), "stopped") Then _stopped.Add(AgentNames(index))
+            Dim agent = AgentNames(index), name = Encoding.ASCII.GetString(frames(0))
+            If agent = "valuation" AndAlso name = "result" Then
+                ' One per order, a million in a big trade: counted for the page's progress, not sent to it.
+                _results += 1
+                Say(frames(1), toPage:=False)
+            Else
+                If agent = "valuation" AndAlso name = "complete" Then ShowProgress()  ' the last count, right before
+                ' The replay keeps the latest line of each symbol's ticks and of each key applied.
+                Dim key = If(agent = "ticker" AndAlso name = "tick", $"tick {Encoding.ASCII.GetString(frames(2))}",
+                             If(agent = "query" AndAlso name = "applied", $"applied {Latin1(frames(2))}", Nothing))
+                Say(frames(1), key)
+            End If
+            If name = "stopped" Then _stopped.Add(agent)
             Return frames
+        End Function
+
+        ''' <summary>The trade's progress, for the page only (never stdout): results so far of its size.</summary>
+        Private Sub ShowProgress()
+            If _web Is Nothing OrElse _results = _resultsShown Then Return
+            _web.Publish(EventJson("progress", {("agent", CObj("valuation")), ("results", _results), ("orders", _orders)}), "progress")
+            _resultsShown = _results
+            _shownAt = Environment.TickCount64
+        End Sub
+
+        ''' <summary>VALUE down the valuation agent's pipe: the scenario's trade, or the page's.</summary>
+        Private Sub StartTrade(orders As Integer)
+            SendCommand("valuation", Encoding.ASCII.GetBytes("VALUE"), BigEndianUInt64(CULng(orders)))
+            _trading = True
+            _orders = orders
+            _results = 0
+            _resultsShown = 0
+        End Sub
+
+        ''' <summary>FOLLOW or FORGET down the ticker agent's pipe; the scenario then waits for the
+        ''' symbol's ticks, or no longer does.</summary>
+        Private Sub ChangeFollowing(command As String, symbol As String)
+            SendCommand("ticker", Encoding.ASCII.GetBytes(command), Encoding.ASCII.GetBytes(symbol))
+            If command = "FORGET" Then
+                _following.Remove(symbol)
+                If symbol = _forget Then _forgotten = True
+            ElseIf Not _following.Contains(symbol) Then
+                _following.Add(symbol)
+            End If
+        End Sub
+
+        ''' <summary>
+        ''' A command from the page (Web.Receive): the body checked as the agent would check it, then
+        ''' reported as a `command` event and handed to the agent: 204. What the agent does with it
+        ''' arrives as its own events.
+        ''' </summary>
+        Private Function OnCommand(target As String, body As Byte()) As (Code As Integer, Reason As String)
+            Select Case target
+                Case "/follow", "/forget"
+                    If Not IsSymbol(body) Then Return (400, "a symbol is 1 to 8 letters A-Z")
+                    Dim command = If(target = "/follow", "FOLLOW", "FORGET"), symbol = Encoding.ASCII.GetString(body)
+                    Report("command", ("command", command), ("symbol", symbol))
+                    ChangeFollowing(command, symbol)
+                Case "/chat"
+                    ' A text is good when the chat server would accept it: 1 to 4096 bytes of UTF-8.
+                    Dim problem = CheckRequest(New List(Of Byte()) From {Utf8.GetBytes(_name), body})
+                    If problem IsNot Nothing Then Return (400, problem.Value.Reason)
+                    Report("command", ("command", "POST"), ("text", Utf8.GetString(body)))
+                    SendCommand("chat", Encoding.ASCII.GetBytes("POST"), body)
+                Case Else  ' /value
+                    Dim orders As Integer
+                    If body.Length = 0 OrElse body.Length > 7 OrElse Not body.All(Function(b) b >= AscW("0"c) AndAlso b <= AscW("9"c)) OrElse
+                       Not Integer.TryParse(Encoding.ASCII.GetString(body), orders) OrElse orders < 1 OrElse orders > 1000000 Then
+                        Return (400, "the number of orders is decimal digits, from 1 to 1000000")
+                    End If
+                    If _trading Then Return (409, $"a trade of {_orders} orders runs: {_results} results so far")
+                    Report("command", ("command", "VALUE"), ("orders", orders))
+                    StartTrade(orders)
+            End Select
+            Return (204, Nothing)
         End Function
 
         Public Function Run() As Integer
@@ -695,11 +811,13 @@ Public Module Desk
                 If ending IsNot Nothing Then Exit For
             Next
             If ending Is Nothing Then
-                Emit("ready", ("name", _name), ("orders", _bound(0)), ("results", _bound(1)), ("control", _bound(2)))
+                Report("ready", ("name", _name), ("orders", _bound(0)), ("results", _bound(1)), ("control", _bound(2)),
+                       ("http", If(_web?.Endpoint, "")))
+                _web?.Serving()  ' the start-up lines, replayed first to every page, end with that ready
                 For Each symbol In _follow
                     SendCommand("ticker", Encoding.ASCII.GetBytes("FOLLOW"), Encoding.ASCII.GetBytes(symbol))
                 Next
-                If _tradeSize > 0 Then SendCommand("valuation", Encoding.ASCII.GetBytes("VALUE"), BigEndianUInt64(CULng(_tradeSize)))
+                If _tradeSize > 0 Then StartTrade(_tradeSize)
                 ending = Serve()
             End If
             Return ShutDown(ending.Value)
@@ -750,17 +868,21 @@ Public Module Desk
             Loop
         End Function
 
-        ''' <summary>The loop: every event written, then acted on, until the scenario is done or must stop.</summary>
+        ''' <summary>The loop: every event written, then acted on, until the scenario is done or must
+        ''' stop. With the page, the desk serves on after the scenario is done, until it must stop.</summary>
         Private Function Serve() As Ending
-            ' NetMQ's poll over the four pipes; a signal does not wake it, hence at most 100 ms.
+            ' NetMQ's poll over the four pipes and the STREAM socket; a signal does not wake it, nor
+            ' does a connection's deadline, hence at most 100 ms.
             Dim selector As New NetMQSelector()
-            Dim items = _pipes.Select(Function(pipe) New NetMQSelector.Item(pipe, PollEvents.PollIn)).ToArray()
+            Dim sockets = _pipes.Cast(Of NetMQSocket)().Concat(If(_web Is Nothing, {}, {_web.Socket}))
+            Dim items = sockets.Select(Function(socket) New NetMQSelector.Item(socket, PollEvents.PollIn)).ToArray()
             Do
-                If IsDone() Then Return Ending.Done
+                _finished = _finished OrElse IsDone()
+                If _web Is Nothing AndAlso _finished Then Return Ending.Done
                 If _stopSignal.Raised Then Return Ending.Signal
                 If _deadline.Expired() Then Return Ending.Timeout
                 selector.Select(items, items.Length, CLng(_deadline.Cap(SignalCheckMs).TotalMilliseconds))
-                For index = 0 To items.Length - 1  ' one event per pipe and turn: none can starve the others
+                For index = 0 To _pipes.Count - 1  ' one event per pipe and turn: none can starve the others
                     If Not IsReady(items(index)) Then Continue For
                     Dim frames = NextEvent(index)
                     If frames Is Nothing Then Continue For
@@ -770,6 +892,12 @@ Public Module Desk
                     End If
                     Act(AgentNames(index), frames)
                 Next
+                If _web IsNot Nothing Then
+                    Dim now = Environment.TickCount64
+                    If IsReady(items(_pipes.Count)) Then _web.Receive(now, AddressOf OnCommand)
+                    If now - _shownAt >= ProgressMs Then ShowProgress()  ' at most every 100 ms, while it changes
+                    _web.Expire(now)
+                End If
             Loop
         End Function
 
@@ -784,15 +912,16 @@ Public Module Desk
                         SendCommand("chat", Encoding.ASCII.GetBytes("POST"), Utf8.GetBytes(PostText(_name, _given)))
                     End If
                     If symbol = _forget AndAlso Not _forgotten AndAlso _ticks(symbol) >= _args.GetValue(Of Integer)("--forget-after") Then
-                        SendCommand("ticker", Encoding.ASCII.GetBytes("FORGET"), frames(2))
-                        _forgotten = True
+                        ChangeFollowing("FORGET", symbol)
                     End If
                 Case "sent"
                     If agent = "chat" Then _sent += 1  ' the valuation agent's `sent` is its orders'
                 Case "received"
                     Dim handle = Utf8.GetString(frames(2))
                     _received(handle) = _received.GetValueOrDefault(handle) + 1
-                Case "complete"  ' the valuation goes to the engine, and must come back
+                Case "complete"  ' the valuation goes to the engine, and must come back (the page's trades' too)
+                    _trading = False
+                    _readBack = False
                     _written = BinaryPrimitives.ReadInt64BigEndian(frames(2)).ToString(CultureInfo.InvariantCulture)
                     SendCommand("query", Encoding.ASCII.GetBytes("WRITE"), Encoding.ASCII.GetBytes(ValuationKey), Encoding.ASCII.GetBytes(_written))
                 Case "synced"
@@ -807,7 +936,7 @@ Public Module Desk
         Private Function Missing() As List(Of String)
             Dim parts As New List(Of String)
             Dim tickCount = _args.GetValue(Of Integer)("--tick-count")
-            For Each symbol In _follow.Where(Function(s) Not (_forgotten AndAlso s = _forget))
+            For Each symbol In _following
                 If _ticks.GetValueOrDefault(symbol) < tickCount Then parts.Add($"{symbol} ticks {_ticks.GetValueOrDefault(symbol)}/{tickCount}")
             Next
             If _forget <> "" AndAlso Not _forgotten Then parts.Add($"{_forget} not forgotten")
@@ -829,6 +958,7 @@ Public Module Desk
         ''' <summary>The shut-down, the same whatever ended the loop; returns the exit code.</summary>
         Private Function ShutDown(ending As Ending) As Integer
             Dim missingNow = String.Join(", ", Missing())
+            Dim complete = (_finished OrElse missingNow = "") AndAlso (ending = Ending.Done OrElse ending = Ending.Signal)
             Log($"desk {_name}: {ending.ToString().ToLowerInvariant()}, stopping the agents")
             ' 1. STOP down every pipe at once: the agents are independent.
             For index = 0 To _pipes.Count - 1
@@ -847,10 +977,10 @@ Public Module Desk
             If _stopped.Count < _pipes.Count Then
                 If ending = Ending.Timeout OrElse ending = Ending.AgentFailed Then
                     Dim failure = Outcome(ending, missingNow)
-                    Emit("error", ("code", failure.Code), ("reason", failure.Reason))
+                    Report("error", ("code", failure.Code), ("reason", failure.Reason))
                 End If
                 Dim stuck = AgentNames.Take(_pipes.Count).Where(Function(agent) Not _stopped.Contains(agent))
-                Emit("error", ("code", "agent-stuck"), ("reason", $"no stopped from {String.Join(", ", stuck)} within {StopWaitMs} ms of STOP"))
+                Report("error", ("code", "agent-stuck"), ("reason", $"no stopped from {String.Join(", ", stuck)} within {StopWaitMs} ms of STOP"))
                 ' Exit at once, without terminating the context: it would stop the stuck agent's
                 ' sockets under its feet (libzmq's would wait for them for ever).
                 Environment.Exit(1)
@@ -862,21 +992,28 @@ Public Module Desk
             For Each pipe In _pipes
                 pipe.Dispose()
             Next
+            ' The STREAM socket too (linger 0: an open event stream has nothing worth waiting for),
+            ' before the context: NetMQ's cleanup waits for every socket.
+            _web?.Dispose()
             ' 4. Terminate the context: it returns once every socket is closed and its linger has run
             ' out (the control PUB's `finished`, the collector XPUB's last write).
             NetMQConfig.Cleanup(block:=True)
             ' 5. Report how it ended.
             Select Case ending
                 Case Ending.Done, Ending.Signal
-                    Emit("done", ("complete", ending = Ending.Done), ("agents", AgentNames.Where(AddressOf _stopped.Contains).ToList()))
+                    Report("done", ("complete", complete), ("agents", AgentNames.Where(AddressOf _stopped.Contains).ToList()))
                     Return 0
                 Case Else
-                    Throw Outcome(ending, missingNow)
+                    Dim failure = Outcome(ending, missingNow)
+                    Report("error", ("code", failure.Code), ("reason", failure.Reason))
+                    Return 1
             End Select
         End Function
 
         Private Function Outcome(ending As Ending, missingNow As String) As Failure
-            If ending = Ending.Timeout Then Return New Failure("timeout", $"not done after {_args.GetValue(Of Integer)("--timeout")} ms: {missingNow}")
+            Dim timeout = _args.GetValue(Of Integer)("--timeout")
+            If ending = Ending.Timeout AndAlso _finished Then Return New Failure("timeout", $"the page was served for {timeout} ms")
+            If ending = Ending.Timeout Then Return New Failure("timeout", $"not done after {timeout} ms: {missingNow}")
             Return New Failure("agent-failed", $"the {_failed} agent stopped by itself")
         End Function
     End Class
@@ -892,10 +1029,14 @@ Public Module Desk
         If Not args.GetValue(Of String())("--subtrees").Any(Function(tree) home.StartsWith(tree, StringComparison.Ordinal)) Then
             Throw New Usage($"--subtrees must hold {home}")
         End If
+        ' With --http, the STREAM socket is bound now, before any thread starts: a failed bind is
+        ' `error` `bind`, exit 1. The Trader closes it after the agents are joined.
+        Dim http = args.GetValue(Of String)("--http")
+        Dim web = If(http = "", Nothing, New Web(http))
         ' One context for the process: NetMQ's implicit one, which every socket of every thread uses,
         ' so inproc:// endpoints bound here are found by the agents' connects.
         Using stopSignal As New StopSignal()
-            Return New Trader(args, stopSignal, New Deadline(args.GetValue(Of Integer)("--timeout"))).Run()
+            Return New Trader(args, stopSignal, New Deadline(args.GetValue(Of Integer)("--timeout")), web).Run()
         End Using
     End Function
 End Module

@@ -17,6 +17,16 @@ Public Module Events
     ''' <summary>Strict UTF-8: no BOM, and invalid bytes throw instead of becoming U+FFFD.</summary>
     Public ReadOnly Utf8 As New UTF8Encoding(False, True)
 
+    ''' <summary>Whether the bytes are strict UTF-8 (Utf8 throws on an invalid byte).</summary>
+    Public Function IsUtf8(data As Byte()) As Boolean
+        Try
+            Utf8.GetString(data)  ' strict: invalid bytes throw
+            Return True
+        Catch problem As DecoderFallbackException
+            Return False
+        End Try
+    End Function
+
     Private ReadOnly Stdout As Stream = Console.OpenStandardOutput()
     ' Non-ASCII text is written as raw UTF-8; "relaxed" only means not escaped for embedding in HTML.
     Private ReadOnly JsonOptions As New JsonSerializerOptions With {.Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping}

@@ -113,13 +113,7 @@ Public Module Ticker
 
     ''' <summary>A subscriber's name: 1 to MaxName bytes of UTF-8.</summary>
     Public Function IsName(data As Byte()) As Boolean
-        If data.Length < 1 OrElse data.Length > MaxName Then Return False
-        Try
-            Utf8.GetString(data)  ' strict: invalid bytes throw
-            Return True
-        Catch problem As DecoderFallbackException
-            Return False
-        End Try
+        Return data.Length >= 1 AndAlso data.Length <= MaxName AndAlso IsUtf8(data)
     End Function
 
     ''' <summary>1 to 8 letters A-Z, then the NUL.</summary>
