@@ -9,8 +9,10 @@ say() { printf '\n== %s\n' "$*"; }
 
 # --- system packages ---------------------------------------------------------------------------
 packages=(build-essential pkg-config libzmq3-dev libczmq-dev libjansson-dev python3-venv
-          docker.io debootstrap)  # the container runner: an engine, and an offline base image
+          docker.io debootstrap  # the container runner: an engine, and an offline base image
+          chromium fonts-noto-color-emoji)  # the desk page's browser tests (the chat's 🌍 included)
 command -v cargo >/dev/null || packages+=(cargo)  # a toolchain from rustup is used when present
+command -v npm >/dev/null || packages+=(nodejs npm)  # the browser driver (Playwright's core)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
@@ -61,6 +63,11 @@ say ".NET packages"
 for project in csharp fsharp vb; do
   dotnet restore "$project" --nologo -v quiet
 done
+
+# --- the browser driver: Playwright's core from npm, pinned by package-lock.json -----------------
+say "browser driver (node_modules)"
+# Its own browser download is not wanted (the tests drive Debian's chromium): the core package has none.
+npm ci --no-audit --no-fund --loglevel=error
 
 # --- build all six -----------------------------------------------------------------------------
 say "building every language"

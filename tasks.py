@@ -6,12 +6,14 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import replace
+from functools import partial
 
 from invoke import Collection, Exit, task
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from orchestrator import LANGUAGES, ROOT, containers
+from orchestrator import LANGUAGES, ROOT, browser, containers
 from orchestrator import bench as benchmarks
 from orchestrator import fuzz as battery
 from orchestrator.config import ConfigError
@@ -26,6 +28,7 @@ from orchestrator.spec import load_spec
 console = Console(width=None if sys.stdout.isatty() else 120)
 # invoke declares flags statically: one per role name of every example (keep the task signatures
 # of `run` and `matrix` in step with this tuple).
+PERSON_MINUTES = 30  # how long `invoke run desk --open` serves the page for a person
 ROLES = ("server", "client", "publisher", "proxy", "subscriber", "source", "worker", "sink", "engine", "facade", "desk")
 
 
@@ -80,14 +83,25 @@ def _check_roles(spec, given):
         "security": "null (default), plain or curve: the ZMTP mechanism of every role (examples that allow it)",
         "refusal": "add an intruder whose credentials are wrong: " + ", ".join(REFUSALS),
         "intruder": "language of the intruder (default: the client's)",
+        "open": "desk: serve the desk's page for you (examples/desk/page.yaml): print its address and open a browser",
     },
 )
 def run(c, example, server=None, client=None, publisher=None, proxy=None, subscriber=None, source=None, worker=None, sink=None,
-        engine=None, facade=None, desk=None, no_build=False, quiet=False, kill_worker_after=None, runner="process", security="null", refusal=None, intruder=None):
+        engine=None, facade=None, desk=None, no_build=False, quiet=False, kill_worker_after=None, runner="process", security="null", refusal=None, intruder=None,
+        open=False):
     """Run one cell and show its live transcript, then the verdict."""
+    if open and not client:
+        client = ["python"]  # the page cell's other trader, who waits for your post
     given = {"server": server, "client": client, "publisher": publisher, "proxy": proxy, "subscriber": subscriber,
              "source": source, "worker": worker, "sink": sink, "engine": engine, "facade": facade, "desk": desk}
     spec, registry = _load(example)
+    driver = None
+    if open:
+        if example != "desk":
+            raise Exit("error: --open serves the desk's page: invoke run desk --open", code=2)
+        spec = replace(load_spec(ROOT / "examples" / "desk" / "page.yaml"), cell_timeout=PERSON_MINUTES * 60)
+        driver = partial(browser.person, open_browser=True)
+        driver.__name__ = "you"
     spec = _secured(spec, security, refusal)
     if intruder and not refusal:
         raise Exit("error: --intruder needs --refusal", code=2)
@@ -112,6 +126,8 @@ def run(c, example, server=None, client=None, publisher=None, proxy=None, subscr
         _build(registry, [lang for langs in chosen.values() for lang in langs])
 
     def show(transcript, event):
+        if open and event["event"] not in ("ready", "command", "error", "complete", "done"):
+            return  # a person's page: the transcript shows only what matters to them
         if not quiet:
             fields = " ".join(f"{k}={v!r}" for k, v in event.items() if k != "event")
             style = "red" if event["event"] in ("error", "_not-an-event") else "cyan"
@@ -119,7 +135,8 @@ def run(c, example, server=None, client=None, publisher=None, proxy=None, subscr
 
     with _runner(runner, registry, [lang for langs in chosen.values() for lang in langs]) as launcher:
         try:
-            result = evaluate(spec, chosen, registry, new_run_dir(example), on_event=show, fault=fault, launcher=launcher)
+            result = evaluate(spec, chosen, registry, new_run_dir(example), on_event=show, fault=fault, launcher=launcher,
+                              driver=driver)
         except KeyboardInterrupt:
             kill_everything()
             raise Exit("interrupted", code=130)

@@ -48,7 +48,7 @@ def replay_command(spec, roles):
     return " ".join(parts)
 
 
-def evaluate(spec, chosen, registry, run_dir, on_event=None, fault=None, launcher=None):
+def evaluate(spec, chosen, registry, run_dir, on_event=None, fault=None, launcher=None, driver=None):
     """One cell: unsupported, or run; a known failure is labelled as such either way."""
     spec, roles = assign(spec, chosen)
     langsets = {role: set(langs) for role, langs in roles.items()}
@@ -60,7 +60,7 @@ def evaluate(spec, chosen, registry, run_dir, on_event=None, fault=None, launche
         reason = spec.secure.unsupported(roles, registry)
     if reason:
         return CellResult(spec.example, roles, "unsupported", 0.0, reason)
-    result = run_cell(spec, roles, registry, run_dir, on_event, fault, launcher() if launcher else None)
+    result = run_cell(spec, roles, registry, run_dir, on_event, fault, launcher() if launcher else None, driver)
     known = registry.known_failure(spec.example, langsets)
     if known and result.status == "pass":
         result.known_failure_passed = known.reason

@@ -231,8 +231,12 @@ def cell_id(roles):
     return "__".join(f"{role}-{'+'.join(dict.fromkeys(langs))}" for role, langs in roles.items())
 
 
-def run_cell(spec, roles, registry, run_dir, on_event=None, fault=None, launcher=None):
-    """Run one cell: `roles` maps each role of the spec to one language per instance."""
+def run_cell(spec, roles, registry, run_dir, on_event=None, fault=None, launcher=None, driver=None):
+    """Run one cell: `roles` maps each role of the spec to one language per instance. `driver`:
+    something outside the roles that takes part once every role has started (a browser on the
+    desk's page, orchestrator/browser.py): called as driver(ready events by role, the cell's
+    folder, deadline) in a thread of its own, it returns its problems; the roles that serve until
+    SIGTERM are stopped only once it has returned."""
     launcher = launcher or LocalLauncher()
     if spec.secure:  # fresh keys and passwords for every cell
         spec = replace(spec, secure=spec.secure.for_cell(roles, registry))
@@ -291,10 +295,15 @@ def run_cell(spec, roles, registry, run_dir, on_event=None, fault=None, launcher
             if role.wait_for:
                 ready[role.name] = launcher.published(role.name, 0, mine[0].wait_event(role.wait_for, deadline))
 
+        driving = Driving(driver, ready, cell_dir, deadline, [p for r, p in processes if r.stop == "exit"]) if driver else None
         # Roles that finish by themselves first; then the ones that serve until told to stop.
         for role, process in processes:
             if role.stop == "exit" and not process.wait_exit(deadline):
                 timed_out = True
+        if driving and not driving.wait(deadline):
+            timed_out = True
+            problems.append(f"the driver ({driving.name}) was still at work at the cell's timeout")
+        problems += driving.problems if driving else []
         if fault and len(seen) < fault.count:
             problems.append(f"the fault never struck: {fault.role} 0 reported {len(seen)} {fault.event} events, not {fault.count}")
         if not timed_out:
@@ -332,6 +341,30 @@ def _wait_to_start(role, index, context, processes, deadline):
     if count > 0 and leader.wait_for(lambda event: event["event"] == after["event"], deadline, count) is None:
         raise _Stop(f"{role.name} {index} was to start after {count} {after['event']} events of {leader.t.label}, "
                     f"which reported {sum(1 for e in leader.t.events if e['event'] == after['event'])}")
+
+
+class Driving:
+    """A cell's driver at work in its own thread. A driver that fails kills the roles that would
+    otherwise wait for it (a chat client waiting for the page's post) so that the cell ends now."""
+
+    def __init__(self, driver, ready, cell_dir, deadline, waiting):
+        self.name = getattr(driver, "__name__", "driver")
+        self.problems, self.done = [], threading.Event()
+
+        def run():
+            try:
+                self.problems = list(driver(dict(ready), cell_dir, deadline))
+            except Exception as error:  # its problem, as a sentence, not the orchestrator's crash
+                self.problems = [f"the driver ({self.name}) failed: {type(error).__name__}: {error}"]
+            if self.problems:
+                for process in waiting:
+                    process.kill()
+            self.done.set()
+
+        threading.Thread(target=run, name=f"driver-{self.name}", daemon=True).start()
+
+    def wait(self, deadline):
+        return self.done.wait(max(0, deadline - time.monotonic()))
 
 
 class _Stop(Exception):

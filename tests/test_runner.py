@@ -104,3 +104,19 @@ def test_a_server_that_exits_before_ready_fails_the_cell_quickly(tmp_path):
     assert "server 0 (mute): exited before its ready event" in result.problems
     assert result.seconds < 30
     assert [t.role for t in result.transcripts] == ["server"]  # no client was started
+
+
+def test_a_driver_that_fails_ends_the_cell_at_once_with_its_problem(tmp_path):
+    """The stuck clients would wait for the cell's timeout; the driver's failure kills them."""
+    spec, registry = setup(tmp_path, timeout=60)
+    seen = {}
+
+    def driver(ready, cell_dir, deadline):
+        seen.update(ready=ready, cell_dir=cell_dir)
+        return ["the page never loaded"]
+
+    result = evaluate(spec, {"server": "stuck", "client": "stuck"}, registry, tmp_path / "run", driver=driver)
+    assert result.status == "fail" and "the page never loaded" in result.problems
+    assert result.seconds < 30
+    assert set(seen["ready"]) == {"server"} and seen["cell_dir"].parent == tmp_path / "run"
+

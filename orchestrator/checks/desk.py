@@ -14,6 +14,7 @@ class AgentView(RoleTranscript):
     """One agent of a desk, seen as the role of its example (`role`) by that example's checker."""
 
     shown_as: str = None
+    texts: list = None  # the chat agent's: what it was asked to post (checks/chat.py)
 
     @property
     def label(self):
@@ -42,9 +43,20 @@ def of(desk, agent):
     return [event for event in desk.events if event.get("agent") == agent]
 
 
-def view(desk, agent, role, flags, evs):
+def view(desk, agent, role, flags, evs, texts=None):
     return AgentView(role, 0, desk.lang, flags, desk.argv, evs, desk.exit_code, started_at=desk.started_at,
-                     ended_at=desk.ended_at, shown_as=f"{desk.label} {agent} agent")
+                     ended_at=desk.ended_at, shown_as=f"{desk.label} {agent} agent", texts=texts)
+
+
+def page_commands(desk, command):
+    """The commands the desk's page gave it, as the desk reported them (`command` events)."""
+    return [e for e in desk.events if e["event"] == "command" and "agent" not in e and e.get("command") == command]
+
+
+def trade_size(desk):
+    """The trade the desk valued: --trade, or the page's (one trade a cell: the workers leave after it)."""
+    values = page_commands(desk, "VALUE")
+    return int(desk.flags["trade"]) or (int(values[-1].get("orders", 0)) if values else 0)
 
 
 def agent_views(desk):
@@ -54,10 +66,12 @@ def agent_views(desk):
                for agent in AGENTS for events_of in [of(desk, agent)]}
     val = of(desk, "valuation")
     return {
-        "chat": [view(desk, "chat", "client", {"name": flags["name"], "count": flags["posts"]}, of(desk, "chat"))],
+        "chat": [view(desk, "chat", "client", {"name": flags["name"], "count": flags["posts"]}, of(desk, "chat"),
+                      texts=[chat.post_text(flags["name"], i + 1) for i in range(int(flags["posts"]))]
+                      + [e.get("text") for e in page_commands(desk, "POST")])],
         "ticker": [view(desk, "ticker", "subscriber", {"seed": flags["seed"], "count": flags["tick-count"], "symbols": flags["follow"]},
                         of(desk, "ticker"))],
-        "valuation": [view(desk, "valuation", "sink", {"count": flags["trade"]}, val),
+        "valuation": [view(desk, "valuation", "sink", {"count": trade_size(desk)}, val),
                       view(desk, "valuation", "source", {"seed": flags["seed"]}, [e for e in val if e["event"] == "resent"])],
         # The facade's `done` is the query agent's `stopped`: its map at its last applied sequence.
         "query": [view(desk, "query", "facade", {"name": flags["name"], "subtrees": flags["subtrees"]},
@@ -114,7 +128,7 @@ def check_ticker(desk, views, window):
 def check_write(desk):
     """The trade's total went to the engine as /desks/NAME/valuation and came back."""
     complete = [e for e in of(desk, "valuation") if e["event"] == "complete"]
-    if not complete or not int(desk.flags["trade"]):
+    if not complete or not trade_size(desk):
         return []
     key = f"/desks/{desk.flags['name']}/valuation"
     value = str(complete[0].get("total")).encode().hex()
