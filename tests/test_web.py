@@ -3,7 +3,9 @@ spoken to with a raw TCP client: the answers of the HTTP subset, the commands a 
 event stream and its replay, deadlines, idle and vanishing clients, and a reader too slow for its
 stream. The browser tests are in test_page.py."""
 import json
+import os
 import socket
+import subprocess
 import time
 
 import pytest
@@ -218,9 +220,9 @@ def open_stream(port):
     return sock, rest
 
 
-def read_until(sock, data, wanted):
-    """Read the stream until an event for which `wanted` holds; all the data so far."""
-    while not any(wanted(e) for e in events_of(data[: data.rfind(b"\n\n") + 2])):
+def read_until(sock, data, wanted, count=1):
+    """Read the stream until `count` events for which `wanted` holds; all the data so far."""
+    while sum(1 for e in events_of(data[: data.rfind(b"\n\n") + 2]) if wanted(e)) < count:
         chunk = sock.recv(65536)
         assert chunk, "the stream ended"
         data += chunk
@@ -334,3 +336,32 @@ def test_a_page_port_in_use_fails_before_any_thread_starts(start_role, lang):
         assert role.wait_exit(time.monotonic() + WAIT)
     assert role.t.exit_code == 1 and [e["event"] for e in role.t.events] == ["error"], role.t.events[:3]
     assert role.t.events[0]["code"] == "bind"
+
+
+def test_invoke_run_desk_open_serves_a_person_and_checks_what_they_did(built):
+    """`invoke run desk --open` with a person (this test, with a raw client): the address is
+    printed, the person's Forget, Follow, trade and post are the scenario, and the verdict checks
+    them (the chat checker sees the post reach the other trader)."""
+    built["python"]
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}  # no browser to open
+    run = subprocess.Popen([str(ROOT / ".venv" / "bin" / "invoke"), "run", "desk", "--open", "--no-build"], cwd=ROOT,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        url = next(line for line in run.stdout if b"The desk's page: http://" in line).split(b"page: ")[1].strip().decode()
+        port = int(url.rstrip("/").rsplit(":", 1)[1])
+        sock, data = open_stream(port)
+        with sock:
+            assert exchange(port, post("/forget", b"GOOG"))[0] == 204
+            assert exchange(port, post("/follow", b"IBM"))[0] == 204
+            # The desk's checker wants 5 ticks of every symbol followed at the end (page.yaml).
+            read_until(sock, data, lambda e: e["event"] == "tick" and e["symbol"] == "IBM", count=5)
+            assert exchange(port, post("/value", b"50"))[0] == 204
+            assert exchange(port, post("/chat", "a person's post ✓".encode()))[0] == 204
+        output = run.stdout.read().decode()
+        assert run.wait(WAIT) == 0, output[-2000:]
+        assert "verdict: pass" in output, output[-2000:]
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, 9)
+            run.wait()
+
