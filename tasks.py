@@ -48,21 +48,28 @@ def _languages(text, registry, what):
     return langs
 
 
-def _build(registry, langs):
+def _build(registry, langs, force=False):
+    """Build what changed; the languages actually built."""
+    built = []
     for lang in dict.fromkeys(langs):
         with console.status(f"building {lang}"):
             try:
-                registry[lang].run_build()
+                if registry[lang].run_build(force=force):
+                    built.append(lang)
             except BuildError as error:
                 raise Exit(str(error), code=1) from error
+    return built
 
 
-@task(help={"lang": "build one language (python, c, rust, csharp, fsharp, vb); default: all"})
-def build(c, lang=None):
-    """Build the btb program of every language (or one)."""
+@task(help={"lang": "build one language (python, c, rust, csharp, fsharp, vb); default: all",
+            "force": "build even the languages whose inputs have not changed since their last build"})
+def build(c, lang=None, force=False):
+    """Build the btb program of every language (or one), skipping what has not changed."""
     registry = load_registry()
-    _build(registry, _languages(lang, registry, "--lang"))
-    console.print("built: " + ", ".join(_languages(lang, registry, "--lang")))
+    langs = _languages(lang, registry, "--lang")
+    built = _build(registry, langs, force)
+    unchanged = [lang for lang in langs if lang not in built and registry[lang].build]
+    console.print("built: " + (", ".join(built) or "nothing") + (f"; unchanged: {', '.join(unchanged)}" if unchanged else ""))
 
 
 def _check_roles(spec, given):

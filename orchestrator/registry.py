@@ -1,5 +1,6 @@
 """The language registry (languages.yaml): build, launch, what each language implements, and the
 combinations known not to work."""
+import hashlib
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from . import ROOT
 from .config import ConfigError, Fields, load_yaml
 
 REGISTRY_PATH = ROOT / "orchestrator" / "languages.yaml"
+STAMPS = ROOT / "runs" / "builds"  # each language's input hash at its last successful build
 # What a language's ZeroMQ library may lack (examples/README.md, "Security").
 FEATURES = ("plain", "curve", "zap", "handshake-events", "stream-close")
 
@@ -49,6 +51,7 @@ class Language:
     docker: dict = None  # dockerfile, packages, stage: how to build its container image
     lacks: dict = field(default_factory=dict)  # library feature (plain, curve, zap...) -> why it is missing
     defects: list = field(default_factory=list)  # Defect: what a hostile peer can do to its library
+    inputs: list = field(default_factory=list)  # globs under ROOT that its build reads
 
     def defect_for(self, target, attack):
         return next((defect for defect in self.defects
@@ -73,8 +76,28 @@ class Language:
             text = text.replace("{" + name + "}", str(value))
         return text
 
-    def run_build(self, output=None):
-        """Run the build commands; raise BuildError with the tool's output when one fails."""
+    def inputs_digest(self):
+        """A hash of the build commands and of every input file (paths and bytes)."""
+        digest = hashlib.sha256(repr(self.build).encode())
+        for path in sorted({p for pattern in self.inputs for p in ROOT.glob(pattern) if p.is_file()}):
+            digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
+        return digest.hexdigest()
+
+    def programs(self):
+        """The files of the repository its launch command runs (the built program)."""
+        return [Path(part) for part in map(self.expand, self.launch) if part.startswith(str(ROOT))]
+
+    def up_to_date(self):
+        stamp = STAMPS / f"{self.name}.sha256"
+        return (bool(self.inputs) and stamp.exists() and stamp.read_text() == self.inputs_digest()
+                and all(program.exists() for program in self.programs()))
+
+    def run_build(self, output=None, force=False):
+        """Run the build commands, unless the inputs and the program are as at the last successful
+        build; raise BuildError with the tool's output when one fails. True if it built."""
+        if not self.build or (not force and self.up_to_date()):
+            return False
+        digest = self.inputs_digest() if self.inputs else None  # the inputs as the build reads them
         for step in self.build:
             argv = [self.expand(part) for part in step]
             done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
@@ -82,6 +105,10 @@ class Language:
                 output(done.stdout + done.stderr)
             if done.returncode != 0:
                 raise BuildError(self.name, argv, done.stdout + done.stderr)
+        if digest:
+            STAMPS.mkdir(parents=True, exist_ok=True)
+            (STAMPS / f"{self.name}.sha256").write_text(digest)
+        return True
 
 
 def contract_args(example, role, flags):
@@ -140,7 +167,7 @@ def load_registry(path=REGISTRY_PATH):
         if not isinstance(entry, dict):
             raise ConfigError(path, name, "must be a mapping")
         fields = Fields(path, entry, name)
-        fields.only("build", "launch", "env", "implements", "known_failures", "docker", "lacks", "defects")
+        fields.only("build", "launch", "env", "implements", "known_failures", "docker", "lacks", "defects", "inputs")
         build = fields.get("build", list, [])
         for index, step in enumerate(build):
             if not isinstance(step, list) or not step or not all(isinstance(p, str) for p in step):
@@ -202,7 +229,10 @@ def load_registry(path=REGISTRY_PATH):
             defects.append(Defect(defect, tuple(entry_fields.strings("attacks", required=True)),
                                   tuple(entry_fields.strings("targets", [])),
                                   entry_fields.get("reason", str, required=True), reproduction))
-        languages[name] = Language(name, build, launch, env, implements, known, docker, lacks, defects)
+        inputs = fields.strings("inputs", [])
+        if build and inputs and not any(ROOT.glob(pattern) for pattern in inputs):
+            raise fields.error("inputs", f"no file matches {inputs}")
+        languages[name] = Language(name, build, launch, env, implements, known, docker, lacks, defects, inputs)
     if not languages:
         raise ConfigError(path, "", "no languages")
     for language in languages.values():

@@ -1,10 +1,14 @@
 """The language registry: entries, launch commands, unsupported and known-failure cells."""
+import shutil
+import tempfile
+from pathlib import Path
+
 import pytest
 import yaml
 
 from orchestrator import LANGUAGES, ROOT
 from orchestrator.config import ConfigError
-from orchestrator.registry import load_registry
+from orchestrator.registry import STAMPS, Language, load_registry
 
 
 def test_all_six_languages_implement_both_chat_roles(registry):
@@ -66,3 +70,24 @@ def test_malformed_registry_names_the_field(tmp_path, data, field):
     path = write(tmp_path, data)
     with pytest.raises(ConfigError, match=f"^{path}: {field.replace('[', '.').replace(']', '.')}"):
         load_registry(path)
+
+
+def test_a_build_is_skipped_while_its_inputs_and_its_program_are_unchanged():
+    """invoke build: a language is built again when an input changes, when its program is gone,
+    or when forced; not otherwise."""
+    folder = Path(tempfile.mkdtemp(dir=ROOT / "runs"))
+    source, program, log = folder / "main.src", folder / "program", folder / "builds.log"
+    language = Language(f"test-{folder.name}", [["sh", "-c", f"echo built >> {log} && touch {program}"]],
+                        [str(program)], {}, {}, inputs=[str(folder.relative_to(ROOT) / "*.src")])
+    try:
+        source.write_text("one")
+        assert language.run_build() and not language.run_build()
+        source.write_text("two")
+        assert language.run_build() and not language.run_build()
+        program.unlink()
+        assert language.run_build() and not language.run_build()
+        assert language.run_build(force=True)
+        assert log.read_text().count("built") == 4
+    finally:
+        shutil.rmtree(folder)
+        (STAMPS / f"{language.name}.sha256").unlink(missing_ok=True)
