@@ -1,10 +1,12 @@
 """invoke tasks: build, run one cell, run a grid, test. `invoke --list` shows them."""
 import json as jsonlib
+import math
 import os
 import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import replace
 from functools import partial
@@ -215,17 +217,25 @@ def _secured(spec, mechanism, refusal=None):
 
 
 def _run_grid(spec, registry, dimensions, parallel, extra_cells=(), launcher=None):
-    total = 1
-    for langs in dimensions.values():
-        total *= len(langs)
+    total = math.prod(len(langs) for langs in dimensions.values()) + len(extra_cells)
+    tally, started = Counter(), time.monotonic()
+    plain = not console.is_terminal  # a CI log: one line per cell instead of a bar nobody sees
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=True,
+        console=console, transient=True, disable=plain,
     ) as progress:
-        bar = progress.add_task(f"{spec.title()} grid", total=total + len(extra_cells))
+        bar = progress.add_task(f"{spec.title()} grid", total=total)
 
         def done(result):
-            progress.advance(bar)
+            tally[result.status] += 1
+            finished = sum(tally.values())
+            so_far = ", ".join(f"{n} {status}" for status, n in tally.most_common())
+            if plain:
+                left = (time.monotonic() - started) / finished * (total - finished)
+                console.print(f"[{finished}/{total}] {result.status} {roles_text(result.roles)} {result.seconds:.1f} s "
+                              f"({so_far}; about {left:.0f} s left)", markup=False, highlight=False)
+            else:
+                progress.update(bar, advance=1, description=f"{spec.title()} grid: {so_far}")
             if result.status in ("fail", "timeout"):
                 progress.console.print(f"[red]{result.status}[/]: {roles_text(result.roles)}: {result.detail}", markup=True, highlight=False)
 
