@@ -10,6 +10,7 @@ from collections import Counter
 from contextlib import contextmanager
 from dataclasses import replace
 from functools import partial
+from pathlib import Path
 
 from invoke import Collection, Exit, task
 from rich.console import Console
@@ -30,6 +31,7 @@ from orchestrator.spec import load_spec
 console = Console(width=None if sys.stdout.isatty() else 120)
 # invoke declares flags statically: one per role name of every example (keep the task signatures
 # of `run` and `matrix` in step with this tuple).
+PARALLEL = 3  # cells (or battery runs) at once, by default
 PERSON_MINUTES = 30  # how long `invoke run desk --open` serves the page for a person
 ROLES = ("server", "client", "publisher", "proxy", "subscriber", "source", "worker", "sink", "engine", "facade", "desk")
 
@@ -41,13 +43,48 @@ def _load(example):
         raise Exit(f"error: {error}", code=2) from error
 
 
-def _languages(text, registry, what):
-    all_of_them = not text or text.strip() == "all"
-    langs = registry.names() if all_of_them else [lang.strip() for lang in text.split(",") if lang.strip()]
+def _languages(text, registry, what, repeats=False):
+    """The languages of a comma-separated list; not given (None) or `all`: every language. An
+    empty name, an unknown one, or (unless `repeats`) one given twice is exit 2, before anything runs."""
+    if text is None or text.strip() == "all":
+        return registry.names()
+    langs = [lang.strip() for lang in text.split(",")]
+    if not all(langs):
+        raise Exit(f"error: {what}: an empty language name in {text!r} (known: {', '.join(registry.names())}, or all)", code=2)
     unknown = [lang for lang in langs if lang not in registry]
     if unknown:
         raise Exit(f"error: {what}: unknown language {unknown[0]!r} (known: {', '.join(registry.names())})", code=2)
+    twice = [lang for lang, n in Counter(langs).items() if n > 1]
+    if twice and not repeats:
+        raise Exit(f"error: {what}: {twice[0]} is given twice", code=2)
     return langs
+
+
+def _count(text, what, least=1):
+    """A whole number of at least `least` from the command line, or exit 2 saying so."""
+    try:
+        number = int(text)
+    except (TypeError, ValueError):
+        raise Exit(f"error: {what}: {text!r} is not a whole number", code=2) from None
+    if number < least:
+        raise Exit(f"error: {what}: {number} is less than {least}", code=2)
+    return number
+
+
+def _writable(path, what):
+    """Check an output path before anything runs: its folder exists and can be written, and it is
+    not a folder itself."""
+    if path is None:
+        return None
+    target = Path(path).expanduser()
+    folder = target.parent
+    if target.is_dir():
+        raise Exit(f"error: {what}: {path} is a folder, not a file", code=2)
+    if not folder.is_dir():
+        raise Exit(f"error: {what}: cannot write {path}: no folder {folder}", code=2)
+    if not os.access(folder, os.W_OK):
+        raise Exit(f"error: {what}: cannot write {path}: the folder {folder} is not writable", code=2)
+    return target
 
 
 def _build(registry, langs, force=False):
@@ -115,10 +152,11 @@ def run(c, example, server=None, client=None, publisher=None, proxy=None, subscr
     if intruder and not refusal:
         raise Exit("error: --intruder needs --refusal", code=2)
     fault = None
-    if kill_worker_after:
+    if kill_worker_after is not None:
+        kill_worker_after = _count(kill_worker_after, "--kill-worker-after")
         if "worker" not in spec.role_names():
             raise Exit(f"error: {example} has no workers to kill", code=2)
-        fault = Fault("worker", "priced", int(kill_worker_after))
+        fault = Fault("worker", "priced", kill_worker_after)
         spec = spec.with_parameters(rate=spec.parameters.get("fault_rate", 0),
                                     orders=spec.parameters.get("fault_orders", spec.parameters.get("orders")))
     _check_roles(spec, given)
@@ -126,7 +164,10 @@ def run(c, example, server=None, client=None, publisher=None, proxy=None, subscr
     for role in spec.roles:
         langs = given.get(role.name)
         if langs:
-            chosen[role.name] = _languages(",".join(langs), registry, f"--{role.name}")
+            chosen[role.name] = _languages(",".join(langs), registry, f"--{role.name}", repeats=True)
+            if len(chosen[role.name]) > 1 and role.instances == 1 and not role.each:
+                raise Exit(f"error: --{role.name}: the {example} {role.name} runs once; give one language, "
+                           f"not {', '.join(chosen[role.name])}", code=2)
         elif not role.optional and role.name != INTRUDER and not role.language_of:  # the intruder defaults to the client's language, the query's publisher to the engine's
             chosen[role.name] = ["python"]
     if intruder:
@@ -171,8 +212,10 @@ def run(c, example, server=None, client=None, publisher=None, proxy=None, subscr
     },
 )
 def matrix(c, example, server=None, client=None, publisher=None, proxy=None, subscriber=None, source=None, worker=None, sink=None,
-           engine=None, facade=None, desk=None, parallel=3, json=None, junit=None, markdown=None, no_build=False, runner="process", security="null", refusals=True):
+           engine=None, facade=None, desk=None, parallel=None, json=None, junit=None, markdown=None, no_build=False, runner="process", security="null", refusals=True):
     """Run every combination of one language per role and print the compatibility grids."""
+    parallel = _count(PARALLEL if parallel is None else parallel, "--parallel")
+    json, junit, markdown = _writable(json, "--json"), _writable(junit, "--junit"), _writable(markdown, "--markdown")
     given = {"server": server, "client": client, "publisher": publisher, "proxy": proxy, "subscriber": subscriber,
              "source": source, "worker": worker, "sink": sink, "engine": engine, "facade": facade, "desk": desk}
     spec, registry = _load(example)
@@ -180,7 +223,7 @@ def matrix(c, example, server=None, client=None, publisher=None, proxy=None, sub
     _check_roles(spec, given)
     dimensions = {role: _languages(given.get(role), registry, f"--{role}") for role in spec.matrix}
     for role in spec.optional_roles():  # an optional role joins the grid when it is asked for
-        if given.get(role):
+        if given.get(role) is not None:
             dimensions[role] = _languages(given[role], registry, f"--{role}")
     langs = [lang for langs in dimensions.values() for lang in langs]
     if not no_build:
@@ -189,7 +232,7 @@ def matrix(c, example, server=None, client=None, publisher=None, proxy=None, sub
     with _runner(runner, registry, langs) as launcher:
         for variant in variants:
             extra = mixed_cells(variant, dimensions) if variant is variants[0] else []
-            grids.append((variant, *_run_grid(variant, registry, dimensions, int(parallel), extra, launcher)))
+            grids.append((variant, *_run_grid(variant, registry, dimensions, parallel, extra, launcher)))
 
     for variant, results, wall, run_dir in grids:
         for table in grid_tables(variant, results, dimensions):
@@ -260,6 +303,7 @@ def _run_grid(spec, registry, dimensions, parallel, extra_cells=(), launcher=Non
 )
 def bench(c, size="64,1024", count=100000, repeat=3, source=None, sink=None, json=None, markdown=None, plot=None, no_build=False):
     """Throughput and latency of every language pair, next to C↔C and plain TCP (examples/perf)."""
+    json, markdown, plot = _writable(json, "--json"), _writable(markdown, "--markdown"), _writable(plot, "--plot")
     registry = load_registry()
     senders = _languages(source, registry, "--source")
     receivers = _languages(sink, registry, "--sink")
@@ -359,9 +403,11 @@ def _images(engine, registry, langs):
         "no-build": "skip building the languages first",
     },
 )
-def fuzz(c, lang=None, target=None, attack=None, parallel=3, json=None, markdown=None, no_build=False):
+def fuzz(c, lang=None, target=None, attack=None, parallel=None, json=None, markdown=None, no_build=False):
     """The hostile-peer battery: every role that binds, in every language, against every attack;
     after each, the role must serve a correct peer, stay under a memory bound and stop with done."""
+    parallel = _count(PARALLEL if parallel is None else parallel, "--parallel")
+    json, markdown = _writable(json, "--json"), _writable(markdown, "--markdown")
     registry = load_registry()
     langs = _languages(lang, registry, "--lang")
     targets = _names(target, list(battery.TARGETS), "--target")
@@ -382,7 +428,7 @@ def fuzz(c, lang=None, target=None, attack=None, parallel=3, json=None, markdown
                                        markup=True, highlight=False)
 
         try:
-            outcomes = battery.run_battery(registry, targets, attacks, langs, run_dir, int(parallel), on_done=done)
+            outcomes = battery.run_battery(registry, targets, attacks, langs, run_dir, parallel, on_done=done)
         except KeyboardInterrupt:
             kill_everything()
             raise Exit("interrupted: every role process was killed", code=130)
