@@ -3,6 +3,7 @@ import json as jsonlib
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -23,11 +24,12 @@ from orchestrator.config import ConfigError
 from orchestrator.matrix import evaluate, failed, mixed_cells, new_run_dir, run_matrix
 from orchestrator.registry import BuildError, load_registry
 from orchestrator.report import fuzz_details, fuzz_summary, fuzz_tables, write_fuzz_json, write_fuzz_markdown, grid_tables, print_details, print_notes, roles_text, summary_line, write_json, write_junit, write_markdown
-from orchestrator.runner import Fault, kill_everything
+from orchestrator.runner import Fault, Interrupted, kill_everything, stop_on_signals
 from orchestrator.security import INTRUDER, REFUSALS, refusals_of
 from orchestrator.spec import load_spec
 
 # Piped output (CI logs, files) gets room for the 6-column grid instead of rich's default of 80.
+stop_on_signals()  # SIGTERM and SIGHUP end a run as Ctrl-C does: every role stopped, reports written
 console = Console(width=None if sys.stdout.isatty() else 120)
 # invoke declares flags statically: one per role name of every example (keep the task signatures
 # of `run` and `matrix` in step with this tuple).
@@ -187,9 +189,8 @@ def run(c, example, server=None, client=None, publisher=None, proxy=None, subscr
         try:
             result = evaluate(spec, chosen, registry, new_run_dir(example), on_event=show, fault=fault, launcher=launcher,
                               driver=driver)
-        except KeyboardInterrupt:
-            kill_everything()
-            raise Exit("interrupted", code=130)
+        except KeyboardInterrupt as stop:
+            raise _interrupted(stop, "every role of the cell was stopped") from None
     print_details(console, spec, [result])
     print_notes(console, [result])
     console.print(f"verdict: [bold]{result.status}[/] in {result.seconds:.1f} s" + (f" ({result.detail})" if result.detail else ""))
@@ -229,10 +230,16 @@ def matrix(c, example, server=None, client=None, publisher=None, proxy=None, sub
     if not no_build:
         _build(registry, langs)
     grids = []  # (spec, results, wall seconds, run folder): one grid, plus one per refusal case
+    stopped = None  # the signal that ended the run early: what ran is still shown and reported
     with _runner(runner, registry, langs) as launcher:
         for variant in variants:
             extra = mixed_cells(variant, dimensions) if variant is variants[0] else []
-            grids.append((variant, *_run_grid(variant, registry, dimensions, parallel, extra, launcher)))
+            try:
+                grids.append((variant, *_run_grid(variant, registry, dimensions, parallel, extra, launcher)))
+            except Interrupted as stop:
+                grids.append((variant, *stop.partial))
+                stopped = stop
+                break
 
     for variant, results, wall, run_dir in grids:
         for table in grid_tables(variant, results, dimensions):
@@ -248,8 +255,19 @@ def matrix(c, example, server=None, client=None, publisher=None, proxy=None, sub
         write_junit(junit, [(variant, results) for variant, results, _, _ in grids])
     if markdown:
         write_markdown(markdown, [(variant, results, w) for variant, results, w, _ in grids], dimensions)
+    if stopped:
+        written = [str(path) for path in (json, junit, markdown) if path]
+        raise _interrupted(stop=stopped, what=f"every role was stopped after {len(everything)} cells"
+                           + (f"; the reports of those are in {', '.join(written)}" if written else ""))
     if failed(everything):
         raise Exit(code=1)
+
+
+def _interrupted(stop, what="every role process was killed"):
+    """The one line and the exit code (128 + the signal) of a run that a signal ended."""
+    kill_everything()
+    number = stop.number if isinstance(stop, Interrupted) else signal.SIGINT
+    return Exit(f"interrupted by {signal.Signals(number).name}: {what}", code=128 + number)
 
 
 def _secured(spec, mechanism, refusal=None):
@@ -282,10 +300,7 @@ def _run_grid(spec, registry, dimensions, parallel, extra_cells=(), launcher=Non
             if result.status in ("fail", "timeout"):
                 progress.console.print(f"[red]{result.status}[/]: {roles_text(result.roles)}: {result.detail}", markup=True, highlight=False)
 
-        try:
-            return run_matrix(spec, dimensions, registry, parallel, on_done=done, extra_cells=extra_cells, launcher=launcher)
-        except KeyboardInterrupt:
-            raise Exit("interrupted: every role process was killed", code=130)
+        return run_matrix(spec, dimensions, registry, parallel, on_done=done, extra_cells=extra_cells, launcher=launcher)
 
 
 @task(
@@ -328,9 +343,8 @@ def bench(c, size="64,1024", count=100000, repeat=3, source=None, sink=None, jso
 
         try:
             figures, run_dir = benchmarks.run_bench(registry, sizes, count, repeat, senders, receivers, progress=step)
-        except KeyboardInterrupt:
-            kill_everything()
-            raise Exit("interrupted: every role process was killed", code=130)
+        except KeyboardInterrupt as stop:
+            raise _interrupted(stop) from None
     wall = time.monotonic() - started
     for table in benchmarks.rich_tables(figures, sizes, senders, receivers):
         console.print(table)
@@ -429,9 +443,8 @@ def fuzz(c, lang=None, target=None, attack=None, parallel=None, json=None, markd
 
         try:
             outcomes = battery.run_battery(registry, targets, attacks, langs, run_dir, parallel, on_done=done)
-        except KeyboardInterrupt:
-            kill_everything()
-            raise Exit("interrupted: every role process was killed", code=130)
+        except KeyboardInterrupt as stop:
+            raise _interrupted(stop) from None
     wall = time.monotonic() - started
     for table in fuzz_tables(outcomes, targets, attacks, langs):
         console.print(table)

@@ -6,10 +6,10 @@ from datetime import datetime
 from pathlib import Path
 
 from . import ROOT
-from .runner import CellResult, aborting, kill_everything, run_cell
+from .runner import CellResult, Interrupted, aborting, kill_everything, run_cell
 from .security import INTRUDER
 
-STATUSES = ("pass", "fail", "timeout", "unsupported", "known-failure")
+STATUSES = ("pass", "fail", "timeout", "unsupported", "known-failure", "interrupted")
 
 
 def new_run_dir(example):
@@ -91,15 +91,20 @@ def run_matrix(spec, dimensions, registry, parallel, on_done=None, extra_cells=(
             on_done(results[index])
 
     pool = ThreadPoolExecutor(max_workers=max(1, parallel))
+    stopped = None
     try:
         for future in [pool.submit(one, index) for index in range(len(cells))]:
             future.result()
-    except KeyboardInterrupt:
-        kill_everything()  # the running cells end at once; the queued ones never start
-        raise
+    except KeyboardInterrupt as signal_:
+        kill_everything()  # the running cells end at once (interrupted); the queued ones never start
+        stopped = signal_ if isinstance(signal_, Interrupted) else Interrupted(2)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-    return [r for r in results if r is not None], time.monotonic() - started, run_dir
+    finished = [r for r in results if r is not None], time.monotonic() - started, run_dir
+    if stopped:
+        stopped.partial = finished  # the reports of what ran are still written
+        raise stopped
+    return finished
 
 
 def mixed_cells(spec, dimensions):

@@ -8,7 +8,8 @@ from rich.table import Table
 
 from .matrix import counts, relative, replay_command
 
-STYLE = {"pass": "green", "fail": "bold red", "timeout": "yellow", "unsupported": "dim", "known-failure": "magenta"}
+STYLE = {"pass": "green", "fail": "bold red", "timeout": "yellow", "unsupported": "dim", "known-failure": "magenta",
+         "interrupted": "cyan"}
 
 
 def slices(dimensions, results, spec=None):

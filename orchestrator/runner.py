@@ -4,6 +4,7 @@ launcher's business: a local process group (LocalLauncher, here) or a container
 (orchestrator/containers.py); the cell's logic, transcripts and checks are the same."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -15,14 +16,44 @@ from . import checks
 from .spec import render
 
 STOP_GRACE = 10  # seconds a role that serves until SIGTERM gets to report done and exit
+DIE_WITH_US = shutil.which("setpriv") is not None  # util-linux, in every Debian
 
 _live = set()  # every running role not yet reaped, so that Ctrl-C can kill them all
 _live_lock = threading.Lock()
 aborting = threading.Event()
 
 
+class Interrupted(KeyboardInterrupt):
+    """A signal that ends the run (SIGINT, SIGTERM, SIGHUP): raised in the main thread, it ends a
+    run as Ctrl-C always did. `partial`: what a grid had finished by then (matrix.run_matrix)."""
+
+    def __init__(self, number):
+        super().__init__(number)
+        self.number, self.partial = number, None
+
+    @property
+    def name(self):
+        return signal.Signals(self.number).name
+
+    @property
+    def exit_code(self):
+        return 128 + self.number
+
+
+def stop_on_signals():
+    """SIGINT, SIGTERM (a CI system cancelling a job) and SIGHUP (a closed terminal) all raise
+    Interrupted in the main thread; a second signal while the first is being handled is ignored."""
+
+    def handler(number, frame):
+        if not aborting.is_set():
+            raise Interrupted(number)
+
+    for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(number, handler)
+
+
 def kill_everything():
-    """Kill every role this orchestrator started (Ctrl-C)."""
+    """Kill every role this orchestrator started (Ctrl-C, or another signal that ends the run)."""
     aborting.set()
     with _live_lock:
         for process in list(_live):
@@ -135,7 +166,9 @@ class RoleProcess(Role):
             # A new session makes the role the leader of its own process group: killing the group
             # takes any child it started with it.
             self.process = subprocess.Popen(
-                transcript.argv,
+                # setpriv --pdeathsig: the role is killed when the orchestrator thread that started
+                # it dies, even by SIGKILL, when nothing else could clean up.
+                ["setpriv", "--pdeathsig", "KILL", "--", *transcript.argv] if DIE_WITH_US else transcript.argv,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=stderr,
@@ -327,6 +360,8 @@ def run_cell(spec, roles, registry, run_dir, on_event=None, fault=None, launcher
     transcripts = [process.t for _, process in processes]
     problems += checks.check(spec, transcripts)
     status = "timeout" if timed_out else ("fail" if problems else "pass")
+    if aborting.is_set() and status != "pass":  # cut short by a signal: not the roles' failure
+        status, problems = "interrupted", ["interrupted: every role was killed when the run was stopped"] + problems
     detail = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
     return CellResult(
         spec.example, roles, status, round(time.monotonic() - started, 2),

@@ -110,3 +110,25 @@ def test_the_chat_grid_passes_in_containers(built, images, launcher):
     failures = [f"{r.roles}: {r.status}: {r.detail}" for r in results if r.status != "pass"]
     assert len(results) == 36 and not failures, f"logs in {run_dir}:\n" + "\n".join(failures)
     assert containers.leftovers(images[0]) == []
+
+
+def test_sigterm_to_a_docker_grid_removes_every_container_and_network(images):
+    """What a CI system does when it cancels a job: the run's containers and network go, the cells
+    cut short are interrupted, and the exit is 143 with one line saying so."""
+    import subprocess
+    import sys
+
+    from orchestrator import ROOT
+
+    grid = subprocess.Popen([sys.executable, "-m", "invoke", "matrix", "desk", "--runner", "docker", "--desk", "c,python",
+                             "--server", "c", "--parallel", "1", "--no-build"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    first = grid.stdout.readline()
+    while first and not first.startswith("[1/2] "):  # past the image builder's lines
+        first = grid.stdout.readline()
+    assert first.startswith("[1/2] "), first
+    grid.terminate()
+    rest = grid.stdout.read()
+    assert grid.wait(120) == 143, rest[-1500:]
+    assert rest.strip().splitlines()[-1].startswith("interrupted by SIGTERM: "), rest[-500:]
+    assert containers.leftovers(images[0]) == []

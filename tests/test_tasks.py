@@ -1,7 +1,13 @@
 """The invoke commands as a CI system sees them: output to a pipe, not a terminal."""
+import json
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
+import uuid
+from pathlib import Path
 
 import pytest
 
@@ -54,3 +60,63 @@ def test_a_mistyped_command_is_one_line_and_exit_2_before_anything_runs(args, wo
     assert done.returncode == 2, output
     assert "Traceback" not in output and len(output.splitlines()) == 1 and words in output, output
     assert set((ROOT / "runs").iterdir()) == before, "something ran (a run folder was made)"
+
+
+def processes_marked(marker):
+    """The processes whose environment carries `marker` (every role inherits the orchestrator's)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "environ").read_bytes() and (entry / "stat").read_text().split()[2] != "Z":
+                    found.append(int(entry.name))
+            except OSError:
+                pass  # gone meanwhile, or not ours to read
+    return found
+
+
+def none_left(marker, within=10):
+    """True once no process of the run is left (a killed process takes a moment to go)."""
+    deadline = time.monotonic() + within
+    while processes_marked(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)  # polling /proc: there is nothing to wait on for processes that are not our children
+    return not processes_marked(marker)
+
+
+def start_marked(args, marker):
+    env = {**os.environ, "BTB_TEST_RUN": marker}
+    return subprocess.Popen([sys.executable, "-m", "invoke", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+
+
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT], ids=lambda n: signal.Signals(n).name)
+def test_a_signal_stops_every_role_marks_cut_cells_interrupted_and_writes_the_reports(built, tmp_path, number):
+    for lang in ("c", "python"):
+        built[lang]
+    marker, report = f"signal-{uuid.uuid4().hex}", tmp_path / "grid.json"
+    grid = start_marked(["matrix", "desk", "--desk", "c,python", "--server", "c,python", "--parallel", "2",
+                         "--no-build", "--json", str(report)], marker)
+    first = grid.stdout.readline()
+    assert first.startswith("[1/4] "), first  # a cell has finished; others run
+    os.kill(grid.pid, number)
+    rest = grid.stdout.read()
+    assert grid.wait(60) == 128 + number, rest[-1500:]
+    last = rest.strip().splitlines()[-1]
+    assert last.startswith(f"interrupted by {signal.Signals(number).name}: every role was stopped after "), last
+    assert none_left(marker), f"left running: {processes_marked(marker)}"
+    statuses = [cell["status"] for cell in json.loads(report.read_text())["cells"]]
+    assert "pass" in statuses and set(statuses) <= {"pass", "interrupted"}, statuses
+    assert len(statuses) < 4 or "interrupted" in statuses, f"the run was not cut short: {statuses}"
+    assert "fail" not in rest.split("interrupted by")[0].split(), "a cut cell was shown as a failure"
+
+
+def test_roles_die_with_the_orchestrator_even_when_it_is_killed(built):
+    """SIGKILL leaves no handler to run: the roles go because they were started to die with it."""
+    built["python"]
+    marker = f"sigkill-{uuid.uuid4().hex}"
+    run = start_marked(["run", "desk", "--open", "--no-build"], marker)
+    assert any("The desk's page: http://" in line for line in run.stdout), "the page never came up"
+    assert len(processes_marked(marker)) >= 7  # invoke, and the roles: server, publisher, engine, desk, 2 workers, yara
+    run.kill()
+    run.wait()
+    assert none_left(marker), f"left running after SIGKILL: {processes_marked(marker)}"
