@@ -10,6 +10,7 @@ import time
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import replace
+from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 
@@ -23,7 +24,9 @@ from orchestrator import fuzz as battery
 from orchestrator.config import ConfigError
 from orchestrator.matrix import evaluate, failed, mixed_cells, new_run_dir, run_matrix
 from orchestrator.registry import BuildError, load_registry
-from orchestrator.report import fuzz_details, fuzz_summary, fuzz_tables, write_fuzz_json, write_fuzz_markdown, grid_tables, print_details, print_notes, roles_text, summary_line, write_json, write_junit, write_markdown
+from orchestrator.report import (GridRun, fuzz_details, fuzz_summary, fuzz_tables, grid_tables, print_details, print_notes,
+                                 roles_text, summary_line, write_fuzz_json, write_fuzz_markdown, write_html, write_json,
+                                 write_junit, write_markdown)
 from orchestrator.runner import Fault, Interrupted, kill_everything, stop_on_signals
 from orchestrator.security import INTRUDER, REFUSALS, refusals_of
 from orchestrator.spec import load_spec
@@ -206,6 +209,7 @@ def run(c, example, server=None, client=None, publisher=None, proxy=None, subscr
         "json": "write the results as JSON to this path",
         "junit": "write JUnit XML to this path",
         "markdown": "write the grids as Markdown to this path",
+        "html": "write one self-contained HTML page with every grid, the reasons, replays and log links",
         "no-build": "skip building the languages first",
         "runner": "process (default): local processes; docker: one container per role",
         "security": "null (default), plain or curve: the ZMTP mechanism of every cell (examples that allow it)",
@@ -213,10 +217,11 @@ def run(c, example, server=None, client=None, publisher=None, proxy=None, subscr
     },
 )
 def matrix(c, example, server=None, client=None, publisher=None, proxy=None, subscriber=None, source=None, worker=None, sink=None,
-           engine=None, facade=None, desk=None, parallel=None, json=None, junit=None, markdown=None, no_build=False, runner="process", security="null", refusals=True):
+           engine=None, facade=None, desk=None, parallel=None, json=None, junit=None, markdown=None, html=None, no_build=False, runner="process", security="null", refusals=True):
     """Run every combination of one language per role and print the compatibility grids."""
     parallel = _count(PARALLEL if parallel is None else parallel, "--parallel")
     json, junit, markdown = _writable(json, "--json"), _writable(junit, "--junit"), _writable(markdown, "--markdown")
+    html = _writable(html, "--html")
     given = {"server": server, "client": client, "publisher": publisher, "proxy": proxy, "subscriber": subscriber,
              "source": source, "worker": worker, "sink": sink, "engine": engine, "facade": facade, "desk": desk}
     spec, registry = _load(example)
@@ -229,34 +234,34 @@ def matrix(c, example, server=None, client=None, publisher=None, proxy=None, sub
     langs = [lang for langs in dimensions.values() for lang in langs]
     if not no_build:
         _build(registry, langs)
-    grids = []  # (spec, results, wall seconds, run folder): one grid, plus one per refusal case
+    grids = []  # GridRun: one grid, plus one per refusal case
     stopped = None  # the signal that ended the run early: what ran is still shown and reported
     with _runner(runner, registry, langs) as launcher:
         for variant in variants:
             extra = mixed_cells(variant, dimensions) if variant is variants[0] else []
+            started = datetime.now(timezone.utc)
             try:
-                grids.append((variant, *_run_grid(variant, registry, dimensions, parallel, extra, launcher)))
+                grids.append(GridRun(variant, *_run_grid(variant, registry, dimensions, parallel, extra, launcher), started, runner))
             except Interrupted as stop:
-                grids.append((variant, *stop.partial))
+                grids.append(GridRun(variant, *stop.partial, started, runner))
                 stopped = stop
                 break
 
-    for variant, results, wall, run_dir in grids:
-        for table in grid_tables(variant, results, dimensions):
+    for grid in grids:
+        for table in grid_tables(grid.spec, grid.results, dimensions):
             console.print(table)
-        console.print(f"{variant.title()}: " + summary_line(results, wall) + f" ({runner} runner); logs in runs/{run_dir.name}")
-        print_notes(console, results)
-        print_details(console, variant, results)
-    everything = [result for _, results, _, _ in grids for result in results]
-    wall = sum(grid[2] for grid in grids)
-    if json:
-        write_json(json, spec, [(variant, results) for variant, results, _, _ in grids], wall)
-    if junit:
-        write_junit(junit, [(variant, results) for variant, results, _, _ in grids])
-    if markdown:
-        write_markdown(markdown, [(variant, results, w) for variant, results, w, _ in grids], dimensions)
+        console.print(f"{grid.spec.title()}: " + summary_line(grid.results, grid.wall) + f" ({runner} runner); logs in runs/{grid.run_dir.name}")
+        print_notes(console, grid.results)
+        print_details(console, grid.spec, grid.results)
+    everything = [result for grid in grids for result in grid.results]
+    for path, write in ((json, write_json), (junit, write_junit)):
+        if path:
+            write(path, grids)
+    for path, write in ((markdown, write_markdown), (html, write_html)):
+        if path:
+            write(path, grids, dimensions)
     if stopped:
-        written = [str(path) for path in (json, junit, markdown) if path]
+        written = [str(path) for path in (json, junit, markdown, html) if path]
         raise _interrupted(stop=stopped, what=f"every role was stopped after {len(everything)} cells"
                            + (f"; the reports of those are in {', '.join(written)}" if written else ""))
     if failed(everything):

@@ -32,6 +32,17 @@ def missing():
     return None
 
 
+def look(url, selector, screenshot, timeout=60):
+    """What chromium shows of `url`: its title and the text of each element matching `selector`;
+    a screenshot of the whole page is kept at `screenshot`."""
+    options = {"url": url, "selector": selector, "screenshot": str(screenshot), "chromium": CHROMIUM}
+    done = subprocess.run(["node", str(SCRIPT.parent / "look.mjs"), json.dumps(options)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"chromium could not show {url}: {done.stderr.strip()[-500:]}")
+    return json.loads(done.stdout)
+
+
 def run_script(options, deadline, on_step=None):
     """Run the page script; its steps as dicts, in order. `on_step` sees each as it comes."""
     process = subprocess.Popen(["node", str(SCRIPT), json.dumps(options)], cwd=ROOT, stdout=subprocess.PIPE,

@@ -1,12 +1,40 @@
-"""What a grid run prints and writes: the rich grid, failure details, JSON, JUnit and Markdown."""
+"""What a grid run prints and writes: the rich grid, failure details, and the reports (JSON, JUnit,
+Markdown, HTML), all made from the same GridRun records."""
 import itertools
 import json
+import os
+import re
+import socket
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 
+import jinja2
 from rich.table import Table
 
 from .matrix import counts, relative, replay_command
+
+NOT_PASSED = ("fail", "timeout", "known-failure", "interrupted")
+
+
+@dataclass
+class GridRun:
+    """One grid of a run (a refusal case is a grid of its own), as every report shows it."""
+
+    spec: object
+    results: list
+    wall: float
+    run_dir: Path
+    started: datetime  # UTC
+    runner: str = "process"
+
+    @property
+    def suite(self):
+        return f"{self.spec.title()} ({self.runner} runner)"
+
+    def not_passed(self):
+        return [r for r in self.results if r.status in NOT_PASSED or r.known_failure_passed]
 
 STYLE = {"pass": "green", "fail": "bold red", "timeout": "yellow", "unsupported": "dim", "known-failure": "magenta",
          "interrupted": "cyan"}
@@ -129,47 +157,105 @@ def cell_json(spec, result):
     }
 
 
-def write_json(path, spec, grids, wall_seconds):
-    """`grids`: (spec of the grid, results), one per grid of the run (a refusal case is one)."""
+def write_json(path, grids):
+    """Every cell of every grid of the run."""
+    results = [r for grid in grids for r in grid.results]
     document = {
-        "example": spec.example,
+        "example": grids[0].spec.example,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "wall_seconds": round(wall_seconds, 2),
-        "counts": counts([r for _, results in grids for r in results]),
-        "cells": [cell_json(variant, r) for variant, results in grids for r in results],
+        "wall_seconds": round(sum(grid.wall for grid in grids), 2),
+        "counts": counts(results),
+        "cells": [cell_json(grid.spec, r) for grid in grids for r in grid.results],
     }
-    with open(path, "w", encoding="utf-8") as stream:
+    with open(path, "w", encoding="utf-8", errors="backslashreplace") as stream:  # a role's lone surrogate
         json.dump(document, stream, ensure_ascii=False, indent=2)
 
 
+# XML 1.0 cannot carry these at all, not even escaped: a role's stray control byte becomes \xNN.
+NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def xml_text(text):
+    return NOT_XML.sub(lambda match: f"\\x{ord(match.group()):02x}", str(text))
+
+
+def failure_text(spec, result):
+    """What a CI system shows of a cell that did not pass: the reasons, the replay, the logs."""
+    lines = list(result.problems or [result.detail])
+    lines.append(f"replay: {replay_command(spec, result.roles)}")
+    for t in result.transcripts:
+        lines.append(f"{t.label} events: {relative(t.events_path)}")
+        lines.append(f"{t.label} stderr: {relative(t.stderr_path)}")
+    return xml_text("\n".join(lines))
+
+
 def write_junit(path, grids):
-    """`grids`: (spec of the grid, results), one per grid of the run."""
-    results = [r for _, rs in grids for r in rs]
-    tally = counts(results)
-    suite = ET.Element(
-        "testsuite", name=grids[0][0].example, tests=str(len(results)),
-        failures=str(tally["fail"]), errors=str(tally["timeout"]),
-        skipped=str(tally["unsupported"] + tally["known-failure"]),
-    )
-    for spec, result in ((spec, r) for spec, rs in grids for r in rs):
-        name = roles_text(result.roles)
-        case = ET.SubElement(suite, "testcase", classname=spec.title(), name=name, time=str(result.seconds))
-        if result.status == "fail":
-            ET.SubElement(case, "failure", message=result.detail).text = "\n".join(result.problems)
-        elif result.status == "timeout":
-            ET.SubElement(case, "error", message=result.detail).text = "\n".join(result.problems)
-        elif result.status in ("unsupported", "known-failure"):
-            ET.SubElement(case, "skipped", message=f"{result.status}: {result.detail}")
-    ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)
+    """<testsuites>, one <testsuite> per grid (named by example, security, refusal and runner),
+    one <testcase> per cell; a cell that did not pass carries its reasons, replay and logs."""
+    everything = [r for grid in grids for r in grid.results]
+    tally = counts(everything)
+    top = ET.Element("testsuites", name=grids[0].spec.example, tests=str(len(everything)), failures=str(tally["fail"]),
+                     errors=str(tally["timeout"]), skipped=str(tally["unsupported"] + tally["known-failure"] + tally["interrupted"]),
+                     time=f"{sum(grid.wall for grid in grids):.2f}")
+    for grid in grids:
+        tally = counts(grid.results)
+        suite = ET.SubElement(
+            top, "testsuite", name=xml_text(grid.suite), tests=str(len(grid.results)), failures=str(tally["fail"]),
+            errors=str(tally["timeout"]), skipped=str(tally["unsupported"] + tally["known-failure"] + tally["interrupted"]),
+            time=f"{grid.wall:.2f}", timestamp=grid.started.isoformat(timespec="seconds"), hostname=socket.gethostname(),
+        )
+        for result in grid.results:
+            case = ET.SubElement(suite, "testcase", classname=xml_text(grid.suite), name=xml_text(roles_text(result.roles)),
+                                 time=f"{result.seconds:.2f}")
+            kind = {"fail": "failure", "timeout": "error"}.get(result.status)
+            if kind:
+                ET.SubElement(case, kind, message=xml_text(result.detail), type=result.status).text = failure_text(grid.spec, result)
+            elif result.status in ("unsupported", "known-failure", "interrupted"):
+                ET.SubElement(case, "skipped", message=xml_text(f"{result.status}: {result.detail}"))
+    ET.ElementTree(top).write(path, encoding="utf-8", xml_declaration=True)
 
 
 def write_markdown(path, grids, dimensions):
-    """`grids`: (spec of the grid, results, wall seconds), one per grid of the run."""
     lines = []
-    for spec, results, wall_seconds in grids:
-        lines += markdown_grid(spec, results, dimensions, wall_seconds)
-    with open(path, "w", encoding="utf-8") as stream:
+    for grid in grids:
+        lines += markdown_grid(grid.spec, grid.results, dimensions, grid.wall)
+        if grid.not_passed():
+            lines += [f"#### {grid.spec.title()}: the cells that did not pass", ""]
+            for result in grid.not_passed():
+                lines.append(f"* **{result.status}** {roles_text(result.roles)}: {result.detail}")
+                lines.append(f"  replay: `{replay_command(grid.spec, result.roles)}`")
+            lines.append("")
+    with open(path, "w", encoding="utf-8", errors="backslashreplace") as stream:
         stream.write("\n".join(lines))
+
+
+def write_html(path, grids, dimensions):
+    """One self-contained page (no network needed to view it): every grid, coloured cells with their
+    time, and for every cell that did not pass its reasons, replay command and links to its logs."""
+    folder = Path(path).resolve().parent
+
+    def link(log):
+        return os.path.relpath(Path(log).resolve(), folder)
+
+    row_role, column_role = list(dimensions)[:2]
+    model = []
+    for index, grid in enumerate(grids):
+        anchor = {id(r): f"g{index}-c{n}" for n, r in enumerate(grid.results)}
+        tables = [{"title": title, "corner": f"{row_role} \\ {column_role}", "columns": columns,
+                   "rows": [(row, [cells.get((row, column)) for column in columns]) for row in rows]}
+                  for title, rows, columns, cells in slices(dimensions, grid.results, grid.spec)]
+        model.append({"grid": grid, "tables": tables, "extras": [r for r in grid.results if r.extra], "anchor": anchor,
+                      "summary": summary_line(grid.results, grid.wall),
+                      "problems": [{"result": r, "replay": replay_command(grid.spec, r.roles),
+                                    "logs": [(t.label, link(t.events_path), link(t.stderr_path)) for t in r.transcripts]}
+                                   for r in grid.not_passed()]})
+    environment = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+                                     autoescape=True, trim_blocks=True, lstrip_blocks=True)
+    environment.filters["id"] = id  # a cell's anchor: g.anchor is keyed by the result's identity
+    page = environment.get_template("report.html.j2").render(
+        example=grids[0].spec.example, grids=model, label=label, roles_text=roles_text,
+        finished=datetime.now(timezone.utc).isoformat(timespec="seconds"), host=socket.gethostname())
+    Path(path).write_text(page, encoding="utf-8", errors="backslashreplace")
 
 
 def markdown_grid(spec, results, dimensions, wall_seconds):

@@ -3,13 +3,16 @@ a desk in each of the six languages: a page cell (examples/desk/page.yaml) whose
 from the page, checked by the desk's checkers (the chat checker sees the page's post reach the
 other trader; the ticker checker, that nothing of a forgotten symbol came), and what the page
 showed checked against the desk's lines. A screenshot per language stays in the cell's folder."""
+import re
+import subprocess
+import sys
 import time
 from dataclasses import replace
 
 import pytest
 
 from orchestrator import LANGUAGES, ROOT
-from orchestrator.browser import BrowserDriver, missing, run_script, page_url
+from orchestrator.browser import BrowserDriver, look, missing, page_url, run_script
 from orchestrator.checks.chat import post_text
 from orchestrator.matrix import evaluate, new_run_dir
 from orchestrator.spec import load_spec
@@ -64,3 +67,17 @@ def test_the_page_says_which_services_are_unreachable_and_when_the_desk_is_gone(
                                   "valuation": "no workers yet", "query": "waiting for the engine"}
     assert steps[1]["states"]["desk"] == "desk unreachable: reconnecting…"
     assert desk.wait_exit(time.monotonic() + WAIT) and desk.t.exit_code == 0
+
+
+def test_the_html_report_of_a_grid_renders_in_a_real_browser(built, tmp_path):
+    """`invoke matrix --html`: chromium shows the grid's cells; a screenshot is kept next to it."""
+    for lang in ("c", "python"):
+        built[lang]
+    report = tmp_path / "chat.html"
+    done = subprocess.run([sys.executable, "-m", "invoke", "matrix", "chat", "--server", "c,python", "--client", "c,python",
+                           "--no-build", "--html", str(report)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:]
+    shown = look(report.as_uri(), "table.cells td", report.with_suffix(".png"))
+    assert shown["title"] == "chat: compatibility grid"
+    assert len(shown["texts"]) == 4 and all(re.fullmatch(r"pass \d+\.\ds", text) for text in shown["texts"]), shown
+    assert report.with_suffix(".png").stat().st_size > 5000
