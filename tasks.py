@@ -2,6 +2,7 @@
 import json as jsonlib
 import math
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -547,7 +548,7 @@ def test(c, k=None, fast=False):
         args += ["-k", k]
     if fast:
         args += ["-m", "not grid"]
-    c.run(" ".join(args), pty=False)
+    c.run(shlex.join(args), pty=False)  # quoted: -k "a and b" stays one argument
 
 
 docker = Collection("docker")

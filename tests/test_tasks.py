@@ -120,3 +120,9 @@ def test_roles_die_with_the_orchestrator_even_when_it_is_killed(built):
     run.kill()
     run.wait()
     assert none_left(marker), f"left running after SIGKILL: {processes_marked(marker)}"
+
+
+def test_invoke_test_passes_a_k_expression_with_spaces_as_one_argument():
+    done = subprocess.run([sys.executable, "-m", "invoke", "test", "-k", "skipped_while_its_inputs and registry"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "1 passed" in done.stdout, done.stdout[-1000:] + done.stderr[-1000:]
