@@ -5,7 +5,6 @@ hash of their inputs. DOCKER_HOST is respected, so the roles may run on another 
 
 Everything this module creates carries the project label, and the run's own label, and is removed
 by that label at the end of a cell, a run, a failure or Ctrl-C."""
-import hashlib
 import os
 import re
 import shutil
@@ -25,7 +24,7 @@ from testcontainers.core.container import DockerContainer  # noqa: E402
 from testcontainers.core.network import Network  # noqa: E402
 
 from . import ROOT  # noqa: E402
-from .registry import contract_args  # noqa: E402
+from .registry import contract_args, files_digest  # noqa: E402
 from .runner import STOP_GRACE, CannotStart, Role  # noqa: E402
 
 PROJECT = "org.beyond-the-box.project"
@@ -84,14 +83,6 @@ def build_offline_base(engine, log=print):
     return engine.images.get(OFFLINE_BASE)
 
 
-def _digest(folder, extra):
-    """A hash of every file under `folder` (paths and bytes) and of `extra`."""
-    digest = hashlib.sha256(extra.encode())
-    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(folder)).encode() + b"\0")
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
 
 def ensure_image(engine, language, log=print):
     """The tag of `language`'s image, built only if no image has this exact set of inputs.
@@ -113,7 +104,7 @@ def ensure_image(engine, language, log=print):
     dockerfile = ROOT / language.docker["dockerfile"]
     shutil.copy(dockerfile, context / "Dockerfile")
     packages = " ".join(language.docker["packages"])
-    tag = f"btb-{language.name}:{_digest(context, base_id + packages)}"
+    tag = f"btb-{language.name}:{files_digest(Path(context).rglob('*'), context, base_id + packages)[:16]}"
     try:
         engine.images.get(tag)
         return tag, 0.0

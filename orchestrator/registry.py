@@ -77,11 +77,8 @@ class Language:
         return text
 
     def inputs_digest(self):
-        """A hash of the build commands and of every input file (paths and bytes)."""
-        digest = hashlib.sha256(repr(self.build).encode())
-        for path in sorted({p for pattern in self.inputs for p in ROOT.glob(pattern) if p.is_file()}):
-            digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
-        return digest.hexdigest()
+        """A hash of the build commands and of every input file."""
+        return files_digest((p for pattern in self.inputs for p in ROOT.glob(pattern)), ROOT, repr(self.build))
 
     def programs(self):
         """The files of the repository its launch command runs (the built program)."""
@@ -109,6 +106,15 @@ class Language:
             STAMPS.mkdir(parents=True, exist_ok=True)
             (STAMPS / f"{self.name}.sha256").write_text(digest)
         return True
+
+
+def files_digest(paths, base, extra=""):
+    """A hash of `extra` and of each file among `paths` (its name relative to `base`, and its bytes):
+    what a build read, for the builds skipped here and the container images."""
+    digest = hashlib.sha256(extra.encode())
+    for path in sorted({Path(p) for p in paths if Path(p).is_file()}):
+        digest.update(str(path.relative_to(base)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def contract_args(example, role, flags):

@@ -3,7 +3,7 @@
 //   node desk_page.mjs '{"url": ..., "mode": "trade" | "states", ...}'
 // It reports each step as one JSON line on stdout ({"step", "ok", ...what it saw}) and stops at
 // the first step that fails (exit 1). Logs go to stderr.
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 
 const options = JSON.parse(process.argv[2]);
 const STEP_MS = options.stepMs ?? 20000;
@@ -100,13 +100,7 @@ async function states(page) {
   });
 }
 
-const browser = await chromium.launch({
-  executablePath: options.chromium || "/usr/bin/chromium",
-  headless: true,
-  // Root in a container needs --no-sandbox; the rest keep chromium off a network it cannot reach.
-  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"],
-});
+const browser = await launch(options.chromium);
 const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
 page.on("console", (message) => process.stderr.write(`page console: ${message.text()}\n`));
 page.on("pageerror", (error) => process.stderr.write(`page error: ${error.message}\n`));

@@ -2,15 +2,10 @@
 //   node look.mjs '{"url": ..., "selector": "td", "screenshot": PATH}'
 // prints one JSON line {"title", "texts": [the text of every element matching the selector]}, and
 // keeps a screenshot of the whole page. Used by the tests of the HTML report.
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 
 const options = JSON.parse(process.argv[2]);
-const browser = await chromium.launch({
-  executablePath: options.chromium || "/usr/bin/chromium",
-  headless: true,
-  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"],
-});
+const browser = await launch(options.chromium);
 try {
   const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
   await page.goto(options.url, { timeout: 20000 });
