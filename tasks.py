@@ -19,7 +19,7 @@ from invoke import Collection, Exit, task
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from orchestrator import LANGUAGES, ROOT, browser, containers
+from orchestrator import LANGUAGES, ROOT, browser, containers, helptext
 from orchestrator import bench as benchmarks
 from orchestrator import fuzz as battery
 from orchestrator.config import ConfigError
@@ -551,9 +551,28 @@ def test(c, k=None, fast=False):
     c.run(shlex.join(args), pty=False)  # quoted: -k "a and b" stays one argument
 
 
+@task(name="help", help={"check": "only check that examples/help.txt is current: exit 1 if not"})
+def help_text(c, check=False):
+    """Write examples/help.txt, every language's `btb --help`, from the PROTOCOL.md flags tables."""
+    try:
+        text = helptext.render(helptext.load(load_registry()))
+    except (helptext.TableError, ConfigError) as error:
+        raise Exit(f"help: {error}", code=1) from None
+    current = helptext.HELP_PATH.read_text() if helptext.HELP_PATH.exists() else None
+    if check:
+        if text != current:
+            raise Exit("help: examples/help.txt is not what the tables give: run `invoke help`", code=1)
+        console.print("examples/help.txt is current")
+    elif text != current:
+        helptext.HELP_PATH.write_text(text)
+        console.print(f"wrote {helptext.HELP_PATH.relative_to(ROOT)}: rebuild the languages that embed it (invoke build)")
+    else:
+        console.print("examples/help.txt is current")
+
+
 docker = Collection("docker")
 docker.add_task(docker_up, "up")
 docker.add_task(docker_base, "base")
 docker.add_task(docker_build, "build")
 docker.add_task(docker_clean, "clean")
-ns = Collection(build, run, matrix, bench, fuzz, test, docker)
+ns = Collection(build, run, matrix, bench, fuzz, test, help_text, docker)

@@ -1,11 +1,17 @@
 /// btb <example> <role> [--flag value]...: one entry point for every role (examples/README.md).
 module Btb.Program
 
+open System
+open System.IO
+open System.Reflection
+open System.Text
+open System.Text.RegularExpressions
 open Argu
 open NetMQ
 open Btb.Events
 
-[<RequireSubcommand>]
+// No help flags at any level: helpSection answers --help, and a --help in a value's place is a value.
+[<RequireSubcommand; DisableHelpFlags>]
 type BtbArgs =
     | [<CliPrefix(CliPrefix.None)>] Chat of ParseResults<Chat.ChatArgs>
     | [<CliPrefix(CliPrefix.None)>] Ticker of ParseResults<Ticker.TickerArgs>
@@ -35,6 +41,38 @@ let parse argv =
     | Perf perf -> Perf.role perf
     | Desk desk -> Desk.role desk
 
+/// The section of `btb --help` this command line asks for, if it asks (examples/README.md, "Help: one
+/// text, six programs"). The text is examples/help.txt, generated from the PROTOCOL.md tables by
+/// `invoke help` and built into the assembly (btb.fsproj's EmbeddedResource); every language prints
+/// the same bytes, so they are read as Latin-1 (one char per byte) and written back as bytes,
+/// never through the console's encoding.
+let helpSection (argv: string[]) : byte[] option =
+    let words = argv |> Array.takeWhile (fun arg -> not (arg.StartsWith "-"))
+    let asked = // at a flag's place, never at its value's
+        [ words.Length .. 2 .. argv.Length - 1 ] |> List.exists (fun i -> argv[i] = "--help" || argv[i] = "-h")
+    let named (parser: ArgumentParser) word = parser.ParentInfo.Value.CommandLineNames.Value.Head = word
+    let implemented =
+        match words with
+        | [| example; role |] ->
+            ArgumentParser.Create<BtbArgs>().GetSubCommandParsers()
+            |> List.exists (fun e -> named e example && e.GetSubCommandParsers() |> List.exists (fun r -> named r role))
+        | _ -> words.Length < 2
+    if not (asked && implemented) then
+        None
+    else
+        use resource = Assembly.GetExecutingAssembly().GetManifestResourceStream "help.txt"
+        use copy = new MemoryStream()
+        resource.CopyTo copy
+        let text = Encoding.Latin1.GetString(copy.ToArray())
+        let headers = Regex.Matches(text, @"^\[btb( [a-z-]+){0,2}\]$", RegexOptions.Multiline) |> Seq.toArray
+        let header = "[" + String.concat " " (Array.append [| "btb" |] words) + "]"
+        headers
+        |> Array.tryFindIndex (fun m -> m.Value = header)
+        |> Option.map (fun i ->
+            let start = headers[i].Index + headers[i].Length + 1
+            let stop = if i + 1 < headers.Length then headers[i + 1].Index else text.Length
+            Encoding.Latin1.GetBytes(text.Substring(start, stop - start)))
+
 let run role =
     try
         try
@@ -48,12 +86,15 @@ let run role =
 
 [<EntryPoint>]
 let main argv =
-    try
-        run (parse argv)
-    with :? ArguParseException as error ->
-        if error.ErrorCode = ErrorCode.HelpText then
-            printfn "%s" error.Message
-            0
-        else
+    match helpSection argv with
+    | Some section ->
+        use stdout = Console.OpenStandardOutput()
+        stdout.Write(section, 0, section.Length)
+        stdout.Flush()
+        0
+    | None ->
+        try
+            run (parse argv)
+        with :? ArguParseException as error ->
             eprintfn "%s" error.Message
             2 // the contract's exit code for a bad command line

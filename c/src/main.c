@@ -1,4 +1,5 @@
 /* btb <example> <role> [--flag value]...: one entry point for every role (examples/README.md). */
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -39,8 +40,60 @@ static const struct {
 };
 enum { ROLE_COUNT = sizeof ROLES / sizeof ROLES[0] };
 
+/* The help (examples/README.md, "Help: one text, six programs") is examples/help.txt, generated
+   from the PROTOCOL.md tables by `invoke help` and built in by embedded.S (.incbin). Every language
+   prints the same section byte for byte, so it is written as the raw bytes, unchanged. */
+extern const char help_txt[], help_txt_end[];
+
+static bool is_role(const char *example, const char *role)
+{
+    for (size_t i = 0; i < ROLE_COUNT; i++)
+        if (!strcmp(example, ROLES[i].example) && !strcmp(role, ROLES[i].role))
+            return true;
+    return false;
+}
+
+/* Prints the section `btb WORDS... --help` asks for, if it does: the words are the leading
+   arguments that do not begin with '-', and --help or -h counts only where a flag may stand (every
+   flag takes a value). Returns false, printing nothing, when there is no such section. */
+static bool help_requested(int argc, char **argv)
+{
+    int words = 0;
+    bool asked = false;
+    while (1 + words < argc && argv[1 + words][0] != '-')
+        words++;
+    for (int i = 1 + words; i < argc; i += 2)
+        asked |= !strcmp(argv[i], "--help") || !strcmp(argv[i], "-h");
+    if (!asked || words > 2 || (words == 2 && !is_role(argv[1], argv[2])))
+        return false;
+    char header[128]; /* [btb], [btb EXAMPLE] or [btb EXAMPLE ROLE] */
+    int length = snprintf(header, sizeof header, "[btb%s%s%s%s]", words > 0 ? " " : "",
+                          words > 0 ? argv[1] : "", words > 1 ? " " : "", words > 1 ? argv[2] : "");
+    if (length < 0 || (size_t)length >= sizeof header)
+        return false; /* names no section */
+    const char *start = NULL, *end = help_txt_end; /* the section: the lines after its header */
+    for (const char *line = help_txt, *next; line < help_txt_end; line = next) {
+        const char *newline = memchr(line, '\n', (size_t)(help_txt_end - line));
+        next = newline ? newline + 1 : help_txt_end;
+        size_t size = (size_t)((newline ? newline : help_txt_end) - line); /* without the newline */
+        if (size < 5 || memcmp(line, "[btb", 4) || line[size - 1] != ']')
+            continue; /* not a header */
+        if (start) {
+            end = line;
+            break;
+        }
+        if (size == (size_t)length && !memcmp(line, header, size))
+            start = next;
+    }
+    if (start)
+        fwrite(start, 1, (size_t)(end - start), stdout);
+    return start != NULL;
+}
+
 int main(int argc, char **argv)
 {
+    if (help_requested(argc, argv))
+        return fflush(stdout) ? 1 : 0; /* 1 only if stdout could not take the help */
     for (size_t i = 0; argc >= 3 && i < ROLE_COUNT; i++)
         if (!strcmp(argv[1], ROLES[i].example) && !strcmp(argv[2], ROLES[i].role)) {
             char program[64]; /* names the role in the parser's messages */

@@ -35,7 +35,7 @@ enum {
 
 /* --- 1. the page, built in ------------------------------------------------------------------- */
 
-/* examples/desk/page.html, byte for byte: page.S includes it in the program (.incbin), and the
+/* examples/desk/page.html, byte for byte: embedded.S includes it in the program (.incbin), and the
    Makefile rebuilds it when the file changes. */
 extern const char page_html[], page_html_end[];
 

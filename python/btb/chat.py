@@ -17,14 +17,14 @@ MAX_MESSAGE = 8192
 
 
 def add_roles(roles):
-    server = roles.add_parser("server", help="keep the roster and relay posts")
+    server = roles.add_parser("server")
     add_endpoints(server, timeout=0)
     server.add_argument("--heartbeat", type=at_least(1), default=100)
     server.add_argument("--expiry", type=at_least(1), default=5000)
     security.add_flags(server, server=True)
     server.set_defaults(run=run_server)
 
-    client = roles.add_parser("client", help="join, post --count texts, receive everyone's posts")
+    client = roles.add_parser("client")
     add_endpoints(client, timeout=30000)
     client.add_argument("--name", type=name, required=True)
     client.add_argument("--count", type=at_least(0), default=5)

@@ -32,7 +32,7 @@ PROGRESS_EVERY = 0.1  # seconds between the page's `progress` lines at most
 
 
 def add_roles(roles):
-    trader = roles.add_parser("trader", help="chat, follow ticks, value a trade and store it, one thread each")
+    trader = roles.add_parser("trader")
     trader.add_argument("--name", type=query.segment, required=True)
     trader.add_argument("--chat-requests", default="tcp://127.0.0.1:5555")
     trader.add_argument("--chat-broadcasts", default="tcp://127.0.0.1:5556")

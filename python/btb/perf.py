@@ -13,15 +13,15 @@ MIN_MAX_MESSAGE = 256
 
 
 def add_roles(roles):
-    for name, run, count, binds in [
+    for name, run, count, networked in [
         ("thr-sink", run_thr_sink, THROUGHPUT_COUNT, True),
-        ("thr-source", run_thr_source, THROUGHPUT_COUNT, False),
+        ("thr-source", run_thr_source, THROUGHPUT_COUNT, True),
         ("lat-echo", run_lat_echo, LATENCY_COUNT, True),
-        ("lat-ping", run_lat_ping, LATENCY_COUNT, False),
-        ("inproc-thr", run_inproc_thr, THROUGHPUT_COUNT, None),
+        ("lat-ping", run_lat_ping, LATENCY_COUNT, True),
+        ("inproc-thr", run_inproc_thr, THROUGHPUT_COUNT, False),
     ]:
-        role = roles.add_parser(name, help=f"{'binds' if binds else 'connects'} and measures" if binds is not None else "both halves in one process")
-        if binds is not None:
+        role = roles.add_parser(name)
+        if networked:
             role.add_argument("--endpoint", default="tcp://127.0.0.1:5570")
         role.add_argument("--size", type=at_least(0), default=64)
         role.add_argument("--count", type=at_least(1), default=count)

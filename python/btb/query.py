@@ -27,7 +27,7 @@ ICANHAZ, KTHXBAI = b"ICANHAZ?", b"KTHXBAI"
 
 
 def add_roles(roles):
-    engine = roles.add_parser("engine", help="keep the map, serve snapshots, publish updates")
+    engine = roles.add_parser("engine")
     engine.add_argument("--snapshot", default="tcp://127.0.0.1:5556")
     engine.add_argument("--updates", default="tcp://127.0.0.1:5557")
     engine.add_argument("--collector", default="tcp://127.0.0.1:5558")
@@ -39,7 +39,7 @@ def add_roles(roles):
     engine.add_argument("--timeout", type=at_least(0), default=0)
     engine.set_defaults(run=run_engine)
 
-    facade = roles.add_parser("facade", help="mirror some subtrees of the engine's map, and write to it")
+    facade = roles.add_parser("facade")
     facade.add_argument("--snapshot", default="tcp://127.0.0.1:5556")
     facade.add_argument("--updates", default="tcp://127.0.0.1:5557")
     facade.add_argument("--collector", default="tcp://127.0.0.1:5558")
@@ -51,7 +51,7 @@ def add_roles(roles):
     facade.add_argument("--timeout", type=at_least(0), default=30000)
     facade.set_defaults(run=run_facade)
 
-    derive = roles.add_parser("derive", help="print the KVPUBs some ticks make (the test vectors)")
+    derive = roles.add_parser("derive")
     derive.add_argument("--symbol", type=symbol, required=True)
     derive.add_argument("--prices", type=price_list, required=True)
     derive.add_argument("--sequence", type=at_least(0), default=0)

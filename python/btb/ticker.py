@@ -17,7 +17,7 @@ MAX_MESSAGE = 256
 
 
 def add_roles(roles):
-    publisher = roles.add_parser("publisher", help="publish ticks once the subscribers are there")
+    publisher = roles.add_parser("publisher")
     publisher.add_argument("--ticks", default="tcp://127.0.0.1:5557")
     publisher.add_argument("--symbols", type=symbols, default="AAPL,GOOG,GOOGL,MSFT,IBM")
     publisher.add_argument("--seed", type=seed, default=1)
@@ -26,13 +26,13 @@ def add_roles(roles):
     publisher.add_argument("--timeout", type=at_least(0), default=0)
     publisher.set_defaults(run=run_publisher)
 
-    proxy = roles.add_parser("proxy", help="forward ticks downstream and subscriptions upstream")
+    proxy = roles.add_parser("proxy")
     proxy.add_argument("--upstream", default="tcp://127.0.0.1:5557")
     proxy.add_argument("--downstream", default="tcp://127.0.0.1:5558")
     proxy.add_argument("--timeout", type=at_least(0), default=0)
     proxy.set_defaults(run=run_proxy)
 
-    subscriber = roles.add_parser("subscriber", help="receive and check the ticks of some symbols")
+    subscriber = roles.add_parser("subscriber")
     subscriber.add_argument("--ticks", default="tcp://127.0.0.1:5557")
     subscriber.add_argument("--name", type=name, required=True)
     subscriber.add_argument("--symbols", type=symbols, required=True)
@@ -43,7 +43,7 @@ def add_roles(roles):
     subscriber.add_argument("--timeout", type=at_least(0), default=30000)
     subscriber.set_defaults(run=run_subscriber)
 
-    encode = roles.add_parser("encode", help="print the frames of one tick (the test vectors)")
+    encode = roles.add_parser("encode")
     encode.add_argument("--seed", type=seed, required=True)
     encode.add_argument("--symbol", type=symbol, required=True)
     encode.add_argument("--sequence", type=seed, required=True)

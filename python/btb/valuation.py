@@ -16,7 +16,7 @@ MAX_MESSAGE = 256
 
 
 def add_roles(roles):
-    sink = roles.add_parser("sink", help="collect results, re-dispatch lost orders")
+    sink = roles.add_parser("sink")
     sink.add_argument("--results", default="tcp://127.0.0.1:5560")
     sink.add_argument("--control", default="tcp://127.0.0.1:5561")
     sink.add_argument("--workers", type=at_least(1), default=1)
@@ -27,7 +27,7 @@ def add_roles(roles):
     sink.add_argument("--timeout", type=at_least(0), default=0)
     sink.set_defaults(run=run_sink)
 
-    source = roles.add_parser("source", help="hand out the batch, re-send what the sink misses")
+    source = roles.add_parser("source")
     source.add_argument("--orders", default="tcp://127.0.0.1:5562")
     source.add_argument("--control", default="tcp://127.0.0.1:5561")
     source.add_argument("--count", type=at_least(1), default=100)
@@ -35,7 +35,7 @@ def add_roles(roles):
     source.add_argument("--timeout", type=at_least(0), default=30000)
     source.set_defaults(run=run_source)
 
-    worker = roles.add_parser("worker", help="price orders until the batch is finished")
+    worker = roles.add_parser("worker")
     worker.add_argument("--orders", default="tcp://127.0.0.1:5562")
     worker.add_argument("--results", default="tcp://127.0.0.1:5560")
     worker.add_argument("--control", default="tcp://127.0.0.1:5561")
@@ -44,7 +44,7 @@ def add_roles(roles):
     worker.add_argument("--timeout", type=at_least(0), default=30000)
     worker.set_defaults(run=run_worker)
 
-    encode = roles.add_parser("encode", help="print the frames of one order (the test vectors)")
+    encode = roles.add_parser("encode")
     encode.add_argument("--seed", type=seed, required=True)
     encode.add_argument("--id", type=seed, required=True)
     encode.set_defaults(run=run_encode)

@@ -41,8 +41,7 @@ pub struct Endpoints {
 pub struct Security {
     #[arg(long, value_enum, default_value_t = Mechanism::Null)]
     security: Mechanism,
-    // allow_hyphen_values: a Z85 key may begin with `-`
-    #[arg(long, value_parser = z85_key, allow_hyphen_values = true, required_if_eq("security", "curve"))]
+    #[arg(long, value_parser = z85_key, required_if_eq("security", "curve"))]
     curve_secret: Option<String>,
     #[arg(long, value_parser = plain_credential, required_if_eq("security", "plain"))]
     plain_user: Option<String>,
@@ -57,7 +56,7 @@ pub struct ServerArgs {
     #[command(flatten)]
     security: Security,
     /// the client public keys admitted under curve; absent: any client that knows our public key
-    #[arg(long, value_parser = z85_key, value_delimiter = ',', allow_hyphen_values = true)]
+    #[arg(long, value_parser = z85_key, value_delimiter = ',')]
     curve_clients: Vec<String>,
     #[arg(long, default_value_t = 0)]
     timeout: u32,
@@ -73,10 +72,10 @@ pub struct ClientArgs {
     endpoints: Endpoints,
     #[command(flatten)]
     security: Security,
-    #[arg(long, value_parser = z85_key, allow_hyphen_values = true, required_if_eq("security", "curve"))]
+    #[arg(long, value_parser = z85_key, required_if_eq("security", "curve"))]
     curve_public: Option<String>,
     /// the server's public key, learnt out of band
-    #[arg(long, value_parser = z85_key, allow_hyphen_values = true, required_if_eq("security", "curve"))]
+    #[arg(long, value_parser = z85_key, required_if_eq("security", "curve"))]
     curve_server: Option<String>,
     #[arg(long, default_value_t = 30000)]
     timeout: u32,
