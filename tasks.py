@@ -386,10 +386,13 @@ def _runner(name, registry, langs):
     engine = _engine()
     images = _images(engine, registry, langs)
     run_label = containers.new_run_label()
+    watchdog = containers.start_watchdog(run_label)  # removes them if this process dies of SIGKILL
     try:
         yield lambda: containers.DockerLauncher(images, run_label)
     finally:
         containers.remove_labelled(engine, run_label)
+        watchdog.terminate()  # the run is over: nothing left for it to do
+        watchdog.wait(30)
 
 
 def _engine():

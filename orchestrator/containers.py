@@ -4,11 +4,13 @@ with testcontainers; images are built from docker/*.Dockerfile with the Docker S
 hash of their inputs. DOCKER_HOST is respected, so the roles may run on another machine's engine.
 
 Everything this module creates carries the project label, and the run's own label, and is removed
-by that label at the end of a cell, a run, a failure or Ctrl-C."""
+by that label at the end of a cell, a run, a failure or Ctrl-C; if the orchestrator is SIGKILLed,
+its watchdog (watchdog.py) removes them."""
 import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -243,17 +245,26 @@ def new_run_label():
     return uuid.uuid4().hex[:12]
 
 
+def start_watchdog(run_label):
+    """The process that removes the run's containers if this one dies of SIGKILL (watchdog.py). In
+    a session of its own: a Ctrl-C in the terminal is for the orchestrator, which cleans up itself."""
+    return subprocess.Popen([sys.executable, "-m", "orchestrator.watchdog", run_label, str(os.getpid())], cwd=ROOT,
+                            start_new_session=True)
+
+
 def remove_labelled(engine, run_label=None):
     """Remove every container and network of the project (or of one run). Returns how many."""
     selector = f"{RUN}={run_label}" if run_label else f"{PROJECT}=btb"
-    removed = 0
-    for container in engine.containers.list(all=True, filters={"label": selector}):
-        container.remove(force=True)
-        removed += 1
-    for network in engine.networks.list(filters={"label": selector}):
-        network.remove()
-        removed += 1
-    return removed
+    removed = sum(_remove(container, force=True) for container in engine.containers.list(all=True, filters={"label": selector}))
+    return removed + sum(_remove(network) for network in engine.networks.list(filters={"label": selector}))
+
+
+def _remove(thing, **options):
+    try:
+        thing.remove(**options)
+        return 1
+    except docker.errors.NotFound:
+        return 0  # removed meanwhile: by its cell, or by the watchdog
 
 
 def leftovers(engine):

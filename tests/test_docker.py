@@ -132,3 +132,31 @@ def test_sigterm_to_a_docker_grid_removes_every_container_and_network(images):
     assert grid.wait(120) == 143, rest[-1500:]
     assert rest.strip().splitlines()[-1].startswith("interrupted by SIGTERM: "), rest[-500:]
     assert containers.leftovers(images[0]) == []
+
+
+def test_sigkill_to_a_docker_run_still_removes_every_container_and_network(images):
+    """SIGKILL leaves the orchestrator no handler: its watchdog (orchestrator/watchdog.py), told by
+    the kernel, removes the run's containers and network."""
+    import subprocess
+    import sys
+    import time
+
+    from orchestrator import ROOT
+
+    grid = subprocess.Popen([sys.executable, "-m", "invoke", "matrix", "desk", "--runner", "docker", "--desk", "c,python",
+                             "--server", "c", "--parallel", "1", "--no-build"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    line = grid.stdout.readline()
+    while line and not line.startswith("images ready"):  # past the image builder's lines
+        line = grid.stdout.readline()
+    assert line.startswith("images ready"), line
+
+    deadline = time.monotonic() + 60
+    while len(containers.leftovers(images[0])) < 3 and time.monotonic() < deadline:
+        time.sleep(0.2)  # polling the engine: the cell's containers show only there
+    assert len(containers.leftovers(images[0])) >= 3, "the first cell's containers never came"
+    grid.kill()
+    rest = grid.stdout.read()  # to the end: the watchdog holds the pipe (its stderr) until it is done
+    assert grid.wait() == -9
+    assert "watchdog: the orchestrator is gone; removed the " in rest, rest[-1000:]
+    assert containers.leftovers(images[0]) == []
