@@ -3,11 +3,14 @@ behind after a pass, a timeout or Ctrl-C. Needs a Docker engine (`invoke docker.
 image (`invoke docker.base` offline); CI provides both, elsewhere these tests skip without them."""
 import dataclasses
 import os
+import subprocess
+import sys
 import threading
+import time
 
 import pytest
 
-from orchestrator import LANGUAGES, containers, runner
+from orchestrator import LANGUAGES, ROOT, containers, runner
 from orchestrator.matrix import evaluate, new_run_dir, run_matrix
 from orchestrator.runner import Fault
 from orchestrator.spec import load_spec
@@ -112,21 +115,23 @@ def test_the_chat_grid_passes_in_containers(built, images, launcher):
     assert containers.leftovers(images[0]) == []
 
 
-def test_sigterm_to_a_docker_grid_removes_every_container_and_network(images):
-    """What a CI system does when it cancels a job: the run's containers and network go, the cells
-    cut short are interrupted, and the exit is 143 with one line saying so."""
-    import subprocess
-    import sys
-
-    from orchestrator import ROOT
-
+def desk_grid_until(prefix):
+    """`invoke matrix desk` on the docker runner (two cells, one at a time), read up to the first
+    line that starts with `prefix`."""
     grid = subprocess.Popen([sys.executable, "-m", "invoke", "matrix", "desk", "--runner", "docker", "--desk", "c,python",
                              "--server", "c", "--parallel", "1", "--no-build"], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    first = grid.stdout.readline()
-    while first and not first.startswith("[1/2] "):  # past the image builder's lines
-        first = grid.stdout.readline()
-    assert first.startswith("[1/2] "), first
+    line = grid.stdout.readline()
+    while line and not line.startswith(prefix):
+        line = grid.stdout.readline()
+    assert line.startswith(prefix), line
+    return grid
+
+
+def test_sigterm_to_a_docker_grid_removes_every_container_and_network(images):
+    """What a CI system does when it cancels a job: the run's containers and network go, the cells
+    cut short are interrupted, and the exit is 143 with one line saying so."""
+    grid = desk_grid_until("[1/2] ")
     grid.terminate()
     rest = grid.stdout.read()
     assert grid.wait(120) == 143, rest[-1500:]
@@ -135,22 +140,9 @@ def test_sigterm_to_a_docker_grid_removes_every_container_and_network(images):
 
 
 def test_sigkill_to_a_docker_run_still_removes_every_container_and_network(images):
-    """SIGKILL leaves the orchestrator no handler: its watchdog (orchestrator/watchdog.py), told by
-    the kernel, removes the run's containers and network."""
-    import subprocess
-    import sys
-    import time
-
-    from orchestrator import ROOT
-
-    grid = subprocess.Popen([sys.executable, "-m", "invoke", "matrix", "desk", "--runner", "docker", "--desk", "c,python",
-                             "--server", "c", "--parallel", "1", "--no-build"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    line = grid.stdout.readline()
-    while line and not line.startswith("images ready"):  # past the image builder's lines
-        line = grid.stdout.readline()
-    assert line.startswith("images ready"), line
-
+    """SIGKILL leaves the orchestrator no handler: its watchdog (orchestrator/watchdog.py) sees it
+    exit and removes the run's containers and network."""
+    grid = desk_grid_until("images ready")
     deadline = time.monotonic() + 60
     while len(containers.leftovers(images[0])) < 3 and time.monotonic() < deadline:
         time.sleep(0.2)  # polling the engine: the cell's containers show only there
