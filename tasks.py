@@ -15,7 +15,8 @@ from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 
-from invoke import Collection, Exit, task
+from invoke import Collection, Exit, ParseError, task
+from invoke.parser import Parser
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -34,6 +35,23 @@ from orchestrator.spec import load_spec
 
 # Piped output (CI logs, files) gets room for the 6-column grid instead of rich's default of 80.
 stop_on_signals()  # SIGTERM and SIGHUP end a run as Ctrl-C does: every role stopped, reports written
+
+
+def _exit_2_on_parse_errors(parse_argv):
+    """invoke exits 1 on a mistyped task or flag (`invoke matrix chat --paralel 2`); a bad command
+    line exits 2 everywhere else in the project, so its task parser's errors do too. (invoke parses
+    the tasks' arguments after loading this file; its own options, before: those still exit 1.)"""
+
+    def parse(self, argv):
+        try:
+            return parse_argv(self, argv)
+        except ParseError as error:
+            raise Exit(f"error: {error}", code=2) from None
+
+    return parse
+
+
+Parser.parse_argv = _exit_2_on_parse_errors(Parser.parse_argv)
 console = Console(width=None if sys.stdout.isatty() else 120)
 # invoke declares flags statically: one per role name of every example (keep the task signatures
 # of `run` and `matrix` in step with this tuple).

@@ -51,6 +51,8 @@ def test_a_grid_in_a_pipe_prints_one_line_per_cell_as_it_finishes(built):
     (["run", "chat", "--server", "cobol"], "--server: unknown language 'cobol'"),
     (["run", "chat", "--publisher", "c"], "chat has no role 'publisher'"),
     (["run", "nope"], "no such example"),
+    (["matrix", "chat", "--paralel", "2"], "No idea what '--paralel' is!"),  # invoke's own parser
+    (["matrx", "chat"], "No idea what 'matrx' is!"),
 ], ids=lambda value: " ".join(value) if isinstance(value, list) else None)
 def test_a_mistyped_command_is_one_line_and_exit_2_before_anything_runs(args, words):
     before = set((ROOT / "runs").iterdir())
