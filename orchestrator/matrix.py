@@ -71,14 +71,24 @@ def evaluate(spec, chosen, registry, run_dir, on_event=None, fault=None, launche
     return result
 
 
-def run_matrix(spec, dimensions, registry, parallel, on_done=None, extra_cells=(), launcher=None):
+def grid_cells(dimensions, extra_cells=()):
     """Every combination of one language per dimension (role -> languages, rows first, then
-    columns, then any further dimension), plus `extra_cells` (role -> language or list).
-    `launcher` makes each cell's launcher (containers); by default roles are local processes."""
+    columns, then any further dimension), then `extra_cells` (role -> language or list)."""
+    return [dict(zip(dimensions, combination)) for combination in itertools.product(*dimensions.values())] + list(extra_cells)
+
+
+def run_matrix(spec, dimensions, registry, parallel, on_done=None, extra_cells=(), launcher=None):
+    """Every cell of the grid (grid_cells), `parallel` at a time. `launcher` makes each cell's
+    launcher (containers); by default roles are local processes."""
+    cells = grid_cells(dimensions, extra_cells)
+    return run_cells(spec, cells, registry, parallel, on_done, launcher, extra_from=len(cells) - len(extra_cells))
+
+
+def run_cells(spec, cells, registry, parallel, on_done=None, launcher=None, extra_from=None):
+    """Some cells of one spec, `parallel` at a time: (the results of those that ran, in order, the
+    wall time, the run folder). A cell from index `extra_from` on is one of the grid's extra cells.
+    A signal (Interrupted) kills the running cells and leaves the queued ones unstarted."""
     run_dir = new_run_dir(spec.example)
-    cells = [dict(zip(dimensions, combination)) for combination in itertools.product(*dimensions.values())]
-    extra_cells = list(extra_cells)
-    cells += extra_cells
     started = time.monotonic()
     results = [None] * len(cells)
 
@@ -86,7 +96,7 @@ def run_matrix(spec, dimensions, registry, parallel, on_done=None, extra_cells=(
         if aborting.is_set():
             return
         results[index] = evaluate(spec, cells[index], registry, run_dir, launcher=launcher)
-        results[index].extra = index >= len(cells) - len(extra_cells)
+        results[index].extra = extra_from is not None and index >= extra_from
         if on_done:
             on_done(results[index])
 

@@ -16,7 +16,7 @@ class RoleSpec:
     name: str
     instances: int
     flags: dict
-    each: list  # one mapping per instance, whose keys flags may use: {name}, {symbols}...
+    each: list  # mappings whose keys flags may use ({name}, {symbols}...): instance_values() says whose
     wait_for: str  # event every instance must report before the next role starts, or None
     stop: str  # "exit": finishes by itself; "signal": SIGTERM once every "exit" role has exited
     optional: bool  # a cell may leave it out (the ticker's proxy)
@@ -106,10 +106,7 @@ class Spec:
             if role.optional and role.name not in present:
                 left_out.append(role.name)
                 continue
-            count = counts.get(role.name, role.instances)
-            if role.each and count > len(role.each):
-                raise ValueError(f"{self.path}: roles.{role.name}.each describes {len(role.each)} instances, not {count}")
-            roles.append(replace(role, instances=count))
+            roles.append(replace(role, instances=counts.get(role.name, role.instances)))
         return replace(self, roles=roles, left_out=tuple(left_out))
 
     def optional_roles(self):
@@ -122,9 +119,20 @@ class Spec:
         values["index"] = index
         values["lang"] = lang
         if role.each:  # an instance's own values may refer to parameters: {late}
-            values.update({key: render(value, values) for key, value in role.each[index].items()})
+            values.update({key: render(value, values) for key, value in instance_values(role.each, index).items()})
         values.update(ready)  # {"server": {the server's ready event}}
         return values
+
+
+def instance_values(each, index):
+    """The `each` values of instance `index`, for any number of instances: the list is taken round
+    and round, and from the second round on a `name` gets the round's number (alice, ..., zoë,
+    alice2, ..., zoë2, alice3...), so names stay distinct and the non-ASCII ones stay in."""
+    values = dict(each[index % len(each)])
+    rounds = index // len(each)
+    if rounds and "name" in values:
+        values["name"] = f"{values['name']}{rounds + 1}"
+    return values
 
 
 MISSING = object()
@@ -196,8 +204,6 @@ def load_spec(example_or_path):
         each = fields.get("each", list, [])
         if not all(isinstance(item, dict) and item for item in each):
             raise fields.error("each", "must be a list of mappings, one per instance")
-        if each and len(each) < instances:
-            raise fields.error("each", f"describes {len(each)} instances, not {instances}")
         keys = set(each[0]) if each else set()
         for index, item in enumerate(each):
             if set(item) != keys:

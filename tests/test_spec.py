@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from orchestrator.config import ConfigError
-from orchestrator.spec import load_spec, render
+from orchestrator.spec import instance_values, load_spec, render
 
 GOOD = {
     "example": "chat",
@@ -59,13 +59,25 @@ def test_a_good_spec_renders_its_flags(tmp_path):
     assert flags == {"requests": "tcp://127.0.0.1:4000", "name": "b", "count": 2}
 
 
+def test_each_names_any_number_of_instances(tmp_path):
+    """`each` is taken round and round; from the second round on a name gets the round's number."""
+    spec = load_spec(write(tmp_path, GOOD)).for_cell({"client": 5}, {"server", "client"})
+    client = spec.role("client")
+    names = [render(client.flags["name"], spec.context(client, index, {"server": {"requests": "tcp://x:1"}}))
+             for index in range(client.instances)]
+    assert names == ["a", "b", "a2", "b2", "a3"]
+    chat = load_spec("chat").for_cell({"client": 13}, {"server", "client"})
+    names = [instance_values(chat.role("client").each, index)["name"] for index in range(13)]
+    assert names[:3] == ["alice", "bob", "chloé"] and names[6:8] == ["alice2", "bob2"] and names[12] == "alice3"
+    assert len(set(names)) == 13
+
+
 @pytest.mark.parametrize(
     "data, field, words",
     [
         (broken(roles=DELETE), "roles", "is required"),
         (broken(roles__client__instances="three"), "roles.client.instances", "must be a int"),
         (broken(roles__client__instances=0), "roles.client.instances", "at least 1"),
-        (broken(roles__client__instances=3), "roles.client.each", "describes 2 instances, not 3"),
         (broken(roles__client__each=[{"name": "a"}, {"nick": "b"}]), "roles.client.each[1]", "must have the keys ['name']"),
         (broken(roles__client__each=["a", "b"]), "roles.client.each", "list of mappings"),
         (broken(roles__server__optional=True), "matrix", "every role that is not optional"),
