@@ -2,4 +2,3 @@
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LANGUAGES = ("python", "c", "rust", "csharp", "fsharp", "vb")

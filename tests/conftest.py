@@ -3,10 +3,59 @@ import zmq
 
 from orchestrator.registry import load_registry
 
+# The registry (orchestrator/languages.yaml, or the file BTB_REGISTRY names) is the only list of
+# languages: the tests take every language, role and capability from it.
+REGISTRY = load_registry()
+LANGS = REGISTRY.names()
+
+
+def languages(example=None, role=None, lacking=None, having=None):
+    """pytest parameters, one per registry language: a language that does not implement `example`
+    `role`, or does not lack the feature `lacking`, or lacks the feature `having`, is skipped with
+    the registry's reason. `languages("chat", "server", having="curve")`."""
+    params = []
+    for name in LANGS:
+        language, why = REGISTRY[name], None
+        if example and not language.supports(example, role):
+            why = f"{name} does not implement {example} {role} (implements: in the registry)"
+        elif lacking and lacking not in language.lacks:
+            why = f"{name} has {lacking} (the test is for a language that lacks it)"
+        elif having and having in language.lacks:
+            why = f"{name} lacks {having}: {language.lacks[having]}"
+        params.append(pytest.param(name, id=name, marks=[pytest.mark.skip(reason=why)] if why else []))
+    return params
+
+
+def pytest_addoption(parser):
+    parser.addoption("--lang", metavar="LANG", help="only the tests that run LANG (the conformance kit: invoke conform)")
+
+
+def involves(item, lang):
+    """Whether a test runs `lang`: a parameter whose value is that language (or a list holding it),
+    or a `languages(...)` mark naming it (a grid cell)."""
+    marked = [name for mark in item.iter_markers("languages") for name in mark.args]
+    values = getattr(getattr(item, "callspec", None), "params", {}).values()
+    return lang in marked or any(value == lang or (isinstance(value, (list, tuple)) and lang in value) for value in values)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "languages(*names): the languages a test runs, when no parameter says it")
+
+
+def pytest_collection_modifyitems(config, items):
+    lang = config.getoption("--lang")
+    if lang is None:
+        return
+    if lang not in LANGS:
+        raise pytest.UsageError(f"--lang {lang}: not in the registry ({', '.join(LANGS)})")
+    kept = [item for item in items if involves(item, lang)]
+    config.hook.pytest_deselected(items=[item for item in items if not involves(item, lang)])
+    items[:] = kept
+
 
 @pytest.fixture(scope="session")
 def registry():
-    return load_registry()
+    return REGISTRY
 
 
 class Built:

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from orchestrator import LANGUAGES, ROOT, containers, runner
+from conftest import LANGS
+from orchestrator import ROOT, containers, runner
 from orchestrator.matrix import evaluate, new_run_dir, run_matrix
 from orchestrator.runner import Fault
 from orchestrator.spec import load_spec
@@ -29,7 +30,7 @@ def images(built):
     try:
         engine = containers.client()
         containers.base_image(engine)
-        return engine, {lang: containers.ensure_image(engine, built[lang], log=lambda _: None)[0] for lang in LANGUAGES}
+        return engine, {lang: containers.ensure_image(engine, built[lang], log=lambda _: None)[0] for lang in LANGS}
     except containers.DockerUnavailable as error:
         unavailable(str(error))
 
@@ -108,10 +109,10 @@ def test_nothing_outlives_a_timeout_or_ctrl_c(built, images, launcher):
 
 @pytest.mark.grid
 def test_the_chat_grid_passes_in_containers(built, images, launcher):
-    results, _, run_dir = run_matrix(load_spec("chat"), {"server": LANGUAGES, "client": LANGUAGES}, built.registry,
+    results, _, run_dir = run_matrix(load_spec("chat"), {"server": LANGS, "client": LANGS}, built.registry,
                                      parallel=3, launcher=launcher)
     failures = [f"{r.roles}: {r.status}: {r.detail}" for r in results if r.status != "pass"]
-    assert len(results) == 36 and not failures, f"logs in {run_dir}:\n" + "\n".join(failures)
+    assert len(results) == len(LANGS) ** 2 and not failures, f"logs in {run_dir}:\n" + "\n".join(failures)
     assert containers.leftovers(images[0]) == []
 
 

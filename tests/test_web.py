@@ -10,8 +10,10 @@ import time
 
 import pytest
 
-from orchestrator import LANGUAGES, ROOT
-from test_desk import WAIT, desk_flags
+from conftest import languages
+from orchestrator import ROOT
+from orchestrator.spec import load_spec
+from test_desk import WAIT, desk_flags, first_language, services_language
 
 PAGE = (ROOT / "examples" / "desk" / "page.html").read_bytes()
 HEAD_LIMIT, BODY_LIMIT = 8192, 4096
@@ -133,7 +135,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("lang", LANGUAGES)
+@pytest.mark.parametrize("lang", languages("desk", "trader"))
 def test_every_answer_of_the_http_subset(start_role, lang):
     """One desk, every case in turn on its own connection; then the commands it reported are
     exactly the accepted ones, each agent saw its command, and the desk still stops cleanly."""
@@ -178,7 +180,7 @@ def record_answers(lang, answers):
     path.write_text(json.dumps(table, indent=1, ensure_ascii=False))
 
 
-@pytest.mark.parametrize("lang", LANGUAGES)
+@pytest.mark.parametrize("lang", languages("desk", "trader"))
 def test_a_request_in_pieces_and_a_request_too_slow(start_role, registry, lang):
     desk, port = start_desk(start_role, lang)
     graceful = closes_gracefully(registry, lang)
@@ -229,7 +231,7 @@ def read_until(sock, data, wanted, count=1):
     return data
 
 
-@pytest.mark.parametrize("lang", LANGUAGES)
+@pytest.mark.parametrize("lang", languages("desk", "trader"))
 def test_the_event_stream_replays_the_start_then_goes_live(start_role, lang):
     desk, port = start_desk(start_role, lang)
     sock, data = open_stream(port)
@@ -251,7 +253,7 @@ def test_the_event_stream_replays_the_start_then_goes_live(start_role, lang):
     assert desk.wait_exit(time.monotonic() + WAIT) and desk.t.exit_code == 0
 
 
-@pytest.mark.parametrize("lang", LANGUAGES)
+@pytest.mark.parametrize("lang", languages("desk", "trader"))
 def test_idle_and_vanishing_clients_do_not_stop_the_desk(start_role, lang):
     """200 idle connections, 20 that leave in the middle of a request, 5 streams cut off: the desk
     still answers and streams."""
@@ -278,7 +280,7 @@ def test_idle_and_vanishing_clients_do_not_stop_the_desk(start_role, lang):
     assert desk.wait_exit(time.monotonic() + WAIT) and desk.t.exit_code == 0, desk.t.events[-3:]
 
 
-@pytest.mark.parametrize("lang", LANGUAGES)
+@pytest.mark.parametrize("lang", languages("desk", "trader"))
 def test_a_reader_too_slow_for_its_stream_is_dropped_and_closed(start_role, registry, lang):
     """A stream that does not read while big lines flow (3000 chat commands of 4000 bytes, about
     12 MB: more than its 1000-message queue and the TCP buffers hold): the desk drops what does not
@@ -319,7 +321,7 @@ def drain(sock, graceful):
     return data
 
 
-@pytest.mark.parametrize("lang", LANGUAGES)
+@pytest.mark.parametrize("lang", languages("desk", "trader"))
 @pytest.mark.parametrize("endpoint", ["ipc:///tmp/desk-page", "127.0.0.1:8080", "tcp://"])
 def test_a_page_endpoint_that_is_not_tcp_exits_2(start_role, lang, endpoint):
     role = start_role(lang, "desk", "trader", **desk_flags(http=endpoint))
@@ -327,7 +329,7 @@ def test_a_page_endpoint_that_is_not_tcp_exits_2(start_role, lang, endpoint):
     assert role.t.exit_code == 2 and role.t.events == [], role.t.events[:3]
 
 
-@pytest.mark.parametrize("lang", LANGUAGES)
+@pytest.mark.parametrize("lang", languages("desk", "trader"))
 def test_a_page_port_in_use_fails_before_any_thread_starts(start_role, lang):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -341,10 +343,15 @@ def test_a_page_port_in_use_fails_before_any_thread_starts(start_role, lang):
 def test_invoke_run_desk_open_serves_a_person_and_checks_what_they_did(built):
     """`invoke run desk --open` with a person (this test, with a raw client): the address is
     printed, the person's Forget, Follow, trade and post are the scenario, and the verdict checks
-    them (the chat checker sees the post reach the other trader)."""
-    built["python"]
+    them (the chat checker sees the post reach the other trader). Each role in the first language
+    of the registry that implements it (the services: every program of the server's column)."""
+    chosen = {"desk": first_language([("desk", "trader")]), "server": services_language(load_spec(ROOT / "examples" / "desk" / "page.yaml")),
+              "client": first_language([("chat", "client")])}
+    for lang in set(chosen.values()):
+        built[lang]
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}  # no browser to open
-    run = subprocess.Popen([str(ROOT / ".venv" / "bin" / "invoke"), "run", "desk", "--open", "--no-build"], cwd=ROOT,
+    languages_given = [arg for role, lang in chosen.items() for arg in (f"--{role}", lang)]
+    run = subprocess.Popen([str(ROOT / ".venv" / "bin" / "invoke"), "run", "desk", "--open", "--no-build", *languages_given], cwd=ROOT,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
         url = next(line for line in run.stdout if b"The desk's page: http://" in line).split(b"page: ")[1].strip().decode()
