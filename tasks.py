@@ -20,7 +20,7 @@ from invoke.parser import Parser
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from orchestrator import LANGUAGES, ROOT, browser, containers, helptext
+from orchestrator import ROOT, browser, conformance, containers, helptext
 from orchestrator import bench as benchmarks
 from orchestrator import fuzz as battery
 from orchestrator.config import ConfigError
@@ -572,6 +572,34 @@ def test(c, k=None, fast=False):
     c.run(shlex.join(args), pty=False)  # quoted: -k "a and b" stays one argument
 
 
+@task(help={"lang": "the registry entry to check (BTB_REGISTRY may name another registry file)",
+            "grids": "also every grid cell the language plays in (default: yes)",
+            "docker": "also the container tests (needs `invoke docker.up` and `invoke docker.base`)",
+            "junit": "also write pytest's JUnit report to PATH"})
+def conform(c, lang, grids=True, docker=False, junit=None):
+    """The conformance kit: everything one language must pass on its own, then a checklist."""
+    registry = load_registry()
+    if lang not in registry.names():
+        raise Exit(f"error: conform: unknown language {lang!r} (registry {registry.path}: {', '.join(registry.names())})", code=2)
+    if junit:
+        _writable(junit, "--junit")
+    _build(registry, registry.names())  # the grid cells pair it with every other language
+    run_dir = new_run_dir(f"conform-{lang}")
+    report = Path(junit) if junit else run_dir / "junit.xml"
+    markers = " and ".join(["not docker"] * (not docker) + ["not grid"] * (not grids)) or "docker or not docker"
+    args = [sys.executable, "-m", "pytest", "tests", "--lang", lang, "-m", markers, "-q", "-p", "no:cacheprovider",
+            f"--junitxml={report}", "-o", f"junit_suite_name=conform {lang}"]
+    console.print(f"[bold]conform {lang}[/]: {shlex.join(args[2:])}", highlight=False)
+    done = subprocess.run(args, cwd=ROOT)
+    if done.returncode not in (0, 1) or not report.exists():
+        raise Exit(f"error: conform: pytest exited {done.returncode} without a report", code=done.returncode or 1)
+    table, failed_count = conformance.checklist(report, lang)
+    console.print(table)
+    console.print(f"{'conforms' if not failed_count else f'{failed_count} checks failed'}; report {report}", highlight=False)
+    if failed_count:
+        raise Exit(code=1)
+
+
 @task(name="help", help={"check": "only check that examples/help.txt is current: exit 1 if not"})
 def help_text(c, check=False):
     """Write examples/help.txt, every language's `btb --help`, from the PROTOCOL.md flags tables."""
@@ -596,4 +624,4 @@ docker.add_task(docker_up, "up")
 docker.add_task(docker_base, "base")
 docker.add_task(docker_build, "build")
 docker.add_task(docker_clean, "clean")
-ns = Collection(build, run, matrix, bench, fuzz, test, help_text, docker)
+ns = Collection(build, run, matrix, bench, fuzz, conform, test, help_text, docker)
