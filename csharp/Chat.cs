@@ -1,6 +1,7 @@
 // chat: a roster server over REQ/REP with a PUB broadcast channel (examples/chat/PROTOCOL.md).
 using System.CommandLine;
 using System.Text;
+using System.Text.Unicode;
 using NetMQ;
 using NetMQ.Sockets;
 
@@ -215,35 +216,33 @@ static class Chat
             // A reason quotes at most 32 bytes of what a peer sent.
             throw new Failure("rejected", $"the server rejected our request: {Encoding.UTF8.GetString(reply[1], 0, Math.Min(32, reply[1].Length))}");
         }
-        try
-        {
-            return reply.Select(Events.Strict.GetString).ToList();
-        }
-        catch (DecoderFallbackException error)
-        {
-            throw new Failure("malformed-reply", $"roster is not UTF-8: {error.Message}");
-        }
+        return RosterOf(reply)
+            ?? throw new Failure("malformed-reply", $"a roster frame is not a handle (1 to {MaxHandle} bytes of UTF-8)");
     }
+
+    /// <summary>The frames as a roster, or null if one of them is not a handle. Their order is not
+    /// checked (the orchestrator does that), nor are repeats.</summary>
+    static List<string>? RosterOf(IEnumerable<byte[]> frames) =>
+        frames.All(frame => Flags.IsName(frame)) ? frames.Select(Events.Strict.GetString).ToList() : null;
 
     /// <summary>What a broadcast is: a roster (frame 0 empty), a post by a handle, or malformed (the reason).</summary>
     internal readonly record struct Broadcast(List<string>? Roster, string Handle, string Text, string? Problem);
 
     internal static Broadcast ReadBroadcast(List<byte[]> broadcast)
     {
-        List<string> texts;
-        try
-        {
-            texts = broadcast.Select(Events.Strict.GetString).ToList();
-        }
-        catch (DecoderFallbackException)
-        {
-            return new(null, "", "", "a broadcast frame is not UTF-8");
-        }
-        if (texts[0] == "")
-            return new(texts[1..], "", "", null);
-        if (texts.Count == 2)
-            return new(null, texts[0], texts[1], null);
-        return new(null, "", "", $"a post has 2 frames, got {texts.Count}");
+        static Broadcast Malformed(string reason) => new(null, "", "", reason);
+        if (broadcast[0].Length == 0) // from the server itself: the roster
+            return RosterOf(broadcast.Skip(1)) is { } handles
+                ? new(handles, "", "", null)
+                : Malformed($"a roster frame is not a handle (1 to {MaxHandle} bytes of UTF-8)");
+        if (broadcast.Count != 2)
+            return Malformed($"a post has 2 frames, got {broadcast.Count}");
+        if (!Flags.IsName(broadcast[0]))
+            return Malformed($"a post's handle is not 1 to {MaxHandle} bytes of UTF-8");
+        byte[] text = broadcast[1];
+        if (text.Length is < 1 or > MaxText || !Utf8.IsValid(text))
+            return Malformed($"a post's text of {text.Length} bytes is not 1 to {MaxText} bytes of UTF-8");
+        return new(null, Events.Strict.GetString(broadcast[0]), Events.Strict.GetString(text), null);
     }
 
     static void RunClient(ClientArgs args)

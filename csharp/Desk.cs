@@ -40,7 +40,7 @@ static class Desk
         Option<int> posts = Flags.AtLeast("--posts", 0, 5);
         Option<string> ticks = Flags.Endpoint("--ticks", "tcp://127.0.0.1:5557");
         Option<List<string>> follow = Flags.Typed<List<string>>(
-            "--follow", $"{Ticker.SymbolRule}, separated by ','", Ticker.TryParseSymbols, () => ["AAPL", "GOOG", "MSFT"]);
+            "--follow", Ticker.SymbolsRule, Ticker.TryParseSymbols, () => ["AAPL", "GOOG", "MSFT"]);
         Option<string> forget = Flags.Typed<string>("--forget", $"{Ticker.SymbolRule}, or nothing", TryParseForget, () => "");
         Option<int> forgetAfter = Flags.AtLeast("--forget-after", 1, 10);
         Option<int> tickCount = Flags.AtLeast("--tick-count", 1, 20);

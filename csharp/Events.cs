@@ -10,6 +10,7 @@ using System.Text;
 using System.Text.Encodings.Web;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using System.Text.Unicode;
 using NetMQ;
 
 static class Events
@@ -111,6 +112,11 @@ sealed class StopSignal : IDisposable
 static class Flags
 {
     public const int MaxName = 32; // bytes of UTF-8: chat handles, subscriber names
+
+    /// <summary>Whether these bytes are a name: 1 to <see cref="MaxName"/> bytes of valid UTF-8 (a chat
+    /// handle, a subscriber's @name).</summary>
+    public static bool IsName(ReadOnlySpan<byte> bytes) =>
+        bytes.Length is >= 1 and <= MaxName && Utf8.IsValid(bytes);
 
     public static Option<string> Endpoint(string flag, string fallback) => new(flag) { DefaultValueFactory = _ => fallback };
 

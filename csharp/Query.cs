@@ -56,7 +56,7 @@ static class Query
         Option<string> name = Flags.Typed<string>(
             "--name", $"takes 1 to {Flags.MaxName} bytes of UTF-8", TryParseName, () => "engine");
         Option<List<string>> symbols = Flags.Typed<List<string>>(
-            "--symbols", Ticker.SymbolRule, Ticker.TryParseSymbols, () => ["AAPL", "GOOG", "GOOGL", "MSFT", "IBM"]);
+            "--symbols", Ticker.SymbolsRule, Ticker.TryParseSymbols, () => ["AAPL", "GOOG", "GOOGL", "MSFT", "IBM"]);
         Option<int> hugz = Flags.AtLeast("--hugz", 1, 1000);
         Option<int> maxKeys = Flags.AtLeast("--max-keys", 1, 10000);
         Option<int> timeout = Flags.AtLeast("--timeout", 0, 0);

@@ -37,7 +37,7 @@ static class Ticker
     {
         Option<string> ticks = Flags.Endpoint("--ticks", "tcp://127.0.0.1:5557");
         Option<List<string>> symbols = Flags.Typed<List<string>>(
-            "--symbols", SymbolRule, TryParseSymbols, () => ["AAPL", "GOOG", "GOOGL", "MSFT", "IBM"]);
+            "--symbols", SymbolsRule, TryParseSymbols, () => ["AAPL", "GOOG", "GOOGL", "MSFT", "IBM"]);
         Option<ulong> seed = Flags.UInt64("--seed", 1);
         Option<int> subscribers = Flags.AtLeast("--subscribers", 1, 1);
         Option<int> interval = Flags.AtLeast("--interval", 1, 2);
@@ -66,7 +66,7 @@ static class Ticker
     {
         Option<string> ticks = Flags.Endpoint("--ticks", "tcp://127.0.0.1:5557");
         Option<string> name = Flags.Name("--name");
-        Option<List<string>> symbols = Flags.Typed<List<string>>("--symbols", SymbolRule, TryParseSymbols);
+        Option<List<string>> symbols = Flags.Typed<List<string>>("--symbols", SymbolsRule, TryParseSymbols);
         Option<int> count = Flags.AtLeast("--count", 1, 20);
         Option<ulong> seed = Flags.UInt64("--seed", 1);
         Option<(string Old, string New)?> change = Flags.Typed<(string Old, string New)?>(
@@ -98,6 +98,8 @@ static class Ticker
     // --- flag types ------------------------------------------------------------------------------
 
     public const string SymbolRule = "a symbol is 1 to 8 letters A-Z";
+    public const int MaxSymbols = 32;
+    public const string SymbolsRule = "takes 1 to 32 symbols, none twice, separated by ','; " + SymbolRule;
 
     internal static bool IsSymbol(string text) => text.Length is >= 1 and <= 8 && text.All(char.IsAsciiLetterUpper);
 
@@ -107,10 +109,12 @@ static class Ticker
         return IsSymbol(text);
     }
 
+    /// <summary>A comma-separated list of 1 to <see cref="MaxSymbols"/> symbols, none twice: every flag
+    /// that takes symbols parses it here.</summary>
     public static bool TryParseSymbols(string text, out List<string> symbols)
     {
         symbols = [.. text.Split(',')];
-        return symbols.All(IsSymbol);
+        return symbols.Count <= MaxSymbols && symbols.Distinct().Count() == symbols.Count && symbols.All(IsSymbol);
     }
 
     static bool TryParseInt64(string text, out long number) =>
@@ -138,22 +142,6 @@ static class Ticker
 
     /// <summary>Frame 0: the symbol and a NUL, so that subscribing to GOOG does not also match GOOGL.</summary>
     public static byte[] Topic(string symbol) => Encoding.ASCII.GetBytes(symbol + "\0");
-
-    /// <summary>1 to 32 bytes of valid UTF-8: a subscriber's name in its @name topic.</summary>
-    static bool IsName(ReadOnlySpan<byte> bytes, out string name)
-    {
-        name = "";
-        if (bytes.Length is < 1 or > Flags.MaxName) return false;
-        try
-        {
-            name = Events.Strict.GetString(bytes);
-            return true;
-        }
-        catch (DecoderFallbackException)
-        {
-            return false;
-        }
-    }
 
     /// <summary>Whether these bytes are a <see cref="Topic"/>: 1 to 8 letters A-Z, then a NUL.</summary>
     public static bool IsTopic(ReadOnlySpan<byte> bytes) =>
@@ -252,8 +240,9 @@ static class Ticker
         }
         bool on = message[0] == 1;
         ReadOnlySpan<byte> topic = message.AsSpan(1);
-        if (topic[0] == (byte)'@' && IsName(topic[1..], out string name))
+        if (topic[0] == (byte)'@' && Flags.IsName(topic[1..]))
         {
+            string name = Events.Strict.GetString(topic[1..]);
             if (!on)
             {
                 topics.Remove("@" + name); // silently; the name still counts among the subscribers
@@ -329,10 +318,13 @@ static class Ticker
             string sizes = string.Join(", ", frames.Skip(1).Select(frame => frame.Length));
             return ("malformed-tick", $"frames 1-3 have [{sizes}] bytes, not 8 each");
         }
+        ulong sequence = BinaryPrimitives.ReadUInt64BigEndian(frames[1]);
+        // 2^63 or more: past what every language's JSON numbers carry alike, and no publisher gets there.
+        if (sequence > long.MaxValue)
+            return ("malformed-tick", $"sequence {sequence} is 2^63 or more");
         string symbol = Encoding.ASCII.GetString(symbolBytes, 0, symbolBytes.Length - 1);
         if (!subscribed.Contains(symbol))
             return ("unexpected-symbol", $"{symbol} is not subscribed");
-        ulong sequence = BinaryPrimitives.ReadUInt64BigEndian(frames[1]);
         long timestamp = BinaryPrimitives.ReadInt64BigEndian(frames[2]);
         byte[] expected = TickFrames(seed, symbol, sequence, timestamp)[3];
         if (!frames[3].AsSpan().SequenceEqual(expected))
@@ -366,6 +358,8 @@ static class Ticker
         var frames = new List<byte[]>();
         while (!(switched && subscribed.All(symbol => received[symbol] >= args.Count)))
         {
+            // Checked on every turn, not only when the receive times out: a stream of ticks that count
+            // for nothing (bad ones, or more of a symbol already done) must not keep us past it.
             if (deadline.Expired)
             {
                 var missing = received.Where(entry => entry.Value < args.Count).Select(entry => $"{entry.Key}: {entry.Value}");

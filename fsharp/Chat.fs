@@ -176,12 +176,21 @@ type Broadcast =
     | Post of handle: string * text: string
     | Malformed of reason: string
 
+/// Whether a frame is a handle: 1 to 32 bytes of UTF-8. A client checks every handle it is given
+/// with it, in a post, a roster broadcast or a roster reply.
+let isHandle (frame: byte[]) =
+    1 <= frame.Length && frame.Length <= MaxHandle && (tryDecode [ frame ]).IsSome
+
 let readBroadcast (frames: byte[] list) =
-    match tryDecode frames with
-    | None -> Malformed "a broadcast frame is not UTF-8"
-    | Some("" :: handles) -> Roster handles
-    | Some [ handle; text ] -> Post(handle, text)
-    | Some texts -> Malformed $"a post has 2 frames, got {texts.Length}"
+    match frames with
+    | empty :: handles when empty.Length = 0 -> // order and repeats are the server's business
+        if handles |> List.forall isHandle then Roster(handles |> List.map utf8.GetString)
+        else Malformed $"a roster frame is not a handle (1 to {MaxHandle} bytes of UTF-8)"
+    | [ handle; text ] when isHandle handle && 1 <= text.Length && text.Length <= MaxText
+                            && (tryDecode [ text ]).IsSome ->
+        Post(utf8.GetString handle, utf8.GetString text)
+    | [ _; _ ] -> Malformed $"a post is a handle (1 to {MaxHandle} bytes) and a text (1 to {MaxText} bytes) of UTF-8"
+    | _ -> Malformed $"a post has 2 frames, got {frames.Length}"
 
 /// The roster of a reply, or Error (code, reason) for an error reply or a broken one: both fatal
 /// for a client.
@@ -193,10 +202,8 @@ let checkReply (reply: byte[] list) =
         Error("rejected", $"the server rejected our request: {code}")
     | empty :: _ when empty.Length = 0 ->
         Error("malformed-reply", $"an error reply has 2 frames, got {reply.Length}")
-    | _ ->
-        match tryDecode reply with
-        | None -> Error("malformed-reply", "roster is not UTF-8")
-        | Some handles -> Ok handles
+    | _ when reply |> List.forall isHandle -> Ok(reply |> List.map utf8.GetString)
+    | _ -> Error("malformed-reply", $"a roster frame is not a handle (1 to {MaxHandle} bytes of UTF-8)")
 
 // --- server ----------------------------------------------------------------------------------
 

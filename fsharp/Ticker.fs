@@ -122,7 +122,15 @@ let symbol (value: string) =
     if not (isSymbol value) then failwith "a symbol is 1 to 8 letters A-Z"
     value
 
-let symbols (value: string) = value.Split ',' |> Seq.map symbol |> List.ofSeq
+let MaxSymbols = 32
+
+/// Every list of symbols on a command line (ticker publisher and subscriber --symbols, query engine
+/// --symbols, desk trader --follow): 1 to 32 symbols, none twice.
+let symbols (value: string) =
+    let list = value.Split ',' |> Seq.map symbol |> List.ofSeq
+    if list.Length > MaxSymbols then failwith $"at most {MaxSymbols} symbols"
+    if List.distinct list <> list then failwith "a symbol appears twice"
+    list
 
 let switch (value: string) =
     match value.Split(':', 2) with
@@ -325,6 +333,11 @@ let checkTick (frames: byte[] list) (subscribed: string list) seed =
         elif frames.Tail |> List.exists (fun frame -> frame.Length <> 8) then
             let sizes = frames.Tail |> List.map (fun frame -> frame.Length)
             Error("malformed-tick", $"frames 1-3 have %A{sizes} bytes, not 8 each")
+        elif sequenceBytes[0] >= 0x80uy then // big-endian, top bit set: a sequence of 2^63 or more
+            // Past what every language's JSON numbers carry alike (C's jansson: signed 64-bit);
+            // no publisher gets there.
+            let sequence = BinaryPrimitives.ReadUInt64BigEndian sequenceBytes
+            Error("malformed-tick", $"sequence {sequence} is 2^63 or more")
         else
             let symbol = symbol[.. symbol.Length - 2]
             if not (List.contains symbol subscribed) then
@@ -362,12 +375,14 @@ let runSubscriber (args: SubscriberSettings) =
     let mutable malformed = 0
     let isDone () = switched && subscribed |> List.forall (fun symbol -> received[symbol] >= args.Count)
     while not (isDone ()) do
+        // Every turn, after a message as well as after an idle poll: a stream of ticks that count
+        // for nothing (bad ones, or more of a symbol already done) cannot keep us past the deadline.
+        if deadline.Expired then
+            let missing = [ for KeyValue(symbol, n) in received do if n < args.Count then $"{symbol}: {n}" ]
+            let missing = String.Join(", ", missing)
+            raise (Failure("timeout", $"not done after {args.Timeout} ms; ticks so far: {missing}"))
         match receiveWithin sub (Some(deadline.Cap 1000L)) with
-        | None ->
-            if deadline.Expired then
-                let missing = [ for KeyValue(symbol, n) in received do if n < args.Count then $"{symbol}: {n}" ]
-                let missing = String.Join(", ", missing)
-                raise (Failure("timeout", $"not done after {args.Timeout} ms; ticks so far: {missing}"))
+        | None -> ()
         | Some frames ->
             match checkTick frames subscribed args.Seed with
             | Error(code, reason) ->

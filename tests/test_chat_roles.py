@@ -159,9 +159,19 @@ def test_a_client_reports_malformed_broadcasts_and_carries_on(start_role, contex
     assert rogue.next_request() == [b"alice"]
     rogue.rep.send_multipart([b"alice"])
     # The client saw a broadcast before it joined, so its subscription is live: nothing is lost.
-    rogue.pub.send_multipart([b"alice", b"two", b"many"])
-    rogue.pub.send_multipart([b"\xff\xfe", b"not utf-8"])
-    rogue.pub.send_multipart([b"alice", b"\xc3\x28"])
+    malformed = [
+        [b"alice", b"two", b"many"],  # a post of 3 frames
+        [b"\xff\xfe", b"not utf-8"],  # a handle that is not UTF-8
+        [b"alice", b"\xc3\x28"],  # a text that is not UTF-8
+        [b"a" * 33, b"a handle of 33 bytes"],
+        [b"alice", b""],  # an empty text
+        [b"alice", b"x" * 4097],  # a text of 4097 bytes (the socket takes up to 8192)
+        [b"", b"alice", b""],  # a roster with an empty handle
+        [b"", b"b" * 33],  # a roster with a handle of 33 bytes
+        [b"", b"\xc3\x28"],  # a roster with a handle that is not UTF-8
+    ]
+    for frames in malformed:
+        rogue.pub.send_multipart(frames)
     post = rogue.next_request()
     assert post == [b"alice", "alice #1: héllo wörld 🌍".encode()]
     rogue.rep.send_multipart([b"alice"])
@@ -169,14 +179,16 @@ def test_a_client_reports_malformed_broadcasts_and_carries_on(start_role, contex
     assert client.wait_exit(deadline())
     assert client.t.exit_code == 0, client.t.events
     codes = [e["code"] for e in client.t.events if e["event"] == "error"]
-    assert codes == ["malformed-broadcast"] * 3
+    assert codes == ["malformed-broadcast"] * len(malformed)
+    assert not [e for e in client.t.events if e["event"] == "roster" and set(e["handles"]) - {"alice"}]
     assert [e["text"] for e in client.t.events if e["event"] == "received"] == [post[1].decode()]
 
 
 @pytest.mark.parametrize("lang", languages("chat", "client"))
 @pytest.mark.parametrize(
     "reply, code",
-    [([b"", b"banned"], "rejected"), ([b"", b"a", b"b"], "malformed-reply"), ([b"\xff"], "malformed-reply")],
+    [([b"", b"banned"], "rejected"), ([b"", b"a", b"b"], "malformed-reply"), ([b"\xff"], "malformed-reply"),
+     ([b"alice", b""], "malformed-reply"), ([b"alice", b"b" * 33], "malformed-reply")],
 )
 def test_a_client_fails_cleanly_on_a_bad_reply(start_role, context, lang, reply, code):
     rogue = RogueServer(context)

@@ -16,6 +16,7 @@ EXAMPLES = helptext.load(REGISTRY)
 GOOD = {"name": "ann", "symbols": "AAPL", "subtrees": "all", "seed": "1", "symbol": "AAPL", "sequence": "1",
         "timestamp": "1", "prices": "0000000000000000", "id": "1"}
 U64, I64 = 1 << 64, 1 << 63
+SYMBOLS_33 = ",".join([chr(65 + i) for i in range(26)] + [f"A{chr(65 + i)}" for i in range(7)])  # A..Z, AA..AG
 
 
 def out_of_range(meaning):
@@ -25,12 +26,21 @@ def out_of_range(meaning):
         values.append(int(match[1]) - 1)
     if re.search(r"\b0 or more\b", meaning):
         values.append(-1)
-    if match := re.search(r"\b(\d+)(?: \([^)]*\))? to (\d+)\b(?! (?:bytes|of))", meaning):
+    if match := re.search(r"\b(\d+)(?: \([^)]*\))? to (\d+)\b(?! (?:bytes|of|symbols))", meaning):
         values += [int(match[1]) - 1, int(match[2]) + 1]
     if "unsigned 64-bit" in meaning:
         values += [-1, U64]
     if "signed 64-bit" in meaning and "unsigned" not in meaning:
         values += [I64, -I64 - 1]
+    return values
+
+
+def bad_values(meaning):
+    """Every value the flag's row rules out that the test tries: out of range, or a list that
+    breaks its stated shape (a symbol twice, too many symbols)."""
+    values = [str(value) for value in out_of_range(meaning)]
+    if "1 to 32 symbols, none twice" in meaning:
+        values += ["AAPL,GOOG,AAPL", SYMBOLS_33]
     return values
 
 
@@ -45,8 +55,8 @@ def cases(lang):
             if any(flag.name == "--timeout" for flag in flags):
                 required["--timeout"] = "1000"  # a role that wrongly starts ends at once
             for flag in flags:
-                for value in out_of_range(flag.meaning):
-                    yield example.name, role, flag.name, str(value), {**required, flag.name: str(value)}
+                for value in bad_values(flag.meaning):
+                    yield example.name, role, flag.name, value, {**required, flag.name: value}
 
 
 def test_the_tables_give_ranges_to_check():
@@ -57,6 +67,9 @@ def test_the_tables_give_ranges_to_check():
     assert out_of_range("orders in the trade, 0 (no trade) to 1000000") == [-1, 1000001]
     assert out_of_range("the client's handle: 1 to 32 bytes of UTF-8") == []
     assert out_of_range("the price seed, an unsigned 64-bit integer") == [-1, U64]
+    assert bad_values("comma-separated symbols to follow at start (ticker's syntax: 1 to 32 symbols, none twice)") \
+        == ["AAPL,GOOG,AAPL", SYMBOLS_33]
+    assert len(SYMBOLS_33.split(",")) == len(set(SYMBOLS_33.split(","))) == 33
     assert len(list(cases("python"))) > 60
 
 
@@ -67,7 +80,7 @@ def btb(lang, args, **env):
 
 
 @pytest.mark.parametrize("lang", languages())
-def test_every_numeric_flag_refuses_a_value_outside_its_range(built, lang):
+def test_every_flag_refuses_a_value_its_row_rules_out(built, lang):
     built[lang]
     wrong = []
     for example, role, flag, value, flags in cases(lang):

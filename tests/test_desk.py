@@ -202,9 +202,9 @@ def test_garbage_to_every_agent_is_reported_by_that_agent_and_the_desk_still_fin
            "snapshot": engine["snapshot"], "updates": updates.endpoint, "collector": engine["collector"],
            "follow": "AAPL,MSFT", "tick-count": 20, "posts": 3, "trade": 100, "workers": 2, "seed": 7}))
     ready = waited(desk, lambda e: e["event"] == "ready" and "agent" not in e)
-    for index in range(2):
+    for index in range(2):  # throttled: the trade lasts about 0.5 s, so the forger's results land before it ends
         start_role(services, "valuation", "worker", orders=ready["orders"], results=ready["results"],
-                   control=ready["control"], name=f"w{index}", timeout=WAIT * 1000)
+                   control=ready["control"], name=f"w{index}", rate=100, timeout=WAIT * 1000)
     waited(desk, lambda e: e["event"] == "roster" and e.get("agent") == "chat")  # after a broadcast came through
     broadcasts.inject([b"d1", b"three", b"frames"])
     broadcasts.inject([b"d1", b"\xff\xfe"])  # not UTF-8

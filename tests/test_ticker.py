@@ -85,6 +85,7 @@ def test_a_subscriber_reports_malformed_ticks_and_carries_on(start_role, lang):
             ("malformed-tick", [b"GOOG\0", b"\0" * 7, b"\0" * 8, b"\0" * 8]),  # a short sequence
             ("malformed-tick", [b"GOOG\0"] + good_tick(7, "GOOG", 1)[1:3] + [b"\0" * 9]),  # a long price
             ("wrong-price", good_tick(7, "GOOG", 1)[:3] + [struct.pack(">d", 1.5)]),
+            ("malformed-tick", good_tick(7, "GOOG", 1 << 63)),  # a good price, but a sequence past JSON's portable range
         ]
         for _, frames in bad:
             pub.send_multipart(frames)
@@ -97,6 +98,34 @@ def test_a_subscriber_reports_malformed_ticks_and_carries_on(start_role, lang):
         ticks = [e["sequence"] for e in subscriber.t.events if e["event"] == "tick"]
         assert ticks == [1, 2]
         assert subscriber.t.events[-1] == {"event": "done", "ticks": 2, "malformed": len(bad)}
+    finally:
+        context.destroy(linger=0)
+
+
+@pytest.mark.parametrize("lang", languages("ticker", "subscriber"))
+def test_a_stream_of_useless_ticks_cannot_keep_a_subscriber_past_its_deadline(start_role, lang):
+    """Its deadline is checked after every message, not only when a poll comes back empty
+    (examples/README.md, "Stopping"): it times out while the rogue publisher is still sending."""
+    context = zmq.Context()
+    try:
+        pub = context.socket(zmq.XPUB)
+        pub.linger = 0
+        pub.rcvtimeo = WAIT * 1000
+        pub.bind("tcp://127.0.0.1:*")
+        subscriber = start_role(lang, "ticker", "subscriber", ticks=pub.last_endpoint.decode(), name="ana",
+                                symbols="GOOG", count=2, seed=7, timeout=1500)
+        while pub.recv() != b"\x01@ana":
+            pass
+        flood_ends = time.monotonic() + WAIT
+        sent = 0
+        while subscriber.process.poll() is None and time.monotonic() < flood_ends and sent < 20000:
+            pub.send_multipart([b"GOOG\0", b"\0" * 8, b"\0" * 8])  # malformed: counts for nothing
+            sent += 1
+            time.sleep(0.002)  # a bounded flood: one message every 2 ms
+        still_flooding = time.monotonic() < flood_ends and sent < 20000
+        assert subscriber.wait_exit(time.monotonic() + WAIT)
+        assert still_flooding, f"the subscriber outlived a {WAIT} s flood of {sent} useless ticks"
+        assert subscriber.t.exit_code == 1 and subscriber.t.events[-1]["code"] == "timeout", subscriber.t.events[-2:]
     finally:
         context.destroy(linger=0)
 

@@ -183,12 +183,15 @@ Public Module Chat
             If reply.Count <> 2 Then Return ("malformed-reply", $"an error reply has 2 frames, got {reply.Count}")
             Return ("rejected", $"the server rejected our request: {Shown(reply(1), 32)}")
         End If
-        Try
-            roster = reply.Select(AddressOf Utf8.GetString).ToList()
-        Catch problem As Text.DecoderFallbackException
-            Return ("malformed-reply", $"roster is not UTF-8: {problem.Message}")
-        End Try
+        roster = RosterOf(reply)
+        If roster Is Nothing Then Return ("malformed-reply", $"a roster frame is not a handle (1 to {MaxHandle} bytes of UTF-8)")
         Return Nothing
+    End Function
+
+    ''' <summary>The frames as a roster, or Nothing if one of them is not a handle. Their order is not
+    ''' checked (the orchestrator does that), nor are repeats.</summary>
+    Private Function RosterOf(frames As IEnumerable(Of Byte())) As List(Of String)
+        Return If(frames.All(AddressOf IsName), frames.Select(AddressOf Utf8.GetString).ToList(), Nothing)
     End Function
 
     ''' <summary>A broadcast: a roster (frame 0 empty, then the handles), or a post [handle, text].</summary>
@@ -200,19 +203,19 @@ Public Module Chat
 
     ''' <summary>Why a broadcast is malformed, or Nothing when it is good: then `broadcast` holds it.</summary>
     Public Function CheckBroadcast(frames As List(Of Byte()), ByRef broadcast As Broadcast) As String
-        Dim texts As List(Of String)
-        Try
-            texts = frames.Select(AddressOf Utf8.GetString).ToList()
-        Catch problem As Text.DecoderFallbackException
-            Return "a broadcast frame is not UTF-8"
-        End Try
-        If texts(0) = "" Then
-            broadcast = New Broadcast With {.Roster = texts.Skip(1).ToList()}
-        ElseIf texts.Count = 2 Then
-            broadcast = New Broadcast With {.Handle = texts(0), .Text = texts(1)}
-        Else
-            Return $"a post has 2 frames, got {texts.Count}"
+        If frames(0).Length = 0 Then  ' from the server itself: the roster
+            Dim roster = RosterOf(frames.Skip(1))
+            If roster Is Nothing Then Return $"a roster frame is not a handle (1 to {MaxHandle} bytes of UTF-8)"
+            broadcast = New Broadcast With {.Roster = roster}
+            Return Nothing
         End If
+        If frames.Count <> 2 Then Return $"a post has 2 frames, got {frames.Count}"
+        If Not IsName(frames(0)) Then Return $"a post's handle is not 1 to {MaxHandle} bytes of UTF-8"
+        Dim text = frames(1)
+        If text.Length < 1 OrElse text.Length > MaxText OrElse Not IsUtf8(text) Then
+            Return $"a post's text of {text.Length} bytes is not 1 to {MaxText} bytes of UTF-8"
+        End If
+        broadcast = New Broadcast With {.Handle = Utf8.GetString(frames(0)), .Text = Utf8.GetString(text)}
         Return Nothing
     End Function
 

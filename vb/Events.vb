@@ -204,6 +204,12 @@ End Module
 Public Module Flags
     Public Const MaxName = 32  ' bytes of UTF-8: chat handles, subscriber names
 
+    ''' <summary>Whether these bytes are a name: 1 to MaxName bytes of valid UTF-8 (a chat handle, a
+    ''' subscriber's @name).</summary>
+    Public Function IsName(data As Byte()) As Boolean
+        Return data.Length >= 1 AndAlso data.Length <= MaxName AndAlso IsUtf8(data)
+    End Function
+
     Public Function Endpoint(name As String, defaultValue As String) As [Option](Of String)
         Return New [Option](Of String)(name) With {.DefaultValueFactory = Function(r) defaultValue}
     End Function

@@ -61,9 +61,21 @@ Public Module Ticker
         Return text
     End Function
 
-    ''' <summary>Comma-separated symbols; required unless there is a default.</summary>
+    Public Const MaxSymbols = 32
+
+    ''' <summary>A comma-separated list of 1 to MaxSymbols symbols, none twice: every flag that takes
+    ''' symbols parses it here. Required unless there is a default.</summary>
     Public Function SymbolsOption(name As String, Optional defaultValue As String = Nothing) As [Option](Of String())
-        Dim parse = Function(text As String, result As ArgumentResult) text.Split(","c).Select(Function(part) CheckSymbol(part, result)).ToArray()
+        Dim parse =
+            Function(text As String, result As ArgumentResult)
+                Dim symbols = text.Split(","c).Select(Function(part) CheckSymbol(part, result)).ToArray()
+                If symbols.Length > MaxSymbols Then
+                    result.AddError($"{name} takes 1 to {MaxSymbols} symbols, not {symbols.Length}")
+                ElseIf symbols.Distinct().Count() <> symbols.Length Then
+                    result.AddError($"{name} takes each symbol once")
+                End If
+                Return symbols
+            End Function
         Dim opt As New [Option](Of String())(name) With {
             .Arity = ArgumentArity.ExactlyOne,
             .CustomParser = Function(result) parse(result.Tokens.Single().Value, result)}
@@ -109,11 +121,6 @@ Public Module Ticker
     ''' <summary>Frame 0: the symbol and a NUL, so that subscribing to GOOG does not also match GOOGL.</summary>
     Public Function Topic(symbol As String) As Byte()
         Return Encoding.ASCII.GetBytes(symbol & vbNullChar)
-    End Function
-
-    ''' <summary>A subscriber's name: 1 to MaxName bytes of UTF-8.</summary>
-    Public Function IsName(data As Byte()) As Boolean
-        Return data.Length >= 1 AndAlso data.Length <= MaxName AndAlso IsUtf8(data)
     End Function
 
     ''' <summary>1 to 8 letters A-Z, then the NUL.</summary>
@@ -299,9 +306,11 @@ Public Module Ticker
         If frames.Skip(1).Any(Function(frame) frame.Length <> 8) Then
             Return ("malformed-tick", $"frames 1-3 have [{String.Join(", ", frames.Skip(1).Select(Function(f) f.Length))}] bytes, not 8 each")
         End If
+        Dim sequence = BinaryPrimitives.ReadUInt64BigEndian(frames(1))
+        ' 2^63 or more: past what every language's JSON numbers carry alike, and no publisher gets there.
+        If sequence > Long.MaxValue Then Return ("malformed-tick", $"sequence {sequence} is 2^63 or more")
         Dim name = Encoding.ASCII.GetString(nameBytes, 0, nameBytes.Length - 1)
         If Not subscribed.Contains(name) Then Return ("unexpected-symbol", $"{name} is not subscribed")
-        Dim sequence = BinaryPrimitives.ReadUInt64BigEndian(frames(1))
         Dim timestamp = BinaryPrimitives.ReadInt64BigEndian(frames(2))
         Dim expected = TickFrames(seed, name, sequence, timestamp)(3)
         If Not frames(3).SequenceEqual(expected) Then
@@ -345,8 +354,8 @@ Public Module Ticker
             Dim total = 0, malformed = 0
             Dim frames As List(Of Byte()) = Nothing
             Do Until switched AndAlso subscribed.All(Function(symbol) received(symbol) >= count)
-                ' Checked on every turn, not only when the poll times out: ticks of a symbol we already
-                ' have enough of would otherwise keep a subscriber waiting for another one forever.
+                ' Checked on every turn, not only when the receive times out: a stream of ticks that count
+                ' for nothing (bad ones, or more of a symbol already done) must not keep us past it.
                 If deadline.Expired() Then
                     Dim missing = String.Join(", ", received.Where(Function(entry) entry.Value < count).Select(Function(entry) $"{entry.Key}: {entry.Value}"))
                     Throw New Failure("timeout", $"not done after {timeout} ms; ticks so far: {missing}")

@@ -296,14 +296,14 @@ static json_t *request(client_t *client, const char *text)
     return client->roster;
 }
 
+/* A post's text: 1 to MAX_TEXT bytes of UTF-8. */
+static bool is_text(const void *bytes, size_t size)
+{
+    return size >= 1 && size <= MAX_TEXT && utf8_valid(bytes, size, NULL);
+}
+
 void client_on_broadcast(client_t *client, const frames_t *broadcast)
 {
-    for (size_t i = 0; i < broadcast->count; i++) {
-        if (!utf8_valid(frame_data(broadcast, i), frame_size(broadcast, i), NULL)) {
-            emit_error("malformed-broadcast", "a broadcast frame is not UTF-8");
-            return;
-        }
-    }
     const char *handle = frame_data(broadcast, 0);
     size_t size = frame_size(broadcast, 0);
     if (size == 0) { /* from the server itself: the roster */
@@ -311,11 +311,14 @@ void client_on_broadcast(client_t *client, const frames_t *broadcast)
         if (roster)
             update_roster(client, roster);
         else
-            emit_error("malformed-broadcast", "a roster frame is not a handle");
+            emit_error("malformed-broadcast", "a roster frame is not a handle (1 to %d bytes of UTF-8)",
+                       MAX_HANDLE);
     } else if (broadcast->count != 2) {
         emit_error("malformed-broadcast", "a post has 2 frames, got %zu", broadcast->count);
-    } else if (size > MAX_HANDLE) {
-        emit_error("malformed-broadcast", "a post's handle has %zu bytes, at most %d", size, MAX_HANDLE);
+    } else if (!is_name(handle, size)) {
+        emit_error("malformed-broadcast", "a post's handle is not 1 to %d bytes of UTF-8", MAX_HANDLE);
+    } else if (!is_text(frame_data(broadcast, 1), frame_size(broadcast, 1))) {
+        emit_error("malformed-broadcast", "a post's text is not 1 to %d bytes of UTF-8", MAX_TEXT);
     } else {
         names_get(&client->received, handle, size, NULL)->value++;
         client->received_total++;

@@ -425,21 +425,23 @@ const char *check_tick(const frames_t *frames, const symbols_t *subscribed, uint
     if (frame_size(frames, 1) != 8 || frame_size(frames, 2) != 8 || frame_size(frames, 3) != 8)
         return problem(reason, "malformed-tick", "frames 1-3 have [%zu, %zu, %zu] bytes, not 8 each",
                        frame_size(frames, 1), frame_size(frames, 2), frame_size(frames, 3));
+    /* 2^63 and past: beyond what every language's JSON numbers carry alike (jansson's are signed
+       64-bit), and no publisher gets there. */
+    tick->sequence = get_be64(frame_data(frames, 1));
+    if (tick->sequence > INT64_MAX)
+        return problem(reason, "malformed-tick", "sequence %llu is 2^63 or more",
+                       (unsigned long long)tick->sequence);
     /* From here on, frame 0 is a C string: the symbol and its NUL. */
     tick->name = name;
     tick->index = symbol_index(subscribed, name);
     if (tick->index < 0)
         return problem(reason, "unexpected-symbol", "%s is not subscribed", name);
-    tick->sequence = get_be64(frame_data(frames, 1));
     tick->timestamp = (int64_t)get_be64(frame_data(frames, 2));
     tick_t expected = tick_frames(seed, name, tick->sequence, tick->timestamp);
     if (memcmp(frame_data(frames, 3), expected.price, 8))
         return problem(reason, "wrong-price", "%s #%llu: price bytes %s, expected %s", name,
                        (unsigned long long)tick->sequence, hex(frame_data(frames, 3), 8, text),
                        hex(expected.price, 8, expected_text));
-    if (tick->sequence > INT64_MAX) /* jansson's integers are signed 64-bit */
-        return problem(reason, "malformed-tick", "%s #%llu: a sequence above 2^63-1 cannot be reported",
-                       name, (unsigned long long)tick->sequence);
     uint64_t bits = get_be64(frame_data(frames, 3));
     memcpy(&tick->price, &bits, sizeof bits);
     return NULL;
@@ -513,18 +515,19 @@ int ticker_subscriber(int argc, char **argv)
     bool switched = !*old;
     int total = 0, malformed = 0;
     while (!(switched && received_all(received, subscribed.count, args.count))) {
-        frames_t message;
-        if (!poll_in(sub, deadline_cap(&deadline, 1000)) || !recv_if_ready(sub, &message)) {
-            if (deadline_expired(&deadline)) {
-                char missing[256] = "";
-                for (size_t i = 0, used = 0; i < subscribed.count && used < sizeof missing; i++)
-                    if (received[i] < args.count)
-                        used += snprintf(missing + used, sizeof missing - used, "%s%s: %d",
-                                         used ? ", " : "", subscribed.name[i], received[i]);
-                fail("timeout", "not done after %d ms; ticks so far: %s", args.timeout, missing);
-            }
-            continue;
+        /* At every turn, after a message as well as after an idle poll: a stream of ticks that
+           count for nothing (bad ones, or more of a symbol already done) cannot keep us running. */
+        if (deadline_expired(&deadline)) {
+            char missing[256] = "";
+            for (size_t i = 0, used = 0; i < subscribed.count && used < sizeof missing; i++)
+                if (received[i] < args.count)
+                    used += snprintf(missing + used, sizeof missing - used, "%s%s: %d",
+                                     used ? ", " : "", subscribed.name[i], received[i]);
+            fail("timeout", "not done after %d ms; ticks so far: %s", args.timeout, missing);
         }
+        frames_t message;
+        if (!poll_in(sub, deadline_cap(&deadline, 1000)) || !recv_if_ready(sub, &message))
+            continue;
         checked_t tick = {0};
         char reason[REASON_SIZE];
         const char *code = check_tick(&message, &subscribed, args.seed, &tick, reason);

@@ -147,6 +147,17 @@ def run_server(args):
 # --- client ----------------------------------------------------------------------------------
 
 
+def handle_problem(frame):
+    """Why a frame is not a handle (1 to 32 bytes of UTF-8), or None."""
+    if not 1 <= len(frame) <= MAX_HANDLE:
+        return f"a handle of {len(frame)} bytes, not 1 to {MAX_HANDLE}"
+    try:
+        frame.decode()
+    except UnicodeDecodeError:
+        return "a handle that is not UTF-8"
+    return None
+
+
 def reply_roster(reply):
     """The roster in a reply, as a list of handles. An error reply (`rejected`) and a reply that
     breaks the reply table (`malformed-reply`) are fatal to a client: they raise a Failure."""
@@ -154,23 +165,31 @@ def reply_roster(reply):
         if len(reply) != 2:
             raise Failure("malformed-reply", f"an error reply has 2 frames, got {len(reply)}")
         raise Failure("rejected", f"the server rejected our request: {reply[1][:32]!r}")
-    try:
-        return [frame.decode() for frame in reply]
-    except UnicodeDecodeError as error:
-        raise Failure("malformed-reply", f"roster is not UTF-8: {error}") from error
+    problem = next(filter(None, map(handle_problem, reply)), None)
+    if problem:
+        raise Failure("malformed-reply", f"the roster holds {problem}")
+    return [frame.decode() for frame in reply]
 
 
 def read_broadcast(frames):
-    """A broadcast as ("roster", handles), ("post", (handle, text)) or ("malformed", reason)."""
-    try:
-        texts = [frame.decode() for frame in frames]
-    except UnicodeDecodeError:
-        return "malformed", "a broadcast frame is not UTF-8"
-    if texts[0] == "":
-        return "roster", texts[1:]
-    if len(texts) == 2:
-        return "post", (texts[0], texts[1])
-    return "malformed", f"a post has 2 frames, got {len(texts)}"
+    """A broadcast as ("roster", handles), ("post", (handle, text)) or ("malformed", reason),
+    checked against the broadcast table: a post is a handle and a text, a roster an empty frame
+    then handles (their order is not checked)."""
+    if frames[0] == b"":
+        problem = next(filter(None, map(handle_problem, frames[1:])), None)
+        return ("malformed", f"the roster holds {problem}") if problem else ("roster", [f.decode() for f in frames[1:]])
+    if len(frames) != 2:
+        return "malformed", f"a post has 2 frames, got {len(frames)}"
+    handle, text = frames
+    problem = handle_problem(handle)
+    if not problem and not 1 <= len(text) <= MAX_TEXT:
+        problem = f"a text of {len(text)} bytes, not 1 to {MAX_TEXT}"
+    if not problem:
+        try:
+            return "post", (handle.decode(), text.decode())
+        except UnicodeDecodeError:
+            problem = "a text that is not UTF-8"
+    return "malformed", f"a post with {problem}"
 
 
 class Client:

@@ -57,8 +57,14 @@ def symbol(value):
     return value
 
 
+MAX_SYMBOLS = 32  # symbols in one list flag (a subscriber's subscriptions, a publisher's round)
+
+
 def symbols(value):
-    return [symbol(part) for part in value.split(",")]
+    names = [symbol(part) for part in value.split(",")]
+    if len(names) > MAX_SYMBOLS or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"1 to {MAX_SYMBOLS} symbols, none twice")
+    return names
 
 
 def seed(value):
@@ -255,10 +261,12 @@ def check_tick(frames, subscribed, seed_value):
         return "malformed-tick", f"frame 0 is not a symbol and a NUL: {name_bytes[:12]!r}"
     if any(len(frame) != 8 for frame in frames[1:]):
         return "malformed-tick", f"frames 1-3 have {[len(f) for f in frames[1:]]} bytes, not 8 each"
+    (sequence,) = struct.unpack(">Q", frames[1])
+    if sequence >= 1 << 63:  # past what every language's JSON numbers carry alike; no publisher gets there
+        return "malformed-tick", f"sequence {sequence} is 2^63 or more"
     name = name_bytes[:-1].decode()
     if name not in subscribed:
         return "unexpected-symbol", f"{name} is not subscribed"
-    (sequence,) = struct.unpack(">Q", frames[1])
     (timestamp,) = struct.unpack(">q", frames[2])
     expected = tick_frames(seed_value, name, sequence, timestamp)[3]
     if frames[3] != expected:

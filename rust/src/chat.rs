@@ -478,7 +478,10 @@ pub fn check_reply(reply: Vec<Vec<u8>>) -> Result<Vec<String>, Failure> {
             let reason = format!("an error reply has 2 frames, got {}", reply.len());
             Err(Failure::new("malformed-reply", reason))
         }
-        _ => decode(reply).map_err(|error| Failure::new("malformed-reply", format!("roster is not UTF-8: {}", error))),
+        handles => roster_of(handles).ok_or_else(|| {
+            let reason = format!("a roster frame is not a handle (1 to {} bytes of UTF-8)", MAX_HANDLE);
+            Failure::new("malformed-reply", reason)
+        }),
     }
 }
 
@@ -490,18 +493,32 @@ pub enum Broadcast {
 
 /// What a broadcast is, or why it is malformed (`malformed-broadcast`).
 pub fn check_broadcast(frames: Vec<Vec<u8>>) -> Result<Broadcast, String> {
-    let Ok(mut texts) = decode(frames) else { return Err("a broadcast frame is not UTF-8".into()) };
-    match texts.as_slice() {
-        [server, ..] if server.is_empty() => Ok(Broadcast::Roster(texts.split_off(1))),
-        [_, _] => {
-            let text = texts.pop().expect("two frames");
-            Ok(Broadcast::Post { handle: texts.pop().expect("two frames"), text })
-        }
-        _ => Err(format!("a post has 2 frames, got {}", texts.len())),
+    match frames.as_slice() {
+        [server, handles @ ..] if server.is_empty() => roster_of(handles)
+            .map(Broadcast::Roster)
+            .ok_or_else(|| format!("a roster frame is not a handle (1 to {} bytes of UTF-8)", MAX_HANDLE)),
+        [handle, text] => match (handle_of(handle), text_of(text)) {
+            (None, _) => Err(format!("a post's handle is not 1 to {} bytes of UTF-8", MAX_HANDLE)),
+            (_, None) => Err(format!("a post's text is not 1 to {} bytes of UTF-8", MAX_TEXT)),
+            (Some(handle), Some(text)) => Ok(Broadcast::Post { handle: handle.into(), text: text.into() }),
+        },
+        _ => Err(format!("a post has 2 frames, got {}", frames.len())),
     }
 }
 
-/// Every frame as a string, or the first one that is not UTF-8.
-fn decode(frames: Vec<Vec<u8>>) -> Result<Vec<String>, std::string::FromUtf8Error> {
-    frames.into_iter().map(String::from_utf8).collect()
+/// The handle a frame is (1 to 32 bytes of UTF-8), or None: the one check of every handle a
+/// client receives, in a roster reply, a roster broadcast or a post.
+fn handle_of(frame: &[u8]) -> Option<&str> {
+    std::str::from_utf8(frame).ok().filter(|handle| (1..=MAX_HANDLE).contains(&handle.len()))
+}
+
+/// The text of a post (1 to 4096 bytes of UTF-8), or None.
+fn text_of(frame: &[u8]) -> Option<&str> {
+    std::str::from_utf8(frame).ok().filter(|text| (1..=MAX_TEXT).contains(&text.len()))
+}
+
+/// Every frame as a handle, or None if one is not a handle. Neither their order nor repeats are
+/// checked here (the orchestrator checks the order).
+fn roster_of(frames: &[Vec<u8>]) -> Option<Vec<String>> {
+    frames.iter().map(|frame| handle_of(frame).map(str::to_string)).collect()
 }

@@ -21,7 +21,7 @@ use crate::web::{Answer, Web};
 use crate::query::{
     self, is_key, is_word, quote, quote_all, recv_message, subtree_list, text, Facade, Subtrees, ICANHAZ,
 };
-use crate::ticker::{self, check_tick, hex, is_symbol, symbol, topic, Tick};
+use crate::ticker::{self, check_tick, hex, is_symbol, symbol, symbol_list, topic, Symbols, Tick};
 use crate::valuation::{self, on_ready, order_frames, Tally};
 
 // --- flags -----------------------------------------------------------------------------------
@@ -52,8 +52,8 @@ pub struct TraderArgs {
     posts: u64,
     #[arg(long, default_value = "tcp://127.0.0.1:5557")]
     ticks: String,
-    #[arg(long, value_parser = symbol, value_delimiter = ',', default_value = "AAPL,GOOG,MSFT")]
-    follow: Vec<String>,
+    #[arg(long, value_parser = symbol_list, default_value = "AAPL,GOOG,MSFT")]
+    follow: Symbols,
     #[arg(long, value_parser = symbol_or_none, default_value = "")]
     forget: String,
     #[arg(long, default_value_t = 10, value_parser = value_parser!(u64).range(1..))]
@@ -119,7 +119,7 @@ fn http_endpoint(value: &str) -> Result<String, String> {
 
 /// What the parser alone cannot see: exit 2 before any thread starts.
 fn check_flags(args: &TraderArgs) {
-    if !args.forget.is_empty() && !args.follow.contains(&args.forget) {
+    if !args.forget.is_empty() && !args.follow.0.contains(&args.forget) {
         usage("--forget must be one of --follow, or empty");
     }
     // The valuation's total is written there, and must come back.
@@ -850,7 +850,7 @@ impl Desk {
             agents: Vec::new(),
             web,
             ticks: HashMap::new(),
-            followed: args.follow.clone(),
+            followed: args.follow.0.clone(),
             forgotten: false,
             posts: 0,
             sent: 0,
@@ -1185,7 +1185,7 @@ fn run_trader(args: TraderArgs) -> Result<(), Failure> {
             web.serving(); // the replay's start-up lines end with this ready
         }
         // 4. The scenario's first commands, then its loop.
-        for symbol in &args.follow {
+        for symbol in &args.follow.0 {
             desk.agents[TICKER].command(&[b"FOLLOW", symbol.as_bytes()]);
         }
         if args.trade > 0 {

@@ -14,7 +14,7 @@ use crate::events::{
     bind, connect, emit, ms_until, name, readable, readable_each, recv_frame_if_ready, send_when_room, stop_signal,
     Deadline, Failure,
 };
-use crate::ticker::{hex, symbol, symbol_of, topic};
+use crate::ticker::{hex, symbol, symbol_list, symbol_of, topic, Symbols};
 
 /// ZMQ_MAXMSGSIZE on every socket: the largest legal frame is a 256-byte value; between 257 and
 /// 1024 bytes it reaches us and is reported, above that the library drops it with the connection.
@@ -54,8 +54,8 @@ pub struct EngineArgs {
     ticks: String,
     #[arg(long, value_parser = name, default_value = "engine")]
     name: String,
-    #[arg(long, value_parser = symbol, value_delimiter = ',', default_value = "AAPL,GOOG,GOOGL,MSFT,IBM")]
-    symbols: Vec<String>,
+    #[arg(long, value_parser = symbol_list, default_value = "AAPL,GOOG,GOOGL,MSFT,IBM")]
+    symbols: Symbols,
     #[arg(long, default_value_t = 1000, value_parser = value_parser!(u32).range(1..))]
     hugz: u32,
     #[arg(long, default_value_t = 10000, value_parser = value_parser!(u64).range(1..))]
@@ -464,7 +464,7 @@ fn run_engine(args: EngineArgs) -> Result<(), Failure> {
                         "collector": bind(&collector, &args.at.collector)? });
     if let Some(ticks) = &ticks {
         connect(ticks, &args.ticks)?;
-        for symbol in &args.symbols {
+        for symbol in &args.symbols.0 {
             ticks.set_subscribe(&topic(symbol))?; // the symbols first, then the @name the publisher counts
         }
         ticks.set_subscribe(format!("@{}", args.name).as_bytes())?;
@@ -506,7 +506,7 @@ fn run_engine(args: EngineArgs) -> Result<(), Failure> {
         }
         if let (Some(ticks), true) = (&ticks, tick) {
             if let Some(frames) = recv_message(ticks)? {
-                engine.on_tick(&frames, &args.symbols)?;
+                engine.on_tick(&frames, &args.symbols.0)?;
             }
         }
         if subscriptions {

@@ -36,8 +36,8 @@ pub enum Role {
 pub struct PublisherArgs {
     #[arg(long, default_value = "tcp://127.0.0.1:5557")]
     ticks: String,
-    #[arg(long, value_parser = symbol, value_delimiter = ',', default_value = "AAPL,GOOG,GOOGL,MSFT,IBM")]
-    symbols: Vec<String>,
+    #[arg(long, value_parser = symbol_list, default_value = "AAPL,GOOG,GOOGL,MSFT,IBM")]
+    symbols: Symbols,
     #[arg(long, default_value_t = 1)]
     seed: u64,
     #[arg(long, default_value_t = 1, value_parser = value_parser!(u64).range(1..))]
@@ -64,8 +64,8 @@ pub struct SubscriberArgs {
     ticks: String,
     #[arg(long, value_parser = name)]
     name: String,
-    #[arg(long, value_parser = symbol, value_delimiter = ',', required = true)]
-    symbols: Vec<String>,
+    #[arg(long, value_parser = symbol_list)]
+    symbols: Symbols,
     #[arg(long, default_value_t = 20, value_parser = value_parser!(u64).range(1..))]
     count: u64,
     #[arg(long, default_value_t = 1)]
@@ -110,6 +110,25 @@ pub fn symbol(value: &str) -> Result<String, String> {
     } else {
         Err("a symbol is 1 to 8 letters A-Z".into())
     }
+}
+
+pub const MAX_SYMBOLS: usize = 32; // in one list flag (a subscriber's subscriptions, a publisher's round)
+
+/// A comma-separated list of symbols, as every flag that takes one has it (ticker publisher and
+/// subscriber --symbols, query engine --symbols, desk trader --follow).
+#[derive(Clone)]
+pub struct Symbols(pub Vec<String>);
+
+/// The one parser of a symbol list: 1 to 32 symbols, none twice.
+pub fn symbol_list(value: &str) -> Result<Symbols, String> {
+    let list = value.split(',').map(symbol).collect::<Result<Vec<_>, _>>()?;
+    if list.len() > MAX_SYMBOLS {
+        return Err(format!("at most {} symbols", MAX_SYMBOLS));
+    }
+    if list.iter().collect::<HashSet<_>>().len() != list.len() {
+        return Err("a symbol appears twice".into());
+    }
+    Ok(Symbols(list))
 }
 
 /// --switch OLD:NEW
@@ -225,7 +244,7 @@ fn run_publisher(args: PublisherArgs) -> Result<(), Failure> {
             if Instant::now() >= due {
                 sequence += 1;
                 let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |t| t.as_millis() as i64);
-                for symbol in &args.symbols {
+                for symbol in &args.symbols.0 {
                     // XPUB never blocks on send: a subscriber whose queue is full (HWM) loses ticks.
                     ticks.send_multipart(tick_frames(args.seed, symbol, sequence, now_ms), 0)?;
                 }
@@ -233,7 +252,7 @@ fn run_publisher(args: PublisherArgs) -> Result<(), Failure> {
             }
         }
     }
-    emit("done", json!({ "rounds": sequence, "ticks": sequence * args.symbols.len() as u64 }));
+    emit("done", json!({ "rounds": sequence, "ticks": sequence * args.symbols.0.len() as u64 }));
     Ok(()) // linger 0: the ticks still queued are dropped, nobody is owed them
 }
 
@@ -358,10 +377,14 @@ pub fn check_tick<'a>(frames: &'a [Vec<u8>], subscribed: &[String], seed: u64) -
             return Err(("malformed-tick", format!("frames 1-3 have {:?} bytes, not 8 each", sizes)));
         }
     };
+    let sequence = u64::from_be_bytes(sequence);
+    // 2^63 and past: beyond what every language's JSON numbers carry alike, and no publisher gets there.
+    if sequence >= 1 << 63 {
+        return Err(("malformed-tick", format!("sequence {} is 2^63 or more", sequence)));
+    }
     if !subscribed.iter().any(|name| name == symbol) {
         return Err(("unexpected-symbol", format!("{} is not subscribed", symbol)));
     }
-    let sequence = u64::from_be_bytes(sequence);
     let expected = price(seed, symbol, sequence).to_be_bytes();
     if price_bytes != expected {
         let (sent, expected) = (hex(&price_bytes), hex(&expected));
@@ -374,7 +397,7 @@ pub fn check_tick<'a>(frames: &'a [Vec<u8>], subscribed: &[String], seed: u64) -
 
 fn run_subscriber(args: SubscriberArgs) -> Result<(), Failure> {
     if let Some(Switch { old, new }) = &args.switch {
-        if !args.symbols.contains(old) || args.symbols.contains(new) {
+        if !args.symbols.0.contains(old) || args.symbols.0.contains(new) {
             usage("--switch OLD:NEW needs OLD among --symbols and NEW not");
         }
     }
@@ -385,7 +408,7 @@ fn run_subscriber(args: SubscriberArgs) -> Result<(), Failure> {
     sub.set_maxmsgsize(MAX_MESSAGE)?;
     connect(&sub, &args.ticks)?;
     // A subscription is a prefix match on frame 0: "GOOG\0" matches GOOG's ticks, not GOOGL's.
-    let mut subscribed = args.symbols.clone();
+    let mut subscribed = args.symbols.0.clone();
     for symbol in &subscribed {
         sub.set_subscribe(&topic(symbol))?;
     }
