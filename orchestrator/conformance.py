@@ -29,7 +29,8 @@ def results(report):
         problem = case.find("failure") if case.find("failure") is not None else case.find("error")
         skipped = case.find("skipped")
         if problem is not None:
-            modules[module]["failed"].append((name, (problem.get("message") or "").splitlines()[0][:160] if problem.get("message") else ""))
+            first_line = (problem.get("message") or "").splitlines()[:1]
+            modules[module]["failed"].append((name, "".join(first_line)[:160]))
         elif skipped is not None:
             modules[module]["skipped"].append((skipped.get("message") or "").removeprefix("Skipped: "))
         else:

@@ -9,6 +9,33 @@ REGISTRY = load_registry()
 LANGS = REGISTRY.names()
 
 
+def unimplemented(lang, example, role):
+    return f"{lang} does not implement {example} {role} (implements: in the registry)"
+
+
+def require(lang, example, role):
+    """Skip the running test unless `lang` implements `example role`: for a role that is one case
+    of a test, or a second role it runs in the same language."""
+    if not REGISTRY[lang].supports(example, role):
+        pytest.skip(unimplemented(lang, example, role))
+
+
+def first_language(programs, having=(), lacking=None):
+    """The first registry language that implements every (example, role) of `programs`, lacks none
+    of the features `having` and, when given, lacks `lacking`: the other side of a test about
+    another language. The test is skipped when the registry has none."""
+    for name in LANGS:
+        language = REGISTRY[name]
+        if (all(language.supports(example, role) for example, role in programs)
+                and not any(feature in language.lacks for feature in having)
+                and (lacking is None or lacking in language.lacks)):
+            return name
+    wanted = " and ".join(" ".join(program) for program in programs)
+    wanted += f", with {', '.join(having)}" if having else ""
+    wanted += f", lacking {lacking}" if lacking else ""
+    pytest.skip(f"no language of the registry implements {wanted}")
+
+
 def languages(example=None, role=None, lacking=None, having=None):
     """pytest parameters, one per registry language: a language that does not implement `example`
     `role`, or does not lack the feature `lacking`, or lacks the feature `having`, is skipped with
@@ -17,7 +44,7 @@ def languages(example=None, role=None, lacking=None, having=None):
     for name in LANGS:
         language, why = REGISTRY[name], None
         if example and not language.supports(example, role):
-            why = f"{name} does not implement {example} {role} (implements: in the registry)"
+            why = unimplemented(name, example, role)
         elif lacking and lacking not in language.lacks:
             why = f"{name} has {lacking} (the test is for a language that lacks it)"
         elif having and having in language.lacks:

@@ -6,7 +6,7 @@ import time
 import pytest
 import zmq
 
-from conftest import REGISTRY, languages
+from conftest import languages, require
 
 WAIT = 30  # seconds any single step may take, however loaded the machine
 
@@ -226,8 +226,8 @@ def test_a_client_gives_up_at_its_deadline(start_role, context, lang):
 def test_a_bad_command_line_exits_2(built, lang, args):
     # The one server case: a language without a chat server would exit 2 for the unknown role,
     # which says nothing of its flag checks.
-    if args[:2] == ["chat", "server"] and not REGISTRY[lang].supports("chat", "server"):
-        pytest.skip(f"{lang} does not implement chat server (implements: in the registry)")
+    if args[:2] == ["chat", "server"]:
+        require(lang, "chat", "server")
     language = built[lang]
     argv = language.command(args[0], args[1], {}) + args[2:]
     done = subprocess.run(argv, env=language.environment(), capture_output=True, timeout=WAIT, stdin=subprocess.DEVNULL)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import REGISTRY, languages
+from conftest import REGISTRY, first_language, languages
 from orchestrator import helptext
 from orchestrator.runner import RoleProcess, RoleTranscript
 
@@ -93,8 +93,7 @@ def test_every_flag_refuses_a_value_its_row_rules_out(built, lang):
 @pytest.mark.parametrize("lang", languages("chat", "client"))
 def test_arguments_are_utf8_whatever_the_locale(built, start_role, tmp_path, lang):
     """A client named chloé, started with no locale at all: the server receives the 6 UTF-8 bytes."""
-    server_lang = next(name for name in REGISTRY.names() if REGISTRY[name].supports("chat", "server"))
-    server = start_role(server_lang, "chat", "server", requests="tcp://127.0.0.1:*", broadcasts="tcp://127.0.0.1:*",
+    server = start_role(first_language([("chat", "server")]), "chat", "server", requests="tcp://127.0.0.1:*", broadcasts="tcp://127.0.0.1:*",
                         timeout=30000)
     ready = server.wait_event("ready", time.monotonic() + 30)
     flags = {"requests": ready["requests"], "broadcasts": ready["broadcasts"], "name": "chloé", "count": 1, "timeout": 30000}

@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 import zmq
 
-from conftest import LANGS, REGISTRY, languages
+from conftest import first_language, languages
 from orchestrator.checks.desk import AGENTS, check_order
 from orchestrator.matrix import evaluate, new_run_dir
 from orchestrator.runner import Fault, RoleTranscript
@@ -26,15 +26,6 @@ def desk_flags(**changes):
              "control": "tcp://127.0.0.1:*", "timeout": WAIT * 1000}
     flags.update(changes)
     return flags
-
-
-def first_language(programs):
-    """The first language of the registry that implements every (example, role) of `programs`: the
-    other side of a test about another language. The test skips when no language does."""
-    for name in LANGS:
-        if all(REGISTRY[name].supports(example, role) for example, role in programs):
-            return name
-    pytest.skip("no language of the registry implements " + " and ".join(" ".join(program) for program in programs))
 
 
 def services_language(spec, column="server"):

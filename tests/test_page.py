@@ -11,13 +11,13 @@ from dataclasses import replace
 
 import pytest
 
-from conftest import LANGS, REGISTRY, languages
+from conftest import LANGS, REGISTRY, first_language, languages
 from orchestrator import ROOT
 from orchestrator.browser import BrowserDriver, look, missing, page_url, run_script
 from orchestrator.checks.chat import post_text
 from orchestrator.matrix import evaluate, new_run_dir
 from orchestrator.spec import load_spec
-from test_desk import WAIT, desk_flags, first_language, services_language
+from test_desk import WAIT, desk_flags, services_language
 
 pytestmark = pytest.mark.skipif(bool(missing()), reason=missing() or "")
 

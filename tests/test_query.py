@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 import zmq
 
-from conftest import REGISTRY, languages
+from conftest import languages, require
 from orchestrator import ROOT
 from orchestrator.checks import check
 from orchestrator.checks.query import check_late, derive
@@ -70,8 +70,7 @@ def test_the_vectors_agree_with_the_checkers_own_derivation():
     ],
 )
 def test_a_bad_command_line_exits_2(built, lang, args):
-    if not REGISTRY[lang].supports("query", args[0]):  # the role is a parameter: skipped here, per case
-        pytest.skip(f"{lang} does not implement query {args[0]} (implements: in the registry)")
+    require(lang, "query", args[0])  # the role is a parameter: skipped here, per case
     done = run_role(built[lang], args)
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert done.stdout == b""

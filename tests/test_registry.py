@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REGISTRY, languages
+from conftest import languages, require
 from orchestrator import ROOT
 from orchestrator.config import ConfigError
 from orchestrator.registry import REGISTRY_PATH, STAMPS, Language, load_registry
@@ -17,8 +17,7 @@ from orchestrator.registry import REGISTRY_PATH, STAMPS, Language, load_registry
 @pytest.mark.parametrize("lang", languages("chat", "server"))
 def test_all_six_languages_implement_both_chat_roles(registry, lang):
     assert registry.names() == list(yaml.safe_load(REGISTRY_PATH.read_text()))  # every entry of the file, in its order
-    if not REGISTRY[lang].supports("chat", "client"):  # the second role of the name
-        pytest.skip(f"{lang} does not implement chat client (implements: in the registry)")
+    require(lang, "chat", "client")  # the second role of the name
     assert registry[lang].supports("chat", "server")
     assert registry[lang].supports("chat", "client")
     assert not registry[lang].supports("chat", "referee")

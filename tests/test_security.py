@@ -12,7 +12,7 @@ from dataclasses import replace
 import pytest
 import zmq
 
-from conftest import LANGS, REGISTRY, languages
+from conftest import LANGS, REGISTRY, first_language, languages, require
 from orchestrator.checks import security as security_checks
 from orchestrator.matrix import assign, evaluate, new_run_dir, run_matrix
 from orchestrator.runner import LocalLauncher, RoleTranscript
@@ -36,13 +36,9 @@ def able(role, *features):
 
 
 def first(role, *features, lacking=None):
-    """The first language that implements chat `role`, lacks none of `features` and (if given) lacks
-    `lacking`; the test is skipped when the registry has none."""
-    for name in able(role, *features):
-        if lacking is None or lacking in REGISTRY[name].lacks:
-            return name
-    wanted = f"chat {role}" + (f" with {', '.join(features)}" if features else "") + (f", lacking {lacking}" if lacking else "")
-    pytest.skip(f"no language in the registry implements {wanted}")
+    """The first language with chat `role` and `features` (and lacking `lacking`): conftest's
+    first_language, for the chat roles this file is about."""
+    return first_language([("chat", role)], having=features, lacking=lacking)
 
 
 def cell(mechanism, refusal=None, server=None, client=None):
@@ -185,8 +181,7 @@ def run_chat(language, args):
 
 @pytest.mark.parametrize("lang", languages("chat", "server", having="curve"))  # the control runs a CURVE server
 def test_every_language_refuses_a_bad_security_command_line(built, lang):
-    if not REGISTRY[lang].supports("chat", "client"):  # some bad command lines, and the control, are a client's
-        pytest.skip(f"{lang} does not implement chat client (implements: in the registry)")
+    require(lang, "chat", "client")  # some bad command lines, and the control, are a client's
     language = built[lang]
     for what, args in BAD_COMMAND_LINES.items():
         done = run_chat(language, args)

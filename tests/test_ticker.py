@@ -7,7 +7,7 @@ import time
 import pytest
 import zmq
 
-from conftest import REGISTRY, languages
+from conftest import languages, require
 from orchestrator import ROOT
 from orchestrator.checks import check
 from orchestrator.checks.ticker import price
@@ -56,8 +56,7 @@ def test_the_checker_recomputes_the_vectors_too():
     ],
 )
 def test_a_bad_command_line_exits_2(built, lang, args):
-    if not REGISTRY[lang].supports("ticker", args[0]):  # the role is a parameter: skipped here, per case
-        pytest.skip(f"{lang} does not implement ticker {args[0]} (implements: in the registry)")
+    require(lang, "ticker", args[0])  # the role is a parameter: skipped here, per case
     done = run_role(built[lang], args)
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert done.stdout == b""

@@ -9,7 +9,7 @@ import time
 import pytest
 import zmq
 
-from conftest import LANGS, REGISTRY, languages
+from conftest import first_language, languages, require
 from orchestrator import ROOT
 from orchestrator.checks import check
 from orchestrator.checks.valuation import order_value
@@ -50,8 +50,7 @@ def test_encode_reproduces_every_vector(built, lang):
     ],
 )
 def test_a_bad_command_line_exits_2(built, lang, args):
-    if not REGISTRY[lang].supports("valuation", args[0]):  # the role is a parameter: skipped here, per case
-        pytest.skip(f"{lang} does not implement valuation {args[0]} (implements: in the registry)")
+    require(lang, "valuation", args[0])  # the role is a parameter: skipped here, per case
     done = run_role(built[lang], args)
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert done.stdout == b""
@@ -161,9 +160,8 @@ def test_the_sink_rejects_malformed_results_and_counts_the_rest(start_role, cont
 def test_a_worker_killed_mid_batch_loses_nothing(built, lang):
     """The fault scenario with a sink of every language: worker 0 dies after pricing 20 orders."""
     for role in ("source", "worker"):  # the cell runs them in the sink's language too
-        if not REGISTRY[lang].supports("valuation", role):
-            pytest.skip(f"{lang} does not implement valuation {role} (implements: in the registry)")
-    other = next(name for name in LANGS if REGISTRY[name].supports("valuation", "worker"))  # the second worker
+        require(lang, "valuation", role)
+    other = first_language([("valuation", "worker")])  # the second worker
     spec = load_spec("valuation")
     spec = spec.with_parameters(rate=spec.parameters["fault_rate"])
     result = evaluate(spec, {"source": lang, "worker": [lang, other], "sink": lang}, built.registry,

@@ -10,10 +10,10 @@ import time
 
 import pytest
 
-from conftest import languages
+from conftest import first_language, languages
 from orchestrator import ROOT
 from orchestrator.spec import load_spec
-from test_desk import WAIT, desk_flags, first_language, services_language
+from test_desk import WAIT, desk_flags, services_language
 
 PAGE = (ROOT / "examples" / "desk" / "page.html").read_bytes()
 HEAD_LIMIT, BODY_LIMIT = 8192, 4096
