@@ -153,12 +153,16 @@ def _check_roles(spec, given):
         "security": "null (default), plain or curve: the ZMTP mechanism of every role (examples that allow it)",
         "refusal": "add an intruder whose credentials are wrong: " + ", ".join(REFUSALS),
         "intruder": "language of the intruder (default: the client's)",
+        "transport": "tcp (default) or ipc: the transport of every endpoint the orchestrator hands out",
+        "monitor": "every role reports its sockets' connection events (socket-event, --monitor on)",
+        "restart": "SIGKILL this role mid-run and start it again on the same endpoints (chat server, ticker proxy, valuation sink, query engine: the example's spec.yaml, restart:)",
+        "after": "with --restart: after this many of the spec's events (default: the spec's count)",
         "open": "desk: serve the desk's page for you (examples/desk/page.yaml): print its address and open a browser",
     },
 )
 def run(c, example, server=None, client=None, publisher=None, proxy=None, subscriber=None, source=None, worker=None, sink=None,
         engine=None, facade=None, desk=None, no_build=False, quiet=False, kill_worker_after=None, runner="process", security="null", refusal=None, intruder=None,
-        open=False):
+        open=False, transport="tcp", monitor=False, restart=None, after=None):
     """Run one cell and show its live transcript, then the verdict."""
     if open and not client:
         client = ["python"]  # the page cell's other trader, who waits for your post
@@ -172,7 +176,7 @@ def run(c, example, server=None, client=None, publisher=None, proxy=None, subscr
         spec = replace(load_spec(ROOT / "examples" / "desk" / "page.yaml"), cell_timeout=PERSON_MINUTES * 60)
         driver = partial(browser.person, open_browser=True)
         driver.__name__ = "you"
-    spec = _secured(spec, security, refusal)
+    spec = _restarted(_transported(_secured(spec, security, refusal), transport, monitor), restart, after)
     if intruder and not refusal:
         raise Exit("error: --intruder needs --refusal", code=2)
     fault = None
@@ -196,6 +200,7 @@ def run(c, example, server=None, client=None, publisher=None, proxy=None, subscr
             chosen[role.name] = ["python"]
     if intruder:
         chosen[INTRUDER] = _languages(intruder, registry, "--intruder")[:1]
+    _check_restart(spec, chosen)
     if not no_build:
         _build(registry, [lang for langs in chosen.values() for lang in langs])
 
@@ -233,10 +238,15 @@ def run(c, example, server=None, client=None, publisher=None, proxy=None, subscr
         "runner": "process (default): local processes; docker: one container per role",
         "security": "null (default), plain or curve: the ZMTP mechanism of every cell (examples that allow it)",
         "refusals": "under plain or curve, also run the refusal grids (an intruder per cell); default on",
+        "transport": "tcp (default) or ipc: the transport of every cell (NetMQ with libzmq over ipc: unsupported)",
+        "monitor": "every role reports its sockets' events; a cell that fails shows its roles' connection timelines",
+        "restart": "in every cell, SIGKILL this role mid-run and start it again on the same endpoints",
+        "after": "with --restart: after this many of the spec's events (default: the spec's count)",
     },
 )
 def matrix(c, example, server=None, client=None, publisher=None, proxy=None, subscriber=None, source=None, worker=None, sink=None,
-           engine=None, facade=None, desk=None, parallel=None, json=None, junit=None, markdown=None, html=None, no_build=False, runner="process", security="null", refusals=True):
+           engine=None, facade=None, desk=None, parallel=None, json=None, junit=None, markdown=None, html=None, no_build=False, runner="process", security="null", refusals=True,
+           transport="tcp", monitor=False, restart=None, after=None):
     """Run every combination of one language per role and print the compatibility grids."""
     parallel = _count(PARALLEL if parallel is None else parallel, "--parallel")
     json, junit, markdown = _writable(json, "--json"), _writable(junit, "--junit"), _writable(markdown, "--markdown")
@@ -245,12 +255,14 @@ def matrix(c, example, server=None, client=None, publisher=None, proxy=None, sub
              "source": source, "worker": worker, "sink": sink, "engine": engine, "facade": facade, "desk": desk}
     spec, registry = _load(example)
     variants = [_secured(spec, security)] + [_secured(spec, security, case) for case in (refusals_of(security) if refusals else [])]
+    variants = [_restarted(_transported(variant, transport, monitor), restart, after) for variant in variants]
     _check_roles(spec, given)
     dimensions = {role: _languages(given.get(role), registry, f"--{role}") for role in spec.matrix}
     for role in spec.optional_roles():  # an optional role joins the grid when it is asked for
         if given.get(role) is not None:
             dimensions[role] = _languages(given[role], registry, f"--{role}")
     langs = [lang for langs in dimensions.values() for lang in langs]
+    _check_restart(variants[0], dimensions)
     if not no_build:
         _build(registry, langs)
     grids = []  # GridRun: one grid, plus one per refusal case
@@ -299,6 +311,30 @@ def _secured(spec, mechanism, refusal=None):
         return spec.with_security(mechanism, refusal)
     except ValueError as error:
         raise Exit(f"error: {error}", code=2) from error
+
+
+def _transported(spec, transport, monitor):
+    try:
+        return spec.with_transport(transport, monitor)
+    except ValueError as error:
+        raise Exit(f"error: --transport: {error}", code=2) from error
+
+
+def _restarted(spec, role, after):
+    if role is None:
+        if after is not None:
+            raise Exit("error: --after needs --restart ROLE", code=2)
+        return spec
+    try:
+        return spec.with_restart(role, _count(after, "--after") if after is not None else None)
+    except ValueError as error:
+        raise Exit(f"error: --restart: {error}", code=2) from error
+
+
+def _check_restart(spec, roles):
+    """A restarted role must be in the cells: the ticker's proxy only when --proxy gives it one."""
+    if spec.fault and spec.fault.role not in roles:
+        raise Exit(f"error: --restart {spec.fault.role}: these cells have no {spec.fault.role} (give --{spec.fault.role} LANGS)", code=2)
 
 
 def _run_grid(spec, registry, dimensions, parallel, extra_cells=(), launcher=None):
@@ -406,7 +442,7 @@ def _runner(name, registry, langs):
     run_label = containers.new_run_label()
     watchdog = containers.start_watchdog(run_label)  # removes them if this process dies of SIGKILL
     try:
-        yield lambda: containers.DockerLauncher(images, run_label)
+        yield containers.DockerLaunchers(images, run_label)
     finally:
         containers.remove_labelled(engine, run_label)
         watchdog.terminate()  # the run is over: nothing left for it to do

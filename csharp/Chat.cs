@@ -18,10 +18,11 @@ static class Chat
     // The roster is sorted by the UTF-8 bytes of the handles: .NET's UTF-16 order differs above U+FFFF.
     static readonly Comparer<byte[]> ByBytes = Comparer<byte[]>.Create((a, b) => a.AsSpan().SequenceCompareTo(b));
 
-    record ServerArgs(string Requests, string Broadcasts, int Timeout, int Heartbeat, int Expiry, Security Security);
+    record ServerArgs(
+        string Requests, string Broadcasts, int Timeout, bool Monitor, int Heartbeat, int Expiry, Security Security);
 
-    record ClientArgs(string Requests, string Broadcasts, int Timeout, string Name, int Count, int Clients, int Keepalive,
-        Security Security);
+    record ClientArgs(string Requests, string Broadcasts, int Timeout, bool Monitor, string Name, int Count, int Clients,
+        int Keepalive, Security Security);
 
     public static Command Command() =>
         new("chat", "client/server over REQ/REP plus PUB/SUB") { ServerCommand(), ClientCommand() };
@@ -31,15 +32,16 @@ static class Chat
         Option<string> requests = Flags.Endpoint("--requests", "tcp://127.0.0.1:5555");
         Option<string> broadcasts = Flags.Endpoint("--broadcasts", "tcp://127.0.0.1:5556");
         Option<int> timeout = Flags.AtLeast("--timeout", 0, 0);
+        Option<string> monitor = Flags.Monitor();
         Option<int> heartbeat = Flags.AtLeast("--heartbeat", 1, 100);
         Option<int> expiry = Flags.AtLeast("--expiry", 1, 5000);
         Command server = new("server", "keep the roster and relay posts")
         {
-            requests, broadcasts, timeout, heartbeat, expiry,
+            requests, broadcasts, timeout, monitor, heartbeat, expiry,
         };
         SecurityFlags security = new(server, server: true);
         server.SetAction(p => RunServer(new(
-            p.GetValue(requests)!, p.GetValue(broadcasts)!, p.GetValue(timeout),
+            p.GetValue(requests)!, p.GetValue(broadcasts)!, p.GetValue(timeout), p.GetValue(monitor) == "on",
             p.GetValue(heartbeat), p.GetValue(expiry), security.Read(p))));
         return server;
     }
@@ -49,17 +51,18 @@ static class Chat
         Option<string> requests = Flags.Endpoint("--requests", "tcp://127.0.0.1:5555");
         Option<string> broadcasts = Flags.Endpoint("--broadcasts", "tcp://127.0.0.1:5556");
         Option<int> timeout = Flags.AtLeast("--timeout", 0, 30000);
+        Option<string> monitor = Flags.Monitor();
         Option<string> name = Flags.Name("--name");
         Option<int> count = Flags.AtLeast("--count", 0, 5);
         Option<int> clients = Flags.AtLeast("--clients", 1, 1);
         Option<int> keepalive = Flags.AtLeast("--keepalive", 1, 1000);
         Command client = new("client", "join, post --count texts, receive everyone's posts")
         {
-            requests, broadcasts, timeout, name, count, clients, keepalive,
+            requests, broadcasts, timeout, monitor, name, count, clients, keepalive,
         };
         SecurityFlags security = new(client, server: false);
         client.SetAction(p => RunClient(new(
-            p.GetValue(requests)!, p.GetValue(broadcasts)!, p.GetValue(timeout),
+            p.GetValue(requests)!, p.GetValue(broadcasts)!, p.GetValue(timeout), p.GetValue(monitor) == "on",
             p.GetValue(name)!, p.GetValue(count), p.GetValue(clients), p.GetValue(keepalive), security.Read(p))));
         return client;
     }
@@ -132,6 +135,8 @@ static class Chat
         broadcasts.Options.MaxMsgSize = MaxMessage; // PUB sends, but it still decodes subscriptions
         SecureServer(requests, args.Security);
         SecureServer(broadcasts, args.Security);
+        using var requestsMonitor = SocketMonitor.Attach(requests, "requests", args.Monitor);
+        using var broadcastsMonitor = SocketMonitor.Attach(broadcasts, "broadcasts", args.Monitor);
         Sockets.Bind(requests, args.Requests);
         Sockets.Bind(broadcasts, args.Broadcasts);
         Events.Emit("ready", new
@@ -258,6 +263,7 @@ static class Chat
         readonly Deadline deadline;
         readonly SubscriberSocket sub = new();
         readonly RequestSocket req = new();
+        readonly SocketMonitor? subMonitor, reqMonitor;
         List<string> roster = [];
         readonly Dictionary<string, int> received = [];
         long lastRequest = Environment.TickCount64;
@@ -273,16 +279,20 @@ static class Chat
             sub.Options.MaxMsgSize = MaxMessage;
             sub.Subscribe(""); // a prefix filter on frame 0; "" lets posts and rosters through
             SecureClient(sub, args.Security);
+            subMonitor = SocketMonitor.Attach(sub, "broadcasts", args.Monitor);
             Sockets.Connect(sub, args.Broadcasts);
             // REQ enforces send, receive, send, receive...: one request in flight at a time.
             req.Options.Linger = TimeSpan.Zero;
             req.Options.MaxMsgSize = MaxMessage;
             SecureClient(req, args.Security);
+            reqMonitor = SocketMonitor.Attach(req, "requests", args.Monitor);
             Sockets.Connect(req, args.Requests);
         }
 
         public void Dispose()
         {
+            subMonitor?.Dispose(); // a monitor before its socket
+            reqMonitor?.Dispose();
             sub.Dispose();
             req.Dispose();
         }

@@ -1,8 +1,9 @@
 // desk: a trading desk, one process whose threads talk over inproc pipes (examples/desk/PROTOCOL.md).
 //
 // One thread per service: four agents, each the client role of examples 1-4 turned into a loop that
-// polls its sockets and its pipe, and the main thread, which runs the scenario and alone writes to
-// stdout. The threads share no state, only messages: "don't share state, share messages".
+// polls its sockets and its pipe, and the main thread, which runs the scenario and alone writes the
+// agents' events to stdout (with --monitor on, the socket monitors' threads write their own lines,
+// whole: SocketMonitor.cs). The threads share no state, only messages: "don't share state, share messages".
 using System.Buffers.Binary;
 using System.CommandLine;
 using System.Diagnostics;
@@ -15,17 +16,19 @@ static class Desk
 {
     // Each agent gets its own configuration, copied, when its thread starts; everything after that
     // comes as pipe messages. Records of strings and numbers: nothing in them can be shared by mistake.
-    record ChatConfig(string Name, string Requests, string Broadcasts, int Clients);
+    // Monitor: --monitor, for the agent's own sockets.
+    record ChatConfig(string Name, string Requests, string Broadcasts, int Clients, bool Monitor);
 
-    record TickerConfig(string Name, string Ticks, ulong Seed);
+    record TickerConfig(string Name, string Ticks, ulong Seed, bool Monitor);
 
-    record ValuationConfig(string Orders, string Results, string Control, int Workers, ulong Seed, int Quiet, int Heartbeat);
+    record ValuationConfig(
+        string Orders, string Results, string Control, int Workers, ulong Seed, int Quiet, int Heartbeat, bool Monitor);
 
-    record QueryConfig(string Name, string Snapshot, string Updates, string Collector, List<string> Subtrees);
+    record QueryConfig(string Name, string Snapshot, string Updates, string Collector, List<string> Subtrees, bool Monitor);
 
     record TraderArgs(
         string Name, ChatConfig Chat, int Posts, TickerConfig Ticker, List<string> Follow, string Forget, int ForgetAfter,
-        int TickCount, ValuationConfig Valuation, int Trade, QueryConfig Query, string Http, int Timeout);
+        int TickCount, ValuationConfig Valuation, int Trade, QueryConfig Query, string Http, int Timeout, bool Monitor);
 
     // --- flags -----------------------------------------------------------------------------------
 
@@ -61,24 +64,27 @@ static class Desk
         Option<string> http = Flags.Typed<string>(
             "--http", "takes a tcp:// endpoint (the port a number or *), or nothing", Web.TryParseEndpoint, () => "");
         Option<int> timeout = Flags.AtLeast("--timeout", 0, 60000);
+        Option<string> monitor = Flags.Monitor();
         Command trader = new("trader", "run the desk's scenario with four agent threads")
         {
             name, chatRequests, chatBroadcasts, chatClients, posts, ticks, follow, forget, forgetAfter, tickCount, seed,
             orders, results, control, trade, workers, quiet, heartbeat, snapshot, updates, collector, subtrees, http, timeout,
+            monitor,
         };
         trader.SetAction(p =>
         {
             string desk = p.GetValue(name)!;
             ulong s = p.GetValue(seed);
+            bool watch = p.GetValue(monitor) == "on";
             return RunTrader(new(
-                desk, new(desk, p.GetValue(chatRequests)!, p.GetValue(chatBroadcasts)!, p.GetValue(chatClients)),
-                p.GetValue(posts), new(desk, p.GetValue(ticks)!, s), p.GetValue(follow)!, p.GetValue(forget)!,
+                desk, new(desk, p.GetValue(chatRequests)!, p.GetValue(chatBroadcasts)!, p.GetValue(chatClients), watch),
+                p.GetValue(posts), new(desk, p.GetValue(ticks)!, s, watch), p.GetValue(follow)!, p.GetValue(forget)!,
                 p.GetValue(forgetAfter), p.GetValue(tickCount),
                 new(p.GetValue(orders)!, p.GetValue(results)!, p.GetValue(control)!, p.GetValue(workers), s,
-                    p.GetValue(quiet), p.GetValue(heartbeat)),
+                    p.GetValue(quiet), p.GetValue(heartbeat), watch),
                 p.GetValue(trade),
-                new(desk, p.GetValue(snapshot)!, p.GetValue(updates)!, p.GetValue(collector)!, p.GetValue(subtrees)!),
-                p.GetValue(http)!, p.GetValue(timeout)));
+                new(desk, p.GetValue(snapshot)!, p.GetValue(updates)!, p.GetValue(collector)!, p.GetValue(subtrees)!, watch),
+                p.GetValue(http)!, p.GetValue(timeout), watch));
         });
         return trader;
     }
@@ -203,6 +209,9 @@ static class Desk
                 socket.Options.MaxMsgSize = Chat.MaxMessage;
             }
             sub.Subscribe(""); // posts and rosters
+            // The monitors run until the sockets close: `using`, declared after them, disposes them first.
+            using var subMonitor = SocketMonitor.Attach(sub, "chat-broadcasts", config.Monitor);
+            using var reqMonitor = SocketMonitor.Attach(req, "chat-requests", config.Monitor);
             Sockets.Connect(sub, config.Broadcasts); // SUB first: its subscription starts travelling at once
             Sockets.Connect(req, config.Requests);
             pipe.Report("ready", new { handle = config.Name });
@@ -325,6 +334,7 @@ static class Desk
             using var sub = new SubscriberSocket();
             sub.Options.Linger = TimeSpan.Zero;
             sub.Options.MaxMsgSize = Ticker.MaxMessage;
+            using var ticksMonitor = SocketMonitor.Attach(sub, "ticks", config.Monitor);
             Sockets.Connect(sub, config.Ticks);
             // Our @name at once: the publisher counts the desk as a subscriber by it. The symbols come
             // later, as FOLLOW commands; their first ticks may be missed while they travel upstream.
@@ -406,6 +416,9 @@ static class Desk
             // Linger 1 s on the control PUB: `finished` must still reach the workers (they leave when
             // they hear it) if the desk stops right after the trade.
             control.Options.Linger = TimeSpan.FromSeconds(1);
+            using var ordersMonitor = SocketMonitor.Attach(orders, "orders", config.Monitor);
+            using var resultsMonitor = SocketMonitor.Attach(results, "results", config.Monitor);
+            using var controlMonitor = SocketMonitor.Attach(control, "control", config.Monitor);
             Sockets.Bind(orders, config.Orders);
             Sockets.Bind(results, config.Results);
             Sockets.Bind(control, config.Control);
@@ -567,6 +580,9 @@ static class Desk
                 socket.Options.MaxMsgSize = Query.MaxMessage; // before connect
             }
             collector.Options.Linger = TimeSpan.FromSeconds(1); // the last write may still be queued at STOP
+            using var snapshotMonitor = SocketMonitor.Attach(snapshot, "snapshot", config.Monitor);
+            using var updatesMonitor = SocketMonitor.Attach(updates, "updates", config.Monitor);
+            using var collectorMonitor = SocketMonitor.Attach(collector, "collector", config.Monitor);
             Sockets.Connect(collector, config.Collector); // always: a WRITE may come
             Sockets.Connect(updates, config.Updates);
             foreach (string tree in config.Subtrees)
@@ -690,7 +706,7 @@ static class Desk
         using var stop = new StopSignal();
         var deadline = new Deadline(args.Timeout);
         // With --http, the page's STREAM socket, bound before any thread starts (Web.cs).
-        Web? web = args.Http == "" ? null : new Web(args.Http);
+        Web? web = args.Http == "" ? null : new Web(args.Http, args.Monitor);
         var agents = AgentNames.Select(name => new Agent(name)).ToArray();
         var (chat, ticker, valuation, query) = (agents[0], agents[1], agents[2], agents[3]);
         // Each agent's thread gets its configuration, copied (the records are immutable; the list is a copy).
@@ -985,8 +1001,8 @@ static class Desk
         NetMQConfig.Cleanup();
         if (outcome is "timeout" or "agent-failed")
             return 1;
-        // 5: done.
-        Emit("done", new
+        // 5: done (through Events.Emit, which drops any socket-event after it; the page is closed).
+        Events.Emit("done", new
         {
             complete = finished,
             agents = agents.Where(agent => agent.Told && agent.Stopped).Select(agent => agent.Name),

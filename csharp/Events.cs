@@ -22,8 +22,23 @@ static class Events
     // Non-ASCII text is written as UTF-8, not \u-escaped, so people can read the transcripts.
     static readonly JsonSerializerOptions Json = new() { Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
 
-    /// <summary>Write one event as one JSON line and flush it at once, so the orchestrator sees it live.</summary>
-    public static void Emit(string name, object? fields = null) => Write(Line(name, fields));
+    // One line at a time: the role's thread(s) and the socket monitors' (SocketMonitor.cs) share stdout.
+    static readonly Lock Output = new();
+    static bool done; // `done` was written: no socket-event after it
+
+    /// <summary>Write one event as one JSON line and flush it at once, so the orchestrator sees it live.
+    /// A monitor's `socket-event` that comes after `done` is dropped: the role's story has ended.</summary>
+    public static void Emit(string name, object? fields = null)
+    {
+        byte[] line = Line(name, fields);
+        lock (Output)
+        {
+            if (done && name == "socket-event")
+                return;
+            done |= name == "done";
+            Put(line);
+        }
+    }
 
     /// <summary>One event as a JSON object in UTF-8, without the newline: <c>event</c> first, then the
     /// desk agent's name when there is one (Desk.cs), then the fields.</summary>
@@ -36,8 +51,14 @@ static class Events
         return Encoding.UTF8.GetBytes(line.ToJsonString(Json));
     }
 
-    /// <summary>Write a <see cref="Line"/> and its newline in one write, and flush.</summary>
+    /// <summary>Write a <see cref="Line"/> and its newline in one write, and flush, under the lock.</summary>
     public static void Write(byte[] line)
+    {
+        lock (Output)
+            Put(line);
+    }
+
+    static void Put(byte[] line)
     {
         Stdout.Write([.. line, (byte)'\n']);
         Stdout.Flush();
@@ -119,6 +140,16 @@ static class Flags
         bytes.Length is >= 1 and <= MaxName && Utf8.IsValid(bytes);
 
     public static Option<string> Endpoint(string flag, string fallback) => new(flag) { DefaultValueFactory = _ => fallback };
+
+    /// <summary>--monitor on|off (the launch contract's "Socket monitors"): whether to attach a
+    /// <see cref="SocketMonitor"/> to every socket an endpoint flag gives. A string option: the parser
+    /// would take only true or false after an Option&lt;bool&gt;.</summary>
+    public static Option<string> Monitor()
+    {
+        Option<string> monitor = new("--monitor") { DefaultValueFactory = _ => "off" };
+        monitor.AcceptOnlyFromAmong("on", "off");
+        return monitor;
+    }
 
     /// <summary>An integer option (milliseconds or a count) no smaller than <paramref name="minimum"/>.</summary>
     public static Option<int> AtLeast(string flag, int minimum, int fallback) => new(flag)

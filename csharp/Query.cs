@@ -34,11 +34,11 @@ static class Query
 
     record EngineArgs(
         string Snapshot, string Updates, string Collector, string Ticks, string Name, List<string> Symbols,
-        int Hugz, int MaxKeys, int Timeout);
+        int Hugz, int MaxKeys, int Timeout, bool Monitor);
 
     record FacadeArgs(
         string Snapshot, string Updates, string Collector, string Name, List<string> Subtrees,
-        int Count, int Writes, int Ttl, int Timeout);
+        int Count, int Writes, int Ttl, int Timeout, bool Monitor);
 
     record DeriveArgs(string Symbol, List<byte[]> Prices, ulong Sequence);
 
@@ -60,13 +60,15 @@ static class Query
         Option<int> hugz = Flags.AtLeast("--hugz", 1, 1000);
         Option<int> maxKeys = Flags.AtLeast("--max-keys", 1, 10000);
         Option<int> timeout = Flags.AtLeast("--timeout", 0, 0);
+        Option<string> monitor = Flags.Monitor();
         Command engine = new("engine", "keep the map, serve snapshots, publish updates")
         {
-            snapshot, updates, collector, ticks, name, symbols, hugz, maxKeys, timeout,
+            snapshot, updates, collector, ticks, name, symbols, hugz, maxKeys, timeout, monitor,
         };
         engine.SetAction(p => RunEngine(new(
             p.GetValue(snapshot)!, p.GetValue(updates)!, p.GetValue(collector)!, p.GetValue(ticks)!,
-            p.GetValue(name)!, p.GetValue(symbols)!, p.GetValue(hugz), p.GetValue(maxKeys), p.GetValue(timeout))));
+            p.GetValue(name)!, p.GetValue(symbols)!, p.GetValue(hugz), p.GetValue(maxKeys), p.GetValue(timeout),
+            p.GetValue(monitor) == "on")));
         return engine;
     }
 
@@ -82,13 +84,15 @@ static class Query
         Option<int> writes = Flags.AtLeast("--writes", 0, 0);
         Option<int> ttl = Flags.Typed<int>("--ttl", "a ttl is 1 to 86400 seconds", TryParseTtl, () => 1);
         Option<int> timeout = Flags.AtLeast("--timeout", 0, 30000);
+        Option<string> monitor = Flags.Monitor();
         Command facade = new("facade", "mirror some subtrees of the engine's map, and write to it")
         {
-            snapshot, updates, collector, name, subtrees, count, writes, ttl, timeout,
+            snapshot, updates, collector, name, subtrees, count, writes, ttl, timeout, monitor,
         };
         facade.SetAction(p => RunFacade(new(
             p.GetValue(snapshot)!, p.GetValue(updates)!, p.GetValue(collector)!, p.GetValue(name)!,
-            p.GetValue(subtrees)!, p.GetValue(count), p.GetValue(writes), p.GetValue(ttl), p.GetValue(timeout))));
+            p.GetValue(subtrees)!, p.GetValue(count), p.GetValue(writes), p.GetValue(ttl), p.GetValue(timeout),
+            p.GetValue(monitor) == "on")));
         return facade;
     }
 
@@ -478,6 +482,10 @@ static class Query
             socket.Options.Linger = TimeSpan.Zero;
             socket.Options.MaxMsgSize = MaxMessage; // before bind or connect
         }
+        using var snapshotMonitor = SocketMonitor.Attach(snapshots, "snapshot", args.Monitor);
+        using var updatesMonitor = SocketMonitor.Attach(updates, "updates", args.Monitor);
+        using var collectorMonitor = SocketMonitor.Attach(collector, "collector", args.Monitor);
+        using var ticksMonitor = ticks is null ? null : SocketMonitor.Attach(ticks, "ticks", args.Monitor);
         Sockets.Bind(snapshots, args.Snapshot);
         Sockets.Bind(updates, args.Updates);
         Sockets.Bind(collector, args.Collector);
@@ -684,6 +692,9 @@ static class Query
             socket.Options.Linger = TimeSpan.Zero;
             socket.Options.MaxMsgSize = MaxMessage; // before connect
         }
+        using var updatesMonitor = SocketMonitor.Attach(updates, "updates", args.Monitor);
+        using var snapshotMonitor = SocketMonitor.Attach(snapshot, "snapshot", args.Monitor);
+        using var collectorMonitor = collector is null ? null : SocketMonitor.Attach(collector, "collector", args.Monitor);
         if (collector is not null)
         {
             collector.Options.Linger = TimeSpan.FromSeconds(1); // the last write (a delete) may still be queued when we exit
@@ -748,6 +759,9 @@ static class Query
         Events.Emit("done", facade.Summary());
         // NetMQ lingers in its own threads, and the usual exit (Program.cs) does not wait for them: close
         // the sockets and wait, so that a write still queued on the collector XPUB leaves (1 s at most).
+        // The monitors first: the context waits for their sockets too.
+        foreach (SocketMonitor? monitor in new[] { updatesMonitor, snapshotMonitor, collectorMonitor })
+            monitor?.Dispose();
         foreach (NetMQSocket socket in sockets.OfType<NetMQSocket>())
             socket.Dispose();
         NetMQConfig.Cleanup(block: true);

@@ -15,13 +15,14 @@ static class Ticker
     // 60 KB overflowed the stack in NetMQ's subscription trie.
     internal const long MaxMessage = 256;
 
-    record PublisherArgs(string Ticks, List<string> Symbols, ulong Seed, int Subscribers, int Interval, int Timeout);
+    record PublisherArgs(
+        string Ticks, List<string> Symbols, ulong Seed, int Subscribers, int Interval, int Timeout, bool Monitor);
 
-    record ProxyArgs(string Upstream, string Downstream, int Timeout);
+    record ProxyArgs(string Upstream, string Downstream, int Timeout, bool Monitor);
 
     record SubscriberArgs(
         string Ticks, string Name, List<string> Symbols, int Count, ulong Seed,
-        (string Old, string New)? Switch, int SwitchAfter, int Timeout);
+        (string Old, string New)? Switch, int SwitchAfter, int Timeout, bool Monitor);
 
     record EncodeArgs(ulong Seed, string Symbol, ulong Sequence, long Timestamp);
 
@@ -42,13 +43,14 @@ static class Ticker
         Option<int> subscribers = Flags.AtLeast("--subscribers", 1, 1);
         Option<int> interval = Flags.AtLeast("--interval", 1, 2);
         Option<int> timeout = Flags.AtLeast("--timeout", 0, 0);
+        Option<string> monitor = Flags.Monitor();
         Command publisher = new("publisher", "publish ticks once the subscribers are there")
         {
-            ticks, symbols, seed, subscribers, interval, timeout,
+            ticks, symbols, seed, subscribers, interval, timeout, monitor,
         };
         publisher.SetAction(p => RunPublisher(new(
             p.GetValue(ticks)!, p.GetValue(symbols)!, p.GetValue(seed), p.GetValue(subscribers),
-            p.GetValue(interval), p.GetValue(timeout))));
+            p.GetValue(interval), p.GetValue(timeout), p.GetValue(monitor) == "on")));
         return publisher;
     }
 
@@ -57,8 +59,13 @@ static class Ticker
         Option<string> upstream = Flags.Endpoint("--upstream", "tcp://127.0.0.1:5557");
         Option<string> downstream = Flags.Endpoint("--downstream", "tcp://127.0.0.1:5558");
         Option<int> timeout = Flags.AtLeast("--timeout", 0, 0);
-        Command proxy = new("proxy", "forward ticks downstream and subscriptions upstream") { upstream, downstream, timeout };
-        proxy.SetAction(p => RunProxy(new(p.GetValue(upstream)!, p.GetValue(downstream)!, p.GetValue(timeout))));
+        Option<string> monitor = Flags.Monitor();
+        Command proxy = new("proxy", "forward ticks downstream and subscriptions upstream")
+        {
+            upstream, downstream, timeout, monitor,
+        };
+        proxy.SetAction(p => RunProxy(new(
+            p.GetValue(upstream)!, p.GetValue(downstream)!, p.GetValue(timeout), p.GetValue(monitor) == "on")));
         return proxy;
     }
 
@@ -73,13 +80,14 @@ static class Ticker
             "--switch", $"takes OLD:NEW, where {SymbolRule}", TryParseSwitch, () => null);
         Option<int> switchAfter = Flags.AtLeast("--switch-after", 1, 10);
         Option<int> timeout = Flags.AtLeast("--timeout", 0, 30000);
+        Option<string> monitor = Flags.Monitor();
         Command subscriber = new("subscriber", "receive and check the ticks of some symbols")
         {
-            ticks, name, symbols, count, seed, change, switchAfter, timeout,
+            ticks, name, symbols, count, seed, change, switchAfter, timeout, monitor,
         };
         subscriber.SetAction(p => RunSubscriber(new(
             p.GetValue(ticks)!, p.GetValue(name)!, p.GetValue(symbols)!, p.GetValue(count), p.GetValue(seed),
-            p.GetValue(change), p.GetValue(switchAfter), p.GetValue(timeout))));
+            p.GetValue(change), p.GetValue(switchAfter), p.GetValue(timeout), p.GetValue(monitor) == "on")));
         return subscriber;
     }
 
@@ -183,6 +191,7 @@ static class Ticker
         using var ticks = new XPublisherSocket();
         ticks.Options.Linger = TimeSpan.Zero; // ticks are a stream: none is owed to anyone once we stop
         ticks.Options.MaxMsgSize = MaxMessage;
+        using var ticksMonitor = SocketMonitor.Attach(ticks, "ticks", args.Monitor);
         Sockets.Bind(ticks, args.Ticks);
         Events.Emit("ready", new { ticks = ticks.Options.LastEndpoint });
 
@@ -280,6 +289,8 @@ static class Ticker
         // Subscriptions go upstream once per topic (XPUB passes on only the first): one dropped at the
         // send high-water mark during a flood would be lost for good. No limit on XSUB's sends.
         upstream.Options.SendHighWatermark = 0;
+        using var upstreamMonitor = SocketMonitor.Attach(upstream, "upstream", args.Monitor);
+        using var downstreamMonitor = SocketMonitor.Attach(downstream, "downstream", args.Monitor);
         Sockets.Bind(downstream, args.Downstream);
         Sockets.Connect(upstream, args.Upstream);
         Events.Emit("ready", new { downstream = downstream.Options.LastEndpoint });
@@ -342,6 +353,7 @@ static class Ticker
         using var sub = new SubscriberSocket();
         sub.Options.Linger = TimeSpan.Zero;
         sub.Options.MaxMsgSize = MaxMessage;
+        using var ticksMonitor = SocketMonitor.Attach(sub, "ticks", args.Monitor);
         Sockets.Connect(sub, args.Ticks);
         var subscribed = new List<string>(args.Symbols);
         foreach (string symbol in subscribed)
@@ -353,6 +365,7 @@ static class Ticker
         var received = new Dictionary<string, int>();
         foreach (string symbol in subscribed)
             received[symbol] = 0;
+        var last = new Dictionary<string, ulong>(); // each symbol's last sequence: a jump is a gap, reported as such
         bool switched = old is null;
         int total = 0, malformed = 0;
         var frames = new List<byte[]>();
@@ -375,6 +388,12 @@ static class Ticker
             }
             total++;
             received[tick.Symbol]++;
+            // PUB/SUB drops silently: ticks published while the path to us was down (a proxy that
+            // restarted) or while a queue was full (the HWM) are gone. Say so, never hide it. Below
+            // 2^63 (CheckTick), so last + 1 cannot wrap.
+            if (last.TryGetValue(tick.Symbol, out ulong previous) && tick.Sequence > previous + 1)
+                Events.Emit("gap", new { symbol = tick.Symbol, after = previous, next = tick.Sequence });
+            last[tick.Symbol] = tick.Sequence;
             Events.Emit("tick", new
             {
                 symbol = tick.Symbol, sequence = tick.Sequence, timestamp = tick.Timestamp, price = tick.Price,

@@ -20,11 +20,12 @@ static class Valuation
     internal static readonly byte[] Waiting = "waiting"u8.ToArray(), Go = "go"u8.ToArray(), Finished = "finished"u8.ToArray();
     internal static readonly byte[] Resend = "resend"u8.ToArray(), Ready = "ready"u8.ToArray(), Result = "result"u8.ToArray();
 
-    record SinkArgs(string Results, string Control, int Workers, int Count, ulong Seed, int Quiet, int Heartbeat, int Timeout);
+    record SinkArgs(
+        string Results, string Control, int Workers, int Count, ulong Seed, int Quiet, int Heartbeat, int Timeout, bool Monitor);
 
-    record SourceArgs(string Orders, string Control, int Count, ulong Seed, int Timeout);
+    record SourceArgs(string Orders, string Control, int Count, ulong Seed, int Timeout, bool Monitor);
 
-    record WorkerArgs(string Orders, string Results, string Control, string Name, int Rate, int Timeout);
+    record WorkerArgs(string Orders, string Results, string Control, string Name, int Rate, int Timeout, bool Monitor);
 
     record EncodeArgs(ulong Seed, ulong Id);
 
@@ -54,13 +55,14 @@ static class Valuation
         Option<int> quiet = Flags.AtLeast("--quiet", 1, 1000);
         Option<int> heartbeat = Flags.AtLeast("--heartbeat", 1, 100);
         Option<int> timeout = Flags.AtLeast("--timeout", 0, 0);
+        Option<string> monitor = Flags.Monitor();
         Command sink = new("sink", "collect results, re-dispatch lost orders")
         {
-            results, control, workers, count, seed, quiet, heartbeat, timeout,
+            results, control, workers, count, seed, quiet, heartbeat, timeout, monitor,
         };
         sink.SetAction(p => RunSink(new(
             p.GetValue(results)!, p.GetValue(control)!, p.GetValue(workers), p.GetValue(count), p.GetValue(seed),
-            p.GetValue(quiet), p.GetValue(heartbeat), p.GetValue(timeout))));
+            p.GetValue(quiet), p.GetValue(heartbeat), p.GetValue(timeout), p.GetValue(monitor) == "on")));
         return sink;
     }
 
@@ -71,9 +73,14 @@ static class Valuation
         Option<int> count = Flags.AtLeast("--count", 1, 100);
         Option<ulong> seed = Flags.UInt64("--seed", 1);
         Option<int> timeout = Flags.AtLeast("--timeout", 0, 30000);
-        Command source = new("source", "hand out the batch, re-send what the sink misses") { orders, control, count, seed, timeout };
+        Option<string> monitor = Flags.Monitor();
+        Command source = new("source", "hand out the batch, re-send what the sink misses")
+        {
+            orders, control, count, seed, timeout, monitor,
+        };
         source.SetAction(p => RunSource(new(
-            p.GetValue(orders)!, p.GetValue(control)!, p.GetValue(count), p.GetValue(seed), p.GetValue(timeout))));
+            p.GetValue(orders)!, p.GetValue(control)!, p.GetValue(count), p.GetValue(seed), p.GetValue(timeout),
+            p.GetValue(monitor) == "on")));
         return source;
     }
 
@@ -85,10 +92,14 @@ static class Valuation
         Option<string> name = Flags.Name("--name");
         Option<int> rate = Flags.AtLeast("--rate", 0, 0);
         Option<int> timeout = Flags.AtLeast("--timeout", 0, 30000);
-        Command worker = new("worker", "price orders until the batch is finished") { orders, results, control, name, rate, timeout };
+        Option<string> monitor = Flags.Monitor();
+        Command worker = new("worker", "price orders until the batch is finished")
+        {
+            orders, results, control, name, rate, timeout, monitor,
+        };
         worker.SetAction(p => RunWorker(new(
             p.GetValue(orders)!, p.GetValue(results)!, p.GetValue(control)!, p.GetValue(name)!,
-            p.GetValue(rate), p.GetValue(timeout))));
+            p.GetValue(rate), p.GetValue(timeout), p.GetValue(monitor) == "on")));
         return worker;
     }
 
@@ -280,6 +291,8 @@ static class Valuation
         control.Options.Linger = TimeSpan.Zero;
         results.Options.MaxMsgSize = MaxMessage;
         control.Options.MaxMsgSize = MaxMessage; // PUB sends, but it still decodes subscriptions
+        using var resultsMonitor = SocketMonitor.Attach(results, "results", args.Monitor);
+        using var controlMonitor = SocketMonitor.Attach(control, "control", args.Monitor);
         Sockets.Bind(results, args.Results);
         Sockets.Bind(control, args.Control);
         Events.Emit("ready", new { results = results.Options.LastEndpoint, control = control.Options.LastEndpoint });
@@ -361,6 +374,8 @@ static class Valuation
         orders.Options.MaxMsgSize = MaxMessage; // PUSH sends, but it still decodes what the peer says
         control.Options.MaxMsgSize = MaxMessage;
         control.SubscribeToAnyTopic(); // the prefix "": every control message
+        using var ordersMonitor = SocketMonitor.Attach(orders, "orders", args.Monitor);
+        using var controlMonitor = SocketMonitor.Attach(control, "control", args.Monitor);
         Sockets.Bind(orders, args.Orders);
         Sockets.Connect(control, args.Control);
         Events.Emit("ready", new { orders = orders.Options.LastEndpoint });
@@ -441,6 +456,9 @@ static class Valuation
         results.Options.MaxMsgSize = MaxMessage; // PUSH sends, but it still decodes what the peer says
         control.Options.MaxMsgSize = MaxMessage;
         control.SubscribeToAnyTopic();
+        using var ordersMonitor = SocketMonitor.Attach(orders, "orders", args.Monitor);
+        using var resultsMonitor = SocketMonitor.Attach(results, "results", args.Monitor);
+        using var controlMonitor = SocketMonitor.Attach(control, "control", args.Monitor);
         // PULL first: it should be connected long before the source deals the batch, or PUSH's
         // round-robin would leave us out of it.
         Sockets.Connect(orders, args.Orders);
@@ -456,7 +474,8 @@ static class Valuation
                 throw new Failure("timeout", "no control message from the sink");
         }
         byte[] name = Encoding.UTF8.GetBytes(args.Name);
-        results.SendWhenRoom([Ready, name], deadline, "ready");
+        byte[][] hello = [Ready, name];
+        results.SendWhenRoom(hello, deadline, "ready");
         Events.Emit("ready", new { name = args.Name });
 
         int count = 0;
@@ -467,10 +486,13 @@ static class Valuation
             using var poller = new NetMQPoller { orders, control };
             control.ReceiveReady += (_, e) =>
             {
-                // States and resends come here; only `finished` matters to a worker. Ready is a hint:
+                // States and resends come here; resends are the source's business. Ready is a hint:
                 // read without waiting (Sockets.ReceiveIfReady).
-                if (IsState(e.Socket.ReceiveIfReady(), Finished))
+                List<byte[]>? state = e.Socket.ReceiveIfReady();
+                if (IsState(state, Finished))
                     poller.Stop(); // from the poller's own thread: it stops once this round is over
+                else if (IsState(state, Waiting)) // a sink waiting for its workers, a restarted one too: ready again
+                    results.SendWhenRoom(hello, deadline, "ready");
             };
 
             // --rate: after each order, take the PULL out of the poll set until the next one is due.

@@ -64,6 +64,7 @@ sealed class Web : IDisposable
     }
 
     readonly StreamSocket socket = new();
+    readonly SocketMonitor? monitor;
     readonly Dictionary<string, Connection> connections = []; // by identity, in hex
     // The replay: what a new event stream gets first. The bytes the desk wrote, kept here.
     readonly List<byte[]> startup = []; // the lines written before the desk was serving, and its `ready`
@@ -72,19 +73,22 @@ sealed class Web : IDisposable
 
     /// <summary>Bind the STREAM socket: before any agent thread starts, so a failed bind fails the desk
     /// at once (`error` `bind`, exit 1).</summary>
-    public Web(string endpoint)
+    public Web(string endpoint, bool monitor)
     {
         // Linger 0: at close, an open event stream has nothing worth waiting for.
         socket.Options.Linger = TimeSpan.Zero;
         // Send high-water mark 1000 messages per connection, on purpose: a reader that does not read
         // makes its connection refuse a send there (TrySend false), and the desk drops that stream.
         socket.Options.SendHighWatermark = SendHwm;
+        // --monitor on: the page's connections too (its flag gives its endpoint).
+        this.monitor = SocketMonitor.Attach(socket, "http", monitor);
         try
         {
             Sockets.Bind(socket, endpoint);
         }
         catch
         {
+            this.monitor?.Dispose();
             socket.Dispose();
             throw;
         }
@@ -405,5 +409,9 @@ sealed class Web : IDisposable
         }
     }
 
-    public void Dispose() => socket.Dispose();
+    public void Dispose()
+    {
+        monitor?.Dispose();
+        socket.Dispose();
+    }
 }

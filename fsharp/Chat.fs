@@ -29,6 +29,7 @@ type ServerArgs =
     | Curve_Clients of z85s: string
     | Plain_User of name: string
     | Plain_Password of password: string
+    | Monitor of on_off: string
 
     interface IArgParserTemplate with
         member this.Usage =
@@ -43,6 +44,7 @@ type ServerArgs =
             | Curve_Clients _ -> "the client public keys admitted, comma-separated (not in NetMQ)"
             | Plain_User _ -> "the PLAIN username (not in NetMQ)"
             | Plain_Password _ -> "the PLAIN password (not in NetMQ)"
+            | Monitor _ -> "on: report every socket's connection events (default off)"
 
 type ClientArgs =
     | Requests of endpoint: string
@@ -58,6 +60,7 @@ type ClientArgs =
     | Curve_Server of z85: string
     | Plain_User of name: string
     | Plain_Password of password: string
+    | Monitor of on_off: string
 
     interface IArgParserTemplate with
         member this.Usage =
@@ -75,6 +78,7 @@ type ClientArgs =
             | Curve_Server _ -> "the server's CURVE public key"
             | Plain_User _ -> "the PLAIN username (not in NetMQ)"
             | Plain_Password _ -> "the PLAIN password (not in NetMQ)"
+            | Monitor _ -> "on: report every socket's connection events (default off)"
 
 [<RequireSubcommand>]
 type ChatArgs =
@@ -89,11 +93,11 @@ type ChatArgs =
 
 type ServerSettings =
     { Requests: string; Broadcasts: string; Timeout: int; Heartbeat: int; Expiry: int
-      Security: Security }
+      Security: Security; Monitor: bool }
 
 type ClientSettings =
     { Requests: string; Broadcasts: string; Timeout: int
-      Name: string; Count: int; Clients: int; Keepalive: int; Security: Security }
+      Name: string; Count: int; Clients: int; Keepalive: int; Security: Security; Monitor: bool }
 
 let serverSecurity (args: ParseResults<ServerArgs>) : Security =
     let chosen = args.TryPostProcessResult(ServerArgs.Security, mechanism) |> Option.defaultValue "null"
@@ -127,7 +131,8 @@ let serverSettings (args: ParseResults<ServerArgs>) : ServerSettings =
       Timeout = args.TryPostProcessResult(ServerArgs.Timeout, atLeast 0) |> Option.defaultValue 0
       Heartbeat = args.TryPostProcessResult(Heartbeat, atLeast 1) |> Option.defaultValue 100
       Expiry = args.TryPostProcessResult(Expiry, atLeast 1) |> Option.defaultValue 5000
-      Security = serverSecurity args }
+      Security = serverSecurity args
+      Monitor = args.TryPostProcessResult(ServerArgs.Monitor, onOff) |> Option.defaultValue false }
 
 let clientSettings (args: ParseResults<ClientArgs>) : ClientSettings =
     { Requests = args.GetResult(ClientArgs.Requests, "tcp://127.0.0.1:5555")
@@ -138,7 +143,8 @@ let clientSettings (args: ParseResults<ClientArgs>) : ClientSettings =
       Count = args.TryPostProcessResult(Count, atLeast 0) |> Option.defaultValue 5
       Clients = args.TryPostProcessResult(Clients, atLeast 1) |> Option.defaultValue 1
       Keepalive = args.TryPostProcessResult(Keepalive, atLeast 1) |> Option.defaultValue 1000
-      Security = clientSecurity args }
+      Security = clientSecurity args
+      Monitor = args.TryPostProcessResult(ClientArgs.Monitor, onOff) |> Option.defaultValue false }
 
 let postText (name: string) (number: int) = $"{name} #{number}: héllo wörld 🌍"
 
@@ -239,6 +245,8 @@ let runServer (args: ServerSettings) =
     broadcasts.Options.MaxMsgSize <- MaxMessage // PUB still decodes what subscribers send
     secureServer requests args.Security
     secureServer broadcasts args.Security
+    use _ = SocketMonitor.watch requests "requests" args.Monitor // before the bind: `listening` too
+    use _ = SocketMonitor.watch broadcasts "broadcasts" args.Monitor
     endpoint "bind" requests.Bind args.Requests
     endpoint "bind" broadcasts.Bind args.Broadcasts
     emit "ready" [ "requests", box requests.Options.LastEndpoint
@@ -308,14 +316,16 @@ type ChatClient(args: ClientSettings) =
         sub.Options.MaxMsgSize <- MaxMessage
         sub.Subscribe("") // a prefix filter on frame 0; "" lets posts and rosters through
         secureClient sub args.Security
-        endpoint "connect" sub.Connect args.Broadcasts
+    let subMonitor = SocketMonitor.watch sub "broadcasts" args.Monitor // before the connect
+    do endpoint "connect" sub.Connect args.Broadcasts
     // REQ enforces send, receive, send, receive...: one request in flight at a time.
     let req = new RequestSocket()
     do
         req.Options.Linger <- TimeSpan.Zero
         req.Options.MaxMsgSize <- MaxMessage
         secureClient req args.Security
-        endpoint "connect" req.Connect args.Requests
+    let reqMonitor = SocketMonitor.watch req "requests" args.Monitor
+    do endpoint "connect" req.Connect args.Requests
     let mutable roster: string list = []
     let received = Dictionary<string, int>()
     let mutable lastRequest = nowMs ()
@@ -394,6 +404,8 @@ type ChatClient(args: ClientSettings) =
 
     interface IDisposable with
         member _.Dispose() =
+            subMonitor.Dispose() // the monitors first, while their sockets are still open
+            reqMonitor.Dispose()
             sub.Dispose()
             req.Dispose()
 

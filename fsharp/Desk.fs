@@ -2,7 +2,7 @@
 ///
 /// Four agent threads each own the sockets of one earlier example and speak its protocol: chat,
 /// ticker, valuation (the source and the sink in one) and query. The main thread runs the scenario
-/// and is the only one that writes to stdout. The threads share nothing but NetMQ's one context:
+/// and is the only one that writes to stdout, but for the socket monitors' threads (`--monitor on`). The threads share nothing but NetMQ's one context:
 /// they talk through PAIR sockets over inproc://, the pipes. "Don't share state, share messages."
 module Btb.Desk
 
@@ -44,6 +44,7 @@ type TraderArgs =
     | Subtrees of list: string
     | Http of endpoint: string
     | Timeout of ms: int
+    | Monitor of on_off: string
 
     interface IArgParserTemplate with
         member this.Usage =
@@ -72,6 +73,7 @@ type TraderArgs =
             | Subtrees _ -> "the query agent's subtrees, holding /desks/NAME/ (default /prices/,/desks/)"
             | Http _ -> "serve the desk's page on this tcp:// endpoint; empty: no page (default empty)"
             | Timeout _ -> "longest run in ms, 0 for no limit (default 60000)"
+            | Monitor _ -> "on: report every socket's connection events (default off)"
 
 [<RequireSubcommand>]
 type DeskArgs =
@@ -89,7 +91,7 @@ type TraderSettings =
       Ticks: string; Follow: string list; Forget: string; ForgetAfter: int; TickCount: int; Seed: uint64
       Orders: string; Results: string; Control: string; Trade: int; Workers: int; Quiet: int
       Heartbeat: int; Snapshot: string; Updates: string; Collector: string; Subtrees: string list
-      Http: string; Timeout: int }
+      Http: string; Timeout: int; Monitor: bool }
 
 let MaxTrade = 1000000
 let MaxWaiting = 100 // commands an agent queues (texts to post, writes) before it says "busy"
@@ -140,7 +142,8 @@ let traderSettings (args: ParseResults<TraderArgs>) : TraderSettings =
             args.TryPostProcessResult(Subtrees, Query.subtreeList)
             |> Option.defaultWith (fun () -> Query.subtreeList "/prices/,/desks/")
           Http = args.TryPostProcessResult(Http, httpEndpoint) |> Option.defaultValue ""
-          Timeout = args.TryPostProcessResult(TraderArgs.Timeout, atLeast 0) |> Option.defaultValue 60000 }
+          Timeout = args.TryPostProcessResult(TraderArgs.Timeout, atLeast 0) |> Option.defaultValue 60000
+          Monitor = args.TryPostProcessResult(TraderArgs.Monitor, onOff) |> Option.defaultValue false }
     let home = $"/desks/{settings.Name}/"
     if settings.Forget <> "" && not (List.contains settings.Forget settings.Follow) then
         args.Raise("--forget must be one of --follow, or empty") // exit 2, like Argu's own
@@ -234,6 +237,10 @@ let chatAgent (settings: TraderSettings) (pipe: Pipe) =
         socket.Options.Linger <- TimeSpan.Zero
         socket.Options.MaxMsgSize <- Chat.MaxMessage
     sub.Subscribe "" // posts and rosters
+    // Monitors before the connects, in this thread: each runs on a thread of its own and writes its
+    // socket-event lines itself, the only lines that do not go up a pipe.
+    use _ = SocketMonitor.watch sub "chat-broadcasts" settings.Monitor
+    use _ = SocketMonitor.watch req "chat-requests" settings.Monitor
     let waiting = Queue<string>() // POSTed texts, in order
     let mutable roster: string list = []
     let mutable heard = false // a first broadcast: our subscription is live (the slow joiner)
@@ -318,6 +325,7 @@ let tickerAgent (settings: TraderSettings) (pipe: Pipe) =
     use sub = new SubscriberSocket()
     sub.Options.Linger <- TimeSpan.Zero // ticks are a stream: nobody is owed the ones still queued
     sub.Options.MaxMsgSize <- Ticker.MaxMessage
+    use _ = SocketMonitor.watch sub "ticks" settings.Monitor // before the connect
     let mutable following: string list = []
     let mutable ticks = 0
     let mutable malformed = 0
@@ -376,6 +384,9 @@ let valuationAgent (settings: TraderSettings) (pipe: Pipe) =
     // The `finished` state must reach the workers even if the desk stops right after: they leave
     // when they hear it. Closing the socket leaves it a second to go out.
     control.Options.Linger <- TimeSpan.FromMilliseconds 1000.0
+    use _ = SocketMonitor.watch orders "orders" settings.Monitor // before the binds: `listening` too
+    use _ = SocketMonitor.watch results "results" settings.Monitor
+    use _ = SocketMonitor.watch control "control" settings.Monitor
     let ready = HashSet<string>() // workers ready for the next trade
     let values = Dictionary<uint64, int64>() // id -> the value of its first result, this trade
     let priced = Dictionary<string, int>() // worker -> results counted, this trade
@@ -507,10 +518,14 @@ let queryAgent (settings: TraderSettings) (pipe: Pipe) =
         socket.Options.Linger <- TimeSpan.Zero
         socket.Options.MaxMsgSize <- Query.MaxMessage
     collector.Options.Linger <- TimeSpan.FromMilliseconds 1000.0 // our last write may be queued at STOP
+    use _ = SocketMonitor.watch snapshot "snapshot" settings.Monitor // before the connects
+    use _ = SocketMonitor.watch updates "updates" settings.Monitor
+    use _ = SocketMonitor.watch collector "collector" settings.Monitor
     // The facade's map, its checks and its per-subtree watermarks; its own --writes are not used.
     let facadeSettings: Query.FacadeSettings =
         { Snapshot = settings.Snapshot; Updates = settings.Updates; Collector = settings.Collector
-          Name = settings.Name; Subtrees = settings.Subtrees; Count = 1; Writes = 0; Ttl = 1; Timeout = 0 }
+          Name = settings.Name; Subtrees = settings.Subtrees; Count = 1; Writes = 0; Ttl = 1; Timeout = 0
+          Monitor = settings.Monitor }
     let facade = new Query.Facade(facadeSettings, pipe.Emit)
     let writes = Queue<string * byte[]>() // WRITEs waiting for the snapshots and the collector
     let unread = ResizeArray<string * byte[]>() // written, not read back yet
@@ -740,7 +755,7 @@ let runTrader (settings: TraderSettings) =
     use stop = new StopSignal()
     let deadline = Deadline(settings.Timeout)
     // The page's socket, bound before any thread starts: a failed bind is `error` bind, exit 1.
-    let web = if settings.Http = "" then None else Some(new Web.Web(settings.Http))
+    let web = if settings.Http = "" then None else Some(new Web.Web(settings.Http, settings.Monitor))
     let scenario = Scenario(settings)
     let trade = Trade()
     let agents = ResizeArray<Agent>()
@@ -758,7 +773,7 @@ let runTrader (settings: TraderSettings) =
             trade.Progress(nowMs (), true) |> Option.iter (publish (Some "progress"))
             trade.Complete()
         | _ -> ()
-        writeLine line
+        writeEvent event line
         if event <> "result" then publish (replayKey event extras) line
     let sayEvent (event: string) (fields: (string * obj) list) = say event [] (eventJson event fields)
 

@@ -25,11 +25,21 @@ let private json = JsonSerializerOptions(Encoder = JavaScriptEncoder.UnsafeRelax
 let eventJson (event: string) (fields: (string * obj) list) =
     JsonSerializer.Serialize(dict (("event", box event) :: fields), json)
 
-/// Write one line to stdout and flush it at once, so the orchestrator sees it live.
-let writeLine (line: string) = out.WriteLine line
+let private stdoutLock = obj ()
+let mutable private doneWritten = false
+
+/// Write one event's line to stdout and flush it at once, so the orchestrator sees it live. Socket
+/// monitors write from threads of their own: the lock keeps every line whole, and once `done` is
+/// out, their `socket-event` lines are dropped (the contract: nothing after `done`).
+let writeEvent (event: string) (line: string) =
+    lock stdoutLock (fun () ->
+        if not (doneWritten && event = "socket-event") then
+            out.WriteLine line
+        if event = "done" then
+            doneWritten <- true)
 
 /// Write one event as one JSON line.
-let emit (event: string) (fields: (string * obj) list) = writeLine (eventJson event fields)
+let emit (event: string) (fields: (string * obj) list) = writeEvent event (eventJson event fields)
 
 let log (message: string) = eprintfn "%s" message
 
@@ -83,6 +93,13 @@ type StopSignal() =
 let atLeast minimum (number: int) =
     if number < minimum then failwithf "must be at least %d" minimum
     number
+
+/// `--monitor`: on or off (README's "Socket monitors").
+let onOff (value: string) =
+    match value with
+    | "on" -> true
+    | "off" -> false
+    | _ -> failwith "expected on or off"
 
 let MaxName = 32 // bytes of UTF-8: chat handles, subscriber names
 

@@ -46,6 +46,7 @@ type EngineArgs =
     | Hugz of ms: int
     | Max_Keys of count: int
     | Timeout of ms: int
+    | Monitor of on_off: string
 
     interface IArgParserTemplate with
         member this.Usage =
@@ -59,6 +60,7 @@ type EngineArgs =
             | Hugz _ -> "a HUGZ after this many ms without an update (default 1000)"
             | Max_Keys _ -> "the most keys the map holds (default 10000)"
             | Timeout _ -> "longest run in ms, 0 for no limit (default 0)"
+            | Monitor _ -> "on: report every socket's connection events (default off)"
 
 type FacadeArgs =
     | Snapshot of endpoint: string
@@ -70,6 +72,7 @@ type FacadeArgs =
     | Writes of keys: int
     | Ttl of seconds: int
     | Timeout of ms: int
+    | Monitor of on_off: string
 
     interface IArgParserTemplate with
         member this.Usage =
@@ -83,6 +86,7 @@ type FacadeArgs =
             | Writes _ -> "keys to write, 0 for none (default 0)"
             | Ttl _ -> "the ttl of the even-numbered writes, 1 to 86400 s (default 1)"
             | Timeout _ -> "longest run in ms, 0 for no limit (default 30000)"
+            | Monitor _ -> "on: report every socket's connection events (default off)"
 
 type DeriveArgs =
     | [<Mandatory>] Symbol of symbol: string
@@ -111,11 +115,11 @@ type QueryArgs =
 
 type EngineSettings =
     { Snapshot: string; Updates: string; Collector: string; Ticks: string; Name: string
-      Symbols: string list; Hugz: int; MaxKeys: int; Timeout: int }
+      Symbols: string list; Hugz: int; MaxKeys: int; Timeout: int; Monitor: bool }
 
 type FacadeSettings =
     { Snapshot: string; Updates: string; Collector: string; Name: string; Subtrees: string list
-      Count: int; Writes: int; Ttl: int; Timeout: int }
+      Count: int; Writes: int; Ttl: int; Timeout: int; Monitor: bool }
 
 type DeriveSettings = { Symbol: string; Prices: byte[] list; Sequence: uint64 }
 
@@ -160,7 +164,8 @@ let engineSettings (args: ParseResults<EngineArgs>) : EngineSettings =
         |> Option.defaultWith (fun () -> Ticker.symbols "AAPL,GOOG,GOOGL,MSFT,IBM")
       Hugz = args.TryPostProcessResult(Hugz, atLeast 1) |> Option.defaultValue 1000
       MaxKeys = args.TryPostProcessResult(Max_Keys, atLeast 1) |> Option.defaultValue 10000
-      Timeout = args.TryPostProcessResult(EngineArgs.Timeout, atLeast 0) |> Option.defaultValue 0 }
+      Timeout = args.TryPostProcessResult(EngineArgs.Timeout, atLeast 0) |> Option.defaultValue 0
+      Monitor = args.TryPostProcessResult(EngineArgs.Monitor, onOff) |> Option.defaultValue false }
 
 let facadeSettings (args: ParseResults<FacadeArgs>) : FacadeSettings =
     { Snapshot = args.GetResult(FacadeArgs.Snapshot, "tcp://127.0.0.1:5556")
@@ -171,7 +176,8 @@ let facadeSettings (args: ParseResults<FacadeArgs>) : FacadeSettings =
       Count = args.TryPostProcessResult(Count, atLeast 1) |> Option.defaultValue 100
       Writes = args.TryPostProcessResult(Writes, atLeast 0) |> Option.defaultValue 0
       Ttl = args.TryPostProcessResult(Ttl, ttlSeconds) |> Option.defaultValue 1
-      Timeout = args.TryPostProcessResult(FacadeArgs.Timeout, atLeast 0) |> Option.defaultValue 30000 }
+      Timeout = args.TryPostProcessResult(FacadeArgs.Timeout, atLeast 0) |> Option.defaultValue 30000
+      Monitor = args.TryPostProcessResult(FacadeArgs.Monitor, onOff) |> Option.defaultValue false }
 
 let deriveSettings (args: ParseResults<DeriveArgs>) : DeriveSettings =
     { Symbol = args.PostProcessResult(Symbol, Ticker.symbol)
@@ -424,6 +430,10 @@ let runEngine (args: EngineSettings) =
     for socket in [ snapshots :> NetMQSocket; updates; collector; ticks ] do
         socket.Options.Linger <- TimeSpan.Zero
         socket.Options.MaxMsgSize <- MaxMessage
+    use _ = SocketMonitor.watch snapshots "snapshot" args.Monitor // before the binds: `listening` too
+    use _ = SocketMonitor.watch updates "updates" args.Monitor
+    use _ = SocketMonitor.watch collector "collector" args.Monitor
+    use _ = SocketMonitor.watch ticks "ticks" (args.Monitor && args.Ticks <> "") // only with --ticks
     endpoint "bind" snapshots.Bind args.Snapshot
     endpoint "bind" updates.Bind args.Updates
     endpoint "bind" collector.Bind args.Collector
@@ -573,6 +583,9 @@ let runFacade (args: FacadeSettings) =
             socket.Options.Linger <- TimeSpan.Zero
             socket.Options.MaxMsgSize <- MaxMessage
         collector.Options.Linger <- TimeSpan.FromMilliseconds 1000.0 // our last write may be queued at exit
+        use _ = SocketMonitor.watch updates "updates" args.Monitor // before the connects: the first `connected` too
+        use _ = SocketMonitor.watch snapshot "snapshot" args.Monitor
+        use _ = SocketMonitor.watch collector "collector" (args.Monitor && args.Writes > 0) // only with --writes
         if args.Writes > 0 then
             endpoint "connect" collector.Connect args.Collector
         endpoint "connect" updates.Connect args.Updates

@@ -27,6 +27,7 @@ type PublisherArgs =
     | Subscribers of count: int
     | Interval of ms: int
     | Timeout of ms: int
+    | Monitor of on_off: string
 
     interface IArgParserTemplate with
         member this.Usage =
@@ -37,11 +38,13 @@ type PublisherArgs =
             | Subscribers _ -> "@name topics to wait for before publishing (default 1)"
             | Interval _ -> "time between rounds in ms (default 2)"
             | Timeout _ -> "longest run in ms, 0 for no limit (default 0)"
+            | Monitor _ -> "on: report every socket's connection events (default off)"
 
 type ProxyArgs =
     | Upstream of endpoint: string
     | Downstream of endpoint: string
     | Timeout of ms: int
+    | Monitor of on_off: string
 
     interface IArgParserTemplate with
         member this.Usage =
@@ -49,6 +52,7 @@ type ProxyArgs =
             | Upstream _ -> "the publisher's endpoint, for XSUB to connect (default tcp://127.0.0.1:5557)"
             | Downstream _ -> "XPUB endpoint to bind (default tcp://127.0.0.1:5558)"
             | Timeout _ -> "longest run in ms, 0 for no limit (default 0)"
+            | Monitor _ -> "on: report every socket's connection events (default off)"
 
 type SubscriberArgs =
     | Ticks of endpoint: string
@@ -59,6 +63,7 @@ type SubscriberArgs =
     | Switch of old_new: string
     | Switch_After of ticks: int
     | Timeout of ms: int
+    | Monitor of on_off: string
 
     interface IArgParserTemplate with
         member this.Usage =
@@ -71,6 +76,7 @@ type SubscriberArgs =
             | Switch _ -> "OLD:NEW, change one subscription while running (default none)"
             | Switch_After _ -> "ticks of OLD before switching (default 10)"
             | Timeout _ -> "longest run in ms, 0 for no limit (default 30000)"
+            | Monitor _ -> "on: report every socket's connection events (default off)"
 
 type EncodeArgs =
     | [<Mandatory>] Seed of seed: uint64
@@ -103,13 +109,13 @@ type TickerArgs =
 
 type PublisherSettings =
     { Ticks: string; Symbols: string list; Seed: uint64
-      Subscribers: int; Interval: int; Timeout: int }
+      Subscribers: int; Interval: int; Timeout: int; Monitor: bool }
 
-type ProxySettings = { Upstream: string; Downstream: string; Timeout: int }
+type ProxySettings = { Upstream: string; Downstream: string; Timeout: int; Monitor: bool }
 
 type SubscriberSettings =
     { Ticks: string; Name: string; Symbols: string list; Count: int; Seed: uint64
-      Switch: (string * string) option; SwitchAfter: int; Timeout: int }
+      Switch: (string * string) option; SwitchAfter: int; Timeout: int; Monitor: bool }
 
 type EncodeSettings = { Seed: uint64; Symbol: string; Sequence: uint64; Timestamp: int64 }
 
@@ -145,12 +151,14 @@ let publisherSettings (args: ParseResults<PublisherArgs>) : PublisherSettings =
       Seed = args.GetResult(PublisherArgs.Seed, 1UL)
       Subscribers = args.TryPostProcessResult(Subscribers, atLeast 1) |> Option.defaultValue 1
       Interval = args.TryPostProcessResult(Interval, atLeast 1) |> Option.defaultValue 2
-      Timeout = args.TryPostProcessResult(PublisherArgs.Timeout, atLeast 0) |> Option.defaultValue 0 }
+      Timeout = args.TryPostProcessResult(PublisherArgs.Timeout, atLeast 0) |> Option.defaultValue 0
+      Monitor = args.TryPostProcessResult(PublisherArgs.Monitor, onOff) |> Option.defaultValue false }
 
 let proxySettings (args: ParseResults<ProxyArgs>) : ProxySettings =
     { Upstream = args.GetResult(Upstream, "tcp://127.0.0.1:5557")
       Downstream = args.GetResult(Downstream, "tcp://127.0.0.1:5558")
-      Timeout = args.TryPostProcessResult(ProxyArgs.Timeout, atLeast 0) |> Option.defaultValue 0 }
+      Timeout = args.TryPostProcessResult(ProxyArgs.Timeout, atLeast 0) |> Option.defaultValue 0
+      Monitor = args.TryPostProcessResult(ProxyArgs.Monitor, onOff) |> Option.defaultValue false }
 
 let subscriberSettings (args: ParseResults<SubscriberArgs>) : SubscriberSettings =
     let settings =
@@ -162,7 +170,8 @@ let subscriberSettings (args: ParseResults<SubscriberArgs>) : SubscriberSettings
           Switch = args.TryPostProcessResult(Switch, switch)
           SwitchAfter = args.TryPostProcessResult(Switch_After, atLeast 1) |> Option.defaultValue 10
           Timeout =
-            args.TryPostProcessResult(SubscriberArgs.Timeout, atLeast 0) |> Option.defaultValue 30000 }
+            args.TryPostProcessResult(SubscriberArgs.Timeout, atLeast 0) |> Option.defaultValue 30000
+          Monitor = args.TryPostProcessResult(SubscriberArgs.Monitor, onOff) |> Option.defaultValue false }
     match settings.Switch with
     | Some(old, next) when not (List.contains old settings.Symbols) || List.contains next settings.Symbols ->
         args.Raise("--switch OLD:NEW needs OLD among --symbols and NEW not") // exit 2, like Argu's own
@@ -254,6 +263,7 @@ let runPublisher (args: PublisherSettings) =
     // Linger 0 on every ticker socket: ticks are a stream, and nobody is owed the ones still queued.
     ticks.Options.Linger <- TimeSpan.Zero
     ticks.Options.MaxMsgSize <- MaxMessage
+    use _ = SocketMonitor.watch ticks "ticks" args.Monitor // before the bind: `listening` too
     endpoint "bind" ticks.Bind args.Ticks
     emit "ready" [ "ticks", box ticks.Options.LastEndpoint ]
 
@@ -301,6 +311,8 @@ let runProxy (args: ProxySettings) =
     // Subscriptions go upstream once per topic (XPUB passes on only the first): one dropped at the
     // send high-water mark during a flood would be lost for good. No limit on XSUB's sends.
     upstream.Options.SendHighWatermark <- 0
+    use _ = SocketMonitor.watch upstream "upstream" args.Monitor // before the bind and the connect
+    use _ = SocketMonitor.watch downstream "downstream" args.Monitor
     endpoint "bind" downstream.Bind args.Downstream
     endpoint "connect" upstream.Connect args.Upstream
     emit "ready" [ "downstream", box downstream.Options.LastEndpoint ]
@@ -358,6 +370,7 @@ let runSubscriber (args: SubscriberSettings) =
     use sub = new SubscriberSocket()
     sub.Options.Linger <- TimeSpan.Zero
     sub.Options.MaxMsgSize <- MaxMessage
+    use _ = SocketMonitor.watch sub "ticks" args.Monitor // before the connect: the first `connected` too
     endpoint "connect" sub.Connect args.Ticks
     // Subscriptions are prefix matches on frame 0: GOOG\0 is not a prefix of GOOGL\0.
     let mutable subscribed = args.Symbols
@@ -370,6 +383,7 @@ let runSubscriber (args: SubscriberSettings) =
     let received = Dictionary<string, int>()
     for symbol in subscribed do
         received[symbol] <- 0
+    let last = Dictionary<string, uint64>() // each symbol's last sequence: a jump is a gap, reported as such
     let mutable switched = args.Switch.IsNone
     let mutable total = 0
     let mutable malformed = 0
@@ -391,6 +405,13 @@ let runSubscriber (args: SubscriberSettings) =
             | Ok(symbol, sequence, timestamp, price) ->
                 total <- total + 1
                 received[symbol] <- received[symbol] + 1
+                // PUB/SUB drops silently: ticks published while the path to us was down (a proxy
+                // that restarted) or while a queue was full (the HWM) are gone. Say so, never hide it.
+                match last.TryGetValue symbol with
+                | true, previous when sequence > previous + 1UL ->
+                    emit "gap" [ "symbol", box symbol; "after", box previous; "next", box sequence ]
+                | _ -> () // the first tick of a symbol, or the next one
+                last[symbol] <- sequence
                 emit "tick" [ "symbol", box symbol; "sequence", box sequence
                               "timestamp", box timestamp; "price", box price ]
                 match args.Switch with

@@ -29,6 +29,7 @@ type SinkArgs =
     | Heartbeat of ms: int
     | Seed of seed: uint64
     | Timeout of ms: int
+    | Monitor of on_off: string
 
     interface IArgParserTemplate with
         member this.Usage =
@@ -41,6 +42,7 @@ type SinkArgs =
             | Heartbeat _ -> "interval between state messages in ms (default 100)"
             | Seed _ -> "the source's order seed, to check values (default 1)"
             | Timeout _ -> "longest run in ms, 0 for no limit (default 0)"
+            | Monitor _ -> "on: report every socket's connection events (default off)"
 
 type SourceArgs =
     | Orders of endpoint: string
@@ -48,6 +50,7 @@ type SourceArgs =
     | Count of orders: int
     | Seed of seed: uint64
     | Timeout of ms: int
+    | Monitor of on_off: string
 
     interface IArgParserTemplate with
         member this.Usage =
@@ -57,6 +60,7 @@ type SourceArgs =
             | Count _ -> "orders in the batch (default 100)"
             | Seed _ -> "order seed, unsigned 64-bit (default 1)"
             | Timeout _ -> "longest run in ms, 0 for no limit (default 30000)"
+            | Monitor _ -> "on: report every socket's connection events (default off)"
 
 type WorkerArgs =
     | Orders of endpoint: string
@@ -65,6 +69,7 @@ type WorkerArgs =
     | [<Mandatory>] Name of name: string
     | Rate of per_second: int
     | Timeout of ms: int
+    | Monitor of on_off: string
 
     interface IArgParserTemplate with
         member this.Usage =
@@ -75,6 +80,7 @@ type WorkerArgs =
             | Name _ -> "1 to 32 bytes of UTF-8 (required)"
             | Rate _ -> "orders a second at most, 0 for no limit (default 0)"
             | Timeout _ -> "longest run in ms, 0 for no limit (default 30000)"
+            | Monitor _ -> "on: report every socket's connection events (default off)"
 
 type EncodeArgs =
     | [<Mandatory>] Seed of seed: uint64
@@ -103,12 +109,14 @@ type ValuationArgs =
 
 type SinkSettings =
     { Results: string; Control: string; Workers: int; Count: int
-      Quiet: int; Heartbeat: int; Seed: uint64; Timeout: int }
+      Quiet: int; Heartbeat: int; Seed: uint64; Timeout: int; Monitor: bool }
 
-type SourceSettings = { Orders: string; Control: string; Count: int; Seed: uint64; Timeout: int }
+type SourceSettings =
+    { Orders: string; Control: string; Count: int; Seed: uint64; Timeout: int; Monitor: bool }
 
 type WorkerSettings =
-    { Orders: string; Results: string; Control: string; Name: string; Rate: int; Timeout: int }
+    { Orders: string; Results: string; Control: string; Name: string; Rate: int; Timeout: int
+      Monitor: bool }
 
 type EncodeSettings = { Seed: uint64; Id: uint64 }
 
@@ -120,7 +128,8 @@ let sinkSettings (args: ParseResults<SinkArgs>) : SinkSettings =
       Quiet = args.TryPostProcessResult(Quiet, atLeast 1) |> Option.defaultValue 1000
       Heartbeat = args.TryPostProcessResult(Heartbeat, atLeast 1) |> Option.defaultValue 100
       Seed = args.GetResult(SinkArgs.Seed, 1UL) // as the source's: unsigned 64-bit, 0 to 2^64-1
-      Timeout = args.TryPostProcessResult(SinkArgs.Timeout, atLeast 0) |> Option.defaultValue 0 }
+      Timeout = args.TryPostProcessResult(SinkArgs.Timeout, atLeast 0) |> Option.defaultValue 0
+      Monitor = args.TryPostProcessResult(SinkArgs.Monitor, onOff) |> Option.defaultValue false }
 
 let sourceSettings (args: ParseResults<SourceArgs>) : SourceSettings =
     { Orders = args.GetResult(SourceArgs.Orders, "tcp://127.0.0.1:5562")
@@ -128,7 +137,8 @@ let sourceSettings (args: ParseResults<SourceArgs>) : SourceSettings =
       Count = args.TryPostProcessResult(SourceArgs.Count, atLeast 1) |> Option.defaultValue 100
       Seed = args.GetResult(SourceArgs.Seed, 1UL) // Argu reads an unsigned 64-bit: 0 to 2^64-1
       Timeout =
-        args.TryPostProcessResult(SourceArgs.Timeout, atLeast 0) |> Option.defaultValue 30000 }
+        args.TryPostProcessResult(SourceArgs.Timeout, atLeast 0) |> Option.defaultValue 30000
+      Monitor = args.TryPostProcessResult(SourceArgs.Monitor, onOff) |> Option.defaultValue false }
 
 let workerSettings (args: ParseResults<WorkerArgs>) : WorkerSettings =
     { Orders = args.GetResult(WorkerArgs.Orders, "tcp://127.0.0.1:5562")
@@ -137,7 +147,8 @@ let workerSettings (args: ParseResults<WorkerArgs>) : WorkerSettings =
       Name = args.PostProcessResult(Name, name)
       Rate = args.TryPostProcessResult(Rate, atLeast 0) |> Option.defaultValue 0
       Timeout =
-        args.TryPostProcessResult(WorkerArgs.Timeout, atLeast 0) |> Option.defaultValue 30000 }
+        args.TryPostProcessResult(WorkerArgs.Timeout, atLeast 0) |> Option.defaultValue 30000
+      Monitor = args.TryPostProcessResult(WorkerArgs.Monitor, onOff) |> Option.defaultValue false }
 
 let encodeSettings (args: ParseResults<EncodeArgs>) : EncodeSettings =
     { Seed = args.GetResult EncodeArgs.Seed; Id = args.GetResult Id }
@@ -233,6 +244,8 @@ let runSink (args: SinkSettings) =
     for socket in [ results :> NetMQSocket; control ] do
         socket.Options.Linger <- TimeSpan.Zero
         socket.Options.MaxMsgSize <- MaxMessage // PUB too: it still decodes what subscribers send
+    use _ = SocketMonitor.watch results "results" args.Monitor // before the binds: `listening` too
+    use _ = SocketMonitor.watch control "control" args.Monitor
     endpoint "bind" results.Bind args.Results
     endpoint "bind" control.Bind args.Control
     emit "ready" [ "results", box results.Options.LastEndpoint; "control", box control.Options.LastEndpoint ]
@@ -315,6 +328,8 @@ let runSource (args: SourceSettings) =
         socket.Options.Linger <- TimeSpan.Zero
         socket.Options.MaxMsgSize <- MaxMessage
     control.Subscribe("") // every control message: states and resends
+    use _ = SocketMonitor.watch orders "orders" args.Monitor // before the bind and the connect
+    use _ = SocketMonitor.watch control "control" args.Monitor
     endpoint "bind" orders.Bind args.Orders
     endpoint "connect" control.Connect args.Control
     emit "ready" [ "orders", box orders.Options.LastEndpoint ]
@@ -380,6 +395,9 @@ let runWorker (args: WorkerSettings) =
         socket.Options.Linger <- TimeSpan.Zero
         socket.Options.MaxMsgSize <- MaxMessage
     control.Subscribe("")
+    use _ = SocketMonitor.watch orders "orders" args.Monitor // before the connects: the first `connected` too
+    use _ = SocketMonitor.watch results "results" args.Monitor
+    use _ = SocketMonitor.watch control "control" args.Monitor
     // PULL first: it should be connected long before the source deals the batch round-robin.
     endpoint "connect" orders.Connect args.Orders
     endpoint "connect" results.Connect args.Results
@@ -391,7 +409,8 @@ let runWorker (args: WorkerSettings) =
         match receiveBefore control deadline with
         | Some state -> state = [ "finished"B ]
         | None -> raise (Failure("timeout", "no control message from the sink"))
-    sendWhenRoom results deadline "ready" [ "ready"B; me ]
+    let hello = [ "ready"B; me ]
+    sendWhenRoom results deadline "ready" hello
     emit "ready" [ "name", box args.Name ]
 
     let mutable count = 0
@@ -411,9 +430,12 @@ let runWorker (args: WorkerSettings) =
         let isReady (socket: NetMQSocket) = List.contains socket ready
         // Each ready socket is read without waiting: a poll's PollIn is a hint, not a promise.
         if isReady control then
-            match receiveIfReady control with // states and resends; only `finished` matters here
-            | Some state -> finished <- state = [ "finished"B ]
-            | None -> ()
+            match receiveIfReady control with // states and resends; resends are the source's business
+            | Some [ state ] when state = "finished"B -> finished <- true
+            | Some [ state ] when state = "waiting"B ->
+                // A sink waiting for its workers, a restarted one too: say ready again.
+                sendWhenRoom results deadline "ready" hello
+            | _ -> ()
         if isReady orders then
             match receiveIfReady orders |> Option.map checkOrder with
             | None -> ()

@@ -156,8 +156,9 @@ type Answer = int * string
 
 /// The page's STREAM socket, made and used by the main thread only, and what it knows of each
 /// connection and of the lines to replay.
-type Web(address: string) =
+type Web(address: string, monitor: bool) =
     let socket = new StreamSocket()
+    let watch = SocketMonitor.watch socket "http" monitor // before the bind: `listening` too
     do
         // Linger 0: at close, an open event stream has nothing worth waiting for.
         socket.Options.Linger <- TimeSpan.Zero
@@ -307,6 +308,7 @@ type Web(address: string) =
 
     member _.Close() =
         connections.Clear()
+        watch.Dispose()
         socket.Dispose()
 
     interface IDisposable with

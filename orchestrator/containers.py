@@ -135,7 +135,7 @@ def image_size(engine, tag):
 class ContainerRole(Role):
     """A role as a container on the cell's network; its stdout is read live from the logs."""
 
-    def __init__(self, transcript, image, network, alias, labels, on_event):
+    def __init__(self, transcript, image, network, alias, labels, on_event, mounts=()):
         super().__init__(transcript, on_event)
         transcript.where = f"{image} as {alias}"
         self.container = (
@@ -145,6 +145,8 @@ class ContainerRole(Role):
             .with_network_aliases(alias)
             .with_kwargs(labels=labels)
         )
+        for host, inside in mounts:  # the cell's ipc folder: Unix sockets reach across containers through it
+            self.container.with_volume_mapping(str(host), str(inside), "rw")
         try:
             self.container.start()
         except docker.errors.DockerException as error:
@@ -213,6 +215,7 @@ class DockerLauncher:
         self.images = images  # language -> image tag
         self.labels = {PROJECT: "btb", RUN: run_label}
         self.network = Network(docker_network_kw={"labels": self.labels}).create()
+        self.mounts = []
 
     def command(self, language, example, role, flags):
         return contract_args(example, role, flags)  # the image's entrypoint is the program
@@ -225,7 +228,7 @@ class DockerLauncher:
     def start(self, transcript, language, on_event):
         transcript.stderr_path.parent.mkdir(parents=True, exist_ok=True)
         alias = f"{transcript.role}-{transcript.index}"
-        return ContainerRole(transcript, self.images[language.name], self.network, alias, self.labels, on_event)
+        return ContainerRole(transcript, self.images[language.name], self.network, alias, self.labels, on_event, self.mounts)
 
     def published(self, role, index, event):
         """A bound endpoint as the other containers reach it: by the role's network alias."""
@@ -234,11 +237,27 @@ class DockerLauncher:
         return {key: ANY_HOST.sub(rf"tcp://{role}-{index}:\1", value) if isinstance(value, str) else value
                 for key, value in event.items()}
 
+    def share(self, folder, path):
+        """Mount `folder` at `path` in every container of the cell (its ipc sockets' folder)."""
+        self.mounts.append((folder, path))
+
     def close(self):
         try:
             self.network.remove()
         except docker.errors.DockerException:
             pass  # remove_labelled() sweeps whatever is left
+
+
+class DockerLaunchers:
+    """What a run hands the grid: one DockerLauncher per cell, all on the run's images and label."""
+
+    name = "docker"
+
+    def __init__(self, images, run_label):
+        self.images, self.run_label = images, run_label
+
+    def __call__(self):
+        return DockerLauncher(self.images, self.run_label)
 
 
 def new_run_label():

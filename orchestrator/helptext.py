@@ -77,14 +77,16 @@ def flag_rows(rows, roles, path):
 
 
 def contract():
-    """The launch contract's flags: `--timeout`'s meaning, and the security flags."""
+    """The launch contract's flags: the meaning of every flag of its `| flag | meaning | default |`
+    table (`--timeout`, `--monitor`) by name, and the security flags."""
     found = tables(CONTRACT.read_text(), CONTRACT)
-    timeout = next(rows[0][1] for _, header, rows in found if header[0] == "flag" and rows[0][0].startswith("`--timeout"))
+    rows = next(rows for _, header, rows in found if header[0] == "flag" and rows[0][0].startswith("`--timeout"))
+    meanings = {plain(flag).split()[0]: plain(meaning) for flag, meaning, _ in rows}
     security = next(rows for heading, header, rows in found if heading.startswith("Security") and header[:2] == ["role", "flag"])
-    return plain(timeout), security
+    return meanings, security
 
 
-def load_example(name, timeout, security):
+def load_example(name, meanings, security):
     path = EXAMPLES_DIR / name / "PROTOCOL.md"
     text = path.read_text()
     title = plain(text.splitlines()[0].removeprefix("# ").split(": ", 1)[1])
@@ -98,7 +100,7 @@ def load_example(name, timeout, security):
     if re.search(r"^## Security$", text, re.M):  # the launch contract's security flags, for the roles it names
         flags += [flag for flag in flag_rows([row for row in security if all(plain(role) in roles for role in row[0].split(","))],
                                             roles, CONTRACT)]
-    flags = [Flag(f.roles, f.name, f.value, timeout if f.meaning == "see the launch contract" else f.meaning, f.default)
+    flags = [Flag(f.roles, f.name, f.value, meanings[f.name] if f.meaning == "see the launch contract" else f.meaning, f.default)
              for f in flags]
     return Example(name, title, roles, flags)
 
@@ -112,8 +114,8 @@ def example_names(registry):
 
 
 def load(registry):
-    timeout, security = contract()
-    return [load_example(name, timeout, security) for name in example_names(registry)]
+    meanings, security = contract()
+    return [load_example(name, meanings, security) for name in example_names(registry)]
 
 
 def wrap(text, indent, first=""):

@@ -6,6 +6,7 @@ from datetime import datetime
 from pathlib import Path
 
 from . import ROOT
+from . import transport
 from .runner import CellResult, Interrupted, aborting, kill_everything, run_cell
 from .security import INTRUDER
 
@@ -45,6 +46,12 @@ def replay_command(spec, roles):
         parts.append(f"--security {spec.secure.mechanism}")
     if spec.secure and spec.secure.refusal:
         parts.append(f"--refusal {spec.secure.refusal}")
+    if spec.transport != "tcp":
+        parts.append(f"--transport {spec.transport}")
+    if spec.monitor:
+        parts.append("--monitor")
+    if spec.fault:
+        parts.append(f"--restart {spec.fault.role} --after {spec.fault.count}")
     return " ".join(parts)
 
 
@@ -58,9 +65,16 @@ def evaluate(spec, chosen, registry, run_dir, on_event=None, fault=None, launche
     reason = registry.unsupported(spec.programs(playing))
     if not reason and spec.secure:
         reason = spec.secure.unsupported(roles, registry)
+    every = {lang for langs in langsets.values() for lang in langs}
+    runner = getattr(launcher, "name", "process") if launcher else "process"
+    if not reason:
+        reason = transport.unsupported(spec.transport, every, registry, runner)
     if reason:
         return CellResult(spec.example, roles, "unsupported", 0.0, reason)
     result = run_cell(spec, roles, registry, run_dir, on_event, fault, launcher() if launcher else None, driver)
+    note = transport.note(spec.transport, every, registry)
+    if note and result.status == "pass":
+        result.detail = "; ".join(filter(None, [result.detail, note]))
     known = registry.known_failure(spec.example, langsets)
     if known and result.status == "pass":
         result.known_failure_passed = known.reason

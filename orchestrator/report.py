@@ -122,6 +122,43 @@ def print_notes(console, results):
             console.print(f"{kind} ({len(where)} {what}): {note}", style="dim", markup=False, highlight=False)
 
 
+def timeline(t):
+    """A role's connection timeline from its socket-events, one line per socket in the order of
+    their first event, repeated runs counted: `requests: connect-delayed, (closed, connect-retried,
+    connect-delayed) ×40`."""
+    sockets = {}
+    for event in t.events:
+        if event["event"] == "socket-event":
+            sockets.setdefault(str(event.get("socket")), []).append(str(event.get("kind")))
+    if not sockets:
+        return [f"{t.label}: no socket events (it never opened a socket, or died first)"]
+    return [f"{t.label} {socket}: {', '.join(runs(kinds))}" for socket, kinds in sockets.items()]
+
+
+def runs(kinds, longest=4):
+    """`kinds` with every block of up to `longest` kinds repeated back to back written once, with
+    its count: a reconnecting socket's cycle shows as one item, not hundreds."""
+    out, i = [], 0
+    while i < len(kinds):
+        best, times = 1, 1
+        for size in range(1, longest + 1):
+            block, n = kinds[i:i + size], 1
+            while kinds[i + n * size:i + (n + 1) * size] == block and len(block) == size:
+                n += 1
+            if n > 1 and n * size > best * times:
+                best, times = size, n
+        block = kinds[i:i + best]
+        text = block[0] if best == 1 else f"({', '.join(block)})"
+        out.append(text + (f" ×{times}" if times > 1 else ""))
+        i += best * times
+    return out
+
+
+def timelines(spec, result):
+    """Every role's timeline, for a cell run with --monitor."""
+    return [line for t in result.transcripts for line in timeline(t)] if spec.monitor else []
+
+
 def print_details(console, spec, results, limit=12):
     """For every cell that did not pass: the reasons, the saved logs, and how to replay it."""
     for result in results:
@@ -136,6 +173,11 @@ def print_details(console, spec, results, limit=12):
             console.print(f"    ... and {len(problems) - limit} more (all of them with --json)")
         if result.known_failure_passed:
             console.print(f"    {result.detail}", markup=False)
+        lines = timelines(spec, result)
+        if lines:
+            console.print("    connections (socket monitors):", markup=False)
+        for line in lines:
+            console.print(f"      {line}", markup=False, highlight=False)
         for t in result.transcripts:
             console.print(f"    {t.label} events: {relative(t.events_path)}", markup=False, highlight=False)
             console.print(f"    {t.label} stderr: {relative(t.stderr_path)}", markup=False, highlight=False)
@@ -152,6 +194,8 @@ def cell_json(spec, result):
         "seconds": result.seconds,
         "detail": result.detail,
         "problems": result.problems,
+        "transport": spec.transport,
+        "timeline": timelines(spec, result),
         "replay": replay_command(spec, result.roles),
         "logs": {t.label: {"events": relative(t.events_path), "stderr": relative(t.stderr_path)} for t in result.transcripts},
     }
@@ -182,6 +226,7 @@ def xml_text(text):
 def failure_text(spec, result):
     """What a CI system shows of a cell that did not pass: the reasons, the replay, the logs."""
     lines = list(result.problems or [result.detail])
+    lines += [f"connections: {line}" for line in timelines(spec, result)]
     lines.append(f"replay: {replay_command(spec, result.roles)}")
     for t in result.transcripts:
         lines.append(f"{t.label} events: {relative(t.events_path)}")
@@ -223,6 +268,7 @@ def write_markdown(path, grids, dimensions):
             lines += [f"#### {grid.spec.title()}: the cells that did not pass", ""]
             for result in grid.not_passed():
                 lines.append(f"* **{result.status}** {roles_text(result.roles)}: {result.detail}")
+                lines += [f"  - {line}" for line in timelines(grid.spec, result)]
                 lines.append(f"  replay: `{replay_command(grid.spec, result.roles)}`")
             lines.append("")
     with open(path, "w", encoding="utf-8", errors="backslashreplace") as stream:
@@ -246,7 +292,7 @@ def write_html(path, grids, dimensions):
                   for title, rows, columns, cells in slices(dimensions, grid.results, grid.spec)]
         model.append({"grid": grid, "tables": tables, "extras": [r for r in grid.results if r.extra], "anchor": anchor,
                       "summary": summary_line(grid.results, grid.wall),
-                      "problems": [{"result": r, "replay": replay_command(grid.spec, r.roles),
+                      "problems": [{"result": r, "replay": replay_command(grid.spec, r.roles), "timeline": timelines(grid.spec, r),
                                     "logs": [(t.label, link(t.events_path), link(t.stderr_path)) for t in r.transcripts]}
                                    for r in grid.not_passed()]})
     environment = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),

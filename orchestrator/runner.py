@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import checks
 from .spec import render
+from .transport import WILDCARD, IpcFolder, bound_names, endpoints
 
 STOP_GRACE = 10  # seconds a role that serves until SIGTERM gets to report done and exit
 DIE_WITH_US = shutil.which("setpriv") is not None  # util-linux, in every Debian
@@ -80,6 +81,8 @@ class RoleTranscript:
     started_at: float = None  # wall clock (time.time()), for checks on timestamps
     ended_at: float = None
     killed: str = None  # why the orchestrator killed it on purpose (a fault it injected)
+    killed_at: float = None  # when (time.time(), as started_at: a tick's timestamp is compared with it)
+    restarted: bool = False  # the same role instance, started again after its first run was killed
     events_path: Path = None
     stderr_path: Path = None
     where: str = None  # the container, for roles that run in one
@@ -87,7 +90,7 @@ class RoleTranscript:
 
     @property
     def label(self):
-        return f"{self.role} {self.index} ({self.lang})"
+        return f"{self.role} {self.index} ({self.lang})" + (", restarted" if self.restarted else "")
 
     def last_error(self):
         for event in reversed(self.events):
@@ -227,6 +230,9 @@ class LocalLauncher:
     def published(self, role, index, event):
         return event
 
+    def share(self, folder, path):
+        pass  # a local process sees the cell's ipc folder where it is
+
     def close(self):
         pass
 
@@ -237,14 +243,23 @@ class CannotStart(Exception):
 
 @dataclass(frozen=True)
 class Fault:
-    """Kill instance 0 of `role` with SIGKILL as soon as it has reported `count` `event`s."""
+    """Kill instance 0 of `role` with SIGKILL as soon as instance 0 of `by` (the role itself
+    unless given) has reported `count` `event`s. With `restart`, start it again at once, with the
+    same flags and on the endpoints its first run bound (a role that serves until SIGTERM)."""
 
     role: str
     event: str
     count: int
+    by: str = None
+    restart: bool = False
+
+    @property
+    def watched(self):
+        return self.by or self.role
 
     def describe(self):
-        return f"killed with SIGKILL after its {self.count}th {self.event} event"
+        whose = "its" if self.watched == self.role else f"{self.watched} 0's"
+        return f"killed with SIGKILL after {whose} {self.count}th {self.event} event" + (", then started again" if self.restart else "")
 
 
 @dataclass
@@ -271,31 +286,81 @@ def run_cell(spec, roles, registry, run_dir, on_event=None, fault=None, launcher
     folder, deadline) in a thread of its own, it returns its problems; the roles that serve until
     SIGTERM are stopped only once it has returned."""
     launcher = launcher or LocalLauncher()
+    fault = fault or spec.fault
     if spec.secure:  # fresh keys and passwords for every cell
         spec = replace(spec, secure=spec.secure.for_cell(roles, registry))
     started = time.monotonic()
     seen = []  # the fault's events so far
+    restarting = []  # the thread that restarts the fault's role, once it strikes
+    lock = threading.Lock()  # `processes`, which that thread extends
+    settled, over = threading.Event(), threading.Event()  # the restart is done (or failed); the cell is
 
     def watch(transcript, event):
-        if fault and transcript.role == fault.role and transcript.index == 0 and event["event"] == fault.event:
+        if (fault and transcript.role == fault.watched and transcript.index == 0 and not transcript.restarted
+                and event["event"] == fault.event):
             seen.append(event)
-            if len(seen) == fault.count:
-                transcript.killed = fault.describe()
-                transcript.handle.kill()
+            targets = [p for r, p in processes if r.name == fault.role and p.t.index == 0 and not p.t.restarted]
+            if len(seen) == fault.count and targets:
+                target = targets[0]
+                target.t.killed, target.t.killed_at = fault.describe(), time.time()
+                target.kill()
+                if fault.restart:
+                    restarting.append(threading.Thread(target=restart, args=(target,), name="restart", daemon=True))
+                    restarting[0].start()
         if on_event:
             on_event(transcript, event)
+
+    def restart(old):
+        """Start the killed role again, on the endpoints its first run reported bound, once it is
+        gone (its port or socket file free again), and wait for its ready. The thread then stays
+        until the cell is over: a local role dies with the thread that started it (setpriv
+        --pdeathsig follows the thread, not the process)."""
+        try:
+            start_again(old)
+        finally:
+            settled.set()
+            over.wait()
+
+    def start_again(old):
+        old.wait_exit(deadline)
+        role = next(r for r in spec.roles if r.name == old.t.role)
+        first = next((e for e in old.t.events if e["event"] == "ready" and "agent" not in e), {})
+        flags = {name: first.get(name, value) if isinstance(role.flags.get(name), str) and role.flags[name] == WILDCARD else value
+                 for name, value in old.t.flags.items()}
+        language = registry[old.t.lang]
+        stem = f"{role.name}{old.t.index}-{old.t.lang}-restarted"
+        transcript = RoleTranscript(
+            role.name, old.t.index, old.t.lang, flags,
+            launcher.command(language, role.program_example(spec.example), role.program_role, flags),
+            events_path=cell_dir / f"{stem}.jsonl", stderr_path=cell_dir / f"{stem}.stderr", restarted=True,
+        )
+        try:
+            process = launcher.start(transcript, language, watch)
+        except CannotStart as error:
+            problems.append(str(error))
+            return
+        with lock:
+            processes.append((role, process))
+        if role.wait_for and process.wait_event(role.wait_for, deadline) is None:
+            problems.append(f"{transcript.label}: no {role.wait_for} event after the restart")
 
     deadline = started + spec.cell_timeout
     cell_dir = Path(run_dir) / cell_id(roles)
     processes, ready, problems = [], {}, []
     timed_out = False
+    ipc = IpcFolder(cell_dir, bound_names(spec, roles, registry)) if spec.transport == "ipc" else None
+    if ipc:
+        launcher.share(ipc.folder, ipc.link)  # containers see the sockets at the same path
     try:
         for role in spec.roles:
             mine = []
             for index, lang in enumerate(roles[role.name]):
                 context = spec.context(role, index, ready, lang)
-                flags = launcher.adapt({name: render(value, context) for name, value in role.flags.items()})
+                flags = endpoints(spec, role.name, index, {name: render(value, context) for name, value in role.flags.items()}, ipc)
+                flags = launcher.adapt(flags)
                 flags.setdefault("timeout", int(spec.cell_timeout * 1000))
+                if spec.monitor:
+                    flags["monitor"] = "on"
                 if spec.secure:
                     flags.update(spec.secure.flags(role.name, index))
                 language = registry[lang]
@@ -333,12 +398,14 @@ def run_cell(spec, roles, registry, run_dir, on_event=None, fault=None, launcher
         for role, process in processes:
             if role.stop == "exit" and not process.wait_exit(deadline):
                 timed_out = True
+        if fault and fault.restart and restarting:
+            settled.wait(max(0, deadline - time.monotonic()))  # the restarted role is in `processes` now
         if driving and not driving.wait(deadline):
             timed_out = True
             problems.append(f"the driver ({driving.name}) was still at work at the cell's timeout")
         problems += driving.problems if driving else []
         if fault and len(seen) < fault.count:
-            problems.append(f"the fault never struck: {fault.role} 0 reported {len(seen)} {fault.event} events, not {fault.count}")
+            problems.append(f"the fault never struck: {fault.watched} 0 reported {len(seen)} {fault.event} events, not {fault.count}")
         if not timed_out:
             for role, process in processes:
                 if role.stop == "signal":
@@ -350,9 +417,15 @@ def run_cell(spec, roles, registry, run_dir, on_event=None, fault=None, launcher
         if stop.args:
             problems.append(stop.args[0])
     finally:
+        settled.wait(STOP_GRACE if restarting else 0)  # a restart under way: its role is reaped too
         for _, process in processes:
             process.reap()
+        over.set()
+        for thread in restarting:
+            thread.join(STOP_GRACE)
         launcher.close()
+        if ipc:
+            ipc.close()
     if timed_out:
         running = [p.t.label for _, p in processes if p.t.exit_code is None]
         problems.insert(0, f"timeout after {spec.cell_timeout} s; still running: {', '.join(running)}")

@@ -6,6 +6,7 @@ from pathlib import Path
 from . import ROOT
 from .config import ConfigError, Fields, load_yaml
 from .security import INTRUDER, MECHANISMS, REFUSALS, CellSecurity, SecuritySpec
+from .transport import TRANSPORTS
 
 EXAMPLES_DIR = ROOT / "examples"
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][\w.|-]*?)(?:\+(\d+))?\}")
@@ -48,12 +49,43 @@ class Spec:
     secure: CellSecurity = None  # the mechanism (and refusal case) these cells run under
     further: list = None  # fixed extra cells, role -> language or list (desk: every service in another language)
     left_out: tuple = ()  # optional roles this cell leaves out: {instances.ROLE} is 0 for them
+    transport: str = "tcp"  # of every endpoint the cell hands out: tcp or ipc (orchestrator/transport.py)
+    monitor: bool = False  # every role reports its sockets' events (--monitor on)
+    tcp_only: tuple = ()  # flags that stay tcp over any transport (the desk page's http: a browser speaks TCP)
+    restarts: dict = None  # role -> {event, count, by}: when `--restart ROLE` kills it (the spec's `restart:`)
+    fault: object = None  # the cell's runner.Fault, when it restarts a role (with_restart)
 
     def title(self):
-        """The example's name, and the security of its cells when there is any."""
-        if not self.secure:
-            return self.example
-        return f"{self.example}, {self.secure.label(self.security.intruder_role)}"
+        """The example's name, and the security, transport and monitoring of its cells when not the
+        defaults."""
+        parts = [self.example]
+        if self.secure:
+            parts.append(self.secure.label(self.security.intruder_role))
+        if self.transport != "tcp":
+            parts.append(f"over {self.transport}")
+        if self.monitor:
+            parts.append("monitored")
+        if self.fault:
+            parts.append(f"{self.fault.role} restarted")
+        return ", ".join(parts)
+
+    def with_restart(self, role, after=None):
+        """The spec of cells whose `role` is SIGKILLed and started again once the spec's `restart:`
+        event (or `after` of them) has been reported (examples/README.md, "Restarts")."""
+        from .runner import Fault  # the runner imports this module
+
+        if role not in (self.restarts or {}):
+            can = ", ".join(self.restarts or {}) or "none"
+            raise ValueError(f"{self.example} restarts {can}, not {role!r} (its spec.yaml's restart:)")
+        rule = self.restarts[role]
+        spec = self.with_parameters(**rule["parameters"])  # a slower batch, so that the kill lands mid-run
+        return replace(spec, fault=Fault(role, rule["event"], after or rule["count"], rule["by"], restart=True))
+
+    def with_transport(self, transport, monitor=False):
+        """The spec of cells over `transport` (tcp, ipc), with every role's monitor on or off."""
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transports: {', '.join(TRANSPORTS)}, not {transport!r}")
+        return replace(self, transport=transport, monitor=monitor)
 
     def with_security(self, mechanism, refusal=None):
         """The spec of cells under `mechanism`; a refusal case adds the intruder role, a copy of
@@ -184,7 +216,8 @@ def load_spec(example_or_path):
         if not path.exists():
             raise ConfigError(path, "", f"no such example (examples: {', '.join(available_examples())})")
     top = Fields(path, load_yaml(path))
-    top.only("example", "description", "parameters", "roles", "matrix", "timeouts", "mixed", "further", "security")
+    top.only("example", "description", "parameters", "roles", "matrix", "timeouts", "mixed", "further", "security", "tcp_only",
+             "restart")
     example = top.get("example", str, required=True)
     parameters = top.get("parameters", dict, {})
     roles_data = top.get("roles", dict, required=True)
@@ -287,8 +320,32 @@ def load_spec(example_or_path):
         if lacking:
             raise ConfigError(path, where, f"must give every dimension of the grid a language ({', '.join(lacking)})")
     security = load_security(top, roles) if "security" in top.data else None
+    tcp_only = tuple(top.strings("tcp_only")) if "tcp_only" in top.data else ()
+    restarts = load_restarts(top, roles) if "restart" in top.data else None
     return Spec(example, path, top.get("description", str, ""), parameters, roles, matrix, cell_timeout, mixed, security,
-                further=further)
+                further=further, tcp_only=tcp_only, restarts=restarts)
+
+
+def load_restarts(top, roles):
+    """`restart: {ROLE: {event: E, count: N, by: OTHER}}`: ROLE, which serves until SIGTERM, is
+    killed once instance 0 of OTHER (ROLE itself unless given) has reported N events E."""
+    fields, found = top.child("restart"), {}
+    by_name = {role.name: role for role in roles}
+    for name in fields.data:
+        rule = fields.child(name)
+        rule.only("event", "count", "by", "parameters")
+        if name not in by_name or by_name[name].stop != "signal":
+            raise fields.error(name, "must be a role that serves until SIGTERM (stop: signal)")
+        by = rule.get("by", str, name)
+        if by not in by_name:
+            raise rule.error("by", f"{by!r} is not a role of this example")
+        parameters = rule.get("parameters", dict, {})
+        unknown = sorted(set(parameters) - set(top.data.get("parameters") or {}))
+        if unknown:
+            raise rule.error("parameters", f"{unknown[0]!r} is not one of the example's parameters")
+        found[name] = {"event": rule.get("event", str, required=True), "count": int(rule.positive("count", required=True)),
+                       "by": None if by == name else by, "parameters": parameters}
+    return found
 
 
 def load_security(top, roles):

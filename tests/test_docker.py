@@ -40,7 +40,7 @@ def launcher(images):
     """Each cell's launcher; the fixture sweeps its run's label afterwards, just in case."""
     engine, tags = images
     label = containers.new_run_label()
-    yield lambda: containers.DockerLauncher(tags, label)
+    yield containers.DockerLaunchers(tags, label)
     containers.remove_labelled(engine, label)
 
 
@@ -72,6 +72,29 @@ def test_security_and_refusals_work_across_container_networks(built, images, lau
     assert result.status == "pass", result.problems
     [server] = [t for t in result.transcripts if t.role == "server"]
     assert [e for e in server.events if e["event"] == "denied"]  # the intruder, turned away by ZAP
+
+
+@pytest.mark.parametrize("example, chosen", [
+    ("chat", {"server": "c", "client": ["python", "rust", "c"]}),
+    ("valuation", {"source": "python", "worker": ["c", "rust"], "sink": "rust"}),
+])
+def test_unix_sockets_reach_across_containers_through_the_cell_s_folder(built, images, launcher, example, chosen):
+    """Over ipc, every container of the cell mounts the cell's ipc folder at the same short path:
+    libzmq's Unix sockets reach from one container to another, and their files are in the run folder."""
+    spec = load_spec(example).with_transport("ipc", monitor=True)
+    run_dir = new_run_dir(example)
+    result = evaluate(spec, chosen, built.registry, run_dir, launcher=launcher)
+    assert result.status == "pass", result.problems
+    ready = [e for t in result.transcripts for e in t.events if e["event"] == "ready" and t.index == 0]
+    assert any(str(value).startswith("ipc:///tmp/btb-") for event in ready for value in event.values())
+    assert list(run_dir.glob("*/ipc/*")), "the sockets' files are in the cell's folder"
+    assert containers.leftovers(images[0]) == []
+
+
+def test_a_netmq_cell_over_ipc_is_unsupported_in_containers(built, images, launcher):
+    result = evaluate(load_spec("chat").with_transport("ipc"), {"server": "csharp", "client": "vb"}, built.registry,
+                      new_run_dir("chat"), launcher=launcher)
+    assert result.status == "unsupported" and "loopback of its own" in result.detail
 
 
 def test_a_worker_container_killed_mid_batch_loses_nothing(built, images, launcher):

@@ -53,6 +53,13 @@ def test_a_grid_in_a_pipe_prints_one_line_per_cell_as_it_finishes(built):
     (["run", "nope"], "no such example"),
     (["matrix", "chat", "--paralel", "2"], "No idea what '--paralel' is!"),  # invoke's own parser
     (["matrx", "chat"], "No idea what 'matrx' is!"),
+    (["run", "chat", "--transport", "pgm"], "--transport: transports: tcp, ipc, not 'pgm'"),
+    (["matrix", "valuation", "--restart", "worker"], "--restart: valuation restarts sink, not 'worker'"),
+    (["matrix", "chat", "--restart", "server"], "--restart: chat restarts none, not 'server'"),
+    (["run", "valuation", "--after", "5"], "--after needs --restart ROLE"),
+    (["run", "valuation", "--restart", "sink", "--after", "0"], "--after: 0 is less than 1"),
+    (["run", "ticker", "--restart", "proxy"], "--restart proxy: these cells have no proxy (give --proxy LANGS)"),
+    (["matrix", "ticker", "--restart", "proxy"], "--restart proxy: these cells have no proxy"),
 ], ids=lambda value: " ".join(value) if isinstance(value, list) else None)
 def test_a_mistyped_command_is_one_line_and_exit_2_before_anything_runs(args, words):
     before = set((ROOT / "runs").iterdir())

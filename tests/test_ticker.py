@@ -169,13 +169,21 @@ def test_the_ticker_checker_accepts_a_good_transcript():
 
 def test_a_gap_is_reported():
     problems = problems_with(lambda events: events.pop(9))  # MSFT 6 goes missing
-    assert problems == ["subscriber 0 (vb): MSFT #7 after #5: a gap or a repeat", "subscriber 0 (vb): 2 ticks of MSFT, expected at least 3"]
+    assert problems == ["subscriber 0 (vb): MSFT #7 after #5: a gap, not reported as one (gap event: None)",
+                        "subscriber 0 (vb): 2 ticks of MSFT, expected at least 3"]
+
+
+def test_a_gap_the_subscriber_reports_still_fails_a_cell_without_a_restart():
+    def lose(events):
+        lost = events.pop(9)  # MSFT 6 goes missing, and the subscriber says so
+        events.insert(9, {"event": "gap", "symbol": "MSFT", "after": lost["sequence"] - 1, "next": lost["sequence"] + 1})
+    assert problems_with(lose)[0] == "subscriber 0 (vb): MSFT #7 after #5: a gap, and nothing was restarted"
 
 
 @pytest.mark.parametrize(
     "change, words",
     [
-        (lambda e: e.insert(9, dict(e[8])), "MSFT #5 after #5: a gap or a repeat"),
+        (lambda e: e.insert(9, dict(e[8])), "MSFT #5 after #5: a repeat"),
         (lambda e: e.insert(8, {**e[2], "sequence": 3, "price": price(5, "AAPL", 3)}), "AAPL #3 delivered after unsubscribing"),
         (lambda e: e.insert(1, {**e[1], "symbol": "GOOGL", "price": price(5, "GOOGL", 1)}), "GOOGL #1 delivered without subscribing"),
         (lambda e: e[3].update(price=1.0), "GOOG #2: price 1.0"),

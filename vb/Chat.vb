@@ -36,6 +36,7 @@ Public Module Chat
         command.Options.Add(Endpoint("--requests", "tcp://127.0.0.1:5555"))
         command.Options.Add(Endpoint("--broadcasts", "tcp://127.0.0.1:5556"))
         command.Options.Add(AtLeast("--timeout", 0, defaultValue:=timeout))
+        command.Options.Add(MonitorOption())
     End Sub
 
     Public Function PostText(name As String, number As Integer) As String
@@ -94,7 +95,8 @@ Public Module Chat
         Dim security = ReadSecurity(args, server:=True)
         Using stopSignal As New StopSignal(),
               requests As New ResponseSocket(),
-              broadcasts As New PublisherSocket()
+              broadcasts As New PublisherSocket(),
+              monitor As New SocketMonitor(MonitorOn(args))  ' disposed first: before the sockets close
             Dim deadline As New Deadline(timeout)
             ' REP answers each request exactly once, in order: the library keeps the lockstep for us.
             requests.Options.Linger = TimeSpan.Zero
@@ -105,6 +107,8 @@ Public Module Chat
             broadcasts.Options.MaxMsgSize = MaxMessage  ' send-only, but it still decodes subscriptions
             SecureServer(requests, security)
             SecureServer(broadcasts, security)
+            monitor.Attach(requests, "requests")
+            monitor.Attach(broadcasts, "broadcasts")
             Try
                 requests.Bind(args.GetValue(Of String)("--requests"))
                 broadcasts.Bind(args.GetValue(Of String)("--broadcasts"))
@@ -229,6 +233,7 @@ Public Module Chat
         Private ReadOnly _security As Security
         Private ReadOnly _sub As SubscriberSocket
         Private ReadOnly _req As RequestSocket
+        Private ReadOnly _monitor As SocketMonitor
         Private _roster As New List(Of String)
         Private ReadOnly _received As New Dictionary(Of String, Integer)
         Private _lastRequest As Long = Environment.TickCount64
@@ -253,6 +258,9 @@ Public Module Chat
             _req.Options.Linger = TimeSpan.Zero
             _req.Options.MaxMsgSize = MaxMessage
             SecureClient(_req, _security)
+            _monitor = New SocketMonitor(MonitorOn(args))
+            _monitor.Attach(_sub, "broadcasts")
+            _monitor.Attach(_req, "requests")
             Try
                 _sub.Connect(args.GetValue(Of String)("--broadcasts"))
                 _req.Connect(args.GetValue(Of String)("--requests"))
@@ -344,6 +352,7 @@ Public Module Chat
         End Sub
 
         Public Sub Dispose() Implements IDisposable.Dispose
+            _monitor.Dispose()  ' before the sockets close
             _sub.Dispose()
             _req.Dispose()
         End Sub

@@ -1,8 +1,9 @@
 ' desk: a trading desk, one process whose threads talk over inproc pipes (examples/desk/PROTOCOL.md).
 ' Four agent threads each own the sockets of one earlier example and speak its protocol, as that
 ' example's client role turned into a loop that polls its sockets and its pipe; the main thread runs
-' the scenario and is the only one that writes stdout. The threads share nothing but NetMQ's one
-' context: they talk through PAIR sockets over inproc://, the pipes.
+' the scenario and is the only one that writes stdout (but for the socket monitors' threads, with
+' --monitor on). The threads share nothing but NetMQ's one context: they talk through PAIR sockets
+' over inproc://, the pipes.
 Imports System.Buffers.Binary
 Imports System.CommandLine
 Imports System.CommandLine.Parsing
@@ -49,7 +50,8 @@ Public Module Desk
             Endpoint("--collector", "tcp://127.0.0.1:5568"),
             SubtreesOption("--subtrees", "/prices/,/desks/"),
             HttpOption("--http"),
-            AtLeast("--timeout", 0, defaultValue:=60000)}
+            AtLeast("--timeout", 0, defaultValue:=60000),
+            MonitorOption()}
         trader.SetAction(AddressOf RunTrader)
         Return New Command("desk", "multi-threading over inproc pipes, using examples 1-4") From {trader}
     End Function
@@ -144,15 +146,21 @@ Public Module Desk
 
     ' --- chat agent: a chat client (Chat.vb) ----------------------------------------------------
 
-    Private Sub ChatAgent(name As String, requestsEndpoint As String, broadcastsEndpoint As String, clients As Integer)
+    Private Sub ChatAgent(name As String, requestsEndpoint As String, broadcastsEndpoint As String, clients As Integer,
+                          monitorOn As Boolean)
         Using pipe As New Pipe("chat")
             Dim sent = 0, received = 0
-            Using broadcasts As New SubscriberSocket(), requests As New RequestSocket()
+            Using broadcasts As New SubscriberSocket(),
+                  requests As New RequestSocket(),
+                  monitor As New SocketMonitor(monitorOn)  ' disposed first: before the sockets close
                 For Each socket In New NetMQSocket() {broadcasts, requests}
                     socket.Options.Linger = TimeSpan.Zero
                     socket.Options.MaxMsgSize = Chat.MaxMessage
                 Next
                 broadcasts.Subscribe("")  ' posts and rosters alike
+                ' The monitors' lines go straight to stdout, from their own threads, not up the pipe.
+                monitor.Attach(broadcasts, "chat-broadcasts")
+                monitor.Attach(requests, "chat-requests")
                 Dim running = True
                 Try  ' SUB first, so that its subscription starts travelling as early as possible
                     broadcasts.Connect(broadcastsEndpoint)
@@ -265,12 +273,14 @@ Public Module Desk
 
     ' --- ticker agent: a ticker subscriber (Ticker.vb) ------------------------------------------
 
-    Private Sub TickerAgent(name As String, ticksEndpoint As String, seed As ULong)
+    Private Sub TickerAgent(name As String, ticksEndpoint As String, seed As ULong, monitorOn As Boolean)
         Using pipe As New Pipe("ticker")
             Dim total = 0, malformed = 0
-            Using ticks As New SubscriberSocket()
+            Using ticks As New SubscriberSocket(),
+                  monitor As New SocketMonitor(monitorOn)  ' disposed first: before the sockets close
                 ticks.Options.Linger = TimeSpan.Zero
                 ticks.Options.MaxMsgSize = Ticker.MaxMessage
+                monitor.Attach(ticks, "ticks")
                 Dim running = True
                 Try
                     ticks.Connect(ticksEndpoint)
@@ -335,12 +345,13 @@ Public Module Desk
     ' --- valuation agent: the source and the sink in one thread (Valuation.vb) -------------------
 
     Private Sub ValuationAgent(ordersEndpoint As String, resultsEndpoint As String, controlEndpoint As String,
-                               wanted As Integer, quiet As Integer, heartbeat As Integer, seed As ULong)
+                               wanted As Integer, quiet As Integer, heartbeat As Integer, seed As ULong, monitorOn As Boolean)
         Using pipe As New Pipe("valuation")
             Dim counted = 0, lastTotal = 0L  ' for `stopped`: results of the last trade, its total once complete
             Using orders As New PushSocket(),  ' deals orders round-robin to the workers
                   results As New PullSocket(),  ' fair-queues readies and results from them
-                  control As New PublisherSocket()  ' the state, level-triggered
+                  control As New PublisherSocket(),  ' the state, level-triggered
+                  monitor As New SocketMonitor(monitorOn)  ' disposed first: before the sockets close
                 For Each socket In New NetMQSocket() {orders, results, control}
                     socket.Options.Linger = TimeSpan.Zero
                     socket.Options.MaxMsgSize = Valuation.MaxMessage
@@ -348,6 +359,9 @@ Public Module Desk
                 ' Except the control PUB's linger: the `finished` published as the trade completes must
                 ' still reach the workers if the desk stops right after (they leave when they hear it).
                 control.Options.Linger = TimeSpan.FromMilliseconds(1000)
+                monitor.Attach(orders, "orders")
+                monitor.Attach(results, "results")
+                monitor.Attach(control, "control")
                 Dim running = True
                 Try
                     orders.Bind(ordersEndpoint)
@@ -516,18 +530,22 @@ Public Module Desk
     ' --- query agent: a CHP facade (Query.vb) ---------------------------------------------------
 
     Private Sub QueryAgent(name As String, snapshotEndpoint As String, updatesEndpoint As String, collectorEndpoint As String,
-                           subtrees As String())
+                           subtrees As String(), monitorOn As Boolean)
         Using pipe As New Pipe("query")
             ' The facade's map, watermarks and checks, reporting up the pipe.
             Dim facade As New Facade(name, subtrees, count:=0, writeCount:=0, emit:=AddressOf pipe.Report)
             Using updates As New SubscriberSocket(),
                   snapshot As New DealerSocket(),  ' several snapshot requests in flight, no envelopes
-                  collector As New XPublisherSocket()  ' a PUB that tells us when the collector's subscription arrived
+                  collector As New XPublisherSocket(),  ' a PUB that tells us when the collector's subscription arrived
+                  monitor As New SocketMonitor(monitorOn)  ' disposed first: before the sockets close
                 For Each socket In New NetMQSocket() {updates, snapshot, collector}
                     socket.Options.Linger = TimeSpan.Zero
                     socket.Options.MaxMsgSize = Query.MaxMessage
                 Next
                 collector.Options.Linger = TimeSpan.FromMilliseconds(1000)  ' our last write may still be queued as we stop
+                monitor.Attach(collector, "collector")
+                monitor.Attach(updates, "updates")
+                monitor.Attach(snapshot, "snapshot")
                 Dim running = True
                 Try
                     collector.Connect(collectorEndpoint)
@@ -702,16 +720,17 @@ Public Module Desk
         ''' <summary>
         ''' Every line the desk writes goes through here: to stdout, and to the page's event streams
         ''' (Web.Publish), which keep it for the replay under `key` when it has one. The main thread is
-        ''' the only writer of stdout: lines never interleave.
+        ''' the only writer of stdout but for the socket monitors (SocketMonitor.vb, to stdout only);
+        ''' WriteEventLine writes each line whole under one lock: lines never interleave.
         ''' </summary>
-        Private Sub Say(line As Byte(), Optional key As String = Nothing, Optional toPage As Boolean = True)
-            WriteEventLine(line)
+        Private Sub Say(line As Byte(), Optional key As String = Nothing, Optional toPage As Boolean = True, Optional name As String = Nothing)
+            WriteEventLine(line, name)
             If toPage Then _web?.Publish(line, key)
         End Sub
 
         ''' <summary>One of the desk's own events (no "agent").</summary>
         Private Sub Report(name As String, ParamArray fields As (Key As String, Value As Object)())
-            Say(EventJson(name, fields))
+            Say(EventJson(name, fields), name:=name)
         End Sub
 
         ''' <summary>The next event of an agent, without waiting; its frame 1 is written as it is.</summary>
@@ -831,21 +850,22 @@ Public Module Desk
             Dim text = Function(flag As String) _args.GetValue(Of String)(flag)
             Dim number = Function(flag As String) _args.GetValue(Of Integer)(flag)
             Dim name = _name, seed = _args.GetValue(Of ULong)("--seed")  ' locals: the lambdas must not reach into Me
+            Dim monitor = MonitorOn(_args)
             Select Case agent
                 Case "chat"
                     Dim requests = text("--chat-requests"), broadcasts = text("--chat-broadcasts"), clients = number("--chat-clients")
-                    Return Sub() ChatAgent(name, requests, broadcasts, clients)
+                    Return Sub() ChatAgent(name, requests, broadcasts, clients, monitor)
                 Case "ticker"
                     Dim ticks = text("--ticks")
-                    Return Sub() TickerAgent(name, ticks, seed)
+                    Return Sub() TickerAgent(name, ticks, seed, monitor)
                 Case "valuation"
                     Dim orders = text("--orders"), results = text("--results"), control = text("--control")
                     Dim workers = number("--workers"), quiet = number("--quiet"), heartbeat = number("--heartbeat")
-                    Return Sub() ValuationAgent(orders, results, control, workers, quiet, heartbeat, seed)
+                    Return Sub() ValuationAgent(orders, results, control, workers, quiet, heartbeat, seed, monitor)
                 Case Else
                     Dim snapshot = text("--snapshot"), updates = text("--updates"), collector = text("--collector")
                     Dim subtrees = _args.GetValue(Of String())("--subtrees").ToArray()
-                    Return Sub() QueryAgent(name, snapshot, updates, collector, subtrees)
+                    Return Sub() QueryAgent(name, snapshot, updates, collector, subtrees, monitor)
             End Select
         End Function
 
@@ -1032,7 +1052,7 @@ Public Module Desk
         ' With --http, the STREAM socket is bound now, before any thread starts: a failed bind is
         ' `error` `bind`, exit 1. The Trader closes it after the agents are joined.
         Dim http = args.GetValue(Of String)("--http")
-        Dim web = If(http = "", Nothing, New Web(http))
+        Dim web = If(http = "", Nothing, New Web(http, MonitorOn(args)))
         ' One context for the process: NetMQ's implicit one, which every socket of every thread uses,
         ' so inproc:// endpoints bound here are found by the agents' connects.
         Using stopSignal As New StopSignal()

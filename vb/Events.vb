@@ -31,9 +31,10 @@ Public Module Events
     ' Non-ASCII text is written as raw UTF-8; "relaxed" only means not escaped for embedding in HTML.
     Private ReadOnly JsonOptions As New JsonSerializerOptions With {.Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping}
 
-    ''' <summary>Write one event as one JSON line and flush it at once, so the orchestrator sees it live.</summary>
+    ''' <summary>Write one event as one JSON line and flush it at once, so the orchestrator sees it live.
+    ''' Any thread may: the role's, a desk agent's, a socket monitor's.</summary>
     Public Sub Emit(name As String, ParamArray fields As (Key As String, Value As Object)())
-        WriteEventLine(EventJson(name, fields))
+        WriteEventLine(EventJson(name, fields), name)
     End Sub
 
     ''' <summary>One event as one JSON object: UTF-8, no newline.</summary>
@@ -45,12 +46,18 @@ Public Module Events
         Return JsonSerializer.SerializeToUtf8Bytes(line, JsonOptions)
     End Function
 
-    ''' <summary>Write an event already encoded as JSON (a desk agent's, from its pipe) as one line.</summary>
-    Public Sub WriteEventLine(json As Byte())
+    Private _done As Boolean  ' `done` is out: read and written under the lock
+
+    ''' <summary>Write an event already encoded as JSON (a desk agent's, from its pipe) as one line:
+    ''' written and flushed whole under one lock, so the lines of several threads never interleave.
+    ''' `name` is the event's, when it matters: no `socket-event` follows `done`.</summary>
+    Public Sub WriteEventLine(json As Byte(), Optional name As String = Nothing)
         SyncLock Stdout
+            If _done AndAlso name = "socket-event" Then Return
             Stdout.Write(json)
             Stdout.WriteByte(AscW(vbLf))
             Stdout.Flush()
+            If name = "done" Then _done = True
         End SyncLock
     End Sub
 
@@ -212,6 +219,17 @@ Public Module Flags
 
     Public Function Endpoint(name As String, defaultValue As String) As [Option](Of String)
         Return New [Option](Of String)(name) With {.DefaultValueFactory = Function(r) defaultValue}
+    End Function
+
+    ''' <summary>--monitor on|off, off by default: report every socket's connection events (SocketMonitor.vb).</summary>
+    Public Function MonitorOption() As [Option](Of String)
+        Dim opt As New [Option](Of String)("--monitor") With {.DefaultValueFactory = Function(r) "off"}
+        opt.AcceptOnlyFromAmong("on", "off")
+        Return opt
+    End Function
+
+    Public Function MonitorOn(args As ParseResult) As Boolean
+        Return args.GetValue(Of String)("--monitor") = "on"
     End Function
 
     ''' <summary>An integer option (milliseconds or a count) no smaller than `minimum`, nor larger than `maximum`.</summary>

@@ -43,7 +43,7 @@ Public Module Program
             Emit("error", ("code", failure.Code), ("reason", failure.Reason))
             Return 1
         Finally
-            NetMQConfig.Cleanup(False)  ' do not wait for NetMQ's background threads at exit
+            NetMQConfig.Cleanup(block:=False)  ' stop NetMQ's I/O threads so the process exits at once
         End Try
     End Function
 

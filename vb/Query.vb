@@ -37,7 +37,8 @@ Public Module Query
             SymbolsOption("--symbols", "AAPL,GOOG,GOOGL,MSFT,IBM"),
             AtLeast("--hugz", 1, defaultValue:=1000),
             AtLeast("--max-keys", 1, defaultValue:=10000),
-            AtLeast("--timeout", 0, defaultValue:=0)}
+            AtLeast("--timeout", 0, defaultValue:=0),
+            MonitorOption()}
         engine.SetAction(AddressOf RunEngine)
 
         Dim facade As New Command("facade", "mirror some subtrees of the engine's map, and write to it") From {
@@ -49,7 +50,8 @@ Public Module Query
             AtLeast("--count", 1, defaultValue:=100),
             AtLeast("--writes", 0, defaultValue:=0),
             AtLeast("--ttl", 1, defaultValue:=1, maximum:=86400),
-            AtLeast("--timeout", 0, defaultValue:=30000)}
+            AtLeast("--timeout", 0, defaultValue:=30000),
+            MonitorOption()}
         facade.SetAction(AddressOf RunFacade)
 
         Dim derive As New Command("derive", "print the KVPUBs some ticks make (the test vectors)") From {
@@ -401,7 +403,8 @@ Public Module Query
               snapshots As New RouterSocket(),
               updates As New XPublisherSocket(),
               collector As New SubscriberSocket(),  ' the facades' writes
-              ticks = If(ticksEndpoint = "", Nothing, New SubscriberSocket())
+              ticks = If(ticksEndpoint = "", Nothing, New SubscriberSocket()),
+              monitor As New SocketMonitor(MonitorOn(args))  ' disposed first: before the sockets close
             ' ROUTER: every request arrives with the routing id of its peer in front, and every reply is
             ' routed by the routing id we put in front. MANDATORY: fail instead of dropping in silence.
             snapshots.Options.RouterMandatory = True
@@ -416,6 +419,10 @@ Public Module Query
                 socket.Options.Linger = TimeSpan.Zero
                 socket.Options.MaxMsgSize = MaxMessage
             Next
+            monitor.Attach(snapshots, "snapshot")
+            monitor.Attach(updates, "updates")
+            monitor.Attach(collector, "collector")
+            If ticks IsNot Nothing Then monitor.Attach(ticks, "ticks")
             Try
                 snapshots.Bind(args.GetValue(Of String)("--snapshot"))
                 updates.Bind(args.GetValue(Of String)("--updates"))
@@ -636,14 +643,20 @@ Public Module Query
         Dim deadline As New Deadline(timeout)
         Using updates As New SubscriberSocket(),
               snapshot As New DealerSocket(),  ' requests go out and replies come in without envelopes, several at a time
-              collector = If(writes > 0, New XPublisherSocket(), Nothing)  ' a PUB that tells us when the collector's subscription arrived
+              collector = If(writes > 0, New XPublisherSocket(), Nothing),  ' a PUB that tells us when the collector's subscription arrived
+              monitor As New SocketMonitor(MonitorOn(args))  ' disposed first: before the sockets close
             For Each socket In New NetMQSocket() {updates, snapshot, collector}.Where(Function(s) s IsNot Nothing)
                 socket.Options.Linger = TimeSpan.Zero
                 socket.Options.MaxMsgSize = MaxMessage
             Next
+            If collector IsNot Nothing Then
+                collector.Options.Linger = TimeSpan.FromMilliseconds(1000)  ' the last write (a delete) may still be queued when we exit
+                monitor.Attach(collector, "collector")
+            End If
+            monitor.Attach(updates, "updates")
+            monitor.Attach(snapshot, "snapshot")
             Try
                 If collector IsNot Nothing Then
-                    collector.Options.Linger = TimeSpan.FromMilliseconds(1000)  ' the last write (a delete) may still be queued when we exit
                     collector.Connect(args.GetValue(Of String)("--collector"))
                 End If
                 updates.Connect(args.GetValue(Of String)("--updates"))

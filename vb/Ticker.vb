@@ -22,13 +22,15 @@ Public Module Ticker
             UInt64Option("--seed", 1),
             AtLeast("--subscribers", 1, defaultValue:=1),
             AtLeast("--interval", 1, defaultValue:=2),
-            AtLeast("--timeout", 0, defaultValue:=0)}
+            AtLeast("--timeout", 0, defaultValue:=0),
+            MonitorOption()}
         publisher.SetAction(AddressOf RunPublisher)
 
         Dim proxy As New Command("proxy", "forward ticks downstream and subscriptions upstream") From {
             Endpoint("--upstream", "tcp://127.0.0.1:5557"),
             Endpoint("--downstream", "tcp://127.0.0.1:5558"),
-            AtLeast("--timeout", 0, defaultValue:=0)}
+            AtLeast("--timeout", 0, defaultValue:=0),
+            MonitorOption()}
         proxy.SetAction(AddressOf RunProxy)
 
         Dim subscriber As New Command("subscriber", "receive and check the ticks of some symbols") From {
@@ -39,7 +41,8 @@ Public Module Ticker
             UInt64Option("--seed", 1),
             SwitchOption("--switch"),
             AtLeast("--switch-after", 1, defaultValue:=10),
-            AtLeast("--timeout", 0, defaultValue:=30000)}
+            AtLeast("--timeout", 0, defaultValue:=30000),
+            MonitorOption()}
         subscriber.SetAction(AddressOf RunSubscriber)
 
         Dim encode As New Command("encode", "print the frames of one tick (the test vectors)") From {
@@ -159,10 +162,13 @@ Public Module Ticker
         Dim interval = args.GetValue(Of Integer)("--interval")
         Dim timeout = args.GetValue(Of Integer)("--timeout")
         ' XPUB is a PUB that also hands us the subscriptions coming from downstream.
-        Using stopSignal As New StopSignal(), ticks As New XPublisherSocket()
+        Using stopSignal As New StopSignal(),
+              ticks As New XPublisherSocket(),
+              monitor As New SocketMonitor(MonitorOn(args))  ' disposed first: before the sockets close
             Dim deadline As New Deadline(timeout)
             ticks.Options.Linger = TimeSpan.Zero  ' ticks are a stream: nobody is owed those still queued at exit
             ticks.Options.MaxMsgSize = MaxMessage
+            monitor.Attach(ticks, "ticks")
             Try
                 ticks.Bind(args.GetValue(Of String)("--ticks"))
             Catch problem As Exception When IsEndpointProblem(problem)
@@ -247,6 +253,7 @@ Public Module Ticker
         ' before poller.Run().
         Using upstream As New XSubscriberSocket(),  ' faces the publisher: receives ticks, sends subscriptions
               downstream As New XPublisherSocket(),  ' faces subscribers: sends ticks, receives subscriptions
+              monitor As New SocketMonitor(MonitorOn(args)),  ' disposed before the sockets close
               poller As New NetMQPoller(),
               stopSignal As New StopSignal(
                   Sub() Task.Factory.StartNew(AddressOf poller.Stop, CancellationToken.None, TaskCreationOptions.None, poller))
@@ -257,6 +264,8 @@ Public Module Ticker
             ' Subscriptions go upstream once per topic (XPUB passes on only the first): one dropped at the
             ' send high-water mark during a flood would be lost for good. No limit on XSUB's sends.
             upstream.Options.SendHighWatermark = 0
+            monitor.Attach(upstream, "upstream")
+            monitor.Attach(downstream, "downstream")
             Try
                 downstream.Bind(args.GetValue(Of String)("--downstream"))
                 upstream.Connect(args.GetValue(Of String)("--upstream"))
@@ -333,9 +342,11 @@ Public Module Ticker
             Throw New Usage("--switch OLD:NEW needs OLD among --symbols and NEW not")
         End If
         Dim deadline As New Deadline(timeout)
-        Using ticks As New SubscriberSocket()
+        Using ticks As New SubscriberSocket(),
+              monitor As New SocketMonitor(MonitorOn(args))  ' disposed first: before the sockets close
             ticks.Options.Linger = TimeSpan.Zero
             ticks.Options.MaxMsgSize = MaxMessage
+            monitor.Attach(ticks, "ticks")
             Try
                 ticks.Connect(args.GetValue(Of String)("--ticks"))
             Catch problem As Exception When IsEndpointProblem(problem)
@@ -350,6 +361,7 @@ Public Module Ticker
             Emit("ready", ("name", name), ("symbols", subscribed))
 
             Dim received = subscribed.ToDictionary(Function(symbol) symbol, Function(symbol) 0)
+            Dim last As New Dictionary(Of String, ULong)()  ' each symbol's last sequence: a jump is a gap, reported as such
             Dim switched = switch Is Nothing
             Dim total = 0, malformed = 0
             Dim frames As List(Of Byte()) = Nothing
@@ -370,6 +382,13 @@ Public Module Ticker
                 End If
                 total += 1
                 received(tick.Symbol) += 1
+                ' PUB/SUB drops silently: ticks published while the path to us was down (a proxy that
+                ' restarted) or while a queue was full (the HWM) are gone. Say so, never hide it.
+                Dim previous As ULong = 0
+                If last.TryGetValue(tick.Symbol, previous) AndAlso tick.Sequence > previous + 1UL Then
+                    Emit("gap", ("symbol", tick.Symbol), ("after", previous), ("next", tick.Sequence))
+                End If
+                last(tick.Symbol) = tick.Sequence
                 Emit("tick", ("symbol", tick.Symbol), ("sequence", tick.Sequence), ("timestamp", tick.Timestamp), ("price", tick.Price))
                 If switch IsNot Nothing AndAlso tick.Symbol = switch.Value.Old AndAlso received(tick.Symbol) = switchAfter Then
                     Dim old = switch.Value.Old, [new] = switch.Value.New

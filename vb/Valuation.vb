@@ -22,7 +22,8 @@ Public Module Valuation
             AtLeast("--quiet", 1, defaultValue:=1000),
             AtLeast("--heartbeat", 1, defaultValue:=100),
             UInt64Option("--seed", 1),
-            AtLeast("--timeout", 0, defaultValue:=0)}
+            AtLeast("--timeout", 0, defaultValue:=0),
+            MonitorOption()}
         sink.SetAction(AddressOf RunSink)
 
         Dim source As New Command("source", "hand out the batch, re-send what the sink misses") From {
@@ -30,7 +31,8 @@ Public Module Valuation
             Endpoint("--control", "tcp://127.0.0.1:5561"),
             AtLeast("--count", 1, defaultValue:=100),
             UInt64Option("--seed", 1),
-            AtLeast("--timeout", 0, defaultValue:=30000)}
+            AtLeast("--timeout", 0, defaultValue:=30000),
+            MonitorOption()}
         source.SetAction(AddressOf RunSource)
 
         Dim worker As New Command("worker", "price orders until the batch is finished") From {
@@ -39,7 +41,8 @@ Public Module Valuation
             Endpoint("--control", "tcp://127.0.0.1:5561"),
             NameOption("--name"),
             AtLeast("--rate", 0, defaultValue:=0),
-            AtLeast("--timeout", 0, defaultValue:=30000)}
+            AtLeast("--timeout", 0, defaultValue:=30000),
+            MonitorOption()}
         worker.SetAction(AddressOf RunWorker)
 
         Dim encode As New Command("encode", "print the frames of one order (the test vectors)") From {
@@ -174,13 +177,16 @@ Public Module Valuation
         Dim timeout = args.GetValue(Of Integer)("--timeout")
         Using stopSignal As New StopSignal(),
               results As New PullSocket(),  ' fair-queues readiness and results from every worker
-              control As New PublisherSocket()
+              control As New PublisherSocket(),
+              monitor As New SocketMonitor(MonitorOn(args))  ' disposed first: before the sockets close
             Dim deadline As New Deadline(timeout)
             ' Linger 0: the sink leaves only when told to, and nothing it sent is owed to anyone then.
             results.Options.Linger = TimeSpan.Zero
             control.Options.Linger = TimeSpan.Zero
             results.Options.MaxMsgSize = MaxMessage
             control.Options.MaxMsgSize = MaxMessage
+            monitor.Attach(results, "results")
+            monitor.Attach(control, "control")
             Try
                 results.Bind(args.GetValue(Of String)("--results"))
                 control.Bind(args.GetValue(Of String)("--control"))
@@ -281,13 +287,16 @@ Public Module Valuation
         Dim timeout = args.GetValue(Of Integer)("--timeout")
         Dim deadline As New Deadline(timeout)
         Using orders As New PushSocket(),  ' deals orders round-robin to the connected workers
-              control As New SubscriberSocket()
+              control As New SubscriberSocket(),
+              monitor As New SocketMonitor(MonitorOn(args))  ' disposed first: before the sockets close
             ' Linger 0: the source leaves only on `finished`, when no order it sent is needed any more.
             orders.Options.Linger = TimeSpan.Zero
             control.Options.Linger = TimeSpan.Zero
             orders.Options.MaxMsgSize = MaxMessage
             control.Options.MaxMsgSize = MaxMessage
             control.Subscribe("")  ' every control message: states and resends
+            monitor.Attach(orders, "orders")
+            monitor.Attach(control, "control")
             Try
                 orders.Bind(args.GetValue(Of String)("--orders"))
             Catch problem As Exception When IsEndpointProblem(problem)
@@ -370,7 +379,8 @@ Public Module Valuation
         Dim deadline As New Deadline(timeout)
         Using orders As New PullSocket(),  ' PULL fair-queues from all its peers; here, the one source
               results As New PushSocket(),  ' to the sink, the only peer
-              control As New SubscriberSocket()
+              control As New SubscriberSocket(),
+              monitor As New SocketMonitor(MonitorOn(args))  ' disposed first: before the sockets close
             ' Linger 0: the worker leaves only on `finished`, when the sink has every result it needs.
             orders.Options.Linger = TimeSpan.Zero
             results.Options.Linger = TimeSpan.Zero
@@ -379,6 +389,9 @@ Public Module Valuation
             results.Options.MaxMsgSize = MaxMessage
             control.Options.MaxMsgSize = MaxMessage
             control.Subscribe("")
+            monitor.Attach(orders, "orders")
+            monitor.Attach(results, "results")
+            monitor.Attach(control, "control")
             Try  ' PULL first: it should be connected long before the source deals the batch
                 orders.Connect(args.GetValue(Of String)("--orders"))
                 results.Connect(args.GetValue(Of String)("--results"))
@@ -393,7 +406,8 @@ Public Module Valuation
                 If deadline.Expired() Then Throw New Failure("timeout", "no control message from the sink")
             Loop
             Dim finished = IsOnly(message, "finished")
-            SendWhenRoom(results, {Encoding.ASCII.GetBytes("ready"), Utf8.GetBytes(name)}, deadline, "ready")
+            Dim hello = {Encoding.ASCII.GetBytes("ready"), Utf8.GetBytes(name)}
+            SendWhenRoom(results, hello, deadline, "ready")
             Emit("ready", ("name", name))
 
             ' One wait for both sockets, no busy loop: NetMQSelector is NetMQ's zmq_poll, so this is the
@@ -423,7 +437,9 @@ Public Module Valuation
                 ' A poll's "ready" is a hint, not a promise: receive without waiting, and take nothing
                 ' as nothing. (A blocking receive here could wait past the deadline.)
                 If controlReady AndAlso control.TryReceiveMultipartBytes(TimeSpan.Zero, message) Then
-                    finished = IsOnly(message, "finished")  ' states and resends; only this matters here
+                    finished = IsOnly(message, "finished")  ' states and resends; resends are the source's business
+                    ' A sink waiting for its workers, a restarted one too: ready again.
+                    If IsOnly(message, "waiting") Then SendWhenRoom(results, hello, deadline, "ready")
                 End If
                 If ordersReady AndAlso orders.TryReceiveMultipartBytes(TimeSpan.Zero, message) Then
                     Dim id = 0UL, order As New Order()

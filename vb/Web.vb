@@ -42,18 +42,22 @@ Public NotInheritable Class Web
 
     Public ReadOnly Socket As New StreamSocket()
     Public ReadOnly Endpoint As String  ' as bound: a wildcard port resolved
+    Private ReadOnly _monitor As SocketMonitor
 
     ''' <summary>Bind the STREAM socket; a failed bind is the desk's `error` `bind` (exit 1).</summary>
-    Public Sub New(endpoint As String)
+    Public Sub New(endpoint As String, monitorOn As Boolean)
         ' Linger 0: at close, what is still queued for a browser (an open event stream) is not
         ' worth waiting for.
         Socket.Options.Linger = TimeSpan.Zero
         ' The send high-water mark is per connection: at most 1000 messages wait for one browser.
         ' It is the default, set on purpose: it is what bounds a slow reader (Publish).
         Socket.Options.SendHighWatermark = 1000
+        _monitor = New SocketMonitor(monitorOn)
+        _monitor.Attach(Socket, "http")
         Try
             Socket.Bind(endpoint)
         Catch problem As Exception When IsEndpointProblem(problem)
+            _monitor.Dispose()  ' before the socket closes
             Socket.Dispose()
             Throw New Failure("bind", $"cannot bind {endpoint}: {problem.Message}")
         End Try
@@ -389,6 +393,7 @@ Public NotInheritable Class Web
     ''' ends; the desk's last lines (`done`) then go to stdout only.</summary>
     Public Sub Dispose() Implements IDisposable.Dispose
         _connections.Clear()
+        _monitor.Dispose()  ' before the socket closes
         Socket.Dispose()
     End Sub
 End Class

@@ -9,6 +9,7 @@
 #include <zmq.h>
 
 #include "common.h"
+#include "monitor.h"
 
 enum {
     MAX_HANDLE = MAX_NAME,  /* bytes of UTF-8 */
@@ -26,6 +27,7 @@ static const int64_t MAX_MESSAGE = CHAT_MAX_MESSAGE;
 typedef struct {
     const char *requests, *broadcasts;
     int timeout, heartbeat, expiry;
+    bool monitor;
     security_t security;
 } server_args;
 
@@ -141,6 +143,7 @@ int chat_server(int argc, char **argv)
         TEXT_FLAG("requests", args.requests),
         TEXT_FLAG("broadcasts", args.broadcasts),
         NUMBER_FLAG("timeout", args.timeout, 0),
+        MONITOR_FLAG(args.monitor),
         NUMBER_FLAG("heartbeat", args.heartbeat, 1),
         NUMBER_FLAG("expiry", args.expiry, 1),
         SECURITY_FLAGS(args.security),
@@ -173,6 +176,9 @@ int chat_server(int argc, char **argv)
     if (secure) {
         server.requests_monitor = monitor_handshakes(context, server.requests, "requests");
         server.broadcasts_monitor = monitor_handshakes(context, server.broadcasts, "broadcasts");
+    } else { /* libzmq allows one monitor per socket: under plain or curve, the handshakes' has it */
+        monitor_socket(context, server.requests, "requests", args.monitor);
+        monitor_socket(context, server.broadcasts, "broadcasts", args.monitor);
     }
     if (zmq_bind(server.requests, args.requests) < 0 || zmq_bind(server.broadcasts, args.broadcasts) < 0)
         fail("bind", "cannot bind: %s", zmq_strerror(errno));
@@ -380,6 +386,7 @@ int chat_client(int argc, char **argv)
         TEXT_FLAG("requests", args->requests),
         TEXT_FLAG("broadcasts", args->broadcasts),
         NUMBER_FLAG("timeout", args->timeout, 0),
+        MONITOR_FLAG(args->monitor),
         REQUIRED_FLAG("name", parse_name, args->name),
         NUMBER_FLAG("count", args->count, 0),
         NUMBER_FLAG("clients", args->clients, 1),
@@ -405,12 +412,15 @@ int chat_client(int argc, char **argv)
     void *monitor = NULL;
     if (args->security.mechanism != SECURITY_NULL)
         monitor = monitor_handshakes(context, client.sub, "broadcasts");
+    else /* libzmq allows one monitor per socket: under plain or curve, the handshakes' has it */
+        monitor_socket(context, client.sub, "broadcasts", args->monitor);
     if (zmq_connect(client.sub, args->broadcasts) < 0)
         fail("connect", "cannot connect to %s: %s", args->broadcasts, zmq_strerror(errno));
     /* REQ enforces send, receive, send, receive...: one request in flight at a time. */
     client.req = zmq_socket(context, ZMQ_REQ);
     limit_socket(client.req, linger, MAX_MESSAGE);
     secure_socket(client.req, &args->security, false);
+    monitor_socket(context, client.req, "requests", args->monitor);
     if (zmq_connect(client.req, args->requests) < 0)
         fail("connect", "cannot connect to %s: %s", args->requests, zmq_strerror(errno));
     client.roster = json_array();

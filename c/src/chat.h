@@ -19,6 +19,7 @@ enum {
 typedef struct {
     const char *requests, *broadcasts, *name;
     int timeout, count, clients, keepalive;
+    bool monitor; /* --monitor on */
     security_t security;
 } client_args;
 

@@ -71,6 +71,24 @@ char *event_text(const json_t *line)
     return json_dumps(line, JSON_REAL_PRECISION(digits)); /* UTF-8 as is, no \u escapes needed */
 }
 
+/* stdout is shared by the role's thread(s) and the socket monitors' threads (monitor.c): each line
+   is written and flushed whole under this lock, and once `done` is out, no `socket-event` follows
+   (a monitor still sees the sockets close after it). */
+static pthread_mutex_t stdout_lock = PTHREAD_MUTEX_INITIALIZER;
+static bool done_written;
+
+void write_event(const char *event, const char *text, size_t size)
+{
+    pthread_mutex_lock(&stdout_lock);
+    if (!done_written || strcmp(event, "socket-event")) {
+        fwrite(text, 1, size, stdout);
+        fputc('\n', stdout);
+        fflush(stdout);
+        done_written |= !strcmp(event, "done");
+    }
+    pthread_mutex_unlock(&stdout_lock);
+}
+
 void emit(const char *event, const char *fields, ...)
 {
     json_error_t error;
@@ -90,9 +108,7 @@ void emit(const char *event, const char *fields, ...)
         char *text = event_text(line);
         if (!text)
             fail("memory", "out of memory");
-        fputs(text, stdout);
-        fputc('\n', stdout);
-        fflush(stdout);
+        write_event(event, text, strlen(text));
         free(text);
     }
     json_decref(values);

@@ -25,6 +25,10 @@ void emit(const char *event, const char *fields, ...);
    but does not own. Per thread: each thread has its own, and none is shared. */
 typedef void event_reporter(const char *event, json_t *line, void *state);
 void report_events_to(event_reporter *reporter, void *state);
+/* One event's line (`text`, `size` bytes, without the newline) on stdout, as emit() writes it:
+   whole and flushed, under a lock that every thread writing stdout shares; a `socket-event`
+   after `done` is dropped. */
+void write_event(const char *event, const char *text, size_t size);
 /* An event object as emit() writes it, without the newline; the caller frees it. */
 char *event_text(const json_t *line);
 /* An `error` event; the role goes on. */

@@ -2,8 +2,9 @@
 
    Four agent threads each own the sockets of one earlier example's client role: chat (REQ, SUB),
    ticker (SUB), valuation (PUSH, PULL, PUB: the source and the sink in one) and query (DEALER,
-   SUB, XPUB: a CHP facade). The main thread runs the scenario and is the only one that writes to
-   stdout. Threads share nothing but the ZeroMQ context: each agent talks to the main thread over
+   SUB, XPUB: a CHP facade). The main thread runs the scenario and writes the events to stdout
+   (with --monitor on, the socket monitors' threads write their socket-event lines there too,
+   under emit()'s lock). Threads share nothing but the ZeroMQ context: each agent talks to the main thread over
    its pipe, a PAIR of sockets on inproc://desk-AGENT. The examples' own code checks what peers
    send and reports with emit(); in an agent's thread emit() hands the event to report(), which
    sends it up the pipe (common.h, report_events_to). */
@@ -22,6 +23,7 @@
 
 #include "chat.h"
 #include "common.h"
+#include "monitor.h"
 #include "query.h"
 #include "ticker.h"
 #include "valuation.h"
@@ -43,6 +45,7 @@ typedef struct {
     const char *name, *chat_requests, *chat_broadcasts, *ticks, *forget, *orders, *results, *control,
         *snapshot, *updates, *collector, *http;
     int chat_clients, posts, forget_after, tick_count, trade, workers, quiet, heartbeat, timeout;
+    bool monitor; /* --monitor on */
     symbols_t follow;
     subtrees_t subtrees;
     uint64_t seed;
@@ -200,11 +203,12 @@ static void *agent_end(agent_t *agent, json_t *counters)
 }
 
 /* An agent's socket, with the example's maximum message size and linger, set before it binds or
-   connects. */
-static void *agent_socket(agent_t *agent, int type, int linger, int64_t max_message)
+   connects, and with --monitor on its monitor, `flag` naming the socket. */
+static void *agent_socket(agent_t *agent, int type, int linger, int64_t max_message, const char *flag)
 {
     void *socket = zmq_socket(agent->context, type);
     limit_socket(socket, linger, max_message);
+    monitor_socket(agent->context, socket, flag, agent->args.monitor);
     return socket;
 }
 
@@ -332,9 +336,9 @@ static void *chat_agent(void *argument)
     client->last_request = now_ms();
     /* As the chat client: linger 0, the chat's maximum message size; SUB first, subscribed to
        everything, so that its subscription starts travelling as early as possible. */
-    client->sub = agent_socket(agent, ZMQ_SUB, 0, CHAT_MAX_MESSAGE);
+    client->sub = agent_socket(agent, ZMQ_SUB, 0, CHAT_MAX_MESSAGE, "chat-broadcasts");
     zmq_setsockopt(client->sub, ZMQ_SUBSCRIBE, "", 0);
-    client->req = agent_socket(agent, ZMQ_REQ, 0, CHAT_MAX_MESSAGE);
+    client->req = agent_socket(agent, ZMQ_REQ, 0, CHAT_MAX_MESSAGE, "chat-requests");
     bool running = connect_to(client->sub, args->chat_broadcasts) && connect_to(client->req, args->chat_requests);
     if (running)
         emit("ready", "{s:s}", "handle", args->name);
@@ -426,7 +430,7 @@ static void *ticker_agent(void *argument)
     symbols_t followed = {0};
     int ticks = 0, malformed = 0;
     /* Ticks are a stream: linger 0; the ticker's maximum message size. */
-    void *sub = agent_socket(agent, ZMQ_SUB, 0, TICKER_MAX_MESSAGE);
+    void *sub = agent_socket(agent, ZMQ_SUB, 0, TICKER_MAX_MESSAGE, "ticks");
     bool running = connect_to(sub, args->ticks);
     if (running) {
         /* Our own topic, never published: the publisher counts the desk as a subscriber by it. */
@@ -593,9 +597,9 @@ static void *valuation_agent(void *argument)
     /* PUSH deals orders round-robin, PULL fair-queues readies and results, PUB sends the state.
        Linger 0, but the control PUB's 1000 ms: the `finished` sent when the trade completes must
        still reach the workers if the desk stops right after (they leave when they hear it). */
-    valuation.orders = agent_socket(agent, ZMQ_PUSH, 0, VALUATION_MAX_MESSAGE);
-    sink->results = agent_socket(agent, ZMQ_PULL, 0, VALUATION_MAX_MESSAGE);
-    sink->control = agent_socket(agent, ZMQ_PUB, 1000, VALUATION_MAX_MESSAGE);
+    valuation.orders = agent_socket(agent, ZMQ_PUSH, 0, VALUATION_MAX_MESSAGE, "orders");
+    sink->results = agent_socket(agent, ZMQ_PULL, 0, VALUATION_MAX_MESSAGE, "results");
+    sink->control = agent_socket(agent, ZMQ_PUB, 1000, VALUATION_MAX_MESSAGE, "control");
     bool running = bind_all(&valuation, args);
     int64_t next_beat = now_ms();
 
@@ -772,9 +776,9 @@ static void *query_agent(void *argument)
     /* As the facade: DEALER (several requests in flight, no envelopes), SUB, and an XPUB to the
        collector, which tells us when the collector's subscription has arrived. Linger 0, but the
        XPUB's 1000 ms: the last write may still be queued when the desk stops. */
-    query.collector = agent_socket(agent, ZMQ_XPUB, 1000, QUERY_MAX_MESSAGE);
-    query.updates = agent_socket(agent, ZMQ_SUB, 0, QUERY_MAX_MESSAGE);
-    query.snapshot = agent_socket(agent, ZMQ_DEALER, 0, QUERY_MAX_MESSAGE);
+    query.collector = agent_socket(agent, ZMQ_XPUB, 1000, QUERY_MAX_MESSAGE, "collector");
+    query.updates = agent_socket(agent, ZMQ_SUB, 0, QUERY_MAX_MESSAGE, "updates");
+    query.snapshot = agent_socket(agent, ZMQ_DEALER, 0, QUERY_MAX_MESSAGE, "snapshot");
     bool running = connect_to(query.collector, args->collector) && connect_to(query.updates, args->updates);
     json_t *listed = running ? facade_subscribe(query.updates, &query.facade.args.subtrees) : NULL;
     running = running && connect_to(query.snapshot, args->snapshot);
@@ -858,11 +862,10 @@ typedef struct {
 /* Every line the desk writes goes out here: to stdout, and to the page's event streams (`key`:
    the line a later one replaces in the page's replay, NULL for none). `result` lines are not
    published: one per order, a million in a big trade; the page gets `progress` instead. */
-static void write_line(desk_t *desk, const char *line, size_t size, const char *key, bool publish)
+static void write_line(desk_t *desk, const char *event, const char *line, size_t size, const char *key,
+                       bool publish)
 {
-    fwrite(line, 1, size, stdout);
-    fputc('\n', stdout);
-    fflush(stdout);
+    write_event(event, line, size);
     if (desk->web && publish)
         web_publish(desk->web, line, size, key);
 }
@@ -870,13 +873,12 @@ static void write_line(desk_t *desk, const char *line, size_t size, const char *
 /* The main thread's own events (its emit()), through write_line as well. */
 static void report_line(const char *event, json_t *line, void *state)
 {
-    (void)event;
     char *text = event_text(line);
     if (!text) {
         report_events_to(NULL, NULL);
         fail("memory", "out of memory");
     }
-    write_line(state, text, strlen(text), NULL, true);
+    write_line(state, event, text, strlen(text), NULL, true);
     free(text);
 }
 
@@ -999,7 +1001,9 @@ static void on_event(desk_t *desk, int which, const frames_t *event)
     bool result = which == VALUATION && frame_is(event, 0, "result");
     if (which == VALUATION && frame_is(event, 0, "complete"))
         publish_progress(desk, true); /* the last count, right before the complete */
-    write_line(desk, frame_data(event, 1), frame_size(event, 1), *key ? key : NULL, !result);
+    char name[32]; /* frame 0, as a string */
+    snprintf(name, sizeof name, "%.*s", (int)frame_size(event, 0), frame_data(event, 0));
+    write_line(desk, name, frame_data(event, 1), frame_size(event, 1), *key ? key : NULL, !result);
     if (frame_is(event, 0, "ready")) {
         desk->ready[which] = true;
         for (size_t i = 0; which == VALUATION && i < 3 && i + 2 < event->count; i++)
@@ -1247,6 +1251,7 @@ int desk_trader(int argc, char **argv)
         PARSED_FLAG("subtrees", parse_subtrees, args.subtrees),
         PARSED_FLAG("http", parse_http, args.http),
         NUMBER_FLAG("timeout", args.timeout, 0),
+        MONITOR_FLAG(args.monitor),
     };
     /* 1. Every flag checked before any thread starts. */
     if (!parse_flags(argc, argv, flags, sizeof flags / sizeof flags[0]) || !flags_agree(argv[0], &args))
@@ -1268,7 +1273,7 @@ int desk_trader(int argc, char **argv)
     desk_t desk = {.args = args, .failed = -1, .watched = args.follow};
     agent_t agents[AGENTS];
     /* The page's STREAM socket, before any thread starts: a bind that fails fails the desk now. */
-    if (*args.http && !(desk.web = web_open(context, args.http)))
+    if (*args.http && !(desk.web = web_open(context, args.http, args.monitor)))
         fail("bind", "cannot bind %s: %s", args.http, zmq_strerror(errno));
     report_events_to(report_line, &desk); /* the main thread's own lines go to the page too */
 

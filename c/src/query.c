@@ -17,6 +17,7 @@
 #include <zmq.h>
 
 #include "common.h"
+#include "monitor.h"
 #include "ticker.h"
 
 /* ZMQ_MAXMSGSIZE on every socket: the largest legal frame is a 256-byte value; between 257 and
@@ -584,6 +585,7 @@ int query_engine(int argc, char **argv)
         },
     };
     engine_args *args = &engine.args;
+    bool monitor = false;
     parse_symbols("AAPL,GOOG,GOOGL,MSFT,IBM", &args->symbols); /* the default, parsed like the flag */
     const flag_t flags[] = {
         TEXT_FLAG("snapshot", args->snapshot),
@@ -595,6 +597,7 @@ int query_engine(int argc, char **argv)
         NUMBER_FLAG("hugz", args->hugz, 1),
         NUMBER_FLAG("max-keys", args->max_keys, 1),
         NUMBER_FLAG("timeout", args->timeout, 0),
+        MONITOR_FLAG(monitor),
     };
     if (!parse_flags(argc, argv, flags, sizeof flags / sizeof flags[0]))
         return 2;
@@ -618,8 +621,11 @@ int query_engine(int argc, char **argv)
     void *ticks = *args->ticks ? zmq_socket(context, ZMQ_SUB) : NULL;
     void *sockets[] = {engine.snapshots, engine.updates, collector, ticks};
     int count = ticks ? 4 : 3;
-    for (int i = 0; i < count; i++)
+    const char *const flag_names[] = {"snapshot", "updates", "collector", "ticks"};
+    for (int i = 0; i < count; i++) {
         limit_socket(sockets[i], 0, MAX_MESSAGE); /* linger 0: updates are a stream */
+        monitor_socket(context, sockets[i], flag_names[i], monitor);
+    }
     const char *endpoints[] = {args->snapshot, args->updates, args->collector};
     char bound[3][ENDPOINT_SIZE];
     for (int i = 0; i < 3; i++) {
@@ -909,6 +915,7 @@ int query_facade(int argc, char **argv)
         },
     };
     facade_args *args = &facade.args;
+    bool monitor = false;
     const flag_t flags[] = {
         TEXT_FLAG("snapshot", args->snapshot),
         TEXT_FLAG("updates", args->updates),
@@ -919,6 +926,7 @@ int query_facade(int argc, char **argv)
         NUMBER_FLAG("writes", args->writes, 0),
         PARSED_FLAG("ttl", parse_ttl, args->ttl),
         NUMBER_FLAG("timeout", args->timeout, 0),
+        MONITOR_FLAG(monitor),
     };
     if (!parse_flags(argc, argv, flags, sizeof flags / sizeof flags[0]))
         return 2;
@@ -943,9 +951,12 @@ int query_facade(int argc, char **argv)
     void *collector = args->writes ? zmq_socket(context, ZMQ_XPUB) : NULL;
     limit_socket(updates, 0, MAX_MESSAGE);
     limit_socket(snapshot, 0, MAX_MESSAGE);
+    monitor_socket(context, updates, "updates", monitor);
+    monitor_socket(context, snapshot, "snapshot", monitor);
     if (collector) {
         /* Linger 1000 ms: the last write (a delete) may still be queued when we exit. */
         limit_socket(collector, 1000, MAX_MESSAGE);
+        monitor_socket(context, collector, "collector", monitor);
         connect_to(collector, args->collector);
     }
     connect_to(updates, args->updates);

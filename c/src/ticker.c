@@ -12,6 +12,7 @@
 #include <zmq.h>
 
 #include "common.h"
+#include "monitor.h"
 
 /* ZMQ_MAXMSGSIZE on every socket: a frame above it never reaches us (libzmq drops it with the
    sender's connection), and no subscription can grow an XPUB's subscription trie past it. The
@@ -215,6 +216,7 @@ static void on_subscription(zmq_msg_t *frame, topics_t *topics)
 int ticker_publisher(int argc, char **argv)
 {
     publisher_args args = {.ticks = "tcp://127.0.0.1:5557", .seed = 1, .subscribers = 1, .interval = 2};
+    bool monitor = false;
     parse_symbols("AAPL,GOOG,GOOGL,MSFT,IBM", &args.symbols); /* the default, parsed like the flag */
     const flag_t flags[] = {
         TEXT_FLAG("ticks", args.ticks),
@@ -223,6 +225,7 @@ int ticker_publisher(int argc, char **argv)
         NUMBER_FLAG("subscribers", args.subscribers, 1),
         NUMBER_FLAG("interval", args.interval, 1),
         NUMBER_FLAG("timeout", args.timeout, 0),
+        MONITOR_FLAG(monitor),
     };
     if (!parse_flags(argc, argv, flags, sizeof flags / sizeof flags[0]))
         return 2;
@@ -235,6 +238,7 @@ int ticker_publisher(int argc, char **argv)
     void *ticks = zmq_socket(context, ZMQ_XPUB);
     int linger = 0; /* ticks are a stream: at close, drop what is still queued */
     limit_socket(ticks, linger, MAX_MESSAGE);
+    monitor_socket(context, ticks, "ticks", monitor);
     if (zmq_bind(ticks, args.ticks) < 0)
         fail("bind", "cannot bind: %s", zmq_strerror(errno));
     char endpoint[ENDPOINT_SIZE];
@@ -339,10 +343,12 @@ static bool wait_for_signal(const sigset_t *signals, const deadline_t *deadline)
 int ticker_proxy(int argc, char **argv)
 {
     proxy_args args = {.upstream = "tcp://127.0.0.1:5557", .downstream = "tcp://127.0.0.1:5558"};
+    bool monitor = false;
     const flag_t flags[] = {
         TEXT_FLAG("upstream", args.upstream),
         TEXT_FLAG("downstream", args.downstream),
         NUMBER_FLAG("timeout", args.timeout, 0),
+        MONITOR_FLAG(monitor),
     };
     if (!parse_flags(argc, argv, flags, sizeof flags / sizeof flags[0]))
         return 2;
@@ -370,6 +376,8 @@ int ticker_proxy(int argc, char **argv)
     /* The control PAIRs are inproc: nothing decodes there, so only the linger. */
     zmq_setsockopt(proxy.control, ZMQ_LINGER, &linger, sizeof linger);
     zmq_setsockopt(steer, ZMQ_LINGER, &linger, sizeof linger);
+    monitor_socket(context, proxy.upstream, "upstream", monitor); /* not the control pipe: no flag */
+    monitor_socket(context, proxy.downstream, "downstream", monitor);
     if (zmq_bind(proxy.downstream, args.downstream) < 0)
         fail("bind", "cannot bind: %s", zmq_strerror(errno));
     if (zmq_connect(proxy.upstream, args.upstream) < 0)
@@ -470,6 +478,7 @@ int ticker_subscriber(int argc, char **argv)
         .switch_after = 10,
         .timeout = 30000,
     };
+    bool monitor = false;
     const flag_t flags[] = {
         TEXT_FLAG("ticks", args.ticks),
         REQUIRED_FLAG("name", parse_name, args.name),
@@ -479,6 +488,7 @@ int ticker_subscriber(int argc, char **argv)
         PARSED_FLAG("switch", switch_symbols, args.change),
         NUMBER_FLAG("switch-after", args.switch_after, 1),
         NUMBER_FLAG("timeout", args.timeout, 0),
+        MONITOR_FLAG(monitor),
     };
     if (!parse_flags(argc, argv, flags, sizeof flags / sizeof flags[0]))
         return 2;
@@ -494,6 +504,7 @@ int ticker_subscriber(int argc, char **argv)
     void *sub = zmq_socket(context, ZMQ_SUB);
     int linger = 0; /* ticks are a stream: nothing is owed to anyone at close */
     limit_socket(sub, linger, MAX_MESSAGE);
+    monitor_socket(context, sub, "ticks", monitor);
     if (zmq_connect(sub, args.ticks) < 0)
         fail("connect", "cannot connect: %s", zmq_strerror(errno));
     symbols_t subscribed = args.symbols;
@@ -512,6 +523,9 @@ int ticker_subscriber(int argc, char **argv)
     emit("ready", "{s:s, s:o}", "name", args.name, "symbols", listed);
 
     int received[MAX_SYMBOLS] = {0}; /* ticks of each subscribed symbol */
+    /* Each subscribed symbol's last sequence, once it has one: a jump is a gap, reported as such. */
+    uint64_t last[MAX_SYMBOLS] = {0};
+    bool has_last[MAX_SYMBOLS] = {false};
     bool switched = !*old;
     int total = 0, malformed = 0;
     while (!(switched && received_all(received, subscribed.count, args.count))) {
@@ -539,6 +553,14 @@ int ticker_subscriber(int argc, char **argv)
         }
         total++;
         received[tick.index]++;
+        /* PUB/SUB drops silently: ticks published while the path to us was down (a proxy that
+           restarted) or while a queue was full (the HWM) are gone. Say so, never hide it. Both
+           sequences are below 2^63, so last + 1 cannot wrap. */
+        if (has_last[tick.index] && tick.sequence > last[tick.index] + 1)
+            emit("gap", "{s:s, s:I, s:I}", "symbol", tick.name, "after", (json_int_t)last[tick.index], "next",
+                 (json_int_t)tick.sequence);
+        last[tick.index] = tick.sequence;
+        has_last[tick.index] = true;
         emit("tick", "{s:s, s:I, s:I, s:f}", "symbol", tick.name, "sequence", (json_int_t)tick.sequence,
              "timestamp", (json_int_t)tick.timestamp, "price", tick.price);
         if (!switched && !strcmp(tick.name, old) && received[tick.index] == args.switch_after) {
@@ -550,6 +572,7 @@ int ticker_subscriber(int argc, char **argv)
             subscribe_symbol(sub, new, true);
             strcpy(subscribed.name[tick.index], new); /* NEW takes OLD's place, counted from 0 */
             received[tick.index] = 0;
+            has_last[tick.index] = false; /* and has no last sequence yet: its first tick is no gap */
             emit("subscribed", "{s:s}", "symbol", new);
             switched = true;
         }

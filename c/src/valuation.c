@@ -9,6 +9,7 @@
 #include <zmq.h>
 
 #include "common.h"
+#include "monitor.h"
 
 static const char *const SYMBOLS[] = {"AAPL", "GOOG", "GOOGL", "MSFT", "IBM"};
 enum {
@@ -293,6 +294,7 @@ int valuation_sink(int argc, char **argv)
         .state = WAITING,
     };
     sink_args *args = &sink.args;
+    bool monitor = false;
     const flag_t flags[] = {
         TEXT_FLAG("results", args->results),
         TEXT_FLAG("control", args->control),
@@ -302,6 +304,7 @@ int valuation_sink(int argc, char **argv)
         NUMBER_FLAG("heartbeat", args->heartbeat, 1),
         PARSED_FLAG("seed", parse_u64, args->seed),
         NUMBER_FLAG("timeout", args->timeout, 0),
+        MONITOR_FLAG(monitor),
     };
     if (!parse_flags(argc, argv, flags, sizeof flags / sizeof flags[0]))
         return 2;
@@ -320,6 +323,8 @@ int valuation_sink(int argc, char **argv)
     int linger = 0; /* PROTOCOL.md: no role leaves while anything it sent is still needed */
     limit_socket(sink.results, linger, MAX_MESSAGE);
     limit_socket(sink.control, linger, MAX_MESSAGE);
+    monitor_socket(context, sink.results, "results", monitor);
+    monitor_socket(context, sink.control, "control", monitor);
     if (zmq_bind(sink.results, args->results) < 0 || zmq_bind(sink.control, args->control) < 0)
         fail("bind", "cannot bind: %s", zmq_strerror(errno));
     char results_at[ENDPOINT_SIZE], control_at[ENDPOINT_SIZE];
@@ -416,12 +421,14 @@ int valuation_source(int argc, char **argv)
         },
     };
     source_args *args = &source.args;
+    bool monitor = false;
     const flag_t flags[] = {
         TEXT_FLAG("orders", args->orders),
         TEXT_FLAG("control", args->control),
         NUMBER_FLAG("count", args->count, 1),
         PARSED_FLAG("seed", parse_u64, args->seed),
         NUMBER_FLAG("timeout", args->timeout, 0),
+        MONITOR_FLAG(monitor),
     };
     if (!parse_flags(argc, argv, flags, sizeof flags / sizeof flags[0]))
         return 2;
@@ -436,6 +443,8 @@ int valuation_source(int argc, char **argv)
     limit_socket(source.orders, linger, MAX_MESSAGE);
     limit_socket(source.control, linger, MAX_MESSAGE);
     zmq_setsockopt(source.control, ZMQ_SUBSCRIBE, "", 0); /* every control message */
+    monitor_socket(context, source.orders, "orders", monitor);
+    monitor_socket(context, source.control, "control", monitor);
     if (zmq_bind(source.orders, args->orders) < 0)
         fail("bind", "cannot bind: %s", zmq_strerror(errno));
     if (zmq_connect(source.control, args->control) < 0)
@@ -526,6 +535,7 @@ int valuation_worker(int argc, char **argv)
         .control = "tcp://127.0.0.1:5561",
         .timeout = 30000,
     };
+    bool monitor = false;
     const flag_t flags[] = {
         TEXT_FLAG("orders", args.orders),
         TEXT_FLAG("results", args.results),
@@ -533,6 +543,7 @@ int valuation_worker(int argc, char **argv)
         REQUIRED_FLAG("name", parse_name, args.name),
         NUMBER_FLAG("rate", args.rate, 0),
         NUMBER_FLAG("timeout", args.timeout, 0),
+        MONITOR_FLAG(monitor),
     };
     if (!parse_flags(argc, argv, flags, sizeof flags / sizeof flags[0]))
         return 2;
@@ -550,6 +561,9 @@ int valuation_worker(int argc, char **argv)
     for (size_t i = 0; i < 3; i++)
         limit_socket(sockets[i], linger, MAX_MESSAGE);
     zmq_setsockopt(control, ZMQ_SUBSCRIBE, "", 0);
+    const char *const flag_names[] = {"orders", "results", "control"};
+    for (size_t i = 0; i < 3; i++)
+        monitor_socket(context, sockets[i], flag_names[i], monitor);
     /* PULL first: it should be connected long before the source deals the batch. */
     if (zmq_connect(orders, args.orders) < 0 || zmq_connect(results, args.results) < 0 ||
         zmq_connect(control, args.control) < 0)
@@ -587,8 +601,14 @@ int valuation_worker(int argc, char **argv)
         if (polled < 0 && errno != EINTR)
             fail("poll", "zmq_poll: %s", zmq_strerror(errno));
         if ((items[1].revents & ZMQ_POLLIN) && recv_if_ready(control, &message)) {
-            finished = is_state(&message, FINISHED); /* states and resends; only this matters here */
+            /* States and resends; resends are the source's business. */
+            finished = is_state(&message, FINISHED);
+            /* A sink waiting for its workers, a restarted one too: say ready again (the state is
+               level-triggered, and so is our answer). */
+            bool waiting = is_state(&message, WAITING);
             frames_close(&message);
+            if (waiting)
+                send_when_room(results, ready, 2, &deadline, "ready");
         }
         if (!(items[0].revents & ZMQ_POLLIN) || !recv_if_ready(orders, &message))
             continue;

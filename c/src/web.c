@@ -9,6 +9,7 @@
    after a response (NetMQ drops what is still queued at a close): the client closes, and the
    desk only at a deadline, long after. */
 #include "web.h"
+#include "monitor.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -85,7 +86,7 @@ struct web {
     size_t keys;
 };
 
-web_t *web_open(void *context, const char *endpoint)
+web_t *web_open(void *context, const char *endpoint, bool monitor)
 {
     web_t *web = calloc(1, sizeof *web);
     if (!web)
@@ -98,6 +99,7 @@ web_t *web_open(void *context, const char *endpoint)
     int linger = 0, hwm = SEND_HWM;
     zmq_setsockopt(web->socket, ZMQ_LINGER, &linger, sizeof linger);
     zmq_setsockopt(web->socket, ZMQ_SNDHWM, &hwm, sizeof hwm);
+    monitor_socket(context, web->socket, "http", monitor); /* a browser's connections, accepted and closed */
     if (zmq_bind(web->socket, endpoint) < 0) {
         int error = errno;
         zmq_close(web->socket);

@@ -4,6 +4,7 @@
 #ifndef BTB_WEB_H
 #define BTB_WEB_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -18,7 +19,7 @@ typedef int web_command_handler(void *desk, const char *target, const char *body
 
 /* Binds the STREAM socket to `endpoint` (tcp://, a wildcard port `*` allowed); NULL if the bind
    fails, errno saying why. */
-web_t *web_open(void *context, const char *endpoint);
+web_t *web_open(void *context, const char *endpoint, bool monitor);
 /* The endpoint bound, with the port a wildcard got; and the socket, for the desk's poll. */
 const char *web_endpoint(const web_t *web);
 void *web_socket(const web_t *web);

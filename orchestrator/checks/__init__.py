@@ -1,8 +1,14 @@
 """Checkers: each example's module verifies the transcripts of one cell; this module holds the
 checks that the launch contract makes the same for every example."""
 import importlib
+from dataclasses import replace
 
 from ..security import INTRUDER
+
+# A socket monitor's events (examples/README.md, "Socket monitors"), the same names in every language.
+SOCKET_EVENTS = ("connected", "connect-delayed", "connect-retried", "listening", "bind-failed", "accepted",
+                 "accept-failed", "closed", "close-failed", "disconnected", "handshake-succeeded",
+                 "handshake-failed-no-detail", "handshake-failed-protocol", "handshake-failed-auth")
 
 
 def check(spec, transcripts):
@@ -11,10 +17,31 @@ def check(spec, transcripts):
     for t in transcripts:
         if t.role != INTRUDER:  # an intruder is meant to fail: checks/security.py says how
             problems += contract_problems(t)
-    problems += checker(spec.example).check(spec, transcripts)
+        problems += monitor_problems(spec, t)
+    # The examples' checks read the role's own events: a monitor's come from another thread, at
+    # any point of the stream, and say nothing of the example.
+    unmonitored = [replace(t, events=[e for e in t.events if e["event"] != "socket-event"]) for t in transcripts]
+    problems += checker(spec.example).check(spec, unmonitored)
     if spec.secure:
-        problems += checker("security").check(spec, transcripts)
+        problems += checker("security").check(spec, unmonitored)
     return problems
+
+
+def monitor_problems(spec, t):
+    """socket-events only with --monitor on, each naming one of the role's endpoint flags and a
+    kind of the contract's table."""
+    found = events(t, "socket-event")
+    if found and not spec.monitor:
+        return [f"{t.label}: {len(found)} socket-event(s) without --monitor on"]
+    for event in found:
+        if event.get("kind") not in SOCKET_EVENTS:
+            return [f"{t.label}: a socket-event of unknown kind {event.get('kind')!r}"]
+        if event.get("socket") not in t.flags or not isinstance(event.get("endpoint"), str):
+            return [f"{t.label}: a socket-event for {event.get('socket')!r}, which is none of its endpoint flags, "
+                    f"or without an endpoint: {event}"]
+        if not (event.get("value") is None or isinstance(event.get("value"), int)):
+            return [f"{t.label}: a socket-event whose value is neither a number nor null: {event}"]
+    return []
 
 
 def notes(spec, transcripts):

@@ -4,10 +4,11 @@ import re
 import sys
 from importlib import resources
 
-from . import chat, desk, perf, query, ticker, valuation
+from . import chat, desk, monitor, perf, query, ticker, valuation
 from .contract import Failure, Usage, emit
 
 EXAMPLES = {"chat": chat, "ticker": ticker, "valuation": valuation, "query": query, "desk": desk, "perf": perf}
+UNMONITORED = {"perf", "encode", "derive"}  # perf's loops are measured; the vector printers open no socket
 # examples/help.txt, generated from the PROTOCOL.md flags tables by `invoke help`: the same help,
 # byte for byte, in every language (examples/README.md, "Help: one text, six programs").
 HELP = resources.files(__package__).joinpath("help.txt").read_bytes()
@@ -60,6 +61,9 @@ def main(argv=None):
         parsers = examples.add_parser(name).add_subparsers(dest="role", required=True, metavar="role")
         module.add_roles(parsers)
         roles.update((name, role) for role in parsers.choices)
+        for role, role_parser in parsers.choices.items():
+            if not {name, role} & UNMONITORED:
+                monitor.add_flag(role_parser)  # --monitor on|off: the launch contract's, like --timeout
     section = help_section(argv, roles)
     if section is not None:
         sys.stdout.buffer.write(section)  # bytes, as in the file: the same in any locale

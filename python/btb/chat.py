@@ -6,6 +6,7 @@ import zmq
 
 from . import security
 from .contract import Deadline, Failure, StopSignal, at_least, bind, connect, emit, log, name, recv_if_ready
+from .monitor import watch
 
 MAX_HANDLE = 32  # bytes of UTF-8 (the contract's MAX_NAME)
 MAX_TEXT = 4096  # bytes of UTF-8
@@ -83,6 +84,9 @@ def run_server(args):
     # Security options are read when a connection starts: set them before binding. The ZAP
     # handler, if any, is bound first, so that no handshake happens without it.
     zap, monitors = security.secure_server(args, context, {"requests": requests, "broadcasts": broadcasts})
+    if not monitors:  # under plain/curve the handshake watcher holds each socket's one monitor
+        watch(requests, "requests", args)
+        watch(broadcasts, "broadcasts", args)
     emit("ready", requests=bind(requests, args.requests), broadcasts=bind(broadcasts, args.broadcasts),
          security=args.security)
     # One poller for everything the loop serves: requests, ZAP questions, handshake failures.
@@ -210,6 +214,9 @@ class Client:
         security.secure_client(args, [self.sub, self.req])  # before connecting
         # Under PLAIN or CURVE, watch the SUB socket's handshakes until the first broadcast.
         self.monitor = None if args.security == "null" else security.watch(self.sub)
+        if not self.monitor:  # a socket has one monitor: the handshake watcher's, when there is one
+            watch(self.sub, "broadcasts", args)
+        watch(self.req, "requests", args)
         connect(self.sub, args.broadcasts)
         connect(self.req, args.requests)
         self.context = context

@@ -10,9 +10,25 @@ import time
 import zmq
 
 
+_output = threading.Lock()  # a role's threads (the desk's agents, socket monitors) share stdout
+_finished = False
+
+
 def emit(event, **fields):
     """Write one event as one JSON line and flush it at once, so the orchestrator sees it live."""
-    print(json.dumps({"event": event, **fields}, ensure_ascii=False), flush=True)
+    write_line(json.dumps({"event": event, **fields}, ensure_ascii=False).encode(), event, own="agent" not in fields)
+
+
+def write_line(line, event=None, own=True):
+    """One line to stdout, written and flushed whole under the lock every thread shares. After the
+    role's own `done`, a monitor's `socket-event`s are dropped: the contract makes `done` last."""
+    global _finished
+    with _output:
+        if _finished and event == "socket-event":
+            return
+        sys.stdout.buffer.write(line + b"\n")
+        sys.stdout.buffer.flush()
+        _finished = _finished or (own and event == "done")
 
 
 def log(message):

@@ -1,7 +1,8 @@
 """desk: a trading desk, one process whose threads talk over inproc pipes (examples/desk/PROTOCOL.md).
 
 One ZeroMQ context for the whole process; one thread per agent, each owning the sockets of one
-earlier example's client role; the main thread runs the scenario and is the only writer of stdout.
+earlier example's client role; the main thread runs the scenario and writes every agent's events to
+stdout (with --monitor on, the socket monitors' threads write there too, under the same lock).
 Threads share no state: they talk only through PAIR sockets over `inproc://`, the pipes."""
 import argparse
 import copy
@@ -9,7 +10,6 @@ import json
 import math
 import os
 import struct
-import sys
 import threading
 import time
 from collections import Counter, deque
@@ -17,7 +17,8 @@ from collections import Counter, deque
 import zmq
 
 from . import chat, query, ticker, valuation
-from .contract import Deadline, Failure, StopSignal, Usage, at_least, bind, connect, recv_if_ready
+from .contract import Deadline, Failure, StopSignal, Usage, at_least, bind, connect, recv_if_ready, write_line
+from .monitor import watch
 from .web import Web
 
 KEEPALIVE = 1.0  # seconds without a request before the chat agent sends a keep-alive
@@ -99,19 +100,21 @@ class Agent:
     """An agent's side of its thread: its end of the pipe, and the sockets it owns. A ZeroMQ socket
     is not thread-safe: every socket made here is created, used and closed by this thread alone."""
 
-    def __init__(self, context, name):
-        self.context, self.name, self.sockets = context, name, []
+    def __init__(self, context, name, args):
+        self.context, self.name, self.args, self.sockets = context, name, args, []
         # PAIR: exactly two ends, known in advance; it never drops and never routes. The main
         # thread bound the other end before starting us (bind first, then connect).
         self.pipe = context.socket(zmq.PAIR)
         self.pipe.linger = 0  # a message sent over inproc is already in the peer's queue
         self.pipe.connect(pipe_endpoint(name))
 
-    def socket(self, kind, max_message, linger=0):
-        """One of the agent's network sockets, with its example's size limit, set before bind or connect."""
+    def socket(self, kind, flag, max_message, linger=0):
+        """One of the agent's network sockets, with its example's size limit, set before bind or
+        connect; with --monitor on, narrated as the socket of `flag`."""
         sock = self.context.socket(kind)
         sock.linger = linger
         sock.maxmsgsize = max_message
+        watch(sock, flag, self.args)  # in the agent's thread, which owns the socket
         self.sockets.append(sock)
         return sock
 
@@ -157,12 +160,12 @@ def ms_until(moment):
 
 def chat_agent(context, args):
     """The chat client: waits for a first broadcast, joins, keeps alive, and posts what POST queues."""
-    agent = Agent(context, "chat")
+    agent = Agent(context, "chat", args)
     sent = received = 0
     try:
-        sub = agent.socket(zmq.SUB, chat.MAX_MESSAGE)
+        sub = agent.socket(zmq.SUB, "chat-broadcasts", chat.MAX_MESSAGE)
         sub.subscribe(b"")  # posts and rosters alike
-        req = agent.socket(zmq.REQ, chat.MAX_MESSAGE)  # strict lockstep: one request in flight
+        req = agent.socket(zmq.REQ, "chat-requests", chat.MAX_MESSAGE)  # strict lockstep: one request in flight
         connect(sub, args.chat_broadcasts)  # SUB first: its subscription starts travelling at once
         connect(req, args.chat_requests)
         agent.report("ready", handle=args.name)
@@ -231,10 +234,10 @@ def chat_agent(context, args):
 
 def ticker_agent(context, args):
     """The ticker subscriber: its symbols come and go with FOLLOW and FORGET; every tick is checked."""
-    agent = Agent(context, "ticker")
+    agent = Agent(context, "ticker", args)
     ticks = malformed = 0
     try:
-        sub = agent.socket(zmq.SUB, ticker.MAX_MESSAGE)
+        sub = agent.socket(zmq.SUB, "ticks", ticker.MAX_MESSAGE)
         connect(sub, args.ticks)
         # Our own topic at once: the publisher counts the desk as a subscriber by it, and publishes
         # once every subscriber is there. A followed symbol's first ticks may pass before its
@@ -301,14 +304,14 @@ class Trade:
 def valuation_agent(context, args):
     """The valuation source and sink in one thread: it deals a trade's orders to the workers,
     counts and checks their results, and sends again what a dead worker lost."""
-    agent = Agent(context, "valuation")
+    agent = Agent(context, "valuation", args)
     trade, total = None, 0  # the trade running or last run; the total of the last one complete
     try:
-        orders = agent.socket(zmq.PUSH, valuation.MAX_MESSAGE)  # deals orders round-robin
-        results = agent.socket(zmq.PULL, valuation.MAX_MESSAGE)  # fair-queues readies and results
+        orders = agent.socket(zmq.PUSH, "orders", valuation.MAX_MESSAGE)  # deals orders round-robin
+        results = agent.socket(zmq.PULL, "results", valuation.MAX_MESSAGE)  # fair-queues readies and results
         # Linger 1000 ms on the control PUB: a `finished` published just before the desk stops
         # still reaches the workers, who leave when they hear it.
-        control = agent.socket(zmq.PUB, valuation.MAX_MESSAGE, linger=1000)
+        control = agent.socket(zmq.PUB, "control", valuation.MAX_MESSAGE, linger=1000)
         bound = {"orders": bind(orders, args.orders), "results": bind(results, args.results),
                  "control": bind(control, args.control)}
         # Frames 2-4: the bound endpoints, which the main thread reports in the desk's own ready.
@@ -417,14 +420,14 @@ def valuation_agent(context, args):
 def query_agent(context, args):
     """The CHP facade: waits for a HUGZ, syncs every subtree, applies updates, and writes what
     WRITE asks for, reporting when it comes back."""
-    agent = Agent(context, "query")
+    agent = Agent(context, "query", args)
     mirror = query.Mirror(args.subtrees, emit=agent.report)  # its events go up the pipe
     try:
-        updates = agent.socket(zmq.SUB, query.MAX_MESSAGE)
-        snapshot = agent.socket(zmq.DEALER, query.MAX_MESSAGE)  # several requests in flight, no envelopes
+        updates = agent.socket(zmq.SUB, "updates", query.MAX_MESSAGE)
+        snapshot = agent.socket(zmq.DEALER, "snapshot", query.MAX_MESSAGE)  # several requests in flight, no envelopes
         # XPUB to the collector: a PUB that tells us when the collector's subscription has arrived.
         # Linger 1000 ms: the last write may still be queued when the desk stops.
-        collector = agent.socket(zmq.XPUB, query.MAX_MESSAGE, linger=1000)
+        collector = agent.socket(zmq.XPUB, "collector", query.MAX_MESSAGE, linger=1000)
         connect(collector, args.collector)
         query.connect_facade(updates, snapshot, args)  # subtrees, then HUGZ: see the HUGZ wait below
         agent.report("ready", name=args.name, subtrees=[tree.decode() for tree in args.subtrees])
@@ -540,16 +543,15 @@ class Desk:
         except zmq.Again:
             pass  # its `stopped` is in our queue: the loop will see it
 
-    def write(self, line, key=None, page=True):
+    def write(self, line, key=None, page=True, event=None):
         """One line to stdout, and to the page's event streams (`key`: the line replaces the last one
         with that key in the page's replay)."""
-        sys.stdout.buffer.write(line + b"\n")  # the only writer of stdout: lines never interleave
-        sys.stdout.buffer.flush()
+        write_line(line, event)  # under the lock the socket monitors' threads share
         if self.web and page:
             self.web.publish(line, key)
 
     def emit(self, event, **fields):
-        self.write(json.dumps({"event": event, **fields}, ensure_ascii=False).encode())
+        self.write(json.dumps({"event": event, **fields}, ensure_ascii=False).encode(), event=event)
 
     def on_event(self, name, frames):
         """Write the event's line (frame 1, unchanged), then act on frame 0 and frames 2..."""
@@ -705,7 +707,7 @@ def run_trader(args):
     deadline = Deadline(args.timeout)
     context = zmq.Context()  # the process's one context: every thread's sockets, every inproc pipe
     try:
-        web = Web(context, args.http) if args.http else None  # before any thread: a failed bind stops here
+        web = Web(context, args.http, args) if args.http else None  # before any thread: a failed bind stops here
     except Failure:
         context.destroy(linger=0)
         raise

@@ -12,6 +12,7 @@ import time
 import zmq
 
 from .contract import Deadline, Failure, StopSignal, at_least, bind, connect, emit, name, recv_if_ready
+from .monitor import watch
 from .ticker import is_topic, symbol, symbols, topic
 
 # ZMQ_MAXMSGSIZE on every socket: the largest legal frame is a 256-byte value; between 257 and
@@ -342,6 +343,9 @@ def run_engine(args):
     for sock in sockets:
         sock.linger = 0
         sock.maxmsgsize = MAX_MESSAGE
+    for sock, flag in ((snapshots, "snapshot"), (updates, "updates"), (collector, "collector"), (ticks, "ticks")):
+        if sock is not None:
+            watch(sock, flag, args)
     endpoints = {"snapshot": bind(snapshots, args.snapshot), "updates": bind(updates, args.updates),
                  "collector": bind(collector, args.collector)}
     if ticks is not None:
@@ -512,6 +516,9 @@ def run_facade(args):
         if sock is not None:
             sock.linger = 0
             sock.maxmsgsize = MAX_MESSAGE
+    for sock, flag in ((updates, "updates"), (snapshot, "snapshot"), (collector, "collector")):
+        if sock is not None:
+            watch(sock, flag, args)
     if collector is not None:
         collector.linger = 1000  # the last write (a delete) may still be queued when we exit
         connect(collector, args.collector)

@@ -7,6 +7,7 @@ import time
 import zmq
 
 from .contract import MAX_NAME, Deadline, Failure, StopSignal, Usage, at_least, bind, connect, emit, name, recv_if_ready
+from .monitor import watch
 
 MASK = (1 << 64) - 1  # arithmetic modulo 2**64, as the protocol says
 GOLDEN = 0x9E3779B97F4A7C15
@@ -147,6 +148,7 @@ def run_publisher(args):
     ticks = context.socket(zmq.XPUB)
     ticks.linger = 0
     ticks.maxmsgsize = MAX_MESSAGE
+    watch(ticks, "ticks", args)
     emit("ready", ticks=bind(ticks, args.ticks))
 
     topics = set()  # the topics reported as subscribed or joined and not unsubscribed since
@@ -229,6 +231,8 @@ def run_proxy(args):
     # Subscriptions go upstream once per topic (XPUB passes on only the first): one dropped at the
     # send high-water mark during a flood would be lost for good. No limit on XSUB's sends.
     upstream.sndhwm = 0
+    watch(upstream, "upstream", args)
+    watch(downstream, "downstream", args)
     bound = bind(downstream, args.downstream)
     connect(upstream, args.upstream)
     control.bind("inproc://proxy-control")
@@ -283,6 +287,7 @@ def run_subscriber(args):
     sub = context.socket(zmq.SUB)
     sub.linger = 0
     sub.maxmsgsize = MAX_MESSAGE
+    watch(sub, "ticks", args)
     connect(sub, args.ticks)
     subscribed = list(args.symbols)
     for name in subscribed:
@@ -292,6 +297,7 @@ def run_subscriber(args):
     emit("ready", name=args.name, symbols=subscribed)
 
     received = {name: 0 for name in subscribed}
+    last = {}  # each symbol's last sequence: a jump is a gap, reported as such
     old, new = args.switch or (None, None)
     switched = old is None
     total = malformed = 0
@@ -310,6 +316,11 @@ def run_subscriber(args):
         name, sequence, timestamp, price = checked
         total += 1
         received[name] += 1
+        # PUB/SUB drops silently: ticks published while the path to us was down (a proxy that
+        # restarted) or while a queue was full (the HWM) are gone. Say so, never hide it.
+        if name in last and sequence > last[name] + 1:
+            emit("gap", symbol=name, after=last[name], next=sequence)
+        last[name] = sequence
         emit("tick", symbol=name, sequence=sequence, timestamp=timestamp, price=price)
         if name == old and received[old] == args.switch_after:
             # The SUB socket filters by its current subscriptions as it delivers: no tick of OLD

@@ -6,6 +6,7 @@ import time
 import zmq
 
 from .contract import MAX_NAME, Deadline, Failure, StopSignal, at_least, bind, connect, emit, name, recv_if_ready, send_when_room
+from .monitor import watch
 from .ticker import GOLDEN, MASK, seed, splitmix64
 
 SYMBOLS = ["AAPL", "GOOG", "GOOGL", "MSFT", "IBM"]
@@ -129,6 +130,8 @@ def run_sink(args):
     for sock in (results, control):
         sock.linger = 0
         sock.maxmsgsize = MAX_MESSAGE  # PUB too: it still decodes what subscribers send it
+    watch(results, "results", args)
+    watch(control, "control", args)
     emit("ready", results=bind(results, args.results), control=bind(control, args.control))
 
     state = b"waiting"
@@ -203,6 +206,8 @@ def run_source(args):
         sock.linger = 0
         sock.maxmsgsize = MAX_MESSAGE  # PUSH too: it still decodes what a peer sends it
     control.subscribe(b"")
+    watch(orders, "orders", args)
+    watch(control, "control", args)
     bound = bind(orders, args.orders)
     connect(control, args.control)
     emit("ready", orders=bound)
@@ -264,6 +269,8 @@ def run_worker(args):
         sock.linger = 0
         sock.maxmsgsize = MAX_MESSAGE
     control.subscribe(b"")
+    for sock, flag in ((orders, "orders"), (results, "results"), (control, "control")):
+        watch(sock, flag, args)
     connect(orders, args.orders)  # PULL first: connected long before the source deals the batch
     connect(results, args.results)
     connect(control, args.control)
@@ -275,7 +282,8 @@ def run_worker(args):
             raise Failure("timeout", "no control message from the sink")
         first = recv_if_ready(control) if control.poll(deadline.cap(1000), zmq.POLLIN) else None
     finished = first == [b"finished"]
-    send_when_room(results, [b"ready", args.name.encode()], deadline, "ready")
+    hello = [b"ready", args.name.encode()]
+    send_when_room(results, hello, deadline, "ready")
     emit("ready", name=args.name)
 
     both = zmq.Poller()  # one wait for both sockets: no busy loop
@@ -294,7 +302,10 @@ def run_worker(args):
         else:
             ready = dict(both.poll(deadline.cap(1000)))
         if control in ready:
-            finished = recv_if_ready(control) == [b"finished"]  # states and resends; only this matters here
+            state = recv_if_ready(control)  # states and resends; resends are the source's business
+            finished = state == [b"finished"]
+            if state == [b"waiting"]:  # a sink waiting for its workers, a restarted one too: ready again
+                send_when_room(results, hello, deadline, "ready")
         frames = recv_if_ready(orders) if orders in ready else None
         if frames is not None:
             checked = check_order(frames)

@@ -13,6 +13,7 @@ from importlib import resources
 import zmq
 
 from .contract import bind
+from .monitor import watch
 
 PAGE = resources.files(__package__).joinpath("page.html").read_bytes()  # examples/desk/page.html
 HEAD_LIMIT = 8192  # bytes up to and including the blank line that ends the headers
@@ -49,12 +50,13 @@ class Connection:
 class Web:
     """The STREAM socket and what the desk knows of each connection. Main thread only."""
 
-    def __init__(self, context, endpoint):
+    def __init__(self, context, endpoint, args):
         self.socket = context.socket(zmq.STREAM)
         self.socket.linger = 0  # an open event stream has nothing worth waiting for at exit
         # The high-water mark bounds what one connection can hold in the desk: 1000 messages
         # queued for a reader that does not read, then sends to it fail (the slow reader, below).
         self.socket.sndhwm = 1000
+        watch(self.socket, "http", args)  # a browser's connections are accepted and disconnected too
         self.endpoint = bind(self.socket, endpoint)
         self.connections = {}  # identity -> Connection
         self.serving = False  # the desk has said ready: lines go to the replay's ring from now on

@@ -10,6 +10,7 @@ use crate::events::{
     bind, connect, emit, log, ms_until, name, plain_credential, readable, readable_each, recv_if_ready, stop_signal,
     z85_key, Admit, Deadline, Failure, Mechanism, Monitor, Zap, MAX_NAME,
 };
+use crate::monitor::{self, OnOff};
 
 const MAX_HANDLE: usize = MAX_NAME; // bytes of UTF-8
 pub const MAX_TEXT: usize = 4096; // bytes of UTF-8
@@ -64,6 +65,8 @@ pub struct ServerArgs {
     heartbeat: u32,
     #[arg(long, default_value_t = 5000, value_parser = value_parser!(u32).range(1..))]
     expiry: u32,
+    #[arg(long, value_enum, default_value_t = OnOff::Off)]
+    monitor: OnOff,
 }
 
 #[derive(Args)]
@@ -87,6 +90,8 @@ pub struct ClientArgs {
     clients: u64,
     #[arg(long, default_value_t = 1000, value_parser = value_parser!(u32).range(1..))]
     keepalive: u32,
+    #[arg(long, value_enum, default_value_t = OnOff::Off)]
+    monitor: OnOff,
 }
 
 pub fn run(role: Role) -> Result<(), Failure> {
@@ -188,7 +193,12 @@ fn run_server(args: ServerArgs) -> Result<(), Failure> {
     secure_server(&broadcasts, &args.security)?;
     // Under plain or curve, socket monitors tell us of every handshake that fails on either socket.
     let monitors = match mechanism {
-        Mechanism::Null => vec![],
+        Mechanism::Null => {
+            monitor::attach(&context, &requests, "requests", args.monitor)?;
+            monitor::attach(&context, &broadcasts, "broadcasts", args.monitor)?;
+            vec![]
+        }
+        // libzmq allows one monitor per socket: these two have the handshake watcher, no --monitor.
         _ => vec![
             Monitor::new(&context, &requests, "requests")?,
             Monitor::new(&context, &broadcasts, "broadcasts")?,
@@ -329,7 +339,11 @@ impl Client {
         secure_client(&sub, &args)?;
         // Under plain or curve, a monitor on SUB, attached before connect: its first handshake is seen.
         let monitor = match args.security.security {
-            Mechanism::Null => None,
+            Mechanism::Null => {
+                monitor::attach(&context, &sub, "broadcasts", args.monitor)?;
+                None
+            }
+            // libzmq allows one monitor per socket: this one has the handshake watcher, no --monitor.
             _ => Some(Monitor::new(&context, &sub, "broadcasts")?),
         };
         connect(&sub, &args.endpoints.broadcasts)?;
@@ -338,6 +352,7 @@ impl Client {
         req.set_linger(0)?;
         req.set_maxmsgsize(MAX_MESSAGE)?;
         secure_client(&req, &args)?;
+        monitor::attach(&context, &req, "requests", args.monitor)?;
         connect(&req, &args.endpoints.requests)?;
         Ok(Client {
             args,

@@ -2,8 +2,9 @@
 //!
 //! One thread per agent; each agent is the client role of an earlier example (chat, ticker,
 //! valuation, query) turned into a loop that polls its sockets and its pipe. The main thread runs
-//! the scenario and is the only one that writes stdout. The threads share nothing but the ZeroMQ
-//! context: "don't share state, share messages".
+//! the scenario and is the only one that writes stdout (but the socket monitors' threads, with
+//! --monitor on). The threads share nothing but the ZeroMQ context: "don't share state, share
+//! messages".
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, JoinHandle};
@@ -17,6 +18,7 @@ use crate::events::{
     bind, connect, emit, event_line, log, ms_until, poll, readable, readable_each, recv_frame_if_ready, recv_if_ready,
     stop_signal, usage, write_line, Deadline, Failure,
 };
+use crate::monitor::{self, OnOff};
 use crate::web::{Answer, Web};
 use crate::query::{
     self, is_key, is_word, quote, quote_all, recv_message, subtree_list, text, Facade, Subtrees, ICANHAZ,
@@ -88,6 +90,8 @@ pub struct TraderArgs {
     http: String,
     #[arg(long, default_value_t = 60000)]
     timeout: u32,
+    #[arg(long, value_enum, default_value_t = OnOff::Off)]
+    monitor: OnOff,
 }
 
 /// 1 to 32 of A-Z a-z 0-9 _ -: the chat handle, the ticker's @name, a segment of the desk's keys.
@@ -304,6 +308,8 @@ impl ChatAgent {
             socket.set_maxmsgsize(chat::MAX_MESSAGE)?;
         }
         sub.set_subscribe(b"")?;
+        monitor::attach(context, &sub, "chat-broadcasts", self.args.monitor)?; // in this thread, which owns the socket
+        monitor::attach(context, &req, "chat-requests", self.args.monitor)?;
         connect(&sub, &self.args.chat_broadcasts)?;
         connect(&req, &self.args.chat_requests)?;
         pipe.event("ready", json!({ "handle": self.args.name }), &[]);
@@ -416,6 +422,7 @@ impl TickerAgent {
         let sub = context.socket(zmq::SUB)?;
         sub.set_linger(0)?;
         sub.set_maxmsgsize(ticker::MAX_MESSAGE)?;
+        monitor::attach(context, &sub, "ticks", self.args.monitor)?;
         connect(&sub, &self.args.ticks)?;
         // Our own topic at once: the publisher counts the desk as a subscriber by it. The symbols
         // come as FOLLOW commands.
@@ -498,6 +505,9 @@ impl ValuationAgent {
         // workers (they leave when they hear it) if the desk stops right after.
         control.set_linger(1000)?;
         let args = &self.args;
+        for (socket, flag) in [(&orders, "orders"), (&results, "results"), (&control, "control")] {
+            monitor::attach(context, socket, flag, args.monitor)?;
+        }
         let bound = [bind(&orders, &args.orders)?, bind(&results, &args.results)?, bind(&control, &args.control)?];
         let fields = json!({ "orders": bound[0], "results": bound[1], "control": bound[2] });
         // The endpoints in frames 2-4 too: the main thread reports them as the desk's own.
@@ -652,6 +662,9 @@ impl QueryAgent {
             socket.set_maxmsgsize(query::MAX_MESSAGE)?;
         }
         collector.set_linger(1000)?; // our last write may still be queued when we stop
+        for (socket, flag) in [(&collector, "collector"), (&updates, "updates"), (&snapshot, "snapshot")] {
+            monitor::attach(context, socket, flag, self.args.monitor)?;
+        }
         connect(&collector, &self.args.collector)?; // always: a WRITE may come
         connect(&updates, &self.args.updates)?;
         for tree in &subtrees {
@@ -802,9 +815,9 @@ impl Agent {
     }
 }
 
-/// Every line the desk writes goes through here: to stdout (from the main thread only: lines never
-/// interleave) and, with --http, to the page (web.rs): its event streams and its replay, as the
-/// latest line of `key` or in order. `web` None: stdout only.
+/// Every line the desk writes goes through here: to stdout (from the main thread; write_line keeps
+/// it whole among the socket monitors' lines) and, with --http, to the page (web.rs): its event
+/// streams and its replay, as the latest line of `key` or in order. `web` None: stdout only.
 fn say(web: Option<&mut Web>, line: &[u8], key: Option<&[u8]>) {
     write_line(line);
     if let Some(web) = web {
@@ -1140,7 +1153,7 @@ fn run_trader(args: TraderArgs) -> Result<(), Failure> {
     check_flags(&args);
     let deadline = Deadline::new(args.timeout);
     let context = zmq::Context::new();
-    let web = if args.http.is_empty() { None } else { Some(Web::new(&context, &args.http)?) };
+    let web = if args.http.is_empty() { None } else { Some(Web::new(&context, &args.http, args.monitor)?) };
     mask_stop_signals(libc::SIG_BLOCK);
     let stop = stop_signal()?;
 

@@ -3,15 +3,25 @@
 //! every example shares; and its security pieces: CURVE key flags, the ZAP handler, the monitor.
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+/// stdout is shared by the role's thread(s) and the socket monitors' threads (monitor.rs): every
+/// line is written and flushed whole under this lock, which guards whether the role has said `done`.
+/// From then on a monitor's `socket-event` is dropped: nothing comes after `done`.
+static STDOUT: Mutex<bool> = Mutex::new(false);
+
 /// Write one event as one JSON line and flush it at once, so the orchestrator sees it live.
 /// `fields` is a JSON object (`json!({...})`); "event" is written first, then its fields.
 pub fn emit(event: &str, fields: Value) {
-    write_line(event_line(event, fields).as_bytes());
+    let line = event_line(event, fields);
+    let mut done = STDOUT.lock().unwrap_or_else(PoisonError::into_inner);
+    if !(*done && event == "socket-event") {
+        write(line.as_bytes());
+        *done |= event == "done";
+    }
 }
 
 /// One event as one line of JSON, without the newline: "event" first, then its fields.
@@ -27,6 +37,11 @@ pub fn event_line(event: &str, fields: Value) -> String {
 
 /// Write one line to stdout and flush it (a desk's main thread writes its agents' lines so).
 pub fn write_line(line: &[u8]) {
+    let _stdout = STDOUT.lock().unwrap_or_else(PoisonError::into_inner);
+    write(line);
+}
+
+fn write(line: &[u8]) {
     let mut out = std::io::stdout().lock();
     // Nobody is left to tell if stdout is gone, so a failed write is not an error of the role.
     let _ = out.write_all(line).and_then(|_| out.write_all(b"\n")).and_then(|_| out.flush());

@@ -2,6 +2,7 @@
 mod chat;
 mod desk;
 mod events;
+mod monitor;
 mod perf;
 mod query;
 mod ticker;

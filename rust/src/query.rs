@@ -14,6 +14,7 @@ use crate::events::{
     bind, connect, emit, ms_until, name, readable, readable_each, recv_frame_if_ready, send_when_room, stop_signal,
     Deadline, Failure,
 };
+use crate::monitor::{self, OnOff};
 use crate::ticker::{hex, symbol, symbol_list, symbol_of, topic, Symbols};
 
 /// ZMQ_MAXMSGSIZE on every socket: the largest legal frame is a 256-byte value; between 257 and
@@ -62,6 +63,8 @@ pub struct EngineArgs {
     max_keys: u64,
     #[arg(long, default_value_t = 0)]
     timeout: u32,
+    #[arg(long, value_enum, default_value_t = OnOff::Off)]
+    monitor: OnOff,
 }
 
 #[derive(Args)]
@@ -80,6 +83,8 @@ pub struct FacadeArgs {
     ttl: u32,
     #[arg(long, default_value_t = 30000)]
     timeout: u32,
+    #[arg(long, value_enum, default_value_t = OnOff::Off)]
+    monitor: OnOff,
 }
 
 #[derive(Args)]
@@ -460,6 +465,12 @@ fn run_engine(args: EngineArgs) -> Result<(), Failure> {
         socket.set_linger(0)?;
         socket.set_maxmsgsize(MAX_MESSAGE)?;
     }
+    for (socket, flag) in [(&snapshots, "snapshot"), (&updates, "updates"), (&collector, "collector")] {
+        monitor::attach(&context, socket, flag, args.monitor)?;
+    }
+    if let Some(ticks) = &ticks {
+        monitor::attach(&context, ticks, "ticks", args.monitor)?;
+    }
     let endpoints = json!({ "snapshot": bind(&snapshots, &args.at.snapshot)?, "updates": bind(&updates, &args.at.updates)?,
                         "collector": bind(&collector, &args.at.collector)? });
     if let Some(ticks) = &ticks {
@@ -707,8 +718,12 @@ fn run_facade(args: FacadeArgs) -> Result<(), Failure> {
         socket.set_linger(0)?;
         socket.set_maxmsgsize(MAX_MESSAGE)?;
     }
+    for (socket, flag) in [(&updates, "updates"), (&snapshot, "snapshot")] {
+        monitor::attach(&context, socket, flag, args.monitor)?;
+    }
     if let Some(collector) = &collector {
         collector.set_linger(1000)?; // the last write (a delete) may still be queued when we exit
+        monitor::attach(&context, collector, "collector", args.monitor)?;
         connect(collector, &args.at.collector)?;
     }
     connect(&updates, &args.at.updates)?;

@@ -11,6 +11,7 @@ use crate::events::{
     bind, connect, emit, ms_until, name, readable, recv_frame_if_ready, recv_if_ready, stop_channel, stop_signal, usage,
     Deadline, Failure, MAX_NAME,
 };
+use crate::monitor::{self, OnOff};
 
 pub const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
 
@@ -46,6 +47,8 @@ pub struct PublisherArgs {
     interval: u32,
     #[arg(long, default_value_t = 0)]
     timeout: u32,
+    #[arg(long, value_enum, default_value_t = OnOff::Off)]
+    monitor: OnOff,
 }
 
 #[derive(Args)]
@@ -56,6 +59,8 @@ pub struct ProxyArgs {
     downstream: String,
     #[arg(long, default_value_t = 0)]
     timeout: u32,
+    #[arg(long, value_enum, default_value_t = OnOff::Off)]
+    monitor: OnOff,
 }
 
 #[derive(Args)]
@@ -76,6 +81,8 @@ pub struct SubscriberArgs {
     switch_after: u64,
     #[arg(long, default_value_t = 30000)]
     timeout: u32,
+    #[arg(long, value_enum, default_value_t = OnOff::Off)]
+    monitor: OnOff,
 }
 
 #[derive(Args)]
@@ -213,6 +220,7 @@ fn run_publisher(args: PublisherArgs) -> Result<(), Failure> {
     let ticks = context.socket(zmq::XPUB)?;
     ticks.set_linger(0)?;
     ticks.set_maxmsgsize(MAX_MESSAGE)?;
+    monitor::attach(&context, &ticks, "ticks", args.monitor)?;
     let bound = bind(&ticks, &args.ticks)?;
     emit("ready", json!({ "ticks": bound }));
 
@@ -308,6 +316,8 @@ fn run_proxy(args: ProxyArgs) -> Result<(), Failure> {
     // Subscriptions go upstream once per topic (XPUB passes on only the first): one dropped at the
     // send high-water mark during a flood would be lost for good. No limit on XSUB's sends.
     upstream.set_sndhwm(0)?;
+    monitor::attach(&context, &upstream, "upstream", args.monitor)?;
+    monitor::attach(&context, &downstream, "downstream", args.monitor)?;
     let bound = bind(&downstream, &args.downstream)?;
     connect(&upstream, &args.upstream)?;
     control.bind("inproc://proxy-control")?;
@@ -406,6 +416,7 @@ fn run_subscriber(args: SubscriberArgs) -> Result<(), Failure> {
     let sub = context.socket(zmq::SUB)?;
     sub.set_linger(0)?;
     sub.set_maxmsgsize(MAX_MESSAGE)?;
+    monitor::attach(&context, &sub, "ticks", args.monitor)?;
     connect(&sub, &args.ticks)?;
     // A subscription is a prefix match on frame 0: "GOOG\0" matches GOOG's ticks, not GOOGL's.
     let mut subscribed = args.symbols.0.clone();
@@ -417,6 +428,7 @@ fn run_subscriber(args: SubscriberArgs) -> Result<(), Failure> {
     emit("ready", json!({ "name": args.name, "symbols": subscribed }));
 
     let mut received: BTreeMap<String, u64> = subscribed.iter().map(|symbol| (symbol.clone(), 0)).collect();
+    let mut last: BTreeMap<String, u64> = BTreeMap::new(); // each symbol's last sequence: a jump is a gap
     let mut switched = args.switch.is_none();
     let (mut total, mut malformed) = (0u64, 0u64);
     while !(switched && subscribed.iter().all(|symbol| received[symbol] >= args.count)) {
@@ -440,6 +452,13 @@ fn run_subscriber(args: SubscriberArgs) -> Result<(), Failure> {
         };
         total += 1;
         *received.entry(symbol.to_string()).or_insert(0) += 1;
+        // PUB/SUB drops silently: ticks published while the path to us was down (a proxy that
+        // restarted) or while a queue was full (the HWM) are gone. Say so, never hide it.
+        if let Some(after) = last.insert(symbol.to_string(), sequence) {
+            if sequence > after + 1 {
+                emit("gap", json!({ "symbol": symbol, "after": after, "next": sequence }));
+            }
+        }
         emit("tick", json!({ "symbol": symbol, "sequence": sequence, "timestamp": timestamp, "price": price }));
         if let Some(Switch { old, new }) = &args.switch {
             if symbol == old && received[old] == args.switch_after {

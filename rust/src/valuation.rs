@@ -10,6 +10,7 @@ use crate::events::{
     bind, connect, emit, ms_until, name, poll, readable, recv_if_ready, send_when_room, stop_signal, Deadline, Failure,
     MAX_NAME,
 };
+use crate::monitor::{self, OnOff};
 use crate::ticker::{hex, is_symbol, splitmix64, GOLDEN};
 
 const SYMBOLS: [&str; 5] = ["AAPL", "GOOG", "GOOGL", "MSFT", "IBM"];
@@ -53,6 +54,8 @@ pub struct SinkArgs {
     heartbeat: u32,
     #[arg(long, default_value_t = 0)]
     timeout: u32,
+    #[arg(long, value_enum, default_value_t = OnOff::Off)]
+    monitor: OnOff,
 }
 
 #[derive(Args)]
@@ -67,6 +70,8 @@ pub struct SourceArgs {
     seed: u64,
     #[arg(long, default_value_t = 30000)]
     timeout: u32,
+    #[arg(long, value_enum, default_value_t = OnOff::Off)]
+    monitor: OnOff,
 }
 
 #[derive(Args)]
@@ -83,6 +88,8 @@ pub struct WorkerArgs {
     rate: u32,
     #[arg(long, default_value_t = 30000)]
     timeout: u32,
+    #[arg(long, value_enum, default_value_t = OnOff::Off)]
+    monitor: OnOff,
 }
 
 #[derive(Args)]
@@ -304,6 +311,8 @@ fn run_sink(args: SinkArgs) -> Result<(), Failure> {
         socket.set_linger(0)?; // see PROTOCOL.md: nobody leaves while anything it sent is still needed
         socket.set_maxmsgsize(MAX_MESSAGE)?;
     }
+    monitor::attach(&context, &results, "results", args.monitor)?;
+    monitor::attach(&context, &control, "control", args.monitor)?;
     let results_bound = bind(&results, &args.results)?;
     let control_bound = bind(&control, &args.control)?;
     emit("ready", json!({ "results": results_bound, "control": control_bound }));
@@ -380,6 +389,8 @@ fn run_source(args: SourceArgs) -> Result<(), Failure> {
         socket.set_maxmsgsize(MAX_MESSAGE)?; // a PUSH sends only, but libzmq still decodes what comes in
     }
     control.set_subscribe(b"")?; // every control message: states and resends
+    monitor::attach(&context, &orders, "orders", args.monitor)?;
+    monitor::attach(&context, &control, "control", args.monitor)?;
     let bound = bind(&orders, &args.orders)?;
     connect(&control, &args.control)?;
     emit("ready", json!({ "orders": bound }));
@@ -466,6 +477,9 @@ fn run_worker(args: WorkerArgs) -> Result<(), Failure> {
         socket.set_maxmsgsize(MAX_MESSAGE)?;
     }
     control.set_subscribe(b"")?;
+    for (socket, flag) in [(&orders, "orders"), (&results, "results"), (&control, "control")] {
+        monitor::attach(&context, socket, flag, args.monitor)?;
+    }
     // PULL first: it should be connected long before the source deals the batch.
     connect(&orders, &args.orders)?;
     connect(&results, &args.results)?;
@@ -484,7 +498,8 @@ fn run_worker(args: WorkerArgs) -> Result<(), Failure> {
         }
     };
     let mut finished = is_state(&first, b"finished");
-    send_when_room(&results, &[&b"ready"[..], args.name.as_bytes()], &deadline, "ready")?;
+    let hello = [&b"ready"[..], args.name.as_bytes()];
+    send_when_room(&results, &hello, &deadline, "ready")?;
     emit("ready", json!({ "name": args.name }));
 
     let pause = (args.rate > 0).then(|| Duration::from_secs(1) / args.rate); // --rate: between orders
@@ -505,9 +520,13 @@ fn run_worker(args: WorkerArgs) -> Result<(), Failure> {
             (items[1].is_readable(), items[0].is_readable())
         };
         if control_ready {
-            // States and resends; only `finished` matters to a worker.
+            // States and resends; resends are the source's business.
             if let Some(message) = recv_if_ready(&control)? {
                 finished = is_state(&message, b"finished");
+                if is_state(&message, b"waiting") {
+                    // A sink waiting for its workers, a restarted one too: ready again.
+                    send_when_room(&results, &hello, &deadline, "ready")?;
+                }
             }
         }
         if order_ready {

@@ -12,6 +12,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::events::{bind, log, recv_if_ready, Failure};
+use crate::monitor::{self, OnOff};
 
 /// The page, built into the program and served byte for byte.
 const PAGE: &[u8] = include_bytes!("../../examples/desk/page.html");
@@ -120,7 +121,7 @@ impl Connection {
 
 impl Web {
     /// Bind the page's STREAM socket (the main thread's, like its pipes' ends).
-    pub fn new(context: &zmq::Context, endpoint: &str) -> Result<Web, Failure> {
+    pub fn new(context: &zmq::Context, endpoint: &str, monitor: OnOff) -> Result<Web, Failure> {
         let socket = context.socket(zmq::STREAM)?;
         // Linger 0: at the end, an open event stream has nothing worth waiting for.
         socket.set_linger(0)?;
@@ -129,6 +130,7 @@ impl Web {
         socket.set_sndhwm(1000)?;
         // No ZMQ_MAXMSGSIZE: STREAM decodes no messages, each one read is at most 8192 bytes; the
         // limits are ours, per connection.
+        monitor::attach(context, &socket, "http", monitor)?; // a browser's connections, accepted and closed
         let endpoint = bind(&socket, endpoint)?;
         let (connections, startup, recent, latest) = (HashMap::new(), Vec::new(), VecDeque::new(), Vec::new());
         Ok(Web { socket, endpoint, connections, serving: false, startup, recent, latest })
