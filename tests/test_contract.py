@@ -55,7 +55,8 @@ def cases(lang):
             if any(flag.name == "--timeout" for flag in flags):
                 required["--timeout"] = "1000"  # a role that wrongly starts ends at once
             for flag in flags:
-                for value in bad_values(flag.meaning):
+                choices = ["yes", "ON"] if flag.value == "on/off" else []  # --monitor: on or off, nothing else
+                for value in bad_values(flag.meaning) + choices:
                     yield example.name, role, flag.name, value, {**required, flag.name: value}
 
 
@@ -71,6 +72,7 @@ def test_the_tables_give_ranges_to_check():
         == ["AAPL,GOOG,AAPL", SYMBOLS_33]
     assert len(SYMBOLS_33.split(",")) == len(set(SYMBOLS_33.split(","))) == 33
     assert len(list(cases("python"))) > 60
+    assert ("chat", "server", "--monitor", "yes") in [case[:4] for case in cases("python")]
 
 
 def btb(lang, args, **env):
