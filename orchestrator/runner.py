@@ -292,7 +292,6 @@ def run_cell(spec, roles, registry, run_dir, on_event=None, fault=None, launcher
     started = time.monotonic()
     seen = []  # the fault's events so far
     restarting = []  # the thread that restarts the fault's role, once it strikes
-    lock = threading.Lock()  # `processes`, which that thread extends
     settled, over = threading.Event(), threading.Event()  # the restart is done (or failed); the cell is
 
     def watch(transcript, event):
@@ -339,8 +338,7 @@ def run_cell(spec, roles, registry, run_dir, on_event=None, fault=None, launcher
         except CannotStart as error:
             problems.append(str(error))
             return
-        with lock:
-            processes.append((role, process))
+        processes.append((role, process))  # the main thread stops the signal roles only once `settled` is set
         if role.wait_for and process.wait_event(role.wait_for, deadline) is None:
             problems.append(f"{transcript.label}: no {role.wait_for} event after the restart")
 
