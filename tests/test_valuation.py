@@ -233,3 +233,16 @@ def test_a_worker_credited_with_orders_it_did_not_price_is_reported():
     transcripts = cell()
     transcripts[2].events.pop(1)
     assert any("priced 9 orders, the sink credits it 10" in p for p in check(load_spec("valuation"), transcripts))
+
+
+def test_a_killed_worker_may_be_credited_one_result_it_never_reported_and_no_more():
+    """A worker sends a result, then reports `priced`: SIGKILL between the two leaves one result
+    credited and unreported (seen in containers, where the log stream lags)."""
+    transcripts = cell()
+    transcripts[2].killed = "killed with SIGKILL after its 9th priced event"
+    transcripts[2].exit_code = -9
+    transcripts[2].events = [e for e in transcripts[2].events if e["event"] != "done"]
+    transcripts[2].events.pop(1)  # one result it sent, whose `priced` line never came out
+    assert not [p for p in check(load_spec("valuation"), transcripts) if "credits it" in p]
+    transcripts[2].events.pop(1)  # two: that is not a kill's doing
+    assert any("priced 8 orders, the sink credits it 10" in p for p in check(load_spec("valuation"), transcripts))
