@@ -22,7 +22,7 @@ static class Chat
         string Requests, string Broadcasts, int Timeout, bool Monitor, int Heartbeat, int Expiry, Security Security);
 
     record ClientArgs(string Requests, string Broadcasts, int Timeout, bool Monitor, string Name, int Count, int Clients,
-        int Keepalive, Security Security);
+        int Keepalive, int Retry, int Pace, Security Security);
 
     public static Command Command() =>
         new("chat", "client/server over REQ/REP plus PUB/SUB") { ServerCommand(), ClientCommand() };
@@ -56,18 +56,30 @@ static class Chat
         Option<int> count = Flags.AtLeast("--count", 0, 5);
         Option<int> clients = Flags.AtLeast("--clients", 1, 1);
         Option<int> keepalive = Flags.AtLeast("--keepalive", 1, 1000);
+        Option<int> retry = Flags.AtLeast("--retry", 1, 2000);
+        Option<int> pace = Flags.AtLeast("--pace", 0, 0);
         Command client = new("client", "join, post --count texts, receive everyone's posts")
         {
-            requests, broadcasts, timeout, monitor, name, count, clients, keepalive,
+            requests, broadcasts, timeout, monitor, name, count, clients, keepalive, retry, pace,
         };
         SecurityFlags security = new(client, server: false);
         client.SetAction(p => RunClient(new(
             p.GetValue(requests)!, p.GetValue(broadcasts)!, p.GetValue(timeout), p.GetValue(monitor) == "on",
-            p.GetValue(name)!, p.GetValue(count), p.GetValue(clients), p.GetValue(keepalive), security.Read(p))));
+            p.GetValue(name)!, p.GetValue(count), p.GetValue(clients), p.GetValue(keepalive), p.GetValue(retry),
+            p.GetValue(pace), security.Read(p))));
         return client;
     }
 
     internal static string PostText(string name, int number) => $"{name} #{number}: héllo wörld 🌍";
+
+    /// <summary>The number i of a text `&lt;handle&gt; #&lt;i&gt;: ...` (1 to 9 ASCII digits), or null.</summary>
+    static int? PostNumber(string handle, string text)
+    {
+        string prefix = $"{handle} #";
+        int colon = text.StartsWith(prefix, StringComparison.Ordinal) ? text.IndexOf(':', prefix.Length) : -1;
+        string digits = colon < 0 ? "" : text[prefix.Length..colon];
+        return digits.Length is >= 1 and <= 9 && digits.All(char.IsAsciiDigit) ? int.Parse(digits) : null;
+    }
 
     // --- security (PROTOCOL.md, "Security") ----------------------------------------------------
     // Both sockets of a role use the same mechanism. The options are read when a connection's
@@ -120,6 +132,11 @@ static class Chat
         return null;
     }
 
+    /// <summary>A well-formed post from a handle the server does not know: join first. After a restart,
+    /// this is how a posting client learns that the server has forgotten it.</summary>
+    static (string Code, string Reason)? CheckPost(List<byte[]> frames, SortedDictionary<byte[], long> roster) =>
+        frames.Count == 2 && !roster.ContainsKey(frames[0]) ? ("unknown-handle", "join with [handle] before posting") : null;
+
     static void RunServer(ServerArgs args)
     {
         using var stop = new StopSignal();
@@ -167,7 +184,7 @@ static class Chat
             // and the stop flag all get their turn without a second thread.
             if (requests.TryReceiveMultipartBytes(deadline.Cap(wait), ref frames))
             {
-                if (CheckRequest(frames) is (string code, string reason))
+                if ((CheckRequest(frames) ?? CheckPost(frames, roster)) is (string code, string reason))
                 {
                     rejected++;
                     requests.SendMultipartBytes([], Encoding.ASCII.GetBytes(code));
@@ -262,10 +279,16 @@ static class Chat
         readonly byte[] me;
         readonly Deadline deadline;
         readonly SubscriberSocket sub = new();
-        readonly RequestSocket req = new();
-        readonly SocketMonitor? subMonitor, reqMonitor;
+        readonly SocketMonitor? subMonitor;
+        RequestSocket req; // not readonly: Lazy Pirate replaces it
+        SocketMonitor? reqMonitor;
         List<string> roster = [];
-        readonly Dictionary<string, int> received = [];
+        List<string> peers = []; // the roster of step 4: whose posts we wait for, and who must rejoin first
+        readonly Dictionary<string, int> last = []; // handle -> the highest post number received from it
+        int received;
+        bool listed; // a roster broadcast listed us since our last join
+        bool forgotten; // the server forgot us (it restarted): rejoin before anything else
+        bool fresh; // a roster broadcast without us arrived since we learned that
         long lastRequest = Environment.TickCount64;
         List<byte[]> frames = [];
 
@@ -281,34 +304,84 @@ static class Chat
             SecureClient(sub, args.Security);
             subMonitor = SocketMonitor.Attach(sub, "broadcasts", args.Monitor);
             Sockets.Connect(sub, args.Broadcasts);
-            // REQ enforces send, receive, send, receive...: one request in flight at a time.
-            req.Options.Linger = TimeSpan.Zero;
-            req.Options.MaxMsgSize = MaxMessage;
-            SecureClient(req, args.Security);
-            reqMonitor = SocketMonitor.Attach(req, "requests", args.Monitor);
-            Sockets.Connect(req, args.Requests);
+            req = OpenRequests();
+        }
+
+        /// <summary>A new REQ socket, connected. REQ enforces send, receive, send, receive...: one request
+        /// in flight at a time, and no second send before the reply. So when a reply is lost, Lazy Pirate
+        /// throws the socket away and comes here for a new one.</summary>
+        RequestSocket OpenRequests()
+        {
+            var socket = new RequestSocket();
+            socket.Options.Linger = TimeSpan.Zero; // closing it drops a request still queued for a dead server
+            socket.Options.MaxMsgSize = MaxMessage;
+            SecureClient(socket, args.Security);
+            reqMonitor = SocketMonitor.Attach(socket, "requests", args.Monitor);
+            Sockets.Connect(socket, args.Requests);
+            return socket;
+        }
+
+        void CloseRequests()
+        {
+            reqMonitor?.Dispose(); // a monitor before its socket
+            req.Dispose();
         }
 
         public void Dispose()
         {
             subMonitor?.Dispose(); // a monitor before its socket
-            reqMonitor?.Dispose();
             sub.Dispose();
-            req.Dispose();
+            CloseRequests();
         }
 
-        /// <summary>One lockstep round trip; returns the roster of the reply.</summary>
-        List<string> Request(params byte[][] request)
+        /// <summary>One round trip, Lazy Pirate style; returns the roster of the reply, or null when the
+        /// server answered a post with `unknown-handle` (rejoin, then send it again).</summary>
+        List<string>? Request(params byte[][] request)
         {
             req.SendMultipartBytes(request);
-            var left = deadline.Remaining; // infinite when there is no --timeout
-            var reply = new List<byte[]>();
-            if (!req.TryReceiveMultipartBytes(left, ref reply))
-                throw new Failure("no-reply", $"no reply from the server within {left.TotalMilliseconds} ms");
+            List<byte[]>? reply;
+            while ((reply = WaitForReply()) is null)
+            {
+                // The reply is lost, perhaps with the server. Close the REQ (linger 0 drops what it
+                // still holds) and send the same request again on a new one.
+                Events.Emit("retried", new { text = request.Length == 2 ? Encoding.UTF8.GetString(request[1]) : "" });
+                CloseRequests();
+                req = OpenRequests();
+                req.SendMultipartBytes(request);
+            }
             lastRequest = Environment.TickCount64;
+            if (request.Length == 2 && reply is [[], var code] && code.AsSpan().SequenceEqual("unknown-handle"u8))
+            {
+                (forgotten, fresh) = (true, false);
+                return null;
+            }
             List<string> handles = ReadReply(reply);
             UpdateRoster(handles);
             return handles;
+        }
+
+        /// <summary>The reply, or null once --retry ms passed without one; `no-reply` at the deadline.</summary>
+        List<byte[]>? WaitForReply()
+        {
+            long until = Environment.TickCount64 + args.Retry;
+            var reply = new List<byte[]>();
+            long wait;
+            while ((wait = until - Environment.TickCount64) > 0)
+            {
+                if (deadline.Expired)
+                    throw new Failure("no-reply", $"no reply from the server within {args.Timeout} ms");
+                // A receive whose timeout is the poll: REQ drops a reply it cannot match inside it, and
+                // waits on for the rest of the timeout.
+                if (req.TryReceiveMultipartBytes(deadline.Cap(TimeSpan.FromMilliseconds(wait)), ref reply))
+                    return reply;
+            }
+            return null;
+        }
+
+        List<string> Join()
+        {
+            listed = false;
+            return Request(me)!; // a join is no post: never unknown-handle
         }
 
         void UpdateRoster(List<string> handles)
@@ -330,25 +403,71 @@ static class Chat
             else if (broadcast.Roster is { } handles)
             {
                 UpdateRoster(handles);
+                if (handles.Contains(args.Name))
+                {
+                    listed = true;
+                }
+                else // after one with us, a roster without us: the server has forgotten us
+                {
+                    (forgotten, fresh) = (forgotten || listed, true);
+                    listed = false;
+                }
             }
             else
             {
-                received[broadcast.Handle] = received.GetValueOrDefault(broadcast.Handle) + 1;
-                Events.Emit("received", new { handle = broadcast.Handle, text = broadcast.Text });
+                OnPost(broadcast.Handle, broadcast.Text);
             }
         }
 
-        /// <summary>Handle one broadcast, or send a keep-alive when one is due, whichever comes first.</summary>
-        void WaitForBroadcast()
+        void OnPost(string handle, string text)
         {
+            received++;
+            Events.Emit("received", new { handle, text });
+            if (PostNumber(handle, text) is int number)
+            {
+                int previous = last.GetValueOrDefault(handle);
+                for (int missing = previous + 1; missing < Math.Min(number, args.Count + 1); missing++) // bounded by --count
+                    Events.Emit("missed", new { handle, number = missing }); // lost with a server that died
+                last[handle] = Math.Max(previous, number);
+            }
+        }
+
+        /// <summary>Handle one broadcast, or send a keep-alive when one is due, whichever comes first; or
+        /// rejoin, if the server has forgotten us. Returns by <paramref name="until"/> (ms) if given.</summary>
+        void Serve(long? until = null)
+        {
+            if (forgotten)
+            {
+                Rejoin();
+                return;
+            }
             if (deadline.Expired)
                 throw new Failure("timeout", $"not done after {args.Timeout} ms");
             long due = lastRequest + args.Keepalive;
-            var wait = TimeSpan.FromMilliseconds(Math.Max(0, due - Environment.TickCount64));
+            var wait = TimeSpan.FromMilliseconds(Math.Max(0, Math.Min(due, until ?? due) - Environment.TickCount64));
             if (sub.TryReceiveMultipartBytes(deadline.Cap(wait), ref frames))
                 OnBroadcast(frames);
             else if (Environment.TickCount64 >= due)
                 Request(me); // keep-alive: silent handles expire from the roster
+        }
+
+        /// <summary>The server forgot us: join again as a newcomer (PROTOCOL.md, "Restarts").</summary>
+        void Rejoin()
+        {
+            // Slow joiner, again: a roster without us comes from the server that forgot us, so our
+            // subscription has reached it. Until then, no request at all, not even a keep-alive.
+            while (!fresh)
+            {
+                if (deadline.Expired)
+                    throw new Failure("timeout", "the server forgot us, and sent no roster since");
+                if (sub.TryReceiveMultipartBytes(deadline.Cap(TimeSpan.FromMilliseconds(args.Keepalive)), ref frames))
+                    OnBroadcast(frames);
+            }
+            forgotten = false;
+            Events.Emit("rejoined", new { handles = Join() });
+            // Everyone listens before anyone talks, again: every peer rejoins the same way.
+            while (!peers.All(roster.Contains))
+                Serve();
         }
 
         public void Run()
@@ -363,25 +482,33 @@ static class Chat
                     throw new Failure("timeout", "no broadcast from the server");
             }
             OnBroadcast(frames);
-            Request(me); // join
+            Join();
             Events.Emit("ready", new { handle = args.Name, security = args.Security.Mechanism });
 
             // Everyone listens before anyone talks: wait for --clients handles, all subscribed.
             while (roster.Count < args.Clients)
-                WaitForBroadcast();
-            var peers = roster.ToList();
+                Serve();
+            peers = roster.ToList();
             Events.Log($"{args.Name}: {peers.Count} peers, posting {args.Count} texts");
 
-            for (int number = 1; number <= args.Count; number++)
+            for (int number = 1; number <= args.Count;)
             {
                 string text = PostText(args.Name, number);
-                var handles = Request(me, Encoding.UTF8.GetBytes(text));
+                if (Request(me, Encoding.UTF8.GetBytes(text)) is not { } handles)
+                {
+                    Rejoin(); // unknown-handle: rejoin, then the same post again
+                    continue;
+                }
                 Events.Emit("sent", new { text, roster = handles });
+                number++;
+                long until = Environment.TickCount64 + args.Pace; // --pace: broadcasts are served meanwhile
+                while (Environment.TickCount64 < until)
+                    Serve(until);
             }
 
-            while (peers.Any(peer => received.GetValueOrDefault(peer) < args.Count))
-                WaitForBroadcast();
-            Events.Emit("done", new { sent = args.Count, received = received.Values.Sum() });
+            while (peers.Any(peer => last.GetValueOrDefault(peer) < args.Count))
+                Serve();
+            Events.Emit("done", new { sent = args.Count, received });
         }
     }
 }

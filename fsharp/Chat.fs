@@ -54,6 +54,8 @@ type ClientArgs =
     | Count of posts: int
     | Clients of handles: int
     | Keepalive of ms: int
+    | Retry of ms: int
+    | Pace of ms: int
     | Security of mechanism: string
     | Curve_Secret of z85: string
     | Curve_Public of z85: string
@@ -72,6 +74,8 @@ type ClientArgs =
             | Count _ -> "number of posts to send (default 5)"
             | Clients _ -> "roster size to wait for before posting (default 1)"
             | Keepalive _ -> "keep-alive interval in ms (default 1000)"
+            | Retry _ -> "how long a request waits for its reply before it is resent, in ms (default 2000)"
+            | Pace _ -> "time between a post's reply and the next post, in ms (default 0)"
             | Security _ -> "null, plain or curve (default null)"
             | Curve_Secret _ -> "the client's CURVE secret key"
             | Curve_Public _ -> "the client's CURVE public key"
@@ -97,7 +101,8 @@ type ServerSettings =
 
 type ClientSettings =
     { Requests: string; Broadcasts: string; Timeout: int
-      Name: string; Count: int; Clients: int; Keepalive: int; Security: Security; Monitor: bool }
+      Name: string; Count: int; Clients: int; Keepalive: int; Retry: int; Pace: int
+      Security: Security; Monitor: bool }
 
 let serverSecurity (args: ParseResults<ServerArgs>) : Security =
     let chosen = args.TryPostProcessResult(ServerArgs.Security, mechanism) |> Option.defaultValue "null"
@@ -143,10 +148,21 @@ let clientSettings (args: ParseResults<ClientArgs>) : ClientSettings =
       Count = args.TryPostProcessResult(Count, atLeast 0) |> Option.defaultValue 5
       Clients = args.TryPostProcessResult(Clients, atLeast 1) |> Option.defaultValue 1
       Keepalive = args.TryPostProcessResult(Keepalive, atLeast 1) |> Option.defaultValue 1000
+      Retry = args.TryPostProcessResult(Retry, atLeast 1) |> Option.defaultValue 2000
+      Pace = args.TryPostProcessResult(Pace, atLeast 0) |> Option.defaultValue 0
       Security = clientSecurity args
       Monitor = args.TryPostProcessResult(ClientArgs.Monitor, onOff) |> Option.defaultValue false }
 
 let postText (name: string) (number: int) = $"{name} #{number}: héllo wörld 🌍"
+
+/// The number i of a text `<handle> #<i>: ...` (1 to 9 ASCII digits), or None.
+let postNumber (handle: string) (text: string) =
+    let prefix = $"{handle} #"
+    let rest = if text.StartsWith(prefix, StringComparison.Ordinal) then text.Substring prefix.Length else ""
+    let colon = rest.IndexOf ':'
+    let digits = if colon < 0 then "" else rest.Substring(0, colon)
+    if 1 <= digits.Length && digits.Length <= 9 && digits |> Seq.forall Char.IsAsciiDigit then Some(int digits)
+    else None
 
 // --- security (PROTOCOL.md, "Security") -----------------------------------------------------
 // Both sockets of a role use the same mechanism. The options are read when a connection's
@@ -231,6 +247,14 @@ let checkRequest (frames: byte[] list) =
         |> List.tryPick notUtf8
         |> Option.map (fun error -> "invalid-utf8", $"not UTF-8: invalid byte at {error.Index}")
 
+/// A well-formed post from a handle the server does not know: join first. After a restart, this is
+/// how a posting client learns that the server has forgotten it.
+let checkPost (frames: byte[] list) (roster: Dictionary<string, int64>) =
+    match frames with
+    | [ handle; _ ] when not (roster.ContainsKey(utf8.GetString handle)) ->
+        Some("unknown-handle", "join with [handle] before posting")
+    | _ -> None
+
 let runServer (args: ServerSettings) =
     use stop = new StopSignal()
     let deadline = Deadline(args.Timeout)
@@ -263,7 +287,7 @@ let runServer (args: ServerSettings) =
     let broadcastRoster () = send broadcasts ([||] :: sortedRoster ())
 
     let serve (frames: byte[] list) =
-        match checkRequest frames with
+        match checkRequest frames |> Option.orElseWith (fun () -> checkPost frames roster) with
         | Some(code, reason) ->
             rejected <- rejected + 1
             send requests [ [||]; utf8.GetBytes(code: string) ]
@@ -318,20 +342,30 @@ type ChatClient(args: ClientSettings) =
         secureClient sub args.Security
     let subMonitor = SocketMonitor.watch sub "broadcasts" args.Monitor // before the connect
     do endpoint "connect" sub.Connect args.Broadcasts
-    // REQ enforces send, receive, send, receive...: one request in flight at a time.
-    let req = new RequestSocket()
-    do
-        req.Options.Linger <- TimeSpan.Zero
+
+    /// A new REQ socket and its monitor, connected. REQ enforces send, receive, send, receive...: one
+    /// request in flight at a time, and no second send before the reply. So when a reply is lost,
+    /// Lazy Pirate throws the socket away and comes here for a new one.
+    let openRequests () =
+        let req = new RequestSocket()
+        req.Options.Linger <- TimeSpan.Zero // closing it drops a request still queued for a dead server
         req.Options.MaxMsgSize <- MaxMessage
         secureClient req args.Security
-    let reqMonitor = SocketMonitor.watch req "requests" args.Monitor
-    do endpoint "connect" req.Connect args.Requests
+        let monitor = SocketMonitor.watch req "requests" args.Monitor
+        endpoint "connect" req.Connect args.Requests
+        req, monitor
+    let mutable req, reqMonitor = openRequests ()
     let mutable roster: string list = []
-    let received = Dictionary<string, int>()
+    let mutable peers: string list = [] // the roster of step 4: whose posts we wait for, who must rejoin first
+    let last = Dictionary<string, int>() // handle -> the highest post number received from it
+    let mutable received = 0
+    let mutable listed = false // a roster broadcast listed us since our last join
+    let mutable forgotten = false // the server forgot us (it restarted): rejoin before anything else
+    let mutable fresh = false // a roster broadcast without us arrived since we learned that
     let mutable lastRequest = nowMs ()
 
-    let receivedFrom peer =
-        match received.TryGetValue peer with
+    let lastFrom peer =
+        match last.TryGetValue peer with
         | true, n -> n
         | _ -> 0
 
@@ -340,41 +374,103 @@ type ChatClient(args: ClientSettings) =
             roster <- handles
             emit "roster" [ "handles", box handles ]
 
-    /// One lockstep round trip; returns the roster of the reply.
+    /// The reply, or None once --retry ms passed without one; `no-reply` at the deadline.
+    member _.WaitForReply() =
+        let until = nowMs () + int64 args.Retry
+        let mutable reply = None
+        while reply.IsNone && nowMs () < until do
+            if deadline.Expired then
+                raise (Failure("no-reply", $"no reply from the server within {args.Timeout} ms"))
+            // REQ may drop a reply it cannot match inside the receive: back to the poll then.
+            reply <- receiveWithin req (Some(deadline.Cap(until - nowMs ())))
+        reply
+
+    /// One round trip, Lazy Pirate style: the roster of the reply, or None when the server answered
+    /// a post with `unknown-handle` (rejoin, then send it again).
     member this.Request(frames: byte[] list) =
         send req frames
-        let left = deadline.RemainingMs
-        // REQ drops a reply it cannot match and waits on: so does this, until the deadline.
-        let reply =
-            match receiveBefore req deadline with
-            | Some reply -> reply
-            | None -> raise (Failure("no-reply", $"no reply from the server within {left.Value} ms"))
+        let mutable reply = this.WaitForReply()
+        while reply.IsNone do
+            // The reply is lost, perhaps with the server. Close the REQ (linger 0 drops what it still
+            // holds; its monitor stops first) and send the same request again on a new one.
+            emit "retried" [ "text", box (match frames with [ _; text ] -> utf8.GetString text | _ -> "") ]
+            reqMonitor.Dispose()
+            req.Dispose()
+            let next, monitor = openRequests ()
+            req <- next
+            reqMonitor <- monitor
+            send req frames
+            reply <- this.WaitForReply()
         lastRequest <- nowMs ()
-        match checkReply reply with
-        | Error(code, reason) -> raise (Failure(code, reason))
-        | Ok handles ->
-            this.UpdateRoster handles
-            handles
+        match frames, reply.Value with
+        | [ _; _ ], [ empty; code ] when empty.Length = 0 && code = "unknown-handle"B ->
+            forgotten <- true
+            fresh <- false
+            None
+        | _, reply ->
+            match checkReply reply with
+            | Error(code, reason) -> raise (Failure(code, reason))
+            | Ok handles ->
+                this.UpdateRoster handles
+                Some handles
+
+    member this.Join() =
+        listed <- false
+        this.Request [ me ] |> Option.get // only a post can be answered `unknown-handle`
 
     member this.OnBroadcast(frames: byte[] list) =
         match readBroadcast frames with
-        | Roster handles -> this.UpdateRoster handles
-        | Post(handle, text) ->
-            received[handle] <- receivedFrom handle + 1
-            emit "received" [ "handle", box handle; "text", box text ]
+        | Roster handles ->
+            this.UpdateRoster handles
+            if List.contains args.Name handles then
+                listed <- true
+            else // after one with us, a roster without us: the server has forgotten us
+                forgotten <- forgotten || listed
+                fresh <- true
+                listed <- false
+        | Post(handle, text) -> this.OnPost(handle, text)
         | Malformed reason -> emit "error" [ "code", box "malformed-broadcast"; "reason", box reason ]
 
-    /// Handle one broadcast, or send a keep-alive when one is due, whichever comes first.
-    member this.WaitForBroadcast() =
-        if deadline.Expired then
-            raise (Failure("timeout", $"not done after {args.Timeout} ms"))
-        let due = lastRequest + int64 args.Keepalive
-        let waitMs = max 0L (due - nowMs ())
-        match receiveWithin sub (Some(deadline.Cap waitMs)) with
-        | Some frames -> this.OnBroadcast frames
-        | None when nowMs () >= due ->
-            this.Request [ me ] |> ignore // keep-alive: silent handles expire from the roster
+    member _.OnPost(handle: string, text: string) =
+        received <- received + 1
+        emit "received" [ "handle", box handle; "text", box text ]
+        match postNumber handle text with
+        | Some number ->
+            let before = lastFrom handle
+            for missing in before + 1 .. min number (args.Count + 1) - 1 do // bounded by --count
+                emit "missed" [ "handle", box handle; "number", box missing ] // lost with a server that died
+            last[handle] <- max before number
         | None -> ()
+
+    /// Handle one broadcast, or send a keep-alive when one is due, whichever comes first; or rejoin,
+    /// if the server has forgotten us. Returns by `until` (monotonic ms) if given.
+    member this.Serve(until: int64 option) =
+        if forgotten then
+            this.Rejoin()
+        else
+            if deadline.Expired then
+                raise (Failure("timeout", $"not done after {args.Timeout} ms"))
+            let due = lastRequest + int64 args.Keepalive
+            let waitMs = max 0L (min due (defaultArg until due) - nowMs ())
+            match receiveWithin sub (Some(deadline.Cap waitMs)) with
+            | Some frames -> this.OnBroadcast frames
+            | None when nowMs () >= due ->
+                this.Request [ me ] |> ignore // keep-alive: silent handles expire from the roster
+            | None -> ()
+
+    /// The server forgot us: join again as a newcomer (PROTOCOL.md, "Restarts").
+    member this.Rejoin() =
+        // Slow joiner, again: a roster without us comes from the server that forgot us, so our
+        // subscription has reached it. Until then, no request at all, not even a keep-alive.
+        while not fresh do
+            if deadline.Expired then
+                raise (Failure("timeout", "the server forgot us, and sent no roster since"))
+            receiveWithin sub (Some(deadline.Cap(int64 args.Keepalive))) |> Option.iter this.OnBroadcast
+        forgotten <- false
+        emit "rejoined" [ "handles", box (this.Join()) ]
+        // Everyone listens before anyone talks, again: every peer rejoins the same way.
+        while not (peers |> List.forall (fun peer -> List.contains peer roster)) do
+            this.Serve None
 
     member this.Run() =
         // Slow joiner: until a first broadcast arrives, our subscription may not have reached the
@@ -384,23 +480,30 @@ type ChatClient(args: ClientSettings) =
         match receiveBefore sub deadline with
         | Some frames -> this.OnBroadcast frames
         | None -> raise (Failure("timeout", "no broadcast from the server"))
-        this.Request [ me ] |> ignore // join
+        this.Join() |> ignore
         emit "ready" [ "handle", box args.Name; "security", box args.Security.Mechanism ]
 
         // Everyone listens before anyone talks: wait for --clients handles, all subscribed.
         while roster.Length < args.Clients do
-            this.WaitForBroadcast()
-        let peers = roster
+            this.Serve None
+        peers <- roster
         log $"{args.Name}: {peers.Length} peers, posting {args.Count} texts"
 
-        for number in 1 .. args.Count do
+        let mutable number = 1
+        while number <= args.Count do
             let text = postText args.Name number
-            let replyRoster = this.Request [ me; utf8.GetBytes text ]
-            emit "sent" [ "text", box text; "roster", box replyRoster ]
+            match this.Request [ me; utf8.GetBytes text ] with
+            | None -> this.Rejoin() // unknown-handle: rejoin, then the same post again
+            | Some replyRoster ->
+                emit "sent" [ "text", box text; "roster", box replyRoster ]
+                number <- number + 1
+                let until = nowMs () + int64 args.Pace // --pace: broadcasts are served meanwhile
+                while nowMs () < until do
+                    this.Serve(Some until)
 
-        while peers |> List.exists (fun peer -> receivedFrom peer < args.Count) do
-            this.WaitForBroadcast()
-        emit "done" [ "sent", box args.Count; "received", box (Seq.sum received.Values) ]
+        while peers |> List.exists (fun peer -> lastFrom peer < args.Count) do
+            this.Serve None
+        emit "done" [ "sent", box args.Count; "received", box received ]
 
     interface IDisposable with
         member _.Dispose() =

@@ -53,6 +53,7 @@ BAD_REQUESTS = [
     ("invalid-utf8", [b"alice", b"\xed\xa0\x80"]),  # an encoded surrogate
     ("invalid-utf8", [b"alice", b"\xc0\xaf"]),  # an overlong "/"
     ("invalid-utf8", [b"alice", b"caf\xc3"]),  # cut short
+    ("unknown-handle", [b"alice", b"hi"]),  # a post before a join
 ]
 
 
@@ -70,10 +71,12 @@ def test_the_server_rejects_bad_input_and_keeps_serving(start_role, context, lan
     req = socket(context, zmq.REQ, ready["requests"])
     req.send_multipart([("ü" * 16).encode()])  # 32 bytes of UTF-8
     assert req.recv_multipart() == [("ü" * 16).encode()]
+    req.send_multipart([b"alice"])
+    assert req.recv_multipart() == [b"alice", ("ü" * 16).encode()]
     req.send_multipart([b"alice", "héllo 🌍".encode()])
     assert req.recv_multipart() == [b"alice", ("ü" * 16).encode()]
     done = stop(server)
-    assert done["rejected"] == len(BAD_REQUESTS) and done["requests"] == 2
+    assert done["rejected"] == len(BAD_REQUESTS) and done["requests"] == 3
 
 
 @pytest.mark.parametrize("lang", languages("chat", "server"))
@@ -182,6 +185,110 @@ def test_a_client_reports_malformed_broadcasts_and_carries_on(start_role, contex
     assert codes == ["malformed-broadcast"] * len(malformed)
     assert not [e for e in client.t.events if e["event"] == "roster" and set(e["handles"]) - {"alice"}]
     assert [e["text"] for e in client.t.events if e["event"] == "received"] == [post[1].decode()]
+
+
+def events_named(client, name):
+    return [e for e in client.t.events if e["event"] == name]
+
+
+@pytest.mark.parametrize("lang", languages("chat", "client"))
+def test_a_client_whose_reply_is_lost_resends_on_a_new_socket(start_role, context, lang):
+    """Lazy Pirate: the server takes the join and never answers; after --retry ms the client sends
+    it again on a new REQ socket (a new connection, so a new routing id at a ROUTER)."""
+    rogue = RogueServer(context)
+    rogue.rep.close()
+    router = socket(context, zmq.ROUTER, "tcp://127.0.0.1:*", bind=True)
+    rogue.flags["requests"] = router.last_endpoint.decode()
+    client = start_role(lang, "chat", "client", name="alice", count=1, clients=1, retry=300, **rogue.flags)
+
+    def next_request():
+        end = deadline()
+        while time.monotonic() < end:
+            rogue.pub.send_multipart([b""])
+            if router.poll(50):
+                return router.recv_multipart()
+        pytest.fail("the client sent no request")
+
+    lost = next_request()
+    assert lost[1:] == [b"", b"alice"]  # a REQ's envelope: the empty delimiter, then the request
+    again = next_request()
+    assert again[1:] == [b"", b"alice"] and again[0] != lost[0], "the same request, from another socket"
+    assert events_named(client, "retried") == [{"event": "retried", "text": ""}]
+    router.send_multipart([again[0], b"", b"alice"])
+    post = next_request()
+    assert post[1:] == [b"", b"alice", "alice #1: héllo wörld 🌍".encode()] and post[0] == again[0]
+    router.send_multipart([post[0], b"", b"alice"])
+    rogue.pub.send_multipart(post[2:])
+    assert client.wait_exit(deadline()) and client.t.exit_code == 0, client.t.events
+    assert len(events_named(client, "retried")) == 1
+
+
+@pytest.mark.parametrize("lang", languages("chat", "client"))
+def test_a_client_told_unknown_handle_rejoins_once_it_hears_the_new_server(start_role, context, lang):
+    """A post answered `unknown-handle`: the client sends nothing until a roster without it comes
+    (its subscription has reached the server that forgot it), joins, then posts the same text again."""
+    rogue = RogueServer(context)
+    client = start_role(lang, "chat", "client", name="alice", count=1, clients=1, **rogue.flags)
+    assert rogue.next_request() == [b"alice"]
+    rogue.rep.send_multipart([b"alice"])
+    text = "alice #1: héllo wörld 🌍".encode()
+    assert rogue.rep.recv_multipart() == [b"alice", text]
+    rogue.rep.send_multipart([b"", b"unknown-handle"])
+    # Rosters that still list it say nothing of the new server: no request for a while.
+    quiet = time.monotonic() + 0.5
+    while time.monotonic() < quiet:
+        rogue.pub.send_multipart([b"", b"alice"])
+        assert not rogue.rep.poll(50), "the client sent a request before a roster without it"
+    assert rogue.next_request() == [b"alice"]  # next_request broadcasts the empty roster
+    rogue.rep.send_multipart([b"alice"])
+    assert rogue.next_request() == [b"alice", text]  # the same post, again
+    rogue.rep.send_multipart([b"alice"])
+    rogue.pub.send_multipart([b"alice", text])
+    assert client.wait_exit(deadline()) and client.t.exit_code == 0, client.t.events
+    assert events_named(client, "rejoined") == [{"event": "rejoined", "handles": ["alice"]}]
+    assert [e["text"] for e in events_named(client, "sent")] == [text.decode()]
+    assert not events_named(client, "error")
+
+
+@pytest.mark.parametrize("lang", languages("chat", "client"))
+def test_a_roster_that_drops_the_client_makes_it_rejoin(start_role, context, lang):
+    """After a roster broadcast with its handle, one without it: the server forgot it. A roster
+    without it before that one proves nothing (it may be older than the join)."""
+    rogue = RogueServer(context)
+    client = start_role(lang, "chat", "client", name="alice", count=1, clients=2, **rogue.flags)
+    assert rogue.next_request() == [b"alice"]
+    rogue.rep.send_multipart([b"alice"])
+    rogue.pub.send_multipart([b""])  # older than the join, as far as the client knows: nothing
+    rogue.pub.send_multipart([b"", b"alice"])
+    rogue.pub.send_multipart([b""])  # forgotten
+    assert rogue.next_request() == [b"alice"]
+    rogue.rep.send_multipart([b"alice", b"bob"])
+    text = "alice #1: héllo wörld 🌍".encode()
+    assert rogue.next_request() == [b"alice", text]
+    rogue.rep.send_multipart([b"alice", b"bob"])
+    rogue.pub.send_multipart([b"alice", text])
+    rogue.pub.send_multipart([b"bob", "bob #1: héllo wörld 🌍".encode()])
+    assert client.wait_exit(deadline()) and client.t.exit_code == 0, client.t.events
+    assert events_named(client, "rejoined") == [{"event": "rejoined", "handles": ["alice", "bob"]}]
+
+
+@pytest.mark.parametrize("lang", languages("chat", "client"))
+def test_a_jump_in_a_peers_numbers_is_reported_missed(start_role, context, lang):
+    """Only a restart loses posts; a client says which: every number skipped, up to --count."""
+    rogue = RogueServer(context)
+    client = start_role(lang, "chat", "client", name="alice", count=3, clients=2, **rogue.flags)
+    assert rogue.next_request() == [b"alice"]
+    rogue.rep.send_multipart([b"alice", b"bob"])
+    for number in (1, 2, 3):
+        text = f"alice #{number}: héllo wörld 🌍".encode()
+        assert rogue.next_request() == [b"alice", text]
+        rogue.rep.send_multipart([b"alice", b"bob"])
+        rogue.pub.send_multipart([b"alice", text])
+    for text in ("bob #1: x", "bob: no number", "bob #99999999999: too long a number", "bob #1000000: x"):
+        rogue.pub.send_multipart([b"bob", text.encode()])
+    assert client.wait_exit(deadline()) and client.t.exit_code == 0, client.t.events
+    assert [(e["handle"], e["number"]) for e in events_named(client, "missed")] == [("bob", 2), ("bob", 3)]
+    assert client.t.events[-1] == {"event": "done", "sent": 3, "received": 7}
 
 
 @pytest.mark.parametrize("lang", languages("chat", "client"))

@@ -55,6 +55,21 @@ def test_a_sink_that_restarts_still_gets_the_exact_total(built, lang):
     assert len(events(second, "worker")) == 2  # both workers said ready again, unasked
 
 
+@pytest.mark.parametrize("lang", languages("chat", "server"))
+def test_a_chat_server_that_restarts_is_rejoined_by_every_client(built, lang):
+    built[lang]
+    spec = load_spec("chat").with_restart("server")
+    result = evaluate(spec, {"server": lang, "client": lang}, built.registry, new_run_dir("chat"))
+    assert result.status == "pass", result.problems  # the checker accounts for every post
+    first, second = runs_of(result, "server")
+    clients = [t for t in result.transcripts if t.role == "client"]
+    assert all(len(events(t, "rejoined")) == 1 for t in clients)
+    names = {t.flags["name"] for t in clients}
+    assert {e["handle"] for e in events(second, "joined")} == names  # each joined the new server itself
+    assert events(first, "posted") and events(second, "posted")  # the kill landed mid-posting
+    assert {e["handle"] for e in events(second, "posted")} == names
+
+
 def test_a_restart_is_a_grid_option_with_its_replay(built):
     spec = load_spec("ticker").with_restart("proxy", after=10)
     cells = [{"publisher": "python", "proxy": "python", "subscriber": lang} for lang in ("python", "c")]

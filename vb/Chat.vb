@@ -26,6 +26,8 @@ Public Module Chat
         client.Options.Add(AtLeast("--count", 0, defaultValue:=5))
         client.Options.Add(AtLeast("--clients", 1, defaultValue:=1))
         client.Options.Add(AtLeast("--keepalive", 1, defaultValue:=1000))
+        client.Options.Add(AtLeast("--retry", 1, defaultValue:=2000))
+        client.Options.Add(AtLeast("--pace", 0, defaultValue:=0))
         AddSecurity(client, server:=False)
         client.SetAction(AddressOf RunClient)
 
@@ -41,6 +43,16 @@ Public Module Chat
 
     Public Function PostText(name As String, number As Integer) As String
         Return $"{name} #{number}: héllo wörld 🌍"
+    End Function
+
+    ''' <summary>The number i of a text `&lt;handle&gt; #&lt;i&gt;: ...` (1 to 9 ASCII digits), or Nothing.</summary>
+    Public Function PostNumber(handle As String, text As String) As Integer?
+        Dim prefix = $"{handle} #"
+        If Not text.StartsWith(prefix, StringComparison.Ordinal) Then Return Nothing
+        Dim colon = text.IndexOf(":"c, prefix.Length)
+        Dim digits = If(colon < 0, "", text.Substring(prefix.Length, colon - prefix.Length))
+        If digits.Length < 1 OrElse digits.Length > 9 OrElse Not digits.All(Function(c) c >= "0"c AndAlso c <= "9"c) Then Return Nothing
+        Return Integer.Parse(digits)
     End Function
 
     ' --- security (PROTOCOL.md, "Security") ---------------------------------------------------
@@ -85,6 +97,15 @@ Public Module Chat
                 Return ("invalid-utf8", $"not UTF-8: invalid byte at {problem.Index}")
             End Try
         Next
+        Return Nothing
+    End Function
+
+    ''' <summary>A well-formed post from a handle the server does not know: join first. After a restart,
+    ''' this is how a posting client learns that the server has forgotten it.</summary>
+    Public Function CheckPost(frames As List(Of Byte()), roster As SortedDictionary(Of String, Long)) As (Code As String, Reason As String)?
+        If frames.Count = 2 AndAlso Not roster.ContainsKey(Utf8.GetString(frames(0))) Then
+            Return ("unknown-handle", "join with [handle] before posting")
+        End If
         Return Nothing
     End Function
 
@@ -138,7 +159,7 @@ Public Module Chat
                 ' Poll instead of a blocking receive: the heartbeat, the deadline and the stop flag all
                 ' get their turn without a second thread. A multipart message arrives whole or not at all.
                 If requests.TryReceiveMultipartBytes(deadline.Cap(waitMs), frames) Then
-                    Dim problem = CheckRequest(frames)
+                    Dim problem = If(CheckRequest(frames), CheckPost(frames, roster))
                     If problem IsNot Nothing Then
                         Dim code = problem.Value.Code
                         rejected += 1
@@ -228,15 +249,25 @@ Public Module Chat
 
         Private ReadOnly _name As String
         Private ReadOnly _handle As Byte()
-        Private ReadOnly _count, _clients, _keepalive, _timeout As Integer
+        Private ReadOnly _count, _clients, _keepalive, _retry, _pace, _timeout As Integer
+        Private ReadOnly _requests As String
+        Private ReadOnly _monitorOn As Boolean
         Private ReadOnly _deadline As Deadline
         Private ReadOnly _security As Security
         Private ReadOnly _sub As SubscriberSocket
-        Private ReadOnly _req As RequestSocket
-        Private ReadOnly _monitor As SocketMonitor
+        Private ReadOnly _subMonitor As SocketMonitor
+        Private _req As RequestSocket  ' replaced by Lazy Pirate, with its monitor
+        Private _reqMonitor As SocketMonitor
         Private _roster As New List(Of String)
-        Private ReadOnly _received As New Dictionary(Of String, Integer)
+        Private _peers As New List(Of String)  ' the roster of step 4: whose posts we wait for, who must rejoin first
+        Private ReadOnly _last As New Dictionary(Of String, Integer)  ' handle -> the highest post number received from it
+        Private _received As Integer
+        Private _listed As Boolean  ' a roster broadcast listed us since our last join
+        Private _forgotten As Boolean  ' the server forgot us (it restarted): rejoin before anything else
+        Private _fresh As Boolean  ' a roster broadcast without us arrived since we learned that
         Private _lastRequest As Long = Environment.TickCount64
+
+        Private Shared ReadOnly UnknownHandle As Byte() = Utf8.GetBytes("unknown-handle")
 
         Public Sub New(args As ParseResult)
             _name = args.GetValue(Of String)("--name")
@@ -244,7 +275,11 @@ Public Module Chat
             _count = args.GetValue(Of Integer)("--count")
             _clients = args.GetValue(Of Integer)("--clients")
             _keepalive = args.GetValue(Of Integer)("--keepalive")
+            _retry = args.GetValue(Of Integer)("--retry")
+            _pace = args.GetValue(Of Integer)("--pace")
             _timeout = args.GetValue(Of Integer)("--timeout")
+            _requests = args.GetValue(Of String)("--requests")
+            _monitorOn = MonitorOn(args)
             _deadline = New Deadline(_timeout)
             _security = ReadSecurity(args, server:=False)
             ' SUB first, so that its subscription starts travelling as early as possible.
@@ -253,37 +288,81 @@ Public Module Chat
             _sub.Options.MaxMsgSize = MaxMessage
             _sub.Subscribe("")  ' a prefix filter on frame 0; "" lets posts and rosters through
             SecureClient(_sub, _security)
-            ' REQ enforces send, receive, send, receive...: one request in flight at a time.
-            _req = New RequestSocket()
-            _req.Options.Linger = TimeSpan.Zero
-            _req.Options.MaxMsgSize = MaxMessage
-            SecureClient(_req, _security)
-            _monitor = New SocketMonitor(MonitorOn(args))
-            _monitor.Attach(_sub, "broadcasts")
-            _monitor.Attach(_req, "requests")
+            _subMonitor = New SocketMonitor(_monitorOn)
+            _subMonitor.Attach(_sub, "broadcasts")
+            Connect(_sub, args.GetValue(Of String)("--broadcasts"))
+            OpenRequests()
+        End Sub
+
+        Private Shared Sub Connect(socket As NetMQSocket, endpoint As String)
             Try
-                _sub.Connect(args.GetValue(Of String)("--broadcasts"))
-                _req.Connect(args.GetValue(Of String)("--requests"))
+                socket.Connect(endpoint)
             Catch problem As Exception  ' NetMQ throws several exception types for a bad endpoint
                 Throw New Failure("connect", $"cannot connect: {problem.Message}")
             End Try
         End Sub
 
-        ''' <summary>One lockstep round trip; returns the roster of the reply.</summary>
+        ''' <summary>A new REQ socket, connected, with its own monitor. REQ enforces send, receive, send,
+        ''' receive...: one request in flight at a time, and no second send before the reply. So when a
+        ''' reply is lost, Lazy Pirate throws the socket away and comes here for a new one.</summary>
+        Private Sub OpenRequests()
+            _req = New RequestSocket()
+            _req.Options.Linger = TimeSpan.Zero  ' closing it drops a request still queued for a dead server
+            _req.Options.MaxMsgSize = MaxMessage
+            SecureClient(_req, _security)
+            _reqMonitor = New SocketMonitor(_monitorOn)
+            _reqMonitor.Attach(_req, "requests")
+            Connect(_req, _requests)
+        End Sub
+
+        Private Sub CloseRequests()
+            _reqMonitor.Dispose()  ' before the socket closes
+            _req.Dispose()
+        End Sub
+
+        ''' <summary>One round trip, Lazy Pirate style; returns the roster of the reply, or Nothing when
+        ''' the server answered a post with `unknown-handle` (rejoin, then send it again).</summary>
         Private Function Request(ParamArray frames As Byte()()) As List(Of String)
             _req.SendMultipartBytes(frames)
-            Dim left = _deadline.RemainingMs()
-            Dim wait = If(left Is Nothing, SendReceiveConstants.InfiniteTimeout, TimeSpan.FromMilliseconds(left.Value))
-            Dim reply As List(Of Byte()) = Nothing
-            If Not _req.TryReceiveMultipartBytes(wait, reply) Then
-                Throw New Failure("no-reply", $"no reply from the server within {left} ms")
-            End If
+            Dim reply = WaitForReply()
+            Do While reply Is Nothing
+                ' The reply is lost, perhaps with the server. Close the REQ (linger 0 drops what it
+                ' still holds) and send the same request again on a new one.
+                Emit("retried", ("text", If(frames.Length = 2, Utf8.GetString(frames(1)), "")))
+                CloseRequests()
+                OpenRequests()
+                _req.SendMultipartBytes(frames)
+                reply = WaitForReply()
+            Loop
             _lastRequest = Environment.TickCount64
+            If frames.Length = 2 AndAlso reply.Count = 2 AndAlso reply(0).Length = 0 AndAlso reply(1).SequenceEqual(UnknownHandle) Then
+                _forgotten = True
+                _fresh = False
+                Return Nothing
+            End If
             Dim roster As List(Of String) = Nothing
             Dim problem = CheckReply(reply, roster)
             If problem IsNot Nothing Then Throw New Failure(problem.Value.Code, problem.Value.Reason)
             UpdateRoster(roster)
             Return roster
+        End Function
+
+        ''' <summary>The reply, or Nothing once --retry ms passed without one; `no-reply` at the deadline.</summary>
+        Private Function WaitForReply() As List(Of Byte())
+            Dim giveUp = Environment.TickCount64 + _retry
+            Dim reply As List(Of Byte()) = Nothing
+            Do
+                Dim waitMs = giveUp - Environment.TickCount64
+                If waitMs <= 0 Then Return Nothing
+                If _deadline.Expired() Then Throw New Failure("no-reply", $"no reply from the server within {_timeout} ms")
+                ' REQ drops a reply it cannot route inside the receive: back round the loop then.
+                If _req.TryReceiveMultipartBytes(_deadline.Cap(waitMs), reply) Then Return reply
+            Loop
+        End Function
+
+        Private Function Join() As List(Of String)
+            _listed = False
+            Return Request(_handle)
         End Function
 
         Private Sub UpdateRoster(roster As List(Of String))
@@ -300,23 +379,63 @@ Public Module Chat
                 Emit("error", ("code", "malformed-broadcast"), ("reason", problem))
             ElseIf broadcast.Roster IsNot Nothing Then
                 UpdateRoster(broadcast.Roster)
+                If broadcast.Roster.Contains(_name) Then
+                    _listed = True
+                Else  ' after one with us, a roster without us: the server has forgotten us
+                    _forgotten = _forgotten OrElse _listed
+                    _fresh = True
+                    _listed = False
+                End If
             Else
-                _received(broadcast.Handle) = _received.GetValueOrDefault(broadcast.Handle) + 1
-                Emit("received", ("handle", broadcast.Handle), ("text", broadcast.Text))
+                OnPost(broadcast.Handle, broadcast.Text)
             End If
         End Sub
 
-        ''' <summary>Handle one broadcast, or send a keep-alive when one is due, whichever comes first.</summary>
-        Private Sub WaitForBroadcast()
+        Private Sub OnPost(handle As String, text As String)
+            _received += 1
+            Emit("received", ("handle", handle), ("text", text))
+            Dim number = PostNumber(handle, text)
+            If number Is Nothing Then Return
+            Dim last = _last.GetValueOrDefault(handle)
+            For missing = last + 1 To Math.Min(number.Value - 1, _count)  ' bounded by --count
+                Emit("missed", ("handle", handle), ("number", missing))  ' lost with a server that died
+            Next
+            _last(handle) = Math.Max(last, number.Value)
+        End Sub
+
+        ''' <summary>Handle one broadcast, or send a keep-alive when one is due, whichever comes first;
+        ''' or rejoin, if the server has forgotten us. Returns by `paceEnd` (monotonic ms) if given.</summary>
+        Private Sub Serve(Optional paceEnd As Long? = Nothing)
+            If _forgotten Then
+                Rejoin()
+                Return
+            End If
             If _deadline.Expired() Then Throw New Failure("timeout", $"not done after {_timeout} ms")
             Dim due = _lastRequest + _keepalive
-            Dim waitMs = Math.Max(0, due - Environment.TickCount64)
+            Dim waitMs = Math.Max(0, Math.Min(due, If(paceEnd, due)) - Environment.TickCount64)
             Dim frames As List(Of Byte()) = Nothing
             If _sub.TryReceiveMultipartBytes(_deadline.Cap(waitMs), frames) Then
                 OnBroadcast(frames)
             ElseIf Environment.TickCount64 >= due Then
                 Request(_handle)  ' keep-alive: silent handles expire from the roster
             End If
+        End Sub
+
+        ''' <summary>The server forgot us: join again as a newcomer (PROTOCOL.md, "Restarts").</summary>
+        Private Sub Rejoin()
+            ' Slow joiner, again: a roster without us comes from the server that forgot us, so our
+            ' subscription has reached it. Until then, no request at all, not even a keep-alive.
+            Dim frames As List(Of Byte()) = Nothing
+            Do Until _fresh
+                If _deadline.Expired() Then Throw New Failure("timeout", "the server forgot us, and sent no roster since")
+                If _sub.TryReceiveMultipartBytes(_deadline.Cap(_keepalive), frames) Then OnBroadcast(frames)
+            Loop
+            _forgotten = False
+            Emit("rejoined", ("handles", Join()))
+            ' Everyone listens before anyone talks, again: every peer rejoins the same way.
+            Do Until _peers.All(Function(peer) _roster.Contains(peer))
+                Serve()
+            Loop
         End Sub
 
         Public Sub Run()
@@ -329,32 +448,42 @@ Public Module Chat
                 If _deadline.Expired() Then Throw New Failure("timeout", "no broadcast from the server")
             Loop
             OnBroadcast(frames)
-            Request(_handle)  ' join
+            Join()
             Emit("ready", ("handle", _name), ("security", _security.Mechanism))
 
             ' Everyone listens before anyone talks: wait for --clients handles, all subscribed.
             Do While _roster.Count < _clients
-                WaitForBroadcast()
+                Serve()
             Loop
-            Dim peers = _roster.ToList()
-            Log($"{_name}: {peers.Count} peers, posting {_count} texts")
+            _peers = _roster.ToList()
+            Log($"{_name}: {_peers.Count} peers, posting {_count} texts")
 
-            For number = 1 To _count
+            Dim number = 1
+            Do While number <= _count
                 Dim text = PostText(_name, number)
                 Dim roster = Request(_handle, Utf8.GetBytes(text))
+                If roster Is Nothing Then  ' unknown-handle: rejoin, then the same post again
+                    Rejoin()
+                    Continue Do
+                End If
                 Emit("sent", ("text", text), ("roster", roster))
-            Next
-
-            Do While peers.Any(Function(peer) _received.GetValueOrDefault(peer) < _count)
-                WaitForBroadcast()
+                number += 1
+                Dim paceEnd = Environment.TickCount64 + _pace  ' --pace: broadcasts are served meanwhile
+                Do While Environment.TickCount64 < paceEnd
+                    Serve(paceEnd)
+                Loop
             Loop
-            Emit("done", ("sent", _count), ("received", _received.Values.Sum()))
+
+            Do While _peers.Any(Function(peer) _last.GetValueOrDefault(peer) < _count)
+                Serve()
+            Loop
+            Emit("done", ("sent", _count), ("received", _received))
         End Sub
 
         Public Sub Dispose() Implements IDisposable.Dispose
-            _monitor.Dispose()  ' before the sockets close
+            _subMonitor.Dispose()  ' before the socket closes
             _sub.Dispose()
-            _req.Dispose()
+            CloseRequests()
         End Sub
     End Class
 

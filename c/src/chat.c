@@ -61,6 +61,16 @@ static const char *check_request(const frames_t *request, char *reason)
     return NULL;
 }
 
+/* A well-formed post from a handle the server does not know: join first. After a restart, this
+   is how a posting client learns that the server has forgotten it. */
+static const char *check_post(const frames_t *request, const names_t *roster, char *reason)
+{
+    size_t at;
+    if (request->count == 2 && !names_find(roster, frame_data(request, 0), frame_size(request, 0), &at))
+        return problem(reason, "unknown-handle", "join with [handle] before posting");
+    return NULL;
+}
+
 /* The live handles as one message, each handle a frame. A broadcast starts with an empty frame:
    no handle is empty, so subscribers know the server itself is speaking. */
 static void send_roster(void *socket, const names_t *roster, bool broadcast)
@@ -78,6 +88,8 @@ static void serve(server_t *server)
     if (!recv_if_ready(server->requests, &request))
         return; /* REP dropped what it polled (a request without its envelope): nothing to answer */
     const char *code = check_request(&request, reason);
+    if (!code)
+        code = check_post(&request, &server->roster, reason);
     if (code) {
         server->rejected++;
         send_frame(server->requests, "", 0, true);
@@ -233,6 +245,8 @@ int chat_server(int argc, char **argv)
 
 /* --- client --------------------------------------------------------------------------------- */
 
+static const int64_t NO_LIMIT = INT64_MAX;
+
 /* Frames `first`... of a message as a JSON array of handles, or NULL if one is not a handle. */
 static json_t *roster_of(const frames_t *message, size_t first)
 {
@@ -246,6 +260,28 @@ static json_t *roster_of(const frames_t *message, size_t first)
         json_array_append_new(roster, json_stringn(frame_data(message, i), size));
     }
     return roster;
+}
+
+/* Whether `roster` (a JSON array of handles) holds `handle`. */
+static bool holds(const json_t *roster, const json_t *handle)
+{
+    size_t i;
+    json_t *each;
+    json_array_foreach(roster, i, each)
+        if (json_equal(each, handle))
+            return true;
+    return false;
+}
+
+/* Whether `roster` holds every handle of `handles`. */
+static bool holds_all(const json_t *roster, const json_t *handles)
+{
+    size_t i;
+    json_t *handle;
+    json_array_foreach(handles, i, handle)
+        if (!holds(roster, handle))
+            return false;
+    return true;
 }
 
 /* Takes `roster` over and reports it when it differs from the last one seen. */
@@ -280,20 +316,66 @@ const char *client_on_reply(client_t *client, const frames_t *reply, char reason
     return NULL;
 }
 
-/* One lockstep round trip, [handle] or [handle, text]; returns the roster of the reply. */
-static json_t *request(client_t *client, const char *text)
+/* A new REQ socket, connected. REQ enforces send, receive, send, receive...: one request in
+   flight at a time, and no second send before the reply. So when a reply is lost, Lazy Pirate
+   throws the socket away and comes here for a new one, with the same options as the first. */
+static void *open_requests(client_t *client)
+{
+    const client_args *args = &client->args;
+    void *req = zmq_socket(client->context, ZMQ_REQ);
+    limit_socket(req, 0, MAX_MESSAGE); /* linger 0: closing it drops a request still queued for a dead server */
+    secure_socket(req, &args->security, false);
+    monitor_socket(client->context, req, "requests", args->monitor);
+    if (zmq_connect(req, args->requests) < 0)
+        fail("connect", "cannot connect to %s: %s", args->requests, zmq_strerror(errno));
+    return req;
+}
+
+/* [handle] or [handle, text]. */
+static void send_request(client_t *client, const char *text)
 {
     const char *me = client->args.name;
     send_frame(client->req, me, strlen(me), text != NULL);
     if (text)
         send_frame(client->req, text, strlen(text), false);
-    /* REQ drops a reply it cannot match to our request inside the receive: the poll's POLLIN is
-       a hint, and recv_if_ready sends us back to wait. */
-    frames_t reply;
-    while (!poll_in(client->req, deadline_remaining(&client->deadline)) /* -1: no limit */
-           || !recv_if_ready(client->req, &reply))
+}
+
+/* The reply, or false once --retry ms passed without one; `no-reply` at the deadline. */
+static bool wait_for_reply(client_t *client, frames_t *reply)
+{
+    int64_t until = now_ms() + client->args.retry;
+    for (int64_t wait; (wait = until - now_ms()) > 0;) {
         if (deadline_expired(&client->deadline))
             fail("no-reply", "no reply from the server within --timeout %d ms", client->args.timeout);
+        /* REQ drops a reply it cannot match to our request inside the receive: the poll's POLLIN
+           is a hint, and recv_if_ready sends us back to wait. */
+        if (poll_in(client->req, deadline_cap(&client->deadline, (long)wait)) && recv_if_ready(client->req, reply))
+            return true;
+    }
+    return false;
+}
+
+/* One round trip, Lazy Pirate style, [handle] or [handle, text]: returns the roster of the reply,
+   or NULL when the server answered a post with `unknown-handle` (rejoin, then send it again). */
+static json_t *request(client_t *client, const char *text)
+{
+    frames_t reply;
+    send_request(client, text);
+    while (!wait_for_reply(client, &reply)) {
+        /* The reply is lost, perhaps with the server. Close the REQ (linger 0 drops what it still
+           holds) and send the same request again on a new one. */
+        emit("retried", "{s:s}", "text", text ? text : "");
+        zmq_close(client->req);
+        client->req = open_requests(client);
+        send_request(client, text);
+    }
+    if (text && reply.count == 2 && frame_size(&reply, 0) == 0 && frame_is(&reply, 1, "unknown-handle")) {
+        frames_close(&reply);
+        client->last_request = now_ms();
+        client->forgotten = true;
+        client->fresh = false;
+        return NULL;
+    }
     char reason[REASON_SIZE];
     const char *code = client_on_reply(client, &reply, reason);
     frames_close(&reply);
@@ -302,23 +384,29 @@ static json_t *request(client_t *client, const char *text)
     return client->roster;
 }
 
+static json_t *join(client_t *client)
+{
+    client->listed = false;
+    return request(client, NULL);
+}
+
 /* A post's text: 1 to MAX_TEXT bytes of UTF-8. */
 static bool is_text(const void *bytes, size_t size)
 {
     return size >= 1 && size <= MAX_TEXT && utf8_valid(bytes, size, NULL);
 }
 
-void client_on_broadcast(client_t *client, const frames_t *broadcast)
+broadcast_t client_on_broadcast(client_t *client, const frames_t *broadcast)
 {
     const char *handle = frame_data(broadcast, 0);
     size_t size = frame_size(broadcast, 0);
     if (size == 0) { /* from the server itself: the roster */
         json_t *roster = roster_of(broadcast, 1);
-        if (roster)
+        if (roster) {
             update_roster(client, roster);
-        else
-            emit_error("malformed-broadcast", "a roster frame is not a handle (1 to %d bytes of UTF-8)",
-                       MAX_HANDLE);
+            return ROSTER_BROADCAST;
+        }
+        emit_error("malformed-broadcast", "a roster frame is not a handle (1 to %d bytes of UTF-8)", MAX_HANDLE);
     } else if (broadcast->count != 2) {
         emit_error("malformed-broadcast", "a post has 2 frames, got %zu", broadcast->count);
     } else if (!is_name(handle, size)) {
@@ -326,11 +414,58 @@ void client_on_broadcast(client_t *client, const frames_t *broadcast)
     } else if (!is_text(frame_data(broadcast, 1), frame_size(broadcast, 1))) {
         emit_error("malformed-broadcast", "a post's text is not 1 to %d bytes of UTF-8", MAX_TEXT);
     } else {
-        names_get(&client->received, handle, size, NULL)->value++;
         client->received_total++;
         emit("received", "{s:s%, s:s%}", "handle", handle, size,
              "text", frame_data(broadcast, 1), frame_size(broadcast, 1));
+        return POST_BROADCAST;
     }
+    return MALFORMED_BROADCAST;
+}
+
+/* The number i of a text `<handle> #<i>: ...` (1 to 9 ASCII digits), or -1. */
+static long post_number(const char *handle, size_t size, const char *text, size_t text_size)
+{
+    if (text_size < size + 2 || memcmp(text, handle, size) || memcmp(text + size, " #", 2))
+        return -1;
+    size_t first = size + 2, end = first;
+    while (end < text_size && text[end] >= '0' && text[end] <= '9')
+        end++;
+    if (end == first || end - first > 9 || end == text_size || text[end] != ':')
+        return -1;
+    long number = 0;
+    for (size_t i = first; i < end; i++)
+        number = 10 * number + (text[i] - '0');
+    return number;
+}
+
+/* A post received: a jump in its sender's numbers is posts lost with a server that died. */
+static void on_post(client_t *client, const frames_t *post)
+{
+    const char *handle = frame_data(post, 0);
+    size_t size = frame_size(post, 0);
+    long number = post_number(handle, size, frame_data(post, 1), frame_size(post, 1));
+    if (number < 0)
+        return; /* not in the format: received, but without a number */
+    name_entry_t *last = names_get(&client->received, handle, size, NULL);
+    int64_t end = number < client->args.count + INT64_C(1) ? number : client->args.count + INT64_C(1);
+    for (int64_t missing = last->value + 1; missing < end; missing++) /* bounded by --count */
+        emit("missed", "{s:s%, s:I}", "handle", handle, size, "number", (json_int_t)missing);
+    if (number > last->value)
+        last->value = number;
+}
+
+/* A roster broadcast: after one with us, one without us means the server has forgotten us. */
+static void on_roster(client_t *client)
+{
+    json_t *me = json_string(client->args.name);
+    if (holds(client->roster, me)) {
+        client->listed = true;
+    } else {
+        client->forgotten |= client->listed;
+        client->fresh = true;
+        client->listed = false;
+    }
+    json_decref(me);
 }
 
 /* Handles the broadcast a poll saw; false if there was none after all. */
@@ -339,18 +474,29 @@ static bool receive_broadcast(client_t *client)
     frames_t broadcast;
     if (!recv_if_ready(client->sub, &broadcast))
         return false;
-    client_on_broadcast(client, &broadcast);
+    broadcast_t kind = client_on_broadcast(client, &broadcast);
+    if (kind == ROSTER_BROADCAST)
+        on_roster(client);
+    else if (kind == POST_BROADCAST)
+        on_post(client, &broadcast);
     frames_close(&broadcast);
     return true;
 }
 
-/* Handles one broadcast, or sends a keep-alive when one is due, whichever comes first. */
-static void wait_for_broadcast(client_t *client)
+static void rejoin(client_t *client);
+
+/* Handles one broadcast, or sends a keep-alive when one is due, whichever comes first; or
+   rejoins, if the server has forgotten us. Returns by `until` (now_ms's clock), or NO_LIMIT. */
+static void serve_client(client_t *client, int64_t until)
 {
+    if (client->forgotten) {
+        rejoin(client);
+        return;
+    }
     if (deadline_expired(&client->deadline))
         fail("timeout", "not done after %d ms", client->args.timeout);
     int64_t due = client->last_request + client->args.keepalive;
-    int64_t wait = due - now_ms();
+    int64_t wait = (until < due ? until : due) - now_ms();
     if (poll_in(client->sub, deadline_cap(&client->deadline, wait > 0 ? (long)wait : 0)) &&
         receive_broadcast(client))
         return;
@@ -358,11 +504,29 @@ static void wait_for_broadcast(client_t *client)
         request(client, NULL); /* keep-alive: silent handles expire from the roster */
 }
 
-static bool heard_from_all(client_t *client, json_t *peers)
+/* The server forgot us: join again as a newcomer (PROTOCOL.md, "Restarts"). */
+static void rejoin(client_t *client)
+{
+    /* Slow joiner, again: a roster without us comes from the server that forgot us, so our
+       subscription has reached it. Until then, no request at all, not even a keep-alive. */
+    while (!client->fresh) {
+        if (deadline_expired(&client->deadline))
+            fail("timeout", "the server forgot us, and sent no roster since");
+        if (poll_in(client->sub, deadline_cap(&client->deadline, client->args.keepalive)))
+            receive_broadcast(client);
+    }
+    client->forgotten = false;
+    emit("rejoined", "{s:O}", "handles", join(client));
+    /* Everyone listens before anyone talks, again: every peer rejoins the same way. */
+    while (!holds_all(client->roster, client->peers))
+        serve_client(client, NO_LIMIT);
+}
+
+static bool heard_from_all(client_t *client)
 {
     size_t i;
     json_t *peer;
-    json_array_foreach(peers, i, peer) {
+    json_array_foreach(client->peers, i, peer) {
         const char *handle = json_string_value(peer);
         if (names_get(&client->received, handle, json_string_length(peer), NULL)->value < client->args.count)
             return false;
@@ -380,6 +544,8 @@ int chat_client(int argc, char **argv)
         .count = 5,
         .clients = 1,
         .keepalive = 1000,
+        .retry = 2000,
+        .pace = 0,
     }};
     client_args *args = &client.args;
     const flag_t flags[] = {
@@ -391,6 +557,8 @@ int chat_client(int argc, char **argv)
         NUMBER_FLAG("count", args->count, 0),
         NUMBER_FLAG("clients", args->clients, 1),
         NUMBER_FLAG("keepalive", args->keepalive, 1),
+        NUMBER_FLAG("retry", args->retry, 1),
+        NUMBER_FLAG("pace", args->pace, 0),
         SECURITY_FLAGS(args->security),
         PARSED_FLAG("curve-public", parse_curve_key, args->security.curve_public),
         PARSED_FLAG("curve-server", parse_curve_key, args->security.curve_server),
@@ -400,7 +568,7 @@ int chat_client(int argc, char **argv)
         return 2;
 
     client.deadline = deadline_start(args->timeout);
-    void *context = zmq_ctx_new();
+    void *context = client.context = zmq_ctx_new();
     int linger = 0; /* at close, drop what is still queued instead of waiting to send it */
     /* SUB first, so that its subscription starts travelling as early as possible. */
     client.sub = zmq_socket(context, ZMQ_SUB);
@@ -416,14 +584,9 @@ int chat_client(int argc, char **argv)
         monitor_socket(context, client.sub, "broadcasts", args->monitor);
     if (zmq_connect(client.sub, args->broadcasts) < 0)
         fail("connect", "cannot connect to %s: %s", args->broadcasts, zmq_strerror(errno));
-    /* REQ enforces send, receive, send, receive...: one request in flight at a time. */
-    client.req = zmq_socket(context, ZMQ_REQ);
-    limit_socket(client.req, linger, MAX_MESSAGE);
-    secure_socket(client.req, &args->security, false);
-    monitor_socket(context, client.req, "requests", args->monitor);
-    if (zmq_connect(client.req, args->requests) < 0)
-        fail("connect", "cannot connect to %s: %s", args->requests, zmq_strerror(errno));
+    client.req = open_requests(&client);
     client.roster = json_array();
+    client.peers = json_array();
     client.last_request = now_ms();
 
     /* Slow joiner: until a first broadcast arrives, our subscription may not have reached the
@@ -446,26 +609,35 @@ int chat_client(int argc, char **argv)
         if (deadline_expired(&client.deadline))
             fail("timeout", "no broadcast from the server");
     }
-    request(&client, NULL); /* join */
+    join(&client);
     emit("ready", "{s:s, s:s}", "handle", args->name, "security", MECHANISMS[args->security.mechanism]);
 
     /* Everyone listens before anyone talks: wait for --clients handles, all subscribed. */
     while (json_array_size(client.roster) < (size_t)args->clients)
-        wait_for_broadcast(&client);
-    json_t *peers = json_incref(client.roster); /* a roster is replaced, never changed */
-    log_line("%s: %zu peers, posting %d texts", args->name, json_array_size(peers), args->count);
+        serve_client(&client, NO_LIMIT);
+    json_decref(client.peers);
+    client.peers = json_incref(client.roster); /* a roster is replaced, never changed */
+    log_line("%s: %zu peers, posting %d texts", args->name, json_array_size(client.peers), args->count);
 
-    for (int number = 1; number <= args->count; number++) {
+    for (int number = 1; number <= args->count;) {
         char text[128];
         snprintf(text, sizeof text, CHAT_POST_FORMAT, args->name, number);
         json_t *roster = request(&client, text);
+        if (!roster) { /* unknown-handle: rejoin, then the same post again */
+            rejoin(&client);
+            continue;
+        }
         emit("sent", "{s:s, s:O}", "text", text, "roster", roster);
+        number++;
+        int64_t until = now_ms() + args->pace; /* --pace: broadcasts are served meanwhile, never a sleep */
+        while (now_ms() < until)
+            serve_client(&client, until);
     }
 
-    while (!heard_from_all(&client, peers))
-        wait_for_broadcast(&client);
+    while (!heard_from_all(&client))
+        serve_client(&client, NO_LIMIT);
     emit("done", "{s:i, s:i}", "sent", args->count, "received", client.received_total);
-    json_decref(peers);
+    json_decref(client.peers);
     json_decref(client.roster);
     names_free(&client.received);
     zmq_close(client.sub);

@@ -18,7 +18,7 @@ enum {
 
 typedef struct {
     const char *requests, *broadcasts, *name;
-    int timeout, count, clients, keepalive;
+    int timeout, count, clients, keepalive, retry, pace;
     bool monitor; /* --monitor on */
     security_t security;
 } client_args;
@@ -26,11 +26,16 @@ typedef struct {
 typedef struct {
     client_args args;
     deadline_t deadline;
+    void *context;      /* where Lazy Pirate makes each new REQ */
     void *sub, *req;
     json_t *roster;     /* the last roster seen, as reported: a JSON array of handles */
-    names_t received;   /* value: the posts received from the handle */
+    json_t *peers;      /* the roster of step 4: whose posts we wait for, who must rejoin first */
+    names_t received;   /* value: the highest post number received from the handle */
     int received_total;
     int64_t last_request;
+    /* Restarts (the chat client's; the desk's agent has none): a roster broadcast listed us since
+       our last join; the server forgot us, so rejoin; a roster broadcast without us came since. */
+    bool listed, forgotten, fresh;
 } client_t;
 
 /* A reply to the client's request: its roster is taken in (reported as `roster` if it changed)
@@ -38,7 +43,8 @@ typedef struct {
    `reason`. */
 const char *client_on_reply(client_t *client, const frames_t *reply, char reason[REASON_SIZE]);
 /* A broadcast: a roster, or a post (`received`); anything else is reported as
-   `malformed-broadcast` and ignored. */
-void client_on_broadcast(client_t *client, const frames_t *broadcast);
+   `malformed-broadcast` and ignored. Returns which it was. */
+typedef enum { MALFORMED_BROADCAST, ROSTER_BROADCAST, POST_BROADCAST } broadcast_t;
+broadcast_t client_on_broadcast(client_t *client, const frames_t *broadcast);
 
 #endif

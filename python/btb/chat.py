@@ -1,7 +1,5 @@
 """chat: a roster server over REQ/REP with a PUB broadcast channel (examples/chat/PROTOCOL.md)."""
 import time
-from collections import Counter
-
 import zmq
 
 from . import security
@@ -31,6 +29,8 @@ def add_roles(roles):
     client.add_argument("--count", type=at_least(0), default=5)
     client.add_argument("--clients", type=at_least(1), default=1)
     client.add_argument("--keepalive", type=at_least(1), default=1000)
+    client.add_argument("--retry", type=at_least(1), default=2000)
+    client.add_argument("--pace", type=at_least(0), default=0)
     security.add_flags(client, server=False)
     client.set_defaults(run=run_client)
 
@@ -43,6 +43,15 @@ def add_endpoints(parser, timeout):
 
 def post_text(name, number):
     return f"{name} #{number}: héllo wörld 🌍"
+
+
+def post_number(handle, text):
+    """The number i of a text `<handle> #<i>: ...` (1 to 9 ASCII digits), or None."""
+    prefix = f"{handle} #"
+    digits, colon, _ = text[len(prefix):].partition(":") if text.startswith(prefix) else ("", "", "")
+    if colon and 1 <= len(digits) <= 9 and all("0" <= c <= "9" for c in digits):
+        return int(digits)
+    return None
 
 
 # --- server ----------------------------------------------------------------------------------
@@ -65,6 +74,14 @@ def check_request(frames):
             frame.decode("utf-8")
         except UnicodeDecodeError as error:
             return "invalid-utf8", f"not UTF-8: {error.reason} at byte {error.start}"
+    return None
+
+
+def check_post(frames, roster):
+    """A well-formed post from a handle the server does not know: join first. After a restart,
+    this is how a posting client learns that the server has forgotten it."""
+    if len(frames) == 2 and frames[0] not in roster:
+        return "unknown-handle", "join with [handle] before posting"
     return None
 
 
@@ -118,7 +135,7 @@ def run_server(args):
         # None: REP dropped something it could not answer (no request after all); loop again.
         frames = recv_if_ready(requests) if requests in ready else None
         if frames is not None:
-            problem = check_request(frames)
+            problem = check_request(frames) or check_post(frames, roster)
             if problem:
                 code, reason = problem
                 rejected += 1
@@ -201,42 +218,77 @@ class Client:
         self.args = args
         self.me = args.name.encode()
         self.deadline = Deadline(args.timeout)
-        context = zmq.Context()
+        self.context = zmq.Context()
         # SUB first, so that its subscription starts travelling as early as possible.
-        self.sub = context.socket(zmq.SUB)
+        self.sub = self.context.socket(zmq.SUB)
         self.sub.linger = 0
         self.sub.maxmsgsize = MAX_MESSAGE
         self.sub.subscribe(b"")  # a prefix filter on frame 0; "" lets posts and rosters through
-        # REQ enforces send, receive, send, receive...: one request in flight at a time.
-        self.req = context.socket(zmq.REQ)
-        self.req.linger = 0
-        self.req.maxmsgsize = MAX_MESSAGE
-        security.secure_client(args, [self.sub, self.req])  # before connecting
+        security.secure_client(args, [self.sub])  # before connecting
         # Under PLAIN or CURVE, watch the SUB socket's handshakes until the first broadcast.
         self.monitor = None if args.security == "null" else security.watch(self.sub)
         if not self.monitor:  # a socket has one monitor: the handshake watcher's, when there is one
             watch(self.sub, "broadcasts", args)
-        watch(self.req, "requests", args)
         connect(self.sub, args.broadcasts)
-        connect(self.req, args.requests)
-        self.context = context
+        self.req = self.open_requests()
         self.roster = []
-        self.received = Counter()
+        self.peers = []  # the roster of step 4: whose posts we wait for, and who must rejoin first
+        self.last = {}  # handle -> the highest post number received from it
+        self.received = 0
+        self.listed = False  # a roster broadcast listed us since our last join
+        self.forgotten = False  # the server forgot us (it restarted): rejoin before anything else
+        self.fresh = False  # a roster broadcast without us arrived since we learned that
         self.last_request = time.monotonic()
 
+    def open_requests(self):
+        """A new REQ socket, connected. REQ enforces send, receive, send, receive...: one request
+        in flight at a time, and no second send before the reply. So when a reply is lost, Lazy
+        Pirate throws the socket away and comes here for a new one."""
+        req = self.context.socket(zmq.REQ)
+        req.linger = 0  # closing it drops a request still queued for a dead server
+        req.maxmsgsize = MAX_MESSAGE
+        security.secure_client(self.args, [req])
+        watch(req, "requests", self.args)
+        connect(req, self.args.requests)
+        return req
+
     def request(self, frames):
-        """One lockstep round trip; returns the roster of the reply."""
+        """One round trip, Lazy Pirate style; returns the roster of the reply, or None when the
+        server answered a post with `unknown-handle` (rejoin, then send it again)."""
         self.req.send_multipart(frames)
-        reply = None
-        while reply is None:  # REQ may drop a reply it cannot route inside the receive: wait on
-            left = self.deadline.remaining_ms()
-            if not self.req.poll(left, zmq.POLLIN):  # None: wait as long as it takes
-                raise Failure("no-reply", f"no reply from the server within {left} ms")
-            reply = recv_if_ready(self.req)
+        reply = self.wait_for_reply()
+        while reply is None:
+            # The reply is lost, perhaps with the server. Close the REQ (linger 0 drops what it
+            # still holds) and send the same request again on a new one.
+            emit("retried", text=frames[1].decode() if len(frames) == 2 else "")
+            self.req.close()
+            self.req = self.open_requests()
+            self.req.send_multipart(frames)
+            reply = self.wait_for_reply()
         self.last_request = time.monotonic()
+        if len(frames) == 2 and reply == [b"", b"unknown-handle"]:
+            self.forgotten, self.fresh = True, False
+            return None
         roster = reply_roster(reply)
         self.update_roster(roster)
         return roster
+
+    def wait_for_reply(self):
+        """The reply, or None once --retry ms passed without one; `no-reply` at the deadline."""
+        until = time.monotonic() + self.args.retry / 1000
+        while (wait_ms := int((until - time.monotonic()) * 1000)) > 0:
+            if self.deadline.expired():
+                raise Failure("no-reply", f"no reply from the server within {self.args.timeout} ms")
+            # REQ may drop a reply it cannot route inside the receive: back to the poll then.
+            if self.req.poll(self.deadline.cap(wait_ms), zmq.POLLIN):
+                reply = recv_if_ready(self.req)
+                if reply is not None:
+                    return reply
+        return None
+
+    def join(self):
+        self.listed = False
+        return self.request([self.me])
 
     def update_roster(self, roster):
         if roster != self.roster:
@@ -247,23 +299,56 @@ class Client:
         kind, content = read_broadcast(frames)
         if kind == "roster":
             self.update_roster(content)
+            if self.args.name in content:
+                self.listed = True
+            else:  # after one with us, a roster without us: the server has forgotten us
+                self.forgotten, self.fresh = self.forgotten or self.listed, True
+                self.listed = False
         elif kind == "post":
-            self.received[content[0]] += 1
-            emit("received", handle=content[0], text=content[1])
+            self.on_post(*content)
         else:
             emit("error", code="malformed-broadcast", reason=content)
 
-    def wait_for_broadcast(self):
-        """Handle one broadcast, or send a keep-alive when one is due, whichever comes first."""
+    def on_post(self, handle, text):
+        self.received += 1
+        emit("received", handle=handle, text=text)
+        number = post_number(handle, text)
+        if number is not None:
+            last = self.last.get(handle, 0)
+            for missing in range(last + 1, min(number, self.args.count + 1)):  # bounded by --count
+                emit("missed", handle=handle, number=missing)  # lost with a server that died
+            self.last[handle] = max(last, number)
+
+    def serve(self, until=None):
+        """Handle one broadcast, or send a keep-alive when one is due, whichever comes first; or
+        rejoin, if the server has forgotten us. Returns by `until` (monotonic seconds) if given."""
+        if self.forgotten:
+            return self.rejoin()
         if self.deadline.expired():
             raise Failure("timeout", f"not done after {self.args.timeout} ms")
         due = self.last_request + self.args.keepalive / 1000
-        wait_ms = max(0, int((due - time.monotonic()) * 1000))
+        wait_ms = max(0, int((min(due, until or due) - time.monotonic()) * 1000))
         frames = recv_if_ready(self.sub) if self.sub.poll(self.deadline.cap(wait_ms), zmq.POLLIN) else None
         if frames is not None:
             self.on_broadcast(frames)
         elif time.monotonic() >= due:
             self.request([self.me])  # keep-alive: silent handles expire from the roster
+
+    def rejoin(self):
+        """The server forgot us: join again as a newcomer (PROTOCOL.md, "Restarts")."""
+        # Slow joiner, again: a roster without us comes from the server that forgot us, so our
+        # subscription has reached it. Until then, no request at all, not even a keep-alive.
+        while not self.fresh:
+            if self.deadline.expired():
+                raise Failure("timeout", "the server forgot us, and sent no roster since")
+            frames = recv_if_ready(self.sub) if self.sub.poll(self.deadline.cap(self.args.keepalive), zmq.POLLIN) else None
+            if frames is not None:
+                self.on_broadcast(frames)
+        self.forgotten = False
+        emit("rejoined", handles=self.join())
+        # Everyone listens before anyone talks, again: every peer rejoins the same way.
+        while not all(peer in self.roster for peer in self.peers):
+            self.serve()
 
     def wait_for_first_broadcast(self):
         """The first broadcast's frames."""
@@ -289,23 +374,31 @@ class Client:
         # Slow joiner: until a first broadcast arrives, our subscription may not have reached the
         # server and posts would be dropped for us. The server broadcasts at least every heartbeat.
         self.on_broadcast(self.wait_for_first_broadcast())
-        self.request([self.me])  # join
+        self.join()
         emit("ready", handle=args.name, security=args.security)
 
         # Everyone listens before anyone talks: wait for --clients handles, all subscribed.
         while len(self.roster) < args.clients:
-            self.wait_for_broadcast()
-        peers = list(self.roster)
-        log(f"{args.name}: {len(peers)} peers, posting {args.count} texts")
+            self.serve()
+        self.peers = list(self.roster)
+        log(f"{args.name}: {len(self.peers)} peers, posting {args.count} texts")
 
-        for number in range(1, args.count + 1):
+        number = 1
+        while number <= args.count:
             text = post_text(args.name, number)
             roster = self.request([self.me, text.encode()])
+            if roster is None:  # unknown-handle: rejoin, then the same post again
+                self.rejoin()
+                continue
             emit("sent", text=text, roster=roster)
+            number += 1
+            until = time.monotonic() + args.pace / 1000  # --pace: broadcasts are served meanwhile
+            while time.monotonic() < until:
+                self.serve(until)
 
-        while any(self.received[peer] < args.count for peer in peers):
-            self.wait_for_broadcast()
-        emit("done", sent=args.count, received=sum(self.received.values()))
+        while any(self.last.get(peer, 0) < args.count for peer in self.peers):
+            self.serve()
+        emit("done", sent=args.count, received=self.received)
         self.context.destroy()
 
 

@@ -90,6 +90,10 @@ pub struct ClientArgs {
     clients: u64,
     #[arg(long, default_value_t = 1000, value_parser = value_parser!(u32).range(1..))]
     keepalive: u32,
+    #[arg(long, default_value_t = 2000, value_parser = value_parser!(u32).range(1..))]
+    retry: u32,
+    #[arg(long, default_value_t = 0)]
+    pace: u32,
     #[arg(long, value_enum, default_value_t = OnOff::Off)]
     monitor: OnOff,
 }
@@ -103,6 +107,16 @@ pub fn run(role: Role) -> Result<(), Failure> {
 
 pub fn post_text(name: &str, number: u64) -> String {
     format!("{} #{}: héllo wörld 🌍", name, number)
+}
+
+/// The number i of a text `<handle> #<i>: ...` (1 to 9 ASCII digits), or None.
+fn post_number(handle: &str, text: &str) -> Option<u64> {
+    let (digits, _) = text.strip_prefix(handle)?.strip_prefix(" #")?.split_once(':')?;
+    if (1..=9).contains(&digits.len()) && digits.bytes().all(|byte| byte.is_ascii_digit()) {
+        digits.parse().ok()
+    } else {
+        None
+    }
 }
 
 /// A CURVE key flag as a socket option value: its 40 characters of Z85, which libzmq decodes.
@@ -140,6 +154,20 @@ fn check_request(frames: &[Vec<u8>]) -> Result<(&str, Option<&str>), (&'static s
         }
     }
     Ok((utf8(handle)?, text.map(|text| utf8(text)).transpose()?))
+}
+
+/// A well-formed post from a handle the server does not know: join first. After a restart, this
+/// is how a posting client learns that the server has forgotten it.
+fn check_post<'a>(
+    request: (&'a str, Option<&'a str>),
+    roster: &BTreeMap<Vec<u8>, Instant>,
+) -> Result<(&'a str, Option<&'a str>), (&'static str, String)> {
+    match request {
+        (handle, Some(_)) if !roster.contains_key(handle.as_bytes()) => {
+            Err(("unknown-handle", "join with [handle] before posting".into()))
+        }
+        request => Ok(request),
+    }
 }
 
 fn utf8(frame: &[u8]) -> Result<&str, (&'static str, String)> {
@@ -240,7 +268,7 @@ fn run_server(args: ServerArgs) -> Result<(), Failure> {
             _ => None,
         };
         if let Some(frames) = request {
-            match check_request(&frames) {
+            match check_request(&frames).and_then(|request| check_post(request, &roster)) {
                 Err((code, reason)) => {
                     rejected += 1;
                     requests.send_multipart([&b""[..], code.as_bytes()], 0)?;
@@ -318,12 +346,23 @@ fn secure_client(socket: &zmq::Socket, args: &ClientArgs) -> Result<(), Failure>
 struct Client {
     args: ClientArgs,
     deadline: Deadline,
+    context: zmq::Context,
     sub: zmq::Socket,
     /// SUB's handshake failures, under plain or curve
     monitor: Option<Monitor>,
     req: zmq::Socket,
     roster: Vec<String>,
-    received: HashMap<String, u64>,
+    /// the roster of step 4: whose posts we wait for, and who must rejoin first
+    peers: Vec<String>,
+    /// handle -> the highest post number received from it
+    last: HashMap<String, u64>,
+    received: u64,
+    /// a roster broadcast listed us since our last join
+    listed: bool,
+    /// the server forgot us (it restarted): rejoin before anything else
+    forgotten: bool,
+    /// a roster broadcast without us arrived since we learned that
+    fresh: bool,
     last_request: Instant,
 }
 
@@ -347,48 +386,87 @@ impl Client {
             _ => Some(Monitor::new(&context, &sub, "broadcasts")?),
         };
         connect(&sub, &args.endpoints.broadcasts)?;
-        // REQ enforces send, receive, send, receive...: one request in flight at a time.
-        let req = context.socket(zmq::REQ)?;
-        req.set_linger(0)?;
-        req.set_maxmsgsize(MAX_MESSAGE)?;
-        secure_client(&req, &args)?;
-        monitor::attach(&context, &req, "requests", args.monitor)?;
-        connect(&req, &args.endpoints.requests)?;
+        let req = open_requests(&context, &args)?;
         Ok(Client {
             args,
             deadline,
+            context,
             sub,
             monitor,
             req,
             roster: Vec::new(),
-            received: HashMap::new(),
+            peers: Vec::new(),
+            last: HashMap::new(),
+            received: 0,
+            listed: false,
+            forgotten: false,
+            fresh: false,
             last_request: Instant::now(),
         })
     }
 
-    /// One lockstep round trip, `[handle]` (join, keep-alive) or `[handle, text]` (post);
-    /// returns the roster of the reply.
-    fn request(&mut self, text: Option<&str>) -> Result<Vec<String>, Failure> {
-        let mut frames = vec![self.args.name.as_bytes()];
-        frames.extend(text.map(str::as_bytes));
-        self.req.send_multipart(frames, 0)?;
-        let left = self.deadline.remaining_ms(); // -1: wait as long as it takes
+    /// One round trip, Lazy Pirate style, `[handle]` (join, keep-alive) or `[handle, text]` (post):
+    /// the reply's frames.
+    fn request(&mut self, text: Option<&str>) -> Result<Vec<Vec<u8>>, Failure> {
+        let frames: Vec<&[u8]> = [self.args.name.as_bytes()].into_iter().chain(text.map(str::as_bytes)).collect();
+        self.req.send_multipart(&frames, 0)?;
         let reply = loop {
-            // None: REQ dropped a reply it could not route, and the wait goes on.
-            if readable(&self.req, self.deadline.remaining_ms())? {
-                if let Some(reply) = recv_if_ready(&self.req)? {
-                    break reply;
-                }
+            if let Some(reply) = self.wait_for_reply()? {
+                break reply;
             }
-            if self.deadline.expired() {
-                let reason = format!("no reply from the server within {} ms", left);
-                return Err(Failure::new("no-reply", reason));
-            }
+            // The reply is lost, perhaps with the server. A REQ socket cannot send again before it
+            // has received, so it is thrown away (linger 0: the lost request dies with it), and the
+            // same request goes out again on a new one.
+            emit("retried", json!({ "text": text.unwrap_or_default() }));
+            self.req = open_requests(&self.context, &self.args)?; // the old one is closed as it is replaced
+            self.req.send_multipart(&frames, 0)?;
         };
         self.last_request = Instant::now();
-        let roster = check_reply(reply)?;
+        Ok(reply)
+    }
+
+    /// The reply, or None once --retry ms passed without one; `no-reply` at the deadline.
+    fn wait_for_reply(&self) -> Result<Option<Vec<Vec<u8>>>, Failure> {
+        let until = Instant::now() + Duration::from_millis(self.args.retry.into());
+        while Instant::now() < until {
+            if self.deadline.expired() {
+                let reason = format!("no reply from the server within {} ms", self.args.timeout);
+                return Err(Failure::new("no-reply", reason));
+            }
+            // None: REQ dropped a reply it could not route, and the wait goes on.
+            if readable(&self.req, self.deadline.cap(ms_until(until)))? {
+                if let Some(reply) = recv_if_ready(&self.req)? {
+                    return Ok(Some(reply));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// A keep-alive `[handle]`, which is also how a client joins: the roster of the reply.
+    fn keep_alive(&mut self) -> Result<Vec<String>, Failure> {
+        let roster = check_reply(self.request(None)?)?;
         self.update_roster(&roster);
         Ok(roster)
+    }
+
+    fn join(&mut self) -> Result<Vec<String>, Failure> {
+        self.listed = false;
+        self.keep_alive()
+    }
+
+    /// A post: the roster of the reply, or None when the server answered `unknown-handle` (it
+    /// has forgotten us: rejoin, then send the same post again).
+    fn post(&mut self, text: &str) -> Result<Option<Vec<String>>, Failure> {
+        let reply = self.request(Some(text))?;
+        if reply == [&b""[..], b"unknown-handle"] {
+            self.forgotten = true;
+            self.fresh = false;
+            return Ok(None);
+        }
+        let roster = check_reply(reply)?;
+        self.update_roster(&roster);
+        Ok(Some(roster))
     }
 
     fn update_roster(&mut self, roster: &[String]) {
@@ -400,27 +478,83 @@ impl Client {
 
     fn on_broadcast(&mut self, frames: Vec<Vec<u8>>) {
         match check_broadcast(frames) {
-            Ok(Broadcast::Roster(roster)) => self.update_roster(&roster),
-            Ok(Broadcast::Post { handle, text }) => {
-                *self.received.entry(handle.clone()).or_insert(0) += 1;
-                emit("received", json!({ "handle": handle, "text": text }));
+            Ok(Broadcast::Roster(roster)) => {
+                self.update_roster(&roster);
+                if roster.contains(&self.args.name) {
+                    self.listed = true;
+                } else {
+                    // After one with us, a roster without us: the server has forgotten us.
+                    self.forgotten |= self.listed;
+                    self.fresh = true;
+                    self.listed = false;
+                }
             }
+            Ok(Broadcast::Post { handle, text }) => self.on_post(handle, text),
             Err(reason) => emit("error", json!({ "code": "malformed-broadcast", "reason": reason })),
         }
     }
 
-    /// Handle one broadcast, or send a keep-alive when one is due, whichever comes first.
-    fn wait_for_broadcast(&mut self) -> Result<(), Failure> {
+    fn on_post(&mut self, handle: String, text: String) {
+        self.received += 1;
+        emit("received", json!({ "handle": handle, "text": text }));
+        if let Some(number) = post_number(&handle, &text) {
+            let last = self.last.get(&handle).copied().unwrap_or(0);
+            // Each number skipped (up to --count) is a post lost with a server that died.
+            for missing in last + 1..number.min(self.args.count + 1) {
+                emit("missed", json!({ "handle": handle, "number": missing }));
+            }
+            self.last.insert(handle, last.max(number));
+        }
+    }
+
+    /// Handle one broadcast, or send a keep-alive when one is due, whichever comes first; or
+    /// rejoin, if the server has forgotten us. Returns by `until` if given.
+    fn serve(&mut self, until: Option<Instant>) -> Result<(), Failure> {
+        if self.forgotten {
+            return self.rejoin();
+        }
         if self.deadline.expired() {
             return Err(Failure::new("timeout", format!("not done after {} ms", self.args.timeout)));
         }
         let due = self.last_request + Duration::from_millis(self.args.keepalive.into());
-        if readable(&self.sub, self.deadline.cap(ms_until(due)))? {
-            if let Some(frames) = recv_if_ready(&self.sub)? {
+        let wait = ms_until(until.map_or(due, |until| until.min(due)));
+        match self.next_broadcast(wait)? {
+            Some(frames) => self.on_broadcast(frames),
+            None if Instant::now() >= due => {
+                self.keep_alive()?; // silent handles expire from the roster
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// A broadcast's frames, or None if none came within `wait_ms` (capped by the deadline).
+    fn next_broadcast(&self, wait_ms: i64) -> Result<Option<Vec<Vec<u8>>>, Failure> {
+        if readable(&self.sub, self.deadline.cap(wait_ms))? {
+            recv_if_ready(&self.sub)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// The server forgot us: join again as a newcomer (PROTOCOL.md, "Restarts").
+    fn rejoin(&mut self) -> Result<(), Failure> {
+        // Slow joiner, again: a roster without us comes from the server that forgot us, so our
+        // subscription has reached it. Until then, no request at all, not even a keep-alive.
+        while !self.fresh {
+            if self.deadline.expired() {
+                return Err(Failure::new("timeout", "the server forgot us, and sent no roster since"));
+            }
+            if let Some(frames) = self.next_broadcast(self.args.keepalive.into())? {
                 self.on_broadcast(frames);
             }
-        } else if Instant::now() >= due {
-            self.request(None)?; // keep-alive: silent handles expire from the roster
+        }
+        self.forgotten = false;
+        let handles = self.join()?;
+        emit("rejoined", json!({ "handles": handles }));
+        // Everyone listens before anyone talks, again: every peer rejoins the same way.
+        while !self.peers.iter().all(|peer| self.roster.contains(peer)) {
+            self.serve(None)?;
         }
         Ok(())
     }
@@ -455,30 +589,52 @@ impl Client {
     fn run(mut self) -> Result<(), Failure> {
         let frames = self.wait_for_first_broadcast()?;
         self.on_broadcast(frames);
-        self.request(None)?; // join
+        self.join()?;
         emit("ready", json!({ "handle": self.args.name, "security": self.args.security.security.name() }));
 
         // Everyone listens before anyone talks: wait for --clients handles, all subscribed.
         while (self.roster.len() as u64) < self.args.clients {
-            self.wait_for_broadcast()?;
+            self.serve(None)?;
         }
-        let peers = self.roster.clone();
-        log(&format!("{}: {} peers, posting {} texts", self.args.name, peers.len(), self.args.count));
-
-        for number in 1..=self.args.count {
-            let text = post_text(&self.args.name, number);
-            let roster = self.request(Some(&text))?;
-            emit("sent", json!({ "text": text, "roster": roster }));
-        }
+        self.peers = self.roster.clone();
+        log(&format!("{}: {} peers, posting {} texts", self.args.name, self.peers.len(), self.args.count));
 
         let count = self.args.count;
-        while peers.iter().any(|peer| self.received.get(peer).map_or(0, |&n| n) < count) {
-            self.wait_for_broadcast()?;
+        let mut number = 1;
+        while number <= count {
+            let text = post_text(&self.args.name, number);
+            let Some(roster) = self.post(&text)? else {
+                self.rejoin()?; // unknown-handle: rejoin, then the same post again
+                continue;
+            };
+            emit("sent", json!({ "text": text, "roster": roster }));
+            number += 1;
+            // --pace: broadcasts (and keep-alives, and a rejoin) are served meanwhile, never a sleep.
+            let until = Instant::now() + Duration::from_millis(self.args.pace.into());
+            while Instant::now() < until {
+                self.serve(Some(until))?;
+            }
         }
-        let received: u64 = self.received.values().sum();
-        emit("done", json!({ "sent": count, "received": received }));
+
+        while self.peers.iter().any(|peer| self.last.get(peer).copied().unwrap_or(0) < count) {
+            self.serve(None)?;
+        }
+        emit("done", json!({ "sent": count, "received": self.received }));
         Ok(())
     }
+}
+
+/// A new REQ socket, connected. REQ enforces send, receive, send, receive...: one request in
+/// flight at a time, and no second send before the reply. So when a reply is lost, Lazy Pirate
+/// throws the socket away and comes here for a new one, with the same options.
+fn open_requests(context: &zmq::Context, args: &ClientArgs) -> Result<zmq::Socket, Failure> {
+    let req = context.socket(zmq::REQ)?;
+    req.set_linger(0)?; // closing it drops a request still queued for a dead server
+    req.set_maxmsgsize(MAX_MESSAGE)?;
+    secure_client(&req, args)?;
+    monitor::attach(context, &req, "requests", args.monitor)?;
+    connect(&req, &args.endpoints.requests)?;
+    Ok(req)
 }
 
 /// The roster of a reply, or the fatal error the reply is: an error reply to our own request
