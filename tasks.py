@@ -18,6 +18,7 @@ from pathlib import Path
 from invoke import Collection, Exit, ParseError, task
 from invoke.parser import Parser
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from orchestrator import ROOT, browser, conformance, containers, helptext
@@ -208,9 +209,9 @@ def run(c, example, server=None, client=None, publisher=None, proxy=None, subscr
         if open and event["event"] not in ("ready", "command", "error", "complete", "done"):
             return  # a person's page: the transcript shows only what matters to them
         if not quiet:
-            fields = " ".join(f"{k}={v!r}" for k, v in event.items() if k != "event")
+            fields = escape(" ".join(f"{k}={v!r}" for k, v in event.items() if k != "event"))  # a peer's text is no markup
             style = "red" if event["event"] in ("error", "_not-an-event") else "cyan"
-            console.print(f"[dim]{transcript.role}{transcript.index}[/] [bold]{transcript.lang:>6}[/] [{style}]{event['event']}[/] {fields}", markup=True, highlight=False)
+            console.print(f"[dim]{transcript.role}{transcript.index}[/] [bold]{transcript.lang:>6}[/] [{style}]{escape(str(event['event']))}[/] {fields}", markup=True, highlight=False)
 
     with _runner(runner, registry, [lang for langs in chosen.values() for lang in langs]) as launcher:
         try:
@@ -220,7 +221,7 @@ def run(c, example, server=None, client=None, publisher=None, proxy=None, subscr
             raise _interrupted(stop, "every role of the cell was stopped") from None
     print_details(console, spec, [result])
     print_notes(console, [result])
-    console.print(f"verdict: [bold]{result.status}[/] in {result.seconds:.1f} s" + (f" ({result.detail})" if result.detail else ""))
+    console.print(f"verdict: [bold]{result.status}[/] in {result.seconds:.1f} s" + (f" ({escape(result.detail)})" if result.detail else ""))
     if result.status in ("fail", "timeout"):
         raise Exit(code=1)
 
@@ -358,7 +359,7 @@ def _run_grid(spec, registry, dimensions, parallel, extra_cells=(), launcher=Non
             else:
                 progress.update(bar, advance=1, description=f"{spec.title()} grid: {so_far}")
             if result.status in ("fail", "timeout"):
-                progress.console.print(f"[red]{result.status}[/]: {roles_text(result.roles)}: {result.detail}", markup=True, highlight=False)
+                progress.console.print(f"[red]{result.status}[/]: {roles_text(result.roles)}: {escape(result.detail)}", markup=True, highlight=False)
 
         return run_matrix(spec, dimensions, registry, parallel, on_done=done, extra_cells=extra_cells, launcher=launcher)
 
@@ -422,7 +423,7 @@ def bench(c, size="64,1024", count=100000, repeat=3, source=None, sink=None, jso
         benchmarks.plot(figures, sizes, senders, receivers, plot)
     broken = [f for f in figures if f.failures]
     for entry in broken:
-        console.print(f"[red]{entry.kind} {entry.sender}→{entry.receiver} {entry.size} B[/]: {len(entry.failures)} failed run(s): {entry.failures[0]}", highlight=False)
+        console.print(f"[red]{entry.kind} {entry.sender}→{entry.receiver} {entry.size} B[/]: {len(entry.failures)} failed run(s): {escape(str(entry.failures[0]))}", highlight=False)
     if any(not f.samples for f in figures):
         raise Exit(code=1)
 
@@ -501,7 +502,7 @@ def fuzz(c, lang=None, target=None, attack=None, parallel=None, json=None, markd
         def done(outcome):
             progress.advance(bar)
             if outcome.status not in ("survived", "defect"):
-                progress.console.print(f"[red]{outcome.status}[/]: {outcome.target} {outcome.attack} {outcome.lang}: {outcome.detail}",
+                progress.console.print(f"[red]{outcome.status}[/]: {outcome.target} {outcome.attack} {outcome.lang}: {escape(outcome.detail)}",
                                        markup=True, highlight=False)
 
         try:

@@ -278,8 +278,8 @@ static class Chat
         readonly ClientArgs args;
         readonly byte[] me;
         readonly Deadline deadline;
-        readonly SubscriberSocket sub = new();
-        readonly SocketMonitor? subMonitor;
+        SubscriberSocket sub; // not readonly: a rejoin replaces it
+        SocketMonitor? subMonitor;
         RequestSocket req; // not readonly: Lazy Pirate replaces it
         SocketMonitor? reqMonitor;
         List<string> roster = [];
@@ -288,7 +288,6 @@ static class Chat
         int received;
         bool listed; // a roster broadcast listed us since our last join
         bool forgotten; // the server forgot us (it restarted): rejoin before anything else
-        bool fresh; // a roster broadcast without us arrived since we learned that
         long lastRequest = Environment.TickCount64;
         List<byte[]> frames = [];
 
@@ -298,13 +297,29 @@ static class Chat
             me = Encoding.UTF8.GetBytes(args.Name);
             deadline = new Deadline(args.Timeout);
             // SUB first, so that its subscription starts travelling as early as possible.
-            sub.Options.Linger = TimeSpan.Zero;
-            sub.Options.MaxMsgSize = MaxMessage;
-            sub.Subscribe(""); // a prefix filter on frame 0; "" lets posts and rosters through
-            SecureClient(sub, args.Security);
-            subMonitor = SocketMonitor.Attach(sub, "broadcasts", args.Monitor);
-            Sockets.Connect(sub, args.Broadcasts);
+            sub = OpenBroadcasts();
             req = OpenRequests();
+        }
+
+        /// <summary>A new SUB socket, subscribed to everything and connected: at startup, and again for
+        /// each rejoin. (NetMQ's monitor has no handshake events, so there is no handshake watcher: the
+        /// `--monitor` one is the only monitor, at startup too.)</summary>
+        SubscriberSocket OpenBroadcasts()
+        {
+            var socket = new SubscriberSocket();
+            socket.Options.Linger = TimeSpan.Zero;
+            socket.Options.MaxMsgSize = MaxMessage;
+            socket.Subscribe(""); // a prefix filter on frame 0; "" lets posts and rosters through
+            SecureClient(socket, args.Security);
+            subMonitor = SocketMonitor.Attach(socket, "broadcasts", args.Monitor);
+            Sockets.Connect(socket, args.Broadcasts);
+            return socket;
+        }
+
+        void CloseBroadcasts()
+        {
+            subMonitor?.Dispose(); // a monitor before its socket
+            sub.Dispose();
         }
 
         /// <summary>A new REQ socket, connected. REQ enforces send, receive, send, receive...: one request
@@ -329,8 +344,7 @@ static class Chat
 
         public void Dispose()
         {
-            subMonitor?.Dispose(); // a monitor before its socket
-            sub.Dispose();
+            CloseBroadcasts();
             CloseRequests();
         }
 
@@ -352,7 +366,7 @@ static class Chat
             lastRequest = Environment.TickCount64;
             if (request.Length == 2 && reply is [[], var code] && code.AsSpan().SequenceEqual("unknown-handle"u8))
             {
-                (forgotten, fresh) = (true, false);
+                forgotten = true;
                 return null;
             }
             List<string> handles = ReadReply(reply);
@@ -407,10 +421,9 @@ static class Chat
                 {
                     listed = true;
                 }
-                else // after one with us, a roster without us: the server has forgotten us
+                else if (listed) // after one with us, a roster without us: the server has forgotten us
                 {
-                    (forgotten, fresh) = (forgotten || listed, true);
-                    listed = false;
+                    (forgotten, listed) = (true, false);
                 }
             }
             else
@@ -454,15 +467,15 @@ static class Chat
         /// <summary>The server forgot us: join again as a newcomer (PROTOCOL.md, "Restarts").</summary>
         void Rejoin()
         {
-            // Slow joiner, again: a roster without us comes from the server that forgot us, so our
-            // subscription has reached it. Until then, no request at all, not even a keep-alive.
-            while (!fresh)
-            {
-                if (deadline.Expired)
-                    throw new Failure("timeout", "the server forgot us, and sent no roster since");
-                if (sub.TryReceiveMultipartBytes(deadline.Cap(TimeSpan.FromMilliseconds(args.Keepalive)), ref frames))
-                    OnBroadcast(frames);
-            }
+            // What the old SUB already holds came from the old server: take it, then throw the socket
+            // away. Which of its broadcasts are older than our join, nothing tells; a new SUB holds none.
+            while (sub.TryReceiveMultipartBytes(TimeSpan.Zero, ref frames))
+                OnBroadcast(frames);
+            CloseBroadcasts();
+            sub = OpenBroadcasts();
+            // Slow joiner, again: the new SUB's first broadcast comes from the server that forgot us,
+            // once our subscription has reached it. Until then, no request, not even a keep-alive.
+            OnBroadcast(WaitForFirstBroadcast());
             forgotten = false;
             Events.Emit("rejoined", new { handles = Join() });
             // Everyone listens before anyone talks, again: every peer rejoins the same way.
@@ -470,18 +483,25 @@ static class Chat
                 Serve();
         }
 
-        public void Run()
+        /// <summary>The first broadcast's frames, polling the SUB a keep-alive at a time; `timeout` at the
+        /// deadline. A refused handshake looks the same as a silent server: NetMQ's monitor has no
+        /// handshake events, so a client with the wrong keys hears nothing and ends with `timeout`
+        /// (libzmq's clients say `refused`).</summary>
+        List<byte[]> WaitForFirstBroadcast()
         {
-            // Slow joiner: until a first broadcast arrives, our subscription may not have reached the
-            // server and posts would be dropped for us. The server broadcasts at least every heartbeat.
-            // A refused handshake looks the same: NetMQ's monitor has no handshake events, so a client
-            // with the wrong keys hears nothing and ends with `timeout` (libzmq's clients say `refused`).
             while (!sub.TryReceiveMultipartBytes(deadline.Cap(TimeSpan.FromMilliseconds(args.Keepalive)), ref frames))
             {
                 if (deadline.Expired)
                     throw new Failure("timeout", "no broadcast from the server");
             }
-            OnBroadcast(frames);
+            return frames;
+        }
+
+        public void Run()
+        {
+            // Slow joiner: until a first broadcast arrives, our subscription may not have reached the
+            // server and posts would be dropped for us. The server broadcasts at least every heartbeat.
+            OnBroadcast(WaitForFirstBroadcast());
             Join();
             Events.Emit("ready", new { handle = args.Name, security = args.Security.Mechanism });
 

@@ -333,15 +333,21 @@ let runServer (args: ServerSettings) =
 type ChatClient(args: ClientSettings) =
     let me = utf8.GetBytes args.Name
     let deadline = Deadline(args.Timeout)
-    // SUB first, so that its subscription starts travelling as early as possible.
-    let sub = new SubscriberSocket()
-    do
+
+    /// A new SUB socket and its monitor, subscribed to everything and connected: at startup, and
+    /// for each rejoin (a new SUB holds nothing of the server that forgot us). NetMQ's monitor has
+    /// no handshake events, so under curve too the monitor is the `--monitor` one.
+    let openBroadcasts () =
+        let sub = new SubscriberSocket()
         sub.Options.Linger <- TimeSpan.Zero
         sub.Options.MaxMsgSize <- MaxMessage
         sub.Subscribe("") // a prefix filter on frame 0; "" lets posts and rosters through
         secureClient sub args.Security
-    let subMonitor = SocketMonitor.watch sub "broadcasts" args.Monitor // before the connect
-    do endpoint "connect" sub.Connect args.Broadcasts
+        let monitor = SocketMonitor.watch sub "broadcasts" args.Monitor // before the connect
+        endpoint "connect" sub.Connect args.Broadcasts
+        sub, monitor
+    // SUB first, so that its subscription starts travelling as early as possible.
+    let mutable sub, subMonitor = openBroadcasts ()
 
     /// A new REQ socket and its monitor, connected. REQ enforces send, receive, send, receive...: one
     /// request in flight at a time, and no second send before the reply. So when a reply is lost,
@@ -361,7 +367,6 @@ type ChatClient(args: ClientSettings) =
     let mutable received = 0
     let mutable listed = false // a roster broadcast listed us since our last join
     let mutable forgotten = false // the server forgot us (it restarted): rejoin before anything else
-    let mutable fresh = false // a roster broadcast without us arrived since we learned that
     let mutable lastRequest = nowMs ()
 
     let lastFrom peer =
@@ -405,7 +410,6 @@ type ChatClient(args: ClientSettings) =
         match frames, reply.Value with
         | [ _; _ ], [ empty; code ] when empty.Length = 0 && code = "unknown-handle"B ->
             forgotten <- true
-            fresh <- false
             None
         | _, reply ->
             match checkReply reply with
@@ -424,9 +428,8 @@ type ChatClient(args: ClientSettings) =
             this.UpdateRoster handles
             if List.contains args.Name handles then
                 listed <- true
-            else // after one with us, a roster without us: the server has forgotten us
-                forgotten <- forgotten || listed
-                fresh <- true
+            elif listed then // after one with us, a roster without us: the server has forgotten us
+                forgotten <- true
                 listed <- false
         | Post(handle, text) -> this.OnPost(handle, text)
         | Malformed reason -> emit "error" [ "code", box "malformed-broadcast"; "reason", box reason ]
@@ -458,14 +461,34 @@ type ChatClient(args: ClientSettings) =
                 this.Request [ me ] |> ignore // keep-alive: silent handles expire from the roster
             | None -> ()
 
-    /// The server forgot us: join again as a newcomer (PROTOCOL.md, "Restarts").
+    /// The first broadcast on the SUB (the slow joiner: our subscription has reached the server);
+    /// `timeout` at the deadline. A refused handshake looks the same: NetMQ's monitor has no
+    /// handshake events, so a client with the wrong keys hears nothing and ends with `timeout`
+    /// (libzmq's clients say `refused`).
+    member _.WaitForFirstBroadcast() =
+        let mutable frames = None
+        while frames.IsNone do
+            frames <- receiveWithin sub (Some(deadline.Cap(int64 args.Keepalive)))
+            if frames.IsNone && deadline.Expired then
+                raise (Failure("timeout", "no broadcast from the server"))
+        frames.Value
+
+    /// The server forgot us: start over as a newcomer (PROTOCOL.md, "Restarts").
     member this.Rejoin() =
-        // Slow joiner, again: a roster without us comes from the server that forgot us, so our
-        // subscription has reached it. Until then, no request at all, not even a keep-alive.
-        while not fresh do
-            if deadline.Expired then
-                raise (Failure("timeout", "the server forgot us, and sent no roster since"))
-            receiveWithin sub (Some(deadline.Cap(int64 args.Keepalive))) |> Option.iter this.OnBroadcast
+        // What the old SUB already holds came from the old server: take it, then throw the socket
+        // away. Which of its broadcasts are older than our join, nothing tells; a new SUB holds none.
+        let mutable held = receiveIfReady sub
+        while held.IsSome do
+            this.OnBroadcast held.Value
+            held <- receiveIfReady sub
+        subMonitor.Dispose() // the monitor first, while its socket is still open
+        sub.Dispose()
+        let next, monitor = openBroadcasts ()
+        sub <- next
+        subMonitor <- monitor
+        // Slow joiner, again: the new SUB's first broadcast comes from the server that forgot us,
+        // once our subscription has reached it. Until then, no request, not even a keep-alive.
+        this.OnBroadcast(this.WaitForFirstBroadcast())
         forgotten <- false
         emit "rejoined" [ "handles", box (this.Join()) ]
         // Everyone listens before anyone talks, again: every peer rejoins the same way.
@@ -475,11 +498,7 @@ type ChatClient(args: ClientSettings) =
     member this.Run() =
         // Slow joiner: until a first broadcast arrives, our subscription may not have reached the
         // server and posts would be dropped for us. The server broadcasts at least every heartbeat.
-        // A refused handshake looks the same: NetMQ's monitor has no handshake events, so a client
-        // with the wrong keys hears nothing and ends with `timeout` (libzmq's clients say `refused`).
-        match receiveBefore sub deadline with
-        | Some frames -> this.OnBroadcast frames
-        | None -> raise (Failure("timeout", "no broadcast from the server"))
+        this.OnBroadcast(this.WaitForFirstBroadcast())
         this.Join() |> ignore
         emit "ready" [ "handle", box args.Name; "security", box args.Security.Mechanism ]
 

@@ -252,3 +252,19 @@ def test_without_a_restart_missed_and_rejoined_fail_but_a_retried_duplicate_pass
         for client in cell[1:]:
             client.events.insert(-1, dict(post("bob", 1), event="received"))
     assert problems_after(spec, retried) == []
+
+
+def test_a_stale_copy_of_a_resent_post_may_reach_only_some_clients(spec):
+    """alice's #3 went out on the REQ she then threw away; that copy reached the new server after
+    she rejoined, before bob had: bob missed it, and got the copy she sent again."""
+    def stale_copy(cell, retried=True):
+        again = cell[1].events
+        again.insert(next(i for i, e in enumerate(again) if e["event"] == "posted"), dict(post("alice", 3), event="posted"))
+        for client in (cell[2], cell[4]):
+            at = client.events.index(next(e for e in client.events if e["event"] == "rejoined"))
+            client.events.insert(at + 1, dict(post("alice", 3), event="received"))
+        if retried:
+            cell[2].events.insert(3, {"event": "retried", "text": post_text("alice", 3)})
+    assert restart_problems(spec, stale_copy) == []
+    problems = restart_problems(spec, lambda cell: stale_copy(cell, retried=False))
+    assert any("client 1 (vb): received 9 posts across the restart, wrong" in p for p in problems), problems

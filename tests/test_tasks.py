@@ -35,6 +35,16 @@ def test_a_grid_in_a_pipe_prints_one_line_per_cell_as_it_finishes(built):
     assert "(4 pass; about 0 s left)" in lines[-1]
 
 
+def test_a_peers_text_is_printed_as_it_came_not_read_as_markup(built):
+    """The console colours what the orchestrator says, never what a role or its peer says: the
+    restarted chat server's reason "join with [handle] before posting" keeps its brackets."""
+    built["python"]
+    run = subprocess.run([sys.executable, "-m", "invoke", "run", "chat", "--restart", "server", "--no-build"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout[-2000:]
+    assert "reason='join with [handle] before posting'" in run.stdout
+
+
 @pytest.mark.parametrize("args, words", [
     (["matrix", "chat", "--parallel", "abc"], "--parallel: 'abc' is not a whole number"),
     (["matrix", "chat", "--parallel", "0"], "--parallel: 0 is less than 1"),
@@ -55,7 +65,8 @@ def test_a_grid_in_a_pipe_prints_one_line_per_cell_as_it_finishes(built):
     (["matrx", "chat"], "No idea what 'matrx' is!"),
     (["run", "chat", "--transport", "pgm"], "--transport: transports: tcp, ipc, not 'pgm'"),
     (["matrix", "valuation", "--restart", "worker"], "--restart: valuation restarts sink, not 'worker'"),
-    (["matrix", "chat", "--restart", "server"], "--restart: chat restarts none, not 'server'"),
+    (["matrix", "chat", "--restart", "client"], "--restart: chat restarts server, not 'client'"),
+    (["matrix", "desk", "--restart", "desk"], "--restart: desk restarts none, not 'desk'"),
     (["run", "valuation", "--after", "5"], "--after needs --restart ROLE"),
     (["run", "valuation", "--restart", "sink", "--after", "0"], "--after: 0 is less than 1"),
     (["run", "ticker", "--restart", "proxy"], "--restart proxy: these cells have no proxy (give --proxy LANGS)"),

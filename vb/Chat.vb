@@ -250,12 +250,12 @@ Public Module Chat
         Private ReadOnly _name As String
         Private ReadOnly _handle As Byte()
         Private ReadOnly _count, _clients, _keepalive, _retry, _pace, _timeout As Integer
-        Private ReadOnly _requests As String
+        Private ReadOnly _requests, _broadcasts As String
         Private ReadOnly _monitorOn As Boolean
         Private ReadOnly _deadline As Deadline
         Private ReadOnly _security As Security
-        Private ReadOnly _sub As SubscriberSocket
-        Private ReadOnly _subMonitor As SocketMonitor
+        Private _sub As SubscriberSocket  ' replaced when we rejoin, with its monitor
+        Private _subMonitor As SocketMonitor
         Private _req As RequestSocket  ' replaced by Lazy Pirate, with its monitor
         Private _reqMonitor As SocketMonitor
         Private _roster As New List(Of String)
@@ -264,7 +264,6 @@ Public Module Chat
         Private _received As Integer
         Private _listed As Boolean  ' a roster broadcast listed us since our last join
         Private _forgotten As Boolean  ' the server forgot us (it restarted): rejoin before anything else
-        Private _fresh As Boolean  ' a roster broadcast without us arrived since we learned that
         Private _lastRequest As Long = Environment.TickCount64
 
         Private Shared ReadOnly UnknownHandle As Byte() = Utf8.GetBytes("unknown-handle")
@@ -279,18 +278,12 @@ Public Module Chat
             _pace = args.GetValue(Of Integer)("--pace")
             _timeout = args.GetValue(Of Integer)("--timeout")
             _requests = args.GetValue(Of String)("--requests")
+            _broadcasts = args.GetValue(Of String)("--broadcasts")
             _monitorOn = MonitorOn(args)
             _deadline = New Deadline(_timeout)
             _security = ReadSecurity(args, server:=False)
             ' SUB first, so that its subscription starts travelling as early as possible.
-            _sub = New SubscriberSocket()
-            _sub.Options.Linger = TimeSpan.Zero
-            _sub.Options.MaxMsgSize = MaxMessage
-            _sub.Subscribe("")  ' a prefix filter on frame 0; "" lets posts and rosters through
-            SecureClient(_sub, _security)
-            _subMonitor = New SocketMonitor(_monitorOn)
-            _subMonitor.Attach(_sub, "broadcasts")
-            Connect(_sub, args.GetValue(Of String)("--broadcasts"))
+            OpenBroadcasts()
             OpenRequests()
         End Sub
 
@@ -300,6 +293,25 @@ Public Module Chat
             Catch problem As Exception  ' NetMQ throws several exception types for a bad endpoint
                 Throw New Failure("connect", $"cannot connect: {problem.Message}")
             End Try
+        End Sub
+
+        ''' <summary>A new SUB socket, subscribed to everything and connected, with its own monitor: at
+        ''' startup, and again when we rejoin (its first broadcast then comes from the server that
+        ''' forgot us). NetMQ has no handshake events, so there is no handshake watcher to attach instead.</summary>
+        Private Sub OpenBroadcasts()
+            _sub = New SubscriberSocket()
+            _sub.Options.Linger = TimeSpan.Zero
+            _sub.Options.MaxMsgSize = MaxMessage
+            _sub.Subscribe("")  ' a prefix filter on frame 0; "" lets posts and rosters through
+            SecureClient(_sub, _security)
+            _subMonitor = New SocketMonitor(_monitorOn)
+            _subMonitor.Attach(_sub, "broadcasts")
+            Connect(_sub, _broadcasts)
+        End Sub
+
+        Private Sub CloseBroadcasts()
+            _subMonitor.Dispose()  ' before the socket closes
+            _sub.Dispose()
         End Sub
 
         ''' <summary>A new REQ socket, connected, with its own monitor. REQ enforces send, receive, send,
@@ -337,7 +349,6 @@ Public Module Chat
             _lastRequest = Environment.TickCount64
             If frames.Length = 2 AndAlso reply.Count = 2 AndAlso reply(0).Length = 0 AndAlso reply(1).SequenceEqual(UnknownHandle) Then
                 _forgotten = True
-                _fresh = False
                 Return Nothing
             End If
             Dim roster As List(Of String) = Nothing
@@ -381,9 +392,8 @@ Public Module Chat
                 UpdateRoster(broadcast.Roster)
                 If broadcast.Roster.Contains(_name) Then
                     _listed = True
-                Else  ' after one with us, a roster without us: the server has forgotten us
-                    _forgotten = _forgotten OrElse _listed
-                    _fresh = True
+                ElseIf _listed Then  ' after one with us, a roster without us: the server has forgotten us
+                    _forgotten = True
                     _listed = False
                 End If
             Else
@@ -423,13 +433,17 @@ Public Module Chat
 
         ''' <summary>The server forgot us: join again as a newcomer (PROTOCOL.md, "Restarts").</summary>
         Private Sub Rejoin()
-            ' Slow joiner, again: a roster without us comes from the server that forgot us, so our
-            ' subscription has reached it. Until then, no request at all, not even a keep-alive.
+            ' What the old SUB already holds came from the old server: take it, then throw the socket
+            ' away. Which of its broadcasts are older than our join, nothing tells; a new SUB holds none.
             Dim frames As List(Of Byte()) = Nothing
-            Do Until _fresh
-                If _deadline.Expired() Then Throw New Failure("timeout", "the server forgot us, and sent no roster since")
-                If _sub.TryReceiveMultipartBytes(_deadline.Cap(_keepalive), frames) Then OnBroadcast(frames)
+            Do While _sub.TryReceiveMultipartBytes(TimeSpan.Zero, frames)
+                OnBroadcast(frames)
             Loop
+            CloseBroadcasts()
+            OpenBroadcasts()
+            ' Slow joiner, again: the new SUB's first broadcast comes from the server that forgot us,
+            ' once our subscription has reached it. Until then, no request, not even a keep-alive.
+            OnBroadcast(WaitForFirstBroadcast())
             _forgotten = False
             Emit("rejoined", ("handles", Join()))
             ' Everyone listens before anyone talks, again: every peer rejoins the same way.
@@ -438,16 +452,21 @@ Public Module Chat
             Loop
         End Sub
 
-        Public Sub Run()
-            ' Slow joiner: until a first broadcast arrives, our subscription may not have reached the
-            ' server and posts would be dropped for us. The server broadcasts at least every heartbeat.
-            ' A refused handshake looks the same: NetMQ's monitor has no handshake events, so a client
-            ' with the wrong keys hears nothing and ends with `timeout` (libzmq's clients say `refused`).
+        ''' <summary>The first broadcast's frames on the current SUB; `timeout` at the deadline.
+        ''' A refused handshake looks the same as silence: NetMQ's monitor has no handshake events, so a
+        ''' client with the wrong keys hears nothing and ends with `timeout` (libzmq's clients say `refused`).</summary>
+        Private Function WaitForFirstBroadcast() As List(Of Byte())
             Dim frames As List(Of Byte()) = Nothing
             Do Until _sub.TryReceiveMultipartBytes(_deadline.Cap(_keepalive), frames)
                 If _deadline.Expired() Then Throw New Failure("timeout", "no broadcast from the server")
             Loop
-            OnBroadcast(frames)
+            Return frames
+        End Function
+
+        Public Sub Run()
+            ' Slow joiner: until a first broadcast arrives, our subscription may not have reached the
+            ' server and posts would be dropped for us. The server broadcasts at least every heartbeat.
+            OnBroadcast(WaitForFirstBroadcast())
             Join()
             Emit("ready", ("handle", _name), ("security", _security.Mechanism))
 
@@ -481,8 +500,7 @@ Public Module Chat
         End Sub
 
         Public Sub Dispose() Implements IDisposable.Dispose
-            _subMonitor.Dispose()  ' before the socket closes
-            _sub.Dispose()
+            CloseBroadcasts()
             CloseRequests()
         End Sub
     End Class

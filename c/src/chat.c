@@ -316,6 +316,25 @@ const char *client_on_reply(client_t *client, const frames_t *reply, char reason
     return NULL;
 }
 
+/* A new SUB socket, subscribed to everything and connected. Its options and credentials are the
+   same every time, set before connect. With `handshakes` (at startup, under plain or curve) a
+   watcher of its handshakes becomes client->monitor: it tells a refused handshake from a server
+   that is merely slow (step 2); else the watcher is NULL, and `--monitor on` watches the socket. */
+static void *open_broadcasts(client_t *client, bool handshakes)
+{
+    const client_args *args = &client->args;
+    void *sub = zmq_socket(client->context, ZMQ_SUB);
+    limit_socket(sub, 0, MAX_MESSAGE); /* linger 0: at close, drop what is still queued */
+    zmq_setsockopt(sub, ZMQ_SUBSCRIBE, "", 0); /* a prefix filter on frame 0; "" passes all */
+    secure_socket(sub, &args->security, false);
+    client->monitor = handshakes ? monitor_handshakes(client->context, sub, "broadcasts") : NULL;
+    if (!client->monitor) /* libzmq allows one monitor per socket: the handshakes' has it, if any */
+        monitor_socket(client->context, sub, "broadcasts", args->monitor);
+    if (zmq_connect(sub, args->broadcasts) < 0)
+        fail("connect", "cannot connect to %s: %s", args->broadcasts, zmq_strerror(errno));
+    return sub;
+}
+
 /* A new REQ socket, connected. REQ enforces send, receive, send, receive...: one request in
    flight at a time, and no second send before the reply. So when a reply is lost, Lazy Pirate
    throws the socket away and comes here for a new one, with the same options as the first. */
@@ -373,7 +392,6 @@ static json_t *request(client_t *client, const char *text)
         frames_close(&reply);
         client->last_request = now_ms();
         client->forgotten = true;
-        client->fresh = false;
         return NULL;
     }
     char reason[REASON_SIZE];
@@ -460,9 +478,8 @@ static void on_roster(client_t *client)
     json_t *me = json_string(client->args.name);
     if (holds(client->roster, me)) {
         client->listed = true;
-    } else {
-        client->forgotten |= client->listed;
-        client->fresh = true;
+    } else if (client->listed) {
+        client->forgotten = true;
         client->listed = false;
     }
     json_decref(me);
@@ -481,6 +498,32 @@ static bool receive_broadcast(client_t *client)
         on_post(client, &broadcast);
     frames_close(&broadcast);
     return true;
+}
+
+/* Slow joiner: until a first broadcast arrives on client->sub, our subscription may not have
+   reached the server and posts would be dropped for us. The server broadcasts at least every
+   heartbeat. Handles that first broadcast. Meanwhile, with a handshake watcher (client->monitor),
+   the first handshake failure is fatal: libzmq would reconnect and try again, but wrong keys or a
+   wrong password will not get better, and a refused SUB means a refused REQ. */
+static void wait_for_first_broadcast(client_t *client)
+{
+    zmq_pollitem_t items[] = {
+        {.socket = client->sub, .events = ZMQ_POLLIN},
+        {.socket = client->monitor, .events = ZMQ_POLLIN},
+    };
+    for (;;) {
+        poll_all(items, client->monitor ? 2 : 1, deadline_cap(&client->deadline, client->args.keepalive));
+        if ((items[0].revents & ZMQ_POLLIN) && receive_broadcast(client))
+            return; /* the handshake succeeded: the monitor is not polled any more */
+        uint32_t value;
+        const char *failure =
+            client->monitor && (items[1].revents & ZMQ_POLLIN) ? handshake_failure(client->monitor, &value) : NULL;
+        if (failure)
+            fail("refused", "the server refused the %s handshake (handshake failure %s, value %" PRIu32 ")",
+                 ZMTP_MECHANISMS[client->args.security.mechanism], failure, value);
+        if (deadline_expired(&client->deadline))
+            fail("timeout", "no broadcast from the server");
+    }
 }
 
 static void rejoin(client_t *client);
@@ -507,14 +550,19 @@ static void serve_client(client_t *client, int64_t until)
 /* The server forgot us: join again as a newcomer (PROTOCOL.md, "Restarts"). */
 static void rejoin(client_t *client)
 {
-    /* Slow joiner, again: a roster without us comes from the server that forgot us, so our
-       subscription has reached it. Until then, no request at all, not even a keep-alive. */
-    while (!client->fresh) {
-        if (deadline_expired(&client->deadline))
-            fail("timeout", "the server forgot us, and sent no roster since");
-        if (poll_in(client->sub, deadline_cap(&client->deadline, client->args.keepalive)))
-            receive_broadcast(client);
-    }
+    /* What the old SUB already holds came from the old server, or the new one: take it, then
+       throw the socket away. Which of its rosters are older than our join, nothing tells; a new
+       SUB holds none. Closing it ends its `--monitor on` thread (MONITOR_STOPPED); the handshake
+       watcher of the first SUB, if any, has nothing left to watch. */
+    while (receive_broadcast(client))
+        continue;
+    zmq_close(client->sub);
+    if (client->monitor)
+        zmq_close(client->monitor);
+    client->sub = open_broadcasts(client, false);
+    /* Slow joiner, again: the new SUB's first broadcast comes from the server that forgot us, once
+       our subscription has reached it. Until then, no request at all, not even a keep-alive. */
+    wait_for_first_broadcast(client);
     client->forgotten = false;
     emit("rejoined", "{s:O}", "handles", join(client));
     /* Everyone listens before anyone talks, again: every peer rejoins the same way. */
@@ -569,46 +617,15 @@ int chat_client(int argc, char **argv)
 
     client.deadline = deadline_start(args->timeout);
     void *context = client.context = zmq_ctx_new();
-    int linger = 0; /* at close, drop what is still queued instead of waiting to send it */
-    /* SUB first, so that its subscription starts travelling as early as possible. */
-    client.sub = zmq_socket(context, ZMQ_SUB);
-    limit_socket(client.sub, linger, MAX_MESSAGE);
-    zmq_setsockopt(client.sub, ZMQ_SUBSCRIBE, "", 0); /* a prefix filter on frame 0; "" passes all */
-    /* Both sockets carry the client's credentials, set before connect. Under plain or curve, a
-       monitor of SUB tells a refused handshake from a server that is merely slow (step 2). */
-    secure_socket(client.sub, &args->security, false);
-    void *monitor = NULL;
-    if (args->security.mechanism != SECURITY_NULL)
-        monitor = monitor_handshakes(context, client.sub, "broadcasts");
-    else /* libzmq allows one monitor per socket: under plain or curve, the handshakes' has it */
-        monitor_socket(context, client.sub, "broadcasts", args->monitor);
-    if (zmq_connect(client.sub, args->broadcasts) < 0)
-        fail("connect", "cannot connect to %s: %s", args->broadcasts, zmq_strerror(errno));
+    /* SUB first, so that its subscription starts travelling as early as possible. Both sockets
+       carry the client's credentials; under plain or curve, SUB's handshakes are watched. */
+    client.sub = open_broadcasts(&client, args->security.mechanism != SECURITY_NULL);
     client.req = open_requests(&client);
     client.roster = json_array();
     client.peers = json_array();
     client.last_request = now_ms();
 
-    /* Slow joiner: until a first broadcast arrives, our subscription may not have reached the
-       server and posts would be dropped for us. The server broadcasts at least every heartbeat.
-       Meanwhile the first handshake failure is fatal: libzmq would reconnect and try again, but
-       wrong keys or a wrong password will not get better, and a refused SUB means a refused REQ. */
-    zmq_pollitem_t items[] = {
-        {.socket = client.sub, .events = ZMQ_POLLIN},
-        {.socket = monitor, .events = ZMQ_POLLIN},
-    };
-    for (;;) {
-        poll_all(items, monitor ? 2 : 1, deadline_cap(&client.deadline, args->keepalive));
-        if ((items[0].revents & ZMQ_POLLIN) && receive_broadcast(&client))
-            break; /* the handshake succeeded: the monitor is not polled any more */
-        uint32_t value;
-        const char *failure = items[1].revents & ZMQ_POLLIN ? handshake_failure(monitor, &value) : NULL;
-        if (failure)
-            fail("refused", "the server refused the %s handshake (handshake failure %s, value %" PRIu32 ")",
-                 ZMTP_MECHANISMS[args->security.mechanism], failure, value);
-        if (deadline_expired(&client.deadline))
-            fail("timeout", "no broadcast from the server");
-    }
+    wait_for_first_broadcast(&client); /* the slow joiner */
     join(&client);
     emit("ready", "{s:s, s:s}", "handle", args->name, "security", MECHANISMS[args->security.mechanism]);
 
@@ -642,8 +659,8 @@ int chat_client(int argc, char **argv)
     names_free(&client.received);
     zmq_close(client.sub);
     zmq_close(client.req);
-    if (monitor)
-        zmq_close(monitor);
+    if (client.monitor)
+        zmq_close(client.monitor);
     zmq_ctx_term(context);
     return 0;
 }

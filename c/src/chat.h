@@ -28,14 +28,15 @@ typedef struct {
     deadline_t deadline;
     void *context;      /* where Lazy Pirate makes each new REQ */
     void *sub, *req;
+    void *monitor;      /* the first SUB's handshake watcher under plain or curve, until a rejoin; or NULL */
     json_t *roster;     /* the last roster seen, as reported: a JSON array of handles */
     json_t *peers;      /* the roster of step 4: whose posts we wait for, who must rejoin first */
     names_t received;   /* value: the highest post number received from the handle */
     int received_total;
     int64_t last_request;
     /* Restarts (the chat client's; the desk's agent has none): a roster broadcast listed us since
-       our last join; the server forgot us, so rejoin; a roster broadcast without us came since. */
-    bool listed, forgotten, fresh;
+       our last join; the server forgot us, so rejoin. */
+    bool listed, forgotten;
 } client_t;
 
 /* A reply to the client's request: its roster is taken in (reported as `roster` if it changed)

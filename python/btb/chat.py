@@ -219,17 +219,9 @@ class Client:
         self.me = args.name.encode()
         self.deadline = Deadline(args.timeout)
         self.context = zmq.Context()
-        # SUB first, so that its subscription starts travelling as early as possible.
-        self.sub = self.context.socket(zmq.SUB)
-        self.sub.linger = 0
-        self.sub.maxmsgsize = MAX_MESSAGE
-        self.sub.subscribe(b"")  # a prefix filter on frame 0; "" lets posts and rosters through
-        security.secure_client(args, [self.sub])  # before connecting
-        # Under PLAIN or CURVE, watch the SUB socket's handshakes until the first broadcast.
-        self.monitor = None if args.security == "null" else security.watch(self.sub)
-        if not self.monitor:  # a socket has one monitor: the handshake watcher's, when there is one
-            watch(self.sub, "broadcasts", args)
-        connect(self.sub, args.broadcasts)
+        # SUB first, so that its subscription starts travelling as early as possible. Under PLAIN
+        # or CURVE, watch its handshakes until the first broadcast.
+        self.sub = self.open_broadcasts(handshakes=args.security != "null")
         self.req = self.open_requests()
         self.roster = []
         self.peers = []  # the roster of step 4: whose posts we wait for, and who must rejoin first
@@ -237,8 +229,21 @@ class Client:
         self.received = 0
         self.listed = False  # a roster broadcast listed us since our last join
         self.forgotten = False  # the server forgot us (it restarted): rejoin before anything else
-        self.fresh = False  # a roster broadcast without us arrived since we learned that
         self.last_request = time.monotonic()
+
+    def open_broadcasts(self, handshakes=False):
+        """A new SUB socket, subscribed to everything and connected. With `handshakes`, its
+        handshake failures are watched (self.monitor) instead of its connections."""
+        sub = self.context.socket(zmq.SUB)
+        sub.linger = 0
+        sub.maxmsgsize = MAX_MESSAGE
+        sub.subscribe(b"")  # a prefix filter on frame 0; "" lets posts and rosters through
+        security.secure_client(self.args, [sub])  # before connecting
+        self.monitor = security.watch(sub) if handshakes else None
+        if not self.monitor:  # a socket has one monitor: the handshake watcher's, when there is one
+            watch(sub, "broadcasts", self.args)
+        connect(sub, self.args.broadcasts)
+        return sub
 
     def open_requests(self):
         """A new REQ socket, connected. REQ enforces send, receive, send, receive...: one request
@@ -267,7 +272,7 @@ class Client:
             reply = self.wait_for_reply()
         self.last_request = time.monotonic()
         if len(frames) == 2 and reply == [b"", b"unknown-handle"]:
-            self.forgotten, self.fresh = True, False
+            self.forgotten = True
             return None
         roster = reply_roster(reply)
         self.update_roster(roster)
@@ -301,9 +306,8 @@ class Client:
             self.update_roster(content)
             if self.args.name in content:
                 self.listed = True
-            else:  # after one with us, a roster without us: the server has forgotten us
-                self.forgotten, self.fresh = self.forgotten or self.listed, True
-                self.listed = False
+            elif self.listed:  # after one with us, a roster without us: the server has forgotten us
+                self.forgotten, self.listed = True, False
         elif kind == "post":
             self.on_post(*content)
         else:
@@ -335,15 +339,16 @@ class Client:
             self.request([self.me])  # keep-alive: silent handles expire from the roster
 
     def rejoin(self):
-        """The server forgot us: join again as a newcomer (PROTOCOL.md, "Restarts")."""
-        # Slow joiner, again: a roster without us comes from the server that forgot us, so our
-        # subscription has reached it. Until then, no request at all, not even a keep-alive.
-        while not self.fresh:
-            if self.deadline.expired():
-                raise Failure("timeout", "the server forgot us, and sent no roster since")
-            frames = recv_if_ready(self.sub) if self.sub.poll(self.deadline.cap(self.args.keepalive), zmq.POLLIN) else None
-            if frames is not None:
-                self.on_broadcast(frames)
+        """The server forgot us: start over as a newcomer (PROTOCOL.md, "Restarts")."""
+        # What the old SUB already holds came from the old server: take it, then throw the socket
+        # away. Which of its broadcasts are older than our join, nothing tells; a new SUB holds none.
+        while (frames := recv_if_ready(self.sub)) is not None:
+            self.on_broadcast(frames)
+        self.sub.close()
+        self.sub = self.open_broadcasts()
+        # Slow joiner, again: the new SUB's first broadcast comes from the server that forgot us,
+        # once our subscription has reached it. Until then, no request, not even a keep-alive.
+        self.on_broadcast(self.wait_for_first_broadcast())
         self.forgotten = False
         emit("rejoined", handles=self.join())
         # Everyone listens before anyone talks, again: every peer rejoins the same way.

@@ -361,8 +361,6 @@ struct Client {
     listed: bool,
     /// the server forgot us (it restarted): rejoin before anything else
     forgotten: bool,
-    /// a roster broadcast without us arrived since we learned that
-    fresh: bool,
     last_request: Instant,
 }
 
@@ -370,22 +368,10 @@ impl Client {
     fn new(args: ClientArgs) -> Result<Self, Failure> {
         let deadline = Deadline::new(args.timeout);
         let context = zmq::Context::new();
-        // SUB first, so that its subscription starts travelling as early as possible.
-        let sub = context.socket(zmq::SUB)?;
-        sub.set_linger(0)?;
-        sub.set_maxmsgsize(MAX_MESSAGE)?;
-        sub.set_subscribe(b"")?; // a prefix filter on frame 0; "" lets posts and rosters through
-        secure_client(&sub, &args)?;
-        // Under plain or curve, a monitor on SUB, attached before connect: its first handshake is seen.
-        let monitor = match args.security.security {
-            Mechanism::Null => {
-                monitor::attach(&context, &sub, "broadcasts", args.monitor)?;
-                None
-            }
-            // libzmq allows one monitor per socket: this one has the handshake watcher, no --monitor.
-            _ => Some(Monitor::new(&context, &sub, "broadcasts")?),
-        };
-        connect(&sub, &args.endpoints.broadcasts)?;
+        // SUB first, so that its subscription starts travelling as early as possible. Under plain
+        // or curve, its handshakes are watched until the first broadcast.
+        let handshakes = args.security.security != Mechanism::Null;
+        let (sub, monitor) = open_broadcasts(&context, &args, handshakes)?;
         let req = open_requests(&context, &args)?;
         Ok(Client {
             args,
@@ -400,7 +386,6 @@ impl Client {
             received: 0,
             listed: false,
             forgotten: false,
-            fresh: false,
             last_request: Instant::now(),
         })
     }
@@ -461,7 +446,6 @@ impl Client {
         let reply = self.request(Some(text))?;
         if reply == [&b""[..], b"unknown-handle"] {
             self.forgotten = true;
-            self.fresh = false;
             return Ok(None);
         }
         let roster = check_reply(reply)?;
@@ -482,10 +466,9 @@ impl Client {
                 self.update_roster(&roster);
                 if roster.contains(&self.args.name) {
                     self.listed = true;
-                } else {
+                } else if self.listed {
                     // After one with us, a roster without us: the server has forgotten us.
-                    self.forgotten |= self.listed;
-                    self.fresh = true;
+                    self.forgotten = true;
                     self.listed = false;
                 }
             }
@@ -539,16 +522,20 @@ impl Client {
 
     /// The server forgot us: join again as a newcomer (PROTOCOL.md, "Restarts").
     fn rejoin(&mut self) -> Result<(), Failure> {
-        // Slow joiner, again: a roster without us comes from the server that forgot us, so our
-        // subscription has reached it. Until then, no request at all, not even a keep-alive.
-        while !self.fresh {
-            if self.deadline.expired() {
-                return Err(Failure::new("timeout", "the server forgot us, and sent no roster since"));
-            }
-            if let Some(frames) = self.next_broadcast(self.args.keepalive.into())? {
-                self.on_broadcast(frames);
-            }
+        // What the old SUB already holds came from the old server, or the new one: take it, then
+        // throw the socket away. Which of its rosters are older than our join, nothing tells; a new
+        // SUB holds none.
+        while let Some(frames) = recv_if_ready(&self.sub)? {
+            self.on_broadcast(frames);
         }
+        // No handshake watcher this time (the first broadcast proved the credentials): --monitor.
+        let (sub, monitor) = open_broadcasts(&self.context, &self.args, false)?;
+        self.monitor = monitor; // the old SUB's handshake watcher, if any, is closed here
+        self.sub = sub; // and the old SUB as it is replaced (linger 0: what it holds dies with it)
+        // Slow joiner, again: the new SUB's first broadcast comes from the server that forgot us,
+        // once our subscription has reached it. Until then, no request, not even a keep-alive.
+        let frames = self.wait_for_first_broadcast()?;
+        self.on_broadcast(frames);
         self.forgotten = false;
         let handles = self.join()?;
         emit("rejoined", json!({ "handles": handles }));
@@ -561,7 +548,8 @@ impl Client {
 
     /// Slow joiner: until a first broadcast arrives, our subscription may not have reached the
     /// server and posts would be dropped for us. The server broadcasts at least every heartbeat.
-    /// Under plain or curve, SUB's monitor is polled too: the first handshake failure ends the
+    /// Used at startup and in each rejoin. At startup under plain or curve, SUB's handshake
+    /// watcher is polled too (a rejoin's SUB has none): the first handshake failure ends the
     /// client, since the same keys or password will not do better on the next reconnect (and a
     /// refused SUB means a refused REQ). Once a broadcast has arrived, the handshake succeeded.
     fn wait_for_first_broadcast(&self) -> Result<Vec<Vec<u8>>, Failure> {
@@ -622,6 +610,30 @@ impl Client {
         emit("done", json!({ "sent": count, "received": self.received }));
         Ok(())
     }
+}
+
+/// A new SUB socket, subscribed to everything and connected: at startup, and again in each rejoin.
+/// With `handshakes` (at startup under plain or curve), its handshake failures are watched (the
+/// Monitor returned) instead of its connections: libzmq allows one monitor per socket.
+fn open_broadcasts(
+    context: &zmq::Context,
+    args: &ClientArgs,
+    handshakes: bool,
+) -> Result<(zmq::Socket, Option<Monitor>), Failure> {
+    let sub = context.socket(zmq::SUB)?;
+    sub.set_linger(0)?;
+    sub.set_maxmsgsize(MAX_MESSAGE)?;
+    sub.set_subscribe(b"")?; // a prefix filter on frame 0; "" lets posts and rosters through
+    secure_client(&sub, args)?;
+    // Attached before connect: the first handshake, or connection, is seen.
+    let monitor = if handshakes {
+        Some(Monitor::new(context, &sub, "broadcasts")?)
+    } else {
+        monitor::attach(context, &sub, "broadcasts", args.monitor)?;
+        None
+    };
+    connect(&sub, &args.endpoints.broadcasts)?;
+    Ok((sub, monitor))
 }
 
 /// A new REQ socket, connected. REQ enforces send, receive, send, receive...: one request in
