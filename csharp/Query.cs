@@ -6,6 +6,7 @@
 using System.Buffers.Binary;
 using System.CommandLine;
 using System.Diagnostics;
+using System.Security.Cryptography;
 using System.Text;
 using System.Text.RegularExpressions;
 using NetMQ;
@@ -38,7 +39,7 @@ static class Query
 
     record FacadeArgs(
         string Snapshot, string Updates, string Collector, string Name, List<string> Subtrees,
-        int Count, int Writes, int Ttl, int Timeout, bool Monitor);
+        int Count, int Writes, int Ttl, int Silence, int Timeout, bool Monitor);
 
     record DeriveArgs(string Symbol, List<byte[]> Prices, ulong Sequence);
 
@@ -83,16 +84,17 @@ static class Query
         Option<int> count = Flags.AtLeast("--count", 1, 100);
         Option<int> writes = Flags.AtLeast("--writes", 0, 0);
         Option<int> ttl = Flags.Typed<int>("--ttl", "a ttl is 1 to 86400 seconds", TryParseTtl, () => 1);
+        Option<int> silence = Flags.AtLeast("--silence", 1, 3000);
         Option<int> timeout = Flags.AtLeast("--timeout", 0, 30000);
         Option<string> monitor = Flags.Monitor();
         Command facade = new("facade", "mirror some subtrees of the engine's map, and write to it")
         {
-            snapshot, updates, collector, name, subtrees, count, writes, ttl, timeout, monitor,
+            snapshot, updates, collector, name, subtrees, count, writes, ttl, silence, timeout, monitor,
         };
         facade.SetAction(p => RunFacade(new(
             p.GetValue(snapshot)!, p.GetValue(updates)!, p.GetValue(collector)!, p.GetValue(name)!,
-            p.GetValue(subtrees)!, p.GetValue(count), p.GetValue(writes), p.GetValue(ttl), p.GetValue(timeout),
-            p.GetValue(monitor) == "on")));
+            p.GetValue(subtrees)!, p.GetValue(count), p.GetValue(writes), p.GetValue(ttl), p.GetValue(silence),
+            p.GetValue(timeout), p.GetValue(monitor) == "on")));
         return facade;
     }
 
@@ -310,7 +312,8 @@ static class Query
         public int Keys => map.Count;
         public int Served { get; private set; }
         public int Abandoned { get; private set; }
-        TimeSpan lastPublish;
+        TimeSpan lastHugz; // a HUGZ goes out every --hugz ms from the last one, busy or not
+        readonly byte[] uuid = RandomNumberGenerator.GetBytes(16); // who we are: an engine started again draws another
 
         /// <summary>One update: the next sequence, the map, the KVPUB to every subscriber, the event.</summary>
         void Update(string key, byte[] value, string cause, byte[]? uuid = null, byte[]? props = null)
@@ -323,14 +326,16 @@ static class Query
             expiries.Remove(key);
             // XPUB, like PUB, never blocks: a subscriber whose queue is full (the high-water mark) misses it.
             updates.SendMultipartBytes(Bytes(key), Seq(Sequence), uuid ?? [], props ?? [], value);
-            lastPublish = clock.Elapsed;
             Events.Emit("update", new { sequence = Sequence, key, value = Convert.ToHexStringLower(value), cause });
         }
 
+        /// <summary>The RFC's HUGZ carries 0 and no UUID; ours the sequence of our last update (0 before
+        /// the first), as the Guide's clonesrv, and our UUID: a facade knows when the engine it hears is
+        /// not the one it synced with.</summary>
         public void SendHugz()
         {
-            updates.SendMultipartBytes(Hugz, new byte[8], [], [], []);
-            lastPublish = clock.Elapsed;
+            updates.SendMultipartBytes(Hugz, Seq(Sequence), uuid, [], []);
+            lastHugz = clock.Elapsed;
         }
 
         public void OnIcanhaz(List<byte[]> frames)
@@ -439,7 +444,8 @@ static class Query
         }
 
         /// <summary>Delete every key whose time has come, in order of expiry time, then key; and send a
-        /// HUGZ when nothing was published for <paramref name="hugzMs"/> ms.</summary>
+        /// HUGZ every <paramref name="hugzMs"/> ms, whatever else was published: a facade that hears
+        /// nothing knows we are gone.</summary>
         public void OnTimers(int hugzMs)
         {
             TimeSpan now = clock.Elapsed;
@@ -447,14 +453,14 @@ static class Query
                 .OrderBy(expiry => expiry.Value).ThenBy(expiry => expiry.Key, StringComparer.Ordinal).ToList();
             foreach (var (key, _) in due)
                 Update(key, [], "expired");
-            if (now - lastPublish >= TimeSpan.FromMilliseconds(hugzMs))
+            if (now - lastHugz >= TimeSpan.FromMilliseconds(hugzMs))
                 SendHugz();
         }
 
         /// <summary>The time to the next HUGZ or expiry, rounded up to a whole millisecond.</summary>
         public TimeSpan NextTimer(int hugzMs)
         {
-            TimeSpan due = expiries.Values.Append(lastPublish + TimeSpan.FromMilliseconds(hugzMs)).Min();
+            TimeSpan due = expiries.Values.Append(lastHugz + TimeSpan.FromMilliseconds(hugzMs)).Min();
             return TimeSpan.FromMilliseconds(Math.Max(0, (long)(due - clock.Elapsed).TotalMilliseconds + 1));
         }
     }
@@ -678,54 +684,177 @@ static class Query
         }
     }
 
+    /// <summary>The engine is gone or is a new one (PROTOCOL.md, "Restarts"): start over on new sockets.</summary>
+    sealed class Restarted(string why, ulong last) : Exception(why)
+    {
+        public string Why => Message;
+        public ulong Last => last; // the highest sequence read from the SUB, 0 if none
+    }
+
+    /// <summary>A facade's sockets, new and connected, and their monitors: what one session with one
+    /// engine uses.</summary>
+    sealed class FacadeSockets : IDisposable
+    {
+        public readonly SubscriberSocket Updates = new();
+        // DEALER: requests go out and replies come in without envelopes, several at a time.
+        public readonly DealerSocket Snapshot = new();
+        // XPUB to the collector: a PUB that tells us when the collector's subscription has arrived.
+        public readonly XPublisherSocket? Collector;
+        readonly SocketMonitor?[] monitors;
+
+        public FacadeSockets(FacadeArgs args)
+        {
+            Collector = args.Writes > 0 ? new XPublisherSocket() : null;
+            foreach (NetMQSocket socket in All)
+            {
+                socket.Options.Linger = TimeSpan.Zero;
+                socket.Options.MaxMsgSize = MaxMessage; // before connect
+            }
+            monitors =
+            [
+                SocketMonitor.Attach(Updates, "updates", args.Monitor),
+                SocketMonitor.Attach(Snapshot, "snapshot", args.Monitor),
+                Collector is null ? null : SocketMonitor.Attach(Collector, "collector", args.Monitor),
+            ];
+            try
+            {
+                if (Collector is not null)
+                {
+                    Collector.Options.Linger = TimeSpan.FromSeconds(1); // the last write (a delete) may still be queued when we exit
+                    Sockets.Connect(Collector, args.Collector);
+                }
+                Sockets.Connect(Updates, args.Updates);
+                foreach (string tree in args.Subtrees)
+                    Updates.Subscribe(Bytes(tree));
+                Updates.Subscribe(Hugz); // last: once a HUGZ arrives, every subscription before it is in place
+                Sockets.Connect(Snapshot, args.Snapshot);
+            }
+            catch
+            {
+                Dispose();
+                throw;
+            }
+        }
+
+        public NetMQSocket[] All => Collector is null ? [Updates, Snapshot] : [Updates, Snapshot, Collector];
+
+        /// <summary>Close at once, for a restart: writes queued for a dead engine are worth nothing.</summary>
+        public void Drop()
+        {
+            if (Collector is not null)
+                Collector.Options.Linger = TimeSpan.Zero;
+            Dispose();
+        }
+
+        /// <summary>The monitors first (the context waits for their sockets too), then the sockets.</summary>
+        public void Dispose()
+        {
+            foreach (SocketMonitor? monitor in monitors)
+                monitor?.Dispose();
+            foreach (NetMQSocket socket in All)
+                socket.Dispose();
+        }
+    }
+
     static void RunFacade(FacadeArgs args)
     {
         var deadline = new Deadline(args.Timeout);
-        using var updates = new SubscriberSocket();
-        // DEALER: requests go out and replies come in without envelopes, several at a time.
-        using var snapshot = new DealerSocket();
-        // XPUB to the collector: a PUB that tells us when the collector's subscription has arrived.
-        using var collector = args.Writes > 0 ? new XPublisherSocket() : null;
-        NetMQSocket?[] sockets = [updates, snapshot, collector];
-        foreach (NetMQSocket socket in sockets.OfType<NetMQSocket>())
+        var sockets = new FacadeSockets(args);
+        try
         {
-            socket.Options.Linger = TimeSpan.Zero;
-            socket.Options.MaxMsgSize = MaxMessage; // before connect
+            Events.Emit("ready", new { name = args.Name, subtrees = args.Subtrees });
+            Facade? facade = null;
+            while (facade is null)
+            {
+                try
+                {
+                    facade = Follow(args, deadline, sockets);
+                }
+                catch (Restarted restart)
+                {
+                    // Start over on new sockets: the old ones may still hold the old engine's messages.
+                    sockets.Drop();
+                    Events.Emit("resynced", new { why = restart.Why, last = restart.Last });
+                    sockets = new FacadeSockets(args);
+                }
+            }
+            Events.Emit("done", facade.Summary());
         }
-        using var updatesMonitor = SocketMonitor.Attach(updates, "updates", args.Monitor);
-        using var snapshotMonitor = SocketMonitor.Attach(snapshot, "snapshot", args.Monitor);
-        using var collectorMonitor = collector is null ? null : SocketMonitor.Attach(collector, "collector", args.Monitor);
-        if (collector is not null)
+        finally
         {
-            collector.Options.Linger = TimeSpan.FromSeconds(1); // the last write (a delete) may still be queued when we exit
-            Sockets.Connect(collector, args.Collector);
+            // NetMQ lingers in its own threads, and the usual exit (Program.cs) does not wait for them: close
+            // the sockets and wait, so that a write still queued on the collector XPUB leaves (1 s at most).
+            sockets.Dispose();
         }
-        Sockets.Connect(updates, args.Updates);
-        foreach (string tree in args.Subtrees)
-            updates.Subscribe(Bytes(tree));
-        updates.Subscribe(Hugz); // last: once a HUGZ arrives, every subscription before it is in place
-        Sockets.Connect(snapshot, args.Snapshot);
-        Events.Emit("ready", new { name = args.Name, subtrees = args.Subtrees });
+        NetMQConfig.Cleanup(block: true);
+    }
 
+    /// <summary>One session with one engine: steps 2 to 6 of the facade. The finished facade; or
+    /// <see cref="Restarted"/> thrown, when the engine turns out to be gone or new.</summary>
+    static Facade Follow(FacadeArgs args, Deadline deadline, FacadeSockets sockets)
+    {
+        var (updates, snapshot, collector) = (sockets.Updates, sockets.Snapshot, sockets.Collector);
         var facade = new Facade(args.Name, args.Subtrees, args.Count, args.Writes, Events.Emit);
-        // The slow joiner: wait for a HUGZ, dropping whatever comes before it (the snapshot covers it).
-        while (!(ReceiveMessage(updates, deadline.Cap(Tenth)) is [var first, ..] && Is(first, Hugz)))
+        ulong seen = 0; // the highest sequence read from the SUB: HUGZ, and KVPUBs applied or discarded
+        byte[]? engine = null; // the UUID in the HUGZ that started the session (empty from an RFC server)
+
+        // Whether the SUB still hears the engine of this session: the same UUID in every HUGZ, and
+        // sequences that only rise (every update above the HUGZ before it, every HUGZ at least the
+        // updates before it). Anything else comes from another engine.
+        void FollowEngine(List<byte[]> frames)
         {
+            if (Is(frames[0], Hugz))
+            {
+                var (uuid, sequence) = frames is [_, { Length: 8 } number, var name, _, _]
+                    ? (name, BinaryPrimitives.ReadUInt64BigEndian(number)) : ([], 0UL);
+                if (engine is null)
+                    engine = uuid;
+                else if (!Is(uuid, engine))
+                    throw new Restarted("engine", seen);
+                if (sequence != 0 && sequence < seen) // 0: an RFC server's HUGZ, which says nothing
+                    throw new Restarted("sequence", seen);
+                seen = Math.Max(seen, sequence);
+            }
+            else if (CheckKv(frames) is null)
+            {
+                ulong sequence = BinaryPrimitives.ReadUInt64BigEndian(frames[1]);
+                if (sequence <= seen)
+                    throw new Restarted("sequence", seen);
+                seen = sequence;
+            }
+        }
+
+        // The slow joiner: wait for a HUGZ, dropping whatever comes before it (the snapshot covers it).
+        while (true)
+        {
+            if (ReceiveMessage(updates, deadline.Cap(Tenth)) is [var first, ..] hugz && Is(first, Hugz))
+            {
+                FollowEngine(hugz); // which engine, and its sequence now: every update after it is higher
+                break;
+            }
             if (deadline.Expired)
                 throw new Failure("timeout", $"no HUGZ from {args.Updates} within {args.Timeout} ms");
         }
+
+        long heard = Stopwatch.GetTimestamp(); // when the engine was last heard from: silence means it is gone
+        bool Silent() => Stopwatch.GetElapsedTime(heard) >= TimeSpan.FromMilliseconds(args.Silence);
 
         foreach (string tree in args.Subtrees) // all requests in flight at once on the one DEALER
             snapshot.SendMultipartBytes(Icanhaz, Bytes(tree));
         while (facade.Waiting.Count > 0) // the SUB stays unread meanwhile: its updates wait, in order
         {
             if (ReceiveMessage(snapshot, deadline.Cap(Tenth)) is { } frames)
+            {
+                heard = Stopwatch.GetTimestamp();
                 facade.OnSnapshot(frames);
+            }
+            else if (Silent())
+                throw new Restarted("silence", seen);
             if (deadline.Expired)
                 throw new Failure("timeout", $"subtrees [{string.Join(", ", facade.Waiting)}] never completed");
         }
 
-        var items = PollIn(sockets);
+        var items = PollIn(sockets.All);
         bool collectorLive = false;
         while (!facade.Finished())
         {
@@ -733,7 +862,13 @@ static class Query
                 throw new Failure("timeout", $"applied {facade.Applied} updates, up to {facade.Last}, and was not done");
             var ready = Poll(items, deadline.Cap(Tenth));
             if (ready.Contains(updates) && ReceiveMessage(updates, TimeSpan.Zero) is { } update)
+            {
+                heard = Stopwatch.GetTimestamp();
+                FollowEngine(update);
                 facade.OnUpdate(update);
+            }
+            else if (Silent()) // not even a HUGZ, which the engine sends every --hugz ms
+                throw new Restarted("silence", seen);
             if (ready.Contains(snapshot) && ReceiveMessage(snapshot, TimeSpan.Zero) is { } reply)
                 Events.Emit("error", new { code = "unexpected-snapshot", reason = $"{Quote(reply[0])} after every KTHXBAI" });
             if (collector is not null && ready.Contains(collector) && collector.TryReceiveFrameBytes(TimeSpan.Zero, out byte[]? frame)
@@ -756,14 +891,6 @@ static class Query
                 Events.Emit("wrote", new { key = first, value = "", ttl = 0 });
             }
         }
-        Events.Emit("done", facade.Summary());
-        // NetMQ lingers in its own threads, and the usual exit (Program.cs) does not wait for them: close
-        // the sockets and wait, so that a write still queued on the collector XPUB leaves (1 s at most).
-        // The monitors first: the context waits for their sockets too.
-        foreach (SocketMonitor? monitor in new[] { updatesMonitor, snapshotMonitor, collectorMonitor })
-            monitor?.Dispose();
-        foreach (NetMQSocket socket in sockets.OfType<NetMQSocket>())
-            socket.Dispose();
-        NetMQConfig.Cleanup(block: true);
+        return facade;
     }
 }

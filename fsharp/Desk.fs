@@ -524,8 +524,8 @@ let queryAgent (settings: TraderSettings) (pipe: Pipe) =
     // The facade's map, its checks and its per-subtree watermarks; its own --writes are not used.
     let facadeSettings: Query.FacadeSettings =
         { Snapshot = settings.Snapshot; Updates = settings.Updates; Collector = settings.Collector
-          Name = settings.Name; Subtrees = settings.Subtrees; Count = 1; Writes = 0; Ttl = 1; Timeout = 0
-          Monitor = settings.Monitor }
+          Name = settings.Name; Subtrees = settings.Subtrees; Count = 1; Writes = 0; Ttl = 1; Silence = 3000
+          Timeout = 0; Monitor = settings.Monitor }
     let facade = new Query.Facade(facadeSettings, pipe.Emit)
     let writes = Queue<string * byte[]>() // WRITEs waiting for the snapshots and the collector
     let unread = ResizeArray<string * byte[]>() // written, not read back yet

@@ -57,7 +57,7 @@ type EngineArgs =
             | Ticks _ -> "a ticker publisher to connect to; empty: no ticks (default empty)"
             | Name _ -> "the @name topic for the ticker publisher (default engine)"
             | Symbols _ -> "comma-separated symbols to subscribe to (default AAPL,GOOG,GOOGL,MSFT,IBM)"
-            | Hugz _ -> "a HUGZ after this many ms without an update (default 1000)"
+            | Hugz _ -> "time between HUGZ, whatever else is published, in ms (default 1000)"
             | Max_Keys _ -> "the most keys the map holds (default 10000)"
             | Timeout _ -> "longest run in ms, 0 for no limit (default 0)"
             | Monitor _ -> "on: report every socket's connection events (default off)"
@@ -71,6 +71,7 @@ type FacadeArgs =
     | Count of updates: int
     | Writes of keys: int
     | Ttl of seconds: int
+    | Silence of ms: int
     | Timeout of ms: int
     | Monitor of on_off: string
 
@@ -85,6 +86,7 @@ type FacadeArgs =
             | Count _ -> "KVPUBs to apply before done (default 100)"
             | Writes _ -> "keys to write, 0 for none (default 0)"
             | Ttl _ -> "the ttl of the even-numbered writes, 1 to 86400 s (default 1)"
+            | Silence _ -> "nothing from the engine for this long: start over (default 3000)"
             | Timeout _ -> "longest run in ms, 0 for no limit (default 30000)"
             | Monitor _ -> "on: report every socket's connection events (default off)"
 
@@ -119,7 +121,7 @@ type EngineSettings =
 
 type FacadeSettings =
     { Snapshot: string; Updates: string; Collector: string; Name: string; Subtrees: string list
-      Count: int; Writes: int; Ttl: int; Timeout: int; Monitor: bool }
+      Count: int; Writes: int; Ttl: int; Silence: int; Timeout: int; Monitor: bool }
 
 type DeriveSettings = { Symbol: string; Prices: byte[] list; Sequence: uint64 }
 
@@ -176,6 +178,7 @@ let facadeSettings (args: ParseResults<FacadeArgs>) : FacadeSettings =
       Count = args.TryPostProcessResult(Count, atLeast 1) |> Option.defaultValue 100
       Writes = args.TryPostProcessResult(Writes, atLeast 0) |> Option.defaultValue 0
       Ttl = args.TryPostProcessResult(Ttl, ttlSeconds) |> Option.defaultValue 1
+      Silence = args.TryPostProcessResult(Silence, atLeast 1) |> Option.defaultValue 3000
       Timeout = args.TryPostProcessResult(FacadeArgs.Timeout, atLeast 0) |> Option.defaultValue 30000
       Monitor = args.TryPostProcessResult(FacadeArgs.Monitor, onOff) |> Option.defaultValue false }
 
@@ -313,7 +316,8 @@ type Engine(snapshots: RouterSocket, updates: XPublisherSocket, maxKeys: int, sy
     let mutable sequence = 0UL
     let mutable served = 0
     let mutable abandoned = 0
-    let mutable lastPublish = nowMs ()
+    let mutable lastHugz = nowMs ()
+    let uuid = System.Security.Cryptography.RandomNumberGenerator.GetBytes 16 // who we are: an engine started again draws another
 
     /// One update: the next sequence, the map, the KVPUB to every subscriber, the event.
     let update key (value: byte[]) cause uuid properties =
@@ -321,13 +325,14 @@ type Engine(snapshots: RouterSocket, updates: XPublisherSocket, maxKeys: int, sy
         if value.Length > 0 then map[key] <- (value, sequence) else map.Remove key |> ignore
         expiries.Remove key |> ignore
         send updates [ bytesOf key; seq8 sequence; uuid; properties; value ] // XPUB never blocks
-        lastPublish <- nowMs ()
         emit "update" [ "sequence", box sequence; "key", box key
                         "value", box (Ticker.hex value); "cause", box cause ]
 
+    // The RFC's HUGZ carries 0 and no UUID; ours our sequence (as the Guide's clonesrv) and our
+    // UUID, so that a facade knows when the engine it hears is not the one it synced with.
     let hugz () =
-        send updates [ HUGZ; Array.zeroCreate 8; [||]; [||]; [||] ]
-        lastPublish <- nowMs ()
+        send updates [ HUGZ; seq8 sequence; uuid; [||]; [||] ]
+        lastHugz <- nowMs ()
 
     /// Send to one peer through ROUTER, without waiting. With ROUTER_MANDATORY the routing id frame
     /// fails when the peer is gone (NetMQ throws) or its queue is full, at the send high-water mark
@@ -342,7 +347,7 @@ type Engine(snapshots: RouterSocket, updates: XPublisherSocket, maxKeys: int, sy
     member _.Keys = map.Count
     member _.Served = served
     member _.Abandoned = abandoned
-    member _.LastPublish = lastPublish
+    member _.LastHugz = lastHugz
     member _.Hugz() = hugz ()
 
     member _.OnIcanhaz(frames: byte[] list) =
@@ -408,7 +413,7 @@ type Engine(snapshots: RouterSocket, updates: XPublisherSocket, maxKeys: int, sy
 
     /// Milliseconds to the next HUGZ or expiry.
     member _.NextTimer(hugzMs: int) =
-        let due = Seq.append [ lastPublish + int64 hugzMs ] expiries.Values |> Seq.min
+        let due = Seq.append [ lastHugz + int64 hugzMs ] expiries.Values |> Seq.min
         max 0L (due - nowMs ())
 
 let runEngine (args: EngineSettings) =
@@ -461,8 +466,8 @@ let runEngine (args: EngineSettings) =
         // frames as they came).
         if isReady updates then receiveFrameIfReady updates |> Option.iter engine.OnSubscription
         engine.Expire(nowMs ())
-        if nowMs () - engine.LastPublish >= int64 args.Hugz then
-            engine.Hugz()
+        if nowMs () - engine.LastHugz >= int64 args.Hugz then
+            engine.Hugz() // every --hugz ms, busy or not: a facade that hears nothing knows we are gone
     emit "done" [ "sequence", box engine.Sequence; "keys", box engine.Keys
                   "snapshots", box engine.Served; "abandoned", box engine.Abandoned ]
 
@@ -571,21 +576,28 @@ type Facade(args: FacadeSettings, emit: string -> (string * obj) list -> unit) =
             echoed.Count = writes.Length && deleted && ttlKeys |> List.forall expired.Contains
         else true
 
-let runFacade (args: FacadeSettings) =
+/// The engine is gone or is a new one (PROTOCOL.md, "Restarts"): start over on new sockets.
+exception Restarted of why: string * last: uint64
+
+/// The facade's sockets, new and connected (step 1), each watched with --monitor on. Close stops
+/// the monitors, then closes the sockets.
+type FacadeSockets(args: FacadeSettings) =
+    let updates = new SubscriberSocket()
+    // DEALER: requests go out and replies come in without envelopes, several at a time.
+    let snapshot = new DealerSocket()
+    // XPUB to the collector: a PUB that tells us when the collector's subscription has arrived.
+    let collector = new XPublisherSocket() // used only with --writes
     do
-        let deadline = Deadline(args.Timeout)
-        use updates = new SubscriberSocket()
-        // DEALER: requests go out and replies come in without envelopes, several at a time.
-        use snapshot = new DealerSocket()
-        // XPUB to the collector: a PUB that tells us when the collector's subscription has arrived.
-        use collector = new XPublisherSocket() // used only with --writes
         for socket in [ updates :> NetMQSocket; snapshot; collector ] do
             socket.Options.Linger <- TimeSpan.Zero
             socket.Options.MaxMsgSize <- MaxMessage
         collector.Options.Linger <- TimeSpan.FromMilliseconds 1000.0 // our last write may be queued at exit
-        use _ = SocketMonitor.watch updates "updates" args.Monitor // before the connects: the first `connected` too
-        use _ = SocketMonitor.watch snapshot "snapshot" args.Monitor
-        use _ = SocketMonitor.watch collector "collector" (args.Monitor && args.Writes > 0) // only with --writes
+    let monitors =
+        [ SocketMonitor.watch updates "updates" args.Monitor // before the connects: the first `connected` too
+          SocketMonitor.watch snapshot "snapshot" args.Monitor
+          SocketMonitor.watch collector "collector" (args.Monitor && args.Writes > 0) ] // only with --writes
+    let mutable closed = false
+    do
         if args.Writes > 0 then
             endpoint "connect" collector.Connect args.Collector
         endpoint "connect" updates.Connect args.Updates
@@ -593,56 +605,135 @@ let runFacade (args: FacadeSettings) =
             updates.Subscribe(bytesOf tree)
         updates.Subscribe HUGZ // last: once a HUGZ arrives, every subscription before it is in place
         endpoint "connect" snapshot.Connect args.Snapshot
-        emit "ready" [ "name", box args.Name; "subtrees", box args.Subtrees ]
 
-        let facade = Facade(args, emit)
-        // The slow joiner: wait for a HUGZ, dropping whatever comes before it (the snapshot covers it).
-        let mutable hugged = false
-        while not hugged do
-            match nextMessage updates (deadline.Cap 100L) with
-            | Some frames when isHugz frames -> hugged <- true
+    member _.Updates = updates
+    member _.Snapshot = snapshot
+    member _.Collector = collector
+
+    /// Close everything, once; `dropWrites` closes the collector with linger 0 too.
+    member _.Close(dropWrites: bool) =
+        if not closed then
+            closed <- true
+            if dropWrites then collector.Options.Linger <- TimeSpan.Zero
+            for monitor in List.rev monitors do
+                monitor.Dispose()
+            for socket in [ collector :> NetMQSocket; snapshot; updates ] do
+                socket.Dispose()
+
+/// One session with one engine: steps 2 to 6 of the facade. Returns the finished facade, or raises
+/// Restarted when the engine turns out to be gone or new.
+let follow (args: FacadeSettings) (deadline: Deadline) (sockets: FacadeSockets) =
+    let updates, snapshot, collector = sockets.Updates, sockets.Snapshot, sockets.Collector
+    let facade = Facade(args, emit)
+    let mutable seen = 0UL // the highest sequence read from the SUB: HUGZ, and KVPUBs applied or not
+    let mutable engine: byte[] option = None // the UUID in the HUGZ that started the session (empty from an RFC server)
+    /// Whether the SUB still hears the engine of this session: the same UUID in every HUGZ, and
+    /// sequences that only rise (every update above the HUGZ before it, every HUGZ at least the
+    /// updates before it). Anything else comes from another engine.
+    let followEngine (frames: byte[] list) =
+        if isHugz frames then
+            let uuid, sequence =
+                match frames with
+                | [ _; sequence; uuid; _; _ ] when sequence.Length = 8 ->
+                    uuid, BinaryPrimitives.ReadUInt64BigEndian sequence
+                | _ -> [||], 0UL
+            match engine with
+            | None -> engine <- Some uuid
+            | Some ours when ours <> uuid -> raise (Restarted("engine", seen))
+            | Some _ -> ()
+            // 0: an RFC server's HUGZ, which says nothing.
+            if sequence <> 0UL && sequence < seen then raise (Restarted("sequence", seen))
+            seen <- max seen sequence
+        else
+            match checkKv frames with
+            | Ok kv ->
+                if kv.Sequence <= seen then raise (Restarted("sequence", seen))
+                seen <- kv.Sequence
+            | Error _ -> ()
+    // The slow joiner: wait for a HUGZ, dropping whatever comes before it (the snapshot covers it).
+    let mutable hugged = false
+    while not hugged do
+        match nextMessage updates (deadline.Cap 100L) with
+        | Some frames when isHugz frames ->
+            followEngine frames // which engine, and its sequence now: every update after it is higher
+            hugged <- true
+        | _ -> ()
+        if not hugged && deadline.Expired then
+            raise (Failure("timeout", $"no HUGZ from {args.Updates} within {args.Timeout} ms"))
+
+    // When the engine was last heard from: nothing for --silence ms means it is gone.
+    let mutable heard = nowMs ()
+    let silence = int64 args.Silence
+
+    for tree in args.Subtrees do // all requests in flight at once on the one DEALER
+        send snapshot [ ICANHAZ; bytesOf tree ]
+    while not facade.Waiting.IsEmpty do // the SUB stays unread meanwhile: its updates wait, in order
+        match nextMessage snapshot (deadline.Cap 100L) with
+        | Some frames ->
+            heard <- nowMs ()
+            facade.OnSnapshot frames
+        | None when nowMs () - heard >= silence -> raise (Restarted("silence", seen))
+        | None -> ()
+        if deadline.Expired then
+            raise (Failure("timeout", $"subtrees %A{facade.Waiting} never completed"))
+
+    let polled = [ updates :> NetMQSocket; snapshot; if args.Writes > 0 then collector ]
+    let mutable collectorLive = false
+    while not facade.Finished do
+        if deadline.Expired then
+            let reason = $"applied {facade.Applied} updates, up to {facade.Last}, and was not done"
+            raise (Failure("timeout", reason))
+        let ready = pollInAny polled (deadline.Cap 100L)
+        let isReady (socket: NetMQSocket) = List.contains socket ready
+        match (if isReady updates then receiveMessage updates else None) with
+        | Some frames ->
+            heard <- nowMs ()
+            followEngine frames
+            facade.OnUpdate frames |> ignore
+        | None when nowMs () - heard >= silence -> // not even a HUGZ, which comes every --hugz ms
+            raise (Restarted("silence", seen))
+        | None -> ()
+        if isReady snapshot then
+            match receiveMessage snapshot with
+            | Some frames -> report "unexpected-snapshot" $"{quote frames.Head} after every KTHXBAI"
+            | None -> ()
+        if isReady collector then
+            match receiveFrameIfReady collector with
+            | Some [| 1uy |] when not collectorLive -> // the collector's subscription to everything
+                collectorLive <- true
+                for key, value, ttl in facade.Writes do
+                    let properties = if ttl > 0 then bytesOf $"ttl={ttl}\n" else [||]
+                    send collector (kvset key properties value)
+                    emit "wrote" [ "key", box key; "value", box (Ticker.hex value); "ttl", box ttl ]
             | _ -> ()
-            if not hugged && deadline.Expired then
-                raise (Failure("timeout", $"no HUGZ from {args.Updates} within {args.Timeout} ms"))
+        if collectorLive && not facade.DeleteSent && facade.AllEchoed then
+            send collector (kvset facade.FirstWrite [||] [||])
+            facade.DeleteSent <- true
+            emit "wrote" [ "key", box facade.FirstWrite; "value", box ""; "ttl", box 0 ]
+    facade
 
-        for tree in args.Subtrees do // all requests in flight at once on the one DEALER
-            send snapshot [ ICANHAZ; bytesOf tree ]
-        while not facade.Waiting.IsEmpty do // the SUB stays unread meanwhile: its updates wait, in order
-            nextMessage snapshot (deadline.Cap 100L) |> Option.iter facade.OnSnapshot
-            if deadline.Expired then
-                raise (Failure("timeout", $"subtrees %A{facade.Waiting} never completed"))
-
-        let polled = [ updates :> NetMQSocket; snapshot; if args.Writes > 0 then collector ]
-        let mutable collectorLive = false
-        while not facade.Finished do
-            if deadline.Expired then
-                let reason = $"applied {facade.Applied} updates, up to {facade.Last}, and was not done"
-                raise (Failure("timeout", reason))
-            let ready = pollInAny polled (deadline.Cap 100L)
-            let isReady (socket: NetMQSocket) = List.contains socket ready
-            if isReady updates then receiveMessage updates |> Option.iter (facade.OnUpdate >> ignore)
-            if isReady snapshot then
-                match receiveMessage snapshot with
-                | Some frames -> report "unexpected-snapshot" $"{quote frames.Head} after every KTHXBAI"
-                | None -> ()
-            if isReady collector then
-                match receiveFrameIfReady collector with
-                | Some [| 1uy |] when not collectorLive -> // the collector's subscription to everything
-                    collectorLive <- true
-                    for key, value, ttl in facade.Writes do
-                        let properties = if ttl > 0 then bytesOf $"ttl={ttl}\n" else [||]
-                        send collector (kvset key properties value)
-                        emit "wrote" [ "key", box key; "value", box (Ticker.hex value); "ttl", box ttl ]
-                | _ -> ()
-            if collectorLive && not facade.DeleteSent && facade.AllEchoed then
-                send collector (kvset facade.FirstWrite [||] [||])
-                facade.DeleteSent <- true
-                emit "wrote" [ "key", box facade.FirstWrite; "value", box ""; "ttl", box 0 ]
+let runFacade (args: FacadeSettings) =
+    let deadline = Deadline(args.Timeout)
+    let mutable sockets = FacadeSockets args
+    try
+        emit "ready" [ "name", box args.Name; "subtrees", box args.Subtrees ]
+        let mutable finished = None
+        while finished.IsNone do
+            try
+                finished <- Some(follow args deadline sockets)
+            with Restarted(why, last) ->
+                // Start over on new sockets: the old ones may still hold the old engine's messages.
+                sockets.Close(dropWrites = true) // writes queued for a dead engine are worth nothing
+                emit "resynced" [ "why", box why; "last", box last ]
+                sockets <- FacadeSockets args
+        let facade = finished.Value
         let map = SortedDictionary<string, string>(StringComparer.Ordinal)
         for KeyValue(key, value) in facade.Map do
             map[key] <- Ticker.hex value
         emit "done" [ "sequence", box facade.Last; "first", box facade.First; "map", box map
                       "applied", box facade.Applied; "discarded", box facade.Discarded ]
+    finally
+        sockets.Close(dropWrites = false)
     // The sockets are closed: wait, as zmq_ctx_term does, for the collector's linger to hand our
     // last write to TCP. Program.run's own cleanup does not block.
     NetMQConfig.Cleanup(true)

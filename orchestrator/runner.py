@@ -244,21 +244,23 @@ class CannotStart(Exception):
 @dataclass(frozen=True)
 class Fault:
     """Kill instance 0 of `role` with SIGKILL as soon as instance 0 of `by` (the role itself
-    unless given) has reported `count` `event`s. With `restart`, start it again at once, with the
-    same flags and on the endpoints its first run bound (a role that serves until SIGTERM)."""
+    unless given) has reported `count` `event`s; with `every`, as soon as every instance of `by`
+    has. With `restart`, start it again at once, with the same flags and on the endpoints its
+    first run bound (a role that serves until SIGTERM)."""
 
     role: str
     event: str
     count: int
     by: str = None
     restart: bool = False
+    every: bool = False
 
     @property
     def watched(self):
         return self.by or self.role
 
     def describe(self):
-        whose = "its" if self.watched == self.role else f"{self.watched} 0's"
+        whose = "its" if self.watched == self.role else f"every {self.watched}'s" if self.every else f"{self.watched} 0's"
         return f"killed with SIGKILL after {whose} {self.count}th {self.event} event" + (", then started again" if self.restart else "")
 
 
@@ -290,16 +292,24 @@ def run_cell(spec, roles, registry, run_dir, on_event=None, fault=None, launcher
     if spec.secure:  # fresh keys and passwords for every cell
         spec = replace(spec, secure=spec.secure.for_cell(roles, registry))
     started = time.monotonic()
-    seen = []  # the fault's events so far
+    seen = []  # the fault's events so far: the index of the instance that reported each
+    struck = []  # the fault's target, once it struck
+    striking = threading.Lock()  # with `every`, several instances' readers report the fault's events
     restarting = []  # the thread that restarts the fault's role, once it strikes
     settled, over = threading.Event(), threading.Event()  # the restart is done (or failed); the cell is
 
     def watch(transcript, event):
-        if (fault and transcript.role == fault.watched and transcript.index == 0 and not transcript.restarted
-                and event["event"] == fault.event):
-            seen.append(event)
-            targets = [p for r, p in processes if r.name == fault.role and p.t.index == 0 and not p.t.restarted]
-            if len(seen) == fault.count and targets:
+        if (fault and transcript.role == fault.watched and (fault.every or transcript.index == 0)
+                and not transcript.restarted and event["event"] == fault.event):
+            with striking:
+                seen.append(transcript.index)
+                watched = range(len(roles[fault.watched])) if fault.every else [0]
+                targets = [p for r, p in processes if r.name == fault.role and p.t.index == 0 and not p.t.restarted]
+                if struck or not targets or not all(seen.count(i) >= fault.count for i in watched):
+                    targets = []
+                else:
+                    struck.append(targets[0])
+            if targets:
                 target = targets[0]
                 target.t.killed, target.t.killed_at = fault.describe(), time.time()
                 target.kill()
@@ -402,8 +412,9 @@ def run_cell(spec, roles, registry, run_dir, on_event=None, fault=None, launcher
             timed_out = True
             problems.append(f"the driver ({driving.name}) was still at work at the cell's timeout")
         problems += driving.problems if driving else []
-        if fault and len(seen) < fault.count:
-            problems.append(f"the fault never struck: {fault.watched} 0 reported {len(seen)} {fault.event} events, not {fault.count}")
+        if fault and not struck:
+            problems.append(f"the fault never struck: {fault.watched} reported {len(seen)} {fault.event} events "
+                            f"({'every instance' if fault.every else 'instance 0'} was to report {fault.count})")
         if not timed_out:
             for role, process in processes:
                 if role.stop == "signal":

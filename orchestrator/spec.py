@@ -79,7 +79,7 @@ class Spec:
             raise ValueError(f"{self.example} restarts {can}, not {role!r} (its spec.yaml's restart:)")
         rule = self.restarts[role]
         spec = self.with_parameters(**rule["parameters"])  # a slower batch, so that the kill lands mid-run
-        return replace(spec, fault=Fault(role, rule["event"], after or rule["count"], rule["by"], restart=True))
+        return replace(spec, fault=Fault(role, rule["event"], after or rule["count"], rule["by"], restart=True, every=rule["every"]))
 
     def with_transport(self, transport, monitor=False):
         """The spec of cells over `transport` (tcp, ipc), with every role's monitor on or off."""
@@ -327,13 +327,14 @@ def load_spec(example_or_path):
 
 
 def load_restarts(top, roles):
-    """`restart: {ROLE: {event: E, count: N, by: OTHER}}`: ROLE, which serves until SIGTERM, is
-    killed once instance 0 of OTHER (ROLE itself unless given) has reported N events E."""
+    """`restart: {ROLE: {event: E, count: N, by: OTHER, every: BOOL}}`: ROLE, which serves until
+    SIGTERM, is killed once instance 0 of OTHER (ROLE itself unless given) has reported N events E;
+    with `every: true`, once every instance of OTHER has."""
     fields, found = top.child("restart"), {}
     by_name = {role.name: role for role in roles}
     for name in fields.data:
         rule = fields.child(name)
-        rule.only("event", "count", "by", "parameters")
+        rule.only("event", "count", "by", "every", "parameters")
         if name not in by_name or by_name[name].stop != "signal":
             raise fields.error(name, "must be a role that serves until SIGTERM (stop: signal)")
         by = rule.get("by", str, name)
@@ -344,7 +345,7 @@ def load_restarts(top, roles):
         if unknown:
             raise rule.error("parameters", f"{unknown[0]!r} is not one of the example's parameters")
         found[name] = {"event": rule.get("event", str, required=True), "count": int(rule.positive("count", required=True)),
-                       "by": None if by == name else by, "parameters": parameters}
+                       "by": None if by == name else by, "every": rule.get("every", bool, False), "parameters": parameters}
     return found
 
 

@@ -157,7 +157,9 @@ def test_the_engine_reports_malformed_requests_and_writes_and_keeps_serving(star
     assert kthxbai == [b"KTHXBAI", seq(3), b"", b"", b"/t/"]
     sub = socket(context, zmq.SUB, ready["updates"])
     sub.subscribe(b"HUGZ")  # answered at once with a HUGZ: the subscription is in place
-    assert sub.recv_multipart() == [b"HUGZ", bytes(8), b"", b"", b""]
+    hugz = sub.recv_multipart()
+    assert hugz[:2] == [b"HUGZ", seq(4)] and hugz[3:] == [b"", b""]  # with the engine's sequence: 4 updates
+    assert len(hugz[2]) == 16  # and its UUID
     stop(engine)
     updates = [(e["sequence"], e["key"], e["value"], e["cause"]) for e in engine.t.events if e["event"] == "update"]
     assert updates == [(1, "/t/a", "61", "kvset"), (2, "/t/b", "62", "kvset"), (3, "/t/c", "63", "kvset"), (4, "/t/b", "", "kvset")]
@@ -273,7 +275,7 @@ def test_a_client_written_to_the_rfc_alone_works_with_every_engine(start_role, c
     pub = socket(context, zmq.PUB, ready["collector"])  # a PUB, as the RFC says: no way to know when it is heard
     uuid = bytes(range(16))
     kvset = [b"/r/c", seq(0), uuid, b"ttl=1\n", b"4"]
-    seen, hugz, end = [], 0, time.monotonic() + WAIT
+    seen, hugz, highest, uuids, end = [], 0, 0, set(), time.monotonic() + WAIT
     while len(seen) < 2 and time.monotonic() < end:  # the write, then its expiry; HUGZ meanwhile
         if not any(f[0] == b"/r/c" for f in seen):
             pub.send_multipart(kvset)  # again until it comes back: the RFC client's only way
@@ -281,10 +283,13 @@ def test_a_client_written_to_the_rfc_alone_works_with_every_engine(start_role, c
             continue
         frames = sub.recv_multipart()
         assert len(frames) == 5 and len(frames[1]) == 8, frames
-        if frames[0] == b"HUGZ":
+        number = struct.unpack(">Q", frames[1])[0]
+        if frames[0] == b"HUGZ":  # the engine's sequence and UUID (our choice; the RFC's 0 says nothing)
+            assert number >= highest, "a HUGZ below an update it came after"
+            uuids.add(frames[2])
             hugz += 1
             continue
-        number = struct.unpack(">Q", frames[1])[0]
+        highest = max(highest, number)
         if number <= last:
             continue  # the RFC: discard what is not above the KTHXBAI or the last KVPUB
         last = number
@@ -296,20 +301,21 @@ def test_a_client_written_to_the_rfc_alone_works_with_every_engine(start_role, c
         assert engine.process.poll() is None
     assert len(seen) == 2, f"saw {seen} of the write and its expiry"
     stop(engine)
-    assert hugz >= 1  # at least one HUGZ while nothing else was published
+    assert hugz >= 1  # every 200 ms, whatever else was published
+    assert len(uuids) == 1 and len(uuids.pop()) == 16  # one engine, one UUID
     assert not codes(engine)
 
 
 @pytest.mark.parametrize("lang", languages("query", "facade"))
 def test_the_facade_works_with_a_server_like_the_guides_clonesrv(start_role, context, lang):
     """A CHP server with the Guide's choices, which the RFC allows too: a plain PUB, HUGZ on a timer
-    whatever the subscriptions, KVSYNCs with a UUID and properties, and KTHXBAI carrying its current
-    sequence rather than the highest KVSYNC's."""
+    whatever the subscriptions, carrying its current sequence, KVSYNCs with a UUID and properties,
+    and KTHXBAI carrying its current sequence rather than the highest KVSYNC's."""
     router, router_at = socket(context, zmq.ROUTER, None, bind=True)
     pub, pub_at = socket(context, zmq.PUB, None, bind=True)
     facade = start_role(lang, "query", "facade", snapshot=router_at, updates=pub_at, name="g", subtrees="/a/",
                         count=3, timeout=WAIT * 1000)
-    current, published = 10, False
+    current, published = 8, False
     end = time.monotonic() + WAIT
     while facade.process.poll() is None and time.monotonic() < end:
         pub.send_multipart([b"HUGZ", seq(current), b"", b"", b""])  # every 100 ms: the server's pace
@@ -317,12 +323,14 @@ def test_the_facade_works_with_a_server_like_the_guides_clonesrv(start_role, con
             continue
         peer, *request = router.recv_multipart()
         assert request == [b"ICANHAZ?", b"/a/"]
+        pub.send_multipart([b"/a/x", seq(9), b"", b"", b"stale"])  # made while the snapshot goes out
+        current = 10
         router.send_multipart([peer, b"/a/x", seq(4), bytes(16), b"ttl=60\n", b"old"])
         router.send_multipart([peer, b"/a/y", seq(7), b"", b"", b"kept"])
         router.send_multipart([peer, b"KTHXBAI", seq(current), b"", b"", b"/a/"])
         assert facade.wait_for(lambda e: e["event"] == "synced", time.monotonic() + WAIT)
-        for number, key, value in ((9, b"/a/x", b"stale"), (11, b"/a/x", b"new"), (12, b"/a/z", b"z"), (13, b"/a/y", b"")):
-            pub.send_multipart([key, seq(number), b"", b"", value])
+        for current, key, value in ((11, b"/a/x", b"new"), (12, b"/a/z", b"z"), (13, b"/a/y", b"")):
+            pub.send_multipart([key, seq(current), b"", b"", value])
         published = True
     assert published and facade.wait_exit(time.monotonic() + WAIT) and facade.t.exit_code == 0, facade.t.events[-3:]
     assert not codes(facade)
@@ -413,3 +421,127 @@ def test_the_query_checker_rejects_a_late_joiner_whose_snapshot_was_empty():
     assert check_late(facade, 400)
     facade.events = [{"event": "synced", "subtree": "", "sequence": 412, "keys": 25}]
     assert not check_late(facade, 400)
+
+
+# --- across an engine restart (PROTOCOL.md, "Restarts: the engine dies and comes back") -------
+
+
+def tick_updates(seed, symbol, ticks):
+    """The updates an engine with an empty map makes for the publisher's ticks `ticks` of `symbol`."""
+    stats, state, updates = {}, {}, []
+    for k in ticks:
+        for key, value in derive(stats, symbol, price(seed, symbol, k)):
+            if state.get(key) != value:
+                state[key] = value
+                updates.append((key, value, "tick"))
+    return updates
+
+
+def restart_cell(seed=5):
+    """The first engine made ticks 1-4 of AAPL and died; the second got ticks 7-9 and ana's writes
+    of its second session. ana resynced once in between."""
+    publisher = RoleTranscript("publisher", 0, "python", {"seed": seed}, [], exit_code=0, events=[{"event": "done"}])
+    killed, _ = transcripts(tick_updates(seed, "AAPL", range(1, 5)))
+    killed.events.pop()  # no done: SIGKILL
+    killed.killed, killed.exit_code = "killed with SIGKILL", -9
+    second = tick_updates(seed, "AAPL", range(7, 10)) + [("/facades/ana/1", "61", "kvset")]
+    engine, facade = transcripts(second)
+    engine.restarted = True
+    at = len(second)
+    wanted = {key: value for key, value, _ in second if key.startswith(("/prices/", "/facades/"))}
+    facade.events = [
+        {"event": "synced", "subtree": "/prices/", "sequence": 3, "keys": 1},  # the first session
+        {"event": "resynced", "why": "sequence", "last": 9},
+        {"event": "synced", "subtree": "/prices/", "sequence": 1, "keys": 1},
+        {"event": "synced", "subtree": "/facades/", "sequence": 0, "keys": 0},
+        {"event": "wrote", "key": "/facades/ana/1", "value": "61", "ttl": 0},
+        {"event": "done", "sequence": at, "first": 5, "map": wanted,
+         "applied": sum(1 for key, _, _ in second[4:] if key.startswith(("/prices/", "/facades/"))), "discarded": 0},
+    ]
+    return [publisher, killed, engine, facade]
+
+
+def test_the_query_checker_follows_a_facade_into_its_session_with_the_second_engine():
+    spec = load_spec("query").with_restart("engine")
+    cell = restart_cell()
+    assert check(spec, cell) == []
+    cell[3].events = [e for e in cell[3].events if e["event"] != "resynced"]
+    assert any("0 resynced event(s), not exactly one" in p for p in check(spec, cell))
+
+
+def test_the_query_checker_compares_the_last_session_with_the_second_engine():
+    spec = load_spec("query").with_restart("engine")
+    cell = restart_cell()
+    cell[3].events[-1]["map"] = {"/prices/AAPL": cell[1].events[0]["value"]}  # the first engine's price
+    assert any("key(s)" in p for p in check(spec, cell))
+
+
+def test_the_query_checker_finds_where_the_second_engines_ticks_start():
+    spec = load_spec("query").with_restart("engine")
+    cell = restart_cell()
+    assert not [p for p in check(spec, cell) if "tick" in p]
+    for event in cell[2].events:  # a value no run of the publisher's ticks gives
+        if event.get("key") == "/stats/AAPL/high":
+            event["value"] = "393939"
+            break
+    assert any("AAPL follow no run of the publisher's ticks" in p for p in check(spec, cell))
+
+
+def test_without_a_restart_a_resynced_facade_fails():
+    engine, facade = transcripts()
+    facade.events.insert(0, {"event": "resynced", "why": "silence", "last": 0})
+    assert any("though the engine never restarted" in p for p in check(load_spec("query"), [engine, facade]))
+
+
+@pytest.mark.parametrize("lang", languages("query", "facade"))
+def test_a_facade_starts_over_on_new_sockets_when_the_sequence_falls_or_the_engine_falls_silent(start_role, context, lang):
+    """A fake engine syncs a facade again and again, and each time shows it another way that the
+    engine is not the one it synced with: an update below one already read, silence, a HUGZ below
+    the sequence seen, an update below the HUGZ that started the session, a HUGZ with another
+    UUID. Each time the facade says so and starts over from new connections (a new routing id at
+    the ROUTER)."""
+    router, router_at = socket(context, zmq.ROUTER, None, bind=True)
+    xpub, xpub_at = socket(context, zmq.XPUB, None, bind=True)
+    xpub.setsockopt(zmq.XPUB_VERBOSE, 1)
+    facade = start_role(lang, "query", "facade", snapshot=router_at, updates=xpub_at, name="f", subtrees="/a/",
+                        count=2, silence=1000, timeout=WAIT * 1000)
+    peers = []
+
+    def sync(hugz, sequence, uuid=b""):
+        while xpub.recv() != b"\x01HUGZ":  # the subtree, then HUGZ, on each new SUB
+            pass
+        xpub.send_multipart([b"HUGZ", seq(hugz), uuid, b"", b""])
+        peer, *request = router.recv_multipart()
+        assert request == [b"ICANHAZ?", b"/a/"] and peer not in peers, "a new DEALER: a new connection"
+        peers.append(peer)
+        router.send_multipart([peer, b"/a/x", seq(sequence), b"", b"", b"1"])
+        router.send_multipart([peer, b"KTHXBAI", seq(sequence), b"", b"", b"/a/"])
+
+    def restarted(count):
+        assert facade.wait_for(lambda e: e["event"] == "resynced", time.monotonic() + WAIT, count=count), facade.t.events[-3:]
+
+    sync(0, 10)  # a HUGZ of 0 says nothing (an RFC server's)
+    xpub.send_multipart([b"/a/x", seq(11), b"", b"", b"2"])
+    xpub.send_multipart([b"/a/x", seq(3), b"", b"", b"3"])  # not above 11: another engine
+    restarted(1)
+    sync(0, 2)  # then nothing at all, not even a HUGZ: gone, after --silence ms
+    restarted(2)
+    sync(20, 20)
+    xpub.send_multipart([b"HUGZ", seq(4), b"", b"", b""])  # below 20
+    restarted(3)
+    sync(30, 30)
+    xpub.send_multipart([b"/a/x", seq(2), b"", b"", b"4"])  # below the HUGZ of the session's start
+    restarted(4)
+    sync(40, 40, b"A" * 16)
+    xpub.send_multipart([b"/a/x", seq(41), b"", b"", b"5"])
+    xpub.send_multipart([b"HUGZ", seq(50), b"B" * 16, b"", b""])  # higher, but another engine
+    restarted(5)
+    sync(5, 5, b"C" * 16)
+    xpub.send_multipart([b"/a/x", seq(6), b"", b"", b"5"])
+    xpub.send_multipart([b"HUGZ", seq(6), b"C" * 16, b"", b""])  # not below, the same UUID: the same engine
+    xpub.send_multipart([b"/a/x", seq(7), b"", b"", b"6"])
+    assert facade.wait_exit(time.monotonic() + WAIT) and facade.t.exit_code == 0, facade.t.events[-3:]
+    resynced = [(e["why"], e["last"]) for e in facade.t.events if e["event"] == "resynced"]
+    assert resynced == [("sequence", 11), ("silence", 0), ("sequence", 20), ("sequence", 30), ("engine", 41)]
+    assert [e["event"] for e in facade.t.events].count("ready") == 1
+    assert facade.t.events[-1] == {"event": "done", "sequence": 7, "first": 6, "map": {"/a/x": "36"}, "applied": 2, "discarded": 0}

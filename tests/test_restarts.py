@@ -70,6 +70,21 @@ def test_a_chat_server_that_restarts_is_rejoined_by_every_client(built, lang):
     assert {e["handle"] for e in events(second, "posted")} == names
 
 
+@pytest.mark.parametrize("lang", languages("query", "engine"))
+def test_an_engine_that_restarts_is_followed_by_every_facade_to_the_same_map(built, lang):
+    built[lang]
+    spec = load_spec("query").with_restart("engine")
+    result = evaluate(spec, {"publisher": lang, "engine": lang, "facade": lang}, built.registry, new_run_dir("query"))
+    assert result.status == "pass", result.problems  # each facade's last session against the new engine's map
+    first, second = runs_of(result, "engine")
+    assert events(first, "update") and events(second, "update")
+    facades = [t for t in result.transcripts if t.role == "facade"]
+    assert all(len(events(t, "resynced")) == 1 for t in facades)
+    # Each wrote its keys again, to the new engine, which had none of them.
+    written = {e["key"] for e in events(second, "update") if e["cause"] == "kvset"}
+    assert {f"/facades/{t.flags['name']}/1" for t in facades} <= written
+
+
 def test_a_restart_is_a_grid_option_with_its_replay(built):
     spec = load_spec("ticker").with_restart("proxy", after=10)
     cells = [{"publisher": "python", "proxy": "python", "subscriber": lang} for lang in ("python", "c")]
@@ -99,3 +114,11 @@ def test_without_the_restart_a_gap_fails_the_cell():
     assert "does not straddle" in check_subscriber(t, None, restart=(2.5, 2.8))[0]  # both before it
     t.events[1] = {**t.events[1], "next": 4}
     assert "not reported as one" in check_subscriber(t, None, restart=(1.5, 1.8))[0]
+
+
+def test_a_restart_may_wait_for_every_instance_of_a_role():
+    """query's engine dies only once every facade, late ones too, follows it (`every: true`)."""
+    fault = load_spec("query").with_restart("engine").fault
+    assert (fault.watched, fault.event, fault.count, fault.every) == ("facade", "wrote", 1, True)
+    assert fault.describe() == "killed with SIGKILL after every facade's 1th wrote event, then started again"
+    assert not load_spec("chat").with_restart("server").fault.every

@@ -5,6 +5,7 @@
 Imports System.Buffers.Binary
 Imports System.CommandLine
 Imports System.CommandLine.Parsing
+Imports System.Security.Cryptography
 Imports System.Text
 Imports System.Text.RegularExpressions
 Imports NetMQ
@@ -50,6 +51,7 @@ Public Module Query
             AtLeast("--count", 1, defaultValue:=100),
             AtLeast("--writes", 0, defaultValue:=0),
             AtLeast("--ttl", 1, defaultValue:=1, maximum:=86400),
+            AtLeast("--silence", 1, defaultValue:=3000),
             AtLeast("--timeout", 0, defaultValue:=30000),
             MonitorOption()}
         facade.SetAction(AddressOf RunFacade)
@@ -264,7 +266,8 @@ Public Module Query
         Private ReadOnly _stats As New Dictionary(Of String, (High As Long, Low As Long, Count As Long))
         Public Sequence As ULong
         Public Served, Abandoned As Integer
-        Public LastPublish As Long = Environment.TickCount64
+        Public LastHugz As Long = Environment.TickCount64  ' the HUGZ period counts from the last one sent
+        Private ReadOnly _uuid As Byte() = RandomNumberGenerator.GetBytes(16)  ' who we are: an engine started again draws another
 
         Public Sub New(snapshots As RouterSocket, updates As XPublisherSocket, maxKeys As Integer)
             _snapshots = snapshots
@@ -279,13 +282,14 @@ Public Module Query
             _expiries.Remove(key)
             ' XPUB never blocks: a subscriber whose queue is full (the HWM) loses the update.
             _updates.SendMultipartBytes(Utf8.GetBytes(key), Seq(Sequence), If(uuid, NoBytes), If(props, NoBytes), value)
-            LastPublish = Environment.TickCount64
             Emit("update", ("sequence", Sequence), ("key", key), ("value", HexOf(value)), ("cause", cause))
         End Sub
 
         Public Sub Hugz()
-            _updates.SendMultipartBytes(HugzWord, Seq(0), NoBytes, NoBytes, NoBytes)
-            LastPublish = Environment.TickCount64
+            ' The RFC's HUGZ carries 0 and no UUID; ours our sequence (as the Guide's clonesrv) and our
+            ' UUID, so that a facade knows when the engine it hears is not the one it synced with.
+            _updates.SendMultipartBytes(HugzWord, Seq(Sequence), _uuid, NoBytes, NoBytes)
+            LastHugz = Environment.TickCount64
         End Sub
 
         Public Sub OnIcanhaz(frames As List(Of Byte()))
@@ -388,7 +392,7 @@ Public Module Query
 
         ''' <summary>Milliseconds to the next HUGZ or expiry.</summary>
         Public Function NextTimer(hugzMs As Integer) As Long
-            Dim due = _expiries.Values.Append(LastPublish + hugzMs).Min()
+            Dim due = _expiries.Values.Append(LastHugz + hugzMs).Min()
             Return Math.Max(0, due - Environment.TickCount64)
         End Function
     End Class
@@ -465,7 +469,8 @@ Public Module Query
                 If IsReady(items(1)) AndAlso updates.TryReceiveFrameBytes(TimeSpan.Zero, frame) Then engine.OnSubscription(frame)
                 Dim now = Environment.TickCount64
                 engine.Expire(now)
-                If now - engine.LastPublish >= hugz Then engine.Hugz()
+                ' Every --hugz ms, busy or not: a facade that hears nothing knows we are gone.
+                If now - engine.LastHugz >= hugz Then engine.Hugz()
             Loop
             Emit("done", ("sequence", engine.Sequence), ("keys", engine.Map.Count), ("snapshots", engine.Served), ("abandoned", engine.Abandoned))
         End Using
@@ -634,84 +639,185 @@ Public Module Query
         End Function
     End Class
 
-    Private Function RunFacade(args As ParseResult) As Integer
-        Dim name = args.GetValue(Of String)("--name")
-        Dim subtrees = args.GetValue(Of String())("--subtrees")
-        Dim writes = args.GetValue(Of Integer)("--writes")
-        Dim ttl = args.GetValue(Of Integer)("--ttl")
-        Dim timeout = args.GetValue(Of Integer)("--timeout")
-        Dim deadline As New Deadline(timeout)
-        Using updates As New SubscriberSocket(),
-              snapshot As New DealerSocket(),  ' requests go out and replies come in without envelopes, several at a time
-              collector = If(writes > 0, New XPublisherSocket(), Nothing),  ' a PUB that tells us when the collector's subscription arrived
-              monitor As New SocketMonitor(MonitorOn(args))  ' disposed first: before the sockets close
-            For Each socket In New NetMQSocket() {updates, snapshot, collector}.Where(Function(s) s IsNot Nothing)
+    ''' <summary>The engine is gone or is a new one (PROTOCOL.md, "Restarts"): the session ends and the
+    ''' facade starts over on new sockets.</summary>
+    Private NotInheritable Class Restarted
+        Inherits Exception
+        Public ReadOnly Why As String  ' engine, sequence or silence
+        Public ReadOnly Last As ULong  ' the highest sequence read from the SUB, 0 if none
+
+        Public Sub New(reason As String, lastSeen As ULong)
+            MyBase.New(reason)
+            Why = reason
+            Last = lastSeen
+        End Sub
+    End Class
+
+    ''' <summary>A facade's sockets, new and connected (step 1): the SUB, the DEALER, the collector XPUB
+    ''' (only with --writes above 0), and their monitors with --monitor on.</summary>
+    Private NotInheritable Class FacadeSockets
+        Implements IDisposable
+        Public ReadOnly Updates As New SubscriberSocket()
+        Public ReadOnly Snapshot As New DealerSocket()  ' requests go out and replies come in without envelopes, several at a time
+        Public ReadOnly Collector As XPublisherSocket  ' a PUB that tells us when the collector's subscription arrived
+        Private ReadOnly _monitor As SocketMonitor
+
+        Public Sub New(args As ParseResult)
+            Collector = If(args.GetValue(Of Integer)("--writes") > 0, New XPublisherSocket(), Nothing)
+            _monitor = New SocketMonitor(MonitorOn(args))
+            For Each socket In New NetMQSocket() {Updates, Snapshot, Collector}.Where(Function(s) s IsNot Nothing)
                 socket.Options.Linger = TimeSpan.Zero
                 socket.Options.MaxMsgSize = MaxMessage
             Next
-            If collector IsNot Nothing Then
-                collector.Options.Linger = TimeSpan.FromMilliseconds(1000)  ' the last write (a delete) may still be queued when we exit
-                monitor.Attach(collector, "collector")
+            If Collector IsNot Nothing Then
+                Collector.Options.Linger = TimeSpan.FromMilliseconds(1000)  ' the last write (a delete) may still be queued when we exit
+                _monitor.Attach(Collector, "collector")
             End If
-            monitor.Attach(updates, "updates")
-            monitor.Attach(snapshot, "snapshot")
+            _monitor.Attach(Updates, "updates")
+            _monitor.Attach(Snapshot, "snapshot")
             Try
-                If collector IsNot Nothing Then
-                    collector.Connect(args.GetValue(Of String)("--collector"))
-                End If
-                updates.Connect(args.GetValue(Of String)("--updates"))
-                SubscribeUpdates(updates, subtrees)
-                snapshot.Connect(args.GetValue(Of String)("--snapshot"))
+                Collector?.Connect(args.GetValue(Of String)("--collector"))
+                Updates.Connect(args.GetValue(Of String)("--updates"))
+                SubscribeUpdates(Updates, args.GetValue(Of String())("--subtrees"))
+                Snapshot.Connect(args.GetValue(Of String)("--snapshot"))
             Catch problem As Exception When IsEndpointProblem(problem)
+                Dispose()
                 Throw New Failure("connect", $"cannot connect: {problem.Message}")
             End Try
-            Emit("ready", ("name", name), ("subtrees", subtrees))
+        End Sub
 
-            Dim facade As New Facade(name, subtrees, args.GetValue(Of Integer)("--count"), writes, AddressOf Emit)
-            ' The slow joiner: wait for a HUGZ, dropping whatever comes before it (the snapshot covers it).
+        ''' <summary>Close every socket at once, the collector's too: writes queued for a dead engine are worth nothing.</summary>
+        Public Sub Abandon()
+            If Collector IsNot Nothing Then Collector.Options.Linger = TimeSpan.Zero
+            Dispose()
+        End Sub
+
+        Public Sub Dispose() Implements IDisposable.Dispose
+            _monitor.Dispose()  ' first: each socket's monitoring stops before it closes
+            Updates.Dispose()
+            Snapshot.Dispose()
+            Collector?.Dispose()
+        End Sub
+    End Class
+
+    Private Function RunFacade(args As ParseResult) As Integer
+        Dim deadline As New Deadline(args.GetValue(Of Integer)("--timeout"))
+        Dim sockets As New FacadeSockets(args)
+        Emit("ready", ("name", args.GetValue(Of String)("--name")), ("subtrees", args.GetValue(Of String())("--subtrees")))
+        Try
             Do
-                Dim frames = ReceiveWithin(updates, deadline.Cap(100))
-                If frames IsNot Nothing AndAlso IsHugz(frames) Then Exit Do
-                If deadline.Expired() Then Throw New Failure("timeout", $"no HUGZ from the engine within {timeout} ms")
+                Try
+                    Dim facade = Follow(args, deadline, sockets)
+                    Emit("done", ("sequence", facade.Last), ("first", facade.First), ("map", facade.Map.ToDictionary(Function(entry) entry.Key, Function(entry) HexOf(entry.Value))),
+                         ("applied", facade.Applied), ("discarded", facade.Discarded))
+                    Return 0
+                Catch restart As Restarted
+                    ' Start over on new sockets: the old ones may still hold the old engine's messages.
+                    sockets.Abandon()
+                    Emit("resynced", ("why", restart.Why), ("last", restart.Last))
+                    sockets = New FacadeSockets(args)
+                End Try
             Loop
+        Finally
+            sockets.Dispose()  ' once more after Abandon does nothing
+        End Try
+    End Function
 
-            AskSnapshots(snapshot, subtrees)
-            Do While facade.Waiting.Count > 0  ' the SUB stays unread meanwhile: its updates wait, in order
-                Dim frames = ReceiveWithin(snapshot, deadline.Cap(100))
-                If frames IsNot Nothing Then facade.OnSnapshot(frames)
-                If deadline.Expired() Then Throw New Failure("timeout", $"subtrees [{String.Join(", ", facade.Waiting)}] never completed")
-            Loop
+    ''' <summary>Whether the SUB still hears the engine of this session, updating `seen` and `engine`
+    ''' (Nothing: none yet), or throws Restarted("engine" or "sequence") when the message comes from
+    ''' another engine: the same UUID in every HUGZ, and sequences that only rise (every update above
+    ''' the HUGZ before it, every HUGZ at least the updates before it; PROTOCOL.md, "Restarts").</summary>
+    Private Sub FollowEngine(frames As List(Of Byte()), ByRef seen As ULong, ByRef engine As Byte())
+        If IsHugz(frames) Then
+            Dim whole = frames.Count = 5 AndAlso frames(1).Length = 8
+            Dim uuid = If(whole, frames(2), NoBytes)  ' empty: an RFC server's HUGZ, which has no name
+            Dim sequence = If(whole, BinaryPrimitives.ReadUInt64BigEndian(frames(1)), 0UL)
+            If engine Is Nothing Then
+                engine = uuid
+            ElseIf Not Matches(uuid, engine) Then
+                Throw New Restarted("engine", seen)
+            End If
+            ' 0: an RFC server's HUGZ, which says nothing.
+            If sequence <> 0UL AndAlso sequence < seen Then Throw New Restarted("sequence", seen)
+            seen = Math.Max(seen, sequence)
+        ElseIf CheckKv(frames) Is Nothing Then
+            Dim sequence = BinaryPrimitives.ReadUInt64BigEndian(frames(1))
+            If sequence <= seen Then Throw New Restarted("sequence", seen)
+            seen = sequence
+        End If  ' else a malformed message: the facade reports it, and it says nothing of the engine
+    End Sub
 
-            Dim selector As New NetMQSelector()
-            Dim items = New NetMQSocket() {updates, snapshot, collector}.Where(Function(s) s IsNot Nothing).
-                Select(Function(socket) New NetMQSelector.Item(socket, PollEvents.PollIn)).ToArray()
-            Dim collectorLive = False, frame As Byte() = Nothing
-            Do Until facade.Finished()
-                If deadline.Expired() Then Throw New Failure("timeout", $"applied {facade.Applied} updates, up to {facade.Last}, and was not done")
-                selector.Select(items, items.Length, CLng(deadline.Cap(100).TotalMilliseconds))
-                Dim frames = ReceiveIfReady(items(0))
-                If frames IsNot Nothing Then facade.OnUpdate(frames)
-                frames = ReceiveIfReady(items(1))
-                If frames IsNot Nothing Then Report("unexpected-snapshot", $"'{Shown(frames(0), MaxQuote)}' after every KTHXBAI")
-                If collector IsNot Nothing AndAlso IsReady(items(2)) AndAlso collector.TryReceiveFrameBytes(TimeSpan.Zero, frame) AndAlso
-                   IsSubscribeAll(frame) AndAlso Not collectorLive Then
-                    collectorLive = True
-                    For n = 1 To writes
-                        Dim write = facade.Writes(n - 1), written = If(n Mod 2 = 0, ttl, 0)
-                        collector.SendMultipartBytes(KvsetFrames(write.Key, write.Value, written))
-                        Emit("wrote", ("key", write.Key), ("value", HexOf(write.Value)), ("ttl", written))
-                    Next
-                End If
-                If collectorLive AndAlso Not facade.DeleteSent AndAlso facade.AllEchoed Then
-                    Dim first = facade.Writes(0).Key
-                    collector.SendMultipartBytes(KvsetFrames(first, NoBytes, 0))
-                    facade.DeleteSent = True
-                    Emit("wrote", ("key", first), ("value", ""), ("ttl", 0))
-                End If
-            Loop
-            Emit("done", ("sequence", facade.Last), ("first", facade.First), ("map", facade.Map.ToDictionary(Function(entry) entry.Key, Function(entry) HexOf(entry.Value))),
-                 ("applied", facade.Applied), ("discarded", facade.Discarded))
-        End Using
-        Return 0
+    ''' <summary>One session with one engine: steps 2 to 6 of the facade. Returns the finished facade,
+    ''' or throws Restarted when the engine turns out to be gone or new.</summary>
+    Private Function Follow(args As ParseResult, deadline As Deadline, sockets As FacadeSockets) As Facade
+        Dim subtrees = args.GetValue(Of String())("--subtrees")
+        Dim writes = args.GetValue(Of Integer)("--writes")
+        Dim ttl = args.GetValue(Of Integer)("--ttl")
+        Dim silence = args.GetValue(Of Integer)("--silence")
+        Dim timeout = args.GetValue(Of Integer)("--timeout")
+        Dim updates = sockets.Updates, snapshot = sockets.Snapshot, collector = sockets.Collector
+        Dim facade As New Facade(args.GetValue(Of String)("--name"), subtrees, args.GetValue(Of Integer)("--count"), writes, AddressOf Emit)
+        Dim seen = 0UL  ' the highest sequence read from the SUB: HUGZ, and KVPUBs applied or discarded
+        Dim engine As Byte() = Nothing  ' the UUID in the HUGZ that ends step 2 (empty from an RFC server); Nothing: none yet
+
+        ' The slow joiner: wait for a HUGZ, dropping whatever comes before it (the snapshot covers it).
+        Do
+            Dim frames = ReceiveWithin(updates, deadline.Cap(100))
+            If frames IsNot Nothing AndAlso IsHugz(frames) Then
+                FollowEngine(frames, seen, engine)  ' which engine, and its sequence now: every update after it is higher
+                Exit Do
+            End If
+            If deadline.Expired() Then Throw New Failure("timeout", $"no HUGZ from the engine within {timeout} ms")
+        Loop
+
+        Dim heard = Environment.TickCount64  ' when the engine was last heard from: silence means it is gone
+        Dim silent = Function() Environment.TickCount64 - heard >= silence
+
+        AskSnapshots(snapshot, subtrees)
+        Do While facade.Waiting.Count > 0  ' the SUB stays unread meanwhile: its updates wait, in order
+            Dim frames = ReceiveWithin(snapshot, deadline.Cap(100))
+            If frames IsNot Nothing Then
+                heard = Environment.TickCount64
+                facade.OnSnapshot(frames)
+            ElseIf silent() Then
+                Throw New Restarted("silence", seen)
+            End If
+            If deadline.Expired() Then Throw New Failure("timeout", $"subtrees [{String.Join(", ", facade.Waiting)}] never completed")
+        Loop
+
+        Dim selector As New NetMQSelector()
+        Dim items = New NetMQSocket() {updates, snapshot, collector}.Where(Function(s) s IsNot Nothing).
+            Select(Function(socket) New NetMQSelector.Item(socket, PollEvents.PollIn)).ToArray()
+        Dim collectorLive = False, frame As Byte() = Nothing
+        Do Until facade.Finished()
+            If deadline.Expired() Then Throw New Failure("timeout", $"applied {facade.Applied} updates, up to {facade.Last}, and was not done")
+            selector.Select(items, items.Length, CLng(deadline.Cap(100).TotalMilliseconds))
+            Dim frames = ReceiveIfReady(items(0))
+            If frames IsNot Nothing Then
+                heard = Environment.TickCount64
+                FollowEngine(frames, seen, engine)
+                facade.OnUpdate(frames)
+            ElseIf silent() Then  ' not even a HUGZ, which the engine sends every --hugz ms
+                Throw New Restarted("silence", seen)
+            End If
+            frames = ReceiveIfReady(items(1))
+            If frames IsNot Nothing Then Report("unexpected-snapshot", $"'{Shown(frames(0), MaxQuote)}' after every KTHXBAI")
+            If collector IsNot Nothing AndAlso IsReady(items(2)) AndAlso collector.TryReceiveFrameBytes(TimeSpan.Zero, frame) AndAlso
+               IsSubscribeAll(frame) AndAlso Not collectorLive Then
+                collectorLive = True
+                For n = 1 To writes
+                    Dim write = facade.Writes(n - 1), written = If(n Mod 2 = 0, ttl, 0)
+                    collector.SendMultipartBytes(KvsetFrames(write.Key, write.Value, written))
+                    Emit("wrote", ("key", write.Key), ("value", HexOf(write.Value)), ("ttl", written))
+                Next
+            End If
+            If collectorLive AndAlso Not facade.DeleteSent AndAlso facade.AllEchoed Then
+                Dim first = facade.Writes(0).Key
+                collector.SendMultipartBytes(KvsetFrames(first, NoBytes, 0))
+                facade.DeleteSent = True
+                Emit("wrote", ("key", first), ("value", ""), ("ttl", 0))
+            End If
+        Loop
+        Return facade
     End Function
 End Module

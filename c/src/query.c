@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 
 #include <jansson.h>
 #include <zmq.h>
@@ -31,7 +32,7 @@ enum {
 };
 static const char NAME_CHARS[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-";
 static const char SEGMENT_CHARS[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.";
-static const unsigned char ZERO[8]; /* a sequence of no meaning: HUGZ's, and our KVSETs' */
+static const unsigned char ZERO[8]; /* a sequence of no meaning: our KVSETs' */
 
 /* --- the protocol's pieces ------------------------------------------------------------------ */
 
@@ -378,14 +379,20 @@ typedef struct {
     stats_t stats[MAX_SYMBOLS]; /* of each symbol of --symbols */
     uint64_t sequence;
     int served, abandoned;
-    int64_t last_publish; /* now_ms() */
+    int64_t last_hugz; /* now_ms(): a HUGZ goes out every --hugz ms from it */
+    unsigned char uuid[16]; /* who we are: drawn at start, so an engine started again has another */
 } engine_t;
 
+/* The RFC's HUGZ carries 0 and no UUID; ours the sequence of our last update (0 before the first),
+   as the Guide's clonesrv, and our UUID: a facade that reads a sequence below what it has seen, or
+   another UUID than the one it synced with, knows the engine restarted. */
 static void hugz(engine_t *engine)
 {
-    const part_t frames[] = {{"HUGZ", 4}, {ZERO, 8}, {"", 0}, {"", 0}, {"", 0}};
+    unsigned char sequence[8];
+    put_be64(sequence, engine->sequence);
+    const part_t frames[] = {{"HUGZ", 4}, {sequence, 8}, {engine->uuid, 16}, {"", 0}, {"", 0}};
     send_parts(engine->updates, frames, 5); /* XPUB never blocks: a full queue loses it */
-    engine->last_publish = now_ms();
+    engine->last_hugz = now_ms();
 }
 
 /* One update: the next sequence, the map, the KVPUB to every subscriber, the event. A KVPUB of a
@@ -407,7 +414,6 @@ static void update(engine_t *engine, const char *key, size_t key_size, const cha
         {value, value_size},
     };
     send_parts(engine->updates, kvpub, 5);
-    engine->last_publish = now_ms();
     emit("update", "{s:I, s:s%, s:o, s:s}", "sequence", (json_int_t)engine->sequence, "key", copy, key_size,
          "value", json_hex(value, value_size), "cause", cause);
 }
@@ -551,7 +557,7 @@ static void expire(engine_t *engine, int64_t now)
 /* Milliseconds until the next HUGZ or expiry is due. */
 static long next_timer(const engine_t *engine)
 {
-    int64_t due = engine->last_publish + engine->args.hugz;
+    int64_t due = engine->last_hugz + engine->args.hugz;
     for (size_t i = 0; i < engine->map.count; i++)
         if (engine->map.entry[i]->expires && engine->map.entry[i]->expires < due)
             due = engine->map.entry[i]->expires;
@@ -602,6 +608,9 @@ int query_engine(int argc, char **argv)
     if (!parse_flags(argc, argv, flags, sizeof flags / sizeof flags[0]))
         return 2;
 
+    /* 16 random bytes from the kernel; at most 256 are never cut short by a signal. */
+    if (getrandom(engine.uuid, sizeof engine.uuid, 0) != (ssize_t)sizeof engine.uuid)
+        fail("random", "getrandom: %s", strerror(errno));
     stop_on_signals();
     deadline_t deadline = deadline_start(args->timeout);
     void *context = zmq_ctx_new();
@@ -645,7 +654,7 @@ int query_engine(int argc, char **argv)
     }
     emit("ready", "{s:s, s:s, s:s}", "snapshot", bound[0], "updates", bound[1], "collector", bound[2]);
 
-    engine.last_publish = now_ms();
+    engine.last_hugz = now_ms();
     zmq_pollitem_t items[4];
     for (int i = 0; i < 4; i++)
         items[i] = (zmq_pollitem_t){.socket = sockets[i], .events = ZMQ_POLLIN};
@@ -666,8 +675,8 @@ int query_engine(int argc, char **argv)
         zmq_msg_close(&frame);
         int64_t now = now_ms();
         expire(&engine, now);
-        if (now - engine.last_publish >= args->hugz)
-            hugz(&engine);
+        if (now - engine.last_hugz >= args->hugz)
+            hugz(&engine); /* every --hugz ms, busy or not: a facade that hears nothing knows we are gone */
     }
 
     emit("done", "{s:I, s:I, s:i, s:i}", "sequence", (json_int_t)engine.sequence, "keys",
@@ -902,6 +911,201 @@ void facade_free(facade_t *facade)
     free(facade->args.subtrees.tree);
 }
 
+/* The facade role's sockets: SUB, DEALER, and the XPUB to the collector (NULL without --writes). */
+typedef struct {
+    void *updates, *snapshot, *collector;
+} links_t;
+
+/* Step 1: the facade's sockets, new and connected. Returns the subtrees as a JSON array (`ready`). */
+static json_t *open_facade(void *context, const facade_args *args, bool monitor, links_t *links)
+{
+    links->updates = zmq_socket(context, ZMQ_SUB);
+    /* DEALER: requests go out and replies come in without envelopes, several at a time. */
+    links->snapshot = zmq_socket(context, ZMQ_DEALER);
+    /* XPUB to the collector: a PUB that tells us when the collector's subscription has arrived. */
+    links->collector = args->writes ? zmq_socket(context, ZMQ_XPUB) : NULL;
+    limit_socket(links->updates, 0, MAX_MESSAGE);
+    limit_socket(links->snapshot, 0, MAX_MESSAGE);
+    monitor_socket(context, links->updates, "updates", monitor);
+    monitor_socket(context, links->snapshot, "snapshot", monitor);
+    if (links->collector) {
+        /* Linger 1000 ms: the last write (a delete) may still be queued when we exit. */
+        limit_socket(links->collector, 1000, MAX_MESSAGE);
+        monitor_socket(context, links->collector, "collector", monitor);
+        connect_to(links->collector, args->collector);
+    }
+    connect_to(links->updates, args->updates);
+    json_t *listed = facade_subscribe(links->updates, &args->subtrees);
+    connect_to(links->snapshot, args->snapshot);
+    return listed;
+}
+
+/* Closes them with linger 0: writes queued for a dead engine are worth nothing. (Closing a
+   socket stops its monitor: MONITOR_STOPPED ends the watching thread.) */
+static void close_facade(const links_t *links)
+{
+    void *sockets[] = {links->updates, links->snapshot, links->collector};
+    int linger = 0;
+    for (int i = 0; i < 3; i++) {
+        if (sockets[i]) {
+            zmq_setsockopt(sockets[i], ZMQ_LINGER, &linger, sizeof linger);
+            zmq_close(sockets[i]);
+        }
+    }
+}
+
+/* A new session's facade: no map, no watermarks, no counters, none of its writes seen. */
+static void fresh_facade(facade_t *facade)
+{
+    map_free(&facade->map);
+    *facade = (facade_t){.args = facade->args, .sees_own = facade->sees_own, .writes = facade->writes};
+    for (size_t i = 0; i < facade->args.subtrees.count; i++) {
+        subtree_t *tree = &facade->args.subtrees.tree[i];
+        *tree = (subtree_t){.bytes = tree->bytes, .size = tree->size};
+    }
+    for (int n = 1; n <= facade->args.writes; n++)
+        facade->writes[n].echoed = facade->writes[n].expired = false;
+}
+
+/* What a session knows of the engine it follows: `seen`, the highest sequence read from the SUB
+   (HUGZ, and KVPUBs applied or discarded), and `engine`, the UUID in the HUGZ that started the
+   session (none yet before it; empty from a server that follows the RFC, or the Guide's). */
+typedef struct {
+    uint64_t seen;
+    bool named; /* whether a HUGZ has named the engine: `engine` is its UUID then */
+    size_t engine_size;
+    unsigned char engine[QUERY_MAX_MESSAGE]; /* no frame is longer (ZMQ_MAXMSGSIZE) */
+} session_t;
+
+/* Whether the SUB still hears the engine of this session: NULL if so, else why not ("engine" or
+   "sequence", PROTOCOL.md "Restarts"). The same UUID in every HUGZ, and sequences that only rise:
+   one engine's messages reach us in order on one connection, every KVPUB above the HUGZ before
+   it, every HUGZ at least the KVPUBs before it. So a HUGZ with another UUID, a KVPUB not above
+   `seen`, or a HUGZ below it, is another engine's. A HUGZ's UUID and sequence are frames 2 and 1
+   when it is 5 frames with an 8-byte frame 1, else empty and 0; a sequence of 0 says nothing (a
+   server that follows the RFC to the letter). Malformed KVPUBs tell nothing. */
+static const char *follow_engine(const frames_t *message, session_t *session)
+{
+    char why[WHY_SIZE];
+    uint64_t sequence;
+    if (frame_is(message, 0, "HUGZ")) {
+        bool whole = message->count == 5 && frame_size(message, 1) == 8;
+        const char *uuid = whole ? frame_data(message, 2) : "";
+        size_t size = whole ? frame_size(message, 2) : 0;
+        sequence = whole ? get_be64(frame_data(message, 1)) : 0;
+        if (size > sizeof session->engine) /* cannot happen (MAXMSGSIZE); never the same engine */
+            return "engine";
+        if (!session->named) {
+            session->named = true;
+            session->engine_size = size;
+            memcpy(session->engine, uuid, size);
+        } else if (size != session->engine_size || memcmp(uuid, session->engine, size)) {
+            return "engine";
+        }
+        if (sequence && sequence < session->seen)
+            return "sequence";
+        session->seen = sequence > session->seen ? sequence : session->seen;
+        return NULL;
+    }
+    if (check_kv(message, why))
+        return NULL;
+    sequence = get_be64(frame_data(message, 1));
+    if (sequence <= session->seen)
+        return "sequence";
+    session->seen = sequence;
+    return NULL;
+}
+
+/* One session with one engine: steps 2 to 6 of the facade, from a fresh facade and a fresh
+   session. NULL once it is done; else why the engine turns out to be gone or new (PROTOCOL.md,
+   "Restarts"): "silence", "engine" or "sequence", `session->seen` the highest sequence read from
+   the SUB. */
+static const char *follow(facade_t *facade, const links_t *links, const deadline_t *deadline, session_t *session)
+{
+    const facade_args *args = &facade->args;
+    fresh_facade(facade);
+    session->seen = 0;
+    session->named = false; /* engine: none yet */
+    session->engine_size = 0;
+    /* The slow joiner: wait for a HUGZ, dropping whatever comes before it (the snapshot covers it).
+       It goes through follow_engine too: it names the session's engine, and `seen` starts at the
+       engine's sequence (0 for a HUGZ of 0), so that every update after it must be higher. */
+    for (bool live = false; !live;) {
+        frames_t message;
+        if (poll_in(links->updates, deadline_cap(deadline, 100)) &&
+            recv_at_most(links->updates, &message, MAX_FRAMES)) {
+            live = frame_is(&message, 0, "HUGZ");
+            if (live)
+                follow_engine(&message, session); /* none yet, `seen` 0: it cannot fail */
+            frames_close(&message);
+        }
+        if (!live && deadline_expired(deadline))
+            fail("timeout", "no HUGZ from the engine within %d ms", args->timeout);
+    }
+
+    int64_t heard = now_ms(); /* when the engine was last heard from: silence means it is gone */
+    facade_request_snapshots(facade, links->snapshot);
+    while (facade->waiting) { /* the SUB stays unread meanwhile: its updates wait, in order */
+        frames_t message;
+        if (poll_in(links->snapshot, deadline_cap(deadline, 100)) &&
+            recv_at_most(links->snapshot, &message, MAX_FRAMES)) {
+            heard = now_ms();
+            facade_on_snapshot(facade, &message);
+            frames_close(&message);
+        } else if (now_ms() - heard >= args->silence) {
+            return "silence";
+        }
+        if (deadline_expired(deadline))
+            fail("timeout", "%zu of %zu subtrees never completed", facade->waiting, args->subtrees.count);
+    }
+
+    zmq_pollitem_t items[] = {
+        {.socket = links->updates, .events = ZMQ_POLLIN},
+        {.socket = links->snapshot, .events = ZMQ_POLLIN},
+        {.socket = links->collector, .events = ZMQ_POLLIN},
+    };
+    bool collector_live = false;
+    while (!finished(facade)) {
+        if (deadline_expired(deadline))
+            fail("timeout", "applied %d updates, up to %llu, and was not done", facade->applied,
+                 (unsigned long long)facade->last);
+        poll_all(items, links->collector ? 3 : 2, deadline_cap(deadline, 100));
+        frames_t message;
+        char text[QUOTE_SIZE];
+        if ((items[0].revents & ZMQ_POLLIN) && recv_at_most(links->updates, &message, MAX_FRAMES)) {
+            heard = now_ms();
+            const char *other = follow_engine(&message, session);
+            if (!other)
+                facade_on_update(facade, &message);
+            frames_close(&message);
+            if (other)
+                return other;
+        } else if (now_ms() - heard >= args->silence) { /* not even a HUGZ, sent every --hugz ms */
+            return "silence";
+        }
+        if ((items[1].revents & ZMQ_POLLIN) && recv_at_most(links->snapshot, &message, MAX_FRAMES)) {
+            emit_error("unexpected-snapshot", "%s after every KTHXBAI",
+                       quote(frame_data(&message, 0), frame_size(&message, 0), text));
+            frames_close(&message);
+        }
+        zmq_msg_t frame;
+        zmq_msg_init(&frame);
+        if ((items[2].revents & ZMQ_POLLIN) && frame_if_ready(links->collector, &frame) && !collector_live &&
+            zmq_msg_size(&frame) == 1 && *(const char *)zmq_msg_data(&frame) == 1) {
+            collector_live = true; /* the collector's subscription to everything: writes now arrive */
+            for (int n = 1; n <= args->writes; n++)
+                write_key(links->collector, facade->writes[n].key, facade->writes[n].value,
+                          n % 2 == 0 ? args->ttl : 0);
+        }
+        zmq_msg_close(&frame);
+        if (collector_live && !facade->delete_sent && facade->echoes == args->writes) {
+            write_key(links->collector, facade->writes[1].key, "", 0); /* an empty value: delete the key */
+            facade->delete_sent = true;
+        }
+    }
+    return NULL;
+}
+
 int query_facade(int argc, char **argv)
 {
     facade_t facade = {
@@ -911,6 +1115,7 @@ int query_facade(int argc, char **argv)
             .collector = "tcp://127.0.0.1:5558",
             .count = 100,
             .ttl = 1,
+            .silence = 3000,
             .timeout = 30000,
         },
     };
@@ -925,6 +1130,7 @@ int query_facade(int argc, char **argv)
         NUMBER_FLAG("count", args->count, 1),
         NUMBER_FLAG("writes", args->writes, 0),
         PARSED_FLAG("ttl", parse_ttl, args->ttl),
+        NUMBER_FLAG("silence", args->silence, 1),
         NUMBER_FLAG("timeout", args->timeout, 0),
         MONITOR_FLAG(monitor),
     };
@@ -944,90 +1150,22 @@ int query_facade(int argc, char **argv)
 
     deadline_t deadline = deadline_start(args->timeout);
     void *context = zmq_ctx_new();
-    void *updates = zmq_socket(context, ZMQ_SUB);
-    /* DEALER: requests go out and replies come in without envelopes, several at a time. */
-    void *snapshot = zmq_socket(context, ZMQ_DEALER);
-    /* XPUB to the collector: a PUB that tells us when the collector's subscription has arrived. */
-    void *collector = args->writes ? zmq_socket(context, ZMQ_XPUB) : NULL;
-    limit_socket(updates, 0, MAX_MESSAGE);
-    limit_socket(snapshot, 0, MAX_MESSAGE);
-    monitor_socket(context, updates, "updates", monitor);
-    monitor_socket(context, snapshot, "snapshot", monitor);
-    if (collector) {
-        /* Linger 1000 ms: the last write (a delete) may still be queued when we exit. */
-        limit_socket(collector, 1000, MAX_MESSAGE);
-        monitor_socket(context, collector, "collector", monitor);
-        connect_to(collector, args->collector);
-    }
-    connect_to(updates, args->updates);
-    json_t *listed = facade_subscribe(updates, trees);
-    connect_to(snapshot, args->snapshot);
-    emit("ready", "{s:s, s:o}", "name", args->name, "subtrees", listed);
-
-    /* The slow joiner: wait for a HUGZ, dropping whatever comes before it (the snapshot covers it). */
-    for (bool live = false; !live;) {
-        frames_t message;
-        if (poll_in(updates, deadline_cap(&deadline, 100)) && recv_at_most(updates, &message, MAX_FRAMES)) {
-            live = frame_is(&message, 0, "HUGZ");
-            frames_close(&message);
-        }
-        if (!live && deadline_expired(&deadline))
-            fail("timeout", "no HUGZ from the engine within %d ms", args->timeout);
-    }
-
-    facade_request_snapshots(&facade, snapshot);
-    while (facade.waiting) { /* the SUB stays unread meanwhile: its updates wait, in order */
-        frames_t message;
-        if (poll_in(snapshot, deadline_cap(&deadline, 100)) && recv_at_most(snapshot, &message, MAX_FRAMES)) {
-            facade_on_snapshot(&facade, &message);
-            frames_close(&message);
-        }
-        if (deadline_expired(&deadline))
-            fail("timeout", "%zu of %zu subtrees never completed", facade.waiting, trees->count);
-    }
-
-    zmq_pollitem_t items[] = {
-        {.socket = updates, .events = ZMQ_POLLIN},
-        {.socket = snapshot, .events = ZMQ_POLLIN},
-        {.socket = collector, .events = ZMQ_POLLIN},
-    };
-    bool collector_live = false;
-    while (!finished(&facade)) {
-        if (deadline_expired(&deadline))
-            fail("timeout", "applied %d updates, up to %llu, and was not done", facade.applied,
-                 (unsigned long long)facade.last);
-        poll_all(items, collector ? 3 : 2, deadline_cap(&deadline, 100));
-        frames_t message;
-        char text[QUOTE_SIZE];
-        if ((items[0].revents & ZMQ_POLLIN) && recv_at_most(updates, &message, MAX_FRAMES)) {
-            facade_on_update(&facade, &message);
-            frames_close(&message);
-        }
-        if ((items[1].revents & ZMQ_POLLIN) && recv_at_most(snapshot, &message, MAX_FRAMES)) {
-            emit_error("unexpected-snapshot", "%s after every KTHXBAI",
-                       quote(frame_data(&message, 0), frame_size(&message, 0), text));
-            frames_close(&message);
-        }
-        zmq_msg_t frame;
-        zmq_msg_init(&frame);
-        if ((items[2].revents & ZMQ_POLLIN) && frame_if_ready(collector, &frame) && !collector_live &&
-            zmq_msg_size(&frame) == 1 && *(const char *)zmq_msg_data(&frame) == 1) {
-            collector_live = true; /* the collector's subscription to everything: writes now arrive */
-            for (int n = 1; n <= args->writes; n++)
-                write_key(collector, facade.writes[n].key, facade.writes[n].value, n % 2 == 0 ? args->ttl : 0);
-        }
-        zmq_msg_close(&frame);
-        if (collector_live && !facade.delete_sent && facade.echoes == args->writes) {
-            write_key(collector, facade.writes[1].key, "", 0); /* an empty value: delete the key */
-            facade.delete_sent = true;
-        }
+    links_t links;
+    emit("ready", "{s:s, s:o}", "name", args->name, "subtrees", open_facade(context, args, monitor, &links));
+    const char *why;
+    session_t session;
+    while ((why = follow(&facade, &links, &deadline, &session))) {
+        /* Start over on new sockets: the old ones may still hold the old engine's messages. */
+        close_facade(&links);
+        emit("resynced", "{s:s, s:o}", "why", why, "last", json_u64(session.seen));
+        json_decref(open_facade(context, args, monitor, &links)); /* `ready` is said once */
     }
 
     emit("done", "o", facade_summary(&facade));
-    zmq_close(updates);
-    zmq_close(snapshot);
-    if (collector)
-        zmq_close(collector);
+    zmq_close(links.updates);
+    zmq_close(links.snapshot);
+    if (links.collector)
+        zmq_close(links.collector);
     zmq_ctx_term(context); /* waits for the collector's linger, at most */
     facade_free(&facade);
     return 0;

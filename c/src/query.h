@@ -58,7 +58,7 @@ flag_parser parse_subtrees;
 typedef struct {
     const char *snapshot, *updates, *collector, *name;
     subtrees_t subtrees;
-    int count, writes, ttl, timeout;
+    int count, writes, ttl, silence, timeout; /* silence: the facade role's, not the desk's */
 } facade_args;
 
 /* Write N (1 to --writes): the key /facades/NAME/N and the value NAME/N, and what came back. */

@@ -2,6 +2,7 @@
 facade's map is the engine's map at the facade's sequence, restricted to its subtrees."""
 import math
 from collections import Counter
+from dataclasses import replace
 
 from . import events
 from ..spec import render
@@ -42,21 +43,43 @@ def check(spec, transcripts):
     engines = [t for t in transcripts if t.role == "engine"]
     if not engines:
         return []
-    engine = engines[0]
-    updates = events(engine, "update")
-    problems = check_engine(engine, updates, [t for t in transcripts if t.role == "publisher"])
+    publishers = [t for t in transcripts if t.role == "publisher"]
+    killed = next((t for t in engines if t.killed and not t.restarted), None)
+    if killed:  # a restart cell: the facades end up following the second engine
+        engine = next((t for t in engines if t.restarted), None)
+        if engine is None:
+            return []  # the runner already says why the engine did not start again
+        problems = check_engine(killed, events(killed, "update"), publishers, killed=True)
+        problems += check_engine(engine, events(engine, "update"), publishers, restarted=True)
+    else:
+        engine = engines[0]
+        problems = check_engine(engine, events(engine, "update"), publishers)
     if problems:
         return problems  # every facade is compared with the engine's updates: they must be whole
+    updates = events(engine, "update")
     role = next((r for r in spec.roles if r.name == "facade"), None)  # the desk's query agent is a facade too
     for t in transcripts:
-        if t.role == "facade":
-            problems += check_facade(t, updates) + check_writes(t, updates)
-            if role and role.start_after:
-                problems += check_late(t, int(render(str(role.start_after["count"]), spec.context(role, t.index, {}))))
+        if t.role != "facade":
+            continue
+        resynced = [i for i, e in enumerate(t.events) if e["event"] == "resynced"]
+        if len(resynced) != (1 if killed else 0):
+            early = killed and not resynced and not check_facade(t, events(killed, "update"))
+            problems.append(f"{t.label}: {len(resynced)} resynced event(s), "
+                            + ("not exactly one across the engine's restart" if killed else "though the engine never restarted")
+                            + (" (it was done with the first engine before the kill: the scenario must keep it busy longer)" if early else ""))
+            continue
+        if killed:  # its session with the second engine: what it reported after it started over
+            t = replace(t, events=t.events[resynced[0] + 1:])
+        problems += check_facade(t, updates) + check_writes(t, updates)
+        if role and role.start_after and not killed:
+            problems += check_late(t, int(render(str(role.start_after["count"]), spec.context(role, t.index, {}))))
     return problems
 
 
-def check_engine(engine, updates, publishers):
+def check_engine(engine, updates, publishers, restarted=False, killed=False):
+    """`restarted`: an engine started again mid-cell, whose ticks of each symbol start at the
+    first one it received, not at the publisher's first. `killed`: SIGKILL may have cut its last
+    tick short, between two of its updates."""
     problems = []
     sequences = [update.get("sequence") for update in updates]
     if sequences != list(range(1, len(updates) + 1)):
@@ -66,13 +89,40 @@ def check_engine(engine, updates, publishers):
     if done and done[0].get("sequence") != len(updates):
         problems.append(f"{engine.label}: done says sequence {done[0].get('sequence')}, after {len(updates)} updates")
     if publishers:
-        problems += check_ticks(engine, updates, int(publishers[0].flags["seed"]))
+        seed = int(publishers[0].flags["seed"])
+        if restarted:
+            starts, problems = tick_starts(engine, updates, seed)
+            if problems:
+                return problems
+            problems += check_ticks(engine, updates, seed, starts)
+        else:
+            problems += check_ticks(engine, updates, seed, cut=killed)
     return problems
 
 
-def check_ticks(engine, updates, seed):
+def tick_starts(engine, updates, seed, furthest=100000):
+    """For an engine started mid-cell: symbol -> the publisher's sequence of the first tick it got.
+    The first tick of a symbol sets its price in an empty map; every publisher tick with that
+    price is a candidate, and the first whose run the engine's updates follow is the one."""
+    starts = {}
+    for symbol in sorted({u["key"].split("/")[2] for u in updates if u.get("cause") == "tick" and u["key"].startswith("/prices/")}):
+        keys = {f"/prices/{symbol}", f"/stats/{symbol}/high", f"/stats/{symbol}/low", f"/stats/{symbol}/ticks"}
+        own = [u for u in updates if u["key"] in keys]
+        first = next(u["value"] for u in own if u["key"] == f"/prices/{symbol}")
+        starts[symbol] = next((k for k in range(1, furthest + 1)
+                               if decimal(math.floor(price(seed, symbol, k) * 100 + 0.5)) == first
+                               and not check_ticks(engine, own, seed, {symbol: k})), None)
+        if starts[symbol] is None:
+            return starts, [f"{engine.label}: the ticks of {symbol} follow no run of the publisher's ticks"]
+    return starts, []
+
+
+def check_ticks(engine, updates, seed, starts=None, cut=False):
     """Replay the ticks: the engine's k-th tick of S is the publisher's tick of sequence k (the
-    publisher starts once the engine is subscribed, and PUB/SUB loses nothing below the HWM)."""
+    publisher starts once the engine is subscribed, and PUB/SUB loses nothing below the HWM);
+    for an engine started again, its k-th tick of S is the publisher's starts[S] + k - 1. `cut`:
+    the last tick's updates may stop short of its ticks key (the engine was killed)."""
+    starts = starts or {}
     state, stats, burst = {}, {}, []
     for update in updates:
         if update.get("cause") == "tick":
@@ -81,7 +131,7 @@ def check_ticks(engine, updates, seed):
             if len(parts) == 4 and parts[1] == "stats" and parts[3] == "ticks":
                 symbol = parts[2]
                 count = stats.get(symbol, (0, 0, 0))[2] + 1
-                expected = [(key, value) for key, value in derive(stats, symbol, price(seed, symbol, count))
+                expected = [(key, value) for key, value in derive(stats, symbol, price(seed, symbol, starts.get(symbol, 1) + count - 1))
                             if state.get(key) != value]
                 got = [(u["key"], u["value"]) for u in burst]
                 if got != expected:
@@ -92,7 +142,7 @@ def check_ticks(engine, updates, seed):
             state[update["key"]] = update["value"]
         else:
             state.pop(update["key"], None)
-    return [f"{engine.label}: tick updates without their ticks key: {burst[:3]}"] if burst else []
+    return [f"{engine.label}: tick updates without their ticks key: {burst[:3]}"] if burst and not cut else []
 
 
 def check_facade(t, updates):

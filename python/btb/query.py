@@ -5,6 +5,7 @@ publishes updates, SUB collects writes; a fourth socket, SUB, takes ticks from e
 publisher. A facade asks for snapshots on a DEALER, follows updates on a SUB and writes on an XPUB."""
 import argparse
 import math
+import os
 import re
 import struct
 import time
@@ -23,7 +24,7 @@ MAX_FRAMES = 7  # frames kept of a message (5, a routing id, and one to tell "mo
 KEY = re.compile(rb"(/[A-Za-z0-9._-]+)+")
 SUBTREE = re.compile(rb"(/[A-Za-z0-9._-]+)+/")
 PROPERTY = re.compile(rb"([A-Za-z0-9_-]{1,32})=([\x20-\x7e]*)\n")
-HUGZ = [b"HUGZ", bytes(8), b"", b"", b""]
+HUGZ = b"HUGZ"
 ICANHAZ, KTHXBAI = b"ICANHAZ?", b"KTHXBAI"
 
 
@@ -49,6 +50,7 @@ def add_roles(roles):
     facade.add_argument("--count", type=at_least(1), default=100)
     facade.add_argument("--writes", type=at_least(0), default=0)
     facade.add_argument("--ttl", type=ttl_seconds, default=1)
+    facade.add_argument("--silence", type=at_least(1), default=3000)
     facade.add_argument("--timeout", type=at_least(0), default=30000)
     facade.set_defaults(run=run_facade)
 
@@ -228,7 +230,8 @@ class Engine:
         self.snapshots, self.updates, self.max_keys = snapshots, updates, max_keys
         self.map, self.expiries, self.stats = {}, {}, {}
         self.sequence = self.served = self.abandoned = 0
-        self.last_publish = time.monotonic()
+        self.last_hugz = time.monotonic()
+        self.uuid = os.urandom(16)  # who we are: an engine started again draws another
 
     def update(self, key, value, cause, uuid=b"", props=b""):
         """One update: the next sequence, the map, the KVPUB to every subscriber, the event."""
@@ -239,12 +242,13 @@ class Engine:
             self.map.pop(key, None)
         self.expiries.pop(key, None)
         self.updates.send_multipart([key, seq(self.sequence), uuid, props, value])  # XPUB never blocks
-        self.last_publish = time.monotonic()
         emit("update", sequence=self.sequence, key=key.decode(), value=value.hex(), cause=cause)
 
     def hugz(self):
-        self.updates.send_multipart(HUGZ)
-        self.last_publish = time.monotonic()
+        # The RFC's HUGZ carries 0 and no UUID; ours our sequence (as the Guide's clonesrv) and our
+        # UUID, so that a facade knows when the engine it hears is not the one it synced with.
+        self.updates.send_multipart([HUGZ, seq(self.sequence), self.uuid, b"", b""])
+        self.last_hugz = time.monotonic()
 
     def on_icanhaz(self, frames):
         if len(frames) != 3 or frames[1] != ICANHAZ or not is_subtree(frames[2]):
@@ -318,7 +322,7 @@ class Engine:
             self.update(key, b"", "expired")
 
     def next_timer(self, hugz_ms):
-        due = [self.last_publish + hugz_ms / 1000, *self.expiries.values()]
+        due = [self.last_hugz + hugz_ms / 1000, *self.expiries.values()]
         return max(0, int((min(due) - time.monotonic()) * 1000) + 1)
 
 
@@ -374,8 +378,8 @@ def run_engine(args):
             engine.on_subscription(frame)  # one frame at a time: each is one subscription
         now = time.monotonic()
         engine.expire(now)
-        if now - engine.last_publish >= args.hugz / 1000:
-            engine.hugz()
+        if now - engine.last_hugz >= args.hugz / 1000:
+            engine.hugz()  # every --hugz ms, busy or not: a facade that hears nothing knows we are gone
     emit("done", sequence=engine.sequence, keys=len(engine.map), snapshots=engine.served, abandoned=engine.abandoned)
     context.destroy()
 
@@ -457,6 +461,14 @@ class Mirror:
                 "applied": self.applied, "discarded": self.discarded}
 
 
+class Restarted(Exception):
+    """The engine is gone or is a new one (PROTOCOL.md, "Restarts"): start over on new sockets."""
+
+    def __init__(self, why, last):
+        super().__init__(why)
+        self.why, self.last = why, last
+
+
 class Facade(Mirror):
     """The facade's scenario on top of its mirror: its writes, and whether they all came back."""
 
@@ -468,8 +480,31 @@ class Facade(Mirror):
         self.writes = {prefix + str(n).encode(): f"{args.name}/{n}".encode() for n in range(1, args.writes + 1)}
         self.echoed, self.expired, self.deleted = set(), set(), False
         self.delete_sent = False
+        self.seen = 0  # the highest sequence read from the SUB: HUGZ, and KVPUBs applied or not
+        self.engine = None  # the UUID in the HUGZ that started the session (empty from an RFC server)
+
+    def follow_engine(self, frames):
+        """Whether the SUB still hears the engine of this session: the same UUID in every HUGZ, and
+        sequences that only rise (every update above the HUGZ before it, every HUGZ at least the
+        updates before it). Anything else comes from another engine."""
+        if frames[0] == HUGZ:
+            whole = len(frames) == 5 and len(frames[1]) == 8
+            uuid, sequence = (frames[2], struct.unpack(">Q", frames[1])[0]) if whole else (b"", 0)
+            if self.engine is None:
+                self.engine = uuid
+            elif uuid != self.engine:
+                raise Restarted("engine", self.seen)
+            if sequence and sequence < self.seen:  # 0: an RFC server's HUGZ, which says nothing
+                raise Restarted("sequence", self.seen)
+            self.seen = max(self.seen, sequence)
+        elif not check_kv(frames):
+            sequence = struct.unpack(">Q", frames[1])[0]
+            if sequence <= self.seen:
+                raise Restarted("sequence", self.seen)
+            self.seen = sequence
 
     def on_update(self, frames):
+        self.follow_engine(frames)
         applied = super().on_update(frames)
         if applied is None:
             return None
@@ -504,9 +539,8 @@ def connect_facade(updates, snapshot, args):
     connect(snapshot, args.snapshot)
 
 
-def run_facade(args):
-    deadline = Deadline(args.timeout)
-    context = zmq.Context()
+def open_facade(context, args):
+    """The facade's sockets, new and connected: [SUB, DEALER, XPUB or None]."""
     updates = context.socket(zmq.SUB)
     # DEALER: requests go out and replies come in without envelopes, several at a time.
     snapshot = context.socket(zmq.DEALER)
@@ -523,23 +557,56 @@ def run_facade(args):
         collector.linger = 1000  # the last write (a delete) may still be queued when we exit
         connect(collector, args.collector)
     connect_facade(updates, snapshot, args)
-    emit("ready", name=args.name, subtrees=[tree.decode() for tree in args.subtrees])
+    return [updates, snapshot, collector]
 
+
+def run_facade(args):
+    deadline = Deadline(args.timeout)
+    context = zmq.Context()
+    sockets = open_facade(context, args)
+    emit("ready", name=args.name, subtrees=[tree.decode() for tree in args.subtrees])
+    while True:
+        try:
+            facade = follow(args, deadline, *sockets)
+            break
+        except Restarted as restart:
+            # Start over on new sockets: the old ones may still hold the old engine's messages.
+            for sock in sockets:
+                if sock is not None:
+                    sock.close(linger=0)  # writes queued for a dead engine are worth nothing
+            emit("resynced", why=restart.why, last=restart.last)
+            sockets = open_facade(context, args)
+    emit("done", **facade.summary())
+    context.destroy()
+
+
+def follow(args, deadline, updates, snapshot, collector):
+    """One session with one engine: steps 2 to 6 of the facade. Returns the finished facade, or
+    raises Restarted when the engine turns out to be gone or new."""
     facade = Facade(args)
     # The slow joiner: wait for a HUGZ, dropping whatever comes before it (the snapshot covers it).
     while True:
         frames = recv_message(updates) if updates.poll(deadline.cap(100)) else None
-        if frames and frames[0] == b"HUGZ":
+        if frames and frames[0] == HUGZ:
+            facade.follow_engine(frames)  # which engine, and its sequence now: every update after it is higher
             break
         if deadline.expired():
             raise Failure("timeout", f"no HUGZ from {args.updates} within {args.timeout} ms")
+
+    heard = time.monotonic()  # when the engine was last heard from: silence means it is gone
+
+    def silent():
+        return time.monotonic() - heard >= args.silence / 1000
 
     for tree in args.subtrees:  # all requests in flight at once on the one DEALER
         snapshot.send_multipart([ICANHAZ, tree])
     while facade.waiting:  # the SUB stays unread meanwhile: its updates wait, in order
         frames = recv_message(snapshot) if snapshot.poll(deadline.cap(100)) else None
         if frames:
+            heard = time.monotonic()
             facade.on_snapshot(frames)
+        elif silent():
+            raise Restarted("silence", facade.seen)
         if deadline.expired():
             raise Failure("timeout", f"subtrees {[t.decode() for t in facade.waiting]} never completed")
 
@@ -553,7 +620,10 @@ def run_facade(args):
             raise Failure("timeout", f"applied {facade.applied} updates, up to {facade.last}, and was not done")
         ready = dict(poller.poll(deadline.cap(100)))
         if updates in ready and (frames := recv_message(updates)):
+            heard = time.monotonic()
             facade.on_update(frames)
+        elif silent():  # not even a HUGZ, which the engine sends every --hugz ms
+            raise Restarted("silence", facade.seen)
         if snapshot in ready and (frames := recv_message(snapshot)):
             emit("error", code="unexpected-snapshot", reason=f"{frames[0][:32]!r} after every KTHXBAI")
         if collector in ready and (frame := recv_if_ready(collector, whole=False)) is not None:
@@ -568,5 +638,4 @@ def run_facade(args):
             collector.send_multipart(kvset(first, b""))
             facade.delete_sent = True
             emit("wrote", key=first.decode(), value="", ttl=0)
-    emit("done", **facade.summary())
-    context.destroy()
+    return facade

@@ -22,7 +22,7 @@ use crate::ticker::{hex, symbol, symbol_list, symbol_of, topic, Symbols};
 pub const MAX_MESSAGE: i64 = 1024;
 pub const MAX_VALUE: usize = 256;
 const MAX_FRAMES: usize = 7; // frames kept of a message (5, a routing id, one to tell "more"); the rest are dropped
-const HUGZ: [&[u8]; 5] = [b"HUGZ", &[0; 8], b"", b"", b""];
+const HUGZ: &[u8] = b"HUGZ";
 pub const ICANHAZ: &[u8] = b"ICANHAZ?";
 const KTHXBAI: &[u8] = b"KTHXBAI";
 
@@ -81,6 +81,8 @@ pub struct FacadeArgs {
     writes: u32,
     #[arg(long, default_value_t = 1, value_parser = value_parser!(u32).range(1..=86400))]
     ttl: u32,
+    #[arg(long, default_value_t = 3000, value_parser = value_parser!(u32).range(1..))]
+    silence: u32,
     #[arg(long, default_value_t = 30000)]
     timeout: u32,
     #[arg(long, value_enum, default_value_t = OnOff::Off)]
@@ -302,6 +304,16 @@ fn run_derive(args: DeriveArgs) -> Result<(), Failure> {
 
 // --- engine ----------------------------------------------------------------------------------
 
+/// 16 random bytes from the kernel (std only: no crate for this).
+fn random_uuid() -> Result<[u8; 16], Failure> {
+    use std::io::Read;
+    let mut uuid = [0; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut urandom| urandom.read_exact(&mut uuid))
+        .map_err(|error| Failure::new("no-random", format!("cannot read /dev/urandom: {}", error)))?;
+    Ok(uuid)
+}
+
 /// The map (key -> (value, sequence)), its expiries, and the sockets that reply and publish.
 struct Engine {
     snapshots: zmq::Socket,
@@ -313,7 +325,9 @@ struct Engine {
     sequence: u64,
     served: u64,
     abandoned: u64,
-    last_publish: Instant,
+    last_hugz: Instant,
+    /// Who we are, in every HUGZ: 16 random bytes drawn at start; an engine started again draws another.
+    uuid: [u8; 16],
 }
 
 impl Engine {
@@ -328,15 +342,17 @@ impl Engine {
         self.expiries.remove(key);
         // XPUB never blocks: a subscriber whose queue is full (HWM) loses the update.
         self.updates.send_multipart([key, &self.sequence.to_be_bytes(), uuid, props, value], 0)?;
-        self.last_publish = Instant::now();
         let key = text(key);
         emit("update", json!({ "sequence": self.sequence, "key": key, "value": hex(value), "cause": cause }));
         Ok(())
     }
 
     fn hugz(&mut self) -> Result<(), Failure> {
-        self.updates.send_multipart(HUGZ, 0)?;
-        self.last_publish = Instant::now();
+        // The RFC's HUGZ carries 0 and no UUID; ours the sequence of our last update, as the Guide's
+        // clonesrv, and our UUID, so that a facade knows when the engine it hears is not the one it
+        // synced with.
+        self.updates.send_multipart([HUGZ, &self.sequence.to_be_bytes(), &self.uuid, b"", b""], 0)?;
+        self.last_hugz = Instant::now();
         Ok(())
     }
 
@@ -440,7 +456,7 @@ impl Engine {
 
     /// Milliseconds to the next HUGZ or expiry.
     fn next_timer(&self, hugz: Duration) -> i64 {
-        ms_until(self.expiries.values().copied().fold(self.last_publish + hugz, Instant::min))
+        ms_until(self.expiries.values().copied().fold(self.last_hugz + hugz, Instant::min))
     }
 }
 
@@ -493,7 +509,8 @@ fn run_engine(args: EngineArgs) -> Result<(), Failure> {
         sequence: 0,
         served: 0,
         abandoned: 0,
-        last_publish: Instant::now(),
+        last_hugz: Instant::now(),
+        uuid: random_uuid()?,
     };
     while !stop.load(Ordering::SeqCst) {
         if deadline.expired() {
@@ -528,8 +545,8 @@ fn run_engine(args: EngineArgs) -> Result<(), Failure> {
         }
         let now = Instant::now();
         engine.expire(now)?;
-        if now.duration_since(engine.last_publish) >= hugz {
-            engine.hugz()?;
+        if now.duration_since(engine.last_hugz) >= hugz {
+            engine.hugz()?; // every --hugz ms, busy or not: a facade that hears nothing knows we are gone
         }
     }
     let done = json!({ "sequence": engine.sequence, "keys": engine.map.len(), "snapshots": engine.served,
@@ -706,9 +723,26 @@ impl Facade {
     }
 }
 
-fn run_facade(args: FacadeArgs) -> Result<(), Failure> {
-    let deadline = Deadline::new(args.timeout);
-    let context = zmq::Context::new();
+/// The facade's sockets: SUB, DEALER, and the collector XPUB with `--writes` above 0.
+struct Sockets {
+    updates: zmq::Socket,
+    snapshot: zmq::Socket,
+    collector: Option<zmq::Socket>,
+}
+
+impl Sockets {
+    /// Close them all, linger 0: writes queued for a dead engine are worth nothing.
+    /// (A closed socket stops its monitor, whose thread then ends.)
+    fn close(self) -> Result<(), Failure> {
+        for socket in [&self.updates, &self.snapshot].into_iter().chain(&self.collector) {
+            socket.set_linger(0)?;
+        }
+        Ok(()) // dropped here
+    }
+}
+
+/// The facade's sockets, new and connected (step 1).
+fn open_facade(context: &zmq::Context, args: &FacadeArgs) -> Result<Sockets, Failure> {
     let updates = context.socket(zmq::SUB)?;
     // DEALER: requests go out and replies come in without envelopes, several at a time.
     let snapshot = context.socket(zmq::DEALER)?;
@@ -719,11 +753,11 @@ fn run_facade(args: FacadeArgs) -> Result<(), Failure> {
         socket.set_maxmsgsize(MAX_MESSAGE)?;
     }
     for (socket, flag) in [(&updates, "updates"), (&snapshot, "snapshot")] {
-        monitor::attach(&context, socket, flag, args.monitor)?;
+        monitor::attach(context, socket, flag, args.monitor)?;
     }
     if let Some(collector) = &collector {
         collector.set_linger(1000)?; // the last write (a delete) may still be queued when we exit
-        monitor::attach(&context, collector, "collector", args.monitor)?;
+        monitor::attach(context, collector, "collector", args.monitor)?;
         connect(collector, &args.at.collector)?;
     }
     connect(&updates, &args.at.updates)?;
@@ -732,15 +766,88 @@ fn run_facade(args: FacadeArgs) -> Result<(), Failure> {
     }
     updates.set_subscribe(b"HUGZ")?; // last: once a HUGZ arrives, every subscription before it is in place
     connect(&snapshot, &args.at.snapshot)?;
+    Ok(Sockets { updates, snapshot, collector })
+}
+
+/// How a session with one engine ends (PROTOCOL.md, "Restarts").
+enum Session {
+    Done(Facade),
+    /// The engine is gone (`silence`) or is a new one (`engine`, `sequence`); `last` is the
+    /// highest sequence read from the SUB.
+    Restarted { why: &'static str, last: u64 },
+}
+
+fn run_facade(args: FacadeArgs) -> Result<(), Failure> {
+    let deadline = Deadline::new(args.timeout);
+    let context = zmq::Context::new();
+    let mut sockets = open_facade(&context, &args)?;
     let subtrees: Vec<_> = args.subtrees.0.iter().map(|tree| text(tree)).collect();
     emit("ready", json!({ "name": args.name, "subtrees": subtrees }));
+    let facade = loop {
+        match follow(&args, &deadline, &sockets)? {
+            Session::Done(facade) => break facade,
+            Session::Restarted { why, last } => {
+                // Start over on new sockets: the old ones may still hold the old engine's messages.
+                sockets.close()?;
+                emit("resynced", json!({ "why": why, "last": last }));
+                sockets = open_facade(&context, &args)?;
+            }
+        }
+    };
+    emit("done", facade.summary());
+    Ok(()) // the collector's linger (1000 ms) lets the last write leave as the context closes
+}
 
+/// What the SUB has told a session of its engine: the UUID in the HUGZ that ended step 2 (None
+/// before it; empty from an RFC server), and `seen`, the highest sequence read from the SUB (HUGZ,
+/// and KVPUBs applied or not).
+#[derive(Default)]
+struct Followed {
+    engine: Option<Vec<u8>>,
+    seen: u64,
+}
+
+/// Whether the SUB still hears the engine of this session: the same UUID in every HUGZ, and
+/// sequences that only rise (every update above the HUGZ before it, every HUGZ at least the updates
+/// before it). Anything else comes from another engine: Err(why), `engine` or `sequence`. A
+/// malformed KVPUB says nothing; a HUGZ that is not 5 frames with an 8-byte sequence counts as one
+/// with no UUID and sequence 0.
+fn follow_engine(frames: &[Vec<u8>], followed: &mut Followed) -> Result<(), &'static str> {
+    if frames[0] == HUGZ {
+        let whole = frames.len() == 5 && frames[1].len() == 8;
+        let (uuid, sequence) = if whole { (&frames[2][..], sequence_of(&frames[1])) } else { (&b""[..], 0) };
+        match &followed.engine {
+            None => followed.engine = Some(uuid.to_vec()),
+            Some(engine) if engine != uuid => return Err("engine"),
+            Some(_) => {}
+        }
+        if sequence != 0 && sequence < followed.seen {
+            return Err("sequence"); // 0: an RFC server's HUGZ, which says nothing
+        }
+        followed.seen = followed.seen.max(sequence);
+    } else if check_kv(frames).is_none() {
+        let sequence = sequence_of(&frames[1]);
+        if sequence <= followed.seen {
+            return Err("sequence");
+        }
+        followed.seen = sequence;
+    }
+    Ok(())
+}
+
+/// One session with one engine: steps 2 to 6 of the facade, on sockets fresh from `open_facade`.
+fn follow(args: &FacadeArgs, deadline: &Deadline, sockets: &Sockets) -> Result<Session, Failure> {
+    let Sockets { updates, snapshot, collector } = sockets;
     let mut facade = Facade::new(args.subtrees.0.clone(), &args.name, args.count, args.writes);
+    let mut followed = Followed::default(); // which engine, and the highest sequence read from the SUB
+
     // The slow joiner: wait for a HUGZ, dropping whatever comes before it (the snapshot covers it).
     loop {
-        if readable(&updates, deadline.cap(100))?
-            && matches!(recv_message(&updates)?, Some(frames) if frames[0] == b"HUGZ")
-        {
+        let frames = if readable(updates, deadline.cap(100))? { recv_message(updates)? } else { None };
+        if let Some(frames) = frames.filter(|frames| frames[0] == HUGZ) {
+            // Which engine, and its sequence now: every update after it is higher. (Nothing heard
+            // yet: no restart.)
+            let _ = follow_engine(&frames, &mut followed);
             break;
         }
         if deadline.expired() {
@@ -748,16 +855,23 @@ fn run_facade(args: FacadeArgs) -> Result<(), Failure> {
         }
     }
 
+    // When the engine was last heard from: silence means it is gone.
+    let mut heard = Instant::now();
+    let silence = Duration::from_millis(args.silence.into());
+    let silent = |heard: Instant| heard.elapsed() >= silence;
+
     for tree in &args.subtrees.0 {
         // All requests in flight at once on the one DEALER.
-        send_when_room(&snapshot, &[ICANHAZ, &tree[..]], &deadline, "ICANHAZ?")?;
+        send_when_room(snapshot, &[ICANHAZ, &tree[..]], deadline, "ICANHAZ?")?;
     }
     while !facade.waiting.is_empty() {
         // The SUB stays unread meanwhile: its updates wait in its queue, in order.
-        if readable(&snapshot, deadline.cap(100))? {
-            if let Some(frames) = recv_message(&snapshot)? {
-                facade.on_snapshot(&frames, &mut emit);
-            }
+        let frames = if readable(snapshot, deadline.cap(100))? { recv_message(snapshot)? } else { None };
+        if let Some(frames) = frames {
+            heard = Instant::now();
+            facade.on_snapshot(&frames, &mut emit);
+        } else if silent(heard) {
+            return Ok(Session::Restarted { why: "silence", last: followed.seen });
         }
         if deadline.expired() {
             let waiting: Vec<_> = facade.waiting.iter().map(|tree| text(tree)).collect();
@@ -771,19 +885,26 @@ fn run_facade(args: FacadeArgs) -> Result<(), Failure> {
             let reason = format!("applied {} updates, up to {}, and was not done", facade.applied, facade.last);
             return Err(Failure::new("timeout", reason));
         }
-        let sockets: Vec<&zmq::Socket> = [&updates, &snapshot].into_iter().chain(&collector).collect();
-        let ready = readable_each(&sockets, deadline.cap(100))?;
-        if ready[0] {
-            if let Some(frames) = recv_message(&updates)? {
-                facade.on_update(&frames, &mut emit);
+        let polled: Vec<&zmq::Socket> = [updates, snapshot].into_iter().chain(collector).collect();
+        let ready = readable_each(&polled, deadline.cap(100))?;
+        let frames = if ready[0] { recv_message(updates)? } else { None };
+        if let Some(frames) = frames {
+            heard = Instant::now();
+            if let Err(why) = follow_engine(&frames, &mut followed) {
+                // Another UUID, or lower than what this engine already sent: this is another engine.
+                return Ok(Session::Restarted { why, last: followed.seen });
             }
+            facade.on_update(&frames, &mut emit);
+        } else if silent(heard) {
+            // Not even a HUGZ, which the engine sends every --hugz ms.
+            return Ok(Session::Restarted { why: "silence", last: followed.seen });
         }
         if ready[1] {
-            if let Some(frames) = recv_message(&snapshot)? {
+            if let Some(frames) = recv_message(snapshot)? {
                 report("unexpected-snapshot", format!("{} after every KTHXBAI", quote(&frames[0])))?;
             }
         }
-        let Some(collector) = &collector else { continue };
+        let Some(collector) = collector else { continue };
         if ready[2] {
             // The collector's subscription to everything: from now on, no write is dropped.
             if recv_frame_if_ready(collector)?.as_deref() == Some(&b"\x01"[..]) && !collector_live {
@@ -803,6 +924,5 @@ fn run_facade(args: FacadeArgs) -> Result<(), Failure> {
             facade.delete_sent = true;
         }
     }
-    emit("done", facade.summary());
-    Ok(()) // the collector's linger (1000 ms) lets the last write leave as the context closes
+    Ok(Session::Done(facade))
 }
