@@ -285,6 +285,7 @@ static class Chat
         List<string> roster = [];
         List<string> peers = []; // the roster of step 4: whose posts we wait for, and who must rejoin first
         readonly Dictionary<string, int> last = []; // handle -> the highest post number received from it
+        readonly Dictionary<string, HashSet<string>> texts = []; // handle -> the different texts received from it
         int received;
         bool listed; // a roster broadcast listed us since our last join
         bool forgotten; // the server forgot us (it restarted): rejoin before anything else
@@ -435,6 +436,9 @@ static class Chat
         void OnPost(string handle, string text)
         {
             received++;
+            if (!texts.TryGetValue(handle, out var seen))
+                texts[handle] = seen = new HashSet<string>(StringComparer.Ordinal);
+            seen.Add(text);
             Events.Emit("received", new { handle, text });
             if (PostNumber(handle, text) is int number)
             {
@@ -444,6 +448,11 @@ static class Chat
                 last[handle] = Math.Max(previous, number);
             }
         }
+
+        /// <summary>--count different texts from <paramref name="peer"/>, or its post numbered --count (posts
+        /// before it may have been lost with a server that died).</summary>
+        bool HeardAll(string peer) =>
+            (texts.TryGetValue(peer, out var seen) ? seen.Count : 0) >= args.Count || last.GetValueOrDefault(peer) >= args.Count;
 
         /// <summary>Handle one broadcast, or send a keep-alive when one is due, whichever comes first; or
         /// rejoin, if the server has forgotten us. Returns by <paramref name="until"/> (ms) if given.</summary>
@@ -526,7 +535,7 @@ static class Chat
                     Serve(until);
             }
 
-            while (peers.Any(peer => last.GetValueOrDefault(peer) < args.Count))
+            while (!peers.All(HeardAll))
                 Serve();
             Events.Emit("done", new { sent = args.Count, received });
         }

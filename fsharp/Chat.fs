@@ -364,6 +364,7 @@ type ChatClient(args: ClientSettings) =
     let mutable roster: string list = []
     let mutable peers: string list = [] // the roster of step 4: whose posts we wait for, who must rejoin first
     let last = Dictionary<string, int>() // handle -> the highest post number received from it
+    let texts = Dictionary<string, HashSet<string>>() // handle -> the different texts received from it
     let mutable received = 0
     let mutable listed = false // a roster broadcast listed us since our last join
     let mutable forgotten = false // the server forgot us (it restarted): rejoin before anything else
@@ -373,6 +374,15 @@ type ChatClient(args: ClientSettings) =
         match last.TryGetValue peer with
         | true, n -> n
         | _ -> 0
+
+    let textsFrom peer =
+        match texts.TryGetValue peer with
+        | true, set -> set.Count
+        | _ -> 0
+
+    /// --count different texts from `peer`, or its post numbered --count (posts before it may have
+    /// been lost with a server that died). A person's post, through the desk's page, is any text.
+    let heardAll peer = textsFrom peer >= args.Count || lastFrom peer >= args.Count
 
     member _.UpdateRoster(handles: string list) =
         if handles <> roster then
@@ -436,6 +446,9 @@ type ChatClient(args: ClientSettings) =
 
     member _.OnPost(handle: string, text: string) =
         received <- received + 1
+        match texts.TryGetValue handle with
+        | true, set -> set.Add text |> ignore // a duplicate adds nothing
+        | _ -> texts[handle] <- HashSet<string>([ text ], StringComparer.Ordinal)
         emit "received" [ "handle", box handle; "text", box text ]
         match postNumber handle text with
         | Some number ->
@@ -520,7 +533,7 @@ type ChatClient(args: ClientSettings) =
                 while nowMs () < until do
                     this.Serve(Some until)
 
-        while peers |> List.exists (fun peer -> lastFrom peer < args.Count) do
+        while not (peers |> List.forall heardAll) do
             this.Serve None
         emit "done" [ "sent", box args.Count; "received", box received ]
 

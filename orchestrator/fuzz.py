@@ -415,8 +415,9 @@ def _settle(attack, xsub):
 # -- the example's own messages: malformed, generated, flooding --
 
 
-def chat_expected(frames):
-    """The reply PROTOCOL.md prescribes for a chat request: an error code, or None for a roster."""
+def chat_expected(frames, known=()):
+    """The reply PROTOCOL.md prescribes for a chat request: an error code, or None for a roster.
+    `known`: the handles that joined before it (a post from any other is `unknown-handle`)."""
     if len(frames) not in (1, 2):
         return "frame-count"
     if not frames[0]:
@@ -432,6 +433,8 @@ def chat_expected(frames):
             frame.decode("utf-8")
         except UnicodeDecodeError:
             return "invalid-utf8"
+    if len(frames) == 2 and frames[0] not in known:
+        return "unknown-handle"
     return None
 
 
@@ -472,13 +475,16 @@ def chat_requests(attack):
     dealer = _socket(attack.context, zmq.DEALER, endpoint)
     requests = [[b"a", b"b", b"c"], [b""], [b"x" * 33], [b"ok", b""], [b"ok", b"t" * 4097], [b"\xff"]]
     requests += _generated(st.lists(CHAT_FRAME, min_size=1, max_size=4), 120)
+    known = set()  # the handles that joined: only they may post
     for frames in requests:
         dealer.send_multipart([b""] + frames)
         if not dealer.poll(PROBE_SECONDS * 1000):
             attack.problems.append(f"no reply to {frames!r:.80}")
             return
         reply = dealer.recv_multipart()
-        want = chat_expected(frames)
+        want = chat_expected(frames, known)
+        if want is None and len(frames) == 1:
+            known.add(frames[0])
         if want is None and (reply[:1] != [b""] or frames[0] not in reply[1:]):
             attack.problems.append(f"{frames!r:.80}: expected a roster with the handle, got {reply!r:.80}")
         elif want is not None and reply != [b"", b"", want.encode()]:

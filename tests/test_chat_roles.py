@@ -280,12 +280,14 @@ def test_a_roster_that_drops_the_client_makes_it_rejoin(start_role, context, lan
 
 @pytest.mark.parametrize("lang", languages("chat", "client"))
 def test_a_jump_in_a_peers_numbers_is_reported_missed(start_role, context, lang):
-    """Only a restart loses posts; a client says which: every number skipped, up to --count."""
+    """Only a restart loses posts; a client says which: every number skipped, up to --count. It is
+    done with a peer at --count different texts (a person's are not numbered), or at the post
+    numbered --count."""
     rogue = RogueServer(context)
-    client = start_role(lang, "chat", "client", name="alice", count=3, clients=2, **rogue.flags)
+    client = start_role(lang, "chat", "client", name="alice", count=4, clients=2, **rogue.flags)
     assert rogue.next_request() == [b"alice"]
     rogue.rep.send_multipart([b"alice", b"bob"])
-    for number in (1, 2, 3):
+    for number in (1, 2, 3, 4):
         text = f"alice #{number}: héllo wörld 🌍".encode()
         assert rogue.next_request() == [b"alice", text]
         rogue.rep.send_multipart([b"alice", b"bob"])
@@ -293,8 +295,28 @@ def test_a_jump_in_a_peers_numbers_is_reported_missed(start_role, context, lang)
     for text in ("bob #1: x", "bob: no number", "bob #99999999999: too long a number", "bob #1000000: x"):
         rogue.pub.send_multipart([b"bob", text.encode()])
     assert client.wait_exit(deadline()) and client.t.exit_code == 0, client.t.events
-    assert [(e["handle"], e["number"]) for e in events_named(client, "missed")] == [("bob", 2), ("bob", 3)]
-    assert client.t.events[-1] == {"event": "done", "sent": 3, "received": 7}
+    assert [(e["handle"], e["number"]) for e in events_named(client, "missed")] == [("bob", 2), ("bob", 3), ("bob", 4)]
+    assert client.t.events[-1] == {"event": "done", "sent": 4, "received": 8}
+
+
+@pytest.mark.parametrize("lang", languages("chat", "client"))
+def test_a_peers_texts_count_without_numbers(start_role, context, lang):
+    """A person's post (the desk's page) is any text: --count different texts from a peer are
+    enough, and a text received twice counts once."""
+    rogue = RogueServer(context)
+    client = start_role(lang, "chat", "client", name="alice", count=2, clients=2, **rogue.flags)
+    assert rogue.next_request() == [b"alice"]
+    rogue.rep.send_multipart([b"alice", b"bob"])
+    for number in (1, 2):
+        text = f"alice #{number}: héllo wörld 🌍".encode()
+        assert rogue.next_request() == [b"alice", text]
+        rogue.rep.send_multipart([b"alice", b"bob"])
+        rogue.pub.send_multipart([b"alice", text])
+    for text in ("hi all", "hi all", "a person's post ✓"):
+        rogue.pub.send_multipart([b"bob", text.encode()])
+    assert client.wait_exit(deadline()) and client.t.exit_code == 0, client.t.events
+    assert not events_named(client, "missed")
+    assert client.t.events[-1] == {"event": "done", "sent": 2, "received": 5}
 
 
 @pytest.mark.parametrize("lang", languages("chat", "client"))

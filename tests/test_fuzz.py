@@ -54,7 +54,9 @@ def test_the_reference_rules():
     assert fuzz.chat_expected([b"a", b"b", b"c"]) == "frame-count"
     assert fuzz.chat_expected([b"", b"\xff"]) == "empty-handle"
     assert fuzz.chat_expected([b"a", b"\xff"]) == "invalid-utf8"
-    assert fuzz.chat_expected(["é".encode() * 16, b"x" * 4096]) is None
+    assert fuzz.chat_expected(["é".encode() * 16, b"x" * 4096]) == "unknown-handle"  # a post before a join
+    assert fuzz.chat_expected(["é".encode() * 16, b"x" * 4096], {"é".encode() * 16}) is None
+    assert fuzz.chat_expected(["é".encode() * 16]) is None  # the join itself
     counted = set()
     assert fuzz.sink_expected([b"ready", b"n" * 33], 7, 10, counted) == "malformed-ready"
     good = [b"result", b"w", (4).to_bytes(8, "big"), order_value(7, 4).to_bytes(8, "big", signed=True)]

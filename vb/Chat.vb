@@ -261,6 +261,7 @@ Public Module Chat
         Private _roster As New List(Of String)
         Private _peers As New List(Of String)  ' the roster of step 4: whose posts we wait for, who must rejoin first
         Private ReadOnly _last As New Dictionary(Of String, Integer)  ' handle -> the highest post number received from it
+        Private ReadOnly _texts As New Dictionary(Of String, HashSet(Of String))  ' handle -> the different texts received from it
         Private _received As Integer
         Private _listed As Boolean  ' a roster broadcast listed us since our last join
         Private _forgotten As Boolean  ' the server forgot us (it restarted): rejoin before anything else
@@ -403,6 +404,12 @@ Public Module Chat
 
         Private Sub OnPost(handle As String, text As String)
             _received += 1
+            Dim texts As HashSet(Of String) = Nothing
+            If Not _texts.TryGetValue(handle, texts) Then
+                texts = New HashSet(Of String)(StringComparer.Ordinal)
+                _texts(handle) = texts
+            End If
+            texts.Add(text)  ' a duplicate adds nothing
             Emit("received", ("handle", handle), ("text", text))
             Dim number = PostNumber(handle, text)
             If number Is Nothing Then Return
@@ -412,6 +419,15 @@ Public Module Chat
             Next
             _last(handle) = Math.Max(last, number.Value)
         End Sub
+
+        ''' <summary>--count different texts from `peer`, or its post numbered --count (posts before it
+        ''' may have been lost with a server that died). A person's post, through the desk's page, is
+        ''' any text: it has no number, but it counts as one text.</summary>
+        Private Function HeardAll(peer As String) As Boolean
+            Dim texts As HashSet(Of String) = Nothing
+            Dim different = If(_texts.TryGetValue(peer, texts), texts.Count, 0)
+            Return different >= _count OrElse _last.GetValueOrDefault(peer) >= _count
+        End Function
 
         ''' <summary>Handle one broadcast, or send a keep-alive when one is due, whichever comes first;
         ''' or rejoin, if the server has forgotten us. Returns by `paceEnd` (monotonic ms) if given.</summary>
@@ -493,7 +509,7 @@ Public Module Chat
                 Loop
             Loop
 
-            Do While _peers.Any(Function(peer) _last.GetValueOrDefault(peer) < _count)
+            Do Until _peers.All(AddressOf HeardAll)
                 Serve()
             Loop
             Emit("done", ("sent", _count), ("received", _received))

@@ -456,11 +456,32 @@ static long post_number(const char *handle, size_t size, const char *text, size_
     return number;
 }
 
-/* A post received: a jump in its sender's numbers is posts lost with a server that died. */
+/* The different texts received from `handle` (a JSON object, text -> null), or NULL if none. */
+static json_t *texts_of(const client_t *client, const char *handle, size_t size)
+{
+    return json_object_getn(client->texts, handle, size);
+}
+
+/* Adds a post's text to its sender's different texts; a duplicate adds nothing. Only --count of
+   them matter (done needs no more), so a sender cannot make us keep more. */
+static void add_text(client_t *client, const char *handle, size_t size, const char *text, size_t text_size)
+{
+    json_t *texts = texts_of(client, handle, size);
+    if (!texts) {
+        texts = json_object();
+        json_object_setn_new_nocheck(client->texts, handle, size, texts); /* checked: a handle */
+    }
+    if (json_object_size(texts) < (size_t)client->args.count)
+        json_object_setn_new_nocheck(texts, text, text_size, json_null()); /* checked: UTF-8 */
+}
+
+/* A post received: its text is one of its sender's different texts; a jump in its sender's
+   numbers is posts lost with a server that died. */
 static void on_post(client_t *client, const frames_t *post)
 {
     const char *handle = frame_data(post, 0);
     size_t size = frame_size(post, 0);
+    add_text(client, handle, size, frame_data(post, 1), frame_size(post, 1));
     long number = post_number(handle, size, frame_data(post, 1), frame_size(post, 1));
     if (number < 0)
         return; /* not in the format: received, but without a number */
@@ -570,13 +591,19 @@ static void rejoin(client_t *client)
         serve_client(client, NO_LIMIT);
 }
 
+/* Done with a peer: --count different texts from it (a person's post, through the desk's page,
+   has no number), or its post numbered --count (posts before it may have been lost with a server
+   that died). Done when that holds for every peer of step 4. */
 static bool heard_from_all(client_t *client)
 {
     size_t i;
     json_t *peer;
     json_array_foreach(client->peers, i, peer) {
         const char *handle = json_string_value(peer);
-        if (names_get(&client->received, handle, json_string_length(peer), NULL)->value < client->args.count)
+        size_t size = json_string_length(peer);
+        json_t *texts = texts_of(client, handle, size);
+        if (json_object_size(texts) < (size_t)client->args.count &&
+            names_get(&client->received, handle, size, NULL)->value < client->args.count)
             return false;
     }
     return true;
@@ -623,6 +650,7 @@ int chat_client(int argc, char **argv)
     client.req = open_requests(&client);
     client.roster = json_array();
     client.peers = json_array();
+    client.texts = json_object();
     client.last_request = now_ms();
 
     wait_for_first_broadcast(&client); /* the slow joiner */
@@ -656,6 +684,7 @@ int chat_client(int argc, char **argv)
     emit("done", "{s:i, s:i}", "sent", args->count, "received", client.received_total);
     json_decref(client.peers);
     json_decref(client.roster);
+    json_decref(client.texts);
     names_free(&client.received);
     zmq_close(client.sub);
     zmq_close(client.req);

@@ -32,6 +32,8 @@ typedef struct {
     json_t *roster;     /* the last roster seen, as reported: a JSON array of handles */
     json_t *peers;      /* the roster of step 4: whose posts we wait for, who must rejoin first */
     names_t received;   /* value: the highest post number received from the handle */
+    json_t *texts;      /* handle -> {text: null}: the different texts received from it, at most
+                           --count of them (the chat client's; NULL in the desk's agent) */
     int received_total;
     int64_t last_request;
     /* Restarts (the chat client's; the desk's agent has none): a roster broadcast listed us since

@@ -226,6 +226,7 @@ class Client:
         self.roster = []
         self.peers = []  # the roster of step 4: whose posts we wait for, and who must rejoin first
         self.last = {}  # handle -> the highest post number received from it
+        self.texts = {}  # handle -> the different texts received from it
         self.received = 0
         self.listed = False  # a roster broadcast listed us since our last join
         self.forgotten = False  # the server forgot us (it restarted): rejoin before anything else
@@ -315,6 +316,7 @@ class Client:
 
     def on_post(self, handle, text):
         self.received += 1
+        self.texts.setdefault(handle, set()).add(text)
         emit("received", handle=handle, text=text)
         number = post_number(handle, text)
         if number is not None:
@@ -322,6 +324,11 @@ class Client:
             for missing in range(last + 1, min(number, self.args.count + 1)):  # bounded by --count
                 emit("missed", handle=handle, number=missing)  # lost with a server that died
             self.last[handle] = max(last, number)
+
+    def heard_all(self, peer):
+        """--count different texts from `peer`, or its post numbered --count (posts before it may
+        have been lost with a server that died)."""
+        return len(self.texts.get(peer, ())) >= self.args.count or self.last.get(peer, 0) >= self.args.count
 
     def serve(self, until=None):
         """Handle one broadcast, or send a keep-alive when one is due, whichever comes first; or
@@ -401,7 +408,7 @@ class Client:
             while time.monotonic() < until:
                 self.serve(until)
 
-        while any(self.last.get(peer, 0) < args.count for peer in self.peers):
+        while not all(self.heard_all(peer) for peer in self.peers):
             self.serve()
         emit("done", sent=args.count, received=self.received)
         self.context.destroy()

@@ -1,5 +1,5 @@
 //! chat: a roster server over REQ/REP with a PUB broadcast channel (examples/chat/PROTOCOL.md).
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -356,6 +356,8 @@ struct Client {
     peers: Vec<String>,
     /// handle -> the highest post number received from it
     last: HashMap<String, u64>,
+    /// handle -> the different texts received from it
+    texts: HashMap<String, HashSet<String>>,
     received: u64,
     /// a roster broadcast listed us since our last join
     listed: bool,
@@ -383,6 +385,7 @@ impl Client {
             roster: Vec::new(),
             peers: Vec::new(),
             last: HashMap::new(),
+            texts: HashMap::new(),
             received: 0,
             listed: false,
             forgotten: false,
@@ -479,6 +482,7 @@ impl Client {
 
     fn on_post(&mut self, handle: String, text: String) {
         self.received += 1;
+        self.texts.entry(handle.clone()).or_default().insert(text.clone());
         emit("received", json!({ "handle": handle, "text": text }));
         if let Some(number) = post_number(&handle, &text) {
             let last = self.last.get(&handle).copied().unwrap_or(0);
@@ -488,6 +492,14 @@ impl Client {
             }
             self.last.insert(handle, last.max(number));
         }
+    }
+
+    /// --count different texts from `peer`, or its post numbered --count (posts before it may have
+    /// been lost with a server that died).
+    fn heard_all(&self, peer: &str) -> bool {
+        let count = self.args.count;
+        self.texts.get(peer).map_or(0, |texts| texts.len() as u64) >= count
+            || self.last.get(peer).copied().unwrap_or(0) >= count
     }
 
     /// Handle one broadcast, or send a keep-alive when one is due, whichever comes first; or
@@ -604,7 +616,7 @@ impl Client {
             }
         }
 
-        while self.peers.iter().any(|peer| self.last.get(peer).copied().unwrap_or(0) < count) {
+        while !self.peers.iter().all(|peer| self.heard_all(peer)) {
             self.serve(None)?;
         }
         emit("done", json!({ "sent": count, "received": self.received }));
