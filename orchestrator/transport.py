@@ -4,40 +4,61 @@ import math
 import os
 import secrets
 import socket
+import threading
 from pathlib import Path
 
 TRANSPORTS = ("tcp", "ipc")
 WILDCARD = "tcp://127.0.0.1:*"  # what a spec gives a binding role; over ipc it becomes a path
 UNIX_IPC = "unix-ipc"  # the registry's `lacks:` feature: ipc:// is not a Unix domain socket (NetMQ)
 SHORT = Path("/tmp")  # a Unix socket's path must fit in 107 bytes; a run folder's need not
+_reserved, _reserving = set(), threading.Lock()  # NetMQ ports of the cells running in this process
+
+
+def ephemeral_ports():
+    """The range the kernel draws from for a connecting socket, or a wildcard bind (`:*`)."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's default
+    return range(low, high + 1)
 
 
 class IpcFolder:
     """The cell's `ipc/` folder, where its Unix sockets live, reached through a short link
     /tmp/btb-XXXXXXXX (unique per cell), removed when the cell ends. `names`: (role, index, flag)
     of every endpoint the cell will bind, when a NetMQ role is among them: NetMQ binds TCP at a
-    port derived from the name, so the eight digits are drawn again until those ports are distinct
-    and free (another process can still take one before the role binds: then it fails with `bind`)."""
+    port derived from the name, so the eight digits are drawn again until those ports are distinct,
+    free, held by no other cell of this process, and outside the kernel's ephemeral range (where
+    every connecting socket and every `:*` bind takes its port: a CI run lost a NetMQ publisher's
+    port to one of them). Another program binding that very port can still make the role fail
+    with `bind`."""
 
     def __init__(self, cell_dir, names=()):
         self.folder = Path(cell_dir).resolve() / "ipc"
         self.folder.mkdir(parents=True, exist_ok=True)
+        ephemeral = ephemeral_ports()
         while True:
             self.link = SHORT / f"btb-{secrets.token_hex(4)}"
-            ports = [netmq_port(self.endpoint(*name).removeprefix("ipc://")) for name in names]
-            if len(set(ports)) < len(ports) or not all(map(free, ports)):
+            self.ports = {netmq_port(self.endpoint(*name).removeprefix("ipc://")) for name in names}
+            if len(self.ports) < len(names) or any(port in ephemeral for port in self.ports):
                 continue
-            try:
-                os.symlink(self.folder, self.link)
+            with _reserving:
+                if self.ports & _reserved or not all(map(free, self.ports)):
+                    continue
+                try:
+                    os.symlink(self.folder, self.link)
+                except FileExistsError:
+                    continue  # another cell drew the same eight digits
+                _reserved.update(self.ports)
                 break
-            except FileExistsError:
-                continue  # another cell drew the same eight digits
 
     def endpoint(self, role, index, flag):
         return f"ipc://{self.link}/{role}{index}-{flag}"
 
     def close(self):
         self.link.unlink(missing_ok=True)
+        with _reserving:
+            _reserved.difference_update(self.ports)
 
 
 def netmq_port(name):

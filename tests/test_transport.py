@@ -34,6 +34,23 @@ def test_an_ipc_path_is_short_and_its_socket_lives_in_the_cell_folder(tmp_path):
     assert not ipc.link.exists() and (cell / "ipc").is_dir()
 
 
+def test_netmq_ports_are_drawn_outside_the_ephemeral_range_and_apart_from_other_cells(tmp_path):
+    """A connecting socket or a `:*` bind takes its port from the kernel's ephemeral range: a NetMQ
+    cell's derived ports stay out of it, and two cells of one run never hold the same port."""
+    names = [("engine", 0, flag) for flag in ("snapshot", "updates", "collector")] + [("publisher", 0, "ticks")]
+    cells = [transport.IpcFolder(tmp_path / f"cell{n}", names) for n in range(20)]
+    try:
+        ephemeral = transport.ephemeral_ports()
+        held = [port for cell in cells for port in cell.ports]
+        assert len(held) == len(set(held)) == 20 * len(names)
+        assert not [port for port in held if port in ephemeral]
+        assert set(held) == {transport.netmq_port(cell.endpoint(*name).removeprefix("ipc://")) for cell in cells for name in names}
+    finally:
+        for cell in cells:
+            cell.close()
+    assert not transport._reserved  # released with their cells
+
+
 def test_over_ipc_only_the_wildcard_tcp_endpoints_change_and_a_browser_s_page_stays_tcp(tmp_path):
     page = load_spec("desk").with_transport("ipc")
     page = replace(page, tcp_only=("http",))
