@@ -4,7 +4,7 @@ import hashlib
 import os
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import ROOT
@@ -53,6 +53,14 @@ class Language:
     lacks: dict = field(default_factory=dict)  # library feature (plain, curve, zap...) -> why it is missing
     defects: list = field(default_factory=list)  # Defect: what a hostile peer can do to its library
     inputs: list = field(default_factory=list)  # globs under ROOT that its build reads
+    untuned: dict = None  # {launch, env}: the same program as its runtime runs it by default (invoke bench --untuned)
+
+    def as_untuned(self):
+        """This language launched its untuned way (same name, so that cells and reports read alike),
+        or None when it has no untuned way."""
+        if not self.untuned:
+            return None
+        return replace(self, launch=self.untuned["launch"], env={**self.env, **self.untuned["env"]}, untuned=None)
 
     def defect_for(self, target, attack):
         return next((defect for defect in self.defects
@@ -83,7 +91,8 @@ class Language:
 
     def programs(self):
         """The files of the repository its launch command runs (the built program)."""
-        return [Path(part) for part in map(self.expand, self.launch) if part.startswith(str(ROOT))]
+        launches = self.launch + (self.untuned["launch"] if self.untuned else [])
+        return [Path(part) for part in map(self.expand, launches) if part.startswith(str(ROOT))]
 
     def up_to_date(self):
         stamp = STAMPS / f"{self.name}.sha256"
@@ -174,7 +183,7 @@ def load_registry(path=REGISTRY_PATH):
         if not isinstance(entry, dict):
             raise ConfigError(path, name, "must be a mapping")
         fields = Fields(path, entry, name)
-        fields.only("build", "launch", "env", "implements", "known_failures", "docker", "lacks", "defects", "inputs")
+        fields.only("build", "launch", "env", "implements", "known_failures", "docker", "lacks", "defects", "inputs", "untuned")
         build = fields.get("build", list, [])
         for index, step in enumerate(build):
             if not isinstance(step, list) or not step or not all(isinstance(p, str) for p in step):
@@ -236,10 +245,19 @@ def load_registry(path=REGISTRY_PATH):
             defects.append(Defect(defect, tuple(entry_fields.strings("attacks", required=True)),
                                   tuple(entry_fields.strings("targets", [])),
                                   entry_fields.get("reason", str, required=True), reproduction))
+        untuned = None
+        if "untuned" in entry:
+            variant = fields.child("untuned")
+            variant.only("launch", "env")
+            untuned = {"launch": variant.strings("launch", required=True), "env": variant.get("env", dict, {})}
+            if not untuned["launch"]:
+                raise variant.error("launch", "must not be empty")
+            if not all(isinstance(value, str) for value in untuned["env"].values()):
+                raise variant.error("env", "must map names to strings")
         inputs = fields.strings("inputs", [])
         if build and inputs and not any(ROOT.glob(pattern) for pattern in inputs):
             raise fields.error("inputs", f"no file matches {inputs}")
-        languages[name] = Language(name, build, launch, env, implements, known, docker, lacks, defects, inputs)
+        languages[name] = Language(name, build, launch, env, implements, known, docker, lacks, defects, inputs, untuned)
     if not languages:
         raise ConfigError(path, "", "no languages")
     for language in languages.values():

@@ -68,12 +68,29 @@ def test_unsupported_and_known_failures(tmp_path):
         ({"a": dict(ENTRY, colour="red")}, "a.colour"),
         ({"a": dict(ENTRY, known_failures=[{"example": "chat", "roles": {"server": "a"}}])}, "a.known_failures[0].reason"),
         ({"a": dict(ENTRY, known_failures=[{"example": "chat", "roles": {"server": "zz"}, "reason": "r"}])}, "a.known_failures"),
+        ({"a": dict(ENTRY, untuned={"launch": []})}, "a.untuned.launch"),
+        ({"a": dict(ENTRY, untuned={"launch": ["x"], "env": {"A": 1}})}, "a.untuned.env"),
+        ({"a": dict(ENTRY, untuned={"launch": ["x"], "flags": []})}, "a.untuned.flags"),
     ],
 )
 def test_malformed_registry_names_the_field(tmp_path, data, field):
     path = write(tmp_path, data)
     with pytest.raises(ConfigError, match=f"^{path}: {field.replace('[', '.').replace(']', '.')}"):
         load_registry(path)
+
+
+def test_an_untuned_way_is_the_same_language_launched_otherwise(tmp_path):
+    """invoke bench --untuned: the language keeps its name, roles and environment; only the launch
+    command and the variables the untuned way sets change."""
+    path = write(tmp_path, {"a": dict(ENTRY, env={"KEEP": "1", "MODE": "tuned"},
+                                      untuned={"launch": ["plain", "{root}/x"], "env": {"MODE": "default"}}),
+                            "b": ENTRY})
+    registry = load_registry(path)
+    plain = registry["a"].as_untuned()
+    assert plain.name == "a" and plain.implements == registry["a"].implements
+    assert plain.command("chat", "server", {}) == ["plain", f"{ROOT}/x", "chat", "server"]
+    assert plain.environment()["MODE"] == "default" and plain.environment()["KEEP"] == "1"
+    assert plain.as_untuned() is None and registry["b"].as_untuned() is None
 
 
 def test_a_build_is_skipped_while_its_inputs_and_its_program_are_unchanged():

@@ -5,6 +5,11 @@
 ' payload array made once (InitGC: no copy, no allocation). Timeouts are the TimeSpan given to
 ' TryReceive/TrySend, computed once from --timeout: NetMQ's RCVTIMEO/SNDTIMEO, no poll per message.
 ' The deadline is looked at once every 1000 messages; sizes are checked on every one.
+'
+' NetMQ's buffer pool stays at its default, which gives every received message a new array and
+' leaves it to the garbage collector: its pooled BufferManager measured slower at 64 B (a C# sink
+' fed by C: 2.7 M against 3.6 M msg/s) and no faster at 1 KiB. The same in C#, F# and VB. The
+' runtime settings (ReadyToRun, tiered compilation off) are in ../Directory.Build.props.
 Imports System.CommandLine
 Imports System.Diagnostics
 Imports System.Runtime.ExceptionServices
