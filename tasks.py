@@ -367,19 +367,23 @@ def _run_grid(spec, registry, dimensions, parallel, extra_cells=(), launcher=Non
 @task(
     help={
         "size": "comma-separated message sizes in bytes (default 64,1024)",
-        "count": "messages per throughput run (default 100000); latency runs make a tenth as many round trips; both are capped at 256 MiB of payload",
+        "count": "messages per throughput run (default 100000); latency runs make a tenth as many round trips; both are capped at 256 MiB of payload; the plain-TCP ceiling sends 30 times as many (at most 1 GiB)",
         "repeat": "runs of every figure; the median is shown (default 3)",
         "source": "comma-separated languages that send (throughput) and ping (latency); default all",
         "sink": "comma-separated languages that receive (throughput) and echo (latency); default all",
+        "untuned": "also run every language that has an untuned way (the registry's untuned:, the .NET ones) that way, beside C and itself",
+        "compare": "print every figure's change against an earlier run's --json file",
         "json": "write every figure as JSON to this path",
         "markdown": "write the tables as Markdown to this path",
         "plot": "write a PNG chart to this path",
         "no-build": "skip building the languages first",
     },
 )
-def bench(c, size="64,1024", count=100000, repeat=3, source=None, sink=None, json=None, markdown=None, plot=None, no_build=False):
+def bench(c, size="64,1024", count=100000, repeat=3, source=None, sink=None, untuned=False, compare=None, json=None, markdown=None,
+          plot=None, no_build=False):
     """Throughput and latency of every language pair, next to C↔C and plain TCP (examples/perf)."""
     json, markdown, plot = _writable(json, "--json"), _writable(markdown, "--markdown"), _writable(plot, "--plot")
+    earlier = _earlier_bench(compare) if compare else None
     registry = load_registry()
     senders = _languages(source, registry, "--source")
     receivers = _languages(sink, registry, "--sink")
@@ -390,42 +394,87 @@ def bench(c, size="64,1024", count=100000, repeat=3, source=None, sink=None, jso
             raise ValueError
     except ValueError:
         raise Exit("error: --size takes sizes in bytes (0 or more), --count and --repeat positive numbers", code=2) from None
-    if not no_build:
-        _build(registry, list(dict.fromkeys(senders + receivers + ["c"])))
     langs = list(dict.fromkeys(senders + receivers))
-    per_round = len(sizes) * (2 * len(senders) * len(receivers) + len(langs) + 2)
+    if not no_build:
+        _build(registry, list(dict.fromkeys(langs + ["c"])))
+    per_round = len(benchmarks.plan_bench(registry, sizes, count, senders, receivers, untuned))
+    described = benchmarks.describe_stacks(registry, langs, untuned)
+    for line in benchmarks.settings_lines(described):
+        console.print(f"[bold]settings[/] {escape(line)}", highlight=False)
     started = time.monotonic()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
         bar = progress.add_task("bench", total=per_round * repeat)
 
         def step(entry):
-            progress.update(bar, advance=1, description=f"{entry.kind} {entry.sender}→{entry.receiver} {entry.size} B")
+            way = " untuned" if entry.untuned else ""
+            progress.update(bar, advance=1, description=f"{entry.kind} {entry.sender}→{entry.receiver} {entry.size} B{way}")
 
         try:
-            figures, run_dir = benchmarks.run_bench(registry, sizes, count, repeat, senders, receivers, progress=step)
+            figures, run_dir = benchmarks.run_bench(registry, sizes, count, repeat, senders, receivers, untuned, progress=step)
         except KeyboardInterrupt as stop:
             raise _interrupted(stop) from None
     wall = time.monotonic() - started
     for table in benchmarks.rich_tables(figures, sizes, senders, receivers):
         console.print(table)
-    info = benchmarks.machine()
+    info = benchmarks.stacks.machine()
     console.print(f"{len(figures)} figures × {repeat} runs in {wall:.0f} s on {info['cpu']} ({info['cores']} cores); logs in runs/{run_dir.name}")
     command = "invoke bench " + " ".join(sys.argv[sys.argv.index("bench") + 1:]) if "bench" in sys.argv else "invoke bench"
+    report = {**benchmarks.as_json(figures, sizes, count, repeat, described, untuned), "wall_seconds": round(wall, 1), "command": command}
     if json:
         with open(json, "w", encoding="utf-8") as stream:
-            jsonlib.dump({**benchmarks.as_json(figures, sizes, count, repeat), "wall_seconds": round(wall, 1), "command": command},
-                         stream, ensure_ascii=False, indent=2)
+            jsonlib.dump(report, stream, ensure_ascii=False, indent=2)
     if markdown:
         with open(markdown, "w", encoding="utf-8") as stream:
-            stream.write(benchmarks.markdown(figures, sizes, senders, receivers, info, command))
+            stream.write(benchmarks.markdown(figures, sizes, senders, receivers, info, command, described))
     if plot:
         benchmarks.plot(figures, sizes, senders, receivers, plot)
+    if earlier is not None:
+        _print_comparison(compare, earlier, report)
     broken = [f for f in figures if f.failures]
     for entry in broken:
-        console.print(f"[red]{entry.kind} {entry.sender}→{entry.receiver} {entry.size} B[/]: {len(entry.failures)} failed run(s): {escape(str(entry.failures[0]))}", highlight=False)
+        way = " untuned" if entry.untuned else ""
+        console.print(f"[red]{entry.kind} {entry.sender}→{entry.receiver} {entry.size} B{way}[/]: {len(entry.failures)} failed run(s): {escape(str(entry.failures[0]))}", highlight=False)
     if any(not f.samples for f in figures):
         raise Exit(code=1)
+
+
+def _earlier_bench(path):
+    """The report of an earlier `invoke bench --json`, read before anything runs."""
+    try:
+        with open(Path(path).expanduser(), encoding="utf-8") as stream:
+            earlier = jsonlib.load(stream)
+        if earlier.get("example") != "perf" or not isinstance(earlier.get("figures"), list):
+            raise ValueError("not the JSON of invoke bench")
+        for figure in earlier["figures"]:
+            benchmarks.figure_key(figure), figure["unit"], figure["median"], figure["min"], figure["max"]
+    except OSError as error:
+        raise Exit(f"error: --compare: cannot read {path}: {error.strerror}", code=2) from None
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise Exit(f"error: --compare: {path} is not the JSON of `invoke bench --json`: {error}", code=2) from None
+    return earlier
+
+
+def _print_comparison(path, earlier, report):
+    from rich.table import Table
+
+    changes, notes = benchmarks.compare(earlier, report)
+    when = earlier.get("command", "an earlier run")
+    for note in notes:
+        console.print(f"[yellow]differs[/] {escape(note)}", highlight=False)
+    table = Table(title=f"against {escape(str(path))}", caption=f"then: {escape(when)}; ratio: now / then, of the medians; "
+                  "spread: the wider (max − min) / median of the two; faster or slower only when the repeats do not overlap")
+    for name in ("figure", "then", "now", "ratio", "spread", "verdict"):
+        table.add_column(name, justify="left" if name in ("figure", "verdict") else "right")
+    colour = {"faster": "green", "slower": "red"}
+    for change in changes:
+        then = benchmarks.amount(change.old["median"], change.unit) if change.old else "-"
+        table.add_row(change.name, then, benchmarks.amount(change.new["median"], change.unit),
+                      f"×{change.ratio:.2f}" if change.ratio else "-", f"{change.noise * 100:.0f} %" if change.noise is not None else "-",
+                      f"[{colour[change.verdict.split()[0]]}]{change.verdict}[/]" if change.verdict.split()[0] in colour else change.verdict)
+    console.print(table)
+    tally = Counter(change.verdict.split(" (")[0] for change in changes)
+    console.print("compared: " + ", ".join(f"{number} {verdict}" for verdict, number in tally.most_common()), highlight=False)
 
 
 @contextmanager

@@ -2,17 +2,19 @@
 to plain TCP on the same loopback (examples/perf/PROTOCOL.md). Every measurement is one cell run
 by the ordinary runner (so timeouts, cleanup and saved logs are the grid's), one at a time: two
 measurements must never share the machine."""
-import os
-import platform
 import statistics
 from dataclasses import dataclass, field
 
-from . import ROOT
+from . import ROOT, stacks
 from .matrix import new_run_dir
+from .registry import Registry
 from .runner import run_cell
 from .spec import RoleSpec, Spec
 
 PAYLOAD_CAP = 256 * 1024 * 1024  # bytes a throughput run may move; bigger messages, fewer of them
+# The plain-TCP ceiling moves 30 times the messages of a ZeroMQ run (at most 1 GiB): at the default
+# 100 000 × 64 B a run would last 5 ms, fit in the loopback's socket buffers, and swing twofold.
+CEILING_FACTOR, CEILING_CAP = 30, 1 << 30
 
 KINDS = {
     # kind: (binding role, connecting role, the role that reports the figure, unit)
@@ -30,27 +32,40 @@ class Figure:
     receiver: str  # sink or echo
     size: int
     unit: str
+    count: int  # messages, or round trips, per run
+    untuned: bool = False  # run the untuned way (the registry's `untuned:`, invoke bench --untuned)
     samples: list = field(default_factory=list)
     failures: list = field(default_factory=list)
+
+    @property
+    def key(self):
+        return (self.kind, self.sender, self.receiver, self.size, self.untuned)
 
     @property
     def median(self):
         return statistics.median(self.samples) if self.samples else None
 
+    @property
+    def spread(self):
+        """(max − min) / median of the repeats: the noise band of this figure."""
+        return (max(self.samples) - min(self.samples)) / self.median if self.samples and self.median else None
+
     def as_json(self, baseline):
         ratio = self.median / baseline.median if self.samples and baseline and baseline.samples else None
         return {
             "kind": self.kind, "sender": self.sender, "receiver": self.receiver, "size": self.size,
-            "unit": self.unit, "median": self.median, "min": min(self.samples, default=None),
-            "max": max(self.samples, default=None), "samples": self.samples,
-            "ratio_to_c": ratio, "failures": self.failures,
+            "untuned": self.untuned, "unit": self.unit, "count": self.count, "median": self.median,
+            "min": min(self.samples, default=None), "max": max(self.samples, default=None),
+            "spread": self.spread, "samples": self.samples, "ratio_to_c": ratio, "failures": self.failures,
         }
 
 
 def counts(size, count):
-    """Messages for a throughput run and round trips for a latency run at this size."""
+    """Messages for a throughput run, round trips for a latency run, and messages for a run of the
+    TCP ceiling, at this size."""
     throughput = max(1, min(count, PAYLOAD_CAP // max(size, 1)))
-    return throughput, max(1, min(count // 10, PAYLOAD_CAP // 8 // max(size, 1)))
+    latency = max(1, min(count // 10, PAYLOAD_CAP // 8 // max(size, 1)))
+    return throughput, latency, max(1, min(count * CEILING_FACTOR, CEILING_CAP // max(size, 1)))
 
 
 def pair_spec(kind, size, count, timeout):
@@ -78,65 +93,180 @@ def measure(spec, roles, registry, run_dir, reporter):
     return figure, None
 
 
-def run_bench(registry, sizes, count, repeat, senders, receivers, timeout=120, progress=None):
+def untuned_languages(registry, langs):
+    """The languages of `langs` that have an untuned way to run (the registry's `untuned:`)."""
+    return [lang for lang in langs if registry[lang].untuned]
+
+
+def untuned_registry(registry, lang):
+    """The registry with `lang` launched its untuned way, everything else as it is."""
+    return Registry({**registry.languages, lang: registry[lang].as_untuned()}, registry.path)
+
+
+def plan_bench(registry, sizes, count, senders, receivers, untuned=False, timeout=120):
+    """Every measurement of one round: (figure, spec, roles, reporter, registry)."""
+    plan = []
+    langs = list(dict.fromkeys(senders + receivers))
+
+    def add(kind, sender, receiver, size, unit, n, spec, roles, reporter, among=registry, slow=False):
+        plan.append((Figure(kind, sender, receiver, size, unit, n, slow), spec, roles, reporter, among))
+
+    for size in sizes:
+        thr_count, lat_count, ceiling = counts(size, count)
+        pairs = {"thr": [(s, r) for s in senders for r in receivers], "lat": [(s, r) for s in senders for r in receivers]}
+        for kind, n in [("thr", thr_count), ("lat", lat_count)]:
+            binder, connector, reporter, unit = KINDS[kind]
+            for sender, receiver in pairs[kind]:
+                add(kind, sender, receiver, size, unit, n, pair_spec(kind, size, n, timeout), {binder: [receiver], connector: [sender]}, reporter)
+        for lang in langs:
+            add("inproc", lang, lang, size, "msg/s", thr_count, inproc_spec(size, thr_count, timeout), {"inproc-thr": [lang]}, "inproc-thr")
+        for kind, n in [("tcp-thr", ceiling), ("tcp-lat", lat_count)]:
+            binder, connector, reporter, unit = KINDS[kind]
+            add(kind, "c", "c", size, unit, n, pair_spec(kind, size, n, timeout), {binder: ["c"], connector: ["c"]}, reporter)
+        if not untuned:
+            continue
+        # The untuned way of a language, beside its tuned figures: paired with C both ways, with
+        # itself, and in process (C is the baseline: it is always built).
+        for lang in untuned_languages(registry, langs):
+            among = untuned_registry(registry, lang)
+            for kind, n in [("thr", thr_count), ("lat", lat_count)]:
+                binder, connector, reporter, unit = KINDS[kind]
+                for sender, receiver in dict.fromkeys([(lang, "c"), ("c", lang), (lang, lang)]):
+                    add(kind, sender, receiver, size, unit, n, pair_spec(kind, size, n, timeout),
+                        {binder: [receiver], connector: [sender]}, reporter, among, slow=True)
+            add("inproc", lang, lang, size, "msg/s", thr_count, inproc_spec(size, thr_count, timeout), {"inproc-thr": [lang]},
+                "inproc-thr", among, slow=True)
+    return plan
+
+
+def run_bench(registry, sizes, count, repeat, senders, receivers, untuned=False, timeout=120, progress=None):
     """Every figure, `repeat` times each; the repeats are the outer loop, so that a slow moment of
     the machine spreads over all pairs instead of spoiling one."""
     run_dir = new_run_dir("perf")
-    figures = {}
-
-    def figure(kind, sender, receiver, size, unit):
-        return figures.setdefault((kind, sender, receiver, size), Figure(kind, sender, receiver, size, unit))
-
-    plan = []
-    for size in sizes:
-        thr_count, lat_count = counts(size, count)
-        for kind, langs_a, langs_b, n in [("thr", senders, receivers, thr_count), ("lat", senders, receivers, lat_count)]:
-            binder, connector, reporter, unit = KINDS[kind]
-            for sender in langs_a:
-                for receiver in langs_b:
-                    plan.append((kind, sender, receiver, size, unit, pair_spec(kind, size, n, timeout),
-                                 {binder: [receiver], connector: [sender]}, reporter))
-        for lang in dict.fromkeys(senders + receivers):
-            plan.append(("inproc", lang, lang, size, "msg/s", inproc_spec(size, thr_count, timeout), {"inproc-thr": [lang]}, "inproc-thr"))
-        for kind, n in [("tcp-thr", thr_count), ("tcp-lat", lat_count)]:
-            binder, connector, reporter, unit = KINDS[kind]
-            plan.append((kind, "c", "c", size, unit, pair_spec(kind, size, n, timeout), {binder: ["c"], connector: ["c"]}, reporter))
-
-    for round_number in range(repeat):
-        for kind, sender, receiver, size, unit, spec, roles, reporter in plan:
-            entry = figure(kind, sender, receiver, size, unit)
-            reported, failure = measure(spec, roles, registry, run_dir, reporter)
+    plan = plan_bench(registry, sizes, count, senders, receivers, untuned, timeout)
+    for _ in range(repeat):
+        for entry, spec, roles, reporter, among in plan:
+            reported, failure = measure(spec, roles, among, run_dir, reporter)
             if failure:
                 entry.failures.append(failure)
             else:
-                entry.samples.append(reported["latency_us"] if unit == "µs" else reported["msg_per_s"])
+                entry.samples.append(reported["latency_us"] if entry.unit == "µs" else reported["msg_per_s"])
             if progress:
                 progress(entry)
-    return list(figures.values()), run_dir
+    return [entry for entry, *_ in plan], run_dir
 
 
 def baseline(figures, kind, size):
     for f in figures:
-        if f.kind == kind and f.size == size and f.sender == "c" and f.receiver == "c":
+        if f.kind == kind and f.size == size and f.sender == "c" and f.receiver == "c" and not f.untuned:
             return f
     return None
 
 
-def machine():
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as info:
-            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(), "system": platform.platform()}
+def describe_stacks(registry, langs, untuned=False):
+    """What every language of the bench ran on (orchestrator/stacks.py), C always (the baseline)."""
+    described = {}
+    for lang in dict.fromkeys(langs + ["c"]):
+        described[lang] = {"built": stacks.describe(registry[lang])}
+        if untuned and registry[lang].untuned:
+            described[lang]["untuned"] = stacks.describe(registry[lang].as_untuned())
+    return described
 
 
-def as_json(figures, sizes, count, repeat):
+def settings_lines(described):
+    """One line per language: its stack, and the settings it ran with (tuned, then untuned)."""
+    lines = []
+    for lang, ways in described.items():
+        line = f"{lang}: {ways['built']['stack']}"
+        if ways["built"]["settings"]:
+            line += "; " + ", ".join(ways["built"]["settings"])
+        if "untuned" in ways:
+            line += "; untuned: " + ", ".join(ways["untuned"]["settings"])
+        lines.append(line)
+    return lines
+
+
+def as_json(figures, sizes, count, repeat, described, untuned=False):
     return {
-        "example": "perf", "machine": machine(), "sizes": sizes, "count": count, "repeat": repeat,
+        "example": "perf", "machine": stacks.machine(), "stacks": described, "sizes": sizes, "count": count,
+        "repeat": repeat, "untuned": untuned, "ceiling": {"factor": CEILING_FACTOR, "cap_bytes": CEILING_CAP},
         "figures": [f.as_json(baseline(figures, "lat" if f.kind in ("lat", "tcp-lat") else "thr", f.size)) for f in figures],
     }
+
+
+# --- against an earlier run (invoke bench --compare OLD.json) -------------------------------------
+
+
+@dataclass
+class Change:
+    key: tuple  # (kind, sender, receiver, size, untuned)
+    unit: str
+    old: dict  # the figure as the JSON holds it
+    new: dict
+    ratio: float  # new median / old median
+    noise: float  # the wider of the two spreads, (max − min) / median
+    verdict: str  # faster, slower, within noise, or why there is no ratio
+
+    @property
+    def name(self):
+        kind, sender, receiver, size, untuned = self.key
+        pair = sender if kind == "inproc" else f"{sender}→{receiver}"
+        return f"{kind} {pair} {size} B" + (" untuned" if untuned else "")
+
+
+def figure_key(figure):
+    return (figure["kind"], figure["sender"], figure["receiver"], figure["size"], bool(figure.get("untuned")))
+
+
+def compare(old, new):
+    """Every figure of `new` (a report as as_json writes it) against the same figure of `old`:
+    ([Change], [what else differs between the two runs]). A change is `faster` or `slower` only when
+    the two runs' repeats do not overlap at all (every new sample beyond every old one); otherwise
+    it is within the noise, whatever the ratio of the medians."""
+    notes = []
+    if old.get("machine") != new.get("machine"):
+        notes.append(f"machine: {old.get('machine')} then {new.get('machine')}")
+    for lang in sorted(set(old.get("stacks", {})) & set(new.get("stacks", {}))):
+        for way in ("built", "untuned"):  # an untuned way measured in one run only is no difference
+            before, after = old["stacks"][lang].get(way), new["stacks"][lang].get(way)
+            if before and after and before != after:
+                notes.append(f"{lang} ({way}): {_stack_text(before)} then {_stack_text(after)}")
+    earlier = {figure_key(f): f for f in old.get("figures", [])}
+    changes = []
+    for figure in new["figures"]:
+        key = figure_key(figure)
+        was = earlier.get(key)
+        if was is None:
+            verdict, ratio, noise = "not in the earlier run", None, None
+        elif not was["median"] or not figure["median"]:
+            verdict, ratio, noise = "failed in one of the runs", None, None
+        else:
+            ratio = figure["median"] / was["median"]
+            noise = max(_spread(was), _spread(figure))
+            better = (lambda a, b: a < b) if figure["unit"] == "µs" else (lambda a, b: a > b)
+            if better(figure["min"] if figure["unit"] != "µs" else figure["max"], was["max"] if figure["unit"] != "µs" else was["min"]):
+                verdict = "faster"
+            elif better(was["min"] if figure["unit"] != "µs" else was["max"], figure["max"] if figure["unit"] != "µs" else figure["min"]):
+                verdict = "slower"
+            else:
+                verdict = "within noise"
+            if was.get("count") is not None and was.get("count") != figure.get("count"):
+                verdict += f" (count {was['count']} then {figure['count']})"
+        changes.append(Change(key, figure["unit"], was, figure, ratio, noise, verdict))
+    gone = [key for key in earlier if key not in {c.key for c in changes}]
+    if gone:
+        notes.append(f"{len(gone)} figure(s) of the earlier run not measured now")
+    return changes, notes
+
+
+def _spread(figure):
+    if figure.get("spread") is not None:
+        return figure["spread"]
+    return (figure["max"] - figure["min"]) / figure["median"] if figure.get("median") else 0.0
+
+
+def _stack_text(described):
+    return described["stack"] + (f" ({', '.join(described['settings'])})" if described["settings"] else "")
 
 
 # --- what it prints and writes -------------------------------------------------------------------
@@ -166,22 +296,44 @@ def cell_text(entry, base, spread=False):
     return text
 
 
+def spread_text(entry):
+    return "-" if entry is None or entry.spread is None else f"{entry.spread * 100:.0f} %"
+
+
 def grids(figures, sizes, senders, receivers):
-    """(title, row label, column label, rows: [(name, [cell texts])]) for every table, per size."""
-    found = {(f.kind, f.sender, f.receiver, f.size): f for f in figures}
+    """(title, row label, column label, columns, rows: [(name, [cell texts])]) for every table, per size."""
+    found = {f.key: f for f in figures}
+    langs = list(dict.fromkeys(senders + receivers))
     for size in sizes:
         for kind, title, row, column in [
             ("thr", f"throughput at {size} B, msg/s (× the C↔C figure)", "source", "sink"),
             ("lat", f"latency at {size} B, one way (× the C↔C figure)", "ping", "echo"),
         ]:
-            base = found.get((kind, "c", "c", size))
-            rows = [(s, [cell_text(found.get((kind, s, r, size)), base) for r in receivers]) for s in senders]
+            base = found.get((kind, "c", "c", size, False))
+            rows = [(s, [cell_text(found.get((kind, s, r, size, False)), base) for r in receivers]) for s in senders]
             yield title, row, column, receivers, rows
-        thr, lat = found.get(("thr", "c", "c", size)), found.get(("lat", "c", "c", size))
-        extra = [(lang, [cell_text(found.get(("inproc", lang, lang, size)), thr)]) for lang in dict.fromkeys(senders + receivers)]
-        extra.append(("TCP ceiling, thr", [cell_text(found.get(("tcp-thr", "c", "c", size)), thr)]))
-        extra.append(("TCP ceiling, lat", [cell_text(found.get(("tcp-lat", "c", "c", size)), lat)]))
-        yield f"in-process (inproc://, two threads) and plain TCP at {size} B (× the C↔C figure)", "language", "figure", ["median"], extra
+        thr, lat = found.get(("thr", "c", "c", size, False)), found.get(("lat", "c", "c", size, False))
+        extra = []
+        for name, entry, base in [(lang, found.get(("inproc", lang, lang, size, False)), thr) for lang in langs] + [
+                ("TCP ceiling, thr", found.get(("tcp-thr", "c", "c", size, False)), thr),
+                ("TCP ceiling, lat", found.get(("tcp-lat", "c", "c", size, False)), lat)]:
+            extra.append((name, [cell_text(entry, base), spread_text(entry)]))
+        yield (f"in-process (inproc://, two threads) and plain TCP at {size} B (× C↔C; spread: (max − min) / median)",
+               "language", "figure", ["median", "spread"], extra)
+        untuned = [lang for lang in langs if found.get(("inproc", lang, lang, size, True))]
+        if not untuned:
+            continue
+        rows = []
+        for lang in untuned:
+            for kind_thr, kind_lat, sender, receiver, name in [
+                    ("thr", "lat", lang, "c", f"{lang} → c"), ("thr", "lat", "c", lang, f"c → {lang}"),
+                    ("thr", "lat", lang, lang, f"{lang} → {lang}"), ("inproc", None, lang, lang, f"{lang} in process")]:
+                tuned_thr, plain_thr = (found.get((kind_thr, sender, receiver, size, u)) for u in (False, True))
+                tuned_lat, plain_lat = ((found.get((kind_lat, sender, receiver, size, u)) if kind_lat else None) for u in (False, True))
+                gain = (f"×{tuned_thr.median / plain_thr.median:.2f}" if tuned_thr and plain_thr and tuned_thr.samples and plain_thr.samples else "-")
+                rows.append((name, [cell_text(tuned_thr, thr), cell_text(plain_thr, thr), gain, cell_text(tuned_lat, lat), cell_text(plain_lat, lat)]))
+        yield (f"as built and untuned at {size} B (× the C↔C figure; gain: as built / untuned throughput)", "pair", "figure",
+               ["msg/s as built", "msg/s untuned", "gain", "latency as built", "latency untuned"], rows)
 
 
 def rich_tables(figures, sizes, senders, receivers):
@@ -197,8 +349,9 @@ def rich_tables(figures, sizes, senders, receivers):
         yield table
 
 
-def markdown(figures, sizes, senders, receivers, info, command):
+def markdown(figures, sizes, senders, receivers, info, command, described):
     lines = [f"Measured with `{command}` on {info['cpu']}, {info['cores']} cores, Linux {info['kernel']}.", ""]
+    lines += [f"* {line}" for line in settings_lines(described)] + [""]
     lines.append("Each figure is the median of its repeats; × is the ratio to the C↔C figure of the same size.")
     lines.append("")
     for title, row, column, columns, rows in grids(figures, sizes, senders, receivers):
@@ -215,7 +368,7 @@ def plot(figures, sizes, senders, receivers, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    found = {(f.kind, f.sender, f.receiver, f.size): f for f in figures}
+    found = {(f.kind, f.sender, f.receiver, f.size): f for f in figures if not f.untuned}
     fig, axes = plt.subplots(len(sizes), 2, figsize=(13, 5.5 * len(sizes)), squeeze=False)
     for row, size in enumerate(sizes):
         for col, (kind, label, unit) in enumerate([("thr", "throughput, msg/s", "msg/s"), ("lat", "latency, µs one way (lower is better)", "µs")]):

@@ -53,6 +53,7 @@ def test_a_peers_text_is_printed_as_it_came_not_read_as_markup(built):
     (["matrix", "chat", "--junit", "/nonexistent/x.xml"], "--junit: cannot write"),
     (["matrix", "chat", "--markdown", "/tmp"], "--markdown: /tmp is a folder"),
     (["bench", "--json", "/nonexistent/x.json"], "--json: cannot write"),
+    (["bench", "--compare", "/nonexistent/x.json"], "--compare: cannot read /nonexistent/x.json"),
     (["run", "valuation", "--kill-worker-after", "abc"], "--kill-worker-after: 'abc' is not a whole number"),
     (["run", "chat", "--client", ""], "--client: an empty language name"),
     (["matrix", "chat", "--client", ""], "--client: an empty language name"),
