@@ -367,7 +367,7 @@ def _run_grid(spec, registry, dimensions, parallel, extra_cells=(), launcher=Non
 @task(
     help={
         "size": "comma-separated message sizes in bytes (default 64,1024)",
-        "count": "messages per throughput run (default 100000); latency runs make a tenth as many round trips; both are capped at 256 MiB of payload; the plain-TCP ceiling sends 30 times as many (at most 1 GiB)",
+        "count": "messages per throughput run (default 1000000); latency runs make a hundredth as many round trips; both are capped at 256 MiB of payload; the plain-TCP ceiling sends 10 times as many messages (at most 1 GiB)",
         "repeat": "runs of every figure; the median is shown (default 3)",
         "source": "comma-separated languages that send (throughput) and ping (latency); default all",
         "sink": "comma-separated languages that receive (throughput) and echo (latency); default all",
@@ -379,7 +379,7 @@ def _run_grid(spec, registry, dimensions, parallel, extra_cells=(), launcher=Non
         "no-build": "skip building the languages first",
     },
 )
-def bench(c, size="64,1024", count=100000, repeat=3, source=None, sink=None, untuned=False, compare=None, json=None, markdown=None,
+def bench(c, size="64,1024", count=1000000, repeat=3, source=None, sink=None, untuned=False, compare=None, json=None, markdown=None,
           plot=None, no_build=False):
     """Throughput and latency of every language pair, next to C↔C and plain TCP (examples/perf)."""
     json, markdown, plot = _writable(json, "--json"), _writable(markdown, "--markdown"), _writable(plot, "--plot")
@@ -436,6 +436,52 @@ def bench(c, size="64,1024", count=100000, repeat=3, source=None, sink=None, unt
         way = " untuned" if entry.untuned else ""
         console.print(f"[red]{entry.kind} {entry.sender}→{entry.receiver} {entry.size} B{way}[/]: {len(entry.failures)} failed run(s): {escape(str(entry.failures[0]))}", highlight=False)
     if any(not f.samples for f in figures):
+        raise Exit(code=1)
+
+
+@task(
+    help={
+        "source": "comma-separated languages that send (default csharp)",
+        "sink": "comma-separated languages that receive (default c)",
+        "size": "message size in bytes (default 64)",
+        "count": "messages per run (default 1000000)",
+        "repeat": "runs of every pair; medians are shown (default 3)",
+        "no-build": "skip building the languages first",
+    },
+)
+def profile(c, source="csharp", sink="c", size=64, count=1000000, repeat=3, no_build=False):
+    """CPU time per message on each side of throughput pairs, and the rate the machine's cores allow at that cost."""
+    from rich.table import Table
+
+    from orchestrator import profile as profiling
+
+    registry = load_registry()
+    senders, receivers = _languages(source, registry, "--source"), _languages(sink, registry, "--sink")
+    for flag, langs, role in (("--source", senders, "thr-source"), ("--sink", receivers, "thr-sink")):
+        lacking = [lang for lang in langs if not registry[lang].supports("perf", role)]
+        if lacking:
+            raise Exit(f"error: {flag}: {lacking[0]} does not implement perf {role}", code=2)
+    size, count, repeat = _count(size, "--size", 0), _count(count, "--count"), _count(repeat, "--repeat")
+    if not no_build:
+        _build(registry, list(dict.fromkeys(senders + receivers)))
+    table = Table(title=f"CPU per message at {size} B, {count} messages, user + system, every thread, start-up taken off",
+                  caption=f"cores allow: {os.cpu_count()} cores / the CPU both sides need per message")
+    for name in ("source → sink", "msg/s", "source µs", "sink µs", "both µs", "cores allow", "measured / allowed"):
+        table.add_column(name, justify="left" if name == "source → sink" else "right")
+    failed = False
+    for sender in senders:
+        for receiver in receivers:
+            try:
+                found = profiling.profile(registry, sender, receiver, size, count, repeat)
+            except profiling.ProfileError as error:
+                console.print(f"[red]{escape(str(error))}[/]", highlight=False)
+                failed = True
+                continue
+            table.add_row(f"{sender} → {receiver}", benchmarks.amount(found.msg_per_s, "msg/s"), f"{found.source_us:.2f}",
+                          f"{found.sink_us:.2f}", f"{found.source_us + found.sink_us:.2f}", benchmarks.amount(found.bound, "msg/s"),
+                          f"{found.msg_per_s / found.bound:.0%}")
+    console.print(table)
+    if failed:
         raise Exit(code=1)
 
 
@@ -710,4 +756,4 @@ docker.add_task(docker_up, "up")
 docker.add_task(docker_base, "base")
 docker.add_task(docker_build, "build")
 docker.add_task(docker_clean, "clean")
-ns = Collection(build, run, matrix, bench, fuzz, conform, test, help_text, docker)
+ns = Collection(build, run, matrix, bench, profile, fuzz, conform, test, help_text, docker)

@@ -12,9 +12,9 @@ from .runner import run_cell
 from .spec import RoleSpec, Spec
 
 PAYLOAD_CAP = 256 * 1024 * 1024  # bytes a throughput run may move; bigger messages, fewer of them
-# The plain-TCP ceiling moves 30 times the messages of a ZeroMQ run (at most 1 GiB): at the default
-# 100 000 × 64 B a run would last 5 ms, fit in the loopback's socket buffers, and swing twofold.
-CEILING_FACTOR, CEILING_CAP = 30, 1 << 30
+# The plain-TCP ceiling moves 10 times the messages of a ZeroMQ run (at most 1 GiB): with as many as
+# a ZeroMQ run it would last a few milliseconds, fit in the loopback's socket buffers, and swing twofold.
+CEILING_FACTOR, CEILING_CAP = 10, 1 << 30
 
 KINDS = {
     # kind: (binding role, connecting role, the role that reports the figure, unit)
@@ -64,7 +64,7 @@ def counts(size, count):
     """Messages for a throughput run, round trips for a latency run, and messages for a run of the
     TCP ceiling, at this size."""
     throughput = max(1, min(count, PAYLOAD_CAP // max(size, 1)))
-    latency = max(1, min(count // 10, PAYLOAD_CAP // 8 // max(size, 1)))
+    latency = max(1, min(count // 100, PAYLOAD_CAP // 8 // max(size, 1)))
     return throughput, latency, max(1, min(count * CEILING_FACTOR, CEILING_CAP // max(size, 1)))
 
 

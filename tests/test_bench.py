@@ -137,3 +137,19 @@ def test_the_settings_are_read_off_the_built_program(built, lang, tmp_path):
     assert tuned["versions"]["NetMQ"] and tuned["versions"]["dotnet"][0].isdigit()
     (tmp_path / "not.dll").write_bytes(b"MZ" + bytes(200))
     assert not stacks.ready_to_run(tmp_path / "not.dll") and not stacks.ready_to_run(tmp_path / "missing.dll")
+
+
+def test_profile_reports_the_cpu_of_each_side(built):
+    """invoke profile: a row per pair, each side's CPU per message a number, start-up taken off."""
+    if not implements(BASELINE, ZMQ_ROLES):
+        pytest.skip(f"{BASELINE} does not implement every perf role")
+    built[BASELINE]
+    from orchestrator import profile as profiling
+
+    found = profiling.profile(REGISTRY, BASELINE, BASELINE, 64, 20000, repeat=1)
+    assert found.msg_per_s > 0 and found.bound > 0
+    assert found.source_us == found.source_us and found.sink_us == found.sink_us  # numbers, not NaN
+    done = subprocess.run([sys.executable, "-m", "invoke", "profile", "--source", BASELINE, "--sink", BASELINE, "--count", "2000",
+                           "--repeat", "1", "--no-build"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"{BASELINE} → {BASELINE}" in done.stdout and "cores allow" in done.stdout
