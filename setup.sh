@@ -61,7 +61,7 @@ fi
 # --- .NET: NetMQ and the parsers come from NuGet ------------------------------------------------
 say ".NET packages"
 for project in csharp fsharp vb; do
-  dotnet restore "$project" --nologo -v quiet
+  dotnet restore "$project" --use-current-runtime --nologo -v quiet  # publish (invoke build) names the runtime: its ReadyToRun compiler comes with it
 done
 
 # --- the browser driver: Playwright's core from npm, pinned by package-lock.json -----------------
