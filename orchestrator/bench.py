@@ -108,34 +108,33 @@ def plan_bench(registry, sizes, count, senders, receivers, untuned=False, timeou
     plan = []
     langs = list(dict.fromkeys(senders + receivers))
 
-    def add(kind, sender, receiver, size, unit, n, spec, roles, reporter, among=registry, slow=False):
-        plan.append((Figure(kind, sender, receiver, size, unit, n, slow), spec, roles, reporter, among))
+    def pair(kind, sender, receiver, size, n, among=registry, plain=False):
+        binder, connector, reporter, unit = KINDS[kind]
+        plan.append((Figure(kind, sender, receiver, size, unit, n, plain), pair_spec(kind, size, n, timeout),
+                     {binder: [receiver], connector: [sender]}, reporter, among))
+
+    def inproc(lang, size, n, among=registry, plain=False):
+        plan.append((Figure("inproc", lang, lang, size, "msg/s", n, plain), inproc_spec(size, n, timeout),
+                     {"inproc-thr": [lang]}, "inproc-thr", among))
 
     for size in sizes:
         thr_count, lat_count, ceiling = counts(size, count)
-        pairs = {"thr": [(s, r) for s in senders for r in receivers], "lat": [(s, r) for s in senders for r in receivers]}
         for kind, n in [("thr", thr_count), ("lat", lat_count)]:
-            binder, connector, reporter, unit = KINDS[kind]
-            for sender, receiver in pairs[kind]:
-                add(kind, sender, receiver, size, unit, n, pair_spec(kind, size, n, timeout), {binder: [receiver], connector: [sender]}, reporter)
+            for sender in senders:
+                for receiver in receivers:
+                    pair(kind, sender, receiver, size, n)
         for lang in langs:
-            add("inproc", lang, lang, size, "msg/s", thr_count, inproc_spec(size, thr_count, timeout), {"inproc-thr": [lang]}, "inproc-thr")
-        for kind, n in [("tcp-thr", ceiling), ("tcp-lat", lat_count)]:
-            binder, connector, reporter, unit = KINDS[kind]
-            add(kind, "c", "c", size, unit, n, pair_spec(kind, size, n, timeout), {binder: ["c"], connector: ["c"]}, reporter)
-        if not untuned:
-            continue
-        # The untuned way of a language, beside its tuned figures: paired with C both ways, with
-        # itself, and in process (C is the baseline: it is always built).
-        for lang in untuned_languages(registry, langs):
+            inproc(lang, size, thr_count)
+        pair("tcp-thr", "c", "c", size, ceiling)
+        pair("tcp-lat", "c", "c", size, lat_count)
+        # The untuned way of a language, beside its figures as built: paired with C both ways,
+        # with itself, and in process (C is the baseline: it is always built).
+        for lang in untuned_languages(registry, langs) if untuned else []:
             among = untuned_registry(registry, lang)
             for kind, n in [("thr", thr_count), ("lat", lat_count)]:
-                binder, connector, reporter, unit = KINDS[kind]
                 for sender, receiver in dict.fromkeys([(lang, "c"), ("c", lang), (lang, lang)]):
-                    add(kind, sender, receiver, size, unit, n, pair_spec(kind, size, n, timeout),
-                        {binder: [receiver], connector: [sender]}, reporter, among, slow=True)
-            add("inproc", lang, lang, size, "msg/s", thr_count, inproc_spec(size, thr_count, timeout), {"inproc-thr": [lang]},
-                "inproc-thr", among, slow=True)
+                    pair(kind, sender, receiver, size, n, among, plain=True)
+            inproc(lang, size, thr_count, among, plain=True)
     return plan
 
 
