@@ -242,13 +242,10 @@ def compare(old, new):
         else:
             ratio = figure["median"] / was["median"]
             noise = max(_spread(was), _spread(figure))
-            better = (lambda a, b: a < b) if figure["unit"] == "µs" else (lambda a, b: a > b)
-            if better(figure["min"] if figure["unit"] != "µs" else figure["max"], was["max"] if figure["unit"] != "µs" else was["min"]):
-                verdict = "faster"
-            elif better(was["min"] if figure["unit"] != "µs" else was["max"], figure["max"] if figure["unit"] != "µs" else figure["min"]):
-                verdict = "slower"
-            else:
-                verdict = "within noise"
+            above, below = figure["min"] > was["max"], figure["max"] < was["min"]  # every sample beyond every old one
+            if figure["unit"] == "µs":  # a latency: lower is faster
+                above, below = below, above
+            verdict = "faster" if above else "slower" if below else "within noise"
             if was.get("count") is not None and was.get("count") != figure.get("count"):
                 verdict += f" (count {was['count']} then {figure['count']})"
         changes.append(Change(key, figure["unit"], was, figure, ratio, noise, verdict))
