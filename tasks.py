@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from orchestrator import ROOT, browser, conformance, containers, helptext
+from orchestrator import ROOT, browser, conformance, containers, helptext, stacks
 from orchestrator import bench as benchmarks
 from orchestrator import fuzz as battery
 from orchestrator.config import ConfigError
@@ -417,7 +417,7 @@ def bench(c, size="64,1024", count=1000000, repeat=3, source=None, sink=None, un
     wall = time.monotonic() - started
     for table in benchmarks.rich_tables(figures, sizes, senders, receivers):
         console.print(table)
-    info = benchmarks.stacks.machine()
+    info = stacks.machine()
     console.print(f"{len(figures)} figures × {repeat} runs in {wall:.0f} s on {info['cpu']} ({info['cores']} cores); logs in runs/{run_dir.name}")
     command = "invoke bench " + " ".join(sys.argv[sys.argv.index("bench") + 1:]) if "bench" in sys.argv else "invoke bench"
     report = {**benchmarks.as_json(figures, sizes, count, repeat, described, untuned), "wall_seconds": round(wall, 1), "command": command}
@@ -493,7 +493,9 @@ def _earlier_bench(path):
         if earlier.get("example") != "perf" or not isinstance(earlier.get("figures"), list):
             raise ValueError("not the JSON of invoke bench")
         for figure in earlier["figures"]:
-            benchmarks.figure_key(figure), figure["unit"], figure["median"], figure["min"], figure["max"]
+            missing = [key for key in ("kind", "sender", "receiver", "size", "unit", "median", "min", "max") if key not in figure]
+            if missing:
+                raise ValueError(f"a figure without {', '.join(missing)}")
     except OSError as error:
         raise Exit(f"error: --compare: cannot read {path}: {error.strerror}", code=2) from None
     except (ValueError, KeyError, TypeError, AttributeError) as error:

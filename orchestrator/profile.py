@@ -65,6 +65,21 @@ def _kill(process):
         pass
 
 
+def _events(output, lang):
+    """The JSON Lines a role printed (the launch contract), or a ProfileError naming the bad line."""
+    events = []
+    for line in output.splitlines():
+        try:
+            event = json.loads(line) if line.strip() else None
+        except ValueError:
+            event = None
+        if line.strip() and not isinstance(event, dict):
+            raise ProfileError(f"{lang} thr-sink printed a line that is not a JSON event: {line[:200]!r}")
+        if event is not None:
+            events.append(event)
+    return events
+
+
 def run_pair(registry, source, sink, size, count, timeout_ms=60000):
     """One thr-sink ← thr-source run on loopback: a Sample."""
     flags = {"endpoint": "tcp://127.0.0.1:*", "size": size, "count": count, "timeout": timeout_ms}
@@ -72,7 +87,7 @@ def run_pair(registry, source, sink, size, count, timeout_ms=60000):
     started = subprocess.Popen(receiver.command("perf", "thr-sink", flags), stdout=subprocess.PIPE, stderr=log,
                                stdin=subprocess.DEVNULL, env=receiver.environment(), start_new_session=True)
     try:
-        ready = json.loads(started.stdout.readline() or "{}")
+        [ready] = _events(started.stdout.readline(), sink) or [{}]
         if ready.get("event") != "ready":
             log.seek(0)
             raise ProfileError(f"{sink} thr-sink did not report ready: {log.read(2000).decode(errors='replace')}")
@@ -81,7 +96,7 @@ def run_pair(registry, source, sink, size, count, timeout_ms=60000):
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
                                    env=sender.environment(), start_new_session=True)
         source_cpu = _reap(sending, timeout_ms / 1000 + 5)
-        events = [json.loads(line) for line in started.stdout.read().splitlines() if line.strip()]
+        events = _events(started.stdout.read(), sink)
         sink_cpu = _reap(started, 5)
     finally:
         log.close()

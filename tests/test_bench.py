@@ -153,3 +153,13 @@ def test_profile_reports_the_cpu_of_each_side(built):
                            "--repeat", "1", "--no-build"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert f"{BASELINE} → {BASELINE}" in done.stdout and "cores allow" in done.stdout
+
+
+def test_profile_refuses_a_line_that_is_not_a_json_event():
+    from orchestrator import profile as profiling
+
+    assert profiling._events(b'{"event": "ready", "endpoint": "tcp://127.0.0.1:1"}\n\n', "c") == [
+        {"event": "ready", "endpoint": "tcp://127.0.0.1:1"}]
+    for line in (b"Segmentation fault\n", b"[1]\n"):
+        with pytest.raises(profiling.ProfileError, match="not a JSON event"):
+            profiling._events(line, "c")
