@@ -8,10 +8,11 @@ from .monitor import watch
 
 MAX_HANDLE = 32  # bytes of UTF-8 (the contract's MAX_NAME)
 MAX_TEXT = 4096  # bytes of UTF-8
-# ZMQ_MAXMSGSIZE, on all four sockets: libzmq drops a bigger frame together with the sender's
-# connection, so no peer makes a role allocate without bound (a subscription is a frame too). The
-# largest legal frame is a 4096-byte text; the margin lets a text a little too long still reach
-# the server's own `text-too-long` rule, and leaves room for CURVE's per-frame overhead.
+# [max size] ZMQ_MAXMSGSIZE, on all four sockets, set before bind or connect: libzmq drops a bigger
+# frame together with the sender's connection, so no peer makes a role allocate without bound (a
+# subscription is a frame too). The largest legal frame is a 4096-byte text; the margin lets a text
+# a little too long still reach the server's own `text-too-long` rule, and leaves room for CURVE's
+# per-frame overhead.
 MAX_MESSAGE = 8192
 
 
@@ -59,6 +60,9 @@ def post_number(handle, text):
 
 def check_request(frames):
     """The first broken rule of a request, as (code, reason), or None when it is well formed."""
+    # [multipart] A message arrives whole or not at all: recv_multipart hands us every frame of the
+    # request at once, never part of it. How many frames there are is still the peer's choice, so
+    # the count is checked first, never assumed.
     if len(frames) not in (1, 2):
         return "frame-count", f"expected 1 or 2 frames, got {len(frames)}"
     if not frames[0]:
@@ -89,15 +93,20 @@ def run_server(args):
     stop = StopSignal()
     deadline = Deadline(args.timeout)
     context = zmq.Context()
-    # REP answers each request exactly once, in order: the library keeps the lockstep for us.
+    # [REP] answers each request exactly once, in order: the library keeps the lockstep, and keeps
+    # the envelope (the REQ's empty delimiter) aside so that our reply goes back to whoever asked.
     requests = context.socket(zmq.REP)
+    # [linger] 0 on both sockets: the server stops only when told to, and what is still queued then
+    # (a reply to a client that left, a roster) is not worth waiting for: closing drops it at once.
     requests.linger = 0
     requests.maxmsgsize = MAX_MESSAGE
-    # PUB sends every broadcast to every subscriber whose filter matches; it never blocks, and it
-    # drops for a subscriber that is not connected yet (slow joiner) or whose queue is full (HWM).
+    # [PUB] sends every broadcast to every subscriber whose filter matches; it never blocks, and it
+    # drops for a subscriber that is not connected yet (the slow joiner) or past its high-water mark.
     broadcasts = context.socket(zmq.PUB)
     broadcasts.linger = 0
     broadcasts.maxmsgsize = MAX_MESSAGE  # PUB sends, but still decodes what subscribers send it
+    # [HWM] PUB queues at most 1000 messages (the default high-water mark) for each subscriber; at
+    # the mark it drops that subscriber's broadcasts rather than block the server, as a PUSH would.
     # Security options are read when a connection starts: set them before binding. The ZAP
     # handler, if any, is bound first, so that no handshake happens without it.
     zap, monitors = security.secure_server(args, context, {"requests": requests, "broadcasts": broadcasts})
@@ -106,9 +115,9 @@ def run_server(args):
         watch(broadcasts, "broadcasts", args)
     emit("ready", requests=bind(requests, args.requests), broadcasts=bind(broadcasts, args.broadcasts),
          security=args.security)
-    # One poller for everything the loop serves: requests, ZAP questions, handshake failures.
+    # One poller for everything the loop serves: ZAP questions, handshake failures, requests.
     poller = zmq.Poller()
-    for socket in [requests] + ([zap.socket] if zap else []) + list(monitors.values()):
+    for socket in ([zap.socket] if zap else []) + list(monitors.values()) + [requests]:
         poller.register(socket, zmq.POLLIN)
 
     roster = {}  # handle (UTF-8 bytes, so sorting is by bytes) -> last seen, monotonic seconds
@@ -119,12 +128,17 @@ def run_server(args):
         # Frame 0 is empty: no handle is, so subscribers know the server itself is speaking.
         broadcasts.send_multipart([b""] + sorted(roster))
 
+    # The loop's five steps (examples/README.md, "One loop shape"): the stop flag and the deadline;
+    # the wait, up to the next heartbeat; one poll; the ready sockets, in a fixed order (ZAP, the
+    # monitors, REP), one message each; the heartbeat.
     while not stop.raised:
         if deadline.expired():
             raise Failure("timeout", f"still serving after {args.timeout} ms")
         wait_ms = max(0, int((next_beat - time.monotonic()) * 1000))
-        # Poll instead of a blocking recv: the heartbeat, the deadline and the stop flag all get
-        # their turn without a second thread.
+        # [poll] One poll for every socket, with a timeout that serves the heartbeat (never past the
+        # deadline), instead of a blocking recv: the timer, the deadline and the stop flag all get
+        # their turn without a second thread. A signal never shows as EINTR here: pyzmq runs the
+        # handler and polls on for the time left (a heartbeat at most), then step 1 sees the flag.
         ready = dict(poller.poll(deadline.cap(wait_ms)))
         if zap and zap.socket in ready:
             zap.handle()
@@ -132,7 +146,8 @@ def run_server(args):
             failure = security.handshake_failure(monitor) if monitor in ready else None
             if failure:
                 emit("handshake-failed", socket=name, failure=failure[0], value=failure[1])
-        # None: REP dropped something it could not answer (no request after all); loop again.
+        # POLLIN is a hint: None is REP dropping something it could not answer (no request after
+        # all), and the loop goes on to its timer.
         frames = recv_if_ready(requests) if requests in ready else None
         if frames is not None:
             problem = check_request(frames) or check_post(frames, roster)
@@ -219,8 +234,8 @@ class Client:
         self.me = args.name.encode()
         self.deadline = Deadline(args.timeout)
         self.context = zmq.Context()
-        # SUB first, so that its subscription starts travelling as early as possible. Under PLAIN
-        # or CURVE, watch its handshakes until the first broadcast.
+        # SUB first, created and connected, so that its subscription starts travelling as early as
+        # possible; then REQ. Under PLAIN or CURVE, watch SUB's handshakes until the first broadcast.
         self.sub = self.open_broadcasts(handshakes=args.security != "null")
         self.req = self.open_requests()
         self.roster = []
@@ -235,10 +250,15 @@ class Client:
     def open_broadcasts(self, handshakes=False):
         """A new SUB socket, subscribed to everything and connected. With `handshakes`, its
         handshake failures are watched (self.monitor) instead of its connections."""
+        # [SUB] receives only what matches one of its subscriptions, a prefix of frame 0; "" lets
+        # posts and rosters through. It subscribes before it connects, so the subscription goes out
+        # as soon as the connection is up; nothing it did not subscribe to ever arrives.
         sub = self.context.socket(zmq.SUB)
+        # [linger] 0 on both client sockets: a client leaves only once every request it sent has
+        # been answered, so nothing still queued at exit is worth waiting for.
         sub.linger = 0
         sub.maxmsgsize = MAX_MESSAGE
-        sub.subscribe(b"")  # a prefix filter on frame 0; "" lets posts and rosters through
+        sub.subscribe(b"")
         security.secure_client(self.args, [sub])  # before connecting
         self.monitor = security.watch(sub) if handshakes else None
         if not self.monitor:  # a socket has one monitor: the handshake watcher's, when there is one
@@ -247,11 +267,14 @@ class Client:
         return sub
 
     def open_requests(self):
-        """A new REQ socket, connected. REQ enforces send, receive, send, receive...: one request
-        in flight at a time, and no second send before the reply. So when a reply is lost, Lazy
-        Pirate throws the socket away and comes here for a new one."""
+        """A new REQ socket, connected: at the start, and after each lost reply (Lazy Pirate)."""
+        # [REQ] enforces send, receive, send, receive...: one request in flight at a time, and no
+        # second send before the reply. So when a reply is lost, the socket is stuck: Lazy Pirate
+        # throws it away and comes here for a new one.
         req = self.context.socket(zmq.REQ)
-        req.linger = 0  # closing it drops a request still queued for a dead server
+        # [linger] 0: closing a REQ whose reply is lost drops the request still queued for a dead
+        # server at once, instead of holding up the exit.
+        req.linger = 0
         req.maxmsgsize = MAX_MESSAGE
         security.secure_client(self.args, [req])
         watch(req, "requests", self.args)
@@ -285,7 +308,9 @@ class Client:
         while (wait_ms := int((until - time.monotonic()) * 1000)) > 0:
             if self.deadline.expired():
                 raise Failure("no-reply", f"no reply from the server within {self.args.timeout} ms")
-            # REQ may drop a reply it cannot route inside the receive: back to the poll then.
+            # [poll] REQ alone is polled while a request is in flight, up to --retry; POLLIN is a
+            # hint: REQ may drop a reply it cannot route inside the receive, and then it is back to
+            # the poll.
             if self.req.poll(self.deadline.cap(wait_ms), zmq.POLLIN):
                 reply = recv_if_ready(self.req)
                 if reply is not None:
@@ -331,8 +356,8 @@ class Client:
         return len(self.texts.get(peer, ())) >= self.args.count or self.last.get(peer, 0) >= self.args.count
 
     def serve(self, until=None):
-        """Handle one broadcast, or send a keep-alive when one is due, whichever comes first; or
-        rejoin, if the server has forgotten us. Returns by `until` (monotonic seconds) if given."""
+        """One turn of the client's loop: handle one broadcast, then send a keep-alive if one is
+        due; or rejoin, if the server has forgotten us. Returns by `until` (monotonic seconds)."""
         if self.forgotten:
             return self.rejoin()
         if self.deadline.expired():
@@ -342,13 +367,16 @@ class Client:
         frames = recv_if_ready(self.sub) if self.sub.poll(self.deadline.cap(wait_ms), zmq.POLLIN) else None
         if frames is not None:
             self.on_broadcast(frames)
-        elif time.monotonic() >= due:
+        # The timer, unless that broadcast told us the server forgot us: then the next turn rejoins,
+        # and a keep-alive now would join us without the slow joiner's wait.
+        if not self.forgotten and time.monotonic() >= due:
             self.request([self.me])  # keep-alive: silent handles expire from the roster
 
     def rejoin(self):
         """The server forgot us: start over as a newcomer (PROTOCOL.md, "Restarts")."""
         # What the old SUB already holds came from the old server: take it, then throw the socket
         # away. Which of its broadcasts are older than our join, nothing tells; a new SUB holds none.
+        # This drains on purpose (PROTOCOL.md, "Restarts", step 1): every broadcast already queued.
         while (frames := recv_if_ready(self.sub)) is not None:
             self.on_broadcast(frames)
         self.sub.close()
@@ -365,26 +393,28 @@ class Client:
     def wait_for_first_broadcast(self):
         """The first broadcast's frames."""
         poller = zmq.Poller()
-        poller.register(self.sub, zmq.POLLIN)
         if self.monitor:
             poller.register(self.monitor, zmq.POLLIN)
+        poller.register(self.sub, zmq.POLLIN)
         while True:
+            if self.deadline.expired():
+                raise Failure("timeout", "no broadcast from the server")
+            # No timer to serve: the wait is the deadline, at most --keepalive ms at a time.
             ready = dict(poller.poll(self.deadline.cap(self.args.keepalive)))
-            frames = recv_if_ready(self.sub) if self.sub in ready else None
-            if frames is not None:
-                return frames
             failure = security.handshake_failure(self.monitor) if self.monitor in ready else None
             if failure:
                 # Wrong keys or a wrong password do not get better by reconnecting: give up.
                 raise Failure("refused", f"the server refused the {self.args.security.upper()} handshake "
                                          f"(handshake failure {failure[0]}, value {failure[1]})")
-            if self.deadline.expired():
-                raise Failure("timeout", "no broadcast from the server")
+            frames = recv_if_ready(self.sub) if self.sub in ready else None
+            if frames is not None:
+                return frames
 
     def run(self):
         args = self.args
-        # Slow joiner: until a first broadcast arrives, our subscription may not have reached the
-        # server and posts would be dropped for us. The server broadcasts at least every heartbeat.
+        # [slow joiner] Our subscription reaches the server some time after connect returns, and
+        # what it publishes before then is lost for us. The server broadcasts a roster at least
+        # every heartbeat: once a first broadcast arrives, the subscription is live.
         self.on_broadcast(self.wait_for_first_broadcast())
         self.join()
         emit("ready", handle=args.name, security=args.security)

@@ -143,16 +143,3 @@ def recv_if_ready(socket, whole=True):
     except zmq.Again:
         return None
 
-
-def send_when_room(socket, frames, deadline, what):
-    """Send on a PUSH socket, which blocks while no peer is connected or every queue is full
-    (the high-water mark): wait for room with a poll, never past the deadline. The send itself does
-    not wait: should the room the poll saw be gone (the peer left), it is back to the poll."""
-    while True:
-        if socket.poll(deadline.cap(1000), zmq.POLLOUT):
-            try:
-                return socket.send_multipart(frames, zmq.DONTWAIT)
-            except zmq.Again:
-                pass
-        if deadline.expired():
-            raise Failure("timeout", f"no room to send {what}")

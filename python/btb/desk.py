@@ -91,8 +91,9 @@ def check_flags(args):
 
 
 def pipe_endpoint(name):
-    # inproc: no network, no bytes on a wire; the context hands whole messages from one thread's
-    # socket to another's. It exists only inside one context, so every thread shares this one.
+    # [inproc] No network, no bytes on a wire: the context hands whole messages from one thread's
+    # socket to another's. It exists only inside one context, so every thread shares this one; the
+    # main thread binds each pipe before its agent's thread connects.
     return f"inproc://desk-{name}"
 
 
@@ -102,17 +103,23 @@ class Agent:
 
     def __init__(self, context, name, args):
         self.context, self.name, self.args, self.sockets = context, name, args, []
-        # PAIR: exactly two ends, known in advance; it never drops and never routes. The main
-        # thread bound the other end before starting us (bind first, then connect).
+        # [PAIR] exactly one peer, known in advance: it never drops and never routes, and joins
+        # this thread to the main thread over inproc. The main thread bound the other end before
+        # starting us (bind first, then connect).
         self.pipe = context.socket(zmq.PAIR)
-        self.pipe.linger = 0  # a message sent over inproc is already in the peer's queue
+        # [linger] 0 on the pipe: a message sent over inproc is already in the peer's queue, so
+        # closing has nothing left to send.
+        self.pipe.linger = 0
         self.pipe.connect(pipe_endpoint(name))
 
     def socket(self, kind, flag, max_message, linger=0):
-        """One of the agent's network sockets, with its example's size limit, set before bind or
-        connect; with --monitor on, narrated as the socket of `flag`."""
+        """One of the agent's network sockets, with its linger and its example's size limit; with
+        --monitor on, narrated as the socket of `flag`."""
         sock = self.context.socket(kind)
         sock.linger = linger
+        # [max size] The example's own limit (chat 8192, ticker and valuation 256, query 1024 bytes),
+        # sized from its largest frame and set before bind or connect. The pipes have none: inproc
+        # carries whole messages between threads of one program, never bytes from a peer.
         sock.maxmsgsize = max_message
         watch(sock, flag, self.args)  # in the agent's thread, which owns the socket
         self.sockets.append(sock)
@@ -120,7 +127,9 @@ class Agent:
 
     def report(self, event, *frames, **fields):
         """An event up the pipe: its name, the JSON line the main thread will print, and the values
-        it acts on. At the high-water mark (1000 messages) a PAIR send blocks: it never drops."""
+        it acts on, as the frames of one message."""
+        # [HWM] At the high-water mark (1000 messages) a PAIR send blocks: the mute state, as for
+        # PUSH and DEALER; it never drops. The main thread reads the pipes all the time.
         line = json.dumps({"event": event, "agent": self.name, **fields}, ensure_ascii=False)
         self.pipe.send_multipart([event.encode(), line.encode(), *frames])
 
@@ -152,10 +161,12 @@ def ms_until(moment):
 # --- the agents: each runs in its own thread -------------------------------------------------
 #
 # Each is an earlier example's client role turned into a loop that polls its sockets AND its
-# pipe, so that STOP is heard however busy or stuck its protocol is. Every receive after a poll
-# is non-blocking (recv_if_ready): POLLIN is a hint, not a promise. A Failure (a bind or connect
-# that fails, a fatal chat reply) ends the agent: it reports the error and stops without being
-# asked; bad input from a peer is only an `error` event, and the agent goes on.
+# pipe, so that STOP is heard however busy or stuck its protocol is: the launch contract's loop
+# shape, the pipe first, then the agent's sockets in PROTOCOL.md's order, one message each, then
+# the timers. Every receive after a poll is non-blocking (recv_if_ready): POLLIN is a hint, not a
+# promise. A Failure (a bind or connect that fails, a fatal chat reply) ends the agent: it reports
+# the error and stops without being asked; bad input from a peer is only an `error` event, and the
+# agent goes on.
 
 
 def chat_agent(context, args):
@@ -163,10 +174,16 @@ def chat_agent(context, args):
     agent = Agent(context, "chat", args)
     sent = received = 0
     try:
+        # [SUB] a prefix filter on frame 0, subscribed before it connects: "" lets posts and
+        # rosters alike through. SUB first, created and connected: its subscription starts
+        # travelling at once.
         sub = agent.socket(zmq.SUB, "chat-broadcasts", chat.MAX_MESSAGE)
-        sub.subscribe(b"")  # posts and rosters alike
-        req = agent.socket(zmq.REQ, "chat-requests", chat.MAX_MESSAGE)  # strict lockstep: one request in flight
-        connect(sub, args.chat_broadcasts)  # SUB first: its subscription starts travelling at once
+        sub.subscribe(b"")
+        connect(sub, args.chat_broadcasts)
+        # [REQ] strict lockstep: one request in flight, no second send before its reply (in_flight).
+        # A lost reply would need a new socket; the agent does not resend (no Lazy Pirate), so its
+        # chat then waits until STOP.
+        req = agent.socket(zmq.REQ, "chat-requests", chat.MAX_MESSAGE)
         connect(req, args.chat_requests)
         agent.report("ready", handle=args.name)
 
@@ -176,7 +193,7 @@ def chat_agent(context, args):
         in_flight = None  # the request waiting for its reply
         last_request = time.monotonic()
         poller = zmq.Poller()
-        for sock in (agent.pipe, sub, req):
+        for sock in (agent.pipe, req, sub):
             poller.register(sock, zmq.POLLIN)
 
         def on_roster(handles):
@@ -188,10 +205,16 @@ def chat_agent(context, args):
 
         while True:
             idle = joined and in_flight is None  # only then can a keep-alive fall due
+            # [poll] The pipe and both sockets at once, with a timeout up to the keep-alive when one
+            # can fall due, else none: STOP comes up the pipe (Python runs signal handlers in the
+            # main thread, so no EINTR here). Then the pipe, REQ and SUB, each ready one read
+            # without blocking (POLLIN is a hint), one message each; then the next request.
             ready = dict(poller.poll(ms_until(last_request + KEEPALIVE) if idle else None))
             if agent.pipe in ready and (command := agent.command()) is not None:
                 if command == [b"STOP"]:
                     break
+                # [multipart] A command arrives whole or not at all; how many frames it has is
+                # still the sender's business (a person's, through the page): checked, not assumed.
                 if command[0] != b"POST" or len(command) != 2:
                     agent.bad_command(command)
                 elif problem := chat.check_request([me, command[1]]):  # what the server would reject
@@ -200,8 +223,19 @@ def chat_agent(context, args):
                     agent.bad_command(command, "busy")
                 else:
                     texts.append(command[1])
+            if req in ready and (reply := recv_if_ready(req)) is not None:
+                handles = chat.reply_roster(reply)  # an error reply raises a Failure: fatal, as for the client
+                on_roster(handles)
+                if len(in_flight) == 2:
+                    sent += 1
+                    agent.report("sent", text=in_flight[1].decode(), roster=handles)
+                joined, in_flight, last_request = True, None, time.monotonic()
             if sub in ready and (frames := recv_if_ready(sub)) is not None:
-                live = True  # the slow joiner: from the first broadcast on, no post can be missed
+                # [slow joiner] What the server broadcast before our subscription reached it is lost
+                # for us; it broadcasts a roster every heartbeat, so the first broadcast of any kind
+                # says the subscription is live. Only then do we join, and from then on no post is
+                # missed.
+                live = True
                 kind, content = chat.read_broadcast(frames)
                 if kind == "roster":
                     on_roster(content)
@@ -210,13 +244,6 @@ def chat_agent(context, args):
                     agent.report("received", content[0].encode(), handle=content[0], text=content[1])
                 else:
                     agent.error("malformed-broadcast", content)
-            if req in ready and (reply := recv_if_ready(req)) is not None:
-                handles = chat.reply_roster(reply)  # an error reply raises a Failure: fatal, as for the client
-                on_roster(handles)
-                if len(in_flight) == 2:
-                    sent += 1
-                    agent.report("sent", text=in_flight[1].decode(), roster=handles)
-                joined, in_flight, last_request = True, None, time.monotonic()
             if live and in_flight is None:  # REQ allows the next request only after the reply
                 if not joined:
                     in_flight = [me]  # join
@@ -238,11 +265,11 @@ def ticker_agent(context, args):
     ticks = malformed = 0
     try:
         sub = agent.socket(zmq.SUB, "ticks", ticker.MAX_MESSAGE)
-        connect(sub, args.ticks)
-        # Our own topic at once: the publisher counts the desk as a subscriber by it, and publishes
-        # once every subscriber is there. A followed symbol's first ticks may pass before its
-        # subscription has travelled upstream: ticks count from the first that arrives.
+        # Our own topic at once, before connecting: the publisher counts the desk as a subscriber by
+        # it, and publishes once every subscriber is there. A followed symbol's first ticks may pass
+        # before its subscription has travelled upstream: ticks count from the first that arrives.
         sub.subscribe(b"@" + args.name.encode())
+        connect(sub, args.ticks)
         agent.report("ready", name=args.name)
 
         followed = set()
@@ -258,13 +285,15 @@ def ticker_agent(context, args):
                     agent.bad_command(command)
                 elif not ticker.is_topic(command[1] + b"\0"):  # a topic is the symbol and a NUL
                     agent.bad_command(command, f"{command[1][:32]!r} is not 1 to 8 letters A-Z")
+                elif command[0] == b"FOLLOW" and command[1].decode() not in followed and len(followed) == ticker.MAX_SYMBOLS:
+                    agent.bad_command(command, "busy")  # --follow's bound holds for FOLLOW too: 32 symbols
                 elif command[0] == b"FOLLOW" and (symbol := command[1].decode()) not in followed:
                     sub.subscribe(ticker.topic(symbol))
                     followed.add(symbol)
                     agent.report("subscribed", symbol=symbol)
                 elif command[0] == b"FORGET" and (symbol := command[1].decode()) in followed:
-                    # SUB filters what it delivers by its current subscriptions: no tick of the
-                    # symbol comes after this, even one already queued.
+                    # [SUB] filters what it delivers by its current subscriptions (a prefix of frame
+                    # 0): no tick of the symbol comes after this, even one already queued.
                     sub.unsubscribe(ticker.topic(symbol))
                     followed.remove(symbol)
                     agent.report("unsubscribed", symbol=symbol)
@@ -307,10 +336,15 @@ def valuation_agent(context, args):
     agent = Agent(context, "valuation", args)
     trade, total = None, 0  # the trade running or last run; the total of the last one complete
     try:
-        orders = agent.socket(zmq.PUSH, "orders", valuation.MAX_MESSAGE)  # deals orders round-robin
-        results = agent.socket(zmq.PULL, "results", valuation.MAX_MESSAGE)  # fair-queues readies and results
-        # Linger 1000 ms on the control PUB: a `finished` published just before the desk stops
-        # still reaches the workers, who leave when they hear it.
+        # [PUSH] deals orders round-robin to the connected workers; at the high-water mark it blocks
+        # and never drops, so the agent sends only when a poll said there is room (POLLOUT).
+        orders = agent.socket(zmq.PUSH, "orders", valuation.MAX_MESSAGE)
+        # [PULL] fair-queues readies and results from every connected worker.
+        results = agent.socket(zmq.PULL, "results", valuation.MAX_MESSAGE)
+        # [PUB] the control channel to every worker: it never blocks, and drops for a worker not
+        # connected yet or past its high-water mark; hence the state repeated every heartbeat.
+        # [linger] 1000 ms on the control PUB: a `finished` published just before the desk stops
+        # still reaches the workers, who leave when they hear it. 0 on PUSH and PULL.
         control = agent.socket(zmq.PUB, "control", valuation.MAX_MESSAGE, linger=1000)
         bound = {"orders": bind(orders, args.orders), "results": bind(results, args.results),
                  "control": bind(control, args.control)}
@@ -335,6 +369,8 @@ def valuation_agent(context, args):
             poller.register(orders, zmq.POLLOUT if sending else 0)  # 0: not polled
             quiet = state == b"go" and not trade.again  # the quiet timer runs (no resend going out)
             timers = [next_beat] + ([trade.quiet_since + args.quiet / 1000] if quiet else [])
+            # [poll] The pipe, the PULL and (for room) the PUSH at once, with a timeout up to the next
+            # heartbeat or quiet period; then the pipe, the PUSH and the PULL, in that order.
             ready = dict(poller.poll(ms_until(min(timers))))
             if agent.pipe in ready and (command := agent.command()) is not None:
                 if command == [b"STOP"]:
@@ -351,6 +387,25 @@ def valuation_agent(context, args):
                         workers.clear()
                         set_state(b"waiting")
                     trade = Trade(count)
+            if orders in ready:
+                # Sends in a batch, on purpose: up to SEND_BATCH orders while there is room, then
+                # results and the pipe get their turn.
+                for _ in range(SEND_BATCH):
+                    order_id = trade.next_order()
+                    if order_id is None:
+                        break
+                    try:
+                        orders.send_multipart(valuation.order_frames(args.seed, order_id), zmq.DONTWAIT)
+                    except zmq.Again:
+                        break  # the room the poll saw is gone: back to the poll
+                    if trade.next_id <= trade.count:  # the first pass
+                        trade.next_id += 1
+                        if trade.next_id > trade.count:
+                            agent.report("sent", orders=trade.count)
+                    else:
+                        trade.again.popleft()
+                        if not trade.again:
+                            agent.report("resent", ids=trade.batch)
             if results in ready and (frames := recv_if_ready(results)) is not None:
                 if frames[0] == b"ready":
                     if problem := valuation.check_ready(frames):
@@ -380,23 +435,6 @@ def valuation_agent(context, args):
                 set_state(b"go")  # every ready worker has seen a state already: none misses `go`
                 agent.report("started", workers=len(workers))
                 trade.quiet_since = time.monotonic()
-            if orders in ready:
-                for _ in range(SEND_BATCH):
-                    order_id = trade.next_order()
-                    if order_id is None:
-                        break
-                    try:
-                        orders.send_multipart(valuation.order_frames(args.seed, order_id), zmq.DONTWAIT)
-                    except zmq.Again:
-                        break  # the room the poll saw is gone: back to the poll
-                    if trade.next_id <= trade.count:  # the first pass
-                        trade.next_id += 1
-                        if trade.next_id > trade.count:
-                            agent.report("sent", orders=trade.count)
-                    else:
-                        trade.again.popleft()
-                        if not trade.again:
-                            agent.report("resent", ids=trade.batch)
             now = time.monotonic()
             if state == b"go" and not trade.again and now - trade.quiet_since >= args.quiet / 1000:
                 # PUSH dropped what was queued for a worker that died: send every id sent and not
@@ -423,13 +461,16 @@ def query_agent(context, args):
     agent = Agent(context, "query", args)
     mirror = query.Mirror(args.subtrees, emit=agent.report)  # its events go up the pipe
     try:
+        # [DEALER] several requests in flight at once, no lockstep and no envelope of its own: the
+        # subtree in each KTHXBAI says which request it answers.
+        snapshot = agent.socket(zmq.DEALER, "snapshot", query.MAX_MESSAGE)
         updates = agent.socket(zmq.SUB, "updates", query.MAX_MESSAGE)
-        snapshot = agent.socket(zmq.DEALER, "snapshot", query.MAX_MESSAGE)  # several requests in flight, no envelopes
-        # XPUB to the collector: a PUB that tells us when the collector's subscription has arrived.
+        # [XPUB] to the collector: a PUB that hands us each subscription as a message (first byte 1
+        # or 0), so we learn when the collector's subscription to everything has arrived.
         # Linger 1000 ms: the last write may still be queued when the desk stops.
         collector = agent.socket(zmq.XPUB, "collector", query.MAX_MESSAGE, linger=1000)
-        connect(collector, args.collector)
         query.connect_facade(updates, snapshot, args)  # subtrees, then HUGZ: see the HUGZ wait below
+        connect(collector, args.collector)
         agent.report("ready", name=args.name, subtrees=[tree.decode() for tree in args.subtrees])
 
         hugged = collector_live = False
@@ -438,7 +479,9 @@ def query_agent(context, args):
         for sock in (agent.pipe, updates, collector):  # the DEALER once a HUGZ has come
             poller.register(sock, zmq.POLLIN)
         while True:
-            ready = dict(poller.poll())  # no timer to serve: STOP comes up the pipe
+            # No timer to serve: STOP comes up the pipe. Then the pipe, the DEALER, the SUB and the
+            # XPUB, in that order (PROTOCOL.md's), those that are polled and ready.
+            ready = dict(poller.poll())
             if agent.pipe in ready and (command := agent.command()) is not None:
                 if command == [b"STOP"]:
                     break
@@ -453,6 +496,13 @@ def query_agent(context, args):
                     agent.bad_command(command, "busy")
                 else:
                     writes.append((command[1], command[2]))
+            if snapshot in ready and (frames := query.recv_message(snapshot)):
+                if mirror.waiting:
+                    mirror.on_snapshot(frames)  # `synced` once a subtree's KTHXBAI is in
+                    if not mirror.waiting:
+                        poller.register(updates, zmq.POLLIN)
+                else:
+                    agent.error("unexpected-snapshot", f"{frames[0][:32]!r} after every KTHXBAI")
             if updates in ready and (frames := query.recv_message(updates)):
                 if hugged:
                     key, sequence, value = mirror.on_update(frames) or (None, 0, None)  # None: not applied
@@ -461,19 +511,15 @@ def query_agent(context, args):
                     if (key, value) in unread:
                         unread.remove((key, value))
                         agent.report("read-back", key, value, key=key.decode(), value=value.hex(), sequence=sequence)
-                elif frames[0] == b"HUGZ":  # what came before it is dropped: the snapshots cover it
+                elif frames[0] == b"HUGZ":
+                    # [slow joiner] The engine answers a subscription to HUGZ at once, and ours is
+                    # the last made: every subtree's is in place now, so no update from here on can
+                    # be missed. What came before is dropped: the snapshots cover it.
                     hugged = True
                     for tree in args.subtrees:  # every request in flight at once on the one DEALER
                         snapshot.send_multipart([query.ICANHAZ, tree])
                     poller.unregister(updates)  # its updates wait, in order, until every KTHXBAI
                     poller.register(snapshot, zmq.POLLIN)
-            if snapshot in ready and (frames := query.recv_message(snapshot)):
-                if mirror.waiting:
-                    mirror.on_snapshot(frames)  # `synced` once a subtree's KTHXBAI is in
-                    if not mirror.waiting:
-                        poller.register(updates, zmq.POLLIN)
-                else:
-                    agent.error("unexpected-snapshot", f"{frames[0][:32]!r} after every KTHXBAI")
             if collector in ready and (frame := recv_if_ready(collector, whole=False)) is not None:
                 collector_live = collector_live or frame == b"\x01"  # the collector's subscription to everything
             while writes and collector_live and hugged and not mirror.waiting:
@@ -656,12 +702,16 @@ class Desk:
                 return None
             if deadline.expired():
                 return Failure("timeout", f"not done after {self.args.timeout} ms: {self.progress()}")
-            # At most 100 ms, the time the other languages take to notice a signal.
-            for sock, _ in self.poller.poll(deadline.cap(100)):
-                if self.web and sock is self.web.socket:
-                    self.web.receive(self.on_command)
-                elif (frames := recv_if_ready(sock)) is not None:  # one message per pipe: fair
-                    self.on_event(self.names[sock], frames)
+            # [poll] The four pipes and the page's STREAM at once, with a timeout of at most 100 ms (the
+            # time the other languages take to notice a signal, and the page's connections their
+            # deadlines), never past the deadline. pyzmq resumes a poll a signal interrupted (EINTR)
+            # after running the handler, so the flag is seen above within 100 ms.
+            ready = dict(self.poller.poll(deadline.cap(100)))
+            for name, pipe in self.pipes.items():  # chat, ticker, valuation, query
+                if pipe in ready and (frames := recv_if_ready(pipe)) is not None:  # one message per pipe: fair
+                    self.on_event(name, frames)
+            if self.web and self.web.socket in ready:
+                self.web.receive(self.on_command)  # drains on purpose, up to web.BATCH messages
             if self.web:
                 self.show_progress()
                 self.web.expire()

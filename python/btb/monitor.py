@@ -32,14 +32,14 @@ def add_flag(parser):
 
 
 def watch(socket, name, args):
-    """With --monitor on, narrate `socket`'s connections as `socket-event`s named `name` (its flag).
-
-    libzmq publishes a socket's events on an inproc PAIR that it binds itself; we connect our PAIR
-    at once, before the watched socket's bind or connect, because libzmq drops events while no peer
-    is there: `listening` and the first `connected` would be lost. A thread of its own reads the
-    PAIR, so the role's loop is the same with and without --monitor."""
+    """With --monitor on, narrate `socket`'s connections as `socket-event`s named `name` (its flag)."""
     if args.monitor != "on":
         return
+    # [monitor] A socket's events (connected, disconnected, handshake failures...) never arrive on
+    # the socket itself: libzmq publishes them on an inproc PAIR that it binds. We connect our PAIR
+    # at once, before the watched socket's bind or connect, because libzmq drops events while no
+    # peer is there: `listening` and the first `connected` would be lost. A thread of its own reads
+    # the PAIR, so the role's loop is the same with and without --monitor.
     endpoint = f"inproc://monitor.{name}-{next(_endpoints)}"
     socket.monitor(endpoint, zmq.EVENT_ALL)
     # zmq.Socket(), not context.socket(): context.destroy() closes the sockets it made, from the

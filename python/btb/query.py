@@ -16,8 +16,9 @@ from .contract import Deadline, Failure, StopSignal, at_least, bind, connect, em
 from .monitor import watch
 from .ticker import is_topic, symbol, symbols, topic
 
-# ZMQ_MAXMSGSIZE on every socket: the largest legal frame is a 256-byte value; between 257 and
-# 1024 bytes it reaches us and is reported, above that the library drops it with the connection.
+# [max size] ZMQ_MAXMSGSIZE on every socket, set before bind or connect: the largest legal frame is
+# a 256-byte value; between 257 and 1024 bytes it reaches us and is reported, above that the
+# library drops it with the connection.
 MAX_MESSAGE = 1024
 MAX_VALUE = 256
 MAX_FRAMES = 7  # frames kept of a message (5, a routing id, and one to tell "more"); the rest are dropped
@@ -172,7 +173,10 @@ def recv_message(socket):
     if first is None:
         return None
     frames = [first]
-    while socket.rcvmore:  # the other frames of a message arrive with its first one
+    # [multipart] A message arrives whole or not at all: once its first frame is here, so are the
+    # others, and reading them cannot block. Their number is the sender's choice: every command
+    # checks it (check_kv and the others), and more than MAX_FRAMES are not even kept.
+    while socket.rcvmore:
         frame = socket.recv()
         if len(frames) < MAX_FRAMES:
             frames.append(frame)
@@ -330,20 +334,25 @@ def run_engine(args):
     stop = StopSignal()
     deadline = Deadline(args.timeout)
     context = zmq.Context()
-    # ROUTER: every request arrives with the routing id of its peer in front, and every reply is
-    # routed by the routing id we put in front. MANDATORY: fail instead of dropping in silence.
+    # [ROUTER] every request arrives with the routing id of its peer in front, and every reply is
+    # routed by the routing id we put in front; what it cannot route, it drops in silence, unless
+    # MANDATORY: then the send fails instead (EHOSTUNREACH: gone; EAGAIN: its queue is full).
     snapshots = context.socket(zmq.ROUTER)
     snapshots.router_mandatory = 1
-    # Room for a whole snapshot per peer: the library learns that a peer has read its messages only
-    # in batches, so a loop of sends would find 1000 (the default high-water mark) "full" at once.
+    # [HWM] Room for a whole snapshot per peer: the library learns that a peer has read its messages
+    # only in batches, so a loop of sends would find 1000 (the default high-water mark) "full" at
+    # once. The other queues keep the default: at it, XPUB drops a facade's updates.
     snapshots.sndhwm = min(args.max_keys, 2**31 - 2) + 1  # an int in the library
-    # XPUB, verbose: a PUB on the wire, that shows us every subscription (for HUGZ, above).
+    # [XPUB] verbose: a PUB on the wire, that hands us every subscription as a message (first byte 1
+    # or 0, then the topic), repeated ones too: the engine answers HUGZ to each (slow joiner, below).
     updates = context.socket(zmq.XPUB)
     updates.xpub_verbose = 1
     collector = context.socket(zmq.SUB)  # the facades' writes: subscribed to everything
     collector.subscribe(b"")
     ticks = context.socket(zmq.SUB) if args.ticks else None
     sockets = [s for s in (snapshots, updates, collector, ticks) if s is not None]
+    # [linger] 0 on every engine socket: it stops only when told to, and a snapshot or an update
+    # still queued then is worth nothing to a facade, which will start over with the next engine.
     for sock in sockets:
         sock.linger = 0
         sock.maxmsgsize = MAX_MESSAGE
@@ -353,6 +362,9 @@ def run_engine(args):
     endpoints = {"snapshot": bind(snapshots, args.snapshot), "updates": bind(updates, args.updates),
                  "collector": bind(collector, args.collector)}
     if ticks is not None:
+        # [SUB] receives only ticks whose frame 0 begins with a subscription. It connects first,
+        # then subscribes (PROTOCOL.md): after connect, subscriptions go out in the order made, so
+        # the @name the publisher counts comes last; made before connect, they would go out sorted.
         connect(ticks, args.ticks)
         for symbol in args.symbols:  # the symbols first, then the @name the publisher counts
             ticks.subscribe(topic(symbol))
@@ -366,16 +378,20 @@ def run_engine(args):
     while not stop.raised:
         if deadline.expired():
             raise Failure("timeout", f"still serving after {args.timeout} ms")
+        # [poll] The four sockets at once, with a timeout up to the next HUGZ or expiry, never past
+        # the deadline; each ready one is then read without blocking (POLLIN is a hint). pyzmq
+        # resumes a poll a signal interrupted (EINTR) after running the handler, for the time left.
         ready = dict(poller.poll(deadline.cap(engine.next_timer(args.hugz))))
-        # One message from each socket that has one: a flood on one cannot starve the others.
+        # One message from each socket that has one, in PROTOCOL.md's order: a flood on one cannot
+        # starve the others.
         if snapshots in ready and (frames := recv_message(snapshots)):
             engine.on_icanhaz(frames)
+        if updates in ready and (frame := recv_if_ready(updates, whole=False)) is not None:
+            engine.on_subscription(frame)  # one frame at a time: each is one subscription
         if collector in ready and (frames := recv_message(collector)):
             engine.on_kvset(frames)
         if ticks in ready and (frames := recv_message(ticks)):
             engine.on_tick(frames, args.symbols)
-        if updates in ready and (frame := recv_if_ready(updates, whole=False)) is not None:
-            engine.on_subscription(frame)  # one frame at a time: each is one subscription
         now = time.monotonic()
         engine.expire(now)
         if now - engine.last_hugz >= args.hugz / 1000:
@@ -530,8 +546,11 @@ class Facade(Mirror):
 
 
 def connect_facade(updates, snapshot, args):
-    """A facade's first steps (the desk's query agent's too): subscribe to every subtree, then to
-    HUGZ, and connect the SUB and the DEALER."""
+    """A facade's first steps (the desk's query agent's too): connect the SUB, subscribe to every
+    subtree, then to HUGZ, and connect the DEALER."""
+    # [SUB] receives only the updates whose key begins with one of its subtrees, and the HUGZ. It
+    # connects first, then subscribes (PROTOCOL.md, Facade step 1): after connect, subscriptions
+    # go out in the order made, HUGZ last; made before connect, they would go out sorted by bytes.
     connect(updates, args.updates)
     for tree in args.subtrees:
         updates.subscribe(tree)
@@ -541,22 +560,26 @@ def connect_facade(updates, snapshot, args):
 
 def open_facade(context, args):
     """The facade's sockets, new and connected: [SUB, DEALER, XPUB or None]."""
-    updates = context.socket(zmq.SUB)
-    # DEALER: requests go out and replies come in without envelopes, several at a time.
+    # [DEALER] requests go out and replies come in freely, several at a time: no lockstep as with
+    # REQ, and no envelope of its own, so which request a reply answers is ours to track (KTHXBAI).
     snapshot = context.socket(zmq.DEALER)
+    updates = context.socket(zmq.SUB)
     # XPUB to the collector: a PUB that tells us when the collector's subscription has arrived.
     collector = context.socket(zmq.XPUB) if args.writes else None
-    for sock in (updates, snapshot, collector):
+    for sock in (snapshot, updates, collector):
         if sock is not None:
-            sock.linger = 0
+            sock.linger = 0  # a session that ends leaves nothing worth sending on these
             sock.maxmsgsize = MAX_MESSAGE
-    for sock, flag in ((updates, "updates"), (snapshot, "snapshot"), (collector, "collector")):
+    if collector is not None:
+        # [linger] 1000 ms on the collector XPUB alone: the last write (a delete) may still be
+        # queued when we exit, and closing waits that long for it to go out.
+        collector.linger = 1000
+    for sock, flag in ((snapshot, "snapshot"), (updates, "updates"), (collector, "collector")):
         if sock is not None:
             watch(sock, flag, args)
-    if collector is not None:
-        collector.linger = 1000  # the last write (a delete) may still be queued when we exit
-        connect(collector, args.collector)
     connect_facade(updates, snapshot, args)
+    if collector is not None:
+        connect(collector, args.collector)
     return [updates, snapshot, collector]
 
 
@@ -584,14 +607,17 @@ def follow(args, deadline, updates, snapshot, collector):
     """One session with one engine: steps 2 to 6 of the facade. Returns the finished facade, or
     raises Restarted when the engine turns out to be gone or new."""
     facade = Facade(args)
-    # The slow joiner: wait for a HUGZ, dropping whatever comes before it (the snapshot covers it).
+    # [slow joiner] Subscriptions reach the engine some time after connect, and an update published
+    # before then never reaches us. The engine answers each subscription to HUGZ with a HUGZ at once,
+    # and ours is the last one made: once a HUGZ arrives, every subtree is live. Whatever comes
+    # before it is dropped (the snapshot covers it).
     while True:
+        if deadline.expired():
+            raise Failure("timeout", f"no HUGZ from {args.updates} within {args.timeout} ms")
         frames = recv_message(updates) if updates.poll(deadline.cap(100)) else None
         if frames and frames[0] == HUGZ:
             facade.follow_engine(frames)  # which engine, and its sequence now: every update after it is higher
             break
-        if deadline.expired():
-            raise Failure("timeout", f"no HUGZ from {args.updates} within {args.timeout} ms")
 
     heard = time.monotonic()  # when the engine was last heard from: silence means it is gone
 
@@ -601,17 +627,17 @@ def follow(args, deadline, updates, snapshot, collector):
     for tree in args.subtrees:  # all requests in flight at once on the one DEALER
         snapshot.send_multipart([ICANHAZ, tree])
     while facade.waiting:  # the SUB stays unread meanwhile: its updates wait, in order
+        if deadline.expired():
+            raise Failure("timeout", f"subtrees {[t.decode() for t in facade.waiting]} never completed")
         frames = recv_message(snapshot) if snapshot.poll(deadline.cap(100)) else None
         if frames:
             heard = time.monotonic()
             facade.on_snapshot(frames)
-        elif silent():
+        elif silent():  # the timer: no KVSYNC or KTHXBAI for --silence ms
             raise Restarted("silence", facade.seen)
-        if deadline.expired():
-            raise Failure("timeout", f"subtrees {[t.decode() for t in facade.waiting]} never completed")
 
     poller = zmq.Poller()
-    for sock in (updates, snapshot, collector):
+    for sock in (snapshot, updates, collector):
         if sock is not None:
             poller.register(sock, zmq.POLLIN)
     collector_live = False
@@ -619,13 +645,14 @@ def follow(args, deadline, updates, snapshot, collector):
         if deadline.expired():
             raise Failure("timeout", f"applied {facade.applied} updates, up to {facade.last}, and was not done")
         ready = dict(poller.poll(deadline.cap(100)))
+        # The ready sockets in PROTOCOL.md's order, one message each: DEALER, SUB, XPUB.
+        if snapshot in ready and (frames := recv_message(snapshot)):
+            emit("error", code="unexpected-snapshot", reason=f"{frames[0][:32]!r} after every KTHXBAI")
         if updates in ready and (frames := recv_message(updates)):
             heard = time.monotonic()
             facade.on_update(frames)
-        elif silent():  # not even a HUGZ, which the engine sends every --hugz ms
-            raise Restarted("silence", facade.seen)
-        if snapshot in ready and (frames := recv_message(snapshot)):
-            emit("error", code="unexpected-snapshot", reason=f"{frames[0][:32]!r} after every KTHXBAI")
+        elif silent():  # the timer, checked before the XPUB: a silent engine gets no write from us
+            raise Restarted("silence", facade.seen)  # not even a HUGZ, which it sends every --hugz ms
         if collector in ready and (frame := recv_if_ready(collector, whole=False)) is not None:
             if frame == b"\x01" and not collector_live:  # the collector's subscription to everything
                 collector_live = True

@@ -71,9 +71,13 @@ def secure_server(args, context, sockets):
         zap = ZapHandler(context, args)  # without one, libzmq's PLAIN server admits any password
     for socket in sockets.values():
         if args.security == "curve":
+            # [CURVE] The server holds its secret key; every client must already know the matching
+            # public key. Set before bind: the options are read when a connection starts.
             socket.curve_server = True
             socket.curve_secretkey = args.curve_secret.encode()
         elif args.security == "plain":
+            # [PLAIN] A user name and a password, sent in clear. The server side only says "ask
+            # ZAP": without a handler, libzmq would admit any password.
             socket.plain_server = True
     monitors = {} if args.security == "null" else {name: watch(socket) for name, socket in sockets.items()}
     return zap, monitors
@@ -87,6 +91,7 @@ def secure_client(args, sockets):
         require(args, "plain-user", "plain-password")
     for socket in sockets:
         if args.security == "curve":
+            # The client's copy of the server's public key, and its own key pair; before connect.
             socket.curve_serverkey = args.curve_server.encode()
             socket.curve_publickey = args.curve_public.encode()
             socket.curve_secretkey = args.curve_secret.encode()
@@ -115,9 +120,12 @@ class ZapHandler:
 
     def __init__(self, context, args):
         self.args = args
+        # [ZAP] libzmq asks a REP bound on inproc://zeromq.zap.01, in the same context, about every
+        # handshake of a socket that is a security server: one request, one reply (200 or 400). It
+        # is bound before the sockets it guards bind, so that no handshake goes unasked.
         self.socket = context.socket(zmq.REP)
         self.socket.linger = 0
-        self.socket.bind(ZAP_ENDPOINT)  # before the secure sockets bind: no handshake goes unasked
+        self.socket.bind(ZAP_ENDPOINT)
 
     def handle(self):
         """Answer the request a poll reported, if there is one after all."""

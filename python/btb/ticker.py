@@ -11,9 +11,10 @@ from .monitor import watch
 
 MASK = (1 << 64) - 1  # arithmetic modulo 2**64, as the protocol says
 GOLDEN = 0x9E3779B97F4A7C15
-# ZMQ_MAXMSGSIZE, on every socket: libzmq drops a bigger frame together with the sender's
-# connection. The largest legal frames are a subscription, 1 + "@" + a 32-byte name = 34 bytes,
-# and a tick's 9-byte topic; a huge subscription would otherwise grow the XPUB's topic trie.
+# [max size] ZMQ_MAXMSGSIZE, on every network socket, set before bind or connect: libzmq drops a
+# bigger frame together with the sender's connection. The largest legal frames are a subscription,
+# 1 + "@" + a 32-byte name = 34 bytes, and a tick's 9-byte topic; a huge subscription would
+# otherwise grow the XPUB's topic trie.
 MAX_MESSAGE = 256
 
 
@@ -144,10 +145,15 @@ def run_publisher(args):
     stop = StopSignal()
     deadline = Deadline(args.timeout)
     context = zmq.Context()
-    # XPUB is a PUB that also hands us the subscriptions coming from downstream.
+    # [XPUB] a PUB that also hands us each subscription coming from downstream, as a message: first
+    # byte 1 (subscribe) or 0 (unsubscribe), then the topic.
     ticks = context.socket(zmq.XPUB)
+    # [linger] 0: the publisher stops only when told to, and ticks still queued then are for
+    # subscribers that have what they need; closing drops them.
     ticks.linger = 0
     ticks.maxmsgsize = MAX_MESSAGE
+    # [HWM] Like PUB, XPUB queues at most 1000 ticks (the default high-water mark) for each
+    # subscriber, and drops that subscriber's ticks at the mark: it never blocks the publisher.
     watch(ticks, "ticks", args)
     emit("ready", ticks=bind(ticks, args.ticks))
 
@@ -159,10 +165,17 @@ def run_publisher(args):
         if deadline.expired():
             raise Failure("timeout", f"still publishing after {args.timeout} ms")
         wait_ms = 100 if next_round is None else max(0, int((next_round - time.monotonic()) * 1000))
-        # One frame at a time, whatever its more flag: each is one subscription change on its own.
+        # [poll] The one socket, polled with a timeout up to the next round (100 ms before the
+        # first), never past the deadline; then read without blocking, as POLLIN is a hint. pyzmq
+        # resumes a poll that a signal interrupted (EINTR) after running the handler.
+        # [multipart] Here, one frame at a time, whatever its more flag: each is one subscription
+        # change on its own, and a peer can send several in one multipart message.
         frame = recv_if_ready(ticks, whole=False) if ticks.poll(deadline.cap(wait_ms), zmq.POLLIN) else None
         if frame is not None:
             on_subscription(frame, topics, subscribers)
+            # [slow joiner] Nothing is published before --subscribers @name topics have arrived: a
+            # tick sent before a subscriber's subscriptions reach us is dropped for it. Each
+            # subscriber subscribes to its @name last, so by then its symbols are in place.
             if next_round is None and len(subscribers) >= args.subscribers:
                 emit("started", subscribers=len(subscribers))
                 next_round = time.monotonic()
@@ -219,17 +232,23 @@ def run_proxy(args):
     stop = StopSignal()
     deadline = Deadline(args.timeout)
     context = zmq.Context()
-    upstream = context.socket(zmq.XSUB)  # faces the publisher: receives ticks, sends subscriptions
-    downstream = context.socket(zmq.XPUB)  # faces subscribers: sends ticks, receives subscriptions
-    # The proxy's own control channel: a PAIR of sockets over inproc, which never leaves the
-    # process; the context itself carries the messages.
+    # [XSUB] faces the publisher: a SUB whose subscriptions are messages that someone sends it,
+    # here the proxy, passing on what arrives at the XPUB; it receives the ticks.
+    upstream = context.socket(zmq.XSUB)
+    # [XPUB] faces the subscribers: sends them ticks, and hands each subscription to the proxy.
+    downstream = context.socket(zmq.XPUB)
+    # [PAIR] The proxy's own control channel: two PAIR sockets, each with exactly one peer.
+    # [inproc] It never leaves the process: the context itself carries the messages, so both ends
+    # share it, and the end that binds does so before the other connects.
     control, steer = context.socket(zmq.PAIR), context.socket(zmq.PAIR)
+    # [linger] 0 on all four: the proxy stops only when told to, and what is queued then, either
+    # way, is not worth waiting for.
     for sock in (upstream, downstream, control, steer):
         sock.linger = 0
     for sock in (upstream, downstream):  # not the inproc PAIRs: nothing is decoded there
         sock.maxmsgsize = MAX_MESSAGE
-    # Subscriptions go upstream once per topic (XPUB passes on only the first): one dropped at the
-    # send high-water mark during a flood would be lost for good. No limit on XSUB's sends.
+    # [HWM] Subscriptions go upstream once per topic (XPUB passes on only the first): one dropped at
+    # the send high-water mark during a flood would be lost for good. No limit on XSUB's sends.
     upstream.sndhwm = 0
     watch(upstream, "upstream", args)
     watch(downstream, "downstream", args)
@@ -238,9 +257,10 @@ def run_proxy(args):
     control.bind("inproc://proxy-control")
     steer.connect("inproc://proxy-control")
 
-    # The library's own loop moves every message both ways, in a thread of its own, until it
-    # reads TERMINATE on its control socket. Sockets are not thread-safe: from here on only that
-    # thread touches upstream, downstream and control.
+    # [proxy] The library's own loop moves ticks downstream and subscriptions upstream, in a thread
+    # of its own, until it reads TERMINATE on its control socket: that is how it is stopped. Sockets
+    # are not thread-safe: from here on only that thread touches upstream, downstream and control.
+    # [poll] The proxy polls its sockets itself; this thread only waits for a signal or the deadline.
     proxy = threading.Thread(target=run_steerable_proxy, args=(upstream, downstream, control))
     proxy.start()
     emit("ready", downstream=bound)
@@ -258,6 +278,8 @@ def run_proxy(args):
 
 def check_tick(frames, subscribed, seed_value):
     """The tick's (symbol, sequence, timestamp, price), or (code, reason) for a bad one."""
+    # [multipart] A tick arrives whole or not at all: recv_multipart hands us all of its frames.
+    # Whoever sent them chose how many, so the count is checked, never assumed.
     if len(frames) != 4:
         return "malformed-tick", f"expected 4 frames, got {len(frames)}"
     name_bytes = frames[0]
@@ -284,7 +306,12 @@ def run_subscriber(args):
         raise Usage("--switch OLD:NEW needs OLD among --symbols and NEW not")
     deadline = Deadline(args.timeout)
     context = zmq.Context()
+    # [SUB] receives only ticks whose frame 0 begins with one of its subscriptions (a symbol and
+    # its NUL). Unlike most SUBs here it connects BEFORE it subscribes, as PROTOCOL.md says: after
+    # connect, each subscription is queued for the publisher in the order made, while those made
+    # before connect go out sorted by bytes, which would put our @name ("@" < "A") first.
     sub = context.socket(zmq.SUB)
+    # [linger] 0: we leave once every symbol has delivered; nothing we could still send matters.
     sub.linger = 0
     sub.maxmsgsize = MAX_MESSAGE
     watch(sub, "ticks", args)
@@ -305,6 +332,8 @@ def run_subscriber(args):
         if deadline.expired():
             missing = {name: n for name, n in received.items() if n < args.count}
             raise Failure("timeout", f"not done after {args.timeout} ms; ticks so far: {missing}")
+        # No timer to serve: the wait is the deadline, a second at most, which is checked above
+        # after every message as well as after an idle poll.
         frames = recv_if_ready(sub) if sub.poll(deadline.cap(1000), zmq.POLLIN) else None
         if frames is None:
             continue

@@ -5,13 +5,14 @@ import time
 
 import zmq
 
-from .contract import MAX_NAME, Deadline, Failure, StopSignal, at_least, bind, connect, emit, name, recv_if_ready, send_when_room
+from .contract import MAX_NAME, Deadline, Failure, StopSignal, at_least, bind, connect, emit, name, recv_if_ready
 from .monitor import watch
 from .ticker import GOLDEN, MASK, seed, splitmix64
 
 SYMBOLS = ["AAPL", "GOOG", "GOOGL", "MSFT", "IBM"]
 RESEND_BATCH = 1000  # ids per resend message
-# ZMQ_MAXMSGSIZE, on every socket: libzmq drops a bigger frame together with the sender's
+# [max size] ZMQ_MAXMSGSIZE, on every socket, send-only ones too (a library still decodes what a
+# peer sends), set before bind or connect: libzmq drops a bigger frame together with the sender's
 # connection. The largest legal frames are a 32-byte worker name, `finished` and 8-byte ids.
 MAX_MESSAGE = 256
 
@@ -72,6 +73,22 @@ def value(side, quantity, cents):
     return quantity * cents * (1 if side == "B" else -1)
 
 
+def send_when_room(socket, frames, deadline, what):
+    """Send on a PUSH socket, waiting for room with a poll, never past the deadline. The send
+    itself does not wait: should the room the poll saw be gone (the peer left), back to the poll."""
+    while True:
+        # [HWM] PUSH blocks (the mute state) while no puller is connected, or while every connected
+        # puller's queue is at its high-water mark (1000 messages); it never drops. POLLOUT says
+        # when there is room again.
+        if socket.poll(deadline.cap(1000), zmq.POLLOUT):
+            try:
+                return socket.send_multipart(frames, zmq.DONTWAIT)
+            except zmq.Again:
+                pass
+        if deadline.expired():
+            raise Failure("timeout", f"no room to send {what}")
+
+
 def run_encode(args):
     frames = order_frames(args.seed, args.id)
     _, side, quantity, cents = order(args.seed, args.id)
@@ -96,6 +113,8 @@ def name_problem(frame):
 
 def check_ready(frames):
     """The first broken rule of a ready, as (code, reason), or None when it is well formed."""
+    # [multipart] A message arrives whole or not at all: recv_multipart gives every frame of it.
+    # The frame count is the sender's choice, so it is checked here, never assumed.
     if len(frames) != 2:
         return "malformed-ready", f"a ready has 2 frames, got {len(frames)}"
     problem = name_problem(frames[1])
@@ -125,8 +144,13 @@ def run_sink(args):
     stop = StopSignal()
     deadline = Deadline(args.timeout)
     context = zmq.Context()
-    results = context.socket(zmq.PULL)  # fair-queues readiness and results from every worker
+    # [PULL] fair-queues: readiness and results are read from every connected worker in turn.
+    results = context.socket(zmq.PULL)
+    # [PUB] the control channel: every message to every connected subscriber (the source, the
+    # workers); it never blocks, and drops for a subscriber not connected yet or past its HWM.
     control = context.socket(zmq.PUB)
+    # [linger] 0 on both: the sink leaves only when told to, and the source and the workers leave
+    # only on `finished`, which comes once every result is in; nothing queued at exit is needed.
     for sock in (results, control):
         sock.linger = 0
         sock.maxmsgsize = MAX_MESSAGE  # PUB too: it still decodes what subscribers send it
@@ -147,6 +171,10 @@ def run_sink(args):
         if deadline.expired():
             raise Failure("timeout", f"still running after {args.timeout} ms with {len(values)} results")
         wait_ms = max(0, int((next_beat - time.monotonic()) * 1000))
+        # [poll] PULL is the one socket to read (PUB only sends): polled with a timeout up to the
+        # next heartbeat, never past the deadline, then read without blocking (POLLIN is a hint).
+        # pyzmq resumes a poll a signal interrupted (EINTR) after running the handler, for the time
+        # left: a heartbeat at most, then the stop flag is seen. One message per turn.
         frames = recv_if_ready(results) if results.poll(deadline.cap(wait_ms), zmq.POLLIN) else None
         if frames is None:
             pass  # no message (the poll timed out, or had nothing after all): on to the timers
@@ -188,7 +216,10 @@ def run_sink(args):
             emit("resend", ids=missing)
             quiet_since = now
         if now >= next_beat:
-            control.send(state)  # level-triggered: a late subscriber learns the state anyway
+            # [slow joiner] A subscriber hears only what is published once its subscription has
+            # reached us: the state is level-triggered, repeated every heartbeat, so a late one
+            # learns it within a heartbeat instead of missing an edge.
+            control.send(state)
             next_beat = now + args.heartbeat / 1000
     emit("done", orders=len(values), total=sum(values.values()))
     context.destroy()
@@ -200,10 +231,13 @@ def run_sink(args):
 def run_source(args):
     deadline = Deadline(args.timeout)
     context = zmq.Context()
-    orders = context.socket(zmq.PUSH)  # deals orders round-robin to the connected workers
+    # [PUSH] deals orders round-robin to the connected workers; at the high-water mark it blocks
+    # and never drops (send_when_room, above). What is queued for a worker that dies is lost.
+    orders = context.socket(zmq.PUSH)
+    # [SUB] subscribed to "" before it connects: every control message, states and resends alike.
     control = context.socket(zmq.SUB)
     for sock in (orders, control):
-        sock.linger = 0
+        sock.linger = 0  # we leave only on `finished`: nothing we sent is still needed
         sock.maxmsgsize = MAX_MESSAGE  # PUSH too: it still decodes what a peer sends it
     control.subscribe(b"")
     watch(orders, "orders", args)
@@ -213,11 +247,12 @@ def run_source(args):
     emit("ready", orders=bound)
 
     def next_control():
-        """The next control message, or None after a second without one."""
-        if control.poll(deadline.cap(1000), zmq.POLLIN):
-            return recv_if_ready(control)
+        """One turn of the source's loops: the deadline, then the next control message, or None
+        after a second without one (no timer to serve: the wait is the deadline, a second at most)."""
         if deadline.expired():
             raise Failure("timeout", f"not finished after {args.timeout} ms")
+        if control.poll(deadline.cap(1000), zmq.POLLIN):
+            return recv_if_ready(control)
         return None
 
     def send(order_id):
@@ -231,10 +266,11 @@ def run_source(args):
     sent = args.count
     while (message := next_control()) != [b"finished"]:
         if message and message[0] == b"resend":
-            ids = [struct.unpack(">Q", frame)[0] for frame in message[1:] if len(frame) == 8]
+            # The ids of our orders, 8 bytes each; anything else is no order of ours: ignored.
+            ids = [i for i in (struct.unpack(">Q", frame)[0] for frame in message[1:] if len(frame) == 8)
+                   if 1 <= i <= args.count]
             for order_id in ids:
-                if 1 <= order_id <= args.count:
-                    send(order_id)
+                send(order_id)
             sent += len(ids)
             emit("resent", ids=ids)
     emit("done", sent=sent)
@@ -262,9 +298,11 @@ def check_order(frames):
 def run_worker(args):
     deadline = Deadline(args.timeout)
     context = zmq.Context()
-    orders = context.socket(zmq.PULL)
-    results = context.socket(zmq.PUSH)
+    orders = context.socket(zmq.PULL)  # fair-queued from every source connected (here, one)
+    results = context.socket(zmq.PUSH)  # to the one sink; at its high-water mark, a send waits
     control = context.socket(zmq.SUB)
+    # We leave only on `finished`, once the sink has every result. If we die instead, the orders
+    # queued for us are lost, whatever the linger: the sink has them sent again.
     for sock in (orders, results, control):
         sock.linger = 0
         sock.maxmsgsize = MAX_MESSAGE
@@ -275,7 +313,7 @@ def run_worker(args):
     connect(results, args.results)
     connect(control, args.control)
 
-    # Slow joiner: once one control message has arrived, no later one can be missed.
+    # The slow joiner: once one control message has arrived, no later one can be missed.
     first = None
     while first is None:
         if deadline.expired():
@@ -299,19 +337,13 @@ def run_worker(args):
         wait_ms = int((next_order - time.monotonic()) * 1000)
         if args.rate and wait_ms > 0:  # --rate: until the next order is due, listen to control only
             ready = dict(control_only.poll(deadline.cap(wait_ms)))
-        else:
+        else:  # no timer to serve: a second at most
             ready = dict(both.poll(deadline.cap(1000)))
-        if control in ready:
-            state = recv_if_ready(control)  # states and resends; resends are the source's business
-            finished = state == [b"finished"]
-            if state == [b"waiting"]:  # a sink waiting for its workers, a restarted one too: ready again
-                send_when_room(results, hello, deadline, "ready")
+        # The ready sockets in PROTOCOL.md's order, one message each: PULL, then SUB.
         frames = recv_if_ready(orders) if orders in ready else None
-        if frames is not None:
-            checked = check_order(frames)
-            if len(checked) == 2:
-                emit("error", code=checked[0], reason=checked[1])
-                continue
+        if frames is not None and len(checked := check_order(frames)) == 2:
+            emit("error", code=checked[0], reason=checked[1])
+        elif frames is not None:
             order_id, side, quantity, cents = checked
             result = [b"result", args.name.encode(), struct.pack(">Q", order_id), struct.pack(">q", value(side, quantity, cents))]
             send_when_room(results, result, deadline, f"the result of order {order_id}")
@@ -319,5 +351,10 @@ def run_worker(args):
             emit("priced", id=order_id)
             if args.rate:
                 next_order = time.monotonic() + 1 / args.rate
+        if control in ready:
+            state = recv_if_ready(control)  # states and resends; resends are the source's business
+            finished = state == [b"finished"]
+            if state == [b"waiting"]:  # a sink waiting for its workers, a restarted one too: ready again
+                send_when_room(results, hello, deadline, "ready")
     emit("done", priced=count)
     context.destroy()

@@ -22,7 +22,9 @@ REQUEST_TIME = 5.0  # seconds for a whole request, from a connection's first mes
 CLOSE_TIME = 1.0  # seconds a client has to close after its answer, before the desk closes it
 MAX_CONNECTIONS = 256
 RECENT, LATEST = 1000, 256  # the replay: last lines in order; latest line per key (ticks, keys)
-BATCH = 100  # messages read per turn at most: the pipes get their turn
+# Messages read per turn at most: the STREAM socket is drained on purpose, since one message is one
+# read of one connection (a request may come in many), but bounded, so that the pipes get their turn.
+BATCH = 100
 ROUTES = {b"/": b"GET", b"/events": b"GET", b"/follow": b"POST", b"/forget": b"POST", b"/chat": b"POST", b"/value": b"POST"}
 REASONS = {200: "OK", 204: "No Content", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
            408: "Request Timeout", 409: "Conflict", 411: "Length Required", 413: "Content Too Large",
