@@ -8,18 +8,21 @@
 #include <jansson.h>
 #include <zmq.h>
 
-#include "common.h"
+#include "contract.h"
+#include "frames.h"
 #include "monitor.h"
+#include "names.h"
+#include "security.h"
 
 enum {
     MAX_HANDLE = MAX_NAME,  /* bytes of UTF-8 */
     MAX_TEXT = CHAT_MAX_TEXT, /* bytes of UTF-8 */
 };
-/* ZMQ_MAXMSGSIZE on every socket: a frame above it never reaches us (libzmq drops it with the
-   sender's connection), so no peer can make a role allocate without bound, nor grow a PUB's
-   subscription trie. The largest legal frame is a text of MAX_TEXT bytes; twice that lets a text
-   that is too long still reach the server's own `text-too-long` rule, with room for CURVE's
-   per-frame overhead. */
+/* [max size] ZMQ_MAXMSGSIZE, 8192 bytes on all four sockets, set before bind or connect: a frame
+   above it never reaches us (libzmq drops it with the sender's connection), so no peer can make a
+   role allocate without bound, nor grow a PUB's subscription trie. The largest legal frame is a
+   text of MAX_TEXT bytes; twice that lets a text that is too long still reach the server's own
+   `text-too-long` rule, with room for CURVE's per-frame overhead. */
 static const int64_t MAX_MESSAGE = CHAT_MAX_MESSAGE;
 
 /* --- server --------------------------------------------------------------------------------- */
@@ -81,10 +84,14 @@ static void send_roster(void *socket, const names_t *roster, bool broadcast)
         send_frame(socket, roster->entry[i].bytes, roster->entry[i].size, i + 1 < roster->count);
 }
 
+/* One request: checked, answered, and for a post broadcast (PROTOCOL.md, "Server behaviour"). */
 static void serve(server_t *server)
 {
     frames_t request;
     char reason[REASON_SIZE];
+    /* [multipart] A multipart message arrives whole or not at all: once the poll saw it, every
+       frame of it is here, and recv_if_ready takes them all. How many there are is the peer's
+       choice, so check_request counts them before it reads one. */
     if (!recv_if_ready(server->requests, &request))
         return; /* REP dropped what it polled (a request without its envelope): nothing to answer */
     const char *code = check_request(&request, reason);
@@ -172,13 +179,20 @@ int chat_server(int argc, char **argv)
     bool secure = args.security.mechanism != SECURITY_NULL;
     /* The ZAP handler first: libzmq asks it about the handshakes of the sockets bound after it. */
     server.zap = zap_start(context, &args.security);
-    int linger = 0; /* at close, drop what is still queued instead of waiting to send it */
-    /* REP answers each request exactly once, in order: the library keeps the lockstep for us. */
+    /* [linger] 0 on both sockets: closing them drops what is still queued instead of waiting to
+       send it. The server stops only when told to, and nothing queued then is worth the wait. */
+    int linger = 0;
+    /* [REP] answers each request exactly once, in the order they came: it receives one, then must
+       send its reply before it can receive the next. The library keeps the envelope (the
+       requester's routing id and the empty delimiter) and routes the reply by it. */
     server.requests = zmq_socket(context, ZMQ_REP);
     limit_socket(server.requests, linger, MAX_MESSAGE);
-    /* PUB sends every broadcast to every subscriber whose filter matches; it never blocks, and it
-       drops for a subscriber that is not connected yet (slow joiner) or whose queue is full (HWM).
-       It receives the subscriptions, which MAX_MESSAGE bounds too. */
+    /* [PUB] sends every broadcast to every subscriber whose filter matches frame 0; it never
+       blocks, and it drops for a subscriber that is not connected yet (the slow joiner) or that is
+       past its high-water mark. It receives the subscriptions, which MAX_MESSAGE bounds too. */
+    /* [HWM] The high-water mark (libzmq's default, 1000 messages per subscriber) bounds each
+       subscriber's queue; at it PUB drops that subscriber's broadcasts, where PUSH or DEALER
+       would block (the mute state). K clients posting M texts stay far below it. */
     server.broadcasts = zmq_socket(context, ZMQ_PUB);
     limit_socket(server.broadcasts, linger, MAX_MESSAGE);
     /* Both are security servers with the same credentials, set before bind. Under plain or
@@ -192,40 +206,43 @@ int chat_server(int argc, char **argv)
         monitor_socket(context, server.requests, "requests", args.monitor);
         monitor_socket(context, server.broadcasts, "broadcasts", args.monitor);
     }
-    if (zmq_bind(server.requests, args.requests) < 0 || zmq_bind(server.broadcasts, args.broadcasts) < 0)
-        fail("bind", "cannot bind: %s", zmq_strerror(errno));
     char requests[ENDPOINT_SIZE], broadcasts[ENDPOINT_SIZE];
-    last_endpoint(server.requests, requests);
-    last_endpoint(server.broadcasts, broadcasts);
+    bind_socket(server.requests, args.requests, requests);
+    bind_socket(server.broadcasts, args.broadcasts, broadcasts);
     emit("ready", "{s:s, s:s, s:s}", "requests", requests, "broadcasts", broadcasts, "security",
          MECHANISMS[args.security.mechanism]);
 
-    /* One poll for everything the server answers: requests, then under plain or curve the two
-       monitors, then the ZAP handler if there is one. */
-    zmq_pollitem_t items[] = {
-        {.socket = server.requests, .events = ZMQ_POLLIN},
-        {.socket = server.requests_monitor, .events = ZMQ_POLLIN},
-        {.socket = server.broadcasts_monitor, .events = ZMQ_POLLIN},
-        {.socket = server.zap, .events = ZMQ_POLLIN},
-    };
-    int polled = !secure ? 1 : server.zap ? 4 : 3;
+    /* Everything the loop serves, in the order it serves it (examples/README.md, "One loop
+       shape"): security first, the ZAP handler's questions (if it runs one) and the handshake
+       monitors' events (under plain or curve), then the role's own socket, REP. PUB only sends. */
+    zmq_pollitem_t items[4];
+    int polled = 0;
+    if (server.zap)
+        items[polled++] = (zmq_pollitem_t){.socket = server.zap, .events = ZMQ_POLLIN};
+    if (secure) {
+        items[polled++] = (zmq_pollitem_t){.socket = server.requests_monitor, .events = ZMQ_POLLIN};
+        items[polled++] = (zmq_pollitem_t){.socket = server.broadcasts_monitor, .events = ZMQ_POLLIN};
+    }
+    items[polled++] = (zmq_pollitem_t){.socket = server.requests, .events = ZMQ_POLLIN};
 
     int64_t next_beat = now_ms();
     while (!stop_requested()) {
         if (deadline_expired(&deadline))
             fail("timeout", "still serving after %d ms", args.timeout);
-        int64_t wait = next_beat - now_ms();
-        /* Poll instead of a blocking recv: the heartbeat, the deadline and the stop flag all get
-           their turn without a second thread, and so do the ZAP handler and the monitors. */
+        int64_t wait = next_beat - now_ms(); /* the heartbeat is the one timer */
+        /* [poll] One poll for every socket, with a timeout that ends at the next heartbeat (never
+           past the deadline); then each ready socket gives one message, received without waiting:
+           POLLIN is a hint (REP may drop what it cannot route), and a signal (EINTR) is a poll
+           that found nothing, after which the loop checks the stop flag. */
         poll_all(items, polled, deadline_cap(&deadline, wait > 0 ? (long)wait : 0));
-        if (items[0].revents & ZMQ_POLLIN)
-            serve(&server);
-        if (items[1].revents & ZMQ_POLLIN)
-            report_handshake(server.requests_monitor, "requests");
-        if (items[2].revents & ZMQ_POLLIN)
-            report_handshake(server.broadcasts_monitor, "broadcasts");
-        if (items[3].revents & ZMQ_POLLIN)
+        if (poll_ready(items, polled, server.zap))
             zap_answer(server.zap, &args.security);
+        if (poll_ready(items, polled, server.requests_monitor))
+            report_handshake(server.requests_monitor, "requests");
+        if (poll_ready(items, polled, server.broadcasts_monitor))
+            report_handshake(server.broadcasts_monitor, "broadcasts");
+        if (poll_ready(items, polled, server.requests))
+            serve(&server);
         int64_t now = now_ms();
         if (now >= next_beat) {
             heartbeat(&server, now, args.expiry);
@@ -235,10 +252,9 @@ int chat_server(int argc, char **argv)
 
     emit("done", "{s:i, s:i}", "requests", server.accepted, "rejected", server.rejected);
     names_free(&server.roster);
-    zmq_close(server.requests);
-    zmq_close(server.broadcasts);
-    for (int i = 1; i < polled; i++) /* the monitors and the ZAP handler */
+    for (int i = 0; i < polled; i++) /* the ZAP handler, the monitors and REP */
         zmq_close(items[i].socket);
+    zmq_close(server.broadcasts);
     zmq_ctx_term(context);
     return 0;
 }
@@ -324,29 +340,33 @@ static void *open_broadcasts(client_t *client, bool handshakes)
 {
     const client_args *args = &client->args;
     void *sub = zmq_socket(client->context, ZMQ_SUB);
-    limit_socket(sub, 0, MAX_MESSAGE); /* linger 0: at close, drop what is still queued */
-    zmq_setsockopt(sub, ZMQ_SUBSCRIBE, "", 0); /* a prefix filter on frame 0; "" passes all */
+    /* [linger] 0: closing the SUB (a rejoin, the exit) drops what it still holds, unread. */
+    limit_socket(sub, 0, MAX_MESSAGE);
+    /* [SUB] A prefix filter on frame 0, which the SUB sends to the publisher: it receives nothing
+       it did not subscribe to. "" is a prefix of everything, so posts and rosters both pass. It
+       subscribes before it connects: the subscription goes out with the connection. */
+    zmq_setsockopt(sub, ZMQ_SUBSCRIBE, "", 0);
     secure_socket(sub, &args->security, false);
     client->monitor = handshakes ? monitor_handshakes(client->context, sub, "broadcasts") : NULL;
     if (!client->monitor) /* libzmq allows one monitor per socket: the handshakes' has it, if any */
         monitor_socket(client->context, sub, "broadcasts", args->monitor);
-    if (zmq_connect(sub, args->broadcasts) < 0)
-        fail("connect", "cannot connect to %s: %s", args->broadcasts, zmq_strerror(errno));
+    connect_socket(sub, args->broadcasts);
     return sub;
 }
 
-/* A new REQ socket, connected. REQ enforces send, receive, send, receive...: one request in
-   flight at a time, and no second send before the reply. So when a reply is lost, Lazy Pirate
-   throws the socket away and comes here for a new one, with the same options as the first. */
+/* A new REQ socket, connected, with the same options as the first. */
 static void *open_requests(client_t *client)
 {
     const client_args *args = &client->args;
+    /* [REQ] Strict lockstep: send, receive, send, receive... One request in flight at a time, and
+       no second send before its reply. So when a reply is lost, the socket can never send again:
+       Lazy Pirate throws it away and comes here for a new one. */
     void *req = zmq_socket(client->context, ZMQ_REQ);
-    limit_socket(req, 0, MAX_MESSAGE); /* linger 0: closing it drops a request still queued for a dead server */
+    /* [linger] 0: closing it drops a request still queued for a dead server. */
+    limit_socket(req, 0, MAX_MESSAGE);
     secure_socket(req, &args->security, false);
     monitor_socket(client->context, req, "requests", args->monitor);
-    if (zmq_connect(req, args->requests) < 0)
-        fail("connect", "cannot connect to %s: %s", args->requests, zmq_strerror(errno));
+    connect_socket(req, args->requests);
     return req;
 }
 
@@ -521,29 +541,34 @@ static bool receive_broadcast(client_t *client)
     return true;
 }
 
-/* Slow joiner: until a first broadcast arrives on client->sub, our subscription may not have
-   reached the server and posts would be dropped for us. The server broadcasts at least every
-   heartbeat. Handles that first broadcast. Meanwhile, with a handshake watcher (client->monitor),
-   the first handshake failure is fatal: libzmq would reconnect and try again, but wrong keys or a
-   wrong password will not get better, and a refused SUB means a refused REQ. */
+/* [slow joiner] A subscription reaches the server some time after connect returns, and PUB
+   drops what it publishes before then: until a first broadcast arrives on client->sub, posts
+   could be lost for us. The server broadcasts a roster at least every heartbeat, so the first
+   broadcast of any kind proves the subscription live; this handles it, and returns. Meanwhile,
+   with a handshake watcher (client->monitor), the first handshake failure is fatal: libzmq would
+   reconnect and try again, but wrong keys or a wrong password will not get better, and a refused
+   SUB means a refused REQ. */
 static void wait_for_first_broadcast(client_t *client)
 {
-    zmq_pollitem_t items[] = {
-        {.socket = client->sub, .events = ZMQ_POLLIN},
-        {.socket = client->monitor, .events = ZMQ_POLLIN},
-    };
+    /* Security first (the handshake watcher), then the SUB. No timer: at most --keepalive ms a
+       poll, no request goes out meanwhile. */
+    zmq_pollitem_t items[2];
+    int polled = 0;
+    if (client->monitor)
+        items[polled++] = (zmq_pollitem_t){.socket = client->monitor, .events = ZMQ_POLLIN};
+    items[polled++] = (zmq_pollitem_t){.socket = client->sub, .events = ZMQ_POLLIN};
     for (;;) {
-        poll_all(items, client->monitor ? 2 : 1, deadline_cap(&client->deadline, client->args.keepalive));
-        if ((items[0].revents & ZMQ_POLLIN) && receive_broadcast(client))
-            return; /* the handshake succeeded: the monitor is not polled any more */
+        if (deadline_expired(&client->deadline))
+            fail("timeout", "no broadcast from the server");
+        poll_all(items, polled, deadline_cap(&client->deadline, client->args.keepalive));
         uint32_t value;
         const char *failure =
-            client->monitor && (items[1].revents & ZMQ_POLLIN) ? handshake_failure(client->monitor, &value) : NULL;
+            poll_ready(items, polled, client->monitor) ? handshake_failure(client->monitor, &value) : NULL;
         if (failure)
             fail("refused", "the server refused the %s handshake (handshake failure %s, value %" PRIu32 ")",
                  ZMTP_MECHANISMS[client->args.security.mechanism], failure, value);
-        if (deadline_expired(&client->deadline))
-            fail("timeout", "no broadcast from the server");
+        if (poll_ready(items, polled, client->sub) && receive_broadcast(client))
+            return; /* the handshake succeeded: the monitor is not polled any more */
     }
 }
 
@@ -574,7 +599,8 @@ static void rejoin(client_t *client)
     /* What the old SUB already holds came from the old server, or the new one: take it, then
        throw the socket away. Which of its rosters are older than our join, nothing tells; a new
        SUB holds none. Closing it ends its `--monitor on` thread (MONITOR_STOPPED); the handshake
-       watcher of the first SUB, if any, has nothing left to watch. */
+       watcher of the first SUB, if any, has nothing left to watch. The client's one drain, on
+       purpose (PROTOCOL.md, "Restarts", step 1): non-blocking receives until one finds nothing. */
     while (receive_broadcast(client))
         continue;
     zmq_close(client->sub);

@@ -2,7 +2,10 @@
 #ifndef BTB_CHAT_H
 #define BTB_CHAT_H
 
-#include "common.h"
+#include "contract.h"
+#include "frames.h"
+#include "names.h"
+#include "security.h"
 
 /* `btb chat server|client [--flag value]...`; argv[0] is the role. Returns the exit code. */
 int chat_server(int argc, char **argv);

@@ -7,7 +7,7 @@
    under emit()'s lock). Threads share nothing but the ZeroMQ context: each agent talks to the main thread over
    its pipe, a PAIR of sockets on inproc://desk-AGENT. The examples' own code checks what peers
    send and reports with emit(); in an agent's thread emit() hands the event to report(), which
-   sends it up the pipe (common.h, report_events_to). */
+   sends it up the pipe (contract.h, report_events_to). */
 #include "desk.h"
 
 #include <errno.h>
@@ -22,8 +22,10 @@
 #include <zmq.h>
 
 #include "chat.h"
-#include "common.h"
+#include "contract.h"
+#include "frames.h"
 #include "monitor.h"
+#include "names.h"
 #include "query.h"
 #include "ticker.h"
 #include "valuation.h"
@@ -111,12 +113,6 @@ static void pipe_endpoint(int which, char endpoint[32])
     snprintf(endpoint, 32, "inproc://desk-%s", AGENT_NAMES[which]);
 }
 
-static void send_parts(void *socket, const part_t *parts, size_t count)
-{
-    for (size_t i = 0; i < count; i++)
-        send_frame(socket, parts[i].data, parts[i].size, i + 1 < count);
-}
-
 /* A string field of an event, as a frame. */
 static part_t field(json_t *line, const char *key)
 {
@@ -173,11 +169,14 @@ static void report(const char *event, json_t *line, void *state)
     free(text);
 }
 
-/* An agent's first step in its own thread: its end of the pipe. PAIR is the socket for exactly two
-   ends known in advance: it never drops and never routes, and refuses a second connection. The
-   main thread bound the endpoint before it started this thread (bind before connect). Linger 0:
-   an inproc send hands the message to the peer's queue at once, so nothing is left to flush at
-   close. No maximum message size: nothing decodes bytes on inproc. */
+/* An agent's first step in its own thread: its end of the pipe. */
+/* [PAIR] The socket for exactly one peer, known in advance: it never drops and never routes, and
+   refuses a second connection; here it joins the agent's thread to the main thread. */
+/* [inproc] The pipe joins two threads of this one process through its one context (inproc
+   endpoints exist only inside it); the main thread bound the endpoint before it started this
+   thread: bind before connect. Linger 0: an inproc send hands the message to the peer's queue at
+   once, so nothing is left to flush at close. No maximum message size: nothing decodes bytes on
+   inproc. */
 static agent_t *agent_begin(void *argument)
 {
     agent_t *agent = argument;
@@ -204,6 +203,9 @@ static void *agent_end(agent_t *agent, json_t *counters)
 
 /* An agent's socket, with the example's maximum message size and linger, set before it binds or
    connects, and with --monitor on its monitor, `flag` naming the socket. */
+/* [max size] Each example's ZMQ_MAXMSGSIZE, sized from its largest legal frame (chat 8192, ticker
+   and valuation 256, query 1024): libzmq drops a larger frame with the sender's connection before
+   allocating it, so no service can make the desk allocate without bound. */
 static void *agent_socket(agent_t *agent, int type, int linger, int64_t max_message, const char *flag)
 {
     void *socket = zmq_socket(agent->context, type);
@@ -221,8 +223,10 @@ static bool connect_to(void *socket, const char *endpoint)
     return false;
 }
 
-/* The next command down the pipe, if one is there after all. No command has more than 3 frames:
-   a fourth, kept, says "too many", and the rest of a longer message is dropped. */
+/* The next command down the pipe, if one is there after all. */
+/* [multipart] A message arrives whole or not at all: once the first frame is here, so is every
+   other. No command has more than 3 frames: a fourth, kept, says "too many" (each handler checks
+   the count), and the rest of a longer message is dropped as it is received. */
 static bool receive_command(agent_t *agent, frames_t *command)
 {
     return recv_at_most(agent->pipe, command, 4);
@@ -334,8 +338,13 @@ static void *chat_agent(void *argument)
     client_t *client = &chat.client;
     client->roster = json_array();
     client->last_request = now_ms();
-    /* As the chat client: linger 0, the chat's maximum message size; SUB first, subscribed to
-       everything, so that its subscription starts travelling as early as possible. */
+    /* As the chat client: linger 0, the chat's maximum message size. */
+    /* [SUB] first, subscribed to everything ("" is a prefix of every frame 0) before it connects,
+       so that its subscription starts travelling as early as possible; it receives nothing else. */
+    /* [REQ] then: strict lockstep, one request in flight and no second send before its reply
+       (next_request keeps to it). A reply that never comes would leave it unable to send: the
+       chat client's Lazy Pirate would throw the socket away for a new one; the agent has no
+       retry (desk/PROTOCOL.md), it waits, and its pipe is still served. */
     client->sub = agent_socket(agent, ZMQ_SUB, 0, CHAT_MAX_MESSAGE, "chat-broadcasts");
     zmq_setsockopt(client->sub, ZMQ_SUBSCRIBE, "", 0);
     client->req = agent_socket(agent, ZMQ_REQ, 0, CHAT_MAX_MESSAGE, "chat-requests");
@@ -345,13 +354,15 @@ static void *chat_agent(void *argument)
 
     while (running) {
         request_t due = next_request(&chat);
-        /* Every agent polls its pipe (item 0) with its sockets, so that a STOP is seen however busy
-           or stuck its protocol is; signals are blocked in agent threads, so no EINTR. REQ is
-           writable (POLLOUT) only when it may send: the lockstep's own signal. */
+        /* [poll] Every agent polls its pipe with its sockets, in the order it serves them (the
+           pipe, then REQ, then SUB), so that a STOP is seen however busy or stuck its protocol is;
+           signals are blocked in agent threads, so no EINTR. REQ is writable (POLLOUT) only when
+           it may send: the lockstep's own signal. Each ready socket gives one message a turn,
+           received without waiting. */
         zmq_pollitem_t items[] = {
             {.socket = agent->pipe, .events = ZMQ_POLLIN},
-            {.socket = client->sub, .events = ZMQ_POLLIN},
             {.socket = client->req, .events = ZMQ_POLLIN | (due ? ZMQ_POLLOUT : 0)},
+            {.socket = client->sub, .events = ZMQ_POLLIN},
         };
         long wait = -1; /* no request due: until a message, or until the next keep-alive */
         if (chat.joined && chat.in_flight == NO_REQUEST && !due) {
@@ -367,17 +378,18 @@ static void *chat_agent(void *argument)
                 on_post(&chat, &message);
             frames_close(&message);
         }
-        if ((items[1].revents & ZMQ_POLLIN) && recv_if_ready(client->sub, &message)) {
+        if ((items[1].revents & ZMQ_POLLIN) && recv_if_ready(client->req, &message)) {
+            running = on_reply(&chat, &message) && running; /* a fatal reply: stop without being asked */
+            frames_close(&message);
+        }
+        if ((items[2].revents & ZMQ_POLLIN) && recv_if_ready(client->sub, &message)) {
             client_on_broadcast(client, &message); /* rosters, posts, malformed-broadcast */
             chat.heard = true;
             frames_close(&message);
         }
-        if ((items[2].revents & ZMQ_POLLIN) && recv_if_ready(client->req, &message)) {
-            running = on_reply(&chat, &message) && running; /* a fatal reply: stop without being asked */
-            frames_close(&message);
-        }
+        /* Then what is due: the join, a post, or a keep-alive, if REQ may send. */
         chat.quorum |= json_array_size(client->roster) >= (size_t)args->chat_clients;
-        if ((items[2].revents & ZMQ_POLLOUT) && running && (due = next_request(&chat)))
+        if ((items[1].revents & ZMQ_POLLOUT) && running && (due = next_request(&chat)))
             send_request(&chat, due);
     }
 
@@ -408,7 +420,7 @@ static void on_follow(void *sub, symbols_t *followed, const frames_t *command)
     memcpy(symbol, frame_data(command, 1), frame_size(command, 1));
     int at = symbol_index(followed, symbol);
     if (follow && at < 0 && followed->count == MAX_SYMBOLS) {
-        bad_command(command, "busy: 32 symbols are followed already");
+        bad_command(command, "busy"); /* --follow's bound holds for FOLLOW too */
     } else if (follow && at < 0) {
         strcpy(followed->name[followed->count++], symbol);
         subscribe_symbol(sub, symbol, true);
@@ -431,15 +443,15 @@ static void *ticker_agent(void *argument)
     int ticks = 0, malformed = 0;
     /* Ticks are a stream: linger 0; the ticker's maximum message size. */
     void *sub = agent_socket(agent, ZMQ_SUB, 0, TICKER_MAX_MESSAGE, "ticks");
+    /* Our own topic, never published, before it connects: the publisher counts the desk as a
+       subscriber by it. The symbols come later, one FOLLOW at a time. */
+    char me[1 + MAX_NAME];
+    me[0] = '@';
+    memcpy(me + 1, args->name, strlen(args->name));
+    zmq_setsockopt(sub, ZMQ_SUBSCRIBE, me, 1 + strlen(args->name));
     bool running = connect_to(sub, args->ticks);
-    if (running) {
-        /* Our own topic, never published: the publisher counts the desk as a subscriber by it. */
-        char me[1 + MAX_NAME];
-        me[0] = '@';
-        memcpy(me + 1, args->name, strlen(args->name));
-        zmq_setsockopt(sub, ZMQ_SUBSCRIBE, me, 1 + strlen(args->name));
+    if (running)
         emit("ready", "{s:s}", "name", args->name);
-    }
 
     while (running) {
         zmq_pollitem_t items[] = {
@@ -594,9 +606,14 @@ static void *valuation_agent(void *argument)
     const desk_args *args = &agent->args;
     valuation_t valuation = {.sink = {.args = {.workers = args->workers, .seed = args->seed}, .state = WAITING}};
     sink_t *sink = &valuation.sink;
-    /* PUSH deals orders round-robin, PULL fair-queues readies and results, PUB sends the state.
-       Linger 0, but the control PUB's 1000 ms: the `finished` sent when the trade completes must
-       still reach the workers if the desk stops right after (they leave when they hear it). */
+    /* [PUSH] deals orders round-robin to the connected workers, and never drops one: at the
+       high-water mark it blocks instead. */
+    /* [PULL] fair-queues readies and results from every connected worker. */
+    /* [PUB] fans the state out to every worker, never blocking, dropping for one not yet connected
+       or past its high-water mark. */
+    /* [linger] 0, but the control PUB's 1000 ms: the `finished` sent when the trade completes must
+       still reach the workers if the desk stops right after (they leave when they hear it). Closing
+       the socket returns at once; the context's end waits up to that long for it to go out. */
     valuation.orders = agent_socket(agent, ZMQ_PUSH, 0, VALUATION_MAX_MESSAGE, "orders");
     sink->results = agent_socket(agent, ZMQ_PULL, 0, VALUATION_MAX_MESSAGE, "results");
     sink->control = agent_socket(agent, ZMQ_PUB, 1000, VALUATION_MAX_MESSAGE, "control");
@@ -604,24 +621,21 @@ static void *valuation_agent(void *argument)
     int64_t next_beat = now_ms();
 
     while (running) {
+        /* The wait: until the next heartbeat, or until the quiet period ends once every order is out. */
         int64_t now = now_ms();
-        if (now >= next_beat) {
-            /* Level-triggered: the state is repeated, so a worker that joins late learns it. */
-            send_frame(sink->control, STATES[sink->state], strlen(STATES[sink->state]), false);
-            next_beat = now + args->heartbeat;
-        }
-        bool all_out = !order_waiting(&valuation);
-        if (sink->state == GO && all_out && now - sink->quiet_since >= args->quiet)
-            resend_missing(&valuation);
         long wait = (long)(next_beat - now);
-        if (sink->state == GO && all_out && sink->quiet_since + args->quiet - now < wait)
-            wait = (long)(sink->quiet_since + args->quiet - now);
+        int64_t quiet_end = sink->quiet_since + args->quiet;
+        if (sink->state == GO && !order_waiting(&valuation) && quiet_end - now < wait)
+            wait = (long)(quiet_end - now);
+        /* [HWM] With no worker connected, or every worker's queue at its high-water mark (1000
+           orders), PUSH is mute: a send would block. So the agent polls the PUSH for room
+           (POLLOUT) only while an order waits (events 0: not polled), with the pipe and results. */
         zmq_pollitem_t items[] = {
             {.socket = agent->pipe, .events = ZMQ_POLLIN},
+            {.socket = valuation.orders, .events = order_waiting(&valuation) ? ZMQ_POLLOUT : 0},
             {.socket = sink->results, .events = ZMQ_POLLIN},
-            {.socket = valuation.orders, .events = ZMQ_POLLOUT}, /* room for an order: polled only when one waits */
         };
-        poll_all(items, order_waiting(&valuation) ? 3 : 2, wait > 0 ? wait : 0);
+        poll_all(items, 3, wait > 0 ? wait : 0);
         frames_t message;
         if ((items[0].revents & ZMQ_POLLIN) && receive_command(agent, &message)) {
             if (is_stop(&message))
@@ -630,8 +644,10 @@ static void *valuation_agent(void *argument)
                 on_value(&valuation, &message);
             frames_close(&message);
         }
+        if (items[1].revents & ZMQ_POLLOUT)
+            send_orders(&valuation);
         /* A result has 4 frames, a ready 2: a fifth, kept, makes either malformed. */
-        if ((items[1].revents & ZMQ_POLLIN) && recv_at_most(sink->results, &message, 5)) {
+        if ((items[2].revents & ZMQ_POLLIN) && recv_at_most(sink->results, &message, 5)) {
             if (frame_is(&message, 0, "ready")) {
                 sink_on_ready(sink, &message); /* worker, malformed-ready */
                 if (valuation.trading)
@@ -645,8 +661,19 @@ static void *valuation_agent(void *argument)
                 valuation.total = sink->total;
             }
         }
-        if (items[2].revents & ZMQ_POLLOUT)
-            send_orders(&valuation);
+        if (!running)
+            break;
+        /* The timers: the heartbeat, then the quiet period's resend. */
+        now = now_ms();
+        if (now >= next_beat) {
+            /* [slow joiner] A worker's subscription reaches the PUB some time after it connects,
+               and what is published before is lost for it: so the state is level-triggered,
+               repeated every heartbeat, and a worker that joins late learns it. */
+            send_frame(sink->control, STATES[sink->state], strlen(STATES[sink->state]), false);
+            next_beat = now + args->heartbeat;
+        }
+        if (sink->state == GO && !order_waiting(&valuation) && now - sink->quiet_since >= args->quiet)
+            resend_missing(&valuation);
     }
 
     zmq_close(valuation.orders);
@@ -773,26 +800,31 @@ static void *query_agent(void *argument)
     agent_t *agent = agent_begin(argument);
     const desk_args *args = &agent->args;
     query_t query = {.facade = {.args = {.name = args->name, .subtrees = args->subtrees}}};
-    /* As the facade: DEALER (several requests in flight, no envelopes), SUB, and an XPUB to the
-       collector, which tells us when the collector's subscription has arrived. Linger 0, but the
-       XPUB's 1000 ms: the last write may still be queued when the desk stops. */
-    query.collector = agent_socket(agent, ZMQ_XPUB, 1000, QUERY_MAX_MESSAGE, "collector");
-    query.updates = agent_socket(agent, ZMQ_SUB, 0, QUERY_MAX_MESSAGE, "updates");
+    /* As the facade: linger 0, but the XPUB's 1000 ms (the last write may still be queued when the
+       desk stops). The SUB connects, then subscribes to every subtree and last to HUGZ
+       (facade_subscribe). */
+    /* [DEALER] sends and receives freely: every ICANHAZ? in flight at once, without REQ's lockstep
+       and without an envelope of its own. */
+    /* [XPUB] to the collector: a PUB that hands us the collector's subscription as a message
+       (first byte 1), so we know when writes arrive. */
     query.snapshot = agent_socket(agent, ZMQ_DEALER, 0, QUERY_MAX_MESSAGE, "snapshot");
-    bool running = connect_to(query.collector, args->collector) && connect_to(query.updates, args->updates);
-    json_t *listed = running ? facade_subscribe(query.updates, &query.facade.args.subtrees) : NULL;
-    running = running && connect_to(query.snapshot, args->snapshot);
+    query.updates = agent_socket(agent, ZMQ_SUB, 0, QUERY_MAX_MESSAGE, "updates");
+    query.collector = agent_socket(agent, ZMQ_XPUB, 1000, QUERY_MAX_MESSAGE, "collector");
+    bool running = connect_to(query.updates, args->updates) && connect_to(query.snapshot, args->snapshot) &&
+                   connect_to(query.collector, args->collector);
+    json_t *listed = facade_subscribe(query.updates, &query.facade.args.subtrees);
     if (running)
         emit("ready", "{s:s, s:O}", "name", args->name, "subtrees", listed);
     json_decref(listed);
 
     while (running) {
-        /* The SUB is not read while the snapshots come in: its updates wait, in order. */
+        /* The pipe, DEALER, SUB and XPUB, in the order served. The SUB is not read while the
+           snapshots come in (events 0): its updates wait, in order. */
         zmq_pollitem_t items[4] = {
             {.socket = agent->pipe, .events = ZMQ_POLLIN},
-            {.socket = query.collector, .events = ZMQ_POLLIN},
             {.socket = query.snapshot, .events = ZMQ_POLLIN},
             {.socket = query.updates, .events = query.phase == SYNCING ? 0 : ZMQ_POLLIN},
+            {.socket = query.collector, .events = ZMQ_POLLIN},
         };
         poll_all(items, 4, -1); /* no timer: a message or a command wakes us */
         frames_t message;
@@ -803,26 +835,26 @@ static void *query_agent(void *argument)
                 on_write(&query, &message);
             frames_close(&message);
         }
-        zmq_msg_t frame; /* XPUB passes each subscription on as a frame of its own */
-        zmq_msg_init(&frame);
-        if ((items[1].revents & ZMQ_POLLIN) && frame_if_ready(query.collector, &frame) &&
-            zmq_msg_size(&frame) == 1 && *(const char *)zmq_msg_data(&frame) == 1)
-            query.collector_live = true; /* the collector's subscription to everything */
-        zmq_msg_close(&frame);
-        if ((items[2].revents & ZMQ_POLLIN) && recv_at_most(query.snapshot, &message, QUERY_MAX_FRAMES)) {
+        if ((items[1].revents & ZMQ_POLLIN) && recv_at_most(query.snapshot, &message, QUERY_MAX_FRAMES)) {
             on_snapshot(&query, &message);
             frames_close(&message);
         }
-        if ((items[3].revents & ZMQ_POLLIN) && recv_at_most(query.updates, &message, QUERY_MAX_FRAMES)) {
+        if ((items[2].revents & ZMQ_POLLIN) && recv_at_most(query.updates, &message, QUERY_MAX_FRAMES)) {
             on_updates(&query, &message);
             frames_close(&message);
         }
-        send_writes(&query);
+        zmq_msg_t frame; /* XPUB passes each subscription on as a frame of its own */
+        zmq_msg_init(&frame);
+        if ((items[3].revents & ZMQ_POLLIN) && frame_if_ready(query.collector, &frame) &&
+            zmq_msg_size(&frame) == 1 && *(const char *)zmq_msg_data(&frame) == 1)
+            query.collector_live = true; /* the collector's subscription to everything */
+        zmq_msg_close(&frame);
+        send_writes(&query); /* then what is due: the writes, once every KTHXBAI is in */
     }
 
-    zmq_close(query.collector);
-    zmq_close(query.updates);
     zmq_close(query.snapshot);
+    zmq_close(query.updates);
+    zmq_close(query.collector);
     json_t *summary = facade_summary(&query.facade); /* as the facade's done */
     facade_free(&query.facade);
     return agent_end(agent, summary);

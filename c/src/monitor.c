@@ -92,8 +92,9 @@ static void *watch_events(void *argument)
     return NULL;
 }
 
-/* A socket monitor narrates a socket's connections: libzmq publishes each event (listening,
-   connected, accepted, handshake..., disconnected) on an inproc PAIR that we connect to. It is
+/* [monitor] A socket's own events (listening, connected, accepted, disconnected, the handshake's
+   success or failure) never arrive on the socket: libzmq publishes each on an inproc PAIR that
+   we connect to, the socket's monitor. It is
    attached before bind or connect, so that `listening` and the first `connected` are seen. It is
    read on a thread of its own, one per watched socket, so that the role's loop is the same with
    and without --monitor; its lines share stdout with the role's, one whole line at a time, and

@@ -5,7 +5,7 @@
 
 #include <stdbool.h>
 
-#include "common.h"
+#include "contract.h"
 
 /* --monitor on|off (default off), a flag of every role but perf's and the test-vector printers'.
    Any other value is a bad command line (exit 2). */

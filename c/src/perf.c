@@ -16,7 +16,8 @@
 
 #include <zmq.h>
 
-#include "common.h"
+#include "contract.h"
+#include "frames.h"
 
 /* --- shared by the ZeroMQ and the plain-TCP roles ------------------------------------------ */
 

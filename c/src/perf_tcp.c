@@ -18,7 +18,8 @@
 
 #include <arpa/inet.h>
 
-#include "common.h"
+#include "contract.h"
+#include "frames.h"
 
 enum {
     HEADER = 4,             /* the length before every message */

@@ -17,12 +17,16 @@
 #include <jansson.h>
 #include <zmq.h>
 
-#include "common.h"
+#include "contract.h"
+#include "frames.h"
 #include "monitor.h"
+#include "names.h"
 #include "ticker.h"
 
-/* ZMQ_MAXMSGSIZE on every socket: the largest legal frame is a 256-byte value; between 257 and
-   1024 bytes it reaches us and is reported, above that the library drops it with the connection. */
+/* [max size] ZMQ_MAXMSGSIZE, 1024 bytes on every socket, set before bind or connect: the largest
+   legal frame is a 256-byte value (a key, a subtree, properties or a routing id: 255); between 257
+   and 1024 bytes it reaches us and is reported, above that the library drops it with the
+   sender's connection, before allocating it. */
 static const int64_t MAX_MESSAGE = QUERY_MAX_MESSAGE;
 enum {
     MAX_KEY = QUERY_MAX_KEY, /* bytes of a key, a subtree, the properties */
@@ -151,7 +155,7 @@ static const char *check_kv(const frames_t *message, char why[WHY_SIZE])
     return why;
 }
 
-/* Every byte in lowercase hex, as events show values (common.h's hex stops at 16 bytes). */
+/* Every byte in lowercase hex, as events show values (frames.h's hex stops at 16 bytes). */
 json_t *json_hex(const void *data, size_t size)
 {
     char text[2 * MAX_VALUE + 1] = "";
@@ -167,32 +171,13 @@ json_t *json_u64(uint64_t number)
     return number <= INT64_MAX ? json_integer((json_int_t)number) : json_real((double)number);
 }
 
-/* One message, frame by frame (part_t: common.h). */
-static void send_parts(void *socket, const part_t *parts, size_t count)
-{
-    for (size_t i = 0; i < count; i++)
-        send_frame(socket, parts[i].data, parts[i].size, i + 1 < count);
-}
-
 static void set_option(void *socket, int option, int value)
 {
     if (zmq_setsockopt(socket, option, &value, sizeof value) < 0)
         fail("socket", "zmq_setsockopt: %s", zmq_strerror(errno));
 }
 
-static void connect_to(void *socket, const char *endpoint)
-{
-    if (zmq_connect(socket, endpoint) < 0)
-        fail("connect", "cannot connect: %s", zmq_strerror(errno));
-}
-
 /* --- the map: keys in order, so that the keys of a subtree are side by side ------------------- */
-
-static int compare(const char *a, size_t a_size, const char *b, size_t b_size)
-{
-    int order = memcmp(a, b, a_size < b_size ? a_size : b_size);
-    return order ? order : (a_size > b_size) - (a_size < b_size);
-}
 
 /* Where `key` is, or belongs: the first entry not below it. A subtree's keys start there. */
 static size_t map_lower(const map_t *map, const char *key, size_t size)
@@ -200,7 +185,7 @@ static size_t map_lower(const map_t *map, const char *key, size_t size)
     size_t low = 0, high = map->count;
     while (low < high) {
         size_t middle = low + (high - low) / 2;
-        if (compare(map->entry[middle]->key, map->entry[middle]->key_size, key, size) < 0)
+        if (bytes_compare(map->entry[middle]->key, map->entry[middle]->key_size, key, size) < 0)
             low = middle + 1;
         else
             high = middle;
@@ -212,7 +197,7 @@ static entry_t *map_get(const map_t *map, const char *key, size_t size)
 {
     size_t at = map_lower(map, key, size);
     entry_t *entry = at < map->count ? map->entry[at] : NULL;
-    return entry && !compare(entry->key, entry->key_size, key, size) ? entry : NULL;
+    return entry && !bytes_compare(entry->key, entry->key_size, key, size) ? entry : NULL;
 }
 
 /* Sets `key` to `value`, with no expiry, or deletes it for an empty value. */
@@ -220,7 +205,7 @@ static void map_set(map_t *map, const char *key, size_t key_size, const char *va
                     uint64_t sequence)
 {
     size_t at = map_lower(map, key, key_size);
-    bool found = at < map->count && !compare(map->entry[at]->key, map->entry[at]->key_size, key, key_size);
+    bool found = at < map->count && !bytes_compare(map->entry[at]->key, map->entry[at]->key_size, key, key_size);
     if (!value_size) {
         if (found) {
             free(map->entry[at]);
@@ -527,6 +512,10 @@ static void on_tick(engine_t *engine, const frames_t *message)
 }
 
 /* A subscription frame: 1 (subscribe) or 0 (unsubscribe), then the topic. */
+/* [slow joiner] A facade's subscriptions reach this XPUB some time after it connects, and an
+   update published before then is lost for it. The facade subscribes to its subtrees and then to
+   HUGZ, in that order on one connection; so the engine answers a subscription to a prefix of HUGZ
+   with a HUGZ at once, and the facade that reads it knows every subscription is live. */
 static void on_subscription(engine_t *engine, zmq_msg_t *frame)
 {
     const unsigned char *data = zmq_msg_data(frame);
@@ -535,7 +524,7 @@ static void on_subscription(engine_t *engine, zmq_msg_t *frame)
     if (!size || data[0] > 1)
         emit_error("malformed-subscription", "not a subscription: %s", quote(data, size, text));
     else if (data[0] == 1 && size - 1 <= 4 && !memcmp(data + 1, "HUGZ", size - 1))
-        hugz(engine); /* a new subscriber learns at once that its subscriptions are in place */
+        hugz(engine); /* at once: the subscriber learns that its subscriptions are in place */
 }
 
 /* Every key whose ttl ran out is deleted, the earliest first, then by key. */
@@ -568,6 +557,9 @@ static long next_timer(const engine_t *engine)
 typedef void handler_t(engine_t *engine, const frames_t *message);
 
 /* One message of a socket the poll found ready, if there is one after all, to its handler. */
+/* [multipart] A message arrives whole or not at all, however many frames the peer chose: every
+   frame is here once the first is, so receiving them never waits. At most MAX_FRAMES are kept, the
+   rest dropped as they come; each handler checks the count before it reads a frame. */
 static void serve(engine_t *engine, const zmq_pollitem_t *item, handler_t *handler)
 {
     frames_t message;
@@ -614,37 +606,44 @@ int query_engine(int argc, char **argv)
     stop_on_signals();
     deadline_t deadline = deadline_start(args->timeout);
     void *context = zmq_ctx_new();
-    /* ROUTER: every request arrives with the routing id of its peer in front, and every reply is
-       routed by the routing id we put in front. MANDATORY: fail instead of dropping in silence. */
+    /* [ROUTER] Every request arrives with the routing id of its peer in front, and every reply is
+       routed by the routing id we put in front; what it cannot route, it drops in silence.
+       MANDATORY: fail instead (EHOSTUNREACH, or EAGAIN for a full queue), and abandon that
+       snapshot. */
     engine.snapshots = zmq_socket(context, ZMQ_ROUTER);
     set_option(engine.snapshots, ZMQ_ROUTER_MANDATORY, 1);
-    /* Room for a whole snapshot per peer: libzmq learns that a peer has read its messages only in
-       batches, so a loop of sends would find 1000 (the default high-water mark) "full" at once. */
+    /* [HWM] The send high-water mark bounds each peer's queue; ROUTER_MANDATORY makes a full one
+       fail the send (EAGAIN) where ROUTER would drop. --max-keys + 1 leaves room for a whole
+       snapshot per peer: libzmq learns that a peer has read its messages only in batches, so a
+       loop of sends would find 1000 (the default) "full" at once. The other queues keep 1000, at
+       which the XPUB drops updates for a facade that falls that far behind; a DEALER at its mark
+       would block instead (mute), which the facade's few ICANHAZ? never reach. */
     set_option(engine.snapshots, ZMQ_SNDHWM, args->max_keys < INT_MAX ? args->max_keys + 1 : INT_MAX);
-    /* XPUB, verbose: a PUB on the wire, that shows us every subscription (for HUGZ), repeated
-       ones included. */
+    /* [XPUB] A PUB on the wire that hands us every subscription as a message (first byte 1 or 0),
+       here verbose: repeated ones included, so that each new subscriber to HUGZ gets its HUGZ. */
     engine.updates = zmq_socket(context, ZMQ_XPUB);
     set_option(engine.updates, ZMQ_XPUB_VERBOSE, 1);
-    void *collector = zmq_socket(context, ZMQ_SUB); /* the facades' writes: subscribed to everything */
+    /* [SUB] The collector: a prefix filter on frame 0, "" for every write of every facade. */
+    void *collector = zmq_socket(context, ZMQ_SUB);
     zmq_setsockopt(collector, ZMQ_SUBSCRIBE, "", 0);
     void *ticks = *args->ticks ? zmq_socket(context, ZMQ_SUB) : NULL;
     void *sockets[] = {engine.snapshots, engine.updates, collector, ticks};
     int count = ticks ? 4 : 3;
     const char *const flag_names[] = {"snapshot", "updates", "collector", "ticks"};
     for (int i = 0; i < count; i++) {
-        limit_socket(sockets[i], 0, MAX_MESSAGE); /* linger 0: updates are a stream */
+        /* [linger] 0: updates are a stream, and snapshots are asked for again: closing a socket
+           drops what it still holds. */
+        limit_socket(sockets[i], 0, MAX_MESSAGE);
         monitor_socket(context, sockets[i], flag_names[i], monitor);
     }
-    const char *endpoints[] = {args->snapshot, args->updates, args->collector};
     char bound[3][ENDPOINT_SIZE];
-    for (int i = 0; i < 3; i++) {
-        if (zmq_bind(sockets[i], endpoints[i]) < 0)
-            fail("bind", "cannot bind: %s", zmq_strerror(errno));
-        last_endpoint(sockets[i], bound[i]);
-    }
+    bind_socket(engine.snapshots, args->snapshot, bound[0]);
+    bind_socket(engine.updates, args->updates, bound[1]);
+    bind_socket(collector, args->collector, bound[2]);
     if (ticks) {
-        connect_to(ticks, args->ticks);
-        /* The symbols first, then the @name the publisher counts us by. */
+        connect_socket(ticks, args->ticks);
+        /* The symbols first, then the @name the publisher counts us by: after connect, so that
+           they go out in this order (the ticker subscriber's [SUB] says why). */
         for (size_t i = 0; i < args->symbols.count; i++)
             zmq_setsockopt(ticks, ZMQ_SUBSCRIBE, args->symbols.name[i], topic_size(args->symbols.name[i]));
         char me[1 + MAX_NAME];
@@ -655,17 +654,18 @@ int query_engine(int argc, char **argv)
     emit("ready", "{s:s, s:s, s:s}", "snapshot", bound[0], "updates", bound[1], "collector", bound[2]);
 
     engine.last_hugz = now_ms();
-    zmq_pollitem_t items[4];
+    zmq_pollitem_t items[4]; /* ROUTER, XPUB, the collector, the ticks (with --ticks): the order served */
     for (int i = 0; i < 4; i++)
         items[i] = (zmq_pollitem_t){.socket = sockets[i], .events = ZMQ_POLLIN};
     while (!stop_requested()) {
         if (deadline_expired(&deadline))
             fail("timeout", "still serving after %d ms", args->timeout);
+        /* [poll] Every socket at once, with a timeout that ends at the next HUGZ or expiry (never
+           past the deadline); a signal's EINTR is a poll that found nothing. Then one message from
+           each socket that has one, received without waiting: a flood on one cannot starve the
+           others, and POLLIN is only a hint. */
         poll_all(items, count, deadline_cap(&deadline, next_timer(&engine)));
-        /* One message from each socket that has one: a flood on one cannot starve the others. */
         serve(&engine, &items[0], on_icanhaz);
-        serve(&engine, &items[2], on_kvset);
-        serve(&engine, &items[3], on_tick); /* never ready without --ticks: not polled */
         zmq_msg_t frame;
         zmq_msg_init(&frame);
         /* One frame at a time, whatever its ZMQ_RCVMORE: XPUB passes each subscription on as a
@@ -673,7 +673,9 @@ int query_engine(int argc, char **argv)
         if ((items[1].revents & ZMQ_POLLIN) && frame_if_ready(engine.updates, &frame))
             on_subscription(&engine, &frame);
         zmq_msg_close(&frame);
-        int64_t now = now_ms();
+        serve(&engine, &items[2], on_kvset);
+        serve(&engine, &items[3], on_tick); /* never ready without --ticks: not polled */
+        int64_t now = now_ms(); /* the timers: expiries, then the HUGZ */
         expire(&engine, now);
         if (now - engine.last_hugz >= args->hugz)
             hugz(&engine); /* every --hugz ms, busy or not: a facade that hears nothing knows we are gone */
@@ -713,7 +715,7 @@ const char *parse_subtrees(const char *text, void *value)
         else if (!is_path(tree.bytes, tree.size, true))
             return "a subtree is like /prices/ (or all)";
         for (size_t i = 0; i < list->count; i++)
-            if (!compare(list->tree[i].bytes, list->tree[i].size, tree.bytes, tree.size))
+            if (!bytes_compare(list->tree[i].bytes, list->tree[i].size, tree.bytes, tree.size))
                 return "a subtree is listed twice";
         list->tree[list->count++] = tree;
         if (!part[strcspn(part, ",")])
@@ -732,7 +734,7 @@ static const char *parse_ttl(const char *text, void *value)
 static write_t *write_of(facade_t *facade, const char *key, size_t size)
 {
     for (int n = 1; n <= facade->args.writes; n++)
-        if (!compare(facade->writes[n].key, strlen(facade->writes[n].key), key, size))
+        if (!bytes_compare(facade->writes[n].key, strlen(facade->writes[n].key), key, size))
             return &facade->writes[n];
     return NULL;
 }
@@ -741,7 +743,7 @@ static subtree_t *waiting_for(facade_t *facade, const char *subtree, size_t size
 {
     for (size_t i = 0; i < facade->args.subtrees.count; i++) {
         subtree_t *tree = &facade->args.subtrees.tree[i];
-        if (tree->waiting && !compare(tree->bytes, tree->size, subtree, size))
+        if (tree->waiting && !bytes_compare(tree->bytes, tree->size, subtree, size))
             return tree;
     }
     return NULL;
@@ -826,7 +828,7 @@ void facade_on_update(facade_t *facade, const frames_t *message)
     facade->last = sequence;
     facade->applied++;
     write_t *own = write_of(facade, key, size);
-    if (own && !compare(own->value, strlen(own->value), value, value_size)) {
+    if (own && !bytes_compare(own->value, strlen(own->value), value, value_size)) {
         facade->echoes += !own->echoed;
         own->echoed = true;
     } else if (own && !value_size && own == &facade->writes[1] && facade->delete_sent) {
@@ -876,7 +878,8 @@ json_t *facade_subscribe(void *updates, const subtrees_t *trees)
         json_array_append_new(listed, json_stringn(trees->tree[i].bytes, trees->tree[i].size));
     }
     /* Last: once a HUGZ arrives, every subscription before it is in place (one connection keeps
-       them in order). */
+       them in order). The SUB is connected already: subscriptions made before a connect go out
+       in libzmq's sorted order, not in the order made. */
     zmq_setsockopt(updates, ZMQ_SUBSCRIBE, "HUGZ", 4);
     return listed;
 }
@@ -911,40 +914,46 @@ void facade_free(facade_t *facade)
     free(facade->args.subtrees.tree);
 }
 
-/* The facade role's sockets: SUB, DEALER, and the XPUB to the collector (NULL without --writes). */
+/* The facade role's sockets: DEALER, SUB, and the XPUB to the collector (NULL without --writes). */
 typedef struct {
-    void *updates, *snapshot, *collector;
+    void *snapshot, *updates, *collector;
 } links_t;
 
 /* Step 1: the facade's sockets, new and connected. Returns the subtrees as a JSON array (`ready`). */
 static json_t *open_facade(void *context, const facade_args *args, bool monitor, links_t *links)
 {
-    links->updates = zmq_socket(context, ZMQ_SUB);
-    /* DEALER: requests go out and replies come in without envelopes, several at a time. */
+    /* [DEALER] Sends and receives freely: several ICANHAZ? in flight at once, without REQ's
+       lockstep, and with no envelope of its own, so nothing but a KTHXBAI's subtree says which
+       request a reply answers: the application does the tracking. */
     links->snapshot = zmq_socket(context, ZMQ_DEALER);
+    /* [SUB] A prefix filter on frame 0: one subscription per subtree, then HUGZ, made once it
+       is connected (facade_subscribe); it receives no update outside them. */
+    links->updates = zmq_socket(context, ZMQ_SUB);
     /* XPUB to the collector: a PUB that tells us when the collector's subscription has arrived. */
     links->collector = args->writes ? zmq_socket(context, ZMQ_XPUB) : NULL;
-    limit_socket(links->updates, 0, MAX_MESSAGE);
     limit_socket(links->snapshot, 0, MAX_MESSAGE);
-    monitor_socket(context, links->updates, "updates", monitor);
+    limit_socket(links->updates, 0, MAX_MESSAGE);
     monitor_socket(context, links->snapshot, "snapshot", monitor);
+    monitor_socket(context, links->updates, "updates", monitor);
     if (links->collector) {
-        /* Linger 1000 ms: the last write (a delete) may still be queued when we exit. */
+        /* [linger] 1000 ms, the one socket not at 0: the last write (a delete) may still be
+           queued when we exit. Closing it returns at once; the context's end waits up to that
+           long for the write to go out. */
         limit_socket(links->collector, 1000, MAX_MESSAGE);
         monitor_socket(context, links->collector, "collector", monitor);
-        connect_to(links->collector, args->collector);
     }
-    connect_to(links->updates, args->updates);
-    json_t *listed = facade_subscribe(links->updates, &args->subtrees);
-    connect_to(links->snapshot, args->snapshot);
-    return listed;
+    connect_socket(links->updates, args->updates);
+    connect_socket(links->snapshot, args->snapshot);
+    if (links->collector)
+        connect_socket(links->collector, args->collector);
+    return facade_subscribe(links->updates, &args->subtrees);
 }
 
 /* Closes them with linger 0: writes queued for a dead engine are worth nothing. (Closing a
    socket stops its monitor: MONITOR_STOPPED ends the watching thread.) */
 static void close_facade(const links_t *links)
 {
-    void *sockets[] = {links->updates, links->snapshot, links->collector};
+    void *sockets[] = {links->snapshot, links->updates, links->collector};
     int linger = 0;
     for (int i = 0; i < 3; i++) {
         if (sockets[i]) {
@@ -1031,6 +1040,8 @@ static const char *follow(facade_t *facade, const links_t *links, const deadline
        It goes through follow_engine too: it names the session's engine, and `seen` starts at the
        engine's sequence (0 for a HUGZ of 0), so that every update after it must be higher. */
     for (bool live = false; !live;) {
+        if (deadline_expired(deadline))
+            fail("timeout", "no HUGZ from the engine within %d ms", args->timeout);
         frames_t message;
         if (poll_in(links->updates, deadline_cap(deadline, 100)) &&
             recv_at_most(links->updates, &message, MAX_FRAMES)) {
@@ -1039,29 +1050,28 @@ static const char *follow(facade_t *facade, const links_t *links, const deadline
                 follow_engine(&message, session); /* none yet, `seen` 0: it cannot fail */
             frames_close(&message);
         }
-        if (!live && deadline_expired(deadline))
-            fail("timeout", "no HUGZ from the engine within %d ms", args->timeout);
     }
 
     int64_t heard = now_ms(); /* when the engine was last heard from: silence means it is gone */
     facade_request_snapshots(facade, links->snapshot);
     while (facade->waiting) { /* the SUB stays unread meanwhile: its updates wait, in order */
+        if (deadline_expired(deadline))
+            fail("timeout", "%zu of %zu subtrees never completed", facade->waiting, args->subtrees.count);
         frames_t message;
         if (poll_in(links->snapshot, deadline_cap(deadline, 100)) &&
             recv_at_most(links->snapshot, &message, MAX_FRAMES)) {
             heard = now_ms();
             facade_on_snapshot(facade, &message);
             frames_close(&message);
-        } else if (now_ms() - heard >= args->silence) {
-            return "silence";
         }
-        if (deadline_expired(deadline))
-            fail("timeout", "%zu of %zu subtrees never completed", facade->waiting, args->subtrees.count);
+        if (now_ms() - heard >= args->silence)
+            return "silence";
     }
 
+    /* DEALER, SUB, and the XPUB with --writes: the order they are served in. */
     zmq_pollitem_t items[] = {
-        {.socket = links->updates, .events = ZMQ_POLLIN},
         {.socket = links->snapshot, .events = ZMQ_POLLIN},
+        {.socket = links->updates, .events = ZMQ_POLLIN},
         {.socket = links->collector, .events = ZMQ_POLLIN},
     };
     bool collector_live = false;
@@ -1069,10 +1079,16 @@ static const char *follow(facade_t *facade, const links_t *links, const deadline
         if (deadline_expired(deadline))
             fail("timeout", "applied %d updates, up to %llu, and was not done", facade->applied,
                  (unsigned long long)facade->last);
+        /* At most 100 ms a poll: the silence is the one timer. */
         poll_all(items, links->collector ? 3 : 2, deadline_cap(deadline, 100));
         frames_t message;
         char text[QUOTE_SIZE];
-        if ((items[0].revents & ZMQ_POLLIN) && recv_at_most(links->updates, &message, MAX_FRAMES)) {
+        if ((items[0].revents & ZMQ_POLLIN) && recv_at_most(links->snapshot, &message, MAX_FRAMES)) {
+            emit_error("unexpected-snapshot", "%s after every KTHXBAI",
+                       quote(frame_data(&message, 0), frame_size(&message, 0), text));
+            frames_close(&message);
+        }
+        if ((items[1].revents & ZMQ_POLLIN) && recv_at_most(links->updates, &message, MAX_FRAMES)) {
             heard = now_ms();
             const char *other = follow_engine(&message, session);
             if (!other)
@@ -1080,13 +1096,6 @@ static const char *follow(facade_t *facade, const links_t *links, const deadline
             frames_close(&message);
             if (other)
                 return other;
-        } else if (now_ms() - heard >= args->silence) { /* not even a HUGZ, sent every --hugz ms */
-            return "silence";
-        }
-        if ((items[1].revents & ZMQ_POLLIN) && recv_at_most(links->snapshot, &message, MAX_FRAMES)) {
-            emit_error("unexpected-snapshot", "%s after every KTHXBAI",
-                       quote(frame_data(&message, 0), frame_size(&message, 0), text));
-            frames_close(&message);
         }
         zmq_msg_t frame;
         zmq_msg_init(&frame);
@@ -1102,6 +1111,8 @@ static const char *follow(facade_t *facade, const links_t *links, const deadline
             write_key(links->collector, facade->writes[1].key, "", 0); /* an empty value: delete the key */
             facade->delete_sent = true;
         }
+        if (now_ms() - heard >= args->silence) /* not even a HUGZ, sent every --hugz ms */
+            return "silence";
     }
     return NULL;
 }

@@ -6,7 +6,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "common.h"
+#include "contract.h"
+#include "frames.h"
 
 /* `btb query engine|facade|derive [--flag value]...`; argv[0] is the role. Returns the exit code. */
 int query_engine(int argc, char **argv);
@@ -51,7 +52,7 @@ typedef struct {
     subtree_t *tree;
     size_t count;
 } subtrees_t;
-/* A flag parser (common.h): a comma-separated list of subtrees, `all` the whole map; the list
+/* A flag parser (contract.h): a comma-separated list of subtrees, `all` the whole map; the list
    is allocated. */
 flag_parser parse_subtrees;
 

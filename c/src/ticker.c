@@ -11,18 +11,29 @@
 #include <jansson.h>
 #include <zmq.h>
 
-#include "common.h"
+#include "contract.h"
+#include "frames.h"
 #include "monitor.h"
+#include "names.h"
 
-/* ZMQ_MAXMSGSIZE on every socket: a frame above it never reaches us (libzmq drops it with the
-   sender's connection), and no subscription can grow an XPUB's subscription trie past it. The
-   largest legal frames are a subscription, 1 + `@` + a 32-byte name = 34 bytes, and a tick's
-   9-byte frames; 256 leaves room for the handshake's READY command, which the limit also bounds. */
+/* [max size] ZMQ_MAXMSGSIZE, 256 bytes on every socket, set before bind or connect: a frame above
+   it never reaches us (libzmq drops it with the sender's connection), and no subscription can
+   grow an XPUB's subscription trie past it. The largest legal frames are a subscription, 1 + `@`
+   + a 32-byte name = 34 bytes, and a tick's 9-byte frames; 256 leaves room for the handshake's
+   READY command, which the limit also bounds. */
 static const int64_t MAX_MESSAGE = TICKER_MAX_MESSAGE;
-/* Every integer of the price is a uint64_t (GOLDEN, splitmix64: common.h): C's unsigned
-   arithmetic wraps modulo 2^64, as the protocol says. */
 
 /* --- flags ---------------------------------------------------------------------------------- */
+
+bool is_symbol(const char *text, size_t size)
+{
+    if (size < 1 || size > MAX_SYMBOL)
+        return false;
+    for (size_t i = 0; i < size; i++)
+        if (text[i] < 'A' || text[i] > 'Z')
+            return false;
+    return true;
+}
 
 int symbol_index(const symbols_t *symbols, const char *name)
 {
@@ -78,6 +89,14 @@ static const char *switch_symbols(const char *text, void *value)
 }
 
 /* --- the tick: prices anyone can recompute -------------------------------------------------- */
+
+uint64_t splitmix64(uint64_t x)
+{
+    uint64_t z = x + GOLDEN;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EB;
+    return z ^ (z >> 31);
+}
 
 static uint64_t fnv1a64(const char *data)
 {
@@ -233,16 +252,19 @@ int ticker_publisher(int argc, char **argv)
     stop_on_signals();
     deadline_t deadline = deadline_start(args.timeout);
     void *context = zmq_ctx_new();
-    /* XPUB is a PUB that also hands us the subscriptions coming from downstream. Like PUB it
-       never blocks: a subscriber whose queue is full (the HWM, 1000 messages) loses ticks. */
+    /* [XPUB] A PUB that also hands us, as messages, the subscriptions coming from downstream: a
+       frame whose first byte is 1 (subscribe) or 0 (unsubscribe), then the topic. Like PUB it
+       fans each tick out to every matching subscriber and never blocks. */
+    /* [HWM] Its high-water mark (libzmq's default, 1000 messages per subscriber) bounds each
+       subscriber's queue: at it, XPUB drops that subscriber's ticks (a gap it reports), where
+       PUSH or DEALER would block. --interval paces the rounds far below it. */
     void *ticks = zmq_socket(context, ZMQ_XPUB);
-    int linger = 0; /* ticks are a stream: at close, drop what is still queued */
+    /* [linger] 0: ticks are a stream, so closing the socket drops what is still queued. */
+    int linger = 0;
     limit_socket(ticks, linger, MAX_MESSAGE);
     monitor_socket(context, ticks, "ticks", monitor);
-    if (zmq_bind(ticks, args.ticks) < 0)
-        fail("bind", "cannot bind: %s", zmq_strerror(errno));
     char endpoint[ENDPOINT_SIZE];
-    last_endpoint(ticks, endpoint);
+    bind_socket(ticks, args.ticks, endpoint);
     emit("ready", "{s:s}", "ticks", endpoint);
 
     topics_t topics = {0};
@@ -253,18 +275,20 @@ int ticker_publisher(int argc, char **argv)
     while (!stop_requested()) {
         if (deadline_expired(&deadline))
             fail("timeout", "still publishing after %d ms", args.timeout);
-        int64_t wait = started ? next_round - now_ms() : 100;
-        /* The wait between rounds is this poll: subscriptions are served while we wait. */
+        int64_t wait = started ? next_round - now_ms() : 100; /* the next round is the timer */
+        /* [poll] The wait between rounds is this poll, never a sleep: subscriptions are served
+           while we wait, the stop flag is seen once it returns (a signal's EINTR is a poll that
+           found nothing), and what it reports ready is received without waiting. */
         zmq_msg_t frame;
         zmq_msg_init(&frame);
-        /* One frame at a time, whatever its ZMQ_RCVMORE: XPUB passes each subscription on as a
-           frame of its own, and a peer's other frames keep their "more" flag, so each frame is
-           judged alone. */
+        /* [multipart] A message arrives whole or not at all, but here each frame is judged alone,
+           whatever its ZMQ_RCVMORE: XPUB passes each subscription on as a frame of its own, and a
+           peer's other frames keep their "more" flag. One frame a turn. */
         if (poll_in(ticks, deadline_cap(&deadline, wait > 0 ? (long)wait : 0)) && frame_if_ready(ticks, &frame)) {
             on_subscription(&frame, &topics);
-            /* Slow joiner: a tick sent before a subscriber's subscriptions arrive is dropped for
+            /* [slow joiner] A tick sent before a subscriber's subscriptions arrive is dropped for
                it. Each subscriber sends its `@name` after its symbols, so once every `@name` is
-               here, every symbol is too. */
+               here, every symbol is too, and publishing starts (`started`). */
             if (!started && subscribers->count >= (size_t)args.subscribers) {
                 emit("started", "{s:i}", "subscribers", (int)subscribers->count);
                 started = true;
@@ -299,8 +323,9 @@ typedef struct {
     int timeout;
 } proxy_args;
 
-/* The proxy's own control channel: a PAIR of sockets over inproc://, which never leaves the
-   process (the context itself carries the messages). */
+/* [inproc] The proxy's own control channel joins two threads of this process: inproc:// never
+   leaves the process (the one context both sockets come from carries the messages), and its
+   endpoint is bound before the other end connects to it. */
 static const char PROXY_CONTROL[] = "inproc://proxy-control";
 
 /* The sockets the proxy thread owns, and how its loop ended. */
@@ -312,8 +337,9 @@ typedef struct {
 static void *run_steerable_proxy(void *argument)
 {
     proxy_t *proxy = argument;
-    /* The library's own loop moves every message both ways (ticks down, subscriptions up) until
-       it reads TERMINATE on its control socket. It gives up (EAGAIN) when it finds a message
+    /* [proxy] The library's own loop moves ticks one way, XSUB to XPUB, and subscriptions the
+       other, XPUB to XSUB, until it reads TERMINATE on its control socket: that is how it stops,
+       since a signal cannot interrupt it (ticker_proxy). It gives up (EAGAIN) when it finds a message
        unfinished: a subscriber can leave one, since XPUB passes on the first frames of a multipart
        message and drops a last frame that repeats a subscription (PROTOCOL.md, "Proxy"). The
        sockets are still good: start it again. */
@@ -359,18 +385,25 @@ int ticker_proxy(int argc, char **argv)
     sigset_t signals = block_stop_signals();
     deadline_t deadline = deadline_start(args.timeout);
     void *context = zmq_ctx_new();
+    /* [XSUB] faces the publisher: a SUB whose subscriptions are messages that the application,
+       here the proxy, sends it (the ones XPUB hands over); it receives the ticks they let through.
+       XPUB faces subscribers: it sends the ticks, and hands over their subscriptions. */
+    /* [PAIR] The control channel is a PAIR of sockets: exactly one peer each, joining this thread
+       to the proxy's over inproc. */
     proxy_t proxy = {
-        .upstream = zmq_socket(context, ZMQ_XSUB),   /* faces the publisher: receives ticks, sends subscriptions */
-        .downstream = zmq_socket(context, ZMQ_XPUB), /* faces subscribers: sends ticks, receives subscriptions */
-        .control = zmq_socket(context, ZMQ_PAIR),    /* the proxy's end of its control channel */
+        .upstream = zmq_socket(context, ZMQ_XSUB),
+        .downstream = zmq_socket(context, ZMQ_XPUB),
+        .control = zmq_socket(context, ZMQ_PAIR), /* the proxy's end of its control channel */
     };
     void *steer = zmq_socket(context, ZMQ_PAIR); /* our end */
-    int linger = 0; /* ticks are a stream: at close, drop what is still queued */
+    /* [linger] 0: ticks are a stream, so closing a socket drops what is still queued. */
+    int linger = 0;
     void *sockets[] = {proxy.upstream, proxy.downstream, proxy.control, steer};
     limit_socket(proxy.upstream, linger, MAX_MESSAGE);
     limit_socket(proxy.downstream, linger, MAX_MESSAGE);
-    /* Subscriptions go upstream once per topic (XPUB passes on only the first): one dropped at the
-       send high-water mark during a flood would be lost for good. No limit on XSUB's sends. */
+    /* [HWM] Subscriptions go upstream once per topic (XPUB passes on only the first): one dropped
+       at the send high-water mark during a flood would be lost for good. No limit on XSUB's sends
+       (0); the ticks' queues keep the default, 1000 messages, at which XPUB drops. */
     int no_limit = 0;
     zmq_setsockopt(proxy.upstream, ZMQ_SNDHWM, &no_limit, sizeof no_limit);
     /* The control PAIRs are inproc: nothing decodes there, so only the linger. */
@@ -378,18 +411,15 @@ int ticker_proxy(int argc, char **argv)
     zmq_setsockopt(steer, ZMQ_LINGER, &linger, sizeof linger);
     monitor_socket(context, proxy.upstream, "upstream", monitor); /* not the control pipe: no flag */
     monitor_socket(context, proxy.downstream, "downstream", monitor);
-    if (zmq_bind(proxy.downstream, args.downstream) < 0)
-        fail("bind", "cannot bind: %s", zmq_strerror(errno));
-    if (zmq_connect(proxy.upstream, args.upstream) < 0)
-        fail("connect", "cannot connect: %s", zmq_strerror(errno));
+    char endpoint[ENDPOINT_SIZE];
+    bind_socket(proxy.downstream, args.downstream, endpoint);
+    connect_socket(proxy.upstream, args.upstream);
     if (zmq_bind(proxy.control, PROXY_CONTROL) < 0 || zmq_connect(steer, PROXY_CONTROL) < 0)
         fail("bind", "cannot set up %s: %s", PROXY_CONTROL, zmq_strerror(errno));
 
     /* Sockets are not thread-safe: from pthread_create on (the full memory barrier libzmq asks
        for when a socket moves to another thread) only the proxy thread touches upstream,
        downstream and control. This thread keeps `steer`. */
-    char endpoint[ENDPOINT_SIZE];
-    last_endpoint(proxy.downstream, endpoint);
     pthread_t thread;
     if (pthread_create(&thread, NULL, run_steerable_proxy, &proxy))
         fail("thread", "cannot start the proxy thread");
@@ -500,13 +530,16 @@ int ticker_subscriber(int argc, char **argv)
 
     deadline_t deadline = deadline_start(args.timeout);
     void *context = zmq_ctx_new();
-    /* SUB receives only what matches its subscriptions; it never sends anything but them. */
+    /* [SUB] A prefix filter on frame 0: it receives only ticks whose topic starts with one of its
+       subscriptions, and sends nothing but those subscriptions. Here, unlike chat's, they come
+       right after connect, in the order the publisher relies on: subscriptions made before
+       connect would go out in libzmq's sorted order, `@name` ('@' sorts before 'A') first. */
     void *sub = zmq_socket(context, ZMQ_SUB);
-    int linger = 0; /* ticks are a stream: nothing is owed to anyone at close */
+    /* [linger] 0: ticks are a stream, and nothing is owed to anyone at close. */
+    int linger = 0;
     limit_socket(sub, linger, MAX_MESSAGE);
     monitor_socket(context, sub, "ticks", monitor);
-    if (zmq_connect(sub, args.ticks) < 0)
-        fail("connect", "cannot connect: %s", zmq_strerror(errno));
+    connect_socket(sub, args.ticks);
     symbols_t subscribed = args.symbols;
     json_t *listed = json_array();
     for (size_t i = 0; i < subscribed.count; i++) {
@@ -539,9 +572,9 @@ int ticker_subscriber(int argc, char **argv)
                                      used ? ", " : "", subscribed.name[i], received[i]);
             fail("timeout", "not done after %d ms; ticks so far: %s", args.timeout, missing);
         }
-        frames_t message;
+        frames_t message; /* one a turn, every frame of it; check_tick counts them */
         if (!poll_in(sub, deadline_cap(&deadline, 1000)) || !recv_if_ready(sub, &message))
-            continue;
+            continue; /* no timer: at most a second a poll, so that the deadline is seen */
         checked_t tick = {0};
         char reason[REASON_SIZE];
         const char *code = check_tick(&message, &subscribed, args.seed, &tick, reason);

@@ -6,7 +6,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "common.h"
+#include "contract.h"
+#include "frames.h"
 
 /* `btb ticker publisher|proxy|subscriber|encode [--flag value]...`; argv[0] is the role.
    Returns the exit code. */
@@ -14,6 +15,14 @@ int ticker_publisher(int argc, char **argv);
 int ticker_proxy(int argc, char **argv);
 int ticker_subscriber(int argc, char **argv);
 int ticker_encode(int argc, char **argv);
+
+/* The prices' generator, which the valuation's orders use too: every integer is a uint64_t, and
+   C's unsigned arithmetic wraps modulo 2^64, as the protocols say. */
+#define GOLDEN UINT64_C(0x9E3779B97F4A7C15)
+uint64_t splitmix64(uint64_t x);
+/* A ticker symbol, a valuation order's symbol: 1 to 8 letters A-Z. */
+enum { MAX_SYMBOL = 8 };
+bool is_symbol(const char *text, size_t size);
 
 /* What a subscriber of ticks needs (this example's subscriber, the query engine). */
 enum { MAX_SYMBOLS = 32 }; /* in one --symbols list */
@@ -23,7 +32,7 @@ typedef struct {
     size_t count;
     symbol_t name[MAX_SYMBOLS];
 } symbols_t;
-/* Flag parsers (common.h): a symbol_t; a symbols_t from a comma-separated list. */
+/* Flag parsers (contract.h): a symbol_t; a symbols_t from a comma-separated list. */
 flag_parser parse_symbol, parse_symbols;
 /* The index of `name` in `symbols`, or -1. */
 int symbol_index(const symbols_t *symbols, const char *name);

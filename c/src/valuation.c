@@ -8,8 +8,11 @@
 #include <jansson.h>
 #include <zmq.h>
 
-#include "common.h"
+#include "contract.h"
+#include "frames.h"
 #include "monitor.h"
+#include "names.h"
+#include "ticker.h"
 
 static const char *const SYMBOLS[] = {"AAPL", "GOOG", "GOOGL", "MSFT", "IBM"};
 enum {
@@ -18,10 +21,11 @@ enum {
     MIN_CENTS = 100,
     MAX_CENTS = 100099,
 };
-/* ZMQ_MAXMSGSIZE on every socket: a frame above it never reaches us (libzmq drops it with the
-   sender's connection), so no peer can make a role allocate without bound. The largest legal
-   frames are a 32-byte worker name, `finished` and the 8-byte ids and values; 256 leaves room for
-   the handshake's READY command, which the limit also bounds. */
+/* [max size] ZMQ_MAXMSGSIZE, 256 bytes on every socket, send-only ones included, set before bind or
+   connect: a frame above it never reaches us (libzmq drops it with the sender's connection), so
+   no peer can make a role allocate without bound. The largest legal frames are a 32-byte worker
+   name, `finished` and the 8-byte ids and values; 256 leaves room for the handshake's READY
+   command, which the limit also bounds. */
 static const int64_t MAX_MESSAGE = VALUATION_MAX_MESSAGE;
 
 const char *const STATES[] = {"waiting", "go", "finished"};
@@ -58,7 +62,7 @@ typedef struct {
     int64_t cents;
 } order_t;
 
-/* Order `id` of the batch of `seed`: uint64_t arithmetic, modulo 2^64 (splitmix64: common.h). */
+/* Order `id` of the batch of `seed`: uint64_t arithmetic, modulo 2^64 (splitmix64: ticker.h). */
 static order_t order(uint64_t seed, uint64_t id)
 {
     uint64_t z1 = splitmix64(seed ^ (id * GOLDEN));
@@ -160,7 +164,8 @@ static const char *check_result(const frames_t *message, const sink_args *args, 
     return NULL;
 }
 
-/* PUB never blocks: with no subscriber, or one whose queue is full, the message is dropped. */
+/* PUB never blocks: with no subscriber, or one past its high-water mark, the message is dropped;
+   the heartbeat repeats the state. */
 void sink_set_state(sink_t *sink, state_t state)
 {
     sink->state = state;
@@ -316,20 +321,23 @@ int valuation_sink(int argc, char **argv)
     if (!sink.have || !sink.resent)
         fail("memory", "out of memory for %d orders", args->count);
     void *context = zmq_ctx_new();
-    /* PULL fair-queues readiness and results from every worker: no one worker can starve the
-       rest. PUB sends the control channel to every subscriber connected at the time. */
+    /* [PULL] fair-queues readiness and results from every connected worker, one message from each
+       in turn: no one worker can starve the rest. */
     sink.results = zmq_socket(context, ZMQ_PULL);
+    /* [PUB] fans the control channel out to every subscriber connected at the time; it never
+       blocks, and drops for a subscriber not yet connected or past its high-water mark (1000
+       messages), which is why the state is repeated every heartbeat. */
     sink.control = zmq_socket(context, ZMQ_PUB);
-    int linger = 0; /* PROTOCOL.md: no role leaves while anything it sent is still needed */
+    /* [linger] 0 everywhere (PROTOCOL.md): no role leaves while anything it sent is still needed,
+       so closing a socket may drop what is still queued. */
+    int linger = 0;
     limit_socket(sink.results, linger, MAX_MESSAGE);
     limit_socket(sink.control, linger, MAX_MESSAGE);
     monitor_socket(context, sink.results, "results", monitor);
     monitor_socket(context, sink.control, "control", monitor);
-    if (zmq_bind(sink.results, args->results) < 0 || zmq_bind(sink.control, args->control) < 0)
-        fail("bind", "cannot bind: %s", zmq_strerror(errno));
     char results_at[ENDPOINT_SIZE], control_at[ENDPOINT_SIZE];
-    last_endpoint(sink.results, results_at);
-    last_endpoint(sink.control, control_at);
+    bind_socket(sink.results, args->results, results_at);
+    bind_socket(sink.control, args->control, control_at);
     emit("ready", "{s:s, s:s}", "results", results_at, "control", control_at);
 
     int64_t next_beat = now_ms();
@@ -337,9 +345,13 @@ int valuation_sink(int argc, char **argv)
     while (!stop_requested()) {
         if (deadline_expired(&deadline))
             fail("timeout", "still running after %d ms with %d results", args->timeout, sink.counted);
-        /* The poll is the only wait: for a message, or until the next heartbeat is due. */
+        /* [poll] The poll is the only wait: for a message, or until the next heartbeat is due
+           (never past the deadline). What it reports is received without waiting (POLLIN is a
+           hint), one message a turn; a signal (EINTR) is a poll that found nothing. */
         int64_t wait = next_beat - now_ms();
-        frames_t message; /* every frame of one message, or none */
+        /* [multipart] A message arrives whole or not at all: every frame of one, or none. The
+           count is the peer's choice: sink_on_ready and check_result check it first. */
+        frames_t message;
         if (poll_in(sink.results, deadline_cap(&deadline, wait > 0 ? (long)wait : 0)) &&
             recv_if_ready(sink.results, &message)) {
             if (frame_is(&message, 0, "ready")) {
@@ -356,8 +368,10 @@ int valuation_sink(int argc, char **argv)
             sink.quiet_since = now;
         }
         if (now >= next_beat) {
-            /* Level-triggered: the state is repeated, so a subscriber that joined late (the slow
-               joiner) learns it within a heartbeat instead of missing the change. */
+            /* [slow joiner] A subscriber's subscription reaches this PUB some time after it
+               connects, and what is published before is lost for it. So the state is
+               level-triggered, repeated every heartbeat: a subscriber that joined late learns it
+               within one, and a worker that heard one is live (it then says ready). */
             send_frame(sink.control, STATES[sink.state], strlen(STATES[sink.state]), false);
             next_beat = now + args->heartbeat;
         }
@@ -388,14 +402,15 @@ typedef struct {
     deadline_t deadline;
 } source_t;
 
-/* The next control message, or false when a second passed without one. */
+/* One turn of the source's loop: the deadline first (the sink's heartbeat never lets a poll go
+   idle, so it is checked after a message too), then a poll of the SUB, at most a second (the
+   source has no timer). The next control message, or false if none came. */
 static bool next_control(source_t *source, frames_t *message)
 {
-    if (poll_in(source->control, deadline_cap(&source->deadline, 1000)) && recv_if_ready(source->control, message))
-        return true;
     if (deadline_expired(&source->deadline))
         fail("timeout", "not finished after %d ms", source->args.timeout);
-    return false;
+    return poll_in(source->control, deadline_cap(&source->deadline, 1000)) &&
+           recv_if_ready(source->control, message);
 }
 
 /* Order `id`, the same bytes every time: the generator recomputes them. */
@@ -435,22 +450,22 @@ int valuation_source(int argc, char **argv)
 
     source.deadline = deadline_start(args->timeout);
     void *context = zmq_ctx_new();
-    /* PUSH deals each order to one connected worker, round-robin. With no worker connected, or
-       every worker's queue full (the high-water mark), a send has to wait: send_when_room. */
+    /* [PUSH] deals each order to one connected worker, round-robin, and never drops one. */
+    /* [HWM] With no worker connected, or every worker's queue at its high-water mark (1000
+       messages), PUSH is mute: a send has to wait, which send_when_room does with a poll. */
     source.orders = zmq_socket(context, ZMQ_PUSH);
+    /* [SUB] subscribed to "" (a prefix of every frame 0: every control message), before it
+       connects. */
     source.control = zmq_socket(context, ZMQ_SUB);
     int linger = 0; /* we leave only on `finished`: nothing we sent is still needed */
     limit_socket(source.orders, linger, MAX_MESSAGE);
     limit_socket(source.control, linger, MAX_MESSAGE);
-    zmq_setsockopt(source.control, ZMQ_SUBSCRIBE, "", 0); /* every control message */
+    zmq_setsockopt(source.control, ZMQ_SUBSCRIBE, "", 0);
     monitor_socket(context, source.orders, "orders", monitor);
     monitor_socket(context, source.control, "control", monitor);
-    if (zmq_bind(source.orders, args->orders) < 0)
-        fail("bind", "cannot bind: %s", zmq_strerror(errno));
-    if (zmq_connect(source.control, args->control) < 0)
-        fail("connect", "cannot connect: %s", zmq_strerror(errno));
     char endpoint[ENDPOINT_SIZE];
-    last_endpoint(source.orders, endpoint);
+    bind_socket(source.orders, args->orders, endpoint);
+    connect_socket(source.control, args->control);
     emit("ready", "{s:s}", "orders", endpoint);
 
     /* The state is repeated every heartbeat: however late our SUB connected, `go` comes. */
@@ -477,8 +492,9 @@ int valuation_source(int argc, char **argv)
                 if (frame_size(&message, i) != 8)
                     continue;
                 uint64_t id = get_be64(frame_data(&message, i));
-                if (id >= 1 && id <= (uint64_t)args->count)
-                    send_order(&source, id);
+                if (id < 1 || id > (uint64_t)args->count)
+                    continue; /* no order of ours */
+                send_order(&source, id);
                 json_array_append_new(ids, json_id(id));
                 sent++;
             }
@@ -527,6 +543,27 @@ static const char *check_order(const frames_t *message, uint64_t *id, int64_t *a
     return NULL;
 }
 
+/* An order: checked, priced, and its result sent to the sink; false for a bad order, reported as
+   `malformed-order` and dropped. */
+static bool price(const frames_t *order, void *results, const char *name, const deadline_t *deadline, uint64_t *id)
+{
+    int64_t amount = 0;
+    char reason[REASON_SIZE];
+    const char *code = check_order(order, id, &amount, reason);
+    if (code) {
+        emit_error(code, "%s", reason);
+        return false;
+    }
+    unsigned char id_frame[8], value_frame[8];
+    put_be64(id_frame, *id);
+    put_be64(value_frame, (uint64_t)amount);
+    const part_t result[] = {{"result", strlen("result")}, {name, strlen(name)}, {id_frame, 8}, {value_frame, 8}};
+    char what[48];
+    snprintf(what, sizeof what, "the result of order %llu", (unsigned long long)*id);
+    send_when_room(results, result, 4, deadline, what);
+    return true;
+}
+
 int valuation_worker(int argc, char **argv)
 {
     worker_args args = {
@@ -550,7 +587,8 @@ int valuation_worker(int argc, char **argv)
 
     deadline_t deadline = deadline_start(args.timeout);
     void *context = zmq_ctx_new();
-    /* PULL takes orders from the source; PUSH hands readiness and results to the sink. */
+    /* PULL takes orders from the source; PUSH hands readiness and results to the sink (it blocks
+       when the sink's queue is full: send_when_room); SUB hears the control channel. */
     void *orders = zmq_socket(context, ZMQ_PULL);
     void *results = zmq_socket(context, ZMQ_PUSH);
     void *control = zmq_socket(context, ZMQ_SUB);
@@ -560,14 +598,13 @@ int valuation_worker(int argc, char **argv)
     void *sockets[] = {orders, results, control};
     for (size_t i = 0; i < 3; i++)
         limit_socket(sockets[i], linger, MAX_MESSAGE);
-    zmq_setsockopt(control, ZMQ_SUBSCRIBE, "", 0);
+    zmq_setsockopt(control, ZMQ_SUBSCRIBE, "", 0); /* every control message, before connecting */
     const char *const flag_names[] = {"orders", "results", "control"};
     for (size_t i = 0; i < 3; i++)
         monitor_socket(context, sockets[i], flag_names[i], monitor);
-    /* PULL first: it should be connected long before the source deals the batch. */
-    if (zmq_connect(orders, args.orders) < 0 || zmq_connect(results, args.results) < 0 ||
-        zmq_connect(control, args.control) < 0)
-        fail("connect", "cannot connect: %s", zmq_strerror(errno));
+    connect_socket(orders, args.orders); /* PULL first: connected long before the source deals the batch */
+    connect_socket(results, args.results);
+    connect_socket(control, args.control);
 
     /* Slow joiner: once one control message has arrived, our subscription is live and no later
        one can be missed. */
@@ -586,20 +623,29 @@ int valuation_worker(int argc, char **argv)
     while (!finished) {
         if (deadline_expired(&deadline))
             fail("timeout", "not finished after %d ms", args.timeout);
-        /* One poll for both sockets: whichever has a message first wakes us, no busy loop. */
+        long wait = (long)((next_order - now_us()) / 1000); /* ms until the next order is due */
+        /* One poll for both sockets, in the order they are served: whichever has a message first
+           wakes us, no busy loop. --rate: until the next order is due, listen to the control
+           channel only (the second item); orders wait in our queue meanwhile (and, once it is
+           full, in the source's queue for us). */
         zmq_pollitem_t items[] = {
             {.socket = orders, .events = ZMQ_POLLIN},
             {.socket = control, .events = ZMQ_POLLIN},
         };
-        long wait = (long)((next_order - now_us()) / 1000); /* ms until the next order is due */
-        /* --rate: until the next order is due, listen to the control channel only (the second
-           item). Orders wait in our queue meanwhile (and, once it is full, in the source's queue
-           for us). */
-        bool throttled = args.rate > 0 && wait > 0;
-        int polled = throttled ? zmq_poll(&items[1], 1, deadline_cap(&deadline, wait))
-                               : zmq_poll(items, 2, deadline_cap(&deadline, 1000));
-        if (polled < 0 && errno != EINTR)
-            fail("poll", "zmq_poll: %s", zmq_strerror(errno));
+        if (args.rate > 0 && wait > 0)
+            poll_all(&items[1], 1, deadline_cap(&deadline, wait));
+        else
+            poll_all(items, 2, deadline_cap(&deadline, 1000));
+        if ((items[0].revents & ZMQ_POLLIN) && recv_if_ready(orders, &message)) {
+            uint64_t id = 0;
+            if (price(&message, results, args.name, &deadline, &id)) {
+                priced++;
+                emit("priced", "{s:o}", "id", json_id(id));
+                if (args.rate > 0)
+                    next_order = now_us() + 1000000 / args.rate;
+            }
+            frames_close(&message);
+        }
         if ((items[1].revents & ZMQ_POLLIN) && recv_if_ready(control, &message)) {
             /* States and resends; resends are the source's business. */
             finished = is_state(&message, FINISHED);
@@ -610,30 +656,6 @@ int valuation_worker(int argc, char **argv)
             if (waiting)
                 send_when_room(results, ready, 2, &deadline, "ready");
         }
-        if (!(items[0].revents & ZMQ_POLLIN) || !recv_if_ready(orders, &message))
-            continue;
-        uint64_t id = 0;
-        int64_t amount = 0;
-        char reason[REASON_SIZE];
-        const char *code = check_order(&message, &id, &amount, reason);
-        frames_close(&message);
-        if (code) {
-            emit_error(code, "%s", reason); /* dropped */
-            continue;
-        }
-        unsigned char id_frame[8], value_frame[8];
-        put_be64(id_frame, id);
-        put_be64(value_frame, (uint64_t)amount);
-        const part_t result[] = {
-            {"result", strlen("result")}, {args.name, strlen(args.name)}, {id_frame, 8}, {value_frame, 8},
-        };
-        char what[48];
-        snprintf(what, sizeof what, "the result of order %llu", (unsigned long long)id);
-        send_when_room(results, result, 4, &deadline, what);
-        priced++;
-        emit("priced", "{s:o}", "id", json_id(id));
-        if (args.rate > 0)
-            next_order = now_us() + 1000000 / args.rate;
     }
 
     emit("done", "{s:i}", "priced", priced);

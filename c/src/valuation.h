@@ -5,7 +5,9 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "common.h"
+#include "contract.h"
+#include "frames.h"
+#include "names.h"
 
 /* `btb valuation sink|source|worker|encode [--flag value]...`; argv[0] is the role.
    Returns the exit code. */

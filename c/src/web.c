@@ -9,6 +9,8 @@
    after a response (NetMQ drops what is still queued at a close): the client closes, and the
    desk only at a deadline, long after. */
 #include "web.h"
+#include "contract.h"
+#include "frames.h"
 #include "monitor.h"
 
 #include <ctype.h>
@@ -484,8 +486,10 @@ static void on_message(web_t *web, int64_t now, const frames_t *message, web_com
 void web_receive(web_t *web, int64_t now, web_command_handler *on_command, void *desk)
 {
     frames_t message;
-    /* A poll's POLLIN is a hint: each receive is non-blocking, and at most RECEIVE_BATCH of them,
-       so that a flood of bytes does not starve the pipes. */
+    /* The one socket of the desk's loop that is drained on purpose, rather than read one message
+       a turn: a browser's request comes as chunks of a TCP stream, a message each, and a page
+       waits for its whole request. A poll's POLLIN is a hint: each receive is non-blocking, and
+       at most RECEIVE_BATCH of them, so that a flood of bytes does not starve the pipes. */
     for (int i = 0; i < RECEIVE_BATCH && recv_at_most(web->socket, &message, 2); i++) {
         if (message.count == 2 && frame_size(&message, 0) >= 1 && frame_size(&message, 0) <= MAX_IDENTITY)
             on_message(web, now, &message, on_command, desk);

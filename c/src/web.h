@@ -8,7 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "common.h"
+#include "contract.h"
 
 typedef struct web web_t;
 
