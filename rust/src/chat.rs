@@ -6,18 +6,20 @@ use std::time::{Duration, Instant};
 use clap::{value_parser, Args, Subcommand};
 use serde_json::json;
 
-use crate::events::{
-    bind, connect, emit, log, ms_until, name, plain_credential, readable, readable_each, recv_if_ready, stop_signal,
-    z85_key, Admit, Deadline, Failure, Mechanism, Monitor, Zap, MAX_NAME,
+use crate::contract::{
+    bind, connect, emit, log, ms_until, name, readable, readable_each, recv_if_ready, stop_signal, Deadline, Failure,
+    MAX_NAME,
 };
-use crate::monitor::{self, OnOff};
+use crate::monitor::{self, Monitor, OnOff};
+use crate::security::{secure_client, secure_server, ClientFlags, Mechanism, ServerFlags};
 
 const MAX_HANDLE: usize = MAX_NAME; // bytes of UTF-8
 pub const MAX_TEXT: usize = 4096; // bytes of UTF-8
-/// ZMQ_MAXMSGSIZE on every socket: libzmq drops a bigger frame, and the connection of its sender,
-/// before we ever see it, so no peer can make us allocate without bound. The largest legal frame
-/// is a 4096-byte text; the margin lets a text that is too long still reach our own
-/// `text-too-long` rule, and leaves room for CURVE's per-frame overhead.
+/// [max size] ZMQ_MAXMSGSIZE, 8192 bytes on all four sockets, set before bind or connect: libzmq
+/// drops a bigger frame, and its sender's connection, before we ever see it, so no peer can make us
+/// allocate without bound (a subscription is a frame too). The largest legal frame is a 4096-byte
+/// text; the margin lets a text a little too long still reach the server's own `text-too-long`
+/// rule, and leaves room for CURVE's per-frame overhead.
 pub const MAX_MESSAGE: i64 = 8192;
 
 #[derive(Subcommand)]
@@ -36,29 +38,13 @@ pub struct Endpoints {
     broadcasts: String,
 }
 
-/// --security and the credentials both roles take (examples/README.md, "Security"). A flag of
-/// the mechanism chosen is required; those of another mechanism are not used (but still checked).
-#[derive(Args)]
-pub struct Security {
-    #[arg(long, value_enum, default_value_t = Mechanism::Null)]
-    security: Mechanism,
-    #[arg(long, value_parser = z85_key, required_if_eq("security", "curve"))]
-    curve_secret: Option<String>,
-    #[arg(long, value_parser = plain_credential, required_if_eq("security", "plain"))]
-    plain_user: Option<String>,
-    #[arg(long, value_parser = plain_credential, required_if_eq("security", "plain"))]
-    plain_password: Option<String>,
-}
-
 #[derive(Args)]
 pub struct ServerArgs {
     #[command(flatten)]
     endpoints: Endpoints,
+    /// --security, --curve-secret, --curve-clients, --plain-user, --plain-password (security.rs)
     #[command(flatten)]
-    security: Security,
-    /// the client public keys admitted under curve; absent: any client that knows our public key
-    #[arg(long, value_parser = z85_key, value_delimiter = ',')]
-    curve_clients: Vec<String>,
+    security: ServerFlags,
     #[arg(long, default_value_t = 0)]
     timeout: u32,
     #[arg(long, default_value_t = 100, value_parser = value_parser!(u32).range(1..))]
@@ -73,13 +59,9 @@ pub struct ServerArgs {
 pub struct ClientArgs {
     #[command(flatten)]
     endpoints: Endpoints,
+    /// --security, --curve-secret, --curve-public, --curve-server, --plain-user, --plain-password
     #[command(flatten)]
-    security: Security,
-    #[arg(long, value_parser = z85_key, required_if_eq("security", "curve"))]
-    curve_public: Option<String>,
-    /// the server's public key, learnt out of band
-    #[arg(long, value_parser = z85_key, required_if_eq("security", "curve"))]
-    curve_server: Option<String>,
+    security: ClientFlags,
     #[arg(long, default_value_t = 30000)]
     timeout: u32,
     #[arg(long, value_parser = name)]
@@ -119,16 +101,12 @@ fn post_number(handle: &str, text: &str) -> Option<u64> {
     }
 }
 
-/// A CURVE key flag as a socket option value: its 40 characters of Z85, which libzmq decodes.
-/// (clap made the flag required under curve, where this is called.)
-fn key(flag: &Option<String>) -> &[u8] {
-    flag.as_deref().unwrap_or_default().as_bytes()
-}
-
 // --- server ----------------------------------------------------------------------------------
 
 /// A well-formed request as (handle, text if a post), or its first broken rule as (code, reason).
 fn check_request(frames: &[Vec<u8>]) -> Result<(&str, Option<&str>), (&'static str, String)> {
+    // [multipart] A request arrives whole or not at all: recv_if_ready hands over every frame of
+    // one message. How many there are is the peer's choice, so it is checked, never assumed.
     let (handle, text) = match frames {
         [handle] => (handle, None),
         [handle, text] => (handle, Some(text)),
@@ -174,70 +152,38 @@ fn utf8(frame: &[u8]) -> Result<&str, (&'static str, String)> {
     std::str::from_utf8(frame).map_err(|error| ("invalid-utf8", format!("not UTF-8: {}", error)))
 }
 
-/// Make `socket` a security server of the chosen mechanism. Set before `bind`: the options are
-/// read as each connection starts.
-fn secure_server(socket: &zmq::Socket, security: &Security) -> Result<(), Failure> {
-    match security.security {
-        Mechanism::Null => {}
-        // The client sends a username and password, in the clear; our ZAP handler judges them.
-        Mechanism::Plain => socket.set_plain_server(true)?,
-        // Clients must know our public key; every frame is then encrypted.
-        Mechanism::Curve => {
-            socket.set_curve_server(true)?;
-            socket.set_curve_secretkey(key(&security.curve_secret))?;
-        }
-    }
-    Ok(())
-}
-
 fn run_server(args: ServerArgs) -> Result<(), Failure> {
     let stop = stop_signal()?;
     let deadline = Deadline::new(args.timeout);
     let context = zmq::Context::new();
-    let mechanism = args.security.security;
-    // ZAP, bound before our sockets: under plain always (libzmq's PLAIN server would otherwise
-    // admit any password), under curve when --curve-clients names who may connect.
-    let zap = match mechanism {
-        Mechanism::Plain => {
-            let user = args.security.plain_user.clone().unwrap_or_default();
-            let password = args.security.plain_password.clone().unwrap_or_default();
-            Some(Zap::bind(&context, Admit::Plain { user, password })?)
-        }
-        Mechanism::Curve if !args.curve_clients.is_empty() => {
-            Some(Zap::bind(&context, Admit::CurveKeys(args.curve_clients.clone()))?)
-        }
-        _ => None,
-    };
-    // REP answers each request exactly once, in order: the library keeps the lockstep for us.
+    // [REP] answers each request exactly once, in order: it takes one request, and sends nothing
+    // until that request is answered. It keeps the envelope (the REQ's empty delimiter) to route
+    // the reply back, so we see only the frames the client sent.
     let requests = context.socket(zmq::REP)?;
+    // [linger] 0 on both sockets: the server stops only when told to, and a reply or broadcast
+    // still queued then is for nobody who waits on it; closing drops it, so exit never waits.
     requests.set_linger(0)?;
     requests.set_maxmsgsize(MAX_MESSAGE)?;
-    secure_server(&requests, &args.security)?;
-    // PUB sends every broadcast to every subscriber whose filter matches; it never blocks, and it
-    // drops for a subscriber that is not connected yet (slow joiner) or whose queue is full (HWM).
+    // [PUB] sends every broadcast to every subscriber whose prefix filter matches; it never blocks,
+    // and drops for a subscriber that is not connected yet (the slow joiner) or past its HWM.
     let broadcasts = context.socket(zmq::PUB)?;
+    // [HWM] PUB keeps at most 1000 messages (the default high-water mark) for each subscriber; past
+    // that it drops that subscriber's broadcasts, never blocks, so a stalled client cannot stall us.
+    // The scenario's posts stay far below it.
     broadcasts.set_linger(0)?;
     broadcasts.set_maxmsgsize(MAX_MESSAGE)?; // subscriptions come in, and libzmq decodes them
-    secure_server(&broadcasts, &args.security)?;
-    // Under plain or curve, socket monitors tell us of every handshake that fails on either socket.
-    let monitors = match mechanism {
-        Mechanism::Null => {
-            monitor::attach(&context, &requests, "requests", args.monitor)?;
-            monitor::attach(&context, &broadcasts, "broadcasts", args.monitor)?;
-            vec![]
-        }
-        // libzmq allows one monitor per socket: these two have the handshake watcher, no --monitor.
-        _ => vec![
-            Monitor::new(&context, &requests, "requests")?,
-            Monitor::new(&context, &broadcasts, "broadcasts")?,
-        ],
-    };
+    // Security options before binding; the ZAP handler, if any, is bound first (security.rs).
+    let sockets = [("requests", &requests), ("broadcasts", &broadcasts)];
+    let (zap, monitors) = secure_server(&context, &args.security, &sockets)?;
+    if monitors.is_empty() {
+        // Under plain or curve the handshake watcher holds each socket's one monitor: no --monitor.
+        monitor::attach(&context, &requests, "requests", args.monitor)?;
+        monitor::attach(&context, &broadcasts, "broadcasts", args.monitor)?;
+    }
     let requests_bound = bind(&requests, &args.endpoints.requests)?;
     let broadcasts_bound = bind(&broadcasts, &args.endpoints.broadcasts)?;
-    emit(
-        "ready",
-        json!({ "requests": requests_bound, "broadcasts": broadcasts_bound, "security": mechanism.name() }),
-    );
+    let mechanism = args.security.mechanism().name();
+    emit("ready", json!({ "requests": requests_bound, "broadcasts": broadcasts_bound, "security": mechanism }));
 
     // handle (UTF-8 bytes, so the map's order is the bytes' order) -> last seen
     let mut roster: BTreeMap<Vec<u8>, Instant> = BTreeMap::new();
@@ -250,23 +196,36 @@ fn run_server(args: ServerArgs) -> Result<(), Failure> {
         broadcasts.send_multipart(frames, 0)
     };
 
-    // One poll for REP, the ZAP handler and the monitors: a handshake waiting for our ZAP answer
-    // gets it at once, and none of them needs a thread of its own.
-    let mut sockets = vec![&requests];
-    sockets.extend(zap.as_ref().map(|zap| &zap.socket));
-    sockets.extend(monitors.iter().map(|monitor| &monitor.socket));
+    // Everything the loop serves, in the order it serves them: the ZAP handler, the handshake
+    // watchers, then REP. A handshake waiting for our ZAP answer gets it in the same turn.
+    let mut polled: Vec<&zmq::Socket> = zap.iter().map(|zap| &zap.socket).collect();
+    polled.extend(monitors.iter().map(|monitor| &monitor.socket));
+    polled.push(&requests);
 
     while !stop.load(Ordering::SeqCst) {
         if deadline.expired() {
             return Err(Failure::new("timeout", format!("still serving after {} ms", args.timeout)));
         }
-        // Poll instead of a blocking recv: the heartbeat, the deadline and the stop flag all get
-        // their turn without a second thread.
-        let mut ready = readable_each(&sockets, deadline.cap(ms_until(next_beat)))?.into_iter();
-        let request = match ready.next() {
-            Some(true) => recv_if_ready(&requests)?, // every frame of one message, or None after all
-            _ => None,
-        };
+        // [poll] One poll for every socket, until the next heartbeat at most (never past the
+        // deadline), then non-blocking receives: the heartbeat, the deadline and the stop flag get
+        // their turn without a second thread. POLLIN is a hint, and a signal (EINTR) is no message.
+        let mut ready = readable_each(&polled, deadline.cap(ms_until(next_beat)))?.into_iter();
+        if let Some(zap) = &zap {
+            if ready.next() == Some(true) {
+                zap.answer()?;
+            }
+        }
+        for monitor in &monitors {
+            if ready.next() == Some(true) {
+                if let Some((failure, value)) = monitor.handshake_failure()? {
+                    // A refused peer is its own problem: report it and go on serving the others.
+                    let fields = json!({ "socket": monitor.name, "failure": failure, "value": value });
+                    emit("handshake-failed", fields);
+                }
+            }
+        }
+        // None: REP dropped what it could not answer (no request after all).
+        let request = if ready.next() == Some(true) { recv_if_ready(&requests)? } else { None };
         if let Some(frames) = request {
             match check_request(&frames).and_then(|request| check_post(request, &roster)) {
                 Err((code, reason)) => {
@@ -286,20 +245,6 @@ fn run_server(args: ServerArgs) -> Result<(), Failure> {
                         emit("joined", json!({ "handle": handle }));
                         broadcast_roster(&roster)?;
                     }
-                }
-            }
-        }
-        if let Some(zap) = &zap {
-            if ready.next() == Some(true) {
-                zap.answer()?;
-            }
-        }
-        for monitor in &monitors {
-            if ready.next() == Some(true) {
-                if let Some((failure, value)) = monitor.handshake_failure()? {
-                    // A refused peer is its own problem: report it and go on serving the others.
-                    let fields = json!({ "socket": monitor.name, "failure": failure, "value": value });
-                    emit("handshake-failed", fields);
                 }
             }
         }
@@ -323,25 +268,6 @@ fn run_server(args: ServerArgs) -> Result<(), Failure> {
 }
 
 // --- client ----------------------------------------------------------------------------------
-
-/// Give `socket` the client's credentials for the chosen mechanism. Set before `connect`: the
-/// options are read as each connection starts.
-fn secure_client(socket: &zmq::Socket, args: &ClientArgs) -> Result<(), Failure> {
-    match args.security.security {
-        Mechanism::Null => {}
-        Mechanism::Plain => {
-            socket.set_plain_username(args.security.plain_user.as_deref())?;
-            socket.set_plain_password(args.security.plain_password.as_deref())?;
-        }
-        // Our key pair, and the server's public key: without the right one the handshake fails.
-        Mechanism::Curve => {
-            socket.set_curve_serverkey(key(&args.curve_server))?;
-            socket.set_curve_publickey(key(&args.curve_public))?;
-            socket.set_curve_secretkey(key(&args.security.curve_secret))?;
-        }
-    }
-    Ok(())
-}
 
 struct Client {
     args: ClientArgs,
@@ -372,7 +298,7 @@ impl Client {
         let context = zmq::Context::new();
         // SUB first, so that its subscription starts travelling as early as possible. Under plain
         // or curve, its handshakes are watched until the first broadcast.
-        let handshakes = args.security.security != Mechanism::Null;
+        let handshakes = args.security.mechanism() != Mechanism::Null;
         let (sub, monitor) = open_broadcasts(&context, &args, handshakes)?;
         let req = open_requests(&context, &args)?;
         Ok(Client {
@@ -502,8 +428,9 @@ impl Client {
             || self.last.get(peer).copied().unwrap_or(0) >= count
     }
 
-    /// Handle one broadcast, or send a keep-alive when one is due, whichever comes first; or
-    /// rejoin, if the server has forgotten us. Returns by `until` if given.
+    /// One turn of the client's loop: rejoin, if the server has forgotten us; else poll SUB until a
+    /// keep-alive is due (or `until`, if given, comes first), then handle one broadcast, or send
+    /// the keep-alive when it is due. (REQ is polled in wait_for_reply: its lockstep puts it there.)
     fn serve(&mut self, until: Option<Instant>) -> Result<(), Failure> {
         if self.forgotten {
             return self.rejoin();
@@ -558,30 +485,37 @@ impl Client {
         Ok(())
     }
 
-    /// Slow joiner: until a first broadcast arrives, our subscription may not have reached the
-    /// server and posts would be dropped for us. The server broadcasts at least every heartbeat.
-    /// Used at startup and in each rejoin. At startup under plain or curve, SUB's handshake
-    /// watcher is polled too (a rejoin's SUB has none): the first handshake failure ends the
-    /// client, since the same keys or password will not do better on the next reconnect (and a
-    /// refused SUB means a refused REQ). Once a broadcast has arrived, the handshake succeeded.
+    /// The first broadcast's frames: at startup, and on the new SUB of each rejoin.
     fn wait_for_first_broadcast(&self) -> Result<Vec<Vec<u8>>, Failure> {
-        let mut sockets = vec![&self.sub];
-        sockets.extend(self.monitor.as_ref().map(|monitor| &monitor.socket));
+        // [slow joiner] A subscription reaches the server some time after connect returns, and
+        // what the server publishes before that is lost for us. The server broadcasts a roster at
+        // least every heartbeat: the first broadcast of any kind proves our subscription is live,
+        // and only then do we send anything (a join), so no post of a peer can miss us.
+        // At startup under plain or curve, SUB's handshake watcher is polled too, first (a rejoin's
+        // SUB has none): the first handshake failure ends the client, since the same keys or
+        // password will not do better on the next reconnect (and a refused SUB means a refused
+        // REQ). Once a broadcast has arrived, the handshake has succeeded.
+        let mut polled: Vec<&zmq::Socket> = self.monitor.iter().map(|monitor| &monitor.socket).collect();
+        polled.push(&self.sub);
         loop {
-            let ready = readable_each(&sockets, self.deadline.cap(self.args.keepalive.into()))?;
-            if ready[0] {
+            if self.deadline.expired() {
+                return Err(Failure::new("timeout", "no broadcast from the server"));
+            }
+            // No timer to serve here (no request goes out before the first broadcast): at most
+            // --keepalive ms, so that the deadline is looked at.
+            let mut ready = readable_each(&polled, self.deadline.cap(self.args.keepalive.into()))?.into_iter();
+            if let Some(monitor) = &self.monitor {
+                if ready.next() == Some(true) {
+                    if let Some((failure, value)) = monitor.handshake_failure()? {
+                        let reason = format!("handshake failed on {}: {} (value {})", monitor.name, failure, value);
+                        return Err(Failure::new("refused", reason));
+                    }
+                }
+            }
+            if ready.next() == Some(true) {
                 if let Some(frames) = recv_if_ready(&self.sub)? {
                     return Ok(frames);
                 }
-            }
-            if let (Some(monitor), Some(true)) = (&self.monitor, ready.get(1)) {
-                if let Some((failure, value)) = monitor.handshake_failure()? {
-                    let reason = format!("handshake failed on {}: {} (value {})", monitor.name, failure, value);
-                    return Err(Failure::new("refused", reason));
-                }
-            }
-            if self.deadline.expired() {
-                return Err(Failure::new("timeout", "no broadcast from the server"));
             }
         }
     }
@@ -590,7 +524,7 @@ impl Client {
         let frames = self.wait_for_first_broadcast()?;
         self.on_broadcast(frames);
         self.join()?;
-        emit("ready", json!({ "handle": self.args.name, "security": self.args.security.security.name() }));
+        emit("ready", json!({ "handle": self.args.name, "security": self.args.security.mechanism().name() }));
 
         // Everyone listens before anyone talks: wait for --clients handles, all subscribed.
         while (self.roster.len() as u64) < self.args.clients {
@@ -632,11 +566,13 @@ fn open_broadcasts(
     args: &ClientArgs,
     handshakes: bool,
 ) -> Result<(zmq::Socket, Option<Monitor>), Failure> {
+    // [SUB] receives only what matches a subscription, a prefix of frame 0; "" lets posts and
+    // rosters through. Subscribed before connect, so the subscription leaves with the connection.
     let sub = context.socket(zmq::SUB)?;
     sub.set_linger(0)?;
     sub.set_maxmsgsize(MAX_MESSAGE)?;
-    sub.set_subscribe(b"")?; // a prefix filter on frame 0; "" lets posts and rosters through
-    secure_client(&sub, args)?;
+    sub.set_subscribe(b"")?;
+    secure_client(&sub, &args.security)?;
     // Attached before connect: the first handshake, or connection, is seen.
     let monitor = if handshakes {
         Some(Monitor::new(context, &sub, "broadcasts")?)
@@ -648,14 +584,17 @@ fn open_broadcasts(
     Ok((sub, monitor))
 }
 
-/// A new REQ socket, connected. REQ enforces send, receive, send, receive...: one request in
-/// flight at a time, and no second send before the reply. So when a reply is lost, Lazy Pirate
-/// throws the socket away and comes here for a new one, with the same options.
+/// A new REQ socket, connected: at startup, and for each request Lazy Pirate sends again.
 fn open_requests(context: &zmq::Context, args: &ClientArgs) -> Result<zmq::Socket, Failure> {
+    // [REQ] strict lockstep: send, receive, send, receive... One request in flight, and no second
+    // send before its reply. So when a reply is lost, the socket is of no more use: Lazy Pirate
+    // throws it away and comes here for a new one, with the same options.
     let req = context.socket(zmq::REQ)?;
-    req.set_linger(0)?; // closing it drops a request still queued for a dead server
+    // [linger] 0: closing a REQ whose reply is lost drops the request it still queues for a dead
+    // server; and we leave only once every request has been answered, so nothing else is queued.
+    req.set_linger(0)?;
     req.set_maxmsgsize(MAX_MESSAGE)?;
-    secure_client(&req, args)?;
+    secure_client(&req, &args.security)?;
     monitor::attach(context, &req, "requests", args.monitor)?;
     connect(&req, &args.endpoints.requests)?;
     Ok(req)

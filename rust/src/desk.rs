@@ -14,7 +14,7 @@ use clap::{value_parser, Args, Subcommand};
 use serde_json::{json, Value};
 
 use crate::chat::{self, check_broadcast, check_reply, post_text, Broadcast};
-use crate::events::{
+use crate::contract::{
     bind, connect, emit, event_line, log, ms_until, poll, readable, readable_each, recv_frame_if_ready, recv_if_ready,
     stop_signal, usage, write_line, Deadline, Failure,
 };
@@ -152,7 +152,9 @@ const TICKER: usize = 1;
 const VALUATION: usize = 2;
 const QUERY: usize = 3;
 
-/// inproc endpoints live inside one context: that is why the process has exactly one.
+/// [inproc] The pipes join the threads of this one process through its one context: an inproc
+/// endpoint exists only inside the context that bound it, which is why the process has exactly one.
+/// The main thread binds each pipe before it starts the agent that connects to it.
 fn pipe_endpoint(agent: &str) -> String {
     format!("inproc://desk-{}", agent)
 }
@@ -165,8 +167,10 @@ struct Pipe {
 
 impl Pipe {
     /// Connect to the end the main thread bound before it started us (bind first, then connect:
-    /// the inproc order that works with every library). PAIR: exactly two ends, known in advance.
+    /// the inproc order that works with every library).
     fn connect(context: &zmq::Context, agent: &'static str) -> Option<Pipe> {
+        // [PAIR] exactly one peer: the main thread's end of this pipe. It never drops and never
+        // routes, and a second connection is refused: two threads, known in advance.
         let connected = context.socket(zmq::PAIR).and_then(|socket| {
             // Linger 0: an inproc send hands the message to the peer's queue at once, so nothing
             // is left to flush when the pipe closes. No maximum message size: inproc decodes no
@@ -251,6 +255,8 @@ impl Command {
     /// A command as the protocol's table has it, or why it is not one. The main thread sends only
     /// good ones; the check is for commands that will come from people.
     fn parse(frames: &[Vec<u8>]) -> Result<Command, String> {
+        // [multipart] A command arrives whole or not at all, as every message; its frame count is
+        // part of its shape, checked with the rest, never assumed.
         let number = |frame: &[u8]| <[u8; 8]>::try_from(frame).map(u64::from_be_bytes).unwrap_or(0);
         Ok(match frames {
             [name] if name == b"STOP" => Command::Stop,
@@ -280,6 +286,23 @@ impl Command {
     }
 }
 
+/// One of an agent's network sockets, made in the agent's thread (which alone uses, and closes,
+/// it: a socket is not thread-safe), with its example's maximum message size and linger 0, set
+/// before its bind or connect; with --monitor on, narrated as the socket of `flag`.
+/// [max size] Each agent's sockets take their example's ZMQ_MAXMSGSIZE (chat 8192 bytes, ticker
+/// and valuation 256, query 1024), sized from that protocol's largest frame: a bigger frame is
+/// dropped with its sender's connection. The pipes have none: inproc decodes no bytes.
+/// [linger] 0 on every agent socket but two (the valuation PUB's and the query XPUB's, 1000 ms):
+/// closing one drops what it still queues, which is for a peer nobody waits on any more.
+fn socket(context: &zmq::Context, kind: zmq::SocketType, flag: &'static str, max: i64, watch: OnOff)
+    -> Result<zmq::Socket, Failure> {
+    let socket = context.socket(kind)?;
+    socket.set_linger(0)?;
+    socket.set_maxmsgsize(max)?;
+    monitor::attach(context, &socket, flag, watch)?; // in this thread, which owns the socket
+    Ok(socket)
+}
+
 // --- the chat agent: a chat client ------------------------------------------------------------
 
 fn chat_agent(context: zmq::Context, args: TraderArgs) {
@@ -299,30 +322,82 @@ struct ChatAgent {
 
 impl ChatAgent {
     fn serve(&mut self, context: &zmq::Context, pipe: &Pipe) -> Result<(), Failure> {
-        // The chat client's sockets, made, used and closed in this thread only: a socket is not
-        // thread-safe. SUB first, so that its subscription starts travelling as early as possible.
-        let sub = context.socket(zmq::SUB)?;
-        let req = context.socket(zmq::REQ)?;
-        for socket in [&sub, &req] {
-            socket.set_linger(0)?;
-            socket.set_maxmsgsize(chat::MAX_MESSAGE)?;
-        }
+        // The chat client's sockets, with chat's maximum message size (8192 bytes: a 4096-byte
+        // text and a margin) and linger 0 (a request still queued when we stop is for a server
+        // nobody waits on any more).
+        // [SUB] receives only what matches a prefix of frame 0: "" lets posts and rosters through.
+        // Made, subscribed and connected first, so that its subscription starts travelling at once.
+        let monitor = self.args.monitor;
+        let sub = socket(context, zmq::SUB, "chat-broadcasts", chat::MAX_MESSAGE, monitor)?;
         sub.set_subscribe(b"")?;
-        monitor::attach(context, &sub, "chat-broadcasts", self.args.monitor)?; // in this thread, which owns the socket
-        monitor::attach(context, &req, "chat-requests", self.args.monitor)?;
         connect(&sub, &self.args.chat_broadcasts)?;
+        // [REQ] strict lockstep: one request in flight, no second send before its reply. The loop
+        // below sends a request only when none is in flight.
+        let req = socket(context, zmq::REQ, "chat-requests", chat::MAX_MESSAGE, monitor)?;
         connect(&req, &self.args.chat_requests)?;
         pipe.event("ready", json!({ "handle": self.args.name }), &[]);
 
         let keepalive = Duration::from_millis(1000);
         let handle = self.args.name.clone();
-        let mut heard = false; // a first broadcast came: our subscription is live (the slow joiner)
+        // [slow joiner] Posts published before our subscription reaches the server are lost for
+        // us: we join only once a first broadcast came (the server sends a roster every heartbeat),
+        // and post only once a roster shows --chat-clients handles, each subscribed before joining.
+        let mut heard = false;
         let mut joined = false;
         let mut in_flight: Option<Option<String>> = None; // the request awaiting its reply (Some(text): a post)
         let mut waiting: VecDeque<String> = VecDeque::new(); // POSTed texts, not posted yet
         let mut last_request = Instant::now();
         loop {
-            // REQ is strict lockstep: a request only when none is in flight. Join once our
+            let timer = if joined && in_flight.is_none() { ms_until(last_request + keepalive) } else { -1 };
+            // [poll] The pipe and both sockets at once, until a keep-alive is due (none can be:
+            // until something comes; the desk has the deadline), then the pipe, REQ and SUB, in
+            // PROTOCOL.md's order, each read without blocking: a STOP is seen however busy or
+            // stuck the chat is. POLLIN is a hint ("nothing after all"); EINTR is no message.
+            let mut items = [
+                pipe.socket.as_poll_item(zmq::POLLIN),
+                req.as_poll_item(zmq::POLLIN),
+                sub.as_poll_item(zmq::POLLIN),
+            ];
+            poll(&mut items, timer)?;
+            if items[0].is_readable() {
+                match pipe.command()? {
+                    Some(Command::Stop) => return Ok(()),
+                    Some(Command::Post(text)) if waiting.len() < MAX_WAITING => waiting.push_back(text),
+                    Some(Command::Post(_)) => pipe.error("bad-command", "busy"),
+                    Some(other) => pipe.not_mine(&other),
+                    None => {}
+                }
+            }
+            if items[1].is_readable() {
+                if let Some(reply) = recv_if_ready(&req)? {
+                    // An error reply, or one that breaks the table, is fatal as for the chat client:
+                    // `?` ends `serve`, and the agent reports it and stops by itself.
+                    let handles = check_reply(reply)?;
+                    last_request = Instant::now();
+                    self.update_roster(handles.clone(), pipe);
+                    match in_flight.take() {
+                        Some(Some(text)) => {
+                            self.sent += 1;
+                            pipe.event("sent", json!({ "text": text, "roster": handles }), &[]);
+                        }
+                        _ => joined = true, // the join's reply, or a keep-alive's
+                    }
+                }
+            }
+            if items[2].is_readable() {
+                if let Some(frames) = recv_if_ready(&sub)? {
+                    heard = true;
+                    match check_broadcast(frames) {
+                        Ok(Broadcast::Roster(handles)) => self.update_roster(handles, pipe),
+                        Ok(Broadcast::Post { handle, text }) => {
+                            self.received += 1;
+                            pipe.event("received", json!({ "handle": handle, "text": text }), &[handle.as_bytes()]);
+                        }
+                        Err(reason) => pipe.error("malformed-broadcast", &reason),
+                    }
+                }
+            }
+            // The next request, only when none is in flight (REQ's lockstep): join once our
             // subscription is live, then post what is waiting once everyone listens, and keep our
             // handle alive whenever a second passes without a request.
             if heard && in_flight.is_none() {
@@ -341,53 +416,6 @@ impl ChatAgent {
                     // is 0) and holds one request at most: this send never waits.
                     req.send_multipart(frames, 0)?;
                     in_flight = Some(text);
-                }
-            }
-            let timer = if joined && in_flight.is_none() { ms_until(last_request + keepalive) } else { -1 };
-            // The pipe is polled with the sockets: a STOP is seen however busy or stuck the chat is.
-            let mut items = [
-                pipe.socket.as_poll_item(zmq::POLLIN),
-                sub.as_poll_item(zmq::POLLIN),
-                req.as_poll_item(zmq::POLLIN),
-            ];
-            poll(&mut items, timer)?;
-            if items[0].is_readable() {
-                match pipe.command()? {
-                    Some(Command::Stop) => return Ok(()),
-                    Some(Command::Post(text)) if waiting.len() < MAX_WAITING => waiting.push_back(text),
-                    Some(Command::Post(_)) => pipe.error("bad-command", "busy"),
-                    Some(other) => pipe.not_mine(&other),
-                    None => {}
-                }
-            }
-            // Every receive after a poll is non-blocking: None is "nothing after all".
-            if items[1].is_readable() {
-                if let Some(frames) = recv_if_ready(&sub)? {
-                    heard = true;
-                    match check_broadcast(frames) {
-                        Ok(Broadcast::Roster(handles)) => self.update_roster(handles, pipe),
-                        Ok(Broadcast::Post { handle, text }) => {
-                            self.received += 1;
-                            pipe.event("received", json!({ "handle": handle, "text": text }), &[handle.as_bytes()]);
-                        }
-                        Err(reason) => pipe.error("malformed-broadcast", &reason),
-                    }
-                }
-            }
-            if items[2].is_readable() {
-                if let Some(reply) = recv_if_ready(&req)? {
-                    // An error reply, or one that breaks the table, is fatal as for the chat client:
-                    // `?` ends `serve`, and the agent reports it and stops by itself.
-                    let handles = check_reply(reply)?;
-                    last_request = Instant::now();
-                    self.update_roster(handles.clone(), pipe);
-                    match in_flight.take() {
-                        Some(Some(text)) => {
-                            self.sent += 1;
-                            pipe.event("sent", json!({ "text": text, "roster": handles }), &[]);
-                        }
-                        _ => joined = true, // the join's reply, or a keep-alive's
-                    }
                 }
             }
         }
@@ -419,14 +447,11 @@ struct TickerAgent {
 
 impl TickerAgent {
     fn serve(&mut self, context: &zmq::Context, pipe: &Pipe) -> Result<(), Failure> {
-        let sub = context.socket(zmq::SUB)?;
-        sub.set_linger(0)?;
-        sub.set_maxmsgsize(ticker::MAX_MESSAGE)?;
-        monitor::attach(context, &sub, "ticks", self.args.monitor)?;
-        connect(&sub, &self.args.ticks)?;
-        // Our own topic at once: the publisher counts the desk as a subscriber by it. The symbols
-        // come as FOLLOW commands.
+        let sub = socket(context, zmq::SUB, "ticks", ticker::MAX_MESSAGE, self.args.monitor)?;
+        // Our own topic at once, before connecting: the publisher counts the desk as a subscriber
+        // by it. The symbols come as FOLLOW commands.
         sub.set_subscribe(format!("@{}", self.args.name).as_bytes())?;
+        connect(&sub, &self.args.ticks)?;
         pipe.event("ready", json!({ "name": self.args.name }), &[]);
 
         let mut followed: Vec<String> = Vec::new();
@@ -437,6 +462,9 @@ impl TickerAgent {
             if items[0].is_readable() {
                 match pipe.command()? {
                     Some(Command::Stop) => return Ok(()),
+                    Some(Command::Follow(symbol)) if !followed.contains(&symbol) && followed.len() == ticker::MAX_SYMBOLS => {
+                        pipe.error("bad-command", "busy") // --follow's bound holds for FOLLOW too
+                    }
                     Some(Command::Follow(symbol)) if !followed.contains(&symbol) => {
                         // Its first ticks may be missed while the subscription travels upstream.
                         sub.set_subscribe(&topic(&symbol))?;
@@ -492,22 +520,20 @@ struct ValuationAgent {
 impl ValuationAgent {
     fn serve(&mut self, context: &zmq::Context, pipe: &Pipe) -> Result<(), Failure> {
         let seed = self.args.seed;
-        // PUSH deals orders round-robin, PULL fair-queues readies and results, PUB is the control
-        // channel: all three bound, the workers connect to us.
-        let orders = context.socket(zmq::PUSH)?;
-        let results = context.socket(zmq::PULL)?;
-        let control = context.socket(zmq::PUB)?;
-        for socket in [&orders, &results, &control] {
-            socket.set_linger(0)?;
-            socket.set_maxmsgsize(valuation::MAX_MESSAGE)?;
-        }
-        // Linger 1000 ms: the `finished` we publish when the trade is complete still reaches the
-        // workers (they leave when they hear it) if the desk stops right after.
+        // All three bound: the workers connect to us. 256 bytes at most, valuation's.
+        let (args, max) = (&self.args, valuation::MAX_MESSAGE);
+        // [PUSH] deals orders round-robin to the connected workers, never dropping: at a worker's
+        // high-water mark it is mute for it, and with every worker mute (or none there) a send
+        // would block. Below, orders go out only when a poll says there is room (POLLOUT).
+        let orders = socket(context, zmq::PUSH, "orders", max, args.monitor)?;
+        // [PULL] fair-queues readies and results from every connected worker.
+        let results = socket(context, zmq::PULL, "results", max, args.monitor)?;
+        // [PUB] the control channel, to every worker subscribed; it never blocks, and drops for a
+        // worker not connected yet or past its high-water mark: hence a state repeated every
+        // heartbeat. [linger] 1000 ms, not 0: the `finished` we publish when the trade is complete
+        // still reaches the workers (they leave when they hear it) if the desk stops right after.
+        let control = socket(context, zmq::PUB, "control", max, args.monitor)?;
         control.set_linger(1000)?;
-        let args = &self.args;
-        for (socket, flag) in [(&orders, "orders"), (&results, "results"), (&control, "control")] {
-            monitor::attach(context, socket, flag, args.monitor)?;
-        }
         let bound = [bind(&orders, &args.orders)?, bind(&results, &args.results)?, bind(&control, &args.control)?];
         let fields = json!({ "orders": bound[0], "results": bound[1], "control": bound[2] });
         // The endpoints in frames 2-4 too: the main thread reports them as the desk's own.
@@ -533,13 +559,15 @@ impl ValuationAgent {
             if state == b"go" && !sending {
                 timer = timer.min(ms_until(quiet_since + quiet));
             }
-            // Orders that cannot go out yet wait: POLLOUT says when the PUSH has room, and we read
-            // results and the pipe meanwhile. No send of this agent ever waits.
+            // [poll] The pipe, the PUSH (for room: POLLOUT, only while an order waits for it) and
+            // the PULL at once, until the next heartbeat or quiet period; then the pipe, the PUSH
+            // and the PULL, in PROTOCOL.md's order. Orders that cannot go out yet wait, and we read
+            // results and the pipe meanwhile: no send of this agent ever waits.
             let room = if sending { zmq::POLLOUT } else { zmq::PollEvents::empty() };
             let mut items = [
                 pipe.socket.as_poll_item(zmq::POLLIN),
-                results.as_poll_item(zmq::POLLIN),
                 orders.as_poll_item(room),
+                results.as_poll_item(zmq::POLLIN),
             ];
             poll(&mut items, timer)?;
             if items[0].is_readable() {
@@ -562,7 +590,31 @@ impl ValuationAgent {
                     None => {}
                 }
             }
-            if items[1].is_readable() {
+            if items[1].is_writable() {
+                // A batch on purpose: up to SEND_BATCH orders while there is room, then the results
+                // and the pipe get their turn.
+                for _ in 0..SEND_BATCH {
+                    let id = if next_id <= size { next_id } else if let Some(&id) = again.front() { id } else { break };
+                    // DONTWAIT: should the room be gone again, EAGAIN sends us back to the poll.
+                    match orders.send_multipart(order_frames(seed, id), zmq::DONTWAIT) {
+                        Ok(()) => {}
+                        Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => break,
+                        Err(error) => return Err(error.into()),
+                    }
+                    if next_id <= size {
+                        next_id += 1;
+                        if next_id > size {
+                            pipe.event("sent", json!({ "orders": size }), &[]);
+                        }
+                    } else {
+                        again.pop_front();
+                        if again.is_empty() {
+                            pipe.event("resent", json!({ "ids": std::mem::take(&mut resending) }), &[]);
+                        }
+                    }
+                }
+            }
+            if items[2].is_readable() {
                 if let Some(frames) = recv_if_ready(&results)? {
                     if frames[0] == b"ready" {
                         on_ready(&frames, &mut ready, &mut pipe.out()); // the sink's own check
@@ -586,28 +638,6 @@ impl ValuationAgent {
                 pipe.event("started", json!({ "workers": ready.len() }), &[]);
                 quiet_since = Instant::now();
             }
-            if items[2].is_writable() {
-                for _ in 0..SEND_BATCH {
-                    let id = if next_id <= size { next_id } else if let Some(&id) = again.front() { id } else { break };
-                    // DONTWAIT: should the room be gone again, EAGAIN sends us back to the poll.
-                    match orders.send_multipart(order_frames(seed, id), zmq::DONTWAIT) {
-                        Ok(()) => {}
-                        Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => break,
-                        Err(error) => return Err(error.into()),
-                    }
-                    if next_id <= size {
-                        next_id += 1;
-                        if next_id > size {
-                            pipe.event("sent", json!({ "orders": size }), &[]);
-                        }
-                    } else {
-                        again.pop_front();
-                        if again.is_empty() {
-                            pipe.event("resent", json!({ "ids": std::mem::take(&mut resending) }), &[]);
-                        }
-                    }
-                }
-            }
             let now = Instant::now();
             let all_out = next_id > size && again.is_empty();
             if state == b"go" && all_out && now.duration_since(quiet_since) >= quiet {
@@ -619,7 +649,9 @@ impl ValuationAgent {
                 quiet_since = now;
             }
             if now >= next_beat {
-                control.send(state, 0)?; // PUB never waits: it drops for a subscriber that is not there
+                // [HWM] PUB never waits: at 1000 messages queued for one worker (the default mark)
+                // it drops for that worker, whom the next heartbeat tells the state again.
+                control.send(state, 0)?;
                 next_beat = now + heartbeat;
             }
         }
@@ -652,26 +684,26 @@ enum Phase {
 impl QueryAgent {
     fn serve(&mut self, context: &zmq::Context, pipe: &Pipe) -> Result<(), Failure> {
         let subtrees = self.args.subtrees.0.clone();
-        let updates = context.socket(zmq::SUB)?;
-        // DEALER: every subtree's request in flight at once, replies without envelopes.
-        let snapshot = context.socket(zmq::DEALER)?;
-        // XPUB to the collector: it tells us when the collector's subscription has arrived.
-        let collector = context.socket(zmq::XPUB)?;
-        for socket in [&updates, &snapshot, &collector] {
-            socket.set_linger(0)?;
-            socket.set_maxmsgsize(query::MAX_MESSAGE)?;
-        }
-        collector.set_linger(1000)?; // our last write may still be queued when we stop
-        for (socket, flag) in [(&collector, "collector"), (&updates, "updates"), (&snapshot, "snapshot")] {
-            monitor::attach(context, socket, flag, self.args.monitor)?;
-        }
-        connect(&collector, &self.args.collector)?; // always: a WRITE may come
-        connect(&updates, &self.args.updates)?;
+        let (args, max) = (&self.args, query::MAX_MESSAGE);
+        // [DEALER] sends and receives freely, without REQ's lockstep and without an envelope of its
+        // own: every subtree's request in flight at once, and the subtree in a KTHXBAI says which
+        // request a reply answers.
+        let snapshot = socket(context, zmq::DEALER, "snapshot", max, args.monitor)?;
+        let updates = socket(context, zmq::SUB, "updates", max, args.monitor)?;
+        // [XPUB] to the collector: a PUB that hands us the collector's subscription as a message,
+        // so we know when a write can no longer be dropped. Linger 1000 ms: our last write may
+        // still be queued when we stop.
+        let collector = socket(context, zmq::XPUB, "collector", max, args.monitor)?;
+        collector.set_linger(1000)?;
+        // As the facade's: the SUB connects, then subscribes, so that its subscriptions go out in
+        // the order made (query.rs); each subtree is a key prefix, and HUGZ comes last.
+        connect(&updates, &args.updates)?;
         for tree in &subtrees {
-            updates.set_subscribe(tree)?; // a subtree is a key prefix
+            updates.set_subscribe(tree)?;
         }
-        updates.set_subscribe(b"HUGZ")?; // last: once a HUGZ comes, the others are in place
-        connect(&snapshot, &self.args.snapshot)?;
+        updates.set_subscribe(b"HUGZ")?;
+        connect(&snapshot, &args.snapshot)?;
+        connect(&collector, &args.collector)?; // always: a WRITE may come
         let names: Vec<String> = subtrees.iter().map(|tree| text(tree)).collect();
         pipe.event("ready", json!({ "name": self.args.name, "subtrees": names }), &[]);
 
@@ -680,23 +712,16 @@ impl QueryAgent {
         let mut waiting: VecDeque<(Vec<u8>, Vec<u8>)> = VecDeque::new(); // WRITEs not sent yet
         let mut unread: Vec<(Vec<u8>, Vec<u8>)> = Vec::new(); // written, not read back yet
         loop {
-            // Writes go once every snapshot is whole and the collector listens: XPUB drops what
-            // it sends while no subscriber is there, and never waits.
-            if phase == Phase::Stream && collector_live {
-                while let Some((key, value)) = waiting.pop_front() {
-                    collector.send_multipart([&key[..], &[0; 8], b"", b"", &value], 0)?; // a KVSET
-                    pipe.event("wrote", json!({ "key": text(&key), "value": hex(&value), "ttl": 0 }), &[]);
-                    unread.push((key, value));
-                }
-            }
+            // The pipe, then the facade's sockets in PROTOCOL.md's order: the DEALER (once a HUGZ
+            // came), the SUB (not while the snapshots come: its updates wait, in order), the XPUB.
             let wanted = |yes: bool| if yes { zmq::POLLIN } else { zmq::PollEvents::empty() };
             let mut items = [
                 pipe.socket.as_poll_item(zmq::POLLIN),
-                collector.as_poll_item(zmq::POLLIN),
-                updates.as_poll_item(wanted(phase != Phase::Snapshots)),
                 snapshot.as_poll_item(wanted(phase != Phase::Hugz)),
+                updates.as_poll_item(wanted(phase != Phase::Snapshots)),
+                collector.as_poll_item(zmq::POLLIN),
             ];
-            poll(&mut items, -1)?;
+            poll(&mut items, -1)?; // no timer to serve: STOP comes up the pipe
             if items[0].is_readable() {
                 match pipe.command()? {
                     Some(Command::Stop) => return Ok(()),
@@ -711,14 +736,23 @@ impl QueryAgent {
                 }
             }
             if items[1].is_readable() {
-                // The collector's subscription to everything: from now on, no write is dropped.
-                if recv_frame_if_ready(&collector)?.as_deref() == Some(&b"\x01"[..]) {
-                    collector_live = true;
+                if let Some(frames) = recv_message(&snapshot)? {
+                    if phase == Phase::Snapshots {
+                        self.facade.on_snapshot(&frames, &mut pipe.out());
+                        if self.facade.synced() {
+                            phase = Phase::Stream;
+                        }
+                    } else {
+                        pipe.error("unexpected-snapshot", &format!("{} after every KTHXBAI", quote(&frames[0])));
+                    }
                 }
             }
             if items[2].is_readable() {
                 if let Some(frames) = recv_message(&updates)? {
                     if phase == Phase::Hugz {
+                        // [slow joiner] The engine answers a subscription to HUGZ at once, and ours
+                        // is the last made: every subtree's is in place now, so no update from here
+                        // on can be missed. What came before is dropped: the snapshots cover it.
                         if frames[0] == b"HUGZ" {
                             for tree in &subtrees {
                                 // DEALER's pipe exists from connect (ZMQ_IMMEDIATE is 0), and a few
@@ -741,15 +775,18 @@ impl QueryAgent {
                 }
             }
             if items[3].is_readable() {
-                if let Some(frames) = recv_message(&snapshot)? {
-                    if phase == Phase::Snapshots {
-                        self.facade.on_snapshot(&frames, &mut pipe.out());
-                        if self.facade.synced() {
-                            phase = Phase::Stream;
-                        }
-                    } else {
-                        pipe.error("unexpected-snapshot", &format!("{} after every KTHXBAI", quote(&frames[0])));
-                    }
+                // The collector's subscription to everything: from now on, no write is dropped.
+                if recv_frame_if_ready(&collector)?.as_deref() == Some(&b"\x01"[..]) {
+                    collector_live = true;
+                }
+            }
+            // Writes go once every snapshot is whole and the collector listens: XPUB drops what
+            // it sends while no subscriber is there, and never waits.
+            if phase == Phase::Stream && collector_live {
+                while let Some((key, value)) = waiting.pop_front() {
+                    collector.send_multipart([&key[..], &[0; 8], b"", b"", &value], 0)?; // a KVSET
+                    pipe.event("wrote", json!({ "key": text(&key), "value": hex(&value), "ttl": 0 }), &[]);
+                    unread.push((key, value));
                 }
             }
         }
@@ -902,6 +939,10 @@ impl Desk {
     /// `stopped` when it could not set them up. Returns ready's frames 2..., or None if it stopped.
     fn wait_ready(&mut self, index: usize, deadline: &Deadline) -> Result<Option<Vec<Vec<u8>>>, Failure> {
         loop {
+            if deadline.expired() {
+                let name = self.agents[index].name;
+                return Err(Failure::new("timeout", format!("the {} agent was not ready in time", name)));
+            }
             if readable(&self.agents[index].pipe, deadline.cap(100))? {
                 match self.event(index)? {
                     Some(mut frames) if frames[0] == b"ready" => return Ok(Some(frames.split_off(2))),
@@ -911,10 +952,6 @@ impl Desk {
             } else if self.agents[index].thread.as_ref().is_some_and(JoinHandle::is_finished) {
                 self.agents[index].stopped = true; // it could not even connect its pipe (logged)
                 return Ok(None);
-            }
-            if deadline.expired() {
-                let name = self.agents[index].name;
-                return Err(Failure::new("timeout", format!("the {} agent was not ready in time", name)));
             }
         }
     }
@@ -939,16 +976,19 @@ impl Desk {
                 };
                 return Err(Failure::new("timeout", reason));
             }
-            // At most 100 ms: the stop flag and the page's deadlines are looked at as often. A
-            // signal ends the poll early (EINTR).
+            // The four pipes and the page's STREAM socket at once, for at most 100 ms: the stop flag
+            // and the page's deadlines are looked at as often. A signal ends the poll early (EINTR):
+            // nothing is ready then. Then the pipes, in the agents' order, and the page.
             let mut sockets: Vec<&zmq::Socket> = self.agents.iter().map(|agent| &agent.pipe).collect();
             sockets.extend(self.web.as_ref().map(Web::socket));
             let ready = readable_each(&sockets, deadline.cap(100))?;
             for index in (0..self.agents.len()).filter(|&index| ready[index]) {
-                // What waits on this pipe, 100 events at most: no agent starves the others.
+                // A pipe is drained on purpose, 100 events at most per turn: an agent reports in
+                // bursts (a tick and the post it causes, a trade's results), and the main thread
+                // keeps up with them; the bound keeps one busy agent from starving the others.
                 for _ in 0..100 {
                     let Some(frames) = self.event(index)? else { break };
-                    self.act(index, &frames)?;
+                    self.on_event(index, &frames)?;
                 }
             }
             if ready.get(self.agents.len()) == Some(&true) {
@@ -1032,7 +1072,7 @@ impl Desk {
     }
 
     /// Act on an event of agent `index`: its name in frame 0, what it carries in frames 2...
-    fn act(&mut self, index: usize, frames: &[Vec<u8>]) -> Result<(), Failure> {
+    fn on_event(&mut self, index: usize, frames: &[Vec<u8>]) -> Result<(), Failure> {
         match (index, &frames[0][..], &frames[2..]) {
             (_, b"stopped", _) => {
                 return Err(Failure::new("agent-failed", format!("the {} agent stopped by itself", AGENTS[index])));

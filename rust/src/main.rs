@@ -1,10 +1,11 @@
 //! btb <example> <role> [--flag value]...: one entry point for every role (examples/README.md).
 mod chat;
+mod contract;
 mod desk;
-mod events;
 mod monitor;
 mod perf;
 mod query;
+mod security;
 mod ticker;
 mod valuation;
 mod web;
@@ -16,7 +17,7 @@ use std::os::unix::ffi::OsStrExt;
 use clap::{CommandFactory, Parser};
 use serde_json::json;
 
-use events::emit;
+use contract::emit;
 
 /// Beyond the Box roles
 #[derive(Parser)]

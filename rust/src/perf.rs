@@ -10,7 +10,7 @@ use std::time::Instant;
 use clap::{value_parser, Args, Subcommand};
 use serde_json::{json, Value};
 
-use crate::events::{bind, connect, emit, Deadline, Failure};
+use crate::contract::{bind, connect, emit, Deadline, Failure};
 
 const ENDPOINT: &str = "tcp://127.0.0.1:5570";
 const INPROC: &str = "inproc://perf";

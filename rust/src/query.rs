@@ -10,14 +10,15 @@ use std::time::{Duration, Instant};
 use clap::{value_parser, Args, Subcommand};
 use serde_json::{json, Value};
 
-use crate::events::{
+use crate::contract::{
     bind, connect, emit, ms_until, name, readable, readable_each, recv_frame_if_ready, send_when_room, stop_signal,
     Deadline, Failure,
 };
 use crate::monitor::{self, OnOff};
 use crate::ticker::{hex, symbol, symbol_list, symbol_of, topic, Symbols};
 
-/// ZMQ_MAXMSGSIZE on every socket: the largest legal frame is a 256-byte value; between 257 and
+/// [max size] ZMQ_MAXMSGSIZE, 1024 bytes on every socket, set before bind or connect: the largest
+/// legal frame is a 256-byte value (keys, subtrees, properties, routing ids: 255); between 257 and
 /// 1024 bytes it reaches us and is reported, above that the library drops it with the connection.
 pub const MAX_MESSAGE: i64 = 1024;
 pub const MAX_VALUE: usize = 256;
@@ -245,7 +246,9 @@ pub fn recv_message(socket: &zmq::Socket) -> Result<Option<Vec<Vec<u8>>>, Failur
     let Some(first) = recv_frame_if_ready(socket)? else { return Ok(None) };
     let mut frames = vec![first];
     while socket.get_rcvmore()? {
-        // The other frames of a message arrive with its first one: this cannot block.
+        // [multipart] A message arrives whole or not at all: the other frames came with the
+        // first, so this cannot block. How many there are is the sender's choice: at most
+        // MAX_FRAMES are kept, and check_kv counts them, never assumes.
         match socket.recv_bytes(0) {
             Ok(frame) if frames.len() < MAX_FRAMES => frames.push(frame),
             Ok(_) | Err(zmq::Error::EINTR) => {} // dropped; or a signal came first: read it again
@@ -437,7 +440,9 @@ impl Engine {
     /// One frame from the XPUB: 1 (subscribe) or 0 (unsubscribe), then the topic.
     fn on_subscription(&mut self, frame: &[u8]) -> Result<(), Failure> {
         match frame {
-            [1, topic @ ..] if b"HUGZ".starts_with(topic) => self.hugz(), // its subscriptions are in place
+            // [slow joiner] A facade's updates are lost until its subscriptions reach us: it
+            // subscribes to HUGZ last, and our HUGZ in answer tells it that every one is in place.
+            [1, topic @ ..] if b"HUGZ".starts_with(topic) => self.hugz(),
             [0 | 1, ..] => Ok(()),
             _ => report("malformed-subscription", format!("not a subscription: {}", quote(frame))),
         }
@@ -464,20 +469,26 @@ fn run_engine(args: EngineArgs) -> Result<(), Failure> {
     let stop = stop_signal()?;
     let deadline = Deadline::new(args.timeout);
     let context = zmq::Context::new();
-    // ROUTER: every request arrives with the routing id of its peer in front, and every reply is
-    // routed by the routing id we put in front. MANDATORY: fail instead of dropping in silence.
+    // [ROUTER] prefixes every request with the routing id of the peer it came from, and routes
+    // every reply by the routing id we put in front. What it cannot route it drops, in silence:
+    // MANDATORY makes that send fail instead (EHOSTUNREACH, or EAGAIN for a full queue).
     let snapshots = context.socket(zmq::ROUTER)?;
     snapshots.set_router_mandatory(true)?;
-    // Room for a whole snapshot per peer: the library learns that a peer has read its messages
-    // only in batches, so a loop of sends would find 1000 (the default high-water mark) "full".
+    // [HWM] The high-water mark bounds each peer's queue; at it ROUTER (MANDATORY) refuses the send
+    // and the snapshot is abandoned. Room for a whole snapshot per peer: the library learns that a
+    // peer has read its messages only in batches, so a loop of sends would find 1000 "full".
     snapshots.set_sndhwm(i32::try_from(args.max_keys + 1).unwrap_or(i32::MAX))?;
-    // XPUB, verbose: a PUB on the wire, that shows us every subscription, repeated ones too.
+    // [XPUB] a PUB on the wire, which hands us every subscription as a message; verbose: repeated
+    // ones too, so that each facade's subscription to HUGZ is answered (the slow joiner, below).
     let updates = context.socket(zmq::XPUB)?;
     updates.set_xpub_verbose(true)?;
-    let collector = context.socket(zmq::SUB)?; // the facades' writes: subscribed to everything
+    // [SUB] the collector, subscribed to "" (every write of every facade), before it binds.
+    let collector = context.socket(zmq::SUB)?;
     collector.set_subscribe(b"")?;
     let ticks = if args.ticks.is_empty() { None } else { Some(context.socket(zmq::SUB)?) };
     for socket in [&snapshots, &updates, &collector].into_iter().chain(&ticks) {
+        // [linger] 0: the engine stops only when told to; the snapshots and updates still queued
+        // then are for facades that will resync anyway, so closing drops them at once.
         socket.set_linger(0)?;
         socket.set_maxmsgsize(MAX_MESSAGE)?;
     }
@@ -490,9 +501,11 @@ fn run_engine(args: EngineArgs) -> Result<(), Failure> {
     let endpoints = json!({ "snapshot": bind(&snapshots, &args.at.snapshot)?, "updates": bind(&updates, &args.at.updates)?,
                         "collector": bind(&collector, &args.at.collector)? });
     if let Some(ticks) = &ticks {
+        // Connected, then subscribed, as a ticker subscriber (ticker.rs says why): the symbols
+        // first, then the @name the publisher counts, in that order on the wire.
         connect(ticks, &args.ticks)?;
         for symbol in &args.symbols.0 {
-            ticks.set_subscribe(&topic(symbol))?; // the symbols first, then the @name the publisher counts
+            ticks.set_subscribe(&topic(symbol))?;
         }
         ticks.set_subscribe(format!("@{}", args.name).as_bytes())?;
     }
@@ -516,15 +529,23 @@ fn run_engine(args: EngineArgs) -> Result<(), Failure> {
         if deadline.expired() {
             return Err(Failure::new("timeout", format!("still serving after {} ms", args.timeout)));
         }
-        // One wait for all four sockets, until the next HUGZ or expiry at the latest.
+        // [poll] One wait for all four sockets, until the next HUGZ or expiry at the latest (never
+        // past the deadline); then receives that never block. POLLIN is a hint, EINTR no message.
         let sockets: Vec<&zmq::Socket> =
             [&engine.snapshots, &engine.updates, &collector].into_iter().chain(&ticks).collect();
         let ready = readable_each(&sockets, deadline.cap(engine.next_timer(hugz)))?;
         let (requests, subscriptions, writes, tick) = (ready[0], ready[1], ready[2], ready.get(3) == Some(&true));
-        // One message from each socket that has one: a flood on one cannot starve the others.
+        // One message from each socket that has one: a flood on one cannot starve the others. In
+        // PROTOCOL.md's order: ROUTER, XPUB, the collector, the ticks.
         if requests {
             if let Some(frames) = recv_message(&engine.snapshots)? {
                 engine.on_icanhaz(&frames)?;
+            }
+        }
+        if subscriptions {
+            // One frame at a time, whatever its more flag: each is one subscription.
+            if let Some(frame) = recv_frame_if_ready(&engine.updates)? {
+                engine.on_subscription(&frame)?;
             }
         }
         if writes {
@@ -535,12 +556,6 @@ fn run_engine(args: EngineArgs) -> Result<(), Failure> {
         if let (Some(ticks), true) = (&ticks, tick) {
             if let Some(frames) = recv_message(ticks)? {
                 engine.on_tick(&frames, &args.symbols.0)?;
-            }
-        }
-        if subscriptions {
-            // One frame at a time, whatever its more flag: each is one subscription.
-            if let Some(frame) = recv_frame_if_ready(&engine.updates)? {
-                engine.on_subscription(&frame)?;
             }
         }
         let now = Instant::now();
@@ -743,29 +758,38 @@ impl Sockets {
 
 /// The facade's sockets, new and connected (step 1).
 fn open_facade(context: &zmq::Context, args: &FacadeArgs) -> Result<Sockets, Failure> {
-    let updates = context.socket(zmq::SUB)?;
-    // DEALER: requests go out and replies come in without envelopes, several at a time.
+    // [DEALER] sends and receives freely, without REQ's lockstep and without an envelope of its
+    // own: every subtree's request is in flight at once, and only the subtree in a KTHXBAI says
+    // which request a reply answers.
     let snapshot = context.socket(zmq::DEALER)?;
+    let updates = context.socket(zmq::SUB)?;
     // XPUB to the collector: a PUB that tells us when the collector's subscription has arrived.
     let collector = if args.writes > 0 { Some(context.socket(zmq::XPUB)?) } else { None };
-    for socket in [&updates, &snapshot].into_iter().chain(&collector) {
-        socket.set_linger(0)?;
+    for socket in [&snapshot, &updates].into_iter().chain(&collector) {
+        socket.set_linger(0)?; // a session that ends leaves nothing worth sending on these
         socket.set_maxmsgsize(MAX_MESSAGE)?;
     }
-    for (socket, flag) in [(&updates, "updates"), (&snapshot, "snapshot")] {
+    if let Some(collector) = &collector {
+        // [linger] 1000 ms on the collector XPUB alone: the last write (a delete) may still be
+        // queued when we exit, and closing waits that long for it to go out, no longer.
+        collector.set_linger(1000)?;
+    }
+    let watched = [(&snapshot, "snapshot"), (&updates, "updates")].into_iter();
+    for (socket, flag) in watched.chain(collector.iter().map(|collector| (collector, "collector"))) {
         monitor::attach(context, socket, flag, args.monitor)?;
     }
-    if let Some(collector) = &collector {
-        collector.set_linger(1000)?; // the last write (a delete) may still be queued when we exit
-        monitor::attach(context, collector, "collector", args.monitor)?;
-        connect(collector, &args.at.collector)?;
-    }
+    // The SUB connects first, then subscribes (PROTOCOL.md, Facade step 1): after connect, the
+    // subscriptions go out in the order made, HUGZ last (those made before connect would go out
+    // sorted by bytes). Each subtree is a key prefix: a prefix match on frame 0, the key.
     connect(&updates, &args.at.updates)?;
     for tree in &args.subtrees.0 {
-        updates.set_subscribe(tree)?; // a prefix match on frame 0, the key: a subtree is a key prefix
+        updates.set_subscribe(tree)?;
     }
     updates.set_subscribe(b"HUGZ")?; // last: once a HUGZ arrives, every subscription before it is in place
     connect(&snapshot, &args.at.snapshot)?;
+    if let Some(collector) = &collector {
+        connect(collector, &args.at.collector)?;
+    }
     Ok(Sockets { updates, snapshot, collector })
 }
 
@@ -843,15 +867,15 @@ fn follow(args: &FacadeArgs, deadline: &Deadline, sockets: &Sockets) -> Result<S
 
     // The slow joiner: wait for a HUGZ, dropping whatever comes before it (the snapshot covers it).
     loop {
+        if deadline.expired() {
+            return Err(Failure::new("timeout", format!("no HUGZ from {} within {} ms", args.at.updates, args.timeout)));
+        }
         let frames = if readable(updates, deadline.cap(100))? { recv_message(updates)? } else { None };
         if let Some(frames) = frames.filter(|frames| frames[0] == HUGZ) {
             // Which engine, and its sequence now: every update after it is higher. (Nothing heard
             // yet: no restart.)
             let _ = follow_engine(&frames, &mut followed);
             break;
-        }
-        if deadline.expired() {
-            return Err(Failure::new("timeout", format!("no HUGZ from {} within {} ms", args.at.updates, args.timeout)));
         }
     }
 
@@ -865,6 +889,10 @@ fn follow(args: &FacadeArgs, deadline: &Deadline, sockets: &Sockets) -> Result<S
         send_when_room(snapshot, &[ICANHAZ, &tree[..]], deadline, "ICANHAZ?")?;
     }
     while !facade.waiting.is_empty() {
+        if deadline.expired() {
+            let waiting: Vec<_> = facade.waiting.iter().map(|tree| text(tree)).collect();
+            return Err(Failure::new("timeout", format!("subtrees {:?} never completed", waiting)));
+        }
         // The SUB stays unread meanwhile: its updates wait in its queue, in order.
         let frames = if readable(snapshot, deadline.cap(100))? { recv_message(snapshot)? } else { None };
         if let Some(frames) = frames {
@@ -872,10 +900,6 @@ fn follow(args: &FacadeArgs, deadline: &Deadline, sockets: &Sockets) -> Result<S
             facade.on_snapshot(&frames, &mut emit);
         } else if silent(heard) {
             return Ok(Session::Restarted { why: "silence", last: followed.seen });
-        }
-        if deadline.expired() {
-            let waiting: Vec<_> = facade.waiting.iter().map(|tree| text(tree)).collect();
-            return Err(Failure::new("timeout", format!("subtrees {:?} never completed", waiting)));
         }
     }
 
@@ -885,9 +909,17 @@ fn follow(args: &FacadeArgs, deadline: &Deadline, sockets: &Sockets) -> Result<S
             let reason = format!("applied {} updates, up to {}, and was not done", facade.applied, facade.last);
             return Err(Failure::new("timeout", reason));
         }
-        let polled: Vec<&zmq::Socket> = [updates, snapshot].into_iter().chain(collector).collect();
+        // [poll] The three sockets at once, for at most 100 ms (the silence check's pace, never
+        // past the deadline); then the DEALER, the SUB and the XPUB, in PROTOCOL.md's order, one
+        // message each, read without blocking. POLLIN is a hint; EINTR is no message.
+        let polled: Vec<&zmq::Socket> = [snapshot, updates].into_iter().chain(collector).collect();
         let ready = readable_each(&polled, deadline.cap(100))?;
-        let frames = if ready[0] { recv_message(updates)? } else { None };
+        if ready[0] {
+            if let Some(frames) = recv_message(snapshot)? {
+                report("unexpected-snapshot", format!("{} after every KTHXBAI", quote(&frames[0])))?;
+            }
+        }
+        let frames = if ready[1] { recv_message(updates)? } else { None };
         if let Some(frames) = frames {
             heard = Instant::now();
             if let Err(why) = follow_engine(&frames, &mut followed) {
@@ -898,11 +930,6 @@ fn follow(args: &FacadeArgs, deadline: &Deadline, sockets: &Sockets) -> Result<S
         } else if silent(heard) {
             // Not even a HUGZ, which the engine sends every --hugz ms.
             return Ok(Session::Restarted { why: "silence", last: followed.seen });
-        }
-        if ready[1] {
-            if let Some(frames) = recv_message(snapshot)? {
-                report("unexpected-snapshot", format!("{} after every KTHXBAI", quote(&frames[0])))?;
-            }
         }
         let Some(collector) = collector else { continue };
         if ready[2] {

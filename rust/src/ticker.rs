@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use clap::{value_parser, Args, Subcommand};
 use serde_json::json;
 
-use crate::events::{
+use crate::contract::{
     bind, connect, emit, ms_until, name, readable, recv_frame_if_ready, recv_if_ready, stop_channel, stop_signal, usage,
     Deadline, Failure, MAX_NAME,
 };
@@ -15,8 +15,9 @@ use crate::monitor::{self, OnOff};
 
 pub const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
 
-/// ZMQ_MAXMSGSIZE on every socket: libzmq drops a bigger frame, and the connection of its sender,
-/// before we see it. It also bounds subscriptions, which a subscription trie stores byte by byte.
+/// [max size] ZMQ_MAXMSGSIZE, 256 bytes on every socket, set before bind or connect: libzmq drops a
+/// bigger frame, and the connection of its sender, before we see it. It also bounds subscriptions,
+/// which an XPUB's subscription trie stores byte by byte (a huge one once overflowed the stack).
 /// The largest legal frames are a subscription (`\x01@` and a 32-byte name: 34 bytes) and the
 /// 9-byte frames of a tick.
 pub const MAX_MESSAGE: i64 = 256;
@@ -216,8 +217,12 @@ fn run_publisher(args: PublisherArgs) -> Result<(), Failure> {
     let stop = stop_signal()?;
     let deadline = Deadline::new(args.timeout);
     let context = zmq::Context::new();
-    // XPUB is a PUB that also hands us the subscriptions coming from downstream.
+    // [XPUB] a PUB (fan-out to every matching subscriber, never blocking) that also hands us each
+    // subscription coming from downstream as a message: 1 (subscribe) or 0 (unsubscribe), then the
+    // topic. That is how the publisher counts its subscribers.
     let ticks = context.socket(zmq::XPUB)?;
+    // [linger] 0: ticks are a stream; when we stop, the ticks still queued are owed to nobody, and
+    // closing drops them at once.
     ticks.set_linger(0)?;
     ticks.set_maxmsgsize(MAX_MESSAGE)?;
     monitor::attach(&context, &ticks, "ticks", args.monitor)?;
@@ -233,7 +238,9 @@ fn run_publisher(args: PublisherArgs) -> Result<(), Failure> {
         if deadline.expired() {
             return Err(Failure::new("timeout", format!("still publishing after {} ms", args.timeout)));
         }
-        // The poll is the only wait: for a subscription, or until the next round is due.
+        // [poll] The poll is the only wait: for a subscription, or until the next round is due
+        // (before the first round: 100 ms, never past the deadline). Then a receive that never
+        // blocks: POLLIN is a hint, and a signal (EINTR) is no message.
         let wait_ms = next_round.map_or(100, ms_until);
         if readable(&ticks, deadline.cap(wait_ms))? {
             // One frame at a time, whatever its more flag: libzmq's XPUB passes each subscription
@@ -241,8 +248,9 @@ fn run_publisher(args: PublisherArgs) -> Result<(), Failure> {
             if let Some(frame) = recv_frame_if_ready(&ticks)? {
                 on_subscription(&frame, &mut topics, &mut subscribers);
             }
-            // Slow joiner: a tick sent before a subscriber's subscriptions arrive is dropped for
-            // it, so nothing is published until every subscriber has announced its @name.
+            // [slow joiner] A tick sent before a subscriber's subscriptions arrive is lost for it,
+            // so nothing is published until every subscriber's @name has arrived: it subscribes to
+            // its symbols first, and one connection's subscriptions arrive in order.
             if next_round.is_none() && subscribers.len() as u64 >= args.subscribers {
                 emit("started", json!({ "subscribers": subscribers.len() }));
                 next_round = Some(Instant::now());
@@ -253,7 +261,8 @@ fn run_publisher(args: PublisherArgs) -> Result<(), Failure> {
                 sequence += 1;
                 let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |t| t.as_millis() as i64);
                 for symbol in &args.symbols.0 {
-                    // XPUB never blocks on send: a subscriber whose queue is full (HWM) loses ticks.
+                    // [HWM] XPUB never blocks on send: at the high-water mark (1000 messages per
+                    // subscriber, the default) a slow subscriber's ticks are dropped, and it sees a gap.
                     ticks.send_multipart(tick_frames(args.seed, symbol, sequence, now_ms), 0)?;
                 }
                 next_round = Some(due + interval);
@@ -301,14 +310,18 @@ fn run_proxy(args: ProxyArgs) -> Result<(), Failure> {
     let stop = stop_channel()?; // before `ready`: from then on we may be stopped at any moment
     let deadline = Deadline::new(args.timeout);
     let context = zmq::Context::new();
-    let mut upstream = context.socket(zmq::XSUB)?; // faces the publisher: receives ticks, sends subscriptions
+    // [XSUB] faces the publisher: a SUB whose subscriptions are messages that the application (here
+    // the library's proxy) sends upstream, as they came from downstream, instead of socket options.
+    let mut upstream = context.socket(zmq::XSUB)?;
     let mut downstream = context.socket(zmq::XPUB)?; // faces subscribers: sends ticks, receives subscriptions
-    // The proxy's own control channel: a PAIR of sockets over inproc, which never leaves the
-    // process; the context itself carries the messages.
+    // [PAIR] The proxy's control channel: exactly one peer on each end, the main thread's `steer`
+    // and the proxy thread's `control`, which is all a command channel between two threads needs.
+    // [inproc] Over inproc://, the two threads are joined through this one context, never a
+    // network; `control` binds before `steer` connects.
     let mut control = context.socket(zmq::PAIR)?;
     let steer = context.socket(zmq::PAIR)?;
     for socket in [&upstream, &downstream, &control, &steer] {
-        socket.set_linger(0)?;
+        socket.set_linger(0)?; // ticks and subscriptions still queued at the stop are owed to nobody
     }
     for socket in [&upstream, &downstream] {
         socket.set_maxmsgsize(MAX_MESSAGE)?; // not the PAIRs: inproc decodes nothing
@@ -323,9 +336,9 @@ fn run_proxy(args: ProxyArgs) -> Result<(), Failure> {
     control.bind("inproc://proxy-control")?;
     steer.connect("inproc://proxy-control")?;
 
-    // The library's own loop moves every message both ways (ticks from XSUB to XPUB,
-    // subscriptions from XPUB to XSUB) in a thread of its own, until it reads TERMINATE on its
-    // control socket. The sockets move into that thread: a socket is not thread-safe.
+    // [proxy] The library's own loop moves ticks one way (XSUB to XPUB) and subscriptions the other
+    // (XPUB to XSUB), in a thread of its own, until it reads TERMINATE on its control socket: that
+    // is how it is stopped. The sockets move into that thread: a socket is not thread-safe.
     // It gives up (EAGAIN) when it finds a message unfinished: a subscriber can leave one, since
     // XPUB passes on the first frames of a multipart message and drops a last frame that repeats a
     // subscription (PROTOCOL.md, "Proxy"). The sockets are still good: start it again.
@@ -368,6 +381,8 @@ pub type Rejected = (&'static str, String); // (code, reason)
 
 /// A good tick, or its first broken rule.
 pub fn check_tick<'a>(frames: &'a [Vec<u8>], subscribed: &[String], seed: u64) -> Result<Tick<'a>, Rejected> {
+    // [multipart] A tick's 4 frames arrive whole or not at all: never a symbol without its price.
+    // How many frames came is still the sender's choice: checked, never assumed.
     let (topic, sequence, timestamp, price_bytes) = match frames {
         [frame0, frame1, frame2, frame3] => (frame0, frame1, frame2, frame3),
         _ => return Err(("malformed-tick", format!("expected 4 frames, got {}", frames.len()))),
@@ -413,12 +428,16 @@ fn run_subscriber(args: SubscriberArgs) -> Result<(), Failure> {
     }
     let deadline = Deadline::new(args.timeout);
     let context = zmq::Context::new();
+    // [SUB] receives only what matches one of its subscriptions, a prefix of frame 0: "GOOG\0"
+    // matches GOOG's ticks, not GOOGL's. Unlike most SUBs here it connects BEFORE it subscribes, as
+    // PROTOCOL.md says: after connect, each subscription goes to the publisher in the order made,
+    // while those made before connect go out sorted by bytes, which would put our @name first
+    // ("@" < "A"), and the publisher could start before our symbols are in place.
     let sub = context.socket(zmq::SUB)?;
-    sub.set_linger(0)?;
+    sub.set_linger(0)?; // we leave once every symbol has delivered: nothing we send still matters
     sub.set_maxmsgsize(MAX_MESSAGE)?;
     monitor::attach(&context, &sub, "ticks", args.monitor)?;
     connect(&sub, &args.ticks)?;
-    // A subscription is a prefix match on frame 0: "GOOG\0" matches GOOG's ticks, not GOOGL's.
     let mut subscribed = args.symbols.0.clone();
     for symbol in &subscribed {
         sub.set_subscribe(&topic(symbol))?;

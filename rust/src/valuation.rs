@@ -6,18 +6,19 @@ use std::time::{Duration, Instant};
 use clap::{value_parser, Args, Subcommand};
 use serde_json::{json, Value};
 
-use crate::events::{
-    bind, connect, emit, ms_until, name, poll, readable, recv_if_ready, send_when_room, stop_signal, Deadline, Failure,
-    MAX_NAME,
+use crate::contract::{
+    bind, connect, emit, ms_until, name, readable, readable_each, recv_if_ready, send_when_room, stop_signal, Deadline,
+    Failure, MAX_NAME,
 };
 use crate::monitor::{self, OnOff};
 use crate::ticker::{hex, is_symbol, splitmix64, GOLDEN};
 
 const SYMBOLS: [&str; 5] = ["AAPL", "GOOG", "GOOGL", "MSFT", "IBM"];
 const RESEND_BATCH: usize = 1000; // ids per resend message
-/// ZMQ_MAXMSGSIZE on every socket: libzmq drops a bigger frame, and the connection of its sender,
-/// before we see it, so no peer can make us allocate without bound. The largest legal frames are a
-/// 32-byte worker name, `finished` and the 8-byte ids, values and prices.
+/// [max size] ZMQ_MAXMSGSIZE, 256 bytes on every socket (send-only ones too: libzmq still decodes
+/// what a peer sends), set before bind or connect: libzmq drops a bigger frame, and the connection of
+/// its sender, before we see it, so a `ready` with a 16 MiB name never reaches the sink. The largest
+/// legal frames are a 32-byte worker name, `finished` and the 8-byte ids, values and prices.
 pub const MAX_MESSAGE: i64 = 256;
 /// The largest |value| of an order: 1000 × 100099 cents. The sink only adds values it checked, so
 /// with --count at most i64::MAX / MAX_VALUE its total fits in a signed 64-bit integer.
@@ -302,13 +303,16 @@ fn run_sink(args: SinkArgs) -> Result<(), Failure> {
     let stop = stop_signal()?;
     let deadline = Deadline::new(args.timeout);
     let context = zmq::Context::new();
-    // PULL fair-queues readiness and results from every worker: no one worker can starve the rest.
+    // [PULL] fair-queues readiness and results from every connected worker, taking from each in
+    // turn: no one worker can starve the rest.
     let results = context.socket(zmq::PULL)?;
-    // PUB sends the control channel to every subscriber; it never blocks, and drops for a
-    // subscriber not connected yet (the slow joiner), hence a state repeated every heartbeat.
+    // [PUB] sends the control channel to every subscriber (the source and the workers); it never
+    // blocks, and drops for a subscriber not connected yet, or past its high-water mark.
     let control = context.socket(zmq::PUB)?;
     for socket in [&results, &control] {
-        socket.set_linger(0)?; // see PROTOCOL.md: nobody leaves while anything it sent is still needed
+        // [linger] 0: the sink leaves only when told to, and what it still queues then (a state
+        // the heartbeat repeats anyway) is needed by nobody; closing drops it at once.
+        socket.set_linger(0)?;
         socket.set_maxmsgsize(MAX_MESSAGE)?;
     }
     monitor::attach(&context, &results, "results", args.monitor)?;
@@ -329,7 +333,8 @@ fn run_sink(args: SinkArgs) -> Result<(), Failure> {
             let reason = format!("still running after {} ms with {} results", args.timeout, tally.counted());
             return Err(Failure::new("timeout", reason));
         }
-        // The poll is the only wait: for a message, or until the next heartbeat is due.
+        // [poll] The poll is the only wait: for a message, or until the next heartbeat is due (never
+        // past the deadline); then a receive that never blocks. POLLIN is a hint, EINTR no message.
         let waiting = readable(&results, deadline.cap(ms_until(next_beat)))?;
         // Every frame of one message, or None: nothing after all.
         let message = if waiting { recv_if_ready(&results)? } else { None };
@@ -366,7 +371,12 @@ fn run_sink(args: SinkArgs) -> Result<(), Failure> {
             quiet_since = now;
         }
         if now >= next_beat {
-            // Level-triggered: the state is repeated, so a late subscriber learns it anyway.
+            // [slow joiner] A subscriber connected late missed every state published before its
+            // subscription arrived: the state is level-triggered, repeated every heartbeat, so it
+            // learns it anyway. A worker says ready only after its first control message.
+            // [HWM] At 1000 messages queued for one subscriber (the default), PUB drops for it
+            // instead of blocking: a stalled worker costs the sink nothing, and the next heartbeat
+            // says the state again.
             control.send(state, 0)?;
             next_beat = now + Duration::from_millis(args.heartbeat.into());
         }
@@ -380,15 +390,17 @@ fn run_sink(args: SinkArgs) -> Result<(), Failure> {
 fn run_source(args: SourceArgs) -> Result<(), Failure> {
     let deadline = Deadline::new(args.timeout);
     let context = zmq::Context::new();
-    // PUSH deals each order to one connected worker, round-robin. With no worker connected, or
-    // every worker's queue full (the high-water mark), a send has to wait: see send_when_room.
+    // [PUSH] deals each order to one connected worker, round-robin, and never drops one. With no
+    // worker connected, or every worker's queue at its high-water mark (mute), a send has to wait:
+    // send_when_room polls for room (POLLOUT), never past the deadline.
     let orders = context.socket(zmq::PUSH)?;
+    // [SUB] subscribed to "", every control message (states and resends), before it connects.
     let control = context.socket(zmq::SUB)?;
     for socket in [&orders, &control] {
         socket.set_linger(0)?; // we leave only on `finished`: nothing we sent is still needed
         socket.set_maxmsgsize(MAX_MESSAGE)?; // a PUSH sends only, but libzmq still decodes what comes in
     }
-    control.set_subscribe(b"")?; // every control message: states and resends
+    control.set_subscribe(b"")?;
     monitor::attach(&context, &orders, "orders", args.monitor)?;
     monitor::attach(&context, &control, "control", args.monitor)?;
     let bound = bind(&orders, &args.orders)?;
@@ -423,11 +435,11 @@ fn run_source(args: SourceArgs) -> Result<(), Failure> {
             break;
         }
         if message[0] == b"resend" {
-            let ids: Vec<u64> = message[1..].iter().filter_map(|frame| eight(frame)).map(u64::from_be_bytes).collect();
+            // The ids of our orders, 8 bytes each; anything else is no order of ours: ignored.
+            let ids: Vec<u64> = message[1..].iter().filter_map(|frame| eight(frame)).map(u64::from_be_bytes)
+                .filter(|id| (1..=args.count).contains(id)).collect();
             for &id in &ids {
-                if (1..=args.count).contains(&id) {
-                    send(id)?; // the same bytes again: the generator recomputes them
-                }
+                send(id)?; // the same bytes again: the generator recomputes them
             }
             sent += ids.len() as u64;
             emit("resent", json!({ "ids": ids }));
@@ -441,6 +453,8 @@ fn run_source(args: SourceArgs) -> Result<(), Failure> {
 
 /// (id, value) of a well-formed order, or its first broken rule.
 fn check_order(frames: &[Vec<u8>]) -> Result<(u64, i64), Rejected> {
+    // [multipart] An order's 5 frames arrive whole or not at all, but how many came is the
+    // sender's choice: the count and every size are checked before anything is read.
     let sizes: Vec<usize> = frames.iter().map(Vec::len).collect();
     let (id, symbol, side, quantity, cents) = match frames {
         [id, symbol, side, quantity, cents] if (1..=8).contains(&symbol.len()) && side.len() == 1 => {
@@ -466,7 +480,8 @@ fn check_order(frames: &[Vec<u8>]) -> Result<(u64, i64), Rejected> {
 fn run_worker(args: WorkerArgs) -> Result<(), Failure> {
     let deadline = Deadline::new(args.timeout);
     let context = zmq::Context::new();
-    // PULL takes orders from the source; PUSH hands readiness and results to the sink.
+    // PULL takes orders from the source; PUSH hands readiness and results to the sink (blocking at
+    // its high-water mark, never dropping: see send_when_room); SUB hears the control channel.
     let orders = context.socket(zmq::PULL)?;
     let results = context.socket(zmq::PUSH)?;
     let control = context.socket(zmq::SUB)?;
@@ -488,13 +503,13 @@ fn run_worker(args: WorkerArgs) -> Result<(), Failure> {
     // Slow joiner: once one control message has arrived, our subscription is live and no later
     // one can be missed.
     let first = loop {
+        if deadline.expired() {
+            return Err(Failure::new("timeout", "no control message from the sink"));
+        }
         if readable(&control, deadline.cap(1000))? {
             if let Some(message) = recv_if_ready(&control)? {
                 break message;
             }
-        }
-        if deadline.expired() {
-            return Err(Failure::new("timeout", "no control message from the sink"));
         }
     };
     let mut finished = is_state(&first, b"finished");
@@ -509,41 +524,37 @@ fn run_worker(args: WorkerArgs) -> Result<(), Failure> {
         if deadline.expired() {
             return Err(Failure::new("timeout", format!("not finished after {} ms", args.timeout)));
         }
-        let (control_ready, order_ready) = if pause.is_some() && Instant::now() < next_order {
+        let (order_ready, control_ready) = if pause.is_some() && Instant::now() < next_order {
             // Throttled: until the next order is due, listen to the control channel only. Orders
             // wait in our queue meanwhile (and, once it is full, in the source's queue for us).
-            (readable(&control, deadline.cap(ms_until(next_order).max(1)))?, false)
+            (false, readable(&control, deadline.cap(ms_until(next_order).max(1)))?)
         } else {
             // One poll for both sockets: whichever has a message first wakes us, no busy loop.
-            let mut items = [orders.as_poll_item(zmq::POLLIN), control.as_poll_item(zmq::POLLIN)];
-            poll(&mut items, deadline.cap(1000))?;
-            (items[1].is_readable(), items[0].is_readable())
+            let ready = readable_each(&[&orders, &control], deadline.cap(1000))?;
+            (ready[0], ready[1])
         };
-        if control_ready {
-            // States and resends; resends are the source's business.
-            if let Some(message) = recv_if_ready(&control)? {
-                finished = is_state(&message, b"finished");
-                if is_state(&message, b"waiting") {
-                    // A sink waiting for its workers, a restarted one too: ready again.
-                    send_when_room(&results, &hello, &deadline, "ready")?;
+        // An order; None: nothing after all.
+        let order = if order_ready { recv_if_ready(&orders)? } else { None };
+        match order.as_deref().map(check_order) {
+            None => {}
+            Some(Err((code, reason))) => emit("error", json!({ "code": code, "reason": reason })), // dropped
+            Some(Ok((id, value))) => {
+                let result = [&b"result"[..], args.name.as_bytes(), &id.to_be_bytes(), &value.to_be_bytes()];
+                send_when_room(&results, &result, &deadline, &format!("the result of order {}", id))?;
+                priced += 1;
+                emit("priced", json!({ "id": id }));
+                if let Some(pause) = pause {
+                    next_order = Instant::now() + pause;
                 }
             }
         }
-        if order_ready {
-            let Some(order) = recv_if_ready(&orders)? else { continue }; // nothing after all
-            let (id, value) = match check_order(&order) {
-                Ok(order) => order,
-                Err((code, reason)) => {
-                    emit("error", json!({ "code": code, "reason": reason }));
-                    continue; // dropped
-                }
-            };
-            let result = [&b"result"[..], args.name.as_bytes(), &id.to_be_bytes(), &value.to_be_bytes()];
-            send_when_room(&results, &result, &deadline, &format!("the result of order {}", id))?;
-            priced += 1;
-            emit("priced", json!({ "id": id }));
-            if let Some(pause) = pause {
-                next_order = Instant::now() + pause;
+        // States and resends; resends are the source's business.
+        let message = if control_ready { recv_if_ready(&control)? } else { None };
+        if let Some(message) = message {
+            finished = is_state(&message, b"finished");
+            if is_state(&message, b"waiting") {
+                // A sink waiting for its workers, a restarted one too: ready again.
+                send_when_room(&results, &hello, &deadline, "ready")?;
             }
         }
     }

@@ -11,7 +11,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::events::{bind, log, recv_if_ready, Failure};
+use crate::contract::{bind, log, recv_if_ready, Failure};
 use crate::monitor::{self, OnOff};
 
 /// The page, built into the program and served byte for byte.

@@ -1,6 +1,8 @@
 //! The launch contract (examples/README.md) in Rust: JSON Lines events on stdout, logs on stderr,
-//! the --timeout deadline, fatal failures, and the flag, stop signal, socket and polling helpers
-//! every example shares; and its security pieces: CURVE key flags, the ZAP handler, the monitor.
+//! fatal failures, the flag parsers, the stop signal, the --timeout deadline, bind and connect, and
+//! the loop's pieces every example shares (examples/README.md, "One loop shape"): the poll, the
+//! receive that never blocks, the send that waits for room. Security is security.rs; socket
+//! monitors are monitor.rs.
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
@@ -85,59 +87,6 @@ pub fn name(value: &str) -> Result<String, String> {
         Ok(value.to_string())
     } else {
         Err(format!("a name is 1 to {} bytes of UTF-8", MAX_NAME))
-    }
-}
-
-/// --security: ZMTP 3's three mechanisms.
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Mechanism {
-    /// no authentication, no encryption
-    Null,
-    /// a username and password, in the clear
-    Plain,
-    /// public-key authentication and encryption (CurveZMQ)
-    Curve,
-}
-
-impl Mechanism {
-    pub fn name(self) -> &'static str {
-        match self {
-            Mechanism::Null => "null",
-            Mechanism::Plain => "plain",
-            Mechanism::Curve => "curve",
-        }
-    }
-}
-
-/// Z85's alphabet (RFC 32): the character of each digit 0 to 84. It has no `,`.
-const Z85: &str = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#";
-
-/// A clap value parser: a CURVE key, 40 characters of Z85 encoding 32 bytes. It stays text: libzmq
-/// takes the 40 characters as they are for CURVE_SECRETKEY, _PUBLICKEY and _SERVERKEY.
-pub fn z85_key(value: &str) -> Result<String, String> {
-    let bad = || format!("a CURVE key is 40 characters of Z85, got {:?}", value);
-    if value.len() != 40 {
-        return Err(bad());
-    }
-    // Each 5 characters are one base-85 number that must fit the 4 bytes it stands for.
-    for group in value.as_bytes().chunks(5) {
-        let mut number = 0u64;
-        for &c in group {
-            number = number * 85 + Z85.find(c as char).ok_or_else(bad)? as u64;
-        }
-        if number > u32::MAX.into() {
-            return Err(bad());
-        }
-    }
-    Ok(value.to_string())
-}
-
-/// A clap value parser: a PLAIN username or password, 1 to 255 bytes (libzmq's limits).
-pub fn plain_credential(value: &str) -> Result<String, String> {
-    if (1..=255).contains(&value.len()) {
-        Ok(value.to_string())
-    } else {
-        Err("a PLAIN username or password is 1 to 255 bytes".to_string())
     }
 }
 
@@ -275,124 +224,6 @@ fn nothing_if_again<T>(received: zmq::Result<T>) -> Result<Option<T>, Failure> {
         Ok(received) => Ok(Some(received)),
         Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => Ok(None),
         Err(error) => Err(error.into()),
-    }
-}
-
-/// Who a ZAP handler admits.
-pub enum Admit {
-    /// CURVE clients whose public key (Z85) is one of these
-    CurveKeys(Vec<String>),
-    /// PLAIN peers with exactly this username and password
-    Plain { user: String, password: String },
-}
-
-/// A ZAP handler (RFC 27): libzmq asks whatever is bound at `inproc://zeromq.zap.01` in the
-/// context of a PLAIN or CURVE server socket to judge each handshake, and waits for the answer.
-/// Its socket is polled in the role's own loop together with the others: no thread.
-pub struct Zap {
-    pub socket: zmq::Socket,
-    admit: Admit,
-}
-
-impl Zap {
-    /// Bind the handler. Bind it before the secure sockets, so that no handshake starts without it:
-    /// with no handler, libzmq admits any CURVE client that knows the server key, and any password.
-    pub fn bind(context: &zmq::Context, admit: Admit) -> Result<Self, Failure> {
-        let socket = context.socket(zmq::REP)?; // REP: libzmq's side is a REQ, one request at a time
-        socket.set_linger(0)?;
-        socket.bind("inproc://zeromq.zap.01")?;
-        Ok(Zap { socket, admit })
-    }
-
-    /// Answer the waiting request `200` or `400`, and report it as `authenticated` or `denied`.
-    pub fn answer(&self) -> Result<(), Failure> {
-        let Some(request) = recv_if_ready(&self.socket)? else { return Ok(()) };
-        let frame = |i: usize| request.get(i).map_or(&[][..], Vec::as_slice);
-        let (identity, verdict) = self.judge(&request);
-        let (status, text, user_id) = match &verdict {
-            Ok(()) => ("200", "OK", identity.as_str()),
-            Err(reason) => ("400", reason.as_str(), ""),
-        };
-        // [version, request id (copied), status code, status text, user id, metadata]
-        let reply = [&b"1.0"[..], frame(1), status.as_bytes(), text.as_bytes(), user_id.as_bytes(), b""];
-        self.socket.send_multipart(reply, 0)?;
-        let mechanism = String::from_utf8_lossy(frame(5)); // "CURVE" or "PLAIN", as libzmq wrote it
-        match verdict {
-            Ok(()) => emit("authenticated", json!({ "mechanism": mechanism, "identity": identity })),
-            Err(reason) => {
-                emit("denied", json!({ "mechanism": mechanism, "identity": identity, "reason": reason }))
-            }
-        }
-        Ok(())
-    }
-
-    /// The peer's identity (the Z85 key or the username; "" if the request cannot be read) and
-    /// whether it is admitted.
-    fn judge(&self, request: &[Vec<u8>]) -> (String, Result<(), String>) {
-        // [version, request id, domain, address, routing id, mechanism, credentials...]
-        if request.len() < 6 || request[0] != b"1.0" {
-            return (String::new(), Err("not a ZAP 1.0 request".to_string()));
-        }
-        match (request[5].as_slice(), &request[6..]) {
-            // CURVE: the client's public key, 32 raw bytes; we report and compare it in Z85.
-            (b"CURVE", [key]) if key.len() == 32 => {
-                let key = zmq::z85_encode(key).expect("32 bytes are whole 4-byte groups");
-                let admitted = matches!(&self.admit, Admit::CurveKeys(keys) if keys.contains(&key));
-                let verdict = if admitted { Ok(()) } else { Err("the key is not one of --curve-clients".into()) };
-                (key, verdict)
-            }
-            // PLAIN: username and password, as the client sent them.
-            (b"PLAIN", [user, password]) => {
-                let admitted = matches!(&self.admit, Admit::Plain { user: u, password: p }
-                    if u.as_bytes() == user.as_slice() && p.as_bytes() == password.as_slice());
-                let verdict = if admitted { Ok(()) } else { Err("wrong username or password".into()) };
-                (String::from_utf8_lossy(user).into_owned(), verdict)
-            }
-            _ => (String::new(), Err("unknown mechanism or malformed credentials".to_string())),
-        }
-    }
-}
-
-/// A socket monitor that watches for handshake failures. libzmq publishes the watched socket's
-/// events on an inproc PAIR of its own; ours connects to it and is polled like any other socket.
-pub struct Monitor {
-    pub socket: zmq::Socket,
-    /// the watched socket's flag name (`requests`, `broadcasts`)
-    pub name: &'static str,
-}
-
-const NO_DETAIL: u16 = zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL as u16; // value: an errno
-const PROTOCOL: u16 = zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL as u16; // value: ZMQ_PROTOCOL_ERROR_*
-const AUTH: u16 = zmq::SocketEvent::HANDSHAKE_FAILED_AUTH as u16; // value: the ZAP status code
-
-impl Monitor {
-    /// Monitor `watched`; attach before its bind or connect, so that no handshake goes unseen.
-    pub fn new(context: &zmq::Context, watched: &zmq::Socket, name: &'static str) -> Result<Self, Failure> {
-        let endpoint = format!("inproc://monitor.{}", name);
-        watched.monitor(&endpoint, (NO_DETAIL | PROTOCOL | AUTH).into())?;
-        let socket = context.socket(zmq::PAIR)?;
-        socket.set_linger(0)?;
-        socket.connect(&endpoint)?;
-        Ok(Monitor { socket, name })
-    }
-
-    /// Read the waiting event: the handshake failure (`no-detail`, `protocol` or `auth`) and its value.
-    pub fn handshake_failure(&self) -> Result<Option<(&'static str, u32)>, Failure> {
-        // Two frames: 6 bytes [u16 event, u32 value] in the machine's byte order, then the endpoint.
-        let Some(frames) = recv_if_ready(&self.socket)? else { return Ok(None) };
-        let head = match frames.first() {
-            Some(head) if head.len() == 6 => head,
-            _ => return Ok(None),
-        };
-        let event = u16::from_ne_bytes([head[0], head[1]]);
-        let value = u32::from_ne_bytes([head[2], head[3], head[4], head[5]]);
-        let failure = match event {
-            NO_DETAIL => "no-detail",
-            PROTOCOL => "protocol",
-            AUTH => "auth",
-            _ => return Ok(None),
-        };
-        Ok(Some((failure, value)))
     }
 }
 
