@@ -7,22 +7,25 @@ using NetMQ.Sockets;
 
 static class Chat
 {
-    const int MaxHandle = Flags.MaxName; // bytes of UTF-8, as for every name flag
+    const int MaxHandle = Flags.MaxName; // bytes of UTF-8: a handle is a name flag's value
     internal const int MaxText = 4096; // bytes of UTF-8
-    // ZMQ_MAXMSGSIZE (NetMQ Options.MaxMsgSize) on all four sockets: NetMQ itself drops a bigger frame,
-    // and the sender's connection with it, so no peer makes us allocate without bound (subscriptions
-    // included). The largest legal frame is a 4096-byte text; twice that lets a text too long still
-    // reach our own `text-too-long` rule, and leaves room for CURVE's overhead on every frame.
+    // [max size] 8192 bytes per frame (NetMQ Options.MaxMsgSize), on both sockets of the server and
+    // both of a client, set before bind or connect: NetMQ drops a bigger frame together with the
+    // connection that sent it, so no peer makes a role allocate without bound (a subscription that a
+    // PUB decodes included). The largest legal frame is a 4096-byte text; twice that lets a text a
+    // little too long still reach the server's own `text-too-long` rule, and leaves room for CURVE's
+    // per-frame overhead.
     internal const long MaxMessage = 8192;
 
-    // The roster is sorted by the UTF-8 bytes of the handles: .NET's UTF-16 order differs above U+FFFF.
+    // The roster is keyed and sorted by the UTF-8 bytes of the handles: .NET's own string order
+    // (UTF-16 code units) differs from it for characters above U+FFFF.
     static readonly Comparer<byte[]> ByBytes = Comparer<byte[]>.Create((a, b) => a.AsSpan().SequenceCompareTo(b));
 
     record ServerArgs(
-        string Requests, string Broadcasts, int Timeout, bool Monitor, int Heartbeat, int Expiry, Security Security);
+        string Requests, string Broadcasts, int Timeout, bool Monitor, int Heartbeat, int Expiry, Credentials Credentials);
 
     record ClientArgs(string Requests, string Broadcasts, int Timeout, bool Monitor, string Name, int Count, int Clients,
-        int Keepalive, int Retry, int Pace, Security Security);
+        int Keepalive, int Retry, int Pace, Credentials Credentials);
 
     public static Command Command() =>
         new("chat", "client/server over REQ/REP plus PUB/SUB") { ServerCommand(), ClientCommand() };
@@ -81,28 +84,6 @@ static class Chat
         return digits.Length is >= 1 and <= 9 && digits.All(char.IsAsciiDigit) ? int.Parse(digits) : null;
     }
 
-    // --- security (PROTOCOL.md, "Security") ----------------------------------------------------
-    // Both sockets of a role use the same mechanism. The options are read when a connection's
-    // handshake starts, so they are set before bind or connect. Under null there is nothing to set.
-
-    /// <summary>A CURVE server holds its own keypair (NetMQ derives the public half from the secret).
-    /// Any client that knows the server's public key gets in: NetMQ has no ZAP to narrow that down.</summary>
-    static void SecureServer(NetMQSocket socket, Security security)
-    {
-        if (security.Mechanism != "curve") return;
-        socket.Options.CurveServer = true;
-        socket.Options.CurveCertificate = NetMQCertificate.CreateFromSecretKey(security.CurveSecret!);
-    }
-
-    /// <summary>A CURVE client proves itself with its own keypair and trusts only the server whose
-    /// public key it was given: a server without the matching secret key fails the handshake.</summary>
-    static void SecureClient(NetMQSocket socket, Security security)
-    {
-        if (security.Mechanism != "curve") return;
-        socket.Options.CurveCertificate = new NetMQCertificate(security.CurveSecret!, security.CurvePublic!);
-        socket.Options.CurveServerCertificate = NetMQCertificate.FromPublicKey(security.CurveServer!);
-    }
-
     // --- server ----------------------------------------------------------------------------------
 
     /// <summary>The first broken rule of a request, as (code, reason), or null when it is well formed.</summary>
@@ -122,7 +103,7 @@ static class Chat
         {
             try
             {
-                Events.Strict.GetString(frame);
+                Contract.Strict.GetString(frame);
             }
             catch (DecoderFallbackException error)
             {
@@ -141,33 +122,39 @@ static class Chat
     {
         using var stop = new StopSignal();
         var deadline = new Deadline(args.Timeout);
-        // REP answers each request exactly once, in order: the library keeps the lockstep for us.
+        // [REP] Answers each request exactly once, in order: it takes the next request only once the
+        // last one has its reply, and keeps the requester's envelope to route that reply back.
         using var requests = new ResponseSocket();
+        // [linger] 0 on both sockets: closing drops a reply or a broadcast still queued for a peer,
+        // so a client that is gone cannot hold up the exit; the server stops only when told to.
         requests.Options.Linger = TimeSpan.Zero;
         requests.Options.MaxMsgSize = MaxMessage;
-        // PUB sends every broadcast to every subscriber whose filter matches; it never blocks, and it
-        // drops for a subscriber that is not connected yet (slow joiner) or whose queue is full (HWM).
+        // [PUB] Fan-out: every broadcast goes to every subscriber whose filter matches its frame 0. It
+        // never blocks: it drops for a subscriber not connected yet (slow joiner) or past its HWM.
         using var broadcasts = new PublisherSocket();
+        // [HWM] PUB queues at most 1000 messages per subscriber (the default high-water mark); at the
+        // mark it drops that subscriber's broadcasts instead of blocking the server, where a PUSH or a
+        // DEALER would block (the mute state). The scenario stays far below it.
         broadcasts.Options.Linger = TimeSpan.Zero;
         broadcasts.Options.MaxMsgSize = MaxMessage; // PUB sends, but it still decodes subscriptions
-        SecureServer(requests, args.Security);
-        SecureServer(broadcasts, args.Security);
+        // Security options are read when a connection's handshake starts: set before binding.
+        Security.SecureServer(requests, args.Credentials);
+        Security.SecureServer(broadcasts, args.Credentials);
         using var requestsMonitor = SocketMonitor.Attach(requests, "requests", args.Monitor);
         using var broadcastsMonitor = SocketMonitor.Attach(broadcasts, "broadcasts", args.Monitor);
         Sockets.Bind(requests, args.Requests);
         Sockets.Bind(broadcasts, args.Broadcasts);
-        Events.Emit("ready", new
+        Contract.Emit("ready", new
         {
             requests = requests.Options.LastEndpoint,
             broadcasts = broadcasts.Options.LastEndpoint,
-            security = args.Security.Mechanism,
+            security = args.Credentials.Mechanism,
         });
 
         // handle (UTF-8 bytes, so the roster sorts by bytes) -> last seen, monotonic milliseconds
         var roster = new SortedDictionary<byte[], long>(ByBytes);
         int accepted = 0, rejected = 0;
         long nextBeat = Environment.TickCount64;
-        var frames = new List<byte[]>();
 
         void BroadcastRoster()
         {
@@ -180,15 +167,20 @@ static class Chat
             if (deadline.Expired)
                 throw new Failure("timeout", $"still serving after {args.Timeout} ms");
             var wait = TimeSpan.FromMilliseconds(Math.Max(0, nextBeat - Environment.TickCount64));
-            // A receive with a timeout (a poll) instead of a blocking one: the heartbeat, the deadline
-            // and the stop flag all get their turn without a second thread.
-            if (requests.TryReceiveMultipartBytes(deadline.Cap(wait), ref frames))
+            // [poll] Every socket the server serves, with a timeout up to the next heartbeat, then a
+            // receive that does not wait: POLLIN is a hint (REP drops a request it cannot route inside
+            // the receive: null, back to the loop). That is REP alone here: NetMQ has no ZAP handler,
+            // and the monitors run on threads of their own. No EINTR reaches a .NET poll (StopSignal):
+            // the stop flag is seen at the next turn, within one heartbeat.
+            // [multipart] A request arrives whole or not at all: ReceiveIfReady returns all its frames.
+            // Their number is a rule like any other (CheckRequest), never assumed.
+            if (requests.PollIn(deadline.Cap(wait)) && requests.ReceiveIfReady() is { } frames)
             {
                 if ((CheckRequest(frames) ?? CheckPost(frames, roster)) is (string code, string reason))
                 {
                     rejected++;
                     requests.SendMultipartBytes([], Encoding.ASCII.GetBytes(code));
-                    Events.Emit("error", new { code, reason });
+                    Contract.Emit("error", new { code, reason });
                 }
                 else
                 {
@@ -198,13 +190,13 @@ static class Chat
                     if (frames.Count == 2)
                     {
                         broadcasts.SendMultipartBytes(frames); // [handle, text], exactly as posted
-                        Events.Emit("posted", new { handle = Events.Strict.GetString(handle), text = Events.Strict.GetString(frames[1]) });
+                        Contract.Emit("posted", new { handle = Contract.Strict.GetString(handle), text = Contract.Strict.GetString(frames[1]) });
                     }
                     accepted++;
                     requests.SendMultipartBytes(roster.Keys);
                     if (joined)
                     {
-                        Events.Emit("joined", new { handle = Events.Strict.GetString(handle) });
+                        Contract.Emit("joined", new { handle = Contract.Strict.GetString(handle) });
                         BroadcastRoster();
                     }
                 }
@@ -215,14 +207,14 @@ static class Chat
                 foreach (var silent in roster.Where(entry => now - entry.Value > args.Expiry).Select(entry => entry.Key).ToList())
                 {
                     roster.Remove(silent);
-                    Events.Emit("expired", new { handle = Events.Strict.GetString(silent) });
+                    Contract.Emit("expired", new { handle = Contract.Strict.GetString(silent) });
                 }
                 BroadcastRoster();
                 nextBeat = now + args.Heartbeat;
             }
         }
 
-        Events.Emit("done", new { requests = accepted, rejected });
+        Contract.Emit("done", new { requests = accepted, rejected });
     }
 
     // --- client ----------------------------------------------------------------------------------
@@ -245,7 +237,7 @@ static class Chat
     /// <summary>The frames as a roster, or null if one of them is not a handle. Their order is not
     /// checked (the orchestrator does that), nor are repeats.</summary>
     static List<string>? RosterOf(IEnumerable<byte[]> frames) =>
-        frames.All(frame => Flags.IsName(frame)) ? frames.Select(Events.Strict.GetString).ToList() : null;
+        frames.All(frame => Flags.IsName(frame)) ? frames.Select(Contract.Strict.GetString).ToList() : null;
 
     /// <summary>What a broadcast is: a roster (frame 0 empty), a post by a handle, or malformed (the reason).</summary>
     internal readonly record struct Broadcast(List<string>? Roster, string Handle, string Text, string? Problem);
@@ -264,7 +256,7 @@ static class Chat
         byte[] text = broadcast[1];
         if (text.Length is < 1 or > MaxText || !Utf8.IsValid(text))
             return Malformed($"a post's text of {text.Length} bytes is not 1 to {MaxText} bytes of UTF-8");
-        return new(null, Events.Strict.GetString(broadcast[0]), Events.Strict.GetString(text), null);
+        return new(null, Contract.Strict.GetString(broadcast[0]), Contract.Strict.GetString(text), null);
     }
 
     static void RunClient(ClientArgs args)
@@ -290,14 +282,14 @@ static class Chat
         bool listed; // a roster broadcast listed us since our last join
         bool forgotten; // the server forgot us (it restarted): rejoin before anything else
         long lastRequest = Environment.TickCount64;
-        List<byte[]> frames = [];
 
         public Client(ClientArgs args)
         {
             this.args = args;
             me = Encoding.UTF8.GetBytes(args.Name);
             deadline = new Deadline(args.Timeout);
-            // SUB first, so that its subscription starts travelling as early as possible.
+            // SUB first, created and connected, so that its subscription starts travelling as early
+            // as possible; then REQ.
             sub = OpenBroadcasts();
             req = OpenRequests();
         }
@@ -307,11 +299,14 @@ static class Chat
         /// `--monitor` one is the only monitor, at startup too.)</summary>
         SubscriberSocket OpenBroadcasts()
         {
+            // [SUB] It delivers only messages whose frame 0 starts with one of its subscriptions (a
+            // prefix filter); "" lets posts and rosters through. It subscribes before it connects, so
+            // the subscription goes out with the connection, and it receives nothing before that.
             var socket = new SubscriberSocket();
             socket.Options.Linger = TimeSpan.Zero;
             socket.Options.MaxMsgSize = MaxMessage;
-            socket.Subscribe(""); // a prefix filter on frame 0; "" lets posts and rosters through
-            SecureClient(socket, args.Security);
+            socket.Subscribe("");
+            Security.SecureClient(socket, args.Credentials); // before connect
             subMonitor = SocketMonitor.Attach(socket, "broadcasts", args.Monitor);
             Sockets.Connect(socket, args.Broadcasts);
             return socket;
@@ -323,15 +318,18 @@ static class Chat
             sub.Dispose();
         }
 
-        /// <summary>A new REQ socket, connected. REQ enforces send, receive, send, receive...: one request
-        /// in flight at a time, and no second send before the reply. So when a reply is lost, Lazy Pirate
-        /// throws the socket away and comes here for a new one.</summary>
+        /// <summary>A new REQ socket, connected: at startup, and again for each request Lazy Pirate resends.</summary>
         RequestSocket OpenRequests()
         {
+            // [REQ] Strict lockstep: send, receive, send, receive... One request in flight at a time,
+            // and no second send before its reply. So when a reply is lost, the socket is stuck for
+            // good: Lazy Pirate throws it away and comes here for a new one.
             var socket = new RequestSocket();
-            socket.Options.Linger = TimeSpan.Zero; // closing it drops a request still queued for a dead server
+            // [linger] 0: closing drops a request still queued for a server that is gone, so neither
+            // a Lazy Pirate retry nor the exit waits for it.
+            socket.Options.Linger = TimeSpan.Zero;
             socket.Options.MaxMsgSize = MaxMessage;
-            SecureClient(socket, args.Security);
+            Security.SecureClient(socket, args.Credentials); // before connect
             reqMonitor = SocketMonitor.Attach(socket, "requests", args.Monitor);
             Sockets.Connect(socket, args.Requests);
             return socket;
@@ -359,7 +357,7 @@ static class Chat
             {
                 // The reply is lost, perhaps with the server. Close the REQ (linger 0 drops what it
                 // still holds) and send the same request again on a new one.
-                Events.Emit("retried", new { text = request.Length == 2 ? Encoding.UTF8.GetString(request[1]) : "" });
+                Contract.Emit("retried", new { text = request.Length == 2 ? Encoding.UTF8.GetString(request[1]) : "" });
                 CloseRequests();
                 req = OpenRequests();
                 req.SendMultipartBytes(request);
@@ -379,15 +377,15 @@ static class Chat
         List<byte[]>? WaitForReply()
         {
             long until = Environment.TickCount64 + args.Retry;
-            var reply = new List<byte[]>();
             long wait;
             while ((wait = until - Environment.TickCount64) > 0)
             {
                 if (deadline.Expired)
                     throw new Failure("no-reply", $"no reply from the server within {args.Timeout} ms");
-                // A receive whose timeout is the poll: REQ drops a reply it cannot match inside it, and
-                // waits on for the rest of the timeout.
-                if (req.TryReceiveMultipartBytes(deadline.Cap(TimeSpan.FromMilliseconds(wait)), ref reply))
+                // [poll] REQ alone, for at most the time left of --retry, never past the deadline; then a
+                // receive that does not wait. POLLIN is a hint: REQ drops a reply it cannot match inside
+                // the receive (null), and it is back to the poll.
+                if (req.PollIn(deadline.Cap(TimeSpan.FromMilliseconds(wait))) && req.ReceiveIfReady() is { } reply)
                     return reply;
             }
             return null;
@@ -404,7 +402,7 @@ static class Chat
             if (!handles.SequenceEqual(roster))
             {
                 roster = handles;
-                Events.Emit("roster", new { handles });
+                Contract.Emit("roster", new { handles });
             }
         }
 
@@ -413,7 +411,7 @@ static class Chat
             Broadcast broadcast = ReadBroadcast(frames);
             if (broadcast.Problem is string reason)
             {
-                Events.Emit("error", new { code = "malformed-broadcast", reason });
+                Contract.Emit("error", new { code = "malformed-broadcast", reason });
             }
             else if (broadcast.Roster is { } handles)
             {
@@ -439,12 +437,12 @@ static class Chat
             if (!texts.TryGetValue(handle, out var seen))
                 texts[handle] = seen = new HashSet<string>(StringComparer.Ordinal);
             seen.Add(text);
-            Events.Emit("received", new { handle, text });
+            Contract.Emit("received", new { handle, text });
             if (PostNumber(handle, text) is int number)
             {
                 int previous = last.GetValueOrDefault(handle);
                 for (int missing = previous + 1; missing < Math.Min(number, args.Count + 1); missing++) // bounded by --count
-                    Events.Emit("missed", new { handle, number = missing }); // lost with a server that died
+                    Contract.Emit("missed", new { handle, number = missing }); // lost with a server that died
                 last[handle] = Math.Max(previous, number);
             }
         }
@@ -467,7 +465,9 @@ static class Chat
                 throw new Failure("timeout", $"not done after {args.Timeout} ms");
             long due = lastRequest + args.Keepalive;
             var wait = TimeSpan.FromMilliseconds(Math.Max(0, Math.Min(due, until ?? due) - Environment.TickCount64));
-            if (sub.TryReceiveMultipartBytes(deadline.Cap(wait), ref frames))
+            // [multipart] A broadcast arrives whole or not at all: all its frames, which ReadBroadcast
+            // counts (a post is exactly 2) before it reads any.
+            if (sub.PollIn(deadline.Cap(wait)) && sub.ReceiveIfReady() is { } frames)
                 OnBroadcast(frames);
             else if (Environment.TickCount64 >= due)
                 Request(me); // keep-alive: silent handles expire from the roster
@@ -478,7 +478,9 @@ static class Chat
         {
             // What the old SUB already holds came from the old server: take it, then throw the socket
             // away. Which of its broadcasts are older than our join, nothing tells; a new SUB holds none.
-            while (sub.TryReceiveMultipartBytes(TimeSpan.Zero, ref frames))
+            // A drain on purpose (PROTOCOL.md, "Restarts"), bounded by what the socket holds: at most
+            // its high-water mark of 1000 broadcasts, and whatever arrives while it is read.
+            while (sub.ReceiveIfReady() is { } frames)
                 OnBroadcast(frames);
             CloseBroadcasts();
             sub = OpenBroadcasts();
@@ -486,7 +488,7 @@ static class Chat
             // once our subscription has reached it. Until then, no request, not even a keep-alive.
             OnBroadcast(WaitForFirstBroadcast());
             forgotten = false;
-            Events.Emit("rejoined", new { handles = Join() });
+            Contract.Emit("rejoined", new { handles = Join() });
             // Everyone listens before anyone talks, again: every peer rejoins the same way.
             while (!peers.All(roster.Contains))
                 Serve();
@@ -498,12 +500,16 @@ static class Chat
         /// (libzmq's clients say `refused`).</summary>
         List<byte[]> WaitForFirstBroadcast()
         {
-            while (!sub.TryReceiveMultipartBytes(deadline.Cap(TimeSpan.FromMilliseconds(args.Keepalive)), ref frames))
+            while (true)
             {
+                // [slow joiner] A subscription reaches the server some time after connect: what the
+                // server publishes before that is lost for us. The first broadcast that arrives proves
+                // the subscription live, and the server sends a roster at least every heartbeat.
+                if (sub.PollIn(deadline.Cap(TimeSpan.FromMilliseconds(args.Keepalive))) && sub.ReceiveIfReady() is { } frames)
+                    return frames;
                 if (deadline.Expired)
                     throw new Failure("timeout", "no broadcast from the server");
             }
-            return frames;
         }
 
         public void Run()
@@ -512,13 +518,13 @@ static class Chat
             // server and posts would be dropped for us. The server broadcasts at least every heartbeat.
             OnBroadcast(WaitForFirstBroadcast());
             Join();
-            Events.Emit("ready", new { handle = args.Name, security = args.Security.Mechanism });
+            Contract.Emit("ready", new { handle = args.Name, security = args.Credentials.Mechanism });
 
             // Everyone listens before anyone talks: wait for --clients handles, all subscribed.
             while (roster.Count < args.Clients)
                 Serve();
             peers = roster.ToList();
-            Events.Log($"{args.Name}: {peers.Count} peers, posting {args.Count} texts");
+            Contract.Log($"{args.Name}: {peers.Count} peers, posting {args.Count} texts");
 
             for (int number = 1; number <= args.Count;)
             {
@@ -528,7 +534,7 @@ static class Chat
                     Rejoin(); // unknown-handle: rejoin, then the same post again
                     continue;
                 }
-                Events.Emit("sent", new { text, roster = handles });
+                Contract.Emit("sent", new { text, roster = handles });
                 number++;
                 long until = Environment.TickCount64 + args.Pace; // --pace: broadcasts are served meanwhile
                 while (Environment.TickCount64 < until)
@@ -537,7 +543,7 @@ static class Chat
 
             while (!peers.All(HeardAll))
                 Serve();
-            Events.Emit("done", new { sent = args.Count, received });
+            Contract.Emit("done", new { sent = args.Count, received });
         }
     }
 }

@@ -117,22 +117,31 @@ static class Desk
 
     static readonly string[] AgentNames = ["chat", "ticker", "valuation", "query"];
 
+    // [inproc] The pipes join threads of this one process through its one context (NetMQ's implicit
+    // one): messages pass between the threads' queues, never through the network. The main thread binds
+    // each endpoint before it starts the agent that connects to it: bind before connect always works.
     static string PipeEndpoint(string agent) => $"inproc://desk-{agent}";
 
-    /// <summary>One end of a pipe: a PAIR socket, for exactly two ends known in advance (a second
-    /// connection is refused). Linger 0: inproc hands each message to the peer's queue in the send
-    /// itself, so nothing is left to flush at close. No maximum message size: inproc has no bytes to
-    /// decode, only whole messages between threads of one program. The high-water mark stays at 1000:
-    /// PAIR blocks a send there instead of dropping.</summary>
+    /// <summary>One end of a pipe.</summary>
     static PairSocket NewPipe()
     {
+        // [PAIR] Exactly one peer, known in advance (a second connection is refused): it joins the main
+        // thread and one agent, never routes and never drops.
         var pipe = new PairSocket();
+        // [linger] 0: inproc hands each message to the peer's queue in the send itself, so nothing is
+        // left to flush when a pipe closes.
         pipe.Options.Linger = TimeSpan.Zero;
+        // [HWM] The high-water mark stays at 1000 messages: at it, PAIR blocks a send (the mute state)
+        // instead of dropping. The main thread reads its pipes whenever they are readable, so none fills.
+        // [max size] None on a pipe: inproc has no bytes to decode, only whole messages between threads
+        // of one program that trust each other. The agents' own sockets keep their example's limit.
         return pipe;
     }
 
     static byte[] Ascii(string text) => Encoding.ASCII.GetBytes(text);
 
+    // [multipart] A pipe message arrives whole or not at all, as any ZeroMQ message: frame 0 its name,
+    // then its arguments. Its frame count is checked with its name, never assumed.
     /// <summary>Whether a pipe message is <paramref name="name"/> with <paramref name="frames"/> frames in all.</summary>
     static bool Is(List<byte[]> message, string name, int frames) =>
         message.Count == frames && message[0].AsSpan().SequenceEqual(Ascii(name));
@@ -155,7 +164,7 @@ static class Desk
         /// is (with our "agent"), then the frames the main thread acts on. A PAIR send that finds the
         /// pipe full waits: an event is never dropped.</summary>
         public void Report(string name, object? fields, params byte[][] extras) =>
-            Socket.SendMultipartBytes([Ascii(name), Events.Line(name, fields, agent), .. extras]);
+            Socket.SendMultipartBytes([Ascii(name), Contract.Line(name, fields, agent), .. extras]);
 
         /// <summary>The same, for the events with no extra frame; also what shared code reports through
         /// (a <see cref="global::Report"/>).</summary>
@@ -181,7 +190,7 @@ static class Desk
     {
         try
         {
-            Events.Strict.GetString(data);
+            Contract.Strict.GetString(data);
             return true;
         }
         catch (DecoderFallbackException)
@@ -200,26 +209,35 @@ static class Desk
         int sent = 0, received = 0;
         try
         {
-            // The chat client's sockets and options: linger 0, 8192 bytes at most, before connect.
+            // The chat client's sockets, options and order: linger 0 and 8192 bytes at most, set before
+            // connect; SUB first, created, subscribed and connected, so that its subscription starts
+            // travelling at once; then REQ. (The monitors run until the sockets close: `using`, each
+            // declared after its socket, disposes them first.)
+            // [max size] Each agent's network sockets keep their example's limit, sized from its largest
+            // frame and set before connect (chat's 8192 bytes here): NetMQ drops a bigger frame together
+            // with the connection that sent it.
+            // [SUB] A prefix filter on frame 0, set before connect: "" lets posts and rosters through.
             using var sub = new SubscriberSocket();
-            using var req = new RequestSocket();
-            foreach (NetMQSocket socket in new NetMQSocket[] { sub, req })
-            {
-                socket.Options.Linger = TimeSpan.Zero;
-                socket.Options.MaxMsgSize = Chat.MaxMessage;
-            }
-            sub.Subscribe(""); // posts and rosters
-            // The monitors run until the sockets close: `using`, declared after them, disposes them first.
+            sub.Options.Linger = TimeSpan.Zero;
+            sub.Options.MaxMsgSize = Chat.MaxMessage;
+            sub.Subscribe("");
             using var subMonitor = SocketMonitor.Attach(sub, "chat-broadcasts", config.Monitor);
+            Sockets.Connect(sub, config.Broadcasts);
+            // [REQ] Strict lockstep: one request in flight (inFlight below), no second send before its
+            // reply. The agent has no Lazy Pirate: a lost reply leaves it waiting until STOP.
+            using var req = new RequestSocket();
+            req.Options.Linger = TimeSpan.Zero;
+            req.Options.MaxMsgSize = Chat.MaxMessage;
             using var reqMonitor = SocketMonitor.Attach(req, "chat-requests", config.Monitor);
-            Sockets.Connect(sub, config.Broadcasts); // SUB first: its subscription starts travelling at once
             Sockets.Connect(req, config.Requests);
             pipe.Report("ready", new { handle = config.Name });
 
             byte[] me = Encoding.UTF8.GetBytes(config.Name);
             var texts = new Queue<string>(); // posts waiting for their turn
             List<string> roster = [];
-            bool live = false; // a broadcast came: our subscription is in place (the slow joiner)
+            // [slow joiner] Until a first broadcast arrives, our subscription may not have reached the
+            // server, and posts would be lost for us: the agent joins only once `live`.
+            bool live = false;
             bool joined = false, quorum = false; // quorum: a roster of --chat-clients handles was seen
             bool inFlight = false; // REQ is strict lockstep: one request at a time
             string? posting = null; // the text of the post in flight
@@ -243,17 +261,18 @@ static class Desk
                 inFlight = true;
             }
 
-            var items = Query.PollIn([pipe.Socket, sub, req]);
+            var items = Sockets.PollIn([pipe.Socket, req, sub]);
             while (true)
             {
-                // Polling the pipe with the sockets: a STOP is seen however long the server takes.
-                // The only timer is the keep-alive's.
+                // [poll] The pipe and both sockets at once: a STOP is seen however long the server takes.
+                // The only timer is the keep-alive's; without it the wait has no limit (STOP ends it).
+                // Then receives that do not wait, one message per ready socket: the pipe, then the
+                // sockets in the protocol's order, REQ and SUB. POLLIN is a hint: REQ drops a reply it
+                // cannot match inside the receive. No EINTR reaches a .NET poll (StopSignal).
                 TimeSpan wait = joined && !inFlight
                     ? TimeSpan.FromMilliseconds(Math.Max(0, lastRequest + Keepalive - Environment.TickCount64))
                     : Timeout.InfiniteTimeSpan;
-                var ready = Query.Poll(items, wait);
-                // Every receive after a poll is non-blocking: ready is a hint (REQ drops a reply it
-                // cannot match inside the receive).
+                var ready = Sockets.Poll(items, wait);
                 if (ready.Contains(pipe.Socket) && pipe.Command() is { } command)
                 {
                     if (Is(command, "STOP", 1))
@@ -264,6 +283,20 @@ static class Desk
                         pipe.Report("error", new { code = "bad-command", reason = "busy" });
                     else
                         texts.Enqueue(Encoding.UTF8.GetString(command[1]));
+                }
+                if (ready.Contains(req) && req.ReceiveIfReady() is { } reply)
+                {
+                    List<string> handles = Chat.ReadReply(reply); // rejected, malformed-reply: fatal
+                    inFlight = false;
+                    joined = true; // the first reply is the join's
+                    lastRequest = Environment.TickCount64;
+                    UpdateRoster(handles);
+                    if (posting is string text)
+                    {
+                        sent++;
+                        pipe.Report("sent", new { text, roster = handles });
+                        posting = null;
+                    }
                 }
                 if (ready.Contains(sub) && sub.ReceiveIfReady() is { } frames)
                 {
@@ -281,20 +314,6 @@ static class Desk
                     {
                         received++;
                         pipe.Report("received", new { handle = broadcast.Handle, text = broadcast.Text }, Encoding.UTF8.GetBytes(broadcast.Handle));
-                    }
-                }
-                if (ready.Contains(req) && req.ReceiveIfReady() is { } reply)
-                {
-                    List<string> handles = Chat.ReadReply(reply); // rejected, malformed-reply: fatal
-                    inFlight = false;
-                    joined = true; // the first reply is the join's
-                    lastRequest = Environment.TickCount64;
-                    UpdateRoster(handles);
-                    if (posting is string text)
-                    {
-                        sent++;
-                        pipe.Report("sent", new { text, roster = handles });
-                        posting = null;
                     }
                 }
                 if (live && !inFlight)
@@ -334,18 +353,20 @@ static class Desk
             using var sub = new SubscriberSocket();
             sub.Options.Linger = TimeSpan.Zero;
             sub.Options.MaxMsgSize = Ticker.MaxMessage;
+            // Our @name before connect: the publisher counts the desk as a subscriber by it. The symbols
+            // come later, as FOLLOW commands; their first ticks may be missed while they travel upstream.
+            sub.Subscribe(Encoding.UTF8.GetBytes("@" + config.Name));
             using var ticksMonitor = SocketMonitor.Attach(sub, "ticks", config.Monitor);
             Sockets.Connect(sub, config.Ticks);
-            // Our @name at once: the publisher counts the desk as a subscriber by it. The symbols come
-            // later, as FOLLOW commands; their first ticks may be missed while they travel upstream.
-            sub.Subscribe(Encoding.UTF8.GetBytes("@" + config.Name));
             pipe.Report("ready", new { name = config.Name });
 
             var followed = new List<string>();
-            var items = Query.PollIn([pipe.Socket, sub]);
+            var items = Sockets.PollIn([pipe.Socket, sub]);
             while (true)
             {
-                var ready = Query.Poll(items, Timeout.InfiniteTimeSpan); // no timer: ticks or commands
+                // The pipe and the SUB, with no limit: no timer, and STOP comes up the pipe. Then the
+                // pipe, then the SUB, each read without waiting.
+                var ready = Sockets.Poll(items, Timeout.InfiniteTimeSpan);
                 if (ready.Contains(pipe.Socket) && pipe.Command() is { } command)
                 {
                     if (Is(command, "STOP", 1))
@@ -355,6 +376,10 @@ static class Desk
                     if (!(follow || forget) || !Ticker.IsSymbol(symbol))
                     {
                         pipe.BadCommand(command, "not STOP, nor FOLLOW or FORGET and a symbol");
+                    }
+                    else if (follow && !followed.Contains(symbol) && followed.Count == Ticker.MaxSymbols)
+                    {
+                        pipe.Report("error", new { code = "bad-command", reason = "busy" }); // --follow's bound holds for FOLLOW too
                     }
                     else if (follow && !followed.Contains(symbol))
                     {
@@ -405,16 +430,21 @@ static class Desk
         long total = 0; // of the last trade completed
         try
         {
-            using var orders = new PushSocket(); // deals orders round-robin to the connected workers
-            using var results = new PullSocket(); // fair-queues readies and results from every worker
-            using var control = new PublisherSocket(); // the state, to every worker
+            // [PUSH] Deals orders round-robin to the connected workers; at every worker's high-water mark,
+            // or with none connected, it has no room (mute) and would block, never drop: polled for room.
+            using var orders = new PushSocket();
+            // [PULL] Fair-queues readies and results from every connected worker.
+            using var results = new PullSocket();
+            // [PUB] The state, to every worker subscribed at that moment; it never blocks, and drops for
+            // a worker not connected yet (hence the heartbeat) or past its HWM.
+            using var control = new PublisherSocket();
             foreach (NetMQSocket socket in new NetMQSocket[] { orders, results, control })
             {
                 socket.Options.Linger = TimeSpan.Zero;
-                socket.Options.MaxMsgSize = Valuation.MaxMessage;
+                socket.Options.MaxMsgSize = Valuation.MaxMessage; // before bind
             }
             // Linger 1 s on the control PUB: `finished` must still reach the workers (they leave when
-            // they hear it) if the desk stops right after the trade.
+            // they hear it) if the desk stops right after the trade; closing waits that long for it.
             control.Options.Linger = TimeSpan.FromSeconds(1);
             using var ordersMonitor = SocketMonitor.Attach(orders, "orders", config.Monitor);
             using var resultsMonitor = SocketMonitor.Attach(results, "results", config.Monitor);
@@ -458,14 +488,16 @@ static class Desk
             while (true)
             {
                 bool sending = state == Valuation.Go && (next <= count || resends.Count > 0);
-                // Orders that cannot go out yet wait here, never in a blocking send: the PUSH is polled
-                // for room (POLLOUT) while the results and the pipe are read.
-                var items = new List<NetMQSelector.Item> { new(pipe.Socket, PollEvents.PollIn), new(results, PollEvents.PollIn) };
+                // [poll] The pipe, the PUSH for room (POLLOUT, while orders wait to go out: never a
+                // blocking send) and the PULL, at once, up to the next heartbeat or the end of the quiet
+                // period if sooner; then, without waiting, the pipe, then the sockets in the protocol's
+                // order: orders (at most SendBatch of them, below), then one message from results.
+                var items = new List<NetMQSelector.Item> { new(pipe.Socket, PollEvents.PollIn) };
                 if (sending)
                     items.Add(new(orders, PollEvents.PollOut));
-                // The poll's timeout: the next heartbeat, or the end of the quiet period if sooner.
+                items.Add(new(results, PollEvents.PollIn));
                 TimeSpan due = state == Valuation.Go && !sending && quietSince + quiet < nextBeat ? quietSince + quiet : nextBeat;
-                var ready = Query.Poll([.. items], Valuation.Until(due, clock));
+                var ready = Sockets.Poll([.. items], Valuation.Until(due, clock));
                 if (ready.Contains(pipe.Socket) && pipe.Command() is { } command)
                 {
                     if (Is(command, "STOP", 1))
@@ -493,25 +525,6 @@ static class Desk
                         StartWhenReady(); // workers that said ready before the first VALUE count
                     }
                 }
-                if (ready.Contains(results) && results.ReceiveIfReady() is { } frames)
-                {
-                    if (frames[0].AsSpan().SequenceEqual(Valuation.Ready))
-                    {
-                        if (Valuation.OnReady(frames, workers, pipe.Report))
-                            StartWhenReady();
-                    }
-                    else if (trade.OnResult(frames))
-                    {
-                        quietSince = clock.Elapsed;
-                        if (trade.Complete)
-                        {
-                            SetState(Valuation.Finished);
-                            (running, total) = (false, trade.Total);
-                            resends.Clear(); // every result is in: nothing is missing any more
-                            pipe.Report("complete", new { total, workers = trade.Workers, resent = trade.Resent }, Valuation.I64(total));
-                        }
-                    }
-                }
                 if (sending && ready.Contains(orders))
                 {
                     // A send with no wait: false when the PUSH has no room after all (every worker's
@@ -533,6 +546,25 @@ static class Desk
                             resends.Dequeue();
                             if (resends.Count == 0)
                                 pipe.Report("resent", new { ids = resending });
+                        }
+                    }
+                }
+                if (ready.Contains(results) && results.ReceiveIfReady() is { } frames)
+                {
+                    if (frames[0].AsSpan().SequenceEqual(Valuation.Ready))
+                    {
+                        if (Valuation.OnReady(frames, workers, pipe.Report))
+                            StartWhenReady();
+                    }
+                    else if (trade.OnResult(frames))
+                    {
+                        quietSince = clock.Elapsed;
+                        if (trade.Complete)
+                        {
+                            SetState(Valuation.Finished);
+                            (running, total) = (false, trade.Total);
+                            resends.Clear(); // every result is in: nothing is missing any more
+                            pipe.Report("complete", new { total, workers = trade.Workers, resent = trade.Resent }, Valuation.I64(total));
                         }
                     }
                 }
@@ -571,9 +603,15 @@ static class Desk
         var facade = new Query.Facade(config.Name, config.Subtrees, 0, 0, pipe.Report);
         try
         {
-            using var snapshot = new DealerSocket(); // several requests in flight, no envelopes
+            // The facade's sockets, options and order: linger 0 (the XPUB's below) and 1024 bytes at most,
+            // set before connect; the SUB's subscriptions before it connects.
+            // [DEALER] Several requests in flight at once, and replies without REQ's lockstep and without
+            // an envelope of its own: the subtree in KTHXBAI says which request a reply answers.
+            using var snapshot = new DealerSocket();
             using var updates = new SubscriberSocket();
-            using var collector = new XPublisherSocket(); // a PUB that shows the collector's subscription
+            // [XPUB] A PUB that hands us the collector's subscription as a message (a frame 0x01): a
+            // KVSET goes out only once it has come, since a PUB drops for a subscriber not there yet.
+            using var collector = new XPublisherSocket();
             foreach (NetMQSocket socket in new NetMQSocket[] { snapshot, updates, collector })
             {
                 socket.Options.Linger = TimeSpan.Zero;
@@ -583,12 +621,12 @@ static class Desk
             using var snapshotMonitor = SocketMonitor.Attach(snapshot, "snapshot", config.Monitor);
             using var updatesMonitor = SocketMonitor.Attach(updates, "updates", config.Monitor);
             using var collectorMonitor = SocketMonitor.Attach(collector, "collector", config.Monitor);
-            Sockets.Connect(collector, config.Collector); // always: a WRITE may come
             Sockets.Connect(updates, config.Updates);
-            foreach (string tree in config.Subtrees)
+            Sockets.Connect(snapshot, config.Snapshot);
+            Sockets.Connect(collector, config.Collector); // always: a WRITE may come
+            foreach (string tree in config.Subtrees) // once connected, so that they go out in this order
                 updates.Subscribe(Query.Bytes(tree));
             updates.Subscribe(Query.Hugz); // last: once a HUGZ arrives, every subscription before it is in place
-            Sockets.Connect(snapshot, config.Snapshot);
             pipe.Report("ready", new { name = config.Name, subtrees = config.Subtrees });
 
             bool hugged = false; // a HUGZ came: the snapshots were asked for
@@ -599,12 +637,14 @@ static class Desk
             {
                 // The facade's steps, as the sockets polled: until the HUGZ the SUB (dropping what comes);
                 // then only the DEALER until every KTHXBAI is in (the SUB's updates wait, in order);
-                // then both. The pipe and the collector XPUB all along.
+                // then both. The pipe and the collector XPUB all along. No timer: the wait has no limit,
+                // and STOP comes up the pipe. Then, without waiting, the pipe, then the sockets in the
+                // protocol's order: DEALER, SUB, XPUB.
                 bool syncing = facade.Waiting.Count > 0;
                 NetMQSocket[] sockets = !hugged ? [pipe.Socket, updates, collector]
                     : syncing ? [pipe.Socket, snapshot, collector]
-                    : [pipe.Socket, updates, snapshot, collector];
-                var ready = Query.Poll(Query.PollIn(sockets), Timeout.InfiniteTimeSpan);
+                    : [pipe.Socket, snapshot, updates, collector];
+                var ready = Sockets.Poll(Sockets.PollIn(sockets), Timeout.InfiniteTimeSpan);
                 if (ready.Contains(pipe.Socket) && pipe.Command() is { } command)
                 {
                     if (Is(command, "STOP", 1))
@@ -617,26 +657,28 @@ static class Desk
                     else
                         writes.Enqueue((Query.Text(command[1]), command[2]));
                 }
-                // One frame at a time, whatever its "more" flag: each is one subscription.
-                if (ready.Contains(collector) && collector.TryReceiveFrameBytes(TimeSpan.Zero, out byte[]? frame) && frame is [1])
-                    collectorLive = true; // the collector's subscription to everything
-                if (!hugged)
+                if (ready.Contains(snapshot) && Query.ReceiveMessage(snapshot) is { } reply)
                 {
-                    if (ready.Contains(updates) && Query.ReceiveMessage(updates, TimeSpan.Zero) is [var first, ..] && Query.Is(first, Query.Hugz))
-                    {
-                        hugged = true;
-                        foreach (string tree in config.Subtrees) // all requests in flight at once on the one DEALER
-                            snapshot.SendMultipartBytes(Query.Icanhaz, Query.Bytes(tree));
-                    }
-                }
-                else if (syncing)
-                {
-                    if (ready.Contains(snapshot) && Query.ReceiveMessage(snapshot, TimeSpan.Zero) is { } reply)
+                    if (syncing)
                         facade.OnSnapshot(reply); // KVSYNCs, then a KTHXBAI per subtree: `synced`
+                    else
+                        pipe.Report("error", new { code = "unexpected-snapshot", reason = $"{Query.Quote(reply[0])} after every KTHXBAI" });
                 }
-                else
+                if (ready.Contains(updates) && Query.ReceiveMessage(updates) is { } update)
                 {
-                    if (ready.Contains(updates) && Query.ReceiveMessage(updates, TimeSpan.Zero) is { } update && facade.OnUpdate(update))
+                    if (!hugged)
+                    {
+                        // [slow joiner] Our subscriptions reach the engine some time after connect: the
+                        // HUGZ it answers our last one with proves them all live. Until it comes, what
+                        // arrives is dropped (the snapshot covers it), and then the snapshots are asked for.
+                        if (Query.Is(update[0], Query.Hugz))
+                        {
+                            hugged = true;
+                            foreach (string tree in config.Subtrees) // all requests in flight at once on the one DEALER
+                                snapshot.SendMultipartBytes(Query.Icanhaz, Query.Bytes(tree));
+                        }
+                    }
+                    else if (facade.OnUpdate(update))
                     {
                         // Every KVPUB applied, for the page's view of the engine's keys; the key in frame 2,
                         // for the replay, which keeps each key's latest.
@@ -653,9 +695,10 @@ static class Desk
                                 Query.Bytes(key), value);
                         }
                     }
-                    if (ready.Contains(snapshot) && Query.ReceiveMessage(snapshot, TimeSpan.Zero) is { } reply)
-                        pipe.Report("error", new { code = "unexpected-snapshot", reason = $"{Query.Quote(reply[0])} after every KTHXBAI" });
                 }
+                // One frame at a time, whatever its "more" flag: each is one subscription.
+                if (ready.Contains(collector) && collector.ReceiveFrameIfReady() is [1])
+                    collectorLive = true; // the collector's subscription to everything
                 while (hugged && facade.Waiting.Count == 0 && collectorLive && writes.Count > 0)
                 {
                     var (key, value) = writes.Dequeue();
@@ -693,7 +736,7 @@ static class Desk
     static void Send(Agent agent, params byte[][] command)
     {
         if (agent.Stopped || !agent.Pipe!.TrySendMultipartBytes(TimeSpan.Zero, command))
-            Events.Log($"desk: {Encoding.ASCII.GetString(command[0])} not sent to the {agent.Name} agent");
+            Contract.Log($"desk: {Encoding.ASCII.GetString(command[0])} not sent to the {agent.Name} agent");
     }
 
     static int RunTrader(TraderArgs args)
@@ -743,11 +786,11 @@ static class Desk
         // streams, under its replay key (the latest tick of a symbol, applied of a key).
         void Write(byte[] line, string? key = null)
         {
-            Events.Write(line);
+            Contract.Write(line);
             web?.Publish(line, key);
         }
 
-        void Emit(string name, object fields) => Write(Events.Line(name, fields));
+        void Emit(string name, object fields) => Write(Contract.Line(name, fields));
 
         // The valuation's `result` lines (one per order) go to stdout only; the page gets `progress`
         // instead, at most every 100 ms while the count changes, and right before `complete`.
@@ -755,7 +798,7 @@ static class Desk
         {
             if (web is null || !(now || results != shown && Environment.TickCount64 >= shownAt + ProgressMs))
                 return;
-            web.Publish(Events.Line("progress", new { results, orders }, "valuation"), "progress");
+            web.Publish(Contract.Line("progress", new { results, orders }, "valuation"), "progress");
             (shown, shownAt) = (results, Environment.TickCount64);
         }
 
@@ -774,7 +817,7 @@ static class Desk
             if ((agent.Name, name) == ("valuation", "result"))
             {
                 results++;
-                Events.Write(frames[1]); // to stdout only: the page gets `progress`
+                Contract.Write(frames[1]); // to stdout only: the page gets `progress`
             }
             else
             {
@@ -889,7 +932,10 @@ static class Desk
                 return;
             var running = agents.Where(agent => agent.Thread is not null && !agent.Stopped).ToList();
             Web? page = web is { Serving: true } ? web : null;
-            var ready = Query.Poll(Query.PollIn([.. running.Select(agent => agent.Pipe), page?.Socket]), deadline.Cap(Tenth));
+            // [poll] The pipes of the running agents and the page's STREAM socket at once, a tenth of a
+            // second at most (the signal flag, the page's deadlines), never past the deadline; then,
+            // without waiting, one event from each ready pipe, in the agents' order, then the page.
+            var ready = Sockets.Poll(Sockets.PollIn([.. running.Select(agent => agent.Pipe), page?.Socket]), deadline.Cap(Tenth));
             foreach (Agent agent in running.Where(agent => ready.Contains(agent.Pipe!)))
             {
                 if (agent.Pipe!.ReceiveIfReady() is { } frames)
@@ -899,7 +945,7 @@ static class Desk
             {
                 long now = Environment.TickCount64;
                 if (ready.Contains(page.Socket))
-                    page.Receive(now, OnCommand);
+                    page.Receive(now, OnCommand); // drains on purpose: up to 100 messages (Web.cs)
                 page.Expire(now);
                 Progress(now: false);
             }
@@ -915,9 +961,9 @@ static class Desk
             return tickerDone && chatDone && valuationDone && queryDone;
         }
 
-        // Start-up: for each agent, bind its pipe, start its thread, wait for its `ready`. Binding first
-        // is the inproc rule that always works; each `ready` is the agent's proof that its sockets exist.
-        foreach (var (agent, body) in agents.Zip(bodies))
+        // Start one agent: bind its pipe, start its thread, wait for its `ready`. Binding first is the
+        // inproc rule that always works; the `ready` is the agent's proof that its sockets exist.
+        void Start(Agent agent, ThreadStart body)
         {
             agent.Pipe = NewPipe();
             agent.Pipe.Bind(PipeEndpoint(agent.Name));
@@ -926,6 +972,39 @@ static class Desk
             agent.Thread.Start();
             while (!agent.Ready && outcome is null)
                 Turn(acting: true);
+        }
+
+        // Shut-down, steps 1 and 2: STOP to every agent at once (they are independent), then every
+        // `stopped`, within 5 s. The events an agent sent before it are still written, in order. The
+        // agents started, and those of them that never said `stopped` (none, normally).
+        (List<Agent> Started, List<string> Stuck) ShutDown()
+        {
+            var started = agents.Where(agent => agent.Thread is not null).ToList();
+            long giveUp = Environment.TickCount64 + StopWait;
+            while (started.Any(agent => !agent.Stopped) && Environment.TickCount64 < giveUp)
+            {
+                // STOP once the pipe takes it: an agent stopped by the deadline during its start-up may
+                // not have connected its end yet, and a PAIR without its peer takes nothing. So the pipes
+                // not told yet are polled for room (POLLOUT) as well as for events; the send does not wait.
+                var waiting = started.Where(agent => !agent.Stopped).ToList();
+                NetMQSelector.Item[] items = [.. waiting.Select(agent =>
+                    new NetMQSelector.Item(agent.Pipe!, agent.Told ? PollEvents.PollIn : PollEvents.PollIn | PollEvents.PollOut))];
+                Sockets.Poll(items, TimeSpan.FromMilliseconds(Math.Max(0, giveUp - Environment.TickCount64)));
+                foreach (var (agent, item) in waiting.Zip(items))
+                {
+                    if (!agent.Told && item.ResultEvent.HasFlag(PollEvents.PollOut))
+                        agent.Told = agent.Pipe!.TrySendMultipartBytes(TimeSpan.Zero, Ascii("STOP"));
+                    if (item.ResultEvent.HasFlag(PollEvents.PollIn) && agent.Pipe!.ReceiveIfReady() is { } frames)
+                        OnEvent(agent, frames, acting: false);
+                }
+            }
+            return (started, started.Where(agent => !agent.Stopped).Select(agent => agent.Name).ToList());
+        }
+
+        // Start-up: the agents one at a time, in order.
+        foreach (var (agent, body) in agents.Zip(bodies))
+        {
+            Start(agent, body);
             if (outcome is not null)
                 break;
         }
@@ -958,28 +1037,9 @@ static class Desk
             }
         }
 
-        // Shut-down. 1: STOP to every agent at once (they are independent); 2: every `stopped`, within
-        // 5 s. The events an agent sent before it are still written, in order.
-        var started = agents.Where(agent => agent.Thread is not null).ToList();
-        long giveUp = Environment.TickCount64 + StopWait;
-        while (started.Any(agent => !agent.Stopped) && Environment.TickCount64 < giveUp)
-        {
-            // An agent started a moment ago may not have connected its end yet: the send waits for it
-            // (a tenth of a second at most, tried again each turn until its `stopped` comes).
-            foreach (Agent agent in started.Where(agent => !agent.Stopped && !agent.Told))
-                agent.Told = agent.Pipe!.TrySendMultipartBytes(Tenth, Ascii("STOP"));
-            var waiting = started.Where(agent => !agent.Stopped).ToList();
-            var ready = Query.Poll(Query.PollIn(waiting.Select(agent => agent.Pipe)),
-                TimeSpan.FromMilliseconds(Math.Max(0, giveUp - Environment.TickCount64)));
-            foreach (Agent agent in waiting.Where(agent => ready.Contains(agent.Pipe!)))
-            {
-                if (agent.Pipe!.ReceiveIfReady() is { } frames)
-                    OnEvent(agent, frames, acting: false);
-            }
-        }
+        var (started, stuck) = ShutDown();
         if (outcome is "timeout" or "agent-failed")
             Emit("error", new { code = outcome, reason });
-        var stuck = started.Where(agent => !agent.Stopped).Select(agent => agent.Name).ToList();
         if (stuck.Count > 0)
         {
             // Terminating the context would wait for the sockets of a thread that never closes them (or
@@ -1001,8 +1061,8 @@ static class Desk
         NetMQConfig.Cleanup();
         if (outcome is "timeout" or "agent-failed")
             return 1;
-        // 5: done (through Events.Emit, which drops any socket-event after it; the page is closed).
-        Events.Emit("done", new
+        // 5: done (through Contract.Emit, which drops any socket-event after it; the page is closed).
+        Contract.Emit("done", new
         {
             complete = finished,
             agents = agents.Where(agent => agent.Told && agent.Stopped).Select(agent => agent.Name),

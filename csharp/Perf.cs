@@ -194,10 +194,10 @@ static class Perf
         var deadline = new Deadline(args.Timeout);
         // PULL fair-queues from every connected PUSH; here there is one. Linger 0: it sends nothing.
         using var pull = Open(new PullSocket(), args, bind: true, TimeSpan.Zero);
-        Events.Emit("ready", new { endpoint = pull.Options.LastEndpoint });
+        Contract.Emit("ready", new { endpoint = pull.Options.LastEndpoint });
         double seconds = Sink(pull, args.Size, args.Count, Wait(args.Timeout), deadline);
-        Events.Emit("result", Throughput(args.Size, args.Count, seconds));
-        Events.Emit("done");
+        Contract.Emit("result", Throughput(args.Size, args.Count, seconds));
+        Contract.Emit("done");
     }
 
     static void RunThrSource(Args args)
@@ -208,9 +208,9 @@ static class Perf
         {
             // Linger: the last sends only queue their messages, which must not be dropped by closing.
             Open(push, args, bind: false, Wait(args.Timeout));
-            Events.Emit("ready");
+            Contract.Emit("ready");
             Source(push, args.Size, args.Count, Wait(args.Timeout), deadline);
-            Events.Emit("done");
+            Contract.Emit("done");
             // What is left of --timeout (no limit without one) bounds both waits: for the sink to
             // hang up once it has every message, and for NetMQ to hand over what is still queued.
             hangUp.Wait(deadline.Remaining);
@@ -230,7 +230,7 @@ static class Perf
         using var hangUp = new HangUp(rep);
         // Linger 0: once the ping hangs up (below), it has every reply, and nothing else is owed.
         Open(rep, args, bind: true, TimeSpan.Zero);
-        Events.Emit("ready", new { endpoint = rep.Options.LastEndpoint });
+        Contract.Emit("ready", new { endpoint = rep.Options.LastEndpoint });
         var msg = new Msg();
         msg.InitEmpty();
         for (int done = 0; done < args.Count; done++)
@@ -240,7 +240,7 @@ static class Perf
             Send(rep, ref msg, wait); // the very message back, no copy: the send takes it, and empties msg
         }
         msg.Close();
-        Events.Emit("done");
+        Contract.Emit("done");
         hangUp.Wait(deadline.Remaining); // the last reply may still be on its way: see HangUp
     }
 
@@ -250,7 +250,7 @@ static class Perf
         TimeSpan wait = Wait(args.Timeout);
         // REQ: strictly one request, then its reply (lockstep), so each round trip is timed whole.
         using var req = Open(new RequestSocket(), args, bind: false, TimeSpan.Zero);
-        Events.Emit("ready");
+        Contract.Emit("ready");
         byte[] zeros = new byte[args.Size];
         var request = new Msg();
         var reply = new Msg();
@@ -267,11 +267,11 @@ static class Perf
         long ended = Stopwatch.GetTimestamp();
         reply.Close();
         double seconds = Seconds(started, ended);
-        Events.Emit("result", new
+        Contract.Emit("result", new
         {
             size = args.Size, count = args.Count, seconds, latency_us = seconds * 1e6 / (2.0 * args.Count),
         });
-        Events.Emit("done");
+        Contract.Emit("done");
     }
 
     /// <summary>Both halves in one process: inproc:// is a queue between two threads that NetMQ's
@@ -283,7 +283,7 @@ static class Perf
         // inproc: the PULL binds before the PUSH connects to it.
         using var pull = Open(new PullSocket(), args, bind: true, TimeSpan.Zero);
         using var push = Open(new PushSocket(), args, bind: false, Wait(args.Timeout)); // linger as a source's
-        Events.Emit("ready");
+        Contract.Emit("ready");
         ExceptionDispatchInfo? failure = null;
         // A NetMQ socket is not thread-safe: from here on, the push socket is the sender thread's
         // alone (its start and our Join are the memory barriers), the pull socket this thread's.
@@ -309,7 +309,7 @@ static class Perf
             sender.Join(); // bounded: the sender gives up at its own send timeout or deadline
         }
         failure?.Throw();
-        Events.Emit("result", Throughput(args.Size, args.Count, seconds));
-        Events.Emit("done");
+        Contract.Emit("result", Throughput(args.Size, args.Count, seconds));
+        Contract.Emit("done");
     }
 }

@@ -35,7 +35,7 @@ catch (Usage usage)
 }
 catch (Failure failure)
 {
-    Events.Emit("error", new { code = failure.Code, reason = failure.Reason });
+    Contract.Emit("error", new { code = failure.Code, reason = failure.Reason });
     return 1;
 }
 finally

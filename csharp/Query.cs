@@ -14,9 +14,10 @@ using NetMQ.Sockets;
 
 static class Query
 {
-    // ZMQ_MAXMSGSIZE (NetMQ Options.MaxMsgSize) on every socket: the largest legal frame is a 256-byte
-    // value; between 257 and 1024 bytes it reaches us and is reported, above that NetMQ drops it
-    // together with the sender's connection.
+    // [max size] 1024 bytes per frame (NetMQ Options.MaxMsgSize) on every socket, set before bind or
+    // connect. The largest legal frame is a 256-byte value (a key, a subtree, properties or a routing
+    // id: 255); between 257 and 1024 bytes it reaches us and is reported, above that NetMQ drops it
+    // together with the connection that sent it.
     internal const long MaxMessage = 1024;
     internal const int MaxValue = 256;
     const int MaxFrames = 7; // frames kept of a message (5, a routing id, and one to tell "more"); the rest are dropped
@@ -217,16 +218,17 @@ static class Query
 
     internal static byte[] Bytes(string text) => Encoding.ASCII.GetBytes(text);
 
-    /// <summary>The next message, read frame by frame: at most <see cref="MaxFrames"/> frames are kept
-    /// (the rest are read and dropped), so no message can make us allocate without bound. The first frame
-    /// waits at most <paramref name="wait"/>: zero after a poll (ready is a hint, see
-    /// Sockets.ReceiveIfReady), or a timeout that is itself the poll. Null if nothing came.</summary>
-    internal static List<byte[]>? ReceiveMessage(NetMQSocket socket, TimeSpan wait)
+    /// <summary>The message a poll reported, read frame by frame without waiting: at most
+    /// <see cref="MaxFrames"/> frames are kept (the rest are read and dropped), so no message can make us
+    /// allocate without bound. Null if there was nothing after all (POLLIN is a hint).</summary>
+    internal static List<byte[]>? ReceiveMessage(NetMQSocket socket)
     {
-        if (!socket.TryReceiveFrameBytes(wait, out byte[]? first, out bool more))
+        if (!socket.TryReceiveFrameBytes(TimeSpan.Zero, out byte[]? first, out bool more))
             return null;
         var frames = new List<byte[]> { first };
-        while (more) // the other frames of a message arrive with its first one
+        // [multipart] A message arrives whole or not at all: its other frames came with the first, so
+        // reading them cannot wait. How many there are is the peer's choice: CheckKv counts them.
+        while (more)
         {
             byte[] frame = socket.ReceiveFrameBytes(out more);
             if (frames.Count < MaxFrames)
@@ -234,19 +236,6 @@ static class Query
         }
         return frames;
     }
-
-    /// <summary>zmq_poll: wait until some of the sockets have a message (or room to send one, for an item
-    /// that asks for PollOut), or for the timeout; those that do. NetMQSelector is NetMQ's poll
-    /// (NetMQPoller, built on it, calls handlers instead): with it the loop is the same as in the other
-    /// languages. A negative timeout waits without limit.</summary>
-    internal static HashSet<NetMQSocket> Poll(NetMQSelector.Item[] items, TimeSpan timeout)
-    {
-        new NetMQSelector().Select(items, items.Length, (long)Math.Ceiling(timeout.TotalMilliseconds));
-        return [.. items.Where(item => item.ResultEvent != PollEvents.None).Select(item => item.Socket!)];
-    }
-
-    internal static NetMQSelector.Item[] PollIn(IEnumerable<NetMQSocket?> sockets) =>
-        [.. sockets.OfType<NetMQSocket>().Select(socket => new NetMQSelector.Item(socket, PollEvents.PollIn))];
 
     // --- the map fed by ticks --------------------------------------------------------------------
 
@@ -293,10 +282,10 @@ static class Query
                 values[key] = value;
                 sequence++;
                 byte[][] frames = [Encoding.UTF8.GetBytes(key), Seq(sequence), [], [], value];
-                Events.Emit("encoded", new { frames = frames.Select(Convert.ToHexStringLower).ToArray() });
+                Contract.Emit("encoded", new { frames = frames.Select(Convert.ToHexStringLower).ToArray() });
             }
         }
-        Events.Emit("done");
+        Contract.Emit("done");
     }
 
     // --- engine ----------------------------------------------------------------------------------
@@ -326,7 +315,7 @@ static class Query
             expiries.Remove(key);
             // XPUB, like PUB, never blocks: a subscriber whose queue is full (the high-water mark) misses it.
             updates.SendMultipartBytes(Bytes(key), Seq(Sequence), uuid ?? [], props ?? [], value);
-            Events.Emit("update", new { sequence = Sequence, key, value = Convert.ToHexStringLower(value), cause });
+            Contract.Emit("update", new { sequence = Sequence, key, value = Convert.ToHexStringLower(value), cause });
         }
 
         /// <summary>The RFC's HUGZ carries 0 and no UUID; ours the sequence of our last update (0 before
@@ -342,7 +331,7 @@ static class Query
         {
             if (frames.Count != 3 || !Is(frames[1], Icanhaz) || !IsSubtree(frames[2]))
             {
-                Events.Emit("error", new { code = "malformed-icanhaz", reason = $"not [ICANHAZ?, subtree]: {Shape(frames.Count > 1 ? frames[1..] : [[]])}" });
+                Contract.Emit("error", new { code = "malformed-icanhaz", reason = $"not [ICANHAZ?, subtree]: {Shape(frames.Count > 1 ? frames[1..] : [[]])}" });
                 return;
             }
             // Frame 0 is the routing id ROUTER put in front: our replies go back by it.
@@ -365,7 +354,7 @@ static class Query
                 return;
             }
             Served++;
-            Events.Emit("snapshot", new { subtree, keys = keys.Count, sequence = highest, at = Sequence });
+            Contract.Emit("snapshot", new { subtree, keys = keys.Count, sequence = highest, at = Sequence });
         }
 
         /// <summary>Send to one peer through ROUTER, without waiting. With ROUTER_MANDATORY the first frame
@@ -387,21 +376,21 @@ static class Query
         void Abandon(string subtree, int sent, string why)
         {
             Abandoned++;
-            Events.Emit("abandoned", new { subtree, keys = sent, why });
+            Contract.Emit("abandoned", new { subtree, keys = sent, why });
         }
 
         public void OnKvset(List<byte[]> frames)
         {
             if (CheckKv(frames) is string problem)
             {
-                Events.Emit("error", new { code = "malformed-kvset", reason = problem });
+                Contract.Emit("error", new { code = "malformed-kvset", reason = problem });
                 return;
             }
             string key = Text(frames[0]);
             byte[] value = frames[4];
             if (value.Length > 0 && !map.ContainsKey(key) && map.Count >= maxKeys)
             {
-                Events.Emit("error", new { code = "map-full", reason = $"{Quote(frames[0])} would be key {maxKeys + 1}" });
+                Contract.Emit("error", new { code = "map-full", reason = $"{Quote(frames[0])} would be key {maxKeys + 1}" });
                 return;
             }
             Update(key, value, "kvset", frames[2], frames[3]);
@@ -414,14 +403,14 @@ static class Query
             // A tick as examples/ticker/PROTOCOL.md has it: [symbol NUL, sequence, timestamp, price].
             if (frames.Count != 4 || !Ticker.IsTopic(frames[0]) || frames.Skip(1).Any(frame => frame.Length != 8))
             {
-                Events.Emit("error", new { code = "malformed-tick", reason = $"not a tick: {Shape(frames)}" });
+                Contract.Emit("error", new { code = "malformed-tick", reason = $"not a tick: {Shape(frames)}" });
                 return;
             }
             string symbol = Text(frames[0][..^1]);
             long? cents = TickCents(BinaryPrimitives.ReadDoubleBigEndian(frames[3]));
             if (!symbolsWanted.Contains(symbol) || cents is null)
             {
-                Events.Emit("error", new
+                Contract.Emit("error", new
                 {
                     code = "malformed-tick",
                     reason = $"{symbol}: not subscribed, or price {Convert.ToHexStringLower(frames[3])} cannot be cents",
@@ -438,9 +427,14 @@ static class Query
         public void OnSubscription(byte[] frame)
         {
             if (frame.Length == 0 || frame[0] > 1)
-                Events.Emit("error", new { code = "malformed-subscription", reason = $"not a subscription: {Quote(frame)}" });
+                Contract.Emit("error", new { code = "malformed-subscription", reason = $"not a subscription: {Quote(frame)}" });
             else if (frame[0] == 1 && Hugz.AsSpan().StartsWith(frame.AsSpan(1)))
-                SendHugz(); // a new subscriber learns at once that its subscriptions are in place
+            {
+                // [slow joiner] A subscription reaches us some time after the facade subscribed; what
+                // we publish before that is lost for it. A subscription to a prefix of HUGZ is
+                // answered with a HUGZ at once: once it arrives, every earlier subscription is live.
+                SendHugz();
+            }
         }
 
         /// <summary>Delete every key whose time has come, in order of expiry time, then key; and send a
@@ -469,14 +463,17 @@ static class Query
     {
         using var stop = new StopSignal();
         var deadline = new Deadline(args.Timeout);
-        // ROUTER: every request arrives with the routing id of its peer in front, and every reply is
-        // routed by the routing id we put in front. MANDATORY: fail instead of dropping in silence.
+        // [ROUTER] Every request arrives with the routing id of its peer in front, and every reply is
+        // routed by the routing id we put in front; what it cannot route it drops in silence, unless
+        // MANDATORY: then the send fails, and the engine abandons that snapshot.
         using var snapshots = new RouterSocket();
         snapshots.Options.RouterMandatory = true;
-        // Room for a whole snapshot per peer: NetMQ learns that a peer has read its messages only in
-        // batches, so a loop of sends would find 1000 (the default high-water mark) "full" at once.
+        // [HWM] Room for a whole snapshot per peer: NetMQ learns that a peer has read its messages only
+        // in batches, so a loop of sends would find 1000 (the default high-water mark) "full" at once.
+        // At the mark a MANDATORY ROUTER's send fails (TrySend returns false) instead of blocking.
         snapshots.Options.SendHighWatermark = Math.Min(args.MaxKeys, int.MaxValue - 1) + 1;
-        // XPUB, verbose: a PUB on the wire, that shows us every subscription (for HUGZ), repeats included.
+        // [XPUB] A PUB on the wire that hands us every subscription as a message (first byte 1 or 0);
+        // verbose: repeats included, so each subscription to HUGZ is answered (the slow joiner).
         using var updates = new XPublisherSocket();
         updates.Options.XPubVerbose = true;
         using var collector = new SubscriberSocket(); // the facades' writes: subscribed to everything
@@ -485,6 +482,8 @@ static class Query
         NetMQSocket?[] sockets = [snapshots, updates, collector, ticks];
         foreach (NetMQSocket socket in sockets.OfType<NetMQSocket>())
         {
+            // [linger] 0: at the stop nothing still queued is owed to anyone (a facade resyncs from a
+            // new engine anyway); closing drops it.
             socket.Options.Linger = TimeSpan.Zero;
             socket.Options.MaxMsgSize = MaxMessage; // before bind or connect
         }
@@ -498,38 +497,43 @@ static class Query
         if (ticks is not null)
         {
             Sockets.Connect(ticks, args.Ticks);
-            foreach (string symbol in args.Symbols) // the symbols first, then the @name the publisher counts
+            // [SUB] A prefix filter on frame 0, subscribed once connected, in this order: the symbols
+            // first, then the @name the publisher counts (made before a connect, subscriptions go out
+            // sorted by bytes, "@" first); it receives no tick of another symbol.
+            foreach (string symbol in args.Symbols)
                 ticks.Subscribe(Ticker.Topic(symbol));
             ticks.Subscribe(Encoding.UTF8.GetBytes("@" + args.Name));
         }
-        Events.Emit("ready", new
+        Contract.Emit("ready", new
         {
             snapshot = snapshots.Options.LastEndpoint, updates = updates.Options.LastEndpoint,
             collector = collector.Options.LastEndpoint,
         });
 
         var engine = new Engine(snapshots, updates, args.MaxKeys);
-        var items = PollIn(sockets);
+        var items = Sockets.PollIn(sockets);
         while (!stop.Raised)
         {
             if (deadline.Expired)
                 throw new Failure("timeout", $"still serving after {args.Timeout} ms");
-            // A poll up to the next timer, or for a tenth of a second, so that the stop flag is seen soon.
+            // [poll] The four sockets at once, up to the next timer (a HUGZ or an expiry), or a tenth of
+            // a second so that the stop flag is seen soon, never past the deadline. Then receives that
+            // do not wait (POLLIN is a hint), one message from each ready socket, in the protocol's
+            // order: a flood on one cannot starve the others. No EINTR reaches a .NET poll (StopSignal).
             TimeSpan wait = engine.NextTimer(args.Hugz);
-            var ready = Poll(items, deadline.Cap(wait < Tenth ? wait : Tenth));
-            // One message from each socket that has one: a flood on one cannot starve the others.
-            if (ready.Contains(snapshots) && ReceiveMessage(snapshots, TimeSpan.Zero) is { } request)
+            var ready = Sockets.Poll(items, deadline.Cap(wait < Tenth ? wait : Tenth));
+            if (ready.Contains(snapshots) && ReceiveMessage(snapshots) is { } request)
                 engine.OnIcanhaz(request);
-            if (ready.Contains(collector) && ReceiveMessage(collector, TimeSpan.Zero) is { } kvset)
-                engine.OnKvset(kvset);
-            if (ticks is not null && ready.Contains(ticks) && ReceiveMessage(ticks, TimeSpan.Zero) is { } tick)
-                engine.OnTick(tick, args.Symbols);
             // One frame at a time, whatever its "more" flag: each is one subscription.
-            if (ready.Contains(updates) && updates.TryReceiveFrameBytes(TimeSpan.Zero, out byte[]? subscription))
+            if (ready.Contains(updates) && updates.ReceiveFrameIfReady() is { } subscription)
                 engine.OnSubscription(subscription);
+            if (ready.Contains(collector) && ReceiveMessage(collector) is { } kvset)
+                engine.OnKvset(kvset);
+            if (ticks is not null && ready.Contains(ticks) && ReceiveMessage(ticks) is { } tick)
+                engine.OnTick(tick, args.Symbols);
             engine.OnTimers(args.Hugz);
         }
-        Events.Emit("done", new { sequence = engine.Sequence, keys = engine.Keys, snapshots = engine.Served, abandoned = engine.Abandoned });
+        Contract.Emit("done", new { sequence = engine.Sequence, keys = engine.Keys, snapshots = engine.Served, abandoned = engine.Abandoned });
     }
 
     // --- facade ----------------------------------------------------------------------------------
@@ -695,9 +699,12 @@ static class Query
     /// engine uses.</summary>
     sealed class FacadeSockets : IDisposable
     {
-        public readonly SubscriberSocket Updates = new();
-        // DEALER: requests go out and replies come in without envelopes, several at a time.
+        // [DEALER] Sends and receives freely: requests go out several at a time, and replies come in
+        // without REQ's lockstep and without an envelope of its own; the subtree in KTHXBAI says which
+        // request a reply answers.
         public readonly DealerSocket Snapshot = new();
+        // [SUB] A prefix filter on frame 0: one subscription per subtree, and HUGZ.
+        public readonly SubscriberSocket Updates = new();
         // XPUB to the collector: a PUB that tells us when the collector's subscription has arrived.
         public readonly XPublisherSocket? Collector;
         readonly SocketMonitor?[] monitors;
@@ -710,33 +717,36 @@ static class Query
                 socket.Options.Linger = TimeSpan.Zero;
                 socket.Options.MaxMsgSize = MaxMessage; // before connect
             }
+            // [linger] 1 s on the collector XPUB: the last write (a delete) may still be queued when we
+            // exit, and closing waits that long for it to leave; 0 on the others, which owe nothing.
+            if (Collector is not null)
+                Collector.Options.Linger = TimeSpan.FromSeconds(1);
             monitors =
             [
-                SocketMonitor.Attach(Updates, "updates", args.Monitor),
                 SocketMonitor.Attach(Snapshot, "snapshot", args.Monitor),
+                SocketMonitor.Attach(Updates, "updates", args.Monitor),
                 Collector is null ? null : SocketMonitor.Attach(Collector, "collector", args.Monitor),
             ];
             try
             {
-                if (Collector is not null)
-                {
-                    Collector.Options.Linger = TimeSpan.FromSeconds(1); // the last write (a delete) may still be queued when we exit
-                    Sockets.Connect(Collector, args.Collector);
-                }
                 Sockets.Connect(Updates, args.Updates);
-                foreach (string tree in args.Subtrees)
-                    Updates.Subscribe(Bytes(tree));
-                Updates.Subscribe(Hugz); // last: once a HUGZ arrives, every subscription before it is in place
                 Sockets.Connect(Snapshot, args.Snapshot);
+                if (Collector is not null)
+                    Sockets.Connect(Collector, args.Collector);
             }
             catch
             {
                 Dispose();
                 throw;
             }
+            // The subtrees, then HUGZ, once the SUB is connected: once a HUGZ arrives, every
+            // subscription before it is in place (made before a connect, they would go out sorted).
+            foreach (string tree in args.Subtrees)
+                Updates.Subscribe(Bytes(tree));
+            Updates.Subscribe(Hugz);
         }
 
-        public NetMQSocket[] All => Collector is null ? [Updates, Snapshot] : [Updates, Snapshot, Collector];
+        public NetMQSocket[] All => Collector is null ? [Snapshot, Updates] : [Snapshot, Updates, Collector];
 
         /// <summary>Close at once, for a restart: writes queued for a dead engine are worth nothing.</summary>
         public void Drop()
@@ -762,7 +772,7 @@ static class Query
         var sockets = new FacadeSockets(args);
         try
         {
-            Events.Emit("ready", new { name = args.Name, subtrees = args.Subtrees });
+            Contract.Emit("ready", new { name = args.Name, subtrees = args.Subtrees });
             Facade? facade = null;
             while (facade is null)
             {
@@ -774,11 +784,11 @@ static class Query
                 {
                     // Start over on new sockets: the old ones may still hold the old engine's messages.
                     sockets.Drop();
-                    Events.Emit("resynced", new { why = restart.Why, last = restart.Last });
+                    Contract.Emit("resynced", new { why = restart.Why, last = restart.Last });
                     sockets = new FacadeSockets(args);
                 }
             }
-            Events.Emit("done", facade.Summary());
+            Contract.Emit("done", facade.Summary());
         }
         finally
         {
@@ -793,8 +803,8 @@ static class Query
     /// <see cref="Restarted"/> thrown, when the engine turns out to be gone or new.</summary>
     static Facade Follow(FacadeArgs args, Deadline deadline, FacadeSockets sockets)
     {
-        var (updates, snapshot, collector) = (sockets.Updates, sockets.Snapshot, sockets.Collector);
-        var facade = new Facade(args.Name, args.Subtrees, args.Count, args.Writes, Events.Emit);
+        var (snapshot, updates, collector) = (sockets.Snapshot, sockets.Updates, sockets.Collector);
+        var facade = new Facade(args.Name, args.Subtrees, args.Count, args.Writes, Contract.Emit);
         ulong seen = 0; // the highest sequence read from the SUB: HUGZ, and KVPUBs applied or discarded
         byte[]? engine = null; // the UUID in the HUGZ that started the session (empty from an RFC server)
 
@@ -824,10 +834,13 @@ static class Query
             }
         }
 
-        // The slow joiner: wait for a HUGZ, dropping whatever comes before it (the snapshot covers it).
+        // [slow joiner] Our subscriptions reach the engine some time after connect, and an update made
+        // before that would be in neither the snapshot nor the stream. So: wait for a HUGZ, which the
+        // engine sends at once for our subscription to HUGZ, the last one; drop whatever comes before
+        // it (the snapshot covers it). The SUB alone is polled, a tenth of a second at a time.
         while (true)
         {
-            if (ReceiveMessage(updates, deadline.Cap(Tenth)) is [var first, ..] hugz && Is(first, Hugz))
+            if (updates.PollIn(deadline.Cap(Tenth)) && ReceiveMessage(updates) is [var first, ..] hugz && Is(first, Hugz))
             {
                 FollowEngine(hugz); // which engine, and its sequence now: every update after it is higher
                 break;
@@ -843,7 +856,7 @@ static class Query
             snapshot.SendMultipartBytes(Icanhaz, Bytes(tree));
         while (facade.Waiting.Count > 0) // the SUB stays unread meanwhile: its updates wait, in order
         {
-            if (ReceiveMessage(snapshot, deadline.Cap(Tenth)) is { } frames)
+            if (snapshot.PollIn(deadline.Cap(Tenth)) && ReceiveMessage(snapshot) is { } frames)
             {
                 heard = Stopwatch.GetTimestamp();
                 facade.OnSnapshot(frames);
@@ -854,14 +867,19 @@ static class Query
                 throw new Failure("timeout", $"subtrees [{string.Join(", ", facade.Waiting)}] never completed");
         }
 
-        var items = PollIn(sockets.All);
+        var items = Sockets.PollIn(sockets.All);
         bool collectorLive = false;
         while (!facade.Finished())
         {
             if (deadline.Expired)
                 throw new Failure("timeout", $"applied {facade.Applied} updates, up to {facade.Last}, and was not done");
-            var ready = Poll(items, deadline.Cap(Tenth));
-            if (ready.Contains(updates) && ReceiveMessage(updates, TimeSpan.Zero) is { } update)
+            // [poll] The three sockets at once, a tenth of a second at most (the silence timer), never
+            // past the deadline; then receives that do not wait, one message per ready socket, in the
+            // protocol's order: DEALER, SUB, XPUB.
+            var ready = Sockets.Poll(items, deadline.Cap(Tenth));
+            if (ready.Contains(snapshot) && ReceiveMessage(snapshot) is { } reply)
+                Contract.Emit("error", new { code = "unexpected-snapshot", reason = $"{Quote(reply[0])} after every KTHXBAI" });
+            if (ready.Contains(updates) && ReceiveMessage(updates) is { } update)
             {
                 heard = Stopwatch.GetTimestamp();
                 FollowEngine(update);
@@ -869,10 +887,8 @@ static class Query
             }
             else if (Silent()) // not even a HUGZ, which the engine sends every --hugz ms
                 throw new Restarted("silence", seen);
-            if (ready.Contains(snapshot) && ReceiveMessage(snapshot, TimeSpan.Zero) is { } reply)
-                Events.Emit("error", new { code = "unexpected-snapshot", reason = $"{Quote(reply[0])} after every KTHXBAI" });
-            if (collector is not null && ready.Contains(collector) && collector.TryReceiveFrameBytes(TimeSpan.Zero, out byte[]? frame)
-                && frame is [1] && !collectorLive) // the collector's subscription to everything
+            if (collector is not null && ready.Contains(collector) && collector.ReceiveFrameIfReady() is [1]
+                && !collectorLive) // the collector's subscription to everything
             {
                 collectorLive = true;
                 for (int n = 1; n <= facade.Writes.Count; n++)
@@ -880,7 +896,7 @@ static class Query
                     var (key, value) = facade.Writes[n - 1];
                     int ttl = n % 2 == 0 ? args.Ttl : 0;
                     collector.SendMultipartBytes(KvsetFrames(key, value, ttl));
-                    Events.Emit("wrote", new { key, value = Convert.ToHexStringLower(value), ttl });
+                    Contract.Emit("wrote", new { key, value = Convert.ToHexStringLower(value), ttl });
                 }
             }
             if (collectorLive && !facade.DeleteSent && facade.Echoed.Count == facade.Writes.Count)
@@ -888,7 +904,7 @@ static class Query
                 string first = facade.Writes[0].Key;
                 collector!.SendMultipartBytes(KvsetFrames(first, [], 0));
                 facade.DeleteSent = true;
-                Events.Emit("wrote", new { key = first, value = "", ttl = 0 });
+                Contract.Emit("wrote", new { key = first, value = "", ttl = 0 });
             }
         }
         return facade;

@@ -7,7 +7,7 @@ using NetMQ.Monitoring;
 /// and <see cref="NetMQMonitor"/> raises them as .NET events, each reported as a `socket-event`. It is
 /// attached before the socket's bind or connect, so that `listening` and the first `connected` are seen.
 /// It runs on a thread of its own, so the role's loop is the same with and without --monitor; its lines
-/// share stdout with the role's, whole (<see cref="Events.Emit"/>), and none comes after `done`: the
+/// share stdout with the role's, whole (<see cref="Contract.Emit"/>), and none comes after `done`: the
 /// role's story ends there.</summary>
 sealed class SocketMonitor : IDisposable
 {
@@ -15,7 +15,7 @@ sealed class SocketMonitor : IDisposable
 
     readonly NetMQSocket watched;
     readonly NetMQMonitor monitor;
-    readonly NetMQPoller poller = new(); // the monitor's thread
+    readonly NetMQPoller poller = new(); // the monitor's thread, not the role's loop: NetMQMonitor's own idiom
     bool disposed;
 
     /// <summary>Watch <paramref name="socket"/>, whose endpoint the flag <paramref name="flag"/> gives
@@ -25,9 +25,12 @@ sealed class SocketMonitor : IDisposable
 
     SocketMonitor(NetMQSocket socket, string flag)
     {
+        // [monitor] A socket's connection events (listening, connected, disconnected, retries...) never
+        // arrive on the socket itself: NetMQ publishes them on a monitor PAIR over inproc, read here on
+        // a thread of its own. NetMQ 4.0.4.5 has no handshake events: a refused handshake shows nothing.
         watched = socket;
         monitor = new NetMQMonitor(socket, $"inproc://monitor.{flag}-{Interlocked.Increment(ref count)}", SocketEvents.All);
-        monitor.EventReceived += (_, e) => Events.Emit("socket-event", new
+        monitor.EventReceived += (_, e) => Contract.Emit("socket-event", new
         {
             socket = flag, kind = Kind(e.SocketEvent), endpoint = e.Address,
             value = e switch

@@ -9,10 +9,11 @@ using NetMQ.Sockets;
 
 static class Ticker
 {
-    // ZMQ_MAXMSGSIZE (NetMQ Options.MaxMsgSize) on every socket: NetMQ itself drops a bigger frame, and
-    // the sender's connection with it. The largest legal frames are a subscription (1, '@' and a
-    // 32-byte name: 34 bytes) and a tick's frame 0 (9 bytes). It bounds subscriptions too: one of
-    // 60 KB overflowed the stack in NetMQ's subscription trie.
+    // [max size] 256 bytes per frame (NetMQ Options.MaxMsgSize) on every socket, set before bind or
+    // connect: NetMQ drops a bigger frame together with the connection that sent it. The largest legal
+    // frames are a subscription (1, '@' and a 32-byte name: 34 bytes) and a tick's frame 0 (9 bytes).
+    // It matters most where subscriptions arrive (XPUB): one of 60 KB overflowed the stack in NetMQ's
+    // subscription trie.
     internal const long MaxMessage = 256;
 
     record PublisherArgs(
@@ -170,12 +171,12 @@ static class Ticker
     static void RunEncode(EncodeArgs args)
     {
         byte[][] frames = TickFrames(args.Seed, args.Symbol, args.Sequence, args.Timestamp);
-        Events.Emit("encoded", new
+        Contract.Emit("encoded", new
         {
             frames = frames.Select(Convert.ToHexStringLower).ToArray(),
             cents = Cents(args.Seed, args.Symbol, args.Sequence),
         });
-        Events.Emit("done");
+        Contract.Emit("done");
     }
 
     /// <summary>The first bytes of a frame in hex, for error reasons.</summary>
@@ -187,13 +188,16 @@ static class Ticker
     {
         using var stop = new StopSignal();
         var deadline = new Deadline(args.Timeout);
-        // XPUB is a PUB that also hands us the subscriptions coming from downstream.
+        // [XPUB] A PUB that also hands the application each subscription from downstream, as a
+        // message: a first byte 1 (subscribe) or 0 (unsubscribe), then the topic.
         using var ticks = new XPublisherSocket();
-        ticks.Options.Linger = TimeSpan.Zero; // ticks are a stream: none is owed to anyone once we stop
+        // [linger] 0: ticks are a stream, and none still queued is owed to anyone once we stop:
+        // closing drops them.
+        ticks.Options.Linger = TimeSpan.Zero;
         ticks.Options.MaxMsgSize = MaxMessage;
         using var ticksMonitor = SocketMonitor.Attach(ticks, "ticks", args.Monitor);
         Sockets.Bind(ticks, args.Ticks);
-        Events.Emit("ready", new { ticks = ticks.Options.LastEndpoint });
+        Contract.Emit("ready", new { ticks = ticks.Options.LastEndpoint });
 
         var topics = new HashSet<string>(); // the topics we reported as subscribed, and not since unsubscribed
         var subscribers = new HashSet<string>(); // every @name ever joined
@@ -207,19 +211,22 @@ static class Ticker
             TimeSpan wait = nextRound is TimeSpan due
                 ? TimeSpan.FromMilliseconds(Math.Max(0, Math.Ceiling((due - clock.Elapsed).TotalMilliseconds)))
                 : TimeSpan.FromMilliseconds(100);
-            // Waiting for a subscription is also the wait between rounds: a poll, never a sleep.
-            // One frame at a time, whatever its "more" flag: NetMQ's XPUB applies only the first frame
-            // of a peer's multipart message to its filter and passes the others on unfiltered, so each
-            // frame is judged on its own.
-            if (ticks.TryReceiveFrameBytes(deadline.Cap(wait), out byte[]? frame))
+            // [poll] XPUB, the one socket, with a timeout up to the next round (or 100 ms before the first,
+            // to see the stop flag), never past the deadline: waiting for a subscription is also the
+            // wait between rounds, never a sleep. Then a receive that does not wait (POLLIN is a hint);
+            // no EINTR reaches a .NET poll (StopSignal).
+            // One frame at a time, whatever its "more" flag: NetMQ's XPUB applies
+            // only the first frame of a peer's multipart message to its filter and passes the others
+            // on unfiltered, so each frame is judged on its own instead of trusting the message.
+            if (ticks.PollIn(deadline.Cap(wait)) && ticks.ReceiveFrameIfReady() is { } frame)
             {
                 OnSubscription(frame, topics, subscribers);
-                // Slow joiner: a tick sent before a subscription arrives is dropped for that subscriber.
-                // Each one subscribes to its symbols before its @name, so once every @name is here,
-                // every symbol subscription is too.
+                // [slow joiner] A tick published before a subscription reaches the publisher is
+                // dropped for that subscriber. Each one subscribes to its symbols before its @name, so
+                // once every @name is here, every symbol subscription is too: then publishing starts.
                 if (nextRound is null && subscribers.Count >= args.Subscribers)
                 {
-                    Events.Emit("started", new { subscribers = subscribers.Count });
+                    Contract.Emit("started", new { subscribers = subscribers.Count });
                     nextRound = clock.Elapsed;
                 }
             }
@@ -227,14 +234,15 @@ static class Ticker
             {
                 sequence++;
                 long nowMs = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
-                // XPUB, like PUB, sends each tick only to the subscribers whose prefix matches frame 0,
-                // and drops it for one whose queue is full (the high-water mark) instead of blocking.
+                // [HWM] XPUB, like PUB, sends each tick only to the subscribers whose prefix matches
+                // frame 0, and drops it for one whose queue is at the high-water mark (1000 messages, the
+                // default) instead of blocking: --interval paces the rounds far below it.
                 foreach (string symbol in args.Symbols)
                     ticks.SendMultipartBytes(TickFrames(args.Seed, symbol, sequence, nowMs));
                 nextRound = next + TimeSpan.FromMilliseconds(args.Interval);
             }
         }
-        Events.Emit("done", new { rounds = sequence, ticks = sequence * (ulong)args.Symbols.Count });
+        Contract.Emit("done", new { rounds = sequence, ticks = sequence * (ulong)args.Symbols.Count });
     }
 
     /// <summary>A subscription message: 1 (subscribe) or 0 (unsubscribe), then the topic. XPUB passes on
@@ -244,14 +252,14 @@ static class Ticker
     {
         if (message.Length < 2 || message[0] is not (0 or 1))
         {
-            Events.Emit("error", new { code = "malformed-subscription", reason = $"not a subscription: {Show(message)}" });
+            Contract.Emit("error", new { code = "malformed-subscription", reason = $"not a subscription: {Show(message)}" });
             return;
         }
         bool on = message[0] == 1;
         ReadOnlySpan<byte> topic = message.AsSpan(1);
         if (topic[0] == (byte)'@' && Flags.IsName(topic[1..]))
         {
-            string name = Events.Strict.GetString(topic[1..]);
+            string name = Contract.Strict.GetString(topic[1..]);
             if (!on)
             {
                 topics.Remove("@" + name); // silently; the name still counts among the subscribers
@@ -259,18 +267,18 @@ static class Ticker
             else if (topics.Add("@" + name))
             {
                 subscribers.Add(name);
-                Events.Emit("joined", new { subscriber = name });
+                Contract.Emit("joined", new { subscriber = name });
             }
         }
         else if (IsTopic(topic))
         {
             string symbol = Encoding.ASCII.GetString(topic[..^1]); // A-Z: never mistaken for an @name
             if (on ? topics.Add(symbol) : topics.Remove(symbol))
-                Events.Emit(on ? "subscribed" : "unsubscribed", new { symbol });
+                Contract.Emit(on ? "subscribed" : "unsubscribed", new { symbol });
         }
         else
         {
-            Events.Emit("error", new { code = "malformed-subscription", reason = $"unknown topic {Show(message[1..])}" });
+            Contract.Emit("error", new { code = "malformed-subscription", reason = $"unknown topic {Show(message[1..])}" });
         }
     }
 
@@ -280,8 +288,11 @@ static class Ticker
     {
         using var stop = new StopSignal();
         var deadline = new Deadline(args.Timeout);
-        using var upstream = new XSubscriberSocket(); // faces the publisher: receives ticks, sends subscriptions
+        // [XSUB] A SUB whose subscriptions are messages the application sends: here the proxy
+        // forwards the ones its XPUB hands up. It faces the publisher: receives ticks, sends subscriptions.
+        using var upstream = new XSubscriberSocket();
         using var downstream = new XPublisherSocket(); // faces subscribers: sends ticks, receives subscriptions
+        // [linger] 0 on both: ticks are a stream, and at the stop nothing still queued is owed to anyone.
         upstream.Options.Linger = TimeSpan.Zero;
         downstream.Options.Linger = TimeSpan.Zero;
         upstream.Options.MaxMsgSize = MaxMessage;
@@ -293,24 +304,23 @@ static class Ticker
         using var downstreamMonitor = SocketMonitor.Attach(downstream, "downstream", args.Monitor);
         Sockets.Bind(downstream, args.Downstream);
         Sockets.Connect(upstream, args.Upstream);
-        Events.Emit("ready", new { downstream = downstream.Options.LastEndpoint });
+        Contract.Emit("ready", new { downstream = downstream.Options.LastEndpoint });
 
-        // The library's proxy moves every message both ways: ticks down, subscriptions up. It runs on
-        // a poller of ours (Start only hooks the two sockets to it), so that a timer of the same loop
-        // can look at the stop flag and the deadline: everything happens on this one thread.
+        // [proxy] The library's own proxy moves ticks from XSUB to XPUB and subscriptions from XPUB to
+        // XSUB, and adds nothing. It is a loop of its own, which never returns by itself: NetMQ has no
+        // steerable proxy (no control PAIR to send TERMINATE on), so it runs on a NetMQPoller's thread
+        // (Start, given a poller, only hands it the sockets) and this thread stops that poller, once
+        // SIGTERM/SIGINT comes or the deadline passes. The role itself has no socket to poll.
         using var poller = new NetMQPoller { upstream, downstream };
-        new Proxy(upstream, downstream, poller: poller).Start();
-        var check = new NetMQTimer(TimeSpan.FromMilliseconds(100));
-        check.Elapsed += (_, _) =>
-        {
-            if (stop.Raised || deadline.Expired)
-                poller.Stop(); // from the poller's own thread: it stops once this round is over
-        };
-        poller.Add(check);
-        poller.Run(); // until stopped
-        if (!stop.Raised)
+        var proxy = new Proxy(upstream, downstream, poller: poller);
+        proxy.Start();
+        poller.RunAsync("proxy");
+        bool signalled = stop.Wait(deadline.Remaining);
+        poller.Stop(); // waits for the poller's thread: from here on, this thread alone uses the sockets
+        proxy.Stop();
+        if (!signalled)
             throw new Failure("timeout", $"still proxying after {args.Timeout} ms");
-        Events.Emit("done");
+        Contract.Emit("done");
     }
 
     // --- subscriber ------------------------------------------------------------------------------
@@ -319,6 +329,8 @@ static class Ticker
     internal static (string Code, string Reason)? CheckTick(List<byte[]> frames, List<string> subscribed, ulong seed, out Tick tick)
     {
         tick = default;
+        // [multipart] A tick arrives whole or not at all: the receive returns its 4 frames together.
+        // How many came is the peer's choice all the same: checked first, never assumed.
         if (frames.Count != 4)
             return ("malformed-tick", $"expected 4 frames, got {frames.Count}");
         byte[] symbolBytes = frames[0];
@@ -351,16 +363,20 @@ static class Ticker
             throw new Usage("--switch OLD:NEW needs OLD among --symbols and NEW not");
         var deadline = new Deadline(args.Timeout);
         using var sub = new SubscriberSocket();
-        sub.Options.Linger = TimeSpan.Zero;
+        sub.Options.Linger = TimeSpan.Zero; // a SUB sends nothing but its subscriptions: none is owed at exit
         sub.Options.MaxMsgSize = MaxMessage;
         using var ticksMonitor = SocketMonitor.Attach(sub, "ticks", args.Monitor);
         Sockets.Connect(sub, args.Ticks);
+        // [SUB] It delivers only the ticks whose frame 0 starts with one of its subscriptions, a prefix
+        // match: the NUL after each symbol keeps GOOGL out of GOOG; it receives nothing it did not
+        // subscribe to. It subscribes once connected, so the subscriptions go out in the order made
+        // (made before a connect, they would go out sorted by bytes, "@" before every symbol).
         var subscribed = new List<string>(args.Symbols);
         foreach (string symbol in subscribed)
-            sub.Subscribe(Topic(symbol)); // a prefix match on frame 0: the NUL keeps GOOGL out of GOOG
+            sub.Subscribe(Topic(symbol));
         // Last, our own topic: the publisher waits for it, and by then our symbols are in place.
         sub.Subscribe(Encoding.UTF8.GetBytes("@" + args.Name));
-        Events.Emit("ready", new { name = args.Name, symbols = subscribed });
+        Contract.Emit("ready", new { name = args.Name, symbols = subscribed });
 
         var received = new Dictionary<string, int>();
         foreach (string symbol in subscribed)
@@ -368,7 +384,6 @@ static class Ticker
         var last = new Dictionary<string, ulong>(); // each symbol's last sequence: a jump is a gap, reported as such
         bool switched = old is null;
         int total = 0, malformed = 0;
-        var frames = new List<byte[]>();
         while (!(switched && subscribed.All(symbol => received[symbol] >= args.Count)))
         {
             // Checked on every turn, not only when the receive times out: a stream of ticks that count
@@ -378,12 +393,14 @@ static class Ticker
                 var missing = received.Where(entry => entry.Value < args.Count).Select(entry => $"{entry.Key}: {entry.Value}");
                 throw new Failure("timeout", $"not done after {args.Timeout} ms; ticks so far: {string.Join(", ", missing)}");
             }
-            if (!sub.TryReceiveMultipartBytes(deadline.Cap(TimeSpan.FromSeconds(1)), ref frames))
+            // [poll] The SUB, a second at most (it has no timer), never past the deadline; then a receive
+            // that does not wait.
+            if (!sub.PollIn(deadline.Cap(TimeSpan.FromSeconds(1))) || sub.ReceiveIfReady() is not { } frames)
                 continue;
             if (CheckTick(frames, subscribed, args.Seed, out Tick tick) is (string code, string reason))
             {
                 malformed++;
-                Events.Emit("error", new { code, reason });
+                Contract.Emit("error", new { code, reason });
                 continue;
             }
             total++;
@@ -392,9 +409,9 @@ static class Ticker
             // restarted) or while a queue was full (the HWM) are gone. Say so, never hide it. Below
             // 2^63 (CheckTick), so last + 1 cannot wrap.
             if (last.TryGetValue(tick.Symbol, out ulong previous) && tick.Sequence > previous + 1)
-                Events.Emit("gap", new { symbol = tick.Symbol, after = previous, next = tick.Sequence });
+                Contract.Emit("gap", new { symbol = tick.Symbol, after = previous, next = tick.Sequence });
             last[tick.Symbol] = tick.Sequence;
-            Events.Emit("tick", new
+            Contract.Emit("tick", new
             {
                 symbol = tick.Symbol, sequence = tick.Sequence, timestamp = tick.Timestamp, price = tick.Price,
             });
@@ -405,14 +422,14 @@ static class Ticker
                 // subscription travels upstream.
                 sub.Unsubscribe(Topic(old));
                 subscribed.Remove(old);
-                Events.Emit("unsubscribed", new { symbol = old });
+                Contract.Emit("unsubscribed", new { symbol = old });
                 sub.Subscribe(Topic(@new!));
                 subscribed.Add(@new!);
                 received.TryAdd(@new!, 0);
-                Events.Emit("subscribed", new { symbol = @new });
+                Contract.Emit("subscribed", new { symbol = @new });
                 switched = true;
             }
         }
-        Events.Emit("done", new { ticks = total, malformed });
+        Contract.Emit("done", new { ticks = total, malformed });
     }
 }

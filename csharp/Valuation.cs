@@ -11,14 +11,17 @@ static class Valuation
     static readonly string[] Symbols = ["AAPL", "GOOG", "GOOGL", "MSFT", "IBM"];
     const int ResendBatch = 1000; // ids per resend message
 
-    // ZMQ_MAXMSGSIZE (NetMQ Options.MaxMsgSize) on every socket: NetMQ itself drops a bigger frame, and
-    // the sender's connection with it, so no peer makes a role allocate without bound (subscriptions
-    // included). The largest legal frames are a 32-byte worker name, `finished` and 8-byte ids.
+    // [max size] 256 bytes per frame (NetMQ Options.MaxMsgSize) on every socket, send-only ones
+    // included, set before bind or connect: NetMQ drops a bigger frame together with the connection
+    // that sent it, so no peer makes a role allocate without bound (a subscription included). The
+    // largest legal frames are a 32-byte worker name, `finished` and 8-byte ids.
     internal const long MaxMessage = 256;
 
-    // The control channel's messages, and the first frames of the messages to the sink.
+    // The control channel's frame 0: the three states, and a resend's first frame.
     internal static readonly byte[] Waiting = "waiting"u8.ToArray(), Go = "go"u8.ToArray(), Finished = "finished"u8.ToArray();
-    internal static readonly byte[] Resend = "resend"u8.ToArray(), Ready = "ready"u8.ToArray(), Result = "result"u8.ToArray();
+    internal static readonly byte[] Resend = "resend"u8.ToArray();
+    // Frame 0 of the messages to the sink.
+    internal static readonly byte[] Ready = "ready"u8.ToArray(), Result = "result"u8.ToArray();
 
     record SinkArgs(
         string Results, string Control, int Workers, int Count, ulong Seed, int Quiet, int Heartbeat, int Timeout, bool Monitor);
@@ -147,8 +150,8 @@ static class Valuation
     static void RunEncode(EncodeArgs args)
     {
         Order order = Generate(args.Seed, args.Id);
-        Events.Emit("encoded", new { frames = OrderFrames(order).Select(Convert.ToHexStringLower).ToArray(), value = order.Value });
-        Events.Emit("done");
+        Contract.Emit("encoded", new { frames = OrderFrames(order).Select(Convert.ToHexStringLower).ToArray(), value = order.Value });
+        Contract.Emit("done");
     }
 
     /// <summary>Whether a control message is this one state (one frame).</summary>
@@ -175,7 +178,7 @@ static class Valuation
             return $"a worker name of {frame.Length} bytes, not 1 to {Flags.MaxName}";
         try
         {
-            name = Events.Strict.GetString(frame);
+            name = Contract.Strict.GetString(frame);
             return null;
         }
         catch (DecoderFallbackException)
@@ -281,12 +284,14 @@ static class Valuation
     {
         using var stop = new StopSignal();
         var deadline = new Deadline(args.Timeout);
-        // PULL fair-queues: it takes readiness and results from every connected worker in turn.
+        // [PULL] Fair-queues: it takes readiness and results from every connected worker in turn.
         using var results = new PullSocket();
-        // PUB sends every control message to every subscriber connected at that moment; one that is
-        // not connected yet misses it (the slow joiner), hence the heartbeat below.
+        // [PUB] Fan-out: every control message goes to every subscriber connected at that moment. It
+        // never blocks: one not connected yet misses it (the slow joiner, hence the heartbeat below),
+        // and so does one whose queue is at the HWM.
         using var control = new PublisherSocket();
-        // Linger 0: we leave only when told to, and by then nothing we sent is still needed.
+        // [linger] 0: the sink leaves only when told to, and by then nothing it sent is still needed;
+        // closing drops what is still queued.
         results.Options.Linger = TimeSpan.Zero;
         control.Options.Linger = TimeSpan.Zero;
         results.Options.MaxMsgSize = MaxMessage;
@@ -295,15 +300,14 @@ static class Valuation
         using var controlMonitor = SocketMonitor.Attach(control, "control", args.Monitor);
         Sockets.Bind(results, args.Results);
         Sockets.Bind(control, args.Control);
-        Events.Emit("ready", new { results = results.Options.LastEndpoint, control = control.Options.LastEndpoint });
+        Contract.Emit("ready", new { results = results.Options.LastEndpoint, control = control.Options.LastEndpoint });
 
         byte[] state = Waiting;
         var ready = new HashSet<string>();
-        var books = new Books(args.Count, args.Seed, Events.Emit);
+        var books = new Books(args.Count, args.Seed, Contract.Emit);
         var clock = Stopwatch.StartNew();
         TimeSpan nextBeat = clock.Elapsed, quietSince = clock.Elapsed;
         TimeSpan quiet = TimeSpan.FromMilliseconds(args.Quiet), heartbeat = TimeSpan.FromMilliseconds(args.Heartbeat);
-        var frames = new List<byte[]>();
 
         void SetState(byte[] next)
         {
@@ -315,18 +319,23 @@ static class Valuation
         {
             if (deadline.Expired)
                 throw new Failure("timeout", $"still running after {args.Timeout} ms with {books.Counted} results");
-            // A receive with a timeout (a poll) up to the next heartbeat: the heartbeat, the quiet
-            // period, the deadline and the stop flag all get their turn on this one thread.
-            if (results.TryReceiveMultipartBytes(deadline.Cap(Until(nextBeat, clock)), ref frames))
+            // [poll] The PULL, the one socket the sink reads, with a timeout up to the next heartbeat,
+            // never past the deadline: the heartbeat, the quiet period, the deadline and the stop flag
+            // all get their turn on this one thread. Then a receive that does not wait (POLLIN is a
+            // hint); no EINTR reaches a .NET poll (StopSignal). One message per turn.
+            // [multipart] A ready or a result arrives whole or not at all, but how many frames is the
+            // peer's choice: frame 0, which every message has, says which it claims to be, and its frame
+            // count is checked (CheckReady, CheckResult) before any other frame is used.
+            if (results.PollIn(deadline.Cap(Until(nextBeat, clock))) && results.ReceiveIfReady() is { } frames)
             {
                 if (frames[0].AsSpan().SequenceEqual(Ready))
                 {
                     // Each worker saw a control message before saying ready, so its SUB is live: it
                     // cannot miss the `go` that follows.
-                    if (OnReady(frames, ready, Events.Emit) && state == Waiting && ready.Count >= args.Workers)
+                    if (OnReady(frames, ready, Contract.Emit) && state == Waiting && ready.Count >= args.Workers)
                     {
                         SetState(Go);
-                        Events.Emit("started", new { workers = ready.Count });
+                        Contract.Emit("started", new { workers = ready.Count });
                         quietSince = clock.Elapsed;
                     }
                 }
@@ -336,7 +345,7 @@ static class Valuation
                     if (books.Complete)
                     {
                         SetState(Finished);
-                        Events.Emit("complete", new { total = books.Total, workers = books.Workers, resent = books.Resent });
+                        Contract.Emit("complete", new { total = books.Total, workers = books.Workers, resent = books.Resent });
                     }
                 }
             }
@@ -348,16 +357,21 @@ static class Valuation
                 var missing = books.Redispatch();
                 foreach (ulong[] batch in missing.Chunk(ResendBatch))
                     control.SendMultipartBytes(batch.Select(U64).Prepend(Resend));
-                Events.Emit("resend", new { ids = missing });
+                Contract.Emit("resend", new { ids = missing });
                 quietSince = now;
             }
             if (now >= nextBeat)
             {
-                control.SendFrame(state); // level-triggered: a late subscriber learns the state anyway
+                // [slow joiner] A subscriber misses what is published before its subscription reaches
+                // us; the state is level-triggered, repeated every heartbeat, so a late one learns it
+                // within one. A worker says ready only after it heard one: its SUB is live by then.
+                // [HWM] At a subscriber's high-water mark (1000 messages) PUB drops instead of
+                // blocking: a lost heartbeat is only a late one.
+                control.SendFrame(state);
                 nextBeat = now + heartbeat;
             }
         }
-        Events.Emit("done", new { orders = books.Counted, total = books.Total });
+        Contract.Emit("done", new { orders = books.Counted, total = books.Total });
     }
 
     // --- source ----------------------------------------------------------------------------------
@@ -365,7 +379,9 @@ static class Valuation
     static void RunSource(SourceArgs args)
     {
         var deadline = new Deadline(args.Timeout);
-        // PUSH deals the orders round-robin to the workers connected when they are sent.
+        // [PUSH] Deals the orders round-robin to the workers connected when they are sent. At a
+        // worker's high-water mark, or with no worker at all, it blocks (the mute state) and never
+        // drops: SendWhenRoom polls for room instead.
         using var orders = new PushSocket();
         using var control = new SubscriberSocket();
         // Linger 0: we leave only on `finished`, once the sink has every result.
@@ -373,19 +389,21 @@ static class Valuation
         control.Options.Linger = TimeSpan.Zero;
         orders.Options.MaxMsgSize = MaxMessage; // PUSH sends, but it still decodes what the peer says
         control.Options.MaxMsgSize = MaxMessage;
-        control.SubscribeToAnyTopic(); // the prefix "": every control message
+        // [SUB] A prefix filter on frame 0, subscribed before it connects: "" takes every control
+        // message; it receives nothing it did not subscribe to.
+        control.SubscribeToAnyTopic();
         using var ordersMonitor = SocketMonitor.Attach(orders, "orders", args.Monitor);
         using var controlMonitor = SocketMonitor.Attach(control, "control", args.Monitor);
         Sockets.Bind(orders, args.Orders);
         Sockets.Connect(control, args.Control);
-        Events.Emit("ready", new { orders = orders.Options.LastEndpoint });
+        Contract.Emit("ready", new { orders = orders.Options.LastEndpoint });
 
-        // The next control message, or null after a second without one.
+        // The next control message, or null after a second without one: a poll of the SUB (the source
+        // has no timer), never past the deadline, then a receive that does not wait.
         List<byte[]>? NextControl()
         {
-            var message = new List<byte[]>();
-            if (control.TryReceiveMultipartBytes(deadline.Cap(TimeSpan.FromSeconds(1)), ref message))
-                return message;
+            if (control.PollIn(deadline.Cap(TimeSpan.FromSeconds(1))))
+                return control.ReceiveIfReady();
             if (deadline.Expired)
                 throw new Failure("timeout", $"not finished after {args.Timeout} ms");
             return null;
@@ -399,24 +417,23 @@ static class Valuation
         }
         for (ulong id = 1; id <= (ulong)args.Count; id++)
             Send(id);
-        Events.Emit("sent", new { orders = args.Count });
+        Contract.Emit("sent", new { orders = args.Count });
         long sent = args.Count;
         List<byte[]>? message;
         while (!IsState(message = NextControl(), Finished))
         {
             if (message is [var head, .. var rest] && head.AsSpan().SequenceEqual(Resend))
             {
-                var ids = rest.Where(frame => frame.Length == 8).Select(frame => BinaryPrimitives.ReadUInt64BigEndian(frame)).ToList();
+                // The ids of our orders, 8 bytes each; anything else is no order of ours: ignored.
+                var ids = rest.Where(frame => frame.Length == 8).Select(frame => BinaryPrimitives.ReadUInt64BigEndian(frame))
+                    .Where(id => id >= 1 && id <= (ulong)args.Count).ToList();
                 foreach (ulong id in ids)
-                {
-                    if (id >= 1 && id <= (ulong)args.Count)
-                        Send(id); // the same bytes as the first time: the generator is a pure function
-                }
+                    Send(id); // the same bytes as the first time: the generator is a pure function
                 sent += ids.Count;
-                Events.Emit("resent", new { ids });
+                Contract.Emit("resent", new { ids });
             }
         }
-        Events.Emit("done", new { sent });
+        Contract.Emit("done", new { sent });
     }
 
     // --- worker ----------------------------------------------------------------------------------
@@ -455,7 +472,7 @@ static class Valuation
         orders.Options.MaxMsgSize = MaxMessage;
         results.Options.MaxMsgSize = MaxMessage; // PUSH sends, but it still decodes what the peer says
         control.Options.MaxMsgSize = MaxMessage;
-        control.SubscribeToAnyTopic();
+        control.SubscribeToAnyTopic(); // before connect: every control message
         using var ordersMonitor = SocketMonitor.Attach(orders, "orders", args.Monitor);
         using var resultsMonitor = SocketMonitor.Attach(results, "results", args.Monitor);
         using var controlMonitor = SocketMonitor.Attach(control, "control", args.Monitor);
@@ -467,73 +484,60 @@ static class Valuation
 
         // Slow joiner: once one control message has arrived, our SUB is live and no later one can be
         // missed. The sink repeats its state every heartbeat, so one comes.
-        var first = new List<byte[]>();
-        while (!control.TryReceiveMultipartBytes(deadline.Cap(TimeSpan.FromSeconds(1)), ref first))
+        List<byte[]>? first = null;
+        while (first is null)
         {
             if (deadline.Expired)
                 throw new Failure("timeout", "no control message from the sink");
+            first = control.PollIn(deadline.Cap(TimeSpan.FromSeconds(1))) ? control.ReceiveIfReady() : null;
         }
+        bool finished = IsState(first, Finished);
         byte[] name = Encoding.UTF8.GetBytes(args.Name);
         byte[][] hello = [Ready, name];
         results.SendWhenRoom(hello, deadline, "ready");
-        Events.Emit("ready", new { name = args.Name });
+        Contract.Emit("ready", new { name = args.Name });
 
+        var both = Sockets.PollIn([orders, control]);
+        var controlOnly = Sockets.PollIn([control]);
+        var clock = Stopwatch.StartNew();
+        TimeSpan nextOrder = clock.Elapsed; // --rate: when the next order may be taken
         int count = 0;
-        if (!IsState(first, Finished))
+        while (!finished)
         {
-            // One wait for both sockets, no busy loop: the poller runs on this thread and calls the
-            // handler of whichever socket has a message, or of a timer that is due.
-            using var poller = new NetMQPoller { orders, control };
-            control.ReceiveReady += (_, e) =>
+            if (deadline.Expired)
+                throw new Failure("timeout", $"not finished after {args.Timeout} ms");
+            // [poll] Both sockets at once, a second at most (no timer but --rate's), never past the
+            // deadline: no busy loop, then receives that do not wait, one message per ready socket,
+            // in the protocol's order: orders, then control. With --rate R, until the next order is
+            // due the SUB alone is polled: `finished` is still heard, and orders wait in the PULL's
+            // queue. NetMQPoller would call a handler per socket instead; the loop is the same.
+            TimeSpan untilOrder = Until(nextOrder, clock);
+            var ready = args.Rate > 0 && untilOrder > TimeSpan.Zero
+                ? Sockets.Poll(controlOnly, deadline.Cap(untilOrder))
+                : Sockets.Poll(both, deadline.Cap(TimeSpan.FromSeconds(1)));
+            if (ready.Contains(orders) && orders.ReceiveIfReady() is { } frames)
             {
-                // States and resends come here; resends are the source's business. Ready is a hint:
-                // read without waiting (Sockets.ReceiveIfReady).
-                List<byte[]>? state = e.Socket.ReceiveIfReady();
-                if (IsState(state, Finished))
-                    poller.Stop(); // from the poller's own thread: it stops once this round is over
-                else if (IsState(state, Waiting)) // a sink waiting for its workers, a restarted one too: ready again
-                    results.SendWhenRoom(hello, deadline, "ready");
-            };
-
-            // --rate: after each order, take the PULL out of the poll set until the next one is due.
-            // Meanwhile the SUB alone is polled, so `finished` is still heard, and the orders wait
-            // in the PULL's queue. NetMQ's timers count whole milliseconds; rounding up keeps to
-            // at most R a second.
-            var resume = new NetMQTimer(args.Rate > 0 ? (int)Math.Ceiling(1000.0 / args.Rate) : 1) { Enable = false };
-            resume.Elapsed += (_, _) =>
-            {
-                resume.Enable = false;
-                poller.Add(orders);
-            };
-            poller.Add(resume);
-
-            orders.ReceiveReady += (_, e) =>
-            {
-                if (e.Socket.ReceiveIfReady() is not { } frames)
-                    return; // nothing after all
                 if (CheckOrder(frames, out Order order) is (string code, string reason))
                 {
-                    Events.Emit("error", new { code, reason });
-                    return;
+                    Contract.Emit("error", new { code, reason });
                 }
-                results.SendWhenRoom([Result, name, U64(order.Id), I64(order.Value)], deadline, $"the result of order {order.Id}");
-                count++;
-                Events.Emit("priced", new { id = order.Id });
-                if (args.Rate > 0)
+                else
                 {
-                    poller.Remove(orders);
-                    resume.EnableAndReset();
+                    results.SendWhenRoom([Result, name, U64(order.Id), I64(order.Value)], deadline, $"the result of order {order.Id}");
+                    count++;
+                    Contract.Emit("priced", new { id = order.Id });
+                    if (args.Rate > 0)
+                        nextOrder = clock.Elapsed + TimeSpan.FromSeconds(1.0 / args.Rate);
                 }
-            };
-
-            if (args.Timeout > 0)
-            {
-                var expiry = new NetMQTimer(deadline.Remaining);
-                expiry.Elapsed += (_, _) => throw new Failure("timeout", $"not finished after {args.Timeout} ms");
-                poller.Add(expiry);
             }
-            poller.Run(); // until `finished` stops it; a Failure thrown by a handler ends it too
+            // States and resends come here; resends are the source's business.
+            if (ready.Contains(control) && control.ReceiveIfReady() is { } state)
+            {
+                finished = IsState(state, Finished);
+                if (IsState(state, Waiting)) // a sink waiting for its workers, a restarted one too: ready again
+                    results.SendWhenRoom(hello, deadline, "ready");
+            }
         }
-        Events.Emit("done", new { priced = count });
+        Contract.Emit("done", new { priced = count });
     }
 }

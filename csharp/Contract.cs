@@ -1,7 +1,8 @@
 // The launch contract (examples/README.md) in C#: JSON Lines events on stdout, logs on stderr, the
-// --timeout deadline, fatal failures, the stop signal, the flag types every example uses and the
-// security flags; and what several examples share: splitmix64, receiving what a poll reported and
-// sending on a PUSH socket when it has room.
+// --timeout deadline, fatal failures, the stop signal, the flag types every example uses, and the
+// socket helpers of "One loop shape": bind and connect, the poll, receiving what a poll reported and
+// sending on a PUSH socket when it has room. Security (mechanisms, keys) is in Security.cs, the
+// socket monitors in SocketMonitor.cs.
 using System.CommandLine;
 using System.Diagnostics.CodeAnalysis;
 using System.Globalization;
@@ -13,7 +14,7 @@ using System.Text.Json.Nodes;
 using System.Text.Unicode;
 using NetMQ;
 
-static class Events
+static class Contract
 {
     /// <summary>Strict UTF-8: no BOM, and invalid bytes (overlongs, surrogates...) throw instead of becoming U+FFFD.</summary>
     public static readonly UTF8Encoding Strict = new(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
@@ -67,7 +68,7 @@ static class Events
     public static void Log(string message) => Console.Error.WriteLine(message);
 }
 
-/// <summary>Where shared code reports an event: <see cref="Events.Emit"/> in a role, which owns stdout;
+/// <summary>Where shared code reports an event: <see cref="Contract.Emit"/> in a role, which owns stdout;
 /// the agent's pipe in the desk (Desk.cs), whose main thread alone writes to stdout.</summary>
 delegate void Report(string name, object? fields = null);
 
@@ -102,10 +103,13 @@ sealed class Deadline(int timeoutMs)
     }
 }
 
-/// <summary>SIGTERM and SIGINT only raise a flag; a server loop looks at it after every poll.</summary>
+/// <summary>SIGTERM and SIGINT only raise a flag; a role's loop looks at it at every turn (step 1 of
+/// "One loop shape"), or waits for it (the ticker's proxy). .NET runs the handler on a thread of its
+/// own, and its runtime retries a poll or a receive that a signal interrupted: no EINTR reaches the
+/// program. The poll's timeout is what bounds the time until the loop sees the flag.</summary>
 sealed class StopSignal : IDisposable
 {
-    volatile bool raised;
+    readonly ManualResetEventSlim raised = new();
     readonly PosixSignalRegistration term, interrupt;
 
     public StopSignal()
@@ -114,18 +118,22 @@ sealed class StopSignal : IDisposable
         interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, RaiseFlag);
     }
 
-    public bool Raised => raised;
+    public bool Raised => raised.IsSet;
+
+    /// <summary>True once raised; false if <paramref name="timeout"/> (infinite: no limit) passed first.</summary>
+    public bool Wait(TimeSpan timeout) => raised.Wait(timeout);
 
     void RaiseFlag(PosixSignalContext context)
     {
         context.Cancel = true; // do not let the runtime end the process: the loop stops by itself
-        raised = true;
+        raised.Set();
     }
 
     public void Dispose()
     {
         term.Dispose();
         interrupt.Dispose();
+        raised.Dispose();
     }
 }
 
@@ -201,119 +209,8 @@ static class Flags
     };
 }
 
-/// <summary>The mechanism a role runs under and its credentials, from the security flags of the launch
-/// contract (examples/README.md, "Security"). Keys are Z85 text, already checked.</summary>
-sealed record Security(string Mechanism, string? CurveSecret, string? CurvePublic, string? CurveServer);
-
-/// <summary>The security flags of a server or a client role: <c>--security</c>, the CURVE keys and the
-/// PLAIN username and password. The parser checks each value; <see cref="Read"/> checks that the
-/// chosen mechanism has what it needs, and that NetMQ can do it at all.</summary>
-sealed class SecurityFlags
-{
-    // The Z85 alphabet (RFC 32): 85 printable characters, never ',' nor a space or a quote.
-    const string Z85 = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#";
-
-    readonly bool server;
-    readonly Option<string> mechanism = new("--security") { DefaultValueFactory = _ => "null" };
-    readonly Option<string> curveSecret = CurveKey("--curve-secret");
-    readonly Option<string> curvePublic = CurveKey("--curve-public"); // client
-    readonly Option<string> curveServer = CurveKey("--curve-server"); // client
-    readonly Option<string[]> curveClients = CurveKeys("--curve-clients"); // server
-    // NetMQ has no PLAIN, but the command line is the same in every language.
-    readonly Option<string> plainUser = Credential("--plain-user");
-    readonly Option<string> plainPassword = Credential("--plain-password");
-
-    public SecurityFlags(Command command, bool server)
-    {
-        this.server = server;
-        mechanism.AcceptOnlyFromAmong("null", "plain", "curve");
-        command.Options.Add(mechanism);
-        command.Options.Add(curveSecret);
-        if (server)
-        {
-            command.Options.Add(curveClients);
-        }
-        else
-        {
-            command.Options.Add(curvePublic);
-            command.Options.Add(curveServer);
-        }
-        command.Options.Add(plainUser);
-        command.Options.Add(plainPassword);
-    }
-
-    /// <summary>A CURVE key is 40 characters of Z85 that encode 32 bytes: each group of 5 characters
-    /// is a number in base 85 that fits in 4 bytes.</summary>
-    static bool IsCurveKey(string text) =>
-        text.Length == 40 && text.All(Z85.Contains)
-        && text.Chunk(5).All(group => group.Aggregate(0UL, (value, c) => value * 85 + (ulong)Z85.IndexOf(c)) <= uint.MaxValue);
-
-    static Option<string> CurveKey(string flag) => new(flag)
-    {
-        CustomParser = result =>
-        {
-            string key = result.Tokens.Single().Value;
-            if (!IsCurveKey(key)) result.AddError($"{flag} takes a CURVE key: 40 characters of Z85 that encode 32 bytes");
-            return key;
-        },
-    };
-
-    /// <summary>A PLAIN username or password: 1 to 255 bytes of UTF-8 (ZMTP frames each with one
-    /// length byte).</summary>
-    static Option<string> Credential(string flag) => new(flag)
-    {
-        CustomParser = result =>
-        {
-            string text = result.Tokens.Single().Value;
-            if (Encoding.UTF8.GetByteCount(text) is < 1 or > 255) result.AddError($"{flag} takes 1 to 255 bytes of UTF-8");
-            return text;
-        },
-    };
-
-    /// <summary>Comma-separated CURVE keys (Z85 never uses ',').</summary>
-    static Option<string[]> CurveKeys(string flag) => new(flag)
-    {
-        CustomParser = result =>
-        {
-            string[] keys = result.Tokens.Single().Value.Split(',');
-            if (!keys.All(IsCurveKey)) result.AddError($"{flag} takes CURVE keys separated by ',': 40 characters of Z85 each");
-            return keys;
-        },
-    };
-
-    /// <summary>The chosen mechanism and its keys. What is missing for it, or what NetMQ cannot do, is a
-    /// <see cref="Usage"/> error (exit 2): never a silent downgrade to less security.</summary>
-    public Security Read(ParseResult parsed)
-    {
-        string chosen = parsed.GetValue(mechanism)!;
-        if (chosen == "plain")
-            throw new Usage("--security plain: NetMQ 4.0.4.5 does not implement the PLAIN mechanism");
-        if (server && chosen == "curve" && parsed.GetResult(curveClients) is not null)
-            throw new Usage("--curve-clients: NetMQ 4.0.4.5 has no ZAP handler, so it cannot restrict client keys");
-        string? Required(Option<string> option) => chosen != "curve" ? null
-            : parsed.GetValue(option) ?? throw new Usage($"--security curve needs {option.Name}");
-        return server
-            ? new(chosen, Required(curveSecret), null, null)
-            : new(chosen, Required(curveSecret), Required(curvePublic), Required(curveServer));
-    }
-}
-
-/// <summary>splitmix64: the counter-based generator behind the ticker's prices and the valuation's
-/// orders, so that every language recomputes the same numbers (examples/ticker/PROTOCOL.md).</summary>
-static class Prng
-{
-    // All the arithmetic is on ulong, modulo 2^64: C# wraps unless a checked context says otherwise.
-    public const ulong Golden = 0x9E3779B97F4A7C15UL;
-
-    public static ulong SplitMix64(ulong x)
-    {
-        ulong z = x + Golden;
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
-        return z ^ (z >> 31);
-    }
-}
-
+/// <summary>Sockets as every role uses them: bind and connect, poll, receive what the poll reported, and
+/// send on a PUSH socket when it has room (examples/README.md, "One loop shape" and "Hostile peers").</summary>
 static class Sockets
 {
     // NetMQ throws various exception types for a bad endpoint or a port in use: each is the
@@ -330,28 +227,57 @@ static class Sockets
         catch (Exception error) { throw new Failure("connect", $"cannot connect to {endpoint}: {error.Message}"); }
     }
 
-    /// <summary>Read what a poller's <c>ReceiveReady</c> reported, without waiting: the message, or null
-    /// if there was nothing after all.
+    /// <summary>zmq_poll: wait until some of the <paramref name="items"/> are ready (a message to read, or
+    /// room to send one for an item that asks for PollOut), or for <paramref name="timeout"/> (infinite:
+    /// no limit); the sockets that are. NetMQSelector is the one-shot poll under <c>socket.Poll</c> and
+    /// NetMQPoller; unlike NetMQPoller, which calls a handler per socket, it leaves the loop to the
+    /// role, so the program keeps the same shape in every language. One wait for all: no busy loop.</summary>
+    public static HashSet<NetMQSocket> Poll(NetMQSelector.Item[] items, TimeSpan timeout)
+    {
+        new NetMQSelector().Select(items, items.Length, (long)Math.Ceiling(timeout.TotalMilliseconds));
+        return [.. items.Where(item => item.ResultEvent != PollEvents.None).Select(item => item.Socket!)];
+    }
+
+    /// <summary>The poll items that wait for a message on each of <paramref name="sockets"/> (nulls skipped:
+    /// a socket a role does not open).</summary>
+    public static NetMQSelector.Item[] PollIn(IEnumerable<NetMQSocket?> sockets) =>
+        [.. sockets.OfType<NetMQSocket>().Select(socket => new NetMQSelector.Item(socket, PollEvents.PollIn))];
+
+    /// <summary>The poll of one socket: whether a message is ready on it within <paramref name="timeout"/>
+    /// (infinite: no limit).</summary>
+    public static bool PollIn(this NetMQSocket socket, TimeSpan timeout) =>
+        socket.Poll(PollEvents.PollIn, timeout).HasFlag(PollEvents.PollIn);
+
+    /// <summary>Read what a poll reported, without waiting: the message, or null if there was nothing
+    /// after all.
     ///
     /// Ready is a hint, not a promise: REP silently drops a request it cannot route (a DEALER's
     /// without the empty delimiter frame), and REQ a reply, <em>inside</em> the receive; a blocking
     /// <c>ReceiveMultipartBytes()</c> would then wait for the next message, deaf to the heartbeat,
-    /// the deadline and the stop flag. So the wait is zero. (A <c>TryReceive...(timeout)</c> that is
-    /// itself the wait, the poll, is safe as it is.) The other frames of a message arrive together
-    /// with the first, so reading them cannot block.</summary>
+    /// the deadline and the stop flag. So the wait is zero. The other frames of a message arrive
+    /// together with the first, so reading them cannot block.</summary>
     public static List<byte[]>? ReceiveIfReady(this NetMQSocket socket)
     {
         var frames = new List<byte[]>();
         return socket.TryReceiveMultipartBytes(TimeSpan.Zero, ref frames) ? frames : null;
     }
 
+    /// <summary>One frame if one is there now, whatever its "more" flag, without waiting (an XPUB's
+    /// subscriptions are read so); null if there was nothing after all.</summary>
+    public static byte[]? ReceiveFrameIfReady(this NetMQSocket socket) =>
+        socket.TryReceiveFrameBytes(TimeSpan.Zero, out byte[]? frame) ? frame : null;
+
     /// <summary>Send on a PUSH socket, which cannot send while no peer is connected or every peer's
-    /// queue is full (the high-water mark): wait for room, a second at a time, never past the deadline.
-    /// TrySend with a timeout is the wait; it blocks in the library, it does not spin.</summary>
+    /// queue is full (the high-water mark): wait for room with a poll (PollOut), a second at a time,
+    /// never past the deadline. The send itself does not wait: should the room the poll saw be gone
+    /// (the peer left), it is back to the poll. Once the first frame is queued, so is the message.</summary>
     public static void SendWhenRoom(this NetMQSocket socket, byte[][] frames, Deadline deadline, string what)
     {
-        while (!socket.TrySendMultipartBytes(deadline.Cap(TimeSpan.FromSeconds(1)), frames))
+        while (true)
         {
+            if (socket.Poll(PollEvents.PollOut, deadline.Cap(TimeSpan.FromSeconds(1))).HasFlag(PollEvents.PollOut)
+                && socket.TrySendMultipartBytes(TimeSpan.Zero, frames))
+                return;
             if (deadline.Expired)
                 throw new Failure("timeout", $"no room to send {what}");
         }
