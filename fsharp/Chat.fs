@@ -6,14 +6,16 @@ open System.Collections.Generic
 open Argu
 open NetMQ
 open NetMQ.Sockets
-open Btb.Events
+open Btb.Contract
+open Btb.Security
 
 let MaxHandle = MaxName // bytes of UTF-8 (the contract's MaxName)
 let MaxText = 4096 // bytes of UTF-8
-/// ZMQ_MAXMSGSIZE on all four sockets: NetMQ drops a bigger frame together with the sender's
-/// connection, and it bounds subscriptions too, so no peer can make a role allocate without bound.
-/// The largest legal frame is a 4096-byte text; the margin lets a too-long text still reach the
-/// server's own `text-too-long` rule, and leaves room for CURVE's per-frame overhead.
+/// [max size] ZMQ_MAXMSGSIZE on all four sockets, set before bind or connect: NetMQ drops a bigger
+/// frame together with the sender's connection, and it bounds subscriptions too, so no peer can make
+/// a role allocate without bound. The largest legal frame is a 4096-byte text; the margin lets a
+/// too-long text still reach the server's own `text-too-long` rule, and leaves room for CURVE's
+/// per-frame overhead.
 let MaxMessage = 8192L
 
 // --- command line ----------------------------------------------------------------------------
@@ -97,14 +99,15 @@ type ChatArgs =
 
 type ServerSettings =
     { Requests: string; Broadcasts: string; Timeout: int; Heartbeat: int; Expiry: int
-      Security: Security; Monitor: bool }
+      Security: Settings; Monitor: bool }
 
 type ClientSettings =
     { Requests: string; Broadcasts: string; Timeout: int
       Name: string; Count: int; Clients: int; Keepalive: int; Retry: int; Pace: int
-      Security: Security; Monitor: bool }
+      Security: Settings; Monitor: bool }
 
-let serverSecurity (args: ParseResults<ServerArgs>) : Security =
+/// The security flags (Security.fs checks each value), as the launch contract lists them.
+let serverSecurity (args: ParseResults<ServerArgs>) : Settings =
     let chosen = args.TryPostProcessResult(ServerArgs.Security, mechanism) |> Option.defaultValue "null"
     let secret = args.TryPostProcessResult(ServerArgs.Curve_Secret, curveKey)
     let clients = args.TryPostProcessResult(Curve_Clients, curveKeys)
@@ -117,7 +120,7 @@ let serverSecurity (args: ParseResults<ServerArgs>) : Security =
       CurvePublic = None
       CurveServer = None }
 
-let clientSecurity (args: ParseResults<ClientArgs>) : Security =
+let clientSecurity (args: ParseResults<ClientArgs>) : Settings =
     let chosen = args.TryPostProcessResult(ClientArgs.Security, mechanism) |> Option.defaultValue "null"
     let secret = args.TryPostProcessResult(ClientArgs.Curve_Secret, curveKey)
     let ours = args.TryPostProcessResult(Curve_Public, curveKey)
@@ -164,33 +167,11 @@ let postNumber (handle: string) (text: string) =
     if 1 <= digits.Length && digits.Length <= 9 && digits |> Seq.forall Char.IsAsciiDigit then Some(int digits)
     else None
 
-// --- security (PROTOCOL.md, "Security") -----------------------------------------------------
-// Both sockets of a role use the same mechanism. The options are read when a connection's
-// handshake starts, so they are set before bind or connect. Under null there is nothing to set.
-
-/// A CURVE server holds its own keypair (NetMQ derives the public half from the secret). Any client
-/// that knows the server's public key gets in: NetMQ has no ZAP to narrow that down.
-let secureServer (socket: NetMQSocket) (security: Security) =
-    if security.Mechanism = "curve" then
-        socket.Options.CurveServer <- true
-        socket.Options.CurveCertificate <- NetMQCertificate.CreateFromSecretKey(security.CurveSecret.Value)
-
-/// A CURVE client proves itself with its own keypair and trusts only the server whose public key
-/// it was given: a server without the matching secret key fails the handshake.
-let secureClient (socket: NetMQSocket) (security: Security) =
-    if security.Mechanism = "curve" then
-        socket.Options.CurveCertificate <-
-            NetMQCertificate(security.CurveSecret.Value, security.CurvePublic.Value)
-        socket.Options.CurveServerCertificate <- NetMQCertificate.FromPublicKey(security.CurveServer.Value)
-
 // --- shared helpers --------------------------------------------------------------------------
 
 /// The texts of the frames, or None when one of them is not UTF-8.
 let tryDecode (frames: byte[] list) =
     try Some(frames |> List.map utf8.GetString) with :? ArgumentException -> None
-
-/// Handles sort by their UTF-8 bytes: .NET compares UTF-16 code units, another order above U+FFFF.
-let byUtf8 (a: string) (b: string) = Seq.compareWith compare (utf8.GetBytes a) (utf8.GetBytes b)
 
 /// A broadcast, read: a roster (frame 0 empty: the server speaking), a post, or what is wrong with it.
 type Broadcast =
@@ -203,6 +184,7 @@ type Broadcast =
 let isHandle (frame: byte[]) =
     1 <= frame.Length && frame.Length <= MaxHandle && (tryDecode [ frame ]).IsSome
 
+/// A broadcast checked against PROTOCOL.md's broadcast table, whatever its frame count.
 let readBroadcast (frames: byte[] list) =
     match frames with
     | empty :: handles when empty.Length = 0 -> // order and repeats are the server's business
@@ -214,9 +196,9 @@ let readBroadcast (frames: byte[] list) =
     | [ _; _ ] -> Malformed $"a post is a handle (1 to {MaxHandle} bytes) and a text (1 to {MaxText} bytes) of UTF-8"
     | _ -> Malformed $"a post has 2 frames, got {frames.Length}"
 
-/// The roster of a reply, or Error (code, reason) for an error reply or a broken one: both fatal
-/// for a client.
-let checkReply (reply: byte[] list) =
+/// The roster of a reply, or Error (code, reason) for an error reply (`rejected`) or one that breaks
+/// the reply table (`malformed-reply`): both fatal for a client.
+let replyRoster (reply: byte[] list) =
     match reply with
     | [ empty; code ] when empty.Length = 0 ->
         // Lenient: it is only shown to people; at most 32 bytes of it, as every reason quotes a peer.
@@ -235,6 +217,8 @@ let checkRequest (frames: byte[] list) =
         try utf8.GetString frame |> ignore; None
         with :? Text.DecoderFallbackException as error -> Some error
     match frames with
+    // [multipart] A request arrives whole or not at all, every frame or none; but how many frames
+    // it has is the peer's choice: the count is checked first, never assumed.
     | [] | _ :: _ :: _ :: _ -> Some("frame-count", $"expected 1 or 2 frames, got {frames.Length}")
     | handle :: _ when handle.Length = 0 -> Some("empty-handle", "the handle frame is empty")
     | handle :: _ when handle.Length > MaxHandle ->
@@ -247,26 +231,37 @@ let checkRequest (frames: byte[] list) =
         |> List.tryPick notUtf8
         |> Option.map (fun error -> "invalid-utf8", $"not UTF-8: invalid byte at {error.Index}")
 
+/// Handles sort by their bytes, unsigned and lexicographic, a shorter prefix first (PROTOCOL.md,
+/// "Encodings and limits"). The roster is keyed by the handle's UTF-8 bytes, never by a .NET string:
+/// strings compare UTF-16 code units, another order above U+FFFF.
+type ByBytes() =
+    interface IComparer<byte[]> with
+        member _.Compare(a, b) = MemoryExtensions.SequenceCompareTo(ReadOnlySpan a, ReadOnlySpan b)
+
 /// A well-formed post from a handle the server does not know: join first. After a restart, this is
 /// how a posting client learns that the server has forgotten it.
-let checkPost (frames: byte[] list) (roster: Dictionary<string, int64>) =
+let checkPost (frames: byte[] list) (roster: SortedDictionary<byte[], int64>) =
     match frames with
-    | [ handle; _ ] when not (roster.ContainsKey(utf8.GetString handle)) ->
-        Some("unknown-handle", "join with [handle] before posting")
+    | [ handle; _ ] when not (roster.ContainsKey handle) -> Some("unknown-handle", "join with [handle] before posting")
     | _ -> None
 
 let runServer (args: ServerSettings) =
     use stop = new StopSignal()
     let deadline = Deadline(args.Timeout)
-    // REP answers each request exactly once, in order: the library keeps the lockstep for us.
+    // [REP] Answers each request exactly once, in order: it takes one request, the reply goes back
+    // to the client that sent it (the library keeps the envelope), and only then comes the next.
     use requests = new ResponseSocket()
+    // [linger] 0 on both sockets: closing drops a reply or a broadcast still queued for a client
+    // that is gone, so the server's exit never waits for a dead peer. Nothing queued is owed.
     requests.Options.Linger <- TimeSpan.Zero
     requests.Options.MaxMsgSize <- MaxMessage
-    // PUB sends every broadcast to every subscriber whose filter matches; it never blocks, and it
-    // drops for a subscriber that is not connected yet (slow joiner) or whose queue is full (HWM).
+    // [PUB] Sends every broadcast to every subscriber whose filter matches frame 0; it never blocks,
+    // and it drops for a subscriber that is not connected yet (the slow joiner) or is past its HWM.
     use broadcasts = new PublisherSocket()
     broadcasts.Options.Linger <- TimeSpan.Zero
     broadcasts.Options.MaxMsgSize <- MaxMessage // PUB still decodes what subscribers send
+    // [HWM] Left at the default, 1000 messages queued per subscriber: a client that stops reading
+    // loses broadcasts there (PUB drops at the mark), and the server never waits for it.
     secureServer requests args.Security
     secureServer broadcasts args.Security
     use _ = SocketMonitor.watch requests "requests" args.Monitor // before the bind: `listening` too
@@ -277,52 +272,59 @@ let runServer (args: ServerSettings) =
                    "broadcasts", box broadcasts.Options.LastEndpoint
                    "security", box args.Security.Mechanism ]
 
-    let roster = Dictionary<string, int64>() // handle -> last seen, monotonic ms
-    let sortedRoster () = roster.Keys |> Seq.sortWith byUtf8 |> Seq.map utf8.GetBytes |> List.ofSeq
+    // The roster: each handle's bytes -> when it was last heard from, in monotonic ms; sorted by bytes.
+    let roster = SortedDictionary<byte[], int64>(ByBytes())
     let mutable accepted = 0
     let mutable rejected = 0
     let mutable nextBeat = nowMs ()
 
     // Frame 0 is empty: no handle is, so subscribers know the server itself is speaking.
-    let broadcastRoster () = send broadcasts ([||] :: sortedRoster ())
+    let broadcastRoster () = send broadcasts ([||] :: List.ofSeq roster.Keys)
 
-    let serve (frames: byte[] list) =
+    /// One request, checked; PROTOCOL.md's order: the post's broadcast and `posted`, the reply, then
+    /// a new handle's `joined` and roster broadcast. A rejected request: its error reply, then `error`.
+    let onRequest (frames: byte[] list) =
         match checkRequest frames |> Option.orElseWith (fun () -> checkPost frames roster) with
         | Some(code, reason) ->
             rejected <- rejected + 1
             send requests [ [||]; utf8.GetBytes(code: string) ]
             emit "error" [ "code", box code; "reason", box reason ]
         | None ->
-            let handle = utf8.GetString frames.Head
+            let handle = frames.Head
             let joined = not (roster.ContainsKey handle)
             roster[handle] <- nowMs ()
             match frames with
             | [ _; text ] ->
                 send broadcasts frames // [handle, text], exactly as posted
-                emit "posted" [ "handle", box handle; "text", box (utf8.GetString text) ]
+                emit "posted" [ "handle", box (utf8.GetString handle); "text", box (utf8.GetString text) ]
             | _ -> ()
             accepted <- accepted + 1
-            send requests (sortedRoster ())
+            send requests (List.ofSeq roster.Keys)
             if joined then
-                emit "joined" [ "handle", box handle ]
+                emit "joined" [ "handle", box (utf8.GetString handle) ]
                 broadcastRoster ()
 
     let heartbeat now =
-        let silent = [ for KeyValue(h, seen) in roster do if now - seen > int64 args.Expiry then h ]
+        let silent = [ for KeyValue(handle, seen) in roster do if now - seen > int64 args.Expiry then handle ]
         for handle in silent do
             roster.Remove handle |> ignore
-            emit "expired" [ "handle", box handle ]
+            emit "expired" [ "handle", box (utf8.GetString handle) ]
         broadcastRoster ()
         nextBeat <- now + int64 args.Heartbeat
 
+    // [poll] One loop, five steps (examples/README.md, "One loop shape"): the stop flag and the
+    // deadline; the wait, up to the next heartbeat; a poll of every socket the server reads (REP
+    // alone: NetMQ has no ZAP handler, its monitors run on threads of their own, and PUB only
+    // sends); a receive that never waits, since POLLIN is a hint (REP drops a request without its
+    // delimiter inside the receive); then the heartbeat. No signal interrupts the poll (.NET has no
+    // EINTR): the flag is seen at the next turn, within one heartbeat.
     while not stop.Raised do
         if deadline.Expired then
             raise (Failure("timeout", $"still serving after {args.Timeout} ms"))
-        let waitMs = max 0L (nextBeat - nowMs ())
-        // Poll instead of a blocking receive: the heartbeat, the deadline and the stop flag all get
-        // their turn without a second thread. Nothing after all (a malformed request that REP
-        // dropped) is just another turn of the loop.
-        receiveWithin requests (Some(deadline.Cap waitMs)) |> Option.iter serve
+        let waitMs = deadline.Cap(max 0L (nextBeat - nowMs ()))
+        let ready = poll [ requests ] waitMs
+        if ready.Has requests then
+            receiveIfReady requests |> Option.iter onRequest // None: REP dropped it, nothing after all
         let now = nowMs ()
         if now >= nextBeat then heartbeat now
 
@@ -341,20 +343,25 @@ type ChatClient(args: ClientSettings) =
         let sub = new SubscriberSocket()
         sub.Options.Linger <- TimeSpan.Zero
         sub.Options.MaxMsgSize <- MaxMessage
-        sub.Subscribe("") // a prefix filter on frame 0; "" lets posts and rosters through
+        // [SUB] A prefix filter on frame 0, set before the connect so that it travels with the
+        // connection; "" lets posts and rosters through. A SUB receives nothing it did not subscribe to.
+        sub.Subscribe("")
         secureClient sub args.Security
         let monitor = SocketMonitor.watch sub "broadcasts" args.Monitor // before the connect
         endpoint "connect" sub.Connect args.Broadcasts
         sub, monitor
-    // SUB first, so that its subscription starts travelling as early as possible.
+    // SUB first, created and connected, so that its subscription starts travelling as early as possible.
     let mutable sub, subMonitor = openBroadcasts ()
 
-    /// A new REQ socket and its monitor, connected. REQ enforces send, receive, send, receive...: one
-    /// request in flight at a time, and no second send before the reply. So when a reply is lost,
-    /// Lazy Pirate throws the socket away and comes here for a new one.
+    // [REQ] Strict lockstep: send, receive, send, receive... One request in flight, and no second
+    // send before the reply. So when a reply is lost, Lazy Pirate throws the socket away and comes
+    // here for a new one.
+    /// A new REQ socket and its monitor, connected.
     let openRequests () =
         let req = new RequestSocket()
-        req.Options.Linger <- TimeSpan.Zero // closing it drops a request still queued for a dead server
+        // [linger] 0: closing the REQ drops a request still queued for a dead server (Lazy Pirate
+        // resends it on a new socket), and the client's exit never waits for one.
+        req.Options.Linger <- TimeSpan.Zero
         req.Options.MaxMsgSize <- MaxMessage
         secureClient req args.Security
         let monitor = SocketMonitor.watch req "requests" args.Monitor
@@ -396,8 +403,9 @@ type ChatClient(args: ClientSettings) =
         while reply.IsNone && nowMs () < until do
             if deadline.Expired then
                 raise (Failure("no-reply", $"no reply from the server within {args.Timeout} ms"))
-            // REQ may drop a reply it cannot match inside the receive: back to the poll then.
-            reply <- receiveWithin req (Some(deadline.Cap(until - nowMs ())))
+            let ready = poll [ req ] (deadline.Cap(until - nowMs ()))
+            if ready.Has req then
+                reply <- receiveIfReady req // None: REQ dropped a reply it cannot match; back to the poll
         reply
 
     /// One round trip, Lazy Pirate style: the roster of the reply, or None when the server answered
@@ -422,7 +430,7 @@ type ChatClient(args: ClientSettings) =
             forgotten <- true
             None
         | _, reply ->
-            match checkReply reply with
+            match replyRoster reply with
             | Error(code, reason) -> raise (Failure(code, reason))
             | Ok handles ->
                 this.UpdateRoster handles
@@ -458,8 +466,12 @@ type ChatClient(args: ClientSettings) =
             last[handle] <- max before number
         | None -> ()
 
-    /// Handle one broadcast, or send a keep-alive when one is due, whichever comes first; or rejoin,
-    /// if the server has forgotten us. Returns by `until` (monotonic ms) if given.
+    // [poll] The loop's five steps: the deadline; the wait, up to the next keep-alive (or `until`);
+    // the poll of the SUB, the one socket the client reads between requests (REQ is polled in
+    // WaitForReply, while its one request is in flight); a receive that never waits (POLLIN is a
+    // hint); then the keep-alive timer. .NET has no EINTR: no signal cuts the poll short.
+    /// One turn of the client's loop: handle a broadcast if one comes, then send a keep-alive if one
+    /// is due; or rejoin, if the server has forgotten us. Returns by `until` (monotonic ms) if given.
     member this.Serve(until: int64 option) =
         if forgotten then
             this.Rejoin()
@@ -468,28 +480,36 @@ type ChatClient(args: ClientSettings) =
                 raise (Failure("timeout", $"not done after {args.Timeout} ms"))
             let due = lastRequest + int64 args.Keepalive
             let waitMs = max 0L (min due (defaultArg until due) - nowMs ())
-            match receiveWithin sub (Some(deadline.Cap waitMs)) with
-            | Some frames -> this.OnBroadcast frames
-            | None when nowMs () >= due ->
+            let ready = poll [ sub ] (deadline.Cap waitMs)
+            if ready.Has sub then
+                receiveIfReady sub |> Option.iter this.OnBroadcast
+            // Not once forgotten: a keep-alive would join us to the new server without the slow
+            // joiner's wait of the rejoin.
+            if not forgotten && nowMs () >= due then
                 this.Request [ me ] |> ignore // keep-alive: silent handles expire from the roster
-            | None -> ()
 
-    /// The first broadcast on the SUB (the slow joiner: our subscription has reached the server);
-    /// `timeout` at the deadline. A refused handshake looks the same: NetMQ's monitor has no
-    /// handshake events, so a client with the wrong keys hears nothing and ends with `timeout`
-    /// (libzmq's clients say `refused`).
+    // [slow joiner] A SUB hears only what is published after its subscription has reached the
+    // publisher, some time after the connect returns. The server broadcasts a roster at least every
+    // heartbeat, so the first broadcast of any kind says that the subscription is live: from then
+    // on no post can be missed, and only then does the client join.
+    /// The first broadcast on the SUB; `timeout` at the deadline. A refused handshake looks the same:
+    /// NetMQ's monitor has no handshake events, so a client with the wrong keys hears nothing and
+    /// ends with `timeout` (libzmq's clients say `refused`).
     member _.WaitForFirstBroadcast() =
         let mutable frames = None
         while frames.IsNone do
-            frames <- receiveWithin sub (Some(deadline.Cap(int64 args.Keepalive)))
-            if frames.IsNone && deadline.Expired then
+            if deadline.Expired then
                 raise (Failure("timeout", "no broadcast from the server"))
+            let ready = poll [ sub ] (deadline.Cap(int64 args.Keepalive))
+            if ready.Has sub then
+                frames <- receiveIfReady sub
         frames.Value
 
     /// The server forgot us: start over as a newcomer (PROTOCOL.md, "Restarts").
     member this.Rejoin() =
         // What the old SUB already holds came from the old server: take it, then throw the socket
         // away. Which of its broadcasts are older than our join, nothing tells; a new SUB holds none.
+        // A drain on purpose (PROTOCOL.md, "Restarts"), bounded by what the SUB has queued (its HWM).
         let mutable held = receiveIfReady sub
         while held.IsSome do
             this.OnBroadcast held.Value
@@ -509,8 +529,8 @@ type ChatClient(args: ClientSettings) =
             this.Serve None
 
     member this.Run() =
-        // Slow joiner: until a first broadcast arrives, our subscription may not have reached the
-        // server and posts would be dropped for us. The server broadcasts at least every heartbeat.
+        // The slow joiner: until a first broadcast arrives, our subscription may not have reached
+        // the server, and posts would be dropped for us.
         this.OnBroadcast(this.WaitForFirstBroadcast())
         this.Join() |> ignore
         emit "ready" [ "handle", box args.Name; "security", box args.Security.Mechanism ]
@@ -526,8 +546,8 @@ type ChatClient(args: ClientSettings) =
             let text = postText args.Name number
             match this.Request [ me; utf8.GetBytes text ] with
             | None -> this.Rejoin() // unknown-handle: rejoin, then the same post again
-            | Some replyRoster ->
-                emit "sent" [ "text", box text; "roster", box replyRoster ]
+            | Some handles ->
+                emit "sent" [ "text", box text; "roster", box handles ]
                 number <- number + 1
                 let until = nowMs () + int64 args.Pace // --pace: broadcasts are served meanwhile
                 while nowMs () < until do

@@ -15,7 +15,7 @@ open System.Threading
 open Argu
 open NetMQ
 open NetMQ.Sockets
-open Btb.Events
+open Btb.Contract
 
 // --- command line ----------------------------------------------------------------------------
 
@@ -153,13 +153,17 @@ let traderSettings (args: ParseResults<TraderArgs>) : TraderSettings =
 
 // --- the pipes: PAIR sockets over inproc -----------------------------------------------------
 
-/// inproc:// endpoints live inside one context: only this process's threads can reach them.
+// [inproc] Threads of one process joined through one context (NetMQ's, implicit: one per process):
+// an inproc:// endpoint exists only inside it, and messages pass between threads as they are, no
+// bytes on any wire. The main thread binds each pipe before the agent's thread connects to it.
 let pipeAddress (agent: string) = $"inproc://desk-{agent}"
 
-/// One end of a pipe. PAIR: exactly two ends known in advance; it never drops and never routes.
-/// Linger 0: an inproc send hands the message to the peer's queue itself, so nothing is left to
-/// flush at close. No maximum message size: nothing is decoded from bytes here, whole messages pass
-/// between threads of one program. The default high-water mark (1000): PAIR blocks there, never drops.
+// [PAIR] Exactly one peer, known in advance: the two ends of a pipe between the main thread and one
+// agent. It never drops and never routes; at its high-water mark (the default, 1000) a send blocks.
+// No maximum message size on a pipe: the limit applies where bytes are decoded from a connection,
+// and inproc has none. Linger 0: an inproc send hands the message to the peer's queue itself, so nothing
+// is left to flush at close.
+/// One end of a pipe.
 let pipeEnd () =
     let pipe = new PairSocket()
     pipe.Options.Linger <- TimeSpan.Zero
@@ -213,6 +217,16 @@ let runAgent (agent: string) (part: Pipe -> (string * obj) list) () =
             []
     pipe.Tell("stopped", counters)
 
+/// One of an agent's network sockets, set up in the agent's thread, which owns it: the linger given
+/// (ms) and its example's maximum message size, set before bind or connect; with --monitor on, its
+/// monitor, attached before the bind or connect (it runs on a thread of its own and writes its
+/// socket-event lines itself, the only lines that do not go up a pipe). Dispose the monitor it
+/// returns before the socket.
+let agentSocket (settings: TraderSettings) (socket: NetMQSocket) (flag: string) (maxMessage: int64) (linger: int) =
+    socket.Options.Linger <- TimeSpan.FromMilliseconds(float linger)
+    socket.Options.MaxMsgSize <- maxMessage
+    SocketMonitor.watch socket flag settings.Monitor
+
 // --- chat agent: a chat client ---------------------------------------------------------------
 
 /// The chat agent's one request in flight: REQ is strict lockstep.
@@ -230,20 +244,28 @@ let rosterSeen (pipe: Pipe) (last: string list) (handles: string list) =
 
 let chatAgent (settings: TraderSettings) (pipe: Pipe) =
     let me = utf8.GetBytes settings.Name
-    // SUB first, so that its subscription starts travelling as early as possible; then REQ.
+    // SUB first, created and connected, so that its subscription starts travelling as early as
+    // possible; then REQ.
     use sub = new SubscriberSocket()
+    // [REQ] Strict lockstep: one request in flight, no second send before its reply. So the agent
+    // sends only when `inFlight` is empty, and every reply empties it.
     use req = new RequestSocket()
-    for socket in [ sub :> NetMQSocket; req ] do
-        socket.Options.Linger <- TimeSpan.Zero
-        socket.Options.MaxMsgSize <- Chat.MaxMessage
-    sub.Subscribe "" // posts and rosters
-    // Monitors before the connects, in this thread: each runs on a thread of its own and writes its
-    // socket-event lines itself, the only lines that do not go up a pipe.
-    use _ = SocketMonitor.watch sub "chat-broadcasts" settings.Monitor
-    use _ = SocketMonitor.watch req "chat-requests" settings.Monitor
+    // [linger] 0 on both: closing them at STOP drops a request or a subscription still queued for a
+    // server that is gone; the desk owes the chat nothing at exit.
+    // [max size] Every agent's network socket takes its example's maximum message size, sized from
+    // that protocol's largest frame (chat 8192, ticker and valuation 256, query 1024), set before
+    // connect or bind: a bigger frame is dropped with its sender's connection.
+    use _ = agentSocket settings sub "chat-broadcasts" Chat.MaxMessage 0
+    use _ = agentSocket settings req "chat-requests" Chat.MaxMessage 0
+    // [SUB] Subscribed to "" before it connects: a prefix of every frame 0, posts and rosters alike;
+    // the subscription travels as soon as the connection starts.
+    sub.Subscribe ""
     let waiting = Queue<string>() // POSTed texts, in order
     let mutable roster: string list = []
-    let mutable heard = false // a first broadcast: our subscription is live (the slow joiner)
+    // [slow joiner] A SUB hears only what is published once its subscription has reached the
+    // server. The server broadcasts a roster every heartbeat: from the first broadcast on, no post
+    // can be missed, and only then does the agent join.
+    let mutable heard = false
     let mutable joined = false
     let mutable everyone = false // a roster of --chat-clients: everyone listens before anyone talks
     let mutable inFlight: ChatRequest option = None
@@ -255,27 +277,15 @@ let chatAgent (settings: TraderSettings) (pipe: Pipe) =
         endpoint "connect" sub.Connect settings.ChatBroadcasts
         endpoint "connect" req.Connect settings.ChatRequests
         pipe.Tell("ready", [ "handle", box settings.Name ])
+        // [poll] The agent's loop: no deadline of its own (STOP comes up the pipe); the wait, until a
+        // keep-alive falls due, else until something comes; one poll of the pipe and both sockets,
+        // so that a STOP is seen however the chat is going; each ready one read without waiting
+        // (POLLIN is a hint: REQ drops a reply it cannot match inside the receive), the pipe first,
+        // then REQ and SUB, in PROTOCOL.md's order; then the next request, when REQ allows one.
         while running do
-            // The next request, when REQ's lockstep allows one: join, then posts, then keep-alives.
-            let next =
-                if inFlight.IsSome || not heard then None
-                elif not joined then Some Join
-                elif everyone && waiting.Count > 0 then Some(Posting(waiting.Dequeue()))
-                elif nowMs () - lastRequest >= Keepalive then Some KeepAlive
-                else None
-            match next with
-            | Some(Posting text) -> send req [ me; utf8.GetBytes text ]
-            | Some _ -> send req [ me ]
-            | None -> ()
-            if next.IsSome then inFlight <- next
-            // The pipe is polled with the sockets: a STOP is seen however the chat is going. No
-            // timeout unless a keep-alive comes due: a command or a message wakes the poll.
             let waitMs = if joined && inFlight.IsNone then max 0L (lastRequest + Keepalive - nowMs ()) else Forever
-            let ready = pollInAny [ pipe.Socket; sub; req ] waitMs
-            let isReady (socket: NetMQSocket) = List.contains socket ready
-            // Each ready socket is read without waiting: PollIn is a hint (REQ drops a reply it
-            // cannot match inside the receive).
-            if isReady pipe.Socket then
+            let ready = poll [ pipe.Socket; req; sub ] waitMs
+            if ready.Has pipe.Socket then
                 match pipe.Command() with
                 | Some [ stop ] when stop = STOP -> running <- false
                 | Some [ post; text ] when post = "POST"B ->
@@ -286,23 +296,10 @@ let chatAgent (settings: TraderSettings) (pipe: Pipe) =
                     | _ -> pipe.BadCommand $"a text is 1 to {Chat.MaxText} bytes of UTF-8, not {Query.quote text}"
                 | Some frames -> pipe.NotACommand frames
                 | None -> ()
-            if isReady sub then
-                match receiveIfReady sub with
-                | Some frames ->
-                    heard <- true
-                    match Chat.readBroadcast frames with
-                    | Chat.Roster handles ->
-                        roster <- rosterSeen pipe roster handles
-                        everyone <- everyone || roster.Length >= settings.ChatClients
-                    | Chat.Post(handle, text) ->
-                        received <- received + 1
-                        pipe.Tell("received", [ "handle", box handle; "text", box text ], [ utf8.GetBytes handle ])
-                    | Chat.Malformed reason -> pipe.Error("malformed-broadcast", reason)
-                | None -> ()
-            if isReady req then
+            if ready.Has req then
                 match receiveIfReady req with
                 | Some reply ->
-                    match Chat.checkReply reply with
+                    match Chat.replyRoster reply with
                     | Error(code, reason) -> raise (Failure(code, reason)) // rejected, malformed-reply: fatal
                     | Ok handles ->
                         roster <- rosterSeen pipe roster handles
@@ -316,6 +313,31 @@ let chatAgent (settings: TraderSettings) (pipe: Pipe) =
                         inFlight <- None
                         lastRequest <- nowMs ()
                 | None -> ()
+            if ready.Has sub then
+                match receiveIfReady sub with
+                | Some frames ->
+                    heard <- true
+                    match Chat.readBroadcast frames with
+                    | Chat.Roster handles ->
+                        roster <- rosterSeen pipe roster handles
+                        everyone <- everyone || roster.Length >= settings.ChatClients
+                    | Chat.Post(handle, text) ->
+                        received <- received + 1
+                        pipe.Tell("received", [ "handle", box handle; "text", box text ], [ utf8.GetBytes handle ])
+                    | Chat.Malformed reason -> pipe.Error("malformed-broadcast", reason)
+                | None -> ()
+            // The next request, when REQ's lockstep allows one: join, then posts, then keep-alives.
+            let next =
+                if not running || inFlight.IsSome || not heard then None
+                elif not joined then Some Join
+                elif everyone && waiting.Count > 0 then Some(Posting(waiting.Dequeue()))
+                elif nowMs () - lastRequest >= Keepalive then Some KeepAlive
+                else None
+            match next with
+            | Some(Posting text) -> send req [ me; utf8.GetBytes text ]
+            | Some _ -> send req [ me ]
+            | None -> ()
+            if next.IsSome then inFlight <- next
     with Failure(code, reason) -> pipe.Error(code, reason) // then stopped, unasked: the desk fails
     [ "sent", box sent; "received", box received ]
 
@@ -323,27 +345,30 @@ let chatAgent (settings: TraderSettings) (pipe: Pipe) =
 
 let tickerAgent (settings: TraderSettings) (pipe: Pipe) =
     use sub = new SubscriberSocket()
-    sub.Options.Linger <- TimeSpan.Zero // ticks are a stream: nobody is owed the ones still queued
-    sub.Options.MaxMsgSize <- Ticker.MaxMessage
-    use _ = SocketMonitor.watch sub "ticks" settings.Monitor // before the connect
+    use _ = agentSocket settings sub "ticks" Ticker.MaxMessage 0 // a stream: nobody is owed what is queued
     let mutable following: string list = []
     let mutable ticks = 0
     let mutable malformed = 0
     let mutable running = true
     try
-        endpoint "connect" sub.Connect settings.Ticks
-        // Our own topic at once: the publisher counts the desk by it. The symbols come as FOLLOWs.
+        // [slow joiner] Our own topic at once, before the connect: the publisher counts the desk by it
+        // and publishes nothing until every subscriber's @name has reached it. The symbols come as
+        // FOLLOWs; each one's first ticks may be missed while its subscription travels upstream.
         sub.Subscribe(utf8.GetBytes("@" + settings.Name))
+        endpoint "connect" sub.Connect settings.Ticks
         pipe.Tell("ready", [ "name", box settings.Name ])
+        // The agent's loop: no timer, so the poll waits until the pipe or the SUB has something
+        // (STOP comes up the pipe); each ready one read without waiting, the pipe first.
         while running do
-            let ready = pollInAny [ pipe.Socket; sub ] Forever
-            if List.contains (pipe.Socket :> NetMQSocket) ready then
+            let ready = poll [ pipe.Socket; sub ] Forever
+            if ready.Has pipe.Socket then
                 match pipe.Command() with
                 | Some [ stop ] when stop = STOP -> running <- false
                 | Some [ verb; symbol ] when verb = "FOLLOW"B && Ticker.isSymbol (Encoding.ASCII.GetString symbol) ->
                     let symbol = Encoding.ASCII.GetString symbol
-                    if not (List.contains symbol following) then
-                        // Its first ticks may be missed while the subscription travels upstream.
+                    if not (List.contains symbol following) && following.Length = Ticker.MaxSymbols then
+                        pipe.BadCommand "busy" // --follow's bound holds for FOLLOW too
+                    elif not (List.contains symbol following) then
                         sub.Subscribe(Ticker.topic symbol)
                         following <- following @ [ symbol ]
                         pipe.Tell("subscribed", [ "symbol", box symbol ])
@@ -357,7 +382,7 @@ let tickerAgent (settings: TraderSettings) (pipe: Pipe) =
                         pipe.Tell("unsubscribed", [ "symbol", box symbol ])
                 | Some frames -> pipe.NotACommand frames
                 | None -> ()
-            if List.contains (sub :> NetMQSocket) ready then
+            if ready.Has sub then
                 match receiveIfReady sub |> Option.map (fun frames -> Ticker.checkTick frames following settings.Seed) with
                 | Some(Error(code, reason)) ->
                     malformed <- malformed + 1
@@ -375,19 +400,20 @@ let tickerAgent (settings: TraderSettings) (pipe: Pipe) =
 let WAITING, GO, FINISHED = "waiting"B, "go"B, "finished"B
 
 let valuationAgent (settings: TraderSettings) (pipe: Pipe) =
-    use orders = new PushSocket() // deals orders round-robin to the workers connected
-    use results = new PullSocket() // fair-queues readies and results from every worker
-    use control = new PublisherSocket() // the state, level-triggered: repeated every heartbeat
-    for socket in [ orders :> NetMQSocket; results; control ] do
-        socket.Options.Linger <- TimeSpan.Zero
-        socket.Options.MaxMsgSize <- Valuation.MaxMessage // PUB too: it still decodes what subscribers send
-    // The `finished` state must reach the workers even if the desk stops right after: they leave
-    // when they hear it. Closing the socket leaves it a second to go out.
-    control.Options.Linger <- TimeSpan.FromMilliseconds 1000.0
-    use _ = SocketMonitor.watch orders "orders" settings.Monitor // before the binds: `listening` too
-    use _ = SocketMonitor.watch results "results" settings.Monitor
-    use _ = SocketMonitor.watch control "control" settings.Monitor
-    let ready = HashSet<string>() // workers ready for the next trade
+    // [PUSH] Deals orders round-robin to the workers connected when they are sent; it never drops.
+    use orders = new PushSocket()
+    // [PULL] Fair-queues readies and results from every connected worker.
+    use results = new PullSocket()
+    // [PUB] The state, fanned out to every worker; it never blocks, and drops for a worker not
+    // connected yet or past its HWM: so the state is level-triggered, repeated every heartbeat.
+    use control = new PublisherSocket()
+    // [linger] 1000 ms on the control PUB, 0 on the others: the `finished` state must reach the
+    // workers even if the desk stops right after (they leave when they hear it), and closing the
+    // socket leaves it a second to go out; what the others still hold at STOP is owed to nobody.
+    use _ = agentSocket settings orders "orders" Valuation.MaxMessage 0 // before the binds: `listening` too
+    use _ = agentSocket settings results "results" Valuation.MaxMessage 0
+    use _ = agentSocket settings control "control" Valuation.MaxMessage 1000 // PUB too decodes what subscribers send
+    let workers = HashSet<string>() // workers ready for the next trade
     let values = Dictionary<uint64, int64>() // id -> the value of its first result, this trade
     let priced = Dictionary<string, int>() // worker -> results counted, this trade
     let resent = HashSet<uint64>() // every id re-dispatched, this trade
@@ -407,29 +433,29 @@ let valuationAgent (settings: TraderSettings) (pipe: Pipe) =
         let bound = [ orders.Options.LastEndpoint; results.Options.LastEndpoint; control.Options.LastEndpoint ]
         let fields = List.zip [ "orders"; "results"; "control" ] (List.map box bound)
         pipe.Tell("ready", fields, List.map ascii bound) // the main thread's own ready names them
+        // [poll] The agent's loop: no deadline of its own (STOP comes up the pipe); the wait, until
+        // the next heartbeat or the end of a quiet period; one poll of the pipe, the PUSH (for room,
+        // POLLOUT, only while orders wait for it) and the PULL; each ready socket served without
+        // waiting, the pipe first, then PUSH and PULL in PROTOCOL.md's order; then the timers.
         while running do
             // Orders that cannot go out yet wait here: the agent never blocks in a send.
             let pending = (state = GO && nextId <= count) || resending.Count > 0
             let now = nowMs ()
             let quietDue = if state = GO && not pending then quietSince + int64 settings.Quiet else Int64.MaxValue
             let waitMs = max 0L (min nextBeat quietDue - now)
-            // PollOut on PUSH while orders wait: room for one more wakes the poll.
-            let items =
-                [| NetMQSelector.Item(pipe.Socket, PollEvents.PollIn)
-                   NetMQSelector.Item(results, PollEvents.PollIn)
-                   if pending then NetMQSelector.Item(orders, PollEvents.PollOut) |]
-            NetMQSelector().Select(items, items.Length, waitMs) |> ignore
-            let isReady (socket: NetMQSocket) =
-                items |> Array.exists (fun item -> item.Socket = socket && item.ResultEvent <> PollEvents.None)
-            if isReady pipe.Socket then
+            let ready =
+                pollFor [ pipe.Socket, PollEvents.PollIn
+                          if pending then orders, PollEvents.PollOut
+                          results, PollEvents.PollIn ] waitMs
+            if ready.Has pipe.Socket then
                 match pipe.Command() with
                 | Some [ stop ] when stop = STOP -> running <- false
                 | Some [ verb; size ] when verb = "VALUE"B && size.Length = 8 ->
                     let n = BinaryPrimitives.ReadUInt64BigEndian size
                     if n < 1UL || n > uint64 MaxTrade then
                         pipe.BadCommand $"a trade is 1 to {MaxTrade} orders, not {n}"
-                    elif count > 0UL && state <> FINISHED then
-                        pipe.BadCommand "busy"
+                    elif count > 0UL && (state <> FINISHED || resending.Count > 0) then
+                        pipe.BadCommand "busy" // a trade runs, or the orders of a resend still go out
                     else // a new trade: its workers are those that say ready from now on, or said it since the last
                         count <- n
                         nextId <- 1UL
@@ -441,11 +467,32 @@ let valuationAgent (settings: TraderSettings) (pipe: Pipe) =
                         send control [ state ] // at once; the heartbeat repeats it
                 | Some frames -> pipe.NotACommand frames
                 | None -> ()
-            if isReady results then
+            // [HWM] Each worker's queue holds 1000 orders (the default high-water mark); with every
+            // queue full, or no worker connected, PUSH is in the mute state and a send would block.
+            // So the agent sends only what PUSH takes without waiting (NetMQ: a send with a zero
+            // timeout) after the poll saw room: a thousand at most per turn, a drain on purpose,
+            // bounded so that the pipe and the results get their turn.
+            if ready.Has orders then
+                let mutable room = true
+                let mutable burst = 0
+                while room && burst < 1000 && ((state = GO && nextId <= count) || resending.Count > 0) do
+                    let first = state = GO && nextId <= count
+                    let id = if first then nextId else resending.Peek()
+                    // The same bytes every time: an order is a function of the seed and its id.
+                    room <- orders.TrySendMultipartBytes(TimeSpan.Zero, Valuation.orderFrames settings.Seed id :> seq<byte[]>)
+                    if room then
+                        burst <- burst + 1
+                        if first then
+                            nextId <- nextId + 1UL
+                            if nextId > count then pipe.Tell("sent", [ "orders", box count ])
+                        else
+                            resending.Dequeue() |> ignore
+                            if resending.Count = 0 then pipe.Tell("resent", [ "ids", box resendIds ])
+            if ready.Has results then
                 match receiveIfReady results with
                 | Some(kind :: _ as frames) when kind = "ready"B ->
                     match Valuation.checkReady frames with
-                    | Ok worker -> if ready.Add worker then pipe.Tell("worker", [ "name", box worker ])
+                    | Ok worker -> if workers.Add worker then pipe.Tell("worker", [ "name", box worker ])
                     | Error(code, reason) -> pipe.Error(code, reason) // not a worker: it does not count
                 | Some frames ->
                     match Valuation.checkResult frames (int count) settings.Seed with
@@ -466,31 +513,14 @@ let valuationAgent (settings: TraderSettings) (pipe: Pipe) =
                             let fields = [ "total", box total; "workers", box priced
                                            "resent", box (resent |> Seq.sort |> List.ofSeq) ]
                             pipe.Tell("complete", fields, [ Valuation.i64Frame total ])
-                            ready.Clear() // the next trade waits for new readies
+                            workers.Clear() // the next trade waits for new readies
                 | None -> ()
             // Each worker heard the control channel before it said ready: none can miss `go`.
-            if state = WAITING && count > 0UL && ready.Count >= settings.Workers then
+            if state = WAITING && count > 0UL && workers.Count >= settings.Workers then
                 state <- GO
                 send control [ state ]
-                pipe.Tell("started", [ "workers", box ready.Count ])
+                pipe.Tell("started", [ "workers", box workers.Count ])
                 quietSince <- nowMs ()
-            // Send what waits while PUSH takes it without waiting (NetMQ: a send with a zero
-            // timeout); a thousand at most, so the pipe and the results get their turn.
-            let mutable room = true
-            let mutable burst = 0
-            while room && burst < 1000 && ((state = GO && nextId <= count) || resending.Count > 0) do
-                let first = state = GO && nextId <= count
-                let id = if first then nextId else resending.Peek()
-                // The same bytes every time: an order is a function of the seed and its id.
-                room <- orders.TrySendMultipartBytes(TimeSpan.Zero, Valuation.orderFrames settings.Seed id :> seq<byte[]>)
-                if room then
-                    burst <- burst + 1
-                    if first then
-                        nextId <- nextId + 1UL
-                        if nextId > count then pipe.Tell("sent", [ "orders", box count ])
-                    else
-                        resending.Dequeue() |> ignore
-                        if resending.Count = 0 then pipe.Tell("resent", [ "ids", box resendIds ])
             let now = nowMs ()
             if state = GO && not (nextId <= count || resending.Count > 0) && now - quietSince >= int64 settings.Quiet then
                 // PUSH dropped what was queued for a worker that died, and nothing says so: only
@@ -509,18 +539,17 @@ let valuationAgent (settings: TraderSettings) (pipe: Pipe) =
 // --- query agent: a CHP facade ---------------------------------------------------------------
 
 let queryAgent (settings: TraderSettings) (pipe: Pipe) =
-    // DEALER: several snapshot requests in flight, replies without envelopes.
+    // [DEALER] Sends and receives freely, without REQ's lockstep and without an envelope of its own:
+    // every subtree's ICANHAZ? goes out at once, and only the subtree in a KTHXBAI says which
+    // request it answers.
     use snapshot = new DealerSocket()
     use updates = new SubscriberSocket()
-    // XPUB to the collector: a PUB that tells us when the collector's subscription has arrived.
+    // [XPUB] To the collector: a PUB that hands us each subscription as a message (first byte 1 or
+    // 0), so that it tells us when the collector's subscription has arrived: writes wait for it.
     use collector = new XPublisherSocket()
-    for socket in [ snapshot :> NetMQSocket; updates; collector ] do
-        socket.Options.Linger <- TimeSpan.Zero
-        socket.Options.MaxMsgSize <- Query.MaxMessage
-    collector.Options.Linger <- TimeSpan.FromMilliseconds 1000.0 // our last write may be queued at STOP
-    use _ = SocketMonitor.watch snapshot "snapshot" settings.Monitor // before the connects
-    use _ = SocketMonitor.watch updates "updates" settings.Monitor
-    use _ = SocketMonitor.watch collector "collector" settings.Monitor
+    use _ = agentSocket settings snapshot "snapshot" Query.MaxMessage 0 // before the connects
+    use _ = agentSocket settings updates "updates" Query.MaxMessage 0
+    use _ = agentSocket settings collector "collector" Query.MaxMessage 1000 // our last write may be queued at STOP
     // The facade's map, its checks and its per-subtree watermarks; its own --writes are not used.
     let facadeSettings: Query.FacadeSettings =
         { Snapshot = settings.Snapshot; Updates = settings.Updates; Collector = settings.Collector
@@ -533,30 +562,29 @@ let queryAgent (settings: TraderSettings) (pipe: Pipe) =
     let mutable collectorLive = false
     let mutable running = true
     try
-        endpoint "connect" collector.Connect settings.Collector
+        // [SUB] Prefix filters on frame 0, one per subtree, then HUGZ, subscribed after the connect as
+        // the facade's (Query.FacadeSockets says why): they go out in that order, HUGZ last.
         endpoint "connect" updates.Connect settings.Updates
-        for tree in settings.Subtrees do // a subscription is a prefix of frame 0: a subtree is one
+        for tree in settings.Subtrees do
             updates.Subscribe(Query.bytesOf tree)
         updates.Subscribe Query.HUGZ // last: once a HUGZ arrives, every subscription before it is in place
         endpoint "connect" snapshot.Connect settings.Snapshot
+        endpoint "connect" collector.Connect settings.Collector
         pipe.Tell("ready", [ "name", box settings.Name; "subtrees", box settings.Subtrees ])
+        // The agent's loop: no timer (STOP comes up the pipe), so the poll waits until something
+        // comes; each ready socket read without waiting, the pipe first, then DEALER, SUB and XPUB
+        // in PROTOCOL.md's order; then the writes that may go out.
         while running do
             let synced = hugged && facade.Waiting.IsEmpty
-            if synced && collectorLive then
-                while writes.Count > 0 do
-                    let key, value = writes.Dequeue()
-                    send collector (Query.kvset key [||] value) // XPUB never blocks
-                    unread.Add((key, value))
-                    pipe.Tell("wrote", [ "key", box key; "value", box (Ticker.hex value); "ttl", box 0 ])
             // Before the HUGZ, the SUB only; while the snapshots come, the DEALER only (the SUB's
             // updates wait in its queue, in order); then both.
             let polled =
-                [ pipe.Socket :> NetMQSocket; collector
+                [ pipe.Socket :> NetMQSocket
+                  if hugged then snapshot
                   if not hugged || synced then updates
-                  if hugged then snapshot ]
-            let ready = pollInAny polled Forever
-            let isReady (socket: NetMQSocket) = List.contains socket ready
-            if isReady pipe.Socket then
+                  collector ]
+            let ready = poll polled Forever
+            if ready.Has pipe.Socket then
                 match pipe.Command() with
                 | Some [ stop ] when stop = STOP -> running <- false
                 | Some [ verb; key; value ] when verb = "WRITE"B ->
@@ -569,11 +597,12 @@ let queryAgent (settings: TraderSettings) (pipe: Pipe) =
                     else writes.Enqueue((key', value))
                 | Some frames -> pipe.NotACommand frames
                 | None -> ()
-            if isReady collector then
-                match receiveFrameIfReady collector with
-                | Some [| 1uy |] -> collectorLive <- true // the collector's subscription to everything
-                | _ -> ()
-            if isReady updates then
+            if ready.Has snapshot then
+                match Query.receiveMessage snapshot with
+                | Some frames when not synced -> facade.OnSnapshot frames
+                | Some frames -> pipe.Error("unexpected-snapshot", $"{Query.quote frames.Head} after every KTHXBAI")
+                | None -> ()
+            if ready.Has updates then
                 match Query.receiveMessage updates with
                 | Some frames when not hugged ->
                     // The slow joiner: drop what comes before a HUGZ (the snapshots cover it), then
@@ -596,11 +625,16 @@ let queryAgent (settings: TraderSettings) (pipe: Pipe) =
                         | None -> ()
                     | None -> ()
                 | None -> ()
-            if isReady snapshot then
-                match Query.receiveMessage snapshot with
-                | Some frames when not synced -> facade.OnSnapshot frames
-                | Some frames -> pipe.Error("unexpected-snapshot", $"{Query.quote frames.Head} after every KTHXBAI")
-                | None -> ()
+            if ready.Has collector then
+                match receiveFrameIfReady collector with
+                | Some [| 1uy |] -> collectorLive <- true // the collector's subscription to everything
+                | _ -> ()
+            if running && hugged && facade.Waiting.IsEmpty && collectorLive then
+                while writes.Count > 0 do
+                    let key, value = writes.Dequeue()
+                    send collector (Query.kvset key [||] value) // XPUB never blocks
+                    unread.Add((key, value))
+                    pipe.Tell("wrote", [ "key", box key; "value", box (Ticker.hex value); "ttl", box 0 ])
     with Failure(code, reason) -> pipe.Error(code, reason)
     let map = SortedDictionary<string, string>(StringComparer.Ordinal)
     for KeyValue(key, value) in facade.Map do
@@ -729,6 +763,8 @@ let replayKey (event: string) (extras: byte[] list) =
 
 /// Write an event's frame 1 with `say`, unchanged, and return its name and the frames after the JSON.
 let relay (say: string -> byte[] list -> string -> unit) (frames: byte[] list) =
+    // [multipart] A pipe message arrives whole or not at all: its name, its JSON and the values the
+    // main thread acts on come together, and which frames there are is matched, never assumed.
     match frames with
     | name :: json :: extras ->
         let name = Encoding.ASCII.GetString name
@@ -748,6 +784,57 @@ let tradeOf (body: string) =
     if body <> "" && body |> Seq.forall Char.IsAsciiDigit && digits.Length <= 7 && digits <> ""
        && int digits <= MaxTrade then Some(uint64 digits)
     else None
+
+/// Start-up, step 2, for one agent: bind its pipe, start its thread, and wait for its first event,
+/// its `ready` unless its bind or connect failed. Returns the agent, and that event's name and
+/// frames 2..., or why the desk stops first (a signal, the deadline).
+let start (settings: TraderSettings) (stop: StopSignal) (deadline: Deadline) say (name: string) part =
+    // Bind before the agent connects: the inproc order that works with every library.
+    let pipe = pipeEnd ()
+    pipe.Bind(pipeAddress name)
+    // A background thread: an agent that never stops (agent-stuck) does not keep the process.
+    let thread = Thread(ThreadStart(runAgent name (part settings)), IsBackground = true, Name = $"desk-{name}")
+    thread.Start()
+    let agent = { Name = name; Pipe = pipe; Thread = thread; Stopped = false }
+    let mutable first = None
+    let mutable why = None
+    while first.IsNone && why.IsNone do
+        if stop.Raised then why <- Some Signalled
+        elif deadline.Expired then why <- Some TimedOut
+        else
+            let ready = poll [ pipe ] (deadline.Cap 100L) // at most 100 ms: .NET sees a signal
+            if ready.Has pipe then first <- receiveIfReady pipe
+    match first, why with
+    | Some frames, _ -> agent, Ok(relay say frames)
+    | None, why -> agent, Error why.Value
+
+/// Shut-down, steps 1 and 2: STOP to every agent at once (they are independent), each as soon as
+/// its pipe takes it (POLLOUT): an agent stopped by the deadline during its start-up may not have
+/// connected its end yet, and a PAIR without its peer takes no message. Then wait for their
+/// `stopped`, 5000 ms at most, still writing what they said before it.
+let shutDown (agents: ResizeArray<Agent>) (say: string -> byte[] list -> string -> unit) =
+    let told = HashSet<string>([ for agent in agents do if agent.Stopped then agent.Name ])
+    let giveUp = nowMs () + 5000L
+    while agents |> Seq.exists (fun agent -> not agent.Stopped) && nowMs () < giveUp do
+        let waiting =
+            [ for agent in agents do
+                  if not agent.Stopped then
+                      let events = if told.Contains agent.Name then PollEvents.PollIn else PollEvents.PollIn ||| PollEvents.PollOut
+                      agent.Pipe :> NetMQSocket, events ]
+        let ready = pollFor waiting (min 100L (max 0L (giveUp - nowMs ())))
+        for agent in agents do
+            if not (told.Contains agent.Name) && ready.Has agent.Pipe
+               && agent.Pipe.TrySendMultipartBytes(TimeSpan.Zero, [ STOP ] :> seq<byte[]>) then
+                told.Add agent.Name |> ignore
+            if ready.Has agent.Pipe then
+                // Everything the pipe holds, up to `stopped`: a drain on purpose, bounded by the
+                // pipe's high-water mark (1000), since nothing comes after `stopped`.
+                let mutable more = true
+                while more && not agent.Stopped do
+                    match receiveIfReady agent.Pipe |> Option.map (relay say) with
+                    | Some("stopped", _) -> agent.Stopped <- true // nothing comes after it
+                    | Some _ -> ()
+                    | None -> more <- false
 
 let runTrader (settings: TraderSettings) =
     // SIGTERM and SIGINT raise a flag on .NET's own signal thread; this thread looks at it at least
@@ -780,25 +867,14 @@ let runTrader (settings: TraderSettings) =
     // Start-up: one agent at a time, in order, each `ready` its own proof that its sockets exist.
     for name, part in agentParts do
         if outcome = Running then
-            // Bind before the agent connects: the inproc order that works with every library.
-            let pipe = pipeEnd ()
-            pipe.Bind(pipeAddress name)
-            // A background thread: an agent that never stops (agent-stuck) does not keep the process.
-            let thread = Thread(ThreadStart(runAgent name (part settings)), IsBackground = true, Name = $"desk-{name}")
-            thread.Start()
-            let agent = { Name = name; Pipe = pipe; Thread = thread; Stopped = false }
+            let agent, first = start settings stop deadline say name part
             agents.Add agent
-            let mutable first = None
-            while first.IsNone && outcome = Running do
-                if stop.Raised then outcome <- Signalled
-                elif deadline.Expired then outcome <- TimedOut
-                else first <- receiveWithin pipe (Some(deadline.Cap 100L))
-            match first |> Option.map (relay say) with
-            | Some("ready", extras) -> if name = "valuation" then endpoints <- extras
-            | Some(event, _) -> // an error, then stopped: its bind or connect failed
+            match first with
+            | Ok("ready", extras) -> if name = "valuation" then endpoints <- extras
+            | Ok(event, _) -> // an error, then stopped: its bind or connect failed
                 agent.Stopped <- (event = "stopped")
                 outcome <- AgentFailed name
-            | None -> ()
+            | Error why -> outcome <- why
 
     if outcome = Running then
         let http = web |> Option.map (fun web -> web.Endpoint) |> Option.defaultValue ""
@@ -842,18 +918,22 @@ let runTrader (settings: TraderSettings) =
                 | Some _ when trade.Running -> 409, "a trade runs: wait for its complete"
                 | Some n -> hand "valuation" "VALUE" ("orders", box n) (Valuation.u64Frame n)
 
-        // The loop: the four pipes and the page's socket polled together; each event written, then
-        // acted on.
+        // [poll] The main thread's loop, in five steps: the stop flag and the deadline; the wait, at
+        // most 100 ms (.NET has no EINTR: no signal wakes NetMQ's poll, nor does a page's deadline);
+        // one poll of the four pipes and the page's socket; each ready one read without waiting
+        // (POLLIN is a hint), the pipes in the agents' order, then the page; then the timers: the
+        // page's deadlines and progress, and whether the scenario is done. Each event is written,
+        // then acted on.
         let page = [ for web in Option.toList web -> web.Socket :> NetMQSocket ]
         while outcome = Running do
             if stop.Raised then outcome <- Signalled
             elif deadline.Expired then outcome <- TimedOut
             else
-                // At most 100 ms: a signal does not wake NetMQ's poll, nor a page's deadline.
-                let ready = pollInAny ([ for agent in agents -> agent.Pipe :> NetMQSocket ] @ page) (deadline.Cap 100L)
+                let ready = poll ([ for agent in agents -> agent.Pipe :> NetMQSocket ] @ page) (deadline.Cap 100L)
                 for agent in agents do
-                    if List.contains (agent.Pipe :> NetMQSocket) ready then
-                        // A few messages per pipe and turn: a busy agent cannot starve the others.
+                    if ready.Has agent.Pipe then
+                        // A drain on purpose: up to 64 messages per pipe and turn, so that a busy agent
+                        // (a trade's results) is read at its pace, yet cannot starve the others.
                         let mutable turn = 0
                         while turn < 64 && outcome = Running do
                             turn <- turn + 1
@@ -868,7 +948,7 @@ let runTrader (settings: TraderSettings) =
                 let now = nowMs ()
                 match web with
                 | Some web ->
-                    if List.contains (web.Socket :> NetMQSocket) ready then
+                    if ready.Has web.Socket then
                         web.Receive(now, onCommand)
                     web.Expire now
                     trade.Progress(now, false) |> Option.iter (publish (Some "progress"))
@@ -878,22 +958,7 @@ let runTrader (settings: TraderSettings) =
                     // With --http the desk is a page for a person: it serves on until a signal.
                     if web.IsNone then outcome <- Complete
 
-    // Shut-down: STOP to every agent at once (they are independent), then wait for their stopped,
-    // still writing what they said before it.
-    for agent in agents do
-        if not agent.Stopped then command agent [ STOP ]
-    let giveUp = nowMs () + 5000L
-    while agents |> Seq.exists (fun agent -> not agent.Stopped) && nowMs () < giveUp do
-        let waiting = [ for agent in agents do if not agent.Stopped then agent.Pipe :> NetMQSocket ]
-        let ready = pollInAny waiting (min 100L (max 0L (giveUp - nowMs ())))
-        for agent in agents do
-            if List.contains (agent.Pipe :> NetMQSocket) ready then
-                let mutable more = true
-                while more && not agent.Stopped do
-                    match receiveIfReady agent.Pipe |> Option.map (relay say) with
-                    | Some("stopped", _) -> agent.Stopped <- true // nothing comes after it
-                    | Some _ -> ()
-                    | None -> more <- false
+    shutDown agents say
 
     let stuck = [ for agent in agents do if not agent.Stopped then agent.Name ]
     let failure =

@@ -18,7 +18,7 @@ open System.Threading
 open Argu
 open NetMQ
 open NetMQ.Sockets
-open Btb.Events
+open Btb.Contract
 
 let ThroughputCount = 100000
 let LatencyCount = 10000

@@ -8,7 +8,7 @@ open System.Text
 open System.Text.RegularExpressions
 open Argu
 open NetMQ
-open Btb.Events
+open Btb.Contract
 
 // No help flags at any level: helpSection answers --help, and a --help in a value's place is a value.
 [<RequireSubcommand; DisableHelpFlags>]

@@ -13,10 +13,11 @@ open System.Text.RegularExpressions
 open Argu
 open NetMQ
 open NetMQ.Sockets
-open Btb.Events
+open Btb.Contract
 
-/// ZMQ_MAXMSGSIZE on every socket: the largest legal frame is a 256-byte value; between 257 and
-/// 1024 bytes it reaches us and is reported, above that NetMQ drops it with the connection.
+/// [max size] ZMQ_MAXMSGSIZE on every socket, set before bind or connect: the largest legal frame is
+/// a 256-byte value; between 257 and 1024 bytes it reaches us and is reported, above that NetMQ drops
+/// it with the connection.
 let MaxMessage = 1024L
 let MaxValue = 256
 let MaxFrames = 7 // frames kept of a message (5, a routing id, one to tell "more"); the rest are dropped
@@ -249,14 +250,13 @@ let receiveMessage (socket: NetMQSocket) =
     if not (socket.TryReceiveFrameBytes(TimeSpan.Zero, &frame, &more)) then None
     else
         let frames = ResizeArray [ frame ]
-        while more do // the other frames of a message arrive with its first one
+        // [multipart] A message arrives whole or not at all: once its first frame is in, so are the
+        // others, and reading them cannot wait. How many there are is the peer's choice: the count
+        // is checked by whoever reads the frames (checkKv, OnIcanhaz...), never assumed.
+        while more do
             frame <- socket.ReceiveFrameBytes(&more)
             if frames.Count < MaxFrames then frames.Add frame
         Some(List.ofSeq frames)
-
-/// Wait up to `ms` for a message on one socket and take it: None when none came.
-let nextMessage (socket: NetMQSocket) (ms: int64) =
-    if pollIn socket (Some ms) then receiveMessage socket else None
 
 // --- the map fed by ticks --------------------------------------------------------------------
 
@@ -419,19 +419,25 @@ type Engine(snapshots: RouterSocket, updates: XPublisherSocket, maxKeys: int, sy
 let runEngine (args: EngineSettings) =
     use stop = new StopSignal()
     let deadline = Deadline(args.Timeout)
-    // ROUTER: every request arrives with the routing id of its peer in front, and every reply is
-    // routed by the routing id we put in front. MANDATORY: fail instead of dropping in silence.
+    // [ROUTER] Every request arrives with the routing id of its peer in front, and every reply is
+    // routed by the routing id we put in front; what it cannot route, ROUTER drops in silence.
+    // MANDATORY: the send fails instead (NetMQ throws, or TrySend says no), and we know.
     use snapshots = new RouterSocket()
     snapshots.Options.RouterMandatory <- true
-    // Room for a whole snapshot per peer: the library learns that a peer has read its messages only
-    // in batches, so a loop of sends would find 1000 (the default high-water mark) "full" at once.
+    // [HWM] The high-water mark bounds each peer's queue: at it PUB drops, PUSH and DEALER block (the
+    // mute state), and this mandatory ROUTER refuses the send (`full`). Here it is room for a whole
+    // snapshot per peer: the library learns that a peer has read its messages only in batches, so a
+    // loop of sends would find 1000 (the default) "full" at once.
     snapshots.Options.SendHighWatermark <- min args.MaxKeys (Int32.MaxValue - 1) + 1
-    // XPUB, verbose: a PUB on the wire that shows us every subscription, repeated ones included.
+    // [XPUB] A PUB on the wire that hands us every subscription as a message (first byte 1 or 0);
+    // verbose: repeated ones included, so that every subscription to HUGZ is answered.
     use updates = new XPublisherSocket()
     updates.Options.XPubVerbose <- true
     use collector = new SubscriberSocket() // the facades' writes: subscribed to everything
     collector.Subscribe ""
     use ticks = new SubscriberSocket() // used only with --ticks
+    // [linger] 0 on every engine socket: closing drops what is still queued (updates, snapshots for
+    // facades that will resync anyway), so a dead peer cannot hold up the exit.
     for socket in [ snapshots :> NetMQSocket; updates; collector; ticks ] do
         socket.Options.Linger <- TimeSpan.Zero
         socket.Options.MaxMsgSize <- MaxMessage
@@ -443,6 +449,8 @@ let runEngine (args: EngineSettings) =
     endpoint "bind" updates.Bind args.Updates
     endpoint "bind" collector.Bind args.Collector
     if args.Ticks <> "" then
+        // Connected before it subscribes, as the ticker's subscriber (Ticker.runSubscriber says
+        // why): its subscriptions then go out in the order made, the @name last.
         endpoint "connect" ticks.Connect args.Ticks
         for symbol in args.Symbols do // the symbols first, then the @name the publisher counts
             ticks.Subscribe(Ticker.topic symbol)
@@ -452,19 +460,21 @@ let runEngine (args: EngineSettings) =
 
     let engine = Engine(snapshots, updates, args.MaxKeys, args.Symbols)
     let polled = [ snapshots :> NetMQSocket; updates; collector; if args.Ticks <> "" then ticks ]
+    // [poll] The loop's five steps: the stop flag and the deadline; the wait, up to the next HUGZ or
+    // expiry but a tenth of a second at most (.NET has no EINTR: no signal wakes NetMQ's poll); one
+    // poll of all four sockets; one message from each ready socket, received without waiting (POLLIN
+    // is a hint), in PROTOCOL.md's order, so that a flood on one delays the others by one message at
+    // most; then the timers, expiries and HUGZ.
     while not stop.Raised do
         if deadline.Expired then
             raise (Failure("timeout", $"still serving after {args.Timeout} ms"))
-        // Up to the next timer, but a tenth of a second at most: a signal does not wake NetMQ's poll.
-        let ready = pollInAny polled (deadline.Cap(min (engine.NextTimer args.Hugz) 100L))
-        let isReady (socket: NetMQSocket) = List.contains socket ready
-        // One message from each socket that has one: a flood on one cannot starve the others.
-        if isReady snapshots then receiveMessage snapshots |> Option.iter engine.OnIcanhaz
-        if isReady collector then receiveMessage collector |> Option.iter engine.OnKvset
-        if isReady ticks then receiveMessage ticks |> Option.iter engine.OnTick
+        let ready = poll polled (deadline.Cap(min (engine.NextTimer args.Hugz) 100L))
+        if ready.Has snapshots then receiveMessage snapshots |> Option.iter engine.OnIcanhaz
         // One frame at a time: each is one subscription (NetMQ's XPUB passes on a message's other
         // frames as they came).
-        if isReady updates then receiveFrameIfReady updates |> Option.iter engine.OnSubscription
+        if ready.Has updates then receiveFrameIfReady updates |> Option.iter engine.OnSubscription
+        if ready.Has collector then receiveMessage collector |> Option.iter engine.OnKvset
+        if ready.Has ticks then receiveMessage ticks |> Option.iter engine.OnTick
         engine.Expire(nowMs ())
         if nowMs () - engine.LastHugz >= int64 args.Hugz then
             engine.Hugz() // every --hugz ms, busy or not: a facade that hears nothing knows we are gone
@@ -582,29 +592,37 @@ exception Restarted of why: string * last: uint64
 /// The facade's sockets, new and connected (step 1), each watched with --monitor on. Close stops
 /// the monitors, then closes the sockets.
 type FacadeSockets(args: FacadeSettings) =
-    let updates = new SubscriberSocket()
-    // DEALER: requests go out and replies come in without envelopes, several at a time.
+    // [DEALER] Sends and receives freely, without REQ's lockstep and without an envelope of its own:
+    // every ICANHAZ? goes out at once, and the replies come back as they come; only the subtree in a
+    // KTHXBAI says which request it answers.
     let snapshot = new DealerSocket()
+    let updates = new SubscriberSocket()
     // XPUB to the collector: a PUB that tells us when the collector's subscription has arrived.
     let collector = new XPublisherSocket() // used only with --writes
     do
-        for socket in [ updates :> NetMQSocket; snapshot; collector ] do
+        for socket in [ snapshot :> NetMQSocket; updates; collector ] do
             socket.Options.Linger <- TimeSpan.Zero
             socket.Options.MaxMsgSize <- MaxMessage
-        collector.Options.Linger <- TimeSpan.FromMilliseconds 1000.0 // our last write may be queued at exit
+        // [linger] 1000 ms on the collector XPUB alone: closing it leaves our last write (a delete)
+        // a second to go out; 0 on the others, whose queued messages nobody is owed.
+        collector.Options.Linger <- TimeSpan.FromMilliseconds 1000.0
     let monitors =
-        [ SocketMonitor.watch updates "updates" args.Monitor // before the connects: the first `connected` too
-          SocketMonitor.watch snapshot "snapshot" args.Monitor
+        [ SocketMonitor.watch snapshot "snapshot" args.Monitor // before the connects: the first `connected` too
+          SocketMonitor.watch updates "updates" args.Monitor
           SocketMonitor.watch collector "collector" (args.Monitor && args.Writes > 0) ] // only with --writes
     let mutable closed = false
     do
-        if args.Writes > 0 then
-            endpoint "connect" collector.Connect args.Collector
+        // [SUB] A subscription is a prefix filter on frame 0: a subtree is one, and the SUB receives
+        // nothing outside them (and HUGZ). It subscribes after its connect, on purpose: what a SUB
+        // subscribes before connecting goes out in its trie's order (sorted by bytes) when the
+        // connection starts, what it subscribes after, in the order made; HUGZ must come last.
         endpoint "connect" updates.Connect args.Updates
-        for tree in args.Subtrees do // a subscription is a prefix of frame 0: a subtree is one
+        for tree in args.Subtrees do
             updates.Subscribe(bytesOf tree)
         updates.Subscribe HUGZ // last: once a HUGZ arrives, every subscription before it is in place
         endpoint "connect" snapshot.Connect args.Snapshot
+        if args.Writes > 0 then
+            endpoint "connect" collector.Connect args.Collector
 
     member _.Updates = updates
     member _.Snapshot = snapshot
@@ -650,16 +668,21 @@ let follow (args: FacadeSettings) (deadline: Deadline) (sockets: FacadeSockets) 
                 if kv.Sequence <= seen then raise (Restarted("sequence", seen))
                 seen <- kv.Sequence
             | Error _ -> ()
-    // The slow joiner: wait for a HUGZ, dropping whatever comes before it (the snapshot covers it).
+    // [slow joiner] Our subscriptions reach the engine some time after the connect, and an update
+    // published before then is lost for us: asked for too early, a snapshot would miss it for good.
+    // The engine answers every subscription to HUGZ with a HUGZ at once, and ours was the last: once
+    // a HUGZ arrives, every subscription is in place. What comes before it is dropped (the snapshot
+    // covers it).
     let mutable hugged = false
     while not hugged do
-        match nextMessage updates (deadline.Cap 100L) with
+        if deadline.Expired then
+            raise (Failure("timeout", $"no HUGZ from {args.Updates} within {args.Timeout} ms"))
+        let ready = poll [ updates ] (deadline.Cap 100L)
+        match (if ready.Has updates then receiveMessage updates else None) with
         | Some frames when isHugz frames ->
             followEngine frames // which engine, and its sequence now: every update after it is higher
             hugged <- true
         | _ -> ()
-        if not hugged && deadline.Expired then
-            raise (Failure("timeout", $"no HUGZ from {args.Updates} within {args.Timeout} ms"))
 
     // When the engine was last heard from: nothing for --silence ms means it is gone.
     let mutable heard = nowMs ()
@@ -668,36 +691,40 @@ let follow (args: FacadeSettings) (deadline: Deadline) (sockets: FacadeSockets) 
     for tree in args.Subtrees do // all requests in flight at once on the one DEALER
         send snapshot [ ICANHAZ; bytesOf tree ]
     while not facade.Waiting.IsEmpty do // the SUB stays unread meanwhile: its updates wait, in order
-        match nextMessage snapshot (deadline.Cap 100L) with
+        if deadline.Expired then
+            raise (Failure("timeout", $"subtrees %A{facade.Waiting} never completed"))
+        let ready = poll [ snapshot ] (deadline.Cap 100L)
+        match (if ready.Has snapshot then receiveMessage snapshot else None) with
         | Some frames ->
             heard <- nowMs ()
             facade.OnSnapshot frames
-        | None when nowMs () - heard >= silence -> raise (Restarted("silence", seen))
         | None -> ()
-        if deadline.Expired then
-            raise (Failure("timeout", $"subtrees %A{facade.Waiting} never completed"))
+        if nowMs () - heard >= silence then raise (Restarted("silence", seen))
 
-    let polled = [ updates :> NetMQSocket; snapshot; if args.Writes > 0 then collector ]
+    // [poll] The stream's loop, in five steps: the deadline; the wait (no timer of its own: a tenth
+    // of a second, for the silence); one poll of every socket the facade reads; one message from
+    // each ready socket, without waiting (POLLIN is a hint), in PROTOCOL.md's order, DEALER, SUB,
+    // XPUB; then the timers: the silence, and the delete once every write has come back. .NET has
+    // no EINTR to cut the poll short.
+    let polled = [ snapshot :> NetMQSocket; updates; if args.Writes > 0 then collector ]
     let mutable collectorLive = false
     while not facade.Finished do
         if deadline.Expired then
             let reason = $"applied {facade.Applied} updates, up to {facade.Last}, and was not done"
             raise (Failure("timeout", reason))
-        let ready = pollInAny polled (deadline.Cap 100L)
-        let isReady (socket: NetMQSocket) = List.contains socket ready
-        match (if isReady updates then receiveMessage updates else None) with
-        | Some frames ->
-            heard <- nowMs ()
-            followEngine frames
-            facade.OnUpdate frames |> ignore
-        | None when nowMs () - heard >= silence -> // not even a HUGZ, which comes every --hugz ms
-            raise (Restarted("silence", seen))
-        | None -> ()
-        if isReady snapshot then
+        let ready = poll polled (deadline.Cap 100L)
+        if ready.Has snapshot then
             match receiveMessage snapshot with
             | Some frames -> report "unexpected-snapshot" $"{quote frames.Head} after every KTHXBAI"
             | None -> ()
-        if isReady collector then
+        if ready.Has updates then
+            match receiveMessage updates with
+            | Some frames ->
+                heard <- nowMs ()
+                followEngine frames
+                facade.OnUpdate frames |> ignore
+            | None -> ()
+        if ready.Has collector then
             match receiveFrameIfReady collector with
             | Some [| 1uy |] when not collectorLive -> // the collector's subscription to everything
                 collectorLive <- true
@@ -706,6 +733,8 @@ let follow (args: FacadeSettings) (deadline: Deadline) (sockets: FacadeSockets) 
                     send collector (kvset key properties value)
                     emit "wrote" [ "key", box key; "value", box (Ticker.hex value); "ttl", box ttl ]
             | _ -> ()
+        if nowMs () - heard >= silence then // not even a HUGZ, which comes every --hugz ms
+            raise (Restarted("silence", seen))
         if collectorLive && not facade.DeleteSent && facade.AllEchoed then
             send collector (kvset facade.FirstWrite [||] [||])
             facade.DeleteSent <- true

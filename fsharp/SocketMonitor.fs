@@ -7,14 +7,15 @@ open System.Reflection
 open System.Threading
 open NetMQ
 open NetMQ.Monitoring
-open Btb.Events
+open Btb.Contract
 
-// A socket monitor narrates one socket's connections: NetMQ publishes an event for each listen,
-// connect, retry, accept or close on an inproc:// PAIR, and NetMQMonitor reads that PAIR and raises
-// them as .NET events. It is attached before the socket's bind or connect, or `listening` and the
-// first `connected` would be gone before anyone listened. It runs on a thread of its own, so the
-// role's loop is the same with or without it; its lines share stdout with the role's, one whole line
-// at a time, and none comes after `done` (Events.writeEvent): the role has finished by then.
+// [monitor] A socket's connection events (listening, connected, retried, accepted, disconnected,
+// closed) never arrive on the socket itself: NetMQ publishes them on an inproc:// PAIR, and
+// NetMQMonitor reads that PAIR and raises them as .NET events (NetMQ has no handshake events). It is
+// attached before the socket's bind or connect, or `listening` and the first `connected` would be
+// gone before anyone listened. It runs on a thread of its own, so the role's loop is the same with or
+// without it; its lines share stdout with the role's, one whole line at a time, and none comes after
+// `done` (Contract.writeEvent): the role has finished by then.
 
 /// The contract's `kind` of each NetMQ event (NetMQ 4.0.4.5 has no handshake events).
 let private kinds =

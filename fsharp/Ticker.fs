@@ -8,14 +8,15 @@ open System.Text
 open Argu
 open NetMQ
 open NetMQ.Sockets
-open Btb.Events
+open Btb.Contract
 
 // Arithmetic modulo 2^64, as the protocol says: F#'s uint64 `+` and `*` wrap (Checked is not open).
 let Golden = 0x9E3779B97F4A7C15UL
 
-/// ZMQ_MAXMSGSIZE on every ticker socket: NetMQ drops a bigger frame together with the sender's
-/// connection. The largest legal frames are a subscription, 1 + `@` + a 32-byte name = 34 bytes,
-/// and a tick's 9; a 60 KB subscription once overflowed the stack in NetMQ's subscription trie.
+/// [max size] ZMQ_MAXMSGSIZE on every ticker socket, set before bind or connect: NetMQ drops a bigger
+/// frame together with the sender's connection. The largest legal frames are a subscription, 1 + `@`
+/// + a 32-byte name = 34 bytes, and a tick's 9; a 60 KB subscription once overflowed the stack in
+/// NetMQ's subscription trie.
 let MaxMessage = 256L
 
 // --- command line ----------------------------------------------------------------------------
@@ -258,9 +259,11 @@ let onSubscription (message: byte[]) (topics: HashSet<string>) (subscribers: Has
 let runPublisher (args: PublisherSettings) =
     use stop = new StopSignal()
     let deadline = Deadline(args.Timeout)
-    // XPUB is a PUB that also hands us the subscriptions coming from downstream.
+    // [XPUB] A PUB that also hands us each subscription coming from downstream, as a message: first
+    // byte 1 (subscribe) or 0 (unsubscribe), then the topic.
     use ticks = new XPublisherSocket()
-    // Linger 0 on every ticker socket: ticks are a stream, and nobody is owed the ones still queued.
+    // [linger] 0 on every ticker socket: ticks are a stream, and closing drops the ones still queued,
+    // which nobody is owed.
     ticks.Options.Linger <- TimeSpan.Zero
     ticks.Options.MaxMsgSize <- MaxMessage
     use _ = SocketMonitor.watch ticks "ticks" args.Monitor // before the bind: `listening` too
@@ -271,27 +274,34 @@ let runPublisher (args: PublisherSettings) =
     let subscribers = HashSet<string>()
     let mutable sequence = 0UL // every symbol gets one tick per round, so they share the round number
     let mutable nextRound = None // monotonic ms; publishing starts once every subscriber is there
+    // [poll] The loop's five steps: the stop flag and the deadline; the wait, until the next round
+    // (a tenth of a second before the first, so that the flag is seen: .NET has no EINTR, no signal
+    // cuts a poll short); the poll of the XPUB, which serves subscriptions meanwhile; a receive that
+    // never waits (POLLIN is a hint); then the round, when it is due.
     while not stop.Raised do
         if deadline.Expired then
             raise (Failure("timeout", $"still publishing after {args.Timeout} ms"))
         let waitMs = nextRound |> Option.map (fun due -> max 0L (due - nowMs ())) |> Option.defaultValue 100L
-        // The wait between rounds is this poll: subscriptions are served meanwhile. One frame at a
-        // time, whatever its more flag: NetMQ's XPUB filters only a message's first frame and
-        // passes the others on as they came, so every frame is judged as a subscription of its own.
-        if pollIn ticks (Some(deadline.Cap waitMs)) then
-            match receiveFrameIfReady ticks with
-            | Some frame ->
-                onSubscription frame topics subscribers
-                // Slow joiner: a subscriber sends its @name last, so its symbols are in place by now.
-                if nextRound.IsNone && subscribers.Count >= args.Subscribers then
-                    emit "started" [ "subscribers", box subscribers.Count ]
-                    nextRound <- Some(nowMs ())
-            | None -> () // nothing after all
+        let ready = poll [ ticks ] (deadline.Cap waitMs)
+        // [multipart] One frame at a time, whatever its more flag: NetMQ's XPUB filters only a
+        // message's first frame and passes the others on as they came, so every frame is judged as a
+        // subscription of its own, never assumed to be one because of where it came.
+        match (if ready.Has ticks then receiveFrameIfReady ticks else None) with
+        | Some frame ->
+            onSubscription frame topics subscribers
+            // [slow joiner] A tick published before a subscriber's subscriptions reach us is lost for
+            // it. A subscriber sends its @name last, after its symbols, in order on one connection:
+            // once every @name is here, every symbol is in place, and publishing starts.
+            if nextRound.IsNone && subscribers.Count >= args.Subscribers then
+                emit "started" [ "subscribers", box subscribers.Count ]
+                nextRound <- Some(nowMs ())
+        | None -> () // nothing after all
         match nextRound with
         | Some due when nowMs () >= due ->
             sequence <- sequence + 1UL
             let now = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds()
-            // PUB never blocks: a subscriber whose queue is full (the HWM) loses ticks instead.
+            // [HWM] XPUB, a PUB, never blocks: each subscriber's queue holds 1000 messages (the default
+            // high-water mark), and one that is full loses ticks instead (the subscriber reports the gap).
             for symbol in args.Symbols do
                 send ticks (tickFrames args.Seed symbol sequence now)
             nextRound <- Some(due + int64 args.Interval)
@@ -303,7 +313,9 @@ let runPublisher (args: PublisherSettings) =
 let runProxy (args: ProxySettings) =
     use stop = new StopSignal()
     let deadline = Deadline(args.Timeout)
-    use upstream = new XSubscriberSocket() // faces the publisher: receives ticks, sends subscriptions
+    // [XSUB] Faces the publisher: a SUB whose subscriptions are messages the application sends, here
+    // the proxy, passing on those that its XPUB receives. It receives ticks.
+    use upstream = new XSubscriberSocket()
     use downstream = new XPublisherSocket() // faces subscribers: sends ticks, receives subscriptions
     for socket in [ upstream :> NetMQSocket; downstream ] do
         socket.Options.Linger <- TimeSpan.Zero
@@ -317,9 +329,10 @@ let runProxy (args: ProxySettings) =
     endpoint "connect" upstream.Connect args.Upstream
     emit "ready" [ "downstream", box downstream.Options.LastEndpoint ]
 
-    // The library's own proxy moves every message both ways: ticks from XSUB to XPUB, subscriptions
-    // from XPUB to XSUB. It runs on a poller's thread, so that this one can wait for SIGTERM/SIGINT
-    // or the deadline and then stop it (NetMQ cannot stop a proxy that has not started yet).
+    // [proxy] The library's own proxy forwards every message both ways: ticks from XSUB to XPUB,
+    // subscriptions from XPUB to XSUB; it adds nothing of its own. It runs on a poller's thread, so
+    // that this one can wait for SIGTERM/SIGINT or the deadline, then stop the poller and the proxy
+    // (NetMQ has no steerable proxy, so no control PAIR; and it cannot stop a proxy not yet started).
     use poller = new NetMQPoller()
     poller.Add upstream
     poller.Add downstream
@@ -337,6 +350,8 @@ let runProxy (args: ProxySettings) =
 
 /// The tick's (symbol, sequence, timestamp, price), or Error (code, reason) for a bad one.
 let checkTick (frames: byte[] list) (subscribed: string list) seed =
+    // [multipart] A tick arrives whole or not at all, its 4 frames or none; but a peer may send any
+    // number of frames: the count is checked, never assumed.
     match frames with
     | [ symbolBytes; sequenceBytes; timestampBytes; priceBytes ] ->
         let symbol = Encoding.ASCII.GetString symbolBytes // lenient: checked just below
@@ -372,7 +387,11 @@ let runSubscriber (args: SubscriberSettings) =
     sub.Options.MaxMsgSize <- MaxMessage
     use _ = SocketMonitor.watch sub "ticks" args.Monitor // before the connect: the first `connected` too
     endpoint "connect" sub.Connect args.Ticks
-    // Subscriptions are prefix matches on frame 0: GOOG\0 is not a prefix of GOOGL\0.
+    // [SUB] Subscriptions are prefix filters on frame 0 (GOOG\0 is not a prefix of GOOGL\0); the SUB
+    // receives nothing else. This SUB subscribes after its connect, on purpose: what a SUB subscribes
+    // before connecting goes out when the connection starts, in the order of the library's
+    // subscription trie (NetMQ's: sorted by bytes, `@` before `A`), while what it subscribes after
+    // connecting goes out in the order made, and the @name must come last (PROTOCOL.md, "Subscriber", step 1).
     let mutable subscribed = args.Symbols
     for symbol in subscribed do
         sub.Subscribe(topic symbol)
@@ -388,6 +407,8 @@ let runSubscriber (args: SubscriberSettings) =
     let mutable total = 0
     let mutable malformed = 0
     let isDone () = switched && subscribed |> List.forall (fun symbol -> received[symbol] >= args.Count)
+    // [poll] The loop's steps: the deadline; the wait (no timer: up to the deadline, a second at
+    // most); the poll of the SUB; a receive that never waits (POLLIN is a hint; .NET has no EINTR).
     while not (isDone ()) do
         // Every turn, after a message as well as after an idle poll: a stream of ticks that count
         // for nothing (bad ones, or more of a symbol already done) cannot keep us past the deadline.
@@ -395,7 +416,8 @@ let runSubscriber (args: SubscriberSettings) =
             let missing = [ for KeyValue(symbol, n) in received do if n < args.Count then $"{symbol}: {n}" ]
             let missing = String.Join(", ", missing)
             raise (Failure("timeout", $"not done after {args.Timeout} ms; ticks so far: {missing}"))
-        match receiveWithin sub (Some(deadline.Cap 1000L)) with
+        let ready = poll [ sub ] (deadline.Cap 1000L)
+        match (if ready.Has sub then receiveIfReady sub else None) with
         | None -> ()
         | Some frames ->
             match checkTick frames subscribed args.Seed with

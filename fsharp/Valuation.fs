@@ -8,14 +8,15 @@ open System.Text
 open Argu
 open NetMQ
 open NetMQ.Sockets
-open Btb.Events
+open Btb.Contract
 
 let Symbols = [| "AAPL"; "GOOG"; "GOOGL"; "MSFT"; "IBM" |]
 let ResendBatch = 1000 // ids per resend message
 
-/// ZMQ_MAXMSGSIZE on every valuation socket: NetMQ drops a bigger frame together with the sender's
-/// connection, so no peer can make a role allocate without bound. The largest legal frames are a
-/// 32-byte worker name, `finished` and 8-byte ids and values; control messages are many small frames.
+/// [max size] ZMQ_MAXMSGSIZE on every valuation socket, send-only ones too, set before bind or
+/// connect: NetMQ drops a bigger frame together with the sender's connection, so no peer can make a
+/// role allocate without bound. The largest legal frames are a 32-byte worker name, `finished` and
+/// 8-byte ids and values; control messages are many small frames.
 let MaxMessage = 256L
 
 // --- command line ----------------------------------------------------------------------------
@@ -217,6 +218,8 @@ let checkReady (frames: byte[] list) =
 /// value must be the one recomputed from the seed, so the total, a sum of checked values (each at
 /// most 1000 x 100099 cents either way), cannot overflow a signed 64-bit integer.
 let checkResult (frames: byte[] list) (count: int) (seed: uint64) =
+    // [multipart] A result arrives whole or not at all, its 4 frames or none; how many frames a peer
+    // sent is still checked, never assumed.
     match frames with
     | [ kind; nameBytes; idBytes; amountBytes ] when
         kind = "result"B && idBytes.Length = 8 && amountBytes.Length = 8 ->
@@ -236,11 +239,14 @@ let checkResult (frames: byte[] list) (count: int) (seed: uint64) =
 let runSink (args: SinkSettings) =
     use stop = new StopSignal()
     let deadline = Deadline(args.Timeout)
-    use results = new PullSocket() // fair-queues readiness and results from every worker
-    // PUB never blocks: a subscriber that is not there yet simply misses a message, which is why
-    // the state is repeated every heartbeat.
+    // [PULL] Fair-queues readiness and results from every connected worker: one from each in turn.
+    use results = new PullSocket()
+    // [PUB] Fans the control messages out to every subscriber; it never blocks. A subscriber not
+    // connected yet misses a message, and one past its HWM (1000 queued, the default) loses it: which
+    // is why the state is repeated every heartbeat.
     use control = new PublisherSocket()
-    // Linger 0: the sink leaves only when told to, and nobody is owed what it still has queued.
+    // [linger] 0: the sink leaves only when told to, and closing drops what it still has queued,
+    // which nobody is owed.
     for socket in [ results :> NetMQSocket; control ] do
         socket.Options.Linger <- TimeSpan.Zero
         socket.Options.MaxMsgSize <- MaxMessage // PUB too: it still decodes what subscribers send
@@ -290,12 +296,16 @@ let runSink (args: SinkSettings) =
                     emit "complete" [ "total", box (total ()); "workers", box priced
                                       "resent", box (resent |> Seq.sort |> List.ofSeq) ]
 
+    // [poll] The loop's five steps: the stop flag and the deadline; the wait, until the next
+    // heartbeat; the poll of the PULL (PUB only sends); one message, received without waiting
+    // (POLLIN is a hint); then the timers: the quiet period's resend and the heartbeat. .NET has no
+    // EINTR: no signal cuts the poll short, and the flag is seen within a heartbeat.
     while not stop.Raised do
         if deadline.Expired then
             raise (Failure("timeout", $"still running after {args.Timeout} ms with {values.Count} results"))
         let waitMs = max 0L (nextBeat - nowMs ())
-        // The wait until the next heartbeat is this poll: results are served meanwhile.
-        match receiveWithin results (Some(deadline.Cap waitMs)) with
+        let ready = poll [ results ] (deadline.Cap waitMs)
+        match (if ready.Has results then receiveIfReady results else None) with
         | Some(kind :: _ as frames) when kind = "ready"B ->
             match checkReady frames with
             | Ok worker -> onReady worker
@@ -321,26 +331,32 @@ let runSink (args: SinkSettings) =
 
 let runSource (args: SourceSettings) =
     let deadline = Deadline(args.Timeout)
-    use orders = new PushSocket() // deals orders round-robin to the workers connected at the time
+    // [PUSH] Deals orders round-robin to the workers connected at the time; it never drops one.
+    use orders = new PushSocket()
     use control = new SubscriberSocket()
     // Linger 0: the source leaves only on `finished`, when every order it sent has been priced.
     for socket in [ orders :> NetMQSocket; control ] do
         socket.Options.Linger <- TimeSpan.Zero
         socket.Options.MaxMsgSize <- MaxMessage
-    control.Subscribe("") // every control message: states and resends
+    control.Subscribe("") // every control message: states and resends; before the connect
     use _ = SocketMonitor.watch orders "orders" args.Monitor // before the bind and the connect
     use _ = SocketMonitor.watch control "control" args.Monitor
     endpoint "bind" orders.Bind args.Orders
     endpoint "connect" control.Connect args.Control
     emit "ready" [ "orders", box orders.Options.LastEndpoint ]
 
-    /// The next control message, or None after a second of silence.
+    /// One turn of the source's loop: the deadline, a poll of the SUB (no timer: a second at most),
+    /// and the next control message, received without waiting; None after a second of silence.
     let nextControl () =
         if deadline.Expired then
             raise (Failure("timeout", $"not finished after {args.Timeout} ms"))
-        receiveWithin control (Some(deadline.Cap 1000L))
+        let ready = poll [ control ] (deadline.Cap 1000L)
+        if ready.Has control then receiveIfReady control else None
 
     // Send the same bytes every time: an order is a function of the seed and its id.
+    // [HWM] Each worker's queue holds at most 1000 orders (the default high-water mark). When every
+    // queue is full, or no worker is connected, PUSH is in the mute state: a send blocks instead of
+    // dropping, so sendWhenRoom polls for room, never past the deadline.
     let sendOrder id = sendWhenRoom orders deadline $"order {id}" (orderFrames args.Seed id)
 
     // The state is repeated every heartbeat, so `go` comes however late our SUB connected.
@@ -355,11 +371,14 @@ let runSource (args: SourceSettings) =
         match nextControl () with
         | Some [ state ] when state = "finished"B -> finished <- true
         | Some(kind :: frames) when kind = "resend"B ->
+            // The ids of our orders, 8 bytes each; anything else is no order of ours: ignored.
             let ids =
-                [ for frame in frames do if frame.Length = 8 then BinaryPrimitives.ReadUInt64BigEndian frame ]
+                [ for frame in frames do
+                      if frame.Length = 8 then
+                          let id = BinaryPrimitives.ReadUInt64BigEndian frame
+                          if 1UL <= id && id <= uint64 args.Count then id ]
             for id in ids do
-                if 1UL <= id && id <= uint64 args.Count then
-                    sendOrder id
+                sendOrder id
             sent <- sent + ids.Length
             emit "resent" [ "ids", box ids ]
         | _ -> () // another state, or a heartbeat of silence
@@ -389,6 +408,8 @@ let runWorker (args: WorkerSettings) =
     let me = utf8.GetBytes args.Name
     use orders = new PullSocket() // takes orders from the source (from every source, fairly)
     use results = new PushSocket() // one peer, the sink: PUSH waits while it is not there
+    // [SUB] Subscribed to "" (a prefix of every frame 0: states and resends alike) before it
+    // connects, so the subscription travels as soon as the connection starts; nothing else arrives.
     use control = new SubscriberSocket()
     // Linger 0: the worker leaves only on `finished`, when the sink has every result it needs.
     for socket in [ orders :> NetMQSocket; results; control ] do
@@ -403,40 +424,37 @@ let runWorker (args: WorkerSettings) =
     endpoint "connect" results.Connect args.Results
     endpoint "connect" control.Connect args.Control
 
-    // Slow joiner: once one control message has arrived, our subscription is live and no later
-    // one can be missed.
-    let mutable finished =
-        match receiveBefore control deadline with
-        | Some state -> state = [ "finished"B ]
-        | None -> raise (Failure("timeout", "no control message from the sink"))
+    // [slow joiner] A subscription reaches the sink's PUB some time after the connect, and what is
+    // published before that is lost for us. The sink repeats its state every heartbeat, so once one
+    // control message has arrived, our subscription is live and no later one can be missed.
+    let mutable first = None
+    while first.IsNone do
+        if deadline.Expired then
+            raise (Failure("timeout", "no control message from the sink"))
+        let ready = poll [ control ] (deadline.Cap 1000L)
+        if ready.Has control then
+            first <- receiveIfReady control
+    let mutable finished = first = Some [ "finished"B ]
     let hello = [ "ready"B; me ]
     sendWhenRoom results deadline "ready" hello
     emit "ready" [ "name", box args.Name ]
 
     let mutable count = 0
     let mutable nextOrder = float (nowMs ()) // monotonic ms; only --rate moves it
+    // [poll] The loop's five steps: the deadline; the wait (a second at most; with --rate, until the
+    // next order is due); one poll of every socket it reads, PULL and SUB at once (with --rate, the
+    // SUB alone until an order is due: orders wait in our PULL queue, or in the source's PUSH queue
+    // for us, meanwhile); each ready socket read without waiting, in PROTOCOL.md's order, orders then
+    // control (POLLIN is a hint); no timer of its own. .NET has no EINTR to cut the poll short.
     while not finished do
         if deadline.Expired then
             raise (Failure("timeout", $"not finished after {args.Timeout} ms"))
         let waitMs = int64 (nextOrder - float (nowMs ()))
+        let pacing = args.Rate > 0 && waitMs > 0L
         let ready =
-            if args.Rate > 0 && waitMs > 0L then
-                // --rate: until the next order is due, listen to the control channel only. Orders
-                // wait in our PULL queue (or in the source's PUSH queue for us) meanwhile.
-                if pollIn control (Some(deadline.Cap waitMs)) then [ control :> NetMQSocket ] else []
-            else
-                // One wait for both sockets: an order or a control message, whichever comes first.
-                pollInAny [ orders; control ] (deadline.Cap 1000L)
-        let isReady (socket: NetMQSocket) = List.contains socket ready
-        // Each ready socket is read without waiting: a poll's PollIn is a hint, not a promise.
-        if isReady control then
-            match receiveIfReady control with // states and resends; resends are the source's business
-            | Some [ state ] when state = "finished"B -> finished <- true
-            | Some [ state ] when state = "waiting"B ->
-                // A sink waiting for its workers, a restarted one too: say ready again.
-                sendWhenRoom results deadline "ready" hello
-            | _ -> ()
-        if isReady orders then
+            if pacing then poll [ control ] (deadline.Cap waitMs)
+            else poll [ orders; control ] (deadline.Cap 1000L)
+        if ready.Has orders then
             match receiveIfReady orders |> Option.map checkOrder with
             | None -> ()
             | Some(Error failure) -> reportError failure
@@ -447,6 +465,13 @@ let runWorker (args: WorkerSettings) =
                 emit "priced" [ "id", box id ]
                 if args.Rate > 0 then
                     nextOrder <- float (nowMs ()) + 1000.0 / float args.Rate
+        if ready.Has control then
+            match receiveIfReady control with // states and resends; resends are the source's business
+            | Some [ state ] when state = "finished"B -> finished <- true
+            | Some [ state ] when state = "waiting"B ->
+                // A sink waiting for its workers, a restarted one too: say ready again.
+                sendWhenRoom results deadline "ready" hello
+            | _ -> ()
     emit "done" [ "priced", box count ]
 
 /// Validate the command line of a valuation role (Argu raises on a bad value) and return its run.

@@ -15,7 +15,7 @@ open System.Text
 open System.Text.RegularExpressions
 open NetMQ
 open NetMQ.Sockets
-open Btb.Events
+open Btb.Contract
 
 // --- the page --------------------------------------------------------------------------------
 
