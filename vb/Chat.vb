@@ -6,10 +6,10 @@ Imports NetMQ.Sockets
 Public Module Chat
     Public Const MaxHandle = MaxName  ' bytes of UTF-8
     Public Const MaxText = 4096  ' bytes of UTF-8
-    ' MaxMsgSize on every socket: NetMQ drops a bigger frame together with the connection that sent
-    ' it, before we ever see it. The largest legal frame is a MaxText text; twice that lets a text a
-    ' little too long still reach our own `text-too-long` rule, and leaves room for CURVE's per-frame
-    ' overhead. It also bounds the subscriptions a PUB decodes.
+    ' [max size] MaxMsgSize on every socket, set before bind or connect: NetMQ drops a bigger frame
+    ' together with the connection that sent it, before we ever see it. The largest legal frame is a
+    ' MaxText text; twice that lets a text a little too long still reach our own `text-too-long`
+    ' rule, and leaves room for CURVE's per-frame overhead. It also bounds the subscriptions a PUB decodes.
     Public Const MaxMessage = 8192  ' bytes
 
     Public Function Roles() As Command
@@ -17,7 +17,7 @@ Public Module Chat
         AddEndpoints(server, timeout:=0)
         server.Options.Add(AtLeast("--heartbeat", 1, defaultValue:=100))
         server.Options.Add(AtLeast("--expiry", 1, defaultValue:=5000))
-        AddSecurity(server, server:=True)
+        Security.AddFlags(server, server:=True)
         server.SetAction(AddressOf RunServer)
 
         Dim client As New Command("client", "join, post --count texts, receive everyone's posts")
@@ -28,7 +28,7 @@ Public Module Chat
         client.Options.Add(AtLeast("--keepalive", 1, defaultValue:=1000))
         client.Options.Add(AtLeast("--retry", 1, defaultValue:=2000))
         client.Options.Add(AtLeast("--pace", 0, defaultValue:=0))
-        AddSecurity(client, server:=False)
+        Security.AddFlags(client, server:=False)
         client.SetAction(AddressOf RunClient)
 
         Return New Command("chat", "client/server over REQ/REP plus PUB/SUB") From {server, client}
@@ -55,30 +55,28 @@ Public Module Chat
         Return Integer.Parse(digits)
     End Function
 
-    ' --- security (PROTOCOL.md, "Security") ---------------------------------------------------
-    ' Both sockets of a role use the same mechanism. The options are read when a connection's
-    ' handshake starts, so they are set before bind or connect. Under null there is nothing to set.
-
-    ''' <summary>A CURVE server holds its own keypair (NetMQ derives the public half from the secret).
-    ''' Any client that knows the server's public key gets in: NetMQ has no ZAP to narrow that down.</summary>
-    Private Sub SecureServer(socket As NetMQSocket, security As Security)
-        If security.Mechanism <> "curve" Then Return
-        socket.Options.CurveServer = True
-        socket.Options.CurveCertificate = NetMQCertificate.CreateFromSecretKey(security.CurveSecret)
-    End Sub
-
-    ''' <summary>A CURVE client proves itself with its own keypair and trusts only the server whose
-    ''' public key it was given: a server without the matching secret key fails the handshake.</summary>
-    Private Sub SecureClient(socket As NetMQSocket, security As Security)
-        If security.Mechanism <> "curve" Then Return
-        socket.Options.CurveCertificate = New NetMQCertificate(security.CurveSecret, security.CurvePublic)
-        socket.Options.CurveServerCertificate = NetMQCertificate.FromPublicKey(security.CurveServer)
-    End Sub
-
     ' --- server ---------------------------------------------------------------------------------
+
+    ''' <summary>Orders handles by their bytes, as the protocol sorts the roster: unsigned, lexicographic,
+    ''' a shorter prefix first. Comparing .NET strings would compare UTF-16 code units, which sort
+    ''' otherwise above U+FFFF: the roster is keyed by the handle's bytes, as it came.</summary>
+    Private NotInheritable Class ByteOrder
+        Implements IComparer(Of Byte())
+
+        Public Shared ReadOnly Instance As New ByteOrder()
+
+        Public Function Compare(x As Byte(), y As Byte()) As Integer Implements IComparer(Of Byte()).Compare
+            For i = 0 To Math.Min(x.Length, y.Length) - 1
+                If x(i) <> y(i) Then Return x(i).CompareTo(y(i))
+            Next
+            Return x.Length.CompareTo(y.Length)
+        End Function
+    End Class
 
     ''' <summary>The first broken rule of a request, as (code, reason), or Nothing when it is well formed.</summary>
     Public Function CheckRequest(frames As List(Of Byte())) As (Code As String, Reason As String)?
+        ' [multipart] A request arrives whole or not at all, but its frame count is the peer's to
+        ' choose: checked first, never assumed.
         If frames.Count <> 1 AndAlso frames.Count <> 2 Then
             Return ("frame-count", $"expected 1 or 2 frames, got {frames.Count}")
         End If
@@ -102,8 +100,8 @@ Public Module Chat
 
     ''' <summary>A well-formed post from a handle the server does not know: join first. After a restart,
     ''' this is how a posting client learns that the server has forgotten it.</summary>
-    Public Function CheckPost(frames As List(Of Byte()), roster As SortedDictionary(Of String, Long)) As (Code As String, Reason As String)?
-        If frames.Count = 2 AndAlso Not roster.ContainsKey(Utf8.GetString(frames(0))) Then
+    Public Function CheckPost(frames As List(Of Byte()), roster As SortedDictionary(Of Byte(), Long)) As (Code As String, Reason As String)?
+        If frames.Count = 2 AndAlso Not roster.ContainsKey(frames(0)) Then
             Return ("unknown-handle", "join with [handle] before posting")
         End If
         Return Nothing
@@ -113,21 +111,26 @@ Public Module Chat
         Dim timeout = args.GetValue(Of Integer)("--timeout")
         Dim heartbeat = args.GetValue(Of Integer)("--heartbeat")
         Dim expiry = args.GetValue(Of Integer)("--expiry")
-        Dim security = ReadSecurity(args, server:=True)
+        Dim credentials = Security.Read(args, server:=True)
+        ' [REP] REP answers each request exactly once, in order: it keeps the requester's envelope and
+        ' routes the reply back by it, so a second receive before the reply is not even possible.
+        ' [PUB] PUB fans every broadcast out to every subscriber whose filter matches; it never blocks,
+        ' and drops for a subscriber not connected yet (the slow joiner) or past its high-water mark.
         Using stopSignal As New StopSignal(),
               requests As New ResponseSocket(),
               broadcasts As New PublisherSocket(),
               monitor As New SocketMonitor(MonitorOn(args))  ' disposed first: before the sockets close
             Dim deadline As New Deadline(timeout)
-            ' REP answers each request exactly once, in order: the library keeps the lockstep for us.
+            ' [linger] 0 on both: the server stops only when told to, and closing then drops what is
+            ' still queued (a reply or a broadcast for a client that is gone) instead of waiting for it.
             requests.Options.Linger = TimeSpan.Zero
-            requests.Options.MaxMsgSize = MaxMessage
-            ' PUB sends every broadcast to every subscriber whose filter matches; it never blocks, and
-            ' it drops for a subscriber that is not connected yet (slow joiner) or whose queue is full (HWM).
             broadcasts.Options.Linger = TimeSpan.Zero
+            requests.Options.MaxMsgSize = MaxMessage
             broadcasts.Options.MaxMsgSize = MaxMessage  ' send-only, but it still decodes subscriptions
-            SecureServer(requests, security)
-            SecureServer(broadcasts, security)
+            ' [HWM] The PUB's send high-water mark stays at NetMQ's default, 1000 messages per subscriber:
+            ' a client that does not read loses broadcasts past it, and the server never waits for it.
+            credentials.SecureServer(requests)
+            credentials.SecureServer(broadcasts)
             monitor.Attach(requests, "requests")
             monitor.Attach(broadcasts, "broadcasts")
             Try
@@ -139,26 +142,30 @@ Public Module Chat
                 Throw New Failure("bind", $"cannot bind: {problem.Message}")
             End Try
             Emit("ready", ("requests", requests.Options.LastEndpoint), ("broadcasts", broadcasts.Options.LastEndpoint),
-                 ("security", security.Mechanism))
+                 ("security", credentials.Mechanism))
 
-            ' handle -> last seen on the monotonic millisecond clock, kept sorted by UTF-8 bytes
-            Dim roster As New SortedDictionary(Of String, Long)(Utf8Order.Instance)
+            ' handle (its UTF-8 bytes, as they came) -> last seen on the monotonic millisecond clock,
+            ' kept sorted by those bytes
+            Dim roster As New SortedDictionary(Of Byte(), Long)(ByteOrder.Instance)
             Dim accepted = 0, rejected = 0
             Dim nextBeat = Environment.TickCount64
-            Dim frames As List(Of Byte()) = Nothing
 
             Dim broadcastRoster =
                 Sub()
                     ' Frame 0 is empty: no handle is, so subscribers know the server itself is speaking.
-                    broadcasts.SendMultipartBytes({Array.Empty(Of Byte)()}.Concat(roster.Keys.Select(AddressOf Utf8.GetBytes)))
+                    broadcasts.SendMultipartBytes({Array.Empty(Of Byte)()}.Concat(roster.Keys))
                 End Sub
 
             Do Until stopSignal.Raised
                 If deadline.Expired() Then Throw New Failure("timeout", $"still serving after {timeout} ms")
                 Dim waitMs = Math.Max(0, nextBeat - Environment.TickCount64)
-                ' Poll instead of a blocking receive: the heartbeat, the deadline and the stop flag all
-                ' get their turn without a second thread. A multipart message arrives whole or not at all.
-                If requests.TryReceiveMultipartBytes(deadline.Cap(waitMs), frames) Then
+                ' [poll] One poll for the socket the server reads (NetMQ has no ZAP, and its monitors run
+                ' on threads of their own), up to the next heartbeat: the heartbeat, the deadline and
+                ' the stop flag all get their turn. Then a receive that does not wait: POLLIN is a hint,
+                ' and REP drops inside the receive a request it cannot answer. .NET takes signals on a
+                ' thread of its own, so no poll is ever interrupted (no EINTR).
+                Dim frames = If(PollIn(requests, deadline.Cap(waitMs)), ReceiveIfReady(requests), Nothing)
+                If frames IsNot Nothing Then
                     Dim problem = If(CheckRequest(frames), CheckPost(frames, roster))
                     If problem IsNot Nothing Then
                         Dim code = problem.Value.Code
@@ -166,17 +173,17 @@ Public Module Chat
                         requests.SendMultipartBytes(Array.Empty(Of Byte)(), Utf8.GetBytes(code))
                         Emit("error", ("code", code), ("reason", problem.Value.Reason))
                     Else
-                        Dim handle = Utf8.GetString(frames(0))
+                        Dim handle = frames(0)
                         Dim joined = Not roster.ContainsKey(handle)
                         roster(handle) = Environment.TickCount64
                         If frames.Count = 2 Then
                             broadcasts.SendMultipartBytes(frames)  ' [handle, text], exactly as posted
-                            Emit("posted", ("handle", handle), ("text", Utf8.GetString(frames(1))))
+                            Emit("posted", ("handle", Utf8.GetString(handle)), ("text", Utf8.GetString(frames(1))))
                         End If
                         accepted += 1
-                        requests.SendMultipartBytes(roster.Keys.Select(AddressOf Utf8.GetBytes))
+                        requests.SendMultipartBytes(roster.Keys)
                         If joined Then
-                            Emit("joined", ("handle", handle))
+                            Emit("joined", ("handle", Utf8.GetString(handle)))
                             broadcastRoster()
                         End If
                     End If
@@ -185,7 +192,7 @@ Public Module Chat
                 If now >= nextBeat Then
                     For Each silent In roster.Where(Function(entry) now - entry.Value > expiry).Select(Function(entry) entry.Key).ToList()
                         roster.Remove(silent)
-                        Emit("expired", ("handle", silent))
+                        Emit("expired", ("handle", Utf8.GetString(silent)))
                     Next
                     broadcastRoster()
                     nextBeat = now + heartbeat
@@ -253,7 +260,7 @@ Public Module Chat
         Private ReadOnly _requests, _broadcasts As String
         Private ReadOnly _monitorOn As Boolean
         Private ReadOnly _deadline As Deadline
-        Private ReadOnly _security As Security
+        Private ReadOnly _credentials As Security
         Private _sub As SubscriberSocket  ' replaced when we rejoin, with its monitor
         Private _subMonitor As SocketMonitor
         Private _req As RequestSocket  ' replaced by Lazy Pirate, with its monitor
@@ -282,8 +289,8 @@ Public Module Chat
             _broadcasts = args.GetValue(Of String)("--broadcasts")
             _monitorOn = MonitorOn(args)
             _deadline = New Deadline(_timeout)
-            _security = ReadSecurity(args, server:=False)
-            ' SUB first, so that its subscription starts travelling as early as possible.
+            _credentials = Security.Read(args, server:=False)
+            ' SUB created and connected first, then REQ: its subscription starts travelling as early as possible.
             OpenBroadcasts()
             OpenRequests()
         End Sub
@@ -300,11 +307,14 @@ Public Module Chat
         ''' startup, and again when we rejoin (its first broadcast then comes from the server that
         ''' forgot us). NetMQ has no handshake events, so there is no handshake watcher to attach instead.</summary>
         Private Sub OpenBroadcasts()
+            ' [SUB] SUB delivers only what matches one of its subscriptions, a prefix of frame 0; ""
+            ' lets posts and rosters through. Subscribed before it connects, so the subscription goes
+            ' out with the connection; it still takes time to reach the server (the slow joiner, Run).
             _sub = New SubscriberSocket()
             _sub.Options.Linger = TimeSpan.Zero
             _sub.Options.MaxMsgSize = MaxMessage
-            _sub.Subscribe("")  ' a prefix filter on frame 0; "" lets posts and rosters through
-            SecureClient(_sub, _security)
+            _sub.Subscribe("")
+            _credentials.SecureClient(_sub)
             _subMonitor = New SocketMonitor(_monitorOn)
             _subMonitor.Attach(_sub, "broadcasts")
             Connect(_sub, _broadcasts)
@@ -315,14 +325,17 @@ Public Module Chat
             _sub.Dispose()
         End Sub
 
-        ''' <summary>A new REQ socket, connected, with its own monitor. REQ enforces send, receive, send,
-        ''' receive...: one request in flight at a time, and no second send before the reply. So when a
-        ''' reply is lost, Lazy Pirate throws the socket away and comes here for a new one.</summary>
+        ''' <summary>A new REQ socket, connected, with its own monitor.</summary>
         Private Sub OpenRequests()
+            ' [REQ] REQ is strict lockstep: send, receive, send, receive..., one request in flight and
+            ' no second send before the reply. So when a reply is lost, Lazy Pirate throws the socket
+            ' away and comes here for a new one.
             _req = New RequestSocket()
-            _req.Options.Linger = TimeSpan.Zero  ' closing it drops a request still queued for a dead server
+            ' [linger] 0 on both client sockets: closing the REQ drops a request still queued for a
+            ' dead server (Lazy Pirate), and the client leaves only once every request is answered.
+            _req.Options.Linger = TimeSpan.Zero
             _req.Options.MaxMsgSize = MaxMessage
-            SecureClient(_req, _security)
+            _credentials.SecureClient(_req)
             _reqMonitor = New SocketMonitor(_monitorOn)
             _reqMonitor.Attach(_req, "requests")
             Connect(_req, _requests)
@@ -362,13 +375,13 @@ Public Module Chat
         ''' <summary>The reply, or Nothing once --retry ms passed without one; `no-reply` at the deadline.</summary>
         Private Function WaitForReply() As List(Of Byte())
             Dim giveUp = Environment.TickCount64 + _retry
-            Dim reply As List(Of Byte()) = Nothing
             Do
                 Dim waitMs = giveUp - Environment.TickCount64
                 If waitMs <= 0 Then Return Nothing
                 If _deadline.Expired() Then Throw New Failure("no-reply", $"no reply from the server within {_timeout} ms")
-                ' REQ drops a reply it cannot route inside the receive: back round the loop then.
-                If _req.TryReceiveMultipartBytes(_deadline.Cap(waitMs), reply) Then Return reply
+                ' REQ may drop a reply it cannot route inside the receive: back to the poll then.
+                Dim reply = If(PollIn(_req, _deadline.Cap(waitMs)), ReceiveIfReady(_req), Nothing)
+                If reply IsNot Nothing Then Return reply
             Loop
         End Function
 
@@ -439,8 +452,10 @@ Public Module Chat
             If _deadline.Expired() Then Throw New Failure("timeout", $"not done after {_timeout} ms")
             Dim due = _lastRequest + _keepalive
             Dim waitMs = Math.Max(0, Math.Min(due, If(paceEnd, due)) - Environment.TickCount64)
-            Dim frames As List(Of Byte()) = Nothing
-            If _sub.TryReceiveMultipartBytes(_deadline.Cap(waitMs), frames) Then
+            ' [poll] Poll the SUB up to the next keep-alive (or the end of --pace), never past the
+            ' deadline, then receive without waiting; nothing is an answer too: the timer's turn.
+            Dim frames = If(PollIn(_sub, _deadline.Cap(waitMs)), ReceiveIfReady(_sub), Nothing)
+            If frames IsNot Nothing Then
                 OnBroadcast(frames)
             ElseIf Environment.TickCount64 >= due Then
                 Request(_handle)  ' keep-alive: silent handles expire from the roster
@@ -451,9 +466,11 @@ Public Module Chat
         Private Sub Rejoin()
             ' What the old SUB already holds came from the old server: take it, then throw the socket
             ' away. Which of its broadcasts are older than our join, nothing tells; a new SUB holds none.
-            Dim frames As List(Of Byte()) = Nothing
-            Do While _sub.TryReceiveMultipartBytes(TimeSpan.Zero, frames)
+            ' It drains on purpose (PROTOCOL.md, "Restarts"): at most what the SUB's queue holds.
+            Dim frames = ReceiveIfReady(_sub)
+            Do While frames IsNot Nothing
                 OnBroadcast(frames)
+                frames = ReceiveIfReady(_sub)
             Loop
             CloseBroadcasts()
             OpenBroadcasts()
@@ -472,19 +489,20 @@ Public Module Chat
         ''' A refused handshake looks the same as silence: NetMQ's monitor has no handshake events, so a
         ''' client with the wrong keys hears nothing and ends with `timeout` (libzmq's clients say `refused`).</summary>
         Private Function WaitForFirstBroadcast() As List(Of Byte())
-            Dim frames As List(Of Byte()) = Nothing
-            Do Until _sub.TryReceiveMultipartBytes(_deadline.Cap(_keepalive), frames)
+            Do
+                Dim frames = If(PollIn(_sub, _deadline.Cap(_keepalive)), ReceiveIfReady(_sub), Nothing)
+                If frames IsNot Nothing Then Return frames
                 If _deadline.Expired() Then Throw New Failure("timeout", "no broadcast from the server")
             Loop
-            Return frames
         End Function
 
         Public Sub Run()
-            ' Slow joiner: until a first broadcast arrives, our subscription may not have reached the
-            ' server and posts would be dropped for us. The server broadcasts at least every heartbeat.
+            ' [slow joiner] Until a first broadcast arrives, our subscription may not have reached the
+            ' server, and PUB drops posts for us. The server broadcasts a roster at least every
+            ' heartbeat, so the first one of any kind says the subscription is live.
             OnBroadcast(WaitForFirstBroadcast())
             Join()
-            Emit("ready", ("handle", _name), ("security", _security.Mechanism))
+            Emit("ready", ("handle", _name), ("security", _credentials.Mechanism))
 
             ' Everyone listens before anyone talks: wait for --clients handles, all subscribed.
             Do While _roster.Count < _clients

@@ -89,23 +89,25 @@ Public Module Desk
         Return $"inproc://desk-{agent}"
     End Function
 
-    ''' <summary>
-    ''' An agent's end of its pipe: a PAIR connected to the endpoint the main thread bound before it
-    ''' started the agent's thread (bind first: the inproc order that works in every library). PAIR
-    ''' joins exactly two known ends; it never drops and never routes. Events go up, commands come down.
-    ''' </summary>
+    ''' <summary>An agent's end of its pipe. Events go up, commands come down.</summary>
     Private NotInheritable Class Pipe
         Implements IDisposable
 
         Public ReadOnly Agent As String
+        ' [PAIR] A PAIR joins exactly two known ends, here the main thread and this agent's: it never
+        ' drops and never routes, and a second connection is refused.
         Public ReadOnly Socket As New PairSocket()
 
         Public Sub New(agent As String)
             Me.Agent = agent
-            ' Linger 0: an inproc send hands the message to the peer's queue itself, so nothing is left
-            ' to flush at close. No MaxMsgSize: inproc has no bytes to decode, only whole messages
-            ' between threads of one program. The high-water mark stays at 1000: PAIR blocks there.
+            ' [linger] 0: an inproc send hands the message to the peer's queue itself, so nothing is
+            ' left to flush at close. No MaxMsgSize: inproc has no bytes to decode, only whole messages
+            ' between threads of one program.
+            ' [HWM] The high-water mark stays at 1000 messages: at it PAIR blocks the sender instead of
+            ' dropping; the main thread reads every pipe whenever it is readable, so none fills up.
             Socket.Options.Linger = TimeSpan.Zero
+            ' [inproc] The main thread bound this endpoint, in the process's one context, before it
+            ' started our thread (bind before connect: the inproc order that works in every library).
             Socket.Connect(PipeEndpoint(agent))
         End Sub
 
@@ -123,8 +125,7 @@ Public Module Desk
 
         ''' <summary>The next command, received without waiting after a poll: Nothing if none after all.</summary>
         Public Function NextCommand() As List(Of Byte())
-            Dim frames As List(Of Byte()) = Nothing
-            Return If(Socket.TryReceiveMultipartBytes(TimeSpan.Zero, frames), frames, Nothing)
+            Return ReceiveIfReady(Socket)
         End Function
 
         Public Sub BadCommand(command As List(Of Byte()), why As String)
@@ -136,7 +137,10 @@ Public Module Desk
         End Sub
     End Class
 
+    ''' <summary>Whether a command is `name` in exactly `frameCount` frames.</summary>
     Private Function IsCommand(command As List(Of Byte()), name As String, frameCount As Integer) As Boolean
+        ' [multipart] A command arrives whole or not at all, even over inproc; its frame count is
+        ' checked, never assumed: commands will come from people (the page).
         Return command.Count = frameCount AndAlso Word(command(0), name)
     End Function
 
@@ -150,14 +154,18 @@ Public Module Desk
                           monitorOn As Boolean)
         Using pipe As New Pipe("chat")
             Dim sent = 0, received = 0
+            ' [SUB] SUB: posts and rosters alike, as the chat client's, subscribed to "" before it connects.
+            ' [REQ] REQ is strict lockstep: one request in flight, no second send before its reply.
             Using broadcasts As New SubscriberSocket(),
                   requests As New RequestSocket(),
                   monitor As New SocketMonitor(monitorOn)  ' disposed first: before the sockets close
+                ' [max size] The chat client's MaxMsgSize, set before connect: a bigger frame is dropped
+                ' by NetMQ together with its connection.
                 For Each socket In New NetMQSocket() {broadcasts, requests}
                     socket.Options.Linger = TimeSpan.Zero
                     socket.Options.MaxMsgSize = Chat.MaxMessage
                 Next
-                broadcasts.Subscribe("")  ' posts and rosters alike
+                broadcasts.Subscribe("")
                 ' The monitors' lines go straight to stdout, from their own threads, not up the pipe.
                 monitor.Attach(broadcasts, "chat-broadcasts")
                 monitor.Attach(requests, "chat-requests")
@@ -172,7 +180,9 @@ Public Module Desk
                 If running Then pipe.Report("ready", ("handle", name))
 
                 Dim handle = Utf8.GetBytes(name)
-                Dim heard = False  ' a first broadcast: our subscription is live (the slow joiner)
+                ' [slow joiner] No request before a first broadcast: until one arrives our subscription
+                ' may not have reached the server, which would drop posts for us.
+                Dim heard = False  ' a first broadcast: our subscription is live
                 Dim joined = False  ' the reply to our join has come
                 Dim everyone = False  ' a roster of --chat-clients handles was seen: everyone listens
                 Dim inFlight = False  ' REQ is strict lockstep: one request, then its reply
@@ -194,18 +204,16 @@ Public Module Desk
                         inFlight = True
                     End Sub
 
-                ' One poll for the pipe and both sockets: a STOP is seen however long the server takes.
-                Dim selector As New NetMQSelector()
-                Dim items = {New NetMQSelector.Item(pipe.Socket, PollEvents.PollIn),
-                             New NetMQSelector.Item(broadcasts, PollEvents.PollIn),
-                             New NetMQSelector.Item(requests, PollEvents.PollIn)}
-                Dim frames As List(Of Byte()) = Nothing
+                Dim polled = New NetMQSocket() {pipe.Socket, broadcasts, requests}
                 Do While running
-                    ' Until the next keep-alive is due; a second when none can be sent anyway.
+                    ' [poll] One poll for the pipe and both sockets, until the next keep-alive is due (a
+                    ' second when none can be sent anyway): a STOP is seen however long the server takes.
+                    ' Then one message from each ready socket, pipe, SUB, REQ, without waiting: "ready"
+                    ' is a hint, and REQ drops inside the receive a reply it cannot match. .NET takes
+                    ' signals on a thread of its own: no poll is interrupted (EINTR).
                     Dim waitMs = If(joined AndAlso Not inFlight, Math.Max(0, lastRequest + KeepaliveMs - Environment.TickCount64), KeepaliveMs)
-                    selector.Select(items, items.Length, waitMs)
-                    ' Every receive after the poll is non-blocking: "ready" is a hint, not a promise.
-                    Dim command = If(IsReady(items(0)), pipe.NextCommand(), Nothing)
+                    Dim ready = PollIn(polled, TimeSpan.FromMilliseconds(waitMs))
+                    Dim command = If(ready.Contains(pipe.Socket), pipe.NextCommand(), Nothing)
                     If command Is Nothing Then
                     ElseIf IsCommand(command, "STOP", 1) Then
                         Exit Do
@@ -223,7 +231,8 @@ Public Module Desk
                         End If
                     End If
 
-                    If IsReady(items(1)) AndAlso broadcasts.TryReceiveMultipartBytes(TimeSpan.Zero, frames) Then
+                    Dim frames = If(ready.Contains(broadcasts), ReceiveIfReady(broadcasts), Nothing)
+                    If frames IsNot Nothing Then
                         heard = True
                         Dim broadcast As New Broadcast()
                         Dim problem = CheckBroadcast(frames, broadcast)
@@ -237,7 +246,8 @@ Public Module Desk
                         End If
                     End If
 
-                    If IsReady(items(2)) AndAlso requests.TryReceiveMultipartBytes(TimeSpan.Zero, frames) Then
+                    frames = If(ready.Contains(requests), ReceiveIfReady(requests), Nothing)
+                    If frames IsNot Nothing Then
                         inFlight = False
                         lastRequest = Environment.TickCount64
                         Dim replyRoster As List(Of String) = Nothing
@@ -280,6 +290,9 @@ Public Module Desk
                   monitor As New SocketMonitor(monitorOn)  ' disposed first: before the sockets close
                 ticks.Options.Linger = TimeSpan.Zero
                 ticks.Options.MaxMsgSize = Ticker.MaxMessage
+                ' Our own topic before we connect: the publisher counts the desk by it, and starts
+                ' publishing once every subscriber is there. Symbols come later, as FOLLOW commands.
+                ticks.Subscribe(Utf8.GetBytes("@" & name))
                 monitor.Attach(ticks, "ticks")
                 Dim running = True
                 Try
@@ -288,20 +301,14 @@ Public Module Desk
                     pipe.Report("error", ("code", "connect"), ("reason", $"cannot connect: {problem.Message}"))
                     running = False
                 End Try
-                If running Then
-                    ' Our own topic at once: the publisher counts the desk by it, and starts publishing
-                    ' once every subscriber is there. Symbols come later, as FOLLOW commands.
-                    ticks.Subscribe(Utf8.GetBytes("@" & name))
-                    pipe.Report("ready", ("name", name))
-                End If
+                If running Then pipe.Report("ready", ("name", name))
 
                 Dim followed As New List(Of String)
-                Dim selector As New NetMQSelector()
-                Dim items = {New NetMQSelector.Item(pipe.Socket, PollEvents.PollIn), New NetMQSelector.Item(ticks, PollEvents.PollIn)}
-                Dim frames As List(Of Byte()) = Nothing
+                Dim polled = New NetMQSocket() {pipe.Socket, ticks}
                 Do While running
-                    selector.Select(items, items.Length, 1000)  ' no timer here: a command or a tick wakes us
-                    Dim command = If(IsReady(items(0)), pipe.NextCommand(), Nothing)
+                    ' No timer here: a command or a tick wakes us; a second at most all the same.
+                    Dim ready = PollIn(polled, TimeSpan.FromMilliseconds(1000))
+                    Dim command = If(ready.Contains(pipe.Socket), pipe.NextCommand(), Nothing)
                     If command Is Nothing Then
                     ElseIf IsCommand(command, "STOP", 1) Then
                         Exit Do
@@ -312,7 +319,9 @@ Public Module Desk
                     Else
                         Dim symbol = Encoding.ASCII.GetString(command(1))
                         ' A subscription is a prefix match on frame 0: the topic's NUL keeps GOOG from matching GOOGL.
-                        If Word(command(0), "FOLLOW") AndAlso Not followed.Contains(symbol) Then
+                        If Word(command(0), "FOLLOW") AndAlso Not followed.Contains(symbol) AndAlso followed.Count = MaxSymbols Then
+                            pipe.BadCommand(command, "busy")  ' --follow's bound holds for FOLLOW too
+                        ElseIf Word(command(0), "FOLLOW") AndAlso Not followed.Contains(symbol) Then
                             ticks.Subscribe(Topic(symbol))
                             followed.Add(symbol)
                             pipe.Report("subscribed", ("symbol", symbol))
@@ -324,7 +333,8 @@ Public Module Desk
                         End If
                     End If
 
-                    If IsReady(items(1)) AndAlso ticks.TryReceiveMultipartBytes(TimeSpan.Zero, frames) Then
+                    Dim frames = If(ready.Contains(ticks), ReceiveIfReady(ticks), Nothing)
+                    If frames IsNot Nothing Then
                         Dim tick As New Tick()
                         Dim problem = CheckTick(frames, followed, seed, tick)
                         If problem IsNot Nothing Then
@@ -348,9 +358,14 @@ Public Module Desk
                                wanted As Integer, quiet As Integer, heartbeat As Integer, seed As ULong, monitorOn As Boolean)
         Using pipe As New Pipe("valuation")
             Dim counted = 0, lastTotal = 0L  ' for `stopped`: results of the last trade, its total once complete
-            Using orders As New PushSocket(),  ' deals orders round-robin to the workers
-                  results As New PullSocket(),  ' fair-queues readies and results from them
-                  control As New PublisherSocket(),  ' the state, level-triggered
+            ' [PUSH] PUSH deals orders round-robin to the workers; with no room it is mute (it would
+            ' block, never drop), so the agent polls it for room and sends without waiting.
+            ' [PULL] PULL fair-queues readies and results from every worker.
+            ' [PUB] PUB: the state, level-triggered, to every worker; it never blocks, and drops for a
+            ' worker not connected yet or past its high-water mark.
+            Using orders As New PushSocket(),
+                  results As New PullSocket(),
+                  control As New PublisherSocket(),
                   monitor As New SocketMonitor(monitorOn)  ' disposed first: before the sockets close
                 For Each socket In New NetMQSocket() {orders, results, control}
                     socket.Options.Linger = TimeSpan.Zero
@@ -426,20 +441,20 @@ Public Module Desk
                         Next
                     End Sub
 
-                Dim selector As New NetMQSelector()
                 ' The PUSH is polled for room (POLLOUT) only while orders wait for it; otherwise it
-                ' would wake the poll at once, every turn.
+                ' would wake the poll at once, every turn. So this loop polls NetMQSelector items itself.
+                Dim selector As New NetMQSelector()
                 Dim items = {New NetMQSelector.Item(pipe.Socket, PollEvents.PollIn),
                              New NetMQSelector.Item(results, PollEvents.PollIn),
                              New NetMQSelector.Item(orders, PollEvents.PollOut)}
-                Dim frames As List(Of Byte()) = Nothing
+                Dim isReady = Function(item As NetMQSelector.Item) item.ResultEvent.HasFlag(PollEvents.PollIn)
                 Do While running
                     Dim now = Environment.TickCount64
                     Dim waitMs = Math.Max(0, nextBeat - now)
                     If state = "go" AndAlso Not sending() Then waitMs = Math.Min(waitMs, Math.Max(0, quietSince + quiet - now))
                     selector.Select(items, If(sending(), 3, 2), waitMs)
 
-                    Dim command = If(IsReady(items(0)), pipe.NextCommand(), Nothing)
+                    Dim command = If(isReady(items(0)), pipe.NextCommand(), Nothing)
                     If command Is Nothing Then
                     ElseIf IsCommand(command, "STOP", 1) Then
                         Exit Do
@@ -468,7 +483,8 @@ Public Module Desk
                         tryStart()
                     End If
 
-                    If IsReady(items(1)) AndAlso results.TryReceiveMultipartBytes(TimeSpan.Zero, frames) Then
+                    Dim frames = If(isReady(items(1)), ReceiveIfReady(results), Nothing)
+                    If frames IsNot Nothing Then
                         If Word(frames(0), "ready") Then
                             Dim worker As String = Nothing
                             Dim problem = CheckReady(frames, worker)
@@ -534,53 +550,53 @@ Public Module Desk
         Using pipe As New Pipe("query")
             ' The facade's map, watermarks and checks, reporting up the pipe.
             Dim facade As New Facade(name, subtrees, count:=0, writeCount:=0, emit:=AddressOf pipe.Report)
+            ' The facade's sockets (Query.vb): SUB, DEALER and the collector's XPUB, in that order.
+            ' [DEALER] DEALER: every subtree's snapshot request in flight at once, without REQ's lockstep
+            ' and without an envelope; only the KTHXBAI's subtree says which request a reply answers.
+            ' [XPUB] The collector's end is an XPUB: a PUB that hands us the collector's subscription as
+            ' a message (first byte 1), so that we write only once the engine hears us.
             Using updates As New SubscriberSocket(),
-                  snapshot As New DealerSocket(),  ' several snapshot requests in flight, no envelopes
-                  collector As New XPublisherSocket(),  ' a PUB that tells us when the collector's subscription arrived
+                  snapshot As New DealerSocket(),
+                  collector As New XPublisherSocket(),
                   monitor As New SocketMonitor(monitorOn)  ' disposed first: before the sockets close
                 For Each socket In New NetMQSocket() {updates, snapshot, collector}
                     socket.Options.Linger = TimeSpan.Zero
                     socket.Options.MaxMsgSize = Query.MaxMessage
                 Next
                 collector.Options.Linger = TimeSpan.FromMilliseconds(1000)  ' our last write may still be queued as we stop
-                monitor.Attach(collector, "collector")
                 monitor.Attach(updates, "updates")
                 monitor.Attach(snapshot, "snapshot")
+                monitor.Attach(collector, "collector")
                 Dim running = True
                 Try
-                    collector.Connect(collectorEndpoint)
                     updates.Connect(updatesEndpoint)
-                    SubscribeUpdates(updates, subtrees)
                     snapshot.Connect(snapshotEndpoint)
+                    collector.Connect(collectorEndpoint)
                 Catch problem As Exception When IsEndpointProblem(problem)
                     pipe.Report("error", ("code", "connect"), ("reason", $"cannot connect: {problem.Message}"))
                     running = False
                 End Try
+                If running Then SubscribeUpdates(updates, subtrees)  ' connected first: HUGZ must go out last
                 If running Then pipe.Report("ready", ("name", name), ("subtrees", subtrees))
 
                 Dim hugged = False  ' a HUGZ came: our subscriptions are in place, the snapshots are asked for
                 Dim collectorLive = False
                 Dim writes As New Queue(Of (Key As String, Value As Byte()))  ' WRITEs not sent yet
                 Dim unread As New List(Of (Key As String, Value As Byte()))  ' sent, not read back yet
-                Dim pipeItem As New NetMQSelector.Item(pipe.Socket, PollEvents.PollIn)
-                Dim collectorItem As New NetMQSelector.Item(collector, PollEvents.PollIn)
-                Dim snapshotItem As New NetMQSelector.Item(snapshot, PollEvents.PollIn)
-                Dim updatesItem As New NetMQSelector.Item(updates, PollEvents.PollIn)
                 ' The facade's steps as phases of one loop, each polling its own sockets: the HUGZ
                 ' (updates read, dropped until it comes); the snapshots (the SUB left unread meanwhile:
-                ' its updates wait, in order); then the updates. An item left out of a poll keeps its
-                ' last result, so the phase, not the item alone, says what to read.
-                Dim awaitingHugz = {pipeItem, collectorItem, updatesItem}
-                Dim syncing = {pipeItem, collectorItem, snapshotItem}
-                Dim live = {pipeItem, collectorItem, snapshotItem, updatesItem}
-                Dim selector As New NetMQSelector()
-                Dim frame As Byte() = Nothing
+                ' its updates wait, in order); then the updates. The phase says what is polled, and so
+                ' what can be ready.
+                Dim awaitingHugz = New NetMQSocket() {pipe.Socket, updates, collector}
+                Dim syncing = New NetMQSocket() {pipe.Socket, snapshot, collector}
+                Dim live = New NetMQSocket() {pipe.Socket, updates, snapshot, collector}
                 Do While running
                     Dim synced = hugged AndAlso facade.Waiting.Count = 0
-                    Dim items = If(synced, live, If(hugged, syncing, awaitingHugz))
-                    selector.Select(items, items.Length, 1000)  ' no timer here: a command or a message wakes us
+                    ' No timer here: a command or a message wakes us; a second at most all the same.
+                    ' Then one message from each ready socket, in the order pipe, SUB, DEALER, XPUB.
+                    Dim ready = PollIn(If(synced, live, If(hugged, syncing, awaitingHugz)), TimeSpan.FromMilliseconds(1000))
 
-                    Dim command = If(IsReady(pipeItem), pipe.NextCommand(), Nothing)
+                    Dim command = If(ready.Contains(pipe.Socket), pipe.NextCommand(), Nothing)
                     If command Is Nothing Then
                     ElseIf IsCommand(command, "STOP", 1) Then
                         Exit Do
@@ -596,42 +612,38 @@ Public Module Desk
                         writes.Enqueue((Latin1(command(1)), command(2)))
                     End If
 
-                    ' The collector's subscription to everything: from now on the engine hears our writes.
-                    If IsReady(collectorItem) AndAlso collector.TryReceiveFrameBytes(TimeSpan.Zero, frame) AndAlso IsSubscribeAll(frame) Then
-                        collectorLive = True
-                    End If
-
-                    If Not hugged AndAlso IsReady(updatesItem) Then
-                        Dim frames = ReceiveMessage(updates)  ' whatever comes before a HUGZ is dropped: the snapshots cover it
-                        If frames IsNot Nothing AndAlso IsHugz(frames) Then
+                    Dim frames = If(ready.Contains(updates), ReceiveMessage(updates), Nothing)
+                    If frames Is Nothing Then
+                    ElseIf Not hugged Then
+                        If IsHugz(frames) Then  ' whatever comes before it is dropped: the snapshots cover it
                             hugged = True
                             AskSnapshots(snapshot, subtrees)
                         End If
-                    ElseIf hugged AndAlso IsReady(snapshotItem) Then
-                        Dim frames = ReceiveMessage(snapshot)
-                        If frames Is Nothing Then
-                        ElseIf synced Then
-                            pipe.Report("error", ("code", "unexpected-snapshot"), ("reason", $"'{Shown(frames(0), 32)}' after every KTHXBAI"))
-                        Else
-                            facade.OnSnapshot(frames)  ' KVSYNCs, then each subtree's KTHXBAI: its watermark
-                        End If
-                    End If
-                    If synced AndAlso IsReady(updatesItem) Then
-                        Dim frames = ReceiveMessage(updates)
+                    ElseIf facade.OnUpdate(frames) Then
                         ' Applied when above the watermarks: then it may be one of our writes coming back.
-                        If frames IsNot Nothing AndAlso facade.OnUpdate(frames) Then
-                            Dim key = Latin1(frames(0)), value = frames(4)
-                            ' Every update applied, for the page: the key travels in frame 2.
-                            pipe.SendEvent("applied", {("key", CObj(key)), ("value", HexOf(value)), ("sequence", facade.Last)}, frames(0))
-                            Dim mine = unread.FindIndex(Function(write) write.Key = key AndAlso write.Value.AsSpan().SequenceEqual(value))
-                            If mine >= 0 Then
-                                unread.RemoveAt(mine)
-                                pipe.SendEvent("read-back", {("key", CObj(key)), ("value", HexOf(value)), ("sequence", facade.Last)}, frames(0), value)
-                            End If
+                        Dim key = Latin1(frames(0)), value = frames(4)
+                        ' Every update applied, for the page: the key travels in frame 2.
+                        pipe.SendEvent("applied", {("key", CObj(key)), ("value", HexOf(value)), ("sequence", facade.Last)}, frames(0))
+                        Dim mine = unread.FindIndex(Function(write) write.Key = key AndAlso write.Value.AsSpan().SequenceEqual(value))
+                        If mine >= 0 Then
+                            unread.RemoveAt(mine)
+                            pipe.SendEvent("read-back", {("key", CObj(key)), ("value", HexOf(value)), ("sequence", facade.Last)}, frames(0), value)
                         End If
                     End If
 
-                    If synced AndAlso collectorLive Then
+                    frames = If(ready.Contains(snapshot), ReceiveMessage(snapshot), Nothing)
+                    If frames Is Nothing Then
+                    ElseIf synced Then
+                        pipe.Report("error", ("code", "unexpected-snapshot"), ("reason", $"'{Shown(frames(0), 32)}' after every KTHXBAI"))
+                    Else
+                        facade.OnSnapshot(frames)  ' KVSYNCs, then each subtree's KTHXBAI: its watermark
+                    End If
+
+                    ' The collector's subscription to everything: from now on the engine hears our writes.
+                    Dim frame = If(ready.Contains(collector), ReceiveFrameIfReady(collector), Nothing)
+                    If frame IsNot Nothing AndAlso IsSubscribeAll(frame) Then collectorLive = True
+
+                    If hugged AndAlso facade.Waiting.Count = 0 AndAlso collectorLive Then
                         Do While writes.Count > 0
                             Dim write = writes.Dequeue()
                             collector.SendMultipartBytes(KvsetFrames(write.Key, write.Value, 0))  ' XPUB never blocks
@@ -735,8 +747,8 @@ Public Module Desk
 
         ''' <summary>The next event of an agent, without waiting; its frame 1 is written as it is.</summary>
         Private Function NextEvent(index As Integer) As List(Of Byte())
-            Dim frames As List(Of Byte()) = Nothing
-            If Not _pipes(index).TryReceiveMultipartBytes(TimeSpan.Zero, frames) Then Return Nothing
+            Dim frames = ReceiveIfReady(_pipes(index))
+            If frames Is Nothing Then Return Nothing
             Dim agent = AgentNames(index), name = Encoding.ASCII.GetString(frames(0))
             If agent = "valuation" AndAlso name = "result" Then
                 ' One per order, a million in a big trade: counted for the page's progress, not sent to it.
@@ -814,19 +826,11 @@ Public Module Desk
         End Function
 
         Public Function Run() As Integer
-            ' Start-up: one agent at a time, in order. Bind its pipe, start its thread, wait for its
-            ' `ready`: each ready line is the agent's own proof that its sockets exist.
+            ' Start-up: one agent at a time, in order; each ready line is the agent's own proof that
+            ' its sockets exist.
             Dim ending As Ending? = Nothing
             For Each agent In AgentNames
-                Dim pipe As New PairSocket()
-                pipe.Options.Linger = TimeSpan.Zero
-                pipe.Bind(PipeEndpoint(agent))  ' before the agent connects: the inproc order that always works
-                _pipes.Add(pipe)
-                ' A background thread: one that never acknowledges STOP cannot keep the process alive.
-                Dim thread As New Thread(AgentBody(agent)) With {.Name = $"desk-{agent}", .IsBackground = True}
-                _threads.Add(thread)
-                thread.Start()
-                ending = AwaitReady(_pipes.Count - 1)
+                ending = Start(agent)
                 If ending IsNot Nothing Then Exit For
             Next
             If ending Is Nothing Then
@@ -840,6 +844,22 @@ Public Module Desk
                 ending = Serve()
             End If
             Return ShutDown(ending.Value)
+        End Function
+
+        ''' <summary>Start one agent: bind its pipe, start its thread, wait for its `ready`. Nothing once
+        ''' it came, or why the desk must stop.</summary>
+        Private Function Start(agent As String) As Ending?
+            Dim pipe As New PairSocket()
+            pipe.Options.Linger = TimeSpan.Zero
+            ' [inproc] Bound before the agent's thread connects to it: the inproc order that always
+            ' works. Both ends live in NetMQ's one context, which is what makes the endpoint exist.
+            pipe.Bind(PipeEndpoint(agent))
+            _pipes.Add(pipe)
+            ' A background thread: one that never acknowledges STOP cannot keep the process alive.
+            Dim thread As New Thread(AgentBody(agent)) With {.Name = $"desk-{agent}", .IsBackground = True}
+            _threads.Add(thread)
+            thread.Start()
+            Return AwaitReady(_pipes.Count - 1)
         End Function
 
         ''' <summary>
@@ -874,7 +894,7 @@ Public Module Desk
             Do
                 If _stopSignal.Raised Then Return Ending.Signal
                 If _deadline.Expired() Then Return Ending.Timeout
-                If Not _pipes(index).Poll(PollEvents.PollIn, _deadline.Cap(SignalCheckMs)).HasFlag(PollEvents.PollIn) Then Continue Do
+                If Not PollIn(_pipes(index), _deadline.Cap(SignalCheckMs)) Then Continue Do
                 Dim frames = NextEvent(index)
                 If frames Is Nothing Then Continue Do
                 If Word(frames(0), "ready") Then
@@ -891,19 +911,18 @@ Public Module Desk
         ''' <summary>The loop: every event written, then acted on, until the scenario is done or must
         ''' stop. With the page, the desk serves on after the scenario is done, until it must stop.</summary>
         Private Function Serve() As Ending
-            ' NetMQ's poll over the four pipes and the STREAM socket; a signal does not wake it, nor
-            ' does a connection's deadline, hence at most 100 ms.
-            Dim selector As New NetMQSelector()
-            Dim sockets = _pipes.Cast(Of NetMQSocket)().Concat(If(_web Is Nothing, {}, {_web.Socket}))
-            Dim items = sockets.Select(Function(socket) New NetMQSelector.Item(socket, PollEvents.PollIn)).ToArray()
+            Dim sockets = _pipes.Cast(Of NetMQSocket)().Concat(If(_web Is Nothing, {}, {_web.Socket})).ToArray()
             Do
                 _finished = _finished OrElse IsDone()
                 If _web Is Nothing AndAlso _finished Then Return Ending.Done
                 If _stopSignal.Raised Then Return Ending.Signal
                 If _deadline.Expired() Then Return Ending.Timeout
-                selector.Select(items, items.Length, CLng(_deadline.Cap(SignalCheckMs).TotalMilliseconds))
+                ' [poll] One poll over the four pipes and the STREAM socket; a signal does not wake it
+                ' (.NET takes signals on a thread of its own: no EINTR), nor does a connection's
+                ' deadline, hence at most 100 ms. Then each ready socket, without waiting.
+                Dim ready = PollIn(sockets, _deadline.Cap(SignalCheckMs))
                 For index = 0 To _pipes.Count - 1  ' one event per pipe and turn: none can starve the others
-                    If Not IsReady(items(index)) Then Continue For
+                    If Not ready.Contains(_pipes(index)) Then Continue For
                     Dim frames = NextEvent(index)
                     If frames Is Nothing Then Continue For
                     If Word(frames(0), "stopped") Then  ' nobody asked it to: it cannot go on
@@ -914,7 +933,9 @@ Public Module Desk
                 Next
                 If _web IsNot Nothing Then
                     Dim now = Environment.TickCount64
-                    If IsReady(items(_pipes.Count)) Then _web.Receive(now, AddressOf OnCommand)
+                    ' The page drains on purpose, up to Web.MaxPerTurn (100) messages a turn: an HTTP
+                    ' request may come in several pieces, and the pipes still get their turn.
+                    If ready.Contains(_web.Socket) Then _web.Receive(now, AddressOf OnCommand)
                     If now - _shownAt >= ProgressMs Then ShowProgress()  ' at most every 100 ms, while it changes
                     _web.Expire(now)
                 End If
@@ -986,12 +1007,10 @@ Public Module Desk
             Next
             ' 2. Every `stopped`, 5 s at most. What an agent sent before it is still written, in order.
             Dim limit = Environment.TickCount64 + StopWaitMs
-            Dim selector As New NetMQSelector()
-            Dim items = _pipes.Select(Function(pipe) New NetMQSelector.Item(pipe, PollEvents.PollIn)).ToArray()
             Do While _stopped.Count < _pipes.Count AndAlso Environment.TickCount64 < limit
-                selector.Select(items, items.Length, Math.Max(0, limit - Environment.TickCount64))
-                For index = 0 To items.Length - 1
-                    If IsReady(items(index)) AndAlso Not _stopped.Contains(AgentNames(index)) Then NextEvent(index)
+                Dim ready = PollIn(_pipes, TimeSpan.FromMilliseconds(Math.Max(0, limit - Environment.TickCount64)))
+                For index = 0 To _pipes.Count - 1
+                    If ready.Contains(_pipes(index)) AndAlso Not _stopped.Contains(AgentNames(index)) Then NextEvent(index)
                 Next
             Loop
             If _stopped.Count < _pipes.Count Then

@@ -12,8 +12,9 @@ Imports NetMQ
 Imports NetMQ.Sockets
 
 Public Module Query
-    ' MaxMsgSize on every socket: the largest legal frame is a 256-byte value; between 257 and 1024
-    ' bytes it reaches us and is reported, above that NetMQ drops it with the connection.
+    ' [max size] MaxMsgSize on every socket, set before bind or connect: the largest legal frame is a
+    ' 256-byte value; between 257 and 1024 bytes it reaches us and is reported, above that NetMQ
+    ' drops it with the connection that sent it.
     Friend Const MaxMessage = 1024
     Private Const MaxValue = 256
     Private Const MaxFrames = 7  ' frames kept of a message (5, a routing id, one to tell "more"); the rest are dropped
@@ -159,6 +160,8 @@ Public Module Query
 
     ''' <summary>Why a KVSYNC, KVPUB or KVSET (5 frames) is malformed, or Nothing.</summary>
     Private Function CheckKv(frames As List(Of Byte())) As String
+        ' [multipart] A command arrives whole or not at all (ReceiveMessage keeps at most MaxFrames of
+        ' its frames); its frame count is checked, never assumed.
         If frames.Count <> 5 Then Return $"expected 5 frames, got {frames.Count}{If(frames.Count = MaxFrames, " or more", "")}"
         If Not IsKey(frames(0)) Then Return $"not a key: '{Shown(frames(0), MaxQuote)}'"
         If frames(1).Length <> 8 Then Return $"a sequence of {frames(1).Length} bytes, not 8"
@@ -192,18 +195,9 @@ Public Module Query
         Return frames
     End Function
 
-    Friend Function IsReady(item As NetMQSelector.Item) As Boolean
-        Return item.ResultEvent.HasFlag(PollEvents.PollIn)
-    End Function
-
-    ''' <summary>The next message of a socket the poll found ready, or Nothing.</summary>
-    Private Function ReceiveIfReady(item As NetMQSelector.Item) As List(Of Byte())
-        Return If(IsReady(item), ReceiveMessage(item.Socket), Nothing)
-    End Function
-
     ''' <summary>Wait for one socket at most `timeout`, then receive without waiting; Nothing if nothing came.</summary>
     Private Function ReceiveWithin(socket As NetMQSocket, timeout As TimeSpan) As List(Of Byte())
-        Return If(socket.Poll(PollEvents.PollIn, timeout).HasFlag(PollEvents.PollIn), ReceiveMessage(socket), Nothing)
+        Return If(PollIn(socket, timeout), ReceiveMessage(socket), Nothing)
     End Function
 
     ' --- the map fed by ticks ------------------------------------------------------------------
@@ -280,7 +274,8 @@ Public Module Query
             Sequence += 1UL
             If value.Length > 0 Then Map(key) = (value, Sequence) Else Map.Remove(key)
             _expiries.Remove(key)
-            ' XPUB never blocks: a subscriber whose queue is full (the HWM) loses the update.
+            ' [HWM] XPUB never blocks: a subscriber whose queue is at the high-water mark (NetMQ's
+            ' default, 1000 messages) loses the update, and notices only by the sequence.
             _updates.SendMultipartBytes(Utf8.GetBytes(key), Seq(Sequence), If(uuid, NoBytes), If(props, NoBytes), value)
             Emit("update", ("sequence", Sequence), ("key", key), ("value", HexOf(value)), ("cause", cause))
         End Sub
@@ -409,16 +404,22 @@ Public Module Query
               collector As New SubscriberSocket(),  ' the facades' writes
               ticks = If(ticksEndpoint = "", Nothing, New SubscriberSocket()),
               monitor As New SocketMonitor(MonitorOn(args))  ' disposed first: before the sockets close
-            ' ROUTER: every request arrives with the routing id of its peer in front, and every reply is
-            ' routed by the routing id we put in front. MANDATORY: fail instead of dropping in silence.
+            ' [ROUTER] ROUTER: every request arrives with the routing id of its peer in front, and every
+            ' reply is routed by the routing id we put in front. What it cannot route it drops in
+            ' silence; MANDATORY makes it fail instead, so that a snapshot is never sent with holes.
             snapshots.Options.RouterMandatory = True
-            ' Room for a whole snapshot per peer: the library learns that a peer has read its messages
-            ' only in batches, so a loop of sends would find 1000 (the default high-water mark) "full".
+            ' [HWM] Room for a whole snapshot per peer: the library learns that a peer has read its
+            ' messages only in batches, so a loop of sends would find 1000 (the default high-water
+            ' mark) "full"; at the mark a ROUTER send fails (MANDATORY) and the snapshot is abandoned.
             snapshots.Options.SendHighWatermark = Math.Min(args.GetValue(Of Integer)("--max-keys"), Integer.MaxValue - 1) + 1
-            ' XPUB, verbose: a PUB on the wire that shows us every subscription, repeated ones too (HUGZ).
+            ' [XPUB] XPUB, verbose: a PUB on the wire that hands us every subscription as a message (first
+            ' byte 1 or 0, then the topic), repeated ones too, so that each subscription to HUGZ is answered.
             updates.Options.XPubVerbose = True
-            collector.Subscribe("")  ' every write, whatever its key
+            ' [SUB] The collector is subscribed to "" before it binds: every write, whatever its key.
+            collector.Subscribe("")
             Dim sockets = New NetMQSocket() {snapshots, updates, collector, ticks}.Where(Function(socket) socket IsNot Nothing).ToArray()
+            ' [linger] 0 on every socket: the engine stops only when told to, and closing drops what is
+            ' still queued for facades (a snapshot, an update) instead of waiting for them.
             For Each socket In sockets
                 socket.Options.Linger = TimeSpan.Zero
                 socket.Options.MaxMsgSize = MaxMessage
@@ -440,7 +441,9 @@ Public Module Query
                 Catch problem As Exception When IsEndpointProblem(problem)
                     Throw New Failure("connect", $"cannot connect to {ticksEndpoint}: {problem.Message}")
                 End Try
-                For Each symbol In symbols  ' the symbols first, then the @name the publisher counts
+                ' Connected first, then the symbols and last the @name the publisher counts: made before
+                ' a connect, subscriptions go out sorted by bytes, and "@" sorts before every symbol.
+                For Each symbol In symbols
                     ticks.Subscribe(Topic(symbol))
                 Next
                 ticks.Subscribe(Utf8.GetBytes("@" & args.GetValue(Of String)("--name")))
@@ -449,24 +452,25 @@ Public Module Query
                  ("collector", collector.Options.LastEndpoint))
 
             Dim engine As New Engine(snapshots, updates, args.GetValue(Of Integer)("--max-keys"))
-            ' NetMQSelector is NetMQ's zmq_poll: one wait for every socket; its timeout serves the timers.
-            Dim selector As New NetMQSelector()
-            Dim items = sockets.Select(Function(socket) New NetMQSelector.Item(socket, PollEvents.PollIn)).ToArray()
-            Dim frames As List(Of Byte()), frame As Byte() = Nothing
+            Dim frames As List(Of Byte())
             Do Until stopSignal.Raised
                 If deadline.Expired() Then Throw New Failure("timeout", $"still serving after {timeout} ms")
-                ' Up to the next timer, but a tenth of a second at most: a signal does not wake NetMQ's poll.
-                selector.Select(items, items.Length, CLng(deadline.Cap(Math.Min(engine.NextTimer(hugz), 100)).TotalMilliseconds))
-                ' One message from each socket that has one: a flood on one cannot starve the others.
-                frames = ReceiveIfReady(items(0))
+                ' [poll] One poll for every socket, up to the next timer (a HUGZ or an expiry), but a
+                ' tenth of a second at most so that the stop flag is looked at, and never past the
+                ' deadline. .NET takes signals on a thread of its own: no poll is interrupted (EINTR).
+                Dim ready = PollIn(sockets, deadline.Cap(Math.Min(engine.NextTimer(hugz), 100)))
+                ' One message from each socket that has one, each received without waiting (POLLIN is a
+                ' hint): a flood on one cannot starve the others. In the order of the protocol's step 2.
+                frames = If(ready.Contains(snapshots), ReceiveMessage(snapshots), Nothing)
                 If frames IsNot Nothing Then engine.OnIcanhaz(frames)
-                frames = ReceiveIfReady(items(2))
+                frames = If(ready.Contains(collector), ReceiveMessage(collector), Nothing)
                 If frames IsNot Nothing Then engine.OnKvset(frames)
-                frames = If(ticks Is Nothing, Nothing, ReceiveIfReady(items(3)))
+                frames = If(ticks IsNot Nothing AndAlso ready.Contains(ticks), ReceiveMessage(ticks), Nothing)
                 If frames IsNot Nothing Then engine.OnTick(frames, symbols)
                 ' Subscriptions one frame at a time, whatever its more flag: NetMQ's XPUB filters only
                 ' the first frame of a message from a peer and passes the others on.
-                If IsReady(items(1)) AndAlso updates.TryReceiveFrameBytes(TimeSpan.Zero, frame) Then engine.OnSubscription(frame)
+                Dim frame = If(ready.Contains(updates), ReceiveFrameIfReady(updates), Nothing)
+                If frame IsNot Nothing Then engine.OnSubscription(frame)
                 Dim now = Environment.TickCount64
                 engine.Expire(now)
                 ' Every --hugz ms, busy or not: a facade that hears nothing knows we are gone.
@@ -481,7 +485,8 @@ Public Module Query
     ' The pieces below are the facade's steps; the desk's query agent (Desk.vb) takes them too.
 
     ''' <summary>Subscribe to every subtree, then to HUGZ: last, so that once a HUGZ arrives every
-    ''' subscription before it is in place at the engine (subscriptions travel in order).</summary>
+    ''' subscription before it is in place at the engine (subscriptions travel in order). After the
+    ''' SUB connects: made before, they would go out sorted by bytes, HUGZ before the subtrees.</summary>
     Friend Sub SubscribeUpdates(updates As SubscriberSocket, subtrees As String())
         For Each tree In subtrees
             updates.Subscribe(Encoding.ASCII.GetBytes(tree))
@@ -657,33 +662,39 @@ Public Module Query
     ''' (only with --writes above 0), and their monitors with --monitor on.</summary>
     Private NotInheritable Class FacadeSockets
         Implements IDisposable
+        ' [SUB] SUB delivers only the updates whose key starts with one of its subtrees, and HUGZ.
         Public ReadOnly Updates As New SubscriberSocket()
-        Public ReadOnly Snapshot As New DealerSocket()  ' requests go out and replies come in without envelopes, several at a time
-        Public ReadOnly Collector As XPublisherSocket  ' a PUB that tells us when the collector's subscription arrived
+        ' [DEALER] DEALER sends and receives freely, without REQ's lockstep and without an envelope of
+        ' its own: every subtree's request goes out at once, and only the KTHXBAI's subtree says which
+        ' request a reply answers.
+        Public ReadOnly Snapshot As New DealerSocket()
+        ' [XPUB] The collector's end is an XPUB: a PUB that hands us the collector's subscription as a
+        ' message (first byte 1), so that we write only once the engine hears us.
+        Public ReadOnly Collector As XPublisherSocket
         Private ReadOnly _monitor As SocketMonitor
 
         Public Sub New(args As ParseResult)
             Collector = If(args.GetValue(Of Integer)("--writes") > 0, New XPublisherSocket(), Nothing)
             _monitor = New SocketMonitor(MonitorOn(args))
+            ' [linger] 0 on the SUB and the DEALER: closing drops what is still queued, which nobody is
+            ' owed. 1000 ms on the collector: the last write (a delete) may still be queued when we exit.
             For Each socket In New NetMQSocket() {Updates, Snapshot, Collector}.Where(Function(s) s IsNot Nothing)
                 socket.Options.Linger = TimeSpan.Zero
                 socket.Options.MaxMsgSize = MaxMessage
             Next
-            If Collector IsNot Nothing Then
-                Collector.Options.Linger = TimeSpan.FromMilliseconds(1000)  ' the last write (a delete) may still be queued when we exit
-                _monitor.Attach(Collector, "collector")
-            End If
+            If Collector IsNot Nothing Then Collector.Options.Linger = TimeSpan.FromMilliseconds(1000)
             _monitor.Attach(Updates, "updates")
             _monitor.Attach(Snapshot, "snapshot")
-            Try
-                Collector?.Connect(args.GetValue(Of String)("--collector"))
+            If Collector IsNot Nothing Then _monitor.Attach(Collector, "collector")
+            Try  ' the protocol's order: SUB, DEALER, then the collector's XPUB
                 Updates.Connect(args.GetValue(Of String)("--updates"))
-                SubscribeUpdates(Updates, args.GetValue(Of String())("--subtrees"))
                 Snapshot.Connect(args.GetValue(Of String)("--snapshot"))
+                Collector?.Connect(args.GetValue(Of String)("--collector"))
             Catch problem As Exception When IsEndpointProblem(problem)
                 Dispose()
                 Throw New Failure("connect", $"cannot connect: {problem.Message}")
             End Try
+            SubscribeUpdates(Updates, args.GetValue(Of String())("--subtrees"))  ' connected first: HUGZ must go out last
         End Sub
 
         ''' <summary>Close every socket at once, the collector's too: writes queued for a dead engine are worth nothing.</summary>
@@ -760,7 +771,9 @@ Public Module Query
         Dim seen = 0UL  ' the highest sequence read from the SUB: HUGZ, and KVPUBs applied or discarded
         Dim engine As Byte() = Nothing  ' the UUID in the HUGZ that ends step 2 (empty from an RFC server); Nothing: none yet
 
-        ' The slow joiner: wait for a HUGZ, dropping whatever comes before it (the snapshot covers it).
+        ' [slow joiner] Our subscriptions travel to the engine some time after we connect; updates made
+        ' before they arrive are lost to us. The engine answers a subscription to HUGZ at once, and ours
+        ' is the last: wait for a HUGZ, dropping whatever comes before it (the snapshot covers it).
         Do
             Dim frames = ReceiveWithin(updates, deadline.Cap(100))
             If frames IsNot Nothing AndAlso IsHugz(frames) Then
@@ -785,14 +798,14 @@ Public Module Query
             If deadline.Expired() Then Throw New Failure("timeout", $"subtrees [{String.Join(", ", facade.Waiting)}] never completed")
         Loop
 
-        Dim selector As New NetMQSelector()
-        Dim items = New NetMQSocket() {updates, snapshot, collector}.Where(Function(s) s IsNot Nothing).
-            Select(Function(socket) New NetMQSelector.Item(socket, PollEvents.PollIn)).ToArray()
-        Dim collectorLive = False, frame As Byte() = Nothing
+        Dim collectorLive = False
         Do Until facade.Finished()
             If deadline.Expired() Then Throw New Failure("timeout", $"applied {facade.Applied} updates, up to {facade.Last}, and was not done")
-            selector.Select(items, items.Length, CLng(deadline.Cap(100).TotalMilliseconds))
-            Dim frames = ReceiveIfReady(items(0))
+            ' [poll] One poll for the three sockets (Nothing, the collector without --writes, is left
+            ' out), a tenth of a second at most so that silence is noticed, never past the deadline;
+            ' then one message from each ready socket, without waiting, in the order SUB, DEALER, XPUB.
+            Dim ready = PollIn(New NetMQSocket() {updates, snapshot, collector}, deadline.Cap(100))
+            Dim frames = If(ready.Contains(updates), ReceiveMessage(updates), Nothing)
             If frames IsNot Nothing Then
                 heard = Environment.TickCount64
                 FollowEngine(frames, seen, engine)
@@ -800,10 +813,10 @@ Public Module Query
             ElseIf silent() Then  ' not even a HUGZ, which the engine sends every --hugz ms
                 Throw New Restarted("silence", seen)
             End If
-            frames = ReceiveIfReady(items(1))
+            frames = If(ready.Contains(snapshot), ReceiveMessage(snapshot), Nothing)
             If frames IsNot Nothing Then Report("unexpected-snapshot", $"'{Shown(frames(0), MaxQuote)}' after every KTHXBAI")
-            If collector IsNot Nothing AndAlso IsReady(items(2)) AndAlso collector.TryReceiveFrameBytes(TimeSpan.Zero, frame) AndAlso
-               IsSubscribeAll(frame) AndAlso Not collectorLive Then
+            Dim frame = If(collector IsNot Nothing AndAlso ready.Contains(collector), ReceiveFrameIfReady(collector), Nothing)
+            If frame IsNot Nothing AndAlso IsSubscribeAll(frame) AndAlso Not collectorLive Then
                 collectorLive = True
                 For n = 1 To writes
                     Dim write = facade.Writes(n - 1), written = If(n Mod 2 = 0, ttl, 0)

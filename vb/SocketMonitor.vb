@@ -12,12 +12,14 @@ Imports NetMQ.Monitoring
 Public NotInheritable Class SocketMonitor
     Implements IDisposable
 
-    ' A socket monitor narrates a socket's connections: NetMQ publishes them on an inproc PAIR, and
+    ' [monitor] A socket monitor narrates a socket's connections (connected, disconnected...): they
+    ' arrive on the monitor, never on the socket itself. NetMQ publishes them on an inproc PAIR, and
     ' NetMQMonitor reads that PAIR and raises each as a .NET event (NetMQ 4.0.4.5 has no handshake
-    ' events). It is attached before bind or connect, or `listening` and the first `connected` are
-    ' already gone. It runs on a thread of its own, a poller's, so the role's loop is the same with
-    ' and without it; its lines and the role's share stdout one whole line at a time (Emit), and
-    ' none is written after `done`: the role's last line stays its last.
+    ' events, so no handshake failure is ever seen). It is attached before bind or connect, or
+    ' `listening` and the first `connected` are already gone. It runs on a thread of its own, a
+    ' poller's, so the role's loop is the same with and without it; its lines and the role's share
+    ' stdout one whole line at a time (Emit), and none is written after `done`: the role's last line
+    ' stays its last.
 
     Private Shared _count As Integer  ' inproc endpoints are per process: the desk's threads each have monitors
     Private ReadOnly _enabled As Boolean

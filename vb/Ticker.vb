@@ -8,11 +8,10 @@ Imports NetMQ
 Imports NetMQ.Sockets
 
 Public Module Ticker
-    ' Arithmetic modulo 2^64, as the protocol says: btb.vbproj turns VB's overflow checks off.
-    Public Const Golden As ULong = &H9E3779B97F4A7C15UL  ' the valuation orders use it too
-    ' MaxMsgSize on every socket: NetMQ drops a bigger frame together with the connection that sent
-    ' it. The largest legal frames are a subscription to "@" and a 32-byte name (34 bytes) and a
-    ' tick's 9-byte topic; a long subscription could otherwise overflow the stack in NetMQ's trie.
+    ' [max size] MaxMsgSize on every socket, set before bind or connect: NetMQ drops a bigger frame
+    ' together with the connection that sent it. The largest legal frames are a subscription to "@"
+    ' and a 32-byte name (34 bytes) and a tick's 9-byte topic; a long subscription could otherwise
+    ' overflow the stack in NetMQ's subscription trie.
     Public Const MaxMessage = 256  ' bytes
 
     Public Function Roles() As Command
@@ -100,22 +99,7 @@ Public Module Ticker
                 End Function}
     End Function
 
-    ' --- the tick: prices anyone can recompute ---------------------------------------------------
-
-    Public Function Fnv1a64(data As Byte()) As ULong
-        Dim h = &HCBF29CE484222325UL
-        For Each b In data
-            h = (h Xor b) * &H100000001B3UL
-        Next
-        Return h
-    End Function
-
-    Public Function SplitMix64(x As ULong) As ULong
-        Dim z = x + Golden
-        z = (z Xor (z >> 30)) * &HBF58476D1CE4E5B9UL
-        z = (z Xor (z >> 27)) * &H94D049BB133111EBUL
-        Return z Xor (z >> 31)
-    End Function
+    ' --- the tick: prices anyone can recompute (the generator is in Prng.vb) -----------------------
 
     Public Function Cents(seed As ULong, symbol As String, sequence As ULong) As ULong
         Return 1000UL + SplitMix64(seed Xor Fnv1a64(Encoding.ASCII.GetBytes(symbol)) Xor (sequence * Golden)) Mod 99001UL
@@ -161,12 +145,14 @@ Public Module Ticker
         Dim wanted = args.GetValue(Of Integer)("--subscribers")
         Dim interval = args.GetValue(Of Integer)("--interval")
         Dim timeout = args.GetValue(Of Integer)("--timeout")
-        ' XPUB is a PUB that also hands us the subscriptions coming from downstream.
+        ' [XPUB] XPUB is a PUB that also hands us every subscription coming from downstream, as a
+        ' message: first byte 1 (subscribe) or 0 (unsubscribe), then the topic.
         Using stopSignal As New StopSignal(),
               ticks As New XPublisherSocket(),
               monitor As New SocketMonitor(MonitorOn(args))  ' disposed first: before the sockets close
             Dim deadline As New Deadline(timeout)
-            ticks.Options.Linger = TimeSpan.Zero  ' ticks are a stream: nobody is owed those still queued at exit
+            ' [linger] 0: ticks are a stream, nobody is owed those still queued at exit; closing drops them.
+            ticks.Options.Linger = TimeSpan.Zero
             ticks.Options.MaxMsgSize = MaxMessage
             monitor.Attach(ticks, "ticks")
             Try
@@ -180,17 +166,20 @@ Public Module Ticker
             Dim topics As New HashSet(Of String)  ' the topics we reported and that are still subscribed
             Dim sequence = 0UL  ' every symbol gets one tick per round, so they share the round number
             Dim nextRound As Long? = Nothing  ' on the monotonic millisecond clock, once every subscriber is there
-            Dim message As Byte() = Nothing
             Do Until stopSignal.Raised
                 If deadline.Expired() Then Throw New Failure("timeout", $"still publishing after {timeout} ms")
                 Dim waitMs = If(nextRound Is Nothing, 100, Math.Max(0, nextRound.Value - Environment.TickCount64))
-                ' The wait between rounds is this poll: subscriptions get handled while we wait. One
-                ' frame at a time, whatever its more flag: NetMQ's XPUB filters only the first frame
+                ' [poll] The wait between rounds is this poll of the XPUB, up to the next round and
+                ' never past the deadline: subscriptions get handled while we wait. Then a receive that
+                ' does not wait (POLLIN is a hint). .NET takes signals on a thread of its own: no EINTR.
+                ' One frame at a time, whatever its more flag: NetMQ's XPUB filters only the first frame
                 ' of a message from a peer and passes the others on, so each frame is judged alone.
-                If ticks.TryReceiveFrameBytes(deadline.Cap(waitMs), message) Then
+                Dim message = If(PollIn(ticks, deadline.Cap(waitMs)), ReceiveFrameIfReady(ticks), Nothing)
+                If message IsNot Nothing Then
                     OnSubscription(message, subscribers, topics)
-                    ' Slow joiner: a tick sent before every subscriber's subscriptions arrived would be
-                    ' dropped for the late ones. Each subscribes to its symbols before its @name.
+                    ' [slow joiner] A tick sent before every subscriber's subscriptions arrived would be
+                    ' dropped for the late ones: publishing starts once every @name is here, and each
+                    ' subscriber subscribes to its symbols before its @name.
                     If nextRound Is Nothing AndAlso subscribers.Count >= wanted Then
                         Emit("started", ("subscribers", subscribers.Count))
                         nextRound = Environment.TickCount64
@@ -200,7 +189,8 @@ Public Module Ticker
                     sequence += 1UL
                     Dim nowMs = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds()
                     For Each symbol In symbols
-                        ' XPUB, like PUB, never blocks: a subscriber whose queue is full (HWM) loses ticks.
+                        ' [HWM] XPUB, like PUB, never blocks: a subscriber whose queue is at the high-water
+                        ' mark (NetMQ's default, 1000 messages) loses ticks; --interval keeps far below it.
                         ticks.SendMultipartBytes(TickFrames(seed, symbol, sequence, nowMs))
                     Next
                     nextRound += interval
@@ -245,24 +235,29 @@ Public Module Ticker
 
     Private Function RunProxy(args As ParseResult) As Integer
         Dim timeout = args.GetValue(Of Integer)("--timeout")
-        ' The library's own proxy moves every message both ways: ticks from XSUB to XPUB, subscriptions
-        ' from XPUB back to XSUB. It works on a poller. Left to itself, Start() runs a poller of its own
-        ' and blocks until Stop() from another thread, but a Stop() that comes before that poller runs
-        ' is lost or throws. So we run the poller, and both ways of stopping it happen on its thread:
-        ' a signal queues poller.Stop as a task for the poller, which runs it even if the signal came
-        ' before poller.Run().
+        ' [proxy] The library's own proxy moves every message both ways: ticks from XSUB to XPUB,
+        ' subscriptions from XPUB back to XSUB. NetMQ's Proxy has no steerable control socket: it runs
+        ' on a NetMQPoller, the library's loop (as zmq_proxy is libzmq's), and stops when the poller
+        ' does. Left to itself, Start() runs a poller of its own and blocks until Stop() from another
+        ' thread, but a Stop() that comes before that poller runs is lost or throws. So we run the
+        ' poller, and both ways of stopping it happen on its thread: a signal queues poller.Stop as a
+        ' task for the poller, which runs it even if the signal came before poller.Run(); the
+        ' deadline is a timer on the same poller.
+        ' [XSUB] XSUB is a SUB whose subscriptions are messages its owner sends: the proxy passes on
+        ' upstream the subscriptions that the downstream XPUB hands it.
         Using upstream As New XSubscriberSocket(),  ' faces the publisher: receives ticks, sends subscriptions
               downstream As New XPublisherSocket(),  ' faces subscribers: sends ticks, receives subscriptions
               monitor As New SocketMonitor(MonitorOn(args)),  ' disposed before the sockets close
               poller As New NetMQPoller(),
               stopSignal As New StopSignal(
                   Sub() Task.Factory.StartNew(AddressOf poller.Stop, CancellationToken.None, TaskCreationOptions.None, poller))
+            ' [linger] 0: the proxy owes nobody the ticks still queued when it stops.
             upstream.Options.Linger = TimeSpan.Zero
             downstream.Options.Linger = TimeSpan.Zero
             upstream.Options.MaxMsgSize = MaxMessage  ' ticks from the publisher
             downstream.Options.MaxMsgSize = MaxMessage  ' subscriptions from the subscribers
-            ' Subscriptions go upstream once per topic (XPUB passes on only the first): one dropped at the
-            ' send high-water mark during a flood would be lost for good. No limit on XSUB's sends.
+            ' [HWM] Subscriptions go upstream once per topic (XPUB passes on only the first): one dropped
+            ' at the send high-water mark during a flood would be lost for good. No limit on XSUB's sends.
             upstream.Options.SendHighWatermark = 0
             monitor.Attach(upstream, "upstream")
             monitor.Attach(downstream, "downstream")
@@ -307,6 +302,7 @@ Public Module Ticker
     ''' <summary>The first broken rule of a tick as (code, reason), or Nothing when it is good: then `tick` holds it.</summary>
     Public Function CheckTick(frames As List(Of Byte()), subscribed As List(Of String), seed As ULong,
                               ByRef tick As Tick) As (Code As String, Reason As String)?
+        ' [multipart] A tick arrives whole or not at all; its frame count is checked, never assumed.
         If frames.Count <> 4 Then Return ("malformed-tick", $"expected 4 frames, got {frames.Count}")
         Dim nameBytes = frames(0)
         If Not IsTopic(nameBytes) Then
@@ -352,7 +348,9 @@ Public Module Ticker
             Catch problem As Exception When IsEndpointProblem(problem)
                 Throw New Failure("connect", $"cannot connect: {problem.Message}")
             End Try
-            ' A subscription is a prefix match on frame 0: the topic's NUL keeps GOOG from matching GOOGL.
+            ' [SUB] SUB delivers only the ticks whose frame 0 starts with one of its subscriptions: the
+            ' topic's NUL keeps GOOG from matching GOOGL. It connects first and then subscribes, so the
+            ' subscriptions go out in the order made (made before a connect, they would go out sorted).
             For Each symbol In subscribed
                 ticks.Subscribe(Topic(symbol))
             Next
@@ -364,7 +362,6 @@ Public Module Ticker
             Dim last As New Dictionary(Of String, ULong)()  ' each symbol's last sequence: a jump is a gap, reported as such
             Dim switched = switch Is Nothing
             Dim total = 0, malformed = 0
-            Dim frames As List(Of Byte()) = Nothing
             Do Until switched AndAlso subscribed.All(Function(symbol) received(symbol) >= count)
                 ' Checked on every turn, not only when the receive times out: a stream of ticks that count
                 ' for nothing (bad ones, or more of a symbol already done) must not keep us past it.
@@ -372,7 +369,9 @@ Public Module Ticker
                     Dim missing = String.Join(", ", received.Where(Function(entry) entry.Value < count).Select(Function(entry) $"{entry.Key}: {entry.Value}"))
                     Throw New Failure("timeout", $"not done after {timeout} ms; ticks so far: {missing}")
                 End If
-                If Not ticks.TryReceiveMultipartBytes(deadline.Cap(1000), frames) Then Continue Do
+                ' No timer here: a second at most, so that the deadline is looked at even in silence.
+                Dim frames = If(PollIn(ticks, deadline.Cap(1000)), ReceiveIfReady(ticks), Nothing)
+                If frames Is Nothing Then Continue Do
                 Dim tick As New Tick()
                 Dim problem = CheckTick(frames, subscribed, seed, tick)
                 If problem IsNot Nothing Then

@@ -8,9 +8,10 @@ Imports NetMQ.Sockets
 Public Module Valuation
     Private ReadOnly Symbols As String() = {"AAPL", "GOOG", "GOOGL", "MSFT", "IBM"}
     Private Const ResendBatch = 1000  ' ids per resend message
-    ' MaxMsgSize on every socket: NetMQ drops a bigger frame together with the connection that sent
-    ' it, before we see it. The largest legal frames are a 32-byte worker name, `finished` and 8-byte
-    ' ids and prices; send-only sockets still decode what a peer sends them.
+    ' [max size] MaxMsgSize on every socket, set before bind or connect: NetMQ drops a bigger frame
+    ' together with the connection that sent it, before we see it. The largest legal frames are a
+    ' 32-byte worker name, `finished` and 8-byte ids and prices; send-only sockets still decode what
+    ' a peer sends them.
     Friend Const MaxMessage = 256  ' bytes
 
     Public Function Roles() As Command
@@ -84,11 +85,11 @@ Public Module Valuation
         Public Cents As Long
     End Structure
 
-    ''' <summary>Order `id` of the batch `seed`: three SplitMix64 steps (the ticker's), modulo 2^64.</summary>
+    ''' <summary>Order `id` of the batch `seed`: three SplitMix64 steps (Prng.vb, the ticker's), modulo 2^64.</summary>
     Public Function MakeOrder(seed As ULong, id As ULong) As Order
-        Dim z1 = Ticker.SplitMix64(seed Xor (id * Ticker.Golden))
-        Dim z2 = Ticker.SplitMix64(z1)
-        Dim z3 = Ticker.SplitMix64(z2)
+        Dim z1 = SplitMix64(seed Xor (id * Golden))
+        Dim z2 = SplitMix64(z1)
+        Dim z3 = SplitMix64(z2)
         Return New Order With {
             .Symbol = Symbols(CInt(z1 Mod 5UL)),
             .Side = If(z2 Mod 2UL = 0UL, "B", "S"),
@@ -152,6 +153,7 @@ Public Module Valuation
     ''' ourselves from the seed and the id, so a rogue worker can neither skew nor overflow the total.
     ''' </summary>
     Public Function CheckResult(frames As List(Of Byte()), count As Integer, seed As ULong, ByRef result As Result) As (Code As String, Reason As String)?
+        ' [multipart] A result arrives whole or not at all; its frame count is checked, never assumed.
         If frames.Count <> 4 OrElse Not Word(frames(0), "result") OrElse frames(2).Length <> 8 OrElse frames(3).Length <> 8 Then
             Return ("malformed-result", $"not [result, name, id, value]: [{String.Join(", ", frames.Select(Function(f) f.Length))}] bytes")
         End If
@@ -175,12 +177,16 @@ Public Module Valuation
         Dim heartbeat = args.GetValue(Of Integer)("--heartbeat")
         Dim seed = args.GetValue(Of ULong)("--seed")
         Dim timeout = args.GetValue(Of Integer)("--timeout")
+        ' [PULL] PULL fair-queues readiness and results from every connected worker.
+        ' [PUB] PUB fans the control messages out to every subscriber (the source and the workers); it
+        ' never blocks, and drops for a subscriber not connected yet or past its high-water mark.
         Using stopSignal As New StopSignal(),
-              results As New PullSocket(),  ' fair-queues readiness and results from every worker
+              results As New PullSocket(),
               control As New PublisherSocket(),
               monitor As New SocketMonitor(MonitorOn(args))  ' disposed first: before the sockets close
             Dim deadline As New Deadline(timeout)
-            ' Linger 0: the sink leaves only when told to, and nothing it sent is owed to anyone then.
+            ' [linger] 0: the sink leaves only when told to, and nothing it sent is owed to anyone then:
+            ' closing drops whatever control message is still queued.
             results.Options.Linger = TimeSpan.Zero
             control.Options.Linger = TimeSpan.Zero
             results.Options.MaxMsgSize = MaxMessage
@@ -204,9 +210,9 @@ Public Module Valuation
             Dim priced As New Dictionary(Of String, Integer)  ' worker -> results counted
             Dim resent As New SortedSet(Of ULong)  ' every id ever re-dispatched
             Dim nextBeat = Environment.TickCount64, quietSince = Environment.TickCount64
-            Dim frames As List(Of Byte()) = Nothing
 
-            ' PUB never blocks: it drops a message for a subscriber that is not connected yet.
+            ' [HWM] PUB never blocks: at a subscriber's high-water mark (NetMQ's default, 1000
+            ' messages) it drops for that subscriber; the state is repeated every heartbeat anyway.
             Dim setState =
                 Sub(newState As String)
                     state = newState
@@ -216,8 +222,11 @@ Public Module Valuation
             Do Until stopSignal.Raised
                 If deadline.Expired() Then Throw New Failure("timeout", $"still running after {timeout} ms with {values.Count} results")
                 Dim waitMs = Math.Max(0, nextBeat - Environment.TickCount64)
-                ' The wait for a message is also the heartbeat timer: a poll with a timeout, no sleep.
-                If results.TryReceiveMultipartBytes(deadline.Cap(waitMs), frames) Then
+                ' [poll] The wait for a message is also the heartbeat timer: a poll of the PULL (the PUB
+                ' has nothing to read) up to the next heartbeat, never past the deadline, then a receive
+                ' that does not wait. One message per turn. .NET takes signals on a thread of its own: no EINTR.
+                Dim frames = If(PollIn(results, deadline.Cap(waitMs)), ReceiveIfReady(results), Nothing)
+                If frames IsNot Nothing Then
                     If Word(frames(0), "ready") Then
                         Dim name As String = Nothing
                         Dim problem = CheckReady(frames, name)
@@ -227,7 +236,8 @@ Public Module Valuation
                         Else
                             If ready.Add(name) Then Emit("worker", ("name", name))
                             If state = "waiting" AndAlso ready.Count >= wanted Then
-                                ' Each worker heard a control message before saying ready: its SUB cannot miss this.
+                                ' [slow joiner] Each worker heard a control message before saying ready: its
+                                ' subscription is live, so its SUB cannot miss this `go`.
                                 setState("go")
                                 Emit("started", ("workers", ready.Count))
                                 quietSince = Environment.TickCount64
@@ -286,15 +296,19 @@ Public Module Valuation
         Dim seed = args.GetValue(Of ULong)("--seed")
         Dim timeout = args.GetValue(Of Integer)("--timeout")
         Dim deadline As New Deadline(timeout)
-        Using orders As New PushSocket(),  ' deals orders round-robin to the connected workers
+        ' [PUSH] PUSH deals orders round-robin to the connected workers; with no room (no worker yet,
+        ' or every queue at the high-water mark) it blocks, mute, and never drops: SendWhenRoom.
+        ' [SUB] SUB, subscribed to "" before it connects: every control message, states and resends.
+        Using orders As New PushSocket(),
               control As New SubscriberSocket(),
               monitor As New SocketMonitor(MonitorOn(args))  ' disposed first: before the sockets close
-            ' Linger 0: the source leaves only on `finished`, when no order it sent is needed any more.
+            ' [linger] 0: the source leaves only on `finished`, when no order it sent is needed any
+            ' more; closing drops what is still queued.
             orders.Options.Linger = TimeSpan.Zero
             control.Options.Linger = TimeSpan.Zero
             orders.Options.MaxMsgSize = MaxMessage
             control.Options.MaxMsgSize = MaxMessage
-            control.Subscribe("")  ' every control message: states and resends
+            control.Subscribe("")
             monitor.Attach(orders, "orders")
             monitor.Attach(control, "control")
             Try
@@ -309,17 +323,18 @@ Public Module Valuation
             End Try
             Emit("ready", ("orders", orders.Options.LastEndpoint))
 
-            ' The next control message, or Nothing after a second without one.
+            ' [poll] The next control message: a poll of the SUB, a second at most and never past the
+            ' deadline, then a receive that does not wait; Nothing when none came.
             Dim nextControl =
                 Function() As List(Of Byte())
-                    Dim message As List(Of Byte()) = Nothing
-                    If control.TryReceiveMultipartBytes(deadline.Cap(1000), message) Then Return message
+                    If PollIn(control, deadline.Cap(1000)) Then Return ReceiveIfReady(control)
                     If deadline.Expired() Then Throw New Failure("timeout", $"not finished after {timeout} ms")
                     Return Nothing
                 End Function
             Dim send = Sub(id As ULong) SendWhenRoom(orders, OrderFrames(seed, id), deadline, $"order {id}")
 
-            ' The sink repeats its state every heartbeat: however late our SUB connected, `go` comes.
+            ' [slow joiner] The sink repeats its state every heartbeat: however late our subscription
+            ' reached it, `go` comes.
             Do
                 Dim message = nextControl()
                 If message IsNot Nothing AndAlso IsOnly(message, "go") Then Exit Do
@@ -334,9 +349,11 @@ Public Module Valuation
                 If message Is Nothing Then Continue Do
                 If IsOnly(message, "finished") Then Exit Do
                 If Word(message(0), "resend") Then
-                    Dim ids = message.Skip(1).Where(Function(frame) frame.Length = 8).Select(Function(frame) BinaryPrimitives.ReadUInt64BigEndian(frame)).ToList()
+                    ' The ids of our orders, 8 bytes each; anything else is no order of ours: ignored.
+                    Dim ids = message.Skip(1).Where(Function(frame) frame.Length = 8).Select(Function(frame) BinaryPrimitives.ReadUInt64BigEndian(frame)) _
+                        .Where(Function(id) id >= 1UL AndAlso id <= CULng(count)).ToList()
                     For Each id In ids
-                        If id >= 1UL AndAlso id <= CULng(count) Then send(id)  ' the same bytes as the first time
+                        send(id)  ' the same bytes as the first time
                     Next
                     sent += ids.Count
                     Emit("resent", ("ids", ids))
@@ -351,6 +368,7 @@ Public Module Valuation
 
     ''' <summary>The first broken rule of an order as (code, reason), or Nothing when it is good: then `order` holds it.</summary>
     Public Function CheckOrder(frames As List(Of Byte()), ByRef id As ULong, ByRef order As Order) As (Code As String, Reason As String)?
+        ' [multipart] An order arrives whole or not at all; its frame count is checked, never assumed.
         Dim sizes = frames.Select(Function(frame) frame.Length).ToList()
         If frames.Count <> 5 OrElse sizes(0) <> 8 OrElse sizes(1) < 1 OrElse sizes(1) > 8 OrElse sizes(2) <> 1 OrElse sizes(3) <> 4 OrElse sizes(4) <> 8 Then
             Return ("malformed-order", $"frame sizes [{String.Join(", ", sizes)}], expected [8, 1-8, 1, 4, 8]")
@@ -377,11 +395,14 @@ Public Module Valuation
         Dim rate = args.GetValue(Of Integer)("--rate")
         Dim timeout = args.GetValue(Of Integer)("--timeout")
         Dim deadline As New Deadline(timeout)
-        Using orders As New PullSocket(),  ' PULL fair-queues from all its peers; here, the one source
-              results As New PushSocket(),  ' to the sink, the only peer
+        ' [PULL] PULL fair-queues orders from every connected pusher; here, the one source.
+        ' [PUSH] PUSH to the sink, the only peer: at the high-water mark it blocks (mute), never drops.
+        Using orders As New PullSocket(),
+              results As New PushSocket(),
               control As New SubscriberSocket(),
               monitor As New SocketMonitor(MonitorOn(args))  ' disposed first: before the sockets close
-            ' Linger 0: the worker leaves only on `finished`, when the sink has every result it needs.
+            ' [linger] 0: the worker leaves only on `finished`, when the sink has every result it
+            ' needs; closing drops what is still queued.
             orders.Options.Linger = TimeSpan.Zero
             results.Options.Linger = TimeSpan.Zero
             control.Options.Linger = TimeSpan.Zero
@@ -400,60 +421,51 @@ Public Module Valuation
                 Throw New Failure("connect", $"cannot connect: {problem.Message}")
             End Try
 
-            ' Slow joiner: once one control message has arrived, no later one can be missed.
-            Dim message As List(Of Byte()) = Nothing
-            Do Until control.TryReceiveMultipartBytes(deadline.Cap(1000), message)
+            ' [slow joiner] Once one control message has arrived, our subscription is live: no later
+            ' one can be missed, and the sink, which says `go` only after our ready, cannot miss us.
+            Dim first As List(Of Byte()) = Nothing
+            Do While first Is Nothing
                 If deadline.Expired() Then Throw New Failure("timeout", "no control message from the sink")
+                first = If(PollIn(control, deadline.Cap(1000)), ReceiveIfReady(control), Nothing)
             Loop
-            Dim finished = IsOnly(message, "finished")
+            Dim finished = IsOnly(first, "finished")
             Dim hello = {Encoding.ASCII.GetBytes("ready"), Utf8.GetBytes(name)}
             SendWhenRoom(results, hello, deadline, "ready")
             Emit("ready", ("name", name))
 
-            ' One wait for both sockets, no busy loop: NetMQSelector is NetMQ's zmq_poll, so this is the
-            ' loop of Python's zmq.Poller. (NetMQPoller, used by the ticker's proxy, would instead call
-            ' a handler per ready socket.)
-            Dim selector As New NetMQSelector()
-            Dim ordersItem As New NetMQSelector.Item(orders, PollEvents.PollIn)
-            Dim controlItem As New NetMQSelector.Item(control, PollEvents.PollIn)
-            Dim both = {ordersItem, controlItem}
             Dim count = 0
             Dim nextOrder As Double = Environment.TickCount64  ' ms on the monotonic clock; 1000 / rate need not be whole
             Do Until finished
                 If deadline.Expired() Then Throw New Failure("timeout", $"not finished after {timeout} ms")
-                ' Initialised on purpose: a VB local declared in a loop without one keeps its value
-                ' from the turn before, and a stale "ready" would block in a receive.
-                Dim controlReady = False, ordersReady = False
                 Dim waitMs = CLng(Math.Truncate(nextOrder - Environment.TickCount64))
-                If rate > 0 AndAlso waitMs > 0 Then
-                    ' --rate: until the next order is due, listen to the control channel only. Orders
-                    ' wait in our PULL queue, and behind it in the source's PUSH queue for us.
-                    controlReady = control.Poll(PollEvents.PollIn, deadline.Cap(waitMs)).HasFlag(PollEvents.PollIn)
-                Else
-                    selector.Select(both, both.Length, CLng(deadline.Cap(1000).TotalMilliseconds))
-                    ordersReady = ordersItem.ResultEvent.HasFlag(PollEvents.PollIn)
-                    controlReady = controlItem.ResultEvent.HasFlag(PollEvents.PollIn)
-                End If
-                ' A poll's "ready" is a hint, not a promise: receive without waiting, and take nothing
-                ' as nothing. (A blocking receive here could wait past the deadline.)
-                If controlReady AndAlso control.TryReceiveMultipartBytes(TimeSpan.Zero, message) Then
-                    finished = IsOnly(message, "finished")  ' states and resends; resends are the source's business
-                    ' A sink waiting for its workers, a restarted one too: ready again.
-                    If IsOnly(message, "waiting") Then SendWhenRoom(results, hello, deadline, "ready")
-                End If
-                If ordersReady AndAlso orders.TryReceiveMultipartBytes(TimeSpan.Zero, message) Then
+                ' [poll] One wait for both sockets, no busy loop: the PULL and the SUB, a second at most
+                ' and never past the deadline. With --rate, until the next order is due, the SUB only:
+                ' orders wait in our PULL queue, and behind it in the source's PUSH queue for us. Then
+                ' each ready socket gives one message, in the protocol's order (PULL, then SUB), taken
+                ' without waiting: a poll's "ready" is a hint. .NET takes signals on a thread of its own.
+                Dim ready = If(rate > 0 AndAlso waitMs > 0,
+                               PollIn(New NetMQSocket() {control}, deadline.Cap(waitMs)),
+                               PollIn(New NetMQSocket() {orders, control}, deadline.Cap(1000)))
+                Dim message = If(ready.Contains(orders), ReceiveIfReady(orders), Nothing)
+                If message IsNot Nothing Then
                     Dim id = 0UL, order As New Order()
                     Dim problem = CheckOrder(message, id, order)
                     If problem IsNot Nothing Then
                         Emit("error", ("code", problem.Value.Code), ("reason", problem.Value.Reason))
-                        Continue Do
+                    Else
+                        Dim result = {Encoding.ASCII.GetBytes("result"), Utf8.GetBytes(name), BigEndianUInt64(id),
+                                      BigEndianInt64(Value(order.Side, order.Quantity, order.Cents))}
+                        SendWhenRoom(results, result, deadline, $"the result of order {id}")
+                        count += 1
+                        Emit("priced", ("id", id))
+                        If rate > 0 Then nextOrder = Environment.TickCount64 + 1000.0 / rate
                     End If
-                    Dim result = {Encoding.ASCII.GetBytes("result"), Utf8.GetBytes(name), BigEndianUInt64(id),
-                                  BigEndianInt64(Value(order.Side, order.Quantity, order.Cents))}
-                    SendWhenRoom(results, result, deadline, $"the result of order {id}")
-                    count += 1
-                    Emit("priced", ("id", id))
-                    If rate > 0 Then nextOrder = Environment.TickCount64 + 1000.0 / rate
+                End If
+                message = If(ready.Contains(control), ReceiveIfReady(control), Nothing)
+                If message IsNot Nothing Then
+                    finished = IsOnly(message, "finished")  ' states and resends; resends are the source's business
+                    ' A sink waiting for its workers, a restarted one too: ready again.
+                    If IsOnly(message, "waiting") Then SendWhenRoom(results, hello, deadline, "ready")
                 End If
             Loop
             Emit("done", ("priced", count))
