@@ -19,9 +19,10 @@ from invoke import Collection, Exit, ParseError, task
 from invoke.parser import Parser
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from orchestrator import ROOT, browser, conformance, containers, helptext, stacks
+from orchestrator import ROOT, browser, conformance, containers, helptext, reading, stacks
 from orchestrator import bench as benchmarks
 from orchestrator import fuzz as battery
 from orchestrator.config import ConfigError
@@ -753,9 +754,50 @@ def help_text(c, check=False):
         console.print("examples/help.txt is current")
 
 
+@task(help={"example": "one example (or security, monitor); default: all",
+            "markdown": "also write the tables to this Markdown file"})
+def concepts(c, example=None, markdown=None):
+    """Which ZeroMQ concepts each example explains, in which language (examples/concepts.yaml):
+    one table per example, a concept per row; exit 1 if a note is missing."""
+    registry = load_registry()
+    try:
+        notes = reading.survey(registry)
+    except ConfigError as error:
+        raise Exit(f"concepts: {error}", code=1) from None
+    places = list(dict.fromkeys(note.place for note in notes))
+    if example:
+        places = _names(example, places, "example")
+    langs = registry.names()
+    marks = {"present": "✓", "not-required": "n/a", "missing": "MISSING"}
+    lines = []
+    for place in places:
+        mine = [note for note in notes if note.place == place]
+        table = Table(title=place, show_lines=False)
+        table.add_column("concept")
+        for lang in langs:
+            table.add_column(lang, justify="center")
+        lines += [f"### {place}", "", "| concept | " + " | ".join(langs) + " |", "|---" * (len(langs) + 1) + "|"]
+        for tag in dict.fromkeys(note.concept for note in mine):
+            cells = {note.language: note for note in mine if note.concept == tag}
+            marked = [marks[cells[lang].status] if lang in cells else "" for lang in langs]
+            table.add_row(escape(f"[{tag}]"), *[("[red]" + m + "[/]") if m == "MISSING" else m for m in marked])
+            lines.append(f"| [{tag}] | " + " | ".join(marked) + " |")
+        lines.append("")
+        console.print(table)
+    for note in notes:
+        if note.status != "present" and note.place in places:
+            console.print(f"{note.place} " + escape(f"[{note.concept}]") + f" {note.language}: {note.status}: {escape(note.detail)}")
+    if markdown:
+        Path(markdown).write_text("\n".join(lines))
+    missing = sum(note.status == "missing" and note.place in places for note in notes)
+    if missing:
+        raise Exit(f"concepts: {missing} notes missing", code=1)
+    console.print(f"{sum(note.place in places for note in notes)} notes, none missing")
+
+
 docker = Collection("docker")
 docker.add_task(docker_up, "up")
 docker.add_task(docker_base, "base")
 docker.add_task(docker_build, "build")
 docker.add_task(docker_clean, "clean")
-ns = Collection(build, run, matrix, bench, profile, fuzz, conform, test, help_text, docker)
+ns = Collection(build, run, matrix, bench, profile, fuzz, conform, test, help_text, concepts, docker)

@@ -15,6 +15,8 @@ REGISTRY_PATH = Path(os.environ.get("BTB_REGISTRY") or ROOT / "orchestrator" / "
 STAMPS = ROOT / "runs" / "builds"  # each language's input hash at its last successful build
 # What a language's ZeroMQ library may lack (examples/README.md, "Security").
 FEATURES = ("plain", "curve", "zap", "handshake-events", "stream-close", "unix-ipc")
+# What a language's `sources:` name (examples/concepts.yaml, the reading guides of the PROTOCOL.md).
+SOURCE_KINDS = ("example", "contract", "security", "monitor")
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,15 @@ class Language:
     defects: list = field(default_factory=list)  # Defect: what a hostile peer can do to its library
     inputs: list = field(default_factory=list)  # globs under ROOT that its build reads
     untuned: dict = None  # {launch, env}: the same program as its runtime runs it by default (invoke bench --untuned)
+    sources: dict = field(default_factory=dict)  # kind (SOURCE_KINDS) -> the file a reader opens for it
+
+    def source(self, kind, example=None):
+        """The file (under ROOT) that holds `kind` of code: an example's own file (`{example}` or
+        `{Example}` in the pattern), or the contract, security or monitor code; None if not listed."""
+        pattern = self.sources.get(kind)
+        if pattern is None:
+            return None
+        return ROOT / pattern.replace("{example}", example or "").replace("{Example}", (example or "").capitalize())
 
     def as_untuned(self):
         """This language launched its untuned way (same name, so that cells and reports read alike),
@@ -175,6 +186,17 @@ class Registry:
         return None
 
 
+def _texts_by_name(fields, key, names, what, wrong):
+    """A mapping of one of `names` to a non-empty text (`lacks:` reasons, `sources:` paths)."""
+    texts = fields.get(key, dict, {})
+    for name, text in texts.items():
+        if name not in names:
+            raise fields.error(f"{key}.{name}", f"unknown {what} ({what}s: {', '.join(names)})")
+        if not isinstance(text, str) or not text:
+            raise fields.error(f"{key}.{name}", wrong)
+    return texts
+
+
 def load_registry(path=REGISTRY_PATH):
     path = Path(path)
     data = load_yaml(path)
@@ -183,7 +205,7 @@ def load_registry(path=REGISTRY_PATH):
         if not isinstance(entry, dict):
             raise ConfigError(path, name, "must be a mapping")
         fields = Fields(path, entry, name)
-        fields.only("build", "launch", "env", "implements", "known_failures", "docker", "lacks", "defects", "inputs", "untuned")
+        fields.only("build", "launch", "env", "implements", "known_failures", "docker", "lacks", "defects", "inputs", "untuned", "sources")
         build = fields.get("build", list, [])
         for index, step in enumerate(build):
             if not isinstance(step, list) or not step or not all(isinstance(p, str) for p in step):
@@ -226,12 +248,7 @@ def load_registry(path=REGISTRY_PATH):
             for index, step in enumerate(docker["stage"]):
                 if not isinstance(step, list) or not step or not all(isinstance(p, str) for p in step):
                     raise ConfigError(path, f"{name}.docker.stage[{index}]", "must be a non-empty list of strings")
-        lacks = fields.get("lacks", dict, {})
-        for feature, reason in lacks.items():
-            if feature not in FEATURES:
-                raise ConfigError(path, f"{name}.lacks.{feature}", f"unknown feature (features: {', '.join(FEATURES)})")
-            if not isinstance(reason, str) or not reason:
-                raise ConfigError(path, f"{name}.lacks.{feature}", "must give the reason as text")
+        lacks = _texts_by_name(fields, "lacks", FEATURES, "feature", "must give the reason as text")
         defects = []
         for defect, item in fields.get("defects", dict, {}).items():
             where = f"{name}.defects.{defect}"
@@ -257,7 +274,9 @@ def load_registry(path=REGISTRY_PATH):
         inputs = fields.strings("inputs", [])
         if build and inputs and not any(ROOT.glob(pattern) for pattern in inputs):
             raise fields.error("inputs", f"no file matches {inputs}")
-        languages[name] = Language(name, build, launch, env, implements, known, docker, lacks, defects, inputs, untuned)
+        sources = _texts_by_name(fields, "sources", SOURCE_KINDS, "kind", "must be a path under the repository")
+        languages[name] = Language(name, build, launch, env, implements, known, docker, lacks, defects, inputs, untuned,
+                                   sources)
     if not languages:
         raise ConfigError(path, "", "no languages")
     for language in languages.values():

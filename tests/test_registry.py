@@ -71,6 +71,10 @@ def test_unsupported_and_known_failures(tmp_path):
         ({"a": dict(ENTRY, untuned={"launch": []})}, "a.untuned.launch"),
         ({"a": dict(ENTRY, untuned={"launch": ["x"], "env": {"A": 1}})}, "a.untuned.env"),
         ({"a": dict(ENTRY, untuned={"launch": ["x"], "flags": []})}, "a.untuned.flags"),
+        ({"a": dict(ENTRY, lacks={"zap": ""})}, "a.lacks.zap"),
+        ({"a": dict(ENTRY, lacks={"telepathy": "none"})}, "a.lacks.telepathy"),
+        ({"a": dict(ENTRY, sources={"tests": "a/tests.x"})}, "a.sources.tests"),
+        ({"a": dict(ENTRY, sources={"example": 3})}, "a.sources.example"),
     ],
 )
 def test_malformed_registry_names_the_field(tmp_path, data, field):
