@@ -469,7 +469,10 @@ static class Chat
             // counts (a post is exactly 2) before it reads any.
             if (sub.PollIn(deadline.Cap(wait)) && sub.ReceiveIfReady() is { } frames)
                 OnBroadcast(frames);
-            else if (Environment.TickCount64 >= due)
+            // The timer, even after a broadcast (a stream of them must not starve it), unless that
+            // broadcast told us the server forgot us: then the next turn rejoins, and a keep-alive now
+            // would join us without the slow joiner's wait.
+            if (!forgotten && Environment.TickCount64 >= due)
                 Request(me); // keep-alive: silent handles expire from the roster
         }
 

@@ -455,9 +455,11 @@ Public Module Chat
             ' [poll] Poll the SUB up to the next keep-alive (or the end of --pace), never past the
             ' deadline, then receive without waiting; nothing is an answer too: the timer's turn.
             Dim frames = If(PollIn(_sub, _deadline.Cap(waitMs)), ReceiveIfReady(_sub), Nothing)
-            If frames IsNot Nothing Then
-                OnBroadcast(frames)
-            ElseIf Environment.TickCount64 >= due Then
+            If frames IsNot Nothing Then OnBroadcast(frames)
+            ' The timer, even after a broadcast (a stream of them must not starve it), unless that
+            ' broadcast told us the server forgot us: then the next turn rejoins, and a keep-alive now
+            ' would join us without the slow joiner's wait.
+            If Not _forgotten AndAlso Environment.TickCount64 >= due Then
                 Request(_handle)  ' keep-alive: silent handles expire from the roster
             End If
         End Sub

@@ -586,10 +586,12 @@ static void serve_client(client_t *client, int64_t until)
         fail("timeout", "not done after %d ms", client->args.timeout);
     int64_t due = client->last_request + client->args.keepalive;
     int64_t wait = (until < due ? until : due) - now_ms();
-    if (poll_in(client->sub, deadline_cap(&client->deadline, wait > 0 ? (long)wait : 0)) &&
-        receive_broadcast(client))
-        return;
-    if (now_ms() >= due)
+    if (poll_in(client->sub, deadline_cap(&client->deadline, wait > 0 ? (long)wait : 0)))
+        receive_broadcast(client);
+    /* The timer, even after a broadcast (a stream of them must not starve it), unless that
+       broadcast told us the server forgot us: then the next turn rejoins, and a keep-alive now
+       would join us without the slow joiner's wait. */
+    if (!client->forgotten && now_ms() >= due)
         request(client, NULL); /* keep-alive: silent handles expire from the roster */
 }
 

@@ -440,12 +440,14 @@ impl Client {
         }
         let due = self.last_request + Duration::from_millis(self.args.keepalive.into());
         let wait = ms_until(until.map_or(due, |until| until.min(due)));
-        match self.next_broadcast(wait)? {
-            Some(frames) => self.on_broadcast(frames),
-            None if Instant::now() >= due => {
-                self.keep_alive()?; // silent handles expire from the roster
-            }
-            None => {}
+        if let Some(frames) = self.next_broadcast(wait)? {
+            self.on_broadcast(frames);
+        }
+        // The timer, even after a broadcast (a stream of them must not starve it), unless that
+        // broadcast told us the server forgot us: then the next turn rejoins, and a keep-alive now
+        // would join us without the slow joiner's wait.
+        if !self.forgotten && Instant::now() >= due {
+            self.keep_alive()?; // silent handles expire from the roster
         }
         Ok(())
     }
