@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from . import ROOT
 from .config import ConfigError, Fields, load_yaml
+from .registry import FEATURES
 
 CONCEPTS_PATH = ROOT / "examples" / "concepts.yaml"
 # Where a concept is at work: an example's own file, or a file every example shares.
@@ -22,8 +23,7 @@ class Concept:
     tag: str
     says: str
     where: tuple  # examples, or one of SHARED
-    unless: dict  # library feature (registry `lacks:`) -> why the note is not required without it
-    exceptions: dict  # language -> {example: why it is not at work in that language's program}
+    unless: dict  # library feature (registry `lacks:`) -> the places where the note is not required without it
 
 
 @dataclass(frozen=True)
@@ -45,16 +45,17 @@ def load_concepts(path=CONCEPTS_PATH):
         if not isinstance(entry, dict):
             raise ConfigError(path, f"concepts.{tag}", "must be a mapping")
         item = Fields(path, entry, f"concepts.{tag}")
-        item.only("says", "in", "unless", "except")
+        item.only("says", "in", "unless")
         where = item.strings("in", required=True)
         if not where or (set(where) & set(SHARED) and len(where) != 1):
             raise item.error("in", f"must list examples, or name one of {', '.join(SHARED)} alone")
-        exceptions = item.get("except", dict, {})
-        for lang, examples in exceptions.items():
-            if not isinstance(examples, dict) or not all(isinstance(v, str) and v for v in examples.values()):
-                raise item.error(f"except.{lang}", "must map examples to the reason the concept is not at work")
-        concepts.append(Concept(str(tag), item.get("says", str, required=True), tuple(where),
-                                item.get("unless", dict, {}), exceptions))
+        unless = item.get("unless", dict, {})
+        for feature, places in unless.items():
+            if feature not in FEATURES:
+                raise item.error(f"unless.{feature}", f"unknown feature (features: {', '.join(FEATURES)})")
+            if not isinstance(places, list) or not places or not set(places) <= set(where):
+                raise item.error(f"unless.{feature}", f"must list some of the concept's places ({', '.join(where)})")
+        concepts.append(Concept(str(tag), item.get("says", str, required=True), tuple(where), unless))
     return concepts
 
 
@@ -92,12 +93,10 @@ def _note(concept, place, language, path):
     def note(status, detail):
         return Note(concept.tag, place, language.name, status, detail)
 
-    lacking = next((feature for feature in concept.unless if feature in language.lacks), None)
+    lacking = next((feature for feature, places in concept.unless.items()
+                    if feature in language.lacks and place in places), None)
     if lacking:
         return note("not-required", f"lacks {lacking}: {language.lacks[lacking]}")
-    why = concept.exceptions.get(language.name, {}).get(place)
-    if why:
-        return note("not-required", why)
     if path is None:
         return note("missing", f"the registry lists no `{place if place in SHARED else 'example'}` source")
     if not path.is_file():

@@ -14,7 +14,7 @@ from .config import ConfigError, Fields, load_yaml
 REGISTRY_PATH = Path(os.environ.get("BTB_REGISTRY") or ROOT / "orchestrator" / "languages.yaml")
 STAMPS = ROOT / "runs" / "builds"  # each language's input hash at its last successful build
 # What a language's ZeroMQ library may lack (examples/README.md, "Security").
-FEATURES = ("plain", "curve", "zap", "handshake-events", "stream-close", "unix-ipc")
+FEATURES = ("plain", "curve", "zap", "handshake-events", "stream-close", "unix-ipc", "steerable-proxy")
 # What a language's `sources:` name (examples/concepts.yaml, the reading guides of the PROTOCOL.md).
 SOURCE_KINDS = ("example", "contract", "security", "monitor")
 

@@ -49,19 +49,27 @@ def test_a_tag_counts_only_at_the_start_of_a_comment(tmp_path):
         assert reading.find_note(tmp_path / name, tag) is None, name
 
 
-def test_a_language_lacking_a_feature_owes_no_note_for_it(notes):
-    for note in notes:
-        if note.concept in ("ZAP", "PLAIN") and note.status == "not-required":
-            assert REGISTRY[note.language].lacks, note
+def test_a_language_lacking_a_feature_owes_no_note_for_it_where_the_feature_is_at_work(notes):
+    """NetMQ has no ZAP and no steerable proxy: the .NET programs owe no [ZAP] note, and no [PAIR]
+    note in the ticker (its proxy has no control pipe), but one in the desk (the agents' pipes)."""
+    excused = {(n.concept, n.place, n.language) for n in notes if n.status == "not-required"}
+    for name in LANGS:
+        lacks = REGISTRY[name].lacks
+        assert (("ZAP", "security", name) in excused) == ("zap" in lacks)
+        assert (("PAIR", "ticker", name) in excused) == ("steerable-proxy" in lacks)
+        assert ("PAIR", "desk", name) not in excused
 
 
-def test_the_concepts_file_is_checked(tmp_path):
+@pytest.mark.parametrize("entry, field", [
+    ("REQ: {says: lockstep, in: [chat, security]}", "concepts.REQ.in"),
+    ("REQ: {says: lockstep, in: [chat], colour: red}", "concepts.REQ.colour"),
+    ("PAIR: {says: one peer, in: [desk], unless: {steerable-proxy: [ticker]}}", "concepts.PAIR.unless.steerable-proxy"),
+    ("PAIR: {says: one peer, in: [desk], unless: {telepathy: [desk]}}", "concepts.PAIR.unless.telepathy"),
+])
+def test_the_concepts_file_is_checked(tmp_path, entry, field):
     bad = tmp_path / "concepts.yaml"
-    bad.write_text("concepts:\n  REQ: {says: lockstep, in: [chat, security]}\n")
-    with pytest.raises(ConfigError, match="concepts.REQ.in"):
-        reading.load_concepts(bad)
-    bad.write_text("concepts:\n  REQ: {says: lockstep, in: [chat], colour: red}\n")
-    with pytest.raises(ConfigError, match="concepts.REQ.colour"):
+    bad.write_text(f"concepts:\n  {entry}\n")
+    with pytest.raises(ConfigError, match=field):
         reading.load_concepts(bad)
 
 
@@ -84,7 +92,12 @@ def test_every_function_a_guide_names_is_defined_there(example, lang):
     language = REGISTRY[lang]
     if example not in language.implements:
         pytest.skip(f"{lang} does not implement {example}")
-    undefined = [f"{step.step}: {step.names.get(lang)}" for step in reading.read_guide(example)
+    steps = reading.read_guide(example)
+    if steps and lang not in steps[0].names:
+        # A language trying the registry out (invoke conform) before its column is written: the
+        # column test above fails for a registry language without one.
+        pytest.skip(f"examples/{example}/PROTOCOL.md's reading guide has no {lang} column yet (README, Adding a language)")
+    undefined = [f"{step.step}: {step.names.get(lang)}" for step in steps
                  if not step.names.get(lang) or not reading.find_definition(language, example, step.names[lang])]
     assert not undefined, "\n".join(undefined)
 

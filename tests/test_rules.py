@@ -71,7 +71,14 @@ class Gated:
                 return found[count - 1]
             if self.eof or time.monotonic() >= end:
                 return None
-            select.select([self.fd], [], [], min(0.1, max(0, end - time.monotonic())))
+            self.readable(min(0.1, max(0, end - time.monotonic())))
+
+    def readable(self, seconds):
+        """Wait up to `seconds` for the role's stdout to have something. poll(2), not select(2): a
+        whole test run holds many descriptors, and select cannot watch one numbered 1024 or more."""
+        waiter = select.poll()
+        waiter.register(self.fd, select.POLLIN)
+        waiter.poll(int(seconds * 1000))
 
     def hold(self):
         """Fill the pipe: from now on the role's next write to stdout waits for `release`."""
@@ -96,7 +103,7 @@ class Gated:
         end = deadline()
         while not self.eof and time.monotonic() < end:
             self.drain()
-            select.select([self.fd], [], [], 0.1)
+            self.readable(0.1)
         try:
             return self.process.wait(timeout=max(0, end - time.monotonic()))
         except subprocess.TimeoutExpired:
