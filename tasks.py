@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 
+import docker as docker_sdk
 from invoke import Collection, Exit, ParseError, task
 from invoke.parser import Parser
 from rich.console import Console
@@ -22,7 +23,8 @@ from rich.markup import escape
 from rich.table import Table
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from orchestrator import ROOT, browser, conformance, containers, helptext, reading, stacks
+from orchestrator import ROOT, browser, conformance, containers, helptext, localswarm, reading, stacks
+from orchestrator import swarm as swarming
 from orchestrator import bench as benchmarks
 from orchestrator import fuzz as battery
 from orchestrator.config import ConfigError
@@ -57,6 +59,7 @@ Parser.parse_argv = _exit_2_on_parse_errors(Parser.parse_argv)
 console = Console(width=None if sys.stdout.isatty() else 120)
 # invoke declares flags statically: one per role name of every example (keep the task signatures
 # of `run` and `matrix` in step with this tuple).
+RUNNERS = ("process", "docker", "swarm")
 PARALLEL = 3  # cells (or battery runs) at once, by default
 PERSON_MINUTES = 30  # how long `invoke run desk --open` serves the page for a person
 ROLES = ("server", "client", "publisher", "proxy", "subscriber", "source", "worker", "sink", "engine", "facade", "desk")
@@ -144,14 +147,16 @@ def _check_roles(spec, given):
 
 
 @task(
-    iterable=list(ROLES),
+    iterable=list(ROLES) + ["place"],
     help={
         "example": "the example to run (chat, ticker, valuation, query, desk)",
         **{role: f"language of the {role}; repeat to run one instance per language" for role in ROLES},
         "no-build": "skip building the languages first",
         "quiet": "do not print the live transcript",
         "kill-worker-after": "valuation, desk: SIGKILL worker 0 once it has priced this many orders",
-        "runner": "process (default): local processes; docker: one container per role",
+        "runner": "process (default): local processes; docker: one container per role; swarm: one service per role on a Docker Swarm (DOCKER_HOST's manager)",
+        "place": "swarm: run ROLE's instances on these nodes, ROLE=NODE[,NODE...] (hostname or ID); repeatable; other roles spread over the nodes",
+        "registry": "swarm: ship the images through this registry (host:port) instead of loading them into each node's engine",
         "security": "null (default), plain or curve: the ZMTP mechanism of every role (examples that allow it)",
         "refusal": "add an intruder whose credentials are wrong: " + ", ".join(REFUSALS),
         "intruder": "language of the intruder (default: the client's)",
@@ -164,12 +169,13 @@ def _check_roles(spec, given):
 )
 def run(c, example, server=None, client=None, publisher=None, proxy=None, subscriber=None, source=None, worker=None, sink=None,
         engine=None, facade=None, desk=None, no_build=False, quiet=False, kill_worker_after=None, runner="process", security="null", refusal=None, intruder=None,
-        open=False, transport="tcp", monitor=False, restart=None, after=None):
+        open=False, transport="tcp", monitor=False, restart=None, after=None, place=None, registry=None):
     """Run one cell and show its live transcript, then the verdict."""
     if open and not client:
         client = ["python"]  # the page cell's other trader, who waits for your post
     given = {"server": server, "client": client, "publisher": publisher, "proxy": proxy, "subscriber": subscriber,
              "source": source, "worker": worker, "sink": sink, "engine": engine, "facade": facade, "desk": desk}
+    image_registry = registry  # --registry: where a swarm's nodes get the images (`registry` is the languages')
     spec, registry = _load(example)
     driver = None
     if open:
@@ -214,7 +220,8 @@ def run(c, example, server=None, client=None, publisher=None, proxy=None, subscr
             style = "red" if event["event"] in ("error", "_not-an-event") else "cyan"
             console.print(f"[dim]{transcript.role}{transcript.index}[/] [bold]{transcript.lang:>6}[/] [{style}]{escape(str(event['event']))}[/] {fields}", markup=True, highlight=False)
 
-    with _runner(runner, registry, [lang for langs in chosen.values() for lang in langs]) as launcher:
+    with _runner(runner, registry, [lang for langs in chosen.values() for lang in langs], _placed(spec, runner, place, image_registry),
+                 image_registry) as launcher:
         try:
             result = evaluate(spec, chosen, registry, new_run_dir(example), on_event=show, fault=fault, launcher=launcher,
                               driver=driver)
@@ -222,12 +229,15 @@ def run(c, example, server=None, client=None, publisher=None, proxy=None, subscr
             raise _interrupted(stop, "every role of the cell was stopped") from None
     print_details(console, spec, [result])
     print_notes(console, [result])
+    if result.placement and result.status == "pass":
+        console.print(f"nodes: {result.nodes_text()}", markup=False, highlight=False)
     console.print(f"verdict: [bold]{result.status}[/] in {result.seconds:.1f} s" + (f" ({escape(result.detail)})" if result.detail else ""))
     if result.status in ("fail", "timeout"):
         raise Exit(code=1)
 
 
 @task(
+    iterable=["place"],
     help={
         "example": "the example whose grid to run (chat, ticker, valuation, query, desk)",
         **{role: f"comma-separated {role} languages, or all (the default for the grid's roles)" for role in ROLES},
@@ -237,7 +247,9 @@ def run(c, example, server=None, client=None, publisher=None, proxy=None, subscr
         "markdown": "write the grids as Markdown to this path",
         "html": "write one self-contained HTML page with every grid, the reasons, replays and log links",
         "no-build": "skip building the languages first",
-        "runner": "process (default): local processes; docker: one container per role",
+        "runner": "process (default): local processes; docker: one container per role; swarm: one service per role on a Docker Swarm (DOCKER_HOST's manager)",
+        "place": "swarm: run ROLE's instances on these nodes, ROLE=NODE[,NODE...] (hostname or ID); repeatable; other roles spread over the nodes",
+        "registry": "swarm: ship the images through this registry (host:port) instead of loading them into each node's engine",
         "security": "null (default), plain or curve: the ZMTP mechanism of every cell (examples that allow it)",
         "refusals": "under plain or curve, also run the refusal grids (an intruder per cell); default on",
         "transport": "tcp (default) or ipc: the transport of every cell (NetMQ with libzmq over ipc: unsupported)",
@@ -248,8 +260,9 @@ def run(c, example, server=None, client=None, publisher=None, proxy=None, subscr
 )
 def matrix(c, example, server=None, client=None, publisher=None, proxy=None, subscriber=None, source=None, worker=None, sink=None,
            engine=None, facade=None, desk=None, parallel=None, json=None, junit=None, markdown=None, html=None, no_build=False, runner="process", security="null", refusals=True,
-           transport="tcp", monitor=False, restart=None, after=None):
+           transport="tcp", monitor=False, restart=None, after=None, place=None, registry=None):
     """Run every combination of one language per role and print the compatibility grids."""
+    image_registry = registry  # --registry: where a swarm's nodes get the images (`registry` is the languages')
     parallel = _count(PARALLEL if parallel is None else parallel, "--parallel")
     json, junit, markdown = _writable(json, "--json"), _writable(junit, "--junit"), _writable(markdown, "--markdown")
     html = _writable(html, "--html")
@@ -269,7 +282,7 @@ def matrix(c, example, server=None, client=None, publisher=None, proxy=None, sub
         _build(registry, langs)
     grids = []  # GridRun: one grid, plus one per refusal case
     stopped = None  # the signal that ended the run early: what ran is still shown and reported
-    with _runner(runner, registry, langs) as launcher:
+    with _runner(runner, registry, langs, _placed(spec, runner, place, image_registry), image_registry) as launcher:
         for variant in variants:
             extra = mixed_cells(variant, dimensions) if variant is variants[0] else []
             started = datetime.now(timezone.utc)
@@ -526,24 +539,60 @@ def _print_comparison(path, earlier, report):
     console.print("compared: " + ", ".join(f"{number} {verdict}" for verdict, number in tally.most_common()), highlight=False)
 
 
+def _placed(spec, runner, place, image_registry):
+    """--place ROLE=NODE[,NODE...] as {role: [node names]}, checked against the example's roles
+    (the nodes are checked once the swarm is known); --place and --registry are the swarm's."""
+    if runner not in RUNNERS:
+        raise Exit(f"error: --runner is {', '.join(RUNNERS)}, not {runner!r}", code=2)
+    if runner != "swarm" and (place or image_registry):
+        raise Exit(f"error: {'--place' if place else '--registry'} is for --runner swarm", code=2)
+    placed = {}
+    for item in place or []:
+        role, _, nodes = item.partition("=")
+        names = [name.strip() for name in nodes.split(",")]
+        if not role or not all(names):
+            raise Exit(f"error: --place {item!r}: write ROLE=NODE or ROLE=NODE,NODE", code=2)
+        if role not in spec.role_names():
+            raise Exit(f"error: --place: {spec.example} has no role {role!r} (roles: {', '.join(spec.role_names())})", code=2)
+        if role in placed:
+            raise Exit(f"error: --place: {role} is placed twice", code=2)
+        placed[role] = names
+    return placed
+
+
 @contextmanager
-def _runner(name, registry, langs):
-    """The launcher factory for `--runner`: None for local processes; for docker, the images are
-    built first (their build time reported apart), and every container and network of the run is
-    removed afterwards, whatever happened."""
+def _runner(name, registry, langs, placed=None, image_registry=None):
+    """The launcher factory for `--runner`: None for local processes; for docker and swarm, the
+    images are built first (their build time reported apart), on a swarm shipped to its nodes, and
+    everything the run made is removed by its label afterwards, whatever happened."""
     if name == "process":
         yield None
         return
-    if name != "docker":
-        raise Exit(f"error: --runner is process or docker, not {name!r}", code=2)
     engine = _engine()
+    swarm = _swarm(engine) if name == "swarm" else None
     images = _images(engine, registry, langs)
+    if swarm:
+        try:
+            images = swarm.ship(images, image_registry, log=console.print)
+            placement = swarming.Placement(swarm, placed)
+        except containers.DockerUnavailable as error:
+            raise Exit(f"error: {error}", code=1) from error
+        except ValueError as error:
+            raise Exit(f"error: --place: {error}", code=2) from error
+        for note in swarm.notes:
+            console.print(note, highlight=False)
+        console.print(f"swarm: roles on {', '.join(n.hostname + ('' if n.engine else ' (no engine)') for n in swarm.usable)}, "
+                      + ("placed by --place, then spread" if placed else "spread (--place ROLE=NODE to choose)"), highlight=False)
     run_label = containers.new_run_label()
     watchdog = containers.start_watchdog(run_label)  # removes them if this process dies of SIGKILL
+    launchers = swarming.SwarmLaunchers(swarm, images, run_label, placement) if swarm else containers.DockerLaunchers(images, run_label)
     try:
-        yield containers.DockerLaunchers(images, run_label)
+        yield launchers
     finally:
-        containers.remove_labelled(engine, run_label)
+        if swarm:
+            launchers.sweep()  # on every node whose engine is known, too
+        else:
+            containers.remove_labelled(engine, run_label)
         watchdog.terminate()  # the run is over: nothing left for it to do
         watchdog.wait(30)
 
@@ -551,6 +600,13 @@ def _runner(name, registry, langs):
 def _engine():
     try:
         return containers.client()
+    except containers.DockerUnavailable as error:
+        raise Exit(f"error: {error}", code=1) from error
+
+
+def _swarm(engine):
+    try:
+        return swarming.Swarm(engine)
     except containers.DockerUnavailable as error:
         raise Exit(f"error: {error}", code=1) from error
 
@@ -694,6 +750,32 @@ def docker_clean(c):
     console.print(f"removed {containers.remove_labelled(_engine())} containers and networks")
 
 
+@task(help={"workers": "worker nodes, each a Docker engine in a container (default 0: this engine alone, on loopback)"})
+def swarm_up(c, workers=0):
+    """Make a throw-away Docker Swarm on this machine for `--runner swarm`: this engine as its
+    manager, and N Docker-in-Docker workers (orchestrator/localswarm.py)."""
+    workers = _count(workers, "--workers", least=0)
+    engine = _engine()
+    try:
+        localswarm.up(engine, workers, containers.base_image(engine) if workers else None, log=console.print)
+    except (localswarm.SwarmError, containers.DockerUnavailable) as error:
+        raise Exit(f"error: {error}", code=1) from error
+    except docker_sdk.errors.APIError as error:
+        raise Exit(f"error: the engine cannot make a swarm: {error.explanation or error}", code=1) from error
+    for line in localswarm.hosts_lines(engine):
+        console.print(line, highlight=False)
+
+
+@task
+def swarm_down(c):
+    """Take down the swarm `invoke swarm.up` made (its workers, then this engine leaves it); a
+    swarm it did not make is left as it is."""
+    try:
+        localswarm.down(_engine(), log=console.print)
+    except localswarm.SwarmError as error:
+        raise Exit(f"error: {error}", code=1) from error
+
+
 @task(help={"k": "only tests matching this pytest expression", "fast": "skip the full grids"})
 def test(c, k=None, fast=False):
     """Build everything, then run the whole test suite (unit, bad input, full grids)."""
@@ -800,4 +882,7 @@ docker.add_task(docker_up, "up")
 docker.add_task(docker_base, "base")
 docker.add_task(docker_build, "build")
 docker.add_task(docker_clean, "clean")
-ns = Collection(build, run, matrix, bench, profile, fuzz, conform, test, help_text, concepts, docker)
+swarm = Collection("swarm")
+swarm.add_task(swarm_up, "up")
+swarm.add_task(swarm_down, "down")
+ns = Collection(build, run, matrix, bench, profile, fuzz, conform, test, help_text, concepts, docker, swarm)

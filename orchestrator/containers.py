@@ -42,12 +42,23 @@ class DockerUnavailable(Exception):
 
 
 def client():
+    """DOCKER_HOST's engine (ssh://user@host goes through the ssh command), or the local one."""
     try:
-        engine = docker.from_env()
+        engine = docker.from_env(use_ssh_client=os.environ.get("DOCKER_HOST", "").startswith("ssh://"))
         engine.ping()
         return engine
     except docker.errors.DockerException as error:
         raise DockerUnavailable(f"no Docker engine answers ({error}); start one with `invoke docker.up`") from error
+
+
+def engine_at(address):
+    """The engine at `address` (unix://, tcp://, ssh://), answering, or DockerUnavailable."""
+    try:
+        engine = docker.DockerClient(base_url=address, use_ssh_client=address.startswith("ssh://"))
+        engine.ping()
+        return engine
+    except docker.errors.DockerException as error:
+        raise DockerUnavailable(f"no Docker engine answers at {address} ({error})") from error
 
 
 # --- images ------------------------------------------------------------------------------------
@@ -256,7 +267,7 @@ class DockerLaunchers:
     def __init__(self, images, run_label):
         self.images, self.run_label = images, run_label
 
-    def __call__(self):
+    def __call__(self, roles=None):
         return DockerLauncher(self.images, self.run_label)
 
 
@@ -272,10 +283,32 @@ def start_watchdog(run_label):
 
 
 def remove_labelled(engine, run_label=None):
-    """Remove every container and network of the project (or of one run). Returns how many."""
+    """Remove every service, container and network of the project (or of one run). Returns how
+    many. A network goes only once its services' tasks are gone: the swarm refuses it before."""
     selector = f"{RUN}={run_label}" if run_label else f"{PROJECT}=btb"
-    removed = sum(_remove(container, force=True) for container in engine.containers.list(all=True, filters={"label": selector}))
+    services = _services(engine, selector)
+    removed = sum(_remove(service) for service in services)
+    gone_by = time.monotonic() + 60
+    while tasks_of(engine, [s.id for s in services]) and time.monotonic() < gone_by:
+        time.sleep(0.2)  # a swarm pushes no task events: look again
+    removed += sum(_remove(container, force=True) for container in engine.containers.list(all=True, filters={"label": selector}))
     return removed + sum(_remove(network) for network in engine.networks.list(filters={"label": selector}))
+
+
+def tasks_of(engine, service_ids):
+    """The tasks the swarm still holds of these services, removed ones included (a filter by
+    service is refused once the service is gone)."""
+    if not service_ids:
+        return []
+    return [task for task in engine.api.tasks() if task["ServiceID"] in service_ids]
+
+
+def _services(engine, selector):
+    """The swarm services with this label; none where the engine is no swarm manager."""
+    try:
+        return engine.services.list(filters={"label": selector})
+    except docker.errors.APIError:
+        return []  # not a manager: this engine has no services
 
 
 def _remove(thing, **options):
@@ -284,10 +317,15 @@ def _remove(thing, **options):
         return 1
     except docker.errors.NotFound:
         return 0  # removed meanwhile: by its cell, or by the watchdog
+    except docker.errors.APIError as error:
+        if error.status_code == 404:
+            return 0
+        raise
 
 
 def leftovers(engine):
-    """The project's containers and networks that still exist, by name."""
+    """The project's services, containers and networks that still exist, by name."""
+    services = [s.name for s in _services(engine, f"{PROJECT}=btb")]
     containers = [c.name for c in engine.containers.list(all=True, filters={"label": f"{PROJECT}=btb"})]
     networks = [n.name for n in engine.networks.list(filters={"label": f"{PROJECT}=btb"})]
-    return containers + networks
+    return services + containers + networks

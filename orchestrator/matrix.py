@@ -36,7 +36,9 @@ def assign(spec, chosen):
     return spec, {role.name: (chosen[role.name] * role.instances)[: role.instances] for role in spec.roles}
 
 
-def replay_command(spec, roles):
+def replay_command(spec, roles, runner="process", placement=None):
+    """The `invoke run` that runs this cell again: its languages, its variant, its runner and,
+    on a swarm, the nodes its roles ran on."""
     parts = [f"invoke run {spec.example}"]
     for role, langs in roles.items():
         uniform = len(set(langs)) == 1
@@ -52,7 +54,15 @@ def replay_command(spec, roles):
         parts.append("--monitor")
     if spec.fault:
         parts.append(f"--restart {spec.fault.role} --after {spec.fault.count}")
+    if runner != "process":
+        parts.append(f"--runner {runner}")
+    for role, nodes in (placement or {}).items():
+        parts.append(f"--place {role}={','.join(nodes)}")
     return " ".join(parts)
+
+
+def replay_of(spec, result):
+    return replay_command(spec, result.roles, result.runner, result.placement)
 
 
 def evaluate(spec, chosen, registry, run_dir, on_event=None, fault=None, launcher=None, driver=None):
@@ -69,9 +79,17 @@ def evaluate(spec, chosen, registry, run_dir, on_event=None, fault=None, launche
     runner = getattr(launcher, "name", "process") if launcher else "process"
     if not reason:
         reason = transport.unsupported(spec.transport, every, registry, runner)
+    if not reason and hasattr(launcher, "unsupported"):  # what the runner itself cannot do (a swarm)
+        reason = launcher.unsupported(spec, roles, fault or spec.fault)
     if reason:
-        return CellResult(spec.example, roles, "unsupported", 0.0, reason)
-    result = run_cell(spec, roles, registry, run_dir, on_event, fault, launcher() if launcher else None, driver)
+        return CellResult(spec.example, roles, "unsupported", 0.0, reason, runner=runner)
+    result = run_cell(spec, roles, registry, run_dir, on_event, fault, launcher(roles) if launcher else None, driver)
+    result.runner = runner
+    if any(t.node for t in result.transcripts):
+        result.placement = {}
+        for t in result.transcripts:
+            if not t.restarted:
+                result.placement.setdefault(t.role, []).append(t.node or "?")
     note = transport.note(spec.transport, every, registry)
     if note and result.status == "pass":
         result.detail = "; ".join(filter(None, [result.detail, note]))

@@ -13,7 +13,7 @@ from pathlib import Path
 import jinja2
 from rich.table import Table
 
-from .matrix import counts, relative, replay_command
+from .matrix import counts, relative, replay_of
 
 NOT_PASSED = ("fail", "timeout", "known-failure", "interrupted")
 
@@ -181,7 +181,9 @@ def print_details(console, spec, results, limit=12):
         for t in result.transcripts:
             console.print(f"    {t.label} events: {relative(t.events_path)}", markup=False, highlight=False)
             console.print(f"    {t.label} stderr: {relative(t.stderr_path)}", markup=False, highlight=False)
-        console.print(f"    replay: {replay_command(spec, result.roles)}", markup=False, highlight=False)
+        if result.placement:
+            console.print(f"    nodes: {result.nodes_text()}", markup=False, highlight=False)
+        console.print(f"    replay: {replay_of(spec, result)}", markup=False, highlight=False)
 
 
 def cell_json(spec, result):
@@ -196,7 +198,9 @@ def cell_json(spec, result):
         "problems": result.problems,
         "transport": spec.transport,
         "timeline": timelines(spec, result),
-        "replay": replay_command(spec, result.roles),
+        "replay": replay_of(spec, result),
+        "runner": result.runner,
+        "nodes": {t.label: t.node for t in result.transcripts if t.node} or None,
         "logs": {t.label: {"events": relative(t.events_path), "stderr": relative(t.stderr_path)} for t in result.transcripts},
     }
 
@@ -227,7 +231,9 @@ def failure_text(spec, result):
     """What a CI system shows of a cell that did not pass: the reasons, the replay, the logs."""
     lines = list(result.problems or [result.detail])
     lines += [f"connections: {line}" for line in timelines(spec, result)]
-    lines.append(f"replay: {replay_command(spec, result.roles)}")
+    if result.placement:
+        lines.append(f"nodes: {result.nodes_text()}")
+    lines.append(f"replay: {replay_of(spec, result)}")
     for t in result.transcripts:
         lines.append(f"{t.label} events: {relative(t.events_path)}")
         lines.append(f"{t.label} stderr: {relative(t.stderr_path)}")
@@ -269,7 +275,7 @@ def write_markdown(path, grids, dimensions):
             for result in grid.not_passed():
                 lines.append(f"* **{result.status}** {roles_text(result.roles)}: {result.detail}")
                 lines += [f"  - {line}" for line in timelines(grid.spec, result)]
-                lines.append(f"  replay: `{replay_command(grid.spec, result.roles)}`")
+                lines.append(f"  replay: `{replay_of(grid.spec, result)}`")
             lines.append("")
     with open(path, "w", encoding="utf-8", errors="backslashreplace") as stream:
         stream.write("\n".join(lines))
@@ -292,7 +298,7 @@ def write_html(path, grids, dimensions):
                   for title, rows, columns, cells in slices(dimensions, grid.results, grid.spec)]
         model.append({"grid": grid, "tables": tables, "extras": [r for r in grid.results if r.extra], "anchor": anchor,
                       "summary": summary_line(grid.results, grid.wall),
-                      "problems": [{"result": r, "replay": replay_command(grid.spec, r.roles), "timeline": timelines(grid.spec, r),
+                      "problems": [{"result": r, "replay": replay_of(grid.spec, r), "timeline": timelines(grid.spec, r),
                                     "logs": [(t.label, link(t.events_path), link(t.stderr_path)) for t in r.transcripts]}
                                    for r in grid.not_passed()]})
     environment = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),

@@ -86,6 +86,7 @@ class RoleTranscript:
     events_path: Path = None
     stderr_path: Path = None
     where: str = None  # the container, for roles that run in one
+    node: str = None  # the swarm node that ran it (--runner swarm)
     handle: object = field(default=None, repr=False, compare=False)  # the running Role
 
     @property
@@ -275,6 +276,12 @@ class CellResult:
     problems: list = field(default_factory=list)
     known_failure_passed: str = None
     extra: bool = False  # a cell outside the grid's combinations (a mixed pool)
+    runner: str = "process"  # where its roles ran: process, docker or swarm
+    placement: dict = None  # swarm: role -> the node of each instance, as they ran
+
+    def nodes_text(self):
+        """`server 0 (rust) on manager, client 0 (vb) on btb-worker-1`: where each role ran."""
+        return ", ".join(f"{t.label} on {t.node}" for t in self.transcripts if t.node)
 
 
 def cell_id(roles):
