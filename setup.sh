@@ -10,6 +10,7 @@ say() { printf '\n== %s\n' "$*"; }
 # --- system packages ---------------------------------------------------------------------------
 packages=(build-essential pkg-config libzmq3-dev libczmq-dev libjansson-dev python3-venv
           docker.io debootstrap  # the container runner: an engine, and an offline base image
+          docker-registry  # the swarm runner's --registry, tested against a registry of the tests' own
           chromium fonts-noto-color-emoji)  # the desk page's browser tests (the chat's 🌍 included)
 command -v cargo >/dev/null || packages+=(cargo)  # a toolchain from rustup is used when present
 command -v npm >/dev/null || packages+=(nodejs npm)  # the browser driver (Playwright's core)

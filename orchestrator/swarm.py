@@ -139,7 +139,8 @@ class Swarm:
             return "tagged"
         except docker.errors.ImageNotFound:
             pass
-        node.engine.images.load(image.save(named=True))  # streamed: the archive is never held whole
+        # Saved by this tag (its other tags stay behind), streamed: the archive is never held whole.
+        node.engine.images.load(self.manager.api.get_image(tag))
         if node.engine.images.get(tag).id != image.id:
             raise DockerUnavailable(f"node {node.hostname}: {tag} loaded with another image ID")
         return "loaded"

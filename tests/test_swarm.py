@@ -5,19 +5,24 @@ worker) whose roles ran on different nodes. A swarm these tests did not make is 
 they use it when it has the shape they need, and skip otherwise. Placement rules and the
 cells a swarm cannot run are checked without an engine first."""
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 
 import docker
 import pytest
+import requests
 
 from orchestrator import ROOT, containers, localswarm, runner
 from orchestrator.matrix import evaluate, new_run_dir, replay_of
 from orchestrator.runner import Fault
 from orchestrator.spec import load_spec
 from orchestrator.swarm import Node, Placement, Swarm, SwarmLaunchers
+from conftest import REGISTRY
 
 
 # --- placement and what a swarm cannot run: no engine needed --------------------------------------
@@ -146,9 +151,14 @@ def local_swarm(images):
     made.close()
 
 
-def launchers(swarm, tags, place=None):
+def run_on(swarm, refs, spec, chosen, fault=None, on_event=None):
+    """One cell on the swarm, with the image references `refs`; everything of its run is swept after."""
     label = containers.new_run_label()
-    return SwarmLaunchers(swarm, swarm.ship(tags, log=lambda _: None), label, Placement(swarm, place)), label
+    try:
+        return evaluate(spec, chosen, REGISTRY, new_run_dir(spec.example), on_event=on_event, fault=fault,
+                        launcher=SwarmLaunchers(swarm, refs, label, Placement(swarm)))
+    finally:
+        containers.remove_labelled(swarm.manager, label)
 
 
 def nothing_left(*engines):
@@ -168,11 +178,7 @@ CELLS = [
 @pytest.mark.parametrize("example, chosen", CELLS, ids=[example for example, _ in CELLS])
 def test_a_cell_of_every_example_passes_on_a_one_node_swarm(built, images, local_swarm, example, chosen):
     swarm = local_swarm.ensure(workers=0)
-    run, label = launchers(swarm, images[2])
-    try:
-        result = evaluate(load_spec(example), chosen, built.registry, new_run_dir(example), launcher=run)
-    finally:
-        containers.remove_labelled(images[0], label)
+    result = run_on(swarm, swarm.ship(images[2]), load_spec(example), chosen)
     assert result.status == "pass", result.problems
     [node] = swarm.usable
     assert {t.node for t in result.transcripts} == {node.hostname}
@@ -186,14 +192,10 @@ def test_a_cell_of_every_example_passes_on_a_one_node_swarm(built, images, local
 def test_a_worker_killed_mid_batch_on_a_swarm_loses_nothing(built, images, local_swarm):
     """The fault strikes through the node's own engine (here the manager's): at once, as locally."""
     swarm = local_swarm.ensure(workers=0)
-    run, label = launchers(swarm, images[2])
     spec = load_spec("valuation")
     spec = spec.with_parameters(rate=spec.parameters["fault_rate"])
-    try:
-        result = evaluate(spec, {"source": "python", "worker": ["fsharp", "rust"], "sink": "csharp"}, built.registry,
-                          new_run_dir("valuation"), fault=Fault("worker", "priced", 20), launcher=run)
-    finally:
-        containers.remove_labelled(images[0], label)
+    result = run_on(swarm, swarm.ship(images[2]), spec, {"source": "python", "worker": ["fsharp", "rust"], "sink": "csharp"},
+                    fault=Fault("worker", "priced", 20))
     assert result.status == "pass", result.problems
     [complete] = [e for t in result.transcripts if t.role == "sink" for e in t.events if e["event"] == "complete"]
     assert complete["resent"]
@@ -202,13 +204,8 @@ def test_a_worker_killed_mid_batch_on_a_swarm_loses_nothing(built, images, local
 @pytest.mark.docker
 def test_a_task_the_node_rejects_fails_the_cell_at_once_with_the_node_s_reason(built, images, local_swarm):
     swarm = local_swarm.ensure(workers=0)
-    tags = dict(images[2], c="btb-c:not-built-anywhere")  # a tag no node has: the node rejects the task
-    label = containers.new_run_label()
-    try:
-        result = evaluate(load_spec("chat"), {"server": "python", "client": "c"}, built.registry, new_run_dir("chat"),
-                          launcher=SwarmLaunchers(swarm, tags, label, Placement(swarm)))
-    finally:
-        containers.remove_labelled(images[0], label)
+    refs = dict(images[2], c="btb-c:not-built-anywhere")  # a tag no node has: the node rejects the task
+    result = run_on(swarm, refs, load_spec("chat"), {"server": "python", "client": "c"})
     assert result.status == "fail", result.status  # not a timeout: the cell did not wait for it
     assert "client 0 (c): node " in result.detail and "rejected the task: No such image: btb-c:not-built-anywhere" in result.detail
     assert nothing_left(images[0]) == []
@@ -217,11 +214,10 @@ def test_a_task_the_node_rejects_fails_the_cell_at_once_with_the_node_s_reason(b
 @pytest.mark.docker
 def test_ctrl_c_during_a_swarm_cell_leaves_nothing_behind(built, images, local_swarm):
     swarm = local_swarm.ensure(workers=0)
-    run, label = launchers(swarm, images[2])
     started, outcome = threading.Event(), {}
-    cell = threading.Thread(target=lambda: outcome.setdefault("result", evaluate(
-        load_spec("chat"), {"server": "python", "client": "python"}, built.registry, new_run_dir("chat"),
-        on_event=lambda t, e: started.set(), launcher=run)))
+    cell = threading.Thread(target=lambda: outcome.setdefault("result", run_on(
+        swarm, swarm.ship(images[2]), load_spec("chat"), {"server": "python", "client": "python"},
+        on_event=lambda t, e: started.set())))
     cell.start()
     try:
         assert started.wait(60), "no role reported anything"
@@ -260,17 +256,57 @@ def test_a_cell_over_two_nodes_runs_its_roles_on_different_nodes(built, images, 
     swarm = local_swarm.ensure(workers=1)
     assert len(swarm.usable) == 2 and all(node.engine for node in swarm.usable)
     tags = {lang: images[2][lang] for lang in ("rust", "python")}
-    run, label = launchers(swarm, tags)
-    loaded = []
+    refs, loaded = swarm.ship(tags, log=lambda _: None), []
     swarm.ship(tags, log=loaded.append)  # a second time: every image is there already
     assert loaded and all("2 present" in line for line in loaded), loaded
-    try:
-        result = evaluate(load_spec("chat"), {"server": "rust", "client": ["python", "rust", "python"]}, built.registry,
-                          new_run_dir("chat"), launcher=run)
-    finally:
-        containers.remove_labelled(images[0], label)
+    result = run_on(swarm, refs, load_spec("chat"), {"server": "rust", "client": ["python", "rust", "python"]})
     assert result.status == "pass", result.problems
     nodes = {t.label: t.node for t in result.transcripts}
     assert nodes["server 0 (rust)"] != nodes["client 0 (python)"]
     assert set(nodes.values()) == {node.hostname for node in swarm.usable}
     assert nothing_left(*(node.engine for node in swarm.usable)) == []
+
+
+@pytest.fixture
+def image_registry(tmp_path):
+    """Debian's docker-registry (Distribution 2.8) on a free loopback port, for this test alone."""
+    if shutil.which("docker-registry") is None:
+        unavailable("no docker-registry (apt-get install docker-registry)")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+    config = tmp_path / "registry.yml"
+    config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path / 'blobs'}\n"
+                      f"http:\n  addr: {address}\n")
+    process = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL,
+                               stderr=open(tmp_path / "registry.log", "wb"))
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # it has no readiness signal but its API: ask it
+            try:
+                if requests.get(f"http://{address}/v2/", timeout=1).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "registry.log").read_text()
+            time.sleep(0.1)
+        yield address
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@pytest.mark.docker
+def test_with_a_registry_every_node_runs_the_pushed_image_by_digest(built, images, local_swarm, image_registry):
+    swarm = local_swarm.ensure(workers=0)
+    pushed = []
+    refs = swarm.ship({lang: images[2][lang] for lang in ("python", "c")}, image_registry, log=pushed.append)
+    assert all(ref.startswith(f"{image_registry}/btb-{lang}:") and "@sha256:" in ref for lang, ref in refs.items()), refs
+    assert len(pushed) == 2
+    try:
+        result = run_on(swarm, refs, load_spec("chat"), {"server": "python", "client": "c"})
+    finally:
+        for ref in refs.values():
+            images[0].images.remove(ref.split("@")[0])  # the registry's tag; the image stays under its own
+    assert result.status == "pass", result.problems
+    assert all(t.where.startswith(f"{image_registry}/btb-") for t in result.transcripts)
