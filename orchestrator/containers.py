@@ -291,7 +291,7 @@ def remove_labelled(engine, run_label=None):
     gone_by = time.monotonic() + 60
     while tasks_of(engine, [s.id for s in services]) and time.monotonic() < gone_by:
         time.sleep(0.2)  # a swarm pushes no task events: look again
-    removed += sum(_remove(container, force=True) for container in engine.containers.list(all=True, filters={"label": selector}))
+    removed += sum(_remove(container, force=True) for container in engine.containers.list(all=True, ignore_removed=True, filters={"label": selector}))
     return removed + sum(_remove(network) for network in engine.networks.list(filters={"label": selector}))
 
 
@@ -326,6 +326,6 @@ def _remove(thing, **options):
 def leftovers(engine):
     """The project's services, containers and networks that still exist, by name."""
     services = [s.name for s in _services(engine, f"{PROJECT}=btb")]
-    containers = [c.name for c in engine.containers.list(all=True, filters={"label": f"{PROJECT}=btb"})]
+    containers = [c.name for c in engine.containers.list(all=True, ignore_removed=True, filters={"label": f"{PROJECT}=btb"})]
     networks = [n.name for n in engine.networks.list(filters={"label": f"{PROJECT}=btb"})]
     return services + containers + networks

@@ -380,17 +380,17 @@ class SwarmLauncher(DockerLauncher):
         """The network goes once its tasks are gone, and their containers from every node whose
         engine is known (a node removes them a moment after the manager forgets the tasks)."""
         gone_by = time.monotonic() + 60
-        while (tasks_of(self.manager, {s.id for s in self.services}) or self._containers()) and time.monotonic() < gone_by:
-            time.sleep(POLL)
         try:
+            while (tasks_of(self.manager, {s.id for s in self.services}) or self._containers()) and time.monotonic() < gone_by:
+                time.sleep(POLL)
             self.network.remove()
         except docker.errors.DockerException:
-            pass  # remove_labelled() sweeps whatever is left
+            pass  # the run's sweep (SwarmLaunchers.sweep) removes whatever is left
 
 
     def _containers(self):
         return [c for node in self.swarm.usable if node.engine is not None
-                for c in node.engine.containers.list(all=True, filters={"label": f"{CELL}={self.prefix}"})]
+                for c in node.engine.containers.list(all=True, ignore_removed=True, filters={"label": f"{CELL}={self.prefix}"})]
 
 
 class SwarmLaunchers:
