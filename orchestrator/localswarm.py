@@ -147,6 +147,10 @@ def down(engine, log=print):
         container.remove(force=True, v=True)  # v: its /var/lib/docker volume too
     if swarm.get("LocalNodeState") == "active":
         engine.swarm.leave(force=True)
+        try:  # the bridge the swarm made for its tasks' way out, once nothing uses it
+            engine.networks.get("docker_gwbridge").remove()
+        except docker.errors.APIError:
+            pass  # gone already, or in use by something else
     for network in engine.networks.list(filters={"label": f"{LABEL}=network"}):
         network.remove()
     shutil.rmtree(FOLDER, ignore_errors=True)
