@@ -60,11 +60,6 @@ class Node:
     id: str
     hostname: str
     engine: object = None  # the node's own Docker engine, when known
-    address: str = None  # where that engine is (for messages)
-
-    @property
-    def name(self):
-        return self.hostname
 
 
 class Swarm:
@@ -79,7 +74,7 @@ class Swarm:
         self.cluster = swarm["Cluster"]["ID"]
         self.nodes = [Node(n.id, n.attrs["Description"]["Hostname"]) for n in manager.nodes.list()
                       if n.attrs["Status"]["State"] == "ready" and n.attrs["Spec"]["Availability"] == "active"]
-        engines = {swarm["NodeID"]: (manager, "DOCKER_HOST")}
+        engines = {swarm["NodeID"]: manager}
         if addresses is None:
             addresses = [a.strip() for a in os.environ.get(NODES, "").split(",") if a.strip()] or \
                 localswarm.engines_of(self.cluster)
@@ -88,9 +83,9 @@ class Swarm:
             node_id = engine.info().get("Swarm", {}).get("NodeID")
             if not any(n.id == node_id for n in self.nodes):
                 raise DockerUnavailable(f"{NODES}: the engine at {address} is not a ready, active node of this swarm")
-            engines[node_id] = (engine, address)
+            engines[node_id] = engine
         for node in self.nodes:
-            node.engine, node.address = engines.get(node.id, (None, None))
+            node.engine = engines.get(node.id)
         self.usable = list(self.nodes)  # the nodes that have the run's images (ship() narrows it)
         self.notes = []
 
@@ -176,10 +171,6 @@ class Placement:
                 chosen = self.fixed.get(role)
                 plan[role, index] = chosen[index % len(chosen)] if chosen else nodes[next(turn) % len(nodes)]
         return plan
-
-    def options(self, placement):
-        """The --place flags that put each role where `placement` (role -> node per instance) says."""
-        return [f"--place {role}={','.join(nodes)}" for role, nodes in placement.items()]
 
 
 class SwarmRole(Role):

@@ -356,7 +356,7 @@ def captured_cell(built, server, mechanism):
     launcher = RelayLauncher()
     spec = load_spec("chat").with_security(mechanism)
     try:
-        result = evaluate(spec, {"server": server, "client": clients}, built.registry, new_run_dir("chat"), launcher=lambda: launcher)
+        result = evaluate(spec, {"server": server, "client": clients}, built.registry, new_run_dir("chat"), launcher=lambda roles: launcher)
     finally:
         for relay in launcher.relays:
             relay.close()
