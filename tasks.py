@@ -209,6 +209,7 @@ def run(c, example, server=None, client=None, publisher=None, proxy=None, subscr
     if intruder:
         chosen[INTRUDER] = _languages(intruder, registry, "--intruder")[:1]
     _check_restart(spec, chosen)
+    placed = _placed(spec, runner, place, image_registry)
     if not no_build:
         _build(registry, [lang for langs in chosen.values() for lang in langs])
 
@@ -220,8 +221,7 @@ def run(c, example, server=None, client=None, publisher=None, proxy=None, subscr
             style = "red" if event["event"] in ("error", "_not-an-event") else "cyan"
             console.print(f"[dim]{transcript.role}{transcript.index}[/] [bold]{transcript.lang:>6}[/] [{style}]{escape(str(event['event']))}[/] {fields}", markup=True, highlight=False)
 
-    with _runner(runner, registry, [lang for langs in chosen.values() for lang in langs], _placed(spec, runner, place, image_registry),
-                 image_registry) as launcher:
+    with _runner(runner, registry, [lang for langs in chosen.values() for lang in langs], placed, image_registry) as launcher:
         try:
             result = evaluate(spec, chosen, registry, new_run_dir(example), on_event=show, fault=fault, launcher=launcher,
                               driver=driver)
@@ -278,11 +278,12 @@ def matrix(c, example, server=None, client=None, publisher=None, proxy=None, sub
             dimensions[role] = _languages(given[role], registry, f"--{role}")
     langs = [lang for langs in dimensions.values() for lang in langs]
     _check_restart(variants[0], dimensions)
+    placed = _placed(spec, runner, place, image_registry)
     if not no_build:
         _build(registry, langs)
     grids = []  # GridRun: one grid, plus one per refusal case
     stopped = None  # the signal that ended the run early: what ran is still shown and reported
-    with _runner(runner, registry, langs, _placed(spec, runner, place, image_registry), image_registry) as launcher:
+    with _runner(runner, registry, langs, placed, image_registry) as launcher:
         for variant in variants:
             extra = mixed_cells(variant, dimensions) if variant is variants[0] else []
             started = datetime.now(timezone.utc)

@@ -1,3 +1,5 @@
+import threading
+
 import pytest
 import zmq
 
@@ -7,6 +9,24 @@ from orchestrator.registry import load_registry
 # languages: the tests take every language, role and capability from it.
 REGISTRY = load_registry()
 LANGS = REGISTRY.names()
+
+
+def interrupted(cell, wait=60):
+    """Run `cell(on_event)` (one cell, on any runner) in a thread and stop everything as Ctrl-C does
+    at its first event; its result, once it has ended (it must, within `wait` s after the stop)."""
+    from orchestrator import runner
+
+    started, outcome = threading.Event(), {}
+    thread = threading.Thread(target=lambda: outcome.setdefault("result", cell(lambda t, e: started.set())))
+    thread.start()
+    try:
+        assert started.wait(60), "no role reported anything"
+        runner.kill_everything()
+        thread.join(wait)
+        assert not thread.is_alive(), f"the cell was still running {wait} s after the stop"
+    finally:
+        runner.aborting.clear()
+    return outcome["result"]
 
 
 def unimplemented(lang, example, role):

@@ -5,13 +5,12 @@ import dataclasses
 import os
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
-from conftest import LANGS
-from orchestrator import ROOT, containers, runner
+from conftest import LANGS, interrupted
+from orchestrator import ROOT, containers
 from orchestrator.matrix import evaluate, new_run_dir, run_matrix
 from orchestrator.runner import Fault
 from orchestrator.spec import load_spec
@@ -114,19 +113,9 @@ def test_nothing_outlives_a_timeout_or_ctrl_c(built, images, launcher):
     assert result.status in ("timeout", "fail"), result.status
     assert containers.leftovers(engine) == []
 
-    started, outcome = threading.Event(), {}
-    cell = threading.Thread(target=lambda: outcome.setdefault("result", evaluate(
-        load_spec("chat"), {"server": "python", "client": "python"}, built.registry, new_run_dir("chat"),
-        on_event=lambda t, e: started.set(), launcher=launcher)))
-    cell.start()
-    try:
-        assert started.wait(60), "no container reported anything"
-        runner.kill_everything()
-        cell.join(60)
-        assert not cell.is_alive()
-    finally:
-        runner.aborting.clear()
-    assert outcome["result"].status != "pass"
+    result = interrupted(lambda on_event: evaluate(load_spec("chat"), {"server": "python", "client": "python"}, built.registry,
+                                                   new_run_dir("chat"), on_event=on_event, launcher=launcher))
+    assert result.status != "pass"
     assert containers.leftovers(engine) == []
 
 

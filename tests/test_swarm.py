@@ -10,19 +10,18 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import docker
 import pytest
 import requests
 
-from orchestrator import ROOT, containers, localswarm, runner
+from orchestrator import ROOT, containers, localswarm
 from orchestrator.matrix import evaluate, new_run_dir, replay_of
 from orchestrator.runner import Fault
 from orchestrator.spec import load_spec
 from orchestrator.swarm import Node, Placement, Swarm, SwarmLaunchers
-from conftest import REGISTRY
+from conftest import REGISTRY, interrupted
 
 
 # --- placement and what a swarm cannot run: no engine needed --------------------------------------
@@ -214,19 +213,10 @@ def test_a_task_the_node_rejects_fails_the_cell_at_once_with_the_node_s_reason(b
 @pytest.mark.docker
 def test_ctrl_c_during_a_swarm_cell_leaves_nothing_behind(built, images, local_swarm):
     swarm = local_swarm.ensure(workers=0)
-    started, outcome = threading.Event(), {}
-    cell = threading.Thread(target=lambda: outcome.setdefault("result", run_on(
-        swarm, swarm.ship(images[2]), load_spec("chat"), {"server": "python", "client": "python"},
-        on_event=lambda t, e: started.set())))
-    cell.start()
-    try:
-        assert started.wait(60), "no role reported anything"
-        runner.kill_everything()
-        cell.join(90)
-        assert not cell.is_alive()
-    finally:
-        runner.aborting.clear()
-    assert outcome["result"].status != "pass"
+    refs = swarm.ship(images[2])
+    result = interrupted(lambda on_event: run_on(swarm, refs, load_spec("chat"), {"server": "python", "client": "python"},
+                                                 on_event=on_event), wait=90)
+    assert result.status != "pass"
     assert nothing_left(images[0]) == []
 
 
