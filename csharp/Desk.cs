@@ -365,8 +365,26 @@ static class Desk
             while (true)
             {
                 // The pipe and the SUB, with no limit: no timer, and STOP comes up the pipe. Then the
-                // pipe, then the SUB, each read without waiting.
+                // SUB, then the pipe, each read without waiting. The ticks first: the poll has already
+                // fetched the tick the SUB delivers next, filtered by the subscriptions of that moment;
+                // a FORGET served before it would meet it after the unsubscribe.
                 var ready = Sockets.Poll(items, Timeout.InfiniteTimeSpan);
+                if (ready.Contains(sub) && sub.ReceiveIfReady() is { } frames)
+                {
+                    if (Ticker.CheckTick(frames, followed, config.Seed, out Ticker.Tick tick) is (string code, string reason))
+                    {
+                        malformed++;
+                        pipe.Report("error", new { code, reason });
+                    }
+                    else
+                    {
+                        ticks++;
+                        pipe.Report("tick", new
+                        {
+                            symbol = tick.Symbol, sequence = tick.Sequence, timestamp = tick.Timestamp, price = tick.Price,
+                        }, Ascii(tick.Symbol));
+                    }
+                }
                 if (ready.Contains(pipe.Socket) && pipe.Command() is { } command)
                 {
                     if (Is(command, "STOP", 1))
@@ -394,20 +412,6 @@ static class Desk
                         sub.Unsubscribe(Ticker.Topic(symbol));
                         pipe.Report("unsubscribed", new { symbol });
                     }
-                }
-                if (ready.Contains(sub) && sub.ReceiveIfReady() is { } frames)
-                {
-                    if (Ticker.CheckTick(frames, followed, config.Seed, out Ticker.Tick tick) is (string code, string reason))
-                    {
-                        malformed++;
-                        pipe.Report("error", new { code, reason });
-                        continue;
-                    }
-                    ticks++;
-                    pipe.Report("tick", new
-                    {
-                        symbol = tick.Symbol, sequence = tick.Sequence, timestamp = tick.Timestamp, price = tick.Price,
-                    }, Ascii(tick.Symbol));
                 }
             }
         }

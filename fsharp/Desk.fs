@@ -358,9 +358,21 @@ let tickerAgent (settings: TraderSettings) (pipe: Pipe) =
         endpoint "connect" sub.Connect settings.Ticks
         pipe.Tell("ready", [ "name", box settings.Name ])
         // The agent's loop: no timer, so the poll waits until the pipe or the SUB has something
-        // (STOP comes up the pipe); each ready one read without waiting, the pipe first.
+        // (STOP comes up the pipe); each ready one read without waiting, the SUB first: the poll has
+        // already fetched the tick it delivers next, filtered by the subscriptions of that moment,
+        // and a FORGET served before it would meet it after the unsubscribe.
         while running do
             let ready = poll [ pipe.Socket; sub ] Forever
+            if ready.Has sub then
+                match receiveIfReady sub |> Option.map (fun frames -> Ticker.checkTick frames following settings.Seed) with
+                | Some(Error(code, reason)) ->
+                    malformed <- malformed + 1
+                    pipe.Error(code, reason)
+                | Some(Ok(symbol, sequence, timestamp, price)) ->
+                    ticks <- ticks + 1
+                    let fields = [ "symbol", box symbol; "sequence", box sequence; "timestamp", box timestamp; "price", box price ]
+                    pipe.Tell("tick", fields, [ ascii symbol ])
+                | None -> ()
             if ready.Has pipe.Socket then
                 match pipe.Command() with
                 | Some [ stop ] when stop = STOP -> running <- false
@@ -381,16 +393,6 @@ let tickerAgent (settings: TraderSettings) (pipe: Pipe) =
                         following <- following |> List.filter ((<>) symbol)
                         pipe.Tell("unsubscribed", [ "symbol", box symbol ])
                 | Some frames -> pipe.NotACommand frames
-                | None -> ()
-            if ready.Has sub then
-                match receiveIfReady sub |> Option.map (fun frames -> Ticker.checkTick frames following settings.Seed) with
-                | Some(Error(code, reason)) ->
-                    malformed <- malformed + 1
-                    pipe.Error(code, reason)
-                | Some(Ok(symbol, sequence, timestamp, price)) ->
-                    ticks <- ticks + 1
-                    let fields = [ "symbol", box symbol; "sequence", box sequence; "timestamp", box timestamp; "price", box price ]
-                    pipe.Tell("tick", fields, [ ascii symbol ])
                 | None -> ()
     with Failure(code, reason) -> pipe.Error(code, reason)
     [ "ticks", box ticks; "malformed", box malformed ]

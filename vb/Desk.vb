@@ -308,6 +308,23 @@ Public Module Desk
                 Do While running
                     ' No timer here: a command or a tick wakes us; a second at most all the same.
                     Dim ready = PollIn(polled, TimeSpan.FromMilliseconds(1000))
+                    ' The ticks first: the poll has already fetched the tick the SUB delivers next, filtered
+                    ' by the subscriptions of that moment; a FORGET served before it would meet it after
+                    ' the unsubscribe. Served first, it is checked against the set it was filtered by.
+                    Dim frames = If(ready.Contains(ticks), ReceiveIfReady(ticks), Nothing)
+                    If frames IsNot Nothing Then
+                        Dim tick As New Tick()
+                        Dim problem = CheckTick(frames, followed, seed, tick)
+                        If problem IsNot Nothing Then
+                            malformed += 1
+                            pipe.Report("error", ("code", problem.Value.Code), ("reason", problem.Value.Reason))
+                        Else
+                            total += 1
+                            pipe.SendEvent("tick", {("symbol", CObj(tick.Symbol)), ("sequence", tick.Sequence), ("timestamp", tick.Timestamp), ("price", tick.Price)},
+                                           Encoding.ASCII.GetBytes(tick.Symbol))
+                        End If
+                    End If
+
                     Dim command = If(ready.Contains(pipe.Socket), pipe.NextCommand(), Nothing)
                     If command Is Nothing Then
                     ElseIf IsCommand(command, "STOP", 1) Then
@@ -330,20 +347,6 @@ Public Module Desk
                             ' symbol comes after this, even one already queued.
                             ticks.Unsubscribe(Topic(symbol))
                             pipe.Report("unsubscribed", ("symbol", symbol))
-                        End If
-                    End If
-
-                    Dim frames = If(ready.Contains(ticks), ReceiveIfReady(ticks), Nothing)
-                    If frames IsNot Nothing Then
-                        Dim tick As New Tick()
-                        Dim problem = CheckTick(frames, followed, seed, tick)
-                        If problem IsNot Nothing Then
-                            malformed += 1
-                            pipe.Report("error", ("code", problem.Value.Code), ("reason", problem.Value.Reason))
-                        Else
-                            total += 1
-                            pipe.SendEvent("tick", {("symbol", CObj(tick.Symbol)), ("sequence", tick.Sequence), ("timestamp", tick.Timestamp), ("price", tick.Price)},
-                                           Encoding.ASCII.GetBytes(tick.Symbol))
                         End If
                     End If
                 Loop

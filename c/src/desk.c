@@ -460,14 +460,10 @@ static void *ticker_agent(void *argument)
         };
         poll_all(items, 2, -1); /* no timer: a tick or a command wakes us */
         frames_t message;
-        if ((items[0].revents & ZMQ_POLLIN) && receive_command(agent, &message)) {
-            if (is_stop(&message))
-                running = false;
-            else
-                on_follow(sub, &followed, &message);
-            frames_close(&message);
-        }
-        /* A tick has 4 frames: a fifth, kept, makes it malformed, and the rest are dropped. */
+        /* The ticks first: the poll has already fetched the tick SUB delivers next, filtered by
+           the subscriptions of that moment; a FORGET served before it would meet it after the
+           unsubscribe. Served first, it is checked against the set it was filtered by. A tick has
+           4 frames: a fifth, kept, makes it malformed, and the rest are dropped. */
         if ((items[1].revents & ZMQ_POLLIN) && recv_at_most(sub, &message, 5)) {
             checked_t tick = {0};
             char reason[REASON_SIZE];
@@ -480,6 +476,13 @@ static void *ticker_agent(void *argument)
                 emit("tick", "{s:s, s:I, s:I, s:f}", "symbol", tick.name, "sequence", (json_int_t)tick.sequence,
                      "timestamp", (json_int_t)tick.timestamp, "price", tick.price);
             }
+            frames_close(&message);
+        }
+        if ((items[0].revents & ZMQ_POLLIN) && receive_command(agent, &message)) {
+            if (is_stop(&message))
+                running = false;
+            else
+                on_follow(sub, &followed, &message);
             frames_close(&message);
         }
     }

@@ -278,6 +278,19 @@ def ticker_agent(context, args):
         poller.register(sub, zmq.POLLIN)
         while True:
             ready = dict(poller.poll())  # no timer to serve: STOP comes up the pipe
+            # The ticks first: [poll] has already fetched the tick the SUB will deliver next, filtered
+            # by the subscriptions of that moment; a FORGET served before it would meet it after the
+            # unsubscribe. Served first, it is checked against the set it was filtered by.
+            if sub in ready and (frames := recv_if_ready(sub)) is not None:
+                checked = ticker.check_tick(frames, followed, args.seed)
+                if len(checked) == 2:
+                    malformed += 1
+                    agent.error(*checked)
+                else:
+                    symbol, sequence, timestamp, price = checked
+                    ticks += 1
+                    agent.report("tick", symbol.encode(), symbol=symbol, sequence=sequence, timestamp=timestamp,
+                                 price=price)
             if agent.pipe in ready and (command := agent.command()) is not None:
                 if command == [b"STOP"]:
                     break
@@ -297,16 +310,6 @@ def ticker_agent(context, args):
                     sub.unsubscribe(ticker.topic(symbol))
                     followed.remove(symbol)
                     agent.report("unsubscribed", symbol=symbol)
-            if sub in ready and (frames := recv_if_ready(sub)) is not None:
-                checked = ticker.check_tick(frames, followed, args.seed)
-                if len(checked) == 2:
-                    malformed += 1
-                    agent.error(*checked)
-                else:
-                    symbol, sequence, timestamp, price = checked
-                    ticks += 1
-                    agent.report("tick", symbol.encode(), symbol=symbol, sequence=sequence, timestamp=timestamp,
-                                 price=price)
     except Failure as failure:
         agent.error(failure.code, failure.reason)
     finally:

@@ -459,6 +459,25 @@ impl TickerAgent {
             // No timer: a tick or a command wakes us.
             let mut items = [pipe.socket.as_poll_item(zmq::POLLIN), sub.as_poll_item(zmq::POLLIN)];
             poll(&mut items, -1)?;
+            // The ticks first: the poll has already fetched the tick SUB delivers next, filtered by
+            // the subscriptions of that moment; a FORGET served before it would meet it after the
+            // unsubscribe. Served first, it is checked against the set it was filtered by.
+            if items[1].is_readable() {
+                if let Some(frames) = recv_if_ready(&sub)? {
+                    match check_tick(&frames, &followed, self.args.seed) {
+                        Ok(Tick { symbol, sequence, timestamp, price }) => {
+                            self.ticks += 1;
+                            let fields = json!({ "symbol": symbol, "sequence": sequence, "timestamp": timestamp,
+                                                 "price": price });
+                            pipe.event("tick", fields, &[symbol.as_bytes()]);
+                        }
+                        Err((code, reason)) => {
+                            self.malformed += 1;
+                            pipe.error(code, &reason);
+                        }
+                    }
+                }
+            }
             if items[0].is_readable() {
                 match pipe.command()? {
                     Some(Command::Stop) => return Ok(()),
@@ -480,21 +499,6 @@ impl TickerAgent {
                     }
                     Some(Command::Follow(_) | Command::Forget(_)) | None => {} // nothing to change
                     Some(other) => pipe.not_mine(&other),
-                }
-            }
-            if items[1].is_readable() {
-                let Some(frames) = recv_if_ready(&sub)? else { continue };
-                match check_tick(&frames, &followed, self.args.seed) {
-                    Ok(Tick { symbol, sequence, timestamp, price }) => {
-                        self.ticks += 1;
-                        let fields = json!({ "symbol": symbol, "sequence": sequence, "timestamp": timestamp,
-                                             "price": price });
-                        pipe.event("tick", fields, &[symbol.as_bytes()]);
-                    }
-                    Err((code, reason)) => {
-                        self.malformed += 1;
-                        pipe.error(code, &reason);
-                    }
                 }
             }
         }
